@@ -1,0 +1,237 @@
+//! The whole pipeline, in order: resolve → compose → kernel modules →
+//! normalise → squashfs → verity → initramfs → UKI → media → manifest.
+//! Outputs are written to a hidden folder beside the final one and renamed
+//! into place only when every stage succeeded.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::digest::Sha256;
+use crate::manifest::{self, Manifest};
+use crate::recipe::{Base, Recipe};
+
+pub struct BuildOptions {
+    pub out_dir: PathBuf,
+}
+
+pub struct BuildResult {
+    pub dir: PathBuf,
+    pub raw: PathBuf,
+    pub root_hash: Sha256,
+}
+
+/// Prints each stage as it starts and its duration when it ends.
+struct Stages {
+    n: usize,
+    total: usize,
+    started: Instant,
+    times: Vec<(String, f64)>,
+}
+
+impl Stages {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.n += 1;
+        eprintln!("[{:>2}/{}] {name} ...", self.n, self.total);
+        let t = Instant::now();
+        let v = f()?;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("[{:>2}/{}] {name} done in {secs:.1}s", self.n, self.total);
+        self.times.push((name.to_string(), secs));
+        Ok(v)
+    }
+}
+
+/// Removes the in-progress folder unless the build finished.
+struct InProgress(PathBuf);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The kernel command line: cairn's words, then the recipe's extras.
+/// cairn owns verity in its initramfs, so it passes `cairn.roothash=`,
+/// never systemd's `roothash=` (whose generator would act on it too).
+pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256) -> String {
+    let mut words = vec![
+        "console=tty0".to_string(),
+        "console=ttyS0,115200".to_string(),
+        format!("cairn.roothash={root_hash}"),
+        "systemd.gpt_auto=0".to_string(),
+        "systemd.firstboot=0".to_string(),
+    ];
+    words.extend(recipe.cmdline_extra.iter().cloned());
+    words.join(" ")
+}
+
+pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
+    let started = Instant::now();
+    let mut st = Stages {
+        n: 0,
+        total: 10,
+        started,
+        times: Vec::new(),
+    };
+    eprintln!(
+        "cairn: building {} {} from {}",
+        recipe.name,
+        recipe.version,
+        recipe.file.display()
+    );
+
+    // Inputs are checked before anything is created under the output folder.
+    st.run("resolve inputs", || resolve(recipe))?;
+
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("cannot create output folder {}", opts.out_dir.display()))?;
+    clean_stale(&opts.out_dir);
+    let stem = recipe.stem();
+    let tmp = opts
+        .out_dir
+        .join(format!(".{stem}.building-{}", std::process::id()));
+    let _guard = InProgress(tmp.clone());
+    let work = tmp.join("work");
+    let media = tmp.join("media");
+    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(&media)?;
+
+    let composed = st.run("compose root tree", || crate::compose::compose(recipe, &work))?;
+    let pruned = st.run("prune kernel modules", || {
+        crate::kernel::prune(&composed.tree, &composed.kernel_version, &recipe.extra_modules)
+    })?;
+    eprintln!(
+        "        kernel {}: kept {} modules, removed {}",
+        composed.kernel_version, pruned.kept, pruned.removed
+    );
+    let osrel = work.join("os-release");
+    std::fs::copy(
+        crate::stagepath::resolve_in_root_follow(&composed.tree, Path::new("etc/os-release"))?,
+        &osrel,
+    )
+    .context("copy os-release for the UKI")?;
+    let stub = work.join("linuxx64.efi.stub");
+    std::fs::copy(crate::uki::stub_path(&composed.tree)?, &stub)?;
+    let initrd = st.run("initramfs", || {
+        crate::initramfs::make_initramfs(
+            &composed.tree,
+            &composed.kernel_version,
+            &work.join("initramfs.cpio"),
+            recipe.source_date_epoch,
+        )
+    })?;
+    eprintln!(
+        "        {} modules, {:.1} MiB",
+        initrd.modules,
+        initrd.size as f64 / 1048576.0
+    );
+    st.run("normalise", || {
+        crate::normalise::normalise(&composed.tree, recipe.source_date_epoch)
+    })?;
+    let root = st.run("squashfs root", || {
+        crate::squashfs::make_squashfs(
+            &composed.tree,
+            &work.join("root.squashfs"),
+            recipe.source_date_epoch,
+        )
+    })?;
+    eprintln!("        {:.1} MiB", root.size as f64 / 1048576.0);
+    // The tree is no longer needed; free the space before writing media.
+    std::fs::remove_dir_all(&composed.tree).ok();
+    let verity = st.run("dm-verity hash tree", || {
+        crate::verity::make_verity(&root.path, &work.join("root.verity"))
+    })?;
+    eprintln!("        root hash {}", verity.root_hash);
+    let cmdline = kernel_cmdline(recipe, &verity.root_hash);
+    let uki = st.run("UKI", || {
+        crate::uki::make_uki(
+            &crate::uki::UkiInputs {
+                stub: &stub,
+                kernel: &composed.vmlinuz,
+                initrd: &initrd.path,
+                os_release: &osrel,
+                cmdline: &cmdline,
+            },
+            &work,
+            &work.join("uki.efi"),
+        )
+    })?;
+    let raw_path = media.join(format!("{stem}.raw"));
+    let raw = st.run("raw disk", || {
+        crate::disk::write_raw(
+            &crate::disk::DiskInputs {
+                uki: &uki.path,
+                root: &root.path,
+                verity: &verity.hash_path,
+                root_hash: &verity.root_hash,
+                disk_size: recipe.disk_size,
+                min_state_size: recipe.state_size,
+                epoch: recipe.source_date_epoch,
+            },
+            &work,
+            &raw_path,
+        )
+    })?;
+    st.run("manifest", || {
+        let m = Manifest::new(recipe, &composed, &verity, &cmdline, &raw.layout, &media)?;
+        manifest::write(&m, &media.join("manifest.json"))
+    })?;
+
+    // Publish: the finished folder appears in one rename.
+    let final_dir = opts.out_dir.join(&stem);
+    if final_dir.exists() {
+        let old = opts
+            .out_dir
+            .join(format!(".{stem}.old-{}", std::process::id()));
+        std::fs::rename(&final_dir, &old)
+            .with_context(|| format!("cannot move the previous {} aside", final_dir.display()))?;
+        std::fs::remove_dir_all(&old).ok();
+    }
+    std::fs::rename(&media, &final_dir)
+        .with_context(|| format!("cannot publish {}", final_dir.display()))?;
+    let total = st.started.elapsed().as_secs_f64();
+    eprintln!("cairn: stage times:");
+    for (name, secs) in &st.times {
+        eprintln!(
+            "        {name:<24} {secs:>7.1}s {:>5.1}%",
+            100.0 * secs / total.max(0.001)
+        );
+    }
+    eprintln!("cairn: built {} in {total:.1}s", final_dir.display());
+    Ok(BuildResult {
+        raw: final_dir.join(format!("{stem}.raw")),
+        dir: final_dir,
+        root_hash: verity.root_hash,
+    })
+}
+
+/// Checks every pinned input before the build writes anything.
+fn resolve(recipe: &Recipe) -> Result<()> {
+    if let Base::Tarball { path, sha256, at } = &recipe.base {
+        crate::compose::check_pin(path, sha256, at).map_err(|e| {
+            anyhow::Error::new(crate::InputError(e.to_string()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes in-progress folders left by builds that were killed.
+fn clean_stale(out: &Path) {
+    let Ok(rd) = std::fs::read_dir(out) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .rsplit_once(".building-")
+            .or_else(|| name.rsplit_once(".old-"))
+            .and_then(|(_, p)| p.parse::<u32>().ok());
+        if let (true, Some(pid)) = (name.starts_with('.'), pid) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! SHA-256 digests as a type, never a bare string.
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context;
+use sha2::Digest;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256(pub [u8; 32]);
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a sha256 digest: expected 64 hex digits")]
+pub struct BadDigest;
+
+impl Sha256 {
+    pub fn from_hex(s: &str) -> Result<Self, BadDigest> {
+        let s = s.strip_prefix("sha256:").unwrap_or(s);
+        if s.len() != 64 {
+            return Err(BadDigest);
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| BadDigest)?;
+        Ok(Sha256(out))
+    }
+
+    pub fn of_bytes(b: &[u8]) -> Self {
+        Sha256(sha2::Sha256::digest(b).into())
+    }
+
+    /// Streams a file through SHA-256 with a large buffer.
+    pub fn of_file(path: &Path) -> anyhow::Result<Self> {
+        let mut f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open {} to hash it", path.display()))?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(Sha256(h.finalize().into()))
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl serde::Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Sha256::from_hex(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_vector_and_roundtrip() {
+        let d = Sha256::of_bytes(b"abc");
+        assert_eq!(
+            d.hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Sha256::from_hex(&d.hex()).unwrap(), d);
+        assert!(Sha256::from_hex("abc").is_err());
+        assert!(Sha256::from_hex(&"g".repeat(64)).is_err());
+    }
+}
+
+/// A digest of a folder tree: sorted relative paths, types, modes and
+/// contents. Symlinks are hashed as their target text, never followed.
+pub fn tree_digest(dir: &Path) -> anyhow::Result<Sha256> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = sha2::Sha256::new();
+    for e in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
+        let e = e?;
+        let rel = e.path().strip_prefix(dir)?;
+        let meta = e.path().symlink_metadata()?;
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(format!("{:o}", meta.permissions().mode()).as_bytes());
+        h.update([0]);
+        if meta.file_type().is_symlink() {
+            h.update(std::fs::read_link(e.path())?.to_string_lossy().as_bytes());
+        } else if meta.is_file() {
+            h.update(Sha256::of_file(e.path())?.0);
+        }
+        h.update([0]);
+    }
+    Ok(Sha256(h.finalize().into()))
+}

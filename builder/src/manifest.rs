@@ -1,0 +1,226 @@
+//! manifest.json: what a reviewer needs to judge an image: inputs, outputs,
+//! root hash, kernel and command line, the package list, the flags.
+//! Invariant: nothing in it depends on the build host's paths, names or
+//! clock; the same inputs give the same bytes.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::compose::{ComposedRoot, Package};
+use crate::digest::Sha256;
+use crate::disk::Layout;
+use crate::recipe::{Base, Recipe};
+use crate::verity::VerityTree;
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema: u32,
+    pub image: ImageInfo,
+    pub builder: BuilderInfo,
+    pub recipe: RecipeInfo,
+    pub source_date_epoch: u64,
+    pub inputs: Vec<Input>,
+    pub outputs: Vec<Output>,
+    pub verity: VerityInfo,
+    pub kernel: KernelInfo,
+    pub flags: Flags,
+    pub sbom: Sbom,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BuilderInfo {
+    pub cairn_version: String,
+    pub git_revision: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecipeInfo {
+    pub sha256: Sha256,
+    pub lock_sha256: Option<Sha256>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Input {
+    pub kind: String,
+    pub source: String,
+    pub sha256: Option<Sha256>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct Output {
+    pub file: String,
+    pub size: u64,
+    pub sha256: Sha256,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerityInfo {
+    pub root_hash: Sha256,
+    pub salt: String,
+    pub uuid: String,
+    pub hash_algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    pub data_size: u64,
+    pub hash_size: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KernelInfo {
+    pub version: String,
+    pub cmdline: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Flags {
+    pub debug_console: bool,
+    pub state_mode: String,
+    pub firewall: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Sbom {
+    pub packages: Vec<Package>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub label: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Manifest {
+    pub fn new(
+        recipe: &Recipe,
+        composed: &ComposedRoot,
+        verity: &VerityTree,
+        cmdline: &str,
+        layout: &Layout,
+        media: &Path,
+    ) -> Result<Manifest> {
+        let mut inputs = vec![Input {
+            kind: "recipe".into(),
+            source: recipe
+                .file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: Some(recipe.recipe_sha256),
+        }];
+        match &recipe.base {
+            Base::Debian { suite, mirror, .. } => inputs.push(Input {
+                kind: "debian-base".into(),
+                source: format!("{mirror} {suite}"),
+                sha256: None,
+            }),
+            Base::Tarball { path, sha256, .. } => inputs.push(Input {
+                kind: "rootfs-tarball".into(),
+                source: path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                sha256: Some(*sha256),
+            }),
+        }
+        for o in &recipe.overlays {
+            inputs.push(Input {
+                kind: "overlay".into(),
+                source: o
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                sha256: Some(crate::digest::tree_digest(o)?),
+            });
+        }
+        let mut outputs = Vec::new();
+        let mut names: Vec<_> = std::fs::read_dir(media)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let p = media.join(&name);
+            outputs.push(Output {
+                size: std::fs::metadata(&p)?.len(),
+                sha256: Sha256::of_file(&p)?,
+                file: name,
+            });
+        }
+        Ok(Manifest {
+            schema: SCHEMA,
+            image: ImageInfo {
+                name: recipe.name.clone(),
+                version: recipe.version.clone(),
+            },
+            builder: BuilderInfo {
+                cairn_version: env!("CARGO_PKG_VERSION").into(),
+                git_revision: env!("CAIRN_GIT_REV").into(),
+            },
+            recipe: RecipeInfo {
+                sha256: recipe.recipe_sha256,
+                lock_sha256: None,
+            },
+            source_date_epoch: recipe.source_date_epoch,
+            inputs,
+            outputs,
+            verity: VerityInfo {
+                root_hash: verity.root_hash,
+                salt: verity.salt.clone(),
+                uuid: verity.uuid.clone(),
+                hash_algorithm: verity.hash_algorithm.into(),
+                data_block_size: verity.data_block_size,
+                hash_block_size: verity.hash_block_size,
+                data_size: verity.data_size,
+                hash_size: verity.hash_size,
+            },
+            kernel: KernelInfo {
+                version: composed.kernel_version.clone(),
+                cmdline: cmdline.into(),
+            },
+            flags: Flags {
+                debug_console: recipe.debug_console,
+                state_mode: "ram".into(),
+                firewall: "none".into(),
+            },
+            sbom: Sbom {
+                packages: composed.packages.clone(),
+            },
+            partitions: [
+                (crate::disk::LABEL_ESP, layout.esp),
+                (crate::disk::LABEL_ROOT, layout.root),
+                (crate::disk::LABEL_VERITY, layout.verity),
+                (crate::disk::LABEL_STATE, layout.state),
+            ]
+            .into_iter()
+            .map(|(l, (offset, size))| PartitionInfo {
+                label: l.into(),
+                offset,
+                size,
+            })
+            .collect(),
+        })
+    }
+}
+
+pub fn write(m: &Manifest, path: &Path) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(m)?;
+    s.push('\n');
+    std::fs::write(path, s).with_context(|| format!("write {}", path.display()))
+}
+
+pub fn read(path: &Path) -> Result<Manifest> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&s).with_context(|| format!("{} is not a cairn manifest", path.display()))
+}

@@ -1,0 +1,724 @@
+//! Recipes: the TOML file a platform team writes, parsed into typed structs.
+//!
+//! Invariant: a `Recipe` that leaves `load` has passed validation: every path
+//! in it is resolved, exists and stays inside the recipe root; every problem
+//! found is reported at once, each with `file:line:col`.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::digest::Sha256;
+
+/// Where the recipe's own inputs may live: its folder, or a wider root the
+/// operator names with `--root`. A recipe can never widen it by itself.
+#[derive(Debug, Clone)]
+pub struct RecipeSource {
+    pub path: PathBuf,
+    pub text: String,
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeFile {
+    pub image: ImageSection,
+    pub base: BaseSection,
+    #[serde(default)]
+    pub kernel: KernelSection,
+    #[serde(default)]
+    pub overlays: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub boot: BootSection,
+    #[serde(default)]
+    pub disk: DiskSection,
+    #[serde(default)]
+    pub debug: DebugSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    pub name: Spanned<String>,
+    pub version: Spanned<String>,
+    /// Seconds since 1970 stamped on every file; overridable by the
+    /// SOURCE_DATE_EPOCH environment variable of the build.
+    #[serde(default = "default_epoch")]
+    pub source_date_epoch: u64,
+}
+
+fn default_epoch() -> u64 {
+    // 2025-01-01T00:00:00Z: fixed so an unconfigured build is reproducible.
+    1_735_689_600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSection {
+    pub debian: Option<DebianBase>,
+    pub tarball: Option<TarballBase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianBase {
+    #[serde(default = "default_suite")]
+    pub suite: String,
+    #[serde(default = "default_mirror")]
+    pub mirror: String,
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+fn default_suite() -> String {
+    "bookworm".into()
+}
+fn default_mirror() -> String {
+    "http://deb.debian.org/debian".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TarballBase {
+    pub path: Spanned<String>,
+    pub sha256: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSection {
+    /// The Debian package that provides /boot/vmlinuz-*.
+    #[serde(default = "default_kernel_package")]
+    pub package: String,
+    /// Modules kept on top of the default appliance set (names, `-` or `_`).
+    #[serde(default)]
+    pub modules: Vec<Spanned<String>>,
+}
+
+impl Default for KernelSection {
+    fn default() -> Self {
+        KernelSection {
+            package: default_kernel_package(),
+            modules: Vec::new(),
+        }
+    }
+}
+
+fn default_kernel_package() -> String {
+    "linux-image-amd64".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSection {
+    /// Extra kernel command-line words, appended after cairn's own.
+    #[serde(default)]
+    pub cmdline: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSection {
+    /// Total size of the raw disk, e.g. "2G" or "1536M".
+    #[serde(default = "default_disk_size")]
+    pub size: Spanned<String>,
+    /// Size of the state partition, e.g. "256M".
+    #[serde(default = "default_state_size")]
+    pub state_size: Spanned<String>,
+}
+
+impl Default for DiskSection {
+    fn default() -> Self {
+        DiskSection {
+            size: default_disk_size(),
+            state_size: default_state_size(),
+        }
+    }
+}
+
+fn default_disk_size() -> Spanned<String> {
+    Spanned::new(0..0, "2G".into())
+}
+fn default_state_size() -> Spanned<String> {
+    Spanned::new(0..0, "256M".into())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugSection {
+    /// A root shell on the second serial port (ttyS1). For tests only; the
+    /// manifest records it so reviewers see it.
+    #[serde(default)]
+    pub console: bool,
+}
+
+/// One problem in a recipe, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipeProblem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for RecipeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a recipe; shown one per line.
+#[derive(Debug, thiserror::Error)]
+pub struct RecipeError {
+    pub problems: Vec<RecipeProblem>,
+}
+
+impl fmt::Display for RecipeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.problems.iter().map(|p| p.to_string()).collect();
+        write!(f, "{}", lines.join("\n"))
+    }
+}
+
+/// Where the base root tree comes from, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    Debian {
+        suite: String,
+        mirror: String,
+        packages: Vec<String>,
+    },
+    Tarball {
+        path: PathBuf,
+        sha256: Sha256,
+        /// Where the digest was written, for mismatch errors.
+        at: String,
+    },
+}
+
+/// A validated recipe: paths absolute, sizes in bytes.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub file: PathBuf,
+    pub recipe_sha256: Sha256,
+    pub name: String,
+    pub version: String,
+    pub source_date_epoch: u64,
+    pub base: Base,
+    pub kernel_package: String,
+    pub extra_modules: Vec<String>,
+    pub overlays: Vec<PathBuf>,
+    pub cmdline_extra: Vec<String>,
+    pub disk_size: u64,
+    pub state_size: u64,
+    pub debug_console: bool,
+}
+
+impl Recipe {
+    /// `NAME-VERSION`, the stem of every output file.
+    pub fn stem(&self) -> String {
+        format!("{}-{}", self.name, self.version)
+    }
+}
+
+/// Reads, parses and validates a recipe. `root` widens the folder that
+/// recipe paths may point into (default: the recipe's own folder).
+pub fn load(path: &Path, root: Option<&Path>) -> Result<Recipe, RecipeError> {
+    let one = |message: String| RecipeError {
+        problems: vec![RecipeProblem {
+            file: path.to_path_buf(),
+            line: 1,
+            col: 1,
+            message,
+        }],
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| one(format!("cannot read recipe: {e}; check the path")))?;
+    let abs = std::fs::canonicalize(path)
+        .map_err(|e| one(format!("cannot resolve recipe path: {e}")))?;
+    let folder = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let root = match root {
+        Some(r) => {
+            let r = std::fs::canonicalize(r)
+                .map_err(|e| one(format!("cannot resolve --root {}: {e}", r.display())))?;
+            if !folder.starts_with(&r) {
+                return Err(one(format!(
+                    "--root {} does not contain the recipe; pass a folder above it",
+                    r.display()
+                )));
+            }
+            r
+        }
+        None => folder,
+    };
+    let src = RecipeSource {
+        path: path.to_path_buf(),
+        text,
+        root,
+    };
+    parse(&src)
+}
+
+/// Parses and validates recipe text; `src.path` is used for messages and
+/// (its folder) for resolving relative paths.
+pub fn parse(src: &RecipeSource) -> Result<Recipe, RecipeError> {
+    let file: RecipeFile = toml::from_str(&src.text).map_err(|e| {
+        let (line, col) = e
+            .span()
+            .map(|s| line_col(&src.text, s.start))
+            .unwrap_or((1, 1));
+        let message = e.message().trim().replace('\n', " ");
+        RecipeError {
+            problems: vec![RecipeProblem {
+                file: src.path.clone(),
+                line,
+                col,
+                message: explain_parse_error(&message),
+            }],
+        }
+    })?;
+    Validator::new(src).run(file)
+}
+
+fn explain_parse_error(message: &str) -> String {
+    if message.starts_with("unknown field") {
+        format!("{message}; remove it or fix its spelling (see docs/recipe.md)")
+    } else if message.starts_with("invalid type") {
+        format!("{message}; see docs/recipe.md for the field's type")
+    } else if message.starts_with("missing field") {
+        format!("{message}; add it (see docs/recipe.md)")
+    } else {
+        message.to_string()
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+struct Validator<'a> {
+    src: &'a RecipeSource,
+    folder: PathBuf,
+    problems: Vec<RecipeProblem>,
+}
+
+impl<'a> Validator<'a> {
+    fn new(src: &'a RecipeSource) -> Self {
+        let folder = std::fs::canonicalize(&src.path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| src.root.clone());
+        Validator {
+            src,
+            folder,
+            problems: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(&self.src.text, span.start);
+        self.problems.push(RecipeProblem {
+            file: self.src.path.clone(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    fn section_span(&self, header: &str) -> Range<usize> {
+        let at = self.src.text.find(header).unwrap_or(0);
+        at..at
+    }
+
+    /// Resolves a recipe path: relative to the recipe, must exist, must stay
+    /// inside the recipe root even after following symlinks.
+    fn path(&mut self, p: &Spanned<String>, what: &str) -> Option<PathBuf> {
+        let raw = p.get_ref();
+        let span = p.span();
+        if raw.is_empty() {
+            self.problem(span, format!("{what} path is empty"));
+            return None;
+        }
+        let rel = Path::new(raw);
+        if rel.is_absolute() {
+            self.problem(
+                span,
+                format!("{what} path {raw:?} is absolute; write it relative to the recipe file"),
+            );
+            return None;
+        }
+        let joined = self.folder.join(rel);
+        let lexical = normalize_lexically(&joined);
+        if !lexical.starts_with(&self.src.root) {
+            self.problem(
+                span,
+                format!(
+                    "{what} path {raw:?} leaves the recipe root {}; keep inputs inside it or pass a wider --root",
+                    self.src.root.display()
+                ),
+            );
+            return None;
+        }
+        match std::fs::canonicalize(&joined) {
+            Ok(real) if real.starts_with(&self.src.root) => Some(real),
+            Ok(real) => {
+                self.problem(
+                    span,
+                    format!(
+                        "{what} path {raw:?} resolves through a symlink to {}, outside the recipe root {}",
+                        real.display(),
+                        self.src.root.display()
+                    ),
+                );
+                None
+            }
+            Err(_) => {
+                self.problem(
+                    span,
+                    format!(
+                        "{what} {raw:?} not found (looked for {}); create it or fix the path",
+                        lexical.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, s: &Spanned<String>, what: &str) -> u64 {
+        match parse_size(s.get_ref()) {
+            Some(n) => n,
+            None => {
+                self.problem(
+                    s.span(),
+                    format!(
+                        "{what} {:?} is not a size; write a number with a K, M or G suffix, e.g. \"2G\"",
+                        s.get_ref()
+                    ),
+                );
+                0
+            }
+        }
+    }
+
+    fn run(mut self, f: RecipeFile) -> Result<Recipe, RecipeError> {
+        let name = f.image.name.get_ref().clone();
+        if !is_safe_name(&name) {
+            self.problem(
+                f.image.name.span(),
+                format!("image name {name:?} must be 1-64 of [a-z0-9-], starting with a letter"),
+            );
+        }
+        let version = f.image.version.get_ref().clone();
+        if version.is_empty()
+            || version.len() > 64
+            || !version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".+~_".contains(c))
+        {
+            self.problem(
+                f.image.version.span(),
+                format!("image version {version:?} must be 1-64 of [A-Za-z0-9.+~_]"),
+            );
+        }
+
+        let base = match (f.base.debian, f.base.tarball) {
+            (Some(d), None) => {
+                for p in &d.packages {
+                    if !is_package_name(p) {
+                        let span = self.section_span("packages");
+                        self.problem(span, format!("{p:?} is not a Debian package name"));
+                    }
+                }
+                Some(Base::Debian {
+                    suite: d.suite,
+                    mirror: d.mirror,
+                    packages: d.packages,
+                })
+            }
+            (None, Some(t)) => {
+                let path = self.path(&t.path, "base tarball");
+                let (line, col) = line_col(&self.src.text, t.sha256.span().start);
+                let sha = match Sha256::from_hex(t.sha256.get_ref()) {
+                    Ok(s) => Some(s),
+                    Err(_) => {
+                        self.problem(
+                            t.sha256.span(),
+                            "base tarball sha256 must be 64 hex digits (run `sha256sum` on the file)",
+                        );
+                        None
+                    }
+                };
+                match (path, sha) {
+                    (Some(path), Some(sha256)) => Some(Base::Tarball {
+                        path,
+                        sha256,
+                        at: format!("{}:{line}:{col}", self.src.path.display()),
+                    }),
+                    _ => None,
+                }
+            }
+            (Some(_), Some(_)) => {
+                let span = self.section_span("[base");
+                self.problem(
+                    span,
+                    "[base] has both `debian` and `tarball`; choose one source for the root tree",
+                );
+                None
+            }
+            (None, None) => {
+                let span = self.section_span("[base");
+                self.problem(
+                    span,
+                    "[base] needs either [base.debian] or [base.tarball]",
+                );
+                None
+            }
+        };
+
+        let mut extra_modules = Vec::new();
+        for m in &f.kernel.modules {
+            let n = m.get_ref();
+            if n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                self.problem(m.span(), format!("{n:?} is not a kernel module name"));
+            } else {
+                extra_modules.push(n.replace('-', "_"));
+            }
+        }
+
+        let mut overlays = Vec::new();
+        for o in &f.overlays {
+            if let Some(p) = self.path(o, "overlay") {
+                if p.is_dir() {
+                    overlays.push(p);
+                } else {
+                    self.problem(o.span(), format!("overlay {:?} is not a folder", o.get_ref()));
+                }
+            }
+        }
+
+        let mut cmdline_extra = Vec::new();
+        for w in &f.boot.cmdline {
+            let word = w.get_ref();
+            if word.is_empty() || word.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.problem(
+                    w.span(),
+                    format!("cmdline word {word:?} must be one non-empty word; list words separately"),
+                );
+            } else if word.starts_with("cairn.") || word.starts_with("roothash=") {
+                self.problem(
+                    w.span(),
+                    format!("cmdline word {word:?} is reserved: cairn sets it from the build"),
+                );
+            } else {
+                cmdline_extra.push(word.clone());
+            }
+        }
+
+        let disk_size = self.size(&f.disk.size, "disk size");
+        let state_size = self.size(&f.disk.state_size, "state size");
+        if disk_size > 0 && state_size > 0 && state_size + (64 << 20) >= disk_size {
+            self.problem(
+                f.disk.state_size.span(),
+                "state size leaves no room for the ESP and root on the disk; raise disk.size",
+            );
+        }
+
+        if !self.problems.is_empty() {
+            return Err(RecipeError {
+                problems: self.problems,
+            });
+        }
+        let base = base.ok_or_else(|| RecipeError { problems: vec![] })?;
+        Ok(Recipe {
+            file: self.src.path.clone(),
+            recipe_sha256: Sha256::of_bytes(self.src.text.as_bytes()),
+            name,
+            version,
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f.image.source_date_epoch),
+            base,
+            kernel_package: f.kernel.package,
+            extra_modules,
+            overlays,
+            cmdline_extra,
+            disk_size,
+            state_size,
+            debug_console: f.debug.console,
+        })
+    }
+}
+
+/// Removes `.` and resolves `..` without touching the file system.
+pub fn normalize_lexically(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn is_safe_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.starts_with(|c: char| c.is_ascii_lowercase())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_package_name(p: &str) -> bool {
+    p.len() >= 2
+        && p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && p.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c) || c == ':'
+        })
+}
+
+/// "2G" -> bytes. Suffixes K, M, G, T (powers of 1024); a bare number is bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K') | (i, 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M') | (i, 'm') => (&s[..i], 1 << 20),
+        (i, 'G') | (i, 'g') => (&s[..i], 1 << 30),
+        (i, 'T') | (i, 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().ok()?;
+    let v = n.checked_mul(mult)?;
+    (v > 0).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(dir: &Path, text: &str) -> RecipeSource {
+        let path = dir.join("r.toml");
+        std::fs::write(&path, text).unwrap();
+        RecipeSource {
+            path,
+            text: text.into(),
+            root: std::fs::canonicalize(dir).unwrap(),
+        }
+    }
+
+    const GOOD: &str = r#"
+[image]
+name = "t"
+version = "1"
+[base.debian]
+packages = ["nftables"]
+"#;
+
+    #[test]
+    fn good_recipe_parses_with_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let r = parse(&src(d.path(), GOOD)).unwrap();
+        assert_eq!(r.stem(), "t-1");
+        assert_eq!(r.disk_size, 2 << 30);
+        assert!(!r.debug_console);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "[image]\nname = \"t\"\nversion = \"1\"\ncolour = 3\n[base.debian]\n";
+        let e = parse(&src(d.path(), text)).unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        let p = &e.problems[0];
+        assert_eq!((p.line, p.col), (4, 1), "{p}");
+        assert!(p.message.contains("unknown field `colour`"), "{p}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_at_the_value() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "[image]\nname = \"t\"\nversion = \"1\"\n[base.debian]\n[debug]\nconsole = \"yes\"\n";
+        let e = parse(&src(d.path(), text)).unwrap_err();
+        let p = &e.problems[0];
+        assert_eq!(p.line, 6, "{p}");
+        assert!(p.message.contains("invalid type"), "{p}");
+    }
+
+    #[test]
+    fn missing_overlay_and_escape_are_each_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("recipes");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::create_dir(d.path().join("outside")).unwrap();
+        let text = format!("{GOOD}overlays = [\"nope\", \"../outside\"]\n");
+        let text = text.replace("[base.debian]", "overlays = [\"nope\", \"../outside\"]\n[base.debian]");
+        let text = text.replace("overlays = [\"nope\", \"../outside\"]\n\n", "");
+        let mut s = src(&sub, &text);
+        s.root = std::fs::canonicalize(&sub).unwrap();
+        let e = parse(&s).unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert!(e.problems[0].message.contains("not found"), "{e}");
+        assert!(e.problems[1].message.contains("leaves the recipe root"), "{e}");
+        // Control: a wider root accepts the same path.
+        s.root = std::fs::canonicalize(d.path()).unwrap();
+        let e = parse(&s).unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+    }
+
+    #[test]
+    fn symlink_escape_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("r");
+        std::fs::create_dir(&sub).unwrap();
+        std::os::unix::fs::symlink("/etc", sub.join("ov")).unwrap();
+        let text = GOOD.replace("[base.debian]", "overlays = [\"ov\"]\n[base.debian]");
+        let e = parse(&src(&sub, &text)).unwrap_err();
+        assert!(e.problems[0].message.contains("through a symlink"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("1536M"), Some(1536 << 20));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn reserved_cmdline_words_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let text = GOOD.replace("[base.debian]", "[boot]\ncmdline = [\"cairn.roothash=00\"]\n[base.debian]");
+        let e = parse(&src(d.path(), &text)).unwrap_err();
+        assert!(e.problems[0].message.contains("reserved"), "{e}");
+    }
+}

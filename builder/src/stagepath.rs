@@ -1,0 +1,176 @@
+//! Paths inside the image being built. Every write into the staging tree
+//! goes through `resolve_in_root`, which follows symlinks the way the booted
+//! image would (absolute links restart at the staging root), so no input can
+//! make cairn touch a file outside the staging folder.
+
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// A relative path inside an image: no root, no `..`, no empty parts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ImagePath(PathBuf);
+
+impl ImagePath {
+    pub fn new(p: impl AsRef<Path>) -> Result<Self> {
+        let p = p.as_ref();
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                Component::Normal(n) => out.push(n),
+                Component::CurDir => {}
+                Component::RootDir => {}
+                Component::ParentDir => bail!("path {} contains `..`", p.display()),
+                Component::Prefix(_) => bail!("path {} has a prefix", p.display()),
+            }
+        }
+        if out.as_os_str().is_empty() {
+            bail!("path {:?} names the image root itself", p);
+        }
+        Ok(ImagePath(out))
+    }
+
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+const MAX_LINKS: usize = 40;
+
+/// Resolves `rel` inside `root` as if `root` were `/`: symlinks in every
+/// component but the last are followed, absolute targets restart at `root`,
+/// `..` never climbs above `root`. The last component is not followed, so
+/// the result may be a symlink itself (callers replace, never write through).
+pub fn resolve_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
+    resolve(root, rel, false)
+}
+
+/// Like `resolve_in_root`, but follows the last component too.
+pub fn resolve_in_root_follow(root: &Path, rel: &Path) -> Result<PathBuf> {
+    resolve(root, rel, true)
+}
+
+fn resolve(root: &Path, rel: &Path, follow_last: bool) -> Result<PathBuf> {
+    let mut pending: Vec<OsString> = components(rel);
+    pending.reverse();
+    let mut done: Vec<OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            done.pop();
+            continue;
+        }
+        if part == "." || part.is_empty() {
+            continue;
+        }
+        let is_last = pending.is_empty();
+        let mut cand = root.to_path_buf();
+        cand.extend(&done);
+        cand.push(&part);
+        if !is_last || follow_last {
+            if let Ok(meta) = std::fs::symlink_metadata(&cand) {
+                if meta.file_type().is_symlink() {
+                    hops += 1;
+                    if hops > MAX_LINKS {
+                        bail!("too many symlinks resolving {} in the image", rel.display());
+                    }
+                    let target = std::fs::read_link(&cand)
+                        .with_context(|| format!("cannot read link {}", cand.display()))?;
+                    if target.is_absolute() {
+                        done.clear();
+                    }
+                    let mut t = components(&target);
+                    t.reverse();
+                    pending.extend(t);
+                    continue;
+                }
+            }
+        }
+        done.push(part);
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&done);
+    Ok(out)
+}
+
+fn components(p: &Path) -> Vec<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Creates every directory of `rel` inside `root` (following in-root links).
+pub fn create_dirs_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
+    let mut cur = PathBuf::new();
+    let mut real = root.to_path_buf();
+    for c in rel.components() {
+        if let Component::Normal(n) = c {
+            cur.push(n);
+            let r = resolve_in_root_follow(root, &cur)?;
+            match std::fs::symlink_metadata(&r) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => bail!("{} exists in the image and is not a folder", cur.display()),
+                Err(_) => std::fs::create_dir(&r)
+                    .with_context(|| format!("cannot create {}", r.display()))?,
+            }
+            real = r;
+        }
+    }
+    Ok(real)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn image_path_refuses_dotdot() {
+        assert!(ImagePath::new("a/../b").is_err());
+        assert!(ImagePath::new("/").is_err());
+        assert_eq!(ImagePath::new("/etc/x").unwrap().as_path(), Path::new("etc/x"));
+    }
+
+    #[test]
+    fn absolute_and_dotdot_links_stay_in_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        symlink("usr/lib", root.join("lib")).unwrap();
+        symlink("/etc", root.join("usr/lib/etc-link")).unwrap();
+        symlink("../../../../../..", root.join("up")).unwrap();
+        assert_eq!(resolve_in_root(&root, Path::new("lib/x")).unwrap(), root.join("usr/lib/x"));
+        // An absolute link restarts at the staging root, not the host's /.
+        assert_eq!(
+            resolve_in_root(&root, Path::new("lib/etc-link/passwd")).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(resolve_in_root(&root, Path::new("up/etc/shadow")).unwrap(), root.join("etc/shadow"));
+        assert_eq!(resolve_in_root(&root, Path::new("../../x")).unwrap(), root.join("x"));
+        // The last component is not followed.
+        assert_eq!(resolve_in_root(&root, Path::new("lib")).unwrap(), root.join("lib"));
+    }
+
+    #[test]
+    fn link_loops_end_in_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        symlink("b", d.path().join("a")).unwrap();
+        symlink("a", d.path().join("b")).unwrap();
+        assert!(resolve_in_root(d.path(), Path::new("a/x")).is_err());
+    }
+
+    #[test]
+    fn create_dirs_follows_in_root_links() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("usr/lib")).unwrap();
+        symlink("/usr/lib", d.path().join("lib")).unwrap();
+        let p = create_dirs_in_root(d.path(), Path::new("lib/cairn/x")).unwrap();
+        assert_eq!(p, d.path().join("usr/lib/cairn/x"));
+        assert!(d.path().join("usr/lib/cairn/x").is_dir());
+    }
+}
