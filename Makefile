@@ -1,0 +1,54 @@
+# cairn: make deps (root, once), make image, make test, make bench.
+SHELL := /bin/bash
+CARGO ?= cargo
+OUT ?= out
+RECIPE ?= recipes/field-ai.toml
+CAIRN := target/release/cairn
+
+APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstools \
+	fdisk ovmf seabios systemd-boot-efi signify-openbsd binutils kmod zstd \
+	e2fsprogs cpio tar grub-pc-bin grub-efi-amd64-bin
+# qemu comes from bookworm-backports so qemu-system-x86 matches the
+# backported qemu-utils these machines ship with.
+QEMU_PACKAGES := qemu-system-x86 qemu-utils
+
+.PHONY: all deps build image test unit-test qemu-test lint bench clean doctor
+
+all: build
+
+deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "make deps installs Debian packages: run it as root"; exit 2; fi
+	echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/cairn-backports.list
+	apt-get update -o Acquire::Retries=3 || apt-get update -o Acquire::Retries=3
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -t bookworm-backports $(QEMU_PACKAGES)
+
+build:
+	$(CARGO) build --release --locked
+
+doctor: build
+	$(CAIRN) doctor
+
+# The default image: out/field-ai-VERSION/field-ai-VERSION.raw
+image: build
+	$(CAIRN) build $(RECIPE) --root . -o $(OUT)
+
+unit-test:
+	$(CARGO) test --locked --workspace --exclude qemu-tests
+
+# Boot tests: build the test recipe once, boot it under QEMU (KVM if it
+# works, else TCG) and judge from outside the guest.
+qemu-test:
+	$(CARGO) test --locked -p qemu-tests -- --test-threads=2 --nocapture
+
+test: unit-test qemu-test
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+bench: build
+	bash qemu-tests/bench.sh
+
+clean:
+	rm -rf $(OUT) target/qemu-tests
