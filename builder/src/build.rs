@@ -71,11 +71,14 @@ pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256) -> String {
 
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let started = Instant::now();
+    // Inputs are checked before anything is printed or created, so bad
+    // input is one line of error and an untouched output folder.
+    resolve(recipe)?;
     let mut st = Stages {
-        n: 0,
+        n: 1,
         total: 10,
         started,
-        times: Vec::new(),
+        times: vec![("resolve inputs".into(), started.elapsed().as_secs_f64())],
     };
     eprintln!(
         "cairn: building {} {} from {}",
@@ -84,9 +87,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         recipe.file.display()
     );
 
-    // Inputs are checked before anything is created under the output folder.
-    st.run("resolve inputs", || resolve(recipe))?;
-
+    eprintln!("[ 1/10] resolve inputs done in {:.1}s", st.times[0].1);
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("cannot create output folder {}", opts.out_dir.display()))?;
     clean_stale(&opts.out_dir);
@@ -100,9 +101,15 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     std::fs::create_dir_all(&work)?;
     std::fs::create_dir_all(&media)?;
 
-    let composed = st.run("compose root tree", || crate::compose::compose(recipe, &work))?;
+    let composed = st.run("compose root tree", || {
+        crate::compose::compose(recipe, &work)
+    })?;
     let pruned = st.run("prune kernel modules", || {
-        crate::kernel::prune(&composed.tree, &composed.kernel_version, &recipe.extra_modules)
+        crate::kernel::prune(
+            &composed.tree,
+            &composed.kernel_version,
+            &recipe.extra_modules,
+        )
     })?;
     eprintln!(
         "        kernel {}: kept {} modules, removed {}",
@@ -212,16 +219,17 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
 /// Checks every pinned input before the build writes anything.
 fn resolve(recipe: &Recipe) -> Result<()> {
     if let Base::Tarball { path, sha256, at } = &recipe.base {
-        crate::compose::check_pin(path, sha256, at).map_err(|e| {
-            anyhow::Error::new(crate::InputError(e.to_string()))
-        })?;
+        crate::compose::check_pin(path, sha256, at)
+            .map_err(|e| anyhow::Error::new(crate::InputError(e.to_string())))?;
     }
     Ok(())
 }
 
 /// Removes in-progress folders left by builds that were killed.
 fn clean_stale(out: &Path) {
-    let Ok(rd) = std::fs::read_dir(out) else { return };
+    let Ok(rd) = std::fs::read_dir(out) else {
+        return;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name

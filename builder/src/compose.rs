@@ -139,7 +139,10 @@ fn run_with_progress(stage: &str, mut cmd: Command) -> Result<()> {
     }
     let status = child.wait().with_context(|| format!("{stage}: waiting"))?;
     if !status.success() {
-        bail!("{stage}: {line} failed ({status})\n    {}", tail.join("\n    "));
+        bail!(
+            "{stage}: {line} failed ({status})\n    {}",
+            tail.join("\n    ")
+        );
     }
     Ok(())
 }
@@ -223,16 +226,7 @@ pub fn apply_overlay(overlay: &Path, tree: &Path) -> Result<()> {
         let name = rel.file_name().context("overlay entry without a name")?;
         let dest = dest_dir.join(name);
         if ft.is_dir() {
-            let real = resolve_in_root_follow(tree, rel)?;
-            match std::fs::symlink_metadata(&real) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    std::fs::remove_file(&real)?;
-                    std::fs::create_dir(&real)?;
-                }
-                Err(_) => std::fs::create_dir(&real)
-                    .with_context(|| format!("cannot create {}", real.display()))?,
-            }
+            let real = create_dirs_in_root(tree, rel)?;
             std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode))?;
             continue;
         }
@@ -242,8 +236,9 @@ pub fn apply_overlay(overlay: &Path, tree: &Path) -> Result<()> {
             std::os::unix::fs::symlink(&target, &dest)
                 .with_context(|| format!("cannot create link {}", dest.display()))?;
         } else if ft.is_file() {
-            std::fs::copy(entry.path(), &dest)
-                .with_context(|| format!("cannot copy {} into the image", entry.path().display()))?;
+            std::fs::copy(entry.path(), &dest).with_context(|| {
+                format!("cannot copy {} into the image", entry.path().display())
+            })?;
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
         } else {
             bail!(
@@ -296,7 +291,12 @@ const DEBUG_SHELL_SERVICE: &str = include_str!("../guest/cairn-debug-shell.servi
 /// cairn's own files in the image: identity, the ready unit, the default
 /// target, and the debug shell when the recipe asks for it.
 fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
-    write_in_tree(tree, "etc/hostname", format!("{}\n", recipe.name).as_bytes(), 0o644)?;
+    write_in_tree(
+        tree,
+        "etc/hostname",
+        format!("{}\n", recipe.name).as_bytes(),
+        0o644,
+    )?;
     // Empty: systemd makes a fresh one in RAM at every boot.
     write_in_tree(tree, "etc/machine-id", b"", 0o444)?;
     let osrel_path = resolve_in_root_follow(tree, Path::new("etc/os-release"))?;
@@ -318,20 +318,34 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
         .into_owned();
     write_in_tree(tree, &osrel_rel, osrel.as_bytes(), 0o644)?;
 
-    write_in_tree(tree, "usr/lib/cairn/cairn-ready", READY_SCRIPT.as_bytes(), 0o755)?;
+    write_in_tree(
+        tree,
+        "usr/lib/cairn/cairn-ready",
+        READY_SCRIPT.as_bytes(),
+        0o755,
+    )?;
     write_in_tree(
         tree,
         "usr/lib/systemd/system/cairn-ready.service",
         READY_SERVICE.as_bytes(),
         0o644,
     )?;
-    write_in_tree(tree, "usr/lib/systemd/system/cairn.target", CAIRN_TARGET.as_bytes(), 0o644)?;
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn.target",
+        CAIRN_TARGET.as_bytes(),
+        0o644,
+    )?;
     link_in_tree(
         tree,
         "usr/lib/systemd/system/cairn.target.wants/cairn-ready.service",
         "../cairn-ready.service",
     )?;
-    link_in_tree(tree, "etc/systemd/system/default.target", "/usr/lib/systemd/system/cairn.target")?;
+    link_in_tree(
+        tree,
+        "etc/systemd/system/default.target",
+        "/usr/lib/systemd/system/cairn.target",
+    )?;
     if recipe.debug_console {
         write_in_tree(
             tree,
@@ -345,7 +359,11 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
             "../cairn-debug-shell.service",
         )?;
         // The login prompt would compete with the shell for the port.
-        link_in_tree(tree, "etc/systemd/system/serial-getty@ttyS1.service", "/dev/null")?;
+        link_in_tree(
+            tree,
+            "etc/systemd/system/serial-getty@ttyS1.service",
+            "/dev/null",
+        )?;
     }
     Ok(())
 }
@@ -378,7 +396,9 @@ pub fn parse_dpkg_status(text: &str) -> Vec<Package> {
                 installed = v.trim().ends_with(" installed");
             }
         }
-        if let (Some(name), Some(version), Some(architecture), true) = (name, version, arch, installed) {
+        if let (Some(name), Some(version), Some(architecture), true) =
+            (name, version, arch, installed)
+        {
             out.push(Package {
                 name,
                 version,
@@ -427,7 +447,10 @@ mod tests {
         std::fs::create_dir_all(ov.join("etc")).unwrap();
         std::fs::write(ov.join("etc/x"), "hi").unwrap();
         apply_overlay(&ov, &tree).unwrap();
-        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "wrote outside");
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "wrote outside"
+        );
         // Control: the file landed inside the tree, under the link's in-root meaning.
         let inside = tree.join(outside.strip_prefix("/").unwrap()).join("x");
         assert_eq!(std::fs::read_to_string(inside).unwrap(), "hi");

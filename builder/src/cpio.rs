@@ -28,7 +28,11 @@ impl Archive {
     /// Adds `path` (relative, `/`-separated, no `..`) and its parents.
     pub fn add(&mut self, path: &str, entry: Entry) -> Result<()> {
         let path = path.trim_start_matches('/');
-        if path.is_empty() || path.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        if path.is_empty()
+            || path
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+        {
             bail!("initramfs path {path:?} is not a plain relative path");
         }
         let mut parent = String::new();
@@ -42,7 +46,8 @@ impl Archive {
                 Some(Entry::Dir { .. }) => {}
                 Some(_) => bail!("initramfs: {parent} is a file, cannot hold {path}"),
                 None => {
-                    self.entries.insert(parent.clone(), Entry::Dir { mode: 0o755 });
+                    self.entries
+                        .insert(parent.clone(), Entry::Dir { mode: 0o755 });
                 }
             }
         }
@@ -55,18 +60,18 @@ impl Archive {
     }
 
     pub fn write(&self, out: &mut impl Write, mtime: u64) -> Result<()> {
-        let mut ino = 1u32;
-        for (name, e) in &self.entries {
+        for (ino, (name, e)) in (1u32..).zip(self.entries.iter()) {
             let (mode, data, nlink, rdev): (u32, &[u8], u32, (u32, u32)) = match e {
                 Entry::Dir { mode } => (0o040000 | mode, &[], 2, (0, 0)),
                 Entry::File { mode, data } => (0o100000 | mode, data, 1, (0, 0)),
                 Entry::Symlink { target } => (0o120777, target.as_bytes(), 1, (0, 0)),
-                Entry::CharDev { mode, major, minor } => (0o020000 | mode, &[], 1, (*major, *minor)),
+                Entry::CharDev { mode, major, minor } => {
+                    (0o020000 | mode, &[], 1, (*major, *minor))
+                }
             };
             write_header(out, ino, mode, nlink, mtime, data.len(), rdev, name)?;
             out.write_all(data)?;
             pad(out, data.len())?;
-            ino += 1;
         }
         write_header(out, 0, 0, 1, 0, 0, (0, 0), "TRAILER!!!")?;
         Ok(())
@@ -110,8 +115,21 @@ mod tests {
     #[test]
     fn parents_added_and_output_is_stable() {
         let mut a = Archive::new();
-        a.add("b/c/file", Entry::File { mode: 0o644, data: b"hello".to_vec() }).unwrap();
-        a.add("a", Entry::Symlink { target: "b/c/file".into() }).unwrap();
+        a.add(
+            "b/c/file",
+            Entry::File {
+                mode: 0o644,
+                data: b"hello".to_vec(),
+            },
+        )
+        .unwrap();
+        a.add(
+            "a",
+            Entry::Symlink {
+                target: "b/c/file".into(),
+            },
+        )
+        .unwrap();
         assert!(a.contains("b/c"));
         let mut x = Vec::new();
         a.write(&mut x, 5).unwrap();
@@ -129,8 +147,21 @@ mod tests {
             return;
         }
         let mut a = Archive::new();
-        a.add("etc/x", Entry::File { mode: 0o600, data: b"abc".to_vec() }).unwrap();
-        a.add("l", Entry::Symlink { target: "etc/x".into() }).unwrap();
+        a.add(
+            "etc/x",
+            Entry::File {
+                mode: 0o600,
+                data: b"abc".to_vec(),
+            },
+        )
+        .unwrap();
+        a.add(
+            "l",
+            Entry::Symlink {
+                target: "etc/x".into(),
+            },
+        )
+        .unwrap();
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("a.cpio");
         let mut buf = Vec::new();

@@ -77,23 +77,6 @@ impl<'de> serde::Deserialize<'de> for Sha256 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn known_vector_and_roundtrip() {
-        let d = Sha256::of_bytes(b"abc");
-        assert_eq!(
-            d.hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(Sha256::from_hex(&d.hex()).unwrap(), d);
-        assert!(Sha256::from_hex("abc").is_err());
-        assert!(Sha256::from_hex(&"g".repeat(64)).is_err());
-    }
-}
-
 /// A digest of a folder tree: sorted relative paths, types, modes and
 /// contents. Symlinks are hashed as their target text, never followed.
 pub fn tree_digest(dir: &Path) -> anyhow::Result<Sha256> {
@@ -115,4 +98,21 @@ pub fn tree_digest(dir: &Path) -> anyhow::Result<Sha256> {
         h.update([0]);
     }
     Ok(Sha256(h.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_vector_and_roundtrip() {
+        let d = Sha256::of_bytes(b"abc");
+        assert_eq!(
+            d.hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Sha256::from_hex(&d.hex()).unwrap(), d);
+        assert!(Sha256::from_hex("abc").is_err());
+        assert!(Sha256::from_hex(&"g".repeat(64)).is_err());
+    }
 }

@@ -53,7 +53,13 @@ fn align_mib(v: u64) -> u64 {
 /// Plans the partitions: ESP, root, verity packed from 1 MiB; state takes
 /// the rest, which must be at least `min_state`. The backup GPT needs the
 /// last MiB.
-pub fn plan(uki_size: u64, root_size: u64, verity_size: u64, disk_size: u64, min_state: u64) -> Result<Layout> {
+pub fn plan(
+    uki_size: u64,
+    root_size: u64,
+    verity_size: u64,
+    disk_size: u64,
+    min_state: u64,
+) -> Result<Layout> {
     let esp_size = align_mib((uki_size + uki_size / 4 + 4 * MIB).max(64 * MIB));
     let esp = (MIB, esp_size);
     let root = (esp.0 + esp.1, align_mib(root_size));
@@ -82,7 +88,12 @@ pub fn plan(uki_size: u64, root_size: u64, verity_size: u64, disk_size: u64, min
 
 /// The sfdisk script for a layout.
 pub fn sfdisk_script(l: &Layout, root_hash: &Sha256) -> String {
-    let id = |what: &str| uuid_from(&Sha256::of_bytes(format!("cairn {what} {root_hash}").as_bytes())).to_uppercase();
+    let id = |what: &str| {
+        uuid_from(&Sha256::of_bytes(
+            format!("cairn {what} {root_hash}").as_bytes(),
+        ))
+        .to_uppercase()
+    };
     let part = |(start, size): (u64, u64), ty: &str, what: &str, extra: &str| {
         format!(
             "start={}, size={}, type={ty}, uuid={}, name=\"{what}\"{extra}\n",
@@ -98,7 +109,12 @@ pub fn sfdisk_script(l: &Layout, root_hash: &Sha256) -> String {
     s += &part(l.esp, TYPE_ESP, LABEL_ESP, "");
     // Attribute 60: read-only, a hint for tools that mount by type.
     s += &part(l.root, TYPE_ROOT_X86_64, LABEL_ROOT, ", attrs=\"GUID:60\"");
-    s += &part(l.verity, TYPE_ROOT_VERITY_X86_64, LABEL_VERITY, ", attrs=\"GUID:60\"");
+    s += &part(
+        l.verity,
+        TYPE_ROOT_VERITY_X86_64,
+        LABEL_VERITY,
+        ", attrs=\"GUID:60\"",
+    );
     s += &part(l.state, TYPE_LINUX_DATA, LABEL_STATE, "");
     s
 }
@@ -111,9 +127,15 @@ pub fn make_esp(uki: &Path, out: &Path, size: u64, volume_id: &str, epoch: u64) 
     let kib = (size / 1024).to_string();
     crate::runner::run(
         "media: ESP",
-        xshell::cmd!(sh, "mkfs.vfat -F 32 --invariant -i {volume_id} -n CAIRN-ESP -C {out} {kib}"),
+        xshell::cmd!(
+            sh,
+            "mkfs.vfat -F 32 --invariant -i {volume_id} -n CAIRN-ESP -C {out} {kib}"
+        ),
     )?;
-    crate::runner::run("media: ESP", xshell::cmd!(sh, "mmd -i {out} ::/EFI ::/EFI/BOOT"))?;
+    crate::runner::run(
+        "media: ESP",
+        xshell::cmd!(sh, "mmd -i {out} ::/EFI ::/EFI/BOOT"),
+    )?;
     // mtools stamps files with SOURCE_DATE_EPOCH; -m would copy host mtimes.
     crate::runner::run(
         "media: ESP",

@@ -10,25 +10,89 @@ pub struct Tool {
 }
 
 pub const TOOLS: &[Tool] = &[
-    Tool { name: "mmdebstrap", package: "mmdebstrap", needed_for: "Debian base trees" },
-    Tool { name: "tar", package: "tar", needed_for: "rootfs tarball bases" },
-    Tool { name: "depmod", package: "kmod", needed_for: "pruned kernel module indexes" },
-    Tool { name: "mksquashfs", package: "squashfs-tools", needed_for: "the read-only root" },
-    Tool { name: "veritysetup", package: "cryptsetup-bin", needed_for: "the dm-verity hash tree" },
-    Tool { name: "objcopy", package: "binutils", needed_for: "the UKI" },
-    Tool { name: "mkfs.vfat", package: "dosfstools", needed_for: "the ESP" },
-    Tool { name: "mmd", package: "mtools", needed_for: "the ESP" },
-    Tool { name: "mcopy", package: "mtools", needed_for: "the ESP" },
-    Tool { name: "sfdisk", package: "fdisk", needed_for: "the GPT of the raw disk" },
-    Tool { name: "qemu-img", package: "qemu-utils", needed_for: "qcow2 media" },
-    Tool { name: "xorriso", package: "xorriso", needed_for: "hybrid ISO media" },
-    Tool { name: "qemu-system-x86_64", package: "qemu-system-x86", needed_for: "cairn run and boot tests" },
-    Tool { name: "signify-openbsd", package: "signify-openbsd", needed_for: "interop tests (optional)" },
+    Tool {
+        name: "mmdebstrap",
+        package: "mmdebstrap",
+        needed_for: "Debian base trees",
+    },
+    Tool {
+        name: "tar",
+        package: "tar",
+        needed_for: "rootfs tarball bases",
+    },
+    Tool {
+        name: "depmod",
+        package: "kmod",
+        needed_for: "pruned kernel module indexes",
+    },
+    Tool {
+        name: "mksquashfs",
+        package: "squashfs-tools",
+        needed_for: "the read-only root",
+    },
+    Tool {
+        name: "veritysetup",
+        package: "cryptsetup-bin",
+        needed_for: "the dm-verity hash tree",
+    },
+    Tool {
+        name: "objcopy",
+        package: "binutils",
+        needed_for: "the UKI",
+    },
+    Tool {
+        name: "mkfs.vfat",
+        package: "dosfstools",
+        needed_for: "the ESP",
+    },
+    Tool {
+        name: "mmd",
+        package: "mtools",
+        needed_for: "the ESP",
+    },
+    Tool {
+        name: "mcopy",
+        package: "mtools",
+        needed_for: "the ESP",
+    },
+    Tool {
+        name: "sfdisk",
+        package: "fdisk",
+        needed_for: "the GPT of the raw disk",
+    },
+    Tool {
+        name: "qemu-img",
+        package: "qemu-utils",
+        needed_for: "qcow2 media",
+    },
+    Tool {
+        name: "xorriso",
+        package: "xorriso",
+        needed_for: "hybrid ISO media",
+    },
+    Tool {
+        name: "qemu-system-x86_64",
+        package: "qemu-system-x86",
+        needed_for: "cairn run and boot tests",
+    },
+    Tool {
+        name: "signify-openbsd",
+        package: "signify-openbsd",
+        needed_for: "interop tests (optional)",
+    },
 ];
 
 pub const FILES: &[(&str, &str, &str)] = &[
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", "UEFI boots (cairn run, tests)"),
-    ("/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf", "UEFI boots (cairn run, tests)"),
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "ovmf",
+        "UEFI boots (cairn run, tests)",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        "ovmf",
+        "UEFI boots (cairn run, tests)",
+    ),
 ];
 
 pub fn find(name: &str) -> Option<PathBuf> {
@@ -42,11 +106,17 @@ pub fn find(name: &str) -> Option<PathBuf> {
 /// Prints the report; returns how many required items are missing.
 pub fn report() -> usize {
     let mut missing = Vec::new();
-    println!("{:<22} {:<8} {:<18} needed for", "tool", "status", "debian package");
+    println!(
+        "{:<22} {:<8} {:<18} needed for",
+        "tool", "status", "debian package"
+    );
     for t in TOOLS {
         let found = find(t.name);
         let status = if found.is_some() { "found" } else { "MISSING" };
-        println!("{:<22} {:<8} {:<18} {}", t.name, status, t.package, t.needed_for);
+        println!(
+            "{:<22} {:<8} {:<18} {}",
+            t.name, status, t.package, t.needed_for
+        );
         if found.is_none() && !t.needed_for.contains("optional") {
             missing.push(t.package);
         }
@@ -54,7 +124,13 @@ pub fn report() -> usize {
     for (f, pkg, why) in FILES {
         let found = std::path::Path::new(f).is_file();
         let status = if found { "found" } else { "MISSING" };
-        println!("{:<22} {:<8} {:<18} {}", f.rsplit('/').next().unwrap_or(f), status, pkg, why);
+        println!(
+            "{:<22} {:<8} {:<18} {}",
+            f.rsplit('/').next().unwrap_or(f),
+            status,
+            pkg,
+            why
+        );
         if !found {
             missing.push(pkg);
         }

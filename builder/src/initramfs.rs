@@ -38,8 +38,8 @@ pub struct ElfNeeds {
 }
 
 pub fn elf_needs(data: &[u8]) -> Result<ElfNeeds> {
-    let header = elf::FileHeader64::<object::Endianness>::parse(data)
-        .context("not a 64-bit ELF file")?;
+    let header =
+        elf::FileHeader64::<object::Endianness>::parse(data).context("not a 64-bit ELF file")?;
     let endian = header.endian()?;
     let mut needs = ElfNeeds::default();
     for ph in header.program_headers(endian, data)? {
@@ -56,7 +56,9 @@ pub fn elf_needs(data: &[u8]) -> Result<ElfNeeds> {
         for d in dynamic {
             if d.tag32(endian) == Some(elf::DT_NEEDED) {
                 let name = d.string(endian, strings).context("bad DT_NEEDED")?;
-                needs.needed.push(String::from_utf8_lossy(name).into_owned());
+                needs
+                    .needed
+                    .push(String::from_utf8_lossy(name).into_owned());
             }
         }
     }
@@ -85,8 +87,9 @@ fn add_binary(a: &mut Archive, tree: &Path, rel: &str, seen: &mut BTreeSet<Strin
         if lib.contains('/') {
             bail!("initramfs: /{rel} needs {lib:?}, a path; only library names are supported");
         }
-        let src = find_library(tree, &lib)
-            .with_context(|| format!("initramfs: library {lib} (needed by /{rel}) not found in the root tree"))?;
+        let src = find_library(tree, &lib).with_context(|| {
+            format!("initramfs: library {lib} (needed by /{rel}) not found in the root tree")
+        })?;
         add_library(a, tree, &src, &lib, seen)?;
     }
     Ok(())
@@ -101,7 +104,13 @@ fn find_library(tree: &Path, lib: &str) -> Option<String> {
 }
 
 /// Libraries go where the loader looks first, whatever their path in the tree.
-fn add_library(a: &mut Archive, tree: &Path, src: &str, lib: &str, seen: &mut BTreeSet<String>) -> Result<()> {
+fn add_library(
+    a: &mut Archive,
+    tree: &Path,
+    src: &str,
+    lib: &str,
+    seen: &mut BTreeSet<String>,
+) -> Result<()> {
     let dest = format!("lib/x86_64-linux-gnu/{lib}");
     if !seen.insert(dest.clone()) {
         return Ok(());
@@ -109,22 +118,49 @@ fn add_library(a: &mut Archive, tree: &Path, src: &str, lib: &str, seen: &mut BT
     let real = resolve_in_root_follow(tree, Path::new(src))?;
     let bytes = std::fs::read(&real)?;
     let sub = elf_needs(&bytes).unwrap_or_default();
-    a.add(&dest, Entry::File { mode: 0o755, data: bytes })?;
+    a.add(
+        &dest,
+        Entry::File {
+            mode: 0o755,
+            data: bytes,
+        },
+    )?;
     for l in sub.needed {
-        let p = find_library(tree, &l)
-            .with_context(|| format!("initramfs: library {l} (needed by {lib}) not found in the root tree"))?;
+        let p = find_library(tree, &l).with_context(|| {
+            format!("initramfs: library {l} (needed by {lib}) not found in the root tree")
+        })?;
         add_library(a, tree, &p, &l, seen)?;
     }
     Ok(())
 }
 
 /// Writes the initramfs for `kernel_version` from the tree to `out`.
-pub fn make_initramfs(tree: &Path, kernel_version: &str, out: &Path, epoch: u64) -> Result<Initramfs> {
+pub fn make_initramfs(
+    tree: &Path,
+    kernel_version: &str,
+    out: &Path,
+    epoch: u64,
+) -> Result<Initramfs> {
     let mut a = Archive::new();
     let mut seen = BTreeSet::new();
-    a.add("init", Entry::File { mode: 0o755, data: INIT.as_bytes().to_vec() })?;
-    a.add("dev/console", Entry::CharDev { mode: 0o600, major: 5, minor: 1 })?;
-    for d in ["proc", "sys", "run", "tmp", "sysroot", "sbin", "usr/bin", "usr/sbin"] {
+    a.add(
+        "init",
+        Entry::File {
+            mode: 0o755,
+            data: INIT.as_bytes().to_vec(),
+        },
+    )?;
+    a.add(
+        "dev/console",
+        Entry::CharDev {
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )?;
+    for d in [
+        "proc", "sys", "run", "tmp", "sysroot", "sbin", "usr/bin", "usr/sbin",
+    ] {
         a.add(d, Entry::Dir { mode: 0o755 })?;
     }
     // busybox-static puts the binary in /bin (a link to usr/bin when /usr is merged).
@@ -141,11 +177,20 @@ pub fn make_initramfs(tree: &Path, kernel_version: &str, out: &Path, epoch: u64)
     }
     let vs = ["usr/sbin/veritysetup", "sbin/veritysetup"]
         .into_iter()
-        .find(|p| resolve_in_root_follow(tree, Path::new(p)).map(|r| r.is_file()).unwrap_or(false))
+        .find(|p| {
+            resolve_in_root_follow(tree, Path::new(p))
+                .map(|r| r.is_file())
+                .unwrap_or(false)
+        })
         .context("initramfs: veritysetup missing from the root tree; install cryptsetup-bin")?;
     add_binary(&mut a, tree, vs, &mut seen)?;
     if vs != "sbin/veritysetup" {
-        a.add("sbin/veritysetup", Entry::Symlink { target: format!("/{vs}") })?;
+        a.add(
+            "sbin/veritysetup",
+            Entry::Symlink {
+                target: format!("/{vs}"),
+            },
+        )?;
     }
 
     let mods = crate::kernel::initramfs_modules(tree, kernel_version)?;
@@ -155,10 +200,19 @@ pub fn make_initramfs(tree: &Path, kernel_version: &str, out: &Path, epoch: u64)
         let data = std::fs::read(mdir.join(rel))
             .with_context(|| format!("initramfs: module {} missing", rel.display()))?;
         let dest = format!("{kernel_version}/{}", rel.display());
-        a.add(&format!("lib/modules/{dest}"), Entry::File { mode: 0o644, data })?;
+        a.add(
+            &format!("lib/modules/{dest}"),
+            Entry::File { mode: 0o644, data },
+        )?;
         list.push_str(&format!("{} {dest}\n", if *may_fail { "?" } else { "!" }));
     }
-    a.add("etc/cairn/modules", Entry::File { mode: 0o644, data: list.into_bytes() })?;
+    a.add(
+        "etc/cairn/modules",
+        Entry::File {
+            mode: 0o644,
+            data: list.into_bytes(),
+        },
+    )?;
 
     let mut buf = Vec::new();
     a.write(&mut buf, epoch)?;

@@ -112,11 +112,21 @@ pub fn parse_modules_dep(text: &str) -> Result<ModuleDeps> {
             .with_context(|| format!("modules.dep line {} has no ':'", n + 1))?;
         let m = PathBuf::from(m.trim());
         if m.is_absolute() || m.components().any(|c| c.as_os_str() == "..") {
-            bail!("modules.dep line {} names {:?} outside the module tree", n + 1, m);
+            bail!(
+                "modules.dep line {} names {:?} outside the module tree",
+                n + 1,
+                m
+            );
         }
         let deps: Vec<PathBuf> = rest.split_whitespace().map(PathBuf::from).collect();
-        if deps.iter().any(|d| d.is_absolute() || d.components().any(|c| c.as_os_str() == "..")) {
-            bail!("modules.dep line {} has a dependency outside the module tree", n + 1);
+        if deps
+            .iter()
+            .any(|d| d.is_absolute() || d.components().any(|c| c.as_os_str() == ".."))
+        {
+            bail!(
+                "modules.dep line {} has a dependency outside the module tree",
+                n + 1
+            );
         }
         md.by_name.insert(module_name(&m), m.clone());
         md.deps.insert(m, deps);
@@ -142,7 +152,12 @@ impl ModuleDeps {
     /// Dependencies before dependants (modules.dep lists deps in load order
     /// reversed; a DFS post-order is always valid).
     pub fn load_order(&self, wanted: &[PathBuf]) -> Vec<PathBuf> {
-        fn visit(md: &ModuleDeps, m: &PathBuf, seen: &mut BTreeSet<PathBuf>, out: &mut Vec<PathBuf>) {
+        fn visit(
+            md: &ModuleDeps,
+            m: &PathBuf,
+            seen: &mut BTreeSet<PathBuf>,
+            out: &mut Vec<PathBuf>,
+        ) {
             if !seen.insert(m.clone()) {
                 return;
             }
@@ -179,6 +194,7 @@ fn builtin_names(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+#[derive(Debug)]
 pub struct Pruned {
     pub kept: usize,
     pub removed: usize,
@@ -189,7 +205,10 @@ pub struct Pruned {
 pub fn prune(tree: &Path, version: &str, extra: &[String]) -> Result<Pruned> {
     let pruned = prune_files(tree, version, extra)?;
     let sh = xshell::Shell::new()?;
-    crate::runner::run("kernel: depmod", xshell::cmd!(sh, "depmod -b {tree} {version}"))?;
+    crate::runner::run(
+        "kernel: depmod",
+        xshell::cmd!(sh, "depmod -b {tree} {version}"),
+    )?;
     Ok(pruned)
 }
 
@@ -301,7 +320,7 @@ mod tests {
         let v = md.by_name["dm_verity"].clone();
         let c = md.closure(&[v.clone()].into_iter().collect());
         assert_eq!(c.len(), 4);
-        let order = md.load_order(&[v.clone()]);
+        let order = md.load_order(std::slice::from_ref(&v));
         let pos = |n: &str| order.iter().position(|p| module_name(p) == n).unwrap();
         assert!(pos("dm_mod") < pos("dm_bufio"));
         assert!(pos("dm_bufio") < pos("dm_verity"));

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod doctor;
 pub mod initramfs;
 pub mod kernel;
+pub mod manifest;
 pub mod normalise;
 pub mod qemu;
 pub mod recipe;
@@ -18,7 +19,6 @@ pub mod squashfs;
 pub mod stagepath;
 pub mod uki;
 pub mod verity;
-pub mod manifest;
 
 /// Bad input from the user (recipe, pin, key, arguments): the CLI exits 2.
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,14 @@ const REMOVE: &[&str] = &[
     "etc/gshadow-",
     "etc/resolv.conf",
 ];
-const EMPTY: &[&str] = &["var/log", "var/cache/apt", "var/lib/apt/lists", "tmp", "var/tmp", "run"];
+const EMPTY: &[&str] = &[
+    "var/log",
+    "var/cache/apt",
+    "var/lib/apt/lists",
+    "tmp",
+    "var/tmp",
+    "run",
+];
 
 pub struct Normalised {
     pub entries: u64,
@@ -43,7 +50,10 @@ pub fn normalise(tree: &Path, epoch: u64) -> Result<Normalised> {
     }
     for rel in EMPTY {
         let p = resolve_in_root(tree, Path::new(rel))?;
-        if !std::fs::symlink_metadata(&p).map(|m| m.is_dir()).unwrap_or(false) {
+        if !std::fs::symlink_metadata(&p)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
             continue;
         }
         for e in std::fs::read_dir(&p)?.flatten() {
@@ -52,7 +62,8 @@ pub fn normalise(tree: &Path, epoch: u64) -> Result<Normalised> {
             if e.file_type()?.is_dir() {
                 empty_files_below(&ep)?;
             } else {
-                std::fs::remove_file(&ep).with_context(|| format!("normalise: remove {}", ep.display()))?;
+                std::fs::remove_file(&ep)
+                    .with_context(|| format!("normalise: remove {}", ep.display()))?;
             }
         }
     }
@@ -100,10 +111,19 @@ mod tests {
         assert!(!tree.join("var/log/apt/history.log").exists());
         assert!(!tree.join("var/log/dpkg.log").exists());
         let m = std::fs::symlink_metadata(tree.join("var/log")).unwrap();
-        assert_eq!(FileTime::from_last_modification_time(&m).unix_seconds(), 1_000_000);
+        assert_eq!(
+            FileTime::from_last_modification_time(&m).unix_seconds(),
+            1_000_000
+        );
         let l = std::fs::symlink_metadata(tree.join("link")).unwrap();
-        assert_eq!(FileTime::from_last_modification_time(&l).unix_seconds(), 1_000_000);
+        assert_eq!(
+            FileTime::from_last_modification_time(&l).unix_seconds(),
+            1_000_000
+        );
         // The link's target outside the tree kept its own time.
-        assert_eq!(std::fs::metadata(&outside).unwrap().modified().unwrap(), before);
+        assert_eq!(
+            std::fs::metadata(&outside).unwrap().modified().unwrap(),
+            before
+        );
     }
 }

@@ -1698,7 +1698,7 @@ mod tests {
         ];
         let mut vm = Vm::start(&s).unwrap_or_else(|e| panic!("{e:#}"));
         let t = Duration::from_secs(120) * timeout_scale();
-        vm.wait_for_line("Run /init", t)
+        vm.wait_for_line("cairn test init up", t)
             .unwrap_or_else(|e| panic!("{e:#}"));
         let (rc, out) = vm
             .console_run("echo hello; echo there", t)

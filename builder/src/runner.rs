@@ -34,7 +34,9 @@ pub fn run(stage: &str, cmd: Cmd<'_>) -> Result<String> {
     let out = cmd.ignore_status().quiet().output();
     let out = match out {
         Ok(o) => o,
-        Err(e) => bail!("{stage}: cannot run `{line}`: {e}; run `cairn doctor` to check host tools"),
+        Err(e) => {
+            bail!("{stage}: cannot run `{line}`: {e}; run `cairn doctor` to check host tools")
+        }
     };
     if verbose() {
         eprintln!("    ({:.1}s)", started.elapsed().as_secs_f64());

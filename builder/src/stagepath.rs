@@ -115,7 +115,9 @@ pub fn create_dirs_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
             match std::fs::symlink_metadata(&r) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => bail!("{} exists in the image and is not a folder", cur.display()),
-                Err(_) => std::fs::create_dir(&r)
+                // Every existing component of `r` was checked not to be a
+                // link, so this only creates fresh folders inside the root.
+                Err(_) => std::fs::create_dir_all(&r)
                     .with_context(|| format!("cannot create {}", r.display()))?,
             }
             real = r;
@@ -133,7 +135,10 @@ mod tests {
     fn image_path_refuses_dotdot() {
         assert!(ImagePath::new("a/../b").is_err());
         assert!(ImagePath::new("/").is_err());
-        assert_eq!(ImagePath::new("/etc/x").unwrap().as_path(), Path::new("etc/x"));
+        assert_eq!(
+            ImagePath::new("/etc/x").unwrap().as_path(),
+            Path::new("etc/x")
+        );
     }
 
     #[test]
@@ -144,16 +149,28 @@ mod tests {
         symlink("usr/lib", root.join("lib")).unwrap();
         symlink("/etc", root.join("usr/lib/etc-link")).unwrap();
         symlink("../../../../../..", root.join("up")).unwrap();
-        assert_eq!(resolve_in_root(&root, Path::new("lib/x")).unwrap(), root.join("usr/lib/x"));
+        assert_eq!(
+            resolve_in_root(&root, Path::new("lib/x")).unwrap(),
+            root.join("usr/lib/x")
+        );
         // An absolute link restarts at the staging root, not the host's /.
         assert_eq!(
             resolve_in_root(&root, Path::new("lib/etc-link/passwd")).unwrap(),
             root.join("etc/passwd")
         );
-        assert_eq!(resolve_in_root(&root, Path::new("up/etc/shadow")).unwrap(), root.join("etc/shadow"));
-        assert_eq!(resolve_in_root(&root, Path::new("../../x")).unwrap(), root.join("x"));
+        assert_eq!(
+            resolve_in_root(&root, Path::new("up/etc/shadow")).unwrap(),
+            root.join("etc/shadow")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("../../x")).unwrap(),
+            root.join("x")
+        );
         // The last component is not followed.
-        assert_eq!(resolve_in_root(&root, Path::new("lib")).unwrap(), root.join("lib"));
+        assert_eq!(
+            resolve_in_root(&root, Path::new("lib")).unwrap(),
+            root.join("lib")
+        );
     }
 
     #[test]

@@ -74,7 +74,10 @@ pub fn make_uki(inputs: &UkiInputs, work: &Path, out: &Path) -> Result<Uki> {
     }
     let sh = xshell::Shell::new()?;
     let stub_path = inputs.stub;
-    crate::runner::run("uki", xshell::cmd!(sh, "objcopy {args...} {stub_path} {out}"))?;
+    crate::runner::run(
+        "uki",
+        xshell::cmd!(sh, "objcopy {args...} {stub_path} {out}"),
+    )?;
     Ok(Uki {
         path: out.to_path_buf(),
         size: std::fs::metadata(out)?.len(),

@@ -28,13 +28,22 @@ pub struct VerityTree {
 /// A UUID string made from 16 bytes of a digest.
 pub fn uuid_from(d: &Sha256) -> String {
     let h = d.hex();
-    format!("{}-{}-4{}-8{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 pub fn make_verity(data: &Path, hash_out: &Path) -> Result<VerityTree> {
     let digest = Sha256::of_file(data)?;
     let salt = Sha256::of_bytes(format!("cairn verity salt {digest}").as_bytes()).hex();
-    let uuid = uuid_from(&Sha256::of_bytes(format!("cairn verity uuid {digest}").as_bytes()));
+    let uuid = uuid_from(&Sha256::of_bytes(
+        format!("cairn verity uuid {digest}").as_bytes(),
+    ));
     let sh = xshell::Shell::new()?;
     let bs = BLOCK_SIZE.to_string();
     let out = crate::runner::run(

@@ -1,0 +1,99 @@
+//! The command-line contract for bad input: one line naming the problem and
+//! its place, exit code 2, nothing under the output folder.
+
+use std::path::Path;
+use std::process::Command;
+
+fn cairn(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run cairn");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = "[image]\nname = \"t\"\nversion = \"1\"\n\n[base.tarball]\npath = \"root.tar\"\nsha256 = \"SHA\"\n";
+
+fn setup() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("root.tar"), b"not really a tarball").unwrap();
+    d
+}
+
+fn build_fails(text: &str, want_place: &str, want_words: &str) {
+    let d = setup();
+    std::fs::write(d.path().join("r.toml"), text).unwrap();
+    let (code, _out, err) = cairn(&["build", "r.toml", "-o", "out"], d.path());
+    assert_eq!(code, 2, "stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "want one line, got: {err}");
+    assert!(lines[0].contains(want_place), "want {want_place} in: {err}");
+    assert!(lines[0].contains(want_words), "want {want_words} in: {err}");
+    let out = d.path().join("out");
+    let leftovers = std::fs::read_dir(&out).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "something was written under out/");
+}
+
+fn good_sha() -> String {
+    cairn::digest::Sha256::of_bytes(b"not really a tarball").hex()
+}
+
+#[test]
+fn unknown_key() {
+    let text = GOOD
+        .replace("SHA", &good_sha())
+        .replace("version = \"1\"\n", "version = \"1\"\ncolour = \"red\"\n");
+    build_fails(&text, "r.toml:4:1", "unknown field `colour`");
+}
+
+#[test]
+fn wrong_type() {
+    let text = GOOD
+        .replace("SHA", &good_sha())
+        .replace("version = \"1\"", "version = 1");
+    build_fails(&text, "r.toml:3:11", "invalid type");
+}
+
+#[test]
+fn missing_file() {
+    let text = GOOD
+        .replace("SHA", &good_sha())
+        .replace("root.tar", "gone.tar");
+    build_fails(&text, "r.toml:6:8", "not found");
+}
+
+#[test]
+fn digest_mismatch() {
+    let text = GOOD.replace("SHA", &"0".repeat(64));
+    build_fails(&text, "r.toml:7:10", "but the recipe pins");
+}
+
+#[test]
+fn control_the_same_recipe_with_the_right_pin_checks_clean() {
+    let d = setup();
+    std::fs::write(d.path().join("r.toml"), GOOD.replace("SHA", &good_sha())).unwrap();
+    let (code, out, err) = cairn(&["check", "r.toml"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn doctor_names_packages() {
+    let d = tempfile::tempdir().unwrap();
+    let (_code, out, _err) = cairn(&["doctor"], d.path());
+    for pkg in [
+        "mmdebstrap",
+        "squashfs-tools",
+        "cryptsetup-bin",
+        "mtools",
+        "fdisk",
+        "ovmf",
+    ] {
+        assert!(out.contains(pkg), "doctor does not name {pkg}: {out}");
+    }
+}
