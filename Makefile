@@ -29,9 +29,18 @@ build:
 doctor: build
 	$(CAIRN) doctor
 
-# The default image: out/field-ai-VERSION/field-ai-VERSION.raw
+# A development signing key, made on first use, so the default build is
+# verifiable out of the box. Never use it for releases.
+DEV_KEY ?= .cairn-dev/dev
+
+# The default image: out/field-ai-VERSION/field-ai-VERSION.raw, signed.
 image: build
-	$(CAIRN) build $(RECIPE) --root . -o $(OUT)
+	@if [ ! -f $(DEV_KEY).sec ]; then \
+		mkdir -p $(dir $(DEV_KEY)) && $(CAIRN) keygen $(DEV_KEY) --no-passphrase && \
+		echo "make image: created DEVELOPMENT signing key $(DEV_KEY).sec (unencrypted; local builds only, never releases)"; \
+	fi
+	$(CAIRN) build $(RECIPE) --root . -o $(OUT) --key $(DEV_KEY).sec
+	@echo "verify with: $(CAIRN) verify $(OUT)/<name-version> --pubkey $(DEV_KEY).pub"
 
 unit-test:
 	$(CARGO) test --locked --workspace --exclude qemu-tests
@@ -41,7 +50,10 @@ unit-test:
 qemu-test:
 	$(CARGO) test --locked -p qemu-tests -- --test-threads=2 --nocapture
 
-test: unit-test qemu-test
+# The boot tests build the test image that the verify tests sign and
+# tamper with, so they run first; then the unit tests must find it.
+test: qemu-test
+	CAIRN_REQUIRE_TEST_IMAGE=1 $(MAKE) unit-test
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -14,6 +14,8 @@ use crate::recipe::{Base, Recipe};
 
 pub struct BuildOptions {
     pub out_dir: PathBuf,
+    /// Sign the outputs (SHA256 + SHA256.sig) with this key.
+    pub key: Option<crate::sign::SigningKey>,
 }
 
 pub struct BuildResult {
@@ -74,9 +76,13 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // Inputs are checked before anything is printed or created, so bad
     // input is one line of error and an untouched output folder.
     resolve(recipe)?;
+    let key = match &opts.key {
+        Some(k) => Some(crate::sign::load_key(k)?),
+        None => None,
+    };
     let mut st = Stages {
         n: 1,
-        total: 10,
+        total: if key.is_some() { 11 } else { 10 },
         started,
         times: vec![("resolve inputs".into(), started.elapsed().as_secs_f64())],
     };
@@ -87,7 +93,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         recipe.file.display()
     );
 
-    eprintln!("[ 1/10] resolve inputs done in {:.1}s", st.times[0].1);
+    eprintln!(
+        "[ 1/{}] resolve inputs done in {:.1}s",
+        st.total, st.times[0].1
+    );
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("cannot create output folder {}", opts.out_dir.display()))?;
     clean_stale(&opts.out_dir);
@@ -187,6 +196,16 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         let m = Manifest::new(recipe, &composed, &verity, &cmdline, &raw.layout, &media)?;
         manifest::write(&m, &media.join("manifest.json"))
     })?;
+    if let (Some(key), Some(k)) = (&key, &opts.key) {
+        let pub_name = k
+            .path
+            .with_extension("pub")
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "key.pub".into());
+        let id = st.run("sign", || crate::sign::sign_dir(&media, key, &pub_name))?;
+        eprintln!("        signed with key id {id} (verify with {pub_name})");
+    }
 
     // Publish: the finished folder appears in one rename.
     let final_dir = opts.out_dir.join(&stem);

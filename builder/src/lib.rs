@@ -4,20 +4,30 @@
 pub mod build;
 pub mod compose;
 pub mod cpio;
+pub mod diff;
 pub mod digest;
 pub mod disk;
 pub mod doctor;
+pub mod flash;
 pub mod initramfs;
+pub mod inspect;
+pub mod iso;
 pub mod kernel;
 pub mod manifest;
 pub mod normalise;
+pub mod progress;
+pub mod provenance;
+pub mod qcow2;
 pub mod qemu;
+pub mod qemu_run;
 pub mod recipe;
 pub mod runner;
+pub mod sign;
 pub mod signify;
 pub mod squashfs;
 pub mod stagepath;
 pub mod uki;
+pub mod verify;
 pub mod verity;
 
 /// Bad input from the user (recipe, pin, key, arguments): the CLI exits 2.

@@ -25,6 +25,27 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct PassArgs {
+    /// Read the key passphrase from the first line of this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_env")]
+    passphrase_file: Option<PathBuf>,
+    /// Read the key passphrase from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    passphrase_env: Option<String>,
+}
+
+impl PassArgs {
+    fn source(&self) -> Option<cairn::signify::PassphraseSource> {
+        use cairn::signify::PassphraseSource;
+        match (&self.passphrase_file, &self.passphrase_env) {
+            (Some(f), _) => Some(PassphraseSource::File(f.clone())),
+            (None, Some(v)) => Some(PassphraseSource::Env(v.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Build a recipe into out/NAME-VERSION/ (raw disk + manifest.json).
@@ -43,6 +64,40 @@ enum Command {
         /// folder). Recipes cannot widen it themselves.
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Sign the outputs with this signify secret key: writes SHA256 and
+        /// SHA256.sig beside the media (`signify -C` and `cairn verify` read them).
+        #[arg(long, value_name = "NAME.sec")]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Make a signing key pair NAME.pub / NAME.sec in OpenBSD signify format.
+    ///
+    /// The secret key is encrypted under a passphrase (asked on the terminal,
+    /// or read from --passphrase-file / --passphrase-env; never from the
+    /// command line), unless --no-passphrase. Existing files are never
+    /// overwritten.
+    Keygen {
+        /// Path prefix: NAME.pub and NAME.sec are written.
+        name: PathBuf,
+        /// Leave the secret key unencrypted (CI and throwaway keys only).
+        #[arg(long)]
+        no_passphrase: bool,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Verify an output folder (or one .raw beside its SHA256, SHA256.sig and
+    /// manifest.json) against a public key, offline. Exit 0 only if every
+    /// check passes; 1 if one fails (one line says which); 2 for bad input.
+    Verify {
+        /// The output folder, or a .raw/.iso file in it.
+        target: PathBuf,
+        /// The signer's public key (signify format).
+        #[arg(long, value_name = "KEY.pub")]
+        pubkey: PathBuf,
+        /// Also refuse images whose flags say debug (debug console on).
+        #[arg(long)]
+        production: bool,
     },
     /// Check a recipe without building it: every problem, with file:line:col.
     Check {
@@ -78,9 +133,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Build { recipe, out, root } => {
+        Command::Build {
+            recipe,
+            out,
+            root,
+            key,
+            pass,
+        } => {
             let r = cairn::recipe::load(&recipe, root.as_deref())?;
-            let res = cairn::build::build(&r, &cairn::build::BuildOptions { out_dir: out })?;
+            let key = key.map(|path| cairn::sign::SigningKey {
+                path,
+                passphrase: pass.source(),
+            });
+            let res = cairn::build::build(&r, &cairn::build::BuildOptions { out_dir: out, key })?;
             println!("{}", res.raw.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -89,6 +154,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: ok ({} {})", recipe.display(), r.name, r.version);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keygen {
+            name,
+            no_passphrase,
+            pass,
+        } => {
+            let passphrase = if no_passphrase {
+                None
+            } else {
+                let source = pass
+                    .source()
+                    .unwrap_or(cairn::signify::PassphraseSource::Prompt { confirm: true });
+                Some(
+                    cairn::signify::read_passphrase(source)
+                        .map_err(|e| cairn::InputError(e.to_string()))?,
+                )
+            };
+            let comment = name
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "cairn".into());
+            let (p, s) = cairn::signify::keygen(&name, passphrase.as_deref(), &comment)
+                .map_err(|e| cairn::InputError(format!("{e:#}")))?;
+            let id = cairn::signify::PublicKey::read(&p)?.key_id();
+            println!(
+                "public key: {}\nsecret key: {}\nkey id:     {id}",
+                p.display(),
+                s.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            target,
+            pubkey,
+            production,
+        } => match cairn::verify::verify(&target, &pubkey, production) {
+            Ok(report) => {
+                println!("{report}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(cairn::verify::VerifyError::BadInput(m)) => {
+                eprintln!("error: {m}");
+                Ok(ExitCode::from(2))
+            }
+            Err(e) => {
+                eprintln!("FAILED {e}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Command::Doctor => {
             let missing = cairn::doctor::report();
             Ok(if missing == 0 {

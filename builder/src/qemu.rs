@@ -1657,6 +1657,30 @@ mod tests {
         assert!(Vm::start(&missing).is_err());
     }
 
+    /// QEMU accepts the device wiring of every bus (start() waits for QMP,
+    /// i.e. for device creation to succeed).
+    #[test]
+    fn qemu_every_bus_starts() {
+        if !have_qemu() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (bus, format, name) in [
+            (DiskBus::Virtio, ImageFormat::Raw, "d.raw"),
+            (DiskBus::UsbStorage, ImageFormat::Raw, "d.raw"),
+            (DiskBus::Cdrom, ImageFormat::Iso, "d.iso"),
+        ] {
+            let img = dir.path().join(name);
+            fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+            let mut s = BootSpec::new(&img, format, Firmware::Bios, dir.path().join("serial.log"));
+            s.bus = bus;
+            s.memory_mib = 128;
+            let mut vm = Vm::start(&s).unwrap_or_else(|e| panic!("{bus:?}: {e:#}"));
+            assert_eq!(vm.wait_exit(Duration::from_millis(200)).unwrap(), None);
+            vm.kill();
+        }
+    }
+
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -1664,9 +1688,11 @@ mod tests {
             .unwrap_or(0)
     }
 
-    /// End-to-end console/powerdown check against a real Linux guest:
-    /// `CAIRN_TEST_KERNEL=/path/vmlinuz CAIRN_TEST_INITRD=/path/initrd` (an
-    /// initrd whose init runs `sh` on ttyS1) and `--ignored`.
+    /// End-to-end console/powerdown check against a real Linux guest, run
+    /// with `--ignored` and `CAIRN_TEST_KERNEL=/path/vmlinuz
+    /// CAIRN_TEST_INITRD=/path/initrd`: a busybox initrd whose /init mounts
+    /// devtmpfs and proc, insmods evdev.ko and button.ko, prints
+    /// "cairn test init up" and runs `setsid sh -c 'exec sh -i <>/dev/ttyS1 >&0 2>&1'`.
     #[test]
     #[ignore]
     fn qemu_console_run_against_a_kernel() {
@@ -1718,6 +1744,14 @@ mod tests {
             .console_run("printf 'no newline'", t)
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!((rc, out.as_str()), (0, "no newline"));
+        let (_, out) = vm
+            .console_run(
+                "for e in /dev/input/event*; do (busybox dd if=$e of=/dev/null bs=24 count=1 \
+                 && poweroff -f) & done; sleep 1; ps | grep -c 'dd if'",
+                t,
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        println!("power-button watchers: {out}");
         let st = vm.powerdown(t).unwrap_or_else(|e| panic!("{e:#}"));
         println!("powerdown exit: {st}");
     }

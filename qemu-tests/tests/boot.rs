@@ -31,8 +31,14 @@ fn built() -> &'static Built {
         let out = ws.join("target/qemu-tests/out");
         let r = cairn::recipe::load(&recipe, Some(&ws)).map_err(|e| e.to_string())?;
         eprintln!("qemu-tests: building {} (once per run)", recipe.display());
-        let res = cairn::build::build(&r, &cairn::build::BuildOptions { out_dir: out })
-            .map_err(|e| format!("{e:#}"))?;
+        let res = cairn::build::build(
+            &r,
+            &cairn::build::BuildOptions {
+                out_dir: out,
+                key: None,
+            },
+        )
+        .map_err(|e| format!("{e:#}"))?;
         Ok(Built {
             dir: res.dir,
             raw: res.raw,
