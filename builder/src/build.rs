@@ -60,10 +60,17 @@ impl Drop for InProgress {
 /// cairn owns verity in its initramfs, so it passes `cairn.roothash=`,
 /// never systemd's `roothash=` (whose generator would act on it too).
 pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256) -> String {
+    let state = match (recipe.state_mode, recipe.debug_unencrypted_state) {
+        (crate::recipe::StateMode::Ram, _) => "ram",
+        (crate::recipe::StateMode::Disk, false) => "disk",
+        (crate::recipe::StateMode::Disk, true) => "disk-unencrypted",
+    };
     let mut words = vec![
         "console=tty0".to_string(),
         "console=ttyS0,115200".to_string(),
         format!("cairn.roothash={root_hash}"),
+        format!("cairn.state={state}"),
+        format!("cairn.ram_size={}", recipe.ram_size),
         "systemd.gpt_auto=0".to_string(),
         "systemd.firstboot=0".to_string(),
     ];
@@ -194,7 +201,21 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     })?;
     st.run("manifest", || {
         let m = Manifest::new(recipe, &composed, &verity, &cmdline, &raw.layout, &media)?;
-        manifest::write(&m, &media.join("manifest.json"))
+        manifest::write(&m, &media.join("manifest.json"))?;
+        // The in-toto/SLSA statement names every output by digest.
+        let subjects: Vec<(String, Sha256)> = m
+            .outputs
+            .iter()
+            .map(|o| (o.file.clone(), o.sha256))
+            .chain(std::iter::once((
+                "manifest.json".to_string(),
+                Sha256::of_file(&media.join("manifest.json"))?,
+            )))
+            .collect();
+        crate::provenance::write(
+            &media.join(crate::provenance::FILE_NAME),
+            &crate::provenance::statement(&m, &subjects),
+        )
     })?;
     if let (Some(key), Some(k)) = (&key, &opts.key) {
         let pub_name = k

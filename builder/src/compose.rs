@@ -26,6 +26,24 @@ pub const REQUIRED_PACKAGES: &[&str] = &[
     "busybox-static",
     "cryptsetup-bin",
     "systemd-boot-efi",
+    "nftables",
+    "e2fsprogs",
+];
+
+/// Units that would reach out or change the image by themselves: masked.
+pub const MASKED_UNITS: &[&str] = &[
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "apt-daily.service",
+    "apt-daily-upgrade.service",
+    "systemd-timesyncd.service",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "man-db.timer",
+    "systemd-resolved.service",
+    "getty-static.service",
 ];
 
 /// A Debian package installed in the image (for the SBOM).
@@ -287,6 +305,10 @@ const READY_SCRIPT: &str = include_str!("../guest/cairn-ready");
 const READY_SERVICE: &str = include_str!("../guest/cairn-ready.service");
 const CAIRN_TARGET: &str = include_str!("../guest/cairn.target");
 const DEBUG_SHELL_SERVICE: &str = include_str!("../guest/cairn-debug-shell.service");
+const SAY_SCRIPT: &str = include_str!("../guest/cairn-say");
+const FIREWALL_SERVICE: &str = include_str!("../guest/cairn-firewall.service");
+const NETWORKD_DROPIN: &str = include_str!("../guest/networkd-requires-firewall.conf");
+const STATE_DISCARD: &str = include_str!("../guest/cairn-state-discard");
 
 /// cairn's own files in the image: identity, the ready unit, the default
 /// target, and the debug shell when the recipe asks for it.
@@ -322,6 +344,62 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
         tree,
         "usr/lib/cairn/cairn-ready",
         READY_SCRIPT.as_bytes(),
+        0o755,
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/cairn/cairn-say",
+        SAY_SCRIPT.as_bytes(),
+        0o755,
+    )?;
+
+    // Air-gap: the ruleset sits in the verity-protected root; the unit loads
+    // it before networking, and networkd cannot start without it.
+    write_in_tree(
+        tree,
+        "usr/lib/cairn/firewall.nft",
+        crate::firewall::ruleset(&recipe.network).as_bytes(),
+        0o644,
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn-firewall.service",
+        FIREWALL_SERVICE.as_bytes(),
+        0o644,
+    )?;
+    link_in_tree(
+        tree,
+        "usr/lib/systemd/system/sysinit.target.wants/cairn-firewall.service",
+        "../cairn-firewall.service",
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system/systemd-networkd.service.d/cairn-firewall.conf",
+        NETWORKD_DROPIN.as_bytes(),
+        0o644,
+    )?;
+    // Debian's own nftables.service would load /etc/nftables.conf over ours.
+    link_in_tree(tree, "etc/systemd/system/nftables.service", "/dev/null")?;
+    if let Some(network) = crate::firewall::networkd_file(&recipe.network) {
+        write_in_tree(
+            tree,
+            "etc/systemd/network/10-cairn.network",
+            network.as_bytes(),
+            0o644,
+        )?;
+        link_in_tree(
+            tree,
+            "usr/lib/systemd/system/cairn.target.wants/systemd-networkd.service",
+            "../systemd-networkd.service",
+        )?;
+    }
+    for unit in MASKED_UNITS {
+        link_in_tree(tree, &format!("etc/systemd/system/{unit}"), "/dev/null")?;
+    }
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system-shutdown/cairn-state-discard",
+        STATE_DISCARD.as_bytes(),
         0o755,
     )?;
     write_in_tree(

@@ -193,6 +193,38 @@ pub fn make_initramfs(
         )?;
     }
 
+    // The state partition: dm-crypt and a fresh ext4 at every boot.
+    for (tool, package) in [("cryptsetup", "cryptsetup-bin"), ("mke2fs", "e2fsprogs")] {
+        let found = [format!("usr/sbin/{tool}"), format!("sbin/{tool}")]
+            .into_iter()
+            .find(|p| {
+                resolve_in_root_follow(tree, Path::new(p))
+                    .map(|r| r.is_file())
+                    .unwrap_or(false)
+            })
+            .with_context(|| {
+                format!("initramfs: {tool} missing from the root tree; install {package}")
+            })?;
+        add_binary(&mut a, tree, &found, &mut seen)?;
+        if found != format!("sbin/{tool}") {
+            a.add(
+                &format!("sbin/{tool}"),
+                Entry::Symlink {
+                    target: format!("/{found}"),
+                },
+            )?;
+        }
+    }
+    if let Ok(conf) = std::fs::read(resolve_in_root_follow(tree, Path::new("etc/mke2fs.conf"))?) {
+        a.add(
+            "etc/mke2fs.conf",
+            Entry::File {
+                mode: 0o644,
+                data: conf,
+            },
+        )?;
+    }
+
     let mods = crate::kernel::initramfs_modules(tree, kernel_version)?;
     let mdir = crate::kernel::modules_dir(tree, kernel_version)?;
     let mut list = String::new();

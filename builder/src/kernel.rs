@@ -82,7 +82,10 @@ pub const INITRAMFS_MODULES: &[(&str, bool)] = &[
     ("dm_crypt", false),
     ("squashfs", false),
     ("overlay", false),
+    ("crc32c_generic", false),
+    ("crc32c_intel", true),
     ("ext4", false),
+    ("ecb", false),
     ("xts", false),
     ("aesni_intel", true),
 ];

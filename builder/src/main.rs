@@ -99,6 +99,20 @@ enum Command {
         #[arg(long)]
         production: bool,
     },
+    /// What a reviewer reads first: name, version, build date, signer key id,
+    /// root hash, kernel and command line, flags, network rules, outputs with
+    /// digests and the package list. Does not verify: use `cairn verify`.
+    Inspect {
+        /// An output folder (out/NAME-VERSION).
+        dir: PathBuf,
+        /// Machine-readable JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two output folders: packages added/removed/changed, OCI images,
+    /// policy, flags, kernel command line, output sizes. Exit 0 when they are
+    /// the same, 1 when they differ.
+    Diff { a: PathBuf, b: PathBuf },
     /// Check a recipe without building it: every problem, with file:line:col.
     Check {
         recipe: PathBuf,
@@ -202,6 +216,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
+        Command::Inspect { dir, json } => {
+            let i =
+                cairn::inspect::inspect(&dir).map_err(|e| cairn::InputError(format!("{e:#}")))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                print!("{}", i.render_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff { a, b } => {
+            let d = cairn::diff::diff(&a, &b).map_err(|e| cairn::InputError(format!("{e:#}")))?;
+            print!("{}", d.render_text());
+            Ok(if d.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Doctor => {
             let missing = cairn::doctor::report();
             Ok(if missing == 0 {

@@ -30,6 +30,8 @@ pub struct Manifest {
     pub flags: Flags,
     pub sbom: Sbom,
     pub partitions: Vec<PartitionInfo>,
+    #[serde(default)]
+    pub network: crate::firewall::NetworkPolicy,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,6 +87,9 @@ pub struct KernelInfo {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Flags {
     pub debug_console: bool,
+    /// Test control: disk state without encryption.
+    #[serde(default)]
+    pub debug_unencrypted_state: bool,
     pub state_mode: String,
     pub firewall: String,
 }
@@ -191,8 +196,13 @@ impl Manifest {
             },
             flags: Flags {
                 debug_console: recipe.debug_console,
-                state_mode: "ram".into(),
-                firewall: "none".into(),
+                debug_unencrypted_state: recipe.debug_unencrypted_state,
+                state_mode: recipe.state_mode.as_str().into(),
+                firewall: if recipe.network.egress.is_empty() && recipe.network.ingress.is_empty() {
+                    "deny-all".into()
+                } else {
+                    "default-deny+rules".into()
+                },
             },
             sbom: Sbom {
                 packages: composed.packages.clone(),
@@ -210,6 +220,7 @@ impl Manifest {
                 size,
             })
             .collect(),
+            network: recipe.network.clone(),
         })
     }
 }

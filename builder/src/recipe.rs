@@ -37,6 +37,35 @@ pub struct RecipeFile {
     pub disk: DiskSection,
     #[serde(default)]
     pub debug: DebugSection,
+    #[serde(default)]
+    pub state: StateSection,
+    #[serde(default)]
+    pub network: NetworkSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// "disk" (default for raw/qcow2) or "ram". ISO media always use RAM.
+    pub mode: Option<Spanned<String>>,
+    /// Upper bound of the RAM state (tmpfs size): "512M" or "50%".
+    pub ram_size: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// "CIDR:PORT" or "CIDR:PORT/udp": the only destinations the appliance
+    /// may reach. Default: none.
+    #[serde(default)]
+    pub egress: Vec<Spanned<String>>,
+    /// "PORT/tcp" or "PORT/udp": the only ports reachable from outside.
+    #[serde(default)]
+    pub ingress: Vec<Spanned<String>>,
+    /// Static IPv4 address with prefix for the wired interfaces, e.g.
+    /// "10.0.2.15/24". Without it no interface is configured.
+    pub address: Option<Spanned<String>>,
+    pub gateway: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +182,11 @@ pub struct DebugSection {
     /// manifest records it so reviewers see it.
     #[serde(default)]
     pub console: bool,
+    /// Test control only: the disk state partition without encryption, so
+    /// a test can show a marker *would* be found on disk. Recorded in the
+    /// manifest; never ship it.
+    #[serde(default)]
+    pub unencrypted_state: bool,
 }
 
 /// One problem in a recipe, with where it is.
@@ -222,6 +256,30 @@ pub struct Recipe {
     pub disk_size: u64,
     pub state_size: u64,
     pub debug_console: bool,
+    pub debug_unencrypted_state: bool,
+    pub state_mode: StateMode,
+    pub ram_size: String,
+    pub network: crate::firewall::NetworkPolicy,
+}
+
+/// Where the writable state lives at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateMode {
+    /// tmpfs, size-limited.
+    Ram,
+    /// The state partition under plain dm-crypt with a key drawn at every
+    /// boot and never stored; a fresh filesystem every boot.
+    Disk,
+}
+
+impl StateMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StateMode::Ram => "ram",
+            StateMode::Disk => "disk",
+        }
+    }
 }
 
 impl Recipe {
@@ -541,6 +599,76 @@ impl<'a> Validator<'a> {
             }
         }
 
+        let state_mode = match f
+            .state
+            .mode
+            .as_ref()
+            .map(|m| (m.get_ref().as_str(), m.span()))
+        {
+            None | Some(("disk", _)) => StateMode::Disk,
+            Some(("ram", _)) => StateMode::Ram,
+            Some((other, span)) => {
+                self.problem(
+                    span,
+                    format!("state mode {other:?} is not one of \"disk\", \"ram\""),
+                );
+                StateMode::Disk
+            }
+        };
+        let ram_size = match &f.state.ram_size {
+            None => "50%".to_string(),
+            Some(v) => {
+                let t = v.get_ref().trim();
+                let pct_ok = t
+                    .strip_suffix('%')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .map(|n| (1..=90).contains(&n))
+                    .unwrap_or(false);
+                if pct_ok {
+                    t.to_string()
+                } else if let Some(b) = parse_size(t) {
+                    format!("{}k", b.div_ceil(1024))
+                } else {
+                    self.problem(
+                        v.span(),
+                        format!("state ram_size {t:?} must be a size like \"512M\" or a share like \"50%\" (1-90%)"),
+                    );
+                    String::new()
+                }
+            }
+        };
+        let mut network = crate::firewall::NetworkPolicy::default();
+        for e in &f.network.egress {
+            match crate::firewall::parse_egress(e.get_ref()) {
+                Ok(r) => network.egress.push(r),
+                Err(m) => self.problem(e.span(), m),
+            }
+        }
+        for i in &f.network.ingress {
+            match crate::firewall::parse_ingress(i.get_ref()) {
+                Ok(r) => network.ingress.push(r),
+                Err(m) => self.problem(i.span(), m),
+            }
+        }
+        if let Some(a) = &f.network.address {
+            match crate::firewall::parse_address(a.get_ref()) {
+                Ok(v) => network.address = Some(v),
+                Err(m) => self.problem(a.span(), m),
+            }
+        }
+        if let Some(g) = &f.network.gateway {
+            match g.get_ref().parse::<std::net::Ipv4Addr>() {
+                Ok(v) if network.address.is_some() => network.gateway = Some(v),
+                Ok(_) => self.problem(
+                    g.span(),
+                    "network gateway needs an address; add network.address",
+                ),
+                Err(_) => self.problem(
+                    g.span(),
+                    format!("gateway {:?} is not an IPv4 address", g.get_ref()),
+                ),
+            }
+        }
         let disk_size = self.size(&f.disk.size, "disk size");
         let state_size = self.size(&f.disk.state_size, "state size");
         if disk_size > 0 && state_size > 0 && state_size + (64 << 20) >= disk_size {
@@ -573,6 +701,10 @@ impl<'a> Validator<'a> {
             disk_size,
             state_size,
             debug_console: f.debug.console,
+            debug_unencrypted_state: f.debug.unencrypted_state,
+            state_mode,
+            ram_size,
+            network,
         })
     }
 }

@@ -1,1 +1,211 @@
-//! Shared helpers for the boot tests live in `cairn::qemu`; this crate only holds tests.
+//! Shared helpers for the boot tests: build each test recipe once per run,
+//! logs, partitions, byte flips, loopback listeners. The QEMU side is
+//! `cairn::qemu`, the same helper `cairn run` uses.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+pub struct Built {
+    pub dir: PathBuf,
+    pub raw: PathBuf,
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Builds `qemu-tests/recipes/NAME.toml` once per test process (builds run
+/// one at a time; boots may overlap).
+pub fn built(name: &str) -> &'static Built {
+    static BUILT: OnceLock<Mutex<HashMap<String, &'static Result<Built, String>>>> =
+        OnceLock::new();
+    let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut g = map.lock().unwrap_or_else(|e| e.into_inner());
+    let r: &'static Result<Built, String> = match g.get(name) {
+        Some(r) => r,
+        None => {
+            let r = Box::leak(Box::new(build(name)));
+            g.insert(name.to_string(), r);
+            r
+        }
+    };
+    match r {
+        Ok(b) => b,
+        Err(e) => panic!("building the test image {name} failed: {e}"),
+    }
+}
+
+fn build(name: &str) -> Result<Built, String> {
+    let ws = workspace();
+    let recipe = ws.join(format!("qemu-tests/recipes/{name}.toml"));
+    let out = ws.join("target/qemu-tests/out");
+    let r = cairn::recipe::load(&recipe, Some(&ws)).map_err(|e| e.to_string())?;
+    eprintln!("qemu-tests: building {} (once per run)", recipe.display());
+    let res = cairn::build::build(
+        &r,
+        &cairn::build::BuildOptions {
+            out_dir: out,
+            key: None,
+        },
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    Ok(Built {
+        dir: res.dir,
+        raw: res.raw,
+    })
+}
+
+/// Under TCG a boot to ready takes a minute or two; allow for a loaded CI.
+pub fn boot_timeout() -> Duration {
+    Duration::from_secs(420 * cairn::qemu::timeout_scale() as u64)
+}
+
+pub fn console_timeout() -> Duration {
+    Duration::from_secs(120 * cairn::qemu::timeout_scale() as u64)
+}
+
+pub fn log_path(name: &str) -> PathBuf {
+    let d = workspace().join("target/qemu-tests/logs");
+    std::fs::create_dir_all(&d).expect("log folder");
+    d.join(format!("{name}.serial.log"))
+}
+
+pub fn partition(dir: &Path, label: &str) -> (u64, u64) {
+    let m = cairn::manifest::read(&dir.join("manifest.json")).expect("manifest");
+    let p = m
+        .partitions
+        .iter()
+        .find(|p| p.label == label)
+        .unwrap_or_else(|| panic!("no partition {label} in the manifest"));
+    (p.offset, p.size)
+}
+
+/// A sparse copy of `src` in `dir`, for tests that write to the image.
+pub fn copy_image(src: &Path, dir: &Path, name: &str) -> PathBuf {
+    let dst = dir.join(name);
+    let st = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(src)
+        .arg(&dst)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "cp failed");
+    dst
+}
+
+pub fn flip_byte(path: &Path, at: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open image");
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(at)).expect("seek");
+    f.read_exact(&mut b).expect("read");
+    b[0] ^= 0x01;
+    f.seek(SeekFrom::Start(at)).expect("seek");
+    f.write_all(&b).expect("write");
+}
+
+/// Whether `needle` occurs anywhere in the file (streamed, overlap-safe).
+pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    let mut f = std::fs::File::open(path).expect("open image");
+    let mut buf = vec![0u8; 8 << 20];
+    let keep = needle.len().saturating_sub(1);
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = f.read(&mut buf).expect("read image");
+        if n == 0 {
+            return false;
+        }
+        let mut window = std::mem::take(&mut carry);
+        window.extend_from_slice(&buf[..n]);
+        if window.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+        carry = window[window.len().saturating_sub(keep)..].to_vec();
+    }
+}
+
+/// A marker no image contains by chance.
+pub fn marker(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let d =
+        cairn::digest::Sha256::of_bytes(format!("{tag} {nanos} {}", std::process::id()).as_bytes());
+    format!("CAIRNMARK{}", &d.hex()[..24])
+}
+
+/// A TCP listener on 127.0.0.1 that records every byte any client sends.
+pub struct Listener {
+    pub addr: SocketAddrV4,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Listener {
+    pub fn start() -> Listener {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = match l.local_addr().expect("local addr") {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("not v4: {other}"),
+        };
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let r2 = received.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let r3 = r2.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => r3
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        Listener { addr, received }
+    }
+
+    pub fn received(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_owned()
+    }
+}
+
+/// A free port on 127.0.0.1 for a hostfwd.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Sends an HTTP GET to 127.0.0.1:port and returns whatever comes back
+/// within `timeout` (empty if nothing).
+pub fn http_get(port: u16, timeout: Duration) -> String {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), timeout)
+    else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}

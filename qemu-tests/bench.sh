@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# cairn benchmarks, run by `make bench` after `cargo build --release`.
+#  (a) verify speed: `sha256sum` over a signed output folder's files vs
+#      `cairn verify` on the same folder (each run twice, the second timed,
+#      so both read from a warm page cache); prints both and the ratio.
+#  (b) with BENCH_BUILD=1: builds recipes/field-ai.toml into target/bench-out
+#      and prints the build's "stage times" block.
+# Environment: OUT (default out), PUBKEY (default .cairn-dev/dev.pub),
+# BENCH_CAIRN (default target/release/cairn),
+# BENCH_DIR (a folder to use instead of the newest signed one under OUT),
+# BENCH_BUILD=1, BENCH_RECIPE (default recipes/field-ai.toml).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CAIRN=${BENCH_CAIRN:-target/release/cairn}
+OUT=${OUT:-out}
+PUBKEY=${PUBKEY:-.cairn-dev/dev.pub}
+RECIPE=${BENCH_RECIPE:-recipes/field-ai.toml}
+
+die() {
+    echo "bench: $*" >&2
+    exit 2
+}
+
+now() { date +%s.%N; }
+# elapsed START END -> seconds with 3 decimals
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+[[ -x $CAIRN ]] || die "$CAIRN not found: run \`cargo build --release\` (or \`make bench\`, which does)"
+command -v sha256sum >/dev/null || die "sha256sum not found (Debian package coreutils)"
+
+# ---------------------------------------------------------------------------
+# (a) verify speed
+# ---------------------------------------------------------------------------
+
+newest_signed() {
+    local best="" sig
+    shopt -s nullglob
+    for sig in "$OUT"/*/SHA256.sig; do
+        if [[ -z $best || $sig -nt $best ]]; then
+            best=$sig
+        fi
+    done
+    shopt -u nullglob
+    [[ -n $best ]] && dirname "$best"
+}
+
+if [[ -n ${BENCH_DIR:-} ]]; then
+    DIR=$BENCH_DIR
+    [[ -f $DIR/SHA256.sig ]] || die "$DIR has no SHA256.sig: build it with --key"
+else
+    DIR=$(newest_signed) ||
+        die "no signed output folder under $OUT/ (no $OUT/*/SHA256.sig): run \`make image\` first"
+fi
+[[ -f $PUBKEY ]] || die "public key $PUBKEY not found: \`make image\` creates .cairn-dev/dev.{pub,sec}; or set PUBKEY"
+
+files=()
+while IFS= read -r -d '' f; do
+    files+=("$(basename "$f")")
+done < <(find "$DIR" -maxdepth 1 -type f ! -name SHA256 ! -name SHA256.sig -print0 | sort -z)
+[[ ${#files[@]} -gt 0 ]] || die "$DIR has no files to hash"
+bytes=$(cd "$DIR" && stat -c %s -- "${files[@]}" | awk '{ s += $1 } END { print s + 0 }')
+
+echo "bench: verify speed on $DIR (${#files[@]} files, $(awk -v b="$bytes" 'BEGIN { printf "%.1f MiB", b / 1048576 }'))"
+
+time_sha256sum() {
+    local t0 t1
+    t0=$(now)
+    (cd "$DIR" && sha256sum -- "${files[@]}" >/dev/null)
+    t1=$(now)
+    elapsed "$t0" "$t1"
+}
+
+time_verify() {
+    local t0 t1 log rc=0
+    log=$(mktemp)
+    t0=$(now)
+    "$CAIRN" verify "$DIR" --pubkey "$PUBKEY" >"$log" 2>&1 || rc=$?
+    t1=$(now)
+    if [[ $rc -ne 0 ]]; then
+        echo "bench: \`$CAIRN verify $DIR --pubkey $PUBKEY\` failed (exit $rc):" >&2
+        tail -n 20 "$log" >&2
+        rm -f "$log"
+        exit 1
+    fi
+    rm -f "$log"
+    elapsed "$t0" "$t1"
+}
+
+# Run each twice; the first warms the page cache, the second is reported.
+time_sha256sum >/dev/null
+sha_s=$(time_sha256sum)
+time_verify >/dev/null
+verify_s=$(time_verify)
+
+rate() { awk -v b="$bytes" -v s="$1" 'BEGIN { if (s > 0) printf "%.0f MiB/s", b / 1048576 / s; else print "n/a" }'; }
+ratio=$(awk -v v="$verify_s" -v s="$sha_s" 'BEGIN { if (s > 0) printf "%.2f", v / s; else print "n/a" }')
+printf '  %-34s %8ss  %s\n' "sha256sum (files in SHA256)" "$sha_s" "$(rate "$sha_s")"
+printf '  %-34s %8ss  %s\n' "cairn verify (sig+digests+verity)" "$verify_s" "$(rate "$verify_s")"
+echo "  ratio verify / sha256sum: ${ratio}x"
+
+# ---------------------------------------------------------------------------
+# (b) stage times of a full build (opt-in: slow, needs root and the host tools)
+# ---------------------------------------------------------------------------
+
+if [[ ${BENCH_BUILD:-0} == 1 ]]; then
+    [[ -f $RECIPE ]] || die "recipe $RECIPE not found"
+    mkdir -p target/bench-out
+    log=target/bench-out/build.log
+    echo "bench: building $RECIPE into target/bench-out (log: $log)"
+    rc=0
+    "$CAIRN" build "$RECIPE" --root . -o target/bench-out >"$log" 2>&1 || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        echo "bench: build failed (exit $rc); last lines of $log:" >&2
+        tail -n 20 "$log" >&2
+        exit 1
+    fi
+    stages=$(sed -n '/stage times/,/cairn: built/p' "$log")
+    if [[ -z $stages ]]; then
+        echo "bench: no \"stage times\" block in $log" >&2
+        exit 1
+    fi
+    echo "$stages"
+else
+    echo "bench: set BENCH_BUILD=1 to also build $RECIPE and print its stage times"
+fi
