@@ -12,8 +12,62 @@ use crate::digest::Sha256;
 use crate::manifest::{self, Manifest};
 use crate::recipe::{Base, Recipe};
 
+/// Which media to write. The raw disk is always made (qcow2 is converted
+/// from it); it is published only when asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    pub raw: bool,
+    pub iso: bool,
+    pub qcow2: bool,
+}
+
+impl Default for Formats {
+    fn default() -> Self {
+        Formats {
+            raw: true,
+            iso: true,
+            qcow2: true,
+        }
+    }
+}
+
+impl Formats {
+    /// Parses "raw,iso,qcow2" (any subset, at least one).
+    pub fn parse(s: &str) -> Result<Formats, String> {
+        let mut f = Formats {
+            raw: false,
+            iso: false,
+            qcow2: false,
+        };
+        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match w {
+                "raw" => f.raw = true,
+                "iso" => f.iso = true,
+                "qcow2" => f.qcow2 = true,
+                other => {
+                    return Err(format!(
+                        "unknown format {other:?}; choose from raw, iso, qcow2"
+                    ))
+                }
+            }
+        }
+        if !(f.raw || f.iso || f.qcow2) {
+            return Err("no format given; choose from raw, iso, qcow2".into());
+        }
+        Ok(f)
+    }
+}
+
+/// The medium a UKI boots from: the raw disk's partitions or the ISO's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Medium {
+    Disk,
+    Iso,
+}
+
 pub struct BuildOptions {
     pub out_dir: PathBuf,
+    pub formats: Formats,
     /// Sign the outputs (SHA256 + SHA256.sig) with this key.
     pub key: Option<crate::sign::SigningKey>,
 }
@@ -59,16 +113,25 @@ impl Drop for InProgress {
 /// The kernel command line: cairn's words, then the recipe's extras.
 /// cairn owns verity in its initramfs, so it passes `cairn.roothash=`,
 /// never systemd's `roothash=` (whose generator would act on it too).
-pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256) -> String {
-    let state = match (recipe.state_mode, recipe.debug_unencrypted_state) {
-        (crate::recipe::StateMode::Ram, _) => "ram",
-        (crate::recipe::StateMode::Disk, false) => "disk",
-        (crate::recipe::StateMode::Disk, true) => "disk-unencrypted",
+pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> String {
+    let state = match (medium, recipe.state_mode, recipe.debug_unencrypted_state) {
+        // ISO media have no state partition: RAM.
+        (Medium::Iso, _, _) => "ram",
+        (Medium::Disk, crate::recipe::StateMode::Ram, _) => "ram",
+        (Medium::Disk, crate::recipe::StateMode::Disk, false) => "disk",
+        (Medium::Disk, crate::recipe::StateMode::Disk, true) => "disk-unencrypted",
     };
     let mut words = vec![
         "console=tty0".to_string(),
         "console=ttyS0,115200".to_string(),
         format!("cairn.roothash={root_hash}"),
+        format!(
+            "cairn.medium={}",
+            match medium {
+                Medium::Disk => "disk",
+                Medium::Iso => "iso",
+            }
+        ),
         format!("cairn.state={state}"),
         format!("cairn.ram_size={}", recipe.ram_size),
         "systemd.gpt_auto=0".to_string(),
@@ -89,7 +152,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     };
     let mut st = Stages {
         n: 1,
-        total: if key.is_some() { 11 } else { 10 },
+        total: 10
+            + usize::from(key.is_some())
+            + usize::from(opts.formats.iso)
+            + usize::from(opts.formats.qcow2),
         started,
         times: vec![("resolve inputs".into(), started.elapsed().as_secs_f64())],
     };
@@ -169,7 +235,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         crate::verity::make_verity(&root.path, &work.join("root.verity"))
     })?;
     eprintln!("        root hash {}", verity.root_hash);
-    let cmdline = kernel_cmdline(recipe, &verity.root_hash);
+    let cmdline = kernel_cmdline(recipe, &verity.root_hash, Medium::Disk);
     let uki = st.run("UKI", || {
         crate::uki::make_uki(
             &crate::uki::UkiInputs {
@@ -183,7 +249,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             &work.join("uki.efi"),
         )
     })?;
-    let raw_path = media.join(format!("{stem}.raw"));
+    let raw_path = if opts.formats.raw {
+        media.join(format!("{stem}.raw"))
+    } else {
+        work.join(format!("{stem}.raw"))
+    };
     let raw = st.run("raw disk", || {
         crate::disk::write_raw(
             &crate::disk::DiskInputs {
@@ -199,8 +269,48 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             &raw_path,
         )
     })?;
+    let iso_cmdline = kernel_cmdline(recipe, &verity.root_hash, Medium::Iso);
+    if opts.formats.iso {
+        st.run("hybrid ISO", || {
+            let uki_iso = crate::uki::make_uki(
+                &crate::uki::UkiInputs {
+                    stub: &stub,
+                    kernel: &composed.vmlinuz,
+                    initrd: &initrd.path,
+                    os_release: &osrel,
+                    cmdline: &iso_cmdline,
+                },
+                &work,
+                &work.join("uki-iso.efi"),
+            )?;
+            let iso_work = work.join("iso");
+            std::fs::create_dir_all(&iso_work)?;
+            crate::iso::write_iso(
+                &crate::iso::IsoInputs {
+                    uki: &uki_iso.path,
+                    kernel: &composed.vmlinuz,
+                    initrd: &initrd.path,
+                    cmdline: &iso_cmdline,
+                    root: &root.path,
+                    verity: &verity.hash_path,
+                    volume_id: &crate::iso::volume_id(&recipe.name, &recipe.version),
+                    epoch: recipe.source_date_epoch,
+                },
+                &iso_work,
+                &media.join(format!("{stem}.iso")),
+            )
+        })?;
+    }
+    if opts.formats.qcow2 {
+        st.run("qcow2", || {
+            crate::qcow2::write_qcow2(&raw_path, &media.join(format!("{stem}.qcow2")))
+        })?;
+    }
     st.run("manifest", || {
-        let m = Manifest::new(recipe, &composed, &verity, &cmdline, &raw.layout, &media)?;
+        let mut m = Manifest::new(recipe, &composed, &verity, &cmdline, &raw.layout, &media)?;
+        if opts.formats.iso {
+            m.kernel.iso_cmdline = Some(iso_cmdline.clone());
+        }
         manifest::write(&m, &media.join("manifest.json"))?;
         // The in-toto/SLSA statement names every output by digest.
         let subjects: Vec<(String, Sha256)> = m
@@ -258,6 +368,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
 
 /// Checks every pinned input before the build writes anything.
 fn resolve(recipe: &Recipe) -> Result<()> {
+    crate::workloads::check_pins(&recipe.workloads)?;
     if let Base::Tarball { path, sha256, at } = &recipe.base {
         crate::compose::check_pin(path, sha256, at)
             .map_err(|e| anyhow::Error::new(crate::InputError(e.to_string())))?;

@@ -28,6 +28,8 @@ pub const REQUIRED_PACKAGES: &[&str] = &[
     "systemd-boot-efi",
     "nftables",
     "e2fsprogs",
+    // logind (which needs dbus) turns the power button into a clean shutdown.
+    "dbus",
 ];
 
 /// Units that would reach out or change the image by themselves: masked.
@@ -61,6 +63,7 @@ pub struct ComposedRoot {
     pub vmlinuz: PathBuf,
     pub kernel_version: String,
     pub packages: Vec<Package>,
+    pub workloads: crate::workloads::Installed,
 }
 
 /// Builds the root tree at `work/root`.
@@ -80,12 +83,28 @@ pub fn compose(recipe: &Recipe, work: &Path) -> Result<ComposedRoot> {
             .with_context(|| format!("compose: overlay {}", overlay.display()))?;
     }
     configure(recipe, &tree)?;
+    let (suite, mirror) = match &recipe.base {
+        Base::Debian { suite, mirror, .. } => (suite.clone(), mirror.clone()),
+        Base::Tarball { .. } => (
+            "bookworm".to_string(),
+            "http://deb.debian.org/debian".to_string(),
+        ),
+    };
+    let workloads = crate::workloads::install(
+        &recipe.workloads,
+        &tree,
+        work,
+        recipe.source_date_epoch,
+        &suite,
+        &mirror,
+    )?;
     let packages = installed_packages(&tree)?;
     Ok(ComposedRoot {
         tree,
         vmlinuz,
         kernel_version,
         packages,
+        workloads,
     })
 }
 
@@ -94,6 +113,11 @@ pub fn compose(recipe: &Recipe, work: &Path) -> Result<ComposedRoot> {
 pub fn package_list(recipe: &Recipe, extra: &[String]) -> Vec<String> {
     let mut all: Vec<String> = REQUIRED_PACKAGES.iter().map(|s| s.to_string()).collect();
     all.push(recipe.kernel_package.clone());
+    all.extend(
+        crate::workloads::runtime_packages(recipe.workloads.runtime)
+            .iter()
+            .map(|s| s.to_string()),
+    );
     all.extend(extra.iter().cloned());
     all.sort();
     all.dedup();
@@ -291,7 +315,7 @@ pub fn write_in_tree(tree: &Path, rel: &str, content: &[u8], mode: u32) -> Resul
     Ok(())
 }
 
-fn link_in_tree(tree: &Path, rel: &str, target: &str) -> Result<()> {
+pub fn link_in_tree(tree: &Path, rel: &str, target: &str) -> Result<()> {
     let rel = Path::new(rel);
     let dir = create_dirs_in_root(tree, rel.parent().unwrap_or(Path::new("")))?;
     let dest = dir.join(rel.file_name().context("file name")?);
@@ -358,7 +382,7 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
     write_in_tree(
         tree,
         "usr/lib/cairn/firewall.nft",
-        crate::firewall::ruleset(&recipe.network).as_bytes(),
+        crate::firewall::ruleset(&recipe.network, recipe.workloads.runtime).as_bytes(),
         0o644,
     )?;
     write_in_tree(

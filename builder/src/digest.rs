@@ -77,8 +77,10 @@ impl<'de> serde::Deserialize<'de> for Sha256 {
     }
 }
 
-/// A digest of a folder tree: sorted relative paths, types, modes and
-/// contents. Symlinks are hashed as their target text, never followed.
+/// A digest of a folder tree: sorted relative paths, entry kinds (folder,
+/// file, executable file, symlink) and contents. Like git, only the
+/// executable bit of the mode counts, so a checkout's umask does not change
+/// it. Symlinks are hashed as their target text, never followed.
 pub fn tree_digest(dir: &Path) -> anyhow::Result<Sha256> {
     use std::os::unix::fs::PermissionsExt;
     let mut h = sha2::Sha256::new();
@@ -88,12 +90,21 @@ pub fn tree_digest(dir: &Path) -> anyhow::Result<Sha256> {
         let meta = e.path().symlink_metadata()?;
         h.update(rel.to_string_lossy().as_bytes());
         h.update([0]);
-        h.update(format!("{:o}", meta.permissions().mode()).as_bytes());
-        h.update([0]);
-        if meta.file_type().is_symlink() {
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            h.update(b"link\0");
             h.update(std::fs::read_link(e.path())?.to_string_lossy().as_bytes());
-        } else if meta.is_file() {
+        } else if ft.is_dir() {
+            h.update(b"dir\0");
+        } else if ft.is_file() {
+            let exec = meta.permissions().mode() & 0o111 != 0;
+            h.update(if exec { b"exec\0" } else { b"file\0" });
             h.update(Sha256::of_file(e.path())?.0);
+        } else {
+            anyhow::bail!(
+                "{}: only files, folders and symlinks can be digested",
+                e.path().display()
+            );
         }
         h.update([0]);
     }

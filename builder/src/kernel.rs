@@ -39,6 +39,8 @@ pub const DEFAULT_KEEP: &[&str] = &[
     "drivers/usb/common",
     "drivers/hid",
     "drivers/input",
+    // ACPI power button, battery, thermal: a field box must power off cleanly.
+    "drivers/acpi",
     "drivers/char/hw_random",
     "drivers/char/virtio_console.ko",
     "drivers/net/virtio_net.ko",

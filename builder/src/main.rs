@@ -25,6 +25,14 @@ struct Cli {
     command: Command,
 }
 
+fn parse_formats(s: &str) -> Result<cairn::build::Formats, String> {
+    cairn::build::Formats::parse(s)
+}
+
+fn parse_forward(s: &str) -> Result<(u16, u16), String> {
+    cairn::qemu_run::parse_forward(s).map_err(|e| format!("{e:#}"))
+}
+
 #[derive(clap::Args)]
 struct PassArgs {
     /// Read the key passphrase from the first line of this file.
@@ -64,6 +72,9 @@ enum Command {
         /// folder). Recipes cannot widen it themselves.
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Media to write, comma-separated: raw, iso, qcow2.
+        #[arg(long, default_value = "raw,iso,qcow2", value_parser = parse_formats)]
+        format: cairn::build::Formats,
         /// Sign the outputs with this signify secret key: writes SHA256 and
         /// SHA256.sig beside the media (`signify -C` and `cairn verify` read them).
         #[arg(long, value_name = "NAME.sec")]
@@ -113,6 +124,50 @@ enum Command {
     /// policy, flags, kernel command line, output sizes. Exit 0 when they are
     /// the same, 1 when they differ.
     Diff { a: PathBuf, b: PathBuf },
+    /// Write an image to a USB stick or disk, verified first and read back after.
+    ///
+    /// The image's signature and digests are checked against KEY.pub before a
+    /// byte is written; the device must not be mounted, must not hold the
+    /// running system and must be large enough. The first MiB is written last,
+    /// so an interrupted write leaves the device unbootable rather than
+    /// half-right. A regular file is accepted as DEVICE only with --to-file.
+    Flash {
+        /// The .raw or .iso to write (its SHA256, SHA256.sig and manifest.json beside it).
+        image: PathBuf,
+        /// The target block device (e.g. /dev/sdb), or a file with --to-file.
+        device: PathBuf,
+        #[arg(long, value_name = "KEY.pub")]
+        pubkey: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Write to a regular file instead of a block device (tests, staging).
+        #[arg(long)]
+        to_file: bool,
+    },
+    /// Boot a raw, qcow2 or ISO image in QEMU on this machine, serial console on
+    /// the terminal (Ctrl-A x quits). Networking is user-mode with restrict=on:
+    /// the guest reaches nothing; --forward exposes its ingress ports on
+    /// 127.0.0.1. KVM when it works, else TCG.
+    Run {
+        image: PathBuf,
+        /// Boot with SeaBIOS (legacy BIOS) instead of OVMF (UEFI).
+        #[arg(long)]
+        bios: bool,
+        /// HOSTPORT:GUESTPORT, repeatable: 127.0.0.1:HOSTPORT reaches the guest's port.
+        #[arg(long, value_name = "HOST:GUEST", value_parser = parse_forward)]
+        forward: Vec<(u16, u16)>,
+        /// Boot a throwaway copy: the image file is never written.
+        #[arg(long)]
+        scratch: bool,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+    },
+    /// Print the sha256 a recipe pins for a file or folder (model data,
+    /// policy bundles): a file's plain sha256, or a folder's tree digest
+    /// (sorted paths, modes, contents; symlinks as their target text).
+    Digest { path: PathBuf },
     /// Check a recipe without building it: every problem, with file:line:col.
     Check {
         recipe: PathBuf,
@@ -153,13 +208,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             root,
             key,
             pass,
+            format,
         } => {
             let r = cairn::recipe::load(&recipe, root.as_deref())?;
             let key = key.map(|path| cairn::sign::SigningKey {
                 path,
                 passphrase: pass.source(),
             });
-            let res = cairn::build::build(&r, &cairn::build::BuildOptions { out_dir: out, key })?;
+            let res = cairn::build::build(
+                &r,
+                &cairn::build::BuildOptions {
+                    out_dir: out,
+                    formats: format,
+                    key,
+                },
+            )?;
             println!("{}", res.raw.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -234,6 +297,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Flash {
+            image,
+            device,
+            pubkey,
+            yes,
+            to_file,
+        } => {
+            let opts = cairn::flash::FlashOptions {
+                image,
+                device,
+                pubkey,
+                yes,
+                to_file,
+                max_size: None,
+            };
+            match cairn::flash::flash(&opts) {
+                Ok(report) => {
+                    println!("{report}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1)))
+                }
+            }
+        }
+        Command::Run {
+            image,
+            bios,
+            forward,
+            scratch,
+            memory,
+        } => {
+            let opts = cairn::qemu_run::RunOptions {
+                firmware: if bios {
+                    cairn::qemu::Firmware::Bios
+                } else {
+                    cairn::qemu::Firmware::Uefi
+                },
+                forwards: forward,
+                scratch,
+                memory_mib: memory,
+                ..Default::default()
+            };
+            let code = cairn::qemu_run::run_image(&image, opts)?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Digest { path } => {
+            let d = cairn::workloads::model_digest(&path)
+                .map_err(|e| cairn::InputError(format!("{}: {e:#}", path.display())))?;
+            println!("{d}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {
             let missing = cairn::doctor::report();

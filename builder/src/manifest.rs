@@ -81,7 +81,11 @@ pub struct VerityInfo {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct KernelInfo {
     pub version: String,
+    /// The raw and qcow2 media's command line (in their UKI).
     pub cmdline: String,
+    /// The ISO's command line (its UKI and GRUB's config): RAM state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso_cmdline: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,11 +96,22 @@ pub struct Flags {
     pub debug_unencrypted_state: bool,
     pub state_mode: String,
     pub firewall: String,
+    /// Cluster runtime: none, containerd or k3s.
+    #[serde(default)]
+    pub runtime: crate::workloads::Runtime,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Sbom {
     pub packages: Vec<Package>,
+    /// Pinned OCI images: name, reference, manifest digest, source.
+    #[serde(default)]
+    pub images: Vec<crate::workloads::InstalledImage>,
+    #[serde(default)]
+    pub models: Vec<crate::workloads::InstalledModel>,
+    /// The policy bundle's digest and files.
+    #[serde(default)]
+    pub policy: Option<crate::workloads::InstalledPolicy>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -193,6 +208,7 @@ impl Manifest {
             kernel: KernelInfo {
                 version: composed.kernel_version.clone(),
                 cmdline: cmdline.into(),
+                iso_cmdline: None,
             },
             flags: Flags {
                 debug_console: recipe.debug_console,
@@ -203,9 +219,13 @@ impl Manifest {
                 } else {
                     "default-deny+rules".into()
                 },
+                runtime: recipe.workloads.runtime,
             },
             sbom: Sbom {
                 packages: composed.packages.clone(),
+                images: composed.workloads.images.clone(),
+                models: composed.workloads.models.clone(),
+                policy: composed.workloads.policy.clone(),
             },
             partitions: [
                 (crate::disk::LABEL_ESP, layout.esp),

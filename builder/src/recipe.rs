@@ -41,6 +41,124 @@ pub struct RecipeFile {
     pub state: StateSection,
     #[serde(default)]
     pub network: NetworkSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub images: Vec<ImageEntry>,
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+    #[serde(default)]
+    pub services: Vec<ServiceEntry>,
+    #[serde(default)]
+    pub policy: PolicySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// "none" (default), "containerd" or "k3s".
+    pub runtime: Option<Spanned<String>>,
+    /// k3s only: the k3s binary and its air-gap images bundle, pinned.
+    pub k3s_binary: Option<Spanned<String>>,
+    pub k3s_binary_sha256: Option<Spanned<String>>,
+    pub k3s_images: Option<Spanned<String>>,
+    pub k3s_images_sha256: Option<Spanned<String>>,
+    /// k3s components to disable on top of traefik, servicelb, metrics-server.
+    #[serde(default)]
+    pub disable: Vec<String>,
+}
+
+/// An OCI image pinned by manifest digest: from an archive on disk, or
+/// built by cairn from Debian packages and files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    pub name: Spanned<String>,
+    /// OCI layout tarball or `docker save` archive.
+    pub archive: Option<Spanned<String>>,
+    /// The image manifest's digest ("sha256:..."): required for archives;
+    /// for built images, checked when given.
+    pub digest: Option<Spanned<String>>,
+    pub build: Option<ImageBuild>,
+    /// Allow set-uid/set-gid files in the layers.
+    #[serde(default)]
+    pub allow_setuid: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuild {
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub files: Vec<ImageFile>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFile {
+    pub src: Spanned<String>,
+    pub dest: Spanned<String>,
+    /// Octal permission bits as a string, e.g. "0644".
+    #[serde(default = "default_file_mode")]
+    pub mode: Spanned<String>,
+}
+
+fn default_file_mode() -> Spanned<String> {
+    Spanned::new(0..0, "0644".into())
+}
+
+/// Model data: a file or folder pinned by sha256 (a folder's digest is
+/// `cairn digest PATH`), placed read-only in the verity-protected root.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub name: Spanned<String>,
+    pub path: Spanned<String>,
+    pub sha256: Spanned<String>,
+}
+
+/// A supervised container (containerd runtime).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    pub name: Spanned<String>,
+    pub image: Spanned<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Share the host's network (the firewall still applies). Default: the
+    /// container has only loopback.
+    #[serde(default)]
+    pub host_network: bool,
+    /// Capabilities kept (e.g. "CAP_NET_BIND_SERVICE"); all others dropped.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Memory limit, e.g. "512M".
+    pub memory: Option<Spanned<String>>,
+    /// CPU limit in cores, e.g. 1.5.
+    pub cpus: Option<f64>,
+    /// Models mounted read-only at /models/NAME.
+    #[serde(default)]
+    pub models: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// A folder of Kubernetes manifests (k3s auto-deploys them).
+    pub bundle: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,6 +378,7 @@ pub struct Recipe {
     pub state_mode: StateMode,
     pub ram_size: String,
     pub network: crate::firewall::NetworkPolicy,
+    pub workloads: crate::workloads::Workloads,
 }
 
 /// Where the writable state lives at run time.
@@ -479,6 +598,276 @@ impl<'a> Validator<'a> {
         }
     }
 
+    fn digest(&mut self, s: &Spanned<String>, what: &str) -> Option<Sha256> {
+        match Sha256::from_hex(s.get_ref()) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.problem(
+                    s.span(),
+                    format!("{what} must be a sha256 digest (64 hex digits, \"sha256:\" prefix optional)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn workloads(&mut self, f: &RecipeFile) -> crate::workloads::Workloads {
+        use crate::workloads::{ImageSource, Model, Runtime, Service, WorkloadImage, Workloads};
+        let runtime = match f
+            .cluster
+            .runtime
+            .as_ref()
+            .map(|r| (r.get_ref().as_str(), r.span()))
+        {
+            None | Some(("none", _)) => Runtime::None,
+            Some(("containerd", _)) => Runtime::Containerd,
+            Some(("k3s", _)) => Runtime::K3s,
+            Some((other, span)) => {
+                self.problem(
+                    span,
+                    format!(
+                        "cluster runtime {other:?} is not one of \"none\", \"containerd\", \"k3s\""
+                    ),
+                );
+                Runtime::None
+            }
+        };
+        let mut w = Workloads {
+            runtime,
+            ..Default::default()
+        };
+        if runtime == Runtime::K3s {
+            let c = &f.cluster;
+            let need = |v: &Option<Spanned<String>>| v.is_none();
+            if need(&c.k3s_binary)
+                || need(&c.k3s_binary_sha256)
+                || need(&c.k3s_images)
+                || need(&c.k3s_images_sha256)
+            {
+                let span = c.runtime.as_ref().map(|r| r.span()).unwrap_or(0..0);
+                self.problem(span, format!("runtime \"k3s\" needs k3s_binary, k3s_binary_sha256, k3s_images and k3s_images_sha256 in [cluster]; {}", crate::k3s::WHERE_FROM));
+            } else if let (Some(b), Some(bs), Some(i), Some(is)) = (
+                &c.k3s_binary,
+                &c.k3s_binary_sha256,
+                &c.k3s_images,
+                &c.k3s_images_sha256,
+            ) {
+                let bin = self.path(b, "k3s binary");
+                let bsha = self.digest(bs, "k3s_binary_sha256");
+                let img = self.path(i, "k3s air-gap images");
+                let isha = self.digest(is, "k3s_images_sha256");
+                if let (Some(binary), Some(binary_sha256), Some(images), Some(images_sha256)) =
+                    (bin, bsha, img, isha)
+                {
+                    w.k3s = Some(crate::k3s::Artifacts {
+                        binary,
+                        binary_sha256,
+                        images,
+                        images_sha256,
+                        disable: c.disable.clone(),
+                        node_name: f.image.name.get_ref().clone(),
+                    });
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for i in &f.images {
+            let name = i.name.get_ref().clone();
+            if !is_safe_name(&name) {
+                self.problem(
+                    i.name.span(),
+                    format!(
+                        "image name {name:?} must be 1-64 of [a-z0-9-], starting with a letter"
+                    ),
+                );
+                continue;
+            }
+            if !names.insert(name.clone()) {
+                self.problem(i.name.span(), format!("image {name:?} is listed twice"));
+            }
+            let pin = i
+                .digest
+                .as_ref()
+                .and_then(|d| self.digest(d, "image digest"));
+            let source = match (&i.archive, &i.build) {
+                (Some(a), None) => {
+                    if pin.is_none() && i.digest.is_none() {
+                        self.problem(a.span(), format!("image {name:?}: an archive must be pinned: add digest = \"sha256:...\" (the image manifest's digest)"));
+                    }
+                    self.path(a, "image archive").map(ImageSource::Archive)
+                }
+                (None, Some(b)) => {
+                    let mut files = Vec::new();
+                    for file in &b.files {
+                        let mode =
+                            u32::from_str_radix(file.mode.get_ref().trim_start_matches("0o"), 8);
+                        let dest = file.dest.get_ref();
+                        if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
+                            self.problem(file.dest.span(), format!("image file dest {dest:?} must be an absolute path without `..`"));
+                            continue;
+                        }
+                        match mode {
+                            Ok(m) if m <= 0o777 => {}
+                            _ => {
+                                self.problem(
+                                    file.mode.span(),
+                                    format!(
+                                        "mode {:?} must be octal permission bits like \"0644\"",
+                                        file.mode.get_ref()
+                                    ),
+                                );
+                                continue;
+                            }
+                        }
+                        if let Some(src) = self.path(&file.src, "image file") {
+                            if src.is_file() {
+                                files.push((src, dest.clone(), mode.unwrap_or(0o644)));
+                            } else {
+                                self.problem(file.src.span(), "image file src must be a file");
+                            }
+                        }
+                    }
+                    for p in &b.packages {
+                        if !is_package_name(p) {
+                            let span = self.section_span("packages");
+                            self.problem(span, format!("{p:?} is not a Debian package name"));
+                        }
+                    }
+                    Some(ImageSource::Build {
+                        packages: b.packages.clone(),
+                        files,
+                        entrypoint: b.entrypoint.clone(),
+                        cmd: b.cmd.clone(),
+                        env: b.env.clone(),
+                        user: b.user.clone(),
+                        workdir: b.workdir.clone(),
+                        ports: b.ports.clone(),
+                    })
+                }
+                _ => {
+                    self.problem(
+                        i.name.span(),
+                        format!("image {name:?} needs exactly one of `archive` or [images.build]"),
+                    );
+                    None
+                }
+            };
+            if let Some(source) = source {
+                w.images.push(WorkloadImage {
+                    name,
+                    source,
+                    pin,
+                    allow_setuid: i.allow_setuid,
+                });
+            }
+        }
+        for m in &f.models {
+            let name = m.name.get_ref().clone();
+            if !is_safe_name(&name) {
+                self.problem(
+                    m.name.span(),
+                    format!(
+                        "model name {name:?} must be 1-64 of [a-z0-9-], starting with a letter"
+                    ),
+                );
+                continue;
+            }
+            let path = self.path(&m.path, "model");
+            let sha = self.digest(&m.sha256, "model sha256");
+            if let (Some(path), Some(sha256)) = (path, sha) {
+                let (line, col) = line_col(&self.src.text, m.sha256.span().start);
+                w.models.push(Model {
+                    name,
+                    path,
+                    sha256,
+                    at: format!("{}:{line}:{col}", self.src.path.display()),
+                });
+            }
+        }
+        for s in &f.services {
+            let name = s.name.get_ref().clone();
+            if !is_safe_name(&name) {
+                self.problem(
+                    s.name.span(),
+                    format!(
+                        "service name {name:?} must be 1-64 of [a-z0-9-], starting with a letter"
+                    ),
+                );
+                continue;
+            }
+            if !names.contains(s.image.get_ref()) {
+                self.problem(
+                    s.image.span(),
+                    format!(
+                        "service {name:?} runs image {:?}, which no [[images]] entry names",
+                        s.image.get_ref()
+                    ),
+                );
+            }
+            for m in &s.models {
+                if !f.models.iter().any(|x| x.name.get_ref() == m.get_ref()) {
+                    self.problem(
+                        m.span(),
+                        format!(
+                            "service {name:?} mounts model {:?}, which no [[models]] entry names",
+                            m.get_ref()
+                        ),
+                    );
+                }
+            }
+            for c in &s.capabilities {
+                if !c.starts_with("CAP_")
+                    || !c[4..]
+                        .chars()
+                        .all(|ch| ch.is_ascii_uppercase() || ch == '_')
+                {
+                    let span = s.name.span();
+                    self.problem(
+                        span,
+                        format!("capability {c:?} must look like \"CAP_NET_BIND_SERVICE\""),
+                    );
+                }
+            }
+            let memory = s
+                .memory
+                .as_ref()
+                .and_then(|m| match parse_size(m.get_ref()) {
+                    Some(b) => Some(b),
+                    None => {
+                        self.problem(
+                            m.span(),
+                            format!("memory {:?} is not a size like \"512M\"", m.get_ref()),
+                        );
+                        None
+                    }
+                });
+            if runtime != Runtime::Containerd {
+                self.problem(s.name.span(), "[[services]] need [cluster] runtime = \"containerd\" (k3s runs workloads from the policy bundle)");
+            }
+            w.services.push(Service {
+                name,
+                image: s.image.get_ref().clone(),
+                args: s.args.clone(),
+                env: s.env.clone(),
+                host_network: s.host_network,
+                capabilities: s.capabilities.clone(),
+                memory,
+                cpus: s.cpus,
+                models: s.models.iter().map(|m| m.get_ref().clone()).collect(),
+            });
+        }
+        if let Some(b) = &f.policy.bundle {
+            if let Some(p) = self.path(b, "policy bundle") {
+                if p.is_dir() {
+                    w.policy = Some(p);
+                } else {
+                    self.problem(b.span(), "policy bundle must be a folder of manifests");
+                }
+            }
+        }
+        w
+    }
+
     fn run(mut self, f: RecipeFile) -> Result<Recipe, RecipeError> {
         let name = f.image.name.get_ref().clone();
         if !is_safe_name(&name) {
@@ -500,6 +889,7 @@ impl<'a> Validator<'a> {
             );
         }
 
+        let workloads = self.workloads(&f);
         let base = match (f.base.debian, f.base.tarball) {
             (Some(d), None) => {
                 for p in &d.packages {
@@ -705,6 +1095,7 @@ impl<'a> Validator<'a> {
             state_mode,
             ram_size,
             network,
+            workloads,
         })
     }
 }

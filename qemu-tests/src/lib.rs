@@ -44,7 +44,13 @@ pub fn built(name: &str) -> &'static Built {
 
 fn build(name: &str) -> Result<Built, String> {
     let ws = workspace();
-    let recipe = ws.join(format!("qemu-tests/recipes/{name}.toml"));
+    // A bare name is a test recipe; a path is relative to the workspace
+    // (the boot tests also build the default recipe, recipes/field-ai.toml).
+    let recipe = if name.contains('/') {
+        ws.join(name)
+    } else {
+        ws.join(format!("qemu-tests/recipes/{name}.toml"))
+    };
     let out = ws.join("target/qemu-tests/out");
     let r = cairn::recipe::load(&recipe, Some(&ws)).map_err(|e| e.to_string())?;
     eprintln!("qemu-tests: building {} (once per run)", recipe.display());
@@ -52,6 +58,17 @@ fn build(name: &str) -> Result<Built, String> {
         &r,
         &cairn::build::BuildOptions {
             out_dir: out,
+            // The main test image is booted in every format; the control
+            // images only as raw disks.
+            formats: if name == "tiny" {
+                cairn::build::Formats::default()
+            } else {
+                cairn::build::Formats {
+                    raw: true,
+                    iso: false,
+                    qcow2: false,
+                }
+            },
             key: None,
         },
     )

@@ -6,5 +6,8 @@
 mod boot {
     pub mod airgap;
     pub mod amnesia;
+    pub mod k3s;
+    pub mod media;
     pub mod raw;
+    pub mod workloads;
 }

@@ -1,0 +1,132 @@
+//! Field media: the hybrid ISO boots as a CD under SeaBIOS and OVMF and,
+//! written by `cairn flash --to-file`, as a USB stick; the qcow2 boots under
+//! OVMF; a flipped byte in the ISO's root file stops the boot at dm-verity.
+
+use std::path::{Path, PathBuf};
+
+use cairn::qemu::{BootSpec, DiskBus, Firmware, ImageFormat, Vm};
+use qemu_tests::*;
+
+fn media(ext: &str) -> PathBuf {
+    let b = built("tiny");
+    let p = b.raw.with_extension(ext);
+    assert!(p.is_file(), "the test build made no {}", p.display());
+    p
+}
+
+fn boot_to_ready(image: &Path, format: ImageFormat, fw: Firmware, bus: DiskBus, log: &str) -> Vm {
+    let mut spec = BootSpec::new(image, format, fw, log_path(log));
+    spec.bus = bus;
+    spec.debug_console = true;
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    vm.wait_for_line("cairn: ready", boot_timeout())
+        .unwrap_or_else(|e| panic!("{log}: not ready: {e:#}"));
+    vm
+}
+
+#[test]
+fn iso_as_cdrom_reaches_ready_under_seabios_and_ovmf() {
+    let iso = media("iso");
+    for (fw, log) in [
+        (Firmware::Bios, "iso-seabios-cd"),
+        (Firmware::Uefi, "iso-ovmf-cd"),
+    ] {
+        let mut vm = boot_to_ready(&iso, ImageFormat::Iso, fw, DiskBus::Cdrom, log);
+        let serial = vm.serial_text();
+        assert!(
+            serial.contains("cairn: found ISO medium"),
+            "{log}: {serial}"
+        );
+        assert!(
+            serial.contains("cairn: state: RAM"),
+            "{log}: ISO media keep state in RAM"
+        );
+        crate::boot::raw::assert_read_only_root(&mut vm);
+    }
+}
+
+#[test]
+fn qcow2_reaches_ready_under_ovmf() {
+    let q = media("qcow2");
+    let mut vm = boot_to_ready(
+        &q,
+        ImageFormat::Qcow2,
+        Firmware::Uefi,
+        DiskBus::Virtio,
+        "qcow2-ovmf",
+    );
+    let (rc, out) = vm
+        .console_run("cryptsetup status cairn-state | head -1", console_timeout())
+        .expect("console");
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("is active"), "{out}");
+}
+
+#[test]
+fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
+    let b = built("tiny");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A signed copy of the output folder, as a field team receives it.
+    let dir = tmp.path().join("release");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for f in ["iso", "raw", "qcow2"] {
+        copy_image(&b.raw.with_extension(f), &dir, &format!("cairn-test-1.{f}"));
+    }
+    std::fs::copy(b.dir.join("manifest.json"), dir.join("manifest.json")).expect("copy manifest");
+    std::fs::copy(b.dir.join("provenance.json"), dir.join("provenance.json"))
+        .expect("copy provenance");
+    let key = cairn::signify::generate();
+    let pubkey = tmp.path().join("test.pub");
+    std::fs::write(&pubkey, key.public().to_file_text("test public key")).expect("pubkey");
+    cairn::sign::sign_dir(&dir, &key, "test.pub").expect("sign");
+
+    let stick = tmp.path().join("stick.img");
+    let report = cairn::flash::flash(&cairn::flash::FlashOptions {
+        image: dir.join("cairn-test-1.iso"),
+        device: stick.clone(),
+        pubkey: pubkey.clone(),
+        yes: true,
+        to_file: true,
+        max_size: None,
+    })
+    .unwrap_or_else(|e| panic!("flash --to-file failed: {e}"));
+    eprintln!("{report}");
+    let vm = boot_to_ready(
+        &stick,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        DiskBus::UsbStorage,
+        "iso-usb-stick",
+    );
+    let serial = vm.serial_text();
+    assert!(serial.contains("cairn: found ISO medium"), "{serial}");
+}
+
+#[test]
+fn one_flipped_byte_in_the_iso_root_file_stops_the_boot() {
+    let iso = media("iso");
+    let files = cairn::iso::list_iso(&iso).expect("list ISO");
+    let root = files
+        .iter()
+        .find(|f| f.path == cairn::iso::ISO_ROOT)
+        .expect("root file on the ISO");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = copy_image(&iso, tmp.path(), "flipped.iso");
+    // Inside the first 4 KiB block of the squashfs: its superblock, which
+    // mounting reads, so dm-verity must check it.
+    flip_byte(&bad, root.offset + 1000);
+    let spec = BootSpec::new(
+        &bad,
+        ImageFormat::Iso,
+        Firmware::Uefi,
+        log_path("iso-flipped"),
+    );
+    let mut spec = spec;
+    spec.bus = DiskBus::Cdrom;
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let (i, line) = vm
+        .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout())
+        .expect("a verdict on the console");
+    assert_eq!(i, 1, "the tampered ISO reached ready: {line}");
+    assert!(line.contains("verity"), "{line}");
+}

@@ -1,0 +1,94 @@
+//! Workloads: the default recipe, field-ai, booted with restrict=on user
+//! networking and a hostfwd to its service port. A prediction request from
+//! the host gets the right answer for known inputs; the image digest that
+//! containerd reports inside the guest equals the manifest's; the guest
+//! makes no outbound connection (a guestfwd listener sees nothing and the
+//! firewall logs no denied egress).
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use cairn::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use qemu_tests::*;
+
+fn get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(20),
+    ) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: field-ai\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn field_ai_serves_predictions_from_its_pinned_image_and_never_reaches_out() {
+    let b = built("recipes/field-ai.toml");
+    let m = cairn::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    let image = m
+        .sbom
+        .images
+        .iter()
+        .find(|i| i.name == "inference")
+        .expect("the manifest lists the inference image");
+    let listener = Listener::start();
+    let port = free_port();
+    let mut spec = BootSpec::new(
+        &b.raw,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("field-ai"),
+    );
+    spec.network = true;
+    spec.forwards = vec![(port, 8080)];
+    // Anything the guest might try (an update check, a registry) would have
+    // to go somewhere; this is the only somewhere there is.
+    spec.guestfwds = vec![(Ipv4Addr::new(10, 0, 2, 100), 80, listener.addr)];
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    vm.wait_for_line("cairn: ready", boot_timeout() * 2)
+        .unwrap_or_else(|e| panic!("field-ai not ready: {e:#}"));
+    let serial = vm.serial_text();
+    let line = serial
+        .lines()
+        .find(|l| l.contains("cairn: image inference "))
+        .unwrap_or_else(|| panic!("containerd reported no digest: {serial}"));
+    assert!(
+        line.trim_end()
+            .ends_with(&format!("sha256:{}", image.digest)),
+        "containerd holds {line}, the manifest pins sha256:{}",
+        image.digest
+    );
+    let mut answer = String::new();
+    for _ in 0..30 {
+        answer = get(port, "/predict?x=5.1,3.5,1.4,0.2");
+        if answer.contains("\"class\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(answer.contains("\"class\": \"setosa\""), "{answer}");
+    let a = get(port, "/predict?x=6.7,3.0,5.2,2.3");
+    assert!(a.contains("\"class\": \"virginica\""), "{a}");
+    let a = get(port, "/predict?x=5.9,3.0,4.2,1.5");
+    assert!(a.contains("\"class\": \"versicolor\""), "{a}");
+    // The model the service reports is the pinned data.
+    let model = &m.sbom.models[0];
+    let h = get(port, "/healthz");
+    assert!(h.contains("\"status\": \"ok\""), "{h}");
+    let bad = get(port, "/predict?x=1,2");
+    assert!(bad.starts_with("HTTP/1.0 400"), "{bad}");
+    eprintln!("model {} {}", model.name, model.sha256);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(listener.received(), "", "the guest sent data out");
+    let serial = vm.serial_text();
+    assert!(
+        !serial.contains("cairn-egress-denied"),
+        "something tried to reach out: {serial}"
+    );
+    assert!(!serial.contains("cairn: FATAL"), "{serial}");
+}
