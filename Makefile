@@ -7,12 +7,12 @@ CAIRN := target/release/cairn
 
 APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstools \
 	fdisk ovmf seabios systemd-boot-efi signify-openbsd binutils kmod zstd \
-	e2fsprogs cpio tar grub-pc-bin grub-efi-amd64-bin
+	e2fsprogs cpio tar grub-pc-bin grub-efi-amd64-bin curl dpkg util-linux grub-common
 # qemu comes from bookworm-backports so qemu-system-x86 matches the
 # backported qemu-utils these machines ship with.
 QEMU_PACKAGES := qemu-system-x86 qemu-utils
 
-.PHONY: all deps build image test unit-test qemu-test lint bench clean doctor
+.PHONY: all deps build image test unit-test qemu-test lint bench clean doctor repro
 
 all: build
 
@@ -58,6 +58,10 @@ test: qemu-test
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Two builds of the default recipe from its lock, compared byte for byte.
+repro: build
+	bash qemu-tests/repro.sh $(RECIPE)
 
 bench: build
 	bash qemu-tests/bench.sh

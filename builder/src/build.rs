@@ -68,6 +68,10 @@ pub enum Medium {
 pub struct BuildOptions {
     pub out_dir: PathBuf,
     pub formats: Formats,
+    /// Use nothing but the cache (needs RECIPE.lock).
+    pub offline: bool,
+    /// Re-resolve the lock when it disagrees with the recipe.
+    pub update_lock: bool,
     /// Sign the outputs (SHA256 + SHA256.sig) with this key.
     pub key: Option<crate::sign::SigningKey>,
 }
@@ -146,6 +150,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // Inputs are checked before anything is printed or created, so bad
     // input is one line of error and an untouched output folder.
     resolve(recipe)?;
+    let locked = resolve_lock(recipe, opts)?;
     let key = match &opts.key {
         Some(k) => Some(crate::sign::load_key(k)?),
         None => None,
@@ -183,8 +188,17 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     std::fs::create_dir_all(&work)?;
     std::fs::create_dir_all(&media)?;
 
+    let repo = match &locked {
+        Some(lock) => Some(crate::debrepo::local_repo(
+            &lock.suite,
+            &lock.packages,
+            &crate::cache::Cache::default_location()?,
+            &work.join("repo"),
+        )?),
+        None => None,
+    };
     let composed = st.run("compose root tree", || {
-        crate::compose::compose(recipe, &work)
+        crate::compose::compose(recipe, &work, repo.as_ref())
     })?;
     let pruned = st.run("prune kernel modules", || {
         crate::kernel::prune(
@@ -364,6 +378,71 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         dir: final_dir,
         root_hash: verity.root_hash,
     })
+}
+
+/// The lock of a Debian base, checked against the recipe, with every
+/// locked package in the cache (fetched unless offline). None: no lock and
+/// online, so mmdebstrap resolves against the mirror.
+fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lock::LockedBase>> {
+    use crate::lock::{check_matches, lock_path, Lock};
+    let Base::Debian {
+        suite,
+        mirror,
+        packages,
+    } = &recipe.base
+    else {
+        return Ok(None);
+    };
+    let path = lock_path(&recipe.file);
+    let requested = crate::compose::package_list(recipe, packages);
+    let lock = Lock::read_if_exists(&path)
+        .map_err(|e| crate::InputError(format!("{}: {e:#}", path.display())))?;
+    let lock = match lock {
+        Some(l) => match check_matches(&l, suite, mirror, &requested) {
+            Ok(()) => Some(l),
+            Err(_) if opts.update_lock && !opts.offline => {
+                eprintln!(
+                    "cairn: {} disagrees with the recipe; updating it",
+                    path.display()
+                );
+                Some(crate::lock::lock_recipe(recipe)?)
+            }
+            Err(m) => {
+                return Err(crate::InputError(format!("{}: {m}", path.display())).into());
+            }
+        },
+        None if opts.offline => {
+            return Err(crate::InputError(format!(
+            "--offline needs {}; run `cairn lock {}` and `cairn fetch {}` on a connected machine",
+            path.display(),
+            recipe.file.display(),
+            recipe.file.display()
+        ))
+            .into())
+        }
+        None if opts.update_lock => Some(crate::lock::lock_recipe(recipe)?),
+        None => None,
+    };
+    let Some(lock) = lock else { return Ok(None) };
+    let Some(base) = lock.base else {
+        return Ok(None);
+    };
+    let cache = crate::cache::Cache::default_location()?;
+    if !opts.offline {
+        let work = tempfile::tempdir()?;
+        crate::debrepo::fetch_locked(&base.packages, mirror, &cache, work.path())?;
+    }
+    if let Err(missing) = crate::debrepo::check_cached(&base.packages, &cache) {
+        return Err(crate::InputError(format!(
+            "offline build: {} locked packages are not in the cache {}:\n    {}\nfetch them with `cairn fetch {}` (or `cairn cache import FILE` from a connected machine)",
+            missing.missing.len(),
+            missing.cache.display(),
+            missing.missing.join("\n    "),
+            recipe.file.display()
+        ))
+        .into());
+    }
+    Ok(Some(base))
 }
 
 /// Checks every pinned input before the build writes anything.

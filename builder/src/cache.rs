@@ -725,7 +725,8 @@ mod tests {
         let list = format!("{}\n", d.hex());
         let m = member_name(&d);
         let reg = tar::EntryType::Regular;
-        let cases: Vec<(&str, Vec<(String, Vec<u8>, tar::EntryType)>)> = vec![
+        type Member = (String, Vec<u8>, tar::EntryType);
+        let cases: Vec<(&str, Vec<Member>)> = vec![
             (
                 "content changed",
                 vec![

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -67,14 +67,18 @@ pub struct ComposedRoot {
 }
 
 /// Builds the root tree at `work/root`.
-pub fn compose(recipe: &Recipe, work: &Path) -> Result<ComposedRoot> {
+pub fn compose(
+    recipe: &Recipe,
+    work: &Path,
+    repo: Option<&crate::debrepo::LocalRepo>,
+) -> Result<ComposedRoot> {
     let tree = work.join("root");
     match &recipe.base {
         Base::Debian {
             suite,
             mirror,
             packages,
-        } => mmdebstrap(recipe, suite, mirror, packages, &tree)?,
+        } => mmdebstrap(recipe, suite, mirror, packages, &tree, repo)?,
         Base::Tarball { path, .. } => extract_tarball(path, &tree)?,
     }
     let (vmlinuz, kernel_version) = take_kernel(&tree, work)?;
@@ -130,32 +134,28 @@ fn mmdebstrap(
     mirror: &str,
     packages: &[String],
     tree: &Path,
+    repo: Option<&crate::debrepo::LocalRepo>,
 ) -> Result<()> {
-    let include = package_list(recipe, packages).join(",");
-    let mut cmd = Command::new("mmdebstrap");
-    cmd.args([
-        "--variant=minbase",
-        "--mode=auto",
-        "--format=directory",
-        "--aptopt=Acquire::Retries \"3\"",
-        "--dpkgopt=path-exclude=/usr/share/man/*",
-        "--dpkgopt=path-exclude=/usr/share/locale/*",
-        "--dpkgopt=path-exclude=/usr/share/doc/*",
-        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-        "--dpkgopt=path-exclude=/usr/share/info/*",
-    ])
-    .arg(format!("--include={include}"))
-    .arg(suite)
-    .arg(tree)
-    .arg(mirror)
-    // The kernel's postinst hooks skip building an initrd with INITRD=No:
-    // cairn writes its own initramfs.
-    .env("INITRD", "No")
-    .env("SOURCE_DATE_EPOCH", recipe.source_date_epoch.to_string())
-    .env("LC_ALL", "C.UTF-8")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let include = package_list(recipe, packages);
+    // With a lock, packages come from a local repository of the locked,
+    // cached .debs: the same bytes online and offline.
+    let (mirror_arg, extra) = match repo {
+        Some(r) => {
+            let mut extra = r.mmdebstrap_args();
+            extra.push(crate::debrepo::sources_list_hook(suite, mirror)?);
+            (r.mmdebstrap_mirror(), extra)
+        }
+        None => (mirror.to_string(), Vec::new()),
+    };
+    let cmd = crate::debrepo::mmdebstrap_command(
+        suite,
+        tree,
+        &mirror_arg,
+        &include,
+        recipe.source_date_epoch,
+        "directory",
+        &extra,
+    );
     run_with_progress("compose: mmdebstrap", cmd)
 }
 
@@ -341,6 +341,24 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
         tree,
         "etc/hostname",
         format!("{}\n", recipe.name).as_bytes(),
+        0o644,
+    )?;
+    // No resolver: nothing in the appliance can look a name up outside.
+    // (The file exists because container runtimes bind-mount it.)
+    write_in_tree(
+        tree,
+        "etc/resolv.conf",
+        b"# cairn: air-gapped appliance, no DNS resolver.\n",
+        0o644,
+    )?;
+    write_in_tree(
+        tree,
+        "etc/hosts",
+        format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{0}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+            recipe.name
+        )
+        .as_bytes(),
         0o644,
     )?;
     // Empty: systemd makes a fresh one in RAM at every boot.

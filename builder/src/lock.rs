@@ -311,6 +311,51 @@ pub fn check_matches(
     Ok(())
 }
 
+/// Resolves a recipe's Debian base against its mirror, stores every .deb in
+/// the cache and writes `RECIPE.lock`. Returns the lock.
+pub fn lock_recipe(recipe: &crate::recipe::Recipe) -> Result<Lock> {
+    let crate::recipe::Base::Debian {
+        suite,
+        mirror,
+        packages,
+    } = &recipe.base
+    else {
+        anyhow::bail!("only Debian bases have packages to lock");
+    };
+    let cache = crate::cache::Cache::default_location()?;
+    let requested = crate::compose::package_list(recipe, packages);
+    let work = tempfile::tempdir()?;
+    eprintln!(
+        "cairn: resolving {} requested packages against {mirror} {suite}",
+        requested.len()
+    );
+    let pkgs = crate::debrepo::resolve_and_download(
+        suite,
+        mirror,
+        &requested,
+        recipe.source_date_epoch,
+        work.path(),
+        &cache,
+    )?;
+    let mut lock = Lock::new(recipe.source_date_epoch);
+    lock.base = Some(LockedBase {
+        suite: suite.clone(),
+        mirror: mirror.clone(),
+        packages_requested: requested,
+        packages: pkgs,
+    });
+    lock.normalise();
+    let path = lock_path(&recipe.file);
+    lock.write(&path)?;
+    eprintln!(
+        "cairn: wrote {} ({} packages, cached in {})",
+        path.display(),
+        lock.base.as_ref().map(|b| b.packages.len()).unwrap_or(0),
+        cache.root().display()
+    );
+    Ok(lock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,25 @@ impl PassArgs {
 }
 
 #[derive(Subcommand)]
+enum CacheOp {
+    /// Write exactly the files RECIPE.lock needs to FILE (a tar with a
+    /// DIGESTS list).
+    Export {
+        file: PathBuf,
+        #[arg(long)]
+        recipe: PathBuf,
+    },
+    /// Add the files of an export to this machine's cache; every file is
+    /// checked against the list and its own name first.
+    Import { file: PathBuf },
+    /// Remove everything the given recipes' locks do not name.
+    Gc {
+        #[arg(long = "keep-recipe")]
+        recipes: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Build a recipe into out/NAME-VERSION/ (raw disk + manifest.json).
     ///
@@ -81,6 +100,34 @@ enum Command {
         key: Option<PathBuf>,
         #[command(flatten)]
         pass: PassArgs,
+        /// Use nothing but cairn's cache: needs RECIPE.lock with every
+        /// package cached (`cairn fetch`); lists what is missing otherwise.
+        #[arg(long)]
+        offline: bool,
+        /// Re-resolve RECIPE.lock when it disagrees with the recipe (or
+        /// create it).
+        #[arg(long)]
+        update_lock: bool,
+    },
+    /// Resolve the recipe's Debian packages and write RECIPE.lock (name,
+    /// version, architecture, .deb sha256 of every package; the epoch).
+    /// The .debs land in the cache ($CAIRN_CACHE, default ~/.cache/cairn).
+    Lock {
+        recipe: PathBuf,
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Fill the cache with everything RECIPE.lock names, checking each
+    /// file's sha256, so `cairn build --offline` works later.
+    Fetch {
+        recipe: PathBuf,
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Move cached inputs between machines, or prune the cache.
+    Cache {
+        #[command(subcommand)]
+        op: CacheOp,
     },
     /// Make a signing key pair NAME.pub / NAME.sec in OpenBSD signify format.
     ///
@@ -209,6 +256,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             key,
             pass,
             format,
+            offline,
+            update_lock,
         } => {
             let r = cairn::recipe::load(&recipe, root.as_deref())?;
             let key = key.map(|path| cairn::sign::SigningKey {
@@ -221,6 +270,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     out_dir: out,
                     formats: format,
                     key,
+                    offline,
+                    update_lock,
                 },
             )?;
             println!("{}", res.raw.display());
@@ -344,6 +395,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let code = cairn::qemu_run::run_image(&image, opts)?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Lock { recipe, root } => {
+            let r = cairn::recipe::load(&recipe, root.as_deref())?;
+            cairn::lock::lock_recipe(&r)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch { recipe, root } => {
+            let r = cairn::recipe::load(&recipe, root.as_deref())?;
+            let path = cairn::lock::lock_path(&r.file);
+            let lock = cairn::lock::Lock::read(&path).map_err(|e| {
+                cairn::InputError(format!(
+                    "{}: {e:#}; run `cairn lock {}` first",
+                    path.display(),
+                    recipe.display()
+                ))
+            })?;
+            let cache = cairn::cache::Cache::default_location()?;
+            if let Some(base) = &lock.base {
+                let work = tempfile::tempdir()?;
+                let rep = cairn::debrepo::fetch_locked(
+                    &base.packages,
+                    &base.mirror,
+                    &cache,
+                    work.path(),
+                )?;
+                println!(
+                    "{} packages fetched ({} bytes), {} already cached, in {}",
+                    rep.downloaded,
+                    rep.bytes,
+                    rep.already,
+                    cache.root().display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache { op } => {
+            let cache = cairn::cache::Cache::default_location()?;
+            match op {
+                CacheOp::Export { file, recipe } => {
+                    let lock = cairn::lock::Lock::read(&cairn::lock::lock_path(&recipe))
+                        .map_err(|e| cairn::InputError(format!("{e:#}")))?;
+                    cache.export(&lock.digests(), &file)?;
+                    println!("wrote {} ({} files)", file.display(), lock.digests().len());
+                }
+                CacheOp::Import { file } => {
+                    let rep = cache
+                        .import(&file)
+                        .map_err(|e| cairn::InputError(format!("{}: {e:#}", file.display())))?;
+                    println!("{} files added, {} already present", rep.added, rep.present);
+                }
+                CacheOp::Gc { recipes } => {
+                    let mut keep = std::collections::BTreeSet::new();
+                    for r in &recipes {
+                        let lock = cairn::lock::Lock::read(&cairn::lock::lock_path(r))
+                            .map_err(|e| cairn::InputError(format!("{e:#}")))?;
+                        keep.extend(lock.digests());
+                    }
+                    let (n, bytes) = cache.gc(&keep)?;
+                    println!("removed {n} files, {bytes} bytes");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Digest { path } => {
             let d = cairn::workloads::model_digest(&path)

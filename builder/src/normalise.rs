@@ -26,7 +26,6 @@ const REMOVE: &[&str] = &[
     "etc/group-",
     "etc/shadow-",
     "etc/gshadow-",
-    "etc/resolv.conf",
 ];
 const EMPTY: &[&str] = &[
     "var/log",

@@ -70,6 +70,8 @@ fn build(name: &str) -> Result<Built, String> {
                 }
             },
             key: None,
+            offline: false,
+            update_lock: false,
         },
     )
     .map_err(|e| format!("{e:#}"))?;

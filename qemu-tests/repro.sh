@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# make repro: builds a recipe twice from its lock, in two different folders,
+# at least a minute apart, with a different TMPDIR and host name, and
+# compares every output byte for byte (digests side by side).
+#   qemu-tests/repro.sh [RECIPE]     (default recipes/field-ai.toml)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+recipe=${1:-recipes/field-ai.toml}
+cairn=${CAIRN:-target/release/cairn}
+gap=${REPRO_GAP:-61}
+[ -x "$cairn" ] || { echo "repro: $cairn missing; run cargo build --release" >&2; exit 2; }
+lock="${recipe%.toml}.lock"
+if [ ! -f "$lock" ]; then
+  echo "repro: no $lock yet; making it (cairn lock)"
+  "$cairn" lock "$recipe" --root .
+fi
+work=$(mktemp -d /tmp/cairn-repro.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+build() { # $1: label, $2: host name
+  mkdir -p "$work/$1/tmp" "$work/$1/out"
+  # A private UTS namespace gives the build its own host name.
+  TMPDIR="$work/$1/tmp" unshare --uts sh -c "hostname $2 && exec \"\$@\"" sh \
+    "$cairn" build "$recipe" --root . -o "$work/$1/out" >"$work/$1/build.log" 2>&1 \
+    || { echo "repro: build $1 failed:"; tail -20 "$work/$1/build.log"; exit 1; }
+}
+echo "repro: build A ($(date -u +%T))"; build a repro-host-a
+echo "repro: waiting ${gap}s so clocks differ"; sleep "$gap"
+echo "repro: build B ($(date -u +%T))"; build b other-host-b
+da=$(ls -d "$work"/a/out/*/); db=$(ls -d "$work"/b/out/*/)
+status=0
+printf '%-36s %-16s %-16s %s\n' file "A sha256" "B sha256" verdict
+for f in $(ls "$da"); do
+  a=$(sha256sum "$da/$f" | cut -c1-16); b=$(sha256sum "$db/$f" 2>/dev/null | cut -c1-16 || echo missing)
+  v=identical; [ "$a" = "$b" ] || { v=DIFFERENT; status=1; }
+  printf '%-36s %-16s %-16s %s\n' "$f" "$a" "$b" "$v"
+done
+[ $status = 0 ] && echo "repro: bit-identical" || echo "repro: outputs differ"
+exit $status
