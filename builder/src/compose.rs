@@ -147,6 +147,33 @@ fn mmdebstrap(
         }
         None => (mirror.to_string(), Vec::new()),
     };
+    // The base tree depends on these inputs only: reuse it when they match.
+    let cache = crate::cache::Cache::default_location()?;
+    let mut inputs: Vec<String> = crate::debrepo::MMDEBSTRAP_ARGS
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    inputs.extend([
+        format!("suite {suite}"),
+        format!("mirror {mirror}"),
+        format!("include {}", include.join(",")),
+        format!("epoch {}", recipe.source_date_epoch),
+    ]);
+    if let Some(r) = repo {
+        inputs.extend(
+            r.packages
+                .iter()
+                .map(|p| format!("deb {} {}", p.spec(), p.sha256)),
+        );
+    }
+    let key = crate::stagecache::key("debian-base", &inputs);
+    if let Some((blob, _)) = crate::stagecache::lookup(&cache, "debian-base", &key) {
+        eprintln!(
+            "    base tree unchanged: reusing the cached one (stage key {})",
+            &key.hex()[..16]
+        );
+        return crate::stagecache::unpack_tree(&blob, tree);
+    }
     let cmd = crate::debrepo::mmdebstrap_command(
         suite,
         tree,
@@ -156,7 +183,14 @@ fn mmdebstrap(
         "directory",
         &extra,
     );
-    run_with_progress("compose: mmdebstrap", cmd)
+    run_with_progress("compose: mmdebstrap", cmd)?;
+    if crate::stagecache::enabled() {
+        let tmp = tree.with_extension("base.tar");
+        crate::stagecache::pack_tree(tree, &tmp)?;
+        crate::stagecache::store(&cache, "debian-base", &key, &tmp, "")?;
+        std::fs::remove_file(&tmp).ok();
+    }
+    Ok(())
 }
 
 /// Runs a long tool, echoing its `I:` progress lines and keeping the tail
@@ -539,6 +573,12 @@ pub fn check_pin(path: &Path, want: &Sha256, at: &str) -> Result<()> {
             path.display()
         );
     }
+    Ok(())
+}
+
+/// Gives a copied file mode 0644 (cached blobs are stored read-only).
+pub fn set_plain_mode(p: &Path) -> Result<()> {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))?;
     Ok(())
 }
 

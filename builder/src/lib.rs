@@ -31,6 +31,7 @@ pub mod runner;
 pub mod sign;
 pub mod signify;
 pub mod squashfs;
+pub mod stagecache;
 pub mod stagepath;
 pub mod uki;
 pub mod verify;

@@ -110,6 +110,10 @@ pub struct InstalledPolicy {
     pub files: Vec<String>,
 }
 
+struct BuiltDigest {
+    manifest_digest: Sha256,
+}
+
 /// Where things live in the image.
 pub const IMAGES_DIR: &str = "usr/lib/cairn/images";
 pub const MODELS_DIR: &str = "usr/share/cairn/models";
@@ -235,10 +239,67 @@ pub fn install(
                     suite: suite.into(),
                     mirror: mirror.into(),
                 };
-                let bwork = work.join(format!("image-{}", img.name));
-                std::fs::create_dir_all(&bwork)?;
-                let built = crate::oci::build_image(&spec, &bwork, &dest)
-                    .with_context(|| format!("image {}: build from Debian packages", img.name))?;
+                // Built images depend on the spec and the files' contents.
+                let cache = crate::cache::Cache::default_location()?;
+                let mut inputs = vec![format!(
+                    "{:?}",
+                    (
+                        &spec.name,
+                        &spec.packages,
+                        &spec.entrypoint,
+                        &spec.cmd,
+                        &spec.env,
+                        &spec.user,
+                        &spec.workdir,
+                        &spec.exposed_ports,
+                        spec.epoch,
+                        &spec.suite,
+                        &spec.mirror,
+                    )
+                )];
+                for (src, dest, mode) in files {
+                    inputs.push(format!("file {dest} {mode:o} {}", Sha256::of_file(src)?));
+                }
+                inputs.extend(
+                    crate::debrepo::MMDEBSTRAP_ARGS
+                        .iter()
+                        .map(|a| a.to_string()),
+                );
+                let key = crate::stagecache::key("oci-build", &inputs);
+                let built_digest = match crate::stagecache::lookup(&cache, "oci-build", &key)
+                    .and_then(|(blob, extra)| {
+                        Sha256::from_hex(extra.trim()).ok().map(|d| (blob, d))
+                    }) {
+                    Some((blob, digest)) => {
+                        eprintln!(
+                            "        image {}: inputs unchanged, reusing the cached build",
+                            img.name
+                        );
+                        std::fs::copy(&blob, &dest).context("copy the cached image")?;
+                        crate::compose::set_plain_mode(&dest)?;
+                        digest
+                    }
+                    None => {
+                        let bwork = work.join(format!("image-{}", img.name));
+                        std::fs::create_dir_all(&bwork)?;
+                        let built =
+                            crate::oci::build_image(&spec, &bwork, &dest).with_context(|| {
+                                format!("image {}: build from Debian packages", img.name)
+                            })?;
+                        std::fs::remove_dir_all(&bwork).ok();
+                        crate::stagecache::store(
+                            &cache,
+                            "oci-build",
+                            &key,
+                            &dest,
+                            &built.manifest_digest.hex(),
+                        )?;
+                        built.manifest_digest
+                    }
+                };
+                let built = BuiltDigest {
+                    manifest_digest: built_digest,
+                };
                 if let Some(pin) = img.pin {
                     if pin != built.manifest_digest {
                         return Err(crate::InputError(format!(
@@ -248,7 +309,6 @@ pub fn install(
                         .into());
                     }
                 }
-                std::fs::remove_dir_all(&bwork).ok();
                 (
                     built.manifest_digest,
                     format!("built from Debian packages: {}", packages.join(" ")),
