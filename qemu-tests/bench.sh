@@ -3,8 +3,8 @@
 #  (a) verify speed: `sha256sum` over a signed output folder's files vs
 #      `cairn verify` on the same folder (each run twice, the second timed,
 #      so both read from a warm page cache); prints both and the ratio.
-#  (b) with BENCH_BUILD=1: builds recipes/field-ai.toml into target/bench-out
-#      and prints the build's "stage times" block.
+#  (b) unless BENCH_BUILD=0: a cold build of recipes/field-ai.toml (no stage
+#      cache) and a warm rebuild after a model-data change, with stage times.
 # Environment: OUT (default out), PUBKEY (default .cairn-dev/dev.pub),
 # BENCH_CAIRN (default target/release/cairn),
 # BENCH_DIR (a folder to use instead of the newest signed one under OUT),
@@ -104,24 +104,37 @@ echo "  ratio verify / sha256sum: ${ratio}x"
 # (b) stage times of a full build (opt-in: slow, needs root and the host tools)
 # ---------------------------------------------------------------------------
 
-if [[ ${BENCH_BUILD:-0} == 1 ]]; then
-    [[ -f $RECIPE ]] || die "recipe $RECIPE not found"
-    mkdir -p target/bench-out
-    log=target/bench-out/build.log
-    echo "bench: building $RECIPE into target/bench-out (log: $log)"
-    rc=0
-    "$CAIRN" build "$RECIPE" --root . -o target/bench-out >"$log" 2>&1 || rc=$?
+build_once() { # label, recipe, extra env -> prints the stage times
+    local label=$1 recipe=$2 log=target/bench-out/$1.log rc=0
+    shift 2
+    echo "bench: $label build of $recipe (log: $log)"
+    env "$@" "$CAIRN" build "$recipe" --root . -o target/bench-out --format raw >"$log" 2>&1 || rc=$?
     if [[ $rc -ne 0 ]]; then
-        echo "bench: build failed (exit $rc); last lines of $log:" >&2
+        echo "bench: $label build failed (exit $rc); last lines of $log:" >&2
         tail -n 20 "$log" >&2
         exit 1
     fi
-    stages=$(sed -n '/stage times/,/cairn: built/p' "$log")
-    if [[ -z $stages ]]; then
-        echo "bench: no \"stage times\" block in $log" >&2
-        exit 1
-    fi
-    echo "$stages"
+    sed -n '/stage times/,/cairn: built/p' "$log"
+}
+
+if [[ ${BENCH_BUILD:-1} == 1 ]]; then
+    [[ -f $RECIPE ]] || die "recipe $RECIPE not found"
+    mkdir -p target/bench-out
+    # Cold: no stage cache, every mmdebstrap runs.
+    build_once cold "$RECIPE" CAIRN_NO_STAGE_CACHE=1
+    build_once warm-seed "$RECIPE" >/dev/null
+    # Warm: only the model data changed (a copy of the recipe with new data
+    # and its new pin): the base tree and the image come from the stage cache.
+    tmp=recipes/.bench-model-change
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    cp -r recipes/field-ai "$tmp/field-ai"
+    printf '\n' >> "$tmp/field-ai/model/iris-tree.json"
+    newpin=$("$CAIRN" digest "$tmp/field-ai/model")
+    sed -e "s|\.\./overlays|../../overlays|" \
+        -e "s|^sha256 = \"[0-9a-f]*\"|sha256 = \"$newpin\"|" "$RECIPE" > "$tmp/field-ai.toml"
+    build_once warm-model-change "$tmp/field-ai.toml"
+    rm -rf "$tmp"
+    echo "bench: compare the cold and warm totals above (\"cairn: built ... in Ns\")"
 else
-    echo "bench: set BENCH_BUILD=1 to also build $RECIPE and print its stage times"
+    echo "bench: BENCH_BUILD=0: build timings skipped"
 fi

@@ -164,6 +164,39 @@ impl Manifest {
                 sha256: Some(crate::digest::tree_digest(o)?),
             });
         }
+        for i in &composed.workloads.images {
+            inputs.push(Input {
+                kind: "oci-image".into(),
+                source: format!("{} ({})", i.name, i.source),
+                sha256: Some(i.digest),
+            });
+        }
+        for m in &composed.workloads.models {
+            inputs.push(Input {
+                kind: "model".into(),
+                source: m.name.clone(),
+                sha256: Some(m.sha256),
+            });
+        }
+        if let Some(p) = &composed.workloads.policy {
+            inputs.push(Input {
+                kind: "policy-bundle".into(),
+                source: "policy".into(),
+                sha256: Some(p.sha256),
+            });
+        }
+        if let Some(k) = &recipe.workloads.k3s {
+            for (what, d) in [
+                ("k3s-binary", k.binary_sha256),
+                ("k3s-airgap-images", k.images_sha256),
+            ] {
+                inputs.push(Input {
+                    kind: what.into(),
+                    source: what.into(),
+                    sha256: Some(d),
+                });
+            }
+        }
         let mut outputs = Vec::new();
         let mut names: Vec<_> = std::fs::read_dir(media)?
             .flatten()
@@ -190,7 +223,14 @@ impl Manifest {
             },
             recipe: RecipeInfo {
                 sha256: recipe.recipe_sha256,
-                lock_sha256: None,
+                lock_sha256: {
+                    let lock = crate::lock::lock_path(&recipe.file);
+                    if lock.is_file() {
+                        Some(Sha256::of_file(&lock)?)
+                    } else {
+                        None
+                    }
+                },
             },
             source_date_epoch: recipe.source_date_epoch,
             inputs,

@@ -287,9 +287,7 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
         if ext == "raw" {
             check_raw(&folder.join(name), name, &manifest, &mut checks)?;
         } else if ext == "iso" {
-            notes.push(format!(
-                "{name}: ISO root hash recomputation is not implemented; only its digest was checked"
-            ));
+            check_iso(&folder.join(name), name, &manifest, &mut checks)?;
         } else if is_medium(name) {
             notes.push(format!(
                 "{name}: root hash not recomputed for .{ext} media; only its digest was checked"
@@ -765,6 +763,87 @@ fn check_raw(
         return Err(failed(format!(
             "uki: {name}: BOOTX64.EFI command line {cmdline:?} differs from manifest kernel.cmdline {:?}",
             manifest.kernel.cmdline
+        )));
+    }
+    checks.push(format!(
+        "uki: {name}: BOOTX64.EFI command line carries cairn.roothash and matches {MANIFEST}"
+    ));
+    Ok(())
+}
+
+/// The ISO: the root file's dm-verity root hash, recomputed from its extent
+/// on the medium, and the command line of the UKI in the El Torito EFI image.
+fn check_iso(
+    path: &Path,
+    name: &str,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let v = &manifest.verity;
+    let salt = hex::decode(&v.salt)
+        .ok()
+        .filter(|s| s.len() <= MAX_SALT)
+        .ok_or_else(|| {
+            failed(format!(
+                "root hash: {MANIFEST} verity salt is not valid hex"
+            ))
+        })?;
+    let files = crate::iso::list_iso(path)
+        .map_err(|e| failed(format!("iso: {name}: cannot read its file table: {e:#}")))?;
+    let root = files
+        .iter()
+        .find(|f| f.path == crate::iso::ISO_ROOT)
+        .ok_or_else(|| failed(format!("iso: {name}: no {}", crate::iso::ISO_ROOT)))?;
+    let len = std::fs::metadata(path)
+        .map_err(|e| failed(format!("iso: {name}: {e}")))?
+        .len();
+    if !root.contiguous || v.data_size > root.size || root.offset.saturating_add(root.size) > len {
+        return Err(failed(format!(
+            "root hash: {name}: {} is not one extent of at least {} bytes inside the medium",
+            crate::iso::ISO_ROOT,
+            v.data_size
+        )));
+    }
+    let mut f = File::open(path).map_err(|e| failed(format!("root hash: {name}: {e}")))?;
+    f.seek(SeekFrom::Start(root.offset))
+        .map_err(|e| failed(format!("root hash: {name}: {e}")))?;
+    let got = verity_root_hash(&mut f, v.data_size, &salt)
+        .map_err(|e| failed(format!("root hash: {name}: {e}")))?;
+    if got != v.root_hash {
+        return Err(failed(format!(
+            "root hash: {name}: image computes {got}, manifest says {}",
+            v.root_hash
+        )));
+    }
+    checks.push(format!(
+        "root hash: {name}: recomputed {got} from {}",
+        crate::iso::ISO_ROOT
+    ));
+    let dir = tempfile::tempdir().map_err(|e| failed(format!("iso: temporary folder: {e}")))?;
+    let efi = dir.path().join("efi.img");
+    crate::iso::read_file_from_iso(path, crate::iso::ISO_EFI_IMG, &efi).map_err(|e| {
+        failed(format!(
+            "uki: {name}: cannot extract {}: {e:#}",
+            crate::iso::ISO_EFI_IMG
+        ))
+    })?;
+    let uki = extract_uki(&efi, 0).map_err(|e| {
+        failed(format!(
+            "uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"
+        ))
+    })?;
+    let cmdline = crate::uki::read_cmdline(&uki)
+        .map_err(|e| failed(format!("uki: {name}: BOOTX64.EFI: {e:#}")))?;
+    let want = format!("cairn.roothash={}", v.root_hash);
+    if !cmdline.split_ascii_whitespace().any(|t| t == want) {
+        return Err(failed(format!(
+            "uki: {name}: BOOTX64.EFI command line lacks {want}: {cmdline:?}"
+        )));
+    }
+    if Some(&cmdline) != manifest.kernel.iso_cmdline.as_ref() {
+        return Err(failed(format!(
+            "uki: {name}: BOOTX64.EFI command line {cmdline:?} differs from manifest kernel.iso_cmdline {:?}",
+            manifest.kernel.iso_cmdline
         )));
     }
     checks.push(format!(
