@@ -18,6 +18,8 @@ pub struct UkiInputs<'a> {
     pub initrd: &'a Path,
     pub os_release: &'a Path,
     pub cmdline: &'a str,
+    /// SOURCE_DATE_EPOCH: objcopy stamps PE files with the clock.
+    pub epoch: u64,
 }
 
 pub struct Uki {
@@ -52,6 +54,7 @@ pub fn stub_end(stub: &[u8]) -> Result<u64> {
 }
 
 pub fn make_uki(inputs: &UkiInputs, work: &Path, out: &Path) -> Result<Uki> {
+    let epoch = inputs.epoch;
     let stub = std::fs::read(inputs.stub).context("uki: read the stub")?;
     let cmdline_file = work.join("cmdline.txt");
     std::fs::write(&cmdline_file, format!("{}\0", inputs.cmdline))?;
@@ -78,10 +81,49 @@ pub fn make_uki(inputs: &UkiInputs, work: &Path, out: &Path) -> Result<Uki> {
         "uki",
         xshell::cmd!(sh, "objcopy {args...} {stub_path} {out}"),
     )?;
+    set_pe_timestamp(out, epoch)?;
     Ok(Uki {
         path: out.to_path_buf(),
         size: std::fs::metadata(out)?.len(),
     })
+}
+
+/// Sets the PE header's TimeDateStamp (objcopy writes the current time) and
+/// recomputes the image checksum, so the same inputs give the same UKI.
+pub fn set_pe_timestamp(path: &Path, epoch: u64) -> Result<()> {
+    let mut data = std::fs::read(path).context("uki: read the UKI")?;
+    let pe = data
+        .get(0x3c..0x40)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .context("uki: not a PE file")?;
+    if data.get(pe..pe + 4) != Some(b"PE\0\0".as_slice()) {
+        bail!("uki: no PE signature");
+    }
+    let stamp = u32::try_from(epoch).unwrap_or(u32::MAX).to_le_bytes();
+    let ts = pe + 8;
+    let sum_at = pe + 24 + 64;
+    if data.len() < sum_at + 4 {
+        bail!("uki: truncated PE header");
+    }
+    data[ts..ts + 4].copy_from_slice(&stamp);
+    data[sum_at..sum_at + 4].copy_from_slice(&[0; 4]);
+    let sum = pe_checksum(&data, sum_at);
+    data[sum_at..sum_at + 4].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(path, data).context("uki: write the UKI")?;
+    Ok(())
+}
+
+/// The PE image checksum: 16-bit one's-complement-style sum of the file
+/// (the checksum field read as zero), folded, plus the file length.
+fn pe_checksum(data: &[u8], _sum_at: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for chunk in data.chunks(2) {
+        let w = u64::from(chunk[0]) | (u64::from(*chunk.get(1).unwrap_or(&0)) << 8);
+        sum += w;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum as u32).wrapping_add(data.len() as u32)
 }
 
 /// Reads the `.cmdline` section back out of a UKI.
@@ -93,4 +135,48 @@ pub fn read_cmdline(uki: &[u8]) -> Result<String> {
     let data = sec.data()?;
     let s = data.split(|b| *b == 0).next().unwrap_or(&[]);
     Ok(String::from_utf8_lossy(s).trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+    #[test]
+    fn the_same_inputs_give_the_same_uki_at_another_time() {
+        if !Path::new(HOST_STUB).is_file() {
+            println!("skipped: systemd-boot-efi not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let kernel = d.path().join("k");
+        let initrd = d.path().join("i");
+        let osrel = d.path().join("o");
+        std::fs::write(&kernel, vec![1u8; 10000]).unwrap();
+        std::fs::write(&initrd, vec![2u8; 5000]).unwrap();
+        std::fs::write(&osrel, "ID=test\n").unwrap();
+        let make = |name: &str| {
+            let out = d.path().join(name);
+            make_uki(
+                &UkiInputs {
+                    stub: Path::new(HOST_STUB),
+                    kernel: &kernel,
+                    initrd: &initrd,
+                    os_release: &osrel,
+                    cmdline: "console=ttyS0 cairn.roothash=00",
+                    epoch: 1_735_689_600,
+                },
+                d.path(),
+                &out,
+            )
+            .unwrap();
+            std::fs::read(out).unwrap()
+        };
+        let a = make("a.efi");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let b = make("b.efi");
+        assert!(a == b, "UKIs made 1 s apart differ");
+        assert_eq!(read_cmdline(&a).unwrap(), "console=ttyS0 cairn.roothash=00");
+    }
 }
