@@ -261,10 +261,18 @@ pub fn oci_images(raw: &Value) -> Vec<OciImage> {
 /// A digest out of a JSON value: a string is its own digest; an object's
 /// `digest` or `sha256` field (a string, or `{ "sha256": hex }`).
 pub fn digest_of(v: &Value) -> Option<String> {
+    // cairn's manifest writes bare hex; show it as "sha256:HEX".
+    let norm = |s: &str| {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            format!("sha256:{s}")
+        } else {
+            s.to_string()
+        }
+    };
     match v {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(norm(s)),
         Value::Object(o) => ["digest", "sha256"].iter().find_map(|k| match o.get(*k) {
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => Some(norm(s)),
             Some(Value::Object(d)) => d
                 .get("sha256")
                 .and_then(Value::as_str)

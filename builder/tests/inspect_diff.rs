@@ -158,12 +158,22 @@ fn missing_or_bad_manifest_is_an_error() {
 }
 
 /// Sections later manifests may carry: rendered from the raw JSON.
+/// Digests as the manifest writes them (bare hex); `tag` picks one.
+fn hex(tag: &str) -> String {
+    tag.trim_start_matches("sha256:")
+        .chars()
+        .next()
+        .unwrap_or('0')
+        .to_string()
+        .repeat(64)
+}
+
 fn with_extras(m: &mut Value, image_digest: &str, policy_digest: &str, egress: &str) {
     m["sbom"]["images"] = json!([
-        {"name": "registry.local/model-runtime", "digest": image_digest, "size": 123},
-        {"name": "registry.local/pause", "digest": "sha256:0000"},
+        {"name": "registry.local/model-runtime", "reference": "cairn.local/model-runtime:pinned", "digest": hex(image_digest), "source": "archive x.tar"},
+        {"name": "registry.local/pause", "reference": "cairn.local/pause:pinned", "digest": hex("0"), "source": "archive p.tar"},
     ]);
-    m["sbom"]["policy"] = json!({"name": "field-policy", "digest": policy_digest});
+    m["sbom"]["policy"] = json!({"sha256": hex(policy_digest), "files": ["00-namespace.yaml"]});
     m["network"] = json!({
         "egress": [{"net": egress, "prefix": 32, "port": 443, "proto": "tcp"}],
         "ingress": [],
@@ -175,18 +185,24 @@ fn with_extras(m: &mut Value, image_digest: &str, policy_digest: &str, egress: &
 #[test]
 fn extras_render_from_raw_json() {
     let mut m = fixture();
-    with_extras(&mut m, "sha256:aaaa", "sha256:p1", "10.0.0.1");
+    with_extras(&mut m, "sha256:aaaa", "sha256:1", "10.0.0.1");
     m["flags"]["ssh"] = json!(false);
     let d = folder(&m);
     let i = inspect(d.path()).unwrap();
     assert_eq!(i.oci_images.len(), 2);
-    assert_eq!(i.policy_digest.as_deref(), Some("sha256:p1"));
+    assert_eq!(i.policy_digest, Some(format!("sha256:{}", hex("1"))));
     let text = i.render_text();
     assert!(
-        text.contains("registry.local/model-runtime  sha256:aaaa"),
+        text.contains(&format!(
+            "registry.local/model-runtime  sha256:{}",
+            hex("a")
+        )),
         "{text}"
     );
-    assert!(text.contains("policy       sha256:p1"), "{text}");
+    assert!(
+        text.contains(&format!("policy       sha256:{}", hex("1"))),
+        "{text}"
+    );
     assert!(
         text.contains("    - net: 10.0.0.1\n      port: 443"),
         "{text}"
@@ -201,7 +217,7 @@ fn extras_render_from_raw_json() {
 #[test]
 fn diff_shows_packages_flags_kernel_images_policy_network_and_sizes() {
     let mut a = fixture();
-    with_extras(&mut a, "sha256:aaaa", "sha256:p1", "10.0.0.1");
+    with_extras(&mut a, "sha256:aaaa", "sha256:1", "10.0.0.1");
     let mut b = a.clone();
     // Removed: adduser; added: zz-new; changed: apt.
     packages(&mut b).retain(|p| p["name"] != "adduser");
@@ -217,7 +233,7 @@ fn diff_shows_packages_flags_kernel_images_policy_network_and_sizes() {
         "{} quiet",
         a["kernel"]["cmdline"].as_str().unwrap()
     ));
-    with_extras(&mut b, "sha256:bbbb", "sha256:p2", "10.0.0.2");
+    with_extras(&mut b, "sha256:bbbb", "sha256:2", "10.0.0.2");
 
     let (da, db) = (folder(&a), folder(&b));
     let d = diff(da.path(), db.path()).unwrap();
@@ -248,6 +264,12 @@ fn diff_shows_packages_flags_kernel_images_policy_network_and_sizes() {
     assert!(d.root_hash.is_none());
 
     let text = d.render_text();
+    let image_change = format!(
+        "  ~ registry.local/model-runtime sha256:{} -> sha256:{}",
+        hex("a"),
+        hex("b")
+    );
+    let policy_change = format!("  digest: sha256:{} -> sha256:{}", hex("1"), hex("2"));
     for want in [
         "  + zz-new 1.0 amd64",
         "  - adduser 3.134 all",
@@ -255,8 +277,8 @@ fn diff_shows_packages_flags_kernel_images_policy_network_and_sizes() {
         "  debug_console: true -> false",
         "cairn-test-1.raw  1.0 GiB  1.0 GiB  +4.0 KiB (+4096 bytes)",
         "kernel cmdline:",
-        "  ~ registry.local/model-runtime sha256:aaaa -> sha256:bbbb",
-        "  digest: sha256:p1 -> sha256:p2",
+        image_change.as_str(),
+        policy_change.as_str(),
         "  egress.0.net: 10.0.0.1 -> 10.0.0.2",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
@@ -268,7 +290,7 @@ fn diff_shows_packages_flags_kernel_images_policy_network_and_sizes() {
 #[test]
 fn diff_of_a_folder_with_itself_is_empty() {
     let mut a = fixture();
-    with_extras(&mut a, "sha256:aaaa", "sha256:p1", "10.0.0.1");
+    with_extras(&mut a, "sha256:aaaa", "sha256:1", "10.0.0.1");
     let da = folder(&a);
     sign(da.path());
     let d = diff(da.path(), da.path()).unwrap();

@@ -1,0 +1,151 @@
+//! Offline builds: a recipe locked and fetched on a "connected" machine
+//! builds with the package archive unreachable; without the fetch it fails
+//! listing what is missing; a cache carried by export/import gives the
+//! identical image. Downloads from the Debian archive (as `make deps` does).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const RECIPE: &str = r#"
+[image]
+name = "offline-test"
+version = "1"
+
+[base.debian]
+packages = []
+
+[disk]
+size = "1G"
+state_size = "128M"
+"#;
+
+fn cairn(dir: &Path, cache: &Path, offline_net: bool, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    c.args(args)
+        .current_dir(dir)
+        .env("CAIRN_CACHE", cache)
+        // Every build starts from packages, not from a cached tree.
+        .env("CAIRN_NO_STAGE_CACHE", "1");
+    if offline_net {
+        // A broken mirror route: any download attempt fails at once.
+        for v in [
+            "http_proxy",
+            "https_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+        ] {
+            c.env(v, "http://127.0.0.1:9");
+        }
+    }
+    c.output().expect("run cairn")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
+    if !have("mmdebstrap") || !have("mksquashfs") {
+        if std::env::var_os("CAIRN_REQUIRE_TEST_IMAGE").is_some() {
+            panic!("host tools missing; run make deps");
+        }
+        println!("skipped: mmdebstrap/mksquashfs not installed");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::write(dir.join("r.toml"), RECIPE).unwrap();
+    let online_cache = dir.join("cache-online");
+
+    // Lock on the "connected" machine (fills its cache as a side effect).
+    let o = cairn(dir, &online_cache, false, &["lock", "r.toml"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.join("r.lock").is_file());
+
+    // Offline with an empty cache: refused, listing every missing package.
+    let empty = dir.join("cache-empty");
+    let o = cairn(
+        dir,
+        &empty,
+        true,
+        &[
+            "build",
+            "r.toml",
+            "-o",
+            "out-a",
+            "--offline",
+            "--format",
+            "raw",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("not in the cache"), "{t}");
+    assert!(t.contains("systemd="), "{t}");
+    assert!(t.contains("cairn fetch"), "{t}");
+    assert!(!dir.join("out-a/offline-test-1").exists());
+
+    // After the fetch, offline with the mirror unreachable: builds.
+    let o = cairn(dir, &online_cache, false, &["fetch", "r.toml"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cairn(
+        dir,
+        &online_cache,
+        true,
+        &[
+            "build",
+            "r.toml",
+            "-o",
+            "out-a",
+            "--offline",
+            "--format",
+            "raw",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Carry the cache to an "air-gapped" machine: export, import into an
+    // empty cache, build offline there: identical outputs.
+    let o = cairn(
+        dir,
+        &online_cache,
+        false,
+        &["cache", "export", "carry.tar", "--recipe", "r.toml"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let airgapped = dir.join("cache-airgapped");
+    let o = cairn(dir, &airgapped, true, &["cache", "import", "carry.tar"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cairn(
+        dir,
+        &airgapped,
+        true,
+        &[
+            "build",
+            "r.toml",
+            "-o",
+            "out-b",
+            "--offline",
+            "--format",
+            "raw",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    for f in ["offline-test-1.raw", "manifest.json"] {
+        let a = cairn::digest::Sha256::of_file(&dir.join("out-a/offline-test-1").join(f)).unwrap();
+        let b = cairn::digest::Sha256::of_file(&dir.join("out-b/offline-test-1").join(f)).unwrap();
+        println!("{f}: {a} {b}");
+        assert_eq!(a, b, "{f} differs between the two offline builds");
+    }
+}
