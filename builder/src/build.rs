@@ -177,11 +177,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     );
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("cannot create output folder {}", opts.out_dir.display()))?;
-    clean_stale(&opts.out_dir);
+    // Absolute from here on: some tools run in their own folders.
+    let out_dir = std::fs::canonicalize(&opts.out_dir)
+        .with_context(|| format!("cannot resolve output folder {}", opts.out_dir.display()))?;
+    clean_stale(&out_dir);
     let stem = recipe.stem();
-    let tmp = opts
-        .out_dir
-        .join(format!(".{stem}.building-{}", std::process::id()));
+    let tmp = out_dir.join(format!(".{stem}.building-{}", std::process::id()));
     let _guard = InProgress(tmp.clone());
     let work = tmp.join("work");
     let media = tmp.join("media");
@@ -355,11 +356,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     }
 
     // Publish: the finished folder appears in one rename.
-    let final_dir = opts.out_dir.join(&stem);
+    let final_dir = out_dir.join(&stem);
     if final_dir.exists() {
-        let old = opts
-            .out_dir
-            .join(format!(".{stem}.old-{}", std::process::id()));
+        let old = out_dir.join(format!(".{stem}.old-{}", std::process::id()));
         std::fs::rename(&final_dir, &old)
             .with_context(|| format!("cannot move the previous {} aside", final_dir.display()))?;
         std::fs::remove_dir_all(&old).ok();
