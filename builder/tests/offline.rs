@@ -86,7 +86,7 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
             "out-a",
             "--offline",
             "--format",
-            "raw",
+            "raw,iso",
         ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -110,7 +110,7 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
             "out-a",
             "--offline",
             "--format",
-            "raw",
+            "raw,iso",
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -138,7 +138,7 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
             "out-b",
             "--offline",
             "--format",
-            "raw",
+            "raw,iso",
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
