@@ -133,6 +133,13 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     sed -e "s|\.\./overlays|../../overlays|" \
         -e "s|^sha256 = \"[0-9a-f]*\"|sha256 = \"$newpin\"|" "$RECIPE" > "$tmp/field-ai.toml"
     build_once warm-model-change "$tmp/field-ai.toml"
+    # Warm: only an overlay file changed.
+    rm -rf "$tmp" && mkdir -p "$tmp/overlay"
+    cp -r overlays/field-ai/. "$tmp/overlay/"
+    echo "bench $(date +%s)" >> "$tmp/overlay/etc/motd"
+    sed -e "s|\.\./overlays/field-ai|overlay|" -e "s|\"field-ai/|\"../field-ai/|g" \
+        -e "s|^path = \"field-ai/model\"|path = \"../field-ai/model\"|" "$RECIPE" > "$tmp/field-ai.toml"
+    build_once warm-overlay-change "$tmp/field-ai.toml"
     rm -rf "$tmp"
     echo "bench: compare the cold and warm totals above (\"cairn: built ... in Ns\")"
 else

@@ -16,11 +16,14 @@ if [ ! -f "$lock" ]; then
 fi
 work=$(mktemp -d /tmp/cairn-repro.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# Both builds are signed with one throwaway key, so SHA256 and the
+# (deterministic, ed25519) SHA256.sig are compared too.
+"$cairn" keygen "$work/key" --no-passphrase >/dev/null
 build() { # $1: label, $2: host name
   mkdir -p "$work/$1/tmp" "$work/$1/out"
   # A private UTS namespace gives the build its own host name.
   TMPDIR="$work/$1/tmp" unshare --uts sh -c "hostname $2 && exec \"\$@\"" sh \
-    "$cairn" build "$recipe" --root . -o "$work/$1/out" >"$work/$1/build.log" 2>&1 \
+    "$cairn" build "$recipe" --root . -o "$work/$1/out" --key "$work/key.sec" >"$work/$1/build.log" 2>&1 \
     || { echo "repro: build $1 failed:"; tail -20 "$work/$1/build.log"; exit 1; }
 }
 echo "repro: build A ($(date -u +%T))"; build a repro-host-a

@@ -3,10 +3,8 @@
 //! root tree in the staging folder. Invariant: nothing is ever written
 //! outside `tree` (every path goes through `stagepath`).
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -183,42 +181,12 @@ fn mmdebstrap(
         "directory",
         &extra,
     );
-    run_with_progress("compose: mmdebstrap", cmd)?;
+    crate::runner::run_streaming("compose: mmdebstrap", cmd)?;
     if crate::stagecache::enabled() {
         let tmp = tree.with_extension("base.tar");
         crate::stagecache::pack_tree(tree, &tmp)?;
         crate::stagecache::store(&cache, "debian-base", &key, &tmp, "")?;
         std::fs::remove_file(&tmp).ok();
-    }
-    Ok(())
-}
-
-/// Runs a long tool, echoing its `I:` progress lines and keeping the tail
-/// of its output for the error.
-fn run_with_progress(stage: &str, mut cmd: Command) -> Result<()> {
-    let line = format!("{cmd:?}");
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("{stage}: cannot start {line}; run `cairn doctor`"))?;
-    let mut tail: Vec<String> = Vec::new();
-    if let Some(err) = child.stderr.take() {
-        for l in BufReader::new(err).lines() {
-            let l = l.unwrap_or_default();
-            if l.starts_with("I: ") || crate::runner::verbose() {
-                eprintln!("    {}", l.trim_start_matches("I: "));
-            }
-            tail.push(l);
-            if tail.len() > 12 {
-                tail.remove(0);
-            }
-        }
-    }
-    let status = child.wait().with_context(|| format!("{stage}: waiting"))?;
-    if !status.success() {
-        bail!(
-            "{stage}: {line} failed ({status})\n    {}",
-            tail.join("\n    ")
-        );
     }
     Ok(())
 }

@@ -115,39 +115,6 @@ fn check_package_name(p: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs a long tool, echoing its `I:` lines, keeping the tail of stderr
-/// for the error.
-fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
-    let line = format!("{cmd:?}");
-    if crate::runner::verbose() {
-        eprintln!("  $ {line}");
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("{stage}: cannot start {line}; run `cairn doctor`"))?;
-    let mut tail: Vec<String> = Vec::new();
-    if let Some(err) = child.stderr.take() {
-        for l in BufReader::new(err).lines() {
-            let l = l.unwrap_or_default();
-            if l.starts_with("I: ") || crate::runner::verbose() {
-                eprintln!("    {}", l.trim_start_matches("I: "));
-            }
-            tail.push(l);
-            if tail.len() > 15 {
-                tail.remove(0);
-            }
-        }
-    }
-    let status = child.wait().with_context(|| format!("{stage}: waiting"))?;
-    if !status.success() {
-        bail!(
-            "{stage}: {line} failed ({status})\n    {}",
-            tail.join("\n    ")
-        );
-    }
-    Ok(())
-}
-
 /// Control fields of a .deb, in file order (`dpkg-deb --field`). Values
 /// keep their continuation lines.
 pub fn deb_control(deb: &Path) -> Result<Vec<(String, String)>> {
@@ -316,7 +283,7 @@ pub fn resolve_and_download(
         "null",
         &extra,
     );
-    run_streaming("lock: mmdebstrap (resolve and download)", cmd)?;
+    crate::runner::run_streaming("lock: mmdebstrap (resolve and download)", cmd)?;
 
     let mut found = Vec::new();
     for e in std::fs::read_dir(&debs)? {

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use xshell::Cmd;
 
 /// Whether to echo each command line (set by `--verbose`).
@@ -57,4 +57,38 @@ pub fn run(stage: &str, cmd: Cmd<'_>) -> Result<String> {
         bail!(msg);
     }
     Ok(stdout)
+}
+
+/// Runs a long tool that is not built with `cmd!` (it needs its own
+/// environment and piped stderr): echoes its `I:` progress lines (all lines
+/// with --verbose) and keeps the tail of its output for the error.
+pub fn run_streaming(stage: &str, mut cmd: std::process::Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    if verbose() {
+        eprintln!("  $ {line}");
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("{stage}: cannot start {line}; run `cairn doctor`"))?;
+    let mut tail: Vec<String> = Vec::new();
+    if let Some(err) = child.stderr.take() {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+            let l = l.unwrap_or_default();
+            if l.starts_with("I: ") || verbose() {
+                eprintln!("    {}", l.trim_start_matches("I: "));
+            }
+            tail.push(l);
+            if tail.len() > 15 {
+                tail.remove(0);
+            }
+        }
+    }
+    let status = child.wait().with_context(|| format!("{stage}: waiting"))?;
+    if !status.success() {
+        bail!(
+            "{stage}: {line} failed ({status})\n    {}",
+            tail.join("\n    ")
+        );
+    }
+    Ok(())
 }

@@ -751,18 +751,37 @@ fn check_raw(
             "uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"
         ))
     })?;
-    let cmdline = crate::uki::read_cmdline(&uki)
+    check_uki_cmdline(
+        &uki,
+        name,
+        &v.root_hash,
+        Some(&manifest.kernel.cmdline),
+        "kernel.cmdline",
+        checks,
+    )
+}
+
+/// The UKI's command line must carry the manifest's root hash and be the
+/// command line the manifest records for this medium.
+fn check_uki_cmdline(
+    uki: &[u8],
+    name: &str,
+    root_hash: &Sha256,
+    recorded: Option<&String>,
+    field: &str,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let cmdline = crate::uki::read_cmdline(uki)
         .map_err(|e| failed(format!("uki: {name}: BOOTX64.EFI: {e:#}")))?;
-    let want = format!("cairn.roothash={}", v.root_hash);
+    let want = format!("cairn.roothash={root_hash}");
     if !cmdline.split_ascii_whitespace().any(|t| t == want) {
         return Err(failed(format!(
             "uki: {name}: BOOTX64.EFI command line lacks {want}: {cmdline:?}"
         )));
     }
-    if cmdline != manifest.kernel.cmdline {
+    if Some(&cmdline) != recorded {
         return Err(failed(format!(
-            "uki: {name}: BOOTX64.EFI command line {cmdline:?} differs from manifest kernel.cmdline {:?}",
-            manifest.kernel.cmdline
+            "uki: {name}: BOOTX64.EFI command line {cmdline:?} differs from manifest {field} {recorded:?}"
         )));
     }
     checks.push(format!(
@@ -832,24 +851,14 @@ fn check_iso(
             "uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"
         ))
     })?;
-    let cmdline = crate::uki::read_cmdline(&uki)
-        .map_err(|e| failed(format!("uki: {name}: BOOTX64.EFI: {e:#}")))?;
-    let want = format!("cairn.roothash={}", v.root_hash);
-    if !cmdline.split_ascii_whitespace().any(|t| t == want) {
-        return Err(failed(format!(
-            "uki: {name}: BOOTX64.EFI command line lacks {want}: {cmdline:?}"
-        )));
-    }
-    if Some(&cmdline) != manifest.kernel.iso_cmdline.as_ref() {
-        return Err(failed(format!(
-            "uki: {name}: BOOTX64.EFI command line {cmdline:?} differs from manifest kernel.iso_cmdline {:?}",
-            manifest.kernel.iso_cmdline
-        )));
-    }
-    checks.push(format!(
-        "uki: {name}: BOOTX64.EFI command line carries cairn.roothash and matches {MANIFEST}"
-    ));
-    Ok(())
+    check_uki_cmdline(
+        &uki,
+        name,
+        &v.root_hash,
+        manifest.kernel.iso_cmdline.as_ref(),
+        "kernel.iso_cmdline",
+        checks,
+    )
 }
 
 /// Copy EFI/BOOT/BOOTX64.EFI out of the FAT ESP at `offset` with mtools.
