@@ -669,12 +669,9 @@ pub fn verity_root_hash<R: Read>(data: R, data_size: u64, salt: &[u8]) -> io::Re
 // Raw disk checks
 // ---------------------------------------------------------------------------
 
-fn check_raw(
-    path: &Path,
-    name: &str,
-    manifest: &Manifest,
-    checks: &mut Vec<String>,
-) -> Result<(), VerifyError> {
+/// The verity parameters the manifest records, checked to be ones this
+/// verifier computes (sha256, 4096-byte blocks); returns the salt.
+fn verity_salt(manifest: &Manifest) -> Result<Vec<u8>, VerifyError> {
     let v = &manifest.verity;
     if v.hash_algorithm != "sha256"
         || u64::from(v.data_block_size) != VERITY_BLOCK
@@ -685,14 +682,24 @@ fn check_raw(
             v.hash_algorithm, v.data_block_size, v.hash_block_size
         )));
     }
-    let salt = hex::decode(&v.salt)
+    hex::decode(&v.salt)
         .ok()
         .filter(|s| s.len() <= MAX_SALT)
         .ok_or_else(|| {
             failed(format!(
                 "root hash: {MANIFEST} verity salt is not valid hex"
             ))
-        })?;
+        })
+}
+
+fn check_raw(
+    path: &Path,
+    name: &str,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let v = &manifest.verity;
+    let salt = verity_salt(manifest)?;
 
     let mut f = File::open(path).map_err(|e| failed(format!("partitions: {name}: {e}")))?;
     let len = f
@@ -799,14 +806,7 @@ fn check_iso(
     checks: &mut Vec<String>,
 ) -> Result<(), VerifyError> {
     let v = &manifest.verity;
-    let salt = hex::decode(&v.salt)
-        .ok()
-        .filter(|s| s.len() <= MAX_SALT)
-        .ok_or_else(|| {
-            failed(format!(
-                "root hash: {MANIFEST} verity salt is not valid hex"
-            ))
-        })?;
+    let salt = verity_salt(manifest)?;
     let files = crate::iso::list_iso(path)
         .map_err(|e| failed(format!("iso: {name}: cannot read its file table: {e:#}")))?;
     let root = files
