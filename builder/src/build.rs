@@ -189,17 +189,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     std::fs::create_dir_all(&work)?;
     std::fs::create_dir_all(&media)?;
 
-    let repo = match &locked {
-        Some(lock) => Some(crate::debrepo::local_repo(
-            &lock.suite,
-            &lock.packages,
-            &crate::cache::Cache::default_location()?,
-            &work.join("repo"),
-        )?),
-        None => None,
-    };
+    let repos = local_repos(locked.as_ref(), &work.join("repo"))?;
     let composed = st.run("compose root tree", || {
-        crate::compose::compose(recipe, &work, repo.as_ref())
+        crate::compose::compose(recipe, &work, &repos)
     })?;
     let pruned = st.run("prune kernel modules", || {
         crate::kernel::prune(
@@ -381,32 +373,28 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     })
 }
 
-/// The lock of a Debian base, checked against the recipe, with every
-/// locked package in the cache (fetched unless offline). None: no lock and
-/// online, so mmdebstrap resolves against the mirror.
-fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lock::LockedBase>> {
-    use crate::lock::{check_matches, lock_path, Lock};
-    let Base::Debian {
-        suite,
-        mirror,
-        packages,
-    } = &recipe.base
-    else {
+/// The recipe's lock, checked against the recipe, with every locked
+/// package (base and built images) in the cache, fetched unless offline.
+/// None: no lock and online, so mmdebstrap resolves against the mirror;
+/// also None when the recipe has nothing to lock (a tarball base and no
+/// built image).
+fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lock::Lock>> {
+    use crate::lock::{check_recipe, image_requests, lock_path, Lock};
+    if !matches!(recipe.base, Base::Debian { .. }) && image_requests(recipe).is_empty() {
         return Ok(None);
-    };
+    }
     let path = lock_path(&recipe.file);
-    let requested = crate::compose::package_list(recipe, packages);
     let lock = Lock::read_if_exists(&path)
         .map_err(|e| crate::InputError(format!("{}: {e:#}", path.display())))?;
     let lock = match lock {
-        Some(l) => match check_matches(&l, suite, mirror, &requested) {
-            Ok(()) => Some(l),
+        Some(l) => match check_recipe(&l, recipe) {
+            Ok(()) => l,
             Err(_) if opts.update_lock && !opts.offline => {
                 eprintln!(
                     "cairn: {} disagrees with the recipe; updating it",
                     path.display()
                 );
-                Some(crate::lock::lock_recipe(recipe)?)
+                crate::lock::lock_recipe(recipe)?
             }
             Err(m) => {
                 return Err(crate::InputError(format!("{}: {m}", path.display())).into());
@@ -421,29 +409,64 @@ fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lo
         ))
             .into())
         }
-        None if opts.update_lock => Some(crate::lock::lock_recipe(recipe)?),
-        None => None,
-    };
-    let Some(lock) = lock else { return Ok(None) };
-    let Some(base) = lock.base else {
-        return Ok(None);
+        None if opts.update_lock => crate::lock::lock_recipe(recipe)?,
+        None => return Ok(None),
     };
     let cache = crate::cache::Cache::default_location()?;
     if !opts.offline {
         let work = tempfile::tempdir()?;
-        crate::debrepo::fetch_locked(&base.packages, mirror, &cache, work.path())?;
+        for (mirror, pkgs) in lock.package_sets() {
+            crate::debrepo::fetch_locked(pkgs, mirror, &cache, work.path())?;
+        }
     }
-    if let Err(missing) = crate::debrepo::check_cached(&base.packages, &cache) {
+    let all: Vec<crate::lock::LockedPackage> = lock
+        .package_sets()
+        .into_iter()
+        .flat_map(|(_, p)| p.iter().cloned())
+        .collect();
+    if let Err(missing) = crate::debrepo::check_cached(&all, &cache) {
+        let mut names = missing.missing;
+        names.dedup();
         return Err(crate::InputError(format!(
             "offline build: {} locked packages are not in the cache {}:\n    {}\nfetch them with `cairn fetch {}` (or `cairn cache import FILE` from a connected machine)",
-            missing.missing.len(),
+            names.len(),
             missing.cache.display(),
-            missing.missing.join("\n    "),
+            names.join("\n    "),
             recipe.file.display()
         ))
         .into());
     }
-    Ok(Some(base))
+    Ok(Some(lock))
+}
+
+/// Local repositories for every package set of the lock, under `dir`.
+fn local_repos(lock: Option<&crate::lock::Lock>, dir: &Path) -> Result<crate::compose::Repos> {
+    let mut repos = crate::compose::Repos::default();
+    let Some(lock) = lock else {
+        return Ok(repos);
+    };
+    let cache = crate::cache::Cache::default_location()?;
+    if let Some(b) = &lock.base {
+        repos.base = Some(crate::debrepo::local_repo(
+            &b.suite,
+            &b.packages,
+            &cache,
+            &dir.join("base"),
+        )?);
+    }
+    for (n, img) in lock.images.iter().enumerate() {
+        // Image names are checked by the recipe, but a folder name from a
+        // number needs no check at all.
+        let repo = crate::debrepo::local_repo(
+            &img.suite,
+            &img.packages,
+            &cache,
+            &dir.join(format!("image{n}")),
+        )
+        .with_context(|| format!("image {}", img.name))?;
+        repos.images.insert(img.name.clone(), repo);
+    }
+    Ok(repos)
 }
 
 /// Checks every pinned input before the build writes anything.

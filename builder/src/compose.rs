@@ -64,19 +64,35 @@ pub struct ComposedRoot {
     pub workloads: crate::workloads::Installed,
 }
 
+/// Local repositories of locked packages: the base's, and each built
+/// image's by name. Empty: no lock, mmdebstrap resolves online.
+#[derive(Debug, Clone, Default)]
+pub struct Repos {
+    pub base: Option<crate::debrepo::LocalRepo>,
+    pub images: std::collections::BTreeMap<String, crate::debrepo::LocalRepo>,
+}
+
+/// The Debian suite and mirror built images come from: the base's, or
+/// bookworm from deb.debian.org for a tarball base.
+pub fn image_source(recipe: &Recipe) -> (String, String) {
+    match &recipe.base {
+        Base::Debian { suite, mirror, .. } => (suite.clone(), mirror.clone()),
+        Base::Tarball { .. } => (
+            "bookworm".to_string(),
+            "http://deb.debian.org/debian".to_string(),
+        ),
+    }
+}
+
 /// Builds the root tree at `work/root`.
-pub fn compose(
-    recipe: &Recipe,
-    work: &Path,
-    repo: Option<&crate::debrepo::LocalRepo>,
-) -> Result<ComposedRoot> {
+pub fn compose(recipe: &Recipe, work: &Path, repos: &Repos) -> Result<ComposedRoot> {
     let tree = work.join("root");
     match &recipe.base {
         Base::Debian {
             suite,
             mirror,
             packages,
-        } => mmdebstrap(recipe, suite, mirror, packages, &tree, repo)?,
+        } => mmdebstrap(recipe, suite, mirror, packages, &tree, repos.base.as_ref())?,
         Base::Tarball { path, .. } => extract_tarball(path, &tree)?,
     }
     let (vmlinuz, kernel_version) = take_kernel(&tree, work)?;
@@ -85,13 +101,7 @@ pub fn compose(
             .with_context(|| format!("compose: overlay {}", overlay.display()))?;
     }
     configure(recipe, &tree)?;
-    let (suite, mirror) = match &recipe.base {
-        Base::Debian { suite, mirror, .. } => (suite.clone(), mirror.clone()),
-        Base::Tarball { .. } => (
-            "bookworm".to_string(),
-            "http://deb.debian.org/debian".to_string(),
-        ),
-    };
+    let (suite, mirror) = image_source(recipe);
     let workloads = crate::workloads::install(
         &recipe.workloads,
         &tree,
@@ -99,6 +109,7 @@ pub fn compose(
         recipe.source_date_epoch,
         &suite,
         &mirror,
+        &repos.images,
     )?;
     let packages = installed_packages(&tree)?;
     Ok(ComposedRoot {

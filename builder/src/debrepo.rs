@@ -46,6 +46,36 @@ pub const MMDEBSTRAP_ARGS: &[&str] = &[
     "--dpkgopt=path-exclude=/usr/share/info/*",
 ];
 
+/// The options for an OCI image's Debian root (`oci::build_image`): the
+/// essential set plus the image's packages, the same dpkg filters.
+pub const OCI_MMDEBSTRAP_ARGS: &[&str] = &[
+    "--variant=essential",
+    "--mode=auto",
+    "--aptopt=Acquire::Retries \"3\"",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+];
+
+/// Which Debian root a package set is for: the appliance's base (minbase)
+/// or a built OCI image (essential).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Base,
+    Image,
+}
+
+impl Variant {
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Variant::Base => MMDEBSTRAP_ARGS,
+            Variant::Image => OCI_MMDEBSTRAP_ARGS,
+        }
+    }
+}
+
 /// The mmdebstrap command compose runs: `format` is `directory` for a
 /// root tree (`null` while resolving), `mirror` a URL or a full
 /// sources.list line, `extra` further options (hooks, --skip) placed
@@ -61,8 +91,32 @@ pub fn mmdebstrap_command(
     format: &str,
     extra: &[String],
 ) -> Command {
+    mmdebstrap_command_for(
+        Variant::Base,
+        suite,
+        target,
+        mirror,
+        include,
+        epoch,
+        format,
+        extra,
+    )
+}
+
+/// `mmdebstrap_command` for either kind of Debian root.
+#[allow(clippy::too_many_arguments)]
+pub fn mmdebstrap_command_for(
+    variant: Variant,
+    suite: &str,
+    target: &Path,
+    mirror: &str,
+    include: &[String],
+    epoch: u64,
+    format: &str,
+    extra: &[String],
+) -> Command {
     let mut cmd = Command::new("mmdebstrap");
-    cmd.args(MMDEBSTRAP_ARGS)
+    cmd.args(variant.args())
         .arg(format!("--format={format}"))
         .args(extra);
     if !include.is_empty() {
@@ -244,6 +298,19 @@ pub fn resolve_and_download(
     work: &Path,
     cache: &Cache,
 ) -> Result<Vec<LockedPackage>> {
+    resolve_and_download_for(Variant::Base, suite, mirror, packages, epoch, work, cache)
+}
+
+/// `resolve_and_download` for either kind of Debian root.
+pub fn resolve_and_download_for(
+    variant: Variant,
+    suite: &str,
+    mirror: &str,
+    packages: &[String],
+    epoch: u64,
+    work: &Path,
+    cache: &Cache,
+) -> Result<Vec<LockedPackage>> {
     check_word("suite", suite)?;
     check_word("mirror", mirror)?;
     for p in packages {
@@ -274,7 +341,8 @@ pub fn resolve_and_download(
             lists.display()
         ),
     ];
-    let cmd = mmdebstrap_command(
+    let cmd = mmdebstrap_command_for(
+        variant,
         suite,
         Path::new("/dev/null"),
         mirror,

@@ -34,8 +34,36 @@ pub struct Lock {
     pub source_date_epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<LockedBase>,
+    /// OCI images cairn builds from Debian packages (`[images.build]`),
+    /// one `[[image]]` table each, sorted by name.
+    #[serde(default, rename = "image", skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<LockedImage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<LockedUrl>,
+}
+
+/// A built image's Debian root: what was asked and what it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedImage {
+    /// The recipe's `[[images]]` name.
+    pub name: String,
+    pub suite: String,
+    pub mirror: String,
+    /// The image's `packages` (on top of Debian's essential set), sorted.
+    pub packages_requested: Vec<String>,
+    /// Everything the image installs, the essential set included.
+    #[serde(default)]
+    pub packages: Vec<LockedPackage>,
+}
+
+/// What the recipe asks for one built image (for `check_images`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRequest {
+    pub name: String,
+    pub suite: String,
+    pub mirror: String,
+    pub packages: Vec<String>,
 }
 
 /// The Debian base: what was asked and every package it resolved to.
@@ -90,6 +118,8 @@ pub struct LockedUrl {
 pub enum LockMismatch {
     #[error("the lock has no Debian base, the recipe asks for one; {FIX}")]
     NoBase,
+    #[error("the lock has a Debian base, the recipe's base is a tarball; {FIX}")]
+    NotDebian,
     #[error("the lock was made for suite {lock:?}, the recipe asks for {recipe:?}; {FIX}")]
     Suite { lock: String, recipe: String },
     #[error("the lock was made for mirror {lock:?}, the recipe asks for {recipe:?}; {FIX}")]
@@ -101,6 +131,32 @@ pub enum LockMismatch {
         describe_change(lock, recipe)
     )]
     Packages {
+        lock: Vec<String>,
+        recipe: Vec<String>,
+    },
+    #[error("the recipe builds image {0:?}, the lock has no [[image]] for it; {FIX}")]
+    ImageMissing(String),
+    #[error("the lock has an [[image]] {0:?}, the recipe builds no such image; {FIX}")]
+    ImageExtra(String),
+    #[error(
+        "image {name:?}: the lock was made for suite {lock:?} and mirror {lock_mirror:?}, \
+         the recipe asks for {recipe:?} and {recipe_mirror:?}; {FIX}"
+    )]
+    ImageSource {
+        name: String,
+        lock: String,
+        lock_mirror: String,
+        recipe: String,
+        recipe_mirror: String,
+    },
+    #[error(
+        "image {name:?}: the lock was made for packages [{}], the recipe asks for [{}] ({}); {FIX}",
+        lock.join(", "),
+        recipe.join(", "),
+        describe_change(lock, recipe)
+    )]
+    ImagePackages {
+        name: String,
         lock: Vec<String>,
         recipe: Vec<String>,
     },
@@ -157,8 +213,27 @@ impl Lock {
             version: LOCK_VERSION,
             source_date_epoch,
             base: None,
+            images: Vec::new(),
             urls: Vec::new(),
         }
+    }
+
+    /// The locked image of this name.
+    pub fn image(&self, name: &str) -> Option<&LockedImage> {
+        self.images.iter().find(|i| i.name == name)
+    }
+
+    /// Every locked package with the mirror it comes from (base first,
+    /// then images), for fetching and cache checks.
+    pub fn package_sets(&self) -> Vec<(&str, &[LockedPackage])> {
+        let mut v: Vec<(&str, &[LockedPackage])> = Vec::new();
+        if let Some(b) = &self.base {
+            v.push((&b.mirror, &b.packages));
+        }
+        for i in &self.images {
+            v.push((&i.mirror, &i.packages));
+        }
+        v
     }
 
     /// Puts lists in their canonical order (what `write` does too).
@@ -168,6 +243,12 @@ impl Lock {
             b.packages.sort();
             b.packages.dedup();
         }
+        for i in &mut self.images {
+            i.packages_requested = sorted_dedup(&i.packages_requested);
+            i.packages.sort();
+            i.packages.dedup();
+        }
+        self.images.sort();
         self.urls.sort();
         self.urls.dedup();
     }
@@ -194,9 +275,15 @@ impl Lock {
     }
 
     fn validate(&self) -> Result<()> {
-        if let Some(b) = &self.base {
+        let mut names = BTreeSet::new();
+        for i in &self.images {
+            if !names.insert(&i.name) {
+                bail!("image {:?} is locked twice", i.name);
+            }
+        }
+        for (_, pkgs) in self.package_sets() {
             let mut seen = BTreeSet::new();
-            for p in &b.packages {
+            for p in pkgs {
                 let bad = |s: &str| s.is_empty() || s.chars().any(|c| c.is_whitespace());
                 if bad(&p.name)
                     || bad(&p.version)
@@ -269,8 +356,8 @@ impl Lock {
     /// Every digest the lock pins (for `cache export` and `cache gc`).
     pub fn digests(&self) -> BTreeSet<Sha256> {
         let mut s: BTreeSet<Sha256> = self.urls.iter().map(|u| u.sha256).collect();
-        if let Some(b) = &self.base {
-            s.extend(b.packages.iter().map(|p| p.sha256));
+        for (_, pkgs) in self.package_sets() {
+            s.extend(pkgs.iter().map(|p| p.sha256));
         }
         s
     }
@@ -311,46 +398,168 @@ pub fn check_matches(
     Ok(())
 }
 
-/// Resolves a recipe's Debian base against its mirror, stores every .deb in
-/// the cache and writes `RECIPE.lock`. Returns the lock.
-pub fn lock_recipe(recipe: &crate::recipe::Recipe) -> Result<Lock> {
-    let crate::recipe::Base::Debian {
+/// What the recipe asks for each image it builds from Debian packages,
+/// sorted by name.
+pub fn image_requests(recipe: &crate::recipe::Recipe) -> Vec<ImageRequest> {
+    let (suite, mirror) = crate::compose::image_source(recipe);
+    let mut v: Vec<ImageRequest> = recipe
+        .workloads
+        .images
+        .iter()
+        .filter_map(|img| match &img.source {
+            crate::workloads::ImageSource::Build { packages, .. } => Some(ImageRequest {
+                name: img.name.clone(),
+                suite: suite.clone(),
+                mirror: mirror.clone(),
+                packages: sorted_dedup(packages),
+            }),
+            _ => None,
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// Whether the lock's `[[image]]` tables are exactly the recipe's built
+/// images, each with the same suite, mirror and package list.
+pub fn check_images(lock: &Lock, wanted: &[ImageRequest]) -> Result<(), LockMismatch> {
+    for w in wanted {
+        let Some(l) = lock.image(&w.name) else {
+            return Err(LockMismatch::ImageMissing(w.name.clone()));
+        };
+        if l.suite != w.suite || norm_mirror(&l.mirror) != norm_mirror(&w.mirror) {
+            return Err(LockMismatch::ImageSource {
+                name: w.name.clone(),
+                lock: l.suite.clone(),
+                lock_mirror: l.mirror.clone(),
+                recipe: w.suite.clone(),
+                recipe_mirror: w.mirror.clone(),
+            });
+        }
+        let have = sorted_dedup(&l.packages_requested);
+        let want = sorted_dedup(&w.packages);
+        if have != want {
+            return Err(LockMismatch::ImagePackages {
+                name: w.name.clone(),
+                lock: have,
+                recipe: want,
+            });
+        }
+    }
+    if let Some(extra) = lock
+        .images
+        .iter()
+        .find(|l| !wanted.iter().any(|w| w.name == l.name))
+    {
+        return Err(LockMismatch::ImageExtra(extra.name.clone()));
+    }
+    Ok(())
+}
+
+/// Whether the lock fits the whole recipe: its Debian base (if it has
+/// one) and every image it builds.
+pub fn check_recipe(lock: &Lock, recipe: &crate::recipe::Recipe) -> Result<(), LockMismatch> {
+    if let crate::recipe::Base::Debian {
         suite,
         mirror,
         packages,
     } = &recipe.base
-    else {
-        anyhow::bail!("only Debian bases have packages to lock");
+    {
+        let requested = crate::compose::package_list(recipe, packages);
+        check_matches(lock, suite, mirror, &requested)?;
+    } else if lock.base.is_some() {
+        return Err(LockMismatch::NotDebian);
+    }
+    check_images(lock, &image_requests(recipe))
+}
+
+/// Resolves a recipe's Debian base and the Debian roots of the images it
+/// builds against their mirror, stores every .deb in the cache and writes
+/// `RECIPE.lock`. Returns the lock.
+pub fn lock_recipe(recipe: &crate::recipe::Recipe) -> Result<Lock> {
+    let images = image_requests(recipe);
+    let base = match &recipe.base {
+        crate::recipe::Base::Debian {
+            suite,
+            mirror,
+            packages,
+        } => Some((
+            suite,
+            mirror,
+            crate::compose::package_list(recipe, packages),
+        )),
+        crate::recipe::Base::Tarball { .. } => None,
     };
+    if base.is_none() && images.is_empty() {
+        return Err(crate::InputError(format!(
+            "{}: nothing to lock: the base is a pinned tarball and no image is built from \
+             Debian packages (the tarball's sha256 in the recipe already pins it)",
+            recipe.file.display()
+        ))
+        .into());
+    }
     let cache = crate::cache::Cache::default_location()?;
-    let requested = crate::compose::package_list(recipe, packages);
     let work = tempfile::tempdir()?;
-    eprintln!(
-        "cairn: resolving {} requested packages against {mirror} {suite}",
-        requested.len()
-    );
-    let pkgs = crate::debrepo::resolve_and_download(
-        suite,
-        mirror,
-        &requested,
-        recipe.source_date_epoch,
-        work.path(),
-        &cache,
-    )?;
     let mut lock = Lock::new(recipe.source_date_epoch);
-    lock.base = Some(LockedBase {
-        suite: suite.clone(),
-        mirror: mirror.clone(),
-        packages_requested: requested,
-        packages: pkgs,
-    });
+    if let Some((suite, mirror, requested)) = base {
+        eprintln!(
+            "cairn: resolving {} requested packages against {mirror} {suite}",
+            requested.len()
+        );
+        let pkgs = crate::debrepo::resolve_and_download(
+            suite,
+            mirror,
+            &requested,
+            recipe.source_date_epoch,
+            work.path(),
+            &cache,
+        )?;
+        lock.base = Some(LockedBase {
+            suite: suite.clone(),
+            mirror: mirror.clone(),
+            packages_requested: requested,
+            packages: pkgs,
+        });
+    }
+    for img in images {
+        eprintln!(
+            "cairn: resolving image {} (essential set + {} packages) against {} {}",
+            img.name,
+            img.packages.len(),
+            img.mirror,
+            img.suite
+        );
+        let pkgs = crate::debrepo::resolve_and_download_for(
+            crate::debrepo::Variant::Image,
+            &img.suite,
+            &img.mirror,
+            &img.packages,
+            recipe.source_date_epoch,
+            work.path(),
+            &cache,
+        )
+        .with_context(|| format!("lock: image {}", img.name))?;
+        lock.images.push(LockedImage {
+            name: img.name,
+            suite: img.suite,
+            mirror: img.mirror,
+            packages_requested: img.packages,
+            packages: pkgs,
+        });
+    }
     lock.normalise();
     let path = lock_path(&recipe.file);
     lock.write(&path)?;
+    let n: usize = lock.package_sets().iter().map(|(_, p)| p.len()).sum();
     eprintln!(
-        "cairn: wrote {} ({} packages, cached in {})",
+        "cairn: wrote {} ({} packages{}, cached in {})",
         path.display(),
-        lock.base.as_ref().map(|b| b.packages.len()).unwrap_or(0),
+        n,
+        if lock.images.is_empty() {
+            String::new()
+        } else {
+            format!(" for the base and {} image(s)", lock.images.len())
+        },
         cache.root().display()
     );
     Ok(lock)
@@ -390,6 +599,13 @@ mod tests {
                     pkg("bash", "5.2.15-2+b7"),
                 ],
             }),
+            images: vec![LockedImage {
+                name: "inference".into(),
+                suite: "bookworm".into(),
+                mirror: "http://deb.debian.org/debian".into(),
+                packages_requested: vec!["python3".into()],
+                packages: vec![pkg("python3", "3.11.2-1+b1"), pkg("bash", "5.2.15-2+b7")],
+            }],
             urls: vec![
                 LockedUrl {
                     url: "https://example.org/z".into(),
@@ -436,7 +652,9 @@ mod tests {
             a.contains("packages_requested = [\"busybox-static\", \"systemd\"]"),
             "{a}"
         );
-        assert_eq!(back.digests().len(), 5);
+        // bash is in the base and the image: one blob.
+        assert_eq!(back.digests().len(), 6);
+        assert!(a.contains("[[image]]\nname = \"inference\""), "{a}");
     }
 
     #[test]
@@ -519,6 +737,50 @@ mod tests {
         assert!(matches!(e, LockMismatch::Mirror { .. }), "{e}");
         let e = check_matches(&Lock::new(0), "bookworm", m, &[]).unwrap_err();
         assert_eq!(e, LockMismatch::NoBase);
+    }
+
+    #[test]
+    fn image_mismatches_name_the_image_and_the_difference() {
+        let l = sample();
+        let req = |name: &str, pkgs: &[&str]| ImageRequest {
+            name: name.into(),
+            suite: "bookworm".into(),
+            mirror: "http://deb.debian.org/debian/".into(),
+            packages: pkgs.iter().map(|s| s.to_string()).collect(),
+        };
+        check_images(&l, &[req("inference", &["python3"])]).unwrap();
+        let e = check_images(&l, &[req("inference", &["python3", "curl"])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("image \"inference\": the lock was made for packages [python3]")
+                && e.contains("(added: curl)")
+                && e.contains("cairn build --update-lock"),
+            "{e}"
+        );
+        let e = check_images(&l, &[req("inference", &["python3"]), req("web", &[])]).unwrap_err();
+        assert_eq!(e, LockMismatch::ImageMissing("web".into()));
+        assert!(e.to_string().contains("no [[image]] for it"), "{e}");
+        let e = check_images(&l, &[]).unwrap_err();
+        assert_eq!(e, LockMismatch::ImageExtra("inference".into()));
+        let mut other = req("inference", &["python3"]);
+        other.suite = "trixie".into();
+        let e = check_images(&l, &[other]).unwrap_err();
+        assert!(matches!(e, LockMismatch::ImageSource { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_image_locked_twice_or_with_an_escaping_path_is_refused() {
+        let mut l = sample();
+        l.images.push(l.images[0].clone());
+        assert!(Lock::from_toml(&toml::to_string(&l).unwrap()).is_err());
+        let mut l = sample();
+        l.images[0].packages[0].filename = "pool/../../x.deb".into();
+        let e = Lock::from_toml(&toml::to_string(&l).unwrap()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("plain path under the mirror"),
+            "{e:#}"
+        );
     }
 
     #[test]

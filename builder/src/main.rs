@@ -111,7 +111,11 @@ enum Command {
     },
     /// Resolve the recipe's Debian packages and write RECIPE.lock (name,
     /// version, architecture, .deb sha256 of every package; the epoch).
-    /// The .debs land in the cache ($CAIRN_CACHE, default ~/.cache/cairn).
+    ///
+    /// Covers the base (kernel included) and every image built from Debian
+    /// packages (`[images.build]`, one `[[image]]` table each). The .debs
+    /// land in the cache ($CAIRN_CACHE, default ~/.cache/cairn). Commit the
+    /// lock beside the recipe: builds then install exactly these files.
     Lock {
         recipe: PathBuf,
         #[arg(long)]
@@ -411,23 +415,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     recipe.display()
                 ))
             })?;
-            let cache = cairn::cache::Cache::default_location()?;
-            if let Some(base) = &lock.base {
-                let work = tempfile::tempdir()?;
-                let rep = cairn::debrepo::fetch_locked(
-                    &base.packages,
-                    &base.mirror,
-                    &cache,
-                    work.path(),
-                )?;
-                println!(
-                    "{} packages fetched ({} bytes), {} already cached, in {}",
-                    rep.downloaded,
-                    rep.bytes,
-                    rep.already,
-                    cache.root().display()
-                );
+            if let Err(m) = cairn::lock::check_recipe(&lock, &r) {
+                return Err(cairn::InputError(format!("{}: {m}", path.display())).into());
             }
+            let cache = cairn::cache::Cache::default_location()?;
+            let work = tempfile::tempdir()?;
+            let (mut got, mut bytes, mut already) = (0, 0, 0);
+            for (mirror, pkgs) in lock.package_sets() {
+                let rep = cairn::debrepo::fetch_locked(pkgs, mirror, &cache, work.path())?;
+                got += rep.downloaded;
+                bytes += rep.bytes;
+                already += rep.already;
+            }
+            println!(
+                "{got} packages fetched ({bytes} bytes), {already} already cached, in {}",
+                cache.root().display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { op } => {

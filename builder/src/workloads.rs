@@ -170,6 +170,7 @@ pub fn install(
     epoch: u64,
     suite: &str,
     mirror: &str,
+    repos: &std::collections::BTreeMap<String, crate::debrepo::LocalRepo>,
 ) -> Result<Installed> {
     let mut out = Installed {
         runtime: w.runtime,
@@ -238,6 +239,7 @@ pub fn install(
                     epoch,
                     suite: suite.into(),
                     mirror: mirror.into(),
+                    repo: repos.get(&img.name).cloned(),
                 };
                 // Built images depend on the spec and the files' contents.
                 let cache = crate::cache::Cache::default_location()?;
@@ -261,10 +263,18 @@ pub fn install(
                     inputs.push(format!("file {dest} {mode:o} {}", Sha256::of_file(src)?));
                 }
                 inputs.extend(
-                    crate::debrepo::MMDEBSTRAP_ARGS
+                    crate::debrepo::OCI_MMDEBSTRAP_ARGS
                         .iter()
                         .map(|a| a.to_string()),
                 );
+                // Locked: the exact packages (online or offline alike).
+                if let Some(r) = &spec.repo {
+                    inputs.extend(
+                        r.packages
+                            .iter()
+                            .map(|p| format!("deb {} {}", p.spec(), p.sha256)),
+                    );
+                }
                 let key = crate::stagecache::key("oci-build", &inputs);
                 let built_digest = match crate::stagecache::lookup(&cache, "oci-build", &key)
                     .and_then(|(blob, extra)| {

@@ -134,6 +134,7 @@ fn offline_builds_from_the_lock_are_reproducible() {
             packages_requested: requested(),
             packages: pkgs.clone(),
         }),
+        images: vec![],
         urls: vec![],
     };
     let lock_file = tp.join("tiny.lock");

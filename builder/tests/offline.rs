@@ -1,7 +1,9 @@
 //! Offline builds: a recipe locked and fetched on a "connected" machine
-//! builds with the package archive unreachable; without the fetch it fails
-//! listing what is missing; a cache carried by export/import gives the
-//! identical image. Downloads from the Debian archive (as `make deps` does).
+//! builds with the package archive unreachable (the base and an image built
+//! from Debian packages); without the fetch it fails listing what is
+//! missing; a lock that disagrees with the recipe is refused, naming the
+//! difference; a cache carried by export/import gives the identical image.
+//! Downloads from the Debian archive (as `make deps` does).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -17,6 +19,14 @@ packages = []
 [disk]
 size = "1G"
 state_size = "128M"
+
+# An image built from Debian packages: its packages are locked, fetched
+# and installed offline too. GNU hello is in no base package set.
+[[images]]
+name = "hello"
+[images.build]
+packages = ["hello"]
+entrypoint = ["/usr/bin/hello"]
 "#;
 
 fn cairn(dir: &Path, cache: &Path, offline_net: bool, args: &[&str]) -> Output {
@@ -71,7 +81,9 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
     // Lock on the "connected" machine (fills its cache as a side effect).
     let o = cairn(dir, &online_cache, false, &["lock", "r.toml"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(dir.join("r.lock").is_file());
+    let lock = std::fs::read_to_string(dir.join("r.lock")).unwrap();
+    assert!(lock.contains("[[image]]\nname = \"hello\""), "{lock}");
+    assert!(lock.contains("name = \"hello\"\nversion = "), "{lock}");
 
     // Offline with an empty cache: refused, listing every missing package.
     let empty = dir.join("cache-empty");
@@ -93,8 +105,34 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
     let t = text(&o);
     assert!(t.contains("not in the cache"), "{t}");
     assert!(t.contains("systemd="), "{t}");
+    assert!(
+        t.contains("hello="),
+        "the image's packages are listed too: {t}"
+    );
     assert!(t.contains("cairn fetch"), "{t}");
     assert!(!dir.join("out-a/offline-test-1").exists());
+
+    // A recipe whose image asks for other packages than the lock: refused
+    // before anything runs, naming the image and the change.
+    let changed = RECIPE.replace(
+        r#"packages = ["hello"]"#,
+        r#"packages = ["hello", "cowsay"]"#,
+    );
+    std::fs::write(dir.join("changed.toml"), changed).unwrap();
+    std::fs::copy(dir.join("r.lock"), dir.join("changed.lock")).unwrap();
+    let o = cairn(
+        dir,
+        &online_cache,
+        true,
+        &["build", "changed.toml", "-o", "out-c", "--offline"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("image \"hello\"") && t.contains("(added: cowsay)"),
+        "{t}"
+    );
+    assert!(!dir.join("out-c/offline-test-1").exists());
 
     // After the fetch, offline with the mirror unreachable: builds.
     let o = cairn(dir, &online_cache, false, &["fetch", "r.toml"]);
@@ -114,6 +152,11 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("image hello: ") && t.contains("/usr/lib/cairn/images/hello.tar"),
+        "{t}"
+    );
 
     // Carry the cache to an "air-gapped" machine: export, import into an
     // empty cache, build offline there: identical outputs.

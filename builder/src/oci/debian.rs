@@ -49,6 +49,10 @@ pub struct BuildSpec {
     pub epoch: u64,
     pub suite: String,
     pub mirror: String,
+    /// The locked packages as a local repository: mmdebstrap installs from
+    /// it instead of `mirror` (no network), and the image's sources.list
+    /// still names `mirror`, so both ways give the same bytes.
+    pub repo: Option<crate::debrepo::LocalRepo>,
 }
 
 /// What `build_image` wrote.
@@ -290,32 +294,28 @@ fn mmdebstrap(spec: &BuildSpec, out: &Path) -> Result<()> {
     let mut pkgs = spec.packages.clone();
     pkgs.sort();
     pkgs.dedup();
-    let mut args: Vec<String> = [
-        "--variant=essential",
-        "--mode=auto",
-        "--format=tar",
-        "--aptopt=Acquire::Retries \"3\"",
-        "--dpkgopt=path-exclude=/usr/share/man/*",
-        "--dpkgopt=path-exclude=/usr/share/locale/*",
-        "--dpkgopt=path-exclude=/usr/share/doc/*",
-        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-        "--dpkgopt=path-exclude=/usr/share/info/*",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if !pkgs.is_empty() {
-        args.push(format!("--include={}", pkgs.join(",")));
-    }
-    let sh = xshell::Shell::new()?;
-    let suite = &spec.suite;
-    let mirror = &spec.mirror;
-    crate::runner::run(
-        "oci: mmdebstrap",
-        xshell::cmd!(sh, "mmdebstrap {args...} {suite} {out} {mirror}")
-            .env("SOURCE_DATE_EPOCH", spec.epoch.to_string())
-            .env("LC_ALL", "C.UTF-8"),
-    )?;
+    let (mirror, extra) = match &spec.repo {
+        Some(r) => {
+            let mut extra = r.mmdebstrap_args();
+            extra.push(crate::debrepo::sources_list_hook(
+                &spec.suite,
+                &spec.mirror,
+            )?);
+            (r.mmdebstrap_mirror(), extra)
+        }
+        None => (spec.mirror.clone(), Vec::new()),
+    };
+    let cmd = crate::debrepo::mmdebstrap_command_for(
+        crate::debrepo::Variant::Image,
+        &spec.suite,
+        out,
+        &mirror,
+        &pkgs,
+        spec.epoch,
+        "tar",
+        &extra,
+    );
+    crate::runner::run_streaming("oci: mmdebstrap", cmd)?;
     Ok(())
 }
 
