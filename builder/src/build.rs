@@ -149,8 +149,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let started = Instant::now();
     // Inputs are checked before anything is printed or created, so bad
     // input is one line of error and an untouched output folder.
-    resolve(recipe)?;
     let locked = resolve_lock(recipe, opts)?;
+    ensure_cached(recipe, locked.as_ref(), opts)?;
+    resolve(recipe)?;
     let key = match &opts.key {
         Some(k) => Some(crate::sign::load_key(k)?),
         None => None,
@@ -373,33 +374,32 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     })
 }
 
-/// The recipe's lock, checked against the recipe, with every locked
-/// package (base and built images) in the cache, fetched unless offline.
-/// None: no lock and online, so mmdebstrap resolves against the mirror;
-/// also None when the recipe has nothing to lock (a tarball base and no
-/// built image).
+/// The recipe's lock, checked against the recipe. None: no lock, and
+/// either online (mmdebstrap resolves against the mirror) or the recipe
+/// needs none (a tarball base and no built image: its own sha256 pins
+/// cover every input).
 fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lock::Lock>> {
     use crate::lock::{check_recipe, image_requests, lock_path, Lock};
-    if !matches!(recipe.base, Base::Debian { .. }) && image_requests(recipe).is_empty() {
-        return Ok(None);
-    }
+    let needs_lock =
+        matches!(recipe.base, Base::Debian { .. }) || !image_requests(recipe).is_empty();
     let path = lock_path(&recipe.file);
     let lock = Lock::read_if_exists(&path)
         .map_err(|e| crate::InputError(format!("{}: {e:#}", path.display())))?;
-    let lock = match lock {
+    Ok(match lock {
         Some(l) => match check_recipe(&l, recipe) {
-            Ok(()) => l,
+            Ok(()) => Some(l),
             Err(_) if opts.update_lock && !opts.offline => {
                 eprintln!(
                     "cairn: {} disagrees with the recipe; updating it",
                     path.display()
                 );
-                crate::lock::lock_recipe(recipe)?
+                Some(crate::lock::lock_recipe(recipe)?)
             }
             Err(m) => {
                 return Err(crate::InputError(format!("{}: {m}", path.display())).into());
             }
         },
+        None if !needs_lock => None,
         None if opts.offline => {
             return Err(crate::InputError(format!(
             "--offline needs {}; run `cairn lock {}` and `cairn fetch {}` on a connected machine",
@@ -409,34 +409,60 @@ fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lo
         ))
             .into())
         }
-        None if opts.update_lock => crate::lock::lock_recipe(recipe)?,
-        None => return Ok(None),
-    };
+        None if opts.update_lock => Some(crate::lock::lock_recipe(recipe)?),
+        None => None,
+    })
+}
+
+/// Puts every pinned input in the cache: the lock's packages (base and
+/// built images) and the recipe's URL inputs, downloading what is missing
+/// unless offline. Offline, one error lists everything missing.
+fn ensure_cached(
+    recipe: &Recipe,
+    lock: Option<&crate::lock::Lock>,
+    opts: &BuildOptions,
+) -> Result<()> {
     let cache = crate::cache::Cache::default_location()?;
     if !opts.offline {
         let work = tempfile::tempdir()?;
-        for (mirror, pkgs) in lock.package_sets() {
-            crate::debrepo::fetch_locked(pkgs, mirror, &cache, work.path())?;
+        if let Some(lock) = lock {
+            for (mirror, pkgs) in lock.package_sets() {
+                crate::debrepo::fetch_locked(pkgs, mirror, &cache, work.path())?;
+            }
         }
+        crate::lock::fetch_downloads(&recipe.downloads, &cache, work.path())?;
     }
     let all: Vec<crate::lock::LockedPackage> = lock
-        .package_sets()
+        .map(|l| l.package_sets())
+        .unwrap_or_default()
         .into_iter()
         .flat_map(|(_, p)| p.iter().cloned())
         .collect();
-    if let Err(missing) = crate::debrepo::check_cached(&all, &cache) {
-        let mut names = missing.missing;
-        names.dedup();
-        return Err(crate::InputError(format!(
-            "offline build: {} locked packages are not in the cache {}:\n    {}\nfetch them with `cairn fetch {}` (or `cairn cache import FILE` from a connected machine)",
-            names.len(),
-            missing.cache.display(),
-            names.join("\n    "),
-            recipe.file.display()
-        ))
-        .into());
+    let mut missing = match crate::debrepo::check_cached(&all, &cache) {
+        Ok(()) => Vec::new(),
+        Err(m) => m.missing,
+    };
+    missing.dedup();
+    let packages = missing.len();
+    missing.extend(
+        recipe
+            .downloads
+            .iter()
+            .filter(|d| !cache.contains(&d.sha256))
+            .map(|d| format!("{} ({}, sha256 {}, {})", d.url, d.what, d.sha256, d.at)),
+    );
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(Some(lock))
+    Err(crate::InputError(format!(
+        "offline build: {} input(s) are not in the cache {} ({packages} locked package(s), {} URL input(s)):\n    {}\nfetch them with `cairn fetch {}` on a connected machine (or `cairn cache import FILE` with an export that has them)",
+        missing.len(),
+        cache.root().display(),
+        missing.len() - packages,
+        missing.join("\n    "),
+        recipe.file.display()
+    ))
+    .into())
 }
 
 /// Local repositories for every package set of the lock, under `dir`.

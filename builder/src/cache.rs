@@ -110,8 +110,13 @@ impl Cache {
 
     /// Where the blob `d` lives (whether or not it is there).
     pub fn blob_path(&self, d: &Sha256) -> PathBuf {
+        Cache::blob_path_in(&self.root, d)
+    }
+
+    /// Where the blob `d` lives in the cache rooted at `root`.
+    pub fn blob_path_in(root: &Path, d: &Sha256) -> PathBuf {
         let h = d.hex();
-        self.root.join("sha256").join(&h[..2]).join(h)
+        root.join("sha256").join(&h[..2]).join(h)
     }
 
     fn remember(&self, d: Sha256, meta: &std::fs::Metadata) {

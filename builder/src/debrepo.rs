@@ -19,8 +19,8 @@
 //! is not always the one inside the .deb (bookworm: apt, debconf, zlib1g,
 //! libbz2-1.0, libdb5.3 differ) and decides what minbase installs.
 //!
-//! `fetch_locked` downloads missing locked packages by pool path with curl,
-//! checking each against its pinned sha256.
+//! `fetch_locked` downloads missing locked packages by pool path
+//! (`download::fetch_to_cache`), checking each against its pinned sha256.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -601,29 +601,12 @@ pub fn fetch_locked(
             continue;
         }
         let url = format!("{}/{}", mirror.trim_end_matches('/'), p.filename);
-        let tmp = tempfile::NamedTempFile::new_in(work)?;
-        let out = Command::new("curl")
-            .args(["-fsSL", "--retry", "3", "-o"])
-            .arg(tmp.path())
-            .arg(&url)
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run curl (Debian package curl); run `cairn doctor`")?;
-        if !out.status.success() {
-            failed.push(format!(
-                "{}: {url}: {}",
-                p.spec(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-            continue;
-        }
-        let f = std::fs::File::open(tmp.path())?;
-        match cache.put_reader(f, Some(p.sha256)) {
+        match crate::download::fetch_to_cache(&url, &p.sha256, cache, work) {
             Ok(_) => {
                 report.downloaded += 1;
                 report.bytes += p.size;
             }
-            Err(e) => failed.push(format!("{}: {url}: {e:#}", p.spec())),
+            Err(e) => failed.push(format!("{}: {e:#}", p.spec())),
         }
     }
     if !failed.is_empty() {

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod digest;
 pub mod disk;
 pub mod doctor;
+pub mod download;
 pub mod firewall;
 pub mod flash;
 pub mod initramfs;

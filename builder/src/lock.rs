@@ -134,6 +134,16 @@ pub enum LockMismatch {
         lock: Vec<String>,
         recipe: Vec<String>,
     },
+    #[error("the recipe downloads {0}, the lock has no [[urls]] entry for it; {FIX}")]
+    UrlMissing(String),
+    #[error("the lock has a [[urls]] entry for {0}, the recipe does not download it; {FIX}")]
+    UrlExtra(String),
+    #[error("{url}: the lock pins sha256 {lock}, the recipe pins {recipe}; {FIX}")]
+    UrlPin {
+        url: String,
+        lock: Sha256,
+        recipe: Sha256,
+    },
     #[error("the recipe builds image {0:?}, the lock has no [[image]] for it; {FIX}")]
     ImageMissing(String),
     #[error("the lock has an [[image]] {0:?}, the recipe builds no such image; {FIX}")]
@@ -470,7 +480,76 @@ pub fn check_recipe(lock: &Lock, recipe: &crate::recipe::Recipe) -> Result<(), L
     } else if lock.base.is_some() {
         return Err(LockMismatch::NotDebian);
     }
-    check_images(lock, &image_requests(recipe))
+    check_images(lock, &image_requests(recipe))?;
+    check_urls(lock, &recipe.downloads)
+}
+
+/// Whether the lock's `[[urls]]` are exactly the recipe's URL inputs,
+/// with the same pins.
+pub fn check_urls(lock: &Lock, downloads: &[crate::recipe::Download]) -> Result<(), LockMismatch> {
+    for d in downloads {
+        match lock.urls.iter().find(|u| u.url == d.url) {
+            None => return Err(LockMismatch::UrlMissing(d.url.clone())),
+            Some(u) if u.sha256 != d.sha256 => {
+                return Err(LockMismatch::UrlPin {
+                    url: d.url.clone(),
+                    lock: u.sha256,
+                    recipe: d.sha256,
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    match lock
+        .urls
+        .iter()
+        .find(|u| !downloads.iter().any(|d| d.url == u.url))
+    {
+        Some(extra) => Err(LockMismatch::UrlExtra(extra.url.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Downloads every URL input the cache lacks, checking each against its
+/// pin; lists every failure at once.
+pub fn fetch_downloads(
+    downloads: &[crate::recipe::Download],
+    cache: &crate::cache::Cache,
+    work: &Path,
+) -> Result<u64> {
+    let mut failed = Vec::new();
+    let mut tampered = false;
+    let mut bytes = 0;
+    for d in downloads {
+        if !cache.contains(&d.sha256) {
+            eprintln!("cairn: downloading {} ({})", d.url, d.what);
+        }
+        match crate::download::fetch_to_cache(&d.url, &d.sha256, cache, work) {
+            Ok(n) => bytes += n,
+            Err(e) => {
+                if e.downcast_ref::<crate::download::PinMismatch>().is_some() {
+                    tampered = true;
+                    failed.push(format!("{} ({}, pinned at {}): {e:#}", d.url, d.what, d.at));
+                } else {
+                    failed.push(format!("{} ({}, {}): {e:#}", d.url, d.what, d.at));
+                }
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(bytes);
+    }
+    let msg = format!(
+        "{} URL input(s) could not be fetched:\n    {}",
+        failed.len(),
+        failed.join("\n    ")
+    );
+    if tampered {
+        // Content that is not what the recipe pins: bad input, not a
+        // network hiccup.
+        return Err(crate::InputError(msg).into());
+    }
+    bail!(msg)
 }
 
 /// Resolves a recipe's Debian base and the Debian roots of the images it
@@ -490,10 +569,10 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe) -> Result<Lock> {
         )),
         crate::recipe::Base::Tarball { .. } => None,
     };
-    if base.is_none() && images.is_empty() {
+    if base.is_none() && images.is_empty() && recipe.downloads.is_empty() {
         return Err(crate::InputError(format!(
-            "{}: nothing to lock: the base is a pinned tarball and no image is built from \
-             Debian packages (the tarball's sha256 in the recipe already pins it)",
+            "{}: nothing to lock: the base is a pinned tarball, no image is built from \
+             Debian packages and no input is a URL (the recipe's sha256 pins cover it all)",
             recipe.file.display()
         ))
         .into());
@@ -501,6 +580,16 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe) -> Result<Lock> {
     let cache = crate::cache::Cache::default_location()?;
     let work = tempfile::tempdir()?;
     let mut lock = Lock::new(recipe.source_date_epoch);
+    // URL inputs first: a wrong pin fails in seconds, not after mmdebstrap.
+    fetch_downloads(&recipe.downloads, &cache, work.path())?;
+    lock.urls = recipe
+        .downloads
+        .iter()
+        .map(|d| LockedUrl {
+            url: d.url.clone(),
+            sha256: d.sha256,
+        })
+        .collect();
     if let Some((suite, mirror, requested)) = base {
         eprintln!(
             "cairn: resolving {} requested packages against {mirror} {suite}",
@@ -552,7 +641,7 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe) -> Result<Lock> {
     lock.write(&path)?;
     let n: usize = lock.package_sets().iter().map(|(_, p)| p.len()).sum();
     eprintln!(
-        "cairn: wrote {} ({} packages{}, cached in {})",
+        "cairn: wrote {} ({} packages{}, {} URL input(s), cached in {})",
         path.display(),
         n,
         if lock.images.is_empty() {
@@ -560,6 +649,7 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe) -> Result<Lock> {
         } else {
             format!(" for the base and {} image(s)", lock.images.len())
         },
+        lock.urls.len(),
         cache.root().display()
     );
     Ok(lock)
@@ -767,6 +857,35 @@ mod tests {
         other.suite = "trixie".into();
         let e = check_images(&l, &[other]).unwrap_err();
         assert!(matches!(e, LockMismatch::ImageSource { .. }), "{e}");
+    }
+
+    #[test]
+    fn url_mismatches_name_the_url() {
+        let l = sample();
+        let dl = |url: &str, body: &[u8]| crate::recipe::Download {
+            url: url.into(),
+            sha256: Sha256::of_bytes(body),
+            what: "k3s binary".into(),
+            at: "r.toml:3:14".into(),
+        };
+        let a = dl("https://example.org/a", b"a");
+        let z = dl("https://example.org/z", b"z");
+        check_urls(&l, &[a.clone(), z.clone()]).unwrap();
+        let e = check_urls(&l, &[a.clone()]).unwrap_err();
+        assert_eq!(e, LockMismatch::UrlExtra("https://example.org/z".into()));
+        let e = check_urls(&l, &[a.clone(), z, dl("https://example.org/new", b"n")]).unwrap_err();
+        assert_eq!(
+            e,
+            LockMismatch::UrlMissing("https://example.org/new".into())
+        );
+        let e = check_urls(&l, &[dl("https://example.org/a", b"changed"), a])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("https://example.org/a: the lock pins sha256 ")
+                && e.contains(&format!("the recipe pins {}", Sha256::of_bytes(b"changed"))),
+            "{e}"
+        );
     }
 
     #[test]

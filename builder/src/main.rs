@@ -427,8 +427,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bytes += rep.bytes;
                 already += rep.already;
             }
+            let url_bytes = cairn::lock::fetch_downloads(&r.downloads, &cache, work.path())?;
             println!(
-                "{got} packages fetched ({bytes} bytes), {already} already cached, in {}",
+                "{got} packages fetched ({bytes} bytes), {already} already cached; {} URL input(s) ready ({url_bytes} bytes downloaded); in {}",
+                r.downloads.len(),
                 cache.root().display()
             );
             Ok(ExitCode::SUCCESS)

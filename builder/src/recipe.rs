@@ -79,6 +79,9 @@ pub struct ImageEntry {
     /// The image manifest's digest ("sha256:..."): required for archives;
     /// for built images, checked when given.
     pub digest: Option<Spanned<String>>,
+    /// The archive file's sha256: required when `archive` is a URL (it
+    /// pins the download; `digest` still pins the image).
+    pub archive_sha256: Option<Spanned<String>>,
     pub build: Option<ImageBuild>,
     /// Allow set-uid/set-gid files in the layers.
     #[serde(default)]
@@ -358,6 +361,19 @@ pub enum Base {
     },
 }
 
+/// An input a recipe names by URL (`https://` or `http://`), pinned by the
+/// recipe's sha256. Its path in the recipe is the cache blob it lands in:
+/// `cairn fetch` or an online build downloads it there first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    pub url: String,
+    pub sha256: Sha256,
+    /// What it is, for messages ("k3s binary").
+    pub what: String,
+    /// Where the URL is written (`file:line:col`).
+    pub at: String,
+}
+
 /// A validated recipe: paths absolute, sizes in bytes.
 #[derive(Debug, Clone)]
 pub struct Recipe {
@@ -379,6 +395,8 @@ pub struct Recipe {
     pub ram_size: String,
     pub network: crate::firewall::NetworkPolicy,
     pub workloads: crate::workloads::Workloads,
+    /// URL inputs (their paths above point into the cache), sorted by URL.
+    pub downloads: Vec<Download>,
 }
 
 /// Where the writable state lives at run time.
@@ -497,6 +515,7 @@ struct Validator<'a> {
     src: &'a RecipeSource,
     folder: PathBuf,
     problems: Vec<RecipeProblem>,
+    downloads: Vec<Download>,
 }
 
 impl<'a> Validator<'a> {
@@ -509,6 +528,7 @@ impl<'a> Validator<'a> {
             src,
             folder,
             problems: Vec::new(),
+            downloads: Vec::new(),
         }
     }
 
@@ -582,6 +602,60 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// A pinned file input: a path (as `path`) or an http(s) URL, which
+    /// needs its sha256 `pin` and resolves to the cache blob of that pin.
+    fn file_input(
+        &mut self,
+        p: &Spanned<String>,
+        pin: Option<Sha256>,
+        what: &str,
+    ) -> Option<PathBuf> {
+        let raw = p.get_ref();
+        if !crate::download::is_url(raw) {
+            return self.path(p, what);
+        }
+        if let Err(e) = crate::download::check_url(raw) {
+            self.problem(p.span(), format!("{what}: {e}"));
+            return None;
+        }
+        let Some(sha256) = pin else {
+            // A pin that is present but malformed is reported on its own.
+            return None;
+        };
+        let cache = match crate::cache::Cache::default_path() {
+            Ok(c) => c,
+            Err(e) => {
+                self.problem(
+                    p.span(),
+                    format!("{what}: a URL input lands in cairn's cache: {e}"),
+                );
+                return None;
+            }
+        };
+        let (line, col) = line_col(&self.src.text, p.span().start);
+        if !self
+            .downloads
+            .iter()
+            .any(|d| d.url == *raw && d.sha256 == sha256)
+        {
+            if let Some(other) = self.downloads.iter().find(|d| d.url == *raw) {
+                let msg = format!(
+                    "{what}: {raw} is also named at {} with another sha256; one URL has one content",
+                    other.at
+                );
+                self.problem(p.span(), msg);
+                return None;
+            }
+            self.downloads.push(Download {
+                url: raw.clone(),
+                sha256,
+                what: what.to_string(),
+                at: format!("{}:{line}:{col}", self.src.path.display()),
+            });
+        }
+        Some(crate::cache::Cache::blob_path_in(&cache, &sha256))
+    }
+
     fn size(&mut self, s: &Spanned<String>, what: &str) -> u64 {
         match parse_size(s.get_ref()) {
             Some(n) => n,
@@ -652,10 +726,10 @@ impl<'a> Validator<'a> {
                 &c.k3s_images,
                 &c.k3s_images_sha256,
             ) {
-                let bin = self.path(b, "k3s binary");
                 let bsha = self.digest(bs, "k3s_binary_sha256");
-                let img = self.path(i, "k3s air-gap images");
+                let bin = self.file_input(b, bsha, "k3s binary");
                 let isha = self.digest(is, "k3s_images_sha256");
+                let img = self.file_input(i, isha, "k3s air-gap images");
                 if let (Some(binary), Some(binary_sha256), Some(images), Some(images_sha256)) =
                     (bin, bsha, img, isha)
                 {
@@ -694,7 +768,21 @@ impl<'a> Validator<'a> {
                     if pin.is_none() && i.digest.is_none() {
                         self.problem(a.span(), format!("image {name:?}: an archive must be pinned: add digest = \"sha256:...\" (the image manifest's digest)"));
                     }
-                    self.path(a, "image archive").map(ImageSource::Archive)
+                    let url = crate::download::is_url(a.get_ref());
+                    let file_pin = match &i.archive_sha256 {
+                        Some(s) if url => self.digest(s, "archive_sha256"),
+                        Some(s) => {
+                            self.problem(s.span(), format!("image {name:?}: archive_sha256 pins a downloaded archive; a local archive is pinned by its digest alone: remove archive_sha256"));
+                            None
+                        }
+                        None if url => {
+                            self.problem(a.span(), format!("image {name:?}: an archive URL needs archive_sha256 = \"...\" (the file's sha256, e.g. from `cairn digest` on a trusted copy)"));
+                            None
+                        }
+                        None => None,
+                    };
+                    self.file_input(a, file_pin, "image archive")
+                        .map(ImageSource::Archive)
                 }
                 (None, Some(b)) => {
                     let mut files = Vec::new();
@@ -905,7 +993,6 @@ impl<'a> Validator<'a> {
                 })
             }
             (None, Some(t)) => {
-                let path = self.path(&t.path, "base tarball");
                 let (line, col) = line_col(&self.src.text, t.sha256.span().start);
                 let sha = match Sha256::from_hex(t.sha256.get_ref()) {
                     Ok(s) => Some(s),
@@ -917,6 +1004,7 @@ impl<'a> Validator<'a> {
                         None
                     }
                 };
+                let path = self.file_input(&t.path, sha, "base tarball");
                 match (path, sha) {
                     (Some(path), Some(sha256)) => Some(Base::Tarball {
                         path,
@@ -1096,6 +1184,11 @@ impl<'a> Validator<'a> {
             ram_size,
             network,
             workloads,
+            downloads: {
+                let mut d = self.downloads;
+                d.sort_by(|a, b| a.url.cmp(&b.url));
+                d
+            },
         })
     }
 }
@@ -1174,6 +1267,52 @@ packages = ["nftables"]
         assert_eq!(r.stem(), "t-1");
         assert_eq!(r.disk_size, 2 << 30);
         assert!(!r.debug_console);
+    }
+
+    #[test]
+    fn url_inputs_resolve_into_the_cache_and_need_their_pins() {
+        let d = tempfile::tempdir().unwrap();
+        let sha = "ab".repeat(32);
+        let md = "cd".repeat(32);
+        let text = format!(
+            "{GOOD}[[images]]\nname = \"web\"\narchive = \"https://example.org/web.tar\"\n\
+             digest = \"sha256:{md}\"\narchive_sha256 = \"{sha}\"\n"
+        );
+        let r = parse(&src(d.path(), &text)).unwrap();
+        assert_eq!(r.downloads.len(), 1);
+        let dl = &r.downloads[0];
+        assert_eq!(dl.url, "https://example.org/web.tar");
+        assert_eq!(dl.sha256.hex(), sha);
+        assert!(dl.at.ends_with(":9:11"), "{}", dl.at);
+        let crate::workloads::ImageSource::Archive(p) = &r.workloads.images[0].source else {
+            panic!("an archive");
+        };
+        let cache = crate::cache::Cache::default_path().unwrap();
+        assert_eq!(*p, crate::cache::Cache::blob_path_in(&cache, &dl.sha256));
+
+        // Without the file pin: one error at the URL, naming the fix.
+        let no_pin = text.replace(&format!("archive_sha256 = \"{sha}\"\n"), "");
+        let e = parse(&src(d.path(), &no_pin)).unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!((e.problems[0].line, e.problems[0].col), (9, 11), "{e}");
+        assert!(
+            e.problems[0].message.contains("needs archive_sha256"),
+            "{e}"
+        );
+
+        // A local archive carries no file pin.
+        std::fs::write(d.path().join("web.tar"), b"x").unwrap();
+        let local = text.replace("https://example.org/web.tar", "web.tar");
+        let e = parse(&src(d.path(), &local)).unwrap_err();
+        assert!(e.to_string().contains("remove archive_sha256"), "{e}");
+
+        // Credentials and non-http schemes are refused.
+        let creds = text.replace("https://", "https://user:pw@");
+        let e = parse(&src(d.path(), &creds)).unwrap_err();
+        assert!(e.to_string().contains("credentials"), "{e}");
+        let bad = text.replace("https://example.org/web.tar", "https://exa mple.org/x");
+        let e = parse(&src(d.path(), &bad)).unwrap_err();
+        assert!(e.to_string().contains("percent-encode"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! k3s: runs only when the k3s artifacts are on this machine (this one
-//! cannot download them): `k3s` and `k3s-airgap-images-amd64.tar` in
-//! recipes/k3s-artifacts/ (see recipes/k3s-airgap.toml for where they come
-//! from). Then it builds
-//! recipes/k3s-airgap.toml pinned to those files (with the debug console
-//! on), boots it and checks from outside: the node is Ready, the inference
+//! cannot download them): `k3s` and `k3s-airgap-images-amd64.tar.zst` (or
+//! `.tar`) in recipes/k3s-artifacts/ or $CAIRN_K3S_ARTIFACTS (see
+//! recipes/k3s-airgap.toml for where they come from). The test stores them
+//! in cairn's cache, where the recipe's URL inputs resolve by sha256, then
+//! builds recipes/k3s-airgap.toml pinned to those files (with the debug
+//! console on), boots it and checks from outside: the node is Ready, the inference
 //! pod from the pinned image is Running, and the default-deny egress
 //! NetworkPolicy is enforced (a probe pod in the workload namespace cannot
 //! reach the service; the same probe in a namespace without the policy can).
@@ -40,11 +41,10 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
     // checked them against the release's sha256sum-amd64.txt).
     let ws = workspace();
     let text = std::fs::read_to_string(ws.join("recipes/k3s-airgap.toml")).expect("recipe");
-    let pin = |p: &PathBuf| {
-        cairn::digest::Sha256::of_file(p)
-            .expect("hash artifact")
-            .hex()
-    };
+    // The recipe names the release URLs; the cache answers for them, so
+    // nothing is downloaded.
+    let cache = cairn::cache::Cache::default_location().expect("cache");
+    let pin = |p: &PathBuf| cache.put_file(p).expect("store artifact").hex();
     let mut lines: Vec<String> = Vec::new();
     for l in text.lines() {
         let l = if l.starts_with("k3s_binary_sha256") {
