@@ -871,7 +871,7 @@ mod tests {
         let a = dl("https://example.org/a", b"a");
         let z = dl("https://example.org/z", b"z");
         check_urls(&l, &[a.clone(), z.clone()]).unwrap();
-        let e = check_urls(&l, &[a.clone()]).unwrap_err();
+        let e = check_urls(&l, std::slice::from_ref(&a)).unwrap_err();
         assert_eq!(e, LockMismatch::UrlExtra("https://example.org/z".into()));
         let e = check_urls(&l, &[a.clone(), z, dl("https://example.org/new", b"n")]).unwrap_err();
         assert_eq!(
