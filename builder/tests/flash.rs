@@ -5,32 +5,20 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use cairn::digest::Sha256;
 use cairn::flash::{flash, FlashError, FlashOptions};
-use cairn::signify::{self, SecretKey};
+use cairn::signify;
 
-const TEST_IMAGE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../target/qemu-tests/out/cairn-test-1"
-);
-const RAW: &str = "cairn-test-1.raw";
+mod common;
+use common::{signed_folder, Signed, RAW};
 
-struct Signed {
-    tmp: tempfile::TempDir,
-    dir: PathBuf,
-    key: SecretKey,
-    pubkey: PathBuf,
-    raw_digest: Sha256,
+trait Flash {
+    fn opts(&self, device: &Path) -> FlashOptions;
 }
 
-impl Signed {
-    fn raw(&self) -> PathBuf {
-        self.dir.join(RAW)
-    }
-
+impl Flash for Signed {
     fn opts(&self, device: &Path) -> FlashOptions {
         FlashOptions {
             image: self.raw(),
@@ -41,72 +29,6 @@ impl Signed {
             max_size: None,
         }
     }
-}
-
-/// The test image is built in every format; these tests work on a copy
-/// whose manifest lists only the media copied (as a `--format` build would).
-fn keep_outputs(dir: &Path, keep: &[&str]) {
-    let path = dir.join("manifest.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    if let Some(outs) = v["outputs"].as_array_mut() {
-        outs.retain(|o| keep.iter().any(|k| o["file"].as_str() == Some(k)));
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap() + "\n").unwrap();
-}
-
-/// Copies the qemu-test image (sparsely) and signs it with a throwaway key.
-fn signed_folder() -> Option<Signed> {
-    let src = Path::new(TEST_IMAGE);
-    if !src.join(RAW).is_file() || !src.join("manifest.json").is_file() {
-        if std::env::var_os("CAIRN_REQUIRE_TEST_IMAGE").is_some() {
-            panic!("no test image at {TEST_IMAGE}; run make qemu-test first");
-        }
-        println!("skipped: no test image; run make qemu-test first");
-        return None;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("cairn-test-1");
-    std::fs::create_dir(&dir).unwrap();
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(src.join(RAW))
-        .arg(src.join("manifest.json"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    keep_outputs(&dir, &[RAW]);
-    let m = cairn::manifest::read(&dir.join("manifest.json")).unwrap();
-    let raw_digest = m.outputs.iter().find(|o| o.file == RAW).unwrap().sha256;
-    let key = signify::generate();
-    let pubkey = tmp.path().join("test.pub");
-    std::fs::write(&pubkey, key.public().to_file_text("test public key")).unwrap();
-    let mut names = [RAW, "manifest.json"];
-    names.sort();
-    let mut sums = String::new();
-    for n in names {
-        let d = if n == RAW {
-            raw_digest
-        } else {
-            Sha256::of_file(&dir.join(n)).unwrap()
-        };
-        sums.push_str(&format!("SHA256 ({n}) = {d}\n"));
-    }
-    std::fs::write(dir.join("SHA256"), &sums).unwrap();
-    let sig = key.sign(sums.as_bytes());
-    std::fs::write(
-        dir.join("SHA256.sig"),
-        sig.to_embedded_file_bytes("test.pub", sums.as_bytes()),
-    )
-    .unwrap();
-    Some(Signed {
-        tmp,
-        dir,
-        key,
-        pubkey,
-        raw_digest,
-    })
 }
 
 fn flip_byte(path: &Path, offset: u64) {
@@ -141,10 +63,10 @@ fn flash_to_file_writes_the_image_and_reads_it_back() {
     let target = s.tmp.path().join("stick.img");
     let r = flash(&s.opts(&target)).unwrap_or_else(|e| panic!("{e}"));
     println!("{r}");
-    assert_eq!(r.sha256, s.raw_digest);
+    assert_eq!(r.sha256, s.manifest_raw_digest());
     assert_eq!(r.key_id, s.key.public().key_id());
     assert_eq!(r.bytes, std::fs::metadata(s.raw()).unwrap().len());
-    assert_eq!(Sha256::of_file(&target).unwrap(), s.raw_digest);
+    assert_eq!(Sha256::of_file(&target).unwrap(), s.manifest_raw_digest());
 
     // Overwriting a larger existing file leaves exactly the image.
     let f = OpenOptions::new().write(true).open(&target).unwrap();
@@ -153,7 +75,7 @@ fn flash_to_file_writes_the_image_and_reads_it_back() {
     flip_byte(&target, 4096);
     flash(&s.opts(&target)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(std::fs::metadata(&target).unwrap().len(), r.bytes);
-    assert_eq!(Sha256::of_file(&target).unwrap(), s.raw_digest);
+    assert_eq!(Sha256::of_file(&target).unwrap(), s.manifest_raw_digest());
 }
 
 #[test]

@@ -4,122 +4,24 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use cairn::digest::Sha256;
-use cairn::signify::{self, SecretKey};
+use cairn::signify;
 use cairn::verify::{self, VerifyError, VerifyReport};
 
-const TEST_IMAGE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../target/qemu-tests/out/cairn-test-1"
-);
-const RAW: &str = "cairn-test-1.raw";
+mod common;
+use common::{keep_outputs, signed_folder, write_pubkey, Signed, RAW, TEST_IMAGE};
 
-/// A signed copy of the test image folder plus its key.
-struct Signed {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    key: SecretKey,
-    pubkey: PathBuf,
+trait Verify {
+    fn verify(&self) -> Result<VerifyReport, VerifyError>;
 }
 
-impl Signed {
-    fn raw(&self) -> PathBuf {
-        self.dir.join(RAW)
-    }
-
+impl Verify for Signed {
     fn verify(&self) -> Result<VerifyReport, VerifyError> {
         verify::verify(&self.dir, &self.pubkey, false)
     }
-
-    /// Rewrite SHA256 (digests of every listed file, sorted) and SHA256.sig.
-    /// The raw's digest comes from the manifest unless `raw_digest` is given,
-    /// so the 1 GiB image is not hashed again.
-    fn resign(&self, names: &[&str], raw_digest: Option<Sha256>) {
-        let mut names: Vec<&str> = names.to_vec();
-        names.sort();
-        let mut sums = String::new();
-        for n in names {
-            let d = if n == RAW {
-                raw_digest.unwrap_or_else(|| self.manifest_raw_digest())
-            } else {
-                Sha256::of_file(&self.dir.join(n)).unwrap()
-            };
-            sums.push_str(&format!("SHA256 ({n}) = {d}\n"));
-        }
-        self.write_signed(sums.as_bytes());
-    }
-
-    fn write_signed(&self, sums: &[u8]) {
-        std::fs::write(self.dir.join("SHA256"), sums).unwrap();
-        let sig = self.key.sign(sums);
-        std::fs::write(
-            self.dir.join("SHA256.sig"),
-            sig.to_embedded_file_bytes("test.pub", sums),
-        )
-        .unwrap();
-    }
-
-    fn manifest_raw_digest(&self) -> Sha256 {
-        let m = cairn::manifest::read(&self.dir.join("manifest.json")).unwrap();
-        m.outputs.iter().find(|o| o.file == RAW).unwrap().sha256
-    }
-}
-
-fn write_pubkey(dir: &Path, key: &SecretKey, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, key.public().to_file_text("test public key")).unwrap();
-    p
-}
-
-/// The test image is built in every format; these tests work on a copy
-/// whose manifest lists only the media copied (as a `--format` build would).
-fn keep_outputs(dir: &Path, keep: &[&str]) {
-    let path = dir.join("manifest.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    if let Some(outs) = v["outputs"].as_array_mut() {
-        outs.retain(|o| keep.iter().any(|k| o["file"].as_str() == Some(k)));
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap() + "\n").unwrap();
-}
-
-/// Copy the qemu-test image (sparsely) and sign it with a throwaway key.
-fn signed_folder() -> Option<Signed> {
-    let src = Path::new(TEST_IMAGE);
-    if !src.join(RAW).is_file() || !src.join("manifest.json").is_file() {
-        // `make test` builds the image first and sets this, so CI never
-        // passes by skipping.
-        if std::env::var_os("CAIRN_REQUIRE_TEST_IMAGE").is_some() {
-            panic!("no test image at {TEST_IMAGE}; run make qemu-test first");
-        }
-        println!("skipped: no test image; run make qemu-test first");
-        return None;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("cairn-test-1");
-    std::fs::create_dir(&dir).unwrap();
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(src.join(RAW))
-        .arg(src.join("manifest.json"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    keep_outputs(&dir, &[RAW]);
-    let key = signify::generate();
-    let pubkey = write_pubkey(tmp.path(), &key, "test.pub");
-    let s = Signed {
-        _tmp: tmp,
-        dir,
-        key,
-        pubkey,
-    };
-    s.resign(&[RAW, "manifest.json"], None);
-    Some(s)
 }
 
 fn failed(r: Result<VerifyReport, VerifyError>) -> String {
@@ -279,7 +181,7 @@ fn flipped_byte_in_signature_fails() {
 fn wrong_public_key_fails_naming_both_keys() {
     let Some(s) = signed_folder() else { return };
     let other = signify::generate();
-    let other_pub = write_pubkey(s._tmp.path(), &other, "other.pub");
+    let other_pub = write_pubkey(s.tmp.path(), &other, "other.pub");
     let msg = failed(verify::verify(&s.dir, &other_pub, false));
     assert!(msg.starts_with("signature: "), "{msg}");
     assert!(msg.contains(&s.key.public().key_id()), "{msg}");
@@ -289,9 +191,9 @@ fn wrong_public_key_fails_naming_both_keys() {
 #[test]
 fn bad_key_and_truncated_signature_are_bad_input() {
     let Some(s) = signed_folder() else { return };
-    let missing = s._tmp.path().join("missing.pub");
+    let missing = s.tmp.path().join("missing.pub");
     assert!(bad_input(verify::verify(&s.dir, &missing, false)).contains("public key"));
-    let junk = s._tmp.path().join("junk.pub");
+    let junk = s.tmp.path().join("junk.pub");
     std::fs::write(&junk, "not a key\n").unwrap();
     assert!(bad_input(verify::verify(&s.dir, &junk, false)).contains("public key"));
 
@@ -305,7 +207,7 @@ fn bad_key_and_truncated_signature_are_bad_input() {
     let msg = bad_input(s.verify());
     assert!(msg.contains("SHA256.sig"), "{msg}");
 
-    let nowhere = s._tmp.path().join("nowhere");
+    let nowhere = s.tmp.path().join("nowhere");
     bad_input(verify::verify(&nowhere, &s.pubkey, false));
 }
 
