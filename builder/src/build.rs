@@ -141,6 +141,9 @@ pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> St
         "systemd.gpt_auto=0".to_string(),
         "systemd.firstboot=0".to_string(),
     ];
+    if recipe.state_grow && medium == Medium::Disk {
+        words.push("cairn.state_grow=1".to_string());
+    }
     words.extend(recipe.cmdline_extra.iter().cloned());
     words.join(" ")
 }
@@ -216,6 +219,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let initrd = st.run("initramfs", || {
         crate::initramfs::make_initramfs(
             &composed.tree,
+            recipe.state_grow,
             &composed.kernel_version,
             &work.join("initramfs.cpio"),
             recipe.source_date_epoch,

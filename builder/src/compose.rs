@@ -131,6 +131,10 @@ pub fn package_list(recipe: &Recipe, extra: &[String]) -> Vec<String> {
             .iter()
             .map(|s| s.to_string()),
     );
+    if recipe.state_grow {
+        // sfdisk, for the initramfs to grow the state partition.
+        all.push("fdisk".to_string());
+    }
     all.extend(extra.iter().cloned());
     all.sort();
     all.dedup();

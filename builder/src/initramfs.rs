@@ -137,6 +137,7 @@ fn add_library(
 /// Writes the initramfs for `kernel_version` from the tree to `out`.
 pub fn make_initramfs(
     tree: &Path,
+    grow_state: bool,
     kernel_version: &str,
     out: &Path,
     epoch: u64,
@@ -193,18 +194,27 @@ pub fn make_initramfs(
         )?;
     }
 
-    // The state partition: dm-crypt and a fresh ext4 at every boot.
-    for (tool, package) in [("cryptsetup", "cryptsetup-bin"), ("mke2fs", "e2fsprogs")] {
-        let found = [format!("usr/sbin/{tool}"), format!("sbin/{tool}")]
-            .into_iter()
-            .find(|p| {
-                resolve_in_root_follow(tree, Path::new(p))
-                    .map(|r| r.is_file())
-                    .unwrap_or(false)
-            })
-            .with_context(|| {
-                format!("initramfs: {tool} missing from the root tree; install {package}")
-            })?;
+    // The state partition: dm-crypt and a fresh ext4 at every boot; with
+    // `[state] grow`, sfdisk and resizepart to grow it.
+    let mut tools = vec![("cryptsetup", "cryptsetup-bin"), ("mke2fs", "e2fsprogs")];
+    if grow_state {
+        tools.extend([("sfdisk", "fdisk"), ("resizepart", "util-linux")]);
+    }
+    for (tool, package) in tools {
+        let found = [
+            format!("usr/sbin/{tool}"),
+            format!("sbin/{tool}"),
+            format!("usr/bin/{tool}"),
+        ]
+        .into_iter()
+        .find(|p| {
+            resolve_in_root_follow(tree, Path::new(p))
+                .map(|r| r.is_file())
+                .unwrap_or(false)
+        })
+        .with_context(|| {
+            format!("initramfs: {tool} missing from the root tree; install {package}")
+        })?;
         add_binary(&mut a, tree, &found, &mut seen)?;
         if found != format!("sbin/{tool}") {
             a.add(

@@ -171,6 +171,9 @@ pub struct StateSection {
     pub mode: Option<Spanned<String>>,
     /// Upper bound of the RAM state (tmpfs size): "512M" or "50%".
     pub ram_size: Option<Spanned<String>>,
+    /// Disk state only: at boot, the state partition takes the free space
+    /// after it (a raw image written to a larger stick).
+    pub grow: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -392,6 +395,9 @@ pub struct Recipe {
     pub debug_console: bool,
     pub debug_unencrypted_state: bool,
     pub state_mode: StateMode,
+    /// `[state] grow`: the initramfs grows the state partition to the end
+    /// of the disk.
+    pub state_grow: bool,
     pub ram_size: String,
     pub network: crate::firewall::NetworkPolicy,
     pub workloads: crate::workloads::Workloads,
@@ -1093,6 +1099,17 @@ impl<'a> Validator<'a> {
                 StateMode::Disk
             }
         };
+        let state_grow = match &f.state.grow {
+            Some(g) if *g.get_ref() && state_mode != StateMode::Disk => {
+                self.problem(
+                    g.span(),
+                    "state grow = true needs mode = \"disk\" (RAM state has no partition to grow)",
+                );
+                false
+            }
+            Some(g) => *g.get_ref(),
+            None => false,
+        };
         let ram_size = match &f.state.ram_size {
             None => "50%".to_string(),
             Some(v) => {
@@ -1181,6 +1198,7 @@ impl<'a> Validator<'a> {
             debug_console: f.debug.console,
             debug_unencrypted_state: f.debug.unencrypted_state,
             state_mode,
+            state_grow,
             ram_size,
             network,
             workloads,

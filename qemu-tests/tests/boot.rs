@@ -6,6 +6,7 @@
 mod boot {
     pub mod airgap;
     pub mod amnesia;
+    pub mod grow;
     pub mod k3s;
     pub mod media;
     pub mod raw;
