@@ -628,7 +628,15 @@ impl<'a> Validator<'a> {
             // A pin that is present but malformed is reported on its own.
             return None;
         };
-        let cache = match crate::cache::Cache::default_path() {
+        // Absolute: tools may run in other folders.
+        let absolute = |c: PathBuf| -> anyhow::Result<PathBuf> {
+            Ok(if c.is_absolute() {
+                c
+            } else {
+                std::env::current_dir()?.join(c)
+            })
+        };
+        let cache = match crate::cache::Cache::default_path().and_then(absolute) {
             Ok(c) => c,
             Err(e) => {
                 self.problem(
