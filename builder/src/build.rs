@@ -429,12 +429,7 @@ fn ensure_cached(
     let cache = crate::cache::Cache::default_location()?;
     if !opts.offline {
         let work = tempfile::tempdir()?;
-        if let Some(lock) = lock {
-            for (mirror, pkgs) in lock.package_sets() {
-                crate::debrepo::fetch_locked(pkgs, mirror, &cache, work.path())?;
-            }
-        }
-        crate::lock::fetch_downloads(&recipe.downloads, &cache, work.path())?;
+        crate::lock::fetch_inputs(lock, &recipe.downloads, &cache, work.path())?;
     }
     let all: Vec<crate::lock::LockedPackage> = lock
         .map(|l| l.package_sets())

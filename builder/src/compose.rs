@@ -162,7 +162,8 @@ fn mmdebstrap(
     };
     // The base tree depends on these inputs only: reuse it when they match.
     let cache = crate::cache::Cache::default_location()?;
-    let mut inputs: Vec<String> = crate::debrepo::MMDEBSTRAP_ARGS
+    let mut inputs: Vec<String> = crate::debrepo::Variant::Base
+        .args()
         .iter()
         .map(|a| a.to_string())
         .collect();

@@ -33,23 +33,9 @@ use crate::cache::Cache;
 use crate::digest::Sha256;
 use crate::lock::LockedPackage;
 
-/// The options compose passes to mmdebstrap for a Debian base, in order
-/// (before `--format`, `--include`, SUITE, TARGET, MIRROR).
-pub const MMDEBSTRAP_ARGS: &[&str] = &[
-    "--variant=minbase",
-    "--mode=auto",
-    "--aptopt=Acquire::Retries \"3\"",
-    "--dpkgopt=path-exclude=/usr/share/man/*",
-    "--dpkgopt=path-exclude=/usr/share/locale/*",
-    "--dpkgopt=path-exclude=/usr/share/doc/*",
-    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-    "--dpkgopt=path-exclude=/usr/share/info/*",
-];
-
-/// The options for an OCI image's Debian root (`oci::build_image`): the
-/// essential set plus the image's packages, the same dpkg filters.
-pub const OCI_MMDEBSTRAP_ARGS: &[&str] = &[
-    "--variant=essential",
+/// The mmdebstrap options after `--variant=`, the same for every Debian
+/// root cairn makes (before `--format`, `--include`, SUITE, TARGET, MIRROR).
+const COMMON_ARGS: &[&str] = &[
     "--mode=auto",
     "--aptopt=Acquire::Retries \"3\"",
     "--dpkgopt=path-exclude=/usr/share/man/*",
@@ -60,7 +46,8 @@ pub const OCI_MMDEBSTRAP_ARGS: &[&str] = &[
 ];
 
 /// Which Debian root a package set is for: the appliance's base (minbase)
-/// or a built OCI image (essential).
+/// or a built OCI image (`oci::build_image`: the essential set plus the
+/// image's packages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     Base,
@@ -68,11 +55,15 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub fn args(self) -> &'static [&'static str] {
-        match self {
-            Variant::Base => MMDEBSTRAP_ARGS,
-            Variant::Image => OCI_MMDEBSTRAP_ARGS,
-        }
+    /// The mmdebstrap options, in order: the variant, then the rest.
+    pub fn args(self) -> Vec<&'static str> {
+        let variant = match self {
+            Variant::Base => "--variant=minbase",
+            Variant::Image => "--variant=essential",
+        };
+        std::iter::once(variant)
+            .chain(COMMON_ARGS.iter().copied())
+            .collect()
     }
 }
 

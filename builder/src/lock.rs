@@ -510,6 +510,26 @@ pub fn check_urls(lock: &Lock, downloads: &[crate::recipe::Download]) -> Result<
     }
 }
 
+/// Fills the cache with every locked package (base and images, from
+/// their mirrors) and every URL input. Returns the packages' report and
+/// the URL bytes downloaded.
+pub fn fetch_inputs(
+    lock: Option<&Lock>,
+    downloads: &[crate::recipe::Download],
+    cache: &crate::cache::Cache,
+    work: &Path,
+) -> Result<(crate::debrepo::FetchReport, u64)> {
+    let mut total = crate::debrepo::FetchReport::default();
+    for (mirror, pkgs) in lock.map(|l| l.package_sets()).unwrap_or_default() {
+        let rep = crate::debrepo::fetch_locked(pkgs, mirror, cache, work)?;
+        total.downloaded += rep.downloaded;
+        total.bytes += rep.bytes;
+        total.already += rep.already;
+    }
+    let url_bytes = fetch_downloads(downloads, cache, work)?;
+    Ok((total, url_bytes))
+}
+
 /// Downloads every URL input the cache lacks, checking each against its
 /// pin; lists every failure at once.
 pub fn fetch_downloads(

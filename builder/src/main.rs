@@ -121,7 +121,8 @@ enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
-    /// Fill the cache with everything RECIPE.lock names, checking each
+    /// Fill the cache with everything RECIPE.lock names (the base's and
+    /// built images' packages) and the recipe's URL inputs, checking each
     /// file's sha256, so `cairn build --offline` works later.
     Fetch {
         recipe: PathBuf,
@@ -420,16 +421,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let cache = cairn::cache::Cache::default_location()?;
             let work = tempfile::tempdir()?;
-            let (mut got, mut bytes, mut already) = (0, 0, 0);
-            for (mirror, pkgs) in lock.package_sets() {
-                let rep = cairn::debrepo::fetch_locked(pkgs, mirror, &cache, work.path())?;
-                got += rep.downloaded;
-                bytes += rep.bytes;
-                already += rep.already;
-            }
-            let url_bytes = cairn::lock::fetch_downloads(&r.downloads, &cache, work.path())?;
+            let (rep, url_bytes) =
+                cairn::lock::fetch_inputs(Some(&lock), &r.downloads, &cache, work.path())?;
             println!(
-                "{got} packages fetched ({bytes} bytes), {already} already cached; {} URL input(s) ready ({url_bytes} bytes downloaded); in {}",
+                "{} packages fetched ({} bytes), {} already cached; {} URL input(s) ready ({url_bytes} bytes downloaded); in {}",
+                rep.downloaded,
+                rep.bytes,
+                rep.already,
                 r.downloads.len(),
                 cache.root().display()
             );

@@ -263,8 +263,9 @@ pub fn install(
                     inputs.push(format!("file {dest} {mode:o} {}", Sha256::of_file(src)?));
                 }
                 inputs.extend(
-                    crate::debrepo::OCI_MMDEBSTRAP_ARGS
-                        .iter()
+                    crate::debrepo::Variant::Image
+                        .args()
+                        .into_iter()
                         .map(|a| a.to_string()),
                 );
                 // Locked: the exact packages (online or offline alike).

@@ -153,6 +153,25 @@ fn cairn(dir: &Path, cache: &Path, offline_net: bool, args: &[&str]) -> Output {
     c.output().expect("run cairn")
 }
 
+/// `cairn build r.toml -o OUT --offline --format raw,iso` with the
+/// package archive unreachable.
+fn offline_build(dir: &Path, cache: &Path, out: &str) -> Output {
+    cairn(
+        dir,
+        cache,
+        true,
+        &[
+            "build",
+            "r.toml",
+            "-o",
+            out,
+            "--offline",
+            "--format",
+            "raw,iso",
+        ],
+    )
+}
+
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
@@ -234,20 +253,7 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
 
     // Offline with an empty cache: refused, listing every missing package.
     let empty = dir.join("cache-empty");
-    let o = cairn(
-        dir,
-        &empty,
-        true,
-        &[
-            "build",
-            "r.toml",
-            "-o",
-            "out-a",
-            "--offline",
-            "--format",
-            "raw,iso",
-        ],
-    );
+    let o = offline_build(dir, &empty, "out-a");
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("not in the cache"), "{t}");
@@ -289,20 +295,7 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
     let o = cairn(dir, &online_cache, false, &["fetch", "r.toml"]);
     assert!(o.status.success(), "{}", text(&o));
     let served = hits.load(Ordering::SeqCst);
-    let o = cairn(
-        dir,
-        &online_cache,
-        true,
-        &[
-            "build",
-            "r.toml",
-            "-o",
-            "out-a",
-            "--offline",
-            "--format",
-            "raw,iso",
-        ],
-    );
+    let o = offline_build(dir, &online_cache, "out-a");
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
     assert!(
@@ -323,20 +316,7 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
     let airgapped = dir.join("cache-airgapped");
     let o = cairn(dir, &airgapped, true, &["cache", "import", "carry.tar"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = cairn(
-        dir,
-        &airgapped,
-        true,
-        &[
-            "build",
-            "r.toml",
-            "-o",
-            "out-b",
-            "--offline",
-            "--format",
-            "raw,iso",
-        ],
-    );
+    let o = offline_build(dir, &airgapped, "out-b");
     assert!(o.status.success(), "{}", text(&o));
     // (A relative -o folder, as people type it, for every medium.)
     for f in ["offline-test-1.raw", "offline-test-1.iso", "manifest.json"] {
