@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::digest::Sha256;
-use crate::manifest::{self, Manifest};
+use crate::host::digest::Sha256;
+use crate::release::manifest::{self, Manifest};
 use crate::recipe::{Base, Recipe};
 
 /// Which media to write. The raw disk is always made (qcow2 is converted
@@ -73,7 +73,7 @@ pub struct BuildOptions {
     /// Re-resolve the lock when it disagrees with the recipe.
     pub update_lock: bool,
     /// Sign the outputs (SHA256 + SHA256.sig) with this key.
-    pub key: Option<crate::sign::SigningKey>,
+    pub key: Option<crate::release::sign::SigningKey>,
 }
 
 pub struct BuildResult {
@@ -156,7 +156,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     ensure_cached(recipe, locked.as_ref(), opts)?;
     resolve(recipe)?;
     let key = match &opts.key {
-        Some(k) => Some(crate::sign::load_key(k)?),
+        Some(k) => Some(crate::release::sign::load_key(k)?),
         None => None,
     };
     let mut st = Stages {
@@ -195,10 +195,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
 
     let repos = local_repos(locked.as_ref(), &work.join("repo"))?;
     let composed = st.run("compose root tree", || {
-        crate::compose::compose(recipe, &work, &repos)
+        crate::pipeline::compose::compose(recipe, &work, &repos)
     })?;
     let pruned = st.run("prune kernel modules", || {
-        crate::kernel::prune(
+        crate::pipeline::kernel::prune(
             &composed.tree,
             &composed.kernel_version,
             &recipe.extra_modules,
@@ -210,14 +210,14 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     );
     let osrel = work.join("os-release");
     std::fs::copy(
-        crate::stagepath::resolve_in_root_follow(&composed.tree, Path::new("etc/os-release"))?,
+        crate::host::tree::resolve_in_root_follow(&composed.tree, Path::new("etc/os-release"))?,
         &osrel,
     )
     .context("copy os-release for the UKI")?;
     let stub = work.join("linuxx64.efi.stub");
-    std::fs::copy(crate::uki::stub_path(&composed.tree)?, &stub)?;
+    std::fs::copy(crate::pipeline::uki::stub_path(&composed.tree)?, &stub)?;
     let initrd = st.run("initramfs", || {
-        crate::initramfs::make_initramfs(
+        crate::pipeline::initramfs::make_initramfs(
             &composed.tree,
             recipe.state_grow,
             &composed.kernel_version,
@@ -231,10 +231,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         initrd.size as f64 / 1048576.0
     );
     st.run("normalise", || {
-        crate::normalise::normalise(&composed.tree, recipe.source_date_epoch)
+        crate::pipeline::normalise::normalise(&composed.tree, recipe.source_date_epoch)
     })?;
     let root = st.run("squashfs root", || {
-        crate::squashfs::make_squashfs(
+        crate::pipeline::squashfs::make_squashfs(
             &composed.tree,
             &work.join("root.squashfs"),
             recipe.source_date_epoch,
@@ -244,13 +244,13 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // The tree is no longer needed; free the space before writing media.
     std::fs::remove_dir_all(&composed.tree).ok();
     let verity = st.run("dm-verity hash tree", || {
-        crate::verity::make_verity(&root.path, &work.join("root.verity"))
+        crate::pipeline::verity::make_verity(&root.path, &work.join("root.verity"))
     })?;
     eprintln!("        root hash {}", verity.root_hash);
     let cmdline = kernel_cmdline(recipe, &verity.root_hash, Medium::Disk);
     let uki = st.run("UKI", || {
-        crate::uki::make_uki(
-            &crate::uki::UkiInputs {
+        crate::pipeline::uki::make_uki(
+            &crate::pipeline::uki::UkiInputs {
                 stub: &stub,
                 kernel: &composed.vmlinuz,
                 initrd: &initrd.path,
@@ -268,8 +268,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         work.join(format!("{stem}.raw"))
     };
     let raw = st.run("raw disk", || {
-        crate::disk::write_raw(
-            &crate::disk::DiskInputs {
+        crate::media::disk::write_raw(
+            &crate::media::disk::DiskInputs {
                 uki: &uki.path,
                 root: &root.path,
                 verity: &verity.hash_path,
@@ -285,8 +285,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let iso_cmdline = kernel_cmdline(recipe, &verity.root_hash, Medium::Iso);
     if opts.formats.iso {
         st.run("hybrid ISO", || {
-            let uki_iso = crate::uki::make_uki(
-                &crate::uki::UkiInputs {
+            let uki_iso = crate::pipeline::uki::make_uki(
+                &crate::pipeline::uki::UkiInputs {
                     stub: &stub,
                     kernel: &composed.vmlinuz,
                     initrd: &initrd.path,
@@ -299,15 +299,15 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             )?;
             let iso_work = work.join("iso");
             std::fs::create_dir_all(&iso_work)?;
-            crate::iso::write_iso(
-                &crate::iso::IsoInputs {
+            crate::media::iso::write_iso(
+                &crate::media::iso::IsoInputs {
                     uki: &uki_iso.path,
                     kernel: &composed.vmlinuz,
                     initrd: &initrd.path,
                     cmdline: &iso_cmdline,
                     root: &root.path,
                     verity: &verity.hash_path,
-                    volume_id: &crate::iso::volume_id(&recipe.name, &recipe.version),
+                    volume_id: &crate::media::iso::volume_id(&recipe.name, &recipe.version),
                     epoch: recipe.source_date_epoch,
                 },
                 &iso_work,
@@ -317,7 +317,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     }
     if opts.formats.qcow2 {
         st.run("qcow2", || {
-            crate::qcow2::write_qcow2(&raw_path, &media.join(format!("{stem}.qcow2")))
+            crate::media::qcow2::write_qcow2(&raw_path, &media.join(format!("{stem}.qcow2")))
         })?;
     }
     st.run("manifest", || {
@@ -336,9 +336,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
                 Sha256::of_file(&media.join("manifest.json"))?,
             )))
             .collect();
-        crate::provenance::write(
-            &media.join(crate::provenance::FILE_NAME),
-            &crate::provenance::statement(&m, &subjects),
+        crate::release::provenance::write(
+            &media.join(crate::release::provenance::FILE_NAME),
+            &crate::release::provenance::statement(&m, &subjects),
         )
     })?;
     if let (Some(key), Some(k)) = (&key, &opts.key) {
@@ -348,7 +348,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "key.pub".into());
-        let id = st.run("sign", || crate::sign::sign_dir(&media, key, &pub_name))?;
+        let id = st.run("sign", || crate::release::sign::sign_dir(&media, key, &pub_name))?;
         eprintln!("        signed with key id {id} (verify with {pub_name})");
     }
 
@@ -382,8 +382,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
 /// either online (mmdebstrap resolves against the mirror) or the recipe
 /// needs none (a tarball base and no built image: its own sha256 pins
 /// cover every input).
-fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lock::Lock>> {
-    use crate::lock::{check_recipe, image_requests, lock_path, Lock};
+fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::inputs::lock::Lock>> {
+    use crate::inputs::lock::{check_recipe, image_requests, lock_path, Lock};
     let needs_lock =
         matches!(recipe.base, Base::Debian { .. }) || !image_requests(recipe).is_empty();
     let path = lock_path(&recipe.file);
@@ -397,7 +397,7 @@ fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lo
                     "cairn: {} disagrees with the recipe; updating it",
                     path.display()
                 );
-                Some(crate::lock::lock_recipe(recipe)?)
+                Some(crate::inputs::lock::lock_recipe(recipe)?)
             }
             Err(m) => {
                 return Err(crate::InputError(format!("{}: {m}", path.display())).into());
@@ -413,7 +413,7 @@ fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lo
         ))
             .into())
         }
-        None if opts.update_lock => Some(crate::lock::lock_recipe(recipe)?),
+        None if opts.update_lock => Some(crate::inputs::lock::lock_recipe(recipe)?),
         None => None,
     })
 }
@@ -423,21 +423,21 @@ fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::lo
 /// unless offline. Offline, one error lists everything missing.
 fn ensure_cached(
     recipe: &Recipe,
-    lock: Option<&crate::lock::Lock>,
+    lock: Option<&crate::inputs::lock::Lock>,
     opts: &BuildOptions,
 ) -> Result<()> {
-    let cache = crate::cache::Cache::default_location()?;
+    let cache = crate::inputs::cache::Cache::default_location()?;
     if !opts.offline {
         let work = tempfile::tempdir()?;
-        crate::lock::fetch_inputs(lock, &recipe.downloads, &cache, work.path())?;
+        crate::inputs::lock::fetch_inputs(lock, &recipe.downloads, &cache, work.path())?;
     }
-    let all: Vec<crate::lock::LockedPackage> = lock
+    let all: Vec<crate::inputs::lock::LockedPackage> = lock
         .map(|l| l.package_sets())
         .unwrap_or_default()
         .into_iter()
         .flat_map(|(_, p)| p.iter().cloned())
         .collect();
-    let mut missing = match crate::debrepo::check_cached(&all, &cache) {
+    let mut missing = match crate::inputs::debrepo::check_cached(&all, &cache) {
         Ok(()) => Vec::new(),
         Err(m) => m.missing,
     };
@@ -465,14 +465,14 @@ fn ensure_cached(
 }
 
 /// Local repositories for every package set of the lock, under `dir`.
-fn local_repos(lock: Option<&crate::lock::Lock>, dir: &Path) -> Result<crate::compose::Repos> {
-    let mut repos = crate::compose::Repos::default();
+fn local_repos(lock: Option<&crate::inputs::lock::Lock>, dir: &Path) -> Result<crate::pipeline::compose::Repos> {
+    let mut repos = crate::pipeline::compose::Repos::default();
     let Some(lock) = lock else {
         return Ok(repos);
     };
-    let cache = crate::cache::Cache::default_location()?;
+    let cache = crate::inputs::cache::Cache::default_location()?;
     if let Some(b) = &lock.base {
-        repos.base = Some(crate::debrepo::local_repo(
+        repos.base = Some(crate::inputs::debrepo::local_repo(
             &b.suite,
             &b.packages,
             &cache,
@@ -482,7 +482,7 @@ fn local_repos(lock: Option<&crate::lock::Lock>, dir: &Path) -> Result<crate::co
     for (n, img) in lock.images.iter().enumerate() {
         // Image names are checked by the recipe, but a folder name from a
         // number needs no check at all.
-        let repo = crate::debrepo::local_repo(
+        let repo = crate::inputs::debrepo::local_repo(
             &img.suite,
             &img.packages,
             &cache,
@@ -496,9 +496,9 @@ fn local_repos(lock: Option<&crate::lock::Lock>, dir: &Path) -> Result<crate::co
 
 /// Checks every pinned input before the build writes anything.
 fn resolve(recipe: &Recipe) -> Result<()> {
-    crate::workloads::check_pins(&recipe.workloads)?;
+    crate::pipeline::workloads::check_pins(&recipe.workloads)?;
     if let Base::Tarball { path, sha256, at } = &recipe.base {
-        crate::compose::check_pin(path, sha256, at)
+        crate::pipeline::compose::check_pin(path, sha256, at)
             .map_err(|e| anyhow::Error::new(crate::InputError(e.to_string())))?;
     }
     Ok(())

@@ -1,44 +1,20 @@
 //! cairn: builds immutable, signed, bootable appliance images from TOML
 //! recipes. `build::build` is the whole pipeline; each stage is a module.
+//!
+//! The folders are layers; imports point down this list, never up:
+//! `build` (the pipeline driver) and `field` (flash) → `release` → `media`
+//! → `pipeline` → `inputs` → `recipe` → `host`. `vm` (QEMU) sits beside
+//! them and uses only `host`.
 
 pub mod build;
-pub mod cache;
-pub mod compose;
-pub mod cpio;
-pub mod debrepo;
-pub mod diff;
-pub mod digest;
-pub mod disk;
-pub mod doctor;
-pub mod download;
-pub mod firewall;
-pub mod flash;
-pub mod initramfs;
-pub mod inspect;
-pub mod iso;
-pub mod k3s;
-pub mod kernel;
-pub mod lock;
-pub mod manifest;
-pub mod normalise;
-pub mod oci;
-pub mod progress;
-pub mod provenance;
-pub mod qcow2;
-pub mod qemu;
-pub mod qemu_run;
+pub mod field;
+pub mod host;
+pub mod inputs;
+pub mod media;
+pub mod pipeline;
 pub mod recipe;
-pub mod runner;
-pub mod sign;
-pub mod signify;
-pub mod squashfs;
-pub mod stagecache;
-pub mod stagepath;
-pub mod uki;
-pub mod verify;
-pub mod verity;
-pub mod workloads;
-
+pub mod release;
+pub mod vm;
 /// Bad input from the user (recipe, pin, key, arguments): the CLI exits 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -30,7 +30,7 @@ fn parse_formats(s: &str) -> Result<cairn::build::Formats, String> {
 }
 
 fn parse_forward(s: &str) -> Result<(u16, u16), String> {
-    cairn::qemu_run::parse_forward(s).map_err(|e| format!("{e:#}"))
+    cairn::vm::run::parse_forward(s).map_err(|e| format!("{e:#}"))
 }
 
 #[derive(clap::Args)]
@@ -44,8 +44,8 @@ struct PassArgs {
 }
 
 impl PassArgs {
-    fn source(&self) -> Option<cairn::signify::PassphraseSource> {
-        use cairn::signify::PassphraseSource;
+    fn source(&self) -> Option<cairn::release::signify::PassphraseSource> {
+        use cairn::release::signify::PassphraseSource;
         match (&self.passphrase_file, &self.passphrase_env) {
             (Some(f), _) => Some(PassphraseSource::File(f.clone())),
             (None, Some(v)) => Some(PassphraseSource::Env(v.clone())),
@@ -232,7 +232,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cairn::runner::set_verbose(cli.verbose);
+    cairn::host::runner::set_verbose(cli.verbose);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -265,7 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             update_lock,
         } => {
             let r = cairn::recipe::load(&recipe, root.as_deref())?;
-            let key = key.map(|path| cairn::sign::SigningKey {
+            let key = key.map(|path| cairn::release::sign::SigningKey {
                 path,
                 passphrase: pass.source(),
             });
@@ -297,9 +297,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 let source = pass
                     .source()
-                    .unwrap_or(cairn::signify::PassphraseSource::Prompt { confirm: true });
+                    .unwrap_or(cairn::release::signify::PassphraseSource::Prompt { confirm: true });
                 Some(
-                    cairn::signify::read_passphrase(source)
+                    cairn::release::signify::read_passphrase(source)
                         .map_err(|e| cairn::InputError(e.to_string()))?,
                 )
             };
@@ -307,9 +307,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "cairn".into());
-            let (p, s) = cairn::signify::keygen(&name, passphrase.as_deref(), &comment)
+            let (p, s) = cairn::release::signify::keygen(&name, passphrase.as_deref(), &comment)
                 .map_err(|e| cairn::InputError(format!("{e:#}")))?;
-            let id = cairn::signify::PublicKey::read(&p)?.key_id();
+            let id = cairn::release::signify::PublicKey::read(&p)?.key_id();
             println!(
                 "public key: {}\nsecret key: {}\nkey id:     {id}",
                 p.display(),
@@ -321,12 +321,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             pubkey,
             production,
-        } => match cairn::verify::verify(&target, &pubkey, production) {
+        } => match cairn::release::verify::verify(&target, &pubkey, production) {
             Ok(report) => {
                 println!("{report}");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(cairn::verify::VerifyError::BadInput(m)) => {
+            Err(cairn::release::verify::VerifyError::BadInput(m)) => {
                 eprintln!("error: {m}");
                 Ok(ExitCode::from(2))
             }
@@ -337,7 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Inspect { dir, json } => {
             let i =
-                cairn::inspect::inspect(&dir).map_err(|e| cairn::InputError(format!("{e:#}")))?;
+                cairn::release::inspect::inspect(&dir).map_err(|e| cairn::InputError(format!("{e:#}")))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&i)?);
             } else {
@@ -346,7 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { a, b } => {
-            let d = cairn::diff::diff(&a, &b).map_err(|e| cairn::InputError(format!("{e:#}")))?;
+            let d = cairn::release::diff::diff(&a, &b).map_err(|e| cairn::InputError(format!("{e:#}")))?;
             print!("{}", d.render_text());
             Ok(if d.is_empty() {
                 ExitCode::SUCCESS
@@ -361,7 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             yes,
             to_file,
         } => {
-            let opts = cairn::flash::FlashOptions {
+            let opts = cairn::field::flash::FlashOptions {
                 image,
                 device,
                 pubkey,
@@ -369,7 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 to_file,
                 max_size: None,
             };
-            match cairn::flash::flash(&opts) {
+            match cairn::field::flash::flash(&opts) {
                 Ok(report) => {
                     println!("{report}");
                     Ok(ExitCode::SUCCESS)
@@ -387,42 +387,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scratch,
             memory,
         } => {
-            let opts = cairn::qemu_run::RunOptions {
+            let opts = cairn::vm::run::RunOptions {
                 firmware: if bios {
-                    cairn::qemu::Firmware::Bios
+                    cairn::vm::qemu::Firmware::Bios
                 } else {
-                    cairn::qemu::Firmware::Uefi
+                    cairn::vm::qemu::Firmware::Uefi
                 },
                 forwards: forward,
                 scratch,
                 memory_mib: memory,
                 ..Default::default()
             };
-            let code = cairn::qemu_run::run_image(&image, opts)?;
+            let code = cairn::vm::run::run_image(&image, opts)?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Lock { recipe, root } => {
             let r = cairn::recipe::load(&recipe, root.as_deref())?;
-            cairn::lock::lock_recipe(&r)?;
+            cairn::inputs::lock::lock_recipe(&r)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Fetch { recipe, root } => {
             let r = cairn::recipe::load(&recipe, root.as_deref())?;
-            let path = cairn::lock::lock_path(&r.file);
-            let lock = cairn::lock::Lock::read(&path).map_err(|e| {
+            let path = cairn::inputs::lock::lock_path(&r.file);
+            let lock = cairn::inputs::lock::Lock::read(&path).map_err(|e| {
                 cairn::InputError(format!(
                     "{}: {e:#}; run `cairn lock {}` first",
                     path.display(),
                     recipe.display()
                 ))
             })?;
-            if let Err(m) = cairn::lock::check_recipe(&lock, &r) {
+            if let Err(m) = cairn::inputs::lock::check_recipe(&lock, &r) {
                 return Err(cairn::InputError(format!("{}: {m}", path.display())).into());
             }
-            let cache = cairn::cache::Cache::default_location()?;
+            let cache = cairn::inputs::cache::Cache::default_location()?;
             let work = tempfile::tempdir()?;
             let (rep, url_bytes) =
-                cairn::lock::fetch_inputs(Some(&lock), &r.downloads, &cache, work.path())?;
+                cairn::inputs::lock::fetch_inputs(Some(&lock), &r.downloads, &cache, work.path())?;
             println!(
                 "{} packages fetched ({} bytes), {} already cached; {} URL input(s) ready ({url_bytes} bytes downloaded); in {}",
                 rep.downloaded,
@@ -434,10 +434,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { op } => {
-            let cache = cairn::cache::Cache::default_location()?;
+            let cache = cairn::inputs::cache::Cache::default_location()?;
             match op {
                 CacheOp::Export { file, recipe } => {
-                    let lock = cairn::lock::Lock::read(&cairn::lock::lock_path(&recipe))
+                    let lock = cairn::inputs::lock::Lock::read(&cairn::inputs::lock::lock_path(&recipe))
                         .map_err(|e| cairn::InputError(format!("{e:#}")))?;
                     cache.export(&lock.digests(), &file)?;
                     println!("wrote {} ({} files)", file.display(), lock.digests().len());
@@ -451,7 +451,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 CacheOp::Gc { recipes } => {
                     let mut keep = std::collections::BTreeSet::new();
                     for r in &recipes {
-                        let lock = cairn::lock::Lock::read(&cairn::lock::lock_path(r))
+                        let lock = cairn::inputs::lock::Lock::read(&cairn::inputs::lock::lock_path(r))
                             .map_err(|e| cairn::InputError(format!("{e:#}")))?;
                         keep.extend(lock.digests());
                     }
@@ -462,13 +462,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Digest { path } => {
-            let d = cairn::workloads::model_digest(&path)
+            let d = cairn::pipeline::workloads::model_digest(&path)
                 .map_err(|e| cairn::InputError(format!("{}: {e:#}", path.display())))?;
             println!("{d}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {
-            let missing = cairn::doctor::report();
+            let missing = cairn::host::doctor::report();
             Ok(if missing == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -40,7 +40,7 @@ fn build_fails(text: &str, want_place: &str, want_words: &str) {
 }
 
 fn good_sha() -> String {
-    cairn::digest::Sha256::of_bytes(b"not really a tarball").hex()
+    cairn::host::digest::Sha256::of_bytes(b"not really a tarball").hex()
 }
 
 #[test]

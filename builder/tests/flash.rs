@@ -1,4 +1,4 @@
-//! `cairn::flash`: a signed copy of the qemu-test image is written with
+//! `cairn::field::flash`: a signed copy of the qemu-test image is written with
 //! `to_file` (no loop devices), and every refusal leaves the target
 //! untouched. Skipped when the test image has not been built, unless
 //! CAIRN_REQUIRE_TEST_IMAGE is set.
@@ -7,9 +7,9 @@ use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use cairn::digest::Sha256;
-use cairn::flash::{flash, FlashError, FlashOptions};
-use cairn::signify;
+use cairn::host::digest::Sha256;
+use cairn::field::flash::{flash, FlashError, FlashOptions};
+use cairn::release::signify;
 
 mod common;
 use common::{signed_folder, Signed, RAW};
@@ -45,7 +45,7 @@ fn flip_byte(path: &Path, offset: u64) {
     f.write_all(&b).unwrap();
 }
 
-fn refused(r: Result<cairn::flash::FlashReport, FlashError>) -> String {
+fn refused(r: Result<cairn::field::flash::FlashReport, FlashError>) -> String {
     match r {
         Err(e @ FlashError::Refused(_)) => {
             assert_eq!(e.exit_code(), 1);

@@ -1,11 +1,11 @@
-//! `cairn::inspect` and `cairn::diff` on fake output folders: a real
+//! `cairn::release::inspect` and `cairn::release::diff` on fake output folders: a real
 //! manifest (tests/fixtures/manifest-a.json, from the qemu-test image) edited
 //! as JSON, written beside a small stand-in medium, signed or not.
 
 use std::path::Path;
 
-use cairn::diff::diff;
-use cairn::inspect::{inspect, SignatureInfo, DEBUG_WARNING};
+use cairn::release::diff::diff;
+use cairn::release::inspect::{inspect, SignatureInfo, DEBUG_WARNING};
 use serde_json::{json, Value};
 
 const FIXTURE: &str = include_str!("fixtures/manifest-a.json");
@@ -32,8 +32,8 @@ fn packages(m: &mut Value) -> &mut Vec<Value> {
 }
 
 fn sign(dir: &Path) -> String {
-    let key = cairn::signify::generate();
-    let id = cairn::sign::sign_dir(dir, &key, "throwaway.pub").unwrap();
+    let key = cairn::release::signify::generate();
+    let id = cairn::release::sign::sign_dir(dir, &key, "throwaway.pub").unwrap();
     assert_eq!(id, key.public().key_id());
     id
 }

@@ -1,4 +1,4 @@
-//! Real boots of the hybrid ISO made by `cairn::iso::write_iso` from the
+//! Real boots of the hybrid ISO made by `cairn::media::iso::write_iso` from the
 //! qemu-test image's own UKI, kernel and initramfs: under SeaBIOS (GRUB)
 //! and OVMF (the UKI from the El Torito / GPT EFI image), as CD-ROM, virtio
 //! disk and USB stick. The qemu-test initramfs looks for GPT partitions, so
@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cairn::iso::{write_iso, IsoInputs};
-use cairn::qemu::{timeout_scale, BootSpec, DiskBus, Firmware, ImageFormat, Vm};
+use cairn::media::iso::{write_iso, IsoInputs};
+use cairn::vm::qemu::{timeout_scale, BootSpec, DiskBus, Firmware, ImageFormat, Vm};
 
 const TEST_IMAGE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -93,7 +93,7 @@ fn built() -> Option<&'static Built> {
             .arg(format!(".initrd={}", dir.join("initrd").display()))
             .arg(&uki)
             .arg(dir.join("uki.copy")));
-        let cmdline = cairn::uki::read_cmdline(&std::fs::read(&uki).unwrap()).unwrap();
+        let cmdline = cairn::pipeline::uki::read_cmdline(&std::fs::read(&uki).unwrap()).unwrap();
         assert!(cmdline.contains("console=ttyS0"), "{cmdline}");
         std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
         std::fs::write(dir.join("tree/etc/hello"), "hello\n").unwrap();
@@ -182,15 +182,15 @@ fn iso_from_real_inputs_is_reproducible_and_extractable() {
         .unwrap();
     assert!(st.success(), "two ISO builds differ");
     let out = b.dir.join("vmlinuz.out");
-    cairn::iso::read_file_from_iso(&b.iso, cairn::iso::ISO_KERNEL, &out).unwrap();
+    cairn::media::iso::read_file_from_iso(&b.iso, cairn::media::iso::ISO_KERNEL, &out).unwrap();
     assert_eq!(
         std::fs::read(&out).unwrap(),
         std::fs::read(b.dir.join("vmlinuz")).unwrap()
     );
-    let files = cairn::iso::list_iso(&b.iso).unwrap();
+    let files = cairn::media::iso::list_iso(&b.iso).unwrap();
     let root = files
         .iter()
-        .find(|f| f.path == cairn::iso::ISO_ROOT)
+        .find(|f| f.path == cairn::media::iso::ISO_ROOT)
         .unwrap();
     assert!(root.contiguous && root.offset % 2048 == 0);
 }

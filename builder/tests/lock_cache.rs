@@ -12,10 +12,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use cairn::cache::Cache;
-use cairn::debrepo::{self, LocalRepo, MissingPackages};
-use cairn::digest::Sha256;
-use cairn::lock::{check_matches, Lock, LockedBase, LOCK_VERSION};
+use cairn::inputs::cache::Cache;
+use cairn::inputs::debrepo::{self, LocalRepo, MissingPackages};
+use cairn::host::digest::Sha256;
+use cairn::inputs::lock::{check_matches, Lock, LockedBase, LOCK_VERSION};
 
 const EPOCH: u64 = 1_735_689_600;
 const SUITE: &str = "bookworm";
@@ -172,7 +172,7 @@ fn offline_builds_from_the_lock_are_reproducible() {
     assert_eq!(da, db, "two offline builds from the same lock differ");
     // Installed versions are exactly the locked ones.
     let status = std::fs::read_to_string(root_a.join("var/lib/dpkg/status")).unwrap();
-    let installed = cairn::compose::parse_dpkg_status(&status);
+    let installed = cairn::pipeline::compose::parse_dpkg_status(&status);
     let mut want: Vec<(String, String)> = locked
         .iter()
         .map(|p| (p.name.clone(), p.version.clone()))

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use cairn::digest::Sha256;
-use cairn::oci::{self, LayerPolicy, OciError, Refusal};
+use cairn::host::digest::Sha256;
+use cairn::pipeline::oci::{self, LayerPolicy, OciError, Refusal};
 use tar::{EntryType, Header};
 
 // ---------- fixtures, built programmatically ----------
@@ -730,9 +730,9 @@ fn build_image_is_reproducible_and_round_trips() {
             // The second build installs from the locked packages (as
             // `cairn build` does with a lock, online or offline): the same
             // bytes as the online build.
-            let cache = cairn::cache::Cache::open(d.path().join("cache")).unwrap();
-            let pkgs = cairn::debrepo::resolve_and_download_for(
-                cairn::debrepo::Variant::Image,
+            let cache = cairn::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
+            let pkgs = cairn::inputs::debrepo::resolve_and_download_for(
+                cairn::inputs::debrepo::Variant::Image,
                 &spec.suite,
                 &spec.mirror,
                 &spec.packages,
@@ -744,7 +744,7 @@ fn build_image_is_reproducible_and_round_trips() {
             assert!(pkgs.iter().any(|p| p.name == "busybox-static"));
             assert!(pkgs.iter().any(|p| p.name == "dpkg"), "essential set");
             spec.repo = Some(
-                cairn::debrepo::local_repo(&spec.suite, &pkgs, &cache, &d.path().join("repo"))
+                cairn::inputs::debrepo::local_repo(&spec.suite, &pkgs, &cache, &d.path().join("repo"))
                     .unwrap(),
             );
         }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn::digest::Sha256;
+use cairn::host::digest::Sha256;
 
 mod common;
 
@@ -67,7 +67,7 @@ fn boot_and_quit(image: &Path, scratch: bool) -> String {
     let err = capture(g.0.stderr.take().unwrap());
     let mut stdin = g.0.stdin.take().unwrap();
 
-    let limit = Duration::from_secs(420 * cairn::qemu::timeout_scale() as u64);
+    let limit = Duration::from_secs(420 * cairn::vm::qemu::timeout_scale() as u64);
     let started = Instant::now();
     while !text(&out).contains("cairn: ready") {
         if let Ok(Some(st)) = g.0.try_wait() {

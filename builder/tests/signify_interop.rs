@@ -1,11 +1,11 @@
-//! Interoperability of `cairn::signify` with Debian's `signify-openbsd`.
+//! Interoperability of `cairn::release::signify` with Debian's `signify-openbsd`.
 //! Every test skips (passes with a note) when the tool is not installed.
 
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use cairn::signify::{self, PublicKey, SecretKey, Signature, SignifyError};
+use cairn::release::signify::{self, PublicKey, SecretKey, Signature, SignifyError};
 use sha2::{Digest as _, Sha256};
 
 const SIGNIFY: &str = "/usr/bin/signify-openbsd";

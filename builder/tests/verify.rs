@@ -1,4 +1,4 @@
-//! `cairn::verify`: signed folders made from the qemu-test image (skipped
+//! `cairn::release::verify`: signed folders made from the qemu-test image (skipped
 //! when it has not been built), the verity computation against
 //! `veritysetup`, and GPT parsing of junk.
 
@@ -7,9 +7,9 @@ use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
 
-use cairn::digest::Sha256;
-use cairn::signify;
-use cairn::verify::{self, VerifyError, VerifyReport};
+use cairn::host::digest::Sha256;
+use cairn::release::signify;
+use cairn::release::verify::{self, VerifyError, VerifyReport};
 
 mod common;
 use common::{keep_outputs, signed_folder, write_pubkey, Signed, RAW, TEST_IMAGE};
@@ -59,7 +59,7 @@ fn flip_byte(path: &Path, offset: u64) {
 }
 
 fn root_offset(s: &Signed) -> u64 {
-    let m = cairn::manifest::read(&s.dir.join("manifest.json")).unwrap();
+    let m = cairn::release::manifest::read(&s.dir.join("manifest.json")).unwrap();
     m.partitions
         .iter()
         .find(|p| p.label == "cairn-root")
@@ -73,7 +73,7 @@ fn untouched_folder_passes() {
     let started = std::time::Instant::now();
     let r = s.verify().unwrap();
     println!("verified in {:.1}s", started.elapsed().as_secs_f64());
-    let m = cairn::manifest::read(&s.dir.join("manifest.json")).unwrap();
+    let m = cairn::release::manifest::read(&s.dir.join("manifest.json")).unwrap();
     assert_eq!(r.key_id, s.key.public().key_id());
     assert_eq!(r.name, "cairn-test");
     assert_eq!(r.version, "1");
@@ -543,7 +543,7 @@ fn signify_openbsd_checks_a_folder_cairn_signed() {
     // Sign through the build's own code path, not the test helper.
     std::fs::remove_file(s.dir.join("SHA256")).unwrap();
     std::fs::remove_file(s.dir.join("SHA256.sig")).unwrap();
-    cairn::sign::sign_dir(&s.dir, &s.key, "test.pub").unwrap();
+    cairn::release::sign::sign_dir(&s.dir, &s.key, "test.pub").unwrap();
     let run = || {
         Command::new("signify-openbsd")
             .args(["-C", "-p"])
@@ -600,10 +600,10 @@ fn iso_root_hash_is_recomputed_from_the_medium() {
     );
     // A flipped byte in the ISO's root file, with SHA256 re-signed to match,
     // is caught only by the recomputation.
-    let files = cairn::iso::list_iso(&iso).unwrap();
+    let files = cairn::media::iso::list_iso(&iso).unwrap();
     let root = files
         .iter()
-        .find(|f| f.path == cairn::iso::ISO_ROOT)
+        .find(|f| f.path == cairn::media::iso::ISO_ROOT)
         .unwrap();
     flip_byte(&iso, root.offset + root.size / 2);
     // The signer (us) also records the new digest in the manifest, so only

@@ -1,6 +1,6 @@
 //! Shared helpers for the boot tests: build each test recipe once per run,
 //! logs, partitions, byte flips, loopback listeners. The QEMU side is
-//! `cairn::qemu`, the same helper `cairn run` uses.
+//! `cairn::vm::qemu`, the same helper `cairn run` uses.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -83,11 +83,11 @@ fn build(name: &str) -> Result<Built, String> {
 
 /// Under TCG a boot to ready takes a minute or two; allow for a loaded CI.
 pub fn boot_timeout() -> Duration {
-    Duration::from_secs(420 * cairn::qemu::timeout_scale() as u64)
+    Duration::from_secs(420 * cairn::vm::qemu::timeout_scale() as u64)
 }
 
 pub fn console_timeout() -> Duration {
-    Duration::from_secs(120 * cairn::qemu::timeout_scale() as u64)
+    Duration::from_secs(120 * cairn::vm::qemu::timeout_scale() as u64)
 }
 
 pub fn log_path(name: &str) -> PathBuf {
@@ -97,7 +97,7 @@ pub fn log_path(name: &str) -> PathBuf {
 }
 
 pub fn partition(dir: &Path, label: &str) -> (u64, u64) {
-    let m = cairn::manifest::read(&dir.join("manifest.json")).expect("manifest");
+    let m = cairn::release::manifest::read(&dir.join("manifest.json")).expect("manifest");
     let p = m
         .partitions
         .iter()
@@ -160,7 +160,7 @@ pub fn marker(tag: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let d =
-        cairn::digest::Sha256::of_bytes(format!("{tag} {nanos} {}", std::process::id()).as_bytes());
+        cairn::host::digest::Sha256::of_bytes(format!("{tag} {nanos} {}", std::process::id()).as_bytes());
     format!("CAIRNMARK{}", &d.hex()[..24])
 }
 

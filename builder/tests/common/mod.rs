@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cairn::digest::Sha256;
-use cairn::signify::{self, SecretKey};
+use cairn::host::digest::Sha256;
+use cairn::release::signify::{self, SecretKey};
 
 pub const TEST_IMAGE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -59,7 +59,7 @@ impl Signed {
 
     /// The raw image's digest as the manifest records it.
     pub fn manifest_raw_digest(&self) -> Sha256 {
-        let m = cairn::manifest::read(&self.dir.join("manifest.json")).unwrap();
+        let m = cairn::release::manifest::read(&self.dir.join("manifest.json")).unwrap();
         m.outputs.iter().find(|o| o.file == RAW).unwrap().sha256
     }
 }

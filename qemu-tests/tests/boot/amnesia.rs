@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cairn::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
 use qemu_tests::*;
 
 fn boot_writable(image: &Path, log: &str) -> Vm {
@@ -85,7 +85,7 @@ fn disk_state_is_unreadable_after_power_off_and_power_cut() {
     let (rc, out) = run(&mut vm, &format!("grep -c -a {mark} {part}"));
     assert_eq!((rc, out.trim()), (1, "0"), "plaintext on {part}");
     vm.powerdown(Duration::from_secs(
-        180 * cairn::qemu::timeout_scale() as u64,
+        180 * cairn::vm::qemu::timeout_scale() as u64,
     ))
     .expect("clean power-off");
     assert!(
@@ -119,7 +119,7 @@ fn control_unencrypted_state_does_leave_the_marker_on_disk() {
     let mark = marker("plain");
     write_marker(&mut vm, &mark);
     vm.powerdown(Duration::from_secs(
-        180 * cairn::qemu::timeout_scale() as u64,
+        180 * cairn::vm::qemu::timeout_scale() as u64,
     ))
     .expect("clean power-off");
     assert!(

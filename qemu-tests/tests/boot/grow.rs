@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cairn::digest::Sha256;
-use cairn::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::host::digest::Sha256;
+use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
 use qemu_tests::*;
 
 const DISK: u64 = 2 << 30;
@@ -69,7 +69,7 @@ fn boot_on_bigger_disk(raw: &Path, dir: &Path, log: &str) -> (std::path::PathBuf
     let size: u64 = out.trim().parse().unwrap_or_else(|_| panic!("{out}"));
     let serial = vm.serial_text();
     vm.powerdown(Duration::from_secs(
-        180 * cairn::qemu::timeout_scale() as u64,
+        180 * cairn::vm::qemu::timeout_scale() as u64,
     ))
     .expect("clean power-off");
     (img, serial, size)

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cairn::qemu::{BootSpec, DiskBus, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, DiskBus, Firmware, ImageFormat, Vm};
 use qemu_tests::*;
 
 fn media(ext: &str) -> PathBuf {
@@ -75,13 +75,13 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
     std::fs::copy(b.dir.join("manifest.json"), dir.join("manifest.json")).expect("copy manifest");
     std::fs::copy(b.dir.join("provenance.json"), dir.join("provenance.json"))
         .expect("copy provenance");
-    let key = cairn::signify::generate();
+    let key = cairn::release::signify::generate();
     let pubkey = tmp.path().join("test.pub");
     std::fs::write(&pubkey, key.public().to_file_text("test public key")).expect("pubkey");
-    cairn::sign::sign_dir(&dir, &key, "test.pub").expect("sign");
+    cairn::release::sign::sign_dir(&dir, &key, "test.pub").expect("sign");
 
     let stick = tmp.path().join("stick.img");
-    let report = cairn::flash::flash(&cairn::flash::FlashOptions {
+    let report = cairn::field::flash::flash(&cairn::field::flash::FlashOptions {
         image: dir.join("cairn-test-1.iso"),
         device: stick.clone(),
         pubkey: pubkey.clone(),
@@ -105,10 +105,10 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
 #[test]
 fn one_flipped_byte_in_the_iso_root_file_stops_the_boot() {
     let iso = media("iso");
-    let files = cairn::iso::list_iso(&iso).expect("list ISO");
+    let files = cairn::media::iso::list_iso(&iso).expect("list ISO");
     let root = files
         .iter()
-        .find(|f| f.path == cairn::iso::ISO_ROOT)
+        .find(|f| f.path == cairn::media::iso::ISO_ROOT)
         .expect("root file on the ISO");
     let tmp = tempfile::tempdir().expect("tempdir");
     let bad = copy_image(&iso, tmp.path(), "flipped.iso");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cairn::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
 use qemu_tests::*;
 
 /// Checks that / and /usr refuse writes and that writable state does work.
@@ -72,7 +72,7 @@ fn raw_image_reaches_ready_with_a_read_only_root() {
 #[test]
 fn one_flipped_byte_in_the_root_partition_stops_the_boot() {
     let b = built("tiny");
-    let (offset, _size) = partition(&b.dir, cairn::disk::LABEL_ROOT);
+    let (offset, _size) = partition(&b.dir, cairn::media::disk::LABEL_ROOT);
     let tmp = tempfile::tempdir().expect("tempdir");
     let bad = copy_image(&b.raw, tmp.path(), "flipped.raw");
     // Byte 1000 of the root lies in its first 4 KiB block, which holds the
@@ -81,8 +81,8 @@ fn one_flipped_byte_in_the_root_partition_stops_the_boot() {
     // boot never reads is caught when something reads it.)
     flip_byte(&bad, offset + 1000);
     assert_ne!(
-        cairn::digest::Sha256::of_file(&bad).expect("hash"),
-        cairn::digest::Sha256::of_file(&b.raw).expect("hash")
+        cairn::host::digest::Sha256::of_file(&bad).expect("hash"),
+        cairn::host::digest::Sha256::of_file(&b.raw).expect("hash")
     );
     let spec = BootSpec::new(
         &bad,

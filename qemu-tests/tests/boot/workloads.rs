@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use cairn::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
 use qemu_tests::*;
 
 fn get(port: u16, path: &str) -> String {
@@ -29,7 +29,7 @@ fn get(port: u16, path: &str) -> String {
 #[test]
 fn field_ai_serves_predictions_from_its_pinned_image_and_never_reaches_out() {
     let b = built("recipes/field-ai.toml");
-    let m = cairn::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
     let image = m
         .sbom
         .images

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Checks builder/src's layering: imports point down the layer list, never up,
+and no two modules import each other (directly or in a longer circle).
+
+A module is a file under a layer folder (pipeline/oci/* counts as
+pipeline/oci). An edge is any `crate::LAYER::MODULE` path in its code,
+tests included. Exit 1 with every violation listed."""
+import pathlib
+import re
+import sys
+
+SRC = pathlib.Path(__file__).resolve().parent.parent / "builder" / "src"
+# Lowest first. Modules in one layer may use each other (without cycles);
+# a module may use any lower layer.
+LAYERS = ["host", "recipe", "inputs", "pipeline", "media", "release", "vm",
+          "field", "build", "cli", "lib", "main"]
+RANK = {name: i for i, name in enumerate(LAYERS)}
+# vm sits beside the pipeline: it may only use host.
+ONLY = {"vm": {"host", "vm"}}
+
+def module_of(path: pathlib.Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "mod":
+        parts = parts[:-1]
+    if len(parts) == 1:
+        return parts[0]
+    return "/".join(parts[:2])
+
+def layer_of(module: str) -> str:
+    return module.split("/")[0]
+
+REF = re.compile(r"\bcrate::([a-z_0-9]+)(?:::([a-z_0-9]+))?")
+
+def main() -> int:
+    edges = {}
+    problems = []
+    for f in sorted(SRC.rglob("*.rs")):
+        m = module_of(f)
+        edges.setdefault(m, set())
+        text = f.read_text()
+        for lineno, line in enumerate(text.splitlines(), 1):
+            code = line.split("//")[0]
+            for a, b in REF.findall(code):
+                if a not in RANK:
+                    continue  # crate-root items (InputError, assert_golden)
+                target = a if (b == "" or a in ("build", "lib", "main")) else f"{a}/{b}"
+                if b and b[0].isupper():
+                    target = a
+                if target == m or target.startswith(m + "/") or m.startswith(target + "/"):
+                    continue
+                la, lb = layer_of(m), layer_of(target)
+                edges[m].add(target)
+                allowed = ONLY.get(la)
+                if allowed is not None and lb not in allowed:
+                    problems.append(f"{f.relative_to(SRC)}:{lineno}: {m} ({la}) may use only {sorted(allowed)}, uses {target}")
+                elif RANK[lb] > RANK[la]:
+                    problems.append(f"{f.relative_to(SRC)}:{lineno}: {m} ({la}) imports upward: {target} ({lb})")
+    # Cycles between modules.
+    state = {}
+    stack = []
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for t in sorted(edges.get(n, ())):
+            if state.get(t) == 1:
+                cyc = stack[stack.index(t):] + [t]
+                problems.append("module cycle: " + " -> ".join(cyc))
+            elif t in edges and state.get(t) is None:
+                visit(t)
+        stack.pop()
+        state[n] = 2
+    for n in sorted(edges):
+        if state.get(n) is None:
+            visit(n)
+    for p in sorted(set(problems)):
+        print(p)
+    if problems:
+        print(f"layers: {len(set(problems))} problem(s)", file=sys.stderr)
+        return 1
+    print(f"layers: {len(edges)} modules, no upward import, no cycle")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

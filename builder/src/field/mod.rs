@@ -1,0 +1,3 @@
+//! Field tools: writing a verified release to a stick.
+
+pub mod flash;

@@ -1,0 +1,10 @@
+//! The bottom layer: things every other layer uses and that know nothing
+//! of recipes or images: the one tool runner, digests, the tree-access
+//! layer, cpio, progress display and the host tool table.
+
+pub mod cpio;
+pub mod digest;
+pub mod doctor;
+pub mod progress;
+pub mod runner;
+pub mod tree;

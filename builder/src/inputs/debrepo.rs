@@ -1,0 +1,691 @@
+//! Debian packages for reproducible, offline builds.
+//!
+//! `resolve_and_download` runs mmdebstrap exactly as compose does (same
+//! variant, dpkg path filters, INITRD=No, SOURCE_DATE_EPOCH) but keeps the
+//! .debs it downloaded and the archive's Packages index, puts every .deb in
+//! the content-addressed cache and returns them as lock entries (name,
+//! version, architecture, pool path, priority, size, sha256).
+//!
+//! `local_repo` turns locked packages in the cache into a flat apt
+//! repository (symlinks to the blobs, a `Packages` index and a `Release`
+//! file written by cairn, no extra host tool) that mmdebstrap installs from
+//! with no network: mirror `deb [trusted=yes] copy:///ABS/DIR/ ./`. The
+//! `copy:` method makes apt copy each .deb into the chroot's archive cache
+//! (so no bind mount is needed, unlike `file:`), and apt checks each file's
+//! SHA256 against the index on the way. The `Release` file carries
+//! `Suite:`/`Codename:` because mmdebstrap selects the essential and
+//! required sets with `?archive(^SUITE$)`/`?codename(^SUITE$)`, and each
+//! stanza carries the archive's `Priority:` (recorded in the lock), which
+//! is not always the one inside the .deb (bookworm: apt, debconf, zlib1g,
+//! libbz2-1.0, libdb5.3 differ) and decides what minbase installs.
+//!
+//! `fetch_locked` downloads missing locked packages by pool path
+//! (`download::fetch_to_cache`), checking each against its pinned sha256.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::inputs::cache::Cache;
+use crate::host::digest::Sha256;
+use crate::inputs::lock::LockedPackage;
+
+/// The mmdebstrap options after `--variant=`, the same for every Debian
+/// root cairn makes (before `--format`, `--include`, SUITE, TARGET, MIRROR).
+const COMMON_ARGS: &[&str] = &[
+    "--mode=auto",
+    "--aptopt=Acquire::Retries \"3\"",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+];
+
+/// Which Debian root a package set is for: the appliance's base (minbase)
+/// or a built OCI image (`oci::build_image`: the essential set plus the
+/// image's packages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Base,
+    Image,
+}
+
+impl Variant {
+    /// The mmdebstrap options, in order: the variant, then the rest.
+    pub fn args(self) -> Vec<&'static str> {
+        let variant = match self {
+            Variant::Base => "--variant=minbase",
+            Variant::Image => "--variant=essential",
+        };
+        std::iter::once(variant)
+            .chain(COMMON_ARGS.iter().copied())
+            .collect()
+    }
+}
+
+/// The mmdebstrap command compose runs: `format` is `directory` for a
+/// root tree (`null` while resolving), `mirror` a URL or a full
+/// sources.list line, `extra` further options (hooks, --skip) placed
+/// before the positional arguments. Environment: INITRD=No (the kernel's
+/// hooks build no initrd: cairn writes its own), SOURCE_DATE_EPOCH,
+/// LC_ALL=C.UTF-8; stdin is null.
+pub fn mmdebstrap_command(
+    suite: &str,
+    target: &Path,
+    mirror: &str,
+    include: &[String],
+    epoch: u64,
+    format: &str,
+    extra: &[String],
+) -> Command {
+    mmdebstrap_command_for(
+        Variant::Base,
+        suite,
+        target,
+        mirror,
+        include,
+        epoch,
+        format,
+        extra,
+    )
+}
+
+/// `mmdebstrap_command` for either kind of Debian root.
+#[allow(clippy::too_many_arguments)]
+pub fn mmdebstrap_command_for(
+    variant: Variant,
+    suite: &str,
+    target: &Path,
+    mirror: &str,
+    include: &[String],
+    epoch: u64,
+    format: &str,
+    extra: &[String],
+) -> Command {
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args(variant.args())
+        .arg(format!("--format={format}"))
+        .args(extra);
+    if !include.is_empty() {
+        cmd.arg(format!("--include={}", include.join(",")));
+    }
+    cmd.arg(suite)
+        .arg(target)
+        .arg(mirror)
+        .env("INITRD", "No")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("LC_ALL", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A customize hook that writes the sources.list an online build has
+/// (`deb MIRROR SUITE main`), so a tree built from a local repository does
+/// not carry the repository's host path and equals the online one.
+pub fn sources_list_hook(suite: &str, mirror: &str) -> Result<String> {
+    check_word("suite", suite)?;
+    check_word("mirror", mirror)?;
+    Ok(format!(
+        "--customize-hook=printf 'deb %s %s main\\n' '{mirror}' '{suite}' > \"$1/etc/apt/sources.list\""
+    ))
+}
+
+/// Refuses values that could change the meaning of a command line or a
+/// sources.list line.
+fn check_word(what: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/:._+~-=@%".contains(&b));
+    if !ok {
+        bail!("{what} {s:?}: only letters, digits and / : . _ + ~ - = @ % are allowed");
+    }
+    Ok(())
+}
+
+fn check_package_name(p: &str) -> Result<()> {
+    let ok = p.len() >= 2
+        && p.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    if !ok {
+        bail!("package {p:?} is not a Debian package name");
+    }
+    Ok(())
+}
+
+/// Control fields of a .deb, in file order (`dpkg-deb --field`). Values
+/// keep their continuation lines.
+pub fn deb_control(deb: &Path) -> Result<Vec<(String, String)>> {
+    let out = Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(deb)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| "cannot run dpkg-deb (Debian package dpkg); run `cairn doctor`")?;
+    if !out.status.success() {
+        bail!(
+            "dpkg-deb --field {} failed: {}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8(out.stdout)
+        .with_context(|| format!("{}: control fields are not UTF-8", deb.display()))?;
+    Ok(parse_stanza(&text))
+}
+
+/// Parses one deb822 stanza into (field, value) pairs; a value's
+/// continuation lines are kept (joined with `\n`, leading space intact).
+pub fn parse_stanza(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with(' ') || line.starts_with('\t') {
+            if let Some(last) = out.last_mut() {
+                last.1.push('\n');
+                last.1.push_str(line);
+            }
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            out.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn field<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    f.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// What the archive index says about one package version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub filename: String,
+    pub sha256: Option<Sha256>,
+    pub size: Option<u64>,
+    pub priority: Option<String>,
+}
+
+/// Reads an apt `Packages` index, keeping only packages named in `names`:
+/// (name, version, architecture) → entry.
+pub fn read_index(
+    r: impl BufRead,
+    names: &BTreeSet<String>,
+) -> Result<BTreeMap<(String, String, String), IndexEntry>> {
+    let mut out = BTreeMap::new();
+    let mut cur: Vec<(String, String)> = Vec::new();
+    let mut keep = false;
+    let mut flush = |cur: &mut Vec<(String, String)>, keep: &mut bool| {
+        if *keep {
+            if let (Some(n), Some(v), Some(a), Some(fname)) = (
+                field(cur, "Package"),
+                field(cur, "Version"),
+                field(cur, "Architecture"),
+                field(cur, "Filename"),
+            ) {
+                out.insert(
+                    (n.to_string(), v.to_string(), a.to_string()),
+                    IndexEntry {
+                        filename: fname.to_string(),
+                        sha256: field(cur, "SHA256").and_then(|h| Sha256::from_hex(h).ok()),
+                        size: field(cur, "Size").and_then(|s| s.parse().ok()),
+                        priority: field(cur, "Priority").map(String::from),
+                    },
+                );
+            }
+        }
+        cur.clear();
+        *keep = false;
+    };
+    for line in r.lines() {
+        let line = line.context("reading a Packages index")?;
+        if line.is_empty() {
+            flush(&mut cur, &mut keep);
+            continue;
+        }
+        if line.starts_with(' ') || line.starts_with('\t') {
+            continue; // descriptions, Conffiles...: not needed
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            if k == "Package" {
+                keep = names.contains(v);
+            }
+            if keep {
+                cur.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    flush(&mut cur, &mut keep);
+    Ok(out)
+}
+
+/// A fresh, empty folder (removing an old one of that name).
+fn fresh_dir(p: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(p).is_ok() {
+        std::fs::remove_dir_all(p).with_context(|| format!("cannot remove {}", p.display()))?;
+    }
+    std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))
+}
+
+/// Resolves `packages` (the full list compose installs, e.g.
+/// `compose::package_list`) against `mirror`/`suite` with mmdebstrap, as
+/// compose would, and stores every downloaded .deb in `cache`. `work` is a
+/// scratch folder (cleared). Returns the lock entries, sorted.
+pub fn resolve_and_download(
+    suite: &str,
+    mirror: &str,
+    packages: &[String],
+    epoch: u64,
+    work: &Path,
+    cache: &Cache,
+) -> Result<Vec<LockedPackage>> {
+    resolve_and_download_for(Variant::Base, suite, mirror, packages, epoch, work, cache)
+}
+
+/// `resolve_and_download` for either kind of Debian root.
+pub fn resolve_and_download_for(
+    variant: Variant,
+    suite: &str,
+    mirror: &str,
+    packages: &[String],
+    epoch: u64,
+    work: &Path,
+    cache: &Cache,
+) -> Result<Vec<LockedPackage>> {
+    check_word("suite", suite)?;
+    check_word("mirror", mirror)?;
+    for p in packages {
+        check_package_name(p)?;
+    }
+    let work = {
+        std::fs::create_dir_all(work)
+            .with_context(|| format!("cannot create {}", work.display()))?;
+        work.canonicalize()?
+    };
+    let debs = work.join("resolve-debs");
+    let lists = work.join("resolve-lists");
+    fresh_dir(&debs)?;
+    fresh_dir(&lists)?;
+    for d in [&debs, &lists] {
+        // mmdebstrap's special hooks split on white space.
+        check_word("work folder", &d.to_string_lossy())?;
+    }
+    let extra = vec![
+        // Keep the essential set's .debs (the rest stay until cleanup).
+        "--skip=essential/unlink".to_string(),
+        format!(
+            "--customize-hook=sync-out /var/cache/apt/archives {}",
+            debs.display()
+        ),
+        format!(
+            "--customize-hook=sync-out /var/lib/apt/lists {}",
+            lists.display()
+        ),
+    ];
+    let cmd = mmdebstrap_command_for(
+        variant,
+        suite,
+        Path::new("/dev/null"),
+        mirror,
+        packages,
+        epoch,
+        "null",
+        &extra,
+    );
+    crate::host::runner::run_streaming("lock: mmdebstrap (resolve and download)", cmd)?;
+
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(&debs)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "deb") && p.is_file() {
+            found.push(p);
+        }
+    }
+    found.sort();
+    if found.is_empty() {
+        bail!("lock: mmdebstrap kept no .deb files in {}", debs.display());
+    }
+    let mut controls = Vec::new();
+    let mut names = BTreeSet::new();
+    for p in &found {
+        let c = deb_control(p)?;
+        let get = |k: &str| {
+            field(&c, k)
+                .map(String::from)
+                .with_context(|| format!("{}: no {k} field", p.display()))
+        };
+        let (n, v, a) = (get("Package")?, get("Version")?, get("Architecture")?);
+        names.insert(n.clone());
+        controls.push((p.clone(), n, v, a, field(&c, "Priority").map(String::from)));
+    }
+    let mut index = BTreeMap::new();
+    for e in std::fs::read_dir(&lists)? {
+        let p = e?.path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with("_Packages"))
+        {
+            let f = std::fs::File::open(&p)?;
+            index.extend(read_index(BufReader::new(f), &names)?);
+        }
+    }
+    let mut out = Vec::new();
+    for (p, name, version, arch, deb_priority) in controls {
+        let key = (name.clone(), version.clone(), arch.clone());
+        let Some(entry) = index.get(&key) else {
+            bail!(
+                "lock: {name}={version} ({arch}) was downloaded but is not in the archive's \
+                 Packages index; is the mirror consistent?"
+            );
+        };
+        let sha256 = cache.put_file(&p)?;
+        let size = std::fs::metadata(&p)?.len();
+        if entry.sha256.is_some_and(|d| d != sha256) || entry.size.is_some_and(|s| s != size) {
+            bail!(
+                "lock: {name}={version}: downloaded file has sha256 {sha256} ({size} bytes), \
+                 the archive index says {:?} ({:?} bytes)",
+                entry.sha256,
+                entry.size
+            );
+        }
+        let priority = entry
+            .priority
+            .clone()
+            .or(deb_priority)
+            .unwrap_or_else(|| "optional".into());
+        out.push(LockedPackage {
+            name,
+            version,
+            architecture: arch,
+            filename: entry.filename.clone(),
+            priority,
+            sha256,
+            size,
+        });
+    }
+    out.sort();
+    let _ = std::fs::remove_dir_all(&debs);
+    let _ = std::fs::remove_dir_all(&lists);
+    Ok(out)
+}
+
+/// Locked packages that the cache does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{} locked package(s) missing from the cache {}:\n    {}\nrun `cairn fetch RECIPE` on a connected machine (or `cairn cache import FILE` with an export that has them)",
+    missing.len(),
+    cache.display(),
+    missing.join("\n    ")
+)]
+pub struct MissingPackages {
+    /// `name=version (arch, sha256 HEX)`, sorted.
+    pub missing: Vec<String>,
+    pub cache: PathBuf,
+}
+
+/// A flat apt repository made from cached packages.
+#[derive(Debug, Clone)]
+pub struct LocalRepo {
+    /// Absolute.
+    pub dir: PathBuf,
+    pub suite: String,
+    pub packages: Vec<LockedPackage>,
+}
+
+impl LocalRepo {
+    /// The MIRROR argument for mmdebstrap (a full sources.list line).
+    pub fn mmdebstrap_mirror(&self) -> String {
+        format!("deb [trusted=yes] copy://{}/ ./", self.dir.display())
+    }
+
+    /// Options to add to mmdebstrap with this mirror. None are needed for
+    /// apt to use it (no translations or signatures are asked for with
+    /// `trusted=yes`); `--skip=check/signed-by` only avoids a needless
+    /// keyring look-up.
+    pub fn mmdebstrap_args(&self) -> Vec<String> {
+        vec!["--skip=check/signed-by".to_string()]
+    }
+}
+
+/// The file name apt gives a .deb: epoch colon as `%3a`.
+pub fn deb_file_name(p: &LockedPackage) -> String {
+    format!(
+        "{}_{}_{}.deb",
+        p.name,
+        p.version.replace(':', "%3a"),
+        p.architecture
+    )
+}
+
+/// Checks that every locked package is in the cache; lists all that are not.
+pub fn check_cached(pkgs: &[LockedPackage], cache: &Cache) -> Result<(), MissingPackages> {
+    let mut missing: Vec<String> = pkgs
+        .iter()
+        .filter(|p| !cache.contains(&p.sha256))
+        .map(|p| format!("{} ({}, sha256 {})", p.spec(), p.architecture, p.sha256))
+        .collect();
+    missing.sort();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(MissingPackages {
+            missing,
+            cache: cache.root().to_path_buf(),
+        })
+    }
+}
+
+/// Builds a flat repository in `dir` (which must be absent or empty) from
+/// the locked packages in `cache`: links to the verified blobs, a
+/// `Packages` index (the .deb's control fields with the locked priority,
+/// then Filename, Size, SHA256) and a `Release` naming `suite`.
+pub fn local_repo(
+    suite: &str,
+    pkgs: &[LockedPackage],
+    cache: &Cache,
+    dir: &Path,
+) -> Result<LocalRepo> {
+    check_word("suite", suite)?;
+    check_cached(pkgs, cache)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    check_word("local repository folder", &dir.to_string_lossy())?;
+    if std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("local repository folder {} is not empty", dir.display());
+    }
+    let mut sorted = pkgs.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let mut index = String::new();
+    for p in &sorted {
+        let blob = cache
+            .get(&p.sha256)
+            .ok_or_else(|| anyhow::anyhow!("{} vanished from the cache", p.spec()))?;
+        let control = deb_control(&blob)?;
+        for (k, want) in [
+            ("Package", &p.name),
+            ("Version", &p.version),
+            ("Architecture", &p.architecture),
+        ] {
+            let got = field(&control, k).unwrap_or("");
+            if got != want {
+                bail!(
+                    "lock entry {} says {k} {want:?}, the .deb with sha256 {} says {got:?}; \
+                     the lock was edited: run `cairn lock RECIPE`",
+                    p.spec(),
+                    p.sha256
+                );
+            }
+        }
+        let name = deb_file_name(p);
+        check_word("package file name", &name)?;
+        std::os::unix::fs::symlink(&blob, dir.join(&name))
+            .with_context(|| format!("cannot link {name} in {}", dir.display()))?;
+        let mut has_priority = false;
+        for (k, v) in &control {
+            if k.eq_ignore_ascii_case("Priority") {
+                index.push_str(&format!("Priority: {}\n", p.priority));
+                has_priority = true;
+            } else {
+                index.push_str(&format!("{k}: {v}\n"));
+            }
+        }
+        if !has_priority {
+            index.push_str(&format!("Priority: {}\n", p.priority));
+        }
+        index.push_str(&format!(
+            "Filename: ./{name}\nSize: {}\nSHA256: {}\n\n",
+            p.size, p.sha256
+        ));
+    }
+    std::fs::write(dir.join("Packages"), &index)?;
+    let release = format!(
+        "Origin: cairn\nLabel: cairn\nSuite: {suite}\nCodename: {suite}\nSHA256:\n {} {} Packages\n",
+        Sha256::of_bytes(index.as_bytes()),
+        index.len()
+    );
+    std::fs::write(dir.join("Release"), release)?;
+    Ok(LocalRepo {
+        dir,
+        suite: suite.to_string(),
+        packages: sorted,
+    })
+}
+
+/// What `fetch_locked` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FetchReport {
+    pub downloaded: usize,
+    pub already: usize,
+    pub bytes: u64,
+}
+
+/// Downloads (with curl) every locked package the cache lacks from
+/// `MIRROR/FILENAME`, checking each against its pinned sha256. All
+/// failures are listed together.
+pub fn fetch_locked(
+    pkgs: &[LockedPackage],
+    mirror: &str,
+    cache: &Cache,
+    work: &Path,
+) -> Result<FetchReport> {
+    check_word("mirror", mirror)?;
+    std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
+    let mut report = FetchReport::default();
+    let mut failed = Vec::new();
+    for p in pkgs {
+        if cache.contains(&p.sha256) {
+            report.already += 1;
+            continue;
+        }
+        if p.filename.split('/').any(|c| c == ".." || c.is_empty()) {
+            failed.push(format!("{}: bad filename {:?}", p.spec(), p.filename));
+            continue;
+        }
+        let url = format!("{}/{}", mirror.trim_end_matches('/'), p.filename);
+        match crate::inputs::download::fetch_to_cache(&url, &p.sha256, cache, work) {
+            Ok(_) => {
+                report.downloaded += 1;
+                report.bytes += p.size;
+            }
+            Err(e) => failed.push(format!("{}: {e:#}", p.spec())),
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "fetch: {} package(s) could not be fetched:\n    {}",
+            failed.len(),
+            failed.join("\n    ")
+        );
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stanza_and_index_parsing() {
+        let s =
+            "Package: busybox-static\nVersion: 1:1.35.0-4+b3\nDescription: x\n more\n .\n end\n";
+        let f = parse_stanza(s);
+        assert_eq!(field(&f, "version"), Some("1:1.35.0-4+b3"));
+        assert_eq!(field(&f, "Description"), Some("x\n more\n .\n end"));
+
+        let idx = "Package: a\nVersion: 1\nArchitecture: amd64\nPriority: required\n\
+                   Filename: pool/main/a/a/a_1_amd64.deb\nSize: 3\nSHA256: "
+            .to_string()
+            + &"ab".repeat(32)
+            + "\nDescription: d\n long\n\nPackage: b\nVersion: 2\nArchitecture: all\n\
+               Filename: pool/main/b/b/b_2_all.deb\n";
+        let names: BTreeSet<String> = ["a".to_string()].into_iter().collect();
+        let m = read_index(idx.as_bytes(), &names).unwrap();
+        assert_eq!(m.len(), 1);
+        let e = &m[&("a".into(), "1".into(), "amd64".into())];
+        assert_eq!(e.filename, "pool/main/a/a/a_1_amd64.deb");
+        assert_eq!(e.size, Some(3));
+        assert_eq!(e.priority.as_deref(), Some("required"));
+        assert!(e.sha256.is_some());
+    }
+
+    #[test]
+    fn file_names_and_words() {
+        let p = LockedPackage {
+            name: "busybox-static".into(),
+            version: "1:1.35.0-4+b3".into(),
+            architecture: "amd64".into(),
+            filename: "pool/x.deb".into(),
+            priority: "optional".into(),
+            sha256: Sha256::of_bytes(b""),
+            size: 0,
+        };
+        assert_eq!(
+            deb_file_name(&p),
+            "busybox-static_1%3a1.35.0-4+b3_amd64.deb"
+        );
+        assert!(check_word("m", "http://deb.debian.org/debian").is_ok());
+        assert!(check_word("m", "http://x/ ./").is_err());
+        assert!(check_word("m", "--foo").is_err());
+        assert!(check_word("m", "a'b").is_err());
+        assert!(check_package_name("linux-image-amd64").is_ok());
+        assert!(check_package_name("a,b").is_err());
+    }
+
+    #[test]
+    fn missing_packages_are_all_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(t.path().join("c")).unwrap();
+        let mk = |n: &str| LockedPackage {
+            name: n.into(),
+            version: "1.0".into(),
+            architecture: "amd64".into(),
+            filename: format!("pool/{n}.deb"),
+            priority: "optional".into(),
+            sha256: Sha256::of_bytes(n.as_bytes()),
+            size: 1,
+        };
+        let e = local_repo(
+            "bookworm",
+            &[mk("zz"), mk("aa")],
+            &cache,
+            &t.path().join("r"),
+        )
+        .unwrap_err();
+        let m = e.downcast_ref::<MissingPackages>().unwrap();
+        assert_eq!(m.missing.len(), 2);
+        let s = e.to_string();
+        assert!(s.contains("aa=1.0") && s.contains("zz=1.0"), "{s}");
+        assert!(s.contains("cairn fetch RECIPE"), "{s}");
+        assert!(s.find("aa=1.0") < s.find("zz=1.0"));
+    }
+}

@@ -1,0 +1,169 @@
+//! Downloads into the content-addressed cache, pinned by sha256.
+//!
+//! One path for every fetched input (locked .debs, URL inputs of a
+//! recipe): curl writes into a temporary file beside the cache, then the
+//! cache stores it only if its sha256 is the pinned one. Only http and
+//! https are allowed, for the first request and for redirects. Failures
+//! are collected by the caller, so one run lists everything that could not
+//! be fetched.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::inputs::cache::Cache;
+use crate::host::digest::Sha256;
+
+/// Longest URL accepted (curl and logs stay readable).
+const MAX_URL: usize = 2048;
+
+/// Whether `s` is written as a URL input (`http://` or `https://`).
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
+/// Checks a URL a recipe or lock names: http(s), a host, no white space,
+/// control characters or quotes (it is passed to curl as one argument, and
+/// shown in messages).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("URL {url:?} must start with https:// or http://"))?;
+    if url.len() > MAX_URL {
+        return Err(format!("URL is longer than {MAX_URL} characters"));
+    }
+    if let Some(c) = url
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'))
+    {
+        return Err(format!(
+            "URL {url:?} contains {c:?}; percent-encode it (e.g. %20 for a space)"
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(format!(
+            "URL {url:?} carries credentials; cairn never stores secrets in a recipe or lock"
+        ));
+    }
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err(format!("URL {url:?} has no host"));
+    }
+    Ok(())
+}
+
+/// Downloads `url` into `cache` unless the cache already holds `sha256`.
+/// Returns the bytes downloaded (0 when it was cached). `work` holds the
+/// temporary file. A file whose sha256 differs is not stored, and the
+/// error names both digests.
+pub fn fetch_to_cache(url: &str, sha256: &Sha256, cache: &Cache, work: &Path) -> Result<u64> {
+    if cache.contains(sha256) {
+        return Ok(0);
+    }
+    check_url(url).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(work)
+        .with_context(|| format!("cannot create a file in {}", work.display()))?;
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "--fail",
+        "--location",
+        "--show-error",
+        "--retry",
+        "3",
+        "--proto",
+        "=http,https",
+        "--proto-redir",
+        "=http,https",
+    ]);
+    if std::io::stderr().is_terminal() {
+        // curl's own progress bar: large inputs (k3s images) take a while.
+        cmd.arg("--progress-bar").stderr(Stdio::inherit());
+    } else {
+        cmd.arg("--silent").stderr(Stdio::piped());
+    }
+    cmd.arg("--output")
+        .arg(tmp.path())
+        .arg("--")
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let out = cmd
+        .output()
+        .context("cannot run curl (Debian package curl); run `cairn doctor`")?;
+    if !out.status.success() {
+        bail!(
+            "{url}: curl failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let got = Sha256::of_file(tmp.path())?;
+    if got != *sha256 {
+        return Err(PinMismatch {
+            url: url.to_string(),
+            pinned: *sha256,
+            got,
+        }
+        .into());
+    }
+    let f = std::fs::File::open(tmp.path())?;
+    let size = f.metadata()?.len();
+    cache
+        .put_reader(f, Some(*sha256))
+        .with_context(|| format!("{url}: cannot store the download in the cache"))?;
+    Ok(size)
+}
+
+/// A download whose content is not what its pin says (nothing is stored).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{url}: the download has sha256 {got}, the pin is {pinned}; nothing was stored (a changed or tampered file, or a wrong pin)")]
+pub struct PinMismatch {
+    pub url: String,
+    pub pinned: Sha256,
+    pub got: Sha256,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(
+            check_url("https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1/k3s").is_ok()
+        );
+        assert!(check_url("http://127.0.0.1:8000/x.tar").is_ok());
+        for (bad, why) in [
+            ("ftp://example.org/x", "must start with"),
+            ("file:///etc/passwd", "must start with"),
+            ("https:///x", "no host"),
+            ("https://a b/x", "contains ' '"),
+            ("https://example.org/x\ny", "contains '\\n'"),
+            ("https://user:secret@example.org/x", "credentials"),
+            ("https://example.org/'x", "contains"),
+        ] {
+            let e = check_url(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(is_url("https://x") && is_url("http://x") && !is_url("files/x"));
+    }
+
+    #[test]
+    fn a_cached_input_is_not_downloaded_again() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(t.path().join("c")).unwrap();
+        let d = cache.put_reader(&b"hello"[..], None).unwrap();
+        // An unreachable URL: the cache answers first.
+        let n = fetch_to_cache("http://127.0.0.1:9/x", &d, &cache, t.path()).unwrap();
+        assert_eq!(n, 0);
+        // Not cached: curl fails, the error names the URL.
+        let other = Sha256::of_bytes(b"other");
+        let e = fetch_to_cache("http://127.0.0.1:9/x", &other, &cache, t.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("http://127.0.0.1:9/x"), "{e:#}");
+        assert!(!cache.contains(&other));
+    }
+}

@@ -1,0 +1,570 @@
+//! Hybrid ISO: one ISO 9660 image that boots from CD/DVD and, written raw
+//! to a USB stick or disk, on both UEFI and legacy BIOS. Made with xorriso
+//! from files (no loop devices, no mounts).
+//!
+//! Layout (the grub-mkrescue scheme, which boots in QEMU under OVMF and
+//! SeaBIOS as CD-ROM, virtio disk and USB stick):
+//!
+//! ```text
+//! /boot/boot.cat                     El Torito catalog
+//! /boot/efi.img                      FAT image: EFI/BOOT/BOOTX64.EFI = the UKI
+//!                                    (El Torito UEFI entry; also the GPT
+//!                                    "EFI System" partition 2 for USB boot)
+//! /boot/grub/i386-pc/eltorito.img    GRUB core (cdboot + core, modules embedded)
+//! /boot/grub/grub.cfg                serial+console, linux /cairn/vmlinuz CMDLINE, initrd
+//! /cairn/vmlinuz  /cairn/initrd      the UKI's kernel and initramfs, for BIOS
+//! /cairn/root.squashfs /cairn/root.verity
+//! MBR: GRUB boot_hybrid.img (BIOS boot from USB), protective MBR + GPT
+//! ```
+//!
+//! The EFI image lives once, inside the ISO tree; El Torito points at it for
+//! CD boot and a GPT entry exposes the same blocks for USB boot. (An EFI
+//! image *appended* after the ISO volume with a 0 sector count did not boot
+//! from CD under OVMF, which sizes such images from the ISO volume end.)
+//!
+//! Reproducible: SOURCE_DATE_EPOCH, `--modification-date`,
+//! `--set_all_file_dates`, `-r` (uid/gid 0, normalised modes), the GPT disk
+//! GUID from the modification date, `mkfs.vfat --invariant` with a derived
+//! serial, and no xorriso/mkisofs startup files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::host::digest::Sha256;
+
+/// The SeaBIOS/PC-BIOS hybrid MBR and the GRUB module directory (Debian
+/// package `grub-pc-bin`).
+pub const GRUB_I386_PC: &str = "/usr/lib/grub/i386-pc";
+/// Path of the root image inside the ISO; the initramfs finds the medium by it.
+pub const ISO_ROOT: &str = "/cairn/root.squashfs";
+pub const ISO_VERITY: &str = "/cairn/root.verity";
+pub const ISO_KERNEL: &str = "/cairn/vmlinuz";
+pub const ISO_INITRD: &str = "/cairn/initrd";
+pub const ISO_GRUB_CFG: &str = "/boot/grub/grub.cfg";
+pub const ISO_EFI_IMG: &str = "/boot/efi.img";
+const ISO_ELTORITO: &str = "/boot/grub/i386-pc/eltorito.img";
+const ISO_CATALOG: &str = "/boot/boot.cat";
+/// FAT label of the EFI image.
+pub const EFI_LABEL: &str = "CAIRN-EFI";
+
+/// GRUB modules built into the BIOS core image (no module directory on
+/// the ISO: everything grub.cfg needs is embedded).
+const GRUB_MODULES: &[&str] = &[
+    "biosdisk",
+    "iso9660",
+    "part_msdos",
+    "part_gpt",
+    "normal",
+    "configfile",
+    "linux",
+    "echo",
+    "serial",
+    "terminal",
+    "test",
+    "search",
+    "search_fs_file",
+];
+
+pub struct IsoInputs<'a> {
+    /// UKI whose cmdline has `cairn.roothash=… cairn.medium=iso cairn.state=ram`.
+    pub uki: &'a Path,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    /// The same command line, used by GRUB for BIOS boot.
+    pub cmdline: &'a str,
+    /// The squashfs root.
+    pub root: &'a Path,
+    /// Its dm-verity hash tree.
+    pub verity: &'a Path,
+    /// ISO 9660 volume ID (1-32 of `A-Z a-z 0-9 _ - .`); see [`volume_id`].
+    pub volume_id: &'a str,
+    pub epoch: u64,
+}
+
+/// A volume ID for an image: upper case, other characters as `_`, at most
+/// 32 characters (`cairn-test` `1` -> `CAIRN_TEST_1`).
+pub fn volume_id(name: &str, version: &str) -> String {
+    let s: String = format!("{name}_{version}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    if s.is_empty() {
+        "CAIRN".to_string()
+    } else {
+        s
+    }
+}
+
+fn check_volume_id(v: &str) -> Result<()> {
+    if v.is_empty()
+        || v.len() > 32
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        bail!(
+            "iso: volume id {v:?} must be 1-32 characters of A-Z a-z 0-9 _ - . \
+             (cairn::media::iso::volume_id makes one)"
+        );
+    }
+    Ok(())
+}
+
+/// `YYYYMMDDhhmmss00` (UTC) for `epoch`, as xorriso's `--modification-date=`.
+pub fn iso_timestamp(epoch: u64) -> String {
+    let days = (epoch / 86400) as i64;
+    let secs = epoch % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}00",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// One GRUB word, single-quoted when it holds anything but safe characters.
+fn grub_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=,._-:/+@%".contains(&b))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// The GRUB configuration for BIOS boot: console on screen and ttyS0, then
+/// straight into the kernel (no menu: an appliance has one entry).
+pub fn grub_cfg(cmdline: &str) -> String {
+    let words: Vec<String> = cmdline.split_whitespace().map(grub_quote).collect();
+    format!(
+        "serial --unit=0 --speed=115200\n\
+         terminal_input console serial\n\
+         terminal_output console serial\n\
+         echo 'cairn: GRUB (BIOS) loading the kernel'\n\
+         linux {ISO_KERNEL} {}\n\
+         initrd {ISO_INITRD}\n\
+         boot\n",
+        words.join(" ")
+    )
+}
+
+/// A graft-point source path for xorriso (`=` and `\` escaped).
+fn graft(iso_path: &str, src: &Path) -> Result<String> {
+    let s = src
+        .to_str()
+        .with_context(|| format!("iso: path {} is not UTF-8", src.display()))?;
+    Ok(format!(
+        "{iso_path}={}",
+        s.replace('\\', "\\\\").replace('=', "\\=")
+    ))
+}
+
+/// The EFI image size for a UKI: 1/8 slack plus 2 MiB for FAT metadata,
+/// rounded up to a MiB.
+fn efi_image_size(uki_size: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    (uki_size + uki_size / 8 + 2 * MIB).div_ceil(MIB) * MIB
+}
+
+/// Writes the hybrid ISO at `out`, using `work` for intermediate files.
+pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
+    check_volume_id(inp.volume_id)?;
+    for (what, p) in [
+        ("UKI", inp.uki),
+        ("kernel", inp.kernel),
+        ("initrd", inp.initrd),
+        ("root", inp.root),
+        ("verity", inp.verity),
+    ] {
+        if !p.is_file() {
+            bail!("iso: {what} {} is not a file", p.display());
+        }
+    }
+    let hybrid_mbr = Path::new(GRUB_I386_PC).join("boot_hybrid.img");
+    if !hybrid_mbr.is_file() {
+        bail!(
+            "iso: {} not found; install the Debian package grub-pc-bin",
+            hybrid_mbr.display()
+        );
+    }
+    let dir = work.join("iso");
+    std::fs::create_dir_all(&dir).with_context(|| format!("iso: create {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let epoch = inp.epoch.to_string();
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(&dir);
+    sh.set_var("SOURCE_DATE_EPOCH", &epoch);
+    sh.set_var("TZ", "UTC");
+    // xorriso -as mkisofs reads ./.mkisofsrc, then $MKISOFSRC: an empty
+    // file stops the search before $HOME's.
+    let rc = dir.join("empty.mkisofsrc");
+    std::fs::write(&rc, "")?;
+    sh.set_var("MKISOFSRC", &rc);
+    sh.set_var("HOME", &dir);
+
+    // 1. The EFI image: the UKI as the removable-media boot path.
+    let efi = dir.join("efi.img");
+    let _ = std::fs::remove_file(&efi);
+    let uki_size = std::fs::metadata(inp.uki)?.len();
+    let serial =
+        &Sha256::of_bytes(format!("cairn iso efi {} {epoch}", inp.volume_id).as_bytes()).hex()[..8];
+    let kib = (efi_image_size(uki_size) / 1024).to_string();
+    crate::host::runner::run(
+        "iso: EFI image",
+        xshell::cmd!(
+            sh,
+            "mkfs.vfat --invariant -i {serial} -n {EFI_LABEL} -C {efi} {kib}"
+        ),
+    )?;
+    crate::host::runner::run(
+        "iso: EFI image",
+        xshell::cmd!(sh, "mmd -i {efi} ::/EFI ::/EFI/BOOT"),
+    )?;
+    let uki = inp.uki;
+    crate::host::runner::run(
+        "iso: EFI image",
+        xshell::cmd!(sh, "mcopy -i {efi} {uki} ::/EFI/BOOT/BOOTX64.EFI"),
+    )?;
+
+    // 2. GRUB for BIOS: core image with its modules embedded, and grub.cfg.
+    let eltorito = dir.join("eltorito.img");
+    let modules = GRUB_MODULES;
+    let grub_dir = GRUB_I386_PC;
+    crate::host::runner::run(
+        "iso: GRUB core",
+        xshell::cmd!(
+            sh,
+            "grub-mkimage -O i386-pc-eltorito -d {grub_dir} -p /boot/grub -o {eltorito} {modules...}"
+        ),
+    )?;
+    let cfg = dir.join("grub.cfg");
+    std::fs::write(&cfg, grub_cfg(inp.cmdline))?;
+
+    // 3. The ISO.
+    if out.exists() {
+        std::fs::remove_file(out).with_context(|| format!("iso: remove old {}", out.display()))?;
+    }
+    let date = format!("--modification-date={}", iso_timestamp(inp.epoch));
+    let all_dates = format!("={epoch}");
+    let vol = inp.volume_id;
+    let grafts = vec![
+        graft(ISO_EFI_IMG, &efi)?,
+        graft(ISO_ELTORITO, &eltorito)?,
+        graft(ISO_GRUB_CFG, &cfg)?,
+        graft(ISO_KERNEL, inp.kernel)?,
+        graft(ISO_INITRD, inp.initrd)?,
+        graft(ISO_ROOT, inp.root)?,
+        graft(ISO_VERITY, inp.verity)?,
+    ];
+    crate::host::runner::run(
+        "iso: xorriso",
+        xshell::cmd!(
+            sh,
+            "xorriso -no_rc -as mkisofs -o {out} -V {vol} -r -iso-level 3
+             {date} --set_all_file_dates {all_dates} --gpt_disk_guid modification-date
+             -b {ISO_ELTORITO} -no-emul-boot -boot-load-size 4 -boot-info-table
+             --grub2-boot-info --grub2-mbr {hybrid_mbr}
+             -c {ISO_CATALOG}
+             -eltorito-alt-boot -e {ISO_EFI_IMG} -no-emul-boot
+             -efi-boot-part --efi-boot-image --protective-msdos-label
+             -graft-points {grafts...}"
+        ),
+    )?;
+    if !out.is_file() {
+        bail!(
+            "iso: xorriso reported success but wrote no {}",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn iso_path_arg(iso: &Path) -> Result<PathBuf> {
+    if !iso.is_file() {
+        bail!("iso: {} is not a file", iso.display());
+    }
+    Ok(iso.to_path_buf())
+}
+
+/// Extracts one file of the ISO to `dest` (replaced if present).
+pub fn read_file_from_iso(iso: &Path, path_in_iso: &str, dest: &Path) -> Result<()> {
+    let iso = iso_path_arg(iso)?;
+    if dest.exists() {
+        std::fs::remove_file(dest).with_context(|| format!("iso: remove {}", dest.display()))?;
+    }
+    let sh = xshell::Shell::new()?;
+    crate::host::runner::run(
+        "iso: extract",
+        xshell::cmd!(
+            sh,
+            "xorriso -no_rc -osirrox on -indev {iso} -extract {path_in_iso} {dest}"
+        ),
+    )?;
+    if !dest.is_file() {
+        bail!("iso: {} has no file {path_in_iso}", iso.display());
+    }
+    Ok(())
+}
+
+/// One file in an ISO: its path and where its data lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsoFile {
+    pub path: String,
+    /// Byte offset of the data in the ISO (first extent).
+    pub offset: u64,
+    /// File size in bytes.
+    pub size: u64,
+    /// Whether the data is one contiguous extent (it is for files < 4 GiB).
+    pub contiguous: bool,
+}
+
+/// Lists the regular files of an ISO with their data offsets (xorriso
+/// `-find / -type f -exec report_lba`). The offsets let the initramfs or
+/// `verify` read `/cairn/root.squashfs` straight off the block device.
+pub fn list_iso(iso: &Path) -> Result<Vec<IsoFile>> {
+    let iso = iso_path_arg(iso)?;
+    let sh = xshell::Shell::new()?;
+    let out = crate::host::runner::run(
+        "iso: list",
+        xshell::cmd!(
+            sh,
+            "xorriso -no_rc -indev {iso} -find / -type f -exec report_lba --"
+        ),
+    )?;
+    parse_report_lba(&out)
+}
+
+/// Parses `File data lba:  xt , startlba , blocks , filesize , 'path'` lines.
+pub fn parse_report_lba(text: &str) -> Result<Vec<IsoFile>> {
+    let mut files: Vec<IsoFile> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("File data lba:") else {
+            continue;
+        };
+        let mut parts = rest.splitn(5, ',');
+        let mut num = || -> Result<u64> {
+            let p = parts.next().context("iso: short report_lba line")?;
+            p.trim()
+                .parse::<u64>()
+                .with_context(|| format!("iso: bad number in report_lba line {line:?}"))
+        };
+        let xt = num()?;
+        let lba = num()?;
+        let _blocks = num()?;
+        let size = num()?;
+        let path = parts
+            .next()
+            .map(|p| p.trim().trim_matches('\'').to_string())
+            .context("iso: report_lba line without a path")?;
+        if xt == 0 {
+            files.push(IsoFile {
+                path,
+                offset: lba * 2048,
+                size,
+                contiguous: true,
+            });
+        } else if let Some(f) = files.iter_mut().find(|f| f.path == path) {
+            f.contiguous = false;
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_timestamp_is_utc_civil_time() {
+        assert_eq!(iso_timestamp(0), "1970010100000000");
+        assert_eq!(iso_timestamp(1_700_000_000), "2023111422132000");
+        assert_eq!(iso_timestamp(951_782_400), "2000022900000000");
+    }
+
+    #[test]
+    fn iso_volume_ids() {
+        assert_eq!(volume_id("cairn-test", "1"), "CAIRN_TEST_1");
+        assert_eq!(volume_id(&"x".repeat(40), "1").len(), 32);
+        assert!(check_volume_id("CAIRN_TEST_1").is_ok());
+        assert!(check_volume_id("").is_err());
+        assert!(check_volume_id("a b").is_err());
+        assert!(check_volume_id(&"A".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn iso_grub_cfg_quotes_odd_words() {
+        let c = grub_cfg("console=ttyS0,115200 cairn.roothash=ab x=\"y z\" it's");
+        assert!(c.contains("linux /cairn/vmlinuz console=ttyS0,115200 cairn.roothash=ab"));
+        assert!(c.contains("'x=\"y'"), "{c}");
+        assert!(c.contains("'it'\\''s'"), "{c}");
+        assert!(c.contains("initrd /cairn/initrd\n"));
+    }
+
+    #[test]
+    fn iso_parse_report_lba() {
+        let t = "Report layout: xt , Startlba ,   Blocks , Filesize , ISO image path\n\
+                 File data lba:  0 ,       32 ,    17804 , 36461568 , '/boot/efi.img'\n\
+                 File data lba:  0 ,    28773 ,        2 ,     4096 , '/cairn/root.squashfs'\n\
+                 File data lba:  1 ,    40000 ,        2 ,     4096 , '/cairn/root.squashfs'\n";
+        let v = parse_report_lba(t).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].offset, 32 * 2048);
+        assert_eq!(v[0].size, 36461568);
+        assert!(v[0].contiguous);
+        assert_eq!(v[1].path, "/cairn/root.squashfs");
+        assert!(!v[1].contiguous);
+        assert!(parse_report_lba("File data lba: x , 1 , 2 , 3 , 'a'").is_err());
+    }
+
+    fn have(tool: &str) -> bool {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+    /// Builds a small ISO twice from fake inputs; checks the listing, the
+    /// extraction, the boot records and bit-for-bit reproducibility.
+    #[test]
+    fn iso_small_is_listed_extracted_and_reproducible() {
+        for t in [
+            "xorriso",
+            "mksquashfs",
+            "mkfs.vfat",
+            "mcopy",
+            "grub-mkimage",
+        ] {
+            if !have(t) {
+                eprintln!("skipping: {t} not installed");
+                return;
+            }
+        }
+        if !Path::new(STUB).is_file() || !Path::new(GRUB_I386_PC).is_dir() {
+            eprintln!("skipping: systemd stub or grub-pc-bin missing");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("tree/etc")).unwrap();
+        std::fs::write(p.join("tree/etc/hello"), "hello\n").unwrap();
+        let sq = p.join("root.squashfs");
+        let st = std::process::Command::new("mksquashfs")
+            .arg(p.join("tree"))
+            .arg(&sq)
+            .args(["-noappend", "-quiet", "-mkfs-time", "0", "-all-time", "0"])
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(p.join("root.verity"), vec![7u8; 8192]).unwrap();
+        std::fs::write(p.join("vmlinuz"), vec![1u8; 5000]).unwrap();
+        std::fs::write(p.join("initrd"), vec![2u8; 3000]).unwrap();
+        let inp = IsoInputs {
+            uki: Path::new(STUB),
+            kernel: &p.join("vmlinuz"),
+            initrd: &p.join("initrd"),
+            cmdline: "console=ttyS0 cairn.roothash=00 cairn.medium=iso cairn.state=ram",
+            root: &sq,
+            verity: &p.join("root.verity"),
+            volume_id: "CAIRN_UNIT_1",
+            epoch: 1_700_000_000,
+        };
+        let a = p.join("a.iso");
+        write_iso(&inp, &p.join("work-a"), &a).unwrap_or_else(|e| panic!("{e:#}"));
+        let b = p.join("b.iso");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        write_iso(&inp, &p.join("work-b"), &b).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "two builds differ"
+        );
+
+        let files = list_iso(&a).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        for want in [
+            ISO_ROOT,
+            ISO_VERITY,
+            ISO_KERNEL,
+            ISO_INITRD,
+            ISO_GRUB_CFG,
+            ISO_EFI_IMG,
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        // The squashfs sits contiguously at its reported offset.
+        let root = files.iter().find(|f| f.path == ISO_ROOT).unwrap();
+        let iso_bytes = std::fs::read(&a).unwrap();
+        let sq_bytes = std::fs::read(&sq).unwrap();
+        assert_eq!(root.size, sq_bytes.len() as u64);
+        let at = root.offset as usize;
+        assert_eq!(&iso_bytes[at..at + sq_bytes.len()], &sq_bytes[..]);
+        // Volume ID in the primary volume descriptor (sector 16, byte 40).
+        assert_eq!(&iso_bytes[16 * 2048 + 40..16 * 2048 + 52], b"CAIRN_UNIT_1");
+        // GRUB hybrid MBR boot signature and the GPT header.
+        assert_eq!(&iso_bytes[510..512], &[0x55, 0xAA]);
+        assert_eq!(&iso_bytes[512..520], b"EFI PART");
+
+        let out = p.join("grub.cfg");
+        read_file_from_iso(&a, ISO_GRUB_CFG, &out).unwrap();
+        let cfg = std::fs::read_to_string(&out).unwrap();
+        assert!(cfg.contains("cairn.medium=iso"), "{cfg}");
+        read_file_from_iso(&a, ISO_EFI_IMG, &p.join("efi.img")).unwrap();
+        let uki_out = p.join("uki.efi");
+        let st = std::process::Command::new("mcopy")
+            .arg("-i")
+            .arg(p.join("efi.img"))
+            .arg("::/EFI/BOOT/BOOTX64.EFI")
+            .arg(&uki_out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(
+            std::fs::read(&uki_out).unwrap(),
+            std::fs::read(STUB).unwrap()
+        );
+        assert!(read_file_from_iso(&a, "/no/such/file", &p.join("x")).is_err());
+
+        // El Torito: a BIOS and a UEFI entry.
+        let rep = std::process::Command::new("xorriso")
+            .args(["-no_rc", "-indev"])
+            .arg(&a)
+            .args(["-report_el_torito", "plain"])
+            .output()
+            .unwrap();
+        let rep = String::from_utf8_lossy(&rep.stdout);
+        assert!(rep.contains("BIOS") && rep.contains("UEFI"), "{rep}");
+
+        // Bad volume id refused before anything is written.
+        let mut bad = IsoInputs { ..inp };
+        bad.volume_id = "has space";
+        assert!(write_iso(&bad, &p.join("work-c"), &p.join("c.iso")).is_err());
+        assert!(!p.join("c.iso").exists());
+    }
+}

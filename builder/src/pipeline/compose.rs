@@ -1,0 +1,613 @@
+//! Compose: turns the recipe's base (Debian via mmdebstrap, or a pinned
+//! rootfs tarball), kernel, overlays and cairn's generated config into one
+//! root tree in the staging folder. Invariant: nothing is ever written
+//! outside `tree` (every path goes through `stagepath`).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use walkdir::WalkDir;
+
+use crate::host::digest::Sha256;
+use crate::recipe::{Base, Recipe};
+use crate::host::tree::{create_dirs_in_root, resolve_in_root_follow};
+
+/// Packages every Debian-based image needs for cairn's boot design: systemd
+/// as init, busybox + veritysetup for the initramfs, the UKI stub, kmod.
+pub const REQUIRED_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "busybox-static",
+    "cryptsetup-bin",
+    "systemd-boot-efi",
+    "nftables",
+    "e2fsprogs",
+    // logind (which needs dbus) turns the power button into a clean shutdown.
+    "dbus",
+];
+
+/// Units that would reach out or change the image by themselves: masked.
+pub const MASKED_UNITS: &[&str] = &[
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "apt-daily.service",
+    "apt-daily-upgrade.service",
+    "systemd-timesyncd.service",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "man-db.timer",
+    "systemd-resolved.service",
+    "getty-static.service",
+];
+
+/// A Debian package installed in the image (for the SBOM).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ComposedRoot {
+    pub tree: PathBuf,
+    /// The kernel image, moved out of the tree's /boot.
+    pub vmlinuz: PathBuf,
+    pub kernel_version: String,
+    pub packages: Vec<Package>,
+    pub workloads: crate::pipeline::workloads::Installed,
+}
+
+/// Local repositories of locked packages: the base's, and each built
+/// image's by name. Empty: no lock, mmdebstrap resolves online.
+#[derive(Debug, Clone, Default)]
+pub struct Repos {
+    pub base: Option<crate::inputs::debrepo::LocalRepo>,
+    pub images: std::collections::BTreeMap<String, crate::inputs::debrepo::LocalRepo>,
+}
+
+/// The Debian suite and mirror built images come from: the base's, or
+/// bookworm from deb.debian.org for a tarball base.
+pub fn image_source(recipe: &Recipe) -> (String, String) {
+    match &recipe.base {
+        Base::Debian { suite, mirror, .. } => (suite.clone(), mirror.clone()),
+        Base::Tarball { .. } => (
+            "bookworm".to_string(),
+            "http://deb.debian.org/debian".to_string(),
+        ),
+    }
+}
+
+/// Builds the root tree at `work/root`.
+pub fn compose(recipe: &Recipe, work: &Path, repos: &Repos) -> Result<ComposedRoot> {
+    let tree = work.join("root");
+    match &recipe.base {
+        Base::Debian {
+            suite,
+            mirror,
+            packages,
+        } => mmdebstrap(recipe, suite, mirror, packages, &tree, repos.base.as_ref())?,
+        Base::Tarball { path, .. } => extract_tarball(path, &tree)?,
+    }
+    let (vmlinuz, kernel_version) = take_kernel(&tree, work)?;
+    for overlay in &recipe.overlays {
+        apply_overlay(overlay, &tree)
+            .with_context(|| format!("compose: overlay {}", overlay.display()))?;
+    }
+    configure(recipe, &tree)?;
+    let (suite, mirror) = image_source(recipe);
+    let workloads = crate::pipeline::workloads::install(
+        &recipe.workloads,
+        &tree,
+        work,
+        recipe.source_date_epoch,
+        &suite,
+        &mirror,
+        &repos.images,
+    )?;
+    let packages = installed_packages(&tree)?;
+    Ok(ComposedRoot {
+        tree,
+        vmlinuz,
+        kernel_version,
+        packages,
+        workloads,
+    })
+}
+
+/// The package list mmdebstrap installs: the recipe's, cairn's required
+/// ones and the kernel package, sorted and deduplicated.
+pub fn package_list(recipe: &Recipe, extra: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = REQUIRED_PACKAGES.iter().map(|s| s.to_string()).collect();
+    all.push(recipe.kernel_package.clone());
+    all.extend(
+        crate::pipeline::workloads::runtime_packages(recipe.workloads.runtime)
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    if recipe.state_grow {
+        // sfdisk, for the initramfs to grow the state partition.
+        all.push("fdisk".to_string());
+    }
+    all.extend(extra.iter().cloned());
+    all.sort();
+    all.dedup();
+    all
+}
+
+fn mmdebstrap(
+    recipe: &Recipe,
+    suite: &str,
+    mirror: &str,
+    packages: &[String],
+    tree: &Path,
+    repo: Option<&crate::inputs::debrepo::LocalRepo>,
+) -> Result<()> {
+    let include = package_list(recipe, packages);
+    // With a lock, packages come from a local repository of the locked,
+    // cached .debs: the same bytes online and offline.
+    let (mirror_arg, extra) = match repo {
+        Some(r) => {
+            let mut extra = r.mmdebstrap_args();
+            extra.push(crate::inputs::debrepo::sources_list_hook(suite, mirror)?);
+            (r.mmdebstrap_mirror(), extra)
+        }
+        None => (mirror.to_string(), Vec::new()),
+    };
+    // The base tree depends on these inputs only: reuse it when they match.
+    let cache = crate::inputs::cache::Cache::default_location()?;
+    let mut inputs: Vec<String> = crate::inputs::debrepo::Variant::Base
+        .args()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    inputs.extend([
+        format!("suite {suite}"),
+        format!("mirror {mirror}"),
+        format!("include {}", include.join(",")),
+        format!("epoch {}", recipe.source_date_epoch),
+    ]);
+    if let Some(r) = repo {
+        inputs.extend(
+            r.packages
+                .iter()
+                .map(|p| format!("deb {} {}", p.spec(), p.sha256)),
+        );
+    }
+    let key = crate::inputs::stagecache::key("debian-base", &inputs);
+    if let Some((blob, _)) = crate::inputs::stagecache::lookup(&cache, "debian-base", &key) {
+        eprintln!(
+            "    base tree unchanged: reusing the cached one (stage key {})",
+            &key.hex()[..16]
+        );
+        return crate::inputs::stagecache::unpack_tree(&blob, tree);
+    }
+    let cmd = crate::inputs::debrepo::mmdebstrap_command(
+        suite,
+        tree,
+        &mirror_arg,
+        &include,
+        recipe.source_date_epoch,
+        "directory",
+        &extra,
+    );
+    crate::host::runner::run_streaming("compose: mmdebstrap", cmd)?;
+    if crate::inputs::stagecache::enabled() {
+        let tmp = tree.with_extension("base.tar");
+        crate::inputs::stagecache::pack_tree(tree, &tmp)?;
+        crate::inputs::stagecache::store(&cache, "debian-base", &key, &tmp, "")?;
+        std::fs::remove_file(&tmp).ok();
+    }
+    Ok(())
+}
+
+fn extract_tarball(path: &Path, tree: &Path) -> Result<()> {
+    std::fs::create_dir_all(tree).with_context(|| format!("cannot create {}", tree.display()))?;
+    // GNU tar refuses members with `..`, strips leading `/`, and defers
+    // symlinks that could be written through: the archive stays in `tree`.
+    let sh = xshell::Shell::new()?;
+    crate::host::runner::run(
+        "compose: extract base tarball",
+        xshell::cmd!(
+            sh,
+            "tar --numeric-owner --no-same-permissions --no-overwrite-dir -xf {path} -C {tree}"
+        ),
+    )?;
+    Ok(())
+}
+
+/// Moves /boot/vmlinuz-VERSION out of the tree (it goes into the UKI) and
+/// empties /boot.
+fn take_kernel(tree: &Path, work: &Path) -> Result<(PathBuf, String)> {
+    let boot = resolve_in_root_follow(tree, Path::new("boot"))?;
+    let mut kernels: Vec<String> = std::fs::read_dir(&boot)
+        .with_context(|| format!("compose: the root tree has no /boot ({})", boot.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter_map(|n| n.strip_prefix("vmlinuz-").map(String::from))
+        .collect();
+    kernels.sort();
+    let version = match kernels.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("compose: no /boot/vmlinuz-* in the root tree; add a linux-image package ([kernel] package)"),
+        many => bail!("compose: several kernels in /boot ({}); install exactly one", many.join(", ")),
+    };
+    if version.contains('/') || version.starts_with('.') {
+        bail!("compose: kernel version {version:?} is not a plain name");
+    }
+    let vmlinuz = work.join("vmlinuz");
+    std::fs::copy(boot.join(format!("vmlinuz-{version}")), &vmlinuz)
+        .context("compose: copy the kernel out of /boot")?;
+    for e in std::fs::read_dir(&boot)?.flatten() {
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    // Debian's /vmlinuz and /initrd.img convenience links now dangle.
+    for l in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
+        let p = tree.join(l);
+        if std::fs::symlink_metadata(&p).is_ok() {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok((vmlinuz, version))
+}
+
+/// Layers one overlay folder into the tree: folders merged, files and links
+/// replaced, owned by root. Device nodes, fifos, sockets and set-id bits are
+/// refused: overlays are configuration, not system binaries.
+pub fn apply_overlay(overlay: &Path, tree: &Path) -> Result<()> {
+    for entry in WalkDir::new(overlay).min_depth(1).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("cannot walk {}", overlay.display()))?;
+        let rel = entry
+            .path()
+            .strip_prefix(overlay)
+            .context("walk left the overlay")?;
+        let meta = entry.path().symlink_metadata()?;
+        let ft = meta.file_type();
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o6000 != 0 && !ft.is_symlink() {
+            bail!(
+                "{}: set-uid/set-gid files are not allowed in overlays; chmod u-s,g-s it",
+                entry.path().display()
+            );
+        }
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let dest_dir = create_dirs_in_root(tree, parent)?;
+        let name = rel.file_name().context("overlay entry without a name")?;
+        let dest = dest_dir.join(name);
+        if ft.is_dir() {
+            let real = create_dirs_in_root(tree, rel)?;
+            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode))?;
+            continue;
+        }
+        remove_any(&dest)?;
+        if ft.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            std::os::unix::fs::symlink(&target, &dest)
+                .with_context(|| format!("cannot create link {}", dest.display()))?;
+        } else if ft.is_file() {
+            std::fs::copy(entry.path(), &dest).with_context(|| {
+                format!("cannot copy {} into the image", entry.path().display())
+            })?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+        } else {
+            bail!(
+                "{}: device nodes, fifos and sockets are not allowed in overlays",
+                entry.path().display()
+            );
+        }
+        std::os::unix::fs::lchown(&dest, Some(0), Some(0))
+            .with_context(|| format!("cannot chown {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)?,
+        Ok(_) => std::fs::remove_file(p)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Writes a file inside the tree (through in-root resolution), replacing
+/// whatever was there.
+pub fn write_in_tree(tree: &Path, rel: &str, content: &[u8], mode: u32) -> Result<()> {
+    let rel = Path::new(rel);
+    let dir = create_dirs_in_root(tree, rel.parent().unwrap_or(Path::new("")))?;
+    let dest = dir.join(rel.file_name().context("file name")?);
+    remove_any(&dest)?;
+    std::fs::write(&dest, content).with_context(|| format!("cannot write {}", dest.display()))?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+pub fn link_in_tree(tree: &Path, rel: &str, target: &str) -> Result<()> {
+    let rel = Path::new(rel);
+    let dir = create_dirs_in_root(tree, rel.parent().unwrap_or(Path::new("")))?;
+    let dest = dir.join(rel.file_name().context("file name")?);
+    remove_any(&dest)?;
+    std::os::unix::fs::symlink(target, &dest)
+        .with_context(|| format!("cannot link {}", dest.display()))?;
+    Ok(())
+}
+
+const READY_SCRIPT: &str = include_str!("../../guest/cairn-ready");
+const READY_SERVICE: &str = include_str!("../../guest/cairn-ready.service");
+const CAIRN_TARGET: &str = include_str!("../../guest/cairn.target");
+const DEBUG_SHELL_SERVICE: &str = include_str!("../../guest/cairn-debug-shell.service");
+const SAY_SCRIPT: &str = include_str!("../../guest/cairn-say");
+const FIREWALL_SERVICE: &str = include_str!("../../guest/cairn-firewall.service");
+const NETWORKD_DROPIN: &str = include_str!("../../guest/networkd-requires-firewall.conf");
+const STATE_DISCARD: &str = include_str!("../../guest/cairn-state-discard");
+
+/// cairn's own files in the image: identity, the ready unit, the default
+/// target, and the debug shell when the recipe asks for it.
+fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
+    write_in_tree(
+        tree,
+        "etc/hostname",
+        format!("{}\n", recipe.name).as_bytes(),
+        0o644,
+    )?;
+    // No resolver: nothing in the appliance can look a name up outside.
+    // (The file exists because container runtimes bind-mount it.)
+    write_in_tree(
+        tree,
+        "etc/resolv.conf",
+        b"# cairn: air-gapped appliance, no DNS resolver.\n",
+        0o644,
+    )?;
+    write_in_tree(
+        tree,
+        "etc/hosts",
+        format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{0}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+            recipe.name
+        )
+        .as_bytes(),
+        0o644,
+    )?;
+    // Empty: systemd makes a fresh one in RAM at every boot.
+    write_in_tree(tree, "etc/machine-id", b"", 0o444)?;
+    let osrel_path = resolve_in_root_follow(tree, Path::new("etc/os-release"))?;
+    let mut osrel = std::fs::read_to_string(&osrel_path).unwrap_or_default();
+    osrel.retain(|c| c != '\r');
+    osrel = osrel
+        .lines()
+        .filter(|l| !l.starts_with("IMAGE_ID=") && !l.starts_with("IMAGE_VERSION="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    osrel.push_str(&format!(
+        "IMAGE_ID={}\nIMAGE_VERSION={}\n",
+        recipe.name, recipe.version
+    ));
+    let osrel_rel = osrel_path
+        .strip_prefix(tree)
+        .context("os-release outside the tree")?
+        .to_string_lossy()
+        .into_owned();
+    write_in_tree(tree, &osrel_rel, osrel.as_bytes(), 0o644)?;
+
+    write_in_tree(
+        tree,
+        "usr/lib/cairn/cairn-ready",
+        READY_SCRIPT.as_bytes(),
+        0o755,
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/cairn/cairn-say",
+        SAY_SCRIPT.as_bytes(),
+        0o755,
+    )?;
+
+    // Air-gap: the ruleset sits in the verity-protected root; the unit loads
+    // it before networking, and networkd cannot start without it.
+    write_in_tree(
+        tree,
+        "usr/lib/cairn/firewall.nft",
+        crate::pipeline::firewall::ruleset(&recipe.network, recipe.workloads.runtime).as_bytes(),
+        0o644,
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn-firewall.service",
+        FIREWALL_SERVICE.as_bytes(),
+        0o644,
+    )?;
+    link_in_tree(
+        tree,
+        "usr/lib/systemd/system/sysinit.target.wants/cairn-firewall.service",
+        "../cairn-firewall.service",
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system/systemd-networkd.service.d/cairn-firewall.conf",
+        NETWORKD_DROPIN.as_bytes(),
+        0o644,
+    )?;
+    // Debian's own nftables.service would load /etc/nftables.conf over ours.
+    link_in_tree(tree, "etc/systemd/system/nftables.service", "/dev/null")?;
+    if let Some(network) = crate::pipeline::firewall::networkd_file(&recipe.network) {
+        write_in_tree(
+            tree,
+            "etc/systemd/network/10-cairn.network",
+            network.as_bytes(),
+            0o644,
+        )?;
+        link_in_tree(
+            tree,
+            "usr/lib/systemd/system/cairn.target.wants/systemd-networkd.service",
+            "../systemd-networkd.service",
+        )?;
+    }
+    for unit in MASKED_UNITS {
+        link_in_tree(tree, &format!("etc/systemd/system/{unit}"), "/dev/null")?;
+    }
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system-shutdown/cairn-state-discard",
+        STATE_DISCARD.as_bytes(),
+        0o755,
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn-ready.service",
+        READY_SERVICE.as_bytes(),
+        0o644,
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn.target",
+        CAIRN_TARGET.as_bytes(),
+        0o644,
+    )?;
+    link_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn.target.wants/cairn-ready.service",
+        "../cairn-ready.service",
+    )?;
+    link_in_tree(
+        tree,
+        "etc/systemd/system/default.target",
+        "/usr/lib/systemd/system/cairn.target",
+    )?;
+    if recipe.debug_console {
+        write_in_tree(
+            tree,
+            "usr/lib/systemd/system/cairn-debug-shell.service",
+            DEBUG_SHELL_SERVICE.as_bytes(),
+            0o644,
+        )?;
+        link_in_tree(
+            tree,
+            "usr/lib/systemd/system/cairn.target.wants/cairn-debug-shell.service",
+            "../cairn-debug-shell.service",
+        )?;
+        // The login prompt would compete with the shell for the port.
+        link_in_tree(
+            tree,
+            "etc/systemd/system/serial-getty@ttyS1.service",
+            "/dev/null",
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads the dpkg database of the tree: every installed package.
+pub fn installed_packages(tree: &Path) -> Result<Vec<Package>> {
+    let status = resolve_in_root_follow(tree, Path::new("var/lib/dpkg/status"))?;
+    let text = match std::fs::read_to_string(&status) {
+        Ok(t) => t,
+        Err(_) => return Ok(Vec::new()), // a tarball base may have no dpkg
+    };
+    Ok(parse_dpkg_status(&text))
+}
+
+pub fn parse_dpkg_status(text: &str) -> Vec<Package> {
+    let mut out = Vec::new();
+    for para in text.split("\n\n") {
+        let mut name = None;
+        let mut version = None;
+        let mut arch = None;
+        let mut installed = false;
+        for l in para.lines() {
+            if let Some(v) = l.strip_prefix("Package: ") {
+                name = Some(v.trim().to_string());
+            } else if let Some(v) = l.strip_prefix("Version: ") {
+                version = Some(v.trim().to_string());
+            } else if let Some(v) = l.strip_prefix("Architecture: ") {
+                arch = Some(v.trim().to_string());
+            } else if let Some(v) = l.strip_prefix("Status: ") {
+                installed = v.trim().ends_with(" installed");
+            }
+        }
+        if let (Some(name), Some(version), Some(architecture), true) =
+            (name, version, arch, installed)
+        {
+            out.push(Package {
+                name,
+                version,
+                architecture,
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Verifies a pinned file's digest, naming where the pin was written.
+pub fn check_pin(path: &Path, want: &Sha256, at: &str) -> Result<()> {
+    let got = Sha256::of_file(path)?;
+    if &got != want {
+        bail!(
+            "{at}: sha256 of {} is {got}, but the recipe pins {want}; if the new file is trusted, update the pin",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Gives a copied file mode 0644 (cached blobs are stored read-only).
+pub fn set_plain_mode(p: &Path) -> Result<()> {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_status_lists_installed_only() {
+        let text = "Package: a\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n\nPackage: b\nStatus: deinstall ok config-files\nVersion: 2\nArchitecture: all\n";
+        let p = parse_dpkg_status(text);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].name, "a");
+    }
+
+    #[test]
+    fn overlay_cannot_write_through_an_escaping_link() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // The tree has a link pointing at a host folder by absolute path.
+        std::os::unix::fs::symlink(&outside, tree.join("etc")).unwrap();
+        let ov = d.path().join("ov");
+        std::fs::create_dir_all(ov.join("etc")).unwrap();
+        std::fs::write(ov.join("etc/x"), "hi").unwrap();
+        apply_overlay(&ov, &tree).unwrap();
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "wrote outside"
+        );
+        // Control: the file landed inside the tree, under the link's in-root meaning.
+        let inside = tree.join(outside.strip_prefix("/").unwrap()).join("x");
+        assert_eq!(std::fs::read_to_string(inside).unwrap(), "hi");
+    }
+
+    #[test]
+    fn overlay_refuses_setuid() {
+        let d = tempfile::tempdir().unwrap();
+        let ov = d.path().join("ov");
+        std::fs::create_dir_all(&ov).unwrap();
+        std::fs::write(ov.join("s"), "x").unwrap();
+        std::fs::set_permissions(ov.join("s"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let e = apply_overlay(&ov, &d.path().join("t")).unwrap_err();
+        assert!(e.to_string().contains("set-uid"), "{e}");
+    }
+}

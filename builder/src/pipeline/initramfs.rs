@@ -1,0 +1,286 @@
+//! Initramfs: a deterministic cpio holding cairn's init, busybox,
+//! veritysetup with the shared libraries it links, and the boot modules.
+//! Every binary is taken from the composed root tree (so it is pinned with
+//! the image's packages), never from the build host.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use object::elf;
+use object::read::elf::{Dyn, FileHeader, ProgramHeader};
+
+use crate::host::cpio::{Archive, Entry};
+use crate::host::tree::resolve_in_root_follow;
+
+pub const INIT: &str = include_str!("../../guest/init");
+
+pub struct Initramfs {
+    pub path: PathBuf,
+    pub size: u64,
+    pub modules: usize,
+}
+
+const LIB_DIRS: &[&str] = &[
+    "lib/x86_64-linux-gnu",
+    "usr/lib/x86_64-linux-gnu",
+    "lib64",
+    "usr/lib64",
+    "lib",
+    "usr/lib",
+];
+
+/// What an ELF file needs from the dynamic loader.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ElfNeeds {
+    pub interpreter: Option<String>,
+    pub needed: Vec<String>,
+}
+
+pub fn elf_needs(data: &[u8]) -> Result<ElfNeeds> {
+    let header =
+        elf::FileHeader64::<object::Endianness>::parse(data).context("not a 64-bit ELF file")?;
+    let endian = header.endian()?;
+    let mut needs = ElfNeeds::default();
+    for ph in header.program_headers(endian, data)? {
+        if ph.p_type(endian) == elf::PT_INTERP {
+            if let Ok(bytes) = ph.data(endian, data) {
+                let s = bytes.split(|b| *b == 0).next().unwrap_or(&[]);
+                needs.interpreter = Some(String::from_utf8_lossy(s).into_owned());
+            }
+        }
+    }
+    let sections = header.sections(endian, data)?;
+    if let Some((dynamic, index)) = sections.dynamic(endian, data)? {
+        let strings = sections.strings(endian, data, index)?;
+        for d in dynamic {
+            if d.tag32(endian) == Some(elf::DT_NEEDED) {
+                let name = d.string(endian, strings).context("bad DT_NEEDED")?;
+                needs
+                    .needed
+                    .push(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+    }
+    Ok(needs)
+}
+
+/// Adds `rel` from the tree (as a regular file at that path) and, for ELF
+/// files, its interpreter and libraries, transitively.
+fn add_binary(a: &mut Archive, tree: &Path, rel: &str, seen: &mut BTreeSet<String>) -> Result<()> {
+    if !seen.insert(rel.to_string()) {
+        return Ok(());
+    }
+    let real = resolve_in_root_follow(tree, Path::new(rel))?;
+    let data = std::fs::read(&real)
+        .with_context(|| format!("initramfs: /{rel} is missing from the root tree"))?;
+    let needs = if data.starts_with(b"\x7fELF") {
+        elf_needs(&data).with_context(|| format!("initramfs: cannot read ELF /{rel}"))?
+    } else {
+        ElfNeeds::default()
+    };
+    a.add(rel, Entry::File { mode: 0o755, data })?;
+    if let Some(interp) = needs.interpreter {
+        add_binary(a, tree, interp.trim_start_matches('/'), seen)?;
+    }
+    for lib in needs.needed {
+        if lib.contains('/') {
+            bail!("initramfs: /{rel} needs {lib:?}, a path; only library names are supported");
+        }
+        let src = find_library(tree, &lib).with_context(|| {
+            format!("initramfs: library {lib} (needed by /{rel}) not found in the root tree")
+        })?;
+        add_library(a, tree, &src, &lib, seen)?;
+    }
+    Ok(())
+}
+
+fn find_library(tree: &Path, lib: &str) -> Option<String> {
+    LIB_DIRS.iter().map(|d| format!("{d}/{lib}")).find(|p| {
+        resolve_in_root_follow(tree, Path::new(p))
+            .map(|r| r.is_file())
+            .unwrap_or(false)
+    })
+}
+
+/// Libraries go where the loader looks first, whatever their path in the tree.
+fn add_library(
+    a: &mut Archive,
+    tree: &Path,
+    src: &str,
+    lib: &str,
+    seen: &mut BTreeSet<String>,
+) -> Result<()> {
+    let dest = format!("lib/x86_64-linux-gnu/{lib}");
+    if !seen.insert(dest.clone()) {
+        return Ok(());
+    }
+    let real = resolve_in_root_follow(tree, Path::new(src))?;
+    let bytes = std::fs::read(&real)?;
+    let sub = elf_needs(&bytes).unwrap_or_default();
+    a.add(
+        &dest,
+        Entry::File {
+            mode: 0o755,
+            data: bytes,
+        },
+    )?;
+    for l in sub.needed {
+        let p = find_library(tree, &l).with_context(|| {
+            format!("initramfs: library {l} (needed by {lib}) not found in the root tree")
+        })?;
+        add_library(a, tree, &p, &l, seen)?;
+    }
+    Ok(())
+}
+
+/// Writes the initramfs for `kernel_version` from the tree to `out`.
+pub fn make_initramfs(
+    tree: &Path,
+    grow_state: bool,
+    kernel_version: &str,
+    out: &Path,
+    epoch: u64,
+) -> Result<Initramfs> {
+    let mut a = Archive::new();
+    let mut seen = BTreeSet::new();
+    a.add(
+        "init",
+        Entry::File {
+            mode: 0o755,
+            data: INIT.as_bytes().to_vec(),
+        },
+    )?;
+    a.add(
+        "dev/console",
+        Entry::CharDev {
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )?;
+    for d in [
+        "proc", "sys", "run", "tmp", "sysroot", "sbin", "usr/bin", "usr/sbin",
+    ] {
+        a.add(d, Entry::Dir { mode: 0o755 })?;
+    }
+    // busybox-static puts the binary in /bin (a link to usr/bin when /usr is merged).
+    let bb = resolve_in_root_follow(tree, Path::new("bin/busybox"))?;
+    if !bb.is_file() {
+        bail!("initramfs: /bin/busybox missing from the root tree; install busybox-static");
+    }
+    let data = std::fs::read(&bb)?;
+    if data.starts_with(b"\x7fELF") && !elf_needs(&data)?.needed.is_empty() {
+        // A dynamic busybox works too; its libraries come along.
+        add_binary(&mut a, tree, "bin/busybox", &mut seen)?;
+    } else {
+        a.add("bin/busybox", Entry::File { mode: 0o755, data })?;
+    }
+    let vs = ["usr/sbin/veritysetup", "sbin/veritysetup"]
+        .into_iter()
+        .find(|p| {
+            resolve_in_root_follow(tree, Path::new(p))
+                .map(|r| r.is_file())
+                .unwrap_or(false)
+        })
+        .context("initramfs: veritysetup missing from the root tree; install cryptsetup-bin")?;
+    add_binary(&mut a, tree, vs, &mut seen)?;
+    if vs != "sbin/veritysetup" {
+        a.add(
+            "sbin/veritysetup",
+            Entry::Symlink {
+                target: format!("/{vs}"),
+            },
+        )?;
+    }
+
+    // The state partition: dm-crypt and a fresh ext4 at every boot; with
+    // `[state] grow`, sfdisk and resizepart to grow it.
+    let mut tools = vec![("cryptsetup", "cryptsetup-bin"), ("mke2fs", "e2fsprogs")];
+    if grow_state {
+        tools.extend([("sfdisk", "fdisk"), ("resizepart", "util-linux")]);
+    }
+    for (tool, package) in tools {
+        let found = [
+            format!("usr/sbin/{tool}"),
+            format!("sbin/{tool}"),
+            format!("usr/bin/{tool}"),
+        ]
+        .into_iter()
+        .find(|p| {
+            resolve_in_root_follow(tree, Path::new(p))
+                .map(|r| r.is_file())
+                .unwrap_or(false)
+        })
+        .with_context(|| {
+            format!("initramfs: {tool} missing from the root tree; install {package}")
+        })?;
+        add_binary(&mut a, tree, &found, &mut seen)?;
+        if found != format!("sbin/{tool}") {
+            a.add(
+                &format!("sbin/{tool}"),
+                Entry::Symlink {
+                    target: format!("/{found}"),
+                },
+            )?;
+        }
+    }
+    if let Ok(conf) = std::fs::read(resolve_in_root_follow(tree, Path::new("etc/mke2fs.conf"))?) {
+        a.add(
+            "etc/mke2fs.conf",
+            Entry::File {
+                mode: 0o644,
+                data: conf,
+            },
+        )?;
+    }
+
+    let mods = crate::pipeline::kernel::initramfs_modules(tree, kernel_version)?;
+    let mdir = crate::pipeline::kernel::modules_dir(tree, kernel_version)?;
+    let mut list = String::new();
+    for (may_fail, rel) in &mods {
+        let data = std::fs::read(mdir.join(rel))
+            .with_context(|| format!("initramfs: module {} missing", rel.display()))?;
+        let dest = format!("{kernel_version}/{}", rel.display());
+        a.add(
+            &format!("lib/modules/{dest}"),
+            Entry::File { mode: 0o644, data },
+        )?;
+        list.push_str(&format!("{} {dest}\n", if *may_fail { "?" } else { "!" }));
+    }
+    a.add(
+        "etc/cairn/modules",
+        Entry::File {
+            mode: 0o644,
+            data: list.into_bytes(),
+        },
+    )?;
+
+    let mut buf = Vec::new();
+    a.write(&mut buf, epoch)?;
+    std::fs::write(out, &buf).with_context(|| format!("initramfs: write {}", out.display()))?;
+    Ok(Initramfs {
+        path: out.to_path_buf(),
+        size: buf.len() as u64,
+        modules: mods.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_needs_of_a_host_binary() {
+        let data = std::fs::read("/bin/ls").unwrap();
+        let n = elf_needs(&data).unwrap();
+        assert!(n.interpreter.unwrap().contains("ld-linux"));
+        assert!(n.needed.iter().any(|l| l.starts_with("libc.so")));
+    }
+
+    #[test]
+    fn junk_is_an_error_not_a_panic() {
+        assert!(elf_needs(b"\x7fELF\x02\x01\x01").is_err());
+        assert!(elf_needs(b"").is_err());
+    }
+}

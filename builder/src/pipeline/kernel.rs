@@ -1,0 +1,362 @@
+//! Kernel modules: prunes the kernel package's module tree to the appliance
+//! set plus recipe extras, closed over `modules.dep`, and lists the modules
+//! the initramfs loads, in dependency order.
+//! Invariant: every kept module's dependencies are kept too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::host::tree::resolve_in_root_follow;
+
+/// Module folders (under `kernel/`) an appliance keeps by default: storage
+/// and USB boot media, the filesystems cairn uses, device-mapper, virtio,
+/// common NICs, netfilter (firewall and cluster networking) and crypto.
+pub const DEFAULT_KEEP: &[&str] = &[
+    "arch/x86/crypto",
+    "crypto",
+    "lib",
+    "fs/squashfs",
+    "fs/overlayfs",
+    "fs/ext4",
+    "fs/jbd2",
+    "fs/mbcache.ko",
+    "fs/fat",
+    "fs/isofs",
+    "fs/nls",
+    "fs/efivarfs",
+    "drivers/virtio",
+    "drivers/block/virtio_blk.ko",
+    "drivers/block/loop.ko",
+    "drivers/scsi",
+    "drivers/cdrom",
+    "drivers/ata",
+    "drivers/nvme",
+    "drivers/md",
+    "drivers/usb/storage",
+    "drivers/usb/host",
+    "drivers/usb/common",
+    "drivers/hid",
+    "drivers/input",
+    // ACPI power button, battery, thermal: a field box must power off cleanly.
+    "drivers/acpi",
+    "drivers/char/hw_random",
+    "drivers/char/virtio_console.ko",
+    "drivers/net/virtio_net.ko",
+    "drivers/net/net_failover.ko",
+    "net/core",
+    "drivers/net/ethernet/intel",
+    "drivers/net/ethernet/realtek",
+    "drivers/net/veth.ko",
+    "drivers/net/vxlan",
+    "drivers/net/tun.ko",
+    "drivers/net/dummy.ko",
+    "net/netfilter",
+    "net/ipv4",
+    "net/ipv6",
+    "net/bridge",
+    "net/802",
+    "net/llc",
+    "net/sched",
+    "net/packet",
+];
+
+/// Modules the initramfs loads (if the kernel has them as modules), and
+/// whether a load failure is tolerated (CPU-feature-specific ones).
+pub const INITRAMFS_MODULES: &[(&str, bool)] = &[
+    ("virtio_pci", false),
+    ("virtio_blk", false),
+    ("virtio_scsi", false),
+    ("sd_mod", false),
+    ("sr_mod", false),
+    ("isofs", false),
+    ("ahci", false),
+    ("nvme", false),
+    ("xhci_pci", false),
+    ("ehci_pci", false),
+    ("ohci_pci", false),
+    ("uhci_hcd", false),
+    ("usb_storage", false),
+    ("uas", false),
+    ("loop", false),
+    ("dm_verity", false),
+    ("dm_crypt", false),
+    ("squashfs", false),
+    ("overlay", false),
+    ("crc32c_generic", false),
+    ("crc32c_intel", true),
+    ("ext4", false),
+    ("ecb", false),
+    ("xts", false),
+    ("aesni_intel", true),
+];
+
+/// `modules.dep` parsed: module name -> (path relative to the version
+/// folder, direct dependencies' paths).
+#[derive(Debug, Default)]
+pub struct ModuleDeps {
+    pub by_name: BTreeMap<String, PathBuf>,
+    pub deps: BTreeMap<PathBuf, Vec<PathBuf>>,
+}
+
+pub fn module_name(path: &Path) -> String {
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+pub fn parse_modules_dep(text: &str) -> Result<ModuleDeps> {
+    let mut md = ModuleDeps::default();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (m, rest) = line
+            .split_once(':')
+            .with_context(|| format!("modules.dep line {} has no ':'", n + 1))?;
+        let m = PathBuf::from(m.trim());
+        if m.is_absolute() || m.components().any(|c| c.as_os_str() == "..") {
+            bail!(
+                "modules.dep line {} names {:?} outside the module tree",
+                n + 1,
+                m
+            );
+        }
+        let deps: Vec<PathBuf> = rest.split_whitespace().map(PathBuf::from).collect();
+        if deps
+            .iter()
+            .any(|d| d.is_absolute() || d.components().any(|c| c.as_os_str() == ".."))
+        {
+            bail!(
+                "modules.dep line {} has a dependency outside the module tree",
+                n + 1
+            );
+        }
+        md.by_name.insert(module_name(&m), m.clone());
+        md.deps.insert(m, deps);
+    }
+    Ok(md)
+}
+
+impl ModuleDeps {
+    /// `start` and everything it depends on, transitively.
+    pub fn closure(&self, start: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
+        let mut out = BTreeSet::new();
+        let mut stack: Vec<PathBuf> = start.iter().cloned().collect();
+        while let Some(m) = stack.pop() {
+            if out.insert(m.clone()) {
+                if let Some(ds) = self.deps.get(&m) {
+                    stack.extend(ds.iter().cloned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Dependencies before dependants (modules.dep lists deps in load order
+    /// reversed; a DFS post-order is always valid).
+    pub fn load_order(&self, wanted: &[PathBuf]) -> Vec<PathBuf> {
+        fn visit(
+            md: &ModuleDeps,
+            m: &PathBuf,
+            seen: &mut BTreeSet<PathBuf>,
+            out: &mut Vec<PathBuf>,
+        ) {
+            if !seen.insert(m.clone()) {
+                return;
+            }
+            if let Some(ds) = md.deps.get(m) {
+                for d in ds {
+                    visit(md, d, seen, out);
+                }
+            }
+            out.push(m.clone());
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for m in wanted {
+            visit(self, m, &mut seen, &mut out);
+        }
+        out
+    }
+}
+
+/// The module folder of `version` in the tree.
+pub fn modules_dir(tree: &Path, version: &str) -> Result<PathBuf> {
+    let d = resolve_in_root_follow(tree, &Path::new("usr/lib/modules").join(version))?;
+    if !d.is_dir() {
+        bail!("kernel: no module folder /usr/lib/modules/{version} in the root tree");
+    }
+    Ok(d)
+}
+
+fn builtin_names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(dir.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| module_name(Path::new(l.trim())))
+        .collect()
+}
+
+#[derive(Debug)]
+pub struct Pruned {
+    pub kept: usize,
+    pub removed: usize,
+}
+
+/// Deletes every module outside the default set, the recipe's extras and
+/// their dependencies; then regenerates the depmod indexes.
+pub fn prune(tree: &Path, version: &str, extra: &[String]) -> Result<Pruned> {
+    let pruned = prune_files(tree, version, extra)?;
+    let sh = xshell::Shell::new()?;
+    crate::host::runner::run(
+        "kernel: depmod",
+        xshell::cmd!(sh, "depmod -b {tree} {version}"),
+    )?;
+    Ok(pruned)
+}
+
+/// The file part of `prune`: removes the modules outside the kept set.
+pub fn prune_files(tree: &Path, version: &str, extra: &[String]) -> Result<Pruned> {
+    let dir = modules_dir(tree, version)?;
+    let md = parse_modules_dep(
+        &std::fs::read_to_string(dir.join("modules.dep")).context("kernel: read modules.dep")?,
+    )?;
+    let builtin = builtin_names(&dir);
+    let mut start = BTreeSet::new();
+    for m in md.deps.keys() {
+        let rel = m.strip_prefix("kernel").unwrap_or(m);
+        if DEFAULT_KEEP.iter().any(|k| rel.starts_with(k)) {
+            start.insert(m.clone());
+        }
+    }
+    let mut unknown = Vec::new();
+    for name in extra {
+        match md.by_name.get(name) {
+            Some(p) => {
+                start.insert(p.clone());
+            }
+            None if builtin.contains(name) => {}
+            None => unknown.push(name.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        bail!(
+            "kernel: [kernel] modules names {} that kernel {version} does not have; check `modinfo` names",
+            unknown.join(", ")
+        );
+    }
+    let keep = md.closure(&start);
+    let mut removed = 0;
+    for m in md.deps.keys() {
+        if !keep.contains(m) {
+            let p = dir.join(m);
+            if std::fs::symlink_metadata(&p).is_ok() {
+                std::fs::remove_file(&p).with_context(|| format!("remove {}", p.display()))?;
+                removed += 1;
+            }
+        }
+    }
+    remove_empty_dirs(&dir.join("kernel"))?;
+    Ok(Pruned {
+        kept: keep.len(),
+        removed,
+    })
+}
+
+fn remove_empty_dirs(dir: &Path) -> Result<bool> {
+    let mut empty = true;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        if e.file_type()?.is_dir() {
+            if remove_empty_dirs(&e.path())? {
+                std::fs::remove_dir(e.path())?;
+            } else {
+                empty = false;
+            }
+        } else {
+            empty = false;
+        }
+    }
+    Ok(empty)
+}
+
+/// The initramfs's modules in load order: (may fail, path relative to the
+/// version folder). Built-in ones are skipped.
+pub fn initramfs_modules(tree: &Path, version: &str) -> Result<Vec<(bool, PathBuf)>> {
+    let dir = modules_dir(tree, version)?;
+    let md = parse_modules_dep(
+        &std::fs::read_to_string(dir.join("modules.dep")).context("kernel: read modules.dep")?,
+    )?;
+    let builtin = builtin_names(&dir);
+    let mut wanted = Vec::new();
+    let mut optional = BTreeSet::new();
+    for (name, may_fail) in INITRAMFS_MODULES {
+        match md.by_name.get(*name) {
+            Some(p) => {
+                wanted.push(p.clone());
+                if *may_fail {
+                    optional.insert(p.clone());
+                }
+            }
+            None if builtin.contains(*name) => {}
+            None if *may_fail => {}
+            None => bail!("kernel: {version} has no module {name}, needed at boot; use a Debian linux-image kernel"),
+        }
+    }
+    Ok(md
+        .load_order(&wanted)
+        .into_iter()
+        .map(|p| (optional.contains(&p), p))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko kernel/lib/reed_solomon/reed_solomon.ko\nkernel/drivers/md/dm-bufio.ko: kernel/drivers/md/dm-mod.ko\nkernel/drivers/md/dm-mod.ko:\nkernel/lib/reed_solomon/reed_solomon.ko:\nkernel/sound/x.ko:\n";
+
+    #[test]
+    fn closure_and_order_put_dependencies_first() {
+        let md = parse_modules_dep(DEP).unwrap();
+        let v = md.by_name["dm_verity"].clone();
+        let c = md.closure(&[v.clone()].into_iter().collect());
+        assert_eq!(c.len(), 4);
+        let order = md.load_order(std::slice::from_ref(&v));
+        let pos = |n: &str| order.iter().position(|p| module_name(p) == n).unwrap();
+        assert!(pos("dm_mod") < pos("dm_bufio"));
+        assert!(pos("dm_bufio") < pos("dm_verity"));
+        assert!(pos("reed_solomon") < pos("dm_verity"));
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        assert!(parse_modules_dep("../../etc/passwd:\n").is_err());
+        assert!(parse_modules_dep("kernel/a.ko: /etc/x.ko\n").is_err());
+    }
+
+    #[test]
+    fn prune_keeps_defaults_and_extras_with_deps() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path();
+        let dir = tree.join("usr/lib/modules/6.1.0-t");
+        for m in DEP.lines().map(|l| l.split(':').next().unwrap()) {
+            let p = dir.join(m);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "x").unwrap();
+        }
+        std::fs::write(dir.join("modules.dep"), DEP).unwrap();
+        std::fs::write(dir.join("modules.builtin"), "").unwrap();
+        // An unknown extra is one clear error, and nothing is removed.
+        let e = prune_files(tree, "6.1.0-t", &["nosuchmod".into()]).unwrap_err();
+        assert!(e.to_string().contains("nosuchmod"), "{e}");
+        assert!(dir.join("kernel/sound/x.ko").exists());
+        let p = prune_files(tree, "6.1.0-t", &[]).unwrap();
+        assert_eq!(p.removed, 1);
+        assert!(!dir.join("kernel/sound").exists());
+        assert!(dir.join("kernel/drivers/md/dm-verity.ko").exists());
+    }
+}

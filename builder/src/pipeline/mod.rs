@@ -1,0 +1,15 @@
+//! One module per build stage, each with one public entry function that
+//! takes plain inputs (the resolved recipe, paths) and returns plain
+//! outputs. `crate::build` drives them in order.
+
+pub mod compose;
+pub mod firewall;
+pub mod initramfs;
+pub mod k3s;
+pub mod kernel;
+pub mod normalise;
+pub mod oci;
+pub mod squashfs;
+pub mod uki;
+pub mod verity;
+pub mod workloads;

@@ -1,0 +1,72 @@
+//! dm-verity: computes the hash tree of the root image with veritysetup.
+//! Salt and UUID are derived from the root image's digest, so the root hash
+//! depends only on the root's content.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::host::digest::Sha256;
+
+pub const BLOCK_SIZE: u32 = 4096;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerityTree {
+    #[serde(skip)]
+    pub hash_path: PathBuf,
+    pub root_hash: Sha256,
+    pub salt: String,
+    pub uuid: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    pub hash_algorithm: &'static str,
+    pub data_size: u64,
+    pub hash_size: u64,
+}
+
+/// A UUID string made from 16 bytes of a digest.
+pub fn uuid_from(d: &Sha256) -> String {
+    let h = d.hex();
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+pub fn make_verity(data: &Path, hash_out: &Path) -> Result<VerityTree> {
+    let digest = Sha256::of_file(data)?;
+    let salt = Sha256::of_bytes(format!("cairn verity salt {digest}").as_bytes()).hex();
+    let uuid = uuid_from(&Sha256::of_bytes(
+        format!("cairn verity uuid {digest}").as_bytes(),
+    ));
+    let sh = xshell::Shell::new()?;
+    let bs = BLOCK_SIZE.to_string();
+    let out = crate::host::runner::run(
+        "verity",
+        xshell::cmd!(
+            sh,
+            "veritysetup format {data} {hash_out} --data-block-size={bs} --hash-block-size={bs} --hash=sha256 --salt={salt} --uuid={uuid}"
+        ),
+    )?;
+    let root = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(str::trim)
+        .context("verity: veritysetup printed no root hash")?;
+    Ok(VerityTree {
+        hash_path: hash_out.to_path_buf(),
+        root_hash: Sha256::from_hex(root).context("verity: root hash is not 64 hex digits")?,
+        salt,
+        uuid,
+        data_block_size: BLOCK_SIZE,
+        hash_block_size: BLOCK_SIZE,
+        hash_algorithm: "sha256",
+        data_size: std::fs::metadata(data)?.len(),
+        hash_size: std::fs::metadata(hash_out)?.len(),
+    })
+}

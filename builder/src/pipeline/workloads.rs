@@ -1,0 +1,637 @@
+//! Workloads: the pinned OCI images, model data, policy bundle and
+//! supervised services the appliance exists for. Everything is placed in the
+//! verity-protected root at build time, so the digest the manifest names is
+//! the one that runs; at boot containerd imports the images from there and
+//! runs each service with a read-only root, no capabilities unless listed,
+//! no network unless listed, resource limits and read-only model mounts.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::host::digest::Sha256;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    #[default]
+    None,
+    Containerd,
+    K3s,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    Archive(PathBuf),
+    Build {
+        packages: Vec<String>,
+        files: Vec<(PathBuf, String, u32)>,
+        entrypoint: Vec<String>,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        user: Option<String>,
+        workdir: Option<String>,
+        ports: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadImage {
+    pub name: String,
+    pub source: ImageSource,
+    pub pin: Option<Sha256>,
+    pub allow_setuid: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: Sha256,
+    /// Where the pin is written, for mismatch errors.
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub image: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub host_network: bool,
+    pub capabilities: Vec<String>,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Workloads {
+    pub runtime: Runtime,
+    pub images: Vec<WorkloadImage>,
+    pub models: Vec<Model>,
+    pub services: Vec<Service>,
+    pub policy: Option<PathBuf>,
+    pub k3s: Option<crate::pipeline::k3s::Artifacts>,
+}
+
+/// What the manifest records about the workloads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Installed {
+    pub runtime: Runtime,
+    pub images: Vec<InstalledImage>,
+    pub models: Vec<InstalledModel>,
+    pub policy: Option<InstalledPolicy>,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstalledImage {
+    pub name: String,
+    /// The reference containerd knows it by.
+    pub reference: String,
+    /// The image manifest's digest: what runs.
+    pub digest: Sha256,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstalledModel {
+    pub name: String,
+    pub sha256: Sha256,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstalledPolicy {
+    pub sha256: Sha256,
+    pub files: Vec<String>,
+}
+
+struct BuiltDigest {
+    manifest_digest: Sha256,
+}
+
+/// Where things live in the image.
+pub const IMAGES_DIR: &str = "usr/lib/cairn/images";
+pub const MODELS_DIR: &str = "usr/share/cairn/models";
+pub const POLICY_DIR: &str = "usr/lib/cairn/policy";
+/// k3s imports image tarballs from here at start (its air-gap convention).
+pub const K3S_IMAGES_DIR: &str = "var/lib/rancher/k3s/agent/images";
+/// k3s auto-deploys manifests from here.
+pub const K3S_MANIFESTS_DIR: &str = "var/lib/rancher/k3s/server/manifests";
+pub const CONTAINERD_NAMESPACE: &str = "cairn";
+
+/// The reference an image is imported under.
+pub fn reference(name: &str) -> String {
+    format!("cairn.local/{name}:pinned")
+}
+
+/// Debian packages the runtime needs in the root.
+pub fn runtime_packages(r: Runtime) -> &'static [&'static str] {
+    match r {
+        Runtime::Containerd => &["containerd", "runc"],
+        Runtime::K3s | Runtime::None => &[],
+    }
+}
+
+/// A digest of a model: the file's sha256, or the tree digest of a folder.
+pub fn model_digest(path: &Path) -> Result<Sha256> {
+    if path.is_dir() {
+        crate::host::digest::tree_digest(path)
+    } else {
+        Sha256::of_file(path)
+    }
+}
+
+/// Checks the pins that can be checked without building: models and image
+/// archives. Mismatches are input errors (exit 2).
+pub fn check_pins(w: &Workloads) -> Result<()> {
+    for m in &w.models {
+        let got = model_digest(&m.path)?;
+        if got != m.sha256 {
+            return Err(crate::InputError(format!(
+                "{}: model {} digest is {got}, but the recipe pins {}; if the new data is trusted, update the pin",
+                m.at, m.name, m.sha256
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Places images, models and policy into the tree and writes the units.
+pub fn install(
+    w: &Workloads,
+    tree: &Path,
+    work: &Path,
+    epoch: u64,
+    suite: &str,
+    mirror: &str,
+    repos: &std::collections::BTreeMap<String, crate::inputs::debrepo::LocalRepo>,
+) -> Result<Installed> {
+    let mut out = Installed {
+        runtime: w.runtime,
+        ..Default::default()
+    };
+    let images_dir = match w.runtime {
+        Runtime::K3s => K3S_IMAGES_DIR,
+        _ => IMAGES_DIR,
+    };
+    for img in &w.images {
+        let dest_rel = format!("{images_dir}/{}.tar", img.name);
+        let dest = crate::host::tree::create_dirs_in_root(tree, Path::new(images_dir))?
+            .join(format!("{}.tar", img.name));
+        // ctr imports with --base-name, so a tag is enough; k3s imports the
+        // tarballs itself and needs the full reference.
+        let ref_name = match w.runtime {
+            Runtime::K3s => reference(&img.name),
+            _ => "pinned".to_string(),
+        };
+        let (digest, source) = match &img.source {
+            ImageSource::Archive(path) => {
+                let pin = img
+                    .pin
+                    .with_context(|| format!("image {}: no digest pin", img.name))?;
+                let loaded = crate::pipeline::oci::load_archive_with(
+                    path,
+                    &pin,
+                    &crate::pipeline::oci::LoadOptions {
+                        policy: crate::pipeline::oci::LayerPolicy {
+                            allow_setuid: img.allow_setuid,
+                        },
+                        scratch: Some(work.to_path_buf()),
+                    },
+                )
+                .map_err(|e| {
+                    crate::InputError(format!("image {} ({}): {e}", img.name, path.display()))
+                })?;
+                crate::pipeline::oci::write_oci_archive(&loaded, &ref_name, epoch, &dest)
+                    .with_context(|| format!("image {}: write into the root", img.name))?;
+                let name = path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (loaded.manifest_digest, format!("archive {name}"))
+            }
+            ImageSource::Build {
+                packages,
+                files,
+                entrypoint,
+                cmd,
+                env,
+                user,
+                workdir,
+                ports,
+            } => {
+                let spec = crate::pipeline::oci::BuildSpec {
+                    name: ref_name.clone(),
+                    packages: packages.clone(),
+                    files: files.clone(),
+                    entrypoint: entrypoint.clone(),
+                    cmd: cmd.clone(),
+                    env: env.clone(),
+                    user: user.clone(),
+                    workdir: workdir.clone(),
+                    exposed_ports: ports.clone(),
+                    epoch,
+                    suite: suite.into(),
+                    mirror: mirror.into(),
+                    repo: repos.get(&img.name).cloned(),
+                };
+                // Built images depend on the spec and the files' contents.
+                let cache = crate::inputs::cache::Cache::default_location()?;
+                let mut inputs = vec![format!(
+                    "{:?}",
+                    (
+                        &spec.name,
+                        &spec.packages,
+                        &spec.entrypoint,
+                        &spec.cmd,
+                        &spec.env,
+                        &spec.user,
+                        &spec.workdir,
+                        &spec.exposed_ports,
+                        spec.epoch,
+                        &spec.suite,
+                        &spec.mirror,
+                    )
+                )];
+                for (src, dest, mode) in files {
+                    inputs.push(format!("file {dest} {mode:o} {}", Sha256::of_file(src)?));
+                }
+                inputs.extend(
+                    crate::inputs::debrepo::Variant::Image
+                        .args()
+                        .into_iter()
+                        .map(|a| a.to_string()),
+                );
+                // Locked: the exact packages (online or offline alike).
+                if let Some(r) = &spec.repo {
+                    inputs.extend(
+                        r.packages
+                            .iter()
+                            .map(|p| format!("deb {} {}", p.spec(), p.sha256)),
+                    );
+                }
+                let key = crate::inputs::stagecache::key("oci-build", &inputs);
+                let built_digest = match crate::inputs::stagecache::lookup(&cache, "oci-build", &key)
+                    .and_then(|(blob, extra)| {
+                        Sha256::from_hex(extra.trim()).ok().map(|d| (blob, d))
+                    }) {
+                    Some((blob, digest)) => {
+                        eprintln!(
+                            "        image {}: inputs unchanged, reusing the cached build",
+                            img.name
+                        );
+                        std::fs::copy(&blob, &dest).context("copy the cached image")?;
+                        crate::pipeline::compose::set_plain_mode(&dest)?;
+                        digest
+                    }
+                    None => {
+                        let bwork = work.join(format!("image-{}", img.name));
+                        std::fs::create_dir_all(&bwork)?;
+                        let built =
+                            crate::pipeline::oci::build_image(&spec, &bwork, &dest).with_context(|| {
+                                format!("image {}: build from Debian packages", img.name)
+                            })?;
+                        std::fs::remove_dir_all(&bwork).ok();
+                        crate::inputs::stagecache::store(
+                            &cache,
+                            "oci-build",
+                            &key,
+                            &dest,
+                            &built.manifest_digest.hex(),
+                        )?;
+                        built.manifest_digest
+                    }
+                };
+                let built = BuiltDigest {
+                    manifest_digest: built_digest,
+                };
+                if let Some(pin) = img.pin {
+                    if pin != built.manifest_digest {
+                        return Err(crate::InputError(format!(
+                            "image {}: built manifest digest is {}, but the recipe pins {pin}; update the pin if the change is intended",
+                            img.name, built.manifest_digest
+                        ))
+                        .into());
+                    }
+                }
+                (
+                    built.manifest_digest,
+                    format!("built from Debian packages: {}", packages.join(" ")),
+                )
+            }
+        };
+        eprintln!("        image {}: {digest} -> /{dest_rel}", img.name);
+        out.images.push(InstalledImage {
+            name: img.name.clone(),
+            reference: reference(&img.name),
+            digest,
+            source,
+        });
+    }
+    for m in &w.models {
+        let rel = format!("{MODELS_DIR}/{}", m.name);
+        copy_read_only(&m.path, tree, &rel)?;
+        // The pin was checked at resolve time; check what landed, too.
+        let landed = model_digest(&crate::host::tree::resolve_in_root_follow(
+            tree,
+            Path::new(&rel),
+        )?)?;
+        if landed != m.sha256 {
+            bail!(
+                "model {}: copied data has digest {landed}, not {}",
+                m.name,
+                m.sha256
+            );
+        }
+        out.models.push(InstalledModel {
+            name: m.name.clone(),
+            sha256: m.sha256,
+            path: format!("/{rel}"),
+        });
+    }
+    if let Some(p) = &w.policy {
+        copy_read_only(p, tree, POLICY_DIR)?;
+        let mut files: Vec<String> = walkdir::WalkDir::new(p)
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .filter_map(|e| {
+                e.path()
+                    .strip_prefix(p)
+                    .ok()
+                    .map(|r| r.display().to_string())
+            })
+            .collect();
+        files.sort();
+        if w.runtime == Runtime::K3s {
+            copy_read_only(p, tree, K3S_MANIFESTS_DIR)?;
+        }
+        out.policy = Some(InstalledPolicy {
+            sha256: crate::host::digest::tree_digest(p)?,
+            files,
+        });
+    }
+    match w.runtime {
+        Runtime::Containerd => write_containerd_units(w, &out, tree)?,
+        Runtime::K3s => crate::pipeline::k3s::write_layout(w, tree)?,
+        Runtime::None => {}
+    }
+    out.services = w.services.iter().map(|s| s.name.clone()).collect();
+    Ok(out)
+}
+
+/// Copies a file or folder into the tree, root-owned, writable by nobody.
+fn copy_read_only(src: &Path, tree: &Path, rel: &str) -> Result<()> {
+    if src.is_dir() {
+        let tmp = tempfile::tempdir()?;
+        let stage = tmp.path().join("x");
+        std::fs::create_dir_all(&stage)?;
+        // Place under `rel` by mirroring the folder structure.
+        let dest_parent = Path::new(rel);
+        for e in walkdir::WalkDir::new(src).sort_by_file_name() {
+            let e = e?;
+            let r = e.path().strip_prefix(src)?;
+            let target = stage.join(dest_parent).join(r);
+            let ft = e.path().symlink_metadata()?.file_type();
+            if ft.is_dir() {
+                std::fs::create_dir_all(&target)?;
+            } else if ft.is_file() {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::copy(e.path(), &target)?;
+                set_mode(&target, 0o444)?;
+            } else {
+                bail!(
+                    "{}: only files and folders are allowed in model data and policy bundles",
+                    e.path().display()
+                );
+            }
+        }
+        crate::pipeline::compose::apply_overlay(&stage, tree)
+    } else {
+        let data = std::fs::read(src).with_context(|| format!("read {}", src.display()))?;
+        crate::pipeline::compose::write_in_tree(tree, rel, &data, 0o444)
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// The capabilities runc grants by default; services drop all of them and
+/// add back only what the recipe lists.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+];
+
+/// systemd quoting for one ExecStart word.
+fn quote(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!(
+            "\"{}\"",
+            w.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('%', "%%")
+                .replace('$', "$$")
+        )
+    }
+}
+
+/// The `ctr run` command line of a service.
+pub fn service_command(s: &Service) -> Vec<String> {
+    let mut c: Vec<String> = vec![
+        "/usr/bin/ctr".into(),
+        "-n".into(),
+        CONTAINERD_NAMESPACE.into(),
+        "run".into(),
+        "--rm".into(),
+        "--read-only".into(),
+        "--seccomp".into(),
+    ];
+    for cap in DEFAULT_CAPS {
+        if !s.capabilities.iter().any(|k| k == cap) {
+            c.push("--cap-drop".into());
+            c.push((*cap).into());
+        }
+    }
+    for cap in &s.capabilities {
+        if !DEFAULT_CAPS.contains(&cap.as_str()) {
+            c.push("--cap-add".into());
+            c.push(cap.clone());
+        }
+    }
+    if s.host_network {
+        c.push("--net-host".into());
+    }
+    if let Some(m) = s.memory {
+        c.push("--memory-limit".into());
+        c.push(m.to_string());
+    }
+    if let Some(cpus) = s.cpus {
+        c.push("--cpus".into());
+        c.push(format!("{cpus}"));
+    }
+    for e in &s.env {
+        c.push("--env".into());
+        c.push(e.clone());
+    }
+    for m in &s.models {
+        c.push("--mount".into());
+        c.push(format!(
+            "type=bind,src=/{MODELS_DIR}/{m},dst=/models/{m},options=rbind:ro"
+        ));
+    }
+    c.push(reference(&s.image));
+    c.push(format!("cairn-{}", s.name));
+    c.extend(s.args.iter().cloned());
+    c
+}
+
+pub fn service_unit(s: &Service) -> String {
+    let cmd: Vec<String> = service_command(s).iter().map(|w| quote(w)).collect();
+    let mut u = String::new();
+    let _ = write!(
+        u,
+        "# Generated by cairn: the {name} service, a supervised container.\n[Unit]\nDescription=cairn service {name} (image {image})\nRequires=cairn-images.service\nAfter=cairn-images.service\n\n[Service]\n# A container left by a crash would block the name; none is expected.\nExecStartPre=-/bin/sh -c \"exec >/dev/null 2>&1; /usr/bin/ctr -n {ns} tasks kill -s SIGKILL cairn-{name}; /usr/bin/ctr -n {ns} containers rm cairn-{name}\"\nExecStart={cmd}\nExecStartPost=/usr/lib/cairn/cairn-say \"service {name} started\"\nRestart=on-failure\nRestartSec=2\nKillMode=mixed\n# A failing service says why on the console, where field teams look.\nStandardError=journal+console\n\n[Install]\nWantedBy=cairn.target\n",
+        name = s.name,
+        image = s.image,
+        ns = CONTAINERD_NAMESPACE,
+        cmd = cmd.join(" "),
+    );
+    u
+}
+
+const IMPORT_SCRIPT: &str = include_str!("../../guest/cairn-import-images");
+const IMAGES_SERVICE: &str = include_str!("../../guest/cairn-images.service");
+
+fn write_containerd_units(w: &Workloads, inst: &Installed, tree: &Path) -> Result<()> {
+    use crate::pipeline::compose::write_in_tree;
+    write_in_tree(
+        tree,
+        "usr/lib/cairn/cairn-import-images",
+        IMPORT_SCRIPT.as_bytes(),
+        0o755,
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn-images.service",
+        IMAGES_SERVICE.as_bytes(),
+        0o644,
+    )?;
+    let mut list = String::new();
+    for i in &inst.images {
+        let _ = writeln!(list, "{} {} sha256:{}", i.name, i.reference, i.digest);
+    }
+    write_in_tree(tree, "usr/lib/cairn/images.list", list.as_bytes(), 0o644)?;
+    crate::pipeline::compose::link_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn.target.wants/cairn-images.service",
+        "../cairn-images.service",
+    )?;
+    crate::pipeline::compose::link_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn.target.wants/containerd.service",
+        "../containerd.service",
+    )?;
+    for s in &w.services {
+        let unit = format!("cairn-service-{}.service", s.name);
+        write_in_tree(
+            tree,
+            &format!("usr/lib/systemd/system/{unit}"),
+            service_unit(s).as_bytes(),
+            0o644,
+        )?;
+        crate::pipeline::compose::link_in_tree(
+            tree,
+            &format!("usr/lib/systemd/system/cairn.target.wants/{unit}"),
+            &format!("../{unit}"),
+        )?;
+    }
+    // cairn: ready waits for the workloads.
+    let mut dropin =
+        String::from("[Unit]\nAfter=cairn-images.service\nRequires=cairn-images.service\n");
+    for s in &w.services {
+        let _ = writeln!(dropin, "After=cairn-service-{}.service", s.name);
+    }
+    write_in_tree(
+        tree,
+        "usr/lib/systemd/system/cairn-ready.service.d/workloads.conf",
+        dropin.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> Service {
+        Service {
+            name: "inference".into(),
+            image: "inference".into(),
+            args: vec!["--port".into(), "8080".into()],
+            env: vec!["A=b c".into()],
+            host_network: true,
+            capabilities: vec![],
+            memory: Some(512 << 20),
+            cpus: Some(1.0),
+            models: vec!["iris".into()],
+        }
+    }
+
+    #[test]
+    fn service_unit_golden() {
+        crate::assert_golden("cairn-service-inference.service", &service_unit(&svc()));
+    }
+
+    #[test]
+    fn every_default_capability_is_dropped_unless_listed() {
+        let c = service_command(&svc());
+        for cap in DEFAULT_CAPS {
+            assert!(
+                c.windows(2).any(|w| w[0] == "--cap-drop" && w[1] == *cap),
+                "{cap}"
+            );
+        }
+        let mut s = svc();
+        s.capabilities = vec!["CAP_NET_BIND_SERVICE".into()];
+        let c = service_command(&s);
+        assert!(!c
+            .windows(2)
+            .any(|w| w[0] == "--cap-drop" && w[1] == "CAP_NET_BIND_SERVICE"));
+        // No network unless listed.
+        s.host_network = false;
+        assert!(!service_command(&s).contains(&"--net-host".to_string()));
+        assert!(service_command(&s).contains(&"--read-only".to_string()));
+    }
+}

@@ -1,0 +1,558 @@
+//! `cairn inspect`: what is inside an output folder, in the order a security
+//! reviewer reads it: identity, signer, root hash, kernel, flags, outputs,
+//! packages. Invariant: read-only and offline; nothing here verifies the
+//! signature (that is `cairn verify`), so the text says so.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::pipeline::compose::Package;
+use crate::host::digest::Sha256;
+use crate::release::manifest::{Manifest, Output};
+use crate::release::sign::{SIG, SUMS};
+
+/// The manifest's file name inside an output folder.
+pub const MANIFEST: &str = "manifest.json";
+/// SHA256 and SHA256.sig are small text files; refuse to slurp anything bigger.
+const MAX_SUMS_FILE: u64 = 1 << 20;
+/// manifest.json carries the package list; generous but bounded.
+const MAX_MANIFEST: u64 = 64 << 20;
+
+/// Everything `cairn inspect` shows; `--json` prints it as is.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub name: String,
+    pub version: String,
+    pub source_date_epoch: u64,
+    /// SOURCE_DATE_EPOCH as UTC ISO-8601 (`2025-01-01T00:00:00Z`).
+    pub build_date: String,
+    pub cairn_version: String,
+    pub git_revision: String,
+    pub recipe_sha256: Sha256,
+    pub signature: SignatureInfo,
+    pub root_hash: Sha256,
+    pub kernel_version: String,
+    pub kernel_cmdline: String,
+    pub debug_console: bool,
+    pub state_mode: String,
+    pub firewall: String,
+    /// Every entry of the manifest's `flags` object, the three above
+    /// included, as text; later manifests may add flags.
+    pub flags: BTreeMap<String, Value>,
+    /// Other `debug_*` flags that are on (e.g. `debug_unencrypted_state`).
+    pub debug_flags: Vec<String>,
+    pub package_count: usize,
+    pub output_count: usize,
+    pub outputs: Vec<Output>,
+    pub packages: Vec<Package>,
+    /// `sbom.images`, if the manifest has it.
+    pub oci_images: Vec<OciImage>,
+    /// `sbom.policy`, if the manifest has it, as written.
+    pub policy: Option<Value>,
+    /// `sbom.policy`'s digest (its `digest` or `sha256` field, or the value
+    /// itself when it is a string).
+    pub policy_digest: Option<String>,
+    /// `network`, if the manifest has it, as written.
+    pub network: Option<Value>,
+}
+
+/// What SHA256.sig says, without checking it against any key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum SignatureInfo {
+    /// No SHA256.sig in the folder.
+    Unsigned,
+    /// SHA256.sig parses; `key_id` is the key number it names (hex).
+    Signed {
+        key_id: String,
+        /// The SHA256 file in the folder equals the copy embedded in the
+        /// signature (None when the folder has no SHA256 file).
+        sums_file_matches: Option<bool>,
+        /// manifest.json's digest equals its entry in the signed list
+        /// (None when the list does not name manifest.json or does not parse).
+        manifest_matches: Option<bool>,
+    },
+    /// SHA256.sig exists but cannot be read or parsed.
+    Unreadable { error: String },
+}
+
+/// One entry of `sbom.images`: a name and a digest, whatever the other
+/// fields are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OciImage {
+    pub name: String,
+    pub digest: Option<String>,
+}
+
+impl SignatureInfo {
+    /// The signer's key id, or "unsigned" / "unreadable".
+    pub fn signer(&self) -> &str {
+        match self {
+            SignatureInfo::Unsigned => "unsigned",
+            SignatureInfo::Signed { key_id, .. } => key_id,
+            SignatureInfo::Unreadable { .. } => "unreadable",
+        }
+    }
+}
+
+/// Reads `dir`'s manifest.json (and SHA256 / SHA256.sig when present).
+/// The manifest is read once, bounded, and parsed twice from those bytes:
+/// as `Manifest` (same errors as `manifest::read`) and as raw JSON for the
+/// sections this version of cairn does not model.
+pub fn inspect(dir: &Path) -> Result<Inspection> {
+    let manifest_path = dir.join(MANIFEST);
+    let len = std::fs::metadata(&manifest_path)
+        .with_context(|| format!("read {}", manifest_path.display()))?
+        .len();
+    if len > MAX_MANIFEST {
+        bail!(
+            "{} is {len} bytes, more than a manifest can be ({MAX_MANIFEST})",
+            manifest_path.display()
+        );
+    }
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("read {}", manifest_path.display()))?;
+    let m: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a cairn manifest", manifest_path.display()))?;
+    let raw: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", manifest_path.display()))?;
+    let signature = signature_info(dir, &Sha256::of_bytes(text.as_bytes()));
+    Ok(from_parts(m, &raw, signature))
+}
+
+fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection {
+    let flags: BTreeMap<String, Value> = match raw.get("flags") {
+        Some(Value::Object(map)) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        _ => BTreeMap::from([
+            ("debug_console".into(), Value::Bool(m.flags.debug_console)),
+            ("firewall".into(), Value::String(m.flags.firewall.clone())),
+            (
+                "state_mode".into(),
+                Value::String(m.flags.state_mode.clone()),
+            ),
+        ]),
+    };
+    let debug_flags = flags
+        .iter()
+        .filter(|(k, v)| {
+            k.starts_with("debug_") && *k != "debug_console" && **v == Value::Bool(true)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    let policy = raw
+        .pointer("/sbom/policy")
+        .filter(|v| !v.is_null())
+        .cloned();
+    let policy_digest = policy.as_ref().and_then(digest_of);
+    Inspection {
+        build_date: iso8601_utc(m.source_date_epoch),
+        source_date_epoch: m.source_date_epoch,
+        name: m.image.name,
+        version: m.image.version,
+        cairn_version: m.builder.cairn_version,
+        git_revision: m.builder.git_revision,
+        recipe_sha256: m.recipe.sha256,
+        signature,
+        root_hash: m.verity.root_hash,
+        kernel_version: m.kernel.version,
+        kernel_cmdline: m.kernel.cmdline,
+        debug_console: m.flags.debug_console,
+        state_mode: m.flags.state_mode,
+        firewall: m.flags.firewall,
+        flags,
+        debug_flags,
+        package_count: m.sbom.packages.len(),
+        output_count: m.outputs.len(),
+        outputs: m.outputs,
+        packages: m.sbom.packages,
+        oci_images: oci_images(raw),
+        policy,
+        policy_digest,
+        network: raw.get("network").filter(|v| !v.is_null()).cloned(),
+    }
+}
+
+fn signature_info(dir: &Path, manifest_digest: &Sha256) -> SignatureInfo {
+    let sig_path = dir.join(SIG);
+    if !sig_path.exists() {
+        return SignatureInfo::Unsigned;
+    }
+    let unreadable = |error: String| SignatureInfo::Unreadable { error };
+    let data = match read_bounded(&sig_path) {
+        Ok(d) => d,
+        Err(e) => return unreadable(format!("{SIG}: {e:#}")),
+    };
+    let (sig, signed) = match crate::release::signify::Signature::parse_embedded(&data) {
+        Ok(v) => v,
+        Err(e) => return unreadable(format!("{SIG}: {e}")),
+    };
+    let sums_path = dir.join(SUMS);
+    let sums_file_matches = if sums_path.is_file() {
+        Some(read_bounded(&sums_path).is_ok_and(|s| s == signed))
+    } else {
+        None
+    };
+    let manifest_matches = crate::release::verify::parse_sums(signed)
+        .ok()
+        .and_then(|list| list.get(MANIFEST).copied())
+        .map(|listed| listed == *manifest_digest);
+    SignatureInfo::Signed {
+        key_id: hex::encode(sig.keynum),
+        sums_file_matches,
+        manifest_matches,
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("read {}", path.display()))?
+        .len();
+    if len > MAX_SUMS_FILE {
+        bail!(
+            "{} is {len} bytes, too big to be a checksum list",
+            path.display()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("read {}", path.display()))
+}
+
+/// `sbom.images` entries as name + digest. Entries may be objects (`name`,
+/// `ref`, `reference` or `image` for the name; `digest` or `sha256` for the
+/// digest) or plain strings (`name@sha256:...`). Sorted by name.
+pub fn oci_images(raw: &Value) -> Vec<OciImage> {
+    let Some(Value::Array(items)) = raw.pointer("/sbom/images") else {
+        return Vec::new();
+    };
+    let mut out: Vec<OciImage> = items
+        .iter()
+        .filter_map(|item| match item {
+            Value::String(s) => Some(match s.split_once('@') {
+                Some((n, d)) => OciImage {
+                    name: n.to_string(),
+                    digest: Some(d.to_string()),
+                },
+                None => OciImage {
+                    name: s.clone(),
+                    digest: None,
+                },
+            }),
+            Value::Object(o) => {
+                let name = ["name", "ref", "reference", "image"]
+                    .iter()
+                    .find_map(|k| o.get(*k).and_then(Value::as_str))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| scalar_text(item));
+                Some(OciImage {
+                    name,
+                    digest: digest_of(item),
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.name, &a.digest).cmp(&(&b.name, &b.digest)));
+    out
+}
+
+/// A digest out of a JSON value: a string is its own digest; an object's
+/// `digest` or `sha256` field (a string, or `{ "sha256": hex }`).
+pub fn digest_of(v: &Value) -> Option<String> {
+    // cairn's manifest writes bare hex; show it as "sha256:HEX".
+    let norm = |s: &str| {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            format!("sha256:{s}")
+        } else {
+            s.to_string()
+        }
+    };
+    match v {
+        Value::String(s) => Some(norm(s)),
+        Value::Object(o) => ["digest", "sha256"].iter().find_map(|k| match o.get(*k) {
+            Some(Value::String(s)) => Some(norm(s)),
+            Some(Value::Object(d)) => d
+                .get("sha256")
+                .and_then(Value::as_str)
+                .map(|h| format!("sha256:{h}")),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// A JSON value as one line: strings without quotes, the rest as JSON.
+pub(crate) fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic
+/// Gregorian, UTC). Howard Hinnant's days-to-civil algorithm.
+pub fn iso8601_utc(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
+}
+
+/// Bytes in binary units, one decimal: `1.0 GiB`, `512 B`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// The loud line a debug image gets, near the top of the text.
+pub const DEBUG_WARNING: &str =
+    "!!! WARNING: DEBUG CONSOLE ENABLED: root shell on ttyS1; not for production use !!!";
+
+impl Inspection {
+    /// Text for humans: identity and trust first, then contents.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let mut line = |l: String| {
+            s.push_str(&l);
+            s.push('\n');
+        };
+        line(format!("image        {} {}", self.name, self.version));
+        if self.debug_console {
+            line(DEBUG_WARNING.to_string());
+        }
+        for f in &self.debug_flags {
+            line(format!(
+                "!!! WARNING: DEBUG FLAG {f} IS ON; not for production use !!!"
+            ));
+        }
+        line(format!(
+            "build date   {} (SOURCE_DATE_EPOCH {})",
+            self.build_date, self.source_date_epoch
+        ));
+        line(format!(
+            "built by     cairn {} (git {})",
+            self.cairn_version, self.git_revision
+        ));
+        line(format!("recipe       sha256 {}", self.recipe_sha256));
+        match &self.signature {
+            SignatureInfo::Unsigned => {
+                line("signer       unsigned (no SHA256.sig)".into());
+            }
+            SignatureInfo::Signed {
+                key_id,
+                sums_file_matches,
+                manifest_matches,
+            } => {
+                line(format!(
+                    "signer       key id {key_id} (not checked here: run `cairn verify DIR --pubkey KEY.pub`)"
+                ));
+                if *sums_file_matches == Some(false) {
+                    line(
+                        "!!! WARNING: SHA256 differs from the copy signed in SHA256.sig !!!".into(),
+                    );
+                }
+                match manifest_matches {
+                    Some(true) => {}
+                    Some(false) => line(
+                        "!!! WARNING: manifest.json does not match its digest in the signed list !!!"
+                            .into(),
+                    ),
+                    None => line(
+                        "!!! WARNING: the signed list does not cover manifest.json (or does not parse) !!!".into(),
+                    ),
+                }
+            }
+            SignatureInfo::Unreadable { error } => {
+                line(format!("signer       UNREADABLE signature: {error}"));
+            }
+        }
+        line(format!("root hash    {}", self.root_hash));
+        line(format!("kernel       {}", self.kernel_version));
+        line(format!("cmdline      {}", self.kernel_cmdline));
+        line("flags".into());
+        for (k, v) in &self.flags {
+            line(format!("  {k:<24} {}", scalar_text(v)));
+        }
+        line(format!(
+            "counts       {} packages, {} outputs, {} OCI images",
+            self.package_count,
+            self.output_count,
+            self.oci_images.len()
+        ));
+        line("outputs".into());
+        let w = self.outputs.iter().map(|o| o.file.len()).max().unwrap_or(0);
+        for o in &self.outputs {
+            line(format!(
+                "  {:<w$}  {:>10}  {:>14} bytes  sha256 {}",
+                o.file,
+                human_size(o.size),
+                o.size,
+                o.sha256
+            ));
+        }
+        if !self.oci_images.is_empty() {
+            line("OCI images".into());
+            let w = self
+                .oci_images
+                .iter()
+                .map(|i| i.name.len())
+                .max()
+                .unwrap_or(0);
+            for i in &self.oci_images {
+                line(format!(
+                    "  {:<w$}  {}",
+                    i.name,
+                    i.digest.as_deref().unwrap_or("(no digest)")
+                ));
+            }
+        }
+        if let Some(p) = &self.policy {
+            line(format!(
+                "policy       {}",
+                self.policy_digest.as_deref().unwrap_or("(no digest)")
+            ));
+            render_value(p, 1, &mut line);
+        }
+        if let Some(n) = &self.network {
+            line("network".into());
+            render_value(n, 1, &mut line);
+        }
+        line(format!("packages ({})", self.package_count));
+        let wn = self
+            .packages
+            .iter()
+            .map(|p| p.name.len())
+            .max()
+            .unwrap_or(0);
+        let wv = self
+            .packages
+            .iter()
+            .map(|p| p.version.len())
+            .max()
+            .unwrap_or(0);
+        for p in &self.packages {
+            line(format!(
+                "  {:<wn$}  {:<wv$}  {}",
+                p.name, p.version, p.architecture
+            ));
+        }
+        s
+    }
+}
+
+/// Any JSON as indented `key: value` / `- item` lines, so manifest sections
+/// this version of cairn does not know still read sensibly.
+fn render_value(v: &Value, depth: usize, line: &mut dyn FnMut(String)) {
+    let pad = "  ".repeat(depth);
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let empty = match v {
+                    Value::Object(m) => m.is_empty(),
+                    Value::Array(a) => a.is_empty(),
+                    _ => true,
+                };
+                if !empty {
+                    line(format!("{pad}{k}:"));
+                    render_value(v, depth + 1, line);
+                } else {
+                    line(format!("{pad}{k}: {}", scalar_text(v)));
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::Object(m) if !m.is_empty() => {
+                        // YAML style: the first field shares the `- ` line.
+                        let mut first = true;
+                        render_value(item, depth + 1, &mut |l: String| {
+                            if first {
+                                first = false;
+                                line(format!("{pad}- {}", l.trim_start()));
+                            } else {
+                                line(l);
+                            }
+                        });
+                    }
+                    Value::Array(a) if !a.is_empty() => {
+                        line(format!("{pad}-"));
+                        render_value(item, depth + 1, line);
+                    }
+                    other => line(format!("{pad}- {}", scalar_text(other))),
+                }
+            }
+        }
+        other => line(format!("{pad}{}", scalar_text(other))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso8601_known_dates() {
+        assert_eq!(iso8601_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601_utc(1_735_689_600), "2025-01-01T00:00:00Z");
+        assert_eq!(iso8601_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(iso8601_utc(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(iso8601_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn images_from_objects_and_strings() {
+        let raw = serde_json::json!({"sbom": {"images": [
+            {"name": "b", "digest": "sha256:bb", "size": 3},
+            "a@sha256:aa",
+            {"ref": "c", "sha256": {"sha256": "cc"}},
+            42
+        ]}});
+        let got = oci_images(&raw);
+        let names: Vec<_> = got
+            .iter()
+            .map(|i| (i.name.as_str(), i.digest.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a", Some("sha256:aa")),
+                ("b", Some("sha256:bb")),
+                ("c", Some("sha256:cc"))
+            ]
+        );
+        assert!(oci_images(&serde_json::json!({"sbom": {}})).is_empty());
+    }
+}

@@ -1,0 +1,297 @@
+//! manifest.json: what a reviewer needs to judge an image: inputs, outputs,
+//! root hash, kernel and command line, the package list, the flags.
+//! Invariant: nothing in it depends on the build host's paths, names or
+//! clock; the same inputs give the same bytes.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::compose::{ComposedRoot, Package};
+use crate::host::digest::Sha256;
+use crate::media::disk::Layout;
+use crate::recipe::{Base, Recipe};
+use crate::pipeline::verity::VerityTree;
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema: u32,
+    pub image: ImageInfo,
+    pub builder: BuilderInfo,
+    pub recipe: RecipeInfo,
+    pub source_date_epoch: u64,
+    pub inputs: Vec<Input>,
+    pub outputs: Vec<Output>,
+    pub verity: VerityInfo,
+    pub kernel: KernelInfo,
+    pub flags: Flags,
+    pub sbom: Sbom,
+    pub partitions: Vec<PartitionInfo>,
+    #[serde(default)]
+    pub network: crate::pipeline::firewall::NetworkPolicy,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BuilderInfo {
+    pub cairn_version: String,
+    pub git_revision: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecipeInfo {
+    pub sha256: Sha256,
+    pub lock_sha256: Option<Sha256>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Input {
+    pub kind: String,
+    pub source: String,
+    pub sha256: Option<Sha256>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct Output {
+    pub file: String,
+    pub size: u64,
+    pub sha256: Sha256,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerityInfo {
+    pub root_hash: Sha256,
+    pub salt: String,
+    pub uuid: String,
+    pub hash_algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    pub data_size: u64,
+    pub hash_size: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KernelInfo {
+    pub version: String,
+    /// The raw and qcow2 media's command line (in their UKI).
+    pub cmdline: String,
+    /// The ISO's command line (its UKI and GRUB's config): RAM state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso_cmdline: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Flags {
+    pub debug_console: bool,
+    /// Test control: disk state without encryption.
+    #[serde(default)]
+    pub debug_unencrypted_state: bool,
+    pub state_mode: String,
+    pub firewall: String,
+    /// Cluster runtime: none, containerd or k3s.
+    #[serde(default)]
+    pub runtime: crate::pipeline::workloads::Runtime,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Sbom {
+    pub packages: Vec<Package>,
+    /// Pinned OCI images: name, reference, manifest digest, source.
+    #[serde(default)]
+    pub images: Vec<crate::pipeline::workloads::InstalledImage>,
+    #[serde(default)]
+    pub models: Vec<crate::pipeline::workloads::InstalledModel>,
+    /// The policy bundle's digest and files.
+    #[serde(default)]
+    pub policy: Option<crate::pipeline::workloads::InstalledPolicy>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub label: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Manifest {
+    pub fn new(
+        recipe: &Recipe,
+        composed: &ComposedRoot,
+        verity: &VerityTree,
+        cmdline: &str,
+        layout: &Layout,
+        media: &Path,
+    ) -> Result<Manifest> {
+        let mut inputs = vec![Input {
+            kind: "recipe".into(),
+            source: recipe
+                .file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: Some(recipe.recipe_sha256),
+        }];
+        match &recipe.base {
+            Base::Debian { suite, mirror, .. } => inputs.push(Input {
+                kind: "debian-base".into(),
+                source: format!("{mirror} {suite}"),
+                sha256: None,
+            }),
+            Base::Tarball { path, sha256, .. } => inputs.push(Input {
+                kind: "rootfs-tarball".into(),
+                source: path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                sha256: Some(*sha256),
+            }),
+        }
+        for o in &recipe.overlays {
+            inputs.push(Input {
+                kind: "overlay".into(),
+                source: o
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                sha256: Some(crate::host::digest::tree_digest(o)?),
+            });
+        }
+        for i in &composed.workloads.images {
+            inputs.push(Input {
+                kind: "oci-image".into(),
+                source: format!("{} ({})", i.name, i.source),
+                sha256: Some(i.digest),
+            });
+        }
+        for m in &composed.workloads.models {
+            inputs.push(Input {
+                kind: "model".into(),
+                source: m.name.clone(),
+                sha256: Some(m.sha256),
+            });
+        }
+        if let Some(p) = &composed.workloads.policy {
+            inputs.push(Input {
+                kind: "policy-bundle".into(),
+                source: "policy".into(),
+                sha256: Some(p.sha256),
+            });
+        }
+        if let Some(k) = &recipe.workloads.k3s {
+            for (what, d) in [
+                ("k3s-binary", k.binary_sha256),
+                ("k3s-airgap-images", k.images_sha256),
+            ] {
+                inputs.push(Input {
+                    kind: what.into(),
+                    source: what.into(),
+                    sha256: Some(d),
+                });
+            }
+        }
+        let mut outputs = Vec::new();
+        let mut names: Vec<_> = std::fs::read_dir(media)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let p = media.join(&name);
+            outputs.push(Output {
+                size: std::fs::metadata(&p)?.len(),
+                sha256: Sha256::of_file(&p)?,
+                file: name,
+            });
+        }
+        Ok(Manifest {
+            schema: SCHEMA,
+            image: ImageInfo {
+                name: recipe.name.clone(),
+                version: recipe.version.clone(),
+            },
+            builder: BuilderInfo {
+                cairn_version: env!("CARGO_PKG_VERSION").into(),
+                git_revision: env!("CAIRN_GIT_REV").into(),
+            },
+            recipe: RecipeInfo {
+                sha256: recipe.recipe_sha256,
+                lock_sha256: {
+                    let lock = crate::inputs::lock::lock_path(&recipe.file);
+                    if lock.is_file() {
+                        Some(Sha256::of_file(&lock)?)
+                    } else {
+                        None
+                    }
+                },
+            },
+            source_date_epoch: recipe.source_date_epoch,
+            inputs,
+            outputs,
+            verity: VerityInfo {
+                root_hash: verity.root_hash,
+                salt: verity.salt.clone(),
+                uuid: verity.uuid.clone(),
+                hash_algorithm: verity.hash_algorithm.into(),
+                data_block_size: verity.data_block_size,
+                hash_block_size: verity.hash_block_size,
+                data_size: verity.data_size,
+                hash_size: verity.hash_size,
+            },
+            kernel: KernelInfo {
+                version: composed.kernel_version.clone(),
+                cmdline: cmdline.into(),
+                iso_cmdline: None,
+            },
+            flags: Flags {
+                debug_console: recipe.debug_console,
+                debug_unencrypted_state: recipe.debug_unencrypted_state,
+                state_mode: recipe.state_mode.as_str().into(),
+                firewall: if recipe.network.egress.is_empty() && recipe.network.ingress.is_empty() {
+                    "deny-all".into()
+                } else {
+                    "default-deny+rules".into()
+                },
+                runtime: recipe.workloads.runtime,
+            },
+            sbom: Sbom {
+                packages: composed.packages.clone(),
+                images: composed.workloads.images.clone(),
+                models: composed.workloads.models.clone(),
+                policy: composed.workloads.policy.clone(),
+            },
+            partitions: [
+                (crate::media::disk::LABEL_ESP, layout.esp),
+                (crate::media::disk::LABEL_ROOT, layout.root),
+                (crate::media::disk::LABEL_VERITY, layout.verity),
+                (crate::media::disk::LABEL_STATE, layout.state),
+            ]
+            .into_iter()
+            .map(|(l, (offset, size))| PartitionInfo {
+                label: l.into(),
+                offset,
+                size,
+            })
+            .collect(),
+            network: recipe.network.clone(),
+        })
+    }
+}
+
+pub fn write(m: &Manifest, path: &Path) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(m)?;
+    s.push('\n');
+    std::fs::write(path, s).with_context(|| format!("write {}", path.display()))
+}
+
+pub fn read(path: &Path) -> Result<Manifest> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&s).with_context(|| format!("{} is not a cairn manifest", path.display()))
+}

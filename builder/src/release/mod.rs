@@ -1,0 +1,10 @@
+//! A release folder: manifest, provenance, SHA256 + signature, and the
+//! reviewer's views of it (verify, inspect, diff).
+
+pub mod diff;
+pub mod inspect;
+pub mod manifest;
+pub mod provenance;
+pub mod sign;
+pub mod signify;
+pub mod verify;

@@ -1,0 +1,98 @@
+//! Sign: writes `SHA256` (one `SHA256 (file) = hex` line per output, as
+//! `signify -C` reads it) and `SHA256.sig`, an embedded signify signature
+//! over those exact bytes. Invariant: the list names every file in the
+//! output folder except the two it writes, sorted by name.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::host::digest::Sha256;
+use crate::release::signify::{PassphraseSource, SecretKey};
+
+pub const SUMS: &str = "SHA256";
+pub const SIG: &str = "SHA256.sig";
+
+/// The text of a SHA256 file for `dir`'s files (all but SHA256 and its sig).
+pub fn sums_for(dir: &Path) -> Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("sign: list {}", dir.display()))?
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != SUMS && n != SIG)
+        .collect();
+    names.sort();
+    let mut out = String::new();
+    for n in names {
+        let d = Sha256::of_file(&dir.join(&n))?;
+        out.push_str(&format!("SHA256 ({n}) = {d}\n"));
+    }
+    Ok(out)
+}
+
+/// Where a secret key and its passphrase come from.
+pub struct SigningKey {
+    pub path: PathBuf,
+    pub passphrase: Option<PassphraseSource>,
+}
+
+/// Reads the secret key, asking for the passphrase only if it is encrypted.
+pub fn load_key(k: &SigningKey) -> Result<SecretKey> {
+    match SecretKey::read(&k.path, None) {
+        Ok(key) => Ok(key),
+        Err(crate::release::signify::SignifyError::PassphraseRequired) => {
+            let source = k
+                .passphrase
+                .clone()
+                .unwrap_or(PassphraseSource::Prompt { confirm: false });
+            let pass = crate::release::signify::read_passphrase(source)
+                .map_err(|e| crate::InputError(format!("{}: {e}", k.path.display())))?;
+            SecretKey::read(&k.path, Some(&pass))
+                .map_err(|e| crate::InputError(format!("{}: {e}", k.path.display())).into())
+        }
+        Err(e) => Err(crate::InputError(format!("{}: {e}", k.path.display())).into()),
+    }
+}
+
+/// Writes SHA256 and SHA256.sig into `dir`. `pub_name` goes into the
+/// signature's comment (`verify with NAME.pub`).
+pub fn sign_dir(dir: &Path, key: &SecretKey, pub_name: &str) -> Result<String> {
+    let sums = sums_for(dir)?;
+    if sums.is_empty() {
+        bail!("sign: {} has nothing to sign", dir.display());
+    }
+    let sig = key.sign(sums.as_bytes());
+    std::fs::write(dir.join(SUMS), &sums).context("sign: write SHA256")?;
+    std::fs::write(
+        dir.join(SIG),
+        sig.to_embedded_file_bytes(pub_name, sums.as_bytes()),
+    )
+    .context("sign: write SHA256.sig")?;
+    Ok(key.public().key_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_list_every_file_sorted_and_signature_verifies() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("b.raw"), "b").unwrap();
+        std::fs::write(d.path().join("a.json"), "a").unwrap();
+        let key = crate::release::signify::generate();
+        sign_dir(d.path(), &key, "k.pub").unwrap();
+        let sums = std::fs::read_to_string(d.path().join(SUMS)).unwrap();
+        let lines: Vec<&str> = sums.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("SHA256 (a.json) = "));
+        let (sig, msg) = crate::release::signify::Signature::read_embedded(&d.path().join(SIG)).unwrap();
+        assert_eq!(msg, sums.as_bytes());
+        sig.verify(&key.public(), &msg).unwrap();
+        // Control: another key does not verify it.
+        assert!(sig
+            .verify(&crate::release::signify::generate().public(), &msg)
+            .is_err());
+    }
+}

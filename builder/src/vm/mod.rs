@@ -1,0 +1,4 @@
+//! QEMU: the one boot helper used by `cairn run` and the boot tests.
+
+pub mod qemu;
+pub mod run;
