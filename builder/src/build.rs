@@ -1,5 +1,6 @@
-//! The whole pipeline, in order: resolve → compose → kernel modules →
-//! normalise → squashfs → verity → initramfs → UKI → media → manifest.
+//! The whole pipeline, in order: resolve inputs → compose → prune kernel
+//! modules → initramfs → normalise → squashfs → verity → UKI → raw disk →
+//! the other media (one row each of `media::WRITERS`) → manifest → sign.
 //! Outputs are written to a hidden folder beside the final one and renamed
 //! into place only when every stage succeeded.
 
@@ -9,8 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::host::digest::Sha256;
+use crate::recipe::Recipe;
 use crate::release::manifest::{self, Manifest};
-use crate::recipe::{Base, Recipe};
 
 /// Which media to write. The raw disk is always made (qcow2 is converted
 /// from it); it is published only when asked for.
@@ -32,6 +33,15 @@ impl Default for Formats {
 }
 
 impl Formats {
+    /// Whether `f` is one of the formats asked for.
+    pub fn wants(&self, f: crate::media::Format) -> bool {
+        match f {
+            crate::media::Format::Raw => self.raw,
+            crate::media::Format::Iso => self.iso,
+            crate::media::Format::Qcow2 => self.qcow2,
+        }
+    }
+
     /// Parses "raw,iso,qcow2" (any subset, at least one).
     pub fn parse(s: &str) -> Result<Formats, String> {
         let mut f = Formats {
@@ -67,6 +77,8 @@ pub enum Medium {
 
 pub struct BuildOptions {
     pub out_dir: PathBuf,
+    /// Cache location, stage cache, build-date override (from the caller).
+    pub settings: crate::inputs::plan::Settings,
     pub formats: Formats,
     /// Use nothing but the cache (needs RECIPE.lock).
     pub offline: bool,
@@ -150,21 +162,28 @@ pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> St
 
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let started = Instant::now();
-    // Inputs are checked before anything is printed or created, so bad
-    // input is one line of error and an untouched output folder.
-    let locked = resolve_lock(recipe, opts)?;
-    ensure_cached(recipe, locked.as_ref(), opts)?;
-    resolve(recipe)?;
+    // 1. Resolve: inputs are checked (and fetched) before anything is
+    // printed or created, so bad input is one line of error and an
+    // untouched output folder.
+    let plan = crate::inputs::plan::resolve(
+        recipe,
+        &opts.settings,
+        crate::inputs::plan::ResolveOptions {
+            offline: opts.offline,
+            update_lock: opts.update_lock,
+        },
+    )?;
     let key = match &opts.key {
         Some(k) => Some(crate::release::sign::load_key(k)?),
         None => None,
     };
+    let derived: Vec<&crate::media::Writer> = crate::media::WRITERS
+        .iter()
+        .filter(|w| opts.formats.wants(w.format))
+        .collect();
     let mut st = Stages {
         n: 1,
-        total: 10
-            + usize::from(key.is_some())
-            + usize::from(opts.formats.iso)
-            + usize::from(opts.formats.qcow2),
+        total: 10 + usize::from(key.is_some()) + derived.len(),
         started,
         times: vec![("resolve inputs".into(), started.elapsed().as_secs_f64())],
     };
@@ -193,10 +212,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     std::fs::create_dir_all(&work)?;
     std::fs::create_dir_all(&media)?;
 
-    let repos = local_repos(locked.as_ref(), &work.join("repo"))?;
+    // 2. Compose the root tree.
+    let repos = plan.local_repos(&work.join("repo"))?;
     let composed = st.run("compose root tree", || {
-        crate::pipeline::compose::compose(recipe, &work, &repos)
+        crate::pipeline::compose::compose(&plan, &work, &repos)
     })?;
+    // 3. Kernel modules, 4. initramfs, 5. normalise, 6. squashfs, 7. verity.
     let pruned = st.run("prune kernel modules", || {
         crate::pipeline::kernel::prune(
             &composed.tree,
@@ -247,21 +268,34 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         crate::pipeline::verity::make_verity(&root.path, &work.join("root.verity"))
     })?;
     eprintln!("        root hash {}", verity.root_hash);
+    // 8. UKIs: one per medium kind (their command lines differ).
     let cmdline = kernel_cmdline(recipe, &verity.root_hash, Medium::Disk);
-    let uki = st.run("UKI", || {
-        crate::pipeline::uki::make_uki(
-            &crate::pipeline::uki::UkiInputs {
-                stub: &stub,
-                kernel: &composed.vmlinuz,
-                initrd: &initrd.path,
-                os_release: &osrel,
-                cmdline: &cmdline,
-                epoch: recipe.source_date_epoch,
-            },
-            &work,
-            &work.join("uki.efi"),
-        )
+    let iso_cmdline = kernel_cmdline(recipe, &verity.root_hash, Medium::Iso);
+    let want_iso = opts.formats.iso;
+    let (uki, uki_iso) = st.run("UKI", || {
+        let make = |cmdline: &str, out: PathBuf| {
+            crate::pipeline::uki::make_uki(
+                &crate::pipeline::uki::UkiInputs {
+                    stub: &stub,
+                    kernel: &composed.vmlinuz,
+                    initrd: &initrd.path,
+                    os_release: &osrel,
+                    cmdline,
+                    epoch: recipe.source_date_epoch,
+                },
+                &work,
+                &out,
+            )
+        };
+        let disk = make(&cmdline, work.join("uki.efi"))?;
+        let iso = if want_iso {
+            Some(make(&iso_cmdline, work.join("uki-iso.efi"))?)
+        } else {
+            None
+        };
+        Ok((disk, iso))
     })?;
+    // 9. The raw disk (always: the qcow2 and the manifest derive from it).
     let raw_path = if opts.formats.raw {
         media.join(format!("{stem}.raw"))
     } else {
@@ -282,44 +316,28 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             &raw_path,
         )
     })?;
-    let iso_cmdline = kernel_cmdline(recipe, &verity.root_hash, Medium::Iso);
-    if opts.formats.iso {
-        st.run("hybrid ISO", || {
-            let uki_iso = crate::pipeline::uki::make_uki(
-                &crate::pipeline::uki::UkiInputs {
-                    stub: &stub,
-                    kernel: &composed.vmlinuz,
-                    initrd: &initrd.path,
-                    os_release: &osrel,
-                    cmdline: &iso_cmdline,
-                    epoch: recipe.source_date_epoch,
-                },
-                &work,
-                &work.join("uki-iso.efi"),
-            )?;
-            let iso_work = work.join("iso");
-            std::fs::create_dir_all(&iso_work)?;
-            crate::media::iso::write_iso(
-                &crate::media::iso::IsoInputs {
-                    uki: &uki_iso.path,
-                    kernel: &composed.vmlinuz,
-                    initrd: &initrd.path,
-                    cmdline: &iso_cmdline,
-                    root: &root.path,
-                    verity: &verity.hash_path,
-                    volume_id: &crate::media::iso::volume_id(&recipe.name, &recipe.version),
-                    epoch: recipe.source_date_epoch,
-                },
-                &iso_work,
-                &media.join(format!("{stem}.iso")),
-            )
-        })?;
+    // 10. The other media, one row each.
+    let volume_id = crate::media::iso::volume_id(&recipe.name, &recipe.version);
+    let media_inputs = crate::media::MediaInputs {
+        raw: &raw_path,
+        uki_iso: uki_iso
+            .as_ref()
+            .map(|u| u.path.as_path())
+            .unwrap_or(&uki.path),
+        kernel: &composed.vmlinuz,
+        initrd: &initrd.path,
+        iso_cmdline: &iso_cmdline,
+        root: &root.path,
+        verity: &verity.hash_path,
+        volume_id: &volume_id,
+        epoch: recipe.source_date_epoch,
+        work: &work,
+    };
+    for w in &derived {
+        let out = media.join(format!("{stem}.{}", w.extension));
+        st.run(w.stage, || (w.write)(&media_inputs, &out))?;
     }
-    if opts.formats.qcow2 {
-        st.run("qcow2", || {
-            crate::media::qcow2::write_qcow2(&raw_path, &media.join(format!("{stem}.qcow2")))
-        })?;
-    }
+    // 11. Manifest and provenance, 12. signature.
     st.run("manifest", || {
         let mut m = Manifest::new(recipe, &composed, &verity, &cmdline, &raw.layout, &media)?;
         if opts.formats.iso {
@@ -348,7 +366,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "key.pub".into());
-        let id = st.run("sign", || crate::release::sign::sign_dir(&media, key, &pub_name))?;
+        let id = st.run("sign", || {
+            crate::release::sign::sign_dir(&media, key, &pub_name)
+        })?;
         eprintln!("        signed with key id {id} (verify with {pub_name})");
     }
 
@@ -376,132 +396,6 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         dir: final_dir,
         root_hash: verity.root_hash,
     })
-}
-
-/// The recipe's lock, checked against the recipe. None: no lock, and
-/// either online (mmdebstrap resolves against the mirror) or the recipe
-/// needs none (a tarball base and no built image: its own sha256 pins
-/// cover every input).
-fn resolve_lock(recipe: &Recipe, opts: &BuildOptions) -> Result<Option<crate::inputs::lock::Lock>> {
-    use crate::inputs::lock::{check_recipe, image_requests, lock_path, Lock};
-    let needs_lock =
-        matches!(recipe.base, Base::Debian { .. }) || !image_requests(recipe).is_empty();
-    let path = lock_path(&recipe.file);
-    let lock = Lock::read_if_exists(&path)
-        .map_err(|e| crate::InputError(format!("{}: {e:#}", path.display())))?;
-    Ok(match lock {
-        Some(l) => match check_recipe(&l, recipe) {
-            Ok(()) => Some(l),
-            Err(_) if opts.update_lock && !opts.offline => {
-                eprintln!(
-                    "cairn: {} disagrees with the recipe; updating it",
-                    path.display()
-                );
-                Some(crate::inputs::lock::lock_recipe(recipe)?)
-            }
-            Err(m) => {
-                return Err(crate::InputError(format!("{}: {m}", path.display())).into());
-            }
-        },
-        None if !needs_lock => None,
-        None if opts.offline => {
-            return Err(crate::InputError(format!(
-            "--offline needs {}; run `cairn lock {}` and `cairn fetch {}` on a connected machine",
-            path.display(),
-            recipe.file.display(),
-            recipe.file.display()
-        ))
-            .into())
-        }
-        None if opts.update_lock => Some(crate::inputs::lock::lock_recipe(recipe)?),
-        None => None,
-    })
-}
-
-/// Puts every pinned input in the cache: the lock's packages (base and
-/// built images) and the recipe's URL inputs, downloading what is missing
-/// unless offline. Offline, one error lists everything missing.
-fn ensure_cached(
-    recipe: &Recipe,
-    lock: Option<&crate::inputs::lock::Lock>,
-    opts: &BuildOptions,
-) -> Result<()> {
-    let cache = crate::inputs::cache::Cache::default_location()?;
-    if !opts.offline {
-        let work = tempfile::tempdir()?;
-        crate::inputs::lock::fetch_inputs(lock, &recipe.downloads, &cache, work.path())?;
-    }
-    let all: Vec<crate::inputs::lock::LockedPackage> = lock
-        .map(|l| l.package_sets())
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|(_, p)| p.iter().cloned())
-        .collect();
-    let mut missing = match crate::inputs::debrepo::check_cached(&all, &cache) {
-        Ok(()) => Vec::new(),
-        Err(m) => m.missing,
-    };
-    missing.dedup();
-    let packages = missing.len();
-    missing.extend(
-        recipe
-            .downloads
-            .iter()
-            .filter(|d| !cache.contains(&d.sha256))
-            .map(|d| format!("{} ({}, sha256 {}, {})", d.url, d.what, d.sha256, d.at)),
-    );
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(crate::InputError(format!(
-        "offline build: {} input(s) are not in the cache {} ({packages} locked package(s), {} URL input(s)):\n    {}\nfetch them with `cairn fetch {}` on a connected machine (or `cairn cache import FILE` with an export that has them)",
-        missing.len(),
-        cache.root().display(),
-        missing.len() - packages,
-        missing.join("\n    "),
-        recipe.file.display()
-    ))
-    .into())
-}
-
-/// Local repositories for every package set of the lock, under `dir`.
-fn local_repos(lock: Option<&crate::inputs::lock::Lock>, dir: &Path) -> Result<crate::pipeline::compose::Repos> {
-    let mut repos = crate::pipeline::compose::Repos::default();
-    let Some(lock) = lock else {
-        return Ok(repos);
-    };
-    let cache = crate::inputs::cache::Cache::default_location()?;
-    if let Some(b) = &lock.base {
-        repos.base = Some(crate::inputs::debrepo::local_repo(
-            &b.suite,
-            &b.packages,
-            &cache,
-            &dir.join("base"),
-        )?);
-    }
-    for (n, img) in lock.images.iter().enumerate() {
-        // Image names are checked by the recipe, but a folder name from a
-        // number needs no check at all.
-        let repo = crate::inputs::debrepo::local_repo(
-            &img.suite,
-            &img.packages,
-            &cache,
-            &dir.join(format!("image{n}")),
-        )
-        .with_context(|| format!("image {}", img.name))?;
-        repos.images.insert(img.name.clone(), repo);
-    }
-    Ok(repos)
-}
-
-/// Checks every pinned input before the build writes anything.
-fn resolve(recipe: &Recipe) -> Result<()> {
-    crate::pipeline::workloads::check_pins(&recipe.workloads)?;
-    if let Base::Tarball { path, sha256, at } = &recipe.base {
-        crate::pipeline::compose::check_pin(path, sha256, at)
-            .map_err(|e| anyhow::Error::new(crate::InputError(e.to_string())))?;
-    }
-    Ok(())
 }
 
 /// Removes in-progress folders left by builds that were killed.

@@ -2,11 +2,13 @@
 //! recipes. `build::build` is the whole pipeline; each stage is a module.
 //!
 //! The folders are layers; imports point down this list, never up:
-//! `build` (the pipeline driver) and `field` (flash) → `release` → `media`
+//! `cli` (arguments and the environment) → `build` (the pipeline driver)
+//! and `field` (flash) → `release` → `media`
 //! → `pipeline` → `inputs` → `recipe` → `host`. `vm` (QEMU) sits beside
 //! them and uses only `host`.
 
 pub mod build;
+pub mod cli;
 pub mod field;
 pub mod host;
 pub mod inputs;

@@ -253,6 +253,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Read only by the commands that need it (verify, doctor, ... do not).
+    let settings = cairn::cli::settings_from_env;
     match cli.command {
         Command::Build {
             recipe,
@@ -264,7 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             offline,
             update_lock,
         } => {
-            let r = cairn::recipe::load(&recipe, root.as_deref())?;
+            let r = cairn::recipe::load(&recipe, root.as_deref(), &settings()?.recipe_env())?;
             let key = key.map(|path| cairn::release::sign::SigningKey {
                 path,
                 passphrase: pass.source(),
@@ -273,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &r,
                 &cairn::build::BuildOptions {
                     out_dir: out,
+                    settings: settings()?,
                     formats: format,
                     key,
                     offline,
@@ -283,7 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { recipe, root } => {
-            let r = cairn::recipe::load(&recipe, root.as_deref())?;
+            let r = cairn::recipe::load(&recipe, root.as_deref(), &settings()?.recipe_env())?;
             println!("{}: ok ({} {})", recipe.display(), r.name, r.version);
             Ok(ExitCode::SUCCESS)
         }
@@ -336,8 +339,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Inspect { dir, json } => {
-            let i =
-                cairn::release::inspect::inspect(&dir).map_err(|e| cairn::InputError(format!("{e:#}")))?;
+            let i = cairn::release::inspect::inspect(&dir)
+                .map_err(|e| cairn::InputError(format!("{e:#}")))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&i)?);
             } else {
@@ -346,7 +349,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { a, b } => {
-            let d = cairn::release::diff::diff(&a, &b).map_err(|e| cairn::InputError(format!("{e:#}")))?;
+            let d = cairn::release::diff::diff(&a, &b)
+                .map_err(|e| cairn::InputError(format!("{e:#}")))?;
             print!("{}", d.render_text());
             Ok(if d.is_empty() {
                 ExitCode::SUCCESS
@@ -402,12 +406,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Lock { recipe, root } => {
-            let r = cairn::recipe::load(&recipe, root.as_deref())?;
-            cairn::inputs::lock::lock_recipe(&r)?;
+            let r = cairn::recipe::load(&recipe, root.as_deref(), &settings()?.recipe_env())?;
+            cairn::inputs::plan::lock_recipe(&r, &settings()?.open_cache()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Fetch { recipe, root } => {
-            let r = cairn::recipe::load(&recipe, root.as_deref())?;
+            let r = cairn::recipe::load(&recipe, root.as_deref(), &settings()?.recipe_env())?;
             let path = cairn::inputs::lock::lock_path(&r.file);
             let lock = cairn::inputs::lock::Lock::read(&path).map_err(|e| {
                 cairn::InputError(format!(
@@ -419,10 +423,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Err(m) = cairn::inputs::lock::check_recipe(&lock, &r) {
                 return Err(cairn::InputError(format!("{}: {m}", path.display())).into());
             }
-            let cache = cairn::inputs::cache::Cache::default_location()?;
+            let cache = settings()?.open_cache()?;
             let work = tempfile::tempdir()?;
             let (rep, url_bytes) =
-                cairn::inputs::lock::fetch_inputs(Some(&lock), &r.downloads, &cache, work.path())?;
+                cairn::inputs::plan::fetch_inputs(Some(&lock), &r.downloads, &cache, work.path())?;
             println!(
                 "{} packages fetched ({} bytes), {} already cached; {} URL input(s) ready ({url_bytes} bytes downloaded); in {}",
                 rep.downloaded,
@@ -434,11 +438,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { op } => {
-            let cache = cairn::inputs::cache::Cache::default_location()?;
+            let cache = settings()?.open_cache()?;
             match op {
                 CacheOp::Export { file, recipe } => {
-                    let lock = cairn::inputs::lock::Lock::read(&cairn::inputs::lock::lock_path(&recipe))
-                        .map_err(|e| cairn::InputError(format!("{e:#}")))?;
+                    let lock =
+                        cairn::inputs::lock::Lock::read(&cairn::inputs::lock::lock_path(&recipe))
+                            .map_err(|e| cairn::InputError(format!("{e:#}")))?;
                     cache.export(&lock.digests(), &file)?;
                     println!("wrote {} ({} files)", file.display(), lock.digests().len());
                 }
@@ -451,8 +456,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 CacheOp::Gc { recipes } => {
                     let mut keep = std::collections::BTreeSet::new();
                     for r in &recipes {
-                        let lock = cairn::inputs::lock::Lock::read(&cairn::inputs::lock::lock_path(r))
-                            .map_err(|e| cairn::InputError(format!("{e:#}")))?;
+                        let lock =
+                            cairn::inputs::lock::Lock::read(&cairn::inputs::lock::lock_path(r))
+                                .map_err(|e| cairn::InputError(format!("{e:#}")))?;
                         keep.extend(lock.digests());
                     }
                     let (n, bytes) = cache.gc(&keep)?;

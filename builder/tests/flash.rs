@@ -7,8 +7,8 @@ use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use cairn::host::digest::Sha256;
 use cairn::field::flash::{flash, FlashError, FlashOptions};
+use cairn::host::digest::Sha256;
 use cairn::release::signify;
 
 mod common;

@@ -12,9 +12,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use cairn::host::digest::Sha256;
 use cairn::inputs::cache::Cache;
 use cairn::inputs::debrepo::{self, LocalRepo, MissingPackages};
-use cairn::host::digest::Sha256;
 use cairn::inputs::lock::{check_matches, Lock, LockedBase, LOCK_VERSION};
 
 const EPOCH: u64 = 1_735_689_600;

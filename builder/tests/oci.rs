@@ -744,8 +744,13 @@ fn build_image_is_reproducible_and_round_trips() {
             assert!(pkgs.iter().any(|p| p.name == "busybox-static"));
             assert!(pkgs.iter().any(|p| p.name == "dpkg"), "essential set");
             spec.repo = Some(
-                cairn::inputs::debrepo::local_repo(&spec.suite, &pkgs, &cache, &d.path().join("repo"))
-                    .unwrap(),
+                cairn::inputs::debrepo::local_repo(
+                    &spec.suite,
+                    &pkgs,
+                    &cache,
+                    &d.path().join("repo"),
+                )
+                .unwrap(),
             );
         }
         let work = d.path().join(format!("work-{run}"));

@@ -320,8 +320,10 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
     assert!(o.status.success(), "{}", text(&o));
     // (A relative -o folder, as people type it, for every medium.)
     for f in ["offline-test-1.raw", "offline-test-1.iso", "manifest.json"] {
-        let a = cairn::host::digest::Sha256::of_file(&dir.join("out-a/offline-test-1").join(f)).unwrap();
-        let b = cairn::host::digest::Sha256::of_file(&dir.join("out-b/offline-test-1").join(f)).unwrap();
+        let a = cairn::host::digest::Sha256::of_file(&dir.join("out-a/offline-test-1").join(f))
+            .unwrap();
+        let b = cairn::host::digest::Sha256::of_file(&dir.join("out-b/offline-test-1").join(f))
+            .unwrap();
         println!("{f}: {a} {b}");
         assert_eq!(a, b, "{f} differs between the two offline builds");
     }

@@ -52,12 +52,15 @@ fn build(name: &str) -> Result<Built, String> {
         ws.join(format!("qemu-tests/recipes/{name}.toml"))
     };
     let out = ws.join("target/qemu-tests/out");
-    let r = cairn::recipe::load(&recipe, Some(&ws)).map_err(|e| e.to_string())?;
+    let settings = cairn::cli::settings_from_env().map_err(|e| format!("{e:#}"))?;
+    let r = cairn::recipe::load(&recipe, Some(&ws), &settings.recipe_env())
+        .map_err(|e| e.to_string())?;
     eprintln!("qemu-tests: building {} (once per run)", recipe.display());
     let res = cairn::build::build(
         &r,
         &cairn::build::BuildOptions {
             out_dir: out,
+            settings,
             // The main test image is booted in every format; the control
             // images only as raw disks.
             formats: if name == "tiny" {
@@ -159,8 +162,9 @@ pub fn marker(tag: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let d =
-        cairn::host::digest::Sha256::of_bytes(format!("{tag} {nanos} {}", std::process::id()).as_bytes());
+    let d = cairn::host::digest::Sha256::of_bytes(
+        format!("{tag} {nanos} {}", std::process::id()).as_bytes(),
+    );
     format!("CAIRNMARK{}", &d.hex()[..24])
 }
 

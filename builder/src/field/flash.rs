@@ -492,12 +492,19 @@ fn signed_digest(image: &Path) -> Result<Sha256, FlashError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let sums = std::fs::read(folder.join(crate::release::verify::SUMS))
-        .map_err(|e| refused(format!("cannot re-read {}: {e}", crate::release::verify::SUMS)))?;
+    let sums = std::fs::read(folder.join(crate::release::verify::SUMS)).map_err(|e| {
+        refused(format!(
+            "cannot re-read {}: {e}",
+            crate::release::verify::SUMS
+        ))
+    })?;
     let map = crate::release::verify::parse_sums(&sums).map_err(refused)?;
-    map.get(name)
-        .copied()
-        .ok_or_else(|| refused(format!("{name} is not listed in {}", crate::release::verify::SUMS)))
+    map.get(name).copied().ok_or_else(|| {
+        refused(format!(
+            "{name} is not listed in {}",
+            crate::release::verify::SUMS
+        ))
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -522,12 +529,13 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     }
 
     // (a) verify
-    let report = crate::release::verify::verify(image, &opts.pubkey, false).map_err(|e| match e {
-        crate::release::verify::VerifyError::BadInput(m) => {
-            FlashError::BadInput(format!("flash: refusing: {m}"))
-        }
-        crate::release::verify::VerifyError::Failed(m) => refused(m),
-    })?;
+    let report =
+        crate::release::verify::verify(image, &opts.pubkey, false).map_err(|e| match e {
+            crate::release::verify::VerifyError::BadInput(m) => {
+                FlashError::BadInput(format!("flash: refusing: {m}"))
+            }
+            crate::release::verify::VerifyError::Failed(m) => refused(m),
+        })?;
     let want = signed_digest(image)?;
     let size = std::fs::metadata(image)
         .map_err(|e| bad(format!("{}: {e}", image.display())))?

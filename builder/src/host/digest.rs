@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sha2::Digest;
@@ -109,6 +109,23 @@ pub fn tree_digest(dir: &Path) -> anyhow::Result<Sha256> {
         h.update([0]);
     }
     Ok(Sha256(h.finalize().into()))
+}
+
+/// A digest of a model or other pinned input: the file's sha256, or the
+/// tree digest of a folder.
+pub fn tree_or_file_digest(path: &Path) -> anyhow::Result<Sha256> {
+    if path.is_dir() {
+        tree_digest(path)
+    } else {
+        Sha256::of_file(path)
+    }
+}
+
+/// Where content with digest `d` lives in a content-addressed store
+/// rooted at `root` (cairn's cache): `root/sha256/AB/ABCD...`.
+pub fn blob_path(root: &Path, d: &Sha256) -> PathBuf {
+    let h = d.hex();
+    root.join("sha256").join(&h[..2]).join(h)
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 //! make cairn touch a file outside the staging folder.
 
 use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use walkdir::WalkDir;
 
 /// A relative path inside an image: no root, no `..`, no empty parts.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,6 +126,93 @@ pub fn create_dirs_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
         }
     }
     Ok(real)
+}
+
+/// Layers one overlay folder into the tree: folders merged, files and links
+/// replaced, owned by root. Device nodes, fifos, sockets and set-id bits are
+/// refused: overlays are configuration, not system binaries.
+pub fn apply_overlay(overlay: &Path, tree: &Path) -> Result<()> {
+    for entry in WalkDir::new(overlay).min_depth(1).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("cannot walk {}", overlay.display()))?;
+        let rel = entry
+            .path()
+            .strip_prefix(overlay)
+            .context("walk left the overlay")?;
+        let meta = entry.path().symlink_metadata()?;
+        let ft = meta.file_type();
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o6000 != 0 && !ft.is_symlink() {
+            bail!(
+                "{}: set-uid/set-gid files are not allowed in overlays; chmod u-s,g-s it",
+                entry.path().display()
+            );
+        }
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let dest_dir = create_dirs_in_root(tree, parent)?;
+        let name = rel.file_name().context("overlay entry without a name")?;
+        let dest = dest_dir.join(name);
+        if ft.is_dir() {
+            let real = create_dirs_in_root(tree, rel)?;
+            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode))?;
+            continue;
+        }
+        remove_any(&dest)?;
+        if ft.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            std::os::unix::fs::symlink(&target, &dest)
+                .with_context(|| format!("cannot create link {}", dest.display()))?;
+        } else if ft.is_file() {
+            std::fs::copy(entry.path(), &dest).with_context(|| {
+                format!("cannot copy {} into the image", entry.path().display())
+            })?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+        } else {
+            bail!(
+                "{}: device nodes, fifos and sockets are not allowed in overlays",
+                entry.path().display()
+            );
+        }
+        std::os::unix::fs::lchown(&dest, Some(0), Some(0))
+            .with_context(|| format!("cannot chown {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)?,
+        Ok(_) => std::fs::remove_file(p)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Writes a file inside the tree (through in-root resolution), replacing
+/// whatever was there.
+pub fn write_in_tree(tree: &Path, rel: &str, content: &[u8], mode: u32) -> Result<()> {
+    let rel = Path::new(rel);
+    let dir = create_dirs_in_root(tree, rel.parent().unwrap_or(Path::new("")))?;
+    let dest = dir.join(rel.file_name().context("file name")?);
+    remove_any(&dest)?;
+    std::fs::write(&dest, content).with_context(|| format!("cannot write {}", dest.display()))?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+pub fn link_in_tree(tree: &Path, rel: &str, target: &str) -> Result<()> {
+    let rel = Path::new(rel);
+    let dir = create_dirs_in_root(tree, rel.parent().unwrap_or(Path::new("")))?;
+    let dest = dir.join(rel.file_name().context("file name")?);
+    remove_any(&dest)?;
+    std::os::unix::fs::symlink(target, &dest)
+        .with_context(|| format!("cannot link {}", dest.display()))?;
+    Ok(())
+}
+
+/// Gives a copied file mode 0644 (cached blobs are stored read-only).
+pub fn set_plain_mode(p: &Path) -> Result<()> {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -84,26 +84,6 @@ impl Cache {
         })
     }
 
-    /// `$CAIRN_CACHE`, else `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
-    pub fn default_path() -> Result<PathBuf> {
-        let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        if let Some(p) = non_empty("CAIRN_CACHE") {
-            return Ok(PathBuf::from(p));
-        }
-        if let Some(p) = non_empty("XDG_CACHE_HOME") {
-            return Ok(PathBuf::from(p).join("cairn"));
-        }
-        match non_empty("HOME") {
-            Some(h) => Ok(PathBuf::from(h).join(".cache").join("cairn")),
-            None => bail!("cache: neither CAIRN_CACHE nor HOME is set; set CAIRN_CACHE=DIR"),
-        }
-    }
-
-    /// Opens the cache at [`Cache::default_path`].
-    pub fn default_location() -> Result<Cache> {
-        Cache::open(Cache::default_path()?)
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -115,8 +95,7 @@ impl Cache {
 
     /// Where the blob `d` lives in the cache rooted at `root`.
     pub fn blob_path_in(root: &Path, d: &Sha256) -> PathBuf {
-        let h = d.hex();
-        root.join("sha256").join(&h[..2]).join(h)
+        crate::host::digest::blob_path(root, d)
     }
 
     fn remember(&self, d: Sha256, meta: &std::fs::Metadata) {
@@ -826,20 +805,5 @@ mod tests {
         assert!(!c.contains(&drop1) && !c.contains(&drop2));
         assert!(inflight.exists() && !stale.exists());
         assert_eq!(c.gc(&[keep].into_iter().collect()).unwrap(), (0, 0));
-    }
-
-    #[test]
-    fn default_path_honours_cairn_cache() {
-        // Only reads the variable's effect through a child-free path: set
-        // and restore within the test (tests in this module don't rely on
-        // it elsewhere).
-        let old = std::env::var_os("CAIRN_CACHE");
-        std::env::set_var("CAIRN_CACHE", "/some/where");
-        let p = Cache::default_path().unwrap();
-        match old {
-            Some(v) => std::env::set_var("CAIRN_CACHE", v),
-            None => std::env::remove_var("CAIRN_CACHE"),
-        }
-        assert_eq!(p, PathBuf::from("/some/where"));
     }
 }

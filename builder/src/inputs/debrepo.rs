@@ -29,8 +29,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::inputs::cache::Cache;
 use crate::host::digest::Sha256;
+use crate::inputs::cache::Cache;
 use crate::inputs::lock::LockedPackage;
 
 /// The mmdebstrap options after `--variant=`, the same for every Debian
@@ -278,7 +278,7 @@ fn fresh_dir(p: &Path) -> Result<()> {
 }
 
 /// Resolves `packages` (the full list compose installs, e.g.
-/// `compose::package_list`) against `mirror`/`suite` with mmdebstrap, as
+/// `recipe::packages::package_list`) against `mirror`/`suite` with mmdebstrap, as
 /// compose would, and stores every downloaded .deb in `cache`. `work` is a
 /// scratch folder (cleared). Returns the lock entries, sorted.
 pub fn resolve_and_download(

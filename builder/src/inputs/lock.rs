@@ -374,7 +374,7 @@ impl Lock {
 }
 
 /// Whether `lock` was made for this suite, mirror and package list (the
-/// list as `compose::package_list` gives it; order and duplicates do not
+/// list as `recipe::packages::package_list` gives it; order and duplicates do not
 /// matter). Mirrors compare without trailing slashes.
 pub fn check_matches(
     lock: &Lock,
@@ -411,13 +411,13 @@ pub fn check_matches(
 /// What the recipe asks for each image it builds from Debian packages,
 /// sorted by name.
 pub fn image_requests(recipe: &crate::recipe::Recipe) -> Vec<ImageRequest> {
-    let (suite, mirror) = crate::pipeline::compose::image_source(recipe);
+    let (suite, mirror) = crate::recipe::packages::image_source(recipe);
     let mut v: Vec<ImageRequest> = recipe
         .workloads
         .images
         .iter()
         .filter_map(|img| match &img.source {
-            crate::pipeline::workloads::ImageSource::Build { packages, .. } => Some(ImageRequest {
+            crate::recipe::workloads::ImageSource::Build { packages, .. } => Some(ImageRequest {
                 name: img.name.clone(),
                 suite: suite.clone(),
                 mirror: mirror.clone(),
@@ -475,7 +475,7 @@ pub fn check_recipe(lock: &Lock, recipe: &crate::recipe::Recipe) -> Result<(), L
         packages,
     } = &recipe.base
     {
-        let requested = crate::pipeline::compose::package_list(recipe, packages);
+        let requested = crate::recipe::packages::package_list(recipe, packages);
         check_matches(lock, suite, mirror, &requested)?;
     } else if lock.base.is_some() {
         return Err(LockMismatch::NotDebian);
@@ -508,171 +508,6 @@ pub fn check_urls(lock: &Lock, downloads: &[crate::recipe::Download]) -> Result<
         Some(extra) => Err(LockMismatch::UrlExtra(extra.url.clone())),
         None => Ok(()),
     }
-}
-
-/// Fills the cache with every locked package (base and images, from
-/// their mirrors) and every URL input. Returns the packages' report and
-/// the URL bytes downloaded.
-pub fn fetch_inputs(
-    lock: Option<&Lock>,
-    downloads: &[crate::recipe::Download],
-    cache: &crate::inputs::cache::Cache,
-    work: &Path,
-) -> Result<(crate::inputs::debrepo::FetchReport, u64)> {
-    let mut total = crate::inputs::debrepo::FetchReport::default();
-    for (mirror, pkgs) in lock.map(|l| l.package_sets()).unwrap_or_default() {
-        let rep = crate::inputs::debrepo::fetch_locked(pkgs, mirror, cache, work)?;
-        total.downloaded += rep.downloaded;
-        total.bytes += rep.bytes;
-        total.already += rep.already;
-    }
-    let url_bytes = fetch_downloads(downloads, cache, work)?;
-    Ok((total, url_bytes))
-}
-
-/// Downloads every URL input the cache lacks, checking each against its
-/// pin; lists every failure at once.
-pub fn fetch_downloads(
-    downloads: &[crate::recipe::Download],
-    cache: &crate::inputs::cache::Cache,
-    work: &Path,
-) -> Result<u64> {
-    let mut failed = Vec::new();
-    let mut tampered = false;
-    let mut bytes = 0;
-    for d in downloads {
-        if !cache.contains(&d.sha256) {
-            eprintln!("cairn: downloading {} ({})", d.url, d.what);
-        }
-        match crate::inputs::download::fetch_to_cache(&d.url, &d.sha256, cache, work) {
-            Ok(n) => bytes += n,
-            Err(e) => {
-                if e.downcast_ref::<crate::inputs::download::PinMismatch>().is_some() {
-                    tampered = true;
-                    failed.push(format!("{} ({}, pinned at {}): {e:#}", d.url, d.what, d.at));
-                } else {
-                    failed.push(format!("{} ({}, {}): {e:#}", d.url, d.what, d.at));
-                }
-            }
-        }
-    }
-    if failed.is_empty() {
-        return Ok(bytes);
-    }
-    let msg = format!(
-        "{} URL input(s) could not be fetched:\n    {}",
-        failed.len(),
-        failed.join("\n    ")
-    );
-    if tampered {
-        // Content that is not what the recipe pins: bad input, not a
-        // network hiccup.
-        return Err(crate::InputError(msg).into());
-    }
-    bail!(msg)
-}
-
-/// Resolves a recipe's Debian base and the Debian roots of the images it
-/// builds against their mirror, stores every .deb in the cache and writes
-/// `RECIPE.lock`. Returns the lock.
-pub fn lock_recipe(recipe: &crate::recipe::Recipe) -> Result<Lock> {
-    let images = image_requests(recipe);
-    let base = match &recipe.base {
-        crate::recipe::Base::Debian {
-            suite,
-            mirror,
-            packages,
-        } => Some((
-            suite,
-            mirror,
-            crate::pipeline::compose::package_list(recipe, packages),
-        )),
-        crate::recipe::Base::Tarball { .. } => None,
-    };
-    if base.is_none() && images.is_empty() && recipe.downloads.is_empty() {
-        return Err(crate::InputError(format!(
-            "{}: nothing to lock: the base is a pinned tarball, no image is built from \
-             Debian packages and no input is a URL (the recipe's sha256 pins cover it all)",
-            recipe.file.display()
-        ))
-        .into());
-    }
-    let cache = crate::inputs::cache::Cache::default_location()?;
-    let work = tempfile::tempdir()?;
-    let mut lock = Lock::new(recipe.source_date_epoch);
-    // URL inputs first: a wrong pin fails in seconds, not after mmdebstrap.
-    fetch_downloads(&recipe.downloads, &cache, work.path())?;
-    lock.urls = recipe
-        .downloads
-        .iter()
-        .map(|d| LockedUrl {
-            url: d.url.clone(),
-            sha256: d.sha256,
-        })
-        .collect();
-    if let Some((suite, mirror, requested)) = base {
-        eprintln!(
-            "cairn: resolving {} requested packages against {mirror} {suite}",
-            requested.len()
-        );
-        let pkgs = crate::inputs::debrepo::resolve_and_download(
-            suite,
-            mirror,
-            &requested,
-            recipe.source_date_epoch,
-            work.path(),
-            &cache,
-        )?;
-        lock.base = Some(LockedBase {
-            suite: suite.clone(),
-            mirror: mirror.clone(),
-            packages_requested: requested,
-            packages: pkgs,
-        });
-    }
-    for img in images {
-        eprintln!(
-            "cairn: resolving image {} (essential set + {} packages) against {} {}",
-            img.name,
-            img.packages.len(),
-            img.mirror,
-            img.suite
-        );
-        let pkgs = crate::inputs::debrepo::resolve_and_download_for(
-            crate::inputs::debrepo::Variant::Image,
-            &img.suite,
-            &img.mirror,
-            &img.packages,
-            recipe.source_date_epoch,
-            work.path(),
-            &cache,
-        )
-        .with_context(|| format!("lock: image {}", img.name))?;
-        lock.images.push(LockedImage {
-            name: img.name,
-            suite: img.suite,
-            mirror: img.mirror,
-            packages_requested: img.packages,
-            packages: pkgs,
-        });
-    }
-    lock.normalise();
-    let path = lock_path(&recipe.file);
-    lock.write(&path)?;
-    let n: usize = lock.package_sets().iter().map(|(_, p)| p.len()).sum();
-    eprintln!(
-        "cairn: wrote {} ({} packages{}, {} URL input(s), cached in {})",
-        path.display(),
-        n,
-        if lock.images.is_empty() {
-            String::new()
-        } else {
-            format!(" for the base and {} image(s)", lock.images.len())
-        },
-        lock.urls.len(),
-        cache.root().display()
-    );
-    Ok(lock)
 }
 
 #[cfg(test)]

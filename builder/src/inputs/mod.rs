@@ -6,4 +6,5 @@ pub mod cache;
 pub mod debrepo;
 pub mod download;
 pub mod lock;
+pub mod plan;
 pub mod stagecache;

@@ -6,18 +6,15 @@
 //! checked against its digest on read.
 //! Invariant: a key covers every input of the stage (cairn's version, the
 //! tool arguments, packages, mirror, epoch, lock); anything else misses.
-//! `CAIRN_NO_STAGE_CACHE=1` turns it off.
+//! The caller decides whether it is on (`Settings::stage_cache`; the CLI
+//! turns it off for `CAIRN_NO_STAGE_CACHE=1`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::inputs::cache::Cache;
 use crate::host::digest::Sha256;
-
-pub fn enabled() -> bool {
-    std::env::var_os("CAIRN_NO_STAGE_CACHE").is_none()
-}
+use crate::inputs::cache::Cache;
 
 /// The key of a stage: a digest over a description of all its inputs.
 pub fn key(stage: &str, inputs: &[String]) -> Sha256 {
@@ -34,8 +31,13 @@ fn index_path(cache: &Cache, stage: &str, key: &Sha256) -> PathBuf {
 }
 
 /// The stored result (blob path and the extra line saved with it).
-pub fn lookup(cache: &Cache, stage: &str, key: &Sha256) -> Option<(PathBuf, String)> {
-    if !enabled() {
+pub fn lookup(
+    cache: &Cache,
+    enabled: bool,
+    stage: &str,
+    key: &Sha256,
+) -> Option<(PathBuf, String)> {
+    if !enabled {
         return None;
     }
     let text = std::fs::read_to_string(index_path(cache, stage, key)).ok()?;
@@ -47,10 +49,8 @@ pub fn lookup(cache: &Cache, stage: &str, key: &Sha256) -> Option<(PathBuf, Stri
 }
 
 /// Stores `file` as the result of `stage` for `key`, with one extra line.
+/// Stores a stage result (callers store only when the stage cache is on).
 pub fn store(cache: &Cache, stage: &str, key: &Sha256, file: &Path, extra: &str) -> Result<()> {
-    if !enabled() {
-        return Ok(());
-    }
     let digest = cache.put_file(file)?;
     let idx = index_path(cache, stage, key);
     let dir = idx.parent().context("stage index folder")?;
@@ -102,13 +102,13 @@ mod tests {
         let cache = Cache::open(d.path().join("c")).unwrap();
         let f = d.path().join("result");
         std::fs::write(&f, "tree").unwrap();
-        assert!(lookup(&cache, "base", &a).is_none());
+        assert!(lookup(&cache, true, "base", &a).is_none());
         store(&cache, "base", &a, &f, "extra").unwrap();
-        let (blob, extra) = lookup(&cache, "base", &a).unwrap();
+        let (blob, extra) = lookup(&cache, true, "base", &a).unwrap();
         assert_eq!(std::fs::read_to_string(blob).unwrap(), "tree");
         assert_eq!(extra, "extra");
         // Another key misses.
-        assert!(lookup(&cache, "base", &key("base", &[])).is_none());
+        assert!(lookup(&cache, true, "base", &key("base", &[])).is_none());
     }
 
     #[test]

@@ -3,32 +3,17 @@
 //! root tree in the staging folder. Invariant: nothing is ever written
 //! outside `tree` (every path goes through `stagepath`).
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use walkdir::WalkDir;
 
-use crate::host::digest::Sha256;
+use crate::host::tree::resolve_in_root_follow;
+pub use crate::host::tree::{apply_overlay, link_in_tree, set_plain_mode, write_in_tree};
+use crate::inputs::plan::Plan;
 use crate::recipe::{Base, Recipe};
-use crate::host::tree::{create_dirs_in_root, resolve_in_root_follow};
 
-/// Packages every Debian-based image needs for cairn's boot design: systemd
-/// as init, busybox + veritysetup for the initramfs, the UKI stub, kmod.
-pub const REQUIRED_PACKAGES: &[&str] = &[
-    "systemd",
-    "systemd-sysv",
-    "udev",
-    "kmod",
-    "busybox-static",
-    "cryptsetup-bin",
-    "systemd-boot-efi",
-    "nftables",
-    "e2fsprogs",
-    // logind (which needs dbus) turns the power button into a clean shutdown.
-    "dbus",
-];
+pub use crate::recipe::packages::REQUIRED_PACKAGES;
 
 /// Units that would reach out or change the image by themselves: masked.
 pub const MASKED_UNITS: &[&str] = &[
@@ -64,35 +49,18 @@ pub struct ComposedRoot {
     pub workloads: crate::pipeline::workloads::Installed,
 }
 
-/// Local repositories of locked packages: the base's, and each built
-/// image's by name. Empty: no lock, mmdebstrap resolves online.
-#[derive(Debug, Clone, Default)]
-pub struct Repos {
-    pub base: Option<crate::inputs::debrepo::LocalRepo>,
-    pub images: std::collections::BTreeMap<String, crate::inputs::debrepo::LocalRepo>,
-}
-
-/// The Debian suite and mirror built images come from: the base's, or
-/// bookworm from deb.debian.org for a tarball base.
-pub fn image_source(recipe: &Recipe) -> (String, String) {
-    match &recipe.base {
-        Base::Debian { suite, mirror, .. } => (suite.clone(), mirror.clone()),
-        Base::Tarball { .. } => (
-            "bookworm".to_string(),
-            "http://deb.debian.org/debian".to_string(),
-        ),
-    }
-}
+pub use crate::inputs::plan::Repos;
 
 /// Builds the root tree at `work/root`.
-pub fn compose(recipe: &Recipe, work: &Path, repos: &Repos) -> Result<ComposedRoot> {
+pub fn compose(plan: &Plan, work: &Path, repos: &Repos) -> Result<ComposedRoot> {
+    let recipe = plan.recipe;
     let tree = work.join("root");
     match &recipe.base {
         Base::Debian {
             suite,
             mirror,
             packages,
-        } => mmdebstrap(recipe, suite, mirror, packages, &tree, repos.base.as_ref())?,
+        } => mmdebstrap(plan, suite, mirror, packages, &tree, repos.base.as_ref())?,
         Base::Tarball { path, .. } => extract_tarball(path, &tree)?,
     }
     let (vmlinuz, kernel_version) = take_kernel(&tree, work)?;
@@ -101,16 +69,7 @@ pub fn compose(recipe: &Recipe, work: &Path, repos: &Repos) -> Result<ComposedRo
             .with_context(|| format!("compose: overlay {}", overlay.display()))?;
     }
     configure(recipe, &tree)?;
-    let (suite, mirror) = image_source(recipe);
-    let workloads = crate::pipeline::workloads::install(
-        &recipe.workloads,
-        &tree,
-        work,
-        recipe.source_date_epoch,
-        &suite,
-        &mirror,
-        &repos.images,
-    )?;
+    let workloads = crate::pipeline::workloads::install(plan, &tree, work, &repos.images)?;
     let packages = installed_packages(&tree)?;
     Ok(ComposedRoot {
         tree,
@@ -121,35 +80,17 @@ pub fn compose(recipe: &Recipe, work: &Path, repos: &Repos) -> Result<ComposedRo
     })
 }
 
-/// The package list mmdebstrap installs: the recipe's, cairn's required
-/// ones and the kernel package, sorted and deduplicated.
-pub fn package_list(recipe: &Recipe, extra: &[String]) -> Vec<String> {
-    let mut all: Vec<String> = REQUIRED_PACKAGES.iter().map(|s| s.to_string()).collect();
-    all.push(recipe.kernel_package.clone());
-    all.extend(
-        crate::pipeline::workloads::runtime_packages(recipe.workloads.runtime)
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    if recipe.state_grow {
-        // sfdisk, for the initramfs to grow the state partition.
-        all.push("fdisk".to_string());
-    }
-    all.extend(extra.iter().cloned());
-    all.sort();
-    all.dedup();
-    all
-}
-
 fn mmdebstrap(
-    recipe: &Recipe,
+    plan: &Plan,
     suite: &str,
     mirror: &str,
     packages: &[String],
     tree: &Path,
     repo: Option<&crate::inputs::debrepo::LocalRepo>,
 ) -> Result<()> {
-    let include = package_list(recipe, packages);
+    let recipe = plan.recipe;
+    let cache = &plan.cache;
+    let include = crate::recipe::packages::package_list(recipe, packages);
     // With a lock, packages come from a local repository of the locked,
     // cached .debs: the same bytes online and offline.
     let (mirror_arg, extra) = match repo {
@@ -161,7 +102,6 @@ fn mmdebstrap(
         None => (mirror.to_string(), Vec::new()),
     };
     // The base tree depends on these inputs only: reuse it when they match.
-    let cache = crate::inputs::cache::Cache::default_location()?;
     let mut inputs: Vec<String> = crate::inputs::debrepo::Variant::Base
         .args()
         .iter()
@@ -181,7 +121,9 @@ fn mmdebstrap(
         );
     }
     let key = crate::inputs::stagecache::key("debian-base", &inputs);
-    if let Some((blob, _)) = crate::inputs::stagecache::lookup(&cache, "debian-base", &key) {
+    if let Some((blob, _)) =
+        crate::inputs::stagecache::lookup(cache, plan.stage_cache, "debian-base", &key)
+    {
         eprintln!(
             "    base tree unchanged: reusing the cached one (stage key {})",
             &key.hex()[..16]
@@ -198,10 +140,10 @@ fn mmdebstrap(
         &extra,
     );
     crate::host::runner::run_streaming("compose: mmdebstrap", cmd)?;
-    if crate::inputs::stagecache::enabled() {
+    if plan.stage_cache {
         let tmp = tree.with_extension("base.tar");
         crate::inputs::stagecache::pack_tree(tree, &tmp)?;
-        crate::inputs::stagecache::store(&cache, "debian-base", &key, &tmp, "")?;
+        crate::inputs::stagecache::store(cache, "debian-base", &key, &tmp, "")?;
         std::fs::remove_file(&tmp).ok();
     }
     Ok(())
@@ -260,87 +202,6 @@ fn take_kernel(tree: &Path, work: &Path) -> Result<(PathBuf, String)> {
         }
     }
     Ok((vmlinuz, version))
-}
-
-/// Layers one overlay folder into the tree: folders merged, files and links
-/// replaced, owned by root. Device nodes, fifos, sockets and set-id bits are
-/// refused: overlays are configuration, not system binaries.
-pub fn apply_overlay(overlay: &Path, tree: &Path) -> Result<()> {
-    for entry in WalkDir::new(overlay).min_depth(1).sort_by_file_name() {
-        let entry = entry.with_context(|| format!("cannot walk {}", overlay.display()))?;
-        let rel = entry
-            .path()
-            .strip_prefix(overlay)
-            .context("walk left the overlay")?;
-        let meta = entry.path().symlink_metadata()?;
-        let ft = meta.file_type();
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o6000 != 0 && !ft.is_symlink() {
-            bail!(
-                "{}: set-uid/set-gid files are not allowed in overlays; chmod u-s,g-s it",
-                entry.path().display()
-            );
-        }
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        let dest_dir = create_dirs_in_root(tree, parent)?;
-        let name = rel.file_name().context("overlay entry without a name")?;
-        let dest = dest_dir.join(name);
-        if ft.is_dir() {
-            let real = create_dirs_in_root(tree, rel)?;
-            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode))?;
-            continue;
-        }
-        remove_any(&dest)?;
-        if ft.is_symlink() {
-            let target = std::fs::read_link(entry.path())?;
-            std::os::unix::fs::symlink(&target, &dest)
-                .with_context(|| format!("cannot create link {}", dest.display()))?;
-        } else if ft.is_file() {
-            std::fs::copy(entry.path(), &dest).with_context(|| {
-                format!("cannot copy {} into the image", entry.path().display())
-            })?;
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
-        } else {
-            bail!(
-                "{}: device nodes, fifos and sockets are not allowed in overlays",
-                entry.path().display()
-            );
-        }
-        std::os::unix::fs::lchown(&dest, Some(0), Some(0))
-            .with_context(|| format!("cannot chown {}", dest.display()))?;
-    }
-    Ok(())
-}
-
-fn remove_any(p: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)?,
-        Ok(_) => std::fs::remove_file(p)?,
-        Err(_) => {}
-    }
-    Ok(())
-}
-
-/// Writes a file inside the tree (through in-root resolution), replacing
-/// whatever was there.
-pub fn write_in_tree(tree: &Path, rel: &str, content: &[u8], mode: u32) -> Result<()> {
-    let rel = Path::new(rel);
-    let dir = create_dirs_in_root(tree, rel.parent().unwrap_or(Path::new("")))?;
-    let dest = dir.join(rel.file_name().context("file name")?);
-    remove_any(&dest)?;
-    std::fs::write(&dest, content).with_context(|| format!("cannot write {}", dest.display()))?;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-pub fn link_in_tree(tree: &Path, rel: &str, target: &str) -> Result<()> {
-    let rel = Path::new(rel);
-    let dir = create_dirs_in_root(tree, rel.parent().unwrap_or(Path::new("")))?;
-    let dest = dir.join(rel.file_name().context("file name")?);
-    remove_any(&dest)?;
-    std::os::unix::fs::symlink(target, &dest)
-        .with_context(|| format!("cannot link {}", dest.display()))?;
-    Ok(())
 }
 
 const READY_SCRIPT: &str = include_str!("../../guest/cairn-ready");
@@ -548,27 +409,10 @@ pub fn parse_dpkg_status(text: &str) -> Vec<Package> {
     out
 }
 
-/// Verifies a pinned file's digest, naming where the pin was written.
-pub fn check_pin(path: &Path, want: &Sha256, at: &str) -> Result<()> {
-    let got = Sha256::of_file(path)?;
-    if &got != want {
-        bail!(
-            "{at}: sha256 of {} is {got}, but the recipe pins {want}; if the new file is trusted, update the pin",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// Gives a copied file mode 0644 (cached blobs are stored read-only).
-pub fn set_plain_mode(p: &Path) -> Result<()> {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn dpkg_status_lists_installed_only() {

@@ -6,76 +6,16 @@
 //! no network unless listed, resource limits and read-only model mounts.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::host::digest::Sha256;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    #[default]
-    None,
-    Containerd,
-    K3s,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ImageSource {
-    Archive(PathBuf),
-    Build {
-        packages: Vec<String>,
-        files: Vec<(PathBuf, String, u32)>,
-        entrypoint: Vec<String>,
-        cmd: Vec<String>,
-        env: Vec<String>,
-        user: Option<String>,
-        workdir: Option<String>,
-        ports: Vec<String>,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkloadImage {
-    pub name: String,
-    pub source: ImageSource,
-    pub pin: Option<Sha256>,
-    pub allow_setuid: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Model {
-    pub name: String,
-    pub path: PathBuf,
-    pub sha256: Sha256,
-    /// Where the pin is written, for mismatch errors.
-    pub at: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Service {
-    pub name: String,
-    pub image: String,
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub host_network: bool,
-    pub capabilities: Vec<String>,
-    pub memory: Option<u64>,
-    pub cpus: Option<f64>,
-    pub models: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Workloads {
-    pub runtime: Runtime,
-    pub images: Vec<WorkloadImage>,
-    pub models: Vec<Model>,
-    pub services: Vec<Service>,
-    pub policy: Option<PathBuf>,
-    pub k3s: Option<crate::pipeline::k3s::Artifacts>,
-}
+pub use crate::recipe::workloads::{
+    ImageSource, Model, Runtime, Service, WorkloadImage, Workloads,
+};
 
 /// What the manifest records about the workloads.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -129,49 +69,22 @@ pub fn reference(name: &str) -> String {
     format!("cairn.local/{name}:pinned")
 }
 
-/// Debian packages the runtime needs in the root.
-pub fn runtime_packages(r: Runtime) -> &'static [&'static str] {
-    match r {
-        Runtime::Containerd => &["containerd", "runc"],
-        Runtime::K3s | Runtime::None => &[],
-    }
-}
+pub use crate::recipe::workloads::runtime_packages;
 
-/// A digest of a model: the file's sha256, or the tree digest of a folder.
-pub fn model_digest(path: &Path) -> Result<Sha256> {
-    if path.is_dir() {
-        crate::host::digest::tree_digest(path)
-    } else {
-        Sha256::of_file(path)
-    }
-}
-
-/// Checks the pins that can be checked without building: models and image
-/// archives. Mismatches are input errors (exit 2).
-pub fn check_pins(w: &Workloads) -> Result<()> {
-    for m in &w.models {
-        let got = model_digest(&m.path)?;
-        if got != m.sha256 {
-            return Err(crate::InputError(format!(
-                "{}: model {} digest is {got}, but the recipe pins {}; if the new data is trusted, update the pin",
-                m.at, m.name, m.sha256
-            ))
-            .into());
-        }
-    }
-    Ok(())
-}
+pub use crate::host::digest::tree_or_file_digest as model_digest;
 
 /// Places images, models and policy into the tree and writes the units.
 pub fn install(
-    w: &Workloads,
+    plan: &crate::inputs::plan::Plan,
     tree: &Path,
     work: &Path,
-    epoch: u64,
-    suite: &str,
-    mirror: &str,
     repos: &std::collections::BTreeMap<String, crate::inputs::debrepo::LocalRepo>,
 ) -> Result<Installed> {
+    let w = &plan.recipe.workloads;
+    let epoch = plan.recipe.source_date_epoch;
+    let (suite, mirror) = crate::recipe::packages::image_source(plan.recipe);
+    let (suite, mirror) = (suite.as_str(), mirror.as_str());
+    let (cache, stage_cache) = (&plan.cache, plan.stage_cache);
     let mut out = Installed {
         runtime: w.runtime,
         ..Default::default()
@@ -242,7 +155,6 @@ pub fn install(
                     repo: repos.get(&img.name).cloned(),
                 };
                 // Built images depend on the spec and the files' contents.
-                let cache = crate::inputs::cache::Cache::default_location()?;
                 let mut inputs = vec![format!(
                     "{:?}",
                     (
@@ -277,37 +189,40 @@ pub fn install(
                     );
                 }
                 let key = crate::inputs::stagecache::key("oci-build", &inputs);
-                let built_digest = match crate::inputs::stagecache::lookup(&cache, "oci-build", &key)
-                    .and_then(|(blob, extra)| {
-                        Sha256::from_hex(extra.trim()).ok().map(|d| (blob, d))
-                    }) {
-                    Some((blob, digest)) => {
-                        eprintln!(
-                            "        image {}: inputs unchanged, reusing the cached build",
-                            img.name
-                        );
-                        std::fs::copy(&blob, &dest).context("copy the cached image")?;
-                        crate::pipeline::compose::set_plain_mode(&dest)?;
-                        digest
-                    }
-                    None => {
-                        let bwork = work.join(format!("image-{}", img.name));
-                        std::fs::create_dir_all(&bwork)?;
-                        let built =
-                            crate::pipeline::oci::build_image(&spec, &bwork, &dest).with_context(|| {
-                                format!("image {}: build from Debian packages", img.name)
-                            })?;
-                        std::fs::remove_dir_all(&bwork).ok();
-                        crate::inputs::stagecache::store(
-                            &cache,
-                            "oci-build",
-                            &key,
-                            &dest,
-                            &built.manifest_digest.hex(),
-                        )?;
-                        built.manifest_digest
-                    }
-                };
+                let built_digest =
+                    match crate::inputs::stagecache::lookup(cache, stage_cache, "oci-build", &key)
+                        .and_then(|(blob, extra)| {
+                            Sha256::from_hex(extra.trim()).ok().map(|d| (blob, d))
+                        }) {
+                        Some((blob, digest)) => {
+                            eprintln!(
+                                "        image {}: inputs unchanged, reusing the cached build",
+                                img.name
+                            );
+                            std::fs::copy(&blob, &dest).context("copy the cached image")?;
+                            crate::host::tree::set_plain_mode(&dest)?;
+                            digest
+                        }
+                        None => {
+                            let bwork = work.join(format!("image-{}", img.name));
+                            std::fs::create_dir_all(&bwork)?;
+                            let built = crate::pipeline::oci::build_image(&spec, &bwork, &dest)
+                                .with_context(|| {
+                                    format!("image {}: build from Debian packages", img.name)
+                                })?;
+                            std::fs::remove_dir_all(&bwork).ok();
+                            if stage_cache {
+                                crate::inputs::stagecache::store(
+                                    cache,
+                                    "oci-build",
+                                    &key,
+                                    &dest,
+                                    &built.manifest_digest.hex(),
+                                )?;
+                            }
+                            built.manifest_digest
+                        }
+                    };
                 let built = BuiltDigest {
                     manifest_digest: built_digest,
                 };
@@ -416,10 +331,10 @@ fn copy_read_only(src: &Path, tree: &Path, rel: &str) -> Result<()> {
                 );
             }
         }
-        crate::pipeline::compose::apply_overlay(&stage, tree)
+        crate::host::tree::apply_overlay(&stage, tree)
     } else {
         let data = std::fs::read(src).with_context(|| format!("read {}", src.display()))?;
-        crate::pipeline::compose::write_in_tree(tree, rel, &data, 0o444)
+        crate::host::tree::write_in_tree(tree, rel, &data, 0o444)
     }
 }
 
@@ -534,7 +449,7 @@ const IMPORT_SCRIPT: &str = include_str!("../../guest/cairn-import-images");
 const IMAGES_SERVICE: &str = include_str!("../../guest/cairn-images.service");
 
 fn write_containerd_units(w: &Workloads, inst: &Installed, tree: &Path) -> Result<()> {
-    use crate::pipeline::compose::write_in_tree;
+    use crate::host::tree::write_in_tree;
     write_in_tree(
         tree,
         "usr/lib/cairn/cairn-import-images",
@@ -552,12 +467,12 @@ fn write_containerd_units(w: &Workloads, inst: &Installed, tree: &Path) -> Resul
         let _ = writeln!(list, "{} {} sha256:{}", i.name, i.reference, i.digest);
     }
     write_in_tree(tree, "usr/lib/cairn/images.list", list.as_bytes(), 0o644)?;
-    crate::pipeline::compose::link_in_tree(
+    crate::host::tree::link_in_tree(
         tree,
         "usr/lib/systemd/system/cairn.target.wants/cairn-images.service",
         "../cairn-images.service",
     )?;
-    crate::pipeline::compose::link_in_tree(
+    crate::host::tree::link_in_tree(
         tree,
         "usr/lib/systemd/system/cairn.target.wants/containerd.service",
         "../containerd.service",
@@ -570,7 +485,7 @@ fn write_containerd_units(w: &Workloads, inst: &Installed, tree: &Path) -> Resul
             service_unit(s).as_bytes(),
             0o644,
         )?;
-        crate::pipeline::compose::link_in_tree(
+        crate::host::tree::link_in_tree(
             tree,
             &format!("usr/lib/systemd/system/cairn.target.wants/{unit}"),
             &format!("../{unit}"),

@@ -13,6 +13,11 @@ use toml::Spanned;
 
 use crate::host::digest::Sha256;
 
+pub mod network;
+pub mod packages;
+pub mod url;
+pub mod workloads;
+
 /// Where the recipe's own inputs may live: its folder, or a wider root the
 /// operator names with `--root`. A recipe can never widen it by itself.
 #[derive(Debug, Clone)]
@@ -20,6 +25,19 @@ pub struct RecipeSource {
     pub path: PathBuf,
     pub text: String,
     pub root: PathBuf,
+    pub env: LoadEnv,
+}
+
+/// What a recipe's meaning depends on besides its text, given by the
+/// caller (the CLI reads it from the environment; nothing in the library
+/// does): where URL inputs land, and an override of the build date.
+#[derive(Debug, Clone, Default)]
+pub struct LoadEnv {
+    /// The content-addressed cache's root (absolute): a URL input's path
+    /// is the cache blob of its pin.
+    pub cache_root: PathBuf,
+    /// `SOURCE_DATE_EPOCH`, when the operator sets it.
+    pub source_date_epoch: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -399,8 +417,8 @@ pub struct Recipe {
     /// of the disk.
     pub state_grow: bool,
     pub ram_size: String,
-    pub network: crate::pipeline::firewall::NetworkPolicy,
-    pub workloads: crate::pipeline::workloads::Workloads,
+    pub network: crate::recipe::network::NetworkPolicy,
+    pub workloads: crate::recipe::workloads::Workloads,
     /// URL inputs (their paths above point into the cache), sorted by URL.
     pub downloads: Vec<Download>,
 }
@@ -434,7 +452,7 @@ impl Recipe {
 
 /// Reads, parses and validates a recipe. `root` widens the folder that
 /// recipe paths may point into (default: the recipe's own folder).
-pub fn load(path: &Path, root: Option<&Path>) -> Result<Recipe, RecipeError> {
+pub fn load(path: &Path, root: Option<&Path>, env: &LoadEnv) -> Result<Recipe, RecipeError> {
     let one = |message: String| RecipeError {
         problems: vec![RecipeProblem {
             file: path.to_path_buf(),
@@ -466,6 +484,7 @@ pub fn load(path: &Path, root: Option<&Path>) -> Result<Recipe, RecipeError> {
         path: path.to_path_buf(),
         text,
         root,
+        env: env.clone(),
     };
     parse(&src)
 }
@@ -617,10 +636,10 @@ impl<'a> Validator<'a> {
         what: &str,
     ) -> Option<PathBuf> {
         let raw = p.get_ref();
-        if !crate::inputs::download::is_url(raw) {
+        if !crate::recipe::url::is_url(raw) {
             return self.path(p, what);
         }
-        if let Err(e) = crate::inputs::download::check_url(raw) {
+        if let Err(e) = crate::recipe::url::check_url(raw) {
             self.problem(p.span(), format!("{what}: {e}"));
             return None;
         }
@@ -628,24 +647,14 @@ impl<'a> Validator<'a> {
             // A pin that is present but malformed is reported on its own.
             return None;
         };
-        // Absolute: tools may run in other folders.
-        let absolute = |c: PathBuf| -> anyhow::Result<PathBuf> {
-            Ok(if c.is_absolute() {
-                c
-            } else {
-                std::env::current_dir()?.join(c)
-            })
-        };
-        let cache = match crate::inputs::cache::Cache::default_path().and_then(absolute) {
-            Ok(c) => c,
-            Err(e) => {
-                self.problem(
-                    p.span(),
-                    format!("{what}: a URL input lands in cairn's cache: {e}"),
-                );
-                return None;
-            }
-        };
+        let cache = &self.src.env.cache_root;
+        if !cache.is_absolute() {
+            self.problem(
+                p.span(),
+                format!("{what}: a URL input lands in cairn's cache, and the cache path {} is not absolute", cache.display()),
+            );
+            return None;
+        }
         let (line, col) = line_col(&self.src.text, p.span().start);
         if !self
             .downloads
@@ -667,7 +676,7 @@ impl<'a> Validator<'a> {
                 at: format!("{}:{line}:{col}", self.src.path.display()),
             });
         }
-        Some(crate::inputs::cache::Cache::blob_path_in(&cache, &sha256))
+        Some(crate::host::digest::blob_path(cache, &sha256))
     }
 
     fn size(&mut self, s: &Spanned<String>, what: &str) -> u64 {
@@ -699,8 +708,10 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn workloads(&mut self, f: &RecipeFile) -> crate::pipeline::workloads::Workloads {
-        use crate::pipeline::workloads::{ImageSource, Model, Runtime, Service, WorkloadImage, Workloads};
+    fn workloads(&mut self, f: &RecipeFile) -> crate::recipe::workloads::Workloads {
+        use crate::recipe::workloads::{
+            ImageSource, Model, Runtime, Service, WorkloadImage, Workloads,
+        };
         let runtime = match f
             .cluster
             .runtime
@@ -733,7 +744,7 @@ impl<'a> Validator<'a> {
                 || need(&c.k3s_images_sha256)
             {
                 let span = c.runtime.as_ref().map(|r| r.span()).unwrap_or(0..0);
-                self.problem(span, format!("runtime \"k3s\" needs k3s_binary, k3s_binary_sha256, k3s_images and k3s_images_sha256 in [cluster]; {}", crate::pipeline::k3s::WHERE_FROM));
+                self.problem(span, format!("runtime \"k3s\" needs k3s_binary, k3s_binary_sha256, k3s_images and k3s_images_sha256 in [cluster]; {}", crate::recipe::workloads::K3S_WHERE_FROM));
             } else if let (Some(b), Some(bs), Some(i), Some(is)) = (
                 &c.k3s_binary,
                 &c.k3s_binary_sha256,
@@ -747,7 +758,7 @@ impl<'a> Validator<'a> {
                 if let (Some(binary), Some(binary_sha256), Some(images), Some(images_sha256)) =
                     (bin, bsha, img, isha)
                 {
-                    w.k3s = Some(crate::pipeline::k3s::Artifacts {
+                    w.k3s = Some(crate::recipe::workloads::K3sArtifacts {
                         binary,
                         binary_sha256,
                         images,
@@ -782,7 +793,7 @@ impl<'a> Validator<'a> {
                     if pin.is_none() && i.digest.is_none() {
                         self.problem(a.span(), format!("image {name:?}: an archive must be pinned: add digest = \"sha256:...\" (the image manifest's digest)"));
                     }
-                    let url = crate::inputs::download::is_url(a.get_ref());
+                    let url = crate::recipe::url::is_url(a.get_ref());
                     let file_pin = match &i.archive_sha256 {
                         Some(s) if url => self.digest(s, "archive_sha256"),
                         Some(s) => {
@@ -1140,21 +1151,21 @@ impl<'a> Validator<'a> {
                 }
             }
         };
-        let mut network = crate::pipeline::firewall::NetworkPolicy::default();
+        let mut network = crate::recipe::network::NetworkPolicy::default();
         for e in &f.network.egress {
-            match crate::pipeline::firewall::parse_egress(e.get_ref()) {
+            match crate::recipe::network::parse_egress(e.get_ref()) {
                 Ok(r) => network.egress.push(r),
                 Err(m) => self.problem(e.span(), m),
             }
         }
         for i in &f.network.ingress {
-            match crate::pipeline::firewall::parse_ingress(i.get_ref()) {
+            match crate::recipe::network::parse_ingress(i.get_ref()) {
                 Ok(r) => network.ingress.push(r),
                 Err(m) => self.problem(i.span(), m),
             }
         }
         if let Some(a) = &f.network.address {
-            match crate::pipeline::firewall::parse_address(a.get_ref()) {
+            match crate::recipe::network::parse_address(a.get_ref()) {
                 Ok(v) => network.address = Some(v),
                 Err(m) => self.problem(a.span(), m),
             }
@@ -1192,9 +1203,10 @@ impl<'a> Validator<'a> {
             recipe_sha256: Sha256::of_bytes(self.src.text.as_bytes()),
             name,
             version,
-            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
-                .ok()
-                .and_then(|v| v.parse().ok())
+            source_date_epoch: self
+                .src
+                .env
+                .source_date_epoch
                 .unwrap_or(f.image.source_date_epoch),
             base,
             kernel_package: f.kernel.package,
@@ -1275,6 +1287,10 @@ mod tests {
             path,
             text: text.into(),
             root: std::fs::canonicalize(dir).unwrap(),
+            env: LoadEnv {
+                cache_root: std::fs::canonicalize(dir).unwrap().join("cache"),
+                source_date_epoch: None,
+            },
         }
     }
 
@@ -1310,11 +1326,12 @@ packages = ["nftables"]
         assert_eq!(dl.url, "https://example.org/web.tar");
         assert_eq!(dl.sha256.hex(), sha);
         assert!(dl.at.ends_with(":9:11"), "{}", dl.at);
-        let crate::pipeline::workloads::ImageSource::Archive(p) = &r.workloads.images[0].source else {
+        let crate::recipe::workloads::ImageSource::Archive(p) = &r.workloads.images[0].source
+        else {
             panic!("an archive");
         };
-        let cache = crate::inputs::cache::Cache::default_path().unwrap();
-        assert_eq!(*p, crate::inputs::cache::Cache::blob_path_in(&cache, &dl.sha256));
+        let cache = std::fs::canonicalize(d.path()).unwrap().join("cache");
+        assert_eq!(*p, crate::host::digest::blob_path(&cache, &dl.sha256));
 
         // Without the file pin: one error at the URL, naming the fix.
         let no_pin = text.replace(&format!("archive_sha256 = \"{sha}\"\n"), "");

@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::pipeline::compose::Package;
 use crate::host::digest::Sha256;
+use crate::pipeline::compose::Package;
 use crate::release::manifest::{Manifest, Output};
 use crate::release::sign::{SIG, SUMS};
 

@@ -8,11 +8,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::compose::{ComposedRoot, Package};
 use crate::host::digest::Sha256;
 use crate::media::disk::Layout;
-use crate::recipe::{Base, Recipe};
+use crate::pipeline::compose::{ComposedRoot, Package};
 use crate::pipeline::verity::VerityTree;
+use crate::recipe::{Base, Recipe};
 
 pub const SCHEMA: u32 = 1;
 

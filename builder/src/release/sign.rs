@@ -87,7 +87,8 @@ mod tests {
         let lines: Vec<&str> = sums.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("SHA256 (a.json) = "));
-        let (sig, msg) = crate::release::signify::Signature::read_embedded(&d.path().join(SIG)).unwrap();
+        let (sig, msg) =
+            crate::release::signify::Signature::read_embedded(&d.path().join(SIG)).unwrap();
         assert_eq!(msg, sums.as_bytes());
         sig.verify(&key.public(), &msg).unwrap();
         // Control: another key does not verify it.

@@ -840,12 +840,14 @@ fn check_iso(
     ));
     let dir = tempfile::tempdir().map_err(|e| failed(format!("iso: temporary folder: {e}")))?;
     let efi = dir.path().join("efi.img");
-    crate::media::iso::read_file_from_iso(path, crate::media::iso::ISO_EFI_IMG, &efi).map_err(|e| {
-        failed(format!(
-            "uki: {name}: cannot extract {}: {e:#}",
-            crate::media::iso::ISO_EFI_IMG
-        ))
-    })?;
+    crate::media::iso::read_file_from_iso(path, crate::media::iso::ISO_EFI_IMG, &efi).map_err(
+        |e| {
+            failed(format!(
+                "uki: {name}: cannot extract {}: {e:#}",
+                crate::media::iso::ISO_EFI_IMG
+            ))
+        },
+    )?;
     let uki = extract_uki(&efi, 0).map_err(|e| {
         failed(format!(
             "uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"

@@ -43,7 +43,9 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
     let text = std::fs::read_to_string(ws.join("recipes/k3s-airgap.toml")).expect("recipe");
     // The recipe names the release URLs; the cache answers for them, so
     // nothing is downloaded.
-    let cache = cairn::inputs::cache::Cache::default_location().expect("cache");
+    let cache =
+        cairn::inputs::cache::Cache::open(cairn::cli::cache_root_from_env().expect("cache path"))
+            .expect("cache");
     let pin = |p: &PathBuf| cache.put_file(p).expect("store artifact").hex();
     let mut lines: Vec<String> = Vec::new();
     for l in text.lines() {

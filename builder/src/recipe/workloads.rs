@@ -1,0 +1,96 @@
+//! The workloads a recipe declares: the cluster runtime, pinned OCI images
+//! (archived or built from Debian packages), models, services, the policy
+//! bundle and the k3s artifacts. Plain data; the workloads stage installs it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::digest::Sha256;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    #[default]
+    None,
+    Containerd,
+    K3s,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    Archive(PathBuf),
+    Build {
+        packages: Vec<String>,
+        files: Vec<(PathBuf, String, u32)>,
+        entrypoint: Vec<String>,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        user: Option<String>,
+        workdir: Option<String>,
+        ports: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadImage {
+    pub name: String,
+    pub source: ImageSource,
+    pub pin: Option<Sha256>,
+    pub allow_setuid: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: Sha256,
+    /// Where the pin is written, for mismatch errors.
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub image: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub host_network: bool,
+    pub capabilities: Vec<String>,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Workloads {
+    pub runtime: Runtime,
+    pub images: Vec<WorkloadImage>,
+    pub models: Vec<Model>,
+    pub services: Vec<Service>,
+    pub policy: Option<PathBuf>,
+    pub k3s: Option<K3sArtifacts>,
+}
+
+/// Debian packages the runtime needs in the root.
+pub fn runtime_packages(r: Runtime) -> &'static [&'static str] {
+    match r {
+        Runtime::Containerd => &["containerd", "runc"],
+        Runtime::K3s | Runtime::None => &[],
+    }
+}
+
+/// The k3s artifacts, resolved to files on this machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct K3sArtifacts {
+    pub binary: PathBuf,
+    pub binary_sha256: Sha256,
+    pub images: PathBuf,
+    pub images_sha256: Sha256,
+    pub disable: Vec<String>,
+    pub node_name: String,
+}
+
+/// Where the artifacts come from when the recipe does not say: the
+/// documentation for field teams and the boot test's skip message.
+pub const K3S_WHERE_FROM: &str = "k3s artifacts come from the k3s release page (k3s and k3s-airgap-images-amd64.tar.zst, or .tar); put them beside the recipe or in cairn's cache and pin them by sha256 in [cluster]";
