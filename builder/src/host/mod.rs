@@ -3,8 +3,10 @@
 //! layer, cpio, progress display and the host tool table.
 
 pub mod cpio;
+pub mod deb822;
 pub mod digest;
 pub mod doctor;
 pub mod progress;
 pub mod runner;
+pub mod time;
 pub mod tree;

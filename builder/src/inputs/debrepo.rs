@@ -222,50 +222,25 @@ pub fn read_index(
     names: &BTreeSet<String>,
 ) -> Result<BTreeMap<(String, String, String), IndexEntry>> {
     let mut out = BTreeMap::new();
-    let mut cur: Vec<(String, String)> = Vec::new();
-    let mut keep = false;
-    let mut flush = |cur: &mut Vec<(String, String)>, keep: &mut bool| {
-        if *keep {
-            if let (Some(n), Some(v), Some(a), Some(fname)) = (
-                field(cur, "Package"),
-                field(cur, "Version"),
-                field(cur, "Architecture"),
-                field(cur, "Filename"),
-            ) {
-                out.insert(
-                    (n.to_string(), v.to_string(), a.to_string()),
-                    IndexEntry {
-                        filename: fname.to_string(),
-                        sha256: field(cur, "SHA256").and_then(|h| Sha256::from_hex(h).ok()),
-                        size: field(cur, "Size").and_then(|s| s.parse().ok()),
-                        priority: field(cur, "Priority").map(String::from),
-                    },
-                );
-            }
+    crate::host::deb822::for_each_paragraph(r, |p| {
+        let Some(n) = p.get("Package").filter(|n| names.contains(*n)) else {
+            return;
+        };
+        if let (Some(v), Some(a), Some(fname)) =
+            (p.get("Version"), p.get("Architecture"), p.get("Filename"))
+        {
+            out.insert(
+                (n.to_string(), v.to_string(), a.to_string()),
+                IndexEntry {
+                    filename: fname.to_string(),
+                    sha256: p.get("SHA256").and_then(|h| Sha256::from_hex(h).ok()),
+                    size: p.get("Size").and_then(|s| s.parse().ok()),
+                    priority: p.get("Priority").map(String::from),
+                },
+            );
         }
-        cur.clear();
-        *keep = false;
-    };
-    for line in r.lines() {
-        let line = line.context("reading a Packages index")?;
-        if line.is_empty() {
-            flush(&mut cur, &mut keep);
-            continue;
-        }
-        if line.starts_with(' ') || line.starts_with('\t') {
-            continue; // descriptions, Conffiles...: not needed
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            let v = v.trim();
-            if k == "Package" {
-                keep = names.contains(v);
-            }
-            if keep {
-                cur.push((k.to_string(), v.to_string()));
-            }
-        }
-    }
-    flush(&mut cur, &mut keep);
+    })
+    .context("reading a Packages index")?;
     Ok(out)
 }
 

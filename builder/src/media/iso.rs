@@ -120,24 +120,7 @@ fn check_volume_id(v: &str) -> Result<()> {
 
 /// `YYYYMMDDhhmmss00` (UTC) for `epoch`, as xorriso's `--modification-date=`.
 pub fn iso_timestamp(epoch: u64) -> String {
-    let days = (epoch / 86400) as i64;
-    let secs = epoch % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}00",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    crate::host::time::Utc::from_epoch(epoch).iso9660()
 }
 
 /// One GRUB word, single-quoted when it holds anything but safe characters.

@@ -378,33 +378,17 @@ pub fn installed_packages(tree: &Path) -> Result<Vec<Package>> {
 }
 
 pub fn parse_dpkg_status(text: &str) -> Vec<Package> {
-    let mut out = Vec::new();
-    for para in text.split("\n\n") {
-        let mut name = None;
-        let mut version = None;
-        let mut arch = None;
-        let mut installed = false;
-        for l in para.lines() {
-            if let Some(v) = l.strip_prefix("Package: ") {
-                name = Some(v.trim().to_string());
-            } else if let Some(v) = l.strip_prefix("Version: ") {
-                version = Some(v.trim().to_string());
-            } else if let Some(v) = l.strip_prefix("Architecture: ") {
-                arch = Some(v.trim().to_string());
-            } else if let Some(v) = l.strip_prefix("Status: ") {
-                installed = v.trim().ends_with(" installed");
-            }
-        }
-        if let (Some(name), Some(version), Some(architecture), true) =
-            (name, version, arch, installed)
-        {
-            out.push(Package {
-                name,
-                version,
-                architecture,
-            });
-        }
-    }
+    let mut out: Vec<Package> = crate::host::deb822::paragraphs(text)
+        .into_iter()
+        .filter(|p| p.get("Status").is_some_and(|s| s.ends_with(" installed")))
+        .filter_map(|p| {
+            Some(Package {
+                name: p.get("Package")?.to_string(),
+                version: p.get("Version")?.to_string(),
+                architecture: p.get("Architecture")?.to_string(),
+            })
+        })
+        .collect();
     out.sort();
     out
 }
