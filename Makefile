@@ -56,6 +56,7 @@ test: qemu-test
 	CAIRN_REQUIRE_TEST_IMAGE=1 $(MAKE) unit-test
 
 lint:
+	python3 .ci/layers.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
