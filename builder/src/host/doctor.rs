@@ -11,6 +11,11 @@ pub struct Tool {
 
 pub const TOOLS: &[Tool] = &[
     Tool {
+        name: "nft",
+        package: "nftables",
+        needed_for: "checking generated firewall rulesets (tests)",
+    },
+    Tool {
         name: "mmdebstrap",
         package: "mmdebstrap",
         needed_for: "Debian base trees",

@@ -301,13 +301,12 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
     )?;
     // Debian's own nftables.service would load /etc/nftables.conf over ours.
     link_in_tree(tree, "etc/systemd/system/nftables.service", "/dev/null")?;
-    if let Some(network) = crate::pipeline::firewall::networkd_file(&recipe.network) {
-        write_in_tree(
-            tree,
-            "etc/systemd/network/10-cairn.network",
-            network.as_bytes(),
-            0o644,
-        )?;
+    let network =
+        crate::pipeline::firewall::network_files(&recipe.network, recipe.workloads.runtime);
+    for (path, content) in &network {
+        write_in_tree(tree, path, content.as_bytes(), 0o644)?;
+    }
+    if !network.is_empty() {
         link_in_tree(
             tree,
             "usr/lib/systemd/system/cairn.target.wants/systemd-networkd.service",
