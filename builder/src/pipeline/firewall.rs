@@ -210,7 +210,6 @@ mod tests {
             gateway: None,
             egress: vec![],
             ingress: vec![parse_ingress("30080/tcp").unwrap()],
-            ..Default::default()
         }
     }
 
