@@ -12,7 +12,7 @@ APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstoo
 # backported qemu-utils these machines ship with.
 QEMU_PACKAGES := qemu-system-x86 qemu-utils
 
-.PHONY: all deps build image test unit-test qemu-test lint bench clean doctor repro
+.PHONY: all deps ensure-deps build image test unit-test qemu-test lint bench clean doctor repro
 
 all: build
 
@@ -22,6 +22,17 @@ deps:
 	apt-get update -o Acquire::Retries=3 || apt-get update -o Acquire::Retries=3
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -t bookworm-backports $(QEMU_PACKAGES)
+
+# Installs the host tools when any package is missing, so that `make image`
+# and `make test` are the whole quick start on a fresh Debian machine.
+ensure-deps:
+	@missing=""; for p in $(APT_PACKAGES) $(QEMU_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "make: host packages missing:$$missing; installing them (make deps)"; \
+		$(MAKE) deps; \
+	fi
 
 build:
 	$(CARGO) build --release --locked
@@ -34,7 +45,7 @@ doctor: build
 DEV_KEY ?= .cairn-dev/dev
 
 # The default image: out/field-ai-VERSION/field-ai-VERSION.raw, signed.
-image: build
+image: ensure-deps build
 	@if [ ! -f $(DEV_KEY).sec ]; then \
 		mkdir -p $(dir $(DEV_KEY)) && $(CAIRN) keygen $(DEV_KEY) --no-passphrase && \
 		echo "make image: created DEVELOPMENT signing key $(DEV_KEY).sec (unencrypted; local builds only, never releases)"; \
@@ -42,12 +53,12 @@ image: build
 	$(CAIRN) build $(RECIPE) --root . -o $(OUT) --key $(DEV_KEY).sec
 	@echo "verify with: $(CAIRN) verify $(OUT)/<name-version> --pubkey $(DEV_KEY).pub"
 
-unit-test:
+unit-test: ensure-deps
 	$(CARGO) test --locked --workspace --exclude qemu-tests
 
 # Boot tests: build the test recipe once, boot it under QEMU (KVM if it
 # works, else TCG) and judge from outside the guest.
-qemu-test:
+qemu-test: ensure-deps
 	$(CARGO) test --locked -p qemu-tests -- --test-threads=2 --nocapture
 
 # The boot tests build the test image that the verify tests sign and
