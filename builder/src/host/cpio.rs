@@ -110,7 +110,7 @@ fn pad(out: &mut impl Write, len: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use crate::host::runner;
 
     #[test]
     fn parents_added_and_output_is_stable() {
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn gnu_cpio_reads_it() {
-        if Command::new("cpio").arg("--version").output().is_err() {
+        if !runner::succeeds("cpio", &["--version"]) {
             eprintln!("skipped: cpio not installed");
             return;
         }
@@ -167,12 +167,10 @@ mod tests {
         let mut buf = Vec::new();
         a.write(&mut buf, 0).unwrap();
         std::fs::write(&f, buf).unwrap();
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!("cpio -it --quiet < {}", f.display()))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        let mut list = runner::command("sh");
+        list.arg("-c")
+            .arg(format!("cpio -it --quiet < {}", f.display()));
+        let out = runner::output("cpio test: list", list).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "etc\netc/x\nl\n");
     }
 }

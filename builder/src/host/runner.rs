@@ -1,27 +1,130 @@
-//! The one way cairn runs a host tool: through `xshell::cmd!`, logged,
-//! timed, and turned into an error that names the stage, the command line
-//! and the tail of its stderr when it fails.
+//! The one way cairn runs a host tool. Every external command is made here
+//! (`xshell::cmd!` for [`run`], [`command`] for the rest) and started by one
+//! of the functions below, which log the command line with `--verbose`,
+//! time it, and turn a failure into an error that names the stage, the
+//! command line and the tail of its stderr.
+//!
+//! - [`run`]: a `cmd!` line, output captured, stdout returned;
+//! - [`output`]: a [`Command`] with its own environment or stdio, captured;
+//! - [`run_streaming`]: a long tool whose progress lines are echoed;
+//! - [`status`]: an interactive tool on this terminal, exit status returned;
+//! - [`spawn`]: a long-running child (QEMU) as a [`Process`], killed and
+//!   reaped when dropped.
 
-use std::time::Instant;
+use std::io::BufRead;
+use std::process::{Child, ChildStderr, Command, ExitStatus, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use xshell::Cmd;
 
 /// Whether to echo each command line (set by `--verbose`).
-static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static VERBOSE: AtomicBool = AtomicBool::new(false);
 
 pub fn set_verbose(v: bool) {
-    VERBOSE.store(v, std::sync::atomic::Ordering::Relaxed);
+    VERBOSE.store(v, Ordering::Relaxed);
 }
 
 pub fn verbose() -> bool {
-    VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+    VERBOSE.load(Ordering::Relaxed)
+}
+
+/// A new command for `program`; start it with [`output`],
+/// [`run_streaming`], [`status`] or [`spawn`].
+pub fn command(program: &str) -> Command {
+    Command::new(program)
+}
+
+/// Whether `program` is on `PATH` (or in /usr/sbin, /sbin), without running it.
+pub fn available(program: &str) -> bool {
+    crate::host::doctor::find(program).is_some()
+}
+
+/// Whether `program ARGS` starts and exits 0 (output discarded), e.g. a
+/// `--version` check before an optional tool is used.
+pub fn succeeds(program: &str, args: &[&str]) -> bool {
+    let mut cmd = command(program);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    log_start(&cmd);
+    cmd.status().map(|s| s.success()).unwrap_or(false)
 }
 
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = v.len().saturating_sub(lines);
     v[start..].join("\n    ")
+}
+
+/// One shell word: as is when it is plain, else single-quoted.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/:._+-=@%,".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// `cmd` as a shell-like line: the variables it sets, the program, its
+/// arguments (for logs and error messages).
+pub fn command_line(cmd: &Command) -> String {
+    let mut words: Vec<String> = Vec::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            words.push(format!(
+                "{}={}",
+                k.to_string_lossy(),
+                shell_word(&v.to_string_lossy())
+            ));
+        }
+    }
+    words.push(shell_word(&cmd.get_program().to_string_lossy()));
+    words.extend(cmd.get_args().map(|a| shell_word(&a.to_string_lossy())));
+    words.join(" ")
+}
+
+fn log_start(cmd: &Command) {
+    if verbose() {
+        eprintln!("  $ {}", command_line(cmd));
+    }
+}
+
+fn log_time(started: Instant) {
+    if verbose() {
+        eprintln!("    ({:.1}s)", started.elapsed().as_secs_f64());
+    }
+}
+
+/// The error for a tool that could not be started: a missing program names
+/// its Debian package (from the doctor's table).
+fn start_error(stage: &str, cmd: &Command, e: std::io::Error) -> anyhow::Error {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let package = crate::host::doctor::TOOLS
+        .iter()
+        .find(|t| t.name == program)
+        .map(|t| format!("install the Debian package {}; ", t.package))
+        .unwrap_or_default();
+    anyhow!(
+        "{stage}: cannot run `{}`: {e}; {package}run `cairn doctor` to check host tools",
+        command_line(cmd)
+    )
+}
+
+/// The error for a tool that exited with `status`.
+fn failure(stage: &str, line: &str, status: ExitStatus, stderr: &str, stdout: &str) -> String {
+    let mut msg = format!("{stage}: `{line}` failed ({status})");
+    let t = tail(stderr, 8);
+    let t = if t.is_empty() { tail(stdout, 8) } else { t };
+    if !t.is_empty() {
+        msg.push_str(&format!("\n    {t}"));
+    }
+    msg
 }
 
 /// Runs `cmd` for `stage`, returning its stdout.
@@ -38,41 +141,46 @@ pub fn run(stage: &str, cmd: Cmd<'_>) -> Result<String> {
             bail!("{stage}: cannot run `{line}`: {e}; run `cairn doctor` to check host tools")
         }
     };
-    if verbose() {
-        eprintln!("    ({:.1}s)", started.elapsed().as_secs_f64());
-    }
+    log_time(started);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let mut msg = format!("{stage}: `{line}` failed ({})", out.status);
-        let t = tail(&stderr, 8);
-        if !t.is_empty() {
-            msg.push_str(&format!("\n    {t}"));
-        } else {
-            let t = tail(&stdout, 8);
-            if !t.is_empty() {
-                msg.push_str(&format!("\n    {t}"));
-            }
-        }
-        bail!(msg);
+        bail!(failure(stage, &line, out.status, &stderr, &stdout));
     }
     Ok(stdout)
 }
 
-/// Runs a long tool that is not built with `cmd!` (it needs its own
-/// environment and piped stderr): echoes its `I:` progress lines (all lines
-/// with --verbose) and keeps the tail of its output for the error.
-pub fn run_streaming(stage: &str, mut cmd: std::process::Command) -> Result<()> {
-    let line = format!("{cmd:?}");
-    if verbose() {
-        eprintln!("  $ {line}");
+/// Runs `cmd` to completion for `stage` with its output captured (stdout
+/// and stderr not set by the caller are piped) and returns it; a non-zero
+/// exit is an error.
+pub fn output(stage: &str, mut cmd: Command) -> Result<Output> {
+    log_start(&cmd);
+    let started = Instant::now();
+    let out = cmd.output().map_err(|e| start_error(stage, &cmd, e))?;
+    log_time(started);
+    if !out.status.success() {
+        bail!(failure(
+            stage,
+            &command_line(&cmd),
+            out.status,
+            &String::from_utf8_lossy(&out.stderr),
+            &String::from_utf8_lossy(&out.stdout),
+        ));
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("{stage}: cannot start {line}; run `cairn doctor`"))?;
+    Ok(out)
+}
+
+/// Runs a long tool whose stderr the caller piped (mmdebstrap): echoes its
+/// `I:` progress lines (all lines with --verbose) and keeps the tail of its
+/// output for the error.
+pub fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
+    let line = command_line(&cmd);
+    log_start(&cmd);
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| start_error(stage, &cmd, e))?;
     let mut tail: Vec<String> = Vec::new();
     if let Some(err) = child.stderr.take() {
-        for l in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+        for l in std::io::BufReader::new(err).lines() {
             let l = l.unwrap_or_default();
             if l.starts_with("I: ") || verbose() {
                 eprintln!("    {}", l.trim_start_matches("I: "));
@@ -83,12 +191,207 @@ pub fn run_streaming(stage: &str, mut cmd: std::process::Command) -> Result<()> 
             }
         }
     }
-    let status = child.wait().with_context(|| format!("{stage}: waiting"))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("{stage}: waiting for `{line}`"))?;
+    log_time(started);
     if !status.success() {
         bail!(
-            "{stage}: {line} failed ({status})\n    {}",
+            "{stage}: `{line}` failed ({status})\n    {}",
             tail.join("\n    ")
         );
     }
     Ok(())
+}
+
+/// Runs an interactive tool with the stdio the caller set (the terminal,
+/// for `cairn run`) and returns its exit status without judging it.
+pub fn status(stage: &str, mut cmd: Command) -> Result<ExitStatus> {
+    log_start(&cmd);
+    let started = Instant::now();
+    let st = cmd.status().map_err(|e| start_error(stage, &cmd, e))?;
+    log_time(started);
+    Ok(st)
+}
+
+/// Starts a long-running child for `stage` with the stdio the caller set.
+pub fn spawn(stage: &str, mut cmd: Command) -> Result<Process> {
+    log_start(&cmd);
+    let child = cmd.spawn().map_err(|e| start_error(stage, &cmd, e))?;
+    Ok(Process {
+        child,
+        stage: stage.to_string(),
+        line: command_line(&cmd),
+        started: Instant::now(),
+        logged_exit: false,
+    })
+}
+
+/// A child started by [`spawn`]: SIGKILLed and reaped when dropped, so it
+/// never outlives its owner.
+pub struct Process {
+    child: Child,
+    stage: String,
+    line: String,
+    started: Instant,
+    logged_exit: bool,
+}
+
+impl Process {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The command line it was started with.
+    pub fn command_line(&self) -> &str {
+        &self.line
+    }
+
+    /// Its stderr, if the caller piped it (once).
+    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    fn log_exit(&mut self, status: ExitStatus) {
+        if !self.logged_exit && verbose() {
+            eprintln!(
+                "    ({}: pid {} ended after {:.1}s: {status})",
+                self.stage,
+                self.child.id(),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+        self.logged_exit = true;
+    }
+
+    /// Its exit status if it has exited, without blocking.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        let st = self
+            .child
+            .try_wait()
+            .with_context(|| format!("{}: checking on `{}`", self.stage, self.line))?;
+        if let Some(s) = st {
+            self.log_exit(s);
+        }
+        Ok(st)
+    }
+
+    /// Waits up to `timeout` for it to exit, polling every `poll`;
+    /// `Ok(None)` if it is still running.
+    pub fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
+    /// SIGKILL, then waits for it to go.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        if let Ok(s) = self.child.wait() {
+            self.log_exit(s);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+
+    #[test]
+    fn runner_command_line_quotes_only_what_needs_it() {
+        let mut c = command("mmdebstrap");
+        c.arg("--variant=minbase")
+            .arg("--aptopt=Acquire::Retries \"3\"")
+            .arg("it's")
+            .env("INITRD", "No");
+        assert_eq!(
+            command_line(&c),
+            r#"INITRD=No mmdebstrap --variant=minbase '--aptopt=Acquire::Retries "3"' 'it'\''s'"#
+        );
+    }
+
+    #[test]
+    fn runner_output_error_names_stage_command_and_stderr() {
+        let mut c = command("sh");
+        c.args(["-c", "echo one >&2; echo two >&2; exit 3"]);
+        let e = output("unit stage", c).unwrap_err().to_string();
+        assert!(e.starts_with("unit stage: `sh -c "), "{e}");
+        assert!(e.contains("exit status: 3"), "{e}");
+        assert!(e.contains("one\n    two"), "{e}");
+
+        let mut ok = command("sh");
+        ok.args(["-c", "printf out"]);
+        assert_eq!(output("unit stage", ok).unwrap().stdout, b"out");
+    }
+
+    #[test]
+    fn runner_missing_tool_names_its_package() {
+        let e = output("unit stage", command("qemu-img-not-there"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unit stage: cannot run `qemu-img-not-there`"),
+            "{e}"
+        );
+        assert!(e.contains("cairn doctor"), "{e}");
+        assert!(!succeeds("qemu-img-not-there", &[]));
+        assert!(succeeds("true", &[]));
+        assert!(!succeeds("false", &[]));
+    }
+
+    #[test]
+    fn runner_streaming_keeps_the_tail() {
+        let mut c = command("sh");
+        c.args(["-c", "echo 'I: step'; echo boom >&2; exit 1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let e = run_streaming("stream", c).unwrap_err().to_string();
+        assert!(e.contains("stream: `sh -c") && e.contains("boom"), "{e}");
+    }
+
+    #[test]
+    fn runner_process_is_killed_on_drop() {
+        let mut c = command("sleep");
+        c.arg("60");
+        let mut p = spawn("unit stage", c).unwrap();
+        assert_eq!(
+            p.wait_timeout(Duration::from_millis(50), Duration::from_millis(10))
+                .unwrap(),
+            None
+        );
+        let pid = p.id() as i32;
+        drop(p);
+        // SAFETY: signal 0 only checks whether the pid exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "child {pid} survived its Process");
+
+        let mut c = command("sh");
+        c.args(["-c", "exit 7"]);
+        let mut p = spawn("unit stage", c).unwrap();
+        let st = p
+            .wait_timeout(Duration::from_secs(5), Duration::from_millis(10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.code(), Some(7));
+    }
 }

@@ -106,7 +106,7 @@ pub fn mmdebstrap_command_for(
     format: &str,
     extra: &[String],
 ) -> Command {
-    let mut cmd = Command::new("mmdebstrap");
+    let mut cmd = crate::host::runner::command("mmdebstrap");
     cmd.args(variant.args())
         .arg(format!("--format={format}"))
         .args(extra);
@@ -163,19 +163,9 @@ fn check_package_name(p: &str) -> Result<()> {
 /// Control fields of a .deb, in file order (`dpkg-deb --field`). Values
 /// keep their continuation lines.
 pub fn deb_control(deb: &Path) -> Result<Vec<(String, String)>> {
-    let out = Command::new("dpkg-deb")
-        .arg("--field")
-        .arg(deb)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| "cannot run dpkg-deb (Debian package dpkg); run `cairn doctor`")?;
-    if !out.status.success() {
-        bail!(
-            "dpkg-deb --field {} failed: {}",
-            deb.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let mut cmd = crate::host::runner::command("dpkg-deb");
+    cmd.arg("--field").arg(deb).stdin(Stdio::null());
+    let out = crate::host::runner::output("debrepo: dpkg-deb --field", cmd)?;
     let text = String::from_utf8(out.stdout)
         .with_context(|| format!("{}: control fields are not UTF-8", deb.display()))?;
     Ok(parse_stanza(&text))

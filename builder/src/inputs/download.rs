@@ -10,9 +10,9 @@
 pub use crate::recipe::url::{check_url, is_url};
 use std::io::IsTerminal;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::host::digest::Sha256;
 use crate::inputs::cache::Cache;
@@ -29,7 +29,7 @@ pub fn fetch_to_cache(url: &str, sha256: &Sha256, cache: &Cache, work: &Path) ->
     std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
     let tmp = tempfile::NamedTempFile::new_in(work)
         .with_context(|| format!("cannot create a file in {}", work.display()))?;
-    let mut cmd = Command::new("curl");
+    let mut cmd = crate::host::runner::command("curl");
     cmd.args([
         "--fail",
         "--location",
@@ -53,16 +53,7 @@ pub fn fetch_to_cache(url: &str, sha256: &Sha256, cache: &Cache, work: &Path) ->
         .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    let out = cmd
-        .output()
-        .context("cannot run curl (Debian package curl); run `cairn doctor`")?;
-    if !out.status.success() {
-        bail!(
-            "{url}: curl failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    crate::host::runner::output(&format!("download {url}"), cmd)?;
     let got = Sha256::of_file(tmp.path())?;
     if got != *sha256 {
         return Err(PinMismatch {
@@ -72,8 +63,12 @@ pub fn fetch_to_cache(url: &str, sha256: &Sha256, cache: &Cache, work: &Path) ->
         }
         .into());
     }
-    let f = std::fs::File::open(tmp.path())?;
-    let size = f.metadata()?.len();
+    let f = std::fs::File::open(tmp.path())
+        .with_context(|| format!("download {url}: cannot open {}", tmp.path().display()))?;
+    let size = f
+        .metadata()
+        .with_context(|| format!("download {url}: cannot stat {}", tmp.path().display()))?
+        .len();
     cache
         .put_reader(f, Some(*sha256))
         .with_context(|| format!("{url}: cannot store the download in the cache"))?;

@@ -421,13 +421,7 @@ mod tests {
     }
 
     fn have(tool: &str) -> bool {
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        crate::host::runner::available(tool)
     }
 
     const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
@@ -457,15 +451,13 @@ mod tests {
         std::fs::create_dir_all(p.join("tree/etc")).unwrap();
         std::fs::write(p.join("tree/etc/hello"), "hello\n").unwrap();
         let sq = p.join("root.squashfs");
-        let st = std::process::Command::new("mksquashfs")
-            .arg(p.join("tree"))
+        let mut mk = crate::host::runner::command("mksquashfs");
+        mk.arg(p.join("tree"))
             .arg(&sq)
             .args(["-noappend", "-quiet", "-mkfs-time", "0", "-all-time", "0"])
             .env_remove("SOURCE_DATE_EPOCH")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
+            .stdout(std::process::Stdio::null());
+        crate::host::runner::output("iso test: mksquashfs", mk).unwrap_or_else(|e| panic!("{e:#}"));
         std::fs::write(p.join("root.verity"), vec![7u8; 8192]).unwrap();
         std::fs::write(p.join("vmlinuz"), vec![1u8; 5000]).unwrap();
         std::fs::write(p.join("initrd"), vec![2u8; 3000]).unwrap();
@@ -520,14 +512,12 @@ mod tests {
         assert!(cfg.contains("cairn.medium=iso"), "{cfg}");
         read_file_from_iso(&a, ISO_EFI_IMG, &p.join("efi.img")).unwrap();
         let uki_out = p.join("uki.efi");
-        let st = std::process::Command::new("mcopy")
-            .arg("-i")
+        let mut mc = crate::host::runner::command("mcopy");
+        mc.arg("-i")
             .arg(p.join("efi.img"))
             .arg("::/EFI/BOOT/BOOTX64.EFI")
-            .arg(&uki_out)
-            .status()
-            .unwrap();
-        assert!(st.success());
+            .arg(&uki_out);
+        crate::host::runner::output("iso test: mcopy", mc).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(
             std::fs::read(&uki_out).unwrap(),
             std::fs::read(STUB).unwrap()
@@ -535,12 +525,12 @@ mod tests {
         assert!(read_file_from_iso(&a, "/no/such/file", &p.join("x")).is_err());
 
         // El Torito: a BIOS and a UEFI entry.
-        let rep = std::process::Command::new("xorriso")
-            .args(["-no_rc", "-indev"])
+        let mut xo = crate::host::runner::command("xorriso");
+        xo.args(["-no_rc", "-indev"])
             .arg(&a)
-            .args(["-report_el_torito", "plain"])
-            .output()
-            .unwrap();
+            .args(["-report_el_torito", "plain"]);
+        let rep = crate::host::runner::output("iso test: xorriso report", xo)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let rep = String::from_utf8_lossy(&rep.stdout);
         assert!(rep.contains("BIOS") && rep.contains("UEFI"), "{rep}");
 

@@ -44,12 +44,7 @@ mod tests {
     use std::io::{Seek, SeekFrom, Write};
 
     fn have_qemu_img() -> bool {
-        std::process::Command::new("qemu-img")
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        crate::host::runner::succeeds("qemu-img", &["--version"])
     }
 
     #[test]
@@ -83,13 +78,13 @@ mod tests {
             "not sparse/compressed: {} bytes",
             ab.len()
         );
-        let st = std::process::Command::new("qemu-img")
-            .args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
+        let mut cmp = crate::host::runner::command("qemu-img");
+        cmp.args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
             .arg(&raw)
-            .arg(&a)
-            .status()
-            .unwrap();
-        assert!(st.success(), "qcow2 content differs from the raw");
+            .arg(&a);
+        if let Err(e) = crate::host::runner::output("qcow2 test: compare", cmp) {
+            panic!("qcow2 content differs from the raw: {e:#}");
+        }
         // Overwrites an existing output.
         write_qcow2(&raw, &a).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), bb);
