@@ -14,6 +14,8 @@ use std::time::Duration;
 use cairn::media::iso::{write_iso, IsoInputs};
 use cairn::vm::qemu::{timeout_scale, BootSpec, DiskBus, Firmware, ImageFormat, Vm};
 
+mod common;
+
 const TEST_IMAGE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../target/qemu-tests/out/cairn-test-1"
@@ -118,6 +120,7 @@ fn built() -> Option<&'static Built> {
 }
 
 fn boot(b: &Built, firmware: Firmware, bus: DiskBus) {
+    common::configure_qemu();
     let log = b.dir.join(format!("serial-{firmware:?}-{bus:?}.log"));
     let mut spec = BootSpec::new(&b.iso, ImageFormat::Iso, firmware, &log);
     spec.bus = bus;

@@ -67,6 +67,7 @@ fn boot_and_quit(image: &Path, scratch: bool) -> String {
     let err = capture(g.0.stderr.take().unwrap());
     let mut stdin = g.0.stdin.take().unwrap();
 
+    common::configure_qemu();
     let limit = Duration::from_secs(420 * cairn::vm::qemu::timeout_scale() as u64);
     let started = Instant::now();
     while !text(&out).contains("cairn: ready") {

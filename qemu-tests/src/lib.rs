@@ -1,6 +1,8 @@
 //! Shared helpers for the boot tests: build each test recipe once per run,
 //! logs, partitions, byte flips, loopback listeners. The QEMU side is
-//! `cairn::vm::qemu`, the same helper `cairn run` uses.
+//! `cairn::vm::qemu`, the same helper `cairn run` uses; [`configure_qemu`]
+//! (called by [`built`] and the timeouts, so before any boot) hands it the
+//! `CAIRN_QEMU_ACCEL` and `CAIRN_BOOT_TIMEOUT_SCALE` knobs.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -24,6 +26,7 @@ pub fn workspace() -> PathBuf {
 /// Builds `qemu-tests/recipes/NAME.toml` once per test process (builds run
 /// one at a time; boots may overlap).
 pub fn built(name: &str) -> &'static Built {
+    configure_qemu();
     static BUILT: OnceLock<Mutex<HashMap<String, &'static Result<Built, String>>>> =
         OnceLock::new();
     let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
@@ -84,12 +87,26 @@ fn build(name: &str) -> Result<Built, String> {
     })
 }
 
+/// Applies `CAIRN_QEMU_ACCEL` and `CAIRN_BOOT_TIMEOUT_SCALE` to this
+/// process's QEMU settings (the library reads no environment).
+pub fn configure_qemu() {
+    use cairn::vm::qemu::{configure, QemuConfig};
+    let var = |k: &str| std::env::var(k).ok();
+    configure(QemuConfig::from_env_values(
+        var(QemuConfig::ACCEL_VAR).as_deref(),
+        var(QemuConfig::TIMEOUT_SCALE_VAR).as_deref(),
+    ))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 /// Under TCG a boot to ready takes a minute or two; allow for a loaded CI.
 pub fn boot_timeout() -> Duration {
+    configure_qemu();
     Duration::from_secs(420 * cairn::vm::qemu::timeout_scale() as u64)
 }
 
 pub fn console_timeout() -> Duration {
+    configure_qemu();
     Duration::from_secs(120 * cairn::vm::qemu::timeout_scale() as u64)
 }
 

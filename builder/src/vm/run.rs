@@ -10,10 +10,11 @@
 //! instead of killing QEMU. `Ctrl-A x` quits, `Ctrl-A c` toggles the monitor.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
 
+use crate::host::runner;
 use crate::vm::qemu::{self, BootSpec, DiskBus, Firmware, ImageFormat, Vm};
 
 #[derive(Debug, Clone)]
@@ -102,7 +103,7 @@ pub fn serial_to_stdio(args: &mut Vec<String>) -> Result<()> {
 /// Boots `image` with the console on this terminal; returns QEMU's exit code.
 pub fn run_image(image: &Path, opts: RunOptions) -> Result<i32> {
     let image =
-        std::fs::canonicalize(image).with_context(|| format!("image {}", image.display()))?;
+        std::fs::canonicalize(image).with_context(|| format!("run: image {}", image.display()))?;
     let workdir = tempfile::Builder::new()
         .prefix("cairn-run-")
         .tempdir_in("/tmp")
@@ -113,12 +114,7 @@ pub fn run_image(image: &Path, opts: RunOptions) -> Result<i32> {
     serial_to_stdio(&mut args)?;
     if spec.firmware == Firmware::Uefi {
         let (_code, vars) = qemu::ovmf_paths()?;
-        let dest = wd.join("OVMF_VARS.fd");
-        std::fs::copy(&vars, &dest)
-            .with_context(|| format!("copying {} to {}", vars.display(), dest.display()))?;
-        let mut p = std::fs::metadata(&dest)?.permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o600);
-        std::fs::set_permissions(&dest, p)?;
+        qemu::copy_vars(&vars, &wd)?;
     }
     eprintln!(
         "cairn run: {} ({:?}, {:?}, {} accel{}{}); Ctrl-A x quits",
@@ -144,14 +140,13 @@ pub fn run_image(image: &Path, opts: RunOptions) -> Result<i32> {
             )
         }
     );
-    let status = Command::new(qemu::QEMU)
-        .args(&args)
+    let mut cmd = runner::command(qemu::QEMU);
+    cmd.args(&args)
         .current_dir(&wd)
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .with_context(|| format!("cannot run {}", qemu::QEMU))?;
+        .stderr(Stdio::inherit());
+    let status = runner::status("run: qemu", cmd)?;
     Ok(status.code().unwrap_or(128 + 9))
 }
 

@@ -117,3 +117,16 @@ pub fn signed_folder() -> Option<Signed> {
     s.resign(&[RAW, "manifest.json"], None);
     Some(s)
 }
+
+/// Applies the boot-test knobs (`CAIRN_QEMU_ACCEL`,
+/// `CAIRN_BOOT_TIMEOUT_SCALE`) to this test process's QEMU settings; call
+/// before the first VM or `timeout_scale()`.
+pub fn configure_qemu() {
+    use cairn::vm::qemu::{configure, QemuConfig};
+    let var = |k: &str| std::env::var(k).ok();
+    configure(QemuConfig::from_env_values(
+        var(QemuConfig::ACCEL_VAR).as_deref(),
+        var(QemuConfig::TIMEOUT_SCALE_VAR).as_deref(),
+    ))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
