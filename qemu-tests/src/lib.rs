@@ -129,13 +129,9 @@ pub fn partition(dir: &Path, label: &str) -> (u64, u64) {
 /// A sparse copy of `src` in `dir`, for tests that write to the image.
 pub fn copy_image(src: &Path, dir: &Path, name: &str) -> PathBuf {
     let dst = dir.join(name);
-    let st = std::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg(src)
-        .arg(&dst)
-        .status()
-        .expect("cp");
-    assert!(st.success(), "cp failed");
+    let mut cp = cairn::host::runner::command("cp");
+    cp.arg("--sparse=always").arg(src).arg(&dst);
+    cairn::host::runner::output("copy_image", cp).unwrap_or_else(|e| panic!("{e:#}"));
     dst
 }
 

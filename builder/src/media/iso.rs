@@ -193,7 +193,8 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
     }
     let dir = work.join("iso");
     std::fs::create_dir_all(&dir).with_context(|| format!("iso: create {}", dir.display()))?;
-    let dir = std::fs::canonicalize(&dir)?;
+    let dir =
+        std::fs::canonicalize(&dir).with_context(|| format!("iso: resolve {}", dir.display()))?;
     let epoch = inp.epoch.to_string();
     let sh = xshell::Shell::new()?;
     sh.change_dir(&dir);
@@ -202,14 +203,16 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
     // xorriso -as mkisofs reads ./.mkisofsrc, then $MKISOFSRC: an empty
     // file stops the search before $HOME's.
     let rc = dir.join("empty.mkisofsrc");
-    std::fs::write(&rc, "")?;
+    std::fs::write(&rc, "").with_context(|| format!("iso: write {}", rc.display()))?;
     sh.set_var("MKISOFSRC", &rc);
     sh.set_var("HOME", &dir);
 
     // 1. The EFI image: the UKI as the removable-media boot path.
     let efi = dir.join("efi.img");
     let _ = std::fs::remove_file(&efi);
-    let uki_size = std::fs::metadata(inp.uki)?.len();
+    let uki_size = std::fs::metadata(inp.uki)
+        .with_context(|| format!("iso: UKI {}", inp.uki.display()))?
+        .len();
     let serial =
         &Sha256::of_bytes(format!("cairn iso efi {} {epoch}", inp.volume_id).as_bytes()).hex()[..8];
     let kib = (efi_image_size(uki_size) / 1024).to_string();
@@ -242,7 +245,8 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
         ),
     )?;
     let cfg = dir.join("grub.cfg");
-    std::fs::write(&cfg, grub_cfg(inp.cmdline))?;
+    std::fs::write(&cfg, grub_cfg(inp.cmdline))
+        .with_context(|| format!("iso: write {}", cfg.display()))?;
 
     // 3. The ISO.
     if out.exists() {
