@@ -402,11 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory_mib: memory,
                 ..Default::default()
             };
-            let var = |k: &str| std::env::var(k).ok();
-            cairn::vm::qemu::configure(cairn::vm::qemu::QemuConfig::from_env_values(
-                var(cairn::vm::qemu::QemuConfig::ACCEL_VAR).as_deref(),
-                var(cairn::vm::qemu::QemuConfig::TIMEOUT_SCALE_VAR).as_deref(),
-            ))?;
+            cairn::vm::qemu::configure(cairn::cli::qemu_config_from_env())?;
             let code = cairn::vm::run::run_image(&image, opts)?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }

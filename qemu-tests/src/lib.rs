@@ -87,16 +87,11 @@ fn build(name: &str) -> Result<Built, String> {
     })
 }
 
-/// Applies `CAIRN_QEMU_ACCEL` and `CAIRN_BOOT_TIMEOUT_SCALE` to this
-/// process's QEMU settings (the library reads no environment).
+/// Applies `CAIRN_QEMU_ACCEL` and `CAIRN_BOOT_TIMEOUT_SCALE` (read by
+/// `cairn::cli`, as for `cairn run`) to this process's QEMU settings.
 pub fn configure_qemu() {
-    use cairn::vm::qemu::{configure, QemuConfig};
-    let var = |k: &str| std::env::var(k).ok();
-    configure(QemuConfig::from_env_values(
-        var(QemuConfig::ACCEL_VAR).as_deref(),
-        var(QemuConfig::TIMEOUT_SCALE_VAR).as_deref(),
-    ))
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    cairn::vm::qemu::configure(cairn::cli::qemu_config_from_env())
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Under TCG a boot to ready takes a minute or two; allow for a loaded CI.

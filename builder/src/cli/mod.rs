@@ -51,6 +51,18 @@ pub fn settings_from_env() -> Result<Settings> {
     })
 }
 
+/// The QEMU knobs of `cairn run` and the boot tests: `CAIRN_QEMU_ACCEL`
+/// (`kvm`, `tcg` or `auto`) and `CAIRN_BOOT_TIMEOUT_SCALE` (an integer >= 1);
+/// bad values are ignored with a warning.
+pub fn qemu_config_from_env() -> crate::vm::qemu::QemuConfig {
+    use crate::vm::qemu::QemuConfig;
+    let var = |k: &str| std::env::var(k).ok();
+    QemuConfig::from_env_values(
+        var(QemuConfig::ACCEL_VAR).as_deref(),
+        var(QemuConfig::TIMEOUT_SCALE_VAR).as_deref(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

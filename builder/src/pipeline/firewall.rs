@@ -355,18 +355,19 @@ mod tests {
         for (name, text) in cases {
             let f = d.path().join(format!("{name}.nft"));
             std::fs::write(&f, &text).unwrap();
-            let out = std::process::Command::new("unshare")
-                .args(["--net", "nft", "-c", "-f"])
-                .arg(&f)
-                .output()
-                .expect("unshare and nft (packages util-linux, nftables: make deps)");
-            let ok = out.status.success();
-            assert_eq!(
-                ok,
-                name != "broken",
-                "{name}: {}\n{text}",
-                String::from_utf8_lossy(&out.stderr)
+            let mut cmd = crate::host::runner::command("unshare");
+            cmd.args(["--net", "nft", "-c", "-f"]).arg(&f);
+            let res = crate::host::runner::output("firewall test: nft -c", cmd);
+            let why = match &res {
+                Ok(_) => String::new(),
+                Err(e) => format!("{e:#}"),
+            };
+            // A refusal must come from nft, not from a missing tool.
+            assert!(
+                !why.contains("cannot run"),
+                "unshare and nft (packages util-linux, nftables: make deps): {why}"
             );
+            assert_eq!(res.is_ok(), name != "broken", "{name}: {why}\n{text}");
         }
     }
 }

@@ -119,14 +119,10 @@ pub fn signed_folder() -> Option<Signed> {
 }
 
 /// Applies the boot-test knobs (`CAIRN_QEMU_ACCEL`,
-/// `CAIRN_BOOT_TIMEOUT_SCALE`) to this test process's QEMU settings; call
-/// before the first VM or `timeout_scale()`.
+/// `CAIRN_BOOT_TIMEOUT_SCALE`, read by `cairn::cli` as for `cairn run`) to
+/// this test process's QEMU settings; call before the first VM or
+/// `timeout_scale()`.
 pub fn configure_qemu() {
-    use cairn::vm::qemu::{configure, QemuConfig};
-    let var = |k: &str| std::env::var(k).ok();
-    configure(QemuConfig::from_env_values(
-        var(QemuConfig::ACCEL_VAR).as_deref(),
-        var(QemuConfig::TIMEOUT_SCALE_VAR).as_deref(),
-    ))
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    cairn::vm::qemu::configure(cairn::cli::qemu_config_from_env())
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }

@@ -42,10 +42,11 @@ pub enum AccelChoice {
 }
 
 /// The host knobs every VM of a process shares. vm/ reads no environment
-/// variable: the CLI and the test harnesses read [`QemuConfig::ACCEL_VAR`]
-/// and [`QemuConfig::TIMEOUT_SCALE_VAR`], turn them into a config with
-/// [`QemuConfig::from_env_values`] and pass it to [`configure`] before the
-/// first VM starts. Unconfigured, the default applies (probe, scale 1).
+/// variable: `cli::qemu_config_from_env` reads [`QemuConfig::ACCEL_VAR`]
+/// and [`QemuConfig::TIMEOUT_SCALE_VAR`] into a config with
+/// [`QemuConfig::from_env_values`], and `cairn run` and the test harnesses
+/// pass it to [`configure`] before the first VM starts. Unconfigured, the
+/// default applies (probe, scale 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QemuConfig {
     pub accel: AccelChoice,

@@ -12,9 +12,10 @@
 //!   QMP power button, kill).
 //!
 //! QEMU runs through the one runner (`host::runner::spawn`). Nothing here
-//! reads the environment: the CLI and the test harnesses turn
-//! `CAIRN_QEMU_ACCEL` and `CAIRN_BOOT_TIMEOUT_SCALE` into a [`QemuConfig`]
-//! and pass it to [`configure`]. The one exception is a test knob: the
+//! reads the environment: `cli::qemu_config_from_env` turns
+//! `CAIRN_QEMU_ACCEL` and `CAIRN_BOOT_TIMEOUT_SCALE` into a [`QemuConfig`],
+//! and `cairn run` and the test harnesses pass it to [`configure`]. The
+//! exceptions are test knobs: the unit tests do the same themselves, and the
 //! `#[ignore]`d `qemu_console_run_against_a_kernel` test reads
 //! `CAIRN_TEST_KERNEL` and `CAIRN_TEST_INITRD`.
 
