@@ -211,6 +211,7 @@ mod tests {
             gateway: None,
             egress: vec![],
             ingress: vec![parse_ingress("30080/tcp").unwrap()],
+            ..Default::default()
         }
     }
 
