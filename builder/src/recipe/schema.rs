@@ -50,7 +50,7 @@ pub struct ClusterSection {
     pub k3s_images_sha256: Option<Spanned<String>>,
     /// k3s components to disable on top of traefik, servicelb, metrics-server.
     #[serde(default)]
-    pub disable: Vec<String>,
+    pub disable: Vec<Spanned<String>>,
 }
 
 /// An OCI image pinned by manifest digest: from an archive on disk, or

@@ -308,6 +308,19 @@ fn control_sane_service_passes() {
     assert_eq!(r.workloads.services[0].cpus, Some(2.0));
 }
 
+#[test]
+fn k3s_disable_entry_with_a_newline_is_refused() {
+    refused(
+        &format!(
+            "{}[cluster]\ndisable = [\"traefik\", \"x\\nkube-apiserver-arg:\"]\n",
+            debian("")
+        ),
+        6,
+        23,
+        "[cluster] disable entry \"x\\nkube-apiserver-arg:\" is not a k3s component name",
+    );
+}
+
 // ---- [network] egress width ----
 
 #[test]

@@ -80,6 +80,20 @@ impl Validator<'_> {
             runtime,
             ..Default::default()
         };
+        // Written into k3s's config.yaml, one list item each: plain names only.
+        for d in &f.cluster.disable {
+            let v = d.get_ref();
+            let plain = !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !plain {
+                self.problem(
+                    d.span(),
+                    format!("[cluster] disable entry {v:?} is not a k3s component name ([a-z0-9-], e.g. \"local-storage\")"),
+                );
+            }
+        }
         if runtime == Runtime::K3s {
             let c = &f.cluster;
             let need = |v: &Option<Spanned<String>>| v.is_none();
@@ -108,7 +122,7 @@ impl Validator<'_> {
                         binary_sha256,
                         images,
                         images_sha256,
-                        disable: c.disable.clone(),
+                        disable: c.disable.iter().map(|d| d.get_ref().clone()).collect(),
                         node_name: f.image.name.get_ref().clone(),
                     });
                 }
