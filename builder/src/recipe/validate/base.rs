@@ -95,7 +95,7 @@ impl Validator<'_> {
             return false;
         }
         if let Err(e) = crate::recipe::url::check_url(v) {
-            self.problem(m.span(), format!("{what}: {e}"));
+            self.problem(m.span(), format!("{what}: {e}; {fix}"));
             return false;
         }
         if let Some(c) = v

@@ -579,7 +579,7 @@ fn model_folder_with_a_link_out_is_refused_at_the_entry() {
         &text,
         7,
         8,
-        "model \"model\": leak is a link to /etc/passwd (out of the folder)",
+        "model folder \"model\": leak is a link to /etc/passwd (out of the folder)",
     );
     // Control: without the link the folder passes.
     std::fs::remove_file(d.path().join("model/leak")).unwrap();

@@ -92,9 +92,12 @@ impl Validator<'_> {
             };
             let ft = meta.file_type();
             let problem = if let Some(kind) = special_kind(&ft) {
+                let allowed = match rule {
+                    Rule::Overlay => "files, folders and links",
+                    Rule::FilesOnly => "files and folders",
+                };
                 Some(format!(
-                    "{what} {name:?}: {rel} is {kind}; {what}s hold only files, folders{} — remove it",
-                    if rule == Rule::Overlay { " and links" } else { "" }
+                    "{what} {name:?}: {rel} is {kind}; {what}s hold only {allowed}: remove it"
                 ))
             } else if ft.is_symlink() && rule == Rule::FilesOnly {
                 let target = std::fs::read_link(e.path())
@@ -105,7 +108,7 @@ impl Validator<'_> {
                     _ => " (out of the folder)",
                 };
                 Some(format!(
-                    "{what} {name:?}: {rel} is a link to {target}{out}; {what}s hold only files and folders — copy the file in"
+                    "{what} {name:?}: {rel} is a link to {target}{out}; {what}s hold only files and folders: copy the file in"
                 ))
             } else if rule == Rule::Overlay && !ft.is_symlink() && meta.mode() & 0o6000 != 0 {
                 Some(format!(

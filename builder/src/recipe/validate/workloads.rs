@@ -249,7 +249,7 @@ impl Validator<'_> {
             model_names.insert(name.clone(), self.at(m.name.span()));
             let path = self
                 .path(&m.path, "model")
-                .filter(|p| self.data_folder(&m.path, p, "model"));
+                .filter(|p| self.data_folder(&m.path, p, "model folder"));
             let sha = self.digest(&m.sha256, "model sha256");
             if let (Some(path), Some(sha256)) = (path, sha) {
                 w.models.push(Model {
@@ -306,7 +306,7 @@ impl Validator<'_> {
                 if !ok && control_char(e.get_ref()).is_none() {
                     self.problem(
                         e.span(),
-                        format!("service {name:?}: env entry {:?} is not KEY=VALUE (KEY of letters, digits and _)", e.get_ref()),
+                        format!("service {name:?}: env entry {:?} is not KEY=VALUE (KEY of letters, digits and _); write e.g. \"PORT=8080\"", e.get_ref()),
                     );
                 }
             }
