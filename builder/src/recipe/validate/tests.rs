@@ -362,6 +362,16 @@ fn allow_wide_accepts_and_records_the_rule() {
     assert_eq!(r.network.egress.len(), 2);
     assert_eq!(r.network.wide_egress.len(), 1);
     assert_eq!(r.network.wide_egress[0].prefix, 0);
+    // The manifest carries the policy as is: the wide rule is marked there,
+    // and a policy without one serializes as before (no new key).
+    let json = serde_json::to_value(&r.network).unwrap();
+    assert_eq!(json["wide_egress"][0]["prefix"], 0, "{json}");
+    let narrow = ok(&format!(
+        "{}[network]\negress = [\"10.1.2.0/24:80\"]\n",
+        debian("")
+    ));
+    let json = serde_json::to_value(&narrow.network).unwrap();
+    assert!(json.get("wide_egress").is_none(), "{json}");
     // The table form without the flag is still refused.
     refused(
         &format!(
