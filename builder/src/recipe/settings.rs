@@ -178,7 +178,7 @@ settings! {
         "the rule, written as in the plain form";
     EGRESS_ALLOW_WIDE = ["network.egress"] "allow_wide": "bool" = Bool(false);
         "accept a rule wider than `wide_prefix` (e.g. `0.0.0.0/0:443`); the manifest records \
-         it and `cairn inspect` marks it";
+         it under `network.wide_egress`";
 
     CLUSTER_RUNTIME = ["cluster"] "runtime": "`\"none\"`, `\"containerd\"`, `\"k3s\"`" = Text("none");
         "`containerd`: Debian's containerd and runc; the pinned images are imported at boot \
