@@ -144,7 +144,10 @@ mod tests {
         let doc = std::fs::read_to_string(&path).expect("read docs/recipe.md");
         let want = render(&doc).expect("render docs/recipe.md");
         if std::env::var_os("CAIRN_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, &want).expect("write docs/recipe.md");
+            // Atomically: the other tests here read the file meanwhile.
+            let tmp = path.with_extension("md.new");
+            std::fs::write(&tmp, &want).expect("write docs/recipe.md.new");
+            std::fs::rename(&tmp, &path).expect("rename docs/recipe.md.new");
             return;
         }
         assert!(
