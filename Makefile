@@ -12,7 +12,7 @@ APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstoo
 # backported qemu-utils these machines ship with.
 QEMU_PACKAGES := qemu-system-x86 qemu-utils
 
-.PHONY: all deps ensure-deps build image test unit-test qemu-test lint bench clean doctor repro
+.PHONY: all deps ensure-deps build image test unit-test qemu-test lint bench clean doctor repro fuzz
 
 all: build
 
@@ -70,6 +70,10 @@ lint:
 	python3 .ci/layers.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# The property tests (no input panics a parser), run longer than in `make test`.
+fuzz:
+	CAIRN_FUZZ_CASES=$${CAIRN_FUZZ_CASES:-20000} $(CARGO) test --locked -p cairn --lib never_panics
 
 # Two builds of the default recipe from its lock, compared byte for byte.
 repro: build

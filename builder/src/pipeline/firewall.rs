@@ -192,6 +192,7 @@ mod tests {
             ingress: vec![parse_ingress("9000/tcp").unwrap()],
             address: Some(parse_address("10.0.2.15/24").unwrap()),
             gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
+            ..Default::default()
         };
         crate::assert_golden(
             "firewall-rules.nft",
@@ -210,6 +211,7 @@ mod tests {
             gateway: None,
             egress: vec![],
             ingress: vec![parse_ingress("30080/tcp").unwrap()],
+            ..Default::default()
         }
     }
 

@@ -42,6 +42,11 @@ pub struct NetworkPolicy {
     /// Static address and prefix length of the wired interfaces.
     pub address: Option<(Ipv4Addr, u8)>,
     pub gateway: Option<Ipv4Addr>,
+    /// The egress rules wider than the recipe's `wide_prefix` that the
+    /// recipe accepted with `allow_wide = true` (each also in `egress`),
+    /// so the manifest and `cairn inspect` can mark them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wide_egress: Vec<EgressRule>,
 }
 
 fn parse_proto(s: Option<&str>) -> Result<Proto, String> {

@@ -26,8 +26,8 @@ pub fn image_source(recipe: &Recipe) -> (String, String) {
     match &recipe.base {
         Base::Debian { suite, mirror, .. } => (suite.clone(), mirror.clone()),
         Base::Tarball { .. } => (
-            "bookworm".to_string(),
-            "http://deb.debian.org/debian".to_string(),
+            crate::recipe::settings::DEBIAN_SUITE.text().to_string(),
+            crate::recipe::settings::DEBIAN_MIRROR.text().to_string(),
         ),
     }
 }

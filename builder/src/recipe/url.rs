@@ -2,7 +2,7 @@
 //! name (http(s), a host, nothing that could be read as an option).
 
 /// Longest URL accepted (curl and logs stay readable).
-const MAX_URL: usize = 2048;
+pub const MAX_URL: usize = 2048;
 
 /// Whether `s` is written as a URL input (`http://` or `https://`).
 pub fn is_url(s: &str) -> bool {

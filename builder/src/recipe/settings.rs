@@ -1,0 +1,358 @@
+//! Every recipe setting, declared once: its table, key, type, default and
+//! help text. The schema's serde defaults read their values from here, the
+//! validators quote the rules from here, and docs/recipe.md's reference
+//! tables are generated from here (`reference::render`).
+//!
+//! Invariant: every key the schema accepts has exactly one declaration
+//! (checked by a test that asks serde for each table's field list).
+
+use toml::Spanned;
+
+/// A setting's default, as the docs show it and the schema uses it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DefaultValue {
+    /// The key must be written.
+    Required,
+    /// Absent means "not set" (the help says what that does).
+    Unset,
+    /// An empty list.
+    Empty,
+    Text(&'static str),
+    Int(u64),
+    Bool(bool),
+}
+
+/// One recipe setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The TOML table, as written in its header without brackets:
+    /// `""` (top level), `"base.debian"`, `"images.build"`, ...
+    pub table: &'static str,
+    pub key: &'static str,
+    /// The value's type, for the docs.
+    pub kind: &'static str,
+    pub default: DefaultValue,
+    pub help: &'static str,
+}
+
+impl Setting {
+    /// `[table] key`, the way messages name a setting.
+    pub fn name(&self) -> String {
+        if self.table.is_empty() {
+            self.key.to_string()
+        } else {
+            format!("[{}] {}", self.table, self.key)
+        }
+    }
+
+    /// The default text of a `Text` setting (a declaration error otherwise,
+    /// caught by the tests).
+    pub fn text(&self) -> &'static str {
+        match self.default {
+            DefaultValue::Text(t) => t,
+            _ => "",
+        }
+    }
+
+    /// The default text, spanned at the file's start (it is not written).
+    pub fn spanned_text(&self) -> Spanned<String> {
+        Spanned::new(0..0, self.text().to_string())
+    }
+
+    pub fn int(&self) -> u64 {
+        match self.default {
+            DefaultValue::Int(n) => n,
+            _ => 0,
+        }
+    }
+}
+
+/// The name rule shared by images, models, services and the image itself.
+macro_rules! name_rule {
+    () => {
+        "1-64 of `[a-z0-9-]`, starting with a letter"
+    };
+}
+pub(crate) use name_rule;
+
+/// The rule for Debian package names (Debian Policy 5.6.1, lower case).
+macro_rules! package_rule {
+    () => {
+        "`[a-z0-9][a-z0-9+.-]+`"
+    };
+}
+pub(crate) use package_rule;
+
+macro_rules! settings {
+    ($( $id:ident = [$table:literal] $key:literal : $kind:literal = $default:expr ; $help:expr ; )*) => {
+        $( pub const $id: Setting = Setting {
+            table: $table, key: $key, kind: $kind, default: $default, help: $help,
+        }; )*
+        /// Every setting, in the order the docs list them.
+        pub const ALL: &[Setting] = &[$($id),*];
+    };
+}
+
+use DefaultValue::{Bool, Empty, Int, Required, Text, Unset};
+
+settings! {
+    OVERLAYS = [""] "overlays": "list of paths" = Empty;
+        "folders layered into the root tree, in order; later ones win. Files become `root:root` \
+         with their permission bits; set-uid/set-gid files, device nodes, fifos and sockets are \
+         refused (`cairn check` names each one). Symlinks are copied as links.";
+
+    IMAGE_NAME = ["image"] "name": "string" = Required;
+        concat!(name_rule!(), "; names the output folder and files");
+    IMAGE_VERSION = ["image"] "version": "string" = Required;
+        "1-64 of `[A-Za-z0-9.+~_]`";
+    IMAGE_EPOCH = ["image"] "source_date_epoch": "integer" = Int(1_735_689_600);
+        "seconds since 1970 stamped on every file; the build's `SOURCE_DATE_EPOCH` environment \
+         variable overrides it";
+
+    DEBIAN_SUITE = ["base.debian"] "suite": "string" = Text("bookworm");
+        "Debian suite: a plain name (`[a-z0-9][a-z0-9.+~_-]*`, e.g. `bookworm-backports`)";
+    DEBIAN_MIRROR = ["base.debian"] "mirror": "string" = Text("http://deb.debian.org/debian");
+        "archive URL: plain `http://` or `https://` with a host; no credentials, spaces, \
+         options, `file:` URLs, host paths or `deb [...]` lines";
+    DEBIAN_PACKAGES = ["base.debian"] "packages": "list of strings" = Empty;
+        concat!("extra packages; each a Debian package name, ", package_rule!());
+
+    TARBALL_PATH = ["base.tarball"] "path": "path or URL" = Required;
+        "the tarball (any compression GNU tar reads)";
+    TARBALL_SHA256 = ["base.tarball"] "sha256": "digest" = Required;
+        "its sha256 (64 hex digits); a mismatch stops the build with both digests";
+
+    KERNEL_PACKAGE = ["kernel"] "package": "string" = Text("linux-image-amd64");
+        concat!("the Debian package providing the kernel (", package_rule!(), ")");
+    KERNEL_MODULES = ["kernel"] "modules": "list of strings" = Empty;
+        "modules kept on top of the default appliance set (see `kernel::DEFAULT_KEEP`): storage, \
+         USB, virtio, device-mapper, the filesystems cairn uses, netfilter, common NICs, crypto. \
+         Dependencies come along (from `modules.dep`). An unknown name stops the build.";
+
+    BOOT_CMDLINE = ["boot"] "cmdline": "list of strings" = Empty;
+        "extra kernel command-line words, appended after cairn's own (`console=tty0 \
+         console=ttyS0,115200 cairn.roothash=… cairn.state=… cairn.ram_size=… \
+         systemd.gpt_auto=0 systemd.firstboot=0`). Words starting with `cairn.` or `roothash=` \
+         are refused: cairn sets them. Words that open a shell or bypass the init (listed \
+         below) are refused unless `[debug] cmdline` allows them.";
+
+    DISK_SIZE = ["disk"] "size": "size" = Text("2G");
+        "total size of the raw disk (`K`, `M`, `G`, `T` suffixes, powers of 1024)";
+    DISK_STATE_SIZE = ["disk"] "state_size": "size" = Text("256M");
+        "minimum size of the state partition, which takes what the ESP, root and verity \
+         partitions leave";
+
+    STATE_MODE = ["state"] "mode": "`\"disk\"` or `\"ram\"`" = Text("disk");
+        "`disk`: the `cairn-state` partition is opened with plain dm-crypt (aes-xts-plain64, \
+         512-bit key read from the kernel RNG at every boot, held only in kernel memory, never \
+         written anywhere) and a fresh file system is made on it at every boot. `ram`: a \
+         size-limited tmpfs. In both, `/var` and `/etc` are overlays whose upper layers live \
+         there; `/tmp` and `/run` are tmpfs; the root stays read-only. ISO media always use RAM.";
+    STATE_RAM_SIZE = ["state"] "ram_size": "size or percent" = Text("50%");
+        "upper bound of the RAM state: `\"512M\"` or `\"25%\"` (1-90% of RAM)";
+    STATE_GROW = ["state"] "grow": "bool" = Bool(false);
+        "`disk` mode only: when the raw image is written to a larger disk (a 2 GiB image on a \
+         64 GB stick), the initramfs grows the state partition to the disk's end before opening \
+         it. sfdisk moves the backup GPT to the end and extends the last partition; the root, \
+         hash tree and ESP are not touched, and nothing is done when less than 64 MiB would be \
+         gained or another partition follows. Adds the `fdisk` package and `cairn.state_grow=1` \
+         to the signed command line. Any failure is logged (`cairn: state: not grown: …`) and \
+         the boot continues with the partition as built.";
+
+    NETWORK_EGRESS = ["network"] "egress": "list of rules" = Empty;
+        "`\"CIDR:PORT\"` (TCP) or `\"CIDR:PORT/udp\"`: the only destinations the appliance may \
+         reach, e.g. `\"10.20.0.0/16:443\"`. A rule may also be a table `{ rule = \"…\", \
+         allow_wide = true }` (below); a rule wider than `wide_prefix` needs that form.";
+    NETWORK_WIDE_PREFIX = ["network"] "wide_prefix": "integer" = Int(8);
+        "egress rules with a shorter prefix than `/wide_prefix` (and every `/0`) are refused \
+         unless they say `allow_wide = true`; 1-32";
+    NETWORK_INGRESS = ["network"] "ingress": "list of strings" = Empty;
+        "`\"PORT/tcp\"` or `\"PORT/udp\"`: the only ports reachable from outside";
+    NETWORK_ADDRESS = ["network"] "address": "string" = Unset;
+        "static IPv4 address with prefix for wired interfaces (`\"10.0.2.15/24\"`), via \
+         systemd-networkd. Without it no interface gets an address. There is no DHCP client.";
+    NETWORK_GATEWAY = ["network"] "gateway": "string" = Unset;
+        "IPv4 default gateway (needs `address`)";
+
+    EGRESS_RULE = ["network.egress"] "rule": "string" = Required;
+        "the rule, written as in the plain form";
+    EGRESS_ALLOW_WIDE = ["network.egress"] "allow_wide": "bool" = Bool(false);
+        "accept a rule wider than `wide_prefix` (e.g. `0.0.0.0/0:443`); the manifest records \
+         it under `network.wide_egress`";
+
+    CLUSTER_RUNTIME = ["cluster"] "runtime": "`\"none\"`, `\"containerd\"`, `\"k3s\"`" = Text("none");
+        "`containerd`: Debian's containerd and runc; the pinned images are imported at boot \
+         from the read-only root and `[[services]]` run as supervised containers. `k3s`: \
+         single-node Kubernetes from pinned artifacts, laid out by k3s's air-gap conventions.";
+    CLUSTER_K3S_BINARY = ["cluster"] "k3s_binary": "path or URL" = Unset;
+        "k3s only (then required): the k3s binary";
+    CLUSTER_K3S_BINARY_SHA256 = ["cluster"] "k3s_binary_sha256": "digest" = Unset;
+        "k3s only (then required): its sha256 (from the release's `sha256sum-amd64.txt`)";
+    CLUSTER_K3S_IMAGES = ["cluster"] "k3s_images": "path or URL" = Unset;
+        "k3s only (then required): `k3s-airgap-images-amd64.tar` (or `.tar.zst`, recognised \
+         by content)";
+    CLUSTER_K3S_IMAGES_SHA256 = ["cluster"] "k3s_images_sha256": "digest" = Unset;
+        "k3s only (then required): its sha256";
+    CLUSTER_DISABLE = ["cluster"] "disable": "list of strings" = Empty;
+        "k3s components disabled on top of traefik, servicelb, metrics-server";
+
+    IMAGE_ENTRY_NAME = ["images"] "name": "string" = Required;
+        concat!(name_rule!(), "; unique; containerd knows it as `cairn.local/NAME:pinned`");
+    IMAGE_ENTRY_ARCHIVE = ["images"] "archive": "path or URL" = Unset;
+        "an OCI image layout tarball or a `docker save` archive; every blob's digest and size \
+         is checked";
+    IMAGE_ENTRY_DIGEST = ["images"] "digest": "digest" = Unset;
+        "the image manifest's sha256; required with `archive`, checked when given for a built \
+         image";
+    IMAGE_ENTRY_ARCHIVE_SHA256 = ["images"] "archive_sha256": "digest" = Unset;
+        "the archive file's sha256; required when `archive` is a URL, refused for a local \
+         archive (its `digest` pins it)";
+    IMAGE_ENTRY_BUILD = ["images"] "build": "table" = Unset;
+        "`[images.build]`: build the image from Debian packages instead (rootless, \
+         reproducible); exactly one of `archive` and `build`";
+    IMAGE_ENTRY_ALLOW_SETUID = ["images"] "allow_setuid": "bool" = Bool(false);
+        "allow set-uid/set-gid files in the layers";
+
+    BUILD_PACKAGES = ["images.build"] "packages": "list of strings" = Empty;
+        concat!("Debian packages installed into the image (", package_rule!(), ")");
+    BUILD_FILES = ["images.build"] "files": "list of tables" = Empty;
+        "files copied in: `{ src, dest, mode }` (below)";
+    BUILD_ENTRYPOINT = ["images.build"] "entrypoint": "list of strings" = Empty;
+        "the image's entrypoint";
+    BUILD_CMD = ["images.build"] "cmd": "list of strings" = Empty;
+        "the image's default arguments";
+    BUILD_ENV = ["images.build"] "env": "list of strings" = Empty;
+        "`KEY=VALUE` entries of the image's environment";
+    BUILD_USER = ["images.build"] "user": "string" = Unset;
+        "the user the image runs as";
+    BUILD_WORKDIR = ["images.build"] "workdir": "string" = Unset;
+        "the image's working folder";
+    BUILD_PORTS = ["images.build"] "ports": "list of strings" = Empty;
+        "exposed ports, e.g. `\"8080/tcp\"`";
+
+    FILE_SRC = ["images.build.files"] "src": "path" = Required;
+        "a file beside the recipe";
+    FILE_DEST = ["images.build.files"] "dest": "string" = Required;
+        "absolute path in the image, without `..`";
+    FILE_MODE = ["images.build.files"] "mode": "string" = Text("0644");
+        "octal permission bits";
+
+    MODEL_NAME = ["models"] "name": "string" = Required;
+        concat!(name_rule!(), "; unique; mounted read-only into services at `/models/NAME`");
+    MODEL_PATH = ["models"] "path": "path" = Required;
+        "a file or folder; a folder holds only files and folders (`cairn check` names any \
+         link, fifo or device in it)";
+    MODEL_SHA256 = ["models"] "sha256": "digest" = Required;
+        "the file's sha256, or the folder's tree digest: `cairn digest PATH`";
+
+    SERVICE_NAME = ["services"] "name": "string" = Required;
+        concat!(name_rule!(), "; unique; the unit is `cairn-service-NAME.service` (restart on failure)");
+    SERVICE_IMAGE = ["services"] "image": "string" = Required;
+        "an `[[images]]` name";
+    SERVICE_ARGS = ["services"] "args": "list of strings" = Empty;
+        "appended to the entrypoint; no newlines or control characters";
+    SERVICE_ENV = ["services"] "env": "list of strings" = Empty;
+        "`KEY=VALUE` entries added to the environment; no newlines or control characters";
+    SERVICE_HOST_NETWORK = ["services"] "host_network": "bool" = Bool(false);
+        "share the host's network (the firewall still applies); otherwise the container has \
+         only loopback";
+    SERVICE_CAPABILITIES = ["services"] "capabilities": "list of strings" = Empty;
+        "kept capabilities (Linux capability names, e.g. `\"CAP_NET_BIND_SERVICE\"`); every \
+         other is dropped";
+    SERVICE_MEMORY = ["services"] "memory": "size" = Unset;
+        "memory limit, at least 16M";
+    SERVICE_CPUS = ["services"] "cpus": "number" = Unset;
+        "CPU limit in cores: more than 0, at most 1024";
+    SERVICE_MODELS = ["services"] "models": "list of strings" = Empty;
+        "models mounted read-only";
+
+    POLICY_BUNDLE = ["policy"] "bundle": "path" = Unset;
+        "a folder of Kubernetes manifests (k3s auto-deploys them); its tree digest and file \
+         list are in the manifest and `cairn inspect`. Like model folders, only files and \
+         folders.";
+
+    DEBUG_CONSOLE = ["debug"] "console": "bool" = Bool(false);
+        "a root shell on the second serial port (ttyS1) for tests. Recorded in the manifest's \
+         `flags.debug_console`; `cairn verify --production` refuses such images. Never ship an \
+         image with it.";
+    DEBUG_UNENCRYPTED_STATE = ["debug"] "unencrypted_state": "bool" = Bool(false);
+        "test control only: disk state without dm-crypt, so a test can show that a marker \
+         *would* be found on disk. Recorded in the manifest's `flags.debug_unencrypted_state`.";
+    DEBUG_CMDLINE = ["debug"] "cmdline": "bool or list of strings" = Bool(false);
+        "allow `[boot] cmdline` words that open a shell or bypass the init: `true` allows all, \
+         a list allows exactly the words it names (e.g. `[\"rd.break\"]`). For tests only; the \
+         words allowed this way are recorded for the manifest.";
+}
+
+/// Smallest memory limit a service may have: below it the runtime and the
+/// process cannot start, so a smaller value is a typo (`"1K"` for `"1G"`).
+pub const MIN_SERVICE_MEMORY: u64 = 16 << 20;
+/// Largest CPU limit a service may have, in cores.
+pub const MAX_SERVICE_CPUS: f64 = 1024.0;
+/// Room the ESP and root need on the disk beside the state partition.
+pub const MIN_DISK_ROOM: u64 = 64 << 20;
+
+/// A limit the validation enforces, for the docs' table of limits.
+pub struct Limit {
+    pub what: &'static str,
+    pub value: String,
+    pub raise: &'static str,
+}
+
+/// Every limit, with how to raise it (or why it cannot be).
+pub fn limits() -> Vec<Limit> {
+    vec![
+        Limit {
+            what: "egress rule width",
+            value: format!(
+                "prefix `/{}` or longer; `/0` never without the flag",
+                NETWORK_WIDE_PREFIX.int()
+            ),
+            raise: "`allow_wide = true` on the rule (`{ rule = \"…\", allow_wide = true }`), \
+                    or a smaller `[network] wide_prefix`",
+        },
+        Limit {
+            what: "service `memory`",
+            value: format!("at least {} MiB", MIN_SERVICE_MEMORY >> 20),
+            raise: "fixed: a smaller limit cannot start a container",
+        },
+        Limit {
+            what: "service `cpus`",
+            value: format!("more than 0, at most {MAX_SERVICE_CPUS}"),
+            raise: "fixed",
+        },
+        Limit {
+            what: "names (image, images, models, services)",
+            value: "64 characters".into(),
+            raise: "fixed (they name files and units)",
+        },
+        Limit {
+            what: "URL inputs",
+            value: format!("{} characters", crate::recipe::url::MAX_URL),
+            raise: "fixed",
+        },
+        Limit {
+            what: "`[disk] state_size`",
+            value: format!(
+                "leaves at least {} MiB of `size` for the ESP and root",
+                MIN_DISK_ROOM >> 20
+            ),
+            raise: "a larger `[disk] size`",
+        },
+        Limit {
+            what: "`[state] ram_size` as a share",
+            value: "1-90%".into(),
+            raise: "fixed (the node needs memory of its own); give a size instead",
+        },
+        Limit {
+            what: "shell-opening `[boot] cmdline` words",
+            value: "refused".into(),
+            raise: "`[debug] cmdline = true` or a list of the words (test images only)",
+        },
+        Limit {
+            what: "overlays: set-uid/set-gid files, device nodes, fifos, sockets",
+            value: "refused".into(),
+            raise: "fixed: install such files from a package",
+        },
+    ]
+}
