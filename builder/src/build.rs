@@ -105,9 +105,11 @@ struct Stages {
 impl Stages {
     fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         self.n += 1;
+        crate::host::interrupt::check()?;
         eprintln!("[{:>2}/{}] {name} ...", self.n, self.total);
         let t = Instant::now();
         let v = f()?;
+        crate::host::interrupt::check()?;
         let secs = t.elapsed().as_secs_f64();
         eprintln!("[{:>2}/{}] {name} done in {secs:.1}s", self.n, self.total);
         self.times.push((name.to_string(), secs));
@@ -115,16 +117,6 @@ impl Stages {
     }
 }
 
-/// Removes the in-progress folder unless the build finished.
-struct InProgress(PathBuf);
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        if self.0.exists() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 /// The kernel command line: cairn's words, then the recipe's extras.
 /// cairn owns verity in its initramfs, so it passes `cairn.roothash=`,
@@ -206,7 +198,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     clean_stale(&out_dir);
     let stem = recipe.stem();
     let tmp = out_dir.join(format!(".{stem}.building-{}", std::process::id()));
-    let _guard = InProgress(tmp.clone());
+    // Removed when the build ends, however it ends: an error, a panic
+    // unwinding, or SIGINT/SIGTERM (`host::interrupt` stops the children
+    // and removes it before the process exits).
+    let _guard = crate::host::interrupt::remove_on_exit(&tmp);
     let work = tmp.join("work");
     let media = tmp.join("media");
     std::fs::create_dir_all(&work)?;
@@ -230,13 +225,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         composed.kernel_version, pruned.kept, pruned.removed
     );
     let osrel = work.join("os-release");
-    std::fs::copy(
-        crate::host::tree::resolve_in_root_follow(&composed.tree, Path::new("etc/os-release"))?,
-        &osrel,
-    )
-    .context("copy os-release for the UKI")?;
     let stub = work.join("linuxx64.efi.stub");
-    std::fs::copy(crate::pipeline::uki::stub_path(&composed.tree)?, &stub)?;
+    crate::pipeline::uki::take_inputs(&composed.tree, &stub, &osrel)?;
     let initrd = st.run("initramfs", || {
         crate::pipeline::initramfs::make_initramfs(
             &composed.tree,

@@ -233,8 +233,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cairn::host::runner::set_verbose(cli.verbose);
+    cairn::host::interrupt::install();
     match run(cli) {
         Ok(code) => code,
+        Err(_) if cairn::host::interrupt::signalled().is_some() => {
+            let sig = cairn::host::interrupt::signalled().unwrap_or(15);
+            eprintln!(
+                "cairn: {}; stopped, staging folder removed",
+                cairn::host::interrupt::Interrupted(sig)
+            );
+            ExitCode::from(128 + sig as u8)
+        }
         Err(e) => {
             if let Some(r) = e.downcast_ref::<cairn::recipe::RecipeError>() {
                 for p in &r.problems {

@@ -6,6 +6,8 @@ pub mod cpio;
 pub mod deb822;
 pub mod digest;
 pub mod doctor;
+pub mod interrupt;
+pub mod limits;
 pub mod progress;
 pub mod runner;
 pub mod time;

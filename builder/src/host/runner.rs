@@ -142,6 +142,8 @@ pub fn run(stage: &str, cmd: Cmd<'_>) -> Result<String> {
         }
     };
     log_time(started);
+    // A tool stopped by SIGINT/SIGTERM (`host::interrupt`) failed for that.
+    crate::host::interrupt::check()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -158,6 +160,7 @@ pub fn output(stage: &str, mut cmd: Command) -> Result<Output> {
     let started = Instant::now();
     let out = cmd.output().map_err(|e| start_error(stage, &cmd, e))?;
     log_time(started);
+    crate::host::interrupt::check()?;
     if !out.status.success() {
         bail!(failure(
             stage,
@@ -177,7 +180,11 @@ pub fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
     let line = command_line(&cmd);
     log_start(&cmd);
     let started = Instant::now();
+    // Its own process group, registered: SIGINT/SIGTERM stop the tool and
+    // everything it started (`host::interrupt`).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().map_err(|e| start_error(stage, &cmd, e))?;
+    let _registered = crate::host::interrupt::register_child(child.id(), true);
     let mut tail: Vec<String> = Vec::new();
     if let Some(err) = child.stderr.take() {
         for l in std::io::BufReader::new(err).lines() {
@@ -195,6 +202,7 @@ pub fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
         .wait()
         .with_context(|| format!("{stage}: waiting for `{line}`"))?;
     log_time(started);
+    crate::host::interrupt::check()?;
     if !status.success() {
         bail!(
             "{stage}: `{line}` failed ({status})\n    {}",

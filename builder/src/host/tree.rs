@@ -209,6 +209,155 @@ pub fn link_in_tree(tree: &Path, rel: &str, target: &str) -> Result<()> {
     Ok(())
 }
 
+/// Opens an input file on the host (a tarball, an archive) for reading:
+/// without blocking and refused unless it is a regular file, so a fifo
+/// named as an input is an error, not a hang.
+pub fn open_regular(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    if !meta.file_type().is_file() {
+        bail!(
+            "{} is {}; inputs must be regular files",
+            path.display(),
+            kind_of(&meta.file_type())
+        );
+    }
+    Ok(f)
+}
+
+/// A file inside the tree opened for reading: `rel` resolved as the image
+/// would (in-root links), the last component opened without following a
+/// link and without blocking, and refused unless it is a regular file (a
+/// fifo would hang the build, a device would read the host's).
+pub fn open_in_tree(tree: &Path, rel: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let real = resolve_in_root_follow(tree, rel)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&real)
+        .with_context(|| format!("/{} in the image", rel.display()))?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("/{} in the image", rel.display()))?;
+    if !meta.file_type().is_file() {
+        bail!(
+            "/{} in the image is not a regular file ({})",
+            rel.display(),
+            kind_of(&meta.file_type())
+        );
+    }
+    Ok(f)
+}
+
+fn kind_of(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a folder"
+    } else if ft.is_symlink() {
+        "a symlink"
+    } else if ft.is_fifo() {
+        "a fifo"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+/// Reads a regular file inside the tree (see `open_in_tree`).
+pub fn read_in_tree(tree: &Path, rel: &Path) -> Result<Vec<u8>> {
+    let mut f = open_in_tree(tree, rel)?;
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut v)
+        .with_context(|| format!("cannot read /{} in the image", rel.display()))?;
+    Ok(v)
+}
+
+/// Reads a regular file inside the tree, or `None` if nothing is there.
+/// Anything else than a regular file (a fifo, a folder, a link out) is an
+/// error, never a silent skip.
+pub fn read_in_tree_opt(tree: &Path, rel: &Path) -> Result<Option<Vec<u8>>> {
+    let real = resolve_in_root_follow(tree, rel)?;
+    if std::fs::symlink_metadata(&real).is_err() {
+        return Ok(None);
+    }
+    read_in_tree(tree, rel).map(Some)
+}
+
+/// Whether `rel` names a regular file inside the tree (in-root links
+/// followed; a link out of the tree is resolved inside it, never on the host).
+pub fn is_file_in_tree(tree: &Path, rel: &Path) -> bool {
+    resolve_in_root_follow(tree, rel)
+        .ok()
+        .and_then(|r| std::fs::symlink_metadata(r).ok())
+        .map(|m| m.file_type().is_file())
+        .unwrap_or(false)
+}
+
+/// Copies a regular file out of the tree to `dest` on the host (created
+/// fresh, mode 0644), returning its size.
+pub fn copy_out_of_tree(tree: &Path, rel: &Path, dest: &Path) -> Result<u64> {
+    let mut f = open_in_tree(tree, rel)?;
+    if std::fs::symlink_metadata(dest).is_ok() {
+        std::fs::remove_file(dest).with_context(|| format!("cannot replace {}", dest.display()))?;
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .with_context(|| format!("cannot create {}", dest.display()))?;
+    let n = std::io::copy(&mut f, &mut out)
+        .with_context(|| format!("cannot copy /{} out of the image", rel.display()))?;
+    set_plain_mode(dest)?;
+    Ok(n)
+}
+
+/// Removes the entry `rel` names inside the tree (a file, a link, or a
+/// folder with its contents); the last component is never followed, so a
+/// link is removed, not its target.
+pub fn remove_in_tree(tree: &Path, rel: &Path) -> Result<bool> {
+    let real = resolve_in_root(tree, rel)?;
+    if real == tree {
+        bail!("refusing to remove the image root");
+    }
+    match std::fs::symlink_metadata(&real) {
+        Ok(_) => {
+            remove_any(&real)?;
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+/// Entries at or under `rel` inside the tree (nothing followed) that are
+/// neither folders nor regular files, with what each is: stages whose host
+/// tool walks a folder with the host's rules (depmod) refuse them.
+pub fn special_below(tree: &Path, rel: &Path) -> Result<Vec<(PathBuf, &'static str)>> {
+    let real = resolve_in_root_follow(tree, rel)?;
+    let mut out = Vec::new();
+    for e in WalkDir::new(&real).follow_links(false).sort_by_file_name() {
+        let e = e.with_context(|| format!("cannot walk /{}", rel.display()))?;
+        let ft = e.file_type();
+        if !ft.is_dir() && !ft.is_file() {
+            let inner = e.path().strip_prefix(tree).unwrap_or(e.path());
+            out.push((inner.to_path_buf(), kind_of(&ft)));
+        }
+    }
+    Ok(out)
+}
+
 /// Gives a copied file mode 0644 (cached blobs are stored read-only).
 pub fn set_plain_mode(p: &Path) -> Result<()> {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))?;

@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::host::tree::resolve_in_root_follow;
+use crate::host::tree::{copy_out_of_tree, read_in_tree_opt, resolve_in_root_follow};
 pub use crate::host::tree::{apply_overlay, link_in_tree, set_plain_mode, write_in_tree};
 use crate::inputs::plan::Plan;
 use crate::recipe::{Base, Recipe};
@@ -61,7 +61,7 @@ pub fn compose(plan: &Plan, work: &Path, repos: &Repos) -> Result<ComposedRoot> 
             mirror,
             packages,
         } => mmdebstrap(plan, suite, mirror, packages, &tree, repos.base.as_ref())?,
-        Base::Tarball { path, .. } => extract_tarball(path, &tree)?,
+        Base::Tarball { path, .. } => extract_tarball(path, &tree, &recipe.limits)?,
     }
     let (vmlinuz, kernel_version) = take_kernel(&tree, work)?;
     for overlay in &recipe.overlays {
@@ -149,27 +149,32 @@ fn mmdebstrap(
     Ok(())
 }
 
-fn extract_tarball(path: &Path, tree: &Path) -> Result<()> {
+/// Unpacks the base tarball with cairn's own bounded tar reader and the
+/// layer policy (see `pipeline::oci::unpack_base_tarball`): no host tool
+/// reads it, nothing it names lands outside `tree`, no device node or fifo
+/// is ever created, and every cap of `[limits]` holds while it streams.
+fn extract_tarball(path: &Path, tree: &Path, limits: &crate::host::limits::Limits) -> Result<()> {
     std::fs::create_dir_all(tree).with_context(|| format!("cannot create {}", tree.display()))?;
-    // GNU tar refuses members with `..`, strips leading `/`, and defers
-    // symlinks that could be written through: the archive stays in `tree`.
-    let sh = xshell::Shell::new()?;
-    crate::host::runner::run(
-        "compose: extract base tarball",
-        xshell::cmd!(
-            sh,
-            "tar --numeric-owner --no-same-permissions --no-overwrite-dir -xf {path} -C {tree}"
-        ),
-    )?;
+    crate::pipeline::oci::unpack_base_tarball(path, tree, limits)?;
     Ok(())
 }
 
 /// Moves /boot/vmlinuz-VERSION out of the tree (it goes into the UKI) and
-/// empties /boot.
+/// empties /boot. The kernel must be a regular file of the tree: a link
+/// (even one that resolves inside it) or anything else is refused.
 fn take_kernel(tree: &Path, work: &Path) -> Result<(PathBuf, String)> {
     let boot = resolve_in_root_follow(tree, Path::new("boot"))?;
+    if !std::fs::symlink_metadata(&boot)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        return Err(crate::InputError(
+            "compose: the root tree has no /boot folder; add a linux-image package ([kernel] package)".into(),
+        )
+        .into());
+    }
     let mut kernels: Vec<String> = std::fs::read_dir(&boot)
-        .with_context(|| format!("compose: the root tree has no /boot ({})", boot.display()))?
+        .with_context(|| format!("compose: cannot list /boot ({})", boot.display()))?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().map(String::from))
         .filter_map(|n| n.strip_prefix("vmlinuz-").map(String::from))
@@ -177,15 +182,25 @@ fn take_kernel(tree: &Path, work: &Path) -> Result<(PathBuf, String)> {
     kernels.sort();
     let version = match kernels.as_slice() {
         [one] => one.clone(),
-        [] => bail!("compose: no /boot/vmlinuz-* in the root tree; add a linux-image package ([kernel] package)"),
-        many => bail!("compose: several kernels in /boot ({}); install exactly one", many.join(", ")),
+        [] => return Err(crate::InputError("compose: no /boot/vmlinuz-* in the root tree; add a linux-image package ([kernel] package)".into()).into()),
+        many => return Err(crate::InputError(format!("compose: several kernels in /boot ({}); install exactly one", many.join(", "))).into()),
     };
-    if version.contains('/') || version.starts_with('.') {
-        bail!("compose: kernel version {version:?} is not a plain name");
+    if version.is_empty() || version.contains('/') || version.starts_with('.') {
+        return Err(
+            crate::InputError(format!("compose: kernel version {version:?} is not a plain name")).into(),
+        );
+    }
+    let rel = Path::new("boot").join(format!("vmlinuz-{version}"));
+    let meta = std::fs::symlink_metadata(boot.join(format!("vmlinuz-{version}")))
+        .context("compose: /boot/vmlinuz")?;
+    if !meta.file_type().is_file() {
+        return Err(crate::InputError(format!(
+            "compose: /boot/vmlinuz-{version} is not a regular file (a link or special file); the kernel must be the file itself"
+        ))
+        .into());
     }
     let vmlinuz = work.join("vmlinuz");
-    std::fs::copy(boot.join(format!("vmlinuz-{version}")), &vmlinuz)
-        .context("compose: copy the kernel out of /boot")?;
+    copy_out_of_tree(tree, &rel, &vmlinuz).context("compose: copy the kernel out of /boot")?;
     for e in std::fs::read_dir(&boot)?.flatten() {
         let p = e.path();
         if e.file_type()?.is_dir() {
@@ -243,7 +258,10 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
     // Empty: systemd makes a fresh one in RAM at every boot.
     write_in_tree(tree, "etc/machine-id", b"", 0o444)?;
     let osrel_path = resolve_in_root_follow(tree, Path::new("etc/os-release"))?;
-    let mut osrel = std::fs::read_to_string(&osrel_path).unwrap_or_default();
+    let mut osrel = read_in_tree_opt(tree, Path::new("etc/os-release"))
+        .map_err(|e| crate::InputError(format!("compose: {e:#}")))?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     osrel.retain(|c| c != '\r');
     osrel = osrel
         .lines()
@@ -368,12 +386,13 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
 
 /// Reads the dpkg database of the tree: every installed package.
 pub fn installed_packages(tree: &Path) -> Result<Vec<Package>> {
-    let status = resolve_in_root_follow(tree, Path::new("var/lib/dpkg/status"))?;
-    let text = match std::fs::read_to_string(&status) {
-        Ok(t) => t,
-        Err(_) => return Ok(Vec::new()), // a tarball base may have no dpkg
+    // A tarball base may have no dpkg.
+    let Some(bytes) = read_in_tree_opt(tree, Path::new("var/lib/dpkg/status"))
+        .map_err(|e| crate::InputError(format!("compose: {e:#}")))?
+    else {
+        return Ok(Vec::new());
     };
-    Ok(parse_dpkg_status(&text))
+    Ok(parse_dpkg_status(&String::from_utf8_lossy(&bytes)))
 }
 
 pub fn parse_dpkg_status(text: &str) -> Vec<Package> {

@@ -11,7 +11,7 @@ use object::elf;
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 
 use crate::host::cpio::{Archive, Entry};
-use crate::host::tree::resolve_in_root_follow;
+use crate::host::tree::{is_file_in_tree, read_in_tree, read_in_tree_opt};
 
 pub const INIT: &str = include_str!("../../guest/init");
 
@@ -71,9 +71,8 @@ fn add_binary(a: &mut Archive, tree: &Path, rel: &str, seen: &mut BTreeSet<Strin
     if !seen.insert(rel.to_string()) {
         return Ok(());
     }
-    let real = resolve_in_root_follow(tree, Path::new(rel))?;
-    let data = std::fs::read(&real)
-        .with_context(|| format!("initramfs: /{rel} is missing from the root tree"))?;
+    let data = read_in_tree(tree, Path::new(rel))
+        .with_context(|| format!("initramfs: cannot take /{rel} from the root tree"))?;
     let needs = if data.starts_with(b"\x7fELF") {
         elf_needs(&data).with_context(|| format!("initramfs: cannot read ELF /{rel}"))?
     } else {
@@ -96,11 +95,10 @@ fn add_binary(a: &mut Archive, tree: &Path, rel: &str, seen: &mut BTreeSet<Strin
 }
 
 fn find_library(tree: &Path, lib: &str) -> Option<String> {
-    LIB_DIRS.iter().map(|d| format!("{d}/{lib}")).find(|p| {
-        resolve_in_root_follow(tree, Path::new(p))
-            .map(|r| r.is_file())
-            .unwrap_or(false)
-    })
+    LIB_DIRS
+        .iter()
+        .map(|d| format!("{d}/{lib}"))
+        .find(|p| is_file_in_tree(tree, Path::new(p)))
 }
 
 /// Libraries go where the loader looks first, whatever their path in the tree.
@@ -115,8 +113,8 @@ fn add_library(
     if !seen.insert(dest.clone()) {
         return Ok(());
     }
-    let real = resolve_in_root_follow(tree, Path::new(src))?;
-    let bytes = std::fs::read(&real)?;
+    let bytes = read_in_tree(tree, Path::new(src))
+        .with_context(|| format!("initramfs: cannot take library /{src}"))?;
     let sub = elf_needs(&bytes).unwrap_or_default();
     a.add(
         &dest,
@@ -165,11 +163,10 @@ pub fn make_initramfs(
         a.add(d, Entry::Dir { mode: 0o755 })?;
     }
     // busybox-static puts the binary in /bin (a link to usr/bin when /usr is merged).
-    let bb = resolve_in_root_follow(tree, Path::new("bin/busybox"))?;
-    if !bb.is_file() {
+    if !is_file_in_tree(tree, Path::new("bin/busybox")) {
         bail!("initramfs: /bin/busybox missing from the root tree; install busybox-static");
     }
-    let data = std::fs::read(&bb)?;
+    let data = read_in_tree(tree, Path::new("bin/busybox")).context("initramfs")?;
     if data.starts_with(b"\x7fELF") && !elf_needs(&data)?.needed.is_empty() {
         // A dynamic busybox works too; its libraries come along.
         add_binary(&mut a, tree, "bin/busybox", &mut seen)?;
@@ -178,11 +175,7 @@ pub fn make_initramfs(
     }
     let vs = ["usr/sbin/veritysetup", "sbin/veritysetup"]
         .into_iter()
-        .find(|p| {
-            resolve_in_root_follow(tree, Path::new(p))
-                .map(|r| r.is_file())
-                .unwrap_or(false)
-        })
+        .find(|p| is_file_in_tree(tree, Path::new(p)))
         .context("initramfs: veritysetup missing from the root tree; install cryptsetup-bin")?;
     add_binary(&mut a, tree, vs, &mut seen)?;
     if vs != "sbin/veritysetup" {
@@ -207,11 +200,7 @@ pub fn make_initramfs(
             format!("usr/bin/{tool}"),
         ]
         .into_iter()
-        .find(|p| {
-            resolve_in_root_follow(tree, Path::new(p))
-                .map(|r| r.is_file())
-                .unwrap_or(false)
-        })
+        .find(|p| is_file_in_tree(tree, Path::new(p)))
         .with_context(|| {
             format!("initramfs: {tool} missing from the root tree; install {package}")
         })?;
@@ -225,7 +214,9 @@ pub fn make_initramfs(
             )?;
         }
     }
-    if let Ok(conf) = std::fs::read(resolve_in_root_follow(tree, Path::new("etc/mke2fs.conf"))?) {
+    if let Some(conf) =
+        read_in_tree_opt(tree, Path::new("etc/mke2fs.conf")).context("initramfs")?
+    {
         a.add(
             "etc/mke2fs.conf",
             Entry::File {
@@ -236,11 +227,9 @@ pub fn make_initramfs(
     }
 
     let mods = crate::pipeline::kernel::initramfs_modules(tree, kernel_version)?;
-    let mdir = crate::pipeline::kernel::modules_dir(tree, kernel_version)?;
     let mut list = String::new();
     for (may_fail, rel) in &mods {
-        let data = std::fs::read(mdir.join(rel))
-            .with_context(|| format!("initramfs: module {} missing", rel.display()))?;
+        let data = crate::pipeline::kernel::read_module(tree, kernel_version, rel)?;
         let dest = format!("{kernel_version}/{}", rel.display());
         a.add(
             &format!("lib/modules/{dest}"),

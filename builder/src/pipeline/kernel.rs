@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::host::tree::resolve_in_root_follow;
+use crate::host::tree::{
+    read_in_tree, read_in_tree_opt, remove_in_tree, resolve_in_root_follow, special_below,
+};
 
 /// Module folders (under `kernel/`) an appliance keeps by default: storage
 /// and USB boot media, the filesystems cairn uses, device-mapper, virtio,
@@ -182,21 +184,68 @@ impl ModuleDeps {
     }
 }
 
-/// The module folder of `version` in the tree.
+/// The module folder of `version` in the tree, resolved as the image
+/// would (so `/usr/lib/modules/V -> /somewhere` stays inside the tree).
 pub fn modules_dir(tree: &Path, version: &str) -> Result<PathBuf> {
-    let d = resolve_in_root_follow(tree, &Path::new("usr/lib/modules").join(version))?;
-    if !d.is_dir() {
-        bail!("kernel: no module folder /usr/lib/modules/{version} in the root tree");
+    let d = resolve_in_root_follow(tree, &modules_rel(version))?;
+    if !std::fs::symlink_metadata(&d)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        return Err(crate::InputError(format!(
+            "kernel: no module folder /usr/lib/modules/{version} in the root tree; install the kernel's modules with it"
+        ))
+        .into());
     }
     Ok(d)
 }
 
-fn builtin_names(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_to_string(dir.join("modules.builtin"))
-        .unwrap_or_default()
+/// `usr/lib/modules/VERSION`, the in-image path of a module tree.
+fn modules_rel(version: &str) -> PathBuf {
+    Path::new("usr/lib/modules").join(version)
+}
+
+/// Reads the tree's `modules.dep` for `version`, in-image paths only.
+fn read_modules_dep(tree: &Path, version: &str) -> Result<ModuleDeps> {
+    let text = read_in_tree(tree, &modules_rel(version).join("modules.dep"))
+        .context("kernel: read modules.dep")?;
+    parse_modules_dep(&String::from_utf8_lossy(&text))
+        .map_err(|e| crate::InputError(format!("kernel: /usr/lib/modules/{version}/{e:#}")).into())
+}
+
+fn builtin_names(tree: &Path, version: &str) -> Result<BTreeSet<String>> {
+    let text = read_in_tree_opt(tree, &modules_rel(version).join("modules.builtin"))?
+        .unwrap_or_default();
+    Ok(String::from_utf8_lossy(&text)
         .lines()
         .map(|l| module_name(Path::new(l.trim())))
-        .collect()
+        .collect())
+}
+
+/// A module tree holds folders and regular files only: depmod and the
+/// pruning walk it with the host's rules, so a link (to a host folder or
+/// file) or a fifo in it is refused, naming the entry. Debian's `build` and
+/// `source` links (to kernel headers, absent from an appliance) are dropped.
+pub fn check_module_tree(tree: &Path, version: &str) -> Result<()> {
+    let rel = modules_rel(version);
+    modules_dir(tree, version)?;
+    for name in ["build", "source"] {
+        let p = resolve_in_root_follow(tree, &rel)?.join(name);
+        if std::fs::symlink_metadata(&p)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
+            std::fs::remove_file(&p).with_context(|| format!("remove {}", p.display()))?;
+        }
+    }
+    if let Some((p, what)) = special_below(tree, &rel)?.into_iter().next() {
+        return Err(crate::InputError(format!(
+            "kernel: /{} is {what}; a module tree may hold only folders and regular files (fix the base tarball)",
+            p.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -209,21 +258,48 @@ pub struct Pruned {
 /// their dependencies; then regenerates the depmod indexes.
 pub fn prune(tree: &Path, version: &str, extra: &[String]) -> Result<Pruned> {
     let pruned = prune_files(tree, version, extra)?;
-    let sh = xshell::Shell::new()?;
-    crate::host::runner::run(
-        "kernel: depmod",
-        xshell::cmd!(sh, "depmod -b {tree} {version}"),
-    )?;
+    depmod(tree, version)?;
     Ok(pruned)
+}
+
+/// Runs `depmod` on the tree's module folder without letting it resolve
+/// any path of the tree on the host: the folder (found with in-image
+/// resolution, checked to hold no links) is moved into a fresh base folder
+/// of cairn's own for the run, and moved back afterwards.
+fn depmod(tree: &Path, version: &str) -> Result<()> {
+    check_module_tree(tree, version)?;
+    let real = modules_dir(tree, version)?;
+    let parent = tree.parent().context("kernel: the tree has no parent folder")?;
+    let base = tempfile::Builder::new()
+        .prefix(".depmod-")
+        .tempdir_in(parent)
+        .context("kernel: create the depmod folder")?;
+    let lib = base.path().join("lib/modules");
+    std::fs::create_dir_all(&lib)?;
+    // kmod 31+ may look under usr/lib/modules instead: both lead to `lib`.
+    std::fs::create_dir_all(base.path().join("usr/lib"))?;
+    std::os::unix::fs::symlink("../../lib/modules", base.path().join("usr/lib/modules"))?;
+    let staged = lib.join(version);
+    std::fs::rename(&real, &staged)
+        .with_context(|| format!("kernel: move {} for depmod", real.display()))?;
+    let sh = xshell::Shell::new()?;
+    let b = base.path();
+    let ran = crate::host::runner::run(
+        "kernel: depmod",
+        xshell::cmd!(sh, "depmod -b {b} {version}"),
+    );
+    std::fs::rename(&staged, &real)
+        .with_context(|| format!("kernel: move {} back after depmod", real.display()))?;
+    ran?;
+    Ok(())
 }
 
 /// The file part of `prune`: removes the modules outside the kept set.
 pub fn prune_files(tree: &Path, version: &str, extra: &[String]) -> Result<Pruned> {
+    check_module_tree(tree, version)?;
     let dir = modules_dir(tree, version)?;
-    let md = parse_modules_dep(
-        &std::fs::read_to_string(dir.join("modules.dep")).context("kernel: read modules.dep")?,
-    )?;
-    let builtin = builtin_names(&dir);
+    let md = read_modules_dep(tree, version)?;
+    let builtin = builtin_names(tree, version)?;
     let mut start = BTreeSet::new();
     for m in md.deps.keys() {
         let rel = m.strip_prefix("kernel").unwrap_or(m);
@@ -250,15 +326,17 @@ pub fn prune_files(tree: &Path, version: &str, extra: &[String]) -> Result<Prune
     let keep = md.closure(&start);
     let mut removed = 0;
     for m in md.deps.keys() {
-        if !keep.contains(m) {
-            let p = dir.join(m);
-            if std::fs::symlink_metadata(&p).is_ok() {
-                std::fs::remove_file(&p).with_context(|| format!("remove {}", p.display()))?;
-                removed += 1;
-            }
+        if !keep.contains(m) && remove_in_tree(tree, &modules_rel(version).join(m))? {
+            removed += 1;
         }
     }
-    remove_empty_dirs(&dir.join("kernel"))?;
+    let kernel = dir.join("kernel");
+    if std::fs::symlink_metadata(&kernel)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        remove_empty_dirs(&kernel)?;
+    }
     Ok(Pruned {
         kept: keep.len(),
         removed,
@@ -286,11 +364,9 @@ fn remove_empty_dirs(dir: &Path) -> Result<bool> {
 /// The initramfs's modules in load order: (may fail, path relative to the
 /// version folder). Built-in ones are skipped.
 pub fn initramfs_modules(tree: &Path, version: &str) -> Result<Vec<(bool, PathBuf)>> {
-    let dir = modules_dir(tree, version)?;
-    let md = parse_modules_dep(
-        &std::fs::read_to_string(dir.join("modules.dep")).context("kernel: read modules.dep")?,
-    )?;
-    let builtin = builtin_names(&dir);
+    check_module_tree(tree, version)?;
+    let md = read_modules_dep(tree, version)?;
+    let builtin = builtin_names(tree, version)?;
     let mut wanted = Vec::new();
     let mut optional = BTreeSet::new();
     for (name, may_fail) in INITRAMFS_MODULES {
@@ -311,6 +387,12 @@ pub fn initramfs_modules(tree: &Path, version: &str) -> Result<Vec<(bool, PathBu
         .into_iter()
         .map(|p| (optional.contains(&p), p))
         .collect())
+}
+
+/// Reads one module (a path from `initramfs_modules`) out of the tree.
+pub fn read_module(tree: &Path, version: &str, rel: &Path) -> Result<Vec<u8>> {
+    read_in_tree(tree, &modules_rel(version).join(rel))
+        .with_context(|| format!("initramfs: module {}", rel.display()))
 }
 
 #[cfg(test)]

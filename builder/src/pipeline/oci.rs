@@ -53,7 +53,10 @@ pub use archive::{
 };
 pub use debian::{build_image, BuildSpec, BuiltImage};
 pub use json::media_types;
-pub use layer::{check_layer, unpack_layer, unpack_layers, Compression, LayerPolicy, LayerSummary};
+pub use layer::{
+    check_layer, check_layer_with, unpack_base_tarball, unpack_layer, unpack_layers, Compression,
+    LayerPolicy, LayerSummary,
+};
 
 /// Largest index, manifest or config JSON accepted (4 MiB).
 pub const MAX_JSON_BYTES: u64 = 4 << 20;
@@ -109,6 +112,8 @@ pub enum Refusal {
     UnsupportedType { path: String, kind: char },
     #[error("whiteout {path:?} names no file")]
     BadWhiteout { path: String },
+    #[error("entry {path:?} is an OCI whiteout; whiteouts belong in image layers, not in a base tarball")]
+    WhiteoutOutsideLayer { path: String },
 }
 
 /// Everything that can be wrong with an OCI archive or layer.
@@ -163,6 +168,11 @@ pub enum OciError {
     UnsupportedCompression { layer: Sha256, kind: String },
     #[error("layer {}: {refusal}", Oci(.layer))]
     LayerRefused { layer: Sha256, refusal: Refusal },
+    #[error("layer {}: {message}", Oci(.layer))]
+    LayerCap { layer: Sha256, message: String },
+    /// A cap of [`crate::host::limits::Limits`] passed while reading.
+    #[error("{what} {message}")]
+    Cap { what: String, message: String },
 }
 
 impl OciError {

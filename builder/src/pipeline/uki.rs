@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSection};
 
-use crate::host::tree::resolve_in_root_follow;
+use crate::host::tree::{copy_out_of_tree, is_file_in_tree, resolve_in_root_follow};
 
 pub const STUB_IN_TREE: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
@@ -30,10 +30,23 @@ pub struct Uki {
 /// Finds the stub in the composed tree.
 pub fn stub_path(tree: &Path) -> Result<PathBuf> {
     let p = resolve_in_root_follow(tree, Path::new(STUB_IN_TREE))?;
-    if !p.is_file() {
+    if !is_file_in_tree(tree, Path::new(STUB_IN_TREE)) {
         bail!("uki: /{STUB_IN_TREE} is missing from the root tree; install systemd-boot-efi");
     }
     Ok(p)
+}
+
+/// Copies the UKI's inputs that come from the tree (the stub and
+/// os-release) out of it, through the tree-access layer: a link out of the
+/// tree or a fifo in their place never puts a host file in the UKI.
+pub fn take_inputs(tree: &Path, stub: &Path, os_release: &Path) -> Result<()> {
+    if !is_file_in_tree(tree, Path::new(STUB_IN_TREE)) {
+        bail!("uki: /{STUB_IN_TREE} is missing from the root tree; install systemd-boot-efi");
+    }
+    copy_out_of_tree(tree, Path::new(STUB_IN_TREE), stub).context("uki: take the stub")?;
+    copy_out_of_tree(tree, Path::new("etc/os-release"), os_release)
+        .context("uki: take os-release")?;
+    Ok(())
 }
 
 const PAGE: u64 = 4096;

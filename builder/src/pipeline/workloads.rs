@@ -74,6 +74,14 @@ pub use crate::recipe::workloads::runtime_packages;
 pub use crate::host::digest::tree_or_file_digest as model_digest;
 
 /// Places images, models and policy into the tree and writes the units.
+/// What pinned images may unpack to at boot: the state partition's size
+/// when state is on disk and does not grow (RAM state and grown partitions
+/// are only known at boot).
+fn image_budget(recipe: &crate::recipe::Recipe) -> Option<u64> {
+    (recipe.state_mode == crate::recipe::StateMode::Disk && !recipe.state_grow)
+        .then_some(recipe.state_size)
+}
+
 pub fn install(
     plan: &crate::inputs::plan::Plan,
     tree: &Path,
@@ -116,6 +124,8 @@ pub fn install(
                             allow_setuid: img.allow_setuid,
                         },
                         scratch: Some(work.to_path_buf()),
+                        limits: plan.recipe.limits,
+                        unpack_budget: image_budget(plan.recipe),
                     },
                 )
                 .map_err(|e| {

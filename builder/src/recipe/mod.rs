@@ -138,6 +138,8 @@ pub struct Recipe {
     pub workloads: crate::recipe::workloads::Workloads,
     /// URL inputs (their paths above point into the cache), sorted by URL.
     pub downloads: Vec<Download>,
+    /// `[limits]`: caps on base tarballs, image archives and layers.
+    pub limits: crate::host::limits::Limits,
 }
 
 /// Where the writable state lives at run time.

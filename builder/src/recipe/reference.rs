@@ -83,6 +83,8 @@ fn capabilities_list() -> String {
 fn block(name: &str) -> Result<String, String> {
     match name {
         "limits" => Ok(limits_table()),
+        // The `[limits]` table's keys (its marker name is taken above).
+        "limits-keys" => settings_table("limits").ok_or_else(|| "no [limits] settings".into()),
         "cmdline-refused" => Ok(cmdline_table()),
         "capabilities" => Ok(capabilities_list()),
         other => settings_table(table_of(other))
@@ -167,7 +169,7 @@ mod tests {
                 "docs/recipe.md has no generated block for [{t}]"
             );
         }
-        for name in ["limits", "cmdline-refused", "capabilities"] {
+        for name in ["limits", "limits-keys", "cmdline-refused", "capabilities"] {
             assert!(doc.contains(&format!("{BEGIN}{name} -->")), "{name}");
         }
     }

@@ -36,6 +36,20 @@ pub struct RecipeFile {
     pub services: Vec<ServiceEntry>,
     #[serde(default)]
     pub policy: PolicySection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`: caps on one base tarball, image archive or layer
+/// (`host::limits`; validated in `validate/limits.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_bytes: Option<Spanned<String>>,
+    pub max_entries: Option<Spanned<u64>>,
+    pub max_ratio: Option<Spanned<u64>>,
+    pub max_file_bytes: Option<Spanned<String>>,
+    pub base_setuid: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -118,7 +118,9 @@ settings! {
         concat!("extra packages; each a Debian package name, ", package_rule!());
 
     TARBALL_PATH = ["base.tarball"] "path": "path or URL" = Required;
-        "the tarball (any compression GNU tar reads)";
+        "the root tree as a tar file, gzip-compressed or not, read by cairn's own bounded tar \
+         reader with the layer policy and the `[limits]` caps (docs/limits.md): no `..`, no \
+         absolute names, no links climbing out, no device nodes or fifos";
     TARBALL_SHA256 = ["base.tarball"] "sha256": "digest" = Required;
         "its sha256 (64 hex digits); a mismatch stops the build with both digests";
 
@@ -282,6 +284,18 @@ settings! {
         "allow `[boot] cmdline` words that open a shell or bypass the init: `true` allows all, \
          a list allows exactly the words it names (e.g. `[\"rd.break\"]`). For tests only; the \
          words allowed this way are recorded for the manifest.";
+
+    LIMITS_MAX_BYTES = ["limits"] "max_bytes": "size" = Text("64G");
+        "uncompressed bytes of one base tarball, image archive or layer";
+    LIMITS_MAX_ENTRIES = ["limits"] "max_entries": "integer" = Int(200_000);
+        "entries (files, folders, links) of one base tarball, image archive or layer";
+    LIMITS_MAX_RATIO = ["limits"] "max_ratio": "integer" = Int(200);
+        "uncompressed bytes per compressed byte (judged once 1 MiB came out): stops gzip bombs";
+    LIMITS_MAX_FILE_BYTES = ["limits"] "max_file_bytes": "size" = Text("16G");
+        "bytes of one file inside a base tarball, image archive or layer (refused from its header)";
+    LIMITS_BASE_SETUID = ["limits"] "base_setuid": "`\"refuse\"`, `\"strip\"`, `\"keep\"`" = Text("refuse");
+        "set-uid/set-gid files in the base tarball: refused (naming the file), kept without the \
+         bits, or kept as they are";
 }
 
 /// Smallest memory limit a service may have: below it the runtime and the
@@ -338,6 +352,22 @@ pub fn limits() -> Vec<Limit> {
                 MIN_DISK_ROOM >> 20
             ),
             raise: "a larger `[disk] size`",
+        },
+        Limit {
+            what: "base tarballs, image archives, layers: total bytes, entries, compression ratio, file size",
+            value: format!(
+                "{}, {} entries, {}:1, {} (each on its own)",
+                LIMITS_MAX_BYTES.text(),
+                LIMITS_MAX_ENTRIES.int(),
+                LIMITS_MAX_RATIO.int(),
+                LIMITS_MAX_FILE_BYTES.text()
+            ),
+            raise: "the `[limits]` keys (docs/limits.md)",
+        },
+        Limit {
+            what: "pinned images' layers, state on disk without `grow`",
+            value: "unpack within `[disk] state_size`".into(),
+            raise: "a larger `[disk] state_size`, or `[state] grow`",
         },
         Limit {
             what: "`[state] ram_size` as a share",

@@ -2,7 +2,9 @@
 //! archives) into verified images, and writing verified images back as
 //! deterministic OCI layout tarballs.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -10,13 +12,12 @@ use std::path::{Path, PathBuf};
 use sha2::Digest;
 
 use super::json::{self, media_types as mt, Descriptor, Platform};
-use super::layer::{scan, Compression, LayerPolicy, LayerSummary};
+use super::layer::{scan, Compression, LayerPolicy, LayerSummary, Rules};
+use crate::host::limits::{check_stream, Cap, Limits, Meter};
 use super::tarfmt::{join, split_name, Kind, Name, TarReader, TarWriter};
 use super::{Oci, OciError, MAX_JSON_BYTES};
 use crate::host::digest::Sha256;
 
-/// At most this many members in an image archive.
-const MAX_MEMBERS: usize = 100_000;
 /// At most this many layers in an image.
 const MAX_LAYERS: usize = 500;
 /// Nested indexes followed at most this deep.
@@ -38,6 +39,11 @@ pub struct LoadOptions {
     /// Folder for the private copy of the blobs (a temporary folder under
     /// it); the system temp folder if unset.
     pub scratch: Option<PathBuf>,
+    /// Caps on the archive and each layer.
+    pub limits: Limits,
+    /// Bytes the layers may unpack to where they unpack at boot (the state
+    /// partition), if known: an image that cannot fit is refused now.
+    pub unpack_budget: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -166,10 +172,18 @@ fn is_blob_name(name: &str) -> Option<&str> {
 
 /// Copies every regular member into `dir`, hashing it; refuses unsafe
 /// names, links, devices and duplicates; checks `blobs/sha256/HEX` names.
-fn extract(path: &Path, dir: &Path) -> Result<Members, OciError> {
-    let f =
-        File::open(path).map_err(|e| OciError::io(format!("cannot open {}", path.display()), e))?;
-    let mut r = BufReader::with_capacity(1 << 20, f);
+fn extract(path: &Path, dir: &Path, limits: &Limits) -> Result<Members, OciError> {
+    let f = crate::host::tree::open_regular(path)
+        .map_err(|e| OciError::io(format!("{e:#}"), io::Error::other("not a regular file")))?;
+    let compressed = Rc::new(Cell::new(0u64));
+    let hit: Rc<Cell<Option<Cap>>> = Rc::new(Cell::new(None));
+    let mut r = BufReader::with_capacity(
+        1 << 20,
+        Counted {
+            r: f,
+            n: compressed.clone(),
+        },
+    );
     let gz = {
         use io::BufRead;
         let head = r
@@ -182,22 +196,39 @@ fn extract(path: &Path, dir: &Path) -> Result<Members, OciError> {
     } else {
         Box::new(r)
     };
+    let input = Guarded {
+        r: input,
+        n: 0,
+        compressed,
+        limits: *limits,
+        hit: hit.clone(),
+    };
+    let cap_error = |cap: Cap| OciError::Cap {
+        what: "the archive".into(),
+        message: cap.message(limits),
+    };
     let mut t = TarReader::new(input);
     let mut files = HashMap::new();
     let mut seen = HashSet::new();
     let mut n = 0usize;
+    let mut meter = Meter::default();
     loop {
         let e = match t.next_entry() {
             Ok(Some(e)) => e,
             Ok(None) => break,
-            Err(e) => return Err(OciError::CorruptArchive(e.to_string())),
+            Err(e) => {
+                if let Some(cap) = hit.get() {
+                    return Err(cap_error(cap));
+                }
+                if let Err(i) = crate::host::interrupt::check() {
+                    return Err(OciError::io("stopped", io::Error::other(i)));
+                }
+                return Err(OciError::CorruptArchive(e.to_string()));
+            }
         };
         n += 1;
-        if n > MAX_MEMBERS {
-            return Err(OciError::Invalid(format!(
-                "the archive has more than {MAX_MEMBERS} members"
-            )));
-        }
+        meter.entry(limits).map_err(cap_error)?;
+        meter.file(e.size, limits).map_err(cap_error)?;
         let shown = String::from_utf8_lossy(&e.name).into_owned();
         let unsafe_entry = |reason: &str| OciError::UnsafeEntry {
             name: shown.clone(),
@@ -241,7 +272,11 @@ fn extract(path: &Path, dir: &Path) -> Result<Members, OciError> {
             n: 0,
         };
         io::copy(&mut t.data(), &mut w).map_err(|err| {
-            if err.kind() == io::ErrorKind::UnexpectedEof {
+            if let Some(cap) = hit.get() {
+                cap_error(cap)
+            } else if let Err(i) = crate::host::interrupt::check() {
+                OciError::io("stopped", io::Error::other(i))
+            } else if err.kind() == io::ErrorKind::UnexpectedEof {
                 OciError::CorruptArchive(format!("{name:?} is truncated"))
             } else {
                 OciError::io(format!("cannot copy {name:?} out of the archive"), err)
@@ -270,6 +305,46 @@ fn extract(path: &Path, dir: &Path) -> Result<Members, OciError> {
         );
     }
     Ok(Members { files })
+}
+
+/// Counts the bytes read from the archive file.
+struct Counted<R> {
+    r: R,
+    n: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.n.set(self.n.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The uncompressed archive stream: stops at a cap (recorded in `hit`) or
+/// when the build is interrupted.
+struct Guarded<R> {
+    r: R,
+    n: u64,
+    compressed: Rc<Cell<u64>>,
+    limits: Limits,
+    hit: Rc<Cell<Option<Cap>>>,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.hit.get().is_some() {
+            return Err(io::Error::other("stopped at a cap"));
+        }
+        crate::host::interrupt::check().map_err(io::Error::other)?;
+        let n = self.r.read(buf)?;
+        self.n += n as u64;
+        if let Err(cap) = check_stream(self.n, self.compressed.get(), &self.limits) {
+            self.hit.set(Some(cap));
+            return Err(io::Error::other("stopped at a cap"));
+        }
+        Ok(n)
+    }
 }
 
 struct HashWrite<W> {
@@ -307,7 +382,7 @@ pub fn load_archive_with(
         None => tempfile::Builder::new().prefix("cairn-oci-").tempdir(),
     }
     .map_err(|e| OciError::io("cannot create a scratch folder", e))?;
-    let members = extract(path, store.path())?;
+    let members = extract(path, store.path(), &opts.limits)?;
     let chosen = if members.files.contains_key("index.json") {
         choose_oci(&members, pin)?
     } else if members.files.contains_key("manifest.json") {
@@ -333,7 +408,16 @@ pub fn load_archive_with(
     for (i, (l, diff_id)) in layers.into_iter().zip(diff_ids).enumerate() {
         let what = format!("layer {} ({} of the image)", Oci(&l.digest), i + 1);
         let f = File::open(&l.path).map_err(|e| OciError::io(format!("cannot open {what}"), e))?;
-        let s = scan(BufReader::with_capacity(1 << 20, f), &opts.policy, None);
+        let s = scan(
+            BufReader::with_capacity(1 << 20, f),
+            &Rules::layer(&opts.policy, &opts.limits),
+            None,
+        );
+        if s.capped() {
+            return Err(s.into_result().err().unwrap_or_else(|| {
+                OciError::Invalid(format!("{what}: stopped at a cap"))
+            }));
+        }
         if s.digest != l.digest || s.size != l.size {
             return Err(OciError::DigestMismatch {
                 what,
@@ -370,6 +454,17 @@ pub fn load_archive_with(
             summary,
             blob: l.path,
         });
+    }
+    if let Some(budget) = opts.unpack_budget {
+        let total: u64 = loaded.iter().map(|l| l.summary.uncompressed_size).sum();
+        if total > budget {
+            return Err(OciError::Cap {
+                what: format!("the image's layers unpack to {total} bytes at boot,"),
+                message: format!(
+                    "more than the {budget}-byte state partition they unpack into (raise `[disk] state_size`, or use a smaller image)"
+                ),
+            });
+        }
     }
     // Free the members nobody references.
     let keep: HashSet<&Path> = loaded.iter().map(|l| l.blob.as_path()).collect();

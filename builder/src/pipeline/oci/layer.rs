@@ -4,7 +4,9 @@
 //! policy and, when unpacking, hands checked entries to the writer. A
 //! refused entry is never written.
 
+use std::cell::Cell;
 use std::collections::HashSet;
+use std::rc::Rc;
 use std::ffi::OsStr;
 use std::io::{self, BufReader, Cursor, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -17,6 +19,7 @@ use sha2::Digest;
 use super::tarfmt::{join, split_name, Kind, Name, RawEntry, TarReader};
 use super::{LoadedImage, OciError, Refusal};
 use crate::host::digest::Sha256;
+use crate::host::limits::{check_stream, Cap, Limits, Meter, SetIdRule};
 use crate::host::tree::{create_dirs_in_root, resolve_in_root, resolve_in_root_follow};
 
 /// What a layer may contain beyond plain files, folders and links.
@@ -59,8 +62,30 @@ struct Counts {
     whiteouts: u64,
 }
 
+/// Everything one scan obeys: the layer policy, what to do with set-id
+/// files, whether whiteouts mean anything (not in a base tarball), caps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    pub policy: LayerPolicy,
+    pub strip_setid: bool,
+    pub whiteouts: bool,
+    pub limits: Limits,
+}
+
+impl Rules {
+    pub fn layer(policy: &LayerPolicy, limits: &Limits) -> Rules {
+        Rules {
+            policy: *policy,
+            strip_setid: false,
+            whiteouts: true,
+            limits: *limits,
+        }
+    }
+}
+
 pub(crate) enum Problem {
     Refused(Refusal),
+    Cap(Cap),
     Corrupt(String),
     Compression(String),
     Write(anyhow::Error),
@@ -106,6 +131,46 @@ impl<R: Read> Read for HashRead<R> {
     }
 }
 
+/// Counts bytes into a shared cell (the compressed side of a stream).
+struct CountRead<R> {
+    r: R,
+    n: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for CountRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.n.set(self.n.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The uncompressed side: stops with an error at the first cap it passes
+/// (total bytes, ratio to the compressed bytes read so far), recording which.
+struct Capped<R> {
+    r: R,
+    n: u64,
+    compressed: Rc<Cell<u64>>,
+    limits: Limits,
+    hit: Rc<Cell<Option<Cap>>>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.hit.get().is_some() {
+            return Err(io::Error::other("stopped at a cap"));
+        }
+        crate::host::interrupt::check().map_err(io::Error::other)?;
+        let n = self.r.read(buf)?;
+        self.n += n as u64;
+        if let Err(cap) = check_stream(self.n, self.compressed.get(), &self.limits) {
+            self.hit.set(Some(cap));
+            return Err(io::Error::other("stopped at a cap"));
+        }
+        Ok(n)
+    }
+}
+
 fn hash_read<R: Read>(r: R) -> HashRead<R> {
     HashRead {
         r,
@@ -122,9 +187,15 @@ pub(crate) struct Scan {
     pub compression: Compression,
     counts: Counts,
     pub outcome: Result<(), Problem>,
+    limits: Limits,
 }
 
 impl Scan {
+    /// Whether a cap stopped the scan early (the digests are then partial).
+    pub fn capped(&self) -> bool {
+        matches!(self.outcome, Err(Problem::Cap(_)))
+    }
+
     fn summary(&self) -> LayerSummary {
         LayerSummary {
             digest: self.digest,
@@ -148,6 +219,10 @@ impl Scan {
         match self.outcome {
             Ok(()) => Ok(summary),
             Err(Problem::Refused(refusal)) => Err(OciError::LayerRefused { layer, refusal }),
+            Err(Problem::Cap(cap)) => Err(OciError::LayerCap {
+                layer,
+                message: cap.message(&self.limits),
+            }),
             Err(Problem::Corrupt(message)) => Err(OciError::LayerCorrupt { layer, message }),
             Err(Problem::Compression(kind)) => {
                 Err(OciError::UnsupportedCompression { layer, kind })
@@ -167,9 +242,15 @@ fn read_up_to(r: &mut impl Read, n: usize) -> io::Result<Vec<u8>> {
 }
 
 /// Reads the whole blob (always to its end, so both digests are right even
-/// when an entry is refused), checking entries and feeding `sink`.
-pub(crate) fn scan<R: Read>(reader: R, policy: &LayerPolicy, sink: Option<&mut dyn Sink>) -> Scan {
-    let mut raw = hash_read(reader);
+/// when an entry is refused; never past a cap), checking entries and
+/// feeding `sink`.
+pub(crate) fn scan<R: Read>(reader: R, rules: &Rules, sink: Option<&mut dyn Sink>) -> Scan {
+    let compressed = Rc::new(Cell::new(0u64));
+    let hit: Rc<Cell<Option<Cap>>> = Rc::new(Cell::new(None));
+    let mut raw = hash_read(CountRead {
+        r: reader,
+        n: compressed.clone(),
+    });
     let mut outcome: Result<(), Problem> = Ok(());
     let head = match read_up_to(&mut raw, 6) {
         Ok(h) => h,
@@ -204,23 +285,36 @@ pub(crate) fn scan<R: Read>(reader: R, policy: &LayerPolicy, sink: Option<&mut d
             ))),
             Compression::None => Box::new(&mut src),
         };
-        let mut u = hash_read(plain);
+        let mut u = hash_read(Capped {
+            r: plain,
+            n: 0,
+            compressed: compressed.clone(),
+            limits: rules.limits,
+            hit: hit.clone(),
+        });
         if outcome.is_ok() {
-            outcome = walk(&mut u, policy, sink, &mut counts);
+            outcome = walk(&mut u, rules, sink, &mut counts);
         }
-        if let Err(e) = io::copy(&mut u, &mut io::sink()) {
-            if outcome.is_ok() {
-                outcome = Err(Problem::Corrupt(match compression {
-                    Compression::Gzip => format!("gzip: {e}"),
-                    Compression::None => format!("cannot read the layer: {e}"),
-                }));
+        if hit.get().is_none() {
+            if let Err(e) = io::copy(&mut u, &mut io::sink()) {
+                if outcome.is_ok() && hit.get().is_none() {
+                    outcome = Err(Problem::Corrupt(match compression {
+                        Compression::Gzip => format!("gzip: {e}"),
+                        Compression::None => format!("cannot read the layer: {e}"),
+                    }));
+                }
             }
+        }
+        if let Some(cap) = hit.get() {
+            outcome = Err(Problem::Cap(cap));
         }
         (Sha256(u.h.finalize().into()), u.n)
     };
-    if let Err(e) = io::copy(&mut src, &mut io::sink()) {
-        if outcome.is_ok() {
-            outcome = Err(Problem::Corrupt(format!("cannot read the layer: {e}")));
+    if hit.get().is_none() {
+        if let Err(e) = io::copy(&mut src, &mut io::sink()) {
+            if outcome.is_ok() {
+                outcome = Err(Problem::Corrupt(format!("cannot read the layer: {e}")));
+            }
         }
     }
     Scan {
@@ -231,24 +325,29 @@ pub(crate) fn scan<R: Read>(reader: R, policy: &LayerPolicy, sink: Option<&mut d
         compression,
         counts,
         outcome,
+        limits: rules.limits,
     }
 }
 
 fn walk<R: Read>(
     r: R,
-    policy: &LayerPolicy,
+    rules: &Rules,
     mut sink: Option<&mut dyn Sink>,
     counts: &mut Counts,
 ) -> Result<(), Problem> {
     let mut t = TarReader::new(r);
     let mut files: HashSet<Vec<u8>> = HashSet::new();
+    let mut meter = Meter::default();
     loop {
+        crate::host::interrupt::check().map_err(|e| Problem::Write(e.into()))?;
         let e = match t.next_entry() {
             Ok(Some(e)) => e,
             Ok(None) => return Ok(()),
             Err(e) => return Err(Problem::Corrupt(e.to_string())),
         };
-        let c = check_entry(&e, policy, &files).map_err(Problem::Refused)?;
+        meter.entry(&rules.limits).map_err(Problem::Cap)?;
+        meter.file(e.size, &rules.limits).map_err(Problem::Cap)?;
+        let c = check_entry(&e, rules, &files).map_err(Problem::Refused)?;
         match &c.what {
             What::File { .. } | What::Hardlink { .. } => {
                 files.insert(c.path.clone());
@@ -299,9 +398,10 @@ fn escapes(depth: usize, target: &[u8]) -> bool {
 
 fn check_entry(
     e: &RawEntry,
-    policy: &LayerPolicy,
+    rules: &Rules,
     files: &HashSet<Vec<u8>>,
 ) -> Result<Checked, Refusal> {
+    let policy = &rules.policy;
     let shown = lossy(&e.name);
     let parts = match split_name(&e.name) {
         Name::Absolute => return Err(Refusal::AbsolutePath { path: shown }),
@@ -310,11 +410,16 @@ fn check_entry(
         Name::Parts(p) => p,
     };
     let path = join(&parts);
+    let mode = if rules.strip_setid && e.kind == Kind::File {
+        e.mode & !0o6000
+    } else {
+        e.mode
+    };
     let done = |what| {
         Ok(Checked {
             path: path.clone(),
             what,
-            mode: e.mode,
+            mode,
             uid: e.uid,
             gid: e.gid,
             mtime: e.mtime,
@@ -328,6 +433,9 @@ fn check_entry(
     }
     let base = parts[parts.len() - 1];
     let parent = join(&parts[..parts.len() - 1]);
+    if !rules.whiteouts && base.starts_with(b".wh.") {
+        return Err(Refusal::WhiteoutOutsideLayer { path: shown });
+    }
     if base == b".wh..wh..opq" {
         return done(What::Opaque { dir: parent });
     }
@@ -348,7 +456,7 @@ fn check_entry(
     match e.kind {
         Kind::Dir => done(What::Dir),
         Kind::File => {
-            if !policy.allow_setuid {
+            if !policy.allow_setuid && !rules.strip_setid {
                 if e.mode & 0o6000 != 0 {
                     return Err(Refusal::SetId {
                         path: shown,
@@ -409,7 +517,16 @@ fn check_entry(
 /// `digest` is the blob's digest and `diff_id` the uncompressed tar's, and
 /// every refusal names the layer by that digest and the entry by its path.
 pub fn check_layer<R: Read>(layer: R, policy: &LayerPolicy) -> Result<LayerSummary, OciError> {
-    scan(layer, policy, None).into_result()
+    check_layer_with(layer, policy, &Limits::default())
+}
+
+/// `check_layer` with caps other than the defaults.
+pub fn check_layer_with<R: Read>(
+    layer: R,
+    policy: &LayerPolicy,
+    limits: &Limits,
+) -> Result<LayerSummary, OciError> {
+    scan(layer, &Rules::layer(policy, limits), None).into_result()
 }
 
 /// Applies one layer blob onto `dest`, checking every entry first (a
@@ -417,6 +534,55 @@ pub fn check_layer<R: Read>(layer: R, policy: &LayerPolicy) -> Result<LayerSumma
 /// Every write resolves its path with `stagepath`, so nothing lands
 /// outside `dest`.
 pub fn unpack_layer<R: Read>(layer: R, dest: &Path, policy: &LayerPolicy) -> Result<LayerSummary> {
+    unpack_with(layer, dest, &Rules::layer(policy, &Limits::default()))
+}
+
+/// Unpacks a rootfs tarball (gzip or plain tar) into `dest` with the layer
+/// policy: no `..`, no absolute names, no symlink climbing out, hardlinks
+/// only to files earlier in it, no device nodes, fifos or whiteouts;
+/// set-id files refused, stripped or kept as `limits.base_setuid` says;
+/// every cap checked while it streams. A refusal is an `InputError` naming
+/// the tarball, the entry and the rule; nothing it refused was written.
+pub fn unpack_base_tarball(path: &Path, dest: &Path, limits: &Limits) -> Result<LayerSummary> {
+    let f = crate::host::tree::open_regular(path)
+        .map_err(|e| crate::InputError(format!("base tarball {}: {e:#}", path.display())))?;
+    let rules = Rules {
+        policy: LayerPolicy {
+            allow_setuid: limits.base_setuid == SetIdRule::Keep,
+        },
+        strip_setid: limits.base_setuid == SetIdRule::Strip,
+        whiteouts: false,
+        limits: *limits,
+    };
+    unpack_with(BufReader::with_capacity(1 << 20, f), dest, &rules).map_err(|e| {
+        if e.downcast_ref::<crate::host::interrupt::Interrupted>().is_some() {
+            return e;
+        }
+        let msg = match e.downcast_ref::<OciError>() {
+            Some(OciError::LayerRefused { refusal, .. }) => refusal.to_string(),
+            Some(OciError::LayerCorrupt { message, .. }) => {
+                format!("not a valid tar stream: {message}")
+            }
+            Some(OciError::LayerCap { message, .. }) => message.clone(),
+            Some(OciError::UnsupportedCompression { kind, .. }) => {
+                format!("{kind} compression is not supported; recompress it with gzip or leave it uncompressed")
+            }
+            _ => return e.context(format!("compose: base tarball {}", path.display())),
+        };
+        let hint = if msg.contains("set-uid") {
+            " (set `[limits] base_setuid = \"strip\"` or \"keep\" in the recipe to accept it)"
+        } else {
+            ""
+        };
+        crate::InputError(format!(
+            "base tarball {}: {msg}{hint}",
+            path.display()
+        ))
+        .into()
+    })
+}
+
+fn unpack_with<R: Read>(layer: R, dest: &Path, rules: &Rules) -> Result<LayerSummary> {
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let mut u = Unpacker {
         root: dest.to_path_buf(),
@@ -424,9 +590,12 @@ pub fn unpack_layer<R: Read>(layer: R, dest: &Path, policy: &LayerPolicy) -> Res
         dir_modes: Vec::new(),
         chown: unsafe { libc::geteuid() } == 0,
     };
-    let s = scan(layer, policy, Some(&mut u));
+    let s = scan(layer, rules, Some(&mut u));
     let layer = s.digest;
     if let Err(Problem::Write(e)) = s.outcome {
+        if e.downcast_ref::<crate::host::interrupt::Interrupted>().is_some() {
+            return Err(e);
+        }
         return Err(e.context(format!("layer {}: cannot unpack", super::Oci(&layer))));
     }
     let summary = s.into_result()?;

@@ -16,6 +16,7 @@ mod base;
 mod boot;
 mod disk;
 mod image;
+mod limits;
 mod network;
 mod trees;
 mod workloads;
@@ -242,6 +243,7 @@ impl<'a> Validator<'a> {
         let state = self.state(&f.state);
         let network = self.network(&f.network);
         let (disk_size, state_size) = self.disk(&f.disk);
+        let limits = self.limits(&f.limits);
 
         if !self.problems.is_empty() {
             return Err(RecipeError {
@@ -279,6 +281,7 @@ impl<'a> Validator<'a> {
                 d.sort_by(|a, b| a.url.cmp(&b.url));
                 d
             },
+            limits,
         })
     }
 }

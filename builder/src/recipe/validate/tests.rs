@@ -663,6 +663,7 @@ fn every_schema_field_is_declared_once_and_every_declaration_exists() {
         ("services", format!("{deb}[[services]]\nzz_unknown = 1\n")),
         ("policy", format!("{deb}[policy]\nzz_unknown = 1\n")),
         ("debug", format!("{deb}[debug]\nzz_unknown = 1\n")),
+        ("limits", format!("{deb}[limits]\nzz_unknown = 1\n")),
     ];
     let mut tables_seen = vec!["network.egress"];
     for (table, text) in &cases {
