@@ -66,6 +66,12 @@ qemu-test: ensure-deps
 test: qemu-test
 	CAIRN_REQUIRE_TEST_IMAGE=1 $(MAKE) unit-test
 
+# The tar reader and layer scan under many more generated inputs than
+# `make test` runs (300 cases per property there). FUZZ_CASES to change.
+FUZZ_CASES ?= 200000
+fuzz:
+	CAIRN_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p cairn --lib fuzz_ -- --nocapture
+
 lint:
 	python3 .ci/layers.py
 	$(CARGO) fmt --all -- --check

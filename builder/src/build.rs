@@ -117,7 +117,6 @@ impl Stages {
     }
 }
 
-
 /// The kernel command line: cairn's words, then the recipe's extras.
 /// cairn owns verity in its initramfs, so it passes `cairn.roothash=`,
 /// never systemd's `roothash=` (whose generator would act on it too).

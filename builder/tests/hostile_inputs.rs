@@ -312,7 +312,10 @@ fn hardlink_with_dotdot() {
 #[test]
 fn hardlink_to_nothing_earlier() {
     let fx = Fixture::new();
-    let t = with_kernel(vec![hardlink("etc/x", "etc/later"), file("etc/later", b"x")]);
+    let t = with_kernel(vec![
+        hardlink("etc/x", "etc/later"),
+        file("etc/later", b"x"),
+    ]);
     refused(&fx, &t, "", &["\"etc/x\"", "names no regular file earlier"]);
 }
 
@@ -529,7 +532,11 @@ fn gzip_bomb_stops_at_the_ratio_cap() {
         &fx,
         &bomb,
         "",
-        &["base tarball", "compression ratio cap", "[limits] max_ratio"],
+        &[
+            "base tarball",
+            "compression ratio cap",
+            "[limits] max_ratio",
+        ],
     );
     assert!(t0.elapsed() < Duration::from_secs(60));
 }
@@ -594,7 +601,10 @@ fn a_limit_set_to_zero_is_a_recipe_error() {
     let recipe = fx.recipe(&tar_of(&kernel_tree()), "[limits]\nmax_entries = 0\n");
     let (code, err) = build(&fx, &recipe);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("r.toml:") && err.contains("max_entries must be at least 1"), "{err}");
+    assert!(
+        err.contains("r.toml:") && err.contains("max_entries must be at least 1"),
+        "{err}"
+    );
 }
 
 // ---------- image archives and layers ----------
@@ -808,7 +818,14 @@ fn processes_mentioning(marker: &str) -> Vec<u32> {
 /// staging folder exists and the stage is under way), sends `sig`, and
 /// checks: the build ends by itself with 128 + sig, no staging folder,
 /// nothing under -o, no process it started still running.
-fn interrupt_build(fx: &Fixture, recipe: &Path, path: Option<&Path>, sig: i32, ready: impl Fn(&Path) -> bool, marker: &str) {
+fn interrupt_build(
+    fx: &Fixture,
+    recipe: &Path,
+    path: Option<&Path>,
+    sig: i32,
+    ready: impl Fn(&Path) -> bool,
+    marker: &str,
+) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
     cmd.args(["build"])
         .arg(recipe)
@@ -876,15 +893,15 @@ fn interrupt_build(fx: &Fixture, recipe: &Path, path: Option<&Path>, sig: i32, r
         );
     }
     let survivors = processes_mentioning(marker);
-    assert!(survivors.is_empty(), "processes still running: {survivors:?}");
+    assert!(
+        survivors.is_empty(),
+        "processes still running: {survivors:?}"
+    );
 }
 
 fn staging_has(out: &Path, rel: &str) -> bool {
     std::fs::read_dir(out)
-        .map(|r| {
-            r.flatten()
-                .any(|e| e.path().join(rel).exists())
-        })
+        .map(|r| r.flatten().any(|e| e.path().join(rel).exists()))
         .unwrap_or(false)
 }
 

@@ -428,4 +428,76 @@ mod tests {
         assert_eq!(p, d.path().join("usr/lib/cairn/x"));
         assert!(d.path().join("usr/lib/cairn/x").is_dir());
     }
+
+    fn mkfifo(p: &Path) {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
+    fn reads_resolve_inside_the_tree_and_refuse_special_files() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("secret"), "host secret").unwrap();
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        // An absolute link to the host folder: its in-image meaning is
+        // tree/<host path>, which does not exist.
+        symlink(&host, tree.join("etc/h")).unwrap();
+        assert!(read_in_tree(&tree, Path::new("etc/h/secret")).is_err());
+        assert_eq!(
+            read_in_tree_opt(&tree, Path::new("etc/h/secret")).unwrap(),
+            None
+        );
+        assert!(!is_file_in_tree(&tree, Path::new("etc/h/secret")));
+        assert!(copy_out_of_tree(&tree, Path::new("etc/h/secret"), &d.path().join("c")).is_err());
+        // Control: the same file planted at the in-image meaning is read.
+        let inside = tree.join(host.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::write(inside.join("secret"), "tree file").unwrap();
+        assert_eq!(
+            read_in_tree(&tree, Path::new("etc/h/secret")).unwrap(),
+            b"tree file"
+        );
+        let n = copy_out_of_tree(&tree, Path::new("etc/h/secret"), &d.path().join("c")).unwrap();
+        assert_eq!(n, 9);
+        // A fifo is refused at once (opened without blocking), not read.
+        mkfifo(&tree.join("etc/fifo"));
+        let t = std::time::Instant::now();
+        let e = read_in_tree(&tree, Path::new("etc/fifo")).unwrap_err();
+        assert!(format!("{e:#}").contains("a fifo"), "{e:#}");
+        assert!(read_in_tree_opt(&tree, Path::new("etc/fifo")).is_err());
+        assert!(open_regular(&tree.join("etc/fifo")).is_err());
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // A folder is not a file either.
+        assert!(read_in_tree(&tree, Path::new("etc")).is_err());
+        let special = special_below(&tree, Path::new("etc")).unwrap();
+        let names: Vec<_> = special.iter().map(|(p, w)| (p.clone(), *w)).collect();
+        assert_eq!(
+            names,
+            vec![
+                (PathBuf::from("etc/fifo"), "a fifo"),
+                (PathBuf::from("etc/h"), "a symlink")
+            ]
+        );
+    }
+
+    #[test]
+    fn remove_in_tree_removes_the_link_not_its_target() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("keep"), "x").unwrap();
+        std::fs::create_dir_all(tree.join("m")).unwrap();
+        symlink(&host, tree.join("m/dir")).unwrap();
+        // Through the link: resolved inside the tree, where nothing is.
+        assert!(!remove_in_tree(&tree, Path::new("m/dir/keep")).unwrap());
+        assert!(host.join("keep").exists());
+        assert!(remove_in_tree(&tree, Path::new("m/dir")).unwrap());
+        assert!(host.join("keep").exists());
+        assert!(std::fs::symlink_metadata(tree.join("m/dir")).is_err());
+        assert!(remove_in_tree(&tree, Path::new("..")).is_err());
+    }
 }

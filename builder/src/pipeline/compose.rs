@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::host::tree::{copy_out_of_tree, read_in_tree_opt, resolve_in_root_follow};
 pub use crate::host::tree::{apply_overlay, link_in_tree, set_plain_mode, write_in_tree};
+use crate::host::tree::{copy_out_of_tree, read_in_tree_opt, resolve_in_root_follow};
 use crate::inputs::plan::Plan;
 use crate::recipe::{Base, Recipe};
 
@@ -186,9 +186,10 @@ fn take_kernel(tree: &Path, work: &Path) -> Result<(PathBuf, String)> {
         many => return Err(crate::InputError(format!("compose: several kernels in /boot ({}); install exactly one", many.join(", "))).into()),
     };
     if version.is_empty() || version.contains('/') || version.starts_with('.') {
-        return Err(
-            crate::InputError(format!("compose: kernel version {version:?} is not a plain name")).into(),
-        );
+        return Err(crate::InputError(format!(
+            "compose: kernel version {version:?} is not a plain name"
+        ))
+        .into());
     }
     let rel = Path::new("boot").join(format!("vmlinuz-{version}"));
     let meta = std::fs::symlink_metadata(boot.join(format!("vmlinuz-{version}")))

@@ -214,9 +214,7 @@ pub fn make_initramfs(
             )?;
         }
     }
-    if let Some(conf) =
-        read_in_tree_opt(tree, Path::new("etc/mke2fs.conf")).context("initramfs")?
-    {
+    if let Some(conf) = read_in_tree_opt(tree, Path::new("etc/mke2fs.conf")).context("initramfs")? {
         a.add(
             "etc/mke2fs.conf",
             Entry::File {

@@ -214,8 +214,8 @@ fn read_modules_dep(tree: &Path, version: &str) -> Result<ModuleDeps> {
 }
 
 fn builtin_names(tree: &Path, version: &str) -> Result<BTreeSet<String>> {
-    let text = read_in_tree_opt(tree, &modules_rel(version).join("modules.builtin"))?
-        .unwrap_or_default();
+    let text =
+        read_in_tree_opt(tree, &modules_rel(version).join("modules.builtin"))?.unwrap_or_default();
     Ok(String::from_utf8_lossy(&text)
         .lines()
         .map(|l| module_name(Path::new(l.trim())))
@@ -269,7 +269,9 @@ pub fn prune(tree: &Path, version: &str, extra: &[String]) -> Result<Pruned> {
 fn depmod(tree: &Path, version: &str) -> Result<()> {
     check_module_tree(tree, version)?;
     let real = modules_dir(tree, version)?;
-    let parent = tree.parent().context("kernel: the tree has no parent folder")?;
+    let parent = tree
+        .parent()
+        .context("kernel: the tree has no parent folder")?;
     let base = tempfile::Builder::new()
         .prefix(".depmod-")
         .tempdir_in(parent)
@@ -440,5 +442,66 @@ mod tests {
         assert_eq!(p.removed, 1);
         assert!(!dir.join("kernel/sound").exists());
         assert!(dir.join("kernel/drivers/md/dm-verity.ko").exists());
+    }
+
+    #[test]
+    fn links_in_the_module_tree_are_refused_and_the_host_is_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("victim.ko"), "v").unwrap();
+        let tree = d.path().join("tree");
+        let dir = tree.join("usr/lib/modules/6.1.0-t");
+        std::fs::create_dir_all(dir.join("kernel")).unwrap();
+        std::os::unix::fs::symlink(&host, dir.join("kernel/evil")).unwrap();
+        std::fs::write(dir.join("modules.dep"), "kernel/evil/victim.ko:\n").unwrap();
+        let e = prune_files(&tree, "6.1.0-t", &[]).unwrap_err();
+        assert!(e.downcast_ref::<crate::InputError>().is_some(), "{e:#}");
+        assert!(e.to_string().contains("kernel/evil is a symlink"), "{e}");
+        assert!(host.join("victim.ko").exists());
+        let e = depmod(&tree, "6.1.0-t").unwrap_err();
+        assert!(e.to_string().contains("is a symlink"), "{e}");
+        // A module folder that is itself a link to the host resolves inside
+        // the tree (where there is none): refused, nothing written outside.
+        let tree2 = d.path().join("tree2");
+        std::fs::create_dir_all(tree2.join("usr/lib/modules")).unwrap();
+        std::os::unix::fs::symlink(&host, tree2.join("usr/lib/modules/6.1.0-t")).unwrap();
+        let e = depmod(&tree2, "6.1.0-t").unwrap_err();
+        assert!(e.to_string().contains("no module folder"), "{e}");
+        let names: Vec<_> = std::fs::read_dir(&host)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("victim.ko")]);
+    }
+
+    #[test]
+    fn depmod_writes_only_inside_the_tree() {
+        if !["/usr/sbin/depmod", "/sbin/depmod"]
+            .iter()
+            .any(|p| Path::new(p).exists())
+        {
+            panic!("depmod (kmod) is not installed; `make deps` installs it");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        let dir = tree.join("usr/lib/modules/6.1.0-t");
+        std::fs::create_dir_all(dir.join("kernel")).unwrap();
+        for f in ["modules.order", "modules.builtin"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        // Debian's merged /usr: lib -> usr/lib, relative, inside the tree.
+        std::os::unix::fs::symlink("usr/lib", tree.join("lib")).unwrap();
+        depmod(&tree, "6.1.0-t").unwrap();
+        assert!(dir.join("modules.dep").is_file());
+        assert!(dir.join("modules.alias").is_file());
+        // The scratch base folder is gone; nothing else appeared beside the tree.
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("tree")]);
     }
 }

@@ -4,19 +4,19 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::rc::Rc;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use sha2::Digest;
 
 use super::json::{self, media_types as mt, Descriptor, Platform};
 use super::layer::{scan, Compression, LayerPolicy, LayerSummary, Rules};
-use crate::host::limits::{check_stream, Cap, Limits, Meter};
 use super::tarfmt::{join, split_name, Kind, Name, TarReader, TarWriter};
 use super::{Oci, OciError, MAX_JSON_BYTES};
 use crate::host::digest::Sha256;
+use crate::host::limits::{check_stream, Cap, Limits, Meter};
 
 /// At most this many layers in an image.
 const MAX_LAYERS: usize = 500;
@@ -414,9 +414,10 @@ pub fn load_archive_with(
             None,
         );
         if s.capped() {
-            return Err(s.into_result().err().unwrap_or_else(|| {
-                OciError::Invalid(format!("{what}: stopped at a cap"))
-            }));
+            return Err(s
+                .into_result()
+                .err()
+                .unwrap_or_else(|| OciError::Invalid(format!("{what}: stopped at a cap"))));
         }
         if s.digest != l.digest || s.size != l.size {
             return Err(OciError::DigestMismatch {

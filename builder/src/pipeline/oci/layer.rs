@@ -6,12 +6,12 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::rc::Rc;
 use std::ffi::OsStr;
 use std::io::{self, BufReader, Cursor, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use sha2::Digest;
@@ -396,11 +396,7 @@ fn escapes(depth: usize, target: &[u8]) -> bool {
     false
 }
 
-fn check_entry(
-    e: &RawEntry,
-    rules: &Rules,
-    files: &HashSet<Vec<u8>>,
-) -> Result<Checked, Refusal> {
+fn check_entry(e: &RawEntry, rules: &Rules, files: &HashSet<Vec<u8>>) -> Result<Checked, Refusal> {
     let policy = &rules.policy;
     let shown = lossy(&e.name);
     let parts = match split_name(&e.name) {
@@ -593,7 +589,9 @@ fn unpack_with<R: Read>(layer: R, dest: &Path, rules: &Rules) -> Result<LayerSum
     let s = scan(layer, rules, Some(&mut u));
     let layer = s.digest;
     if let Err(Problem::Write(e)) = s.outcome {
-        if e.downcast_ref::<crate::host::interrupt::Interrupted>().is_some() {
+        if e.downcast_ref::<crate::host::interrupt::Interrupted>()
+            .is_some()
+        {
             return Err(e);
         }
         return Err(e.context(format!("layer {}: cannot unpack", super::Oci(&layer))));
@@ -803,5 +801,46 @@ mod tests {
         assert!(escapes(2, b"../../../x"));
         assert!(escapes(1, b"a/../../.."));
         assert!(!escapes(1, b"./.././x"));
+    }
+
+    use proptest::prelude::*;
+
+    fn tiny() -> Rules {
+        Rules {
+            policy: LayerPolicy::default(),
+            strip_setid: true,
+            whiteouts: true,
+            limits: Limits {
+                max_bytes: 1 << 20,
+                max_entries: 50,
+                max_ratio: 50,
+                max_file_bytes: 64 << 10,
+                base_setuid: SetIdRule::Strip,
+            },
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: super::super::tarfmt::tests::fuzz_cases(),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Whatever the bytes (plain or gzip-wrapped), a scan ends in a
+        /// summary or an error, never a panic, and never unpacks past a cap.
+        #[test]
+        fn fuzz_layer_scan_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4000), gz in any::<bool>()) {
+            let input = if gz {
+                let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut w, &bytes).unwrap();
+                w.finish().unwrap()
+            } else {
+                bytes
+            };
+            let s = scan(&input[..], &tiny(), None);
+            prop_assert!(s.uncompressed_size <= (1 << 20) + (1 << 16));
+            let _ = s.into_result();
+        }
     }
 }

@@ -575,7 +575,7 @@ pub(crate) fn join(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -639,6 +639,95 @@ mod tests {
             }
             let mut r = TarReader::new(&buf[..]);
             while let Ok(Some(_)) = r.next_entry() {}
+        }
+    }
+
+    /// Blocks that look like tar headers (any bytes, correct checksum) mixed
+    /// with data blocks: deeper into the parser than random bytes get.
+    fn fixup_checksum(b: &mut [u8]) {
+        if b.len() < 512 {
+            return;
+        }
+        b[148..156].copy_from_slice(b"        ");
+        let sum: u32 = b[..512].iter().map(|c| u32::from(*c)).sum();
+        let s = format!("{sum:06o}\0 ");
+        b[148..156].copy_from_slice(s.as_bytes());
+    }
+
+    /// Cases per property: a few hundred in `cargo test`, many more under
+    /// `make fuzz` (CAIRN_FUZZ_CASES).
+    pub(crate) fn fuzz_cases() -> u32 {
+        std::env::var("CAIRN_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300)
+    }
+
+    fn drain(bytes: &[u8]) {
+        let mut r = TarReader::new(bytes);
+        let mut n = 0;
+        while let Ok(Some(_)) = r.next_entry() {
+            let _ = io::copy(&mut r.data(), &mut io::sink());
+            n += 1;
+            assert!(n <= bytes.len() / 512 + 1, "more entries than blocks");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    fn header_block() -> impl Strategy<Value = Vec<u8>> {
+        (
+            proptest::collection::vec(any::<u8>(), 512),
+            prop::sample::select(&b"0125673LKxXgS\0"[..]),
+            prop::sample::select(vec![
+                &b"00000000000\0"[..],
+                &b"00000001000\0"[..],
+                &b"77777777777\0"[..],
+                &b"\x80\0\0\0\0\0\0\0\0\0\x10\0"[..],
+                &b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"[..],
+                &b"00000000017\0"[..],
+            ]),
+            any::<bool>(),
+        )
+            .prop_map(|(mut b, t, size, ustar)| {
+                b[156] = t;
+                b[124..136].copy_from_slice(size);
+                if ustar {
+                    b[257..263].copy_from_slice(b"ustar\0");
+                }
+                fixup_checksum(&mut b);
+                b
+            })
+    }
+
+    fn block() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => header_block(),
+            1 => proptest::collection::vec(any::<u8>(), 512),
+            1 => Just(vec![0u8; 512]),
+            1 => Just(b"30 path=a/../../b/cccccccccc\n".iter().copied().chain(std::iter::repeat(0).take(482)).collect::<Vec<u8>>()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: fuzz_cases(),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn fuzz_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            drain(&bytes);
+        }
+
+        #[test]
+        fn fuzz_header_shaped_blocks_never_panic(blocks in proptest::collection::vec(block(), 0..12), cut in 0usize..6000) {
+            let mut bytes: Vec<u8> = blocks.concat();
+            if cut < bytes.len() {
+                bytes.truncate(cut);
+            }
+            drain(&bytes);
         }
     }
 }
