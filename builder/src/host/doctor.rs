@@ -23,7 +23,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         name: "tar",
         package: "tar",
-        needed_for: "rootfs tarball bases",
+        needed_for: "the stage cache of Debian base trees (base tarballs are read by cairn itself)",
     },
     Tool {
         name: "depmod",

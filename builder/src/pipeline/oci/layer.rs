@@ -803,6 +803,46 @@ mod tests {
         assert!(!escapes(1, b"./.././x"));
     }
 
+    fn setuid_tarball(dir: &Path) -> PathBuf {
+        let mut w = super::super::tarfmt::TarWriter::new(Vec::new(), 1);
+        w.dir(b"usr", 0o755, 0, 0).unwrap();
+        w.file(b"usr/su", 0o4755, (0, 0), 2, &b"su"[..]).unwrap();
+        let p = dir.join("base.tar");
+        std::fs::write(&p, w.finish().unwrap()).unwrap();
+        p
+    }
+
+    #[test]
+    fn base_setuid_is_refused_stripped_or_kept_as_the_recipe_says() {
+        let d = tempfile::tempdir().unwrap();
+        let t = setuid_tarball(d.path());
+        let run = |rule: SetIdRule, name: &str| {
+            let dest = d.path().join(name);
+            let limits = Limits {
+                base_setuid: rule,
+                ..Limits::default()
+            };
+            unpack_base_tarball(&t, &dest, &limits).map(|_| dest)
+        };
+        let e = run(SetIdRule::Refuse, "refuse").unwrap_err();
+        assert!(e.downcast_ref::<crate::InputError>().is_some(), "{e:#}");
+        assert!(e.to_string().contains("\"usr/su\" is set-uid"), "{e}");
+        assert!(e.to_string().contains("base_setuid"), "{e}");
+        assert!(!d.path().join("refuse/usr/su").exists());
+        let dest = run(SetIdRule::Strip, "strip").unwrap();
+        let mode = std::fs::metadata(dest.join("usr/su"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        let dest = run(SetIdRule::Keep, "keep").unwrap();
+        let mode = std::fs::metadata(dest.join("usr/su"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o4755);
+    }
+
     use proptest::prelude::*;
 
     fn tiny() -> Rules {
