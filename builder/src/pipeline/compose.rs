@@ -212,10 +212,7 @@ fn take_kernel(tree: &Path, work: &Path) -> Result<(PathBuf, String)> {
     }
     // Debian's /vmlinuz and /initrd.img convenience links now dangle.
     for l in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
-        let p = tree.join(l);
-        if std::fs::symlink_metadata(&p).is_ok() {
-            std::fs::remove_file(&p)?;
-        }
+        crate::host::tree::remove_in_tree(tree, Path::new(l))?;
     }
     Ok((vmlinuz, version))
 }
