@@ -655,7 +655,7 @@ pub(crate) mod tests {
     }
 
     /// Cases per property: a few hundred in `cargo test`, many more under
-    /// `make fuzz` (CAIRN_FUZZ_CASES).
+    /// `make fuzz` (CAIRN_FUZZ_CASES; `never_panic` in the names is its filter).
     pub(crate) fn fuzz_cases() -> u32 {
         std::env::var("CAIRN_FUZZ_CASES")
             .ok()
