@@ -238,10 +238,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(_) if cairn::host::interrupt::signalled().is_some() => {
             let sig = cairn::host::interrupt::signalled().unwrap_or(15);
-            eprintln!(
-                "cairn: {}; stopped, staging folder removed",
-                cairn::host::interrupt::Interrupted(sig)
-            );
+            cairn::host::interrupt::report(sig);
             ExitCode::from(128 + sig as u8)
         }
         Err(e) => {

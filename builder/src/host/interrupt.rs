@@ -8,7 +8,7 @@
 //! registered child is left.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,8 @@ static SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// Write end of the self-pipe the handler wakes the watcher with.
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 static INSTALL: Once = Once::new();
+/// Whether the one "interrupted" line was printed (by the watcher or main).
+static REPORTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Default)]
 struct Registry {
@@ -131,11 +133,19 @@ fn watch(fd: i32) {
     for f in registered_folders() {
         remove_folder(&f);
     }
-    eprintln!(
-        "cairn: {}; stopped, staging folder removed",
-        Interrupted(sig)
-    );
+    report(sig);
     std::process::exit(128 + sig);
+}
+
+/// Prints the one line that says the build was interrupted (once, whoever
+/// gets there first: the watcher or the CLI unwinding from the error).
+pub fn report(sig: i32) {
+    if !REPORTED.swap(true, Ordering::SeqCst) {
+        eprintln!(
+            "cairn: {}; children stopped, staging folder removed",
+            Interrupted(sig)
+        );
+    }
 }
 
 fn registered_folders() -> Vec<PathBuf> {
