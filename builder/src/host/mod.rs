@@ -12,3 +12,4 @@ pub mod progress;
 pub mod runner;
 pub mod time;
 pub mod tree;
+pub mod untrusted;

@@ -5,6 +5,8 @@
 //! command line and the tail of its stderr.
 //!
 //! - [`run`]: a `cmd!` line, output captured, stdout returned;
+//! - [`run_code`]: a `cmd!` line whose exit code is an answer (`qemu-img
+//!   compare`: 0 same, 1 different), code and output returned;
 //! - [`output`]: a [`Command`] with its own environment or stdio, captured;
 //! - [`run_streaming`]: a long tool whose progress lines are echoed;
 //! - [`status`]: an interactive tool on this terminal, exit status returned;
@@ -150,6 +152,27 @@ pub fn run(stage: &str, cmd: Cmd<'_>) -> Result<String> {
         bail!(failure(stage, &line, out.status, &stderr, &stdout));
     }
     Ok(stdout)
+}
+
+/// Runs `cmd` for `stage` when its exit code is an answer rather than only
+/// success or failure: returns the code, stdout and stderr. A tool that
+/// cannot start or dies from a signal is an error, as with [`run`].
+pub fn run_code(stage: &str, cmd: Cmd<'_>) -> Result<(i32, String, String)> {
+    let line = cmd.to_string();
+    if verbose() {
+        eprintln!("  $ {line}");
+    }
+    let started = Instant::now();
+    let out = cmd.ignore_status().quiet().output().map_err(|e| {
+        anyhow!("{stage}: cannot run `{line}`: {e}; run `cairn doctor` to check host tools")
+    })?;
+    log_time(started);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let Some(code) = out.status.code() else {
+        bail!(failure(stage, &line, out.status, &stderr, &stdout));
+    };
+    Ok((code, stdout, stderr))
 }
 
 /// Runs `cmd` to completion for `stage` with its output captured (stdout

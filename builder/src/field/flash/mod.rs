@@ -1,0 +1,249 @@
+//! `cairn flash IMAGE DEVICE`: a verified write to a USB stick or disk.
+//!
+//! Order, and why:
+//! 1. **verify first** (`cairn::release::verify::verify` on the medium, signature and
+//!    digests): a failure refuses with nothing written;
+//! 2. **target checks**: a regular file needs `--to-file`; a block device must
+//!    be a whole disk, not mounted (itself or a partition), not held by
+//!    dm/md/LVM, not backing `/` or swap, and at least as large as the image;
+//!    the device is named (vendor, model, size) and the user confirms on the
+//!    tty unless `--yes`;
+//! 3. **write** with the boot sector last: the first MiB (MBR/GPT, ISO
+//!    system area) is zeroed first, then everything after it is written and
+//!    flushed, then the first MiB. An interrupted write (Ctrl-C, pulled
+//!    stick, power loss) leaves a device with no valid partition table or
+//!    boot sector rather than a half-written one that looks bootable. The
+//!    image bytes are hashed while they are read, and the first MiB is only
+//!    written if that hash equals the *signed* digest (the file cannot be
+//!    swapped between verification and write);
+//! 4. **flush**: fsync, and BLKFLSBUF on block devices so the read-back
+//!    comes from the device, not the page cache;
+//! 5. **read back** the written range and compare its SHA-256 with the
+//!    signed digest.
+//!
+//! `target` holds step 2, `write` steps 3 to 5. The image, SHA256 and the
+//! key are opened through `host::untrusted` (regular files only, never a
+//! symlink in the release folder, never blocking); so is the target.
+
+mod target;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::host::digest::Sha256;
+use crate::host::progress::human_bytes;
+use crate::host::untrusted::{self, Links};
+
+pub use target::parse_mountinfo;
+use target::{confirm, inspect_target, open_target, Target};
+
+const MIB: u64 = 1 << 20;
+/// The head written last (MBR, GPT header and entries, ISO system area).
+pub(super) const HEAD: u64 = MIB;
+pub(super) const CHUNK: usize = 4 << 20;
+
+#[derive(Debug, Clone)]
+pub struct FlashOptions {
+    /// A `.raw` or `.iso` in a signed output folder.
+    pub image: PathBuf,
+    /// A whole block device (`/dev/sdb`), or a file with `to_file`.
+    pub device: PathBuf,
+    pub pubkey: PathBuf,
+    /// Do not ask for confirmation.
+    pub yes: bool,
+    /// Allow (and create if missing) a regular file as the target.
+    pub to_file: bool,
+    /// Simulated target capacity (tests; the CLI leaves it `None`): a target
+    /// smaller than the image is refused as a too-small device would be.
+    pub max_size: Option<u64>,
+}
+
+/// Why flashing stopped. `Display` is the one-line message.
+#[derive(Debug, thiserror::Error)]
+pub enum FlashError {
+    /// The image did not verify, or the target is unsafe / too small, or
+    /// the user said no: nothing was written. Exit 1.
+    #[error("{0}")]
+    Refused(String),
+    /// Unusable request (missing image, regular file without `--to-file`,
+    /// no tty to confirm on...): nothing was written. Exit 2.
+    #[error("{0}")]
+    BadInput(String),
+    /// Writing, flushing or the read-back check failed. Exit 1.
+    #[error("{0}")]
+    Failed(String),
+    /// SIGINT during the write: the device was left unbootable on purpose. Exit 130.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl FlashError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            FlashError::Refused(_) | FlashError::Failed(_) => 1,
+            FlashError::BadInput(_) => 2,
+            FlashError::Interrupted(_) => 130,
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct FlashReport {
+    pub image: PathBuf,
+    pub device: PathBuf,
+    /// How the target was described to the user (`/dev/sdb: SanDisk Cruzer, 14.9 GiB`).
+    pub target: String,
+    pub bytes: u64,
+    /// The signed digest, equal to the digest read back from the target.
+    pub sha256: Sha256,
+    pub key_id: String,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for FlashReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "flash: wrote {} ({}) to {}",
+            self.image.display(),
+            human_bytes(self.bytes),
+            self.target
+        )?;
+        writeln!(f, "  verified with key {} before writing", self.key_id)?;
+        write!(
+            f,
+            "  read back: sha256 {} matches the signed digest ({:.1}s)",
+            self.sha256, self.seconds
+        )
+    }
+}
+
+fn refused(msg: impl std::fmt::Display) -> FlashError {
+    FlashError::Refused(format!("flash: refusing: {msg}"))
+}
+
+fn bad(msg: impl std::fmt::Display) -> FlashError {
+    FlashError::BadInput(format!("flash: {msg}"))
+}
+
+fn failed(msg: impl std::fmt::Display) -> FlashError {
+    FlashError::Failed(format!("flash: {msg}"))
+}
+
+fn signed_digest(image: &Path) -> Result<Sha256, FlashError> {
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| bad(format!("{}: not a file name", image.display())))?;
+    let folder = match image.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let sums = std::fs::read(folder.join(crate::release::verify::SUMS)).map_err(|e| {
+        refused(format!(
+            "cannot re-read {}: {e}",
+            crate::release::verify::SUMS
+        ))
+    })?;
+    let map = crate::release::verify::parse_sums(&sums).map_err(refused)?;
+    map.get(name).copied().ok_or_else(|| {
+        refused(format!(
+            "{name} is not listed in {}",
+            crate::release::verify::SUMS
+        ))
+    })
+}
+
+// ---------------------------------------------------------------------------
+// flash
+// ---------------------------------------------------------------------------
+
+/// Verifies `opts.image`, checks the target, writes it boot-sector-last,
+/// flushes and reads it back. Nothing is written unless verification and
+/// every target check pass.
+pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
+    let started = Instant::now();
+    let image = &opts.image;
+    // The handle the write reads from: opened first, without following a
+    // symlink or blocking, so it is the file verify looks at.
+    let src = untrusted::open(image, Links::Refuse).map_err(|e| {
+        bad(format!(
+            "refusing: {e}; give the .raw or .iso medium to write"
+        ))
+    })?;
+
+    // (a) verify
+    let report =
+        crate::release::verify::verify(image, &opts.pubkey, false).map_err(|e| match e {
+            crate::release::verify::VerifyError::BadInput(m) => {
+                FlashError::BadInput(format!("flash: refusing: {m}"))
+            }
+            crate::release::verify::VerifyError::Failed(m) => refused(m),
+        })?;
+    let want = signed_digest(image)?;
+    let size = src.len;
+
+    // (b) target
+    let target = inspect_target(opts)?;
+    if let Some(max) = opts.max_size {
+        if size > max {
+            return Err(refused(format!(
+                "{} is too small: it holds {} ({max} bytes), the image needs {} ({size} bytes)",
+                opts.device.display(),
+                human_bytes(max),
+                human_bytes(size)
+            )));
+        }
+    }
+    let (desc, is_block) = match &target {
+        Target::File { .. } => (format!("file {}", opts.device.display()), false),
+        Target::Block(d) => (d.desc.clone(), true),
+    };
+    if let Target::Block(d) = &target {
+        if d.size < size {
+            return Err(refused(format!(
+                "{} is too small: {} for an image of {}",
+                d.desc,
+                human_bytes(d.size),
+                human_bytes(size)
+            )));
+        }
+    }
+    let ask = match &target {
+        Target::Block(_) => true,
+        Target::File { exists_nonempty } => *exists_nonempty,
+    };
+    if ask && !opts.yes {
+        let what = match &target {
+            Target::Block(d) => format!("Everything on {} (/dev/{}) will be lost.", d.desc, d.name),
+            Target::File { .. } => format!("{} will be overwritten.", opts.device.display()),
+        };
+        let q = format!(
+            "flash: write {} ({}) to {desc}?\n  {what}\n  Continue?",
+            image.display(),
+            human_bytes(size)
+        );
+        if !confirm(&q)? {
+            return Err(FlashError::Refused(
+                "flash: cancelled; nothing was written".into(),
+            ));
+        }
+    }
+
+    // Open the target before writing anything.
+    let dst = open_target(opts, &target, size)?;
+    let got =
+        write::write_and_read_back(&src.file, image, &dst, &opts.device, size, is_block, want)?;
+    Ok(FlashReport {
+        image: image.clone(),
+        device: opts.device.clone(),
+        target: desc,
+        bytes: size,
+        sha256: got,
+        key_id: report.key_id,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,208 @@
+//! The write and the read-back: boot sector last, the image hashed while
+//! it is read, the head written only if that hash is the signed digest,
+//! then flushed past the page cache and read back.
+//! Invariant: an interrupted or failed write leaves the target with a zero
+//! first MiB (unbootable), never a half-written disk that looks bootable.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sha2::Digest as _;
+
+use super::target::block_size_of;
+use super::{failed, refused, FlashError, CHUNK, HEAD};
+use crate::host::digest::Sha256;
+use crate::host::progress::{human_bytes, Progress};
+
+/// `_IO(0x12, 97)`.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs the SIGINT flag handler for its lifetime and restores the
+/// previous disposition on drop.
+struct SigintGuard(libc::sighandler_t);
+
+impl SigintGuard {
+    fn install() -> SigintGuard {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let handler: extern "C" fn(libc::c_int) = on_sigint;
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        let old = unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+        SigintGuard(old)
+    }
+}
+
+impl Drop for SigintGuard {
+    fn drop(&mut self) {
+        if self.0 != libc::SIG_ERR {
+            // SAFETY: restores the disposition signal() returned.
+            unsafe { libc::signal(libc::SIGINT, self.0) };
+        }
+    }
+}
+
+pub(super) fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                off += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// fsync, then (block devices) BLKFLSBUF, then drop cached pages so the
+/// read-back reaches the medium.
+pub(super) fn flush(f: &File, block: bool) -> std::io::Result<()> {
+    f.sync_all()?;
+    if block {
+        // SAFETY: BLKFLSBUF takes no argument.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF as _, 0) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: advisory only.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    Ok(())
+}
+
+/// Writes `size` bytes of `src` (the image at `image`) to `dst` (a block
+/// device if `is_block`, else a file), head last, and reads them back.
+/// Returns the digest read back, equal to `want` (the signed digest).
+pub(super) fn write_and_read_back(
+    src: &File,
+    image: &Path,
+    dst: &File,
+    device: &Path,
+    size: u64,
+    is_block: bool,
+    want: Sha256,
+) -> Result<Sha256, FlashError> {
+    let dev = device.display().to_string();
+    let io = |what: &str, e: std::io::Error| failed(format!("{what} {dev}: {e}"));
+    // (c) write: head zeroed first, body, head last.
+    let head_len = size.min(HEAD);
+    let zeros = vec![0u8; HEAD as usize];
+    if is_block {
+        dst.write_all_at(&zeros[..head_len as usize], 0)
+            .map_err(|e| io("zeroing the first MiB of", e))?;
+        // A stale backup GPT at the end of a larger device is cleared too.
+        if let Ok(cap) = block_size_of(dst) {
+            if cap >= size + HEAD {
+                dst.write_all_at(&zeros, cap - HEAD)
+                    .map_err(|e| io("zeroing the last MiB of", e))?;
+            }
+        }
+    } else {
+        dst.set_len(size).map_err(|e| io("sizing", e))?;
+    }
+    flush(dst, is_block).map_err(|e| io("flushing", e))?;
+
+    let mut hasher = sha2::Sha256::new();
+    let mut head = vec![0u8; head_len as usize];
+    let n = read_full_at(src, &mut head, 0)
+        .map_err(|e| failed(format!("reading {}: {e}", image.display())))?;
+    if n as u64 != head_len {
+        return Err(refused(format!(
+            "{} shrank while flashing",
+            image.display()
+        )));
+    }
+    hasher.update(&head);
+
+    let guard = SigintGuard::install();
+    let mut progress = Progress::new(&format!("flash {}", device.display()), size);
+    progress.update(0);
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = head_len;
+    while off < size {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            progress.abandon();
+            let _ = dst.sync_all();
+            return Err(FlashError::Interrupted(format!(
+                "flash: interrupted after {} of {}: {dev} was left unbootable on purpose \
+                 (its first MiB is zero); run cairn flash again",
+                human_bytes(off),
+                human_bytes(size)
+            )));
+        }
+        let want_len = ((size - off) as usize).min(CHUNK);
+        let n = read_full_at(src, &mut buf[..want_len], off)
+            .map_err(|e| failed(format!("reading {}: {e}", image.display())))?;
+        if n != want_len {
+            progress.abandon();
+            return Err(failed(format!(
+                "{} shrank while flashing; {dev} was left unbootable",
+                image.display()
+            )));
+        }
+        hasher.update(&buf[..n]);
+        // A fresh file is already zero; a device is not.
+        if is_block || buf[..n].iter().any(|b| *b != 0) {
+            dst.write_all_at(&buf[..n], off)
+                .map_err(|e| io("writing", e))?;
+        }
+        off += n as u64;
+        progress.update(off);
+    }
+    let got_src = Sha256(hasher.finalize().into());
+    if got_src != want {
+        progress.abandon();
+        return Err(refused(format!(
+            "{} changed after it was verified (sha256 {got_src}, signed {want}); \
+             {dev} was left unbootable (first MiB zero)",
+            image.display()
+        )));
+    }
+    flush(dst, is_block).map_err(|e| io("flushing", e))?;
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        progress.abandon();
+        return Err(FlashError::Interrupted(format!(
+            "flash: interrupted before the boot sector was written: {dev} was left unbootable on purpose; run cairn flash again"
+        )));
+    }
+    dst.write_all_at(&head, 0)
+        .map_err(|e| io("writing the first MiB of", e))?;
+    // (d) flush
+    flush(dst, is_block).map_err(|e| io("flushing", e))?;
+    progress.finish();
+    drop(guard);
+
+    // (e) read back
+    let mut h = sha2::Sha256::new();
+    let mut off = 0u64;
+    while off < size {
+        let len = ((size - off) as usize).min(CHUNK);
+        let n = read_full_at(dst, &mut buf[..len], off).map_err(|e| io("reading back", e))?;
+        if n != len {
+            return Err(failed(format!(
+                "read-back of {dev} ended at byte {} of {size}",
+                off + n as u64
+            )));
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    let got = Sha256(h.finalize().into());
+    if got != want {
+        return Err(failed(format!(
+            "read-back of {dev} does not match: expected sha256 {want}, got {got}; the medium may be faulty"
+        )));
+    }
+    Ok(got)
+}

@@ -1,0 +1,344 @@
+//! Per-medium checks: what each medium claims, recomputed from the medium
+//! itself. The raw disk: GPT where the manifest says, the root's dm-verity
+//! root hash, the UKI's command line. The ISO: the root file's root hash
+//! and its UKI. The qcow2: its content equals the (checked) raw's, or, with
+//! no raw beside it, its content converted and checked as a raw.
+//! Invariant: every medium is read through the handle whose digest was
+//! checked, except where a tool (mtools, xorriso, qemu-img) needs a path.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use super::gpt::{read_gpt, GptPartition};
+use super::verity::{verity_root_hash, verity_salt};
+use super::{failed, VerifyError, MANIFEST};
+use crate::host::digest::Sha256;
+use crate::media::disk::{LABEL_ESP, LABEL_ROOT};
+use crate::release::manifest::Manifest;
+
+/// The raw disk at `path`, open as `f` (`len` bytes).
+pub(super) fn check_raw(
+    path: &Path,
+    mut f: &File,
+    len: u64,
+    name: &str,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let v = &manifest.verity;
+    let salt = verity_salt(manifest)?;
+    let parts = read_gpt(&mut f, len).map_err(|e| failed(format!("partitions: {name}: {e}")))?;
+    let find = |label: &str| -> Result<&GptPartition, VerifyError> {
+        let mut it = parts.iter().filter(|p| p.name == label);
+        let p = it
+            .next()
+            .ok_or_else(|| failed(format!("partitions: {name}: no {label} partition")))?;
+        if it.next().is_some() {
+            return Err(failed(format!(
+                "partitions: {name}: more than one {label} partition"
+            )));
+        }
+        Ok(p)
+    };
+    let root = find(LABEL_ROOT)?.clone();
+    let esp = find(LABEL_ESP)?.clone();
+    for p in &parts {
+        if let Some(m) = manifest.partitions.iter().find(|m| m.label == p.name) {
+            if (m.offset, m.size) != (p.offset, p.size) {
+                return Err(failed(format!(
+                    "partitions: {name}: {} is at {}+{} in the GPT but {}+{} in {MANIFEST}",
+                    p.name, p.offset, p.size, m.offset, m.size
+                )));
+            }
+        }
+    }
+    checks.push(format!(
+        "partitions: {name}: GPT has {LABEL_ESP} and {LABEL_ROOT} where {MANIFEST} says"
+    ));
+
+    if v.data_size > root.size {
+        return Err(failed(format!(
+            "root hash: {name}: verity data size {} exceeds the {LABEL_ROOT} partition ({} bytes)",
+            v.data_size, root.size
+        )));
+    }
+    f.seek(SeekFrom::Start(root.offset))
+        .map_err(|e| failed(format!("root hash: {name}: {e}")))?;
+    let got = verity_root_hash(&mut f, v.data_size, &salt)
+        .map_err(|e| failed(format!("root hash: {name}: {e}")))?;
+    if got != v.root_hash {
+        return Err(failed(format!(
+            "root hash: {name}: image computes {got}, manifest says {}",
+            v.root_hash
+        )));
+    }
+    checks.push(format!("root hash: {name}: recomputed {got}"));
+
+    let uki = extract_uki(path, esp.offset).map_err(|e| {
+        failed(format!(
+            "uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"
+        ))
+    })?;
+    check_uki_cmdline(
+        &uki,
+        name,
+        &v.root_hash,
+        Some(&manifest.kernel.cmdline),
+        "kernel.cmdline",
+        checks,
+    )
+}
+
+/// The UKI's command line must carry the manifest's root hash and be the
+/// command line the manifest records for this medium.
+fn check_uki_cmdline(
+    uki: &[u8],
+    name: &str,
+    root_hash: &Sha256,
+    recorded: Option<&String>,
+    field: &str,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let cmdline = crate::pipeline::uki::read_cmdline(uki)
+        .map_err(|e| failed(format!("uki: {name}: BOOTX64.EFI: {e:#}")))?;
+    let want = format!("cairn.roothash={root_hash}");
+    if !cmdline.split_ascii_whitespace().any(|t| t == want) {
+        return Err(failed(format!(
+            "uki: {name}: BOOTX64.EFI command line lacks {want}: {cmdline:?}"
+        )));
+    }
+    if Some(&cmdline) != recorded {
+        return Err(failed(format!(
+            "uki: {name}: BOOTX64.EFI command line {cmdline:?} differs from manifest {field} {recorded:?}"
+        )));
+    }
+    checks.push(format!(
+        "uki: {name}: BOOTX64.EFI command line carries cairn.roothash and matches {MANIFEST}"
+    ));
+    Ok(())
+}
+
+/// The ISO: the root file's dm-verity root hash, recomputed from its extent
+/// on the medium, and the command line of the UKI in the El Torito EFI image.
+pub(super) fn check_iso(
+    path: &Path,
+    mut f: &File,
+    len: u64,
+    name: &str,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let v = &manifest.verity;
+    let salt = verity_salt(manifest)?;
+    let files = crate::media::iso::list_iso(path)
+        .map_err(|e| failed(format!("iso: {name}: cannot read its file table: {e:#}")))?;
+    let root = files
+        .iter()
+        .find(|f| f.path == crate::media::iso::ISO_ROOT)
+        .ok_or_else(|| failed(format!("iso: {name}: no {}", crate::media::iso::ISO_ROOT)))?;
+    if !root.contiguous || v.data_size > root.size || root.offset.saturating_add(root.size) > len {
+        return Err(failed(format!(
+            "root hash: {name}: {} is not one extent of at least {} bytes inside the medium",
+            crate::media::iso::ISO_ROOT,
+            v.data_size
+        )));
+    }
+    f.seek(SeekFrom::Start(root.offset))
+        .map_err(|e| failed(format!("root hash: {name}: {e}")))?;
+    let got = verity_root_hash(&mut f, v.data_size, &salt)
+        .map_err(|e| failed(format!("root hash: {name}: {e}")))?;
+    if got != v.root_hash {
+        return Err(failed(format!(
+            "root hash: {name}: image computes {got}, manifest says {}",
+            v.root_hash
+        )));
+    }
+    checks.push(format!(
+        "root hash: {name}: recomputed {got} from {}",
+        crate::media::iso::ISO_ROOT
+    ));
+    let dir = tempfile::tempdir().map_err(|e| failed(format!("iso: temporary folder: {e}")))?;
+    let efi = dir.path().join("efi.img");
+    crate::media::iso::read_file_from_iso(path, crate::media::iso::ISO_EFI_IMG, &efi).map_err(
+        |e| {
+            failed(format!(
+                "uki: {name}: cannot extract {}: {e:#}",
+                crate::media::iso::ISO_EFI_IMG
+            ))
+        },
+    )?;
+    let uki = extract_uki(&efi, 0).map_err(|e| {
+        failed(format!(
+            "uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"
+        ))
+    })?;
+    check_uki_cmdline(
+        &uki,
+        name,
+        &v.root_hash,
+        manifest.kernel.iso_cmdline.as_ref(),
+        "kernel.iso_cmdline",
+        checks,
+    )
+}
+
+/// Copy EFI/BOOT/BOOTX64.EFI out of the FAT ESP at `offset` with mtools.
+fn extract_uki(image: &Path, offset: u64) -> Result<Vec<u8>, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let dest = dir.path().join("BOOTX64.EFI");
+    let src = format!("{}@@{offset}", image.display());
+    let sh = xshell::Shell::new().map_err(|e| e.to_string())?;
+    sh.set_var("MTOOLS_SKIP_CHECK", "1");
+    crate::host::runner::run(
+        "uki",
+        xshell::cmd!(sh, "mcopy -n -i {src} ::/EFI/BOOT/BOOTX64.EFI {dest}"),
+    )
+    .map_err(|e| {
+        format!("{e:#}")
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    std::fs::read(&dest).map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// qcow2
+// ---------------------------------------------------------------------------
+
+/// The fields of a qcow2 header that decide whether qemu-img would read
+/// anything but the file itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2Header {
+    pub version: u32,
+    pub backing_file_offset: u64,
+    pub virtual_size: u64,
+    pub crypt_method: u32,
+    pub incompatible_features: u64,
+}
+
+/// Parse the head of a qcow2 file (big-endian fields, QEMU's
+/// docs/interop/qcow2.txt) and refuse what cairn never writes: a backing
+/// file, an external data file or any other incompatible feature, and
+/// encryption. Without these, qemu-img reads only this file.
+pub fn read_qcow2_header(head: &[u8]) -> Result<Qcow2Header, String> {
+    let be32 = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let be64 = |at: usize| {
+        head.get(at..at + 8).map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_be_bytes(a)
+        })
+    };
+    if head.get(..4) != Some(&b"QFI\xfb"[..]) {
+        return Err("not a qcow2 file (no QFI\\xfb magic)".into());
+    }
+    let short = || "truncated qcow2 header".to_string();
+    let version = be32(4).ok_or_else(short)?;
+    if version != 2 && version != 3 {
+        return Err(format!("qcow2 version {version} is not 2 or 3"));
+    }
+    let h = Qcow2Header {
+        version,
+        backing_file_offset: be64(8).ok_or_else(short)?,
+        virtual_size: be64(24).ok_or_else(short)?,
+        crypt_method: be32(32).ok_or_else(short)?,
+        incompatible_features: if version == 3 {
+            be64(72).ok_or_else(short)?
+        } else {
+            0
+        },
+    };
+    if h.backing_file_offset != 0 {
+        return Err("names a backing file; a cairn qcow2 stands alone".into());
+    }
+    if h.crypt_method != 0 {
+        return Err(format!(
+            "is encrypted (method {}); cairn writes plain qcow2",
+            h.crypt_method
+        ));
+    }
+    if h.incompatible_features != 0 {
+        return Err(format!(
+            "uses incompatible qcow2 features {:#x} (dirty, corrupt, external data file, ...) that cairn never writes",
+            h.incompatible_features
+        ));
+    }
+    Ok(h)
+}
+
+/// The qcow2 at `path` (open as `f`). With `raw` (a raw disk of the same
+/// image, already checked in this run) its content must equal the raw's,
+/// byte for byte (`qemu-img compare`); without, it is converted to a
+/// temporary raw that gets the raw checks.
+pub(super) fn check_qcow2(
+    path: &Path,
+    mut f: &File,
+    name: &str,
+    raw: Option<(&Path, &str, u64)>,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let mut head = Vec::with_capacity(104);
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.take(104).read_to_end(&mut head))
+        .map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
+    let h = read_qcow2_header(&head).map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
+    let sh = xshell::Shell::new().map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
+    match raw {
+        Some((raw_path, raw_name, raw_len)) => {
+            if h.virtual_size != raw_len {
+                return Err(failed(format!(
+                    "qcow2: {name}: its disk is {} bytes, {raw_name} is {raw_len}",
+                    h.virtual_size
+                )));
+            }
+            let (code, out, err) = crate::host::runner::run_code(
+                "verify: qcow2",
+                xshell::cmd!(sh, "qemu-img compare -f raw -F qcow2 {raw_path} {path}"),
+            )
+            .map_err(|e| failed(format!("qcow2: {name}: {e:#}")))?;
+            let said = |s: &str| s.lines().next().unwrap_or("").trim().to_string();
+            match code {
+                0 => {}
+                1 => {
+                    return Err(failed(format!(
+                        "qcow2: {name}: content differs from {raw_name} ({})",
+                        said(&out)
+                    )))
+                }
+                _ => {
+                    return Err(failed(format!(
+                        "qcow2: {name}: qemu-img compare failed (exit {code}): {}",
+                        said(&err)
+                    )))
+                }
+            }
+            checks.push(format!(
+                "qcow2: {name}: content equals {raw_name} (qemu-img compare)"
+            ));
+        }
+        None => {
+            let dir =
+                tempfile::tempdir().map_err(|e| failed(format!("qcow2: temporary folder: {e}")))?;
+            let tmp = dir.path().join("disk.raw");
+            crate::host::runner::run(
+                "verify: qcow2",
+                xshell::cmd!(sh, "qemu-img convert -q -f qcow2 -O raw {path} {tmp}"),
+            )
+            .map_err(|e| failed(format!("qcow2: {name}: cannot read its content: {e:#}")))?;
+            let t = File::open(&tmp).map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
+            let len = t
+                .metadata()
+                .map_err(|e| failed(format!("qcow2: {name}: {e}")))?
+                .len();
+            check_raw(&tmp, &t, len, name, manifest, checks)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,512 @@
+//! `cairn verify`: checks a signed output folder (or one medium in it)
+//! end to end: the signify signature over SHA256, every listed digest, the
+//! manifest against SHA256, then what each medium claims, recomputed from
+//! the medium itself (see `media`).
+//! Invariant: every file is treated as hostile until its digest has been
+//! checked against the signed SHA256: it is opened only through
+//! `host::untrusted` (regular files only, never a symlink out of the
+//! folder, never blocking), read with a cap, and parsers never panic.
+
+mod gpt;
+mod media;
+mod sums;
+mod verity;
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use sha2::Digest as _;
+
+use crate::host::digest::Sha256;
+use crate::host::untrusted::{self, Links, UntrustedError, UntrustedFile};
+use crate::release::manifest::Manifest;
+use crate::release::signify::{PublicKey, Signature, SignifyError};
+
+pub use gpt::{read_gpt, GptPartition};
+pub use media::{read_qcow2_header, Qcow2Header};
+pub use sums::{format_sums, is_plain_name, parse_sums};
+pub use verity::verity_root_hash;
+
+/// Name of the checksum list.
+pub const SUMS: &str = "SHA256";
+/// Name of the embedded signature over the checksum list.
+pub const SUMS_SIG: &str = "SHA256.sig";
+/// Name of the manifest.
+pub const MANIFEST: &str = "manifest.json";
+
+/// Extensions of boot media (compared case-insensitively).
+const MEDIA_EXTS: [&str; 4] = ["raw", "iso", "qcow2", "img"];
+
+/// SHA256 and SHA256.sig are small text files; refuse anything bigger.
+pub const MAX_SUMS_FILE: u64 = 1 << 20;
+/// manifest.json carries the package list; generous but bounded.
+pub const MAX_MANIFEST: u64 = 64 << 20;
+/// Read buffer for hashing (a multiple of the verity block size).
+const HASH_BUF: usize = 4 << 20;
+
+/// Why verification stopped. `Display` is the one-line message.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The request itself is unusable (missing/garbled key, unreadable or
+    /// garbled SHA256.sig, target not found, a file that is not a regular
+    /// file in the folder): the CLI exits 2.
+    #[error("{0}")]
+    BadInput(String),
+    /// A check failed: the folder is not what the key holder signed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn bad(msg: impl Into<String>) -> VerifyError {
+    VerifyError::BadInput(msg.into())
+}
+
+fn failed(msg: impl Into<String>) -> VerifyError {
+    VerifyError::Failed(msg.into())
+}
+
+/// A file of the release folder that may not be read (not regular, a
+/// symlink, too large, unreadable): exit 2, naming the file and the rule.
+fn refused(e: UntrustedError) -> VerifyError {
+    bad(format!("refused: {e}"))
+}
+
+/// Opens a file of the release folder; an absent file is `missing: NAME`.
+fn open_listed(folder: &Path, name: &str) -> Result<UntrustedFile, VerifyError> {
+    untrusted::open(&folder.join(name), Links::Refuse).map_err(|e| {
+        if e.is_not_found() {
+            failed(format!("missing: {name}"))
+        } else {
+            refused(e)
+        }
+    })
+}
+
+/// What was verified.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// Key id (hex key number) of the public key the signature verified with.
+    pub key_id: String,
+    /// `manifest.image.name` / `.version`.
+    pub name: String,
+    pub version: String,
+    /// The manifest's root hash (recomputed from every checked .raw).
+    pub root_hash: Sha256,
+    /// One line per passed check, in the order they ran.
+    pub checks: Vec<String>,
+    /// Things deliberately not checked (absent optional media, ISO root
+    /// recomputation...).
+    pub notes: Vec<String>,
+}
+
+impl std::fmt::Display for VerifyReport {
+    /// Human summary: `OK name version`, key, root hash, then each check
+    /// and note on its own indented line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "OK {} {}", self.name, self.version)?;
+        writeln!(f, "  key id:    {}", self.key_id)?;
+        write!(f, "  root hash: {}", self.root_hash)?;
+        for c in &self.checks {
+            write!(f, "\n  ok    {c}")?;
+        }
+        for n in &self.notes {
+            write!(f, "\n  note  {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Verify `target` (an output folder, or one .raw/.iso in it) against the
+/// signify public key file `pubkey`. With `production`, also refuse images
+/// built with debug features.
+pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyReport, VerifyError> {
+    let (folder, medium) = resolve_target(target)?;
+    let mut checks = Vec::new();
+    let mut notes = Vec::new();
+
+    // 1. Key, signature, and the signed copy of SHA256.
+    let key = PublicKey::read(pubkey).map_err(|e| match e {
+        SignifyError::Untrusted(u) => bad(format!("public key: {u}")),
+        e => bad(format!("public key: {}: {e}", pubkey.display())),
+    })?;
+    if medium.is_none() {
+        refuse_odd_entries(&folder)?;
+    }
+    let sig_path = folder.join(SUMS_SIG);
+    let sig_bytes = untrusted::read(&sig_path, Links::Refuse, MAX_SUMS_FILE).map_err(|e| {
+        if e.is_not_found() {
+            bad(format!("signature: {e}"))
+        } else {
+            refused(e)
+        }
+    })?;
+    let (sig, signed) = Signature::parse_embedded(&sig_bytes)
+        .map_err(|e| bad(format!("signature: {}: {e}", sig_path.display())))?;
+    match sig.verify(&key, signed) {
+        Ok(()) => {}
+        Err(SignifyError::KeyMismatch { sig_key, pub_key }) => {
+            return Err(failed(format!(
+                "signature: {SUMS_SIG} was made by key {sig_key}, not {pub_key} ({})",
+                pubkey.display()
+            )))
+        }
+        Err(SignifyError::BadSignature) => {
+            return Err(failed(format!(
+                "signature: {SUMS_SIG} does not verify with key {} (the signature or its embedded copy of {SUMS} was altered)",
+                key.key_id()
+            )))
+        }
+        Err(e) => return Err(failed(format!("signature: {SUMS_SIG}: {e}"))),
+    }
+    checks.push(format!(
+        "signature: {SUMS_SIG} verifies with key {}",
+        key.key_id()
+    ));
+    let sums_bytes = match untrusted::read(&folder.join(SUMS), Links::Refuse, MAX_SUMS_FILE) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Err(failed(format!("missing: {SUMS}"))),
+        Err(e) => return Err(refused(e)),
+    };
+    if sums_bytes != signed {
+        return Err(failed(format!(
+            "{SUMS} differs from the signed copy in {SUMS_SIG}"
+        )));
+    }
+    checks.push(format!(
+        "{SUMS}: identical to the signed copy in {SUMS_SIG}"
+    ));
+
+    // 2. Parse SHA256 strictly.
+    let sums = parse_sums(&sums_bytes).map_err(failed)?;
+    if !sums.contains_key(MANIFEST) {
+        return Err(failed(format!("{SUMS}: does not list {MANIFEST}")));
+    }
+    checks.push(format!("{SUMS}: {} well-formed entries", sums.len()));
+
+    // 3. Listed files exist with their digests; nothing unlisted.
+    let to_check: Vec<String> = match &medium {
+        Some(m) => {
+            if !sums.contains_key(m) {
+                return Err(failed(format!("unlisted: {m} is not in {SUMS}")));
+            }
+            let others: Vec<&String> = sums
+                .keys()
+                .filter(|k| *k != m && k.as_str() != MANIFEST)
+                .collect();
+            if !others.is_empty() {
+                notes.push(format!(
+                    "only {m} and {MANIFEST} checked; also listed: {}",
+                    others
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            vec![MANIFEST.to_string(), m.clone()]
+        }
+        None => sums.keys().cloned().collect(),
+    };
+    let mut opened: Vec<(u64, String, UntrustedFile)> = Vec::new();
+    for name in &to_check {
+        let f = open_listed(&folder, name)?;
+        opened.push((f.len, name.clone(), f));
+    }
+    if medium.is_none() {
+        let unlisted = unlisted_files(&folder, &sums)?;
+        if let Some(first) = unlisted.first() {
+            return Err(failed(format!("unlisted: {first} is not in {SUMS}")));
+        }
+        checks.push(format!("unlisted: every file in the folder is in {SUMS}"));
+    } else {
+        notes.push("single medium: other files in the folder were not looked at".into());
+    }
+    // Cheap files first, so a bad manifest fails fast. The manifest is read
+    // once: the bytes hashed are the bytes parsed.
+    opened.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut manifest_bytes = Vec::new();
+    for (len, name, f) in &mut opened {
+        let got = if name == MANIFEST {
+            if *len > MAX_MANIFEST {
+                return Err(refused(UntrustedError::TooLarge {
+                    path: f.path.clone(),
+                    max: MAX_MANIFEST,
+                }));
+            }
+            manifest_bytes =
+                read_exactly(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?;
+            Sha256::of_bytes(&manifest_bytes)
+        } else {
+            hash_open(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?
+        };
+        let want = sums[name.as_str()];
+        if got != want {
+            return Err(failed(format!("digest: {name}: expected {want} got {got}")));
+        }
+        checks.push(format!("digest: {name}: {got}"));
+    }
+
+    // 4. The manifest (now authenticated) agrees with SHA256.
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| failed(format!("manifest: {MANIFEST} does not parse: {e}")))?;
+    let mut outputs = BTreeSet::new();
+    for o in &manifest.outputs {
+        if !outputs.insert(o.file.as_str()) {
+            return Err(failed(format!(
+                "manifest: {MANIFEST} lists output {} twice",
+                o.file
+            )));
+        }
+        match sums.get(&o.file) {
+            None => {
+                return Err(failed(format!(
+                    "manifest: output {} is not in {SUMS}",
+                    o.file
+                )))
+            }
+            Some(d) if *d != o.sha256 => {
+                return Err(failed(format!(
+                    "manifest: output {} has sha256 {} in {MANIFEST} but {d} in {SUMS}",
+                    o.file, o.sha256
+                )))
+            }
+            Some(_) => {}
+        }
+        if let Some((size, _, _)) = opened.iter().find(|(_, n, _)| *n == o.file) {
+            if *size != o.size {
+                return Err(failed(format!(
+                    "manifest: output {} is {} bytes in {MANIFEST} but {size} bytes on disk",
+                    o.file, o.size
+                )));
+            }
+        }
+    }
+    if let Some(m) = sums
+        .keys()
+        .find(|k| is_medium(k) && !outputs.contains(k.as_str()))
+    {
+        return Err(failed(format!(
+            "manifest: {m} is in {SUMS} but not in the outputs of {MANIFEST}"
+        )));
+    }
+    if let Some(m) = &medium {
+        if !outputs.contains(m.as_str()) {
+            return Err(failed(format!(
+                "manifest: {m} is not in the outputs of {MANIFEST}"
+            )));
+        }
+    }
+    checks.push(format!(
+        "manifest: {} {} outputs agree with {SUMS}",
+        manifest.image.name, manifest.image.version
+    ));
+
+    // 5. What each medium claims, recomputed: raw disks first, so a qcow2
+    // can be compared with a raw that has already passed.
+    let root_hash = manifest.verity.root_hash;
+    let mut raws: Vec<(&str, u64, PathBuf)> = Vec::new();
+    for ext in ["raw", "iso", "qcow2"] {
+        for (len, name, f) in opened.iter().filter(|(_, n, _)| extension(n) == ext) {
+            let path = folder.join(name);
+            match ext {
+                "raw" => {
+                    media::check_raw(&path, &f.file, *len, name, &manifest, &mut checks)?;
+                    raws.push((name, *len, path));
+                }
+                "iso" => media::check_iso(&path, &f.file, *len, name, &manifest, &mut checks)?,
+                _ => {
+                    let stem = name.rsplit_once('.').map_or("", |(s, _)| s);
+                    let pair = raws
+                        .iter()
+                        .find(|(r, _, _)| r.rsplit_once('.').map_or("", |(s, _)| s) == stem)
+                        .map(|(r, l, p)| (p.as_path(), *r, *l));
+                    media::check_qcow2(&path, &f.file, name, pair, &manifest, &mut checks)?
+                }
+            }
+        }
+    }
+    for (_, name, _) in &opened {
+        let ext = extension(name);
+        if is_medium(name) && !["raw", "iso", "qcow2"].contains(&ext.as_str()) {
+            notes.push(format!(
+                "{name}: root hash not recomputed for .{ext} media; only its digest was checked"
+            ));
+        }
+    }
+
+    // 6. Production policy.
+    if production {
+        if manifest.flags.debug_console {
+            return Err(failed("production: image has the debug console enabled"));
+        }
+        checks.push("production: no debug console".into());
+    }
+
+    Ok(VerifyReport {
+        key_id: key.key_id(),
+        name: manifest.image.name,
+        version: manifest.image.version,
+        root_hash,
+        checks,
+        notes,
+    })
+}
+
+/// The folder to check (absolute, so no file name in it can read as a
+/// tool's `protocol:` prefix) and, for a single medium, its file name.
+fn resolve_target(target: &Path) -> Result<(PathBuf, Option<String>), VerifyError> {
+    let meta = std::fs::metadata(target).map_err(|e| bad(format!("{}: {e}", target.display())))?;
+    let absolute =
+        |p: &Path| std::fs::canonicalize(p).map_err(|e| bad(format!("{}: {e}", p.display())));
+    if meta.is_dir() {
+        return Ok((absolute(target)?, None));
+    }
+    let name = target.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        bad(format!(
+            "{}: not a file name cairn writes",
+            target.display()
+        ))
+    })?;
+    let ext = extension(name);
+    if ext != "raw" && ext != "iso" {
+        return Err(bad(format!(
+            "{}: expected an output folder or a .raw or .iso medium",
+            target.display()
+        )));
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((absolute(&parent)?, Some(name.to_string())))
+}
+
+/// A release folder holds regular files only: a symlink, FIFO, socket,
+/// device or sub-folder in it is refused before anything is read.
+fn refuse_odd_entries(folder: &Path) -> Result<(), VerifyError> {
+    let mut odd = Vec::new();
+    for e in list(folder)? {
+        let ft = e
+            .file_type()
+            .map_err(|err| bad(format!("cannot list {}: {err}", folder.display())))?;
+        if !ft.is_file() {
+            odd.push(e.path());
+        }
+    }
+    odd.sort();
+    if let Some(first) = odd.first() {
+        // Opening it without following or blocking gives the precise rule.
+        return Err(match untrusted::open(first, Links::Refuse) {
+            Err(e) => refused(e),
+            Ok(_) => bad(format!(
+                "refused: {}: is not a regular file",
+                first.display()
+            )),
+        });
+    }
+    Ok(())
+}
+
+fn list(folder: &Path) -> Result<Vec<std::fs::DirEntry>, VerifyError> {
+    let rd = std::fs::read_dir(folder)
+        .map_err(|e| bad(format!("cannot list {}: {e}", folder.display())))?;
+    rd.map(|e| e.map_err(|e| bad(format!("cannot list {}: {e}", folder.display()))))
+        .collect()
+}
+
+/// Files in the folder that SHA256 does not list (sorted); the signer
+/// lists every file but SHA256 and SHA256.sig.
+fn unlisted_files(
+    folder: &Path,
+    sums: &std::collections::BTreeMap<String, Sha256>,
+) -> Result<Vec<String>, VerifyError> {
+    let mut out: Vec<String> = list(folder)?
+        .into_iter()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != SUMS && n != SUMS_SIG && !sums.contains_key(n))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn extension(name: &str) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
+fn is_medium(name: &str) -> bool {
+    MEDIA_EXTS.contains(&extension(name).as_str())
+}
+
+/// The `len` bytes fstat reported when `f` was opened, refusing a file
+/// that has shrunk or grown since (so a read never runs past that size).
+fn read_exactly(f: &mut UntrustedFile) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(f.len as usize);
+    f.file.seek(SeekFrom::Start(0))?;
+    (&f.file).take(f.len + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 != f.len {
+        return Err(changed(f.len));
+    }
+    Ok(buf)
+}
+
+fn changed(len: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the file changed size while it was read (it was {len} bytes)"),
+    )
+}
+
+/// Streamed SHA-256 of an opened file, exactly its opened size.
+fn hash_open(f: &mut UntrustedFile) -> io::Result<Sha256> {
+    f.file.seek(SeekFrom::Start(0))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; HASH_BUF];
+    let mut r = (&f.file).take(f.len + 1);
+    let mut total = 0u64;
+    loop {
+        let n = verity::read_full(&mut r, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > f.len {
+            return Err(changed(f.len));
+        }
+        h.update(&buf[..n]);
+    }
+    if total != f.len {
+        return Err(changed(f.len));
+    }
+    Ok(Sha256(h.finalize().into()))
+}
+
+/// Streamed SHA-256 of a regular file (a symlink is followed; a FIFO or
+/// device is refused rather than waited on).
+pub fn hash_file(path: &Path) -> io::Result<Sha256> {
+    let mut f = untrusted::open(path, Links::Follow)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    hash_open(&mut f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_reads_exactly_the_opened_size() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(hash_file(&p).unwrap(), Sha256::of_bytes(b"abc"));
+        let mut f = untrusted::open(&p, Links::Refuse).unwrap();
+        std::fs::write(&p, b"abcd").unwrap();
+        assert!(hash_open(&mut f).is_err(), "grew");
+        let mut f = untrusted::open(&p, Links::Refuse).unwrap();
+        std::fs::write(&p, b"ab").unwrap();
+        assert!(read_exactly(&mut f).is_err(), "shrank");
+    }
+}
