@@ -3,6 +3,8 @@
 //! first and sets CAIRN_REQUIRE_TEST_IMAGE so nothing passes by skipping).
 #![allow(dead_code)] // each test binary uses part of it
 
+pub mod mini;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

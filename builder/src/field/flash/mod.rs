@@ -157,6 +157,36 @@ fn signed_digest(image: &Path) -> Result<Sha256, FlashError> {
     })
 }
 
+/// A file target may not be the image itself (opening it for the write
+/// would truncate it) or any file in the release folder.
+fn refuse_target_in_release(
+    opts: &FlashOptions,
+    src: &untrusted::UntrustedFile,
+) -> Result<(), FlashError> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = &opts.device;
+    if let (Ok(t), Ok(s)) = (std::fs::metadata(dev), src.file.metadata()) {
+        if (t.dev(), t.ino()) == (s.dev(), s.ino()) {
+            return Err(bad(format!(
+                "{} is the image itself; give another target",
+                dev.display()
+            )));
+        }
+    }
+    let parent = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let folder = std::fs::canonicalize(parent(&opts.image)).ok();
+    if folder.is_some() && std::fs::canonicalize(parent(dev)).ok() == folder {
+        return Err(bad(format!(
+            "{} is inside the release folder; write the image somewhere else",
+            dev.display()
+        )));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // flash
 // ---------------------------------------------------------------------------
@@ -188,6 +218,9 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
 
     // (b) target
     let target = inspect_target(opts)?;
+    if let Target::File { .. } = target {
+        refuse_target_in_release(opts, &src)?;
+    }
     if let Some(max) = opts.max_size {
         if size > max {
             return Err(refused(format!(

@@ -495,4 +495,53 @@ mod tests {
             .unwrap()
             .is_empty());
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let text = String::from_utf8_lossy(&data);
+                let _ = PublicKey::parse(&text);
+                let _ = Signature::parse(&text);
+                let _ = Signature::parse_embedded(&data);
+                let _ = SecretKey::parse(&text, None);
+            }
+
+            #[test]
+            fn framed_junk_never_panics(
+                comment in "[ -~]{0,40}",
+                blob in proptest::collection::vec(any::<u8>(), 0..120),
+                tail in proptest::collection::vec(any::<u8>(), 0..60),
+            ) {
+                let mut data = format!("untrusted comment: {comment}\n{}\n", BASE64.encode(&blob)).into_bytes();
+                data.extend_from_slice(&tail);
+                let text = String::from_utf8_lossy(&data);
+                let _ = PublicKey::parse(&text);
+                let _ = Signature::parse(&text);
+                let _ = Signature::parse_embedded(&data);
+                let _ = SecretKey::parse(&text, None);
+            }
+
+            #[test]
+            fn embedded_signatures_round_trip(
+                msg in proptest::collection::vec(any::<u8>(), 0..300),
+                key_name in "[ -~]{0,60}",
+            ) {
+                let sk = generate();
+                let sig = sk.sign(&msg);
+                let file = sig.to_embedded_file_bytes(&key_name, &msg);
+                let (back, body) = Signature::parse_embedded(&file).unwrap();
+                prop_assert_eq!(back, sig);
+                prop_assert_eq!(body, &msg[..]);
+                prop_assert!(back.verify(&sk.public(), body).is_ok());
+                let pk = PublicKey::parse(&sk.public().to_file_text(&key_name)).unwrap();
+                prop_assert_eq!(pk, sk.public());
+            }
+        }
+    }
 }

@@ -69,7 +69,7 @@ fn failed(msg: impl Into<String>) -> VerifyError {
 /// A file of the release folder that may not be read (not regular, a
 /// symlink, too large, unreadable): exit 2, naming the file and the rule.
 fn refused(e: UntrustedError) -> VerifyError {
-    bad(format!("refused: {e}"))
+    bad(format!("unsafe file: {e}"))
 }
 
 /// Opens a file of the release folder; an absent file is `missing: NAME`.
@@ -126,10 +126,8 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
     let mut notes = Vec::new();
 
     // 1. Key, signature, and the signed copy of SHA256.
-    let key = PublicKey::read(pubkey).map_err(|e| match e {
-        SignifyError::Untrusted(u) => bad(format!("public key: {u}")),
-        e => bad(format!("public key: {}: {e}", pubkey.display())),
-    })?;
+    // Every SignifyError from reading a file names the file already.
+    let key = PublicKey::read(pubkey).map_err(|e| bad(format!("public key: {e}")))?;
     if medium.is_none() {
         refuse_odd_entries(&folder)?;
     }
@@ -400,7 +398,7 @@ fn refuse_odd_entries(folder: &Path) -> Result<(), VerifyError> {
         return Err(match untrusted::open(first, Links::Refuse) {
             Err(e) => refused(e),
             Ok(_) => bad(format!(
-                "refused: {}: is not a regular file",
+                "unsafe file: {}: is not a regular file",
                 first.display()
             )),
         });

@@ -1,0 +1,557 @@
+//! Hostile release folders and key files against `cairn verify` and
+//! `cairn flash`, run as the binary with a time limit (a hang fails the
+//! test instead of blocking it). Each case asserts the exit code, the
+//! first line of the message, and that nothing under the test's temporary
+//! folder changed: not the release, not the keys, not the sentinel folder
+//! of host files the hostile links point at, and nothing was written.
+//! The releases are small real ones (tests/common/mini.rs), so no full
+//! image build is needed; the host tools they need are in `make deps`.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::Duration;
+
+mod common;
+use common::mini::{self, mini, Media, Mini, Run, QCOW2, RAW, SBOM};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn verify_at(target: &Path, pubkey: &Path) -> Run {
+    mini::cairn(
+        &[
+            OsStr::new("verify"),
+            target.as_os_str(),
+            OsStr::new("--pubkey"),
+            pubkey.as_os_str(),
+        ],
+        LIMIT,
+    )
+}
+
+fn verify(m: &Mini) -> Run {
+    verify_at(&m.dir, &m.pubkey)
+}
+
+fn flash_to(m: &Mini, image: &Path, target: &Path) -> Run {
+    mini::cairn(
+        &[
+            OsStr::new("flash"),
+            image.as_os_str(),
+            target.as_os_str(),
+            OsStr::new("--pubkey"),
+            m.pubkey.as_os_str(),
+            OsStr::new("--yes"),
+            OsStr::new("--to-file"),
+        ],
+        LIMIT,
+    )
+}
+
+/// Runs `run` against the (already made hostile) release `m` and checks
+/// the exit code, that the first line of stderr starts with `starts` and
+/// contains each of `has`, and that the whole temporary folder is as it
+/// was (sentinel included; nothing created, changed or removed).
+fn refuses(m: &Mini, code: i32, starts: &str, has: &[&str], run: impl FnOnce() -> Run) -> String {
+    let before = m.snapshot();
+    let sentinel_files = std::fs::read_dir(&m.sentinel).unwrap().count();
+    assert!(sentinel_files >= 3, "the sentinel folder holds files");
+    let r = run();
+    let first = r.first_line().to_string();
+    println!("exit {}: {first}", r.code);
+    assert_eq!(r.code, code, "{r:?}");
+    assert!(
+        first.starts_with(starts),
+        "first line {first:?} should start with {starts:?}"
+    );
+    for h in has {
+        assert!(
+            first.contains(h),
+            "first line {first:?} should contain {h:?}"
+        );
+    }
+    let after = m.snapshot();
+    for (p, was) in &before {
+        assert_eq!(
+            after.get(p),
+            Some(was),
+            "{} changed or vanished",
+            p.display()
+        );
+    }
+    for p in after.keys() {
+        assert!(before.contains_key(p), "{} was created", p.display());
+    }
+    first
+}
+
+fn replace_with_symlink(link: &Path, to: &Path) {
+    std::fs::remove_file(link).unwrap();
+    std::os::unix::fs::symlink(to, link).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Controls: the untouched releases pass
+// ---------------------------------------------------------------------------
+
+#[test]
+fn control_untouched_releases_verify() {
+    let m = mini(Media::None);
+    let r = verify(&m);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("OK mini 1"), "{r:?}");
+
+    let m = mini(Media::RawAndQcow2);
+    let r = verify(&m);
+    assert_eq!(r.code, 0, "{r:?}");
+    for want in [
+        "root hash: mini-1.raw: recomputed",
+        "uki: mini-1.raw: BOOTX64.EFI command line carries cairn.roothash",
+        "qcow2: mini-1.qcow2: content equals mini-1.raw",
+    ] {
+        assert!(r.stdout.contains(want), "{want} missing:\n{}", r.stdout);
+    }
+    let r = verify_at(&m.path(RAW), &m.pubkey);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+// ---------------------------------------------------------------------------
+// FIFOs and devices: refused, never waited on
+// ---------------------------------------------------------------------------
+
+#[test]
+fn fifo_signature_is_refused_not_waited_on() {
+    let m = mini(Media::None);
+    mini::mkfifo(&m.path("SHA256.sig"));
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["SHA256.sig: is a FIFO (named pipe), not a regular file"],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn fifo_public_key_is_refused_not_waited_on() {
+    let m = mini(Media::None);
+    mini::mkfifo(&m.pubkey);
+    refuses(
+        &m,
+        2,
+        "error: public key: ",
+        &["test.pub: is a FIFO (named pipe), not a regular file"],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn fifo_sha256_and_fifo_manifest_are_refused() {
+    let m = mini(Media::None);
+    mini::mkfifo(&m.path("SHA256"));
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["/SHA256: is a FIFO"],
+        || verify(&m),
+    );
+    let m = mini(Media::None);
+    mini::mkfifo(&m.path("manifest.json"));
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["manifest.json: is a FIFO"],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn character_device_as_public_key_is_refused() {
+    let m = mini(Media::None);
+    refuses(
+        &m,
+        2,
+        "error: public key: /dev/zero: is a character device",
+        &[],
+        || verify_at(&m.dir, Path::new("/dev/zero")),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Links and other non-files in the release folder
+// ---------------------------------------------------------------------------
+
+#[test]
+fn manifest_symlinked_to_an_identical_file_outside_is_refused() {
+    let m = mini(Media::None);
+    let outside = m.sentinel.join("manifest.json");
+    replace_with_symlink(&m.path("manifest.json"), &outside);
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &[
+            "manifest.json: is a symbolic link",
+            "never followed out of the folder",
+        ],
+        || verify(&m),
+    );
+    // Control: the file it points at is exactly the signed one, so
+    // following the link would have passed.
+    std::fs::remove_file(m.path("manifest.json")).unwrap();
+    std::fs::copy(&outside, m.path("manifest.json")).unwrap();
+    assert_eq!(verify(&m).code, 0);
+}
+
+#[test]
+fn symlinked_medium_is_refused_by_verify_and_flash() {
+    let m = mini(Media::RawAndQcow2);
+    replace_with_symlink(&m.path(RAW), &m.sentinel.join(RAW));
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["mini-1.raw: is a symbolic link"],
+        || verify(&m),
+    );
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["mini-1.raw: is a symbolic link"],
+        || verify_at(&m.path(RAW), &m.pubkey),
+    );
+    let target = m.tmp.path().join("stick.img");
+    refuses(
+        &m,
+        2,
+        "error: flash: refusing: ",
+        &["mini-1.raw: is a symbolic link"],
+        || flash_to(&m, &m.path(RAW), &target),
+    );
+    assert!(!target.exists());
+}
+
+#[test]
+fn unlisted_symlink_to_a_host_file_is_refused() {
+    let m = mini(Media::None);
+    std::os::unix::fs::symlink("/etc/passwd", m.path("passwd")).unwrap();
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["/passwd: is a symbolic link"],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn directory_in_place_of_a_listed_file_is_refused() {
+    let m = mini(Media::None);
+    std::fs::remove_file(m.path(SBOM)).unwrap();
+    std::fs::create_dir(m.path(SBOM)).unwrap();
+    std::fs::write(m.path(SBOM).join("inner"), b"x").unwrap();
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["mini-1.spdx.json: is a directory, not a regular file"],
+        || verify(&m),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Garbled signature, SHA256 and manifest
+// ---------------------------------------------------------------------------
+
+#[test]
+fn truncated_signature_is_bad_input() {
+    let m = mini(Media::None);
+    let sig = std::fs::read(m.path("SHA256.sig")).unwrap();
+    std::fs::write(m.path("SHA256.sig"), &sig[..60]).unwrap();
+    refuses(
+        &m,
+        2,
+        "error: signature: ",
+        &["SHA256.sig", "malformed signify file"],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn junk_line_inside_the_signature_is_bad_input() {
+    let m = mini(Media::None);
+    let sig = std::fs::read(m.path("SHA256.sig")).unwrap();
+    let nl = sig.iter().position(|b| *b == b'\n').unwrap() + 1;
+    let mut junk = sig[..nl].to_vec();
+    junk.extend_from_slice(b"junk\n");
+    junk.extend_from_slice(&sig[nl..]);
+    std::fs::write(m.path("SHA256.sig"), junk).unwrap();
+    refuses(
+        &m,
+        2,
+        "error: signature: ",
+        &["SHA256.sig", "expected 74 bytes"],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn junk_appended_to_the_embedded_list_fails_the_signature() {
+    let m = mini(Media::None);
+    let mut sig = std::fs::read(m.path("SHA256.sig")).unwrap();
+    sig.extend_from_slice(b"SHA256 (evil.raw) = 0000\n");
+    std::fs::write(m.path("SHA256.sig"), sig).unwrap();
+    refuses(
+        &m,
+        1,
+        "FAILED signature: SHA256.sig does not verify with key ",
+        &[],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn huge_sha256_and_huge_signature_are_refused_unread() {
+    let m = mini(Media::None);
+    let mut sums = std::fs::read(m.path("SHA256")).unwrap();
+    let line = format!("SHA256 (pad) = {}\n", "0".repeat(64));
+    while sums.len() <= 2 << 20 {
+        sums.extend_from_slice(line.as_bytes());
+    }
+    std::fs::write(m.path("SHA256"), &sums).unwrap();
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["/SHA256: is larger than the 1048576-byte limit"],
+        || verify(&m),
+    );
+    m.sign_text(&sums);
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["SHA256.sig: is larger than the 1048576-byte limit"],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn names_escaping_the_folder_are_refused_even_with_matching_digests() {
+    let m = mini(Media::None);
+    // A file beside the folder whose digest the list gives correctly:
+    // reading it would pass.
+    let beside = m.dir.parent().unwrap().join("x");
+    std::fs::write(&beside, b"outside\n").unwrap();
+    let sums = std::fs::read_to_string(m.path("SHA256")).unwrap();
+    let evil = format!(
+        "SHA256 (../x) = {}\n{sums}",
+        cairn::host::digest::Sha256::of_file(&beside).unwrap()
+    );
+    m.sign_text(evil.as_bytes());
+    refuses(
+        &m,
+        1,
+        "FAILED SHA256: line 1 names \"../x\", which is not a plain file name in this folder",
+        &[],
+        || verify(&m),
+    );
+    let passwd = cairn::host::digest::Sha256::of_file(Path::new("/etc/passwd")).unwrap();
+    let evil = format!("{sums}SHA256 (/etc/passwd) = {passwd}\n");
+    m.sign_text(evil.as_bytes());
+    let n = sums.lines().count() + 1;
+    refuses(
+        &m,
+        1,
+        &format!("FAILED SHA256: line {n} names \"/etc/passwd\", which is not a plain file name"),
+        &[],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn extra_unlisted_file_fails() {
+    let m = mini(Media::None);
+    std::fs::write(m.path("notes.txt"), b"not signed\n").unwrap();
+    refuses(
+        &m,
+        1,
+        "FAILED unlisted: notes.txt is not in SHA256",
+        &[],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn zero_length_signature_key_and_manifest_are_refused() {
+    let m = mini(Media::None);
+    std::fs::write(m.path("SHA256.sig"), b"").unwrap();
+    refuses(
+        &m,
+        2,
+        "error: signature: ",
+        &["SHA256.sig", "expected two lines"],
+        || verify(&m),
+    );
+
+    let m = mini(Media::None);
+    std::fs::write(&m.pubkey, b"").unwrap();
+    refuses(
+        &m,
+        2,
+        "error: public key: ",
+        &["test.pub", "expected two lines"],
+        || verify(&m),
+    );
+
+    // An empty manifest, listed and signed with its (empty) digest.
+    let m = mini(Media::None);
+    std::fs::write(m.path("manifest.json"), b"").unwrap();
+    m.sign();
+    refuses(
+        &m,
+        1,
+        "FAILED manifest: manifest.json does not parse",
+        &[],
+        || verify(&m),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Media that do not hold what they claim
+// ---------------------------------------------------------------------------
+
+#[test]
+fn qcow2_of_another_raw_fails_though_everything_else_is_consistent() {
+    let mut m = mini(Media::RawAndQcow2);
+    m.swap_in_other_qcow2();
+    refuses(
+        &m,
+        1,
+        "FAILED qcow2: mini-1.qcow2: content differs from mini-1.raw",
+        &[],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn qcow2_alone_is_checked_as_a_raw() {
+    let mut m = mini(Media::RawAndQcow2);
+    std::fs::remove_file(m.path(RAW)).unwrap();
+    m.manifest["outputs"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["file"] != RAW);
+    m.write_manifest();
+    m.sign();
+    // Control: its own qcow2 passes, recomputed.
+    let r = verify(&m);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("root hash: mini-1.qcow2: recomputed"),
+        "{}",
+        r.stdout
+    );
+    m.swap_in_other_qcow2();
+    refuses(
+        &m,
+        1,
+        "FAILED root hash: mini-1.qcow2: image computes ",
+        &["manifest says"],
+        || verify(&m),
+    );
+}
+
+#[test]
+fn qcow2_with_a_backing_file_outside_is_refused_unread() {
+    let mut m = mini(Media::RawAndQcow2);
+    // Its backing file is the sentinel's copy of the raw: qemu-img would
+    // find the content identical, so only the header check can refuse it.
+    std::fs::remove_file(m.path(QCOW2)).unwrap();
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(m.sentinel.join(RAW))
+        .arg(m.path(QCOW2))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    common::mini::set_output(&mut m.manifest, &m.dir, QCOW2);
+    m.write_manifest();
+    m.sign();
+    let cmp = std::process::Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
+        .arg(m.path(RAW))
+        .arg(m.path(QCOW2))
+        .status()
+        .unwrap();
+    assert!(
+        cmp.success(),
+        "control: through its backing file the qcow2 equals the raw"
+    );
+    refuses(
+        &m,
+        1,
+        "FAILED qcow2: mini-1.qcow2: names a backing file; a cairn qcow2 stands alone",
+        &[],
+        || verify(&m),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// flash
+// ---------------------------------------------------------------------------
+
+#[test]
+fn flash_refuses_a_fifo_signature_and_a_fifo_target() {
+    let m = mini(Media::RawAndQcow2);
+    let target = m.tmp.path().join("stick.img");
+    // Control: the untouched release flashes.
+    let r = flash_to(&m, &m.path(RAW), &target);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        cairn::host::digest::Sha256::of_file(&target).unwrap(),
+        cairn::host::digest::Sha256::of_file(&m.path(RAW)).unwrap()
+    );
+    std::fs::remove_file(&target).unwrap();
+
+    let fifo_target = m.tmp.path().join("stick.fifo");
+    mini::mkfifo(&fifo_target);
+    refuses(
+        &m,
+        2,
+        "error: flash: ",
+        &["stick.fifo is neither a block device nor a regular file"],
+        || flash_to(&m, &m.path(RAW), &fifo_target),
+    );
+
+    mini::mkfifo(&m.path("SHA256.sig"));
+    refuses(
+        &m,
+        2,
+        "error: flash: refusing: unsafe file: ",
+        &["SHA256.sig: is a FIFO (named pipe)"],
+        || flash_to(&m, &m.path(RAW), &target),
+    );
+    assert!(!target.exists());
+}
+
+#[test]
+fn flash_refuses_the_image_itself_or_the_release_folder_as_target() {
+    let m = mini(Media::RawAndQcow2);
+    refuses(
+        &m,
+        2,
+        "error: flash: ",
+        &["mini-1.raw is the image itself"],
+        || flash_to(&m, &m.path(RAW), &m.path(RAW)),
+    );
+    refuses(
+        &m,
+        2,
+        "error: flash: ",
+        &["stick.img is inside the release folder"],
+        || flash_to(&m, &m.path(RAW), &m.path("stick.img")),
+    );
+}
