@@ -285,15 +285,14 @@ fn production_refuses_debug_image() {
 // verity against veritysetup
 // ---------------------------------------------------------------------------
 
+/// Host tools are dependencies (`make deps`): a missing one fails the test.
 fn have(tool: &str) -> bool {
     let ok = Command::new(tool)
         .arg("--version")
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !ok {
-        println!("skipped: {tool} not installed");
-    }
+    assert!(ok, "{tool} is not installed; run make deps");
     ok
 }
 
@@ -622,6 +621,60 @@ fn iso_root_hash_is_recomputed_from_the_medium() {
     let msg = failed(s.verify());
     assert!(
         msg.starts_with("root hash: cairn-test-1.iso: image computes"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn qcow2_of_another_raw_fails_on_the_test_image() {
+    let Some(s) = signed_folder() else { return };
+    // A qcow2 of the raw with one byte of the root changed, recorded in the
+    // manifest and signed: only comparing it with the raw can notice.
+    let other = s.tmp.path().join("other.raw");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(s.raw())
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    flip_byte(&other, root_offset(&s) + 4096 * 5 + 3);
+    let qcow2 = s.dir.join("cairn-test-1.qcow2");
+    let convert = |from: &Path| {
+        let _ = std::fs::remove_file(&qcow2);
+        let st = Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(from)
+            .arg(&qcow2)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let path = s.dir.join("manifest.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let outs = v["outputs"].as_array_mut().unwrap();
+        outs.retain(|o| o["file"] != "cairn-test-1.qcow2");
+        outs.push(serde_json::json!({
+            "file": "cairn-test-1.qcow2",
+            "size": std::fs::metadata(&qcow2).unwrap().len(),
+            "sha256": Sha256::of_file(&qcow2).unwrap().hex(),
+        }));
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap() + "\n").unwrap();
+        s.resign(&[RAW, "manifest.json", "cairn-test-1.qcow2"], None);
+    };
+    // Control: a qcow2 of the raw itself passes.
+    convert(&s.raw());
+    let r = s.verify().unwrap();
+    assert!(
+        r.checks.iter().any(|c| c
+            == "qcow2: cairn-test-1.qcow2: content equals cairn-test-1.raw (qemu-img compare)"),
+        "{:?}",
+        r.checks
+    );
+    convert(&other);
+    let msg = failed(s.verify());
+    assert!(
+        msg.starts_with("qcow2: cairn-test-1.qcow2: content differs from cairn-test-1.raw"),
         "{msg}"
     );
 }
