@@ -501,7 +501,7 @@ mod tests {
         use proptest::prelude::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig::with_cases(crate::release::verify::fuzz_cases(1000)))]
 
             #[test]
             fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {

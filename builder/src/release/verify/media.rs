@@ -342,3 +342,49 @@ pub(super) fn check_qcow2(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(version: u32, backing: u64, crypt: u32, incompat: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 104];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[4..8].copy_from_slice(&version.to_be_bytes());
+        h[8..16].copy_from_slice(&backing.to_be_bytes());
+        h[24..32].copy_from_slice(&(72u64 << 20).to_be_bytes());
+        h[32..36].copy_from_slice(&crypt.to_be_bytes());
+        h[72..80].copy_from_slice(&incompat.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn qcow2_headers_cairn_never_writes_are_refused() {
+        let ok = read_qcow2_header(&header(3, 0, 0, 0)).unwrap();
+        assert_eq!(ok.virtual_size, 72 << 20);
+        assert!(read_qcow2_header(&header(2, 0, 0, 0)).is_ok());
+        for (h, why) in [
+            (header(3, 512, 0, 0), "backing file"),
+            (header(3, 0, 1, 0), "encrypted"),
+            (header(3, 0, 0, 4), "external data file"),
+            (header(4, 0, 0, 0), "version 4"),
+            (b"QFI".to_vec(), "magic"),
+            (header(3, 0, 0, 0)[..50].to_vec(), "truncated"),
+        ] {
+            let e = read_qcow2_header(&h).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::release::verify::fuzz_cases(2000)))]
+        #[test]
+        fn qcow2_header_junk_never_panics(data in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let _ = read_qcow2_header(&data);
+            let mut d = b"QFI\xfb\0\0\0\x03".to_vec();
+            d.extend_from_slice(&data);
+            let _ = read_qcow2_header(&d);
+        }
+    }
+}
