@@ -98,6 +98,16 @@ fn wipe(buf: &mut [u8]) {
     std::hint::black_box(buf);
 }
 
+/// How many cases each parser property test runs: a few seconds' worth in
+/// `cargo test`, more with `PROPTEST_CASES=N` (a longer fuzzing run).
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,7 +511,7 @@ mod tests {
         use proptest::prelude::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(crate::release::verify::fuzz_cases(1000)))]
+            #![proptest_config(ProptestConfig::with_cases(crate::release::signify::fuzz_cases(1000)))]
 
             #[test]
             fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {

@@ -378,7 +378,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(crate::release::verify::fuzz_cases(2000)))]
+        #![proptest_config(ProptestConfig::with_cases(crate::release::signify::fuzz_cases(2000)))]
         #[test]
         fn qcow2_header_junk_never_panics(data in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = read_qcow2_header(&data);

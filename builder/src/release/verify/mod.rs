@@ -490,16 +490,6 @@ pub fn hash_file(path: &Path) -> io::Result<Sha256> {
     hash_open(&mut f)
 }
 
-/// How many cases each parser property test runs: a few seconds' worth in
-/// `cargo test`, more with `PROPTEST_CASES=N` (a longer fuzzing run).
-#[cfg(test)]
-pub(crate) fn fuzz_cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

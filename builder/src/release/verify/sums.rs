@@ -124,7 +124,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(crate::release::verify::fuzz_cases(1000)))]
+            #![proptest_config(ProptestConfig::with_cases(crate::release::signify::fuzz_cases(1000)))]
 
             #[test]
             fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
