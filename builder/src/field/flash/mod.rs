@@ -133,30 +133,6 @@ fn failed(msg: impl std::fmt::Display) -> FlashError {
     FlashError::Failed(format!("flash: {msg}"))
 }
 
-fn signed_digest(image: &Path) -> Result<Sha256, FlashError> {
-    let name = image
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| bad(format!("{}: not a file name", image.display())))?;
-    let folder = match image.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let sums = std::fs::read(folder.join(crate::release::verify::SUMS)).map_err(|e| {
-        refused(format!(
-            "cannot re-read {}: {e}",
-            crate::release::verify::SUMS
-        ))
-    })?;
-    let map = crate::release::verify::parse_sums(&sums).map_err(refused)?;
-    map.get(name).copied().ok_or_else(|| {
-        refused(format!(
-            "{name} is not listed in {}",
-            crate::release::verify::SUMS
-        ))
-    })
-}
-
 /// A file target may not be the image itself (opening it for the write
 /// would truncate it) or any file in the release folder.
 fn refuse_target_in_release(
@@ -213,7 +189,17 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
             }
             crate::release::verify::VerifyError::Failed(m) => refused(m),
         })?;
-    let want = signed_digest(image)?;
+    // The digest from the list verify authenticated (never re-read).
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let want = *report.signed.get(name).ok_or_else(|| {
+        refused(format!(
+            "{name} is not listed in {}",
+            crate::release::verify::SUMS
+        ))
+    })?;
     let size = src.len;
 
     // (b) target

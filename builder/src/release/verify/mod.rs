@@ -98,6 +98,9 @@ pub struct VerifyReport {
     /// Things deliberately not checked (absent optional media, ISO root
     /// recomputation...).
     pub notes: Vec<String>,
+    /// The signed SHA256 list, as verified (what `flash` compares against,
+    /// so it never re-reads the folder).
+    pub signed: std::collections::BTreeMap<String, Sha256>,
 }
 
 impl std::fmt::Display for VerifyReport {
@@ -348,6 +351,7 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
         root_hash,
         checks,
         notes,
+        signed: sums,
     })
 }
 
