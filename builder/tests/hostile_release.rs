@@ -247,6 +247,19 @@ fn unlisted_symlink_to_a_host_file_is_refused() {
 }
 
 #[test]
+fn socket_in_the_release_folder_is_refused() {
+    let m = mini(Media::None);
+    let _l = std::os::unix::net::UnixListener::bind(m.path("control.sock")).unwrap();
+    refuses(
+        &m,
+        2,
+        "error: unsafe file: ",
+        &["control.sock: is a socket, not a regular file"],
+        || verify(&m),
+    );
+}
+
+#[test]
 fn directory_in_place_of_a_listed_file_is_refused() {
     let m = mini(Media::None);
     std::fs::remove_file(m.path(SBOM)).unwrap();

@@ -93,10 +93,19 @@ pub fn open(path: &Path, links: Links) -> Result<UntrustedFile, UntrustedError> 
             Some(libc::ELOOP) if links == Links::Refuse => {
                 UntrustedError::Symlink(path.to_path_buf())
             }
-            _ => UntrustedError::Io {
-                path: path.to_path_buf(),
-                action: "open",
-                source: e,
+            // A socket cannot be opened at all (ENXIO): name what it is.
+            _ => match path.symlink_metadata() {
+                Ok(m) if !m.file_type().is_file() && !m.file_type().is_symlink() => {
+                    UntrustedError::NotRegular {
+                        path: path.to_path_buf(),
+                        kind: kind_of(m.file_type()),
+                    }
+                }
+                _ => UntrustedError::Io {
+                    path: path.to_path_buf(),
+                    action: "open",
+                    source: e,
+                },
             },
         })?;
     let meta = file.metadata().map_err(|e| UntrustedError::Io {
@@ -200,6 +209,11 @@ mod tests {
         assert_eq!(read(&link, Links::Follow, 1).unwrap(), b"x");
         let e = open(&link, Links::Refuse).unwrap_err();
         assert!(matches!(e, UntrustedError::Symlink(_)), "{e}");
+        // A socket is named as one, not as an open error.
+        let sock = d.path().join("sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let e = open(&sock, Links::Refuse).unwrap_err();
+        assert!(e.to_string().contains("is a socket"), "{e}");
         // A link to a FIFO is refused even when followed.
         let lf = d.path().join("lf");
         std::os::unix::fs::symlink(&fifo, &lf).unwrap();
