@@ -99,10 +99,10 @@ fn wipe(buf: &mut [u8]) {
 }
 
 /// How many cases each parser property test runs: a few seconds' worth in
-/// `cargo test`, more with `PROPTEST_CASES=N` (a longer fuzzing run).
+/// `cargo test`, more with `CAIRN_FUZZ_CASES=N` (`make fuzz`).
 #[cfg(test)]
 pub(crate) fn fuzz_cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
+    std::env::var("CAIRN_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
@@ -514,7 +514,7 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(crate::release::signify::fuzz_cases(1000)))]
 
             #[test]
-            fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            fn arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
                 let text = String::from_utf8_lossy(&data);
                 let _ = PublicKey::parse(&text);
                 let _ = Signature::parse(&text);

@@ -127,14 +127,14 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(crate::release::signify::fuzz_cases(1000)))]
 
             #[test]
-            fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            fn arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600)) {
                 if let Err(e) = parse_sums(&data) {
                     prop_assert!(!e.contains('\n'), "one line: {}", e);
                 }
             }
 
             #[test]
-            fn mutated_valid_lists_never_panic(
+            fn mutated_valid_lists_never_panics(
                 entries in proptest::collection::btree_map(name(), any::<[u8; 32]>(), 1..6),
                 at in any::<proptest::sample::Index>(),
                 byte in any::<u8>(),
