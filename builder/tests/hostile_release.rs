@@ -478,6 +478,34 @@ fn qcow2_alone_is_checked_as_a_raw() {
 }
 
 #[test]
+fn qcow2_alone_claiming_a_huge_disk_is_refused_unconverted() {
+    let mut m = mini(Media::RawAndQcow2);
+    std::fs::remove_file(m.path(RAW)).unwrap();
+    std::fs::remove_file(m.path(QCOW2)).unwrap();
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(m.path(QCOW2))
+        .arg("1T")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    m.manifest["outputs"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["file"] != RAW);
+    common::mini::set_output(&mut m.manifest, &m.dir, QCOW2);
+    m.write_manifest();
+    m.sign();
+    refuses(
+        &m,
+        1,
+        "FAILED qcow2: mini-1.qcow2: its disk is 1099511627776 bytes, but the partitions in manifest.json end at ",
+        &[],
+        || verify(&m),
+    );
+}
+
+#[test]
 fn qcow2_with_a_backing_file_outside_is_refused_unread() {
     let mut m = mini(Media::RawAndQcow2);
     // Its backing file is the sentinel's copy of the raw: qemu-img would

@@ -324,6 +324,20 @@ pub(super) fn check_qcow2(
             ));
         }
         None => {
+            // The conversion writes the whole disk (sparsely): only the
+            // size the manifest's partitions describe, never a claimed one.
+            let end = manifest
+                .partitions
+                .iter()
+                .map(|p| p.offset.saturating_add(p.size))
+                .max()
+                .unwrap_or(0);
+            if end == 0 || h.virtual_size < end || h.virtual_size > end.saturating_add(2 << 20) {
+                return Err(failed(format!(
+                    "qcow2: {name}: its disk is {} bytes, but the partitions in {MANIFEST} end at {end}",
+                    h.virtual_size
+                )));
+            }
             let dir =
                 tempfile::tempdir().map_err(|e| failed(format!("qcow2: temporary folder: {e}")))?;
             let tmp = dir.path().join("disk.raw");
