@@ -211,6 +211,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let composed = st.run("compose root tree", || {
         crate::pipeline::compose::compose(&plan, &work, &repos)
     })?;
+    // The SBOMs need the tree's package databases; read them while it exists.
+    let contents = crate::release::sbom::read_contents(&composed, plan.lock.as_ref())?;
     // 3. Kernel modules, 4. initramfs, 5. normalise, 6. squashfs, 7. verity.
     let pruned = st.run("prune kernel modules", || {
         crate::pipeline::kernel::prune(
@@ -332,11 +334,13 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         if opts.formats.iso {
             m.kernel.iso_cmdline = Some(iso_cmdline.clone());
         }
+        m.sbom.documents = crate::release::sbom::write(&m, &contents, &media)?;
         manifest::write(&m, &media.join("manifest.json"))?;
         // The in-toto/SLSA statement names every output by digest.
         let subjects: Vec<(String, Sha256)> = m
             .outputs
             .iter()
+            .chain(&m.sbom.documents)
             .map(|o| (o.file.clone(), o.sha256))
             .chain(std::iter::once((
                 "manifest.json".to_string(),

@@ -43,6 +43,7 @@ use crate::host::digest::Sha256;
 
 mod archive;
 mod debian;
+mod files;
 mod json;
 mod layer;
 mod tarfmt;
@@ -52,6 +53,7 @@ pub use archive::{
     LoadedLayer,
 };
 pub use debian::{build_image, BuildSpec, BuiltImage};
+pub use files::read_files;
 pub use json::media_types;
 pub use layer::{
     check_layer, check_layer_with, unpack_base_tarball, unpack_layer, unpack_layers, Compression,

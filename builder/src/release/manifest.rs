@@ -14,7 +14,9 @@ use crate::pipeline::compose::{ComposedRoot, Package};
 use crate::pipeline::verity::VerityTree;
 use crate::recipe::{Base, Recipe};
 
-pub const SCHEMA: u32 = 1;
+/// The format of manifest.json (docs/manifest.schema.json): raise it with every
+/// change of a field, and the schema file with it.
+pub const SCHEMA: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -112,6 +114,10 @@ pub struct Sbom {
     /// The policy bundle's digest and files.
     #[serde(default)]
     pub policy: Option<crate::pipeline::workloads::InstalledPolicy>,
+    /// The standard-format SBOMs beside the manifest (SPDX 2.3 and
+    /// CycloneDX 1.6 JSON), by file name, size and digest.
+    #[serde(default)]
+    pub documents: Vec<Output>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -266,6 +272,7 @@ impl Manifest {
                 images: composed.workloads.images.clone(),
                 models: composed.workloads.models.clone(),
                 policy: composed.workloads.policy.clone(),
+                documents: Vec::new(),
             },
             partitions: [
                 (crate::media::disk::LABEL_ESP, layout.esp),

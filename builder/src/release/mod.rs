@@ -1,10 +1,11 @@
-//! A release folder: manifest, provenance, SHA256 + signature, and the
+//! A release folder: manifest, SBOMs, provenance, SHA256 + signature, and the
 //! reviewer's views of it (verify, inspect, diff).
 
 pub mod diff;
 pub mod inspect;
 pub mod manifest;
 pub mod provenance;
+pub mod sbom;
 pub mod sign;
 pub mod signify;
 pub mod verify;

@@ -1,0 +1,292 @@
+//! The release's evidence read by reviewers' own tools: the SPDX SBOM by
+//! spdx-tools (`pyspdxtools -i`), the CycloneDX SBOM by cyclonedx-python-lib
+//! (its bundled 1.6 schema) and packageurl-python, provenance.json by the
+//! in-toto Statement v1 and SLSA Provenance v1 schemas in docs/schemas, and
+//! manifest.json by docs/manifest.schema.json (check-jsonschema). The tools
+//! are installed by qemu-tests/validators.sh into target/venv (PyPI). Each
+//! check has a control: a removed required field or a broken purl fails it.
+//! Fixture documents always; the qemu-test image's when it is built (and
+//! then under CAIRN_REQUIRE_TEST_IMAGE it must be).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use cairn::host::digest::Sha256;
+use cairn::release::manifest::Manifest;
+use cairn::release::sbom::{self, Contents, ImageContents, LockedIndex};
+use serde_json::Value;
+
+const FIXTURE: &str = include_str!("fixtures/manifest-a.json");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// target/venv/bin, installed once per test run.
+fn venv() -> &'static Path {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(root().join("qemu-tests/validators.sh"))
+            .output()
+            .expect("run qemu-tests/validators.sh");
+        assert!(
+            out.status.success(),
+            "qemu-tests/validators.sh failed (needs python3-venv and PyPI):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root().join("target/venv/bin")
+    })
+}
+
+/// Runs a validator; Ok(output) when it accepts, Err(output) when not.
+fn run(tool: &str, args: &[&Path]) -> Result<String, String> {
+    let out = Command::new(venv().join(tool))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+fn spdx_ok(p: &Path) -> Result<String, String> {
+    run("pyspdxtools", &[Path::new("-i"), p])
+}
+
+fn cdx_ok(p: &Path) -> Result<String, String> {
+    run("python", &[&root().join("qemu-tests/check_cdx.py"), p])
+}
+
+fn schema_ok(schema: &str, p: &Path) -> Result<String, String> {
+    run(
+        "check-jsonschema",
+        &[Path::new("--schemafile"), &root().join(schema), p],
+    )
+}
+
+const PROVENANCE_SCHEMA: &str = "docs/schemas/slsa-provenance-v1.schema.json";
+const MANIFEST_SCHEMA: &str = "docs/manifest.schema.json";
+
+fn write_json(dir: &Path, name: &str, v: &Value) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_string_pretty(v).unwrap() + "\n").unwrap();
+    p
+}
+
+const STATUS: &str = "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc\nVersion: 2.36-9+deb12u7\n\nPackage: bsdutils\nStatus: install ok installed\nArchitecture: amd64\nSource: util-linux (2.38.1-5+deb12u3)\nVersion: 1:2.38.1-5+deb12u3\n\nPackage: libstdc++6\nStatus: install ok installed\nArchitecture: amd64\nSource: gcc-12\nVersion: 12.2.0-14\n";
+const IMAGE_STATUS: &str = "Package: python3\nStatus: install ok installed\nArchitecture: amd64\nSource: python3-defaults\nVersion: 3.11.2-1+b1\n\nPackage: python3.11\nStatus: install ok installed\nArchitecture: amd64\nVersion: 3.11.2-6+deb12u6\n";
+
+/// A manifest (the fixture, in today's format) with an image, a model and
+/// a policy bundle, and what the tree held.
+fn fixture() -> (Manifest, Contents) {
+    let mut m: Manifest = serde_json::from_str(FIXTURE).unwrap();
+    m.schema = cairn::release::manifest::SCHEMA;
+    // The fixture predates the firewall's names; today's writer says this.
+    m.flags.firewall = "deny-all".into();
+    m.sbom
+        .images
+        .push(cairn::pipeline::workloads::InstalledImage {
+            name: "inference".into(),
+            reference: "cairn.local/inference:pinned".into(),
+            digest: Sha256::of_bytes(b"image"),
+            source: "built from Debian packages: python3".into(),
+        });
+    m.sbom
+        .models
+        .push(cairn::pipeline::workloads::InstalledModel {
+            name: "iris".into(),
+            sha256: Sha256::of_bytes(b"model"),
+            path: "/usr/share/cairn/models/iris".into(),
+        });
+    m.sbom.policy = Some(cairn::pipeline::workloads::InstalledPolicy {
+        sha256: Sha256::of_bytes(b"policy"),
+        files: vec!["00-namespace.yaml".into()],
+    });
+    let distro = sbom::parse_os_release(Some("ID=debian\nVERSION_ID=\"12\"\n"));
+    let mut locked = LockedIndex::new();
+    locked.insert(
+        ("libc6".into(), "2.36-9+deb12u7".into(), "amd64".into()),
+        (
+            Sha256::of_bytes(b"deb"),
+            "http://deb.debian.org/debian/pool/main/g/glibc/libc6_2.36-9+deb12u7_amd64.deb".into(),
+        ),
+    );
+    let c = Contents {
+        base: sbom::parse_dpkg_status(STATUS, &locked),
+        kernel_sha256: Sha256::of_bytes(b"vmlinuz"),
+        kernel_package: Some("linux-image-6.1.0-50-amd64".into()),
+        images: vec![ImageContents {
+            name: "inference".into(),
+            distro: distro.clone(),
+            packages: sbom::parse_dpkg_status(IMAGE_STATUS, &LockedIndex::new()),
+        }],
+        distro,
+    };
+    (m, c)
+}
+
+fn find_purl<'a>(v: &'a mut Value, needle: &str) -> &'a mut Value {
+    fn walk<'a>(v: &'a mut Value, needle: &str) -> Option<&'a mut Value> {
+        match v {
+            Value::String(s) if s.contains(needle) => Some(v),
+            Value::Array(a) => a.iter_mut().find_map(|x| walk(x, needle)),
+            Value::Object(o) => o.values_mut().find_map(|x| walk(x, needle)),
+            _ => None,
+        }
+    }
+    walk(v, needle).unwrap_or_else(|| panic!("no {needle} in the document"))
+}
+
+#[test]
+fn fixture_spdx_is_accepted_by_spdx_tools_and_controls_fail() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, c) = fixture();
+    let doc = sbom::spdx(&m, &c);
+    let good = write_json(d.path(), "good.spdx.json", &doc);
+    spdx_ok(&good).unwrap_or_else(|e| panic!("pyspdxtools refused the SBOM:\n{e}"));
+
+    // Control 1: a package without its required name.
+    let mut bad = doc.clone();
+    bad["packages"][1].as_object_mut().unwrap().remove("name");
+    let p = write_json(d.path(), "noname.spdx.json", &bad);
+    assert!(
+        spdx_ok(&p).is_err(),
+        "pyspdxtools accepted a package without name"
+    );
+    // Control 2: a purl without its scheme and type.
+    let mut bad = doc.clone();
+    *find_purl(&mut bad, "pkg:deb/debian/python3@") = Value::String("python3 3.11.2".into());
+    let p = write_json(d.path(), "badpurl.spdx.json", &bad);
+    let e = spdx_ok(&p).expect_err("pyspdxtools accepted a broken purl");
+    assert!(e.contains("purl"), "{e}");
+}
+
+#[test]
+fn fixture_cyclonedx_is_accepted_by_cyclonedx_lib_and_controls_fail() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, c) = fixture();
+    let doc = sbom::cyclonedx(&m, &c);
+    let good = write_json(d.path(), "good.cdx.json", &doc);
+    cdx_ok(&good).unwrap_or_else(|e| panic!("CycloneDX validation refused the SBOM:\n{e}"));
+
+    // Control 1: no bomFormat (required by the 1.6 schema).
+    let mut bad = doc.clone();
+    bad.as_object_mut().unwrap().remove("bomFormat");
+    let p = write_json(d.path(), "noformat.cdx.json", &bad);
+    assert!(cdx_ok(&p).is_err(), "accepted a BOM without bomFormat");
+    // Control 2: a component without its required name.
+    let mut bad = doc.clone();
+    bad["components"][0].as_object_mut().unwrap().remove("name");
+    let p = write_json(d.path(), "noname.cdx.json", &bad);
+    assert!(cdx_ok(&p).is_err(), "accepted a component without name");
+    // Control 3: a broken purl inside the image.
+    let mut bad = doc.clone();
+    *find_purl(&mut bad, "pkg:deb/debian/python3@") = Value::String("pkg:python3".into());
+    let p = write_json(d.path(), "badpurl.cdx.json", &bad);
+    let e = cdx_ok(&p).expect_err("accepted a broken purl");
+    assert!(e.contains("purl"), "{e}");
+}
+
+#[test]
+fn fixture_provenance_and_manifest_match_their_schemas_and_controls_fail() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, _) = fixture();
+    let subjects = vec![("cairn-test-1.raw".to_string(), Sha256::of_bytes(b"raw"))];
+    let st = cairn::release::provenance::statement(&m, &subjects);
+    let p = write_json(d.path(), "provenance.json", &st);
+    schema_ok(PROVENANCE_SCHEMA, &p).unwrap_or_else(|e| panic!("{e}"));
+    for (what, edit) in [
+        ("no buildType", "/predicate/buildDefinition/buildType"),
+        ("no builder id", "/predicate/runDetails/builder/id"),
+        ("no subject digest", "/subject/0/digest"),
+    ] {
+        let mut bad = st.clone();
+        let (parent, key) = edit.rsplit_once('/').unwrap();
+        match bad.pointer_mut(parent).unwrap() {
+            Value::Object(o) => {
+                o.remove(key);
+            }
+            Value::Array(a) => {
+                a.remove(key.parse().unwrap());
+            }
+            _ => unreachable!(),
+        }
+        let p = write_json(d.path(), "bad-provenance.json", &bad);
+        assert!(schema_ok(PROVENANCE_SCHEMA, &p).is_err(), "accepted {what}");
+    }
+
+    // The manifest as cairn writes it today.
+    let mp = d.path().join("manifest.json");
+    cairn::release::manifest::write(&m, &mp).unwrap();
+    schema_ok(MANIFEST_SCHEMA, &mp).unwrap_or_else(|e| panic!("{e}"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    let mut bad = v.clone();
+    bad.as_object_mut().unwrap().remove("verity");
+    let p = write_json(d.path(), "bad-manifest.json", &bad);
+    assert!(
+        schema_ok(MANIFEST_SCHEMA, &p).is_err(),
+        "accepted no verity"
+    );
+    // A manifest of another format version is not this schema's.
+    let mut bad = v.clone();
+    bad["schema"] = Value::from(1);
+    let p = write_json(d.path(), "old-manifest.json", &bad);
+    assert!(schema_ok(MANIFEST_SCHEMA, &p).is_err(), "accepted schema 1");
+}
+
+/// The qemu-test image's own files (built by the boot tests).
+#[test]
+fn test_image_evidence_is_accepted_by_standard_tools() {
+    let dir = Path::new(common::TEST_IMAGE);
+    if !dir.join("manifest.json").is_file() {
+        if std::env::var_os("CAIRN_REQUIRE_TEST_IMAGE").is_some() {
+            panic!(
+                "no test image at {}; run make qemu-test first",
+                dir.display()
+            );
+        }
+        println!("skipped: no test image; run make qemu-test first");
+        return;
+    }
+    let spdx = dir.join("cairn-test-1.spdx.json");
+    let cdx = dir.join("cairn-test-1.cdx.json");
+    spdx_ok(&spdx).unwrap_or_else(|e| panic!("{}: {e}", spdx.display()));
+    cdx_ok(&cdx).unwrap_or_else(|e| panic!("{}: {e}", cdx.display()));
+    schema_ok(PROVENANCE_SCHEMA, &dir.join("provenance.json")).unwrap_or_else(|e| panic!("{e}"));
+    schema_ok(MANIFEST_SCHEMA, &dir.join("manifest.json")).unwrap_or_else(|e| panic!("{e}"));
+
+    // The manifest lists both SBOMs by digest, and they list the base's
+    // packages with purls and .deb digests where the lock pins them.
+    let m = cairn::release::manifest::read(&dir.join("manifest.json")).unwrap();
+    for p in [&spdx, &cdx] {
+        let name = p.file_name().unwrap().to_string_lossy();
+        let listed = m.sbom.documents.iter().find(|d| d.file == name).unwrap();
+        assert_eq!(listed.sha256, Sha256::of_file(p).unwrap(), "{name}");
+    }
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&cdx).unwrap()).unwrap();
+    let pk = sbom::cdx_packages(&doc);
+    assert_eq!(
+        pk.len(),
+        m.sbom.packages.len(),
+        "every dpkg package of the base is in the CycloneDX SBOM"
+    );
+    let text = std::fs::read_to_string(&spdx).unwrap();
+    assert!(
+        text.contains("pkg:deb/debian/busybox-static@1:1.35.0-4"),
+        "busybox-static's purl"
+    );
+    assert!(text.contains("distro=debian-12"));
+}
