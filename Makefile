@@ -7,12 +7,13 @@ CAIRN := target/release/cairn
 
 APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstools \
 	fdisk ovmf seabios systemd-boot-efi signify-openbsd binutils kmod zstd \
-	e2fsprogs nftables cpio tar grub-pc-bin grub-efi-amd64-bin curl dpkg util-linux grub-common
+	e2fsprogs nftables cpio tar grub-pc-bin grub-efi-amd64-bin curl dpkg util-linux grub-common \
+	python3-venv
 # qemu comes from bookworm-backports so qemu-system-x86 matches the
 # backported qemu-utils these machines ship with.
 QEMU_PACKAGES := qemu-system-x86 qemu-utils
 
-.PHONY: all deps ensure-deps build image test unit-test qemu-test lint bench clean doctor repro fuzz
+.PHONY: all deps ensure-deps build image test unit-test qemu-test lint bench clean doctor repro fuzz validators
 
 all: build
 
@@ -61,9 +62,15 @@ unit-test: ensure-deps
 qemu-test: ensure-deps
 	$(CARGO) test --locked -p qemu-tests -- --test-threads=2 --nocapture
 
+# The reviewers' validators (spdx-tools, check-jsonschema, cyclonedx-python-lib,
+# pinned) in target/venv, from PyPI; never system-wide. The standard_tools
+# test installs them itself too, so a plain `cargo test` runs them.
+validators: ensure-deps
+	bash qemu-tests/validators.sh
+
 # The boot tests build the test image that the verify tests sign and
 # tamper with, so they run first; then the unit tests must find it.
-test: qemu-test
+test: validators qemu-test
 	CAIRN_REQUIRE_TEST_IMAGE=1 $(MAKE) unit-test
 
 lint:

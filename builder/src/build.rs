@@ -164,6 +164,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             update_lock: opts.update_lock,
         },
     )?;
+    // Dated by the lock when the recipe and environment set no date.
+    let dated = crate::recipe::epoch::dated(recipe, plan.lock.as_ref().map(|l| l.source_date_epoch));
+    let (recipe, plan) = (&dated, crate::inputs::plan::Plan { recipe: &dated, ..plan });
     let key = match &opts.key {
         Some(k) => Some(crate::release::sign::load_key(k)?),
         None => None,
@@ -212,7 +215,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         crate::pipeline::compose::compose(&plan, &work, &repos)
     })?;
     // The SBOMs need the tree's package databases; read them while it exists.
-    let contents = crate::release::sbom::read_contents(&composed, plan.lock.as_ref())?;
+    let contents = crate::release::sbom::read_contents(&composed, &plan)?;
     // 3. Kernel modules, 4. initramfs, 5. normalise, 6. squashfs, 7. verity.
     let pruned = st.run("prune kernel modules", || {
         crate::pipeline::kernel::prune(

@@ -789,6 +789,15 @@ fn build_image_is_reproducible_and_round_trips() {
         cfg["config"]["ExposedPorts"]["8080/tcp"],
         serde_json::json!({})
     );
+    // The SBOM reads the built image's own dpkg database from its layers.
+    let files = oci::read_files(&img, &["var/lib/dpkg/status"], 64 << 20).unwrap();
+    let pkgs = cairn::release::sbom::parse_dpkg_status(
+        &String::from_utf8_lossy(&files["var/lib/dpkg/status"]),
+        &Default::default(),
+    );
+    let bb = pkgs.iter().find(|p| p.name == "busybox-static").unwrap();
+    assert_eq!(bb.source, "busybox", "{bb:?}");
+    assert!(pkgs.iter().any(|p| p.name == "dpkg"));
     let wrong = sha(b"wrong");
     let e = oci::load_archive(out, &wrong).unwrap_err();
     assert!(matches!(e, OciError::PinMismatch { .. }), "{e}");
@@ -806,4 +815,45 @@ fn build_image_is_reproducible_and_round_trips() {
     assert_eq!(std::fs::read(stage_dir.join("etc/hostname")).unwrap(), b"");
     assert_eq!(std::fs::read_dir(stage_dir.join("dev")).unwrap().count(), 0);
     assert_empty(&sentinel);
+}
+
+// ---------- reading files for the SBOM ----------
+
+#[test]
+fn read_files_sees_the_flattened_image() {
+    let d = tempfile::tempdir().unwrap();
+    let status = "var/lib/dpkg/status";
+    let lower = tar_of(&[
+        dir("var/"),
+        dir("var/lib/"),
+        dir("var/lib/dpkg/"),
+        file(status, b"lower"),
+        dir("etc/"),
+        file("etc/os-release", b"ID=debian\n"),
+        file("gone", b"g"),
+        dir("o/"),
+        file("o/x", b"x"),
+    ]);
+    let upper = tar_of(&[
+        file("./var/lib/dpkg/status", b"upper"),
+        file(".wh.gone", b""),
+        file("o/.wh..wh..opq", b""),
+    ]);
+    let wanted = [status, "etc/os-release", "gone", "o/x", "missing"];
+    let (m, md) = oci_members(&[gz(lower.clone()), plain(upper)], "amd64");
+    let img = oci::load_archive(&write(d.path(), "a.tar", &archive_tar(&m)), &md).unwrap();
+    let f = oci::read_files(&img, &wanted, 1 << 20).unwrap();
+    assert_eq!(f[status], b"upper", "the upper layer's file wins");
+    assert_eq!(f["etc/os-release"], b"ID=debian\n");
+    assert!(!f.contains_key("gone"), "whiteout");
+    assert!(!f.contains_key("o/x"), "opaque folder");
+    assert!(!f.contains_key("missing"));
+    // Control: the lower layer alone has every file; the cap is enforced.
+    let (m, md) = oci_members(&[gz(lower)], "amd64");
+    let img = oci::load_archive(&write(d.path(), "b.tar", &archive_tar(&m)), &md).unwrap();
+    let f = oci::read_files(&img, &wanted, 1 << 20).unwrap();
+    assert_eq!(f[status], b"lower");
+    assert!(f.contains_key("gone") && f.contains_key("o/x"));
+    let e = oci::read_files(&img, &wanted, 3).unwrap_err();
+    assert!(format!("{e:#}").contains("limit"), "{e:#}");
 }

@@ -96,6 +96,7 @@ fn fixture() -> (Manifest, Contents) {
     m.schema = cairn::release::manifest::SCHEMA;
     // The fixture predates the firewall's names; today's writer says this.
     m.flags.firewall = "deny-all".into();
+    m.source_date_epoch_from = Some(cairn::recipe::epoch::EpochSource::Default);
     m.sbom
         .images
         .push(cairn::pipeline::workloads::InstalledImage {

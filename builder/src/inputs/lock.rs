@@ -29,8 +29,9 @@ const HEADER: &str = "# Written by `cairn lock`; pins every input of the recipe 
 #[serde(deny_unknown_fields)]
 pub struct Lock {
     pub version: u32,
-    /// The SOURCE_DATE_EPOCH the lock was resolved with (informational:
-    /// it does not change what is resolved).
+    /// When the inputs were resolved (or the recipe's or environment's
+    /// SOURCE_DATE_EPOCH, if set at lock time): the date of builds from
+    /// this lock whose recipe and environment set none.
     pub source_date_epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<LockedBase>,

@@ -334,7 +334,7 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe, cache: &Cache) -> Result<Lock
         .into());
     }
     let work = tempfile::tempdir()?;
-    let mut lock = Lock::new(recipe.source_date_epoch);
+    let mut lock = Lock::new(crate::recipe::epoch::for_lock(recipe));
     // URL inputs first: a wrong pin fails in seconds, not after mmdebstrap.
     fetch_downloads(&recipe.downloads, cache, work.path())?;
     lock.urls = recipe

@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::host::digest::Sha256;
 
+pub mod epoch;
 pub mod network;
 pub mod packages;
 pub mod reference;
@@ -117,6 +118,7 @@ pub struct Recipe {
     pub name: String,
     pub version: String,
     pub source_date_epoch: u64,
+    pub source_date_epoch_from: epoch::EpochSource,
     pub base: Base,
     pub kernel_package: String,
     pub extra_modules: Vec<String>,

@@ -201,14 +201,10 @@ pub struct ImageSection {
     pub name: Spanned<String>,
     pub version: Spanned<String>,
     /// Seconds since 1970 stamped on every file; overridable by the
-    /// SOURCE_DATE_EPOCH environment variable of the build.
-    #[serde(default = "default_epoch")]
-    pub source_date_epoch: u64,
-}
-
-fn default_epoch() -> u64 {
-    // 2025-01-01T00:00:00Z: fixed so an unconfigured build is reproducible.
-    settings::IMAGE_EPOCH.int()
+    /// SOURCE_DATE_EPOCH environment variable of the build; unset, the
+    /// lock's date or the declared default (see `recipe::epoch`).
+    #[serde(default)]
+    pub source_date_epoch: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -107,7 +107,8 @@ settings! {
         "1-64 of `[A-Za-z0-9.+~_]`";
     IMAGE_EPOCH = ["image"] "source_date_epoch": "integer" = Int(1_735_689_600);
         "seconds since 1970 stamped on every file; the build's `SOURCE_DATE_EPOCH` environment \
-         variable overrides it";
+         variable overrides it. Unset, builds from a lock take the lock's `source_date_epoch` \
+         (when `cairn lock` resolved the inputs); the default is for builds without a lock";
 
     DEBIAN_SUITE = ["base.debian"] "suite": "string" = Text("bookworm");
         "Debian suite: a plain name (`[a-z0-9][a-z0-9.+~_-]*`, e.g. `bookworm-backports`)";

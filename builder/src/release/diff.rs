@@ -77,11 +77,52 @@ pub struct Diff {
     /// `network` fields that differ (dotted paths).
     pub network: Vec<FieldChange>,
     pub outputs: Vec<OutputChange>,
+    /// Package differences of the CycloneDX SBOMs (images included).
+    pub sbom: Vec<SbomChange>,
 }
 
 /// Compares the output folders `a` and `b` (their manifests and signers).
 pub fn diff(a: &Path, b: &Path) -> Result<Diff> {
-    Ok(compare(&inspect(a)?, &inspect(b)?))
+    let mut d = compare(&inspect(a)?, &inspect(b)?);
+    d.sbom = sbom_changes(
+        crate::release::sbom::read_cdx(a)?.as_ref(),
+        crate::release::sbom::read_cdx(b)?.as_ref(),
+    );
+    Ok(d)
+}
+
+/// One Debian package that differs between the two CycloneDX SBOMs: where
+/// (`base` or `image NAME`), and its version on each side (None: absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SbomChange {
+    pub scope: String,
+    pub name: String,
+    pub architecture: String,
+    pub a: Option<String>,
+    pub b: Option<String>,
+}
+
+/// The package differences of two CycloneDX SBOMs, the packages inside
+/// OCI images included; nothing when either folder has none.
+pub fn sbom_changes(a: Option<&Value>, b: Option<&Value>) -> Vec<SbomChange> {
+    let (Some(a), Some(b)) = (a, b) else {
+        return Vec::new();
+    };
+    let (a, b) = (
+        crate::release::sbom::cdx_packages(a),
+        crate::release::sbom::cdx_packages(b),
+    );
+    let keys: std::collections::BTreeSet<_> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| SbomChange {
+            scope: k.0.clone(),
+            name: k.1.clone(),
+            architecture: k.2.clone(),
+            a: a.get(k).cloned(),
+            b: b.get(k).cloned(),
+        })
+        .collect()
 }
 
 /// Compares two inspections; `diff` without the file reading.
@@ -144,6 +185,7 @@ pub fn compare(a: &Inspection, b: &Inspection) -> Diff {
         policy,
         network: field_changes(&flatten(a.network.as_ref()), &flatten(b.network.as_ref())),
         outputs: outputs(a, b),
+        sbom: Vec::new(),
     }
 }
 
@@ -344,6 +386,7 @@ impl Diff {
             && self.policy.is_empty()
             && self.network.is_empty()
             && self.outputs.is_empty()
+            && self.sbom.is_empty()
     }
 
     /// Text for humans: `-` lines are A, `+` lines are B.
@@ -433,6 +476,24 @@ impl Diff {
                 line(format!("  ~ {} {} -> {}", c.name, c.a, c.b));
             }
         }
+        if !self.sbom.is_empty() {
+            line(format!(
+                "SBOM packages (CycloneDX, images included): {} differ",
+                self.sbom.len()
+            ));
+            for c in &self.sbom {
+                let (mark, text) = match (&c.a, &c.b) {
+                    (None, Some(v)) => ("+", v.clone()),
+                    (Some(v), None) => ("-", v.clone()),
+                    (Some(x), Some(y)) => ("~", format!("{x} -> {y}")),
+                    (None, None) => ("~", String::new()),
+                };
+                line(format!(
+                    "  {mark} [{}] {} {text} {}",
+                    c.scope, c.name, c.architecture
+                ));
+            }
+        }
         if !self.outputs.is_empty() {
             line("outputs (file, size A, size B, delta):".into());
             for o in &self.outputs {
@@ -462,6 +523,43 @@ impl Diff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sbom_changes_include_image_packages() {
+        let doc = |v: &str| {
+            serde_json::json!({"components": [
+                {"type": "library", "name": "bash", "version": "5.2", "purl": "pkg:deb/debian/bash@5.2",
+                 "properties": [{"name": "cairn:deb:architecture", "value": "amd64"}]},
+                {"type": "container", "name": "inference", "components": [
+                    {"type": "library", "name": "python3", "version": v, "purl": "pkg:deb/debian/python3@x",
+                     "properties": [{"name": "cairn:deb:architecture", "value": "amd64"}]}]}]})
+        };
+        let (a, b) = (doc("3.11.2-1+b1"), doc("3.11.2-1+b2"));
+        assert!(sbom_changes(Some(&a), Some(&a)).is_empty());
+        let c = sbom_changes(Some(&a), Some(&b));
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].scope, "image inference");
+        assert_eq!(c[0].name, "python3");
+        assert_eq!(c[0].b.as_deref(), Some("3.11.2-1+b2"));
+        assert!(sbom_changes(None, Some(&b)).is_empty());
+        let d = Diff {
+            sbom: c,
+            ..compare_same()
+        };
+        let text = d.render_text();
+        assert!(
+            text.contains("  ~ [image inference] python3 3.11.2-1+b1 -> 3.11.2-1+b2 amd64"),
+            "{text}"
+        );
+    }
+
+    fn compare_same() -> Diff {
+        let m: crate::release::manifest::Manifest =
+            serde_json::from_str(include_str!("../../tests/fixtures/manifest-a.json")).unwrap();
+        let raw: Value = serde_json::to_value(&m).unwrap();
+        let i = crate::release::inspect::from_manifest(m, &raw);
+        compare(&i, &i)
+    }
 
     #[test]
     fn flatten_and_field_changes() {

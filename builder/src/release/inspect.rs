@@ -30,6 +30,8 @@ pub struct Inspection {
     pub source_date_epoch: u64,
     /// SOURCE_DATE_EPOCH as UTC ISO-8601 (`2025-01-01T00:00:00Z`).
     pub build_date: String,
+    /// Where SOURCE_DATE_EPOCH came from, in words (None: not recorded).
+    pub source_date_epoch_from: Option<String>,
     pub cairn_version: String,
     pub git_revision: String,
     pub recipe_sha256: Sha256,
@@ -124,6 +126,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     Ok(from_parts(m, &raw, signature))
 }
 
+/// An inspection of a manifest alone (no folder: unsigned).
+pub fn from_manifest(m: Manifest, raw: &Value) -> Inspection {
+    from_parts(m, raw, SignatureInfo::Unsigned)
+}
+
 fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection {
     let flags: BTreeMap<String, Value> = match raw.get("flags") {
         Some(Value::Object(map)) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -151,6 +158,7 @@ fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection 
     Inspection {
         build_date: iso8601_utc(m.source_date_epoch),
         source_date_epoch: m.source_date_epoch,
+        source_date_epoch_from: m.source_date_epoch_from.map(|s| s.describe().to_string()),
         name: m.image.name,
         version: m.image.version,
         cairn_version: m.builder.cairn_version,
@@ -172,8 +180,23 @@ fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection 
         oci_images: oci_images(raw),
         policy,
         policy_digest,
-        network: raw.get("network").filter(|v| !v.is_null()).cloned(),
+        network: raw
+            .get("network")
+            .filter(|v| !v.is_null())
+            .cloned()
+            .map(network_view),
     }
+}
+
+/// The manifest's network section as a reader writes addresses: the
+/// static `address` ([ADDRESS, PREFIX] in the manifest) as `10.0.2.15/24`.
+fn network_view(mut v: Value) -> Value {
+    if let Some(a) = v.get_mut("address") {
+        if let Some([Value::String(ip), Value::Number(n)]) = a.as_array().map(Vec::as_slice) {
+            *a = Value::String(format!("{ip}/{n}"));
+        }
+    }
+    v
 }
 
 fn signature_info(dir: &Path, manifest_digest: &Sha256) -> SignatureInfo {
@@ -338,6 +361,12 @@ impl Inspection {
             self.build_date, self.source_date_epoch
         ));
         line(format!(
+            "  dated by   {}",
+            self.source_date_epoch_from
+                .as_deref()
+                .unwrap_or("(not recorded: a manifest older than format 2)")
+        ));
+        line(format!(
             "built by     cairn {} (git {})",
             self.cairn_version, self.git_revision
         ));
@@ -498,6 +527,27 @@ fn render_value(v: &Value, depth: usize, line: &mut dyn FnMut(String)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_address_reads_as_cidr() {
+        let v = serde_json::json!({"address": ["10.0.2.15", 24], "gateway": "10.0.2.2", "egress": [], "ingress": []});
+        let mut m: Manifest =
+            serde_json::from_str(include_str!("../../tests/fixtures/manifest-a.json")).unwrap();
+        m.network.address = Some(("10.0.2.15".parse().unwrap(), 24));
+        let mut raw = serde_json::to_value(&m).unwrap();
+        raw["network"] = v;
+        let i = from_manifest(m, &raw);
+        assert_eq!(i.network.as_ref().unwrap()["address"], "10.0.2.15/24");
+        let text = i.render_text();
+        assert!(text.contains("address: 10.0.2.15/24"), "{text}");
+        assert!(!text.contains("- 24"), "{text}");
+        assert!(text.contains("  dated by   (not recorded"), "{text}");
+        // Control: no address stays null.
+        assert_eq!(
+            network_view(serde_json::json!({"address": null}))["address"],
+            Value::Null
+        );
+    }
 
     #[test]
     fn iso8601_known_dates() {

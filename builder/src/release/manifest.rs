@@ -25,6 +25,10 @@ pub struct Manifest {
     pub builder: BuilderInfo,
     pub recipe: RecipeInfo,
     pub source_date_epoch: u64,
+    /// Where `source_date_epoch` came from (None: a manifest older than
+    /// format 2 does not say).
+    #[serde(default)]
+    pub source_date_epoch_from: Option<crate::recipe::epoch::EpochSource>,
     pub inputs: Vec<Input>,
     pub outputs: Vec<Output>,
     pub verity: VerityInfo,
@@ -239,6 +243,7 @@ impl Manifest {
                 },
             },
             source_date_epoch: recipe.source_date_epoch,
+            source_date_epoch_from: Some(recipe.source_date_epoch_from),
             inputs,
             outputs,
             verity: VerityInfo {

@@ -16,8 +16,12 @@ use crate::release::manifest::{Input, Manifest};
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
 /// Names how a cairn recipe becomes an image; versioned with the schema of
-/// `externalParameters`.
-pub const BUILD_TYPE: &str = "https://github.com/cairn-build/cairn/recipe@v1";
+/// `externalParameters`. Defined by docs/build-type.md in cairn's own source
+/// tree (the revision in `runDetails.builder.version.git`): a name this
+/// project owns, not a web address someone else may hold.
+pub const BUILD_TYPE: &str = "urn:cairn:build-type:recipe:v1";
+/// Where the build type is defined, relative to cairn's source tree.
+pub const BUILD_TYPE_DOC: &str = "docs/build-type.md";
 /// The builder's identity: the same on every host.
 pub const BUILDER_ID: &str = "https://github.com/cairn-build/cairn";
 /// The conventional file name beside manifest.json.
@@ -55,6 +59,7 @@ pub fn statement(m: &Manifest, subjects: &[(String, Sha256)]) -> Value {
                 },
                 "internalParameters": {
                     "manifestSchema": m.schema,
+                    "sourceDateEpochFrom": m.source_date_epoch_from,
                     "flags": m.flags,
                     "network": m.network,
                     "kernel": {"version": m.kernel.version, "cmdline": m.kernel.cmdline},
@@ -195,6 +200,17 @@ mod tests {
         );
         let p = &v["predicate"];
         assert_eq!(p["buildDefinition"]["buildType"], BUILD_TYPE);
+        // The definition the build type names exists, and names it.
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(BUILD_TYPE_DOC),
+        )
+        .expect("docs/build-type.md");
+        assert!(
+            doc.contains(BUILD_TYPE),
+            "{BUILD_TYPE_DOC} must define {BUILD_TYPE}"
+        );
         assert_eq!(
             p["buildDefinition"]["externalParameters"]["recipe"]["digest"]["sha256"],
             m.recipe.sha256.hex()

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::host::digest::Sha256;
-use crate::inputs::lock::{Lock, LockedPackage};
+use crate::inputs::lock::LockedPackage;
+use crate::inputs::plan::Plan;
 use crate::pipeline::compose::ComposedRoot;
 use crate::release::manifest::{Manifest, Output};
 
@@ -82,7 +83,8 @@ pub struct Contents {
 /// Reads the composed tree: its dpkg database and os-release, the kernel
 /// image, and each installed OCI image's dpkg database (from its layers),
 /// joined with the lock's .deb digests.
-pub fn read_contents(composed: &ComposedRoot, lock: Option<&Lock>) -> Result<Contents> {
+pub fn read_contents(composed: &ComposedRoot, plan: &Plan) -> Result<Contents> {
+    let lock = plan.lock.as_ref();
     use crate::host::tree::resolve_in_root_follow;
     let tree = &composed.tree;
     let read_in_tree = |rel: &str| -> Result<Option<String>> {
@@ -131,6 +133,9 @@ pub fn read_contents(composed: &ComposedRoot, lock: Option<&Lock>) -> Result<Con
                 // applied the recipe's policy.
                 policy: crate::pipeline::oci::LayerPolicy { allow_setuid: true },
                 scratch: scratch.clone(),
+                // The limits the install step loaded it with.
+                limits: plan.recipe.limits,
+                unpack_budget: None,
             },
         )
         .map_err(|e| anyhow::anyhow!("sbom: image {} ({}): {e}", img.name, archive.display()))?;

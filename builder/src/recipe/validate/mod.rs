@@ -251,16 +251,15 @@ impl<'a> Validator<'a> {
             });
         }
         let base = base.ok_or_else(|| RecipeError { problems: vec![] })?;
+        let epoch =
+            crate::recipe::epoch::choose(self.src.env.source_date_epoch, f.image.source_date_epoch);
         Ok(Recipe {
             file: self.src.path.clone(),
             recipe_sha256: Sha256::of_bytes(self.src.text.as_bytes()),
             name,
             version,
-            source_date_epoch: self
-                .src
-                .env
-                .source_date_epoch
-                .unwrap_or(f.image.source_date_epoch),
+            source_date_epoch: epoch.0,
+            source_date_epoch_from: epoch.1,
             base,
             kernel_package,
             extra_modules,
