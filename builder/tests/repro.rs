@@ -1,6 +1,6 @@
 //! `make repro` on the small test recipe: two builds from its lock, in two
 //! folders, over a minute apart, with a different TMPDIR and host name,
-//! must give bit-identical raw, ISO and qcow2 images, manifest, provenance.
+//! must give bit-identical raw, ISO and qcow2 images, SBOMs, manifest, provenance.
 //! (Runs qemu-tests/repro.sh, the script `make repro` runs.)
 
 use std::path::Path;
@@ -53,7 +53,10 @@ fn two_builds_a_minute_apart_are_bit_identical() {
         "cairn-test-1.raw",
         "cairn-test-1.iso",
         "cairn-test-1.qcow2",
+        "cairn-test-1.spdx.json",
+        "cairn-test-1.cdx.json",
         "manifest.json",
+        "provenance.json",
     ] {
         assert!(text.contains(f), "{f} was not compared: {text}");
     }

@@ -312,11 +312,6 @@ fn spdx_id_part(s: &str) -> String {
         .collect()
 }
 
-/// The media of the release: the manifest's outputs.
-fn media(m: &Manifest) -> &[Output] {
-    &m.outputs
-}
-
 /// Inputs that are programs run in the image but no Debian package
 /// (the k3s binary and its air-gap images).
 fn other_inputs(m: &Manifest) -> impl Iterator<Item = (&str, Sha256)> {
@@ -355,7 +350,7 @@ pub fn spdx(m: &Manifest, c: &Contents) -> Value {
     r["comment"] = json!("the appliance image cairn built; the media below hold it");
     packages.push(r);
     rels.push(rel("SPDXRef-DOCUMENT", "DESCRIBES", release));
-    for (i, o) in media(m).iter().enumerate() {
+    for (i, o) in m.outputs.iter().enumerate() {
         let id = format!("SPDXRef-Medium-{i}-{}", spdx_id_part(&o.file));
         let mut p = plain(&id, &o.file, Some(&m.image.version));
         p["packageFileName"] = json!(o.file);
@@ -502,7 +497,7 @@ pub fn cyclonedx(m: &Manifest, c: &Contents) -> Value {
     };
     let mut components: Vec<Value> = Vec::new();
     let mut contains: Vec<String> = Vec::new();
-    for o in media(m) {
+    for o in &m.outputs {
         components.push(json!({
             "type": "file",
             "bom-ref": format!("medium:{}", o.file),
@@ -541,7 +536,11 @@ pub fn cyclonedx(m: &Manifest, c: &Contents) -> Value {
             "purl": oci_purl(&img.name, &img.digest),
             "properties": [prop("cairn:image:source", &img.source), prop("cairn:image:reference", &img.reference)],
         });
-        if let Some(ic) = c.images.iter().find(|i| i.name == img.name) {
+        if let Some(ic) = c
+            .images
+            .iter()
+            .find(|i| i.name == img.name && !i.packages.is_empty())
+        {
             let inner: Vec<Value> = ic
                 .packages
                 .iter()
