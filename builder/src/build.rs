@@ -165,8 +165,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         },
     )?;
     // Dated by the lock when the recipe and environment set no date.
-    let dated = crate::recipe::epoch::dated(recipe, plan.lock.as_ref().map(|l| l.source_date_epoch));
-    let (recipe, plan) = (&dated, crate::inputs::plan::Plan { recipe: &dated, ..plan });
+    let lock_date = plan.lock.as_ref().map(|l| l.source_date_epoch);
+    let recipe = &crate::recipe::epoch::dated(recipe, lock_date);
+    let plan = crate::inputs::plan::Plan { recipe, ..plan };
     let key = match &opts.key {
         Some(k) => Some(crate::release::sign::load_key(k)?),
         None => None,

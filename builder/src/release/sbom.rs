@@ -195,16 +195,7 @@ fn locked_index(mirror: &str, packages: &[LockedPackage]) -> LockedIndex {
 /// source packages and the lock's digests.
 pub fn parse_dpkg_status(text: &str, locked: &LockedIndex) -> Vec<DebPackage> {
     let mut out = Vec::new();
-    for para in text.split("\n\n") {
-        let mut f: BTreeMap<&str, &str> = BTreeMap::new();
-        for l in para.lines() {
-            if l.starts_with(' ') || l.starts_with('\t') {
-                continue; // continuation of a multi-line field
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                f.insert(k.trim(), v.trim());
-            }
-        }
+    for f in crate::host::deb822::paragraphs(text) {
         let installed = f.get("Status").is_some_and(|s| s.ends_with(" installed"));
         let (Some(name), Some(version), Some(arch), true) = (
             f.get("Package"),
@@ -218,9 +209,9 @@ pub fn parse_dpkg_status(text: &str, locked: &LockedIndex) -> Vec<DebPackage> {
         let (source, source_version) = match f.get("Source") {
             Some(s) => match s.split_once('(') {
                 Some((n, v)) => (n.trim(), v.trim_end_matches(')').trim()),
-                None => (s.trim(), *version),
+                None => (s.trim(), version),
             },
-            None => (*name, *version),
+            None => (name, version),
         };
         let key = (name.to_string(), version.to_string(), arch.to_string());
         let pinned = locked.get(&key);
@@ -452,7 +443,7 @@ pub fn spdx(m: &Manifest, c: &Contents) -> Value {
         "name": stem,
         "documentNamespace": "",
         "creationInfo": {
-            "created": crate::release::inspect::iso8601_utc(m.source_date_epoch),
+            "created": crate::host::time::rfc3339(m.source_date_epoch),
             "creators": [format!("Tool: cairn-{}", m.builder.cairn_version)],
             "comment": "created is the release's SOURCE_DATE_EPOCH, not the build's wall clock",
         },
@@ -594,7 +585,7 @@ pub fn cyclonedx(m: &Manifest, c: &Contents) -> Value {
         "serialNumber": "",
         "version": 1,
         "metadata": {
-            "timestamp": crate::release::inspect::iso8601_utc(m.source_date_epoch),
+            "timestamp": crate::host::time::rfc3339(m.source_date_epoch),
             "tools": {"components": [{
                 "type": "application",
                 "name": "cairn",
