@@ -291,3 +291,57 @@ fn test_image_evidence_is_accepted_by_standard_tools() {
     );
     assert!(text.contains("distro=debian-12"));
 }
+
+/// One package version changed inside an image: both SBOMs change, both
+/// still validate, and `cairn diff` names the package.
+#[test]
+fn a_changed_image_package_changes_both_sboms_and_the_diff_says_so() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, c) = fixture();
+    let mut c2 = c.clone();
+    let py = c2.images[0]
+        .packages
+        .iter_mut()
+        .find(|p| p.name == "python3")
+        .unwrap();
+    py.version = "3.11.2-1+b2".into();
+    let mut dirs = Vec::new();
+    for (label, c) in [("a", &c), ("b", &c2)] {
+        let dir = d.path().join(label);
+        std::fs::create_dir(&dir).unwrap();
+        cairn::release::manifest::write(&m, &dir.join("manifest.json")).unwrap();
+        let docs = sbom::write(&m, c, &dir).unwrap();
+        assert_eq!(docs.len(), 2);
+        for doc in &docs {
+            let p = dir.join(&doc.file);
+            if doc.file.ends_with(sbom::SPDX_SUFFIX) {
+                spdx_ok(&p).unwrap_or_else(|e| panic!("{e}"));
+            } else {
+                cdx_ok(&p).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        dirs.push((dir, docs));
+    }
+    for i in 0..2 {
+        assert_ne!(
+            dirs[0].1[i].sha256, dirs[1].1[i].sha256,
+            "{}",
+            dirs[0].1[i].file
+        );
+    }
+    let diff = cairn::release::diff::diff(&dirs[0].0, &dirs[1].0).unwrap();
+    assert_eq!(diff.sbom.len(), 1, "{:?}", diff.sbom);
+    let text = diff.render_text();
+    assert!(
+        text.contains("~ [image inference] python3 3.11.2-1+b1 -> 3.11.2-1+b2 amd64"),
+        "{text}"
+    );
+    // Control: the same contents give the same bytes and no SBOM difference.
+    let again = d.path().join("a2");
+    std::fs::create_dir(&again).unwrap();
+    cairn::release::manifest::write(&m, &again.join("manifest.json")).unwrap();
+    assert_eq!(sbom::write(&m, &c, &again).unwrap(), dirs[0].1);
+    assert!(cairn::release::diff::diff(&dirs[0].0, &again)
+        .unwrap()
+        .is_empty());
+}

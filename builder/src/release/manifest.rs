@@ -65,7 +65,7 @@ pub struct Input {
     pub sha256: Option<Sha256>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
 pub struct Output {
     pub file: String,
     pub size: u64,
