@@ -4,7 +4,7 @@
 //! disk and USB stick. The qemu-test initramfs looks for GPT partitions, so
 //! it stops with "cairn: FATAL no partitions..."; seeing "cairn: initramfs
 //! started" proves the firmware -> loader -> kernel -> initramfs path.
-//! Skipped when the test image is absent, unless CAIRN_REQUIRE_TEST_IMAGE.
+//! Fails when the test image is absent (the boot tests build it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,17 +69,10 @@ fn make_iso(b: &Built, work: &Path, out: &Path) {
 }
 
 /// The ISO, built once per test binary from the test image's UKI.
-fn built() -> Option<&'static Built> {
-    static B: OnceLock<Option<Built>> = OnceLock::new();
+fn built() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
-        let raw = Path::new(TEST_IMAGE).join(RAW);
-        if !raw.is_file() {
-            if std::env::var_os("CAIRN_REQUIRE_TEST_IMAGE").is_some() {
-                panic!("no test image at {TEST_IMAGE}; run make qemu-test first");
-            }
-            println!("skipped: no test image; run make qemu-test first");
-            return None;
-        }
+        let raw = testkit::test_image(Path::new(TEST_IMAGE), &[RAW]).join(RAW);
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let uki = dir.join("uki.efi");
@@ -114,9 +107,8 @@ fn built() -> Option<&'static Built> {
         let iso = b.iso.clone();
         make_iso(&b, &b.dir.join("work"), &iso);
         b.iso = iso;
-        Some(b)
+        b
     })
-    .as_ref()
 }
 
 fn boot(b: &Built, firmware: Firmware, bus: DiskBus) {
@@ -158,7 +150,7 @@ fn boot(b: &Built, firmware: Firmware, bus: DiskBus) {
 
 #[test]
 fn iso_boots_under_seabios_as_cdrom_disk_and_usb() {
-    let Some(b) = built() else { return };
+    let b = built();
     for bus in [DiskBus::Cdrom, DiskBus::Virtio, DiskBus::UsbStorage] {
         boot(b, Firmware::Bios, bus);
     }
@@ -166,7 +158,7 @@ fn iso_boots_under_seabios_as_cdrom_disk_and_usb() {
 
 #[test]
 fn iso_boots_under_ovmf_as_cdrom_disk_and_usb() {
-    let Some(b) = built() else { return };
+    let b = built();
     for bus in [DiskBus::Cdrom, DiskBus::Virtio, DiskBus::UsbStorage] {
         boot(b, Firmware::Uefi, bus);
     }
@@ -174,7 +166,7 @@ fn iso_boots_under_ovmf_as_cdrom_disk_and_usb() {
 
 #[test]
 fn iso_from_real_inputs_is_reproducible_and_extractable() {
-    let Some(b) = built() else { return };
+    let b = built();
     let again = b.dir.join("again.iso");
     std::thread::sleep(Duration::from_millis(1100));
     make_iso(b, &b.dir.join("work-again"), &again);

@@ -11,21 +11,8 @@ fn two_builds_a_minute_apart_are_bit_identical() {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace");
-    let have = |t: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if !have("mmdebstrap") || !have("unshare") {
-        if std::env::var_os("CAIRN_REQUIRE_TEST_IMAGE").is_some() {
-            panic!("host tools missing; run make deps");
-        }
-        println!("skipped: mmdebstrap/unshare not installed");
-        return;
-    }
+    testkit::tool("mmdebstrap", "mmdebstrap");
+    testkit::tool("unshare", "util-linux");
     // A copy of the test recipe, so its lock does not land in the source tree.
     let dir = ws.join("target/repro-test");
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,6 +1,5 @@
 //! Interoperability of `cairn::release::signify` with Debian's `signify-openbsd`.
-//! signify-openbsd is a host dependency (`make deps`): a test fails, never
-//! skips, when it is missing.
+//! Every test fails when the tool is not installed (`make deps` installs it).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -11,12 +10,9 @@ use sha2::{Digest as _, Sha256};
 
 const SIGNIFY: &str = "/usr/bin/signify-openbsd";
 
-fn have_signify() -> bool {
-    assert!(
-        Path::new(SIGNIFY).exists(),
-        "{SIGNIFY} is not installed; run make deps (package signify-openbsd)"
-    );
-    true
+/// Without the tool these tests fail (naming the package); they never skip.
+fn need_signify() {
+    testkit::file(SIGNIFY, "signify-openbsd");
 }
 
 /// Run signify in `dir`, feeding `stdin` (a pipe, never a TTY, so signify
@@ -51,9 +47,7 @@ fn run_ok(dir: &Path, args: &[&str], stdin: &[u8]) -> String {
 
 #[test]
 fn signify_key_cairn_signs_signify_verifies() {
-    if !have_signify() {
-        return;
-    }
+    need_signify();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     run_ok(d, &["-G", "-n", "-p", "x.pub", "-s", "x.sec"], b"");
@@ -81,9 +75,7 @@ fn signify_key_cairn_signs_signify_verifies() {
 
 #[test]
 fn signify_encrypted_key_reads_in_cairn() {
-    if !have_signify() {
-        return;
-    }
+    need_signify();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // With stdin not a TTY, signify -G reads the passphrase from it.
@@ -112,9 +104,7 @@ fn signify_encrypted_key_reads_in_cairn() {
 
 #[test]
 fn cairn_key_signify_signs_cairn_verifies() {
-    if !have_signify() {
-        return;
-    }
+    need_signify();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let msg = b"payload for signify to sign\n";
@@ -181,9 +171,7 @@ fn cairn_key_signify_signs_cairn_verifies() {
 
 #[test]
 fn cairn_signed_sha256_list_checks_with_signify() {
-    if !have_signify() {
-        return;
-    }
+    need_signify();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (p, s) = signify::keygen(&d.join("release"), None, "release").unwrap();

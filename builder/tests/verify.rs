@@ -1,9 +1,9 @@
-//! `cairn::release::verify`: signed folders made from the qemu-test image (skipped
-//! when it has not been built), the verity computation against
+//! `cairn::release::verify`: signed folders made from the qemu-test image (the
+//! tests fail when it has not been built), the verity computation against
 //! `veritysetup`, and GPT parsing of junk.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{Cursor, Write};
 use std::path::Path;
 use std::process::Command;
 
@@ -12,7 +12,7 @@ use cairn::release::signify;
 use cairn::release::verify::{self, VerifyError, VerifyReport};
 
 mod common;
-use common::{keep_outputs, signed_folder, write_pubkey, Signed, RAW, TEST_IMAGE};
+use common::{flip_byte, keep_outputs, signed_folder, write_pubkey, Signed, RAW, TEST_IMAGE};
 
 trait Verify {
     fn verify(&self) -> Result<VerifyReport, VerifyError>;
@@ -44,20 +44,6 @@ fn bad_input(r: Result<VerifyReport, VerifyError>) -> String {
     }
 }
 
-fn flip_byte(path: &Path, offset: u64) {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.read_exact(&mut b).unwrap();
-    b[0] ^= 0x01;
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.write_all(&b).unwrap();
-}
-
 fn root_offset(s: &Signed) -> u64 {
     let m = cairn::release::manifest::read(&s.dir.join("manifest.json")).unwrap();
     m.partitions
@@ -69,7 +55,7 @@ fn root_offset(s: &Signed) -> u64 {
 
 #[test]
 fn untouched_folder_passes() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     let started = std::time::Instant::now();
     let r = s.verify().unwrap();
     println!("verified in {:.1}s", started.elapsed().as_secs_f64());
@@ -96,7 +82,7 @@ fn untouched_folder_passes() {
 
 #[test]
 fn single_medium_ignores_absent_other_media() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     // List an ISO that is not there: the folder fails, the .raw alone passes
     // the listing checks (and fails only at the manifest, which does not
     // know the ISO).
@@ -116,7 +102,7 @@ fn single_medium_ignores_absent_other_media() {
 
 #[test]
 fn flipped_byte_in_root_partition_fails_digest() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     flip_byte(&s.raw(), root_offset(&s) + 4096 * 3 + 17);
     let msg = failed(s.verify());
     assert!(
@@ -128,7 +114,7 @@ fn flipped_byte_in_root_partition_fails_digest() {
 
 #[test]
 fn flipped_byte_in_manifest_fails_digest() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     flip_byte(&s.dir.join("manifest.json"), 10);
     let msg = failed(s.verify());
     assert!(msg.starts_with("digest: manifest.json: expected "), "{msg}");
@@ -136,7 +122,7 @@ fn flipped_byte_in_manifest_fails_digest() {
 
 #[test]
 fn flipped_byte_in_sha256_fails() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     flip_byte(&s.dir.join("SHA256"), 20);
     let msg = failed(s.verify());
     assert_eq!(msg, "SHA256 differs from the signed copy in SHA256.sig");
@@ -144,7 +130,7 @@ fn flipped_byte_in_sha256_fails() {
 
 #[test]
 fn flipped_byte_in_signature_fails() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     let sig = s.dir.join("SHA256.sig");
     // A byte of the embedded copy of SHA256 (after the two header lines).
     let text = std::fs::read(&sig).unwrap();
@@ -179,7 +165,7 @@ fn flipped_byte_in_signature_fails() {
 
 #[test]
 fn wrong_public_key_fails_naming_both_keys() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     let other = signify::generate();
     let other_pub = write_pubkey(s.tmp.path(), &other, "other.pub");
     let msg = failed(verify::verify(&s.dir, &other_pub, false));
@@ -190,7 +176,7 @@ fn wrong_public_key_fails_naming_both_keys() {
 
 #[test]
 fn bad_key_and_truncated_signature_are_bad_input() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     let missing = s.tmp.path().join("missing.pub");
     assert!(bad_input(verify::verify(&s.dir, &missing, false)).contains("public key"));
     let junk = s.tmp.path().join("junk.pub");
@@ -213,7 +199,7 @@ fn bad_key_and_truncated_signature_are_bad_input() {
 
 #[test]
 fn missing_output_fails() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     std::fs::remove_file(s.raw()).unwrap();
     assert_eq!(failed(s.verify()), "missing: cairn-test-1.raw");
     std::fs::remove_file(s.dir.join("SHA256")).unwrap();
@@ -222,7 +208,7 @@ fn missing_output_fails() {
 
 #[test]
 fn unlisted_image_fails() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     std::fs::write(s.dir.join("evil.img"), b"boot me").unwrap();
     assert_eq!(failed(s.verify()), "unlisted: evil.img is not in SHA256");
     std::fs::remove_file(s.dir.join("evil.img")).unwrap();
@@ -238,7 +224,7 @@ fn unlisted_image_fails() {
 
 #[test]
 fn sha256_line_escaping_the_folder_fails() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     let mut sums = std::fs::read_to_string(s.dir.join("SHA256")).unwrap();
     sums.insert_str(0, &format!("SHA256 (../x) = {}\n", "0".repeat(64)));
     s.write_signed(sums.as_bytes());
@@ -258,7 +244,7 @@ fn sha256_line_escaping_the_folder_fails() {
 
 #[test]
 fn manifest_root_hash_not_matching_image_fails_recompute() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     let path = s.dir.join("manifest.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -276,7 +262,7 @@ fn manifest_root_hash_not_matching_image_fails_recompute() {
 
 #[test]
 fn production_refuses_debug_image() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     let msg = failed(verify::verify(&s.dir, &s.pubkey, true));
     assert_eq!(msg, "production: image has the debug console enabled");
 }
@@ -284,17 +270,6 @@ fn production_refuses_debug_image() {
 // ---------------------------------------------------------------------------
 // verity against veritysetup
 // ---------------------------------------------------------------------------
-
-/// Host tools are dependencies (`make deps`): a missing one fails the test.
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "{tool} is not installed; run make deps");
-    ok
-}
 
 fn veritysetup_root(data: &Path, salt: &str) -> String {
     let hash = data.with_extension("hash");
@@ -321,9 +296,7 @@ fn veritysetup_root(data: &Path, salt: &str) -> String {
 
 #[test]
 fn verity_matches_veritysetup() {
-    if !have("veritysetup") {
-        return;
-    }
+    testkit::tool("veritysetup", "cryptsetup-bin");
     let dir = tempfile::tempdir().unwrap();
     let mut state = 0x2545_f491_4f6c_dd1du64;
     for (i, blocks) in [1u64, 2, 127, 128, 129, 128 * 128, 128 * 128 + 1]
@@ -364,10 +337,8 @@ fn verity_matches_veritysetup() {
 // ---------------------------------------------------------------------------
 
 /// A small sparse disk with a GPT made by sfdisk.
-fn small_gpt_disk(dir: &Path) -> Option<Vec<u8>> {
-    if !have("sfdisk") {
-        return None;
-    }
+fn small_gpt_disk(dir: &Path) -> Vec<u8> {
+    testkit::tool("sfdisk", "fdisk");
     let path = dir.join("disk.raw");
     File::create(&path).unwrap().set_len(8 << 20).unwrap();
     let script = "label: gpt\nunit: sectors\nfirst-lba: 2048\nsector-size: 512\n\
@@ -386,15 +357,13 @@ fn small_gpt_disk(dir: &Path) -> Option<Vec<u8>> {
         .write_all(script.as_bytes())
         .unwrap();
     assert!(child.wait().unwrap().success());
-    Some(std::fs::read(&path).unwrap())
+    std::fs::read(&path).unwrap()
 }
 
 #[test]
 fn gpt_parses_sfdisk_output() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = small_gpt_disk(dir.path()) else {
-        return;
-    };
+    let disk = small_gpt_disk(dir.path());
     let parts = verify::read_gpt(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[0].name, "cairn-esp");
@@ -423,9 +392,7 @@ fn gpt_junk_does_not_panic() {
         // A lying length must not make it read or allocate absurdly.
         let _ = verify::read_gpt(&mut Cursor::new(&junk), u64::MAX);
     }
-    let Some(disk) = small_gpt_disk(dir.path()) else {
-        return;
-    };
+    let disk = small_gpt_disk(dir.path());
     let head = disk[..34 * 512].to_vec();
     // Every truncation of the GPT area, claimed at the real length and at
     // its own length.
@@ -531,14 +498,8 @@ fn fix_crcs(d: &mut [u8]) {
 
 #[test]
 fn signify_openbsd_checks_a_folder_cairn_signed() {
-    let Some(s) = signed_folder() else { return };
-    if !Path::new("/usr/bin/signify-openbsd").exists() {
-        if std::env::var_os("CAIRN_REQUIRE_TEST_IMAGE").is_some() {
-            panic!("signify-openbsd missing; run make deps");
-        }
-        println!("skipped: signify-openbsd not installed");
-        return;
-    }
+    let s = signed_folder();
+    testkit::tool("signify-openbsd", "signify-openbsd");
     // Sign through the build's own code path, not the test helper.
     std::fs::remove_file(s.dir.join("SHA256")).unwrap();
     std::fs::remove_file(s.dir.join("SHA256.sig")).unwrap();
@@ -571,15 +532,9 @@ fn signify_openbsd_checks_a_folder_cairn_signed() {
 
 #[test]
 fn iso_root_hash_is_recomputed_from_the_medium() {
-    let Some(s) = signed_folder() else { return };
-    let iso_src = Path::new(TEST_IMAGE).join("cairn-test-1.iso");
-    if !iso_src.is_file() {
-        if std::env::var_os("CAIRN_REQUIRE_TEST_IMAGE").is_some() {
-            panic!("no ISO in the test image folder");
-        }
-        println!("skipped: no ISO in the test image");
-        return;
-    }
+    let s = signed_folder();
+    let iso_src =
+        testkit::test_image(Path::new(TEST_IMAGE), &["cairn-test-1.iso"]).join("cairn-test-1.iso");
     let iso = s.dir.join("cairn-test-1.iso");
     std::fs::copy(&iso_src, &iso).unwrap();
     std::fs::copy(
@@ -627,7 +582,7 @@ fn iso_root_hash_is_recomputed_from_the_medium() {
 
 #[test]
 fn qcow2_of_another_raw_fails_on_the_test_image() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     // A qcow2 of the raw with one byte of the root changed, recorded in the
     // manifest and signed: only comparing it with the raw can notice.
     let other = s.tmp.path().join("other.raw");

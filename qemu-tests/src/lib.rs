@@ -5,7 +5,7 @@
 //! `CAIRN_QEMU_ACCEL` and `CAIRN_BOOT_TIMEOUT_SCALE` knobs.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -130,19 +130,8 @@ pub fn copy_image(src: &Path, dir: &Path, name: &str) -> PathBuf {
     dst
 }
 
-pub fn flip_byte(path: &Path, at: u64) {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open image");
-    let mut b = [0u8];
-    f.seek(SeekFrom::Start(at)).expect("seek");
-    f.read_exact(&mut b).expect("read");
-    b[0] ^= 0x01;
-    f.seek(SeekFrom::Start(at)).expect("seek");
-    f.write_all(&b).expect("write");
-}
+/// One byte flip for every test that tampers with an image.
+pub use testkit::flip_byte;
 
 /// Whether `needle` occurs anywhere in the file (streamed, overlap-safe).
 pub fn file_contains(path: &Path, needle: &[u8]) -> bool {

@@ -424,32 +424,23 @@ mod tests {
         assert!(parse_report_lba("File data lba: x , 1 , 2 , 3 , 'a'").is_err());
     }
 
-    fn have(tool: &str) -> bool {
-        crate::host::runner::available(tool)
-    }
-
     const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
     /// Builds a small ISO twice from fake inputs; checks the listing, the
     /// extraction, the boot records and bit-for-bit reproducibility.
     #[test]
     fn iso_small_is_listed_extracted_and_reproducible() {
-        for t in [
-            "xorriso",
-            "mksquashfs",
-            "mkfs.vfat",
-            "mcopy",
-            "grub-mkimage",
+        for (tool, package) in [
+            ("xorriso", "xorriso"),
+            ("mksquashfs", "squashfs-tools"),
+            ("mkfs.vfat", "dosfstools"),
+            ("mcopy", "mtools"),
+            ("grub-mkimage", "grub-common"),
         ] {
-            if !have(t) {
-                eprintln!("skipping: {t} not installed");
-                return;
-            }
+            testkit::tool(tool, package);
         }
-        if !Path::new(STUB).is_file() || !Path::new(GRUB_I386_PC).is_dir() {
-            eprintln!("skipping: systemd stub or grub-pc-bin missing");
-            return;
-        }
+        testkit::file(STUB, "systemd-boot-efi");
+        testkit::file(GRUB_I386_PC, "grub-pc-bin");
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
         std::fs::create_dir_all(p.join("tree/etc")).unwrap();

@@ -43,16 +43,9 @@ mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom, Write};
 
-    fn have_qemu_img() -> bool {
-        crate::host::runner::succeeds("qemu-img", &["--version"])
-    }
-
     #[test]
     fn qcow2_is_compressed_equal_and_reproducible() {
-        if !have_qemu_img() {
-            eprintln!("skipping: qemu-img not installed");
-            return;
-        }
+        testkit::tool("qemu-img", "qemu-utils");
         let d = tempfile::tempdir().unwrap();
         let raw = d.path().join("disk.raw");
         {

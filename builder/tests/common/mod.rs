@@ -1,7 +1,8 @@
 //! Fixtures shared by the integration tests: a signed copy of the
 //! qemu-test image folder (the boot tests build it; `make test` runs them
-//! first and sets CAIRN_REQUIRE_TEST_IMAGE so nothing passes by skipping).
-#![allow(dead_code)] // each test binary uses part of it
+//! first and sets CAIRN_REQUIRE_TEST_IMAGE). Whether a test can run is
+//! decided by `testkit`: without the image, or a host tool, it fails.
+#![allow(dead_code, unused_imports)] // each test binary uses part of it
 
 pub mod mini;
 
@@ -10,6 +11,8 @@ use std::process::Command;
 
 use cairn::host::digest::Sha256;
 use cairn::release::signify::{self, SecretKey};
+
+pub use testkit::flip_byte;
 
 pub const TEST_IMAGE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -85,17 +88,10 @@ pub fn keep_outputs(dir: &Path, keep: &[&str]) {
 }
 
 /// Copies the qemu-test image (sparsely) and signs it with a throwaway
-/// key. None (the test prints "skipped") when the image is not built,
-/// unless CAIRN_REQUIRE_TEST_IMAGE is set: then it panics.
-pub fn signed_folder() -> Option<Signed> {
-    let src = Path::new(TEST_IMAGE);
-    if !src.join(RAW).is_file() || !src.join("manifest.json").is_file() {
-        if std::env::var_os("CAIRN_REQUIRE_TEST_IMAGE").is_some() {
-            panic!("no test image at {TEST_IMAGE}; run make qemu-test first");
-        }
-        println!("skipped: no test image; run make qemu-test first");
-        return None;
-    }
+/// key. Without the image the test fails (`testkit::test_image` says how
+/// to build it).
+pub fn signed_folder() -> Signed {
+    let src = testkit::test_image(Path::new(TEST_IMAGE), &[RAW, "manifest.json"]);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cairn-test-1");
     std::fs::create_dir(&dir).unwrap();
@@ -117,7 +113,7 @@ pub fn signed_folder() -> Option<Signed> {
         pubkey,
     };
     s.resign(&[RAW, "manifest.json"], None);
-    Some(s)
+    s
 }
 
 /// Applies the boot-test knobs (`CAIRN_QEMU_ACCEL`,

@@ -408,8 +408,7 @@ mod tests {
             crate::vm::qemu::Vm::accel(),
             accel_detail()
         );
-        if crate::vm::qemu::machine::tests::have_qemu() {
-            println!("tcg -cpu max usable: {}", tcg_cpu_max_ok());
-        }
+        crate::vm::qemu::machine::tests::need_qemu();
+        println!("tcg -cpu max usable: {}", tcg_cpu_max_ok());
     }
 }

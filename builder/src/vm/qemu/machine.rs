@@ -463,8 +463,9 @@ pub(super) mod tests {
         .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
-    pub(crate) fn have_qemu() -> bool {
-        runner::succeeds(QEMU, &["--version"])
+    /// Without QEMU these tests fail, naming the package; they never skip.
+    pub(crate) fn need_qemu() {
+        testkit::tool(QEMU, "qemu-system-x86");
     }
 
     /// Boots OVMF with an empty disk under the detected accelerator and
@@ -472,10 +473,9 @@ pub(super) mod tests {
     #[test]
     fn qemu_boots_ovmf_without_a_disk() {
         configure_from_env();
-        if !have_qemu() || ovmf_paths().is_err() {
-            eprintln!("skipping: qemu or OVMF not installed");
-            return;
-        }
+        need_qemu();
+        testkit::file(crate::vm::qemu::OVMF_CODE, "ovmf");
+        testkit::file(crate::vm::qemu::OVMF_VARS, "ovmf");
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("empty.raw");
         fs::write(&img, vec![0u8; 1 << 20]).unwrap();
@@ -520,9 +520,7 @@ pub(super) mod tests {
     #[test]
     fn qemu_start_reports_bad_arguments() {
         configure_from_env();
-        if !have_qemu() {
-            return;
-        }
+        need_qemu();
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("empty.raw");
         fs::write(&img, vec![0u8; 1 << 20]).unwrap();
@@ -554,9 +552,7 @@ pub(super) mod tests {
     #[test]
     fn qemu_every_bus_starts() {
         configure_from_env();
-        if !have_qemu() {
-            return;
-        }
+        need_qemu();
         let dir = tempfile::tempdir().unwrap();
         for (bus, format, name) in [
             (DiskBus::Virtio, ImageFormat::Raw, "d.raw"),
@@ -587,16 +583,12 @@ pub(super) mod tests {
     /// devtmpfs and proc, insmods evdev.ko and button.ko, prints
     /// "cairn test init up" and runs `setsid sh -c 'exec sh -i <>/dev/ttyS1 >&0 2>&1'`.
     #[test]
-    #[ignore]
+    #[ignore = "needs a kernel and a busybox initrd: CAIRN_TEST_KERNEL=... CAIRN_TEST_INITRD=... cargo test -p cairn --lib -- --ignored qemu_console_run_against_a_kernel"]
     fn qemu_console_run_against_a_kernel() {
         configure_from_env();
-        let (Ok(kernel), Ok(initrd)) = (
-            std::env::var("CAIRN_TEST_KERNEL"),
-            std::env::var("CAIRN_TEST_INITRD"),
-        ) else {
-            eprintln!("skipping: set CAIRN_TEST_KERNEL and CAIRN_TEST_INITRD");
-            return;
-        };
+        let how = "set CAIRN_TEST_KERNEL and CAIRN_TEST_INITRD (see the test's comment)";
+        let kernel = testkit::env("CAIRN_TEST_KERNEL", how);
+        let initrd = testkit::env("CAIRN_TEST_INITRD", how);
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("empty.raw");
         fs::write(&img, vec![0u8; 1 << 20]).unwrap();
