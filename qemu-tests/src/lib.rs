@@ -45,7 +45,26 @@ pub fn built(name: &str) -> &'static Built {
     }
 }
 
+/// Builds `name` (as [`built`] names recipes) with its own cache, not the
+/// one the environment names; every call builds. For tests that must
+/// leave the user's cache alone (k3s).
+pub fn built_with_cache(name: &str, cache_root: &Path) -> Built {
+    let settings = cairn::cli::settings_from_env()
+        .map(|s| cairn::inputs::plan::Settings {
+            cache_root: cache_root.to_path_buf(),
+            ..s
+        })
+        .unwrap_or_else(|e| panic!("settings: {e:#}"));
+    build_with(name, settings)
+        .unwrap_or_else(|e| panic!("building the test image {name} failed: {e}"))
+}
+
 fn build(name: &str) -> Result<Built, String> {
+    let settings = cairn::cli::settings_from_env().map_err(|e| format!("{e:#}"))?;
+    build_with(name, settings)
+}
+
+fn build_with(name: &str, settings: cairn::inputs::plan::Settings) -> Result<Built, String> {
     let ws = workspace();
     // A bare name is a test recipe; a path is relative to the workspace
     // (the boot tests also build the default recipe, recipes/field-ai.toml).
@@ -55,7 +74,6 @@ fn build(name: &str) -> Result<Built, String> {
         ws.join(format!("qemu-tests/recipes/{name}.toml"))
     };
     let out = ws.join("target/qemu-tests/out");
-    let settings = cairn::cli::settings_from_env().map_err(|e| format!("{e:#}"))?;
     let r = cairn::recipe::load(&recipe, Some(&ws), &settings.recipe_env())
         .map_err(|e| e.to_string())?;
     eprintln!("qemu-tests: building {} (once per run)", recipe.display());

@@ -2,7 +2,10 @@
 //! this test runs on 127.0.0.1, and hostfwds to guest ports. The default
 //! image reaches nothing and is reachable on no port; the control image,
 //! which lists that address in egress and one ingress port, does connect,
-//! and only its listed port answers.
+//! and only its listed port answers. The default image's refusal shows on
+//! the serial console as a `cairn-egress-denied:` kernel log line naming the
+//! destination (the positive control for every test that asserts that line
+//! is absent); the control image logs no denial for its listed address.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -11,6 +14,8 @@ use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
 use qemu_tests::*;
 
 const GUEST_FWD_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+/// The prefix of the firewall's log line for refused egress.
+const DENIED: &str = "cairn-egress-denied: ";
 
 struct Net {
     vm: Vm,
@@ -63,6 +68,15 @@ fn default_image_reaches_nothing_and_answers_nothing() {
     let word = marker("egress-denied");
     let (rc, out) = try_egress(&mut n.vm, &word);
     assert_ne!(rc, 0, "the guest connected out: {out}");
+    // The firewall's log rule saw the attempt, and its line reaches the
+    // serial console: `cairn-egress-denied` can appear when egress is denied.
+    let line =
+        n.vm.wait_for_line(DENIED, console_timeout())
+            .unwrap_or_else(|e| panic!("no {DENIED} line after a denied connection: {e:#}"));
+    assert!(
+        line.contains("DST=10.0.2.100") && line.contains("DPT=8080"),
+        "the denial names another destination: {line}"
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         !n.listener.received().contains(&word),
@@ -115,6 +129,13 @@ fn control_listed_egress_connects_and_only_listed_ingress_answers() {
         seen,
         "the listener never saw {word}: {:?}",
         n.listener.received()
+    );
+    let serial = n.vm.serial_text();
+    assert!(
+        !serial
+            .lines()
+            .any(|l| l.contains(DENIED) && l.contains("DST=10.0.2.100 ")),
+        "the listed egress was logged as denied: {serial}"
     );
     let got = http_get(n.port_9000, Duration::from_secs(20));
     assert!(

@@ -4,7 +4,8 @@
 //! reaching the end, the backup GPT at the end and no errors; partitions 1-3
 //! are as built and the root and hash tree partitions are byte for byte
 //! unchanged; the guest's dm-crypt state device has the new size. Control:
-//! the same disk with an image built without `grow` keeps its table.
+//! the same disk with an image built from `tiny-nogrow` (tiny.toml with
+//! `grow = false` and its own name, nothing else) keeps its table.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -124,10 +125,39 @@ fn state_grows_to_the_end_of_a_larger_disk_and_nothing_else_changes() {
     );
 
     // Control: built without `grow`, the same larger disk keeps its table.
-    let plain = built("tiny-plain");
+    let plain = built("tiny-nogrow");
     let plain_table = table(&plain.raw);
     let (img, serial, size) = boot_on_bigger_disk(&plain.raw, tmp.path(), "grow-control");
     assert!(!serial.contains("state: grew"), "{serial}");
     assert!(size < (1 << 30), "state device is {size} bytes");
     assert_eq!(table(&img), plain_table);
+}
+
+/// The control recipe must differ from tiny in `grow` alone (and the name,
+/// which picks the output folder), so the control shows what grow does.
+#[test]
+fn grow_control_recipe_is_tiny_without_grow() {
+    let dir = workspace().join("qemu-tests/recipes");
+    let load = |name: &str| {
+        cairn::recipe::load(&dir.join(format!("{name}.toml")), None)
+            .unwrap_or_else(|e| panic!("{name}.toml: {e}"))
+    };
+    let (tiny, control) = (load("tiny"), load("tiny-nogrow"));
+    assert!(tiny.state_grow, "tiny.toml must grow its state");
+    assert!(!control.state_grow, "tiny-nogrow.toml must not grow");
+    assert_ne!(
+        tiny.name, control.name,
+        "the two need their own output folders"
+    );
+    // Every resolved setting but those four is the same.
+    let mut same = control.clone();
+    same.file = tiny.file.clone();
+    same.recipe_sha256 = tiny.recipe_sha256;
+    same.name = tiny.name.clone();
+    same.state_grow = tiny.state_grow;
+    assert_eq!(
+        format!("{same:#?}"),
+        format!("{tiny:#?}"),
+        "tiny-nogrow.toml differs from tiny.toml in more than grow"
+    );
 }

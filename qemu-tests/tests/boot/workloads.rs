@@ -76,15 +76,37 @@ fn field_ai_serves_predictions_from_its_pinned_image_and_never_reaches_out() {
     assert!(a.contains("\"class\": \"virginica\""), "{a}");
     let a = get(port, "/predict?x=5.9,3.0,4.2,1.5");
     assert!(a.contains("\"class\": \"versicolor\""), "{a}");
-    // The model the service reports is the pinned data.
+    // The model the service reports is the pinned data: the recipe's model
+    // folder has the digest the manifest pins, and the service reports the
+    // sha256 of the one file in it (it hashes what it loaded).
     let model = &m.sbom.models[0];
+    let folder = workspace().join("recipes/field-ai/model");
+    assert_eq!(
+        cairn::host::digest::tree_digest(&folder).expect("model folder digest"),
+        model.sha256,
+        "recipes/field-ai/model is not the data the manifest pins"
+    );
+    let data = cairn::host::digest::Sha256::of_file(&folder.join("iris-tree.json"))
+        .expect("model file digest");
     let h = get(port, "/healthz");
     assert!(h.contains("\"status\": \"ok\""), "{h}");
+    assert!(
+        h.contains(&format!("\"model_sha256\": \"{data}\"")),
+        "the service does not report the pinned model ({} {}, file sha256 {data}): {h}",
+        model.name,
+        model.sha256
+    );
+    assert!(
+        answer.contains(&format!("\"model_sha256\": \"{data}\"")),
+        "the prediction did not come from the pinned model: {answer}"
+    );
     let bad = get(port, "/predict?x=1,2");
     assert!(bad.starts_with("HTTP/1.0 400"), "{bad}");
     eprintln!("model {} {}", model.name, model.sha256);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(listener.received(), "", "the guest sent data out");
+    // The firewall logs every refused connection as a cairn-egress-denied
+    // line on this console (airgap's default test shows that it does).
     let serial = vm.serial_text();
     assert!(
         !serial.contains("cairn-egress-denied"),
