@@ -66,10 +66,15 @@ enum CacheOp {
     /// Add the files of an export to this machine's cache; every file is
     /// checked against the list and its own name first.
     Import { file: PathBuf },
-    /// Remove everything the given recipes' locks do not name.
+    /// Remove everything the given recipes' locks do not name (`--all`:
+    /// everything). One of the two is required.
     Gc {
-        #[arg(long = "keep-recipe")]
+        /// Keep the files RECIPE's lock names (repeatable).
+        #[arg(long = "keep-recipe", required_unless_present = "all")]
         recipes: Vec<PathBuf>,
+        /// Empty the cache: keep no recipe's inputs.
+        #[arg(long, conflicts_with = "recipes")]
+        all: bool,
     },
 }
 
@@ -460,7 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map_err(|e| cairn::InputError(format!("{}: {e:#}", file.display())))?;
                     println!("{} files added, {} already present", rep.added, rep.present);
                 }
-                CacheOp::Gc { recipes } => {
+                CacheOp::Gc { recipes, all } => {
                     let mut keep = std::collections::BTreeSet::new();
                     for r in &recipes {
                         let lock =
@@ -468,6 +473,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 .map_err(|e| cairn::InputError(format!("{e:#}")))?;
                         keep.extend(lock.digests());
                     }
+                    let keep = if all {
+                        cairn::inputs::cache::GcKeep::Nothing
+                    } else {
+                        cairn::inputs::cache::GcKeep::Named(keep)
+                    };
                     let (n, bytes) = cache.gc(&keep)?;
                     println!("removed {n} files, {bytes} bytes");
                 }

@@ -97,3 +97,45 @@ fn doctor_names_packages() {
         assert!(out.contains(pkg), "doctor does not name {pkg}: {out}");
     }
 }
+
+/// `cairn cache gc` with CAIRN_CACHE pointing at `cache`.
+fn gc(args: &[&str], cache: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["cache", "gc"])
+        .args(args)
+        .env("CAIRN_CACHE", cache)
+        .output()
+        .expect("run cairn");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn cache_gc_needs_a_recipe_or_all() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("cache");
+    let cache = cairn::inputs::cache::Cache::open(&root).unwrap();
+    let blob = cache.put_reader(&b"a cached input"[..], None).unwrap();
+
+    // Bare `gc` used to empty the cache; now it is a usage error.
+    let (code, text) = gc(&[], &root);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--keep-recipe"), "{text}");
+    assert!(cache.contains(&blob), "bare gc removed a blob");
+    let (code, text) = gc(&["--all", "--keep-recipe", "r.toml"], &root);
+    assert_eq!(code, 2, "{text}");
+    assert!(cache.contains(&blob), "a refused gc removed a blob");
+
+    // A recipe without a lock is refused before anything is removed.
+    let (code, text) = gc(&["--keep-recipe", "/nonexistent/r.toml"], &root);
+    assert_eq!(code, 2, "{text}");
+    assert!(cache.contains(&blob));
+
+    // `--all` says so, and empties it.
+    let (code, text) = gc(&["--all"], &root);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("removed 1 files"), "{text}");
+    assert!(!cache.contains(&blob));
+}

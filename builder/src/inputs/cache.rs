@@ -68,6 +68,16 @@ pub struct ImportReport {
     pub present: usize,
 }
 
+/// What [`Cache::gc`] keeps. Keeping nothing is a case of its own, so an
+/// empty list of recipes never means "delete everything" by accident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcKeep {
+    /// The blobs these digests name (the inputs of the recipes given).
+    Named(BTreeSet<Sha256>),
+    /// Nothing: every blob goes (`cairn cache gc --all`).
+    Nothing,
+}
+
 impl Cache {
     /// Opens (creating if needed) the cache rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Cache> {
@@ -377,10 +387,15 @@ impl Cache {
         Ok(report)
     }
 
-    /// Removes every blob not in `keep`, temp files left by crashed
+    /// Removes every blob `keep` does not name, temp files left by crashed
     /// writers (older than a day) and quarantined blobs. Returns (files
     /// removed, bytes freed).
-    pub fn gc(&self, keep: &BTreeSet<Sha256>) -> Result<(usize, u64)> {
+    pub fn gc(&self, keep: &GcKeep) -> Result<(usize, u64)> {
+        let nothing = BTreeSet::new();
+        let keep = match keep {
+            GcKeep::Named(k) => k,
+            GcKeep::Nothing => &nothing,
+        };
         let (blobs, other) = self.scan()?;
         let mut removed = 0usize;
         let mut freed = 0u64;
@@ -798,12 +813,26 @@ mod tests {
         let stale = c.root().join("sha256").join(".tmp-stale");
         std::fs::write(&stale, b"yz").unwrap();
         filetime::set_file_mtime(&stale, filetime::FileTime::from_unix_time(1_000_000, 0)).unwrap();
-        let (n, bytes) = c.gc(&[keep].into_iter().collect()).unwrap();
+        let (n, bytes) = c.gc(&GcKeep::Named([keep].into_iter().collect())).unwrap();
         assert_eq!(n, 3);
         assert_eq!(bytes, 7 + 12 + 2);
         assert!(c.contains(&keep));
         assert!(!c.contains(&drop1) && !c.contains(&drop2));
         assert!(inflight.exists() && !stale.exists());
-        assert_eq!(c.gc(&[keep].into_iter().collect()).unwrap(), (0, 0));
+        assert_eq!(
+            c.gc(&GcKeep::Named([keep].into_iter().collect())).unwrap(),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn gc_keeping_nothing_empties_the_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Cache::open(t.path()).unwrap();
+        let a = c.put_reader(&b"one"[..], None).unwrap();
+        let b = c.put_reader(&b"two!"[..], None).unwrap();
+        assert_eq!(c.gc(&GcKeep::Nothing).unwrap(), (2, 3 + 4));
+        assert!(!c.contains(&a) && !c.contains(&b));
+        assert!(c.list().unwrap().is_empty());
     }
 }
