@@ -138,8 +138,12 @@ fn state_grows_to_the_end_of_a_larger_disk_and_nothing_else_changes() {
 #[test]
 fn grow_control_recipe_is_tiny_without_grow() {
     let dir = workspace().join("qemu-tests/recipes");
+    let env = cairn::recipe::LoadEnv {
+        cache_root: workspace().join("target/qemu-tests/unused-cache"),
+        source_date_epoch: None,
+    };
     let load = |name: &str| {
-        cairn::recipe::load(&dir.join(format!("{name}.toml")), None)
+        cairn::recipe::load(&dir.join(format!("{name}.toml")), None, &env)
             .unwrap_or_else(|e| panic!("{name}.toml: {e}"))
     };
     let (tiny, control) = (load("tiny"), load("tiny-nogrow"));
