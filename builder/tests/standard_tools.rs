@@ -251,7 +251,15 @@ fn fixture_provenance_and_manifest_match_their_schemas_and_controls_fail() {
 /// The qemu-test image's own files (built by the boot tests).
 #[test]
 fn test_image_evidence_is_accepted_by_standard_tools() {
-    let dir = testkit::test_image(Path::new(common::TEST_IMAGE), &["manifest.json"]);
+    let dir = testkit::test_image(
+        Path::new(common::TEST_IMAGE),
+        &[
+            "manifest.json",
+            "provenance.json",
+            "cairn-test-1.spdx.json",
+            "cairn-test-1.cdx.json",
+        ],
+    );
     let spdx = dir.join("cairn-test-1.spdx.json");
     let cdx = dir.join("cairn-test-1.cdx.json");
     spdx_ok(&spdx).unwrap_or_else(|e| panic!("{}: {e}", spdx.display()));
