@@ -289,7 +289,7 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
         .expect("veritysetup");
 
     // The kernel, initramfs and os-release out of the built UKI.
-    let esp = work.join("esp.img");
+    let esp = work.join("built-esp.img");
     extract_region(&b.raw, partition(&b.dir, cairn::media::disk::LABEL_ESP), &esp);
     let old_uki = work.join("old-uki.efi");
     run_tool(

@@ -489,7 +489,7 @@ mod tests {
         assert!(!fw.contains("ConditionPathExists"), "{fw}");
         let missing = std::fs::read_to_string(units.join("cairn-firewall-missing.service")).unwrap();
         assert!(missing.contains("ConditionPathExists=!/usr/lib/cairn/firewall.nft"));
-        assert!(missing.contains("FATAL") && missing.contains("SuccessAction=halt"));
+        assert!(missing.contains("FATAL") && missing.contains("systemctl --no-block halt"));
         assert!(units
             .join("sysinit.target.wants/cairn-firewall-missing.service")
             .symlink_metadata()
