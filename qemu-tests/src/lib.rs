@@ -251,12 +251,8 @@ pub fn extract_region(src: &Path, (offset, len): (u64, u64), dst: &Path) {
 }
 
 fn run_tool(cmd: &mut std::process::Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cmd = std::mem::replace(cmd, cairn::host::runner::command("true"));
+    cairn::host::runner::output("rebuild_raw", cmd).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// A raw disk rebuilt from a built image with `edit` applied to its root
@@ -274,7 +270,7 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     extract_region(&b.raw, (root_part.0, m.verity.data_size), &old_root);
     let tree = work.join("tree");
     run_tool(
-        std::process::Command::new("unsquashfs")
+        cairn::host::runner::command("unsquashfs")
             .arg("-quiet")
             .arg("-no-progress")
             .arg("-d")
@@ -290,22 +286,22 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
 
     // The kernel, initramfs and os-release out of the built UKI.
     let esp = work.join("built-esp.img");
-    extract_region(&b.raw, partition(&b.dir, cairn::media::disk::LABEL_ESP), &esp);
+    extract_region(
+        &b.raw,
+        partition(&b.dir, cairn::media::disk::LABEL_ESP),
+        &esp,
+    );
     let old_uki = work.join("old-uki.efi");
     run_tool(
-        std::process::Command::new("mcopy")
+        cairn::host::runner::command("mcopy")
             .arg("-i")
             .arg(&esp)
             .arg("::/EFI/BOOT/BOOTX64.EFI")
             .arg(&old_uki),
     );
-    let (kernel, initrd, osrel) = (
-        work.join("linux"),
-        work.join("initrd"),
-        work.join("osrel"),
-    );
+    let (kernel, initrd, osrel) = (work.join("linux"), work.join("initrd"), work.join("osrel"));
     run_tool(
-        std::process::Command::new("objcopy")
+        cairn::host::runner::command("objcopy")
             .arg(format!("--dump-section=.linux={}", kernel.display()))
             .arg(format!("--dump-section=.initrd={}", initrd.display()))
             .arg(format!("--dump-section=.osrel={}", osrel.display()))

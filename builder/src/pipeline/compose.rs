@@ -454,6 +454,7 @@ mod tests {
             path,
             text: recipe_text.into(),
             root: std::fs::canonicalize(d.path()).unwrap(),
+            env: Default::default(),
         })
         .unwrap();
         let tree = d.path().join("tree");
@@ -476,7 +477,10 @@ mod tests {
         let debug = configured(&format!("{RECIPE}[debug]\nconsole = true\n"));
         for unit in PRODUCTION_MASKED_UNITS {
             assert!(is_masked(&prod, unit), "{unit} not masked in production");
-            assert!(!is_masked(&debug, unit), "{unit} masked with [debug] console");
+            assert!(
+                !is_masked(&debug, unit),
+                "{unit} masked with [debug] console"
+            );
         }
     }
 
@@ -485,9 +489,13 @@ mod tests {
         let d = configured(RECIPE);
         let units = d.path().join("tree/usr/lib/systemd/system");
         let fw = std::fs::read_to_string(units.join("cairn-firewall.service")).unwrap();
-        assert!(fw.contains("AssertPathExists=/usr/lib/cairn/firewall.nft"), "{fw}");
+        assert!(
+            fw.contains("AssertPathExists=/usr/lib/cairn/firewall.nft"),
+            "{fw}"
+        );
         assert!(!fw.contains("ConditionPathExists"), "{fw}");
-        let missing = std::fs::read_to_string(units.join("cairn-firewall-missing.service")).unwrap();
+        let missing =
+            std::fs::read_to_string(units.join("cairn-firewall-missing.service")).unwrap();
         assert!(missing.contains("ConditionPathExists=!/usr/lib/cairn/firewall.nft"));
         assert!(missing.contains("FATAL") && missing.contains("systemctl --no-block halt"));
         assert!(units

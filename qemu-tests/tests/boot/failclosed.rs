@@ -41,7 +41,10 @@ fn an_image_without_its_ruleset_never_announces_ready_and_says_why() {
         .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout())
         .expect("a verdict on the console");
     assert_eq!(i, 1, "the image without a ruleset reached ready: {line}");
-    assert!(line.contains("firewall") && line.contains("missing"), "{line}");
+    assert!(
+        line.contains("firewall") && line.contains("missing"),
+        "{line}"
+    );
     // It halts, and ready never follows.
     bad_vm
         .wait_for_line("System halted", boot_timeout())
@@ -65,7 +68,12 @@ fn a_corrupted_block_read_after_boot_halts_the_node() {
     let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
     let tmp = tempfile::tempdir().expect("tempdir");
     let img = copy_image(&b.raw, tmp.path(), "late-corruption.raw");
-    let mut spec = BootSpec::new(&img, ImageFormat::Raw, Firmware::Uefi, log_path("failclosed-late"));
+    let mut spec = BootSpec::new(
+        &img,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("failclosed-late"),
+    );
     spec.debug_console = true;
     // The guest reads the image file itself, so a byte flipped on the host
     // after boot is what the next read sees.
@@ -74,7 +82,8 @@ fn a_corrupted_block_read_after_boot_halts_the_node() {
     vm.wait_for_line("cairn: ready", boot_timeout())
         .expect("the untouched image reaches ready");
     assert!(
-        vm.serial_text().contains("cairn: verity: corruption policy panic"),
+        vm.serial_text()
+            .contains("cairn: verity: corruption policy panic"),
         "{}",
         vm.serial_text()
     );
@@ -92,7 +101,10 @@ fn a_corrupted_block_read_after_boot_halts_the_node() {
     let (root_offset, _) = partition(&b.dir, LABEL_ROOT);
     flip_byte(&img, root_offset + block * 4096 + 100);
     // The read never returns: the kernel panics inside it.
-    let r = vm.console_run(&read, Duration::from_secs(30 * cairn::vm::qemu::timeout_scale() as u64));
+    let r = vm.console_run(
+        &read,
+        Duration::from_secs(30 * cairn::vm::qemu::timeout_scale() as u64),
+    );
     assert!(r.is_err(), "the corrupted read returned: {r:?}");
     let line = vm
         .wait_for_line("dm-verity device corrupted", console_timeout())
@@ -102,6 +114,13 @@ fn a_corrupted_block_read_after_boot_halts_the_node() {
     assert!(serial.contains("is corrupted"), "{serial}");
     // Halted: the debug shell is gone for good.
     let t = Instant::now();
-    let r = vm.console_run("echo alive", Duration::from_secs(20 * cairn::vm::qemu::timeout_scale() as u64));
-    assert!(r.is_err(), "the node still answers after {:?}: {r:?}", t.elapsed());
+    let r = vm.console_run(
+        "echo alive",
+        Duration::from_secs(20 * cairn::vm::qemu::timeout_scale() as u64),
+    );
+    assert!(
+        r.is_err(),
+        "the node still answers after {:?}: {r:?}",
+        t.elapsed()
+    );
 }

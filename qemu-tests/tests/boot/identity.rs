@@ -7,7 +7,6 @@
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use cairn::host::digest::Sha256;
@@ -16,10 +15,12 @@ use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
 use qemu_tests::*;
 
 fn dissect(img: &Path, hash: &str) -> (bool, String) {
-    let out = Command::new("systemd-dissect")
-        .arg(format!("--root-hash={hash}"))
+    let mut cmd = cairn::host::runner::command("systemd-dissect");
+    cmd.arg(format!("--root-hash={hash}"))
         .arg("--json=short")
-        .arg(img)
+        .arg(img);
+    // Not runner::output: a refusal (non-zero exit) is what the control expects.
+    let out = cmd
         .output()
         .expect("systemd-dissect (Debian package systemd-container; make deps installs it)");
     (
@@ -37,8 +38,14 @@ fn systemd_dissect_finds_the_image_by_the_manifest_root_hash() {
     assert!(ok, "systemd-dissect refused the image: {out}");
     // systemd picked the root and root-verity partitions by the UUIDs the
     // root hash names (it ignores every other root partition).
-    let root_uuid = format!("\"partition_uuid\":\"{}\"", &cairn::media::disk::root_uuid(&m.verity.root_hash));
-    let verity_uuid = format!("\"partition_uuid\":\"{}\"", &cairn::media::disk::verity_uuid(&m.verity.root_hash));
+    let root_uuid = format!(
+        "\"partition_uuid\":\"{}\"",
+        &cairn::media::disk::root_uuid(&m.verity.root_hash)
+    );
+    let verity_uuid = format!(
+        "\"partition_uuid\":\"{}\"",
+        &cairn::media::disk::verity_uuid(&m.verity.root_hash)
+    );
     assert!(out.contains("\"designator\":\"root\""), "{out}");
     assert!(out.contains("\"designator\":\"root-verity\""), "{out}");
     assert!(out.contains(&root_uuid), "{out}");
@@ -52,21 +59,19 @@ fn systemd_dissect_finds_the_image_by_the_manifest_root_hash() {
     let root = partition(&b.dir, LABEL_ROOT);
     extract_region(&b.raw, (root.0, m.verity.data_size), &data);
     extract_region(&b.raw, partition(&b.dir, LABEL_VERITY), &tree);
-    let v = Command::new("veritysetup")
-        .arg("verify")
-        .arg(&data)
-        .arg(&tree)
-        .arg(&hash)
-        .output()
-        .expect("veritysetup");
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let mut v = cairn::host::runner::command("veritysetup");
+    v.arg("verify").arg(&data).arg(&tree).arg(&hash);
+    cairn::host::runner::output("veritysetup verify", v).unwrap_or_else(|e| panic!("{e:#}"));
 
     // Control: one bit off, and systemd finds no root for it.
     let mut wrong = m.verity.root_hash;
     wrong.0[0] ^= 1;
     let (ok, out) = dissect(&b.raw, &wrong.hex());
     assert!(!ok, "systemd-dissect accepted a wrong root hash: {out}");
-    assert!(out.contains("No root partition for specified root hash"), "{out}");
+    assert!(
+        out.contains("No root partition for specified root hash"),
+        "{out}"
+    );
 }
 
 const DISK: u64 = 2 << 30;
@@ -82,7 +87,10 @@ fn bigger_copy(raw: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
 }
 
 fn write_at(img: &Path, at: u64, data: &[u8]) {
-    let mut f = std::fs::OpenOptions::new().write(true).open(img).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(img)
+        .expect("open");
     f.seek(SeekFrom::Start(at)).expect("seek");
     f.write_all(data).expect("write");
 }
@@ -97,11 +105,24 @@ fn another_cairn_disk_is_left_byte_for_byte_unchanged() {
     let our_img = bigger_copy(&ours.raw, tmp.path(), "ours.raw");
     let their_img = bigger_copy(&theirs.raw, tmp.path(), "theirs.raw");
     let (our_mark, their_mark) = (marker("ours"), marker("theirs"));
-    write_at(&our_img, partition(&ours.dir, LABEL_STATE).0 + (1 << 20), our_mark.as_bytes());
-    write_at(&their_img, partition(&theirs.dir, LABEL_STATE).0 + (1 << 20), their_mark.as_bytes());
+    write_at(
+        &our_img,
+        partition(&ours.dir, LABEL_STATE).0 + (1 << 20),
+        our_mark.as_bytes(),
+    );
+    write_at(
+        &their_img,
+        partition(&theirs.dir, LABEL_STATE).0 + (1 << 20),
+        their_mark.as_bytes(),
+    );
     let their_before = Sha256::of_file(&their_img).expect("hash");
 
-    let mut spec = BootSpec::new(&our_img, ImageFormat::Raw, Firmware::Uefi, log_path("identity-two-disks"));
+    let mut spec = BootSpec::new(
+        &our_img,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("identity-two-disks"),
+    );
     spec.debug_console = true;
     spec.snapshot = false;
     // Theirs on virtio-scsi: it becomes /dev/sda, which sorts before our
@@ -111,7 +132,10 @@ fn another_cairn_disk_is_left_byte_for_byte_unchanged() {
         "-device".into(),
         "virtio-scsi-pci,id=scsi1".into(),
         "-drive".into(),
-        format!("if=none,id=theirs,format=raw,file={},discard=unmap", their_img.display()),
+        format!(
+            "if=none,id=theirs,format=raw,file={},discard=unmap",
+            their_img.display()
+        ),
         "-device".into(),
         "scsi-hd,drive=theirs,bus=scsi1.0".into(),
     ];
@@ -128,11 +152,19 @@ fn another_cairn_disk_is_left_byte_for_byte_unchanged() {
     assert!(out.contains("cairn-state"), "{out}");
     let serial = vm.serial_text();
     assert!(serial.contains("cairn: found root /dev/vda2"), "{serial}");
-    assert!(serial.contains("cairn: state: grew /dev/vda4 from"), "{serial}");
-    assert!(serial.contains("cairn: state: disk /dev/vda4, dm-crypt"), "{serial}");
+    assert!(
+        serial.contains("cairn: state: grew /dev/vda4 from"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("cairn: state: disk /dev/vda4, dm-crypt"),
+        "{serial}"
+    );
     // Power-off runs cairn-state-discard too.
-    vm.powerdown(Duration::from_secs(180 * cairn::vm::qemu::timeout_scale() as u64))
-        .expect("clean power-off");
+    vm.powerdown(Duration::from_secs(
+        180 * cairn::vm::qemu::timeout_scale() as u64,
+    ))
+    .expect("clean power-off");
 
     assert_eq!(
         Sha256::of_file(&their_img).expect("hash"),
@@ -142,5 +174,8 @@ fn another_cairn_disk_is_left_byte_for_byte_unchanged() {
     // Control: our own state partition was grown and formatted (under a
     // key that is gone): the marker written there before boot is gone.
     assert!(file_contains(&their_img, their_mark.as_bytes()));
-    assert!(!file_contains(&our_img, our_mark.as_bytes()), "our state partition was not formatted");
+    assert!(
+        !file_contains(&our_img, our_mark.as_bytes()),
+        "our state partition was not formatted"
+    );
 }
