@@ -143,6 +143,9 @@ pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> St
         format!("cairn.ram_size={}", recipe.ram_size),
         "systemd.gpt_auto=0".to_string(),
         "systemd.firstboot=0".to_string(),
+        // A kernel panic (dm-verity reading a corrupted block) halts for
+        // good: no reboot into the same corruption.
+        "panic=0".to_string(),
     ];
     if recipe.state_grow && medium == Medium::Disk {
         words.push("cairn.state_grow=1".to_string());

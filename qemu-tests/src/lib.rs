@@ -5,7 +5,7 @@
 //! `CAIRN_QEMU_ACCEL` and `CAIRN_BOOT_TIMEOUT_SCALE` knobs.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -246,4 +246,109 @@ pub fn http_get(port: u16, timeout: Duration) -> String {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Copies `len` bytes at `offset` of `src` into a new file `dst`.
+pub fn extract_region(src: &Path, (offset, len): (u64, u64), dst: &Path) {
+    let mut f = std::fs::File::open(src).expect("open image");
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    let mut out = std::fs::File::create(dst).expect("create region file");
+    let n = std::io::copy(&mut f.take(len), &mut out).expect("copy region");
+    assert_eq!(n, len, "short read from {}", src.display());
+}
+
+fn run_tool(cmd: &mut std::process::Command) {
+    let cmd = std::mem::replace(cmd, cairn::host::runner::command("true"));
+    cairn::host::runner::output("rebuild_raw", cmd).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// A raw disk rebuilt from a built image with `edit` applied to its root
+/// tree: the root is unpacked (unsquashfs), edited, packed again, given
+/// its own hash tree and root hash, and a UKI with that root hash on the
+/// built kernel, initramfs and command line, with cairn's own stage
+/// functions. This is how a test makes "the same image, but with this file
+/// missing" without a second recipe feature.
+pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    let work = dir.join(format!("{name}.work"));
+    std::fs::create_dir_all(&work).expect("work folder");
+    let root_part = partition(&b.dir, cairn::media::disk::LABEL_ROOT);
+    let old_root = work.join("old-root.squashfs");
+    extract_region(&b.raw, (root_part.0, m.verity.data_size), &old_root);
+    let tree = work.join("tree");
+    run_tool(
+        cairn::host::runner::command("unsquashfs")
+            .arg("-quiet")
+            .arg("-no-progress")
+            .arg("-d")
+            .arg(&tree)
+            .arg(&old_root),
+    );
+    edit(&tree);
+    let epoch = m.source_date_epoch;
+    let root = cairn::pipeline::squashfs::make_squashfs(&tree, &work.join("root.squashfs"), epoch)
+        .expect("mksquashfs");
+    let verity = cairn::pipeline::verity::make_verity(&root.path, &work.join("root.verity"))
+        .expect("veritysetup");
+
+    // The kernel, initramfs and os-release out of the built UKI.
+    let esp = work.join("built-esp.img");
+    extract_region(
+        &b.raw,
+        partition(&b.dir, cairn::media::disk::LABEL_ESP),
+        &esp,
+    );
+    let old_uki = work.join("old-uki.efi");
+    run_tool(
+        cairn::host::runner::command("mcopy")
+            .arg("-i")
+            .arg(&esp)
+            .arg("::/EFI/BOOT/BOOTX64.EFI")
+            .arg(&old_uki),
+    );
+    let (kernel, initrd, osrel) = (work.join("linux"), work.join("initrd"), work.join("osrel"));
+    run_tool(
+        cairn::host::runner::command("objcopy")
+            .arg(format!("--dump-section=.linux={}", kernel.display()))
+            .arg(format!("--dump-section=.initrd={}", initrd.display()))
+            .arg(format!("--dump-section=.osrel={}", osrel.display()))
+            .arg(&old_uki)
+            .arg(work.join("discard.efi")),
+    );
+    let old_cmdline = cairn::pipeline::uki::read_cmdline(&std::fs::read(&old_uki).expect("uki"))
+        .expect("the built UKI has a .cmdline");
+    let old_word = format!("cairn.roothash={}", m.verity.root_hash);
+    assert!(old_cmdline.contains(&old_word), "{old_cmdline}");
+    let cmdline = old_cmdline.replace(&old_word, &format!("cairn.roothash={}", verity.root_hash));
+    let stub = cairn::pipeline::uki::stub_path(&tree).expect("stub in the tree");
+    let uki = cairn::pipeline::uki::make_uki(
+        &cairn::pipeline::uki::UkiInputs {
+            stub: &stub,
+            kernel: &kernel,
+            initrd: &initrd,
+            os_release: &osrel,
+            cmdline: &cmdline,
+            epoch,
+        },
+        &work,
+        &work.join("uki.efi"),
+    )
+    .expect("UKI");
+    let out = dir.join(format!("{name}.raw"));
+    cairn::media::disk::write_raw(
+        &cairn::media::disk::DiskInputs {
+            uki: &uki.path,
+            root: &root.path,
+            verity: &verity.hash_path,
+            root_hash: &verity.root_hash,
+            disk_size: std::fs::metadata(&b.raw).expect("raw").len(),
+            min_state_size: 64 << 20,
+            epoch,
+        },
+        &work,
+        &out,
+    )
+    .expect("raw disk");
+    let _ = std::fs::remove_dir_all(&work);
+    out
 }

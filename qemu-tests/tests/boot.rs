@@ -6,9 +6,12 @@
 mod boot {
     pub mod airgap;
     pub mod amnesia;
+    pub mod failclosed;
     pub mod grow;
+    pub mod identity;
     pub mod k3s;
     pub mod media;
+    pub mod production;
     pub mod raw;
     pub mod workloads;
 }

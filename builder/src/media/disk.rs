@@ -1,9 +1,13 @@
 //! Raw disk: a GPT disk written as a plain file (no loop devices, no
 //! mounts): an ESP made with mkfs.vfat + mtools holding the UKI as the
 //! removable-media boot path, the squashfs root, its verity hash tree and
-//! an empty state partition. Partitions carry fixed labels the initramfs
-//! looks for; every GUID is derived from the root hash, so the same root
-//! gives the same disk.
+//! an empty state partition. Partitions are found by identity, following
+//! the Discoverable Partitions Specification: the root partition's UUID is
+//! the first 128 bits of the root hash, the verity partition's the last
+//! 128 bits, the state partition's derives from the root hash too
+//! ([`state_uuid`]). Names stay as labels for people and `cairn verify`.
+//! Every GUID derives from the root hash, so the same root gives the same
+//! disk.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -22,9 +26,47 @@ pub const LABEL_STATE: &str = "cairn-state";
 
 const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// Discoverable Partitions Specification: root and root-verity (x86-64).
-const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-const TYPE_ROOT_VERITY_X86_64: &str = "2C7357ED-EBD2-46D9-AEC9-CFD4F3A3C6C6";
+pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+pub const TYPE_ROOT_VERITY_X86_64: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
+/// Generic Linux data: the specification defines no type for a state
+/// partition that is wiped every boot (its /var type would invite tools
+/// to mount it), so it is found by its UUID alone.
 const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+/// A 128-bit value as a UUID string, byte order as written (the way
+/// systemd's `sd_id128_to_uuid_string` prints an id, no version bits set).
+fn uuid_of_bytes(b: &[u8]) -> String {
+    let h: String = b[..16].iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The root partition's UUID: the first 128 bits of the root hash (what
+/// `systemd-dissect --root-hash=` and the initramfs look for).
+pub fn root_uuid(root_hash: &Sha256) -> String {
+    uuid_of_bytes(&root_hash.0[..16])
+}
+
+/// The verity partition's UUID: the last 128 bits of the root hash.
+pub fn verity_uuid(root_hash: &Sha256) -> String {
+    uuid_of_bytes(&root_hash.0[16..])
+}
+
+/// The state partition's UUID: SHA-256 of `cairn-state ` followed by the
+/// root hash in lowercase hex, its first 128 bits made a version-4 UUID
+/// ([`uuid_from`]). The initramfs computes the same with busybox
+/// `sha256sum`, so only this image's state partition ever matches.
+pub fn state_uuid(root_hash: &Sha256) -> String {
+    uuid_from(&Sha256::of_bytes(
+        format!("cairn-state {}", root_hash.hex()).as_bytes(),
+    ))
+}
 
 pub struct DiskInputs<'a> {
     pub uki: &'a Path,
@@ -94,28 +136,41 @@ pub fn sfdisk_script(l: &Layout, root_hash: &Sha256) -> String {
         ))
         .to_uppercase()
     };
-    let part = |(start, size): (u64, u64), ty: &str, what: &str, extra: &str| {
+    let part = |(start, size): (u64, u64), ty: &str, uuid: String, what: &str, extra: &str| {
         format!(
             "start={}, size={}, type={ty}, uuid={}, name=\"{what}\"{extra}\n",
             start / 512,
             size / 512,
-            id(what)
+            uuid.to_uppercase()
         )
     };
     let mut s = format!(
         "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\nsector-size: 512\n",
         id("disk")
     );
-    s += &part(l.esp, TYPE_ESP, LABEL_ESP, "");
+    s += &part(l.esp, TYPE_ESP, id(LABEL_ESP), LABEL_ESP, "");
     // Attribute 60: read-only, a hint for tools that mount by type.
-    s += &part(l.root, TYPE_ROOT_X86_64, LABEL_ROOT, ", attrs=\"GUID:60\"");
+    s += &part(
+        l.root,
+        TYPE_ROOT_X86_64,
+        root_uuid(root_hash),
+        LABEL_ROOT,
+        ", attrs=\"GUID:60\"",
+    );
     s += &part(
         l.verity,
         TYPE_ROOT_VERITY_X86_64,
+        verity_uuid(root_hash),
         LABEL_VERITY,
         ", attrs=\"GUID:60\"",
     );
-    s += &part(l.state, TYPE_LINUX_DATA, LABEL_STATE, "");
+    s += &part(
+        l.state,
+        TYPE_LINUX_DATA,
+        state_uuid(root_hash),
+        LABEL_STATE,
+        "",
+    );
     s
 }
 
@@ -242,5 +297,36 @@ mod tests {
         }
         assert_eq!(s, sfdisk_script(&l, &Sha256::of_bytes(b"x")));
         assert_ne!(s, sfdisk_script(&l, &Sha256::of_bytes(b"y")));
+    }
+
+    #[test]
+    fn partitions_carry_the_uuids_the_root_hash_names() {
+        let h =
+            Sha256::from_hex("2c829e2d6efef66757263d209f7221fb0506b73787c070e28c3606bec7e59358")
+                .unwrap();
+        // As systemd-repart writes them and systemd-dissect --root-hash=
+        // looks for them: the hash's bytes in order, no version bits.
+        assert_eq!(root_uuid(&h), "2c829e2d-6efe-f667-5726-3d209f7221fb");
+        assert_eq!(verity_uuid(&h), "0506b737-87c0-70e2-8c36-06bec7e59358");
+        // The initramfs computes this with
+        // `printf 'cairn-state %s' HASH | sha256sum` (golden value from it).
+        assert_eq!(state_uuid(&h), "4dfe9e19-3a6f-4a19-86fe-93247cfb37eb");
+        let l = plan(30 * MIB, 200 * MIB, 2 * MIB, 2048 * MIB, 256 * MIB).unwrap();
+        let s = sfdisk_script(&l, &h);
+        let line = |label: &str| {
+            s.lines()
+                .find(|l| l.contains(&format!("name=\"{label}\"")))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line(LABEL_ROOT).contains(&format!(
+            "type={TYPE_ROOT_X86_64}, uuid={}",
+            root_uuid(&h).to_uppercase()
+        )));
+        assert!(line(LABEL_VERITY).contains(&format!(
+            "type={TYPE_ROOT_VERITY_X86_64}, uuid={}",
+            verity_uuid(&h).to_uppercase()
+        )));
+        assert!(line(LABEL_STATE).contains(&state_uuid(&h).to_uppercase()));
     }
 }

@@ -31,6 +31,18 @@ pub const MASKED_UNITS: &[&str] = &[
     "getty-static.service",
 ];
 
+/// Masked in production images (no `[debug] console`): every way systemd
+/// starts a login prompt. Masking the templates masks every instance the
+/// getty generator would add for `console=` words; getty.target too.
+pub const PRODUCTION_MASKED_UNITS: &[&str] = &[
+    "getty.target",
+    "getty@.service",
+    "serial-getty@.service",
+    "autovt@.service",
+    "console-getty.service",
+    "container-getty@.service",
+];
+
 /// A Debian package installed in the image (for the SBOM).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Package {
@@ -223,6 +235,7 @@ const CAIRN_TARGET: &str = include_str!("../../guest/cairn.target");
 const DEBUG_SHELL_SERVICE: &str = include_str!("../../guest/cairn-debug-shell.service");
 const SAY_SCRIPT: &str = include_str!("../../guest/cairn-say");
 const FIREWALL_SERVICE: &str = include_str!("../../guest/cairn-firewall.service");
+const FIREWALL_MISSING_SERVICE: &str = include_str!("../../guest/cairn-firewall-missing.service");
 const NETWORKD_DROPIN: &str = include_str!("../../guest/networkd-requires-firewall.conf");
 const STATE_DISCARD: &str = include_str!("../../guest/cairn-state-discard");
 
@@ -311,6 +324,17 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
     )?;
     write_in_tree(
         tree,
+        "usr/lib/systemd/system/cairn-firewall-missing.service",
+        FIREWALL_MISSING_SERVICE.as_bytes(),
+        0o644,
+    )?;
+    link_in_tree(
+        tree,
+        "usr/lib/systemd/system/sysinit.target.wants/cairn-firewall-missing.service",
+        "../cairn-firewall-missing.service",
+    )?;
+    write_in_tree(
+        tree,
         "usr/lib/systemd/system/systemd-networkd.service.d/cairn-firewall.conf",
         NETWORKD_DROPIN.as_bytes(),
         0o644,
@@ -360,6 +384,14 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
         "etc/systemd/system/default.target",
         "/usr/lib/systemd/system/cairn.target",
     )?;
+    if !recipe.debug_console {
+        // Production: no login prompt on any console (serial, VT, container
+        // console). Root is locked anyway; the prompt is attack surface and
+        // tells a field team there is something to log in to.
+        for unit in PRODUCTION_MASKED_UNITS {
+            link_in_tree(tree, &format!("etc/systemd/system/{unit}"), "/dev/null")?;
+        }
+    }
     if recipe.debug_console {
         write_in_tree(
             tree,
@@ -413,6 +445,66 @@ pub fn parse_dpkg_status(text: &str) -> Vec<Package> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    fn configured(recipe_text: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("r.toml");
+        std::fs::write(&path, recipe_text).unwrap();
+        let recipe = crate::recipe::parse(&crate::recipe::RecipeSource {
+            path,
+            text: recipe_text.into(),
+            root: std::fs::canonicalize(d.path()).unwrap(),
+            env: Default::default(),
+        })
+        .unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
+        configure(&recipe, &tree).unwrap();
+        d
+    }
+
+    const RECIPE: &str = "[image]\nname = \"t\"\nversion = \"1\"\n[base.debian]\npackages = []\n";
+
+    #[test]
+    fn production_images_mask_every_getty_and_debug_images_keep_them() {
+        let is_masked = |d: &tempfile::TempDir, unit: &str| {
+            std::fs::read_link(d.path().join("tree/etc/systemd/system").join(unit))
+                .map(|t| t == Path::new("/dev/null"))
+                .unwrap_or(false)
+        };
+        let prod = configured(RECIPE);
+        let debug = configured(&format!("{RECIPE}[debug]\nconsole = true\n"));
+        for unit in PRODUCTION_MASKED_UNITS {
+            assert!(is_masked(&prod, unit), "{unit} not masked in production");
+            assert!(
+                !is_masked(&debug, unit),
+                "{unit} masked with [debug] console"
+            );
+        }
+    }
+
+    #[test]
+    fn the_firewall_fails_closed() {
+        let d = configured(RECIPE);
+        let units = d.path().join("tree/usr/lib/systemd/system");
+        let fw = std::fs::read_to_string(units.join("cairn-firewall.service")).unwrap();
+        assert!(
+            fw.contains("AssertPathExists=/usr/lib/cairn/firewall.nft"),
+            "{fw}"
+        );
+        assert!(!fw.contains("ConditionPathExists"), "{fw}");
+        let missing =
+            std::fs::read_to_string(units.join("cairn-firewall-missing.service")).unwrap();
+        assert!(missing.contains("ConditionPathExists=!/usr/lib/cairn/firewall.nft"));
+        assert!(missing.contains("FATAL") && missing.contains("systemctl --no-block halt"));
+        assert!(units
+            .join("sysinit.target.wants/cairn-firewall-missing.service")
+            .symlink_metadata()
+            .is_ok());
+        let ready = std::fs::read_to_string(units.join("cairn-ready.service")).unwrap();
+        assert!(ready.contains("Requires=cairn-firewall.service"), "{ready}");
+    }
 
     #[test]
     fn dpkg_status_lists_installed_only() {

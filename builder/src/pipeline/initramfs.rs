@@ -187,9 +187,14 @@ pub fn make_initramfs(
         )?;
     }
 
-    // The state partition: dm-crypt and a fresh ext4 at every boot; with
-    // `[state] grow`, sfdisk and resizepart to grow it.
-    let mut tools = vec![("cryptsetup", "cryptsetup-bin"), ("mke2fs", "e2fsprogs")];
+    // blkid reads partition UUIDs from the GPT (partitions are found by
+    // identity). The state partition: dm-crypt and a fresh ext4 at every
+    // boot; with `[state] grow`, sfdisk and resizepart to grow it.
+    let mut tools = vec![
+        ("blkid", "util-linux"),
+        ("cryptsetup", "cryptsetup-bin"),
+        ("mke2fs", "e2fsprogs"),
+    ];
     if grow_state {
         tools.extend([("sfdisk", "fdisk"), ("resizepart", "util-linux")]);
     }

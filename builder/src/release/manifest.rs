@@ -100,6 +100,10 @@ pub struct Flags {
     /// Test control: disk state without encryption.
     #[serde(default)]
     pub debug_unencrypted_state: bool,
+    /// `[debug] cmdline`: shell-opening command-line words the recipe let
+    /// through (every `[debug]` flag is in the signed manifest).
+    #[serde(default)]
+    pub debug_cmdline: Vec<String>,
     pub state_mode: String,
     pub firewall: String,
     /// Cluster runtime: none, containerd or k3s.
@@ -264,6 +268,7 @@ impl Manifest {
             flags: Flags {
                 debug_console: recipe.debug_console,
                 debug_unencrypted_state: recipe.debug_unencrypted_state,
+                debug_cmdline: recipe.debug_cmdline.clone(),
                 state_mode: recipe.state_mode.as_str().into(),
                 firewall: if recipe.network.egress.is_empty() && recipe.network.ingress.is_empty() {
                     "deny-all".into()

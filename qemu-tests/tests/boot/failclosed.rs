@@ -1,0 +1,126 @@
+//! Fail closed: an image whose air-gap ruleset is missing never announces
+//! ready and says why; data corrupted after boot halts the node (dm-verity
+//! opened with --panic-on-corruption) instead of becoming an I/O error.
+
+use std::time::{Duration, Instant};
+
+use cairn::media::disk::LABEL_ROOT;
+use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use qemu_tests::*;
+
+const RULESET: &str = "usr/lib/cairn/firewall.nft";
+
+#[test]
+fn an_image_without_its_ruleset_never_announces_ready_and_says_why() {
+    let b = built("tiny");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = rebuild_raw(b, tmp.path(), "no-ruleset", |tree| {
+        std::fs::remove_file(tree.join(RULESET)).expect("the built tree has the ruleset");
+    });
+    // Control: the same rebuild with nothing removed boots to ready, so
+    // it is the missing file, not the rebuilding, that stops the other.
+    let good = rebuild_raw(b, tmp.path(), "rebuilt", |tree| {
+        assert!(tree.join(RULESET).is_file());
+    });
+    let mut bad_vm = Vm::start(&BootSpec::new(
+        &bad,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("failclosed-no-ruleset"),
+    ))
+    .expect("start qemu");
+    let mut good_vm = Vm::start(&BootSpec::new(
+        &good,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("failclosed-rebuilt"),
+    ))
+    .expect("start qemu");
+
+    let (i, line) = bad_vm
+        .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout())
+        .expect("a verdict on the console");
+    assert_eq!(i, 1, "the image without a ruleset reached ready: {line}");
+    assert!(
+        line.contains("firewall") && line.contains("missing"),
+        "{line}"
+    );
+    // It halts, and ready never follows.
+    bad_vm
+        .wait_for_line("System halted", boot_timeout())
+        .expect("the node halts");
+    let serial = bad_vm.serial_text();
+    assert!(!serial.contains("cairn: ready"), "{serial}");
+    assert!(!serial.contains("cairn: firewall loaded"), "{serial}");
+    assert_eq!(serial.matches("cairn: FATAL").count(), 1, "{serial}");
+
+    good_vm
+        .wait_for_line("cairn: ready", boot_timeout())
+        .expect("the rebuilt image with its ruleset reaches ready");
+    let serial = good_vm.serial_text();
+    assert!(serial.contains("cairn: firewall loaded"), "{serial}");
+    assert!(!serial.contains("cairn: FATAL"), "{serial}");
+}
+
+#[test]
+fn a_corrupted_block_read_after_boot_halts_the_node() {
+    let b = built("tiny");
+    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let img = copy_image(&b.raw, tmp.path(), "late-corruption.raw");
+    let mut spec = BootSpec::new(
+        &img,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("failclosed-late"),
+    );
+    spec.debug_console = true;
+    // The guest reads the image file itself, so a byte flipped on the host
+    // after boot is what the next read sees.
+    spec.snapshot = false;
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    vm.wait_for_line("cairn: ready", boot_timeout())
+        .expect("the untouched image reaches ready");
+    assert!(
+        vm.serial_text()
+            .contains("cairn: verity: corruption policy panic"),
+        "{}",
+        vm.serial_text()
+    );
+    // A block in the middle of the root, read straight from the verity
+    // device (O_DIRECT: no page cache between the read and dm-verity).
+    let block = m.verity.data_size / 4096 / 2;
+    let read = format!(
+        "dd if=/dev/mapper/cairn-root of=/dev/null bs=4096 skip={block} count=1 iflag=direct && echo READ-OK"
+    );
+    // Control: before the flip the block reads fine and the node goes on.
+    let (rc, out) = vm.console_run(&read, console_timeout()).expect("console");
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("READ-OK"), "{out}");
+
+    let (root_offset, _) = partition(&b.dir, LABEL_ROOT);
+    flip_byte(&img, root_offset + block * 4096 + 100);
+    // The read never returns: the kernel panics inside it.
+    let r = vm.console_run(
+        &read,
+        Duration::from_secs(30 * cairn::vm::qemu::timeout_scale() as u64),
+    );
+    assert!(r.is_err(), "the corrupted read returned: {r:?}");
+    let line = vm
+        .wait_for_line("dm-verity device corrupted", console_timeout())
+        .expect("the kernel halts on the corrupted block");
+    assert!(line.contains("Kernel panic"), "{line}");
+    let serial = vm.serial_text();
+    assert!(serial.contains("is corrupted"), "{serial}");
+    // Halted: the debug shell is gone for good.
+    let t = Instant::now();
+    let r = vm.console_run(
+        "echo alive",
+        Duration::from_secs(20 * cairn::vm::qemu::timeout_scale() as u64),
+    );
+    assert!(
+        r.is_err(),
+        "the node still answers after {:?}: {r:?}",
+        t.elapsed()
+    );
+}
