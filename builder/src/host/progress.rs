@@ -155,6 +155,11 @@ impl Progress {
         )
     }
 
+    /// The bytes recorded so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
     /// Records progress; draws when due.
     pub fn update(&mut self, done: u64) {
         self.done = done.min(self.total.max(done));
