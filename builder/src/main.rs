@@ -191,8 +191,10 @@ enum Command {
     Flash {
         /// The .raw or .iso to write (its SHA256, SHA256.sig and manifest.json beside it).
         image: PathBuf,
-        /// The target block device (e.g. /dev/sdb), or a file with --to-file.
-        device: PathBuf,
+        /// The target block device(s) (e.g. /dev/sdb), or files with --to-file.
+        /// Several devices are written at once, each read back.
+        #[arg(required = true, num_args = 1.., value_name = "DEVICE")]
+        devices: Vec<PathBuf>,
         #[arg(long, value_name = "KEY.pub")]
         pubkey: PathBuf,
         /// Do not ask for confirmation.
@@ -201,6 +203,10 @@ enum Command {
         /// Write to a regular file instead of a block device (tests, staging).
         #[arg(long)]
         to_file: bool,
+        /// Append one receipt per device (JSON lines: device, model, serial,
+        /// size, release, digests, times, result) to FILE.
+        #[arg(long, value_name = "FILE")]
+        receipts: Option<PathBuf>,
     },
     /// Boot a raw, qcow2 or ISO image in QEMU on this machine, serial console on
     /// the terminal (Ctrl-A x quits). Networking is user-mode with restrict=on:
@@ -371,23 +377,65 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Flash {
             image,
-            device,
+            mut devices,
             pubkey,
             yes,
             to_file,
+            receipts,
         } => {
-            let opts = cairn::field::flash::FlashOptions {
+            if devices.len() == 1 && receipts.is_none() {
+                let opts = cairn::field::flash::FlashOptions {
+                    image,
+                    device: devices.remove(0),
+                    pubkey,
+                    yes,
+                    to_file,
+                    max_size: None,
+                };
+                return Ok(match cairn::field::flash::flash(&opts) {
+                    Ok(report) => {
+                        println!("{report}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                    }
+                });
+            }
+            let opts = cairn::field::flash::ManyOptions {
                 image,
-                device,
+                devices,
                 pubkey,
                 yes,
                 to_file,
                 max_size: None,
+                receipts,
             };
-            match cairn::field::flash::flash(&opts) {
+            match cairn::field::flash::flash_many(&opts) {
                 Ok(report) => {
-                    println!("{report}");
-                    Ok(ExitCode::SUCCESS)
+                    println!(
+                        "flash: {} ({}) verified with key {} before writing",
+                        opts.image.display(),
+                        cairn::host::progress::human_bytes(report.bytes),
+                        report.key_id
+                    );
+                    for (s, line) in report.sticks.iter().zip(report.lines()) {
+                        if s.result.is_ok() {
+                            println!("{line}");
+                        } else {
+                            eprintln!("error: {line}");
+                        }
+                    }
+                    if let Some(log) = &opts.receipts {
+                        println!(
+                            "flash: {} receipt(s) appended to {}",
+                            report.sticks.len(),
+                            log.display()
+                        );
+                    }
+                    let code = report.exit_code();
+                    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

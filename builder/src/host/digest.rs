@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sha2::Digest;
 
+use crate::host::progress::Progress;
+
+/// Files at least this large get a progress bar when hashed with
+/// [`Sha256::of_file_with_progress`].
+pub const PROGRESS_MIN: u64 = 64 << 20;
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Sha256(pub [u8; 32]);
 
@@ -31,18 +37,57 @@ impl Sha256 {
 
     /// Streams a file through SHA-256 with a large buffer.
     pub fn of_file(path: &Path) -> anyhow::Result<Self> {
-        let mut f = std::fs::File::open(path)
+        let f = std::fs::File::open(path)
             .with_context(|| format!("cannot open {} to hash it", path.display()))?;
+        Sha256::of_reader(f, path, None)
+    }
+
+    /// Like [`Sha256::of_file`], with a progress bar labelled `label` on
+    /// stderr for a file of at least [`PROGRESS_MIN`] bytes (media, not
+    /// manifests): bytes, rate and ETA on a terminal, plain lines otherwise.
+    pub fn of_file_with_progress(path: &Path, label: &str) -> anyhow::Result<Self> {
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open {} to hash it", path.display()))?;
+        let len = f
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        if len < PROGRESS_MIN {
+            return Sha256::of_reader(f, path, None);
+        }
+        let mut p = Progress::new(label, len);
+        let d = Sha256::of_reader(f, path, Some(&mut p));
+        match d {
+            Ok(_) => p.finish(),
+            Err(_) => p.abandon(),
+        }
+        d
+    }
+
+    /// Hashes everything `r` (read from `path`, for messages) yields,
+    /// reporting the bytes read to `progress`.
+    pub fn of_reader(
+        mut r: impl Read,
+        path: &Path,
+        mut progress: Option<&mut Progress>,
+    ) -> anyhow::Result<Self> {
         let mut h = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
         loop {
-            let n = f
-                .read(&mut buf)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let n = match r.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            };
             if n == 0 {
                 break;
             }
             h.update(&buf[..n]);
+            done += n as u64;
+            if let Some(p) = progress.as_deref_mut() {
+                p.update(done);
+            }
         }
         Ok(Sha256(h.finalize().into()))
     }
@@ -131,6 +176,25 @@ pub fn blob_path(root: &Path, d: &Sha256) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashing_with_progress_counts_every_byte() {
+        let data: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        let mut p = Progress::with_mode("hash x", data.len() as u64, false);
+        let d = Sha256::of_reader(&data[..], Path::new("x"), Some(&mut p)).unwrap();
+        assert_eq!(d, Sha256::of_bytes(&data));
+        assert_eq!(p.done(), data.len() as u64);
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, &data).unwrap();
+        assert_eq!(Sha256::of_file_with_progress(&f, "hash f").unwrap(), d);
+        assert!(
+            Sha256::of_file_with_progress(&t.path().join("nope"), "hash")
+                .unwrap_err()
+                .to_string()
+                .contains("nope")
+        );
+    }
 
     #[test]
     fn known_vector_and_roundtrip() {

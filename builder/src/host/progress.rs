@@ -1,8 +1,12 @@
 //! A tiny progress reporter on stderr. On a terminal it redraws one line
 //! (`label: 123.4 MiB / 1.9 GiB  45.6 MiB/s  ETA 0:12`) at most 10 times a
 //! second; otherwise (CI logs) it prints one plain line per 10 %.
+//! [`Bars`] holds several bars at once (one per stick when flashing many):
+//! on a terminal they are redrawn together as a block of lines, one per
+//! bar; otherwise each bar logs its own plain lines, label first.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const REDRAW: Duration = Duration::from_millis(100);
@@ -17,6 +21,73 @@ pub struct Progress {
     /// Last 10 % step logged (non-tty mode).
     last_decile: u64,
     finished: bool,
+    /// Its line in a block of bars (terminal mode of [`Bars`]).
+    slot: Option<(Arc<Mutex<Board>>, usize)>,
+}
+
+/// The lines of a block of bars and how many of them are on the screen.
+#[derive(Default)]
+struct Board {
+    lines: Vec<String>,
+    drawn: usize,
+}
+
+impl Board {
+    /// Redraws every line in place: up over the lines drawn last time,
+    /// then each line cleared and rewritten.
+    fn redraw(&mut self) {
+        let mut e = std::io::stderr().lock();
+        if self.drawn > 0 {
+            let _ = write!(e, "\x1b[{}A", self.drawn);
+        }
+        for l in &self.lines {
+            let _ = write!(e, "\r\x1b[K{l}\n");
+        }
+        self.drawn = self.lines.len();
+        let _ = e.flush();
+    }
+}
+
+/// Several progress bars shown at once.
+pub struct Bars {
+    tty: bool,
+    board: Arc<Mutex<Board>>,
+}
+
+impl Bars {
+    /// Terminal mode when stderr is a tty.
+    pub fn new() -> Bars {
+        Bars::with_mode(stderr_is_tty())
+    }
+
+    pub fn with_mode(tty: bool) -> Bars {
+        Bars {
+            tty,
+            board: Arc::default(),
+        }
+    }
+
+    /// A new bar under the others; it may be moved to another thread.
+    pub fn add(&self, label: &str, total_bytes: u64) -> Progress {
+        let mut p = Progress::with_mode(label, total_bytes, self.tty);
+        if self.tty {
+            let mut b = self.board.lock().unwrap_or_else(|e| e.into_inner());
+            b.lines.push(format!("{label}: waiting"));
+            p.slot = Some((self.board.clone(), b.lines.len() - 1));
+        }
+        p
+    }
+}
+
+impl Default for Bars {
+    fn default() -> Self {
+        Bars::new()
+    }
+}
+
+fn stderr_is_tty() -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(2) == 1 }
 }
 
 /// `1023 B`, `12.3 KiB`, `123.4 MiB`, `1.9 GiB`.
@@ -48,9 +119,7 @@ impl Progress {
     /// Starts reporting `total_bytes` of work under `label`; terminal mode
     /// when stderr is a tty.
     pub fn new(label: &str, total_bytes: u64) -> Progress {
-        // SAFETY: isatty only inspects the descriptor.
-        let tty = unsafe { libc::isatty(2) } == 1;
-        Progress::with_mode(label, total_bytes, tty)
+        Progress::with_mode(label, total_bytes, stderr_is_tty())
     }
 
     /// Like [`Progress::new`] with the mode chosen by the caller (tests, `--quiet`-like callers).
@@ -64,6 +133,7 @@ impl Progress {
             last_draw: None,
             last_decile: 0,
             finished: false,
+            slot: None,
         }
     }
 
@@ -85,6 +155,11 @@ impl Progress {
         )
     }
 
+    /// The bytes recorded so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
     /// Records progress; draws when due.
     pub fn update(&mut self, done: u64) {
         self.done = done.min(self.total.max(done));
@@ -93,20 +168,41 @@ impl Progress {
             if self.last_draw.map_or(true, |t| now - t >= REDRAW) {
                 self.last_draw = Some(now);
                 let l = self.line(self.done, self.started.elapsed());
-                let mut e = std::io::stderr().lock();
-                let _ = write!(e, "\r\x1b[K{l}");
-                let _ = e.flush();
+                if !self.draw_in_slot(l.clone()) {
+                    let mut e = std::io::stderr().lock();
+                    let _ = write!(e, "\r\x1b[K{l}");
+                    let _ = e.flush();
+                }
             }
-        } else if let Some(decile) = (self.done.min(self.total) * 10).checked_div(self.total) {
-            if decile > self.last_decile && decile < 10 {
-                self.last_decile = decile;
-                eprintln!(
-                    "{} ({}%)",
-                    self.line(self.done, self.started.elapsed()),
-                    decile * 10
-                );
-            }
+        } else if let Some(l) = self.plain_line(self.done, self.started.elapsed()) {
+            eprintln!("{l}");
         }
+    }
+
+    /// Non-terminal mode: the line to log for `done` bytes after
+    /// `elapsed`, once per new 10 % step (none at 0 % and 100 %: the
+    /// summary of [`Progress::finish`] says that).
+    pub fn plain_line(&mut self, done: u64, elapsed: Duration) -> Option<String> {
+        let decile = (done.min(self.total) * 10).checked_div(self.total)?;
+        if decile > self.last_decile && decile < 10 {
+            self.last_decile = decile;
+            Some(format!("{} ({}%)", self.line(done, elapsed), decile * 10))
+        } else {
+            None
+        }
+    }
+
+    /// In a block of bars: replaces this bar's line and redraws the block.
+    fn draw_in_slot(&self, line: String) -> bool {
+        let Some((board, i)) = &self.slot else {
+            return false;
+        };
+        let mut b = board.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = b.lines.get_mut(*i) {
+            *l = line;
+        }
+        b.redraw();
+        true
     }
 
     /// Final line (always printed once), ending the redrawn line on a tty.
@@ -115,19 +211,10 @@ impl Progress {
             return;
         }
         self.finished = true;
-        let secs = self.started.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.done as f64 / secs
-        } else {
-            0.0
-        };
-        let l = format!(
-            "{}: {} in {}  {}/s",
-            self.label,
-            human_bytes(self.done),
-            human_duration(secs.round() as u64),
-            human_bytes(rate as u64)
-        );
+        let l = self.summary(self.done, self.started.elapsed());
+        if self.draw_in_slot(l.clone()) {
+            return;
+        }
         if self.tty {
             eprintln!("\r\x1b[K{l}");
         } else {
@@ -135,12 +222,26 @@ impl Progress {
         }
     }
 
+    /// `label: 1.0 GiB in 0:10  102.4 MiB/s`.
+    pub fn summary(&self, done: u64, elapsed: Duration) -> String {
+        let secs = elapsed.as_secs_f64();
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        format!(
+            "{}: {} in {}  {}/s",
+            self.label,
+            human_bytes(done),
+            human_duration(secs.round() as u64),
+            human_bytes(rate as u64)
+        )
+    }
+
     /// Ends the redrawn line without a summary (for an interrupted job, so
     /// the next message starts on a fresh line).
     pub fn abandon(&mut self) {
         if !self.finished {
             self.finished = true;
-            if self.tty {
+            let l = format!("{}: stopped at {}", self.label, human_bytes(self.done));
+            if !self.draw_in_slot(l) && self.tty {
                 eprintln!();
             }
         }
@@ -174,9 +275,36 @@ mod tests {
         assert_eq!(p.last_decile, 9);
         p.finish();
         p.finish();
+        // The plain lines: one per 10 % step, label first, none at 0 or 100 %.
+        let mut q = Progress::with_mode("flash /dev/sdb", 2 << 30, false);
+        let s = Duration::from_secs(1);
+        assert_eq!(q.plain_line(0, s), None);
+        assert_eq!(
+            q.plain_line(1 << 30, Duration::from_secs(10)).as_deref(),
+            Some("flash /dev/sdb: 1.0 GiB / 2.0 GiB  102.4 MiB/s  ETA 0:10 (50%)")
+        );
+        assert_eq!(q.plain_line(1 << 30, s), None, "a step is logged once");
+        assert_eq!(q.plain_line(2 << 30, s), None);
+        assert_eq!(
+            q.summary(2 << 30, Duration::from_secs(20)),
+            "flash /dev/sdb: 2.0 GiB in 0:20  102.4 MiB/s"
+        );
         // A zero total never divides by zero.
         let mut z = Progress::with_mode("z", 0, false);
         z.update(0);
         z.finish();
+    }
+
+    #[test]
+    fn progress_bars_share_a_board_only_on_a_terminal() {
+        let plain = Bars::with_mode(false);
+        let a = plain.add("a", 10);
+        assert!(a.slot.is_none() && !a.tty);
+        let tty = Bars::with_mode(true);
+        let (a, b) = (tty.add("a", 10), tty.add("b", 10));
+        assert_eq!(a.slot.as_ref().map(|s| s.1), Some(0));
+        assert_eq!(b.slot.as_ref().map(|s| s.1), Some(1));
+        let board = tty.board.lock().unwrap();
+        assert_eq!(board.lines, ["a: waiting", "b: waiting"]);
     }
 }

@@ -235,6 +235,70 @@ pub fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs a tool that reports its progress on stdout as percentages
+/// (`qemu-img convert -p`: `    (12.34/100%)\r`), feeding a bar labelled
+/// `label` for `total` bytes; its stderr is kept for the error. `cmd`'s
+/// stdio is set here.
+pub fn run_with_progress(stage: &str, mut cmd: Command, label: &str, total: u64) -> Result<()> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let line = command_line(&cmd);
+    log_start(&cmd);
+    let started = Instant::now();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().map_err(|e| start_error(stage, &cmd, e))?;
+    let _registered = crate::host::interrupt::register_child(child.id(), true);
+    let err_reader = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = e.read_to_string(&mut s);
+            s
+        })
+    });
+    let mut bar = crate::host::progress::Progress::new(label, total);
+    let mut stdout = String::new();
+    if let Some(out) = child.stdout.take() {
+        let mut r = std::io::BufReader::new(out);
+        let mut chunk = Vec::new();
+        // Progress records end in `\r`; anything else ends in `\n`.
+        while r.read_until(b'\r', &mut chunk).unwrap_or(0) > 0 {
+            let text = String::from_utf8_lossy(&chunk).into_owned();
+            match parse_percent(&text) {
+                Some(pct) => bar.update((total as f64 * pct / 100.0) as u64),
+                None => stdout.push_str(&text),
+            }
+            chunk.clear();
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("{stage}: waiting for `{line}`"))?;
+    let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
+    log_time(started);
+    if let Err(e) = crate::host::interrupt::check() {
+        bar.abandon();
+        return Err(e.into());
+    }
+    if !status.success() {
+        bar.abandon();
+        bail!(failure(stage, &line, status, &stderr, &stdout));
+    }
+    bar.update(total);
+    bar.finish();
+    Ok(())
+}
+
+/// `12.34` from a progress record `    (12.34/100%)`.
+pub fn parse_percent(record: &str) -> Option<f64> {
+    let t = record.trim();
+    let inner = t.strip_prefix('(')?.strip_suffix("/100%)")?;
+    let v: f64 = inner.parse().ok()?;
+    (0.0..=100.0).contains(&v).then_some(v)
+}
+
 /// Runs an interactive tool with the stdio the caller set (the terminal,
 /// for `cairn run`) and returns its exit status without judging it.
 pub fn status(stage: &str, mut cmd: Command) -> Result<ExitStatus> {
@@ -346,6 +410,39 @@ impl Drop for Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runner_progress_run_reports_failure_with_stderr() {
+        let mut ok = command("sh");
+        ok.args([
+            "-c",
+            "printf '    (50.00/100%%)\\r    (100.00/100%%)\\r\\n'",
+        ]);
+        run_with_progress("t", ok, "t", 100).unwrap();
+        let mut bad = command("sh");
+        bad.args(["-c", "printf '    (50.00/100%%)\\r'; echo oops >&2; exit 3"]);
+        let e = run_with_progress("stage x", bad, "t", 100)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stage x") && e.contains("oops"), "{e}");
+    }
+
+    #[test]
+    fn progress_percent_records() {
+        assert_eq!(parse_percent("    (12.34/100%)\r"), Some(12.34));
+        assert_eq!(parse_percent("\n    (100.00/100%)\r"), Some(100.0));
+        assert_eq!(parse_percent("    (0.00/100%)"), Some(0.0));
+        for bad in [
+            "",
+            "(x/100%)",
+            "(101/100%)",
+            "12/100%",
+            "(5/50%)",
+            "Image resized.",
+        ] {
+            assert_eq!(parse_percent(bad), None, "{bad:?}");
+        }
+    }
     use std::process::Stdio;
 
     #[test]

@@ -23,14 +23,32 @@ pub fn write_qcow2(raw: &Path, out: &Path) -> Result<()> {
     if out.exists() {
         std::fs::remove_file(out).with_context(|| format!("qcow2: remove {}", out.display()))?;
     }
-    let sh = xshell::Shell::new()?;
-    crate::host::runner::run(
+    let total = std::fs::metadata(raw)
+        .with_context(|| format!("qcow2: stat {}", raw.display()))?
+        .len();
+    let mut convert = crate::host::runner::command("qemu-img");
+    convert
+        .args([
+            "convert",
+            "-p",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-c",
+            "-o",
+            QCOW2_OPTIONS,
+        ])
+        .arg(raw)
+        .arg(out);
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+    crate::host::runner::run_with_progress(
         "qcow2",
-        xshell::cmd!(
-            sh,
-            "qemu-img convert -q -f raw -O qcow2 -c -o {QCOW2_OPTIONS} {raw} {out}"
-        ),
+        convert,
+        &format!("qcow2 {}", name.unwrap_or_default()),
+        total,
     )?;
+    let sh = xshell::Shell::new()?;
     crate::host::runner::run(
         "qcow2: check",
         xshell::cmd!(sh, "qemu-img check -q -f qcow2 {out}"),

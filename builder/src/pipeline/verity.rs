@@ -39,7 +39,7 @@ pub fn uuid_from(d: &Sha256) -> String {
 }
 
 pub fn make_verity(data: &Path, hash_out: &Path) -> Result<VerityTree> {
-    let digest = Sha256::of_file(data)?;
+    let digest = Sha256::of_file_with_progress(data, "verity: hash the root")?;
     let salt = Sha256::of_bytes(format!("cairn verity salt {digest}").as_bytes()).hex();
     let uuid = uuid_from(&Sha256::of_bytes(
         format!("cairn verity uuid {digest}").as_bytes(),

@@ -221,7 +221,7 @@ impl Manifest {
             let p = media.join(&name);
             outputs.push(Output {
                 size: std::fs::metadata(&p)?.len(),
-                sha256: Sha256::of_file(&p)?,
+                sha256: Sha256::of_file_with_progress(&p, &format!("hash {name}"))?,
                 file: name,
             });
         }

@@ -25,7 +25,7 @@ pub fn sums_for(dir: &Path) -> Result<String> {
     names.sort();
     let mut out = String::new();
     for n in names {
-        let d = Sha256::of_file(&dir.join(&n))?;
+        let d = Sha256::of_file_with_progress(&dir.join(&n), &format!("sign: hash {n}"))?;
         out.push_str(&format!("SHA256 ({n}) = {d}\n"));
     }
     Ok(out)

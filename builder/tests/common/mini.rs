@@ -63,8 +63,13 @@ fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Builds one disk from a root of `seed`'s bytes into `dir`.
+/// Builds one disk of 72 MiB from a root of `seed`'s bytes into `dir`.
 fn make_disk(dir: &Path, seed: u64) -> Disk {
+    make_disk_of(dir, seed, 72 * MIB)
+}
+
+/// Builds one disk of `disk_size` bytes from a root of `seed`'s bytes into `dir`.
+fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
     tools_or_fail();
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -101,7 +106,7 @@ fn make_disk(dir: &Path, seed: u64) -> Disk {
             root: &root,
             verity: &tree.hash_path,
             root_hash: &tree.root_hash,
-            disk_size: 72 * MIB,
+            disk_size,
             min_state_size: MIB,
             epoch: EPOCH,
         },
@@ -261,6 +266,21 @@ pub fn mini(media: Media) -> Mini {
         cp_sparse(&p, &m.sentinel.join(p.file_name().unwrap()));
     }
     std::fs::write(m.sentinel.join("secret"), b"host file\n").unwrap();
+    m
+}
+
+/// A signed release like [`mini`]'s but with a raw of `disk_size` bytes,
+/// built fresh into the test's folder (no template, no sentinel copies):
+/// big enough for a write that can be interrupted.
+pub fn mini_of_size(disk_size: u64) -> Mini {
+    let m = mini(Media::None);
+    let disk = make_disk_of(&m.dir, 0x5eed_0001, disk_size);
+    let mut manifest = disk.manifest;
+    set_output(&mut manifest, &m.dir, RAW);
+    set_output(&mut manifest, &m.dir, QCOW2);
+    let m = Mini { manifest, ..m };
+    m.write_manifest();
+    m.sign();
     m
 }
 

@@ -25,6 +25,7 @@
 //! key are opened through `host::untrusted` (regular files only, never a
 //! symlink in the release folder, never blocking); so is the target.
 
+mod many;
 mod target;
 mod write;
 
@@ -32,9 +33,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::host::digest::Sha256;
-use crate::host::progress::human_bytes;
+use crate::host::progress::{human_bytes, Progress};
 use crate::host::untrusted::{self, Links};
 
+pub use many::{flash_many, ManyOptions, ManyReport, Receipt, StickOutcome};
 pub use target::parse_mountinfo;
 use target::{confirm, inspect_target, open_target, Target};
 
@@ -167,12 +169,19 @@ fn refuse_target_in_release(
 // flash
 // ---------------------------------------------------------------------------
 
-/// Verifies `opts.image`, checks the target, writes it boot-sector-last,
-/// flushes and reads it back. Nothing is written unless verification and
-/// every target check pass.
-pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
-    let started = Instant::now();
-    let image = &opts.image;
+/// A release verified once, and the open handle every write reads from.
+struct Verified {
+    src: untrusted::UntrustedFile,
+    /// The signed digest of the image.
+    want: Sha256,
+    key_id: String,
+    /// The digest of the verified SHA256 file.
+    sums_sha256: Sha256,
+    size: u64,
+}
+
+/// Opens and verifies `image` with `pubkey`; nothing is written.
+fn verify_release(image: &Path, pubkey: &Path) -> Result<Verified, FlashError> {
     // The handle the write reads from: opened first, without following a
     // symlink or blocking, so it is the file verify looks at.
     let src = untrusted::open(image, Links::Refuse).map_err(|e| {
@@ -182,13 +191,12 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     })?;
 
     // (a) verify
-    let report =
-        crate::release::verify::verify(image, &opts.pubkey, false).map_err(|e| match e {
-            crate::release::verify::VerifyError::BadInput(m) => {
-                FlashError::BadInput(format!("flash: refusing: {m}"))
-            }
-            crate::release::verify::VerifyError::Failed(m) => refused(m),
-        })?;
+    let report = crate::release::verify::verify(image, pubkey, false).map_err(|e| match e {
+        crate::release::verify::VerifyError::BadInput(m) => {
+            FlashError::BadInput(format!("flash: refusing: {m}"))
+        }
+        crate::release::verify::VerifyError::Failed(m) => refused(m),
+    })?;
     // The digest from the list verify authenticated (never re-read).
     let name = image
         .file_name()
@@ -201,11 +209,29 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
         ))
     })?;
     let size = src.len;
+    Ok(Verified {
+        src,
+        want,
+        key_id: report.key_id,
+        sums_sha256: report.sums_sha256,
+        size,
+    })
+}
 
-    // (b) target
+/// A target that passed every check.
+struct Checked {
+    target: Target,
+    /// How it is named to the user.
+    desc: String,
+    is_block: bool,
+}
+
+/// (b) the target checks for `opts.device`; nothing is written.
+fn check_target(opts: &FlashOptions, v: &Verified) -> Result<Checked, FlashError> {
+    let size = v.size;
     let target = inspect_target(opts)?;
     if let Target::File { .. } = target {
-        refuse_target_in_release(opts, &src)?;
+        refuse_target_in_release(opts, &v.src)?;
     }
     if let Some(max) = opts.max_size {
         if size > max {
@@ -231,38 +257,83 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
             )));
         }
     }
-    let ask = match &target {
-        Target::Block(_) => true,
-        Target::File { exists_nonempty } => *exists_nonempty,
-    };
-    if ask && !opts.yes {
-        let what = match &target {
-            Target::Block(d) => format!("Everything on {} (/dev/{}) will be lost.", d.desc, d.name),
-            Target::File { .. } => format!("{} will be overwritten.", opts.device.display()),
-        };
-        let q = format!(
-            "flash: write {} ({}) to {desc}?\n  {what}\n  Continue?",
-            image.display(),
-            human_bytes(size)
-        );
-        if !confirm(&q)? {
-            return Err(FlashError::Refused(
-                "flash: cancelled; nothing was written".into(),
-            ));
+    Ok(Checked {
+        target,
+        desc,
+        is_block,
+    })
+}
+
+/// What the confirmation says will be lost on `c`, or `None` when there is
+/// nothing to lose (a new or empty file).
+fn at_risk(device: &Path, c: &Checked) -> Option<String> {
+    match &c.target {
+        Target::Block(d) => Some(format!(
+            "Everything on {} (/dev/{}) will be lost.",
+            d.desc, d.name
+        )),
+        Target::File {
+            exists_nonempty: true,
+        } => Some(format!("{} will be overwritten.", device.display())),
+        Target::File { .. } => None,
+    }
+}
+
+/// Opens the checked target and writes, flushes and reads it back.
+fn write_checked(
+    opts: &FlashOptions,
+    v: &Verified,
+    c: &Checked,
+    progress: &mut Progress,
+) -> Result<Sha256, FlashError> {
+    // Open the target before writing anything.
+    let dst = open_target(opts, &c.target, v.size)?;
+    write::write_and_read_back(
+        &v.src.file,
+        &opts.image,
+        &dst,
+        &opts.device,
+        v.size,
+        c.is_block,
+        v.want,
+        progress,
+    )
+}
+
+/// Verifies `opts.image`, checks the target, writes it boot-sector-last,
+/// flushes and reads it back. Nothing is written unless verification and
+/// every target check pass.
+pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
+    let started = Instant::now();
+    let image = &opts.image;
+    let v = verify_release(image, &opts.pubkey)?;
+    let c = check_target(opts, &v)?;
+    if !opts.yes {
+        if let Some(what) = at_risk(&opts.device, &c) {
+            let q = format!(
+                "flash: write {} ({}) to {}?\n  {what}\n  Continue?",
+                image.display(),
+                human_bytes(v.size),
+                c.desc
+            );
+            if !confirm(&q)? {
+                return Err(FlashError::Refused(
+                    "flash: cancelled; nothing was written".into(),
+                ));
+            }
         }
     }
-
-    // Open the target before writing anything.
-    let dst = open_target(opts, &target, size)?;
-    let got =
-        write::write_and_read_back(&src.file, image, &dst, &opts.device, size, is_block, want)?;
+    let guard = write::SigintGuard::install();
+    let mut progress = Progress::new(&format!("flash {}", opts.device.display()), v.size);
+    let got = write_checked(opts, &v, &c, &mut progress)?;
+    drop(guard);
     Ok(FlashReport {
         image: image.clone(),
         device: opts.device.clone(),
-        target: desc,
-        bytes: size,
+        target: c.desc,
+        bytes: v.size,
         sha256: got,
-        key_id: report.key_id,
+        key_id: v.key_id,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

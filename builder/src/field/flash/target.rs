@@ -23,7 +23,7 @@ fn dev_minor(d: u64) -> u64 {
     ((d >> 12) & 0xffff_ff00) | (d & 0xff)
 }
 
-fn majmin(d: u64) -> String {
+pub(super) fn majmin(d: u64) -> String {
     format!("{}:{}", dev_major(d), dev_minor(d))
 }
 
@@ -71,7 +71,7 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn read_trim(p: &Path) -> Option<String> {
+pub(super) fn read_trim(p: &Path) -> Option<String> {
     std::fs::read_to_string(p)
         .ok()
         .map(|s| s.trim().to_string())

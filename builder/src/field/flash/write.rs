@@ -27,11 +27,12 @@ extern "C" fn on_sigint(_: libc::c_int) {
 }
 
 /// Installs the SIGINT flag handler for its lifetime and restores the
-/// previous disposition on drop.
-struct SigintGuard(libc::sighandler_t);
+/// previous disposition on drop. One guard covers every stick of a
+/// multi-stick flash: each writer thread polls the same flag.
+pub(super) struct SigintGuard(libc::sighandler_t);
 
 impl SigintGuard {
-    fn install() -> SigintGuard {
+    pub(super) fn install() -> SigintGuard {
         INTERRUPTED.store(false, Ordering::SeqCst);
         let handler: extern "C" fn(libc::c_int) = on_sigint;
         // SAFETY: the handler only stores to an atomic (async-signal-safe).
@@ -84,6 +85,8 @@ pub(super) fn flush(f: &File, block: bool) -> std::io::Result<()> {
 /// Writes `size` bytes of `src` (the image at `image`) to `dst` (a block
 /// device if `is_block`, else a file), head last, and reads them back.
 /// Returns the digest read back, equal to `want` (the signed digest).
+/// The caller holds a [`SigintGuard`] and owns the bar.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write_and_read_back(
     src: &File,
     image: &Path,
@@ -92,6 +95,7 @@ pub(super) fn write_and_read_back(
     size: u64,
     is_block: bool,
     want: Sha256,
+    progress: &mut Progress,
 ) -> Result<Sha256, FlashError> {
     let dev = device.display().to_string();
     let io = |what: &str, e: std::io::Error| failed(format!("{what} {dev}: {e}"));
@@ -125,8 +129,6 @@ pub(super) fn write_and_read_back(
     }
     hasher.update(&head);
 
-    let guard = SigintGuard::install();
-    let mut progress = Progress::new(&format!("flash {}", device.display()), size);
     progress.update(0);
     let mut buf = vec![0u8; CHUNK];
     let mut off = head_len;
@@ -142,8 +144,13 @@ pub(super) fn write_and_read_back(
             )));
         }
         let want_len = ((size - off) as usize).min(CHUNK);
-        let n = read_full_at(src, &mut buf[..want_len], off)
-            .map_err(|e| failed(format!("reading {}: {e}", image.display())))?;
+        let n = read_full_at(src, &mut buf[..want_len], off).map_err(|e| {
+            progress.abandon();
+            failed(format!(
+                "reading {}: {e}; {dev} was left unbootable (first MiB zero)",
+                image.display()
+            ))
+        })?;
         if n != want_len {
             progress.abandon();
             return Err(failed(format!(
@@ -154,8 +161,12 @@ pub(super) fn write_and_read_back(
         hasher.update(&buf[..n]);
         // A fresh file is already zero; a device is not.
         if is_block || buf[..n].iter().any(|b| *b != 0) {
-            dst.write_all_at(&buf[..n], off)
-                .map_err(|e| io("writing", e))?;
+            dst.write_all_at(&buf[..n], off).map_err(|e| {
+                progress.abandon();
+                failed(format!(
+                    "writing {dev} at byte {off}: {e}; it was left unbootable (first MiB zero)"
+                ))
+            })?;
         }
         off += n as u64;
         progress.update(off);
@@ -181,7 +192,6 @@ pub(super) fn write_and_read_back(
     // (d) flush
     flush(dst, is_block).map_err(|e| io("flushing", e))?;
     progress.finish();
-    drop(guard);
 
     // (e) read back
     let mut h = sha2::Sha256::new();

@@ -101,6 +101,8 @@ pub struct VerifyReport {
     /// The signed SHA256 list, as verified (what `flash` compares against,
     /// so it never re-reads the folder).
     pub signed: std::collections::BTreeMap<String, Sha256>,
+    /// The digest of the verified SHA256 file itself (flash receipts).
+    pub sums_sha256: Sha256,
 }
 
 impl std::fmt::Display for VerifyReport {
@@ -177,6 +179,8 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
     checks.push(format!(
         "{SUMS}: identical to the signed copy in {SUMS_SIG}"
     ));
+
+    let sums_sha256 = Sha256::of_bytes(&sums_bytes);
 
     // 2. Parse SHA256 strictly.
     let sums = parse_sums(&sums_bytes).map_err(failed)?;
@@ -352,6 +356,7 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
         checks,
         notes,
         signed: sums,
+        sums_sha256,
     })
 }
 

@@ -1,0 +1,300 @@
+//! `cairn flash RELEASE DEV1 DEV2 ...` against real block devices: loop
+//! devices the TEST attaches to files (`losetup --find --show`) and
+//! detaches in a Drop guard (the builder itself never uses loop devices).
+//! Needs root and loop support; without them the tests fail, never skip.
+//! The release is a small real one (tests/common/mini.rs).
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn::host::digest::Sha256;
+
+mod common;
+use common::mini::{self, mini, Media, RAW};
+
+const MIB: u64 = 1 << 20;
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// A loop device attached to a file by this test, detached on drop.
+struct Loop {
+    dev: PathBuf,
+    file: PathBuf,
+}
+
+impl Loop {
+    /// A `size`-byte backing file filled with `fill` (so leftovers show),
+    /// attached to the first free loop device.
+    fn attach(dir: &Path, name: &str, size: u64, fill: u8) -> Loop {
+        let file = dir.join(name);
+        let chunk = vec![fill; MIB as usize];
+        let f = File::create(&file).unwrap();
+        let mut off = 0;
+        while off < size {
+            let n = (size - off).min(MIB);
+            f.write_all_at(&chunk[..n as usize], off).unwrap();
+            off += n;
+        }
+        f.sync_all().unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&file)
+            .output()
+            .expect("losetup is not installed (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup --find --show {} failed (root and loop devices needed): {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let l = Loop {
+            dev: PathBuf::from(&name),
+            file,
+        };
+        assert!(name.starts_with("/dev/loop"), "losetup printed {name:?}");
+        l
+    }
+
+    /// The first `len` bytes of the device.
+    fn head(&self, len: u64) -> Vec<u8> {
+        let mut b = vec![0u8; len as usize];
+        File::open(&self.dev).unwrap().read_exact(&mut b).unwrap();
+        b
+    }
+
+    /// The SHA-256 of the first `len` bytes of the device.
+    fn digest(&self, len: u64) -> Sha256 {
+        use sha2::Digest as _;
+        let mut f = File::open(&self.dev).unwrap();
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; MIB as usize];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(MIB) as usize;
+            f.read_exact(&mut buf[..n]).unwrap();
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Sha256(h.finalize().into())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let st = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        if !matches!(st, Ok(s) if s.success()) {
+            eprintln!("warning: losetup -d {} failed", self.dev.display());
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn flash_args<'a>(
+    raw: &'a Path,
+    pubkey: &'a Path,
+    devs: &'a [&'a Path],
+    receipts: &'a Path,
+) -> Vec<&'a OsStr> {
+    let mut a = vec![OsStr::new("flash"), raw.as_os_str()];
+    a.extend(devs.iter().map(|d| d.as_os_str()));
+    a.extend([
+        OsStr::new("--pubkey"),
+        pubkey.as_os_str(),
+        OsStr::new("--yes"),
+        OsStr::new("--receipts"),
+        receipts.as_os_str(),
+    ]);
+    a
+}
+
+fn receipts(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn flash_many_writes_two_sticks_refuses_a_small_one_and_logs_receipts() {
+    let m = mini(Media::RawAndQcow2);
+    let raw = m.path(RAW);
+    let size = std::fs::metadata(&raw).unwrap().len();
+    let want = Sha256::of_file(&raw).unwrap();
+    let sums = Sha256::of_file(&m.path("SHA256")).unwrap();
+    let work = m.tmp.path().join("sticks");
+    std::fs::create_dir_all(&work).unwrap();
+    let a = Loop::attach(&work, "a.img", size + 8 * MIB, 0xa5);
+    let b = Loop::attach(&work, "b.img", size + 8 * MIB, 0x5a);
+    let small = Loop::attach(&work, "small.img", 16 * MIB, 0x77);
+    let log = m.tmp.path().join("receipts.jsonl");
+    let devs = [a.dev.as_path(), small.dev.as_path(), b.dev.as_path()];
+
+    let r = mini::cairn(&flash_args(&raw, &m.pubkey, &devs, &log), LIMIT);
+    println!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 1, "one stick refused: exit 1");
+    // The small one is refused by name, the others are written and read back.
+    let small_name = small.dev.display().to_string();
+    let err: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(
+        err[0].contains(&small_name) && err[0].contains("too small"),
+        "{}",
+        err[0]
+    );
+    for l in [&a, &b] {
+        let name = l.dev.display().to_string();
+        assert!(
+            r.stdout
+                .lines()
+                .any(|x| x.starts_with(&format!("flash: {name}: ok"))),
+            "{name} not reported ok:\n{}",
+            r.stdout
+        );
+        assert_eq!(l.digest(size), want, "{name} does not read back the image");
+    }
+    // Control: the refused stick is untouched.
+    assert!(small.head(16 * MIB).iter().all(|b| *b == 0x77));
+
+    // One receipt per device, in order.
+    let rs = receipts(&log);
+    assert_eq!(rs.len(), 3, "{rs:?}");
+    for (rec, dev) in rs.iter().zip(devs) {
+        assert_eq!(rec["device"], dev.display().to_string());
+        assert_eq!(rec["release"], "mini-1");
+        assert_eq!(rec["image"], RAW);
+        assert_eq!(rec["image_sha256"], want.hex());
+        assert_eq!(rec["sums_sha256"], sums.hex());
+        assert!(rec["site_sha256"].is_null());
+        for k in ["vendor", "model", "serial", "wwid"] {
+            assert!(rec.get(k).is_some(), "{k} missing: {rec}");
+        }
+        let (s, f) = (
+            rec["started"].as_str().unwrap(),
+            rec["finished"].as_str().unwrap(),
+        );
+        assert!(is_rfc3339(s) && is_rfc3339(f) && s <= f, "{rec}");
+    }
+    for i in [0, 2] {
+        assert_eq!(rs[i]["result"], "ok", "{}", rs[i]);
+        assert_eq!(rs[i]["read_back_sha256"], want.hex());
+        assert_eq!(rs[i]["size"], size + 8 * MIB);
+        assert!(rs[i]["message"].is_null());
+    }
+    assert_eq!(rs[1]["result"], "refused");
+    assert_eq!(rs[1]["size"], 16 * MIB);
+    assert!(rs[1]["read_back_sha256"].is_null());
+    assert!(rs[1]["message"].as_str().unwrap().contains("too small"));
+
+    // The log is appended to, never rewritten.
+    let r = mini::cairn(
+        &flash_args(&raw, &m.pubkey, &[a.dev.as_path()], &log),
+        LIMIT,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let again = receipts(&log);
+    assert_eq!(again.len(), 4);
+    assert_eq!(again[..3], rs[..]);
+    assert_eq!(again[3]["result"], "ok");
+}
+
+#[test]
+fn flash_many_sigint_leaves_every_stick_unbootable() {
+    let m = mini::mini_of_size(256 * MIB);
+    let raw = m.path(RAW);
+    let size = std::fs::metadata(&raw).unwrap().len();
+    let mut image_head = vec![0u8; MIB as usize];
+    File::open(&raw)
+        .unwrap()
+        .read_exact(&mut image_head)
+        .unwrap();
+    assert!(image_head.iter().any(|b| *b != 0));
+    let work = m.tmp.path().join("sticks");
+    std::fs::create_dir_all(&work).unwrap();
+    let a = Loop::attach(&work, "a.img", size + 4 * MIB, 0);
+    let b = Loop::attach(&work, "b.img", size + 4 * MIB, 0);
+    // Each stick starts as a good copy of the image: a first MiB left in
+    // place by the interrupted write would be a valid one.
+    for l in [&a, &b] {
+        let dev = OpenOptions::new().write(true).open(&l.dev).unwrap();
+        dev.write_all_at(&image_head, 0).unwrap();
+        dev.sync_all().unwrap();
+        assert_eq!(l.head(MIB), image_head);
+    }
+    let log = m.tmp.path().join("receipts.jsonl");
+    let devs = [a.dev.as_path(), b.dev.as_path()];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(flash_args(&raw, &m.pubkey, &devs, &log))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let started = Instant::now();
+    // Signal at the first progress line of either stick (plain lines: stderr is a pipe).
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    let mut signalled = false;
+    while err.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if !signalled && line.starts_with("flash /dev/loop") && line.contains("%)") {
+            // SAFETY: signalling our own child.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+            signalled = true;
+        }
+        line.clear();
+        assert!(started.elapsed() < LIMIT, "cairn flash hung:\n{seen}");
+    }
+    let st = child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    println!("{out}\n{seen}");
+    assert!(signalled, "no progress line to signal at:\n{seen}");
+    assert_eq!(st.code(), Some(130), "exit code after SIGINT");
+    for l in [&a, &b] {
+        let name = l.dev.display().to_string();
+        let msg = seen
+            .lines()
+            .find(|x| x.starts_with("error:") && x.contains(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no message for {name}:\n{seen}"));
+        assert!(
+            msg.contains("interrupted") && msg.contains("unbootable"),
+            "{msg}"
+        );
+        let head = l.head(MIB);
+        assert_ne!(head, image_head, "{name} kept a valid first MiB");
+        assert!(head.iter().all(|b| *b == 0), "{name}: first MiB not zero");
+    }
+    let rs = receipts(&log);
+    assert_eq!(rs.len(), 2);
+    assert!(rs.iter().all(|r| r["result"] == "interrupted"), "{rs:?}");
+}
