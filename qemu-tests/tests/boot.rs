@@ -10,5 +10,6 @@ mod boot {
     pub mod k3s;
     pub mod media;
     pub mod raw;
+    pub mod secureboot;
     pub mod workloads;
 }
