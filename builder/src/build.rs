@@ -346,7 +346,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             m.kernel.iso_cmdline = Some(iso_cmdline.clone());
         }
         m.boot = crate::release::secureboot::boot_info(
-            recipe,
+            recipe.allow_bios,
             opts.secure_boot.as_ref(),
             &uki.path,
             uki_iso.as_ref().map(|u| u.path.as_path()),

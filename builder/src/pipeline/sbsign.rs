@@ -23,6 +23,16 @@ fn input_error(msg: String) -> anyhow::Error {
     anyhow::Error::new(crate::InputError(msg))
 }
 
+/// The tool's own complaint: the last line of the runner's error.
+fn complaint(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_string()
+}
+
 impl SbKey {
     /// Checks, before the build writes anything, that the certificate
     /// parses, the key is an unencrypted PEM key, and the two belong
@@ -35,8 +45,9 @@ impl SbKey {
         )
         .map_err(|e| {
             input_error(format!(
-                "--sb-cert {}: not a PEM X.509 certificate ({e:#}); make one with `cairn keygen --secure-boot NAME`",
-                cert.display()
+                "--sb-cert {}: not a PEM X.509 certificate (openssl: {}); make one with `cairn keygen --secure-boot NAME`",
+                cert.display(),
+                complaint(&e)
             ))
         })?;
         // -passin pass: makes an encrypted key fail instead of prompting:
@@ -47,8 +58,9 @@ impl SbKey {
         )
         .map_err(|e| {
             input_error(format!(
-                "--sb-key {}: not an unencrypted PEM private key ({e:#}); decrypt it with `openssl pkey -in KEY -out KEY.plain`",
-                key.display()
+                "--sb-key {}: not an unencrypted PEM private key (openssl: {}); decrypt it with `openssl pkey -in KEY -out KEY.plain`",
+                key.display(),
+                complaint(&e)
             ))
         })?;
         if cert_pub.trim() != key_pub.trim() {

@@ -12,18 +12,18 @@ use anyhow::{Context, Result};
 use crate::host::digest::Sha256;
 use crate::host::runner::run;
 use crate::pipeline::sbsign::SbKey;
-use crate::recipe::Recipe;
 use crate::release::manifest::{BootInfo, Manifest};
 
 /// The certificate shipped beside the media (PEM), for sbverify and for
 /// enrolment.
 pub const CERT_FILE: &str = "secure-boot.crt";
 
-/// Fills the manifest's trusted-boot block from the shipped UKIs; copies
+/// Fills the manifest's trusted-boot block from the shipped UKIs and the
+/// recipe's `[boot] allow_bios`; copies
 /// the certificate (only the certificate, never a key bundled with it)
 /// into the release folder `media`.
 pub fn boot_info(
-    recipe: &Recipe,
+    allow_bios: bool,
     sb: Option<&SbKey>,
     uki: &Path,
     iso_uki: Option<&Path>,
@@ -51,7 +51,7 @@ pub fn boot_info(
         iso_pcr11_sha256: iso_uki.map(pcr).transpose()?,
         // The ISO always carries GRUB for BIOS machines.
         bios_boot: iso_uki.is_some(),
-        allow_bios: recipe.allow_bios,
+        allow_bios,
     })
 }
 
@@ -357,6 +357,70 @@ pub fn keygen(name: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+    /// A small UKI on the host's stub, signed with `key` when given.
+    fn uki(dir: &Path, name: &str, cmdline: &str, key: Option<&SbKey>) -> PathBuf {
+        let (k, i, o) = (dir.join("k"), dir.join("i"), dir.join("o"));
+        std::fs::write(&k, vec![1u8; 9000]).unwrap();
+        std::fs::write(&i, vec![2u8; 3000]).unwrap();
+        std::fs::write(&o, "ID=test\n").unwrap();
+        let out = dir.join(name);
+        crate::pipeline::uki::make_uki(
+            &crate::pipeline::uki::UkiInputs {
+                stub: Path::new(STUB),
+                kernel: &k,
+                initrd: &i,
+                os_release: &o,
+                cmdline,
+                epoch: 1_735_689_600,
+            },
+            dir,
+            &out,
+        )
+        .unwrap();
+        if let Some(key) = key {
+            crate::pipeline::sbsign::sign_efi(key, &out, 1_735_689_600).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn boot_info_records_the_certificate_and_both_predictions() {
+        let d = tempfile::tempdir().unwrap();
+        keygen(&d.path().join("k")).unwrap();
+        let key = SbKey::load(&d.path().join("k.sb.key"), &d.path().join("k.sb.crt")).unwrap();
+        let raw = uki(d.path(), "raw.efi", "cairn.medium=disk", Some(&key));
+        let iso = uki(d.path(), "iso.efi", "cairn.medium=iso", Some(&key));
+        let media = d.path().join("media");
+        std::fs::create_dir(&media).unwrap();
+        let b = boot_info(false, Some(&key), &raw, Some(&iso), &media).unwrap();
+        assert_eq!(
+            b.secure_boot_cert_sha256,
+            Some(crate::pipeline::sbsign::cert_fingerprint(&key.cert).unwrap())
+        );
+        // The shipped copy is the certificate and nothing else.
+        let shipped = std::fs::read_to_string(media.join(CERT_FILE)).unwrap();
+        assert!(shipped.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(!shipped.contains("PRIVATE KEY"));
+        assert!(b.bios_boot && !b.allow_bios);
+        assert_ne!(b.pcr11_sha256, b.iso_pcr11_sha256);
+        // The signature does not change the prediction.
+        let unsigned = uki(d.path(), "plain.efi", "cairn.medium=disk", None);
+        let p = crate::pipeline::measure::predict_pcr11(&std::fs::read(unsigned).unwrap()).unwrap();
+        assert_eq!(b.pcr11_sha256, Some(p));
+        // Without a key or an ISO: unsigned, no BIOS path.
+        let media2 = d.path().join("media2");
+        std::fs::create_dir(&media2).unwrap();
+        let b = boot_info(false, None, &raw, None, &media2).unwrap();
+        assert_eq!(b.secure_boot_cert_sha256, None);
+        assert!(!b.bios_boot && b.iso_pcr11_sha256.is_none());
+        assert!(!media2.join(CERT_FILE).exists());
+        let lines = inspect_lines(&b).join("\n");
+        assert!(lines.contains("UNSIGNED UKIs"), "{lines}");
+        assert!(lines.contains("bios boot    off"), "{lines}");
+    }
 
     #[test]
     fn keygen_makes_a_working_key_and_enrolment_material_and_never_overwrites() {
