@@ -5,7 +5,6 @@
 //! PCR 11 prediction, and an unaccepted BIOS path in production do not.
 
 use std::path::Path;
-use std::process::Command;
 
 use cairn::host::digest::Sha256;
 use cairn::pipeline::sbsign::{self, SbKey};
@@ -16,16 +15,9 @@ mod common;
 use common::{signed_folder, Signed, RAW};
 
 fn mtools(args: &[&std::ffi::OsStr]) {
-    let out = Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = cairn::host::runner::command("mcopy");
+    cmd.env("MTOOLS_SKIP_CHECK", "1").args(args);
+    cairn::host::runner::output("test", cmd).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn esp_offset(dir: &Path) -> u64 {
@@ -190,12 +182,9 @@ fn a_uki_signed_by_another_key_or_a_changed_fingerprint_is_rejected() {
     // 3. An unsigned UKI where the manifest promises a signature.
     let fp = sbsign::cert_fingerprint(&s.dir.join(CERT_FILE)).unwrap();
     replace_uki(&s, |uki| {
-        let st = Command::new("sbattach")
-            .arg("--remove")
-            .arg(uki)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let mut cmd = cairn::host::runner::command("sbattach");
+        cmd.arg("--remove").arg(uki);
+        cairn::host::runner::output("test", cmd).unwrap_or_else(|e| panic!("{e:#}"));
     });
     let m = failed(verify(&s, false));
     assert!(m.contains("is not signed by"), "{m} ({fp})");

@@ -3,15 +3,18 @@
 //! software TPM 2.0 (swtpm). Both are extra QEMU arguments for a
 //! `BootSpec` whose firmware is `Firmware::Bios` (so the spec adds no
 //! firmware of its own; the pflash drives given here replace SeaBIOS).
-//! Invariant: swtpm dies with its [`Swtpm`] (SIGKILL on drop).
+//! Invariant: swtpm dies with its [`Swtpm`] (a runner `Process`: SIGKILL
+//! on drop).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::host::runner::{self, Process};
 
 /// Secure Boot capable OVMF (needs SMM).
 pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
@@ -81,7 +84,7 @@ pub fn uefi_args(dir: &Path) -> Result<Vec<String>> {
 
 /// A software TPM 2.0 for one VM, its state in a folder of its own.
 pub struct Swtpm {
-    child: Child,
+    child: Process,
     sock: PathBuf,
 }
 
@@ -92,8 +95,8 @@ impl Swtpm {
         let state = dir.join("tpm-state");
         fs::create_dir_all(&state)?;
         let sock = dir.join("swtpm.sock");
-        let child = Command::new("swtpm")
-            .arg("socket")
+        let mut cmd = runner::command("swtpm");
+        cmd.arg("socket")
             .arg("--tpm2")
             .arg("--tpmstate")
             .arg(format!("dir={}", plain(&state)?))
@@ -101,9 +104,8 @@ impl Swtpm {
             .arg(format!("type=unixio,path={}", plain(&sock)?))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot run swtpm; install the Debian package swtpm")?;
+            .stderr(Stdio::null());
+        let child = runner::spawn("swtpm", cmd).context("install the Debian package swtpm")?;
         let mut tpm = Swtpm { child, sock };
         let started = Instant::now();
         while !tpm.sock.exists() {
@@ -131,12 +133,5 @@ impl Swtpm {
             "-device".into(),
             "tpm-tis,tpmdev=tpm0".into(),
         ])
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

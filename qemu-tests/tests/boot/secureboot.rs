@@ -21,23 +21,19 @@ const REFUSALS: [&str; 2] = ["Access Denied", "Security Violation"];
 /// Anything that shows the kernel (or cairn's init) ran.
 const KERNEL_RAN: [&str; 2] = ["Linux version", "cairn:"];
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn run(cmd: Command) {
+    cairn::host::runner::output("test", cmd).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// The snakeoil key, decrypted into `dir` (sbsign reads no passphrase).
 fn snakeoil(dir: &Path) -> SbKey {
     let key = dir.join("snakeoil.key");
-    run(Command::new("openssl")
-        .args(["pkey", "-in", trusted::SNAKEOIL_KEY, "-passin"])
+    let mut cmd = cairn::host::runner::command("openssl");
+    cmd.args(["pkey", "-in", trusted::SNAKEOIL_KEY, "-passin"])
         .arg(format!("pass:{}", trusted::SNAKEOIL_PASSPHRASE))
         .arg("-out")
-        .arg(&key));
+        .arg(&key);
+    run(cmd);
     SbKey::load(&key, Path::new(trusted::SNAKEOIL_CERT)).expect("snakeoil key")
 }
 
@@ -49,9 +45,9 @@ fn untrusted(dir: &Path) -> SbKey {
 }
 
 fn mcopy(args: &[&std::ffi::OsStr]) {
-    run(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(args));
+    let mut cmd = cairn::host::runner::command("mcopy");
+    cmd.env("MTOOLS_SKIP_CHECK", "1").args(args);
+    run(cmd);
 }
 
 /// Replaces EFI/BOOT/BOOTX64.EFI in the FAT image at `offset` of `image`
