@@ -92,8 +92,8 @@ fn resign(s: &Signed, raw: Option<Sha256>) {
 
 /// The test image, its UKI signed with a fresh key, as a `--sb-key`
 /// build ships it.
-fn secure_boot_folder() -> Option<(Signed, SbKey)> {
-    let s = signed_folder()?;
+fn secure_boot_folder() -> (Signed, SbKey) {
+    let s = signed_folder();
     let key = new_key(s.tmp.path(), "site");
     let k2 = key.clone();
     replace_uki(&s, |uki| sbsign::sign_efi(&k2, uki, 1_735_689_600).unwrap());
@@ -103,7 +103,7 @@ fn secure_boot_folder() -> Option<(Signed, SbKey)> {
         v["boot"]["secure_boot_cert_sha256"] = fp.hex().into()
     });
     resign(&s, None);
-    Some((s, key))
+    (s, key)
 }
 
 fn verify(s: &Signed, production: bool) -> Result<VerifyReport, VerifyError> {
@@ -122,9 +122,7 @@ fn failed(r: Result<VerifyReport, VerifyError>) -> String {
 
 #[test]
 fn a_signed_release_verifies_and_a_changed_signature_does_not() {
-    let Some((s, _key)) = secure_boot_folder() else {
-        return;
-    };
+    let (s, _key) = secure_boot_folder();
     let r = verify(&s, false).unwrap();
     let text = r.to_string();
     println!("{text}");
@@ -153,9 +151,7 @@ fn a_signed_release_verifies_and_a_changed_signature_does_not() {
 
 #[test]
 fn a_uki_signed_by_another_key_or_a_changed_fingerprint_is_rejected() {
-    let Some((s, _key)) = secure_boot_folder() else {
-        return;
-    };
+    let (s, _key) = secure_boot_folder();
     let other = new_key(s.tmp.path(), "other");
     let other_fp = sbsign::cert_fingerprint(&other.cert).unwrap();
     // 1. The manifest names another certificate.
@@ -192,7 +188,7 @@ fn a_uki_signed_by_another_key_or_a_changed_fingerprint_is_rejected() {
 
 #[test]
 fn a_wrong_pcr11_prediction_is_rejected() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     verify(&s, false).unwrap();
     edit_manifest(&s.dir, |v| {
         v["boot"]["pcr11_sha256"] = Sha256::of_bytes(b"another").hex().into()
@@ -207,7 +203,7 @@ fn a_wrong_pcr11_prediction_is_rejected() {
 
 #[test]
 fn production_refuses_an_unaccepted_bios_path() {
-    let Some(s) = signed_folder() else { return };
+    let s = signed_folder();
     // Not the debug console: only the BIOS path is in question here.
     edit_manifest(&s.dir, |v| {
         v["flags"]["debug_console"] = false.into();
