@@ -86,6 +86,8 @@ pub struct BuildOptions {
     pub update_lock: bool,
     /// Sign the outputs (SHA256 + SHA256.sig) with this key.
     pub key: Option<crate::release::sign::SigningKey>,
+    /// Sign every shipped EFI binary with this Secure Boot key (sbsign).
+    pub secure_boot: Option<crate::pipeline::sbsign::SbKey>,
 }
 
 pub struct BuildResult {
@@ -293,6 +295,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         };
         Ok((disk, iso))
     })?;
+    if let Some(sb) = &opts.secure_boot {
+        for u in std::iter::once(&uki).chain(uki_iso.as_ref()) {
+            crate::pipeline::sbsign::sign_efi(sb, &u.path, recipe.source_date_epoch)?;
+        }
+    }
     // 9. The raw disk (always: the qcow2 and the manifest derive from it).
     let raw_path = if opts.formats.raw {
         media.join(format!("{stem}.raw"))
@@ -341,6 +348,13 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         if opts.formats.iso {
             m.kernel.iso_cmdline = Some(iso_cmdline.clone());
         }
+        m.boot = crate::release::secureboot::boot_info(
+            recipe.allow_bios,
+            opts.secure_boot.as_ref(),
+            &uki.path,
+            uki_iso.as_ref().map(|u| u.path.as_path()),
+            &media,
+        )?;
         m.sbom.documents = crate::release::sbom::write(&m, &contents, &media)?;
         manifest::write(&m, &media.join("manifest.json"))?;
         // The in-toto/SLSA statement names every output by digest.

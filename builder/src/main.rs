@@ -105,6 +105,14 @@ enum Command {
         key: Option<PathBuf>,
         #[command(flatten)]
         pass: PassArgs,
+        /// Secure Boot: sign every shipped EFI binary (the raw disk's and
+        /// the ISO's UKI) with this PEM key (unencrypted), see docs/secure-boot.md.
+        #[arg(long, value_name = "KEY", requires = "sb_cert")]
+        sb_key: Option<PathBuf>,
+        /// The X.509 certificate (PEM) of --sb-key; shipped as secure-boot.crt
+        /// and its sha256 fingerprint recorded in the manifest.
+        #[arg(long, value_name = "CERT", requires = "sb_key")]
+        sb_cert: Option<PathBuf>,
         /// Use nothing but cairn's cache: needs RECIPE.lock with every
         /// package cached (`cairn fetch`); lists what is missing otherwise.
         #[arg(long)]
@@ -151,6 +159,11 @@ enum Command {
         /// Leave the secret key unencrypted (CI and throwaway keys only).
         #[arg(long)]
         no_passphrase: bool,
+        /// Make a Secure Boot key instead: NAME.sb.key (PEM, unencrypted,
+        /// 0600), NAME.sb.crt/.sb.cer (X.509), and PK/KEK/db enrolment
+        /// files NAME.{PK,KEK,db}.{esl,auth} (docs/secure-boot.md).
+        #[arg(long, conflicts_with = "no_passphrase")]
+        secure_boot: bool,
         #[command(flatten)]
         pass: PassArgs,
     },
@@ -282,8 +295,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             offline,
             update_lock,
+            sb_key,
+            sb_cert,
         } => {
             let r = cairn::recipe::load(&recipe, root.as_deref(), &settings()?.recipe_env())?;
+            let secure_boot = match (sb_key, sb_cert) {
+                (Some(k), Some(c)) => Some(cairn::pipeline::sbsign::SbKey::load(&k, &c)?),
+                _ => None,
+            };
             let key = key.map(|path| cairn::release::sign::SigningKey {
                 path,
                 passphrase: pass.source(),
@@ -297,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     key,
                     offline,
                     update_lock,
+                    secure_boot,
                 },
             )?;
             println!("{}", res.raw.display());
@@ -309,8 +329,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Keygen {
             name,
+            secure_boot: true,
+            ..
+        } => {
+            for f in cairn::release::secureboot::keygen(&name)? {
+                println!("{}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen {
+            name,
             no_passphrase,
             pass,
+            secure_boot: false,
         } => {
             let passphrase = if no_passphrase {
                 None

@@ -94,6 +94,7 @@ fn build_with(name: &str, settings: cairn::inputs::plan::Settings) -> Result<Bui
                 }
             },
             key: None,
+            secure_boot: None,
             offline: false,
             update_lock: false,
         },

@@ -13,5 +13,6 @@ mod boot {
     pub mod media;
     pub mod production;
     pub mod raw;
+    pub mod secureboot;
     pub mod workloads;
 }

@@ -131,6 +131,8 @@ pub struct Recipe {
     pub state_size: u64,
     pub debug_console: bool,
     pub debug_unencrypted_state: bool,
+    /// `[boot] allow_bios`.
+    pub allow_bios: bool,
     pub state_mode: StateMode,
     /// `[state] grow`: the initramfs grows the state partition to the end
     /// of the disk.

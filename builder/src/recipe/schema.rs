@@ -269,6 +269,10 @@ pub struct BootSection {
     /// Extra kernel command-line words, appended after cairn's own.
     #[serde(default)]
     pub cmdline: Vec<Spanned<String>>,
+    /// Accept the ISO's legacy BIOS path (GRUB, unverified by firmware) in
+    /// production: `cairn verify --production` refuses it otherwise.
+    #[serde(default)]
+    pub allow_bios: bool,
 }
 
 #[derive(Debug, Deserialize)]

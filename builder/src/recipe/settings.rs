@@ -138,6 +138,10 @@ settings! {
          systemd.gpt_auto=0 systemd.firstboot=0`). Words starting with `cairn.` or `roothash=` \
          are refused: cairn sets them. Words that open a shell or bypass the init (listed \
          below) are refused unless `[debug] cmdline` allows them.";
+    BOOT_ALLOW_BIOS = ["boot"] "allow_bios": "bool" = Bool(false);
+        "accept the ISO's legacy BIOS path (GRUB, which no firmware verifies) in production. \
+         Recorded in the manifest's `boot.allow_bios`; without it `cairn verify --production` \
+         refuses a release that has an ISO. See [secure-boot.md](secure-boot.md).";
 
     DISK_SIZE = ["disk"] "size": "size" = Text("2G");
         "total size of the raw disk (`K`, `M`, `G`, `T` suffixes, powers of 1024)";

@@ -60,6 +60,8 @@ pub struct Inspection {
     pub policy_digest: Option<String>,
     /// `network`, if the manifest has it, as written.
     pub network: Option<Value>,
+    /// Secure Boot certificate, predicted PCR 11, BIOS path.
+    pub boot: crate::release::manifest::BootInfo,
 }
 
 /// What SHA256.sig says, without checking it against any key.
@@ -185,6 +187,7 @@ fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection 
             .filter(|v| !v.is_null())
             .cloned()
             .map(network_view),
+        boot: m.boot,
     }
 }
 
@@ -406,6 +409,9 @@ impl Inspection {
         line(format!("root hash    {}", self.root_hash));
         line(format!("kernel       {}", self.kernel_version));
         line(format!("cmdline      {}", self.kernel_cmdline));
+        for l in crate::release::secureboot::inspect_lines(&self.boot) {
+            line(l);
+        }
         line("flags".into());
         for (k, v) in &self.flags {
             line(format!("  {k:<24} {}", scalar_text(v)));

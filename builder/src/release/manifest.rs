@@ -38,6 +38,9 @@ pub struct Manifest {
     pub partitions: Vec<PartitionInfo>,
     #[serde(default)]
     pub network: crate::pipeline::firewall::NetworkPolicy,
+    /// Trusted boot: Secure Boot certificate, predicted PCR 11, BIOS path.
+    #[serde(default)]
+    pub boot: BootInfo,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -126,6 +129,29 @@ pub struct Sbom {
     /// CycloneDX 1.6 JSON), by file name, size and digest.
     #[serde(default)]
     pub documents: Vec<Output>,
+}
+
+/// What the firmware and the TPM will see (filled by
+/// `release::secureboot::boot_info`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BootInfo {
+    /// sha256 of the DER certificate whose key signed every shipped UKI
+    /// (shipped beside the media as `secure-boot.crt`); None: unsigned.
+    #[serde(default)]
+    pub secure_boot_cert_sha256: Option<Sha256>,
+    /// PCR 11 (sha256 bank) after systemd-stub measured the raw disk's UKI.
+    #[serde(default)]
+    pub pcr11_sha256: Option<Sha256>,
+    /// The same for the ISO's UKI (another command line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso_pcr11_sha256: Option<Sha256>,
+    /// The ISO boots legacy BIOS machines through GRUB: firmware verifies
+    /// nothing on that path.
+    #[serde(default)]
+    pub bios_boot: bool,
+    /// The recipe accepts that (`[boot] allow_bios`).
+    #[serde(default)]
+    pub allow_bios: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -298,6 +324,7 @@ impl Manifest {
             })
             .collect(),
             network: recipe.network.clone(),
+            boot: BootInfo::default(),
         })
     }
 }

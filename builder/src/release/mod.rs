@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod provenance;
 pub mod sbom;
+pub mod secureboot;
 pub mod sign;
 pub mod signify;
 pub mod verify;

@@ -2,3 +2,4 @@
 
 pub mod qemu;
 pub mod run;
+pub mod trusted;

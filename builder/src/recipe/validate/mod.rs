@@ -270,6 +270,7 @@ impl<'a> Validator<'a> {
             state_size,
             debug_console: f.debug.console,
             debug_unencrypted_state: f.debug.unencrypted_state,
+            allow_bios: f.boot.allow_bios,
             state_mode: state.mode,
             state_grow: state.grow,
             ram_size: state.ram_size,

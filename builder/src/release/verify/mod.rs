@@ -347,6 +347,11 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
         }
         checks.push("production: no debug console".into());
     }
+    let media: Vec<String> = opened.iter().map(|(_, n, _)| n.clone()).collect();
+    checks.extend(
+        crate::release::secureboot::check(&folder, &media, &manifest, production)
+            .map_err(failed)?,
+    );
 
     Ok(VerifyReport {
         key_id: key.key_id(),
