@@ -148,6 +148,11 @@ pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> St
         // A kernel panic (dm-verity reading a corrupted block) halts for
         // good: no reboot into the same corruption.
         "panic=0".to_string(),
+        // Skip the IO-APIC timer sanity check: under software emulation
+        // (QEMU TCG on a busy host) it misfires and panics the kernel 0.05 s
+        // into boot ("IO-APIC + timer doesn't work!"); cloud images set it
+        // for the same reason. Hardware with a working timer is unaffected.
+        "no_timer_check".to_string(),
     ];
     if recipe.state_grow && medium == Medium::Disk {
         words.push("cairn.state_grow=1".to_string());
