@@ -163,6 +163,8 @@ pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> St
 
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let started = Instant::now();
+    // Tool times count from here (printed against the wall time at the end).
+    crate::host::runner::take_tool_times();
     // 1. Resolve: inputs are checked (and fetched) before anything is
     // printed or created, so bad input is one line of error and an
     // untouched output folder.
@@ -348,7 +350,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         st.run(w.stage, || (w.write)(&media_inputs, &out))?;
     }
     // 11. Manifest and provenance, 12. signature.
-    st.run("manifest", || {
+    // Each output is hashed once: the manifest's digests (and the
+    // manifest's own) go on to the SHA256 list.
+    let known = st.run("manifest", || {
         let mut m = Manifest::new(recipe, &composed, &verity, &cmdline, &raw.layout, &media)?;
         if opts.formats.iso {
             m.kernel.iso_cmdline = Some(iso_cmdline.clone());
@@ -376,7 +380,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         crate::release::provenance::write(
             &media.join(crate::release::provenance::FILE_NAME),
             &crate::release::provenance::statement(&m, &subjects),
-        )
+        )?;
+        Ok(subjects
+            .into_iter()
+            .collect::<std::collections::BTreeMap<String, Sha256>>())
     })?;
     if let (Some(key), Some(k)) = (&key, &opts.key) {
         let pub_name = k
@@ -386,7 +393,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "key.pub".into());
         let id = st.run("sign", || {
-            crate::release::sign::sign_dir(&media, key, &pub_name)
+            crate::release::sign::sign_dir_known(&media, key, &pub_name, &known)
         })?;
         eprintln!("        signed with key id {id} (verify with {pub_name})");
     }
@@ -409,6 +416,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             100.0 * secs / total.max(0.001)
         );
     }
+    // Tools that ran at once each count in full: a total above the wall
+    // time is time saved by running stages concurrently.
+    eprintln!(
+        "cairn: {}",
+        crate::host::runner::tool_times_line(&crate::host::runner::take_tool_times(), total)
+    );
     eprintln!("cairn: built {} in {total:.1}s", final_dir.display());
     Ok(BuildResult {
         raw: final_dir.join(format!("{stem}.raw")),

@@ -13,9 +13,12 @@
 //! - [`spawn`]: a long-running child (QEMU) as a [`Process`], killed and
 //!   reaped when dropped.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
+use std::path::Path;
 use std::process::{Child, ChildStderr, Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -97,10 +100,73 @@ fn log_start(cmd: &Command) {
     }
 }
 
-fn log_time(started: Instant) {
+thread_local! {
+    /// The label [`run_streaming`] puts before each echoed line on this
+    /// thread (set by [`with_label`]).
+    static LABEL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `label` before every line [`run_streaming`] echoes on this
+/// thread (`[base] ...`, `[image inference] ...`), so stages running at
+/// once stay readable.
+pub fn with_label<T>(label: &str, f: impl FnOnce() -> T) -> T {
+    let old = LABEL.with(|l| l.replace(Some(label.to_string())));
+    let v = f();
+    LABEL.with(|l| *l.borrow_mut() = old);
+    v
+}
+
+/// `line` as [`run_streaming`] echoes it: behind this thread's label.
+fn labelled(line: &str) -> String {
+    LABEL.with(|l| match &*l.borrow() {
+        Some(label) => format!("    [{label}] {line}"),
+        None => format!("    {line}"),
+    })
+}
+
+/// Seconds spent in each tool (by program name) since the last
+/// [`take_tool_times`]: a build prints them against its wall time.
+static TOOL_TIMES: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
+
+fn log_time(program: &str, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
     if verbose() {
-        eprintln!("    ({:.1}s)", started.elapsed().as_secs_f64());
+        eprintln!("    ({secs:.1}s)");
     }
+    let name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| program.to_string());
+    if let Ok(mut t) = TOOL_TIMES.lock() {
+        *t.entry(name).or_default() += secs;
+    }
+}
+
+/// The time each tool ran since the last call (program name -> seconds,
+/// summed over its runs; tools running at once each count in full), and
+/// starts counting afresh.
+pub fn take_tool_times() -> BTreeMap<String, f64> {
+    TOOL_TIMES
+        .lock()
+        .map(|mut t| std::mem::take(&mut *t))
+        .unwrap_or_default()
+}
+
+/// One line for [`take_tool_times`]'s answer: the tools, longest first,
+/// their total, and the wall time they ran in.
+pub fn tool_times_line(times: &BTreeMap<String, f64>, wall: f64) -> String {
+    let mut v: Vec<(&String, &f64)> = times.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    let total: f64 = times.values().sum();
+    let list: Vec<String> = v.iter().map(|(n, s)| format!("{n} {s:.1}s")).collect();
+    format!(
+        "tool time: {}; total {total:.1}s; wall {wall:.1}s",
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    )
 }
 
 /// The error for a tool that could not be started: a missing program names
@@ -143,7 +209,7 @@ pub fn run(stage: &str, cmd: Cmd<'_>) -> Result<String> {
             bail!("{stage}: cannot run `{line}`: {e}; run `cairn doctor` to check host tools")
         }
     };
-    log_time(started);
+    log_time(line.split(' ').next().unwrap_or_default(), started);
     // A tool stopped by SIGINT/SIGTERM (`host::interrupt`) failed for that.
     crate::host::interrupt::check()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -166,7 +232,7 @@ pub fn run_code(stage: &str, cmd: Cmd<'_>) -> Result<(i32, String, String)> {
     let out = cmd.ignore_status().quiet().output().map_err(|e| {
         anyhow!("{stage}: cannot run `{line}`: {e}; run `cairn doctor` to check host tools")
     })?;
-    log_time(started);
+    log_time(line.split(' ').next().unwrap_or_default(), started);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let Some(code) = out.status.code() else {
@@ -182,7 +248,7 @@ pub fn output(stage: &str, mut cmd: Command) -> Result<Output> {
     log_start(&cmd);
     let started = Instant::now();
     let out = cmd.output().map_err(|e| start_error(stage, &cmd, e))?;
-    log_time(started);
+    log_time(&cmd.get_program().to_string_lossy(), started);
     crate::host::interrupt::check()?;
     if !out.status.success() {
         bail!(failure(
@@ -213,7 +279,7 @@ pub fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
         for l in std::io::BufReader::new(err).lines() {
             let l = l.unwrap_or_default();
             if l.starts_with("I: ") || verbose() {
-                eprintln!("    {}", l.trim_start_matches("I: "));
+                eprintln!("{}", labelled(l.trim_start_matches("I: ")));
             }
             tail.push(l);
             if tail.len() > 15 {
@@ -224,7 +290,7 @@ pub fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
     let status = child
         .wait()
         .with_context(|| format!("{stage}: waiting for `{line}`"))?;
-    log_time(started);
+    log_time(&cmd.get_program().to_string_lossy(), started);
     crate::host::interrupt::check()?;
     if !status.success() {
         bail!(
@@ -305,7 +371,7 @@ pub fn status(stage: &str, mut cmd: Command) -> Result<ExitStatus> {
     log_start(&cmd);
     let started = Instant::now();
     let st = cmd.status().map_err(|e| start_error(stage, &cmd, e))?;
-    log_time(started);
+    log_time(&cmd.get_program().to_string_lossy(), started);
     Ok(st)
 }
 
@@ -495,6 +561,35 @@ mod tests {
             .stderr(Stdio::piped());
         let e = run_streaming("stream", c).unwrap_err().to_string();
         assert!(e.contains("stream: `sh -c") && e.contains("boom"), "{e}");
+    }
+
+    #[test]
+    fn runner_labels_lines_per_thread_and_counts_tool_time() {
+        assert_eq!(labelled("x"), "    x");
+        let inner = with_label("base", || {
+            let here = labelled("x");
+            // Another thread has its own label (none here).
+            let other = std::thread::spawn(|| labelled("y")).join().unwrap();
+            (here, other)
+        });
+        assert_eq!(inner, ("    [base] x".to_string(), "    y".to_string()));
+        // The label ends with `with_label`.
+        assert_eq!(labelled("x"), "    x");
+
+        let mut c = command("sh");
+        c.args(["-c", "sleep 0.2"]);
+        output("unit stage", c).unwrap();
+        // Other tests run tools at the same time: at least this one's time.
+        let times = take_tool_times();
+        assert!(times.get("sh").copied().unwrap_or(0.0) >= 0.2, "{times:?}");
+        let line = tool_times_line(
+            &BTreeMap::from([("a".to_string(), 1.0), ("mksquashfs".to_string(), 2.5)]),
+            3.0,
+        );
+        assert_eq!(
+            line,
+            "tool time: mksquashfs 2.5s, a 1.0s; total 3.5s; wall 3.0s"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! over those exact bytes. Invariant: the list names every file in the
 //! output folder except the two it writes, sorted by name.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +16,14 @@ pub const SIG: &str = "SHA256.sig";
 
 /// The text of a SHA256 file for `dir`'s files (all but SHA256 and its sig).
 pub fn sums_for(dir: &Path) -> Result<String> {
+    sums_for_known(dir, &BTreeMap::new())
+}
+
+/// As [`sums_for`], taking the digests the caller already computed
+/// (`known`: file name -> digest, e.g. the manifest's outputs) instead of
+/// reading those files again; every other file is hashed. A known name that
+/// is not a file of `dir` is an error (the caller's list is stale).
+pub fn sums_for_known(dir: &Path, known: &BTreeMap<String, Sha256>) -> Result<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("sign: list {}", dir.display()))?
         .flatten()
@@ -23,9 +32,18 @@ pub fn sums_for(dir: &Path) -> Result<String> {
         .filter(|n| n != SUMS && n != SIG)
         .collect();
     names.sort();
+    if let Some(stale) = known.keys().find(|k| !names.contains(k)) {
+        bail!(
+            "sign: {stale} has a known digest but is not a file in {}",
+            dir.display()
+        );
+    }
     let mut out = String::new();
     for n in names {
-        let d = Sha256::of_file_with_progress(&dir.join(&n), &format!("sign: hash {n}"))?;
+        let d = match known.get(&n) {
+            Some(d) => *d,
+            None => Sha256::of_file_with_progress(&dir.join(&n), &format!("sign: hash {n}"))?,
+        };
         out.push_str(&format!("SHA256 ({n}) = {d}\n"));
     }
     Ok(out)
@@ -58,7 +76,18 @@ pub fn load_key(k: &SigningKey) -> Result<SecretKey> {
 /// Writes SHA256 and SHA256.sig into `dir`. `pub_name` goes into the
 /// signature's comment (`verify with NAME.pub`).
 pub fn sign_dir(dir: &Path, key: &SecretKey, pub_name: &str) -> Result<String> {
-    let sums = sums_for(dir)?;
+    sign_dir_known(dir, key, pub_name, &BTreeMap::new())
+}
+
+/// As [`sign_dir`], with the digests already known (see [`sums_for_known`]):
+/// the build passes the manifest's, so each medium is hashed once.
+pub fn sign_dir_known(
+    dir: &Path,
+    key: &SecretKey,
+    pub_name: &str,
+    known: &BTreeMap<String, Sha256>,
+) -> Result<String> {
+    let sums = sums_for_known(dir, known)?;
     if sums.is_empty() {
         bail!("sign: {} has nothing to sign", dir.display());
     }
@@ -95,5 +124,31 @@ mod tests {
         assert!(sig
             .verify(&crate::release::signify::generate().public(), &msg)
             .is_err());
+    }
+
+    #[test]
+    fn sums_take_known_digests_and_hash_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.raw"), "a").unwrap();
+        std::fs::write(d.path().join("b.json"), "b").unwrap();
+        // A known digest is used as given (here deliberately not a.raw's,
+        // to show the file is not read again) ...
+        let given = Sha256::of_bytes(b"not a");
+        let known = BTreeMap::from([("a.raw".to_string(), given)]);
+        let sums = sums_for_known(d.path(), &known).unwrap();
+        assert!(
+            sums.contains(&format!("SHA256 (a.raw) = {given}\n")),
+            "{sums}"
+        );
+        // ... and a file without one is hashed.
+        let b = Sha256::of_bytes(b"b");
+        assert!(sums.contains(&format!("SHA256 (b.json) = {b}\n")), "{sums}");
+        // Control: without known digests, a.raw is hashed.
+        let plain = sums_for(d.path()).unwrap();
+        assert!(plain.contains(&format!("SHA256 (a.raw) = {}\n", Sha256::of_bytes(b"a"))));
+        // A known name that is not in the folder is refused.
+        let stale = BTreeMap::from([("gone.iso".to_string(), given)]);
+        let e = sums_for_known(d.path(), &stale).unwrap_err().to_string();
+        assert!(e.contains("gone.iso"), "{e}");
     }
 }
