@@ -67,13 +67,52 @@ pub use crate::inputs::plan::Repos;
 pub fn compose(plan: &Plan, work: &Path, repos: &Repos) -> Result<ComposedRoot> {
     let recipe = plan.recipe;
     let tree = work.join("root");
-    match &recipe.base {
+    let make_base = || match &recipe.base {
         Base::Debian {
             suite,
             mirror,
             packages,
-        } => mmdebstrap(plan, suite, mirror, packages, &tree, repos.base.as_ref())?,
-        Base::Tarball { path, .. } => extract_tarball(path, &tree, &recipe.limits)?,
+        } => mmdebstrap(plan, suite, mirror, packages, &tree, repos.base.as_ref()),
+        Base::Tarball { path, .. } => extract_tarball(path, &tree, &recipe.limits),
+    };
+    // The base and each image built from Debian packages need nothing of
+    // one another: they run at once, each on its own thread, and their
+    // streamed lines say which they belong to. Each result is as if made
+    // alone (nothing they write is shared), so outputs stay bit-identical.
+    let (base, images) = std::thread::scope(|s| {
+        let handles: Vec<_> = recipe
+            .workloads
+            .images
+            .iter()
+            .filter(|img| {
+                matches!(
+                    img.source,
+                    crate::pipeline::workloads::ImageSource::Build { .. }
+                )
+            })
+            .map(|img| {
+                let label = format!("image {}", img.name);
+                s.spawn(move || {
+                    crate::host::runner::with_label(&label, || {
+                        crate::pipeline::workloads::prebuild(plan, img, work, &repos.images)
+                            .map(|b| b.map(|b| (img.name.clone(), b)))
+                    })
+                })
+            })
+            .collect();
+        let base = crate::host::runner::with_label("base", make_base);
+        let images: Vec<Result<Option<_>>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
+        (base, images)
+    });
+    base?;
+    let mut built = std::collections::BTreeMap::new();
+    for r in images {
+        if let Some((name, b)) = r? {
+            built.insert(name, b);
+        }
     }
     let (vmlinuz, kernel_version) = take_kernel(&tree, work)?;
     for overlay in &recipe.overlays {
@@ -81,7 +120,7 @@ pub fn compose(plan: &Plan, work: &Path, repos: &Repos) -> Result<ComposedRoot> 
             .with_context(|| format!("compose: overlay {}", overlay.display()))?;
     }
     configure(recipe, &tree)?;
-    let workloads = crate::pipeline::workloads::install(plan, &tree, work, &repos.images)?;
+    let workloads = crate::pipeline::workloads::install(plan, &tree, work, &built)?;
     let packages = installed_packages(&tree)?;
     Ok(ComposedRoot {
         tree,

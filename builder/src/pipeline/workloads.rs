@@ -6,7 +6,7 @@
 //! no network unless listed, resource limits and read-only model mounts.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -86,13 +86,10 @@ pub fn install(
     plan: &crate::inputs::plan::Plan,
     tree: &Path,
     work: &Path,
-    repos: &std::collections::BTreeMap<String, crate::inputs::debrepo::LocalRepo>,
+    built: &std::collections::BTreeMap<String, Prebuilt>,
 ) -> Result<Installed> {
     let w = &plan.recipe.workloads;
     let epoch = plan.recipe.source_date_epoch;
-    let (suite, mirror) = crate::recipe::packages::image_source(plan.recipe);
-    let (suite, mirror) = (suite.as_str(), mirror.as_str());
-    let (cache, stage_cache) = (&plan.cache, plan.stage_cache);
     let mut out = Installed {
         runtime: w.runtime,
         ..Default::default()
@@ -139,114 +136,16 @@ pub fn install(
                     .unwrap_or_default();
                 (loaded.manifest_digest, format!("archive {name}"))
             }
-            ImageSource::Build {
-                packages,
-                files,
-                entrypoint,
-                cmd,
-                env,
-                user,
-                workdir,
-                ports,
-            } => {
-                let spec = crate::pipeline::oci::BuildSpec {
-                    name: ref_name.clone(),
-                    packages: packages.clone(),
-                    files: files.clone(),
-                    entrypoint: entrypoint.clone(),
-                    cmd: cmd.clone(),
-                    env: env.clone(),
-                    user: user.clone(),
-                    workdir: workdir.clone(),
-                    exposed_ports: ports.clone(),
-                    epoch,
-                    suite: suite.into(),
-                    mirror: mirror.into(),
-                    repo: repos.get(&img.name).cloned(),
-                };
-                // Built images depend on the spec and the files' contents.
-                let mut inputs = vec![format!(
-                    "{:?}",
-                    (
-                        &spec.name,
-                        &spec.packages,
-                        &spec.entrypoint,
-                        &spec.cmd,
-                        &spec.env,
-                        &spec.user,
-                        &spec.workdir,
-                        &spec.exposed_ports,
-                        spec.epoch,
-                        &spec.suite,
-                        &spec.mirror,
-                    )
-                )];
-                for (src, dest, mode) in files {
-                    inputs.push(format!("file {dest} {mode:o} {}", Sha256::of_file(src)?));
-                }
-                inputs.extend(
-                    crate::inputs::debrepo::Variant::Image
-                        .args()
-                        .into_iter()
-                        .map(|a| a.to_string()),
-                );
-                // Locked: the exact packages (online or offline alike).
-                if let Some(r) = &spec.repo {
-                    inputs.extend(
-                        r.packages
-                            .iter()
-                            .map(|p| format!("deb {} {}", p.spec(), p.sha256)),
-                    );
-                }
-                let key = crate::inputs::stagecache::key("oci-build", &inputs);
-                let built_digest =
-                    match crate::inputs::stagecache::lookup(cache, stage_cache, "oci-build", &key)
-                        .and_then(|(blob, extra)| {
-                            Sha256::from_hex(extra.trim()).ok().map(|d| (blob, d))
-                        }) {
-                        Some((blob, digest)) => {
-                            eprintln!(
-                                "        image {}: inputs unchanged, reusing the cached build",
-                                img.name
-                            );
-                            std::fs::copy(&blob, &dest).context("copy the cached image")?;
-                            crate::host::tree::set_plain_mode(&dest)?;
-                            digest
-                        }
-                        None => {
-                            let bwork = work.join(format!("image-{}", img.name));
-                            std::fs::create_dir_all(&bwork)?;
-                            let built = crate::pipeline::oci::build_image(&spec, &bwork, &dest)
-                                .with_context(|| {
-                                    format!("image {}: build from Debian packages", img.name)
-                                })?;
-                            std::fs::remove_dir_all(&bwork).ok();
-                            if stage_cache {
-                                crate::inputs::stagecache::store(
-                                    cache,
-                                    "oci-build",
-                                    &key,
-                                    &dest,
-                                    &built.manifest_digest.hex(),
-                                )?;
-                            }
-                            built.manifest_digest
-                        }
-                    };
-                let built = BuiltDigest {
-                    manifest_digest: built_digest,
-                };
-                if let Some(pin) = img.pin {
-                    if pin != built.manifest_digest {
-                        return Err(crate::InputError(format!(
-                            "image {}: built manifest digest is {}, but the recipe pins {pin}; update the pin if the change is intended",
-                            img.name, built.manifest_digest
-                        ))
-                        .into());
-                    }
-                }
+            ImageSource::Build { packages, .. } => {
+                let pre = built
+                    .get(&img.name)
+                    .with_context(|| format!("image {}: was not built before install", img.name))?;
+                std::fs::rename(&pre.archive, &dest)
+                    .or_else(|_| std::fs::copy(&pre.archive, &dest).map(|_| ()))
+                    .with_context(|| format!("image {}: move into the root", img.name))?;
+                crate::host::tree::set_plain_mode(&dest)?;
                 (
-                    built.manifest_digest,
+                    pre.digest,
                     format!("built from Debian packages: {}", packages.join(" ")),
                 )
             }
@@ -311,6 +210,146 @@ pub fn install(
     }
     out.services = w.services.iter().map(|s| s.name.clone()).collect();
     Ok(out)
+}
+
+/// An image built from Debian packages ahead of [`install`]: its archive in
+/// the work folder and its manifest digest.
+#[derive(Debug, Clone)]
+pub struct Prebuilt {
+    pub archive: PathBuf,
+    pub digest: Sha256,
+}
+
+/// Builds `img` from Debian packages (or takes it from the stage cache)
+/// into `work/built-NAME.tar`; `None` for an image that is not built. It
+/// needs nothing of the root tree, so compose runs it while the base is
+/// made. The recipe's pin, if any, is checked here.
+pub fn prebuild(
+    plan: &crate::inputs::plan::Plan,
+    img: &WorkloadImage,
+    work: &Path,
+    repos: &std::collections::BTreeMap<String, crate::inputs::debrepo::LocalRepo>,
+) -> Result<Option<Prebuilt>> {
+    let ImageSource::Build {
+        packages,
+        files,
+        entrypoint,
+        cmd,
+        env,
+        user,
+        workdir,
+        ports,
+    } = &img.source
+    else {
+        return Ok(None);
+    };
+    let w = &plan.recipe.workloads;
+    let epoch = plan.recipe.source_date_epoch;
+    let (suite, mirror) = crate::recipe::packages::image_source(plan.recipe);
+    let (suite, mirror) = (suite.as_str(), mirror.as_str());
+    let (cache, stage_cache) = (&plan.cache, plan.stage_cache);
+    let ref_name = match w.runtime {
+        Runtime::K3s => reference(&img.name),
+        _ => "pinned".to_string(),
+    };
+    let dest = work.join(format!("built-{}.tar", img.name));
+    let spec = crate::pipeline::oci::BuildSpec {
+        name: ref_name.clone(),
+        packages: packages.clone(),
+        files: files.clone(),
+        entrypoint: entrypoint.clone(),
+        cmd: cmd.clone(),
+        env: env.clone(),
+        user: user.clone(),
+        workdir: workdir.clone(),
+        exposed_ports: ports.clone(),
+        epoch,
+        suite: suite.into(),
+        mirror: mirror.into(),
+        repo: repos.get(&img.name).cloned(),
+    };
+    // Built images depend on the spec and the files' contents.
+    let mut inputs = vec![format!(
+        "{:?}",
+        (
+            &spec.name,
+            &spec.packages,
+            &spec.entrypoint,
+            &spec.cmd,
+            &spec.env,
+            &spec.user,
+            &spec.workdir,
+            &spec.exposed_ports,
+            spec.epoch,
+            &spec.suite,
+            &spec.mirror,
+        )
+    )];
+    for (src, dest, mode) in files {
+        inputs.push(format!("file {dest} {mode:o} {}", Sha256::of_file(src)?));
+    }
+    inputs.extend(
+        crate::inputs::debrepo::Variant::Image
+            .args()
+            .into_iter()
+            .map(|a| a.to_string()),
+    );
+    // Locked: the exact packages (online or offline alike).
+    if let Some(r) = &spec.repo {
+        inputs.extend(
+            r.packages
+                .iter()
+                .map(|p| format!("deb {} {}", p.spec(), p.sha256)),
+        );
+    }
+    let key = crate::inputs::stagecache::key("oci-build", &inputs);
+    let built_digest =
+        match crate::inputs::stagecache::lookup(cache, stage_cache, "oci-build", &key)
+            .and_then(|(blob, extra)| Sha256::from_hex(extra.trim()).ok().map(|d| (blob, d)))
+        {
+            Some((blob, digest)) => {
+                eprintln!(
+                    "        image {}: inputs unchanged, reusing the cached build",
+                    img.name
+                );
+                std::fs::copy(&blob, &dest).context("copy the cached image")?;
+                crate::host::tree::set_plain_mode(&dest)?;
+                digest
+            }
+            None => {
+                let bwork = work.join(format!("image-{}", img.name));
+                std::fs::create_dir_all(&bwork)?;
+                let built = crate::pipeline::oci::build_image(&spec, &bwork, &dest)
+                    .with_context(|| format!("image {}: build from Debian packages", img.name))?;
+                std::fs::remove_dir_all(&bwork).ok();
+                if stage_cache {
+                    crate::inputs::stagecache::store(
+                        cache,
+                        "oci-build",
+                        &key,
+                        &dest,
+                        &built.manifest_digest.hex(),
+                    )?;
+                }
+                built.manifest_digest
+            }
+        };
+    let built = BuiltDigest {
+        manifest_digest: built_digest,
+    };
+    if let Some(pin) = img.pin {
+        if pin != built.manifest_digest {
+            return Err(crate::InputError(format!(
+                "image {}: built manifest digest is {}, but the recipe pins {pin}; update the pin if the change is intended",
+                img.name, built.manifest_digest
+            ))
+            .into());
+        }
+    }
+    Ok(Some(Prebuilt {
+        archive: dest,
+        digest: built.manifest_digest,
+    }))
 }
 
 /// Copies a file or folder into the tree, root-owned, writable by nobody.
