@@ -258,9 +258,13 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         initrd.modules,
         initrd.size as f64 / 1048576.0
     );
-    st.run("normalise", || {
+    let norm = st.run("normalise", || {
         crate::pipeline::normalise::normalise(&composed.tree, recipe.source_date_epoch)
     })?;
+    eprintln!(
+        "        pruned {} entries (docs, locales, apt, dpkg's database but status)",
+        norm.pruned
+    );
     let root = st.run("squashfs root", || {
         crate::pipeline::squashfs::make_squashfs(
             &composed.tree,

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use filetime::FileTime;
 use walkdir::WalkDir;
 
-use crate::host::tree::resolve_in_root;
+use crate::host::tree::{resolve_in_root, resolve_in_root_follow};
 
 /// Files and folder contents that differ between builds or identify the
 /// build host, and have no use on a read-only appliance.
@@ -36,11 +36,122 @@ const EMPTY: &[&str] = &[
     "run",
 ];
 
+/// Folders whose contents a read-only appliance never reads: apt's lists
+/// and caches, documentation, manual and info pages. The folders stay.
+const PRUNE_CONTENTS: &[&str] = &[
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+];
+/// Translations: everything but the alias table goes (C and C.UTF-8 need
+/// nothing here; C.UTF-8 itself is in /usr/lib/locale).
+const LOCALE_DIR: &str = "usr/share/locale";
+const LOCALE_KEEP: &[&str] = &["locale.alias"];
+/// dpkg's database: only `status` stays (the manifest's package list and
+/// SBOM come from it).
+const DPKG_DIR: &str = "var/lib/dpkg";
+const DPKG_KEEP: &[&str] = &["status"];
+/// Packages whose files go: the package managers (nothing at boot runs
+/// them; the image is never upgraded in place). Matched against dpkg's
+/// file lists `var/lib/dpkg/info/NAME.list` and `NAME:ARCH.list`.
+const PACKAGE_MANAGERS: &[&str] = &["apt", "dpkg"];
+const PACKAGE_MANAGER_PREFIXES: &[&str] = &["libapt-pkg"];
+
 pub struct Normalised {
     pub entries: u64,
+    /// Entries the prune step removed (files, links and whole folders).
+    pub pruned: u64,
+}
+
+/// Removes what a read-only appliance never runs or reads (see the
+/// constants above). Every path resolves inside the tree (`host::tree`):
+/// a link is removed as a link, never followed out of the tree. Returns
+/// how many entries went.
+pub fn prune(tree: &Path) -> Result<u64> {
+    let mut removed = 0;
+    // The package managers' own files, from dpkg's lists (read before the
+    // lists themselves go). Folders stay: other packages share them.
+    let info = Path::new(DPKG_DIR).join("info");
+    let info_dir = resolve_in_root_follow(tree, &info)?;
+    let mut lists: Vec<String> = match std::fs::read_dir(&info_dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                let Some(pkg) = n.strip_suffix(".list") else {
+                    return false;
+                };
+                let pkg = pkg.split(':').next().unwrap_or(pkg);
+                PACKAGE_MANAGERS.contains(&pkg)
+                    || PACKAGE_MANAGER_PREFIXES.iter().any(|p| pkg.starts_with(p))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    lists.sort();
+    for list in lists {
+        let text =
+            crate::host::tree::read_in_tree_opt(tree, &info.join(&list))?.unwrap_or_default();
+        for line in String::from_utf8_lossy(&text).lines() {
+            let rel = line.trim().trim_start_matches('/');
+            if rel.is_empty() || rel == "." {
+                continue;
+            }
+            let p = resolve_in_root(tree, Path::new(rel))?;
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if !m.is_dir() => {
+                    std::fs::remove_file(&p)
+                        .with_context(|| format!("normalise: remove /{rel} (from {list})"))?;
+                    removed += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    for rel in PRUNE_CONTENTS {
+        removed += remove_children(tree, rel, &[])?;
+    }
+    removed += remove_children(tree, LOCALE_DIR, LOCALE_KEEP)?;
+    removed += remove_children(tree, DPKG_DIR, DPKG_KEEP)?;
+    Ok(removed)
+}
+
+/// Removes every entry of the folder `rel` (links as links, folders whole)
+/// but those named in `keep`; nothing if `rel` is not a folder.
+fn remove_children(tree: &Path, rel: &str, keep: &[&str]) -> Result<u64> {
+    let dir = resolve_in_root_follow(tree, Path::new(rel))?;
+    if !std::fs::symlink_metadata(&dir)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        return Ok(0);
+    }
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&dir)
+        .with_context(|| format!("normalise: list /{rel}"))?
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !keep.iter().any(|k| n == std::ffi::OsStr::new(k)))
+        .collect();
+    names.sort();
+    let inner = dir
+        .strip_prefix(tree)
+        .unwrap_or(Path::new(rel))
+        .to_path_buf();
+    let mut removed = 0;
+    for n in names {
+        if crate::host::tree::remove_in_tree(tree, &inner.join(&n))
+            .with_context(|| format!("normalise: remove /{rel}/{}", n.to_string_lossy()))?
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 pub fn normalise(tree: &Path, epoch: u64) -> Result<Normalised> {
+    let pruned = prune(tree)?;
     for rel in REMOVE {
         let p = resolve_in_root(tree, Path::new(rel))?;
         if std::fs::symlink_metadata(&p).is_ok() {
@@ -76,7 +187,7 @@ pub fn normalise(tree: &Path, epoch: u64) -> Result<Normalised> {
             .with_context(|| format!("normalise: stamp {}", e.path().display()))?;
         entries += 1;
     }
-    Ok(Normalised { entries })
+    Ok(Normalised { entries, pruned })
 }
 
 fn empty_files_below(dir: &Path) -> Result<()> {
@@ -123,6 +234,90 @@ mod tests {
         assert_eq!(
             std::fs::metadata(&outside).unwrap().modified().unwrap(),
             before
+        );
+    }
+
+    #[test]
+    fn prune_drops_docs_locales_package_managers_and_never_leaves_the_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "host").unwrap();
+        let tree = d.path().join("tree");
+        let w = |rel: &str, body: &str| {
+            let p = tree.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        };
+        w("usr/share/doc/bash/copyright", "c");
+        w("usr/share/man/man1/ls.1.gz", "m");
+        w("usr/share/info/dir", "i");
+        w("usr/share/locale/locale.alias", "a");
+        w("usr/share/locale/de/LC_MESSAGES/x.mo", "t");
+        w(
+            "var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease",
+            "l",
+        );
+        w("var/lib/dpkg/status", "Package: bash\n");
+        w("var/lib/dpkg/available", "");
+        w("usr/bin/apt", "bin");
+        w("usr/bin/dpkg", "bin");
+        w("usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0", "lib");
+        w("usr/bin/bash", "bin");
+        w("usr/lib/locale/C.utf8/LC_CTYPE", "c");
+        // An escaping link in a pruned folder, and a list naming a path
+        // through a link that points out of the tree (read as the image
+        // would: inside it).
+        symlink(&outside, tree.join("usr/share/doc/escape")).unwrap();
+        symlink(&outside, tree.join("usr/lib/evil")).unwrap();
+        w(
+            "var/lib/dpkg/info/apt.list",
+            "/.\n/usr\n/usr/bin\n/usr/bin/apt\n/usr/lib/evil/keep\n",
+        );
+        w("var/lib/dpkg/info/dpkg.list", "/usr/bin/dpkg\n");
+        w(
+            "var/lib/dpkg/info/libapt-pkg6.0:amd64.list",
+            "/usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0\n",
+        );
+        w("var/lib/dpkg/info/bash.list", "/usr/bin/bash\n");
+        let n = normalise(&tree, 1).unwrap();
+        assert!(n.pruned > 0);
+        for gone in [
+            "usr/share/doc/bash",
+            "usr/share/doc/escape",
+            "usr/share/man/man1",
+            "usr/share/info/dir",
+            "usr/share/locale/de",
+            "var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease",
+            "var/lib/dpkg/available",
+            "var/lib/dpkg/info",
+            "usr/bin/apt",
+            "usr/bin/dpkg",
+            "usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0",
+        ] {
+            assert!(
+                std::fs::symlink_metadata(tree.join(gone)).is_err(),
+                "{gone} is still there"
+            );
+        }
+        // Control: what the appliance runs or the SBOM reads stays.
+        for kept in [
+            "usr/share/doc",
+            "usr/share/locale/locale.alias",
+            "var/lib/dpkg/status",
+            "usr/bin/bash",
+            "usr/lib/locale/C.utf8/LC_CTYPE",
+            "usr/lib/evil",
+        ] {
+            assert!(
+                std::fs::symlink_metadata(tree.join(kept)).is_ok(),
+                "{kept} was removed"
+            );
+        }
+        // Nothing outside the tree was touched.
+        assert_eq!(
+            std::fs::read_to_string(outside.join("keep")).unwrap(),
+            "host"
         );
     }
 }
