@@ -4,7 +4,9 @@
 #      `cairn verify` on the same folder (each run twice, the second timed,
 #      so both read from a warm page cache); prints both and the ratio.
 #  (b) unless BENCH_BUILD=0: a cold build of recipes/field-ai.toml (no stage
-#      cache) and a warm rebuild after a model-data change, with stage times.
+#      cache) and a warm rebuild after a model-data change, with stage times;
+#      each build's wall time against the sum of its tools' own times (the
+#      `cairn: tool time:` line the build prints).
 # Environment: OUT (default out), PUBKEY (default .cairn-dev/dev.pub),
 # BENCH_CAIRN (default target/release/cairn),
 # BENCH_DIR (a folder to use instead of the newest signed one under OUT),
@@ -115,6 +117,13 @@ build_once() { # label, recipe, extra env -> prints the stage times
         exit 1
     fi
     sed -n '/stage times/,/cairn: built/p' "$log"
+    # The runner's per-tool totals (tools running at once each count in
+    # full): wall below the sum is time won by running stages concurrently.
+    local tools
+    tools=$(sed -n 's/^cairn: tool time: .*; total \([0-9.]*\)s; wall \([0-9.]*\)s$/\1 \2/p' "$log")
+    if [[ -n $tools ]]; then
+        awk -v l="$label" '{ printf "bench: %s wall %.1fs against its tools'"'"' own times %.1fs: %.2fx\n", l, $2, $1, ($1 > 0 ? $2 / $1 : 0) }' <<<"$tools"
+    fi
 }
 
 if [[ ${BENCH_BUILD:-1} == 1 ]]; then
