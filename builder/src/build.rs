@@ -262,7 +262,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         crate::pipeline::normalise::normalise(&composed.tree, recipe.source_date_epoch)
     })?;
     eprintln!(
-        "        pruned {} entries (docs, locales, apt, dpkg's database but status)",
+        "        pruned {} entries (docs but copyright, man, locales, apt, dpkg's database but status)",
         norm.pruned
     );
     let root = st.run("squashfs root", || {

@@ -37,14 +37,18 @@ const EMPTY: &[&str] = &[
 ];
 
 /// Folders whose contents a read-only appliance never reads: apt's lists
-/// and caches, documentation, manual and info pages. The folders stay.
+/// and caches, manual and info pages. The folders stay.
 const PRUNE_CONTENTS: &[&str] = &[
     "var/lib/apt/lists",
     "var/cache/apt",
-    "usr/share/doc",
     "usr/share/man",
     "usr/share/info",
 ];
+/// Documentation: each package's folder keeps only its `copyright` (the
+/// licence notices that ship with the binaries; compose's mmdebstrap
+/// options already keep nothing else, a tarball base may).
+const DOC_DIR: &str = "usr/share/doc";
+const DOC_KEEP: &[&str] = &["copyright"];
 /// Translations: everything but the alias table goes (C and C.UTF-8 need
 /// nothing here; C.UTF-8 itself is in /usr/lib/locale).
 const LOCALE_DIR: &str = "usr/share/locale";
@@ -112,6 +116,19 @@ pub fn prune(tree: &Path) -> Result<u64> {
     }
     for rel in PRUNE_CONTENTS {
         removed += remove_children(tree, rel, &[])?;
+    }
+    let doc = resolve_in_root_follow(tree, Path::new(DOC_DIR))?;
+    if let Ok(rd) = std::fs::read_dir(&doc) {
+        let mut pkgs: Vec<String> = rd
+            .flatten()
+            // Folders only (links to another package's folder stay).
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        pkgs.sort();
+        for p in pkgs {
+            removed += remove_children(tree, &format!("{DOC_DIR}/{p}"), DOC_KEEP)?;
+        }
     }
     removed += remove_children(tree, LOCALE_DIR, LOCALE_KEEP)?;
     removed += remove_children(tree, DPKG_DIR, DPKG_KEEP)?;
@@ -250,6 +267,8 @@ mod tests {
             std::fs::write(p, body).unwrap();
         };
         w("usr/share/doc/bash/copyright", "c");
+        w("usr/share/doc/bash/README.gz", "r");
+        w("usr/share/doc/bash/examples/x", "e");
         w("usr/share/man/man1/ls.1.gz", "m");
         w("usr/share/info/dir", "i");
         w("usr/share/locale/locale.alias", "a");
@@ -268,6 +287,7 @@ mod tests {
         // An escaping link in a pruned folder, and a list naming a path
         // through a link that points out of the tree (read as the image
         // would: inside it).
+        symlink(&outside, tree.join("usr/share/doc/bash/escape")).unwrap();
         symlink(&outside, tree.join("usr/share/doc/escape")).unwrap();
         symlink(&outside, tree.join("usr/lib/evil")).unwrap();
         w(
@@ -283,8 +303,9 @@ mod tests {
         let n = normalise(&tree, 1).unwrap();
         assert!(n.pruned > 0);
         for gone in [
-            "usr/share/doc/bash",
-            "usr/share/doc/escape",
+            "usr/share/doc/bash/README.gz",
+            "usr/share/doc/bash/examples",
+            "usr/share/doc/bash/escape",
             "usr/share/man/man1",
             "usr/share/info/dir",
             "usr/share/locale/de",
@@ -302,7 +323,8 @@ mod tests {
         }
         // Control: what the appliance runs or the SBOM reads stays.
         for kept in [
-            "usr/share/doc",
+            "usr/share/doc/bash/copyright",
+            "usr/share/doc/escape",
             "usr/share/locale/locale.alias",
             "var/lib/dpkg/status",
             "usr/bin/bash",
