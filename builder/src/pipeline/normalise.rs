@@ -103,6 +103,16 @@ pub fn prune(tree: &Path) -> Result<u64> {
             if rel.is_empty() || rel == "." {
                 continue;
             }
+            // Folders stay, and so does a link that leads to one (usrmerge's
+            // /lib -> usr/lib is named in lists as "/lib"), resolved as the
+            // image would, inside the tree.
+            let followed = resolve_in_root_follow(tree, Path::new(rel))?;
+            if std::fs::metadata(&followed)
+                .map(|m| m.is_dir())
+                .unwrap_or(false)
+            {
+                continue;
+            }
             let p = resolve_in_root(tree, Path::new(rel))?;
             match std::fs::symlink_metadata(&p) {
                 Ok(m) if !m.is_dir() => {
@@ -290,9 +300,13 @@ mod tests {
         symlink(&outside, tree.join("usr/share/doc/bash/escape")).unwrap();
         symlink(&outside, tree.join("usr/share/doc/escape")).unwrap();
         symlink(&outside, tree.join("usr/lib/evil")).unwrap();
+        // usrmerge: /lib is a link to usr/lib, and lists name "/lib".
+        symlink("usr/lib", tree.join("lib")).unwrap();
+        w("usr/lib/systemd/systemd", "init");
+        w("usr/lib/systemd/system/apt-daily.service", "unit");
         w(
             "var/lib/dpkg/info/apt.list",
-            "/.\n/usr\n/usr/bin\n/usr/bin/apt\n/usr/lib/evil/keep\n",
+            "/.\n/lib\n/lib/systemd\n/lib/systemd/system\n/lib/systemd/system/apt-daily.service\n/usr\n/usr/bin\n/usr/bin/apt\n/usr/lib/evil/keep\n",
         );
         w("var/lib/dpkg/info/dpkg.list", "/usr/bin/dpkg\n");
         w(
@@ -313,6 +327,7 @@ mod tests {
             "var/lib/dpkg/available",
             "var/lib/dpkg/info",
             "usr/bin/apt",
+            "usr/lib/systemd/system/apt-daily.service",
             "usr/bin/dpkg",
             "usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0",
         ] {
@@ -330,6 +345,8 @@ mod tests {
             "usr/bin/bash",
             "usr/lib/locale/C.utf8/LC_CTYPE",
             "usr/lib/evil",
+            "lib",
+            "usr/lib/systemd/systemd",
         ] {
             assert!(
                 std::fs::symlink_metadata(tree.join(kept)).is_ok(),
