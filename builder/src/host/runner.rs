@@ -343,7 +343,7 @@ pub fn run_with_progress(stage: &str, mut cmd: Command, label: &str, total: u64)
         .wait()
         .with_context(|| format!("{stage}: waiting for `{line}`"))?;
     let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
-    log_time(started);
+    log_time(&cmd.get_program().to_string_lossy(), started);
     if let Err(e) = crate::host::interrupt::check() {
         bar.abandon();
         return Err(e.into());
