@@ -26,6 +26,7 @@ impl Flash for Signed {
             yes: true,
             to_file: true,
             max_size: None,
+            site: None,
         }
     }
 }

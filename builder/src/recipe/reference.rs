@@ -178,7 +178,13 @@ mod tests {
                 "docs/recipe.md has no generated block for [{t}]"
             );
         }
-        for name in ["limits", "limits-keys", "cmdline-refused", "capabilities", "site-settings"] {
+        for name in [
+            "limits",
+            "limits-keys",
+            "cmdline-refused",
+            "capabilities",
+            "site-settings",
+        ] {
             assert!(doc.contains(&format!("{BEGIN}{name} -->")), "{name}");
         }
     }

@@ -26,6 +26,13 @@ impl Validator<'_> {
                         known.join(", ")
                     ),
                 );
+            } else if (k == "address" || k == "gateway") && network.address.is_none() {
+                // The site's value replaces the recipe's in the networkd file
+                // the recipe's address makes.
+                self.problem(
+                    a.span(),
+                    format!("a site can set {k:?} only when the recipe has a default: add [network] address"),
+                );
             } else if allow.contains(k) {
                 self.problem(a.span(), format!("{k:?} is listed twice; remove one"));
             } else {

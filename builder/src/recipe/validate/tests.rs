@@ -794,6 +794,15 @@ fn site_allow_names_only_settings_a_site_can_set() {
     refused_in(d.path(), &text, 6, 22, "[site] allow names \"kernel\"");
     // Control: known names pass and are recorded sorted, with the key id.
     let good = text.replace(", \"kernel\"", ", \"address\"");
+    // An address needs the recipe's default to replace.
+    refused_in(
+        d.path(),
+        &good,
+        6,
+        22,
+        "a site can set \"address\" only when",
+    );
+    let good = format!("{good}[network]\naddress = \"10.0.2.15/24\"\n");
     let r = ok_in(d.path(), &good);
     let s = r.site.expect("site declaration");
     assert_eq!(s.allow, ["address", "hostname"]);
