@@ -539,6 +539,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         recipe.display()
                     ))
                 })?;
+                // The file first: its problems are what the user came for.
+                cairn::release::site::check_file(&site, decl)?;
                 let key = cairn::release::sign::load_key(&cairn::release::sign::SigningKey {
                     path: key,
                     passphrase: pass.source(),

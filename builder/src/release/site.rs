@@ -49,6 +49,15 @@ fn read_text(site: &Path) -> Result<String> {
     })
 }
 
+/// Checks `site` against `decl` (every problem with `file:line:col`).
+pub fn check_file(
+    site: &Path,
+    decl: &SiteDeclaration,
+) -> Result<crate::recipe::site::SiteSettings> {
+    let text = read_text(site)?;
+    Ok(check(site, &text, decl)?)
+}
+
 /// Checks `site` against `decl`, signs it with `key` (which must be the
 /// declaration's site key) and writes `SITE.toml.sig`.
 pub fn sign(site: &Path, key: &SecretKey, decl: &SiteDeclaration) -> Result<SignedSite> {
