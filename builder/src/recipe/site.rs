@@ -114,6 +114,15 @@ pub fn is_host_name(h: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// `name_rule!()` (the rule of image, service and model names).
+fn is_site_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.starts_with(|c: char| c.is_ascii_lowercase())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 fn problem(file: &Path, text: &str, at: usize, message: impl Into<String>) -> RecipeProblem {
     let (line, col) = line_col(text, at);
     RecipeProblem {
@@ -208,7 +217,7 @@ pub fn check(file: &Path, text: &str, decl: &SiteDeclaration) -> Result<SiteSett
         name: parsed.name.get_ref().clone(),
         ..Default::default()
     };
-    if !crate::recipe::validate::is_safe_name(&out.name) {
+    if !is_site_name(&out.name) {
         problems.push(problem(
             file,
             text,
