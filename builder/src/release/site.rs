@@ -371,4 +371,51 @@ mod tests {
         assert_eq!((r.problems[0].line, r.problems[0].col), (2, 1), "{r}");
         assert!(!sig_path(&site).exists());
     }
+
+    /// A 4 MiB GPT disk file whose partition `cairn-esp` (at 1 MiB) is FAT.
+    fn tiny_disk(dir: &Path) -> PathBuf {
+        let disk = dir.join("disk.raw");
+        let esp = dir.join("esp.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let sh = xshell::Shell::new().unwrap();
+        let script = "label: gpt\nstart=2048, size=4096, name=\"cairn-esp\"\n";
+        xshell::cmd!(sh, "sfdisk --quiet {disk}")
+            .stdin(script)
+            .run()
+            .unwrap();
+        xshell::cmd!(sh, "mkfs.vfat -C {esp} 2048")
+            .quiet()
+            .run()
+            .unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        crate::media::disk::copy_into(&mut f, 1 << 20, &esp).unwrap();
+        disk
+    }
+
+    #[test]
+    fn site_lands_on_the_esp_and_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = tiny_disk(d.path());
+        assert_eq!(esp_offset(&disk).unwrap(), 1 << 20);
+        let key = crate::release::signify::generate();
+        let decl = decl_for(&key, d.path());
+        let site = d.path().join("north.toml");
+        std::fs::write(&site, "name = \"north\"\n").unwrap();
+        let s = sign(&site, &key, &decl).unwrap();
+        write_to_medium(&disk, &s).unwrap();
+        // Twice is fine (the folder exists, the files are replaced).
+        write_to_medium(&disk, &s).unwrap();
+        // Control: the read-back compares bytes, so other bytes fail it.
+        let other = SignedSite {
+            text: b"name = \"south\"\n".to_vec(),
+            ..s.clone()
+        };
+        let e = read_back(&disk, &other).unwrap_err();
+        assert!(format!("{e:#}").contains("does not match"), "{e:#}");
+        // Outside the ESP nothing changed: the partition table still reads.
+        assert_eq!(esp_offset(&disk).unwrap(), 1 << 20);
+    }
 }

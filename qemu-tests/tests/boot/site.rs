@@ -23,6 +23,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn boot_to_ready(img: &Path, log: &str) -> Vm {
     let mut spec = BootSpec::new(img, ImageFormat::Raw, Firmware::Uefi, log_path(log));
     spec.debug_console = true;
+    spec.network = true;
     let mut vm = Vm::start(&spec).expect("start qemu");
     let (i, line) = vm
         .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout())
@@ -38,10 +39,19 @@ fn identity(vm: &mut Vm) -> (String, String) {
         .console_run("cat /proc/sys/kernel/hostname", t)
         .expect("console");
     assert_eq!(rc, 0, "{host}");
-    let (rc, addrs) = vm
-        .console_run("busybox ip -4 addr show", t)
-        .expect("console");
-    assert_eq!(rc, 0, "{addrs}");
+    // networkd may still be bringing the link up when ready is printed.
+    let mut addrs = String::new();
+    for _ in 0..30 {
+        let (rc, out) = vm
+            .console_run("busybox ip -4 addr show", t)
+            .expect("console");
+        assert_eq!(rc, 0, "{out}");
+        addrs = out;
+        if addrs.contains("inet 10.") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
     (host.trim().to_string(), addrs)
 }
 
