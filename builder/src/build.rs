@@ -248,6 +248,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         crate::pipeline::initramfs::make_initramfs(
             &composed.tree,
             recipe.state_grow,
+            recipe.site.as_ref(),
             &composed.kernel_version,
             &work.join("initramfs.cpio"),
             recipe.source_date_epoch,

@@ -79,6 +79,38 @@ enum CacheOp {
 }
 
 #[derive(Subcommand)]
+enum SiteOp {
+    /// Check a site file against the recipe's [site] table and sign it:
+    /// writes SITE.toml.sig. An unknown key, a key the recipe does not allow
+    /// or a bad value: exit 2 with file:line:col, nothing written.
+    Sign {
+        site: PathBuf,
+        /// The site key's secret half (signify format), not the release key.
+        #[arg(long, value_name = "sites.sec")]
+        key: PathBuf,
+        /// The recipe whose [site] table the file must follow.
+        #[arg(long)]
+        recipe: PathBuf,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Write a copy of a raw or qcow2 image (for VMs) with a signed site
+    /// file on its ESP. The site file is checked against the release's
+    /// manifest and its signature verified first; the image is not changed.
+    Apply {
+        /// The .raw or .qcow2, in its release folder (manifest.json beside it).
+        image: PathBuf,
+        /// The site file; SITE.toml.sig must be beside it.
+        site: PathBuf,
+        /// The copy to write (must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Build a recipe into out/NAME-VERSION/ (raw disk + manifest.json).
     ///
@@ -220,6 +252,16 @@ enum Command {
         /// size, release, digests, times, result) to FILE.
         #[arg(long, value_name = "FILE")]
         receipts: Option<PathBuf>,
+        /// A signed site file (SITE.toml.sig beside it) to put on the
+        /// stick's ESP after the image; checked before anything is written.
+        #[arg(long, value_name = "SITE.toml")]
+        site: Option<PathBuf>,
+    },
+    /// Site files: per-site settings for one signed release (see
+    /// docs/recipe.md, `[site]`).
+    Site {
+        #[command(subcommand)]
+        op: SiteOp,
     },
     /// Boot a raw, qcow2 or ISO image in QEMU on this machine, serial console on
     /// the terminal (Ctrl-A x quits). Networking is user-mode with restrict=on:
@@ -413,6 +455,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             yes,
             to_file,
             receipts,
+            site,
         } => {
             if devices.len() == 1 && receipts.is_none() {
                 let opts = cairn::field::flash::FlashOptions {
@@ -422,6 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     yes,
                     to_file,
                     max_size: None,
+                    site,
                 };
                 return Ok(match cairn::field::flash::flash(&opts) {
                     Ok(report) => {
@@ -433,6 +477,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
                     }
                 });
+            }
+            if site.is_some() {
+                return Err(cairn::InputError(
+                    "--site writes one device at a time for now; flash each stick with its own cairn flash --site".into(),
+                )
+                .into());
             }
             let opts = cairn::field::flash::ManyOptions {
                 image,
@@ -474,6 +524,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Site { op } => match op {
+            SiteOp::Sign {
+                site,
+                key,
+                recipe,
+                root,
+                pass,
+            } => {
+                let r = cairn::recipe::load(&recipe, root.as_deref(), &settings()?.recipe_env())?;
+                let decl = r.site.as_ref().ok_or_else(|| {
+                    cairn::InputError(format!(
+                        "{}: the recipe has no [site] table, so its images take no site file",
+                        recipe.display()
+                    ))
+                })?;
+                // The file first: its problems are what the user came for.
+                cairn::release::site::check_file(&site, decl)?;
+                let key = cairn::release::sign::load_key(&cairn::release::sign::SigningKey {
+                    path: key,
+                    passphrase: pass.source(),
+                })?;
+                let s = cairn::release::site::sign(&site, &key, decl)?;
+                println!(
+                    "site {} (key {}): wrote {}",
+                    s.name,
+                    s.key_id,
+                    cairn::release::site::sig_path(&site).display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            SiteOp::Apply { image, site, out } => {
+                let a = cairn::release::site::apply(&image, &site, &out)?;
+                println!(
+                    "site {} (key {}): wrote {} (read back)",
+                    a.site.name,
+                    a.site.key_id,
+                    a.out.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Run {
             image,
             bios,

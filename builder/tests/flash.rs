@@ -26,6 +26,7 @@ impl Flash for Signed {
             yes: true,
             to_file: true,
             max_size: None,
+            site: None,
         }
     }
 }
@@ -130,4 +131,51 @@ fn flash_refuses_a_regular_file_without_to_file() {
     o.to_file = false;
     assert!(matches!(flash(&o), Err(FlashError::BadInput(_))));
     assert!(!s.tmp.path().join("nope.img").exists());
+}
+
+#[test]
+fn flash_with_a_site_file_puts_it_on_the_esp_and_refuses_a_bad_one_first() {
+    let s = signed_folder();
+    // A site key of this test's own, declared in the (re-signed) manifest.
+    let site_key = signify::generate();
+    let path = s.dir.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let public = site_key.public();
+    m["site"] = serde_json::json!({
+        "allow": ["hostname"],
+        "ingress": [],
+        "key_id": public.key_id(),
+        "public_key": public.to_file_text("sites public key"),
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap() + "\n").unwrap();
+    s.resign(&[RAW, "manifest.json"], None);
+    let decl = cairn::release::site::declaration_beside(&s.raw()).unwrap();
+    let site = s.tmp.path().join("north.toml");
+    std::fs::write(&site, "name = \"north\"\nhostname = \"north-1\"\n").unwrap();
+    let signed = cairn::release::site::sign(&site, &site_key, &decl).unwrap();
+
+    let target = s.tmp.path().join("stick.img");
+    let mut o = s.opts(&target);
+    o.site = Some(site.clone());
+    let r = flash(&o).unwrap_or_else(|e| panic!("{e}"));
+    println!("{r}");
+    assert_eq!(
+        r.site.as_deref(),
+        Some(format!("north (key {})", public.key_id()).as_str())
+    );
+    cairn::release::site::read_back(&target, &signed).unwrap();
+
+    // Control: a changed byte is refused before anything is written.
+    std::fs::write(&site, "name = \"north\"\nhostname = \"north-2\"\n").unwrap();
+    let fresh = s.tmp.path().join("fresh.img");
+    let mut o = s.opts(&fresh);
+    o.site = Some(site);
+    match flash(&o) {
+        Err(e @ FlashError::BadInput(_)) => {
+            assert!(e.to_string().contains("does not verify"), "{e}")
+        }
+        other => panic!("expected BadInput, got {other:?}"),
+    }
+    assert!(!fresh.exists(), "the target was written");
 }

@@ -21,6 +21,12 @@ fn two_builds_a_minute_apart_are_bit_identical() {
         dir.join("tiny.toml"),
     )
     .unwrap();
+    // The recipe's [site] key, named beside it.
+    std::fs::copy(
+        ws.join("qemu-tests/recipes/sites-test.pub"),
+        dir.join("sites-test.pub"),
+    )
+    .unwrap();
     let cache = dir.join("cache");
     let out = Command::new("bash")
         .arg(ws.join("qemu-tests/repro.sh"))

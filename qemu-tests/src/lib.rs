@@ -353,3 +353,14 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     let _ = std::fs::remove_dir_all(&work);
     out
 }
+
+/// The secret half of `qemu-tests/recipes/sites-test.pub`, the site key of
+/// the shared test image. Public on purpose (a test key signs nothing but
+/// the site boot test's files), so no `.sec` file is committed.
+pub const SITE_TEST_SECRET_KEY: &str = "untrusted comment: sites-test secret key\nRWRCSwAAAABKT+PEk81i+fPkKPv2hMgW1KYJ3y5zxNyeZvoB9v0lo2RkEwpZfPt0c9yQ8PmR28EkXmkr22Kt10hSWZcVNe8qAGkyfNMRbEFWglT3E7fJnbyGRaMcaDtUMjWDwrjvEq8=\n";
+
+/// The site test key, for signing site files for the test image.
+pub fn site_test_key() -> cairn::release::signify::SecretKey {
+    cairn::release::signify::SecretKey::parse(SITE_TEST_SECRET_KEY, None)
+        .unwrap_or_else(|e| panic!("the site test key: {e}"))
+}

@@ -14,5 +14,6 @@ mod boot {
     pub mod production;
     pub mod raw;
     pub mod secureboot;
+    pub mod site;
     pub mod workloads;
 }

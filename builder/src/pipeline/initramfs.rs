@@ -14,6 +14,8 @@ use crate::host::cpio::{Archive, Entry};
 use crate::host::tree::{is_file_in_tree, read_in_tree, read_in_tree_opt};
 
 pub const INIT: &str = include_str!("../../guest/init");
+/// The site file parser the init runs (busybox awk).
+pub const SITE_AWK: &str = include_str!("../../guest/site.awk");
 
 pub struct Initramfs {
     pub path: PathBuf,
@@ -136,6 +138,7 @@ fn add_library(
 pub fn make_initramfs(
     tree: &Path,
     grow_state: bool,
+    site: Option<&crate::recipe::site::SiteDeclaration>,
     kernel_version: &str,
     out: &Path,
     epoch: u64,
@@ -229,6 +232,10 @@ pub fn make_initramfs(
         )?;
     }
 
+    if let Some(site) = site {
+        add_site(&mut a, tree, site, &mut seen)?;
+    }
+
     let mods = crate::pipeline::kernel::initramfs_modules(tree, kernel_version)?;
     let mut list = String::new();
     for (may_fail, rel) in &mods {
@@ -256,6 +263,41 @@ pub fn make_initramfs(
         size: buf.len() as u64,
         modules: mods.len(),
     })
+}
+
+/// What the init needs to check and apply a site file: signify (from the
+/// root tree, with its libraries), the site public key, its id, the
+/// declaration and the parser. In the signed initramfs, so a site file
+/// can only be as trusted as the key the signed image names.
+fn add_site(
+    a: &mut Archive,
+    tree: &Path,
+    site: &crate::recipe::site::SiteDeclaration,
+    seen: &mut BTreeSet<String>,
+) -> Result<()> {
+    let signify = "usr/bin/signify-openbsd";
+    if !is_file_in_tree(tree, Path::new(signify)) {
+        bail!("initramfs: {signify} missing from the root tree; install signify-openbsd");
+    }
+    add_binary(a, tree, signify, seen)?;
+    let lines = |items: &[String]| items.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let files = [
+        ("etc/cairn/site.pub", site.public_key.clone()),
+        ("etc/cairn/site.keyid", format!("{}\n", site.key_id)),
+        ("etc/cairn/site.allow", lines(&site.allow)),
+        ("etc/cairn/site.ingress", lines(&site.ingress)),
+        ("etc/cairn/site.awk", SITE_AWK.to_string()),
+    ];
+    for (path, text) in files {
+        a.add(
+            path,
+            Entry::File {
+                mode: 0o644,
+                data: text.into_bytes(),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

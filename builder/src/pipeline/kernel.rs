@@ -89,6 +89,11 @@ pub const INITRAMFS_MODULES: &[(&str, bool)] = &[
     ("crc32c_generic", false),
     ("crc32c_intel", true),
     ("ext4", false),
+    // The ESP, where a site file lives (FAT and its code pages).
+    ("vfat", false),
+    ("nls_cp437", true),
+    ("nls_ascii", true),
+    ("nls_utf8", true),
     ("ecb", false),
     ("xts", false),
     ("aesni_intel", true),

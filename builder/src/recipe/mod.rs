@@ -18,6 +18,7 @@ pub mod packages;
 pub mod reference;
 pub mod schema;
 pub mod settings;
+pub mod site;
 pub mod url;
 pub mod validate;
 pub mod workloads;
@@ -140,6 +141,8 @@ pub struct Recipe {
     pub ram_size: String,
     pub network: crate::recipe::network::NetworkPolicy,
     pub workloads: crate::recipe::workloads::Workloads,
+    /// `[site]`: what a site file may set and the key that signs it.
+    pub site: Option<crate::recipe::site::SiteDeclaration>,
     /// URL inputs (their paths above point into the cache), sorted by URL.
     pub downloads: Vec<Download>,
     /// `[limits]`: caps on base tarballs, image archives and layers.

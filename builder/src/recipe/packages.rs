@@ -46,6 +46,10 @@ pub fn package_list(recipe: &Recipe, extra: &[String]) -> Vec<String> {
         // sfdisk, for the initramfs to grow the state partition.
         all.push("fdisk".to_string());
     }
+    if recipe.site.is_some() {
+        // signify, for the initramfs to verify the site file.
+        all.push("signify-openbsd".to_string());
+    }
     all.extend(extra.iter().cloned());
     all.sort();
     all.dedup();

@@ -79,6 +79,14 @@ fn capabilities_list() -> String {
     format!("{}\n", names.join(", "))
 }
 
+fn site_settings_table() -> String {
+    let mut out = String::from("| setting | what it does |\n|---|---|\n");
+    for (k, what) in crate::recipe::site::SITE_SETTINGS {
+        out.push_str(&format!("| `{k}` | {what} |\n"));
+    }
+    out
+}
+
 /// The generated text for one marker name.
 fn block(name: &str) -> Result<String, String> {
     match name {
@@ -87,6 +95,7 @@ fn block(name: &str) -> Result<String, String> {
         "limits-keys" => settings_table("limits").ok_or_else(|| "no [limits] settings".into()),
         "cmdline-refused" => Ok(cmdline_table()),
         "capabilities" => Ok(capabilities_list()),
+        "site-settings" => Ok(site_settings_table()),
         other => settings_table(table_of(other))
             .ok_or_else(|| format!("docs marker {other:?} names no table of settings")),
     }
@@ -169,7 +178,13 @@ mod tests {
                 "docs/recipe.md has no generated block for [{t}]"
             );
         }
-        for name in ["limits", "limits-keys", "cmdline-refused", "capabilities"] {
+        for name in [
+            "limits",
+            "limits-keys",
+            "cmdline-refused",
+            "capabilities",
+            "site-settings",
+        ] {
             assert!(doc.contains(&format!("{BEGIN}{name} -->")), "{name}");
         }
     }

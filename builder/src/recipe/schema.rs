@@ -38,6 +38,16 @@ pub struct RecipeFile {
     pub policy: PolicySection,
     #[serde(default)]
     pub limits: LimitsSection,
+    pub site: Option<SiteSection>,
+}
+
+/// `[site]`: what a site file may set, and the key that signs site files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    pub key: Spanned<String>,
 }
 
 /// `[limits]`: caps on one base tarball, image archive or layer

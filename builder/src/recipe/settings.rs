@@ -187,6 +187,15 @@ settings! {
         "accept a rule wider than `wide_prefix` (e.g. `0.0.0.0/0:443`); the manifest records \
          it under `network.wide_egress`";
 
+    SITE_ALLOW = ["site"] "allow": "list of strings" = Empty;
+        "the settings a site file may set, from: `address`, `gateway`, `hostname`, \
+         `close_ingress` (below). A site file that sets anything else is refused when signed \
+         and at boot.";
+    SITE_KEY = ["site"] "key": "path" = Required;
+        "the signify public key (`.pub`) that signs site files; keep its secret key apart from \
+         the release key. Baked into the initramfs; its key id is in the manifest. Adds the \
+         `signify-openbsd` package (the initramfs verifies with it).";
+
     CLUSTER_RUNTIME = ["cluster"] "runtime": "`\"none\"`, `\"containerd\"`, `\"k3s\"`" = Text("none");
         "`containerd`: Debian's containerd and runc; the pinned images are imported at boot \
          from the read-only root and `[[services]]` run as supervised containers. `k3s`: \

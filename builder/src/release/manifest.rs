@@ -16,7 +16,7 @@ use crate::recipe::{Base, Recipe};
 
 /// The format of manifest.json (docs/manifest.schema.json): raise it with every
 /// change of a field, and the schema file with it.
-pub const SCHEMA: u32 = 2;
+pub const SCHEMA: u32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -41,6 +41,10 @@ pub struct Manifest {
     /// Trusted boot: Secure Boot certificate, predicted PCR 11, BIOS path.
     #[serde(default)]
     pub boot: BootInfo,
+    /// `[site]`: what a site file may set and the site key (id and text);
+    /// absent when the recipe takes no site files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<crate::recipe::site::SiteDeclaration>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -325,6 +329,7 @@ impl Manifest {
             .collect(),
             network: recipe.network.clone(),
             boot: BootInfo::default(),
+            site: recipe.site.clone(),
         })
     }
 }

@@ -9,4 +9,5 @@ pub mod sbom;
 pub mod secureboot;
 pub mod sign;
 pub mod signify;
+pub mod site;
 pub mod verify;

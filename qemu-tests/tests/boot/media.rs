@@ -88,6 +88,7 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
         yes: true,
         to_file: true,
         max_size: None,
+        site: None,
     })
     .unwrap_or_else(|e| panic!("flash --to-file failed: {e}"));
     eprintln!("{report}");

@@ -244,6 +244,7 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             yes: opts.yes,
             to_file: opts.to_file,
             max_size: opts.max_size,
+            site: None,
         })
         .collect();
     let checked: Vec<Result<super::Checked, FlashError>> =

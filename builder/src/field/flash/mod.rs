@@ -59,6 +59,8 @@ pub struct FlashOptions {
     /// Simulated target capacity (tests; the CLI leaves it `None`): a target
     /// smaller than the image is refused as a too-small device would be.
     pub max_size: Option<u64>,
+    /// A signed site file to put on the ESP after the image (raw only).
+    pub site: Option<PathBuf>,
 }
 
 /// Why flashing stopped. `Display` is the one-line message.
@@ -103,6 +105,8 @@ pub struct FlashReport {
     pub sha256: Sha256,
     pub key_id: String,
     pub seconds: f64,
+    /// `NAME (key ID)` of the site file written, if any.
+    pub site: Option<String>,
 }
 
 impl std::fmt::Display for FlashReport {
@@ -119,7 +123,11 @@ impl std::fmt::Display for FlashReport {
             f,
             "  read back: sha256 {} matches the signed digest ({:.1}s)",
             self.sha256, self.seconds
-        )
+        )?;
+        if let Some(site) = &self.site {
+            write!(f, "\n  site {site}: written to the ESP and read back")?;
+        }
+        Ok(())
     }
 }
 
@@ -307,6 +315,11 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     let started = Instant::now();
     let image = &opts.image;
     let v = verify_release(image, &opts.pubkey)?;
+    let site = opts
+        .site
+        .as_deref()
+        .map(|s| site_for(image, s))
+        .transpose()?;
     let c = check_target(opts, &v)?;
     if !opts.yes {
         if let Some(what) = at_risk(&opts.device, &c) {
@@ -327,6 +340,16 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     let mut progress = Progress::new(&format!("flash {}", opts.device.display()), v.size);
     let got = write_checked(opts, &v, &c, &mut progress)?;
     drop(guard);
+    if let Some(s) = &site {
+        crate::release::site::put_on_medium(&opts.device, s)
+            .map_err(|e| failed(format!("{e:#}")))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&opts.device)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| failed(format!("flushing {}: {e}", opts.device.display())))?;
+        crate::release::site::read_back(&opts.device, s).map_err(|e| failed(format!("{e:#}")))?;
+    }
     Ok(FlashReport {
         image: image.clone(),
         device: opts.device.clone(),
@@ -335,5 +358,19 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
         sha256: got,
         key_id: v.key_id,
         seconds: started.elapsed().as_secs_f64(),
+        site: site.map(|s| format!("{} (key {})", s.name, s.key_id)),
     })
+}
+
+/// The site file for `image`, checked against the (verified) release's
+/// declaration and signature-checked, before anything is written.
+fn site_for(image: &Path, site: &Path) -> Result<crate::release::site::SignedSite, FlashError> {
+    if image.extension().and_then(|e| e.to_str()) == Some("iso") {
+        return Err(bad(
+            "--site needs the .raw medium: the ISO has no writable ESP for a site file",
+        ));
+    }
+    let decl =
+        crate::release::site::declaration_beside(image).map_err(|e| bad(format!("{e:#}")))?;
+    crate::release::site::load_signed(site, &decl).map_err(|e| bad(format!("{e:#}")))
 }

@@ -463,6 +463,7 @@ mod tests {
             yes: true,
             to_file: false,
             max_size: None,
+            site: None,
         };
         let e = match inspect_target(&opts) {
             Err(e) => e,

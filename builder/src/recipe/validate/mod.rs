@@ -18,6 +18,7 @@ mod disk;
 mod image;
 mod limits;
 mod network;
+mod site;
 mod trees;
 mod workloads;
 
@@ -244,6 +245,7 @@ impl<'a> Validator<'a> {
         let network = self.network(&f.network);
         let (disk_size, state_size) = self.disk(&f.disk);
         let limits = self.limits(&f.limits);
+        let site = f.site.as_ref().and_then(|s| self.site(s, &network));
 
         if !self.problems.is_empty() {
             return Err(RecipeError {
@@ -276,6 +278,7 @@ impl<'a> Validator<'a> {
             ram_size: state.ram_size,
             network,
             workloads,
+            site,
             downloads: {
                 let mut d = self.downloads;
                 d.sort_by(|a, b| a.url.cmp(&b.url));

@@ -664,6 +664,7 @@ fn every_schema_field_is_declared_once_and_every_declaration_exists() {
         ("policy", format!("{deb}[policy]\nzz_unknown = 1\n")),
         ("debug", format!("{deb}[debug]\nzz_unknown = 1\n")),
         ("limits", format!("{deb}[limits]\nzz_unknown = 1\n")),
+        ("site", format!("{deb}[site]\nzz_unknown = 1\n")),
     ];
     let mut tables_seen = vec!["network.egress"];
     for (table, text) in &cases {
@@ -780,4 +781,46 @@ mod never_panics {
             let _ = parse(&src(d.path(), &text));
         }
     }
+}
+
+// ---- [site] ----
+
+#[test]
+fn site_allow_names_only_settings_a_site_can_set() {
+    let d = tempfile::tempdir().unwrap();
+    let key = crate::recipe::site::tests_support::pub_key_text();
+    std::fs::write(d.path().join("sites.pub"), key).unwrap();
+    let text = debian("[site]\nallow = [\"hostname\", \"kernel\"]\nkey = \"sites.pub\"\n");
+    refused_in(d.path(), &text, 6, 22, "[site] allow names \"kernel\"");
+    // Control: known names pass and are recorded sorted, with the key id.
+    let good = text.replace(", \"kernel\"", ", \"address\"");
+    // An address needs the recipe's default to replace.
+    refused_in(
+        d.path(),
+        &good,
+        6,
+        22,
+        "a site can set \"address\" only when",
+    );
+    let good = format!("{good}[network]\naddress = \"10.0.2.15/24\"\n");
+    let r = ok_in(d.path(), &good);
+    let s = r.site.expect("site declaration");
+    assert_eq!(s.allow, ["address", "hostname"]);
+    assert_eq!(s.key_id, "0102030405060708");
+}
+
+#[test]
+fn site_key_that_is_not_a_public_key_is_refused_at_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("sites.sec"), "untrusted comment: x\nAAAA\n").unwrap();
+    let text = debian("[site]\nallow = []\nkey = \"sites.sec\"\n");
+    refused_in(
+        d.path(),
+        &text,
+        7,
+        7,
+        "site key \"sites.sec\" is not a signify",
+    );
+    let missing = debian("[site]\nallow = []\n");
+    refused_in(d.path(), &missing, 5, 1, "missing field `key`");
 }

@@ -1,0 +1,92 @@
+# cairn: reads a site file (the plain TOML that `cairn site sign` accepts:
+# `key = "value"` and `key = ["a", "b"]` lines, comments, blank lines) and
+# checks every key against this image's [site] allow list and every value
+# by its kind. Prints one line per setting (`name N`, `hostname H`,
+# `address A`, `gateway G`, `close PORT PROTO`) for the init to apply, or
+# `error MESSAGE` and exits 1. Run only on a file whose signature verified.
+#   awk -v allow=FILE -v ingress=FILE -f site.awk SITE.toml
+
+function fail(m) {
+    print "error line " NR ": " m
+    bad = 1
+    exit 1
+}
+
+function str(v) {
+    if (v !~ /^"[^"\\%]*"$/ || v ~ /[[:cntrl:]]/)
+        fail("`" key "` must be a plain \"string\"")
+    return substr(v, 2, length(v) - 2)
+}
+
+function ipv4(s, what,    o, n, i) {
+    n = split(s, o, ".")
+    if (n != 4) fail(what " " s " is not an IPv4 address")
+    for (i = 1; i <= 4; i++)
+        if (o[i] !~ /^[0-9]+$/ || o[i] + 0 > 255) fail(what " " s " is not an IPv4 address")
+}
+
+BEGIN {
+    while ((getline l < allow) > 0) ok[l] = 1
+    while ((getline l < ingress) > 0) listed[l] = 1
+}
+
+{ sub(/\r$/, "") }
+/^[ \t]*(#.*)?$/ { next }
+
+{
+    eq = index($0, "=")
+    if (eq == 0) fail("not a `key = value` line")
+    key = substr($0, 1, eq - 1)
+    val = substr($0, eq + 1)
+    gsub(/^[ \t]+|[ \t]+$/, "", key)
+    gsub(/^[ \t]+|[ \t]+$/, "", val)
+    if (key !~ /^[A-Za-z0-9_-]+$/) fail("not a `key = value` line")
+    if (key in seen) fail("`" key "` is set twice")
+    seen[key] = 1
+    if (key == "name") {
+        s = str(val)
+        if (s !~ /^[a-z][a-z0-9-]*$/ || length(s) > 64) fail("site name " s " is not a name")
+        print "name " s
+        next
+    }
+    if (!(key in ok)) fail("`" key "` is not allowed by this image's [site] allow")
+    if (key == "hostname") {
+        s = str(val)
+        if (s !~ /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/ || length(s) > 63) fail("hostname " s " is not a host name")
+        print "hostname " s
+    } else if (key == "address") {
+        s = str(val)
+        p = index(s, "/")
+        pre = substr(s, p + 1)
+        if (p == 0 || pre !~ /^[0-9]+$/ || pre + 0 < 1 || pre + 0 > 32) fail("address " s " is not IPv4/prefix")
+        ipv4(substr(s, 1, p - 1), "address")
+        print "address " s
+    } else if (key == "gateway") {
+        s = str(val)
+        ipv4(s, "gateway")
+        print "gateway " s
+    } else if (key == "close_ingress") {
+        if (val !~ /^\[.*\]$/) fail("close_ingress must be a list of \"PORT/PROTO\" strings")
+        inner = substr(val, 2, length(val) - 2)
+        n = split(inner, items, ",")
+        for (i = 1; i <= n; i++) {
+            it = items[i]
+            gsub(/^[ \t]+|[ \t]+$/, "", it)
+            if (it == "") continue
+            s = str(it)
+            if (!(s in listed)) fail("close_ingress " s " is not one of this image's ingress ports")
+            split(s, pp, "/")
+            print "close " pp[1] " " pp[2]
+        }
+    } else {
+        fail("`" key "` is not a setting this image knows")
+    }
+}
+
+END {
+    if (bad) exit 1
+    if (!("name" in seen)) {
+        print "error the site file has no name"
+        exit 1
+    }
+}

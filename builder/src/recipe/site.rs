@@ -1,0 +1,454 @@
+//! Site files: the few settings a field team may give one site (address,
+//! gateway, host name, closing listed ingress ports) without a new build.
+//! The recipe's `[site]` table declares which ones (`SiteDeclaration`); a
+//! site file is checked against it here, with `file:line:col` for every
+//! problem, by `cairn site sign`, `cairn site apply` and `cairn flash`.
+//!
+//! Invariant: a site file that passes `check` is also one the initramfs'
+//! parser (guest/site.awk) reads the same way: plain `key = "value"` or
+//! `key = ["a", "b"]` lines, comments and blank lines, nothing else.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::recipe::network::{parse_address, parse_ingress};
+use crate::recipe::{line_col, RecipeError, RecipeProblem};
+
+/// The settings a site file may carry, with what each does; the recipe's
+/// `[site] allow` names a subset.
+pub const SITE_SETTINGS: &[(&str, &str)] = &[
+    (
+        "address",
+        "the static IPv4 address with prefix (`\"10.1.4.20/24\"`), replacing `[network] address`",
+    ),
+    (
+        "gateway",
+        "the IPv4 default gateway, replacing `[network] gateway`",
+    ),
+    (
+        "hostname",
+        "the host name (`[a-z0-9-]`, 1-63, no dots: there is no DNS), replacing the image name",
+    ),
+    (
+        "close_ingress",
+        "a list of the recipe's `[network] ingress` ports this site closes (`[\"8080/tcp\"]`)",
+    ),
+];
+
+/// What a recipe lets a site file set, and the key that signs site files.
+/// Compiled into the image (initramfs) and recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteDeclaration {
+    /// Names from `SITE_SETTINGS`, sorted.
+    pub allow: Vec<String>,
+    /// The recipe's ingress ports (`"8080/tcp"`): what `close_ingress` may name.
+    pub ingress: Vec<String>,
+    /// The signify public key's key number, hex.
+    pub key_id: String,
+    /// The `.pub` file's text (comment line and key line).
+    pub public_key: String,
+    /// Where the recipe names the key (not recorded in the manifest: a
+    /// host path).
+    #[serde(skip)]
+    pub key_path: PathBuf,
+}
+
+/// The key id (signify key number, hex) of a signify `.pub` file's text,
+/// or why the text is not one.
+pub fn public_key_id(text: &str) -> Result<String, String> {
+    use base64::Engine;
+    let mut lines = text.lines();
+    let comment = lines.next().unwrap_or("");
+    if !comment.starts_with("untrusted comment: ") {
+        return Err("is not a signify public key (no `untrusted comment:` line); make one with `cairn keygen sites`".into());
+    }
+    let blob = lines
+        .next()
+        .and_then(|l| {
+            base64::engine::general_purpose::STANDARD
+                .decode(l.trim())
+                .ok()
+        })
+        .ok_or("is not a signify public key (its second line is not base64)")?;
+    if blob.len() != 42 || &blob[..2] != b"Ed" {
+        return Err(
+            "is not a signify Ed25519 public key (a secret key or a signature?); give the .pub file"
+                .into(),
+        );
+    }
+    Ok(hex::encode(&blob[2..10]))
+}
+
+/// A site file as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteFileToml {
+    name: Spanned<String>,
+    address: Option<Spanned<String>>,
+    gateway: Option<Spanned<String>>,
+    hostname: Option<Spanned<String>>,
+    close_ingress: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// A checked site file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SiteSettings {
+    pub name: String,
+    pub address: Option<String>,
+    pub gateway: Option<String>,
+    pub hostname: Option<String>,
+    pub close_ingress: Vec<String>,
+}
+
+/// Whether `h` is a plain host name label: `[a-z0-9-]`, 1-63, not
+/// starting or ending with `-`.
+pub fn is_host_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 63
+        && !h.starts_with('-')
+        && !h.ends_with('-')
+        && h.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// `name_rule!()` (the rule of image, service and model names).
+fn is_site_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.starts_with(|c: char| c.is_ascii_lowercase())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn problem(file: &Path, text: &str, at: usize, message: impl Into<String>) -> RecipeProblem {
+    let (line, col) = line_col(text, at);
+    RecipeProblem {
+        file: file.to_path_buf(),
+        line,
+        col,
+        message: message.into(),
+    }
+}
+
+/// The plain-TOML rule the guest's parser relies on: every line is blank,
+/// a comment, `key = "value"` or `key = ["a", "b"]`, values without `\`,
+/// `%` or control characters.
+fn plain_lines(file: &Path, text: &str, problems: &mut Vec<RecipeProblem>) {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let l = line.trim_end_matches(['\n', '\r']);
+        let t = l.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let plain = "site files are plain TOML: one `key = \"value\"` or `key = [\"a\", \"b\"]` per line, no tables, escapes or `%`";
+        let Some((key, value)) = t.split_once('=') else {
+            problems.push(problem(file, text, start, plain));
+            continue;
+        };
+        let key = key.trim();
+        let value = value.trim();
+        let key_ok = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let string_ok = |v: &str| {
+            v.len() >= 2
+                && v.starts_with('"')
+                && v.ends_with('"')
+                && !v[1..v.len() - 1]
+                    .chars()
+                    .any(|c| c == '"' || c == '\\' || c == '%' || c.is_control())
+        };
+        let value_ok = string_ok(value)
+            || (value.starts_with('[')
+                && value.ends_with(']')
+                && value[1..value.len() - 1]
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .all(string_ok));
+        if !key_ok || !value_ok {
+            let col = l.len() - l.trim_start().len();
+            problems.push(problem(file, text, start + col, plain));
+        }
+    }
+}
+
+/// Checks a site file's text against the declaration; every problem with
+/// `file:line:col`.
+pub fn check(file: &Path, text: &str, decl: &SiteDeclaration) -> Result<SiteSettings, RecipeError> {
+    let parsed: SiteFileToml = toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|s| s.start).unwrap_or(0);
+        let m = e.message().trim().replace('\n', " ");
+        let m = if m.starts_with("unknown field") {
+            format!("{m}; a site file sets only what the recipe's [site] allow names")
+        } else {
+            m
+        };
+        RecipeError {
+            problems: vec![problem(file, text, at, m)],
+        }
+    })?;
+    let mut problems = Vec::new();
+    plain_lines(file, text, &mut problems);
+    let allowed = |k: &str| decl.allow.iter().any(|a| a == k);
+    let refuse_unless_allowed = |key: &str, at: usize, problems: &mut Vec<RecipeProblem>| {
+        if allowed(key) {
+            return true;
+        }
+        problems.push(problem(
+            file,
+            text,
+            at,
+            format!(
+                "`{key}` is not allowed for sites by this recipe ([site] allow = {:?}); remove it, or have the platform team allow it",
+                decl.allow
+            ),
+        ));
+        false
+    };
+    let mut out = SiteSettings {
+        name: parsed.name.get_ref().clone(),
+        ..Default::default()
+    };
+    if !is_site_name(&out.name) {
+        problems.push(problem(
+            file,
+            text,
+            parsed.name.span().start,
+            format!(
+                "site name {:?} must be {}",
+                out.name,
+                crate::recipe::settings::name_rule!().replace('`', "")
+            ),
+        ));
+    }
+    // Spans point at values; the key sits on the same line.
+    let key_at = |v: usize| text[..v].rfind('\n').map(|n| n + 1).unwrap_or(0);
+    if let Some(a) = &parsed.address {
+        if refuse_unless_allowed("address", key_at(a.span().start), &mut problems) {
+            match parse_address(a.get_ref()) {
+                Ok(_) => out.address = Some(a.get_ref().clone()),
+                Err(m) => problems.push(problem(file, text, a.span().start, m)),
+            }
+        }
+    }
+    if let Some(g) = &parsed.gateway {
+        if refuse_unless_allowed("gateway", key_at(g.span().start), &mut problems) {
+            match g.get_ref().parse::<std::net::Ipv4Addr>() {
+                Ok(_) => out.gateway = Some(g.get_ref().clone()),
+                Err(_) => problems.push(problem(
+                    file,
+                    text,
+                    g.span().start,
+                    format!("gateway {:?} is not an IPv4 address", g.get_ref()),
+                )),
+            }
+        }
+    }
+    if let Some(h) = &parsed.hostname {
+        if refuse_unless_allowed("hostname", key_at(h.span().start), &mut problems) {
+            if is_host_name(h.get_ref()) {
+                out.hostname = Some(h.get_ref().clone());
+            } else {
+                problems.push(problem(
+                    file,
+                    text,
+                    h.span().start,
+                    format!(
+                        "hostname {:?} must be 1-63 of [a-z0-9-], not starting or ending with -",
+                        h.get_ref()
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(c) = &parsed.close_ingress {
+        if refuse_unless_allowed("close_ingress", key_at(c.span().start), &mut problems) {
+            let mut seen = BTreeMap::new();
+            for p in c.get_ref() {
+                let v = p.get_ref();
+                let listed = parse_ingress(v).ok().and_then(|r| {
+                    decl.ingress
+                        .iter()
+                        .find(|i| parse_ingress(i).ok() == Some(r.clone()))
+                });
+                match listed {
+                    Some(i) if seen.insert(i.clone(), ()).is_none() => {
+                        out.close_ingress.push(i.clone())
+                    }
+                    Some(_) => {}
+                    None => problems.push(problem(
+                        file,
+                        text,
+                        p.span().start,
+                        format!(
+                            "close_ingress {v:?} is not one of the recipe's ingress ports {:?}",
+                            decl.ingress
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        problems.sort_by_key(|p| (p.line, p.col));
+        Err(RecipeError { problems })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decl(allow: &[&str]) -> SiteDeclaration {
+        SiteDeclaration {
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            ingress: vec!["8080/tcp".into()],
+            key_id: "00".repeat(8),
+            public_key: String::new(),
+            key_path: PathBuf::new(),
+        }
+    }
+
+    fn refused(text: &str, allow: &[&str], line: usize, col: usize, start: &str) {
+        let e = check(Path::new("s.toml"), text, &decl(allow)).unwrap_err();
+        let p = &e.problems[0];
+        assert_eq!((p.line, p.col), (line, col), "{e}");
+        assert!(p.message.starts_with(start), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("s.toml:{line}:{col}: ")),
+            "{e}"
+        );
+    }
+
+    const ALL: &[&str] = &["address", "gateway", "hostname", "close_ingress"];
+
+    #[test]
+    fn good_site_file_passes() {
+        let s = check(
+            Path::new("s.toml"),
+            "# north depot\nname = \"north\"\nhostname = \"north-1\"\naddress = \"10.1.4.20/24\"\n\
+             gateway = \"10.1.4.1\"\nclose_ingress = [\"8080/tcp\"]\n",
+            &decl(ALL),
+        )
+        .unwrap();
+        assert_eq!(s.name, "north");
+        assert_eq!(s.hostname.as_deref(), Some("north-1"));
+        assert_eq!(s.address.as_deref(), Some("10.1.4.20/24"));
+        assert_eq!(s.close_ingress, ["8080/tcp"]);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_at_its_line_and_column() {
+        refused(
+            "name = \"n\"\n  colour = \"red\"\n",
+            ALL,
+            2,
+            3,
+            "unknown field `colour`",
+        );
+    }
+
+    #[test]
+    fn key_the_recipe_does_not_allow_is_refused_at_the_key() {
+        refused(
+            "name = \"n\"\nhostname = \"h\"\naddress = \"10.0.0.2/24\"\n",
+            &["hostname"],
+            3,
+            1,
+            "`address` is not allowed",
+        );
+        // Control: allowed, it passes.
+        check(
+            Path::new("s.toml"),
+            "name = \"n\"\naddress = \"10.0.0.2/24\"\n",
+            &decl(&["address"]),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_the_value() {
+        refused(
+            "name = \"n\"\naddress = \"10.0.0.300/24\"\n",
+            ALL,
+            2,
+            11,
+            "",
+        );
+        refused(
+            "name = \"n\"\nhostname = \"a.b\"\n",
+            ALL,
+            2,
+            12,
+            "hostname \"a.b\"",
+        );
+        refused(
+            "name = \"n\"\nclose_ingress = [\"22/tcp\"]\n",
+            ALL,
+            2,
+            18,
+            "close_ingress \"22/tcp\" is not one of",
+        );
+        refused("name = \"N!\"\n", ALL, 1, 8, "site name");
+    }
+
+    #[test]
+    fn toml_the_guest_cannot_read_is_refused() {
+        refused(
+            "name = \"n\"\nhostname = \"a%b\"\n",
+            ALL,
+            2,
+            1,
+            "site files are plain TOML",
+        );
+        refused(
+            "name = \"n\"\nhostname = 'h'\n",
+            ALL,
+            2,
+            1,
+            "site files are plain TOML",
+        );
+        refused("name = \"n\"\n[x]\n", ALL, 2, 2, "unknown field `x`");
+    }
+
+    #[test]
+    fn key_ids_are_read_from_pub_files() {
+        use base64::Engine;
+        let mut blob = b"Ed".to_vec();
+        blob.extend([1, 2, 3, 4, 5, 6, 7, 8]);
+        blob.extend([9u8; 32]);
+        let text = format!(
+            "untrusted comment: sites public key\n{}\n",
+            base64::engine::general_purpose::STANDARD.encode(&blob)
+        );
+        let text = text.as_str();
+        assert_eq!(public_key_id(text).unwrap(), "0102030405060708");
+        assert!(public_key_id("nope\n").is_err());
+        assert!(public_key_id("untrusted comment: x\nAAAA\n").is_err());
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// A well-formed `.pub` text with key number 01..08.
+    pub fn pub_key_text() -> String {
+        use base64::Engine;
+        let mut blob = b"Ed".to_vec();
+        blob.extend([1, 2, 3, 4, 5, 6, 7, 8]);
+        blob.extend([9u8; 32]);
+        format!(
+            "untrusted comment: sites public key\n{}\n",
+            base64::engine::general_purpose::STANDARD.encode(&blob)
+        )
+    }
+}

@@ -1,0 +1,421 @@
+//! Signed site files: `cairn site sign` checks one against the recipe's
+//! `[site]` declaration and signs it (signify, detached `SITE.toml.sig`);
+//! `cairn site apply` and `cairn flash --site` put it with its signature
+//! into the medium's ESP (`/cairn/site.toml`, `/cairn/site.toml.sig`), with
+//! mtools at the partition's offset (no loop devices, no mounts), and read
+//! both back.
+//!
+//! Invariant: nothing is written to a medium unless the site file passes the
+//! declaration's checks and its signature verifies with the release's site
+//! key; the verity-protected partitions are never touched.
+
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::recipe::site::{check, SiteDeclaration};
+use crate::release::signify::{PublicKey, SecretKey, Signature};
+
+/// The folder on the ESP, and the two files in it.
+pub const ESP_DIR: &str = "cairn";
+pub const ESP_SITE: &str = "site.toml";
+pub const ESP_SIG: &str = "site.toml.sig";
+
+/// `SITE.toml.sig` beside `SITE.toml`.
+pub fn sig_path(site: &Path) -> PathBuf {
+    let mut s = site.as_os_str().to_owned();
+    s.push(".sig");
+    PathBuf::from(s)
+}
+
+/// A site file that passed the checks, with its signature.
+#[derive(Debug, Clone)]
+pub struct SignedSite {
+    pub path: PathBuf,
+    pub name: String,
+    pub key_id: String,
+    pub text: Vec<u8>,
+    pub sig: Vec<u8>,
+}
+
+fn read_text(site: &Path) -> Result<String> {
+    std::fs::read_to_string(site).map_err(|e| {
+        crate::InputError(format!(
+            "{}: cannot read the site file: {e}",
+            site.display()
+        ))
+        .into()
+    })
+}
+
+/// Checks `site` against `decl` (every problem with `file:line:col`).
+pub fn check_file(
+    site: &Path,
+    decl: &SiteDeclaration,
+) -> Result<crate::recipe::site::SiteSettings> {
+    let text = read_text(site)?;
+    Ok(check(site, &text, decl)?)
+}
+
+/// Checks `site` against `decl`, signs it with `key` (which must be the
+/// declaration's site key) and writes `SITE.toml.sig`.
+pub fn sign(site: &Path, key: &SecretKey, decl: &SiteDeclaration) -> Result<SignedSite> {
+    let text = read_text(site)?;
+    let settings = check(site, &text, decl)?;
+    let public = key.public();
+    if public.key_id() != decl.key_id {
+        return Err(crate::InputError(format!(
+            "the secret key is key {}, but the recipe's site key is {}: sign with the secret key of {}",
+            public.key_id(),
+            decl.key_id,
+            decl.key_path.display()
+        ))
+        .into());
+    }
+    let sig = key.sign(text.as_bytes());
+    let pub_name = decl
+        .key_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sites.pub".into());
+    let sig_text = sig.to_file_text(&pub_name);
+    let out = sig_path(site);
+    std::fs::write(&out, &sig_text).with_context(|| format!("write {}", out.display()))?;
+    Ok(SignedSite {
+        path: site.to_path_buf(),
+        name: settings.name,
+        key_id: decl.key_id.clone(),
+        text: text.into_bytes(),
+        sig: sig_text.into_bytes(),
+    })
+}
+
+/// Reads `site` and its `.sig`, checks it against `decl` and verifies the
+/// signature with the declaration's key.
+pub fn load_signed(site: &Path, decl: &SiteDeclaration) -> Result<SignedSite> {
+    let text = read_text(site)?;
+    let settings = check(site, &text, decl)?;
+    let sp = sig_path(site);
+    let sig_bytes = std::fs::read(&sp).map_err(|e| {
+        crate::InputError(format!(
+            "{}: {e}; sign the site file first (cairn site sign)",
+            sp.display()
+        ))
+    })?;
+    let sig = Signature::parse(&String::from_utf8_lossy(&sig_bytes))
+        .map_err(|e| crate::InputError(format!("{}: {e}", sp.display())))?;
+    let key = PublicKey::parse(&decl.public_key)
+        .map_err(|e| crate::InputError(format!("the release's site key: {e}")))?;
+    sig.verify(&key, text.as_bytes()).map_err(|e| {
+        crate::InputError(format!(
+            "{}: the signature does not verify with the release's site key {} ({e}); the image would refuse it at boot",
+            sp.display(),
+            decl.key_id
+        ))
+    })?;
+    Ok(SignedSite {
+        path: site.to_path_buf(),
+        name: settings.name,
+        key_id: decl.key_id.clone(),
+        text: text.into_bytes(),
+        sig: sig_bytes,
+    })
+}
+
+/// The byte offset of the ESP (`cairn-esp`) on a raw medium or device.
+pub fn esp_offset(medium: &Path) -> Result<u64> {
+    let mut f =
+        std::fs::File::open(medium).with_context(|| format!("site: open {}", medium.display()))?;
+    let len = f
+        .seek(std::io::SeekFrom::End(0))
+        .with_context(|| format!("site: size of {}", medium.display()))?;
+    let parts = crate::release::verify::read_gpt(&mut f, len)
+        .map_err(|e| anyhow::anyhow!("site: {}: {e}", medium.display()))?;
+    let esp: Vec<_> = parts
+        .iter()
+        .filter(|p| p.name == crate::media::disk::LABEL_ESP)
+        .collect();
+    match esp.as_slice() {
+        [p] => Ok(p.offset),
+        _ => bail!(
+            "site: {} has no single {} partition; is it a cairn raw image?",
+            medium.display(),
+            crate::media::disk::LABEL_ESP
+        ),
+    }
+}
+
+fn mtools_shell() -> Result<xshell::Shell> {
+    let sh = xshell::Shell::new()?;
+    // A fixed stamp: the same site file gives the same bytes.
+    sh.set_var("SOURCE_DATE_EPOCH", "0");
+    sh.set_var("TZ", "UTC");
+    sh.set_var("MTOOLS_SKIP_CHECK", "1");
+    Ok(sh)
+}
+
+/// Writes the site file and its signature into the ESP of `medium` (a raw
+/// image file or a block device) and reads both back.
+pub fn write_to_medium(medium: &Path, site: &SignedSite) -> Result<()> {
+    put_on_medium(medium, site)?;
+    read_back(medium, site)
+}
+
+/// Writes the two files into the ESP (`mcopy` at the partition's offset).
+pub fn put_on_medium(medium: &Path, site: &SignedSite) -> Result<()> {
+    let offset = esp_offset(medium)?;
+    let work = tempfile::tempdir().context("site: temporary folder")?;
+    let text = work.path().join(ESP_SITE);
+    let sig = work.path().join(ESP_SIG);
+    std::fs::write(&text, &site.text)?;
+    std::fs::write(&sig, &site.sig)?;
+    let image = format!("{}@@{offset}", medium.display());
+    let dir = format!("::/{ESP_DIR}");
+    let sh = mtools_shell()?;
+    let listing = crate::host::runner::run("site: ESP", xshell::cmd!(sh, "mdir -b -i {image} ::/"))
+        .with_context(|| {
+            format!(
+                "site: no FAT file system at the ESP of {}",
+                medium.display()
+            )
+        })?;
+    if !listing
+        .lines()
+        .any(|l| l.trim_end_matches('/').eq_ignore_ascii_case(&dir))
+    {
+        crate::host::runner::run("site: ESP", xshell::cmd!(sh, "mmd -i {image} {dir}"))?;
+    }
+    for (src, name) in [(&text, ESP_SITE), (&sig, ESP_SIG)] {
+        let dest = format!("{dir}/{name}");
+        crate::host::runner::run(
+            "site: ESP",
+            xshell::cmd!(sh, "mcopy -o -i {image} {src} {dest}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads both files back from the medium's ESP and compares them with
+/// what was signed.
+pub fn read_back(medium: &Path, site: &SignedSite) -> Result<()> {
+    let offset = esp_offset(medium)?;
+    let work = tempfile::tempdir().context("site: temporary folder")?;
+    let image = format!("{}@@{offset}", medium.display());
+    let sh = mtools_shell()?;
+    for (name, want) in [(ESP_SITE, &site.text), (ESP_SIG, &site.sig)] {
+        let src = format!("::/{ESP_DIR}/{name}");
+        let back = work.path().join(name);
+        crate::host::runner::run(
+            "site: read back",
+            xshell::cmd!(sh, "mcopy -n -i {image} {src} {back}"),
+        )?;
+        let mut got = Vec::new();
+        std::fs::File::open(&back)?.read_to_end(&mut got)?;
+        if &got != want {
+            bail!(
+                "site: read-back of {src} on {} does not match what was written; the medium may be faulty",
+                medium.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The release's site declaration, from the manifest beside `image`.
+pub fn declaration_beside(image: &Path) -> Result<SiteDeclaration> {
+    let folder = match image.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let m = crate::release::manifest::read(&folder.join("manifest.json"))
+        .map_err(|e| crate::InputError(format!("{e:#}; keep the image in its release folder")))?;
+    m.site.ok_or_else(|| {
+        crate::InputError(format!(
+            "{} takes no site file: its recipe has no [site] table",
+            image.display()
+        ))
+        .into()
+    })
+}
+
+/// What `apply` wrote.
+#[derive(Debug)]
+pub struct Applied {
+    pub out: PathBuf,
+    pub site: SignedSite,
+}
+
+/// Writes a copy of `image` (raw or qcow2) to `out` with the signed site
+/// file in its ESP. The image itself is never written.
+pub fn apply(image: &Path, site: &Path, out: &Path) -> Result<Applied> {
+    let decl = declaration_beside(image)?;
+    let signed = load_signed(site, &decl)?;
+    if out.exists() {
+        return Err(crate::InputError(format!(
+            "{} exists; give a new file name with -o",
+            out.display()
+        ))
+        .into());
+    }
+    let qcow2 = image.extension().and_then(|e| e.to_str()) == Some("qcow2");
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Written next to `out` and renamed: a failure leaves no half medium.
+    let tmp = tempfile::Builder::new()
+        .prefix(".cairn-site-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("site: temporary folder in {}", parent.display()))?;
+    let raw = tmp.path().join("medium.raw");
+    let sh = xshell::Shell::new()?;
+    if qcow2 {
+        crate::host::runner::run(
+            "site: qcow2",
+            xshell::cmd!(sh, "qemu-img convert -f qcow2 -O raw {image} {raw}"),
+        )?;
+    } else {
+        crate::host::runner::run(
+            "site: copy",
+            xshell::cmd!(sh, "cp --sparse=always {image} {raw}"),
+        )?;
+    }
+    write_to_medium(&raw, &signed)?;
+    let done = if qcow2 {
+        let q = tmp.path().join("medium.qcow2");
+        crate::host::runner::run(
+            "site: qcow2",
+            xshell::cmd!(sh, "qemu-img convert -f raw -O qcow2 {raw} {q}"),
+        )?;
+        q
+    } else {
+        raw
+    };
+    std::fs::rename(&done, out).with_context(|| format!("site: rename to {}", out.display()))?;
+    Ok(Applied {
+        out: out.to_path_buf(),
+        site: signed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decl_for(key: &SecretKey, dir: &Path) -> SiteDeclaration {
+        let p = key.public();
+        let path = dir.join("sites.pub");
+        let text = p.to_file_text("sites public key");
+        std::fs::write(&path, &text).unwrap();
+        SiteDeclaration {
+            allow: vec!["address".into(), "hostname".into()],
+            ingress: vec![],
+            key_id: p.key_id(),
+            public_key: text,
+            key_path: path,
+        }
+    }
+
+    #[test]
+    fn signed_site_verifies_and_a_changed_byte_or_other_key_does_not() {
+        let d = tempfile::tempdir().unwrap();
+        let key = crate::release::signify::generate();
+        let decl = decl_for(&key, d.path());
+        let site = d.path().join("north.toml");
+        std::fs::write(&site, "name = \"north\"\nhostname = \"north\"\n").unwrap();
+        let s = sign(&site, &key, &decl).unwrap();
+        assert_eq!(s.name, "north");
+        let sig = std::fs::read_to_string(sig_path(&site)).unwrap();
+        assert!(
+            sig.starts_with("untrusted comment: verify with sites.pub\n"),
+            "{sig}"
+        );
+        load_signed(&site, &decl).unwrap();
+
+        // One byte changed: refused.
+        std::fs::write(&site, "name = \"north\"\nhostname = \"nortH\"\n").unwrap();
+        let e = load_signed(&site, &decl).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("does not verify") || format!("{e:#}").contains("hostname"),
+            "{e:#}"
+        );
+        std::fs::write(&site, "name = \"north\"\nhostname = \"nnrth\"\n").unwrap();
+        let e = load_signed(&site, &decl).unwrap_err();
+        assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
+
+        // Signed by another key: refused at signing and at loading.
+        let other = crate::release::signify::generate();
+        let e = sign(&site, &other, &decl).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("the recipe's site key is"),
+            "{e:#}"
+        );
+        let sig = other.sign(std::fs::read(&site).unwrap().as_slice());
+        std::fs::write(sig_path(&site), sig.to_file_text("other.pub")).unwrap();
+        let e = load_signed(&site, &decl).unwrap_err();
+        assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
+    }
+
+    #[test]
+    fn sign_refuses_a_key_the_recipe_does_not_allow_and_writes_no_signature() {
+        let d = tempfile::tempdir().unwrap();
+        let key = crate::release::signify::generate();
+        let decl = decl_for(&key, d.path());
+        let site = d.path().join("s.toml");
+        std::fs::write(&site, "name = \"s\"\ngateway = \"10.0.0.1\"\n").unwrap();
+        let e = sign(&site, &key, &decl).unwrap_err();
+        let r = e
+            .downcast_ref::<crate::recipe::RecipeError>()
+            .expect("a recipe error");
+        assert_eq!((r.problems[0].line, r.problems[0].col), (2, 1), "{r}");
+        assert!(!sig_path(&site).exists());
+    }
+
+    /// A 4 MiB GPT disk file whose partition `cairn-esp` (at 1 MiB) is FAT.
+    fn tiny_disk(dir: &Path) -> PathBuf {
+        let disk = dir.join("disk.raw");
+        let esp = dir.join("esp.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let sh = xshell::Shell::new().unwrap();
+        let script = "label: gpt\nstart=2048, size=4096, name=\"cairn-esp\"\n";
+        xshell::cmd!(sh, "sfdisk --quiet {disk}")
+            .stdin(script)
+            .run()
+            .unwrap();
+        xshell::cmd!(sh, "mkfs.vfat -C {esp} 2048")
+            .quiet()
+            .run()
+            .unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        crate::media::disk::copy_into(&mut f, 1 << 20, &esp).unwrap();
+        disk
+    }
+
+    #[test]
+    fn site_lands_on_the_esp_and_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = tiny_disk(d.path());
+        assert_eq!(esp_offset(&disk).unwrap(), 1 << 20);
+        let key = crate::release::signify::generate();
+        let decl = decl_for(&key, d.path());
+        let site = d.path().join("north.toml");
+        std::fs::write(&site, "name = \"north\"\n").unwrap();
+        let s = sign(&site, &key, &decl).unwrap();
+        write_to_medium(&disk, &s).unwrap();
+        // Twice is fine (the folder exists, the files are replaced).
+        write_to_medium(&disk, &s).unwrap();
+        // Control: the read-back compares bytes, so other bytes fail it.
+        let other = SignedSite {
+            text: b"name = \"south\"\n".to_vec(),
+            ..s.clone()
+        };
+        let e = read_back(&disk, &other).unwrap_err();
+        assert!(format!("{e:#}").contains("does not match"), "{e:#}");
+        // Outside the ESP nothing changed: the partition table still reads.
+        assert_eq!(esp_offset(&disk).unwrap(), 1 << 20);
+    }
+}

@@ -1,0 +1,182 @@
+//! Site files: one signed release, two signed site files, two boots with
+//! different host names and addresses (seen on the serial console's
+//! `cairn: site NAME (key ID)` line and from the debug console). Controls:
+//! a site file with one byte changed, one signed by another key and one
+//! setting a key the recipe does not allow each halt the boot with
+//! `cairn: FATAL site: ...`; with no site file the recipe's defaults apply.
+//! Every site file goes onto a copy of the shared test image's raw disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn::release::site::{self, SignedSite};
+use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use qemu_tests::*;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write site file");
+    p
+}
+
+/// Boots `img` with the debug console; returns the VM once ready.
+fn boot_to_ready(img: &Path, log: &str) -> Vm {
+    let mut spec = BootSpec::new(img, ImageFormat::Raw, Firmware::Uefi, log_path(log));
+    spec.debug_console = true;
+    spec.network = true;
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let (i, line) = vm
+        .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout())
+        .unwrap_or_else(|e| panic!("{log}: no verdict: {e:#}"));
+    assert_eq!(i, 0, "{log}: {line}\n{}", vm.serial_text());
+    vm
+}
+
+/// (host name, IPv4 addresses with prefix) as the guest reports them.
+fn identity(vm: &mut Vm) -> (String, String) {
+    let t = console_timeout();
+    let (rc, host) = vm
+        .console_run("cat /proc/sys/kernel/hostname", t)
+        .expect("console");
+    assert_eq!(rc, 0, "{host}");
+    // networkd may still be bringing the link up when ready is printed.
+    let mut addrs = String::new();
+    for _ in 0..30 {
+        let (rc, out) = vm
+            .console_run("busybox ip -4 addr show", t)
+            .expect("console");
+        assert_eq!(rc, 0, "{out}");
+        addrs = out;
+        if addrs.contains("inet 10.") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    (host.trim().to_string(), addrs)
+}
+
+/// Boots `img` and expects the initramfs to halt on the site file.
+fn assert_halts_on_site(img: &Path, log: &str, why: &str) {
+    let spec = BootSpec::new(img, ImageFormat::Raw, Firmware::Uefi, log_path(log));
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let (i, line) = vm
+        .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout())
+        .unwrap_or_else(|e| panic!("{log}: no verdict: {e:#}"));
+    assert_eq!(i, 1, "{log}: the bad site file reached ready: {line}");
+    assert!(line.contains("cairn: FATAL site: "), "{log}: {line}");
+    assert!(line.contains(why), "{log}: {line}");
+    std::thread::sleep(Duration::from_secs(5));
+    let serial = vm.serial_text();
+    assert!(!serial.contains("cairn: ready"), "{serial}");
+    assert!(!serial.contains("cairn: starting systemd"), "{serial}");
+}
+
+#[test]
+fn two_site_files_give_two_identities_and_bad_ones_halt() {
+    let b = built("tiny");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let key = site_test_key();
+    let decl = site::declaration_beside(&b.raw).expect("the test release takes site files");
+    let id = key.public().key_id();
+    assert_eq!(decl.key_id, id);
+
+    // Two sites from one release.
+    for (name, host, addr) in [
+        ("north", "north-depot", "10.0.2.21"),
+        ("south", "south-post", "10.0.2.22"),
+    ] {
+        let text = format!(
+            "# site {name}\nname = \"{name}\"\nhostname = \"{host}\"\naddress = \"{addr}/24\"\ngateway = \"10.0.2.2\"\n"
+        );
+        let file = write(tmp.path(), &format!("{name}.toml"), &text);
+        site::sign(&file, &key, &decl).expect("sign");
+        let img = tmp.path().join(format!("{name}.raw"));
+        site::apply(&b.raw, &file, &img).expect("apply");
+        let mut vm = boot_to_ready(&img, &format!("site-{name}"));
+        let serial = vm.serial_text();
+        assert!(
+            serial.contains(&format!("cairn: site {name} (key {id})")),
+            "{serial}"
+        );
+        let (h, addrs) = identity(&mut vm);
+        assert_eq!(h, host);
+        assert!(addrs.contains(&format!("inet {addr}/24")), "{addrs}");
+        assert!(!addrs.contains("10.0.2.15/"), "{addrs}");
+        drop(vm);
+        std::fs::remove_file(&img).expect("remove the copy");
+    }
+
+    // Controls. Each is put on the ESP directly: `site apply` refuses them
+    // on the host (checked first), the boot must refuse them on its own.
+    let good = "name = \"east\"\nhostname = \"east-gate\"\n";
+    let file = write(tmp.path(), "east.toml", good);
+    let signed = site::sign(&file, &key, &decl).expect("sign");
+    let controls: Vec<(&str, SignedSite, &str)> = vec![
+        (
+            "changed-byte",
+            SignedSite {
+                text: good.replace("east-gate", "east-gatf").into_bytes(),
+                ..signed.clone()
+            },
+            "signature does not verify",
+        ),
+        (
+            "other-key",
+            {
+                let other = cairn::release::signify::generate();
+                SignedSite {
+                    sig: other
+                        .sign(good.as_bytes())
+                        .to_file_text("other.pub")
+                        .into_bytes(),
+                    ..signed.clone()
+                }
+            },
+            "signature does not verify",
+        ),
+        (
+            "not-allowed",
+            {
+                let text = format!("{good}close_ingress = []\n");
+                SignedSite {
+                    sig: key
+                        .sign(text.as_bytes())
+                        .to_file_text("sites.pub")
+                        .into_bytes(),
+                    text: text.into_bytes(),
+                    ..signed.clone()
+                }
+            },
+            "`close_ingress` is not allowed",
+        ),
+    ];
+    for (name, bad, why) in controls {
+        // The host refuses it too.
+        let f = write(
+            tmp.path(),
+            &format!("{name}.toml"),
+            &String::from_utf8_lossy(&bad.text),
+        );
+        std::fs::write(site::sig_path(&f), &bad.sig).expect("write sig");
+        assert!(
+            site::apply(&b.raw, &f, &tmp.path().join(format!("{name}.raw"))).is_err(),
+            "{name}: site apply accepted it"
+        );
+        let img = copy_image(&b.raw, tmp.path(), &format!("{name}.raw"));
+        site::write_to_medium(&img, &bad).expect("write to the ESP");
+        assert_halts_on_site(&img, &format!("site-{name}"), why);
+        std::fs::remove_file(&img).expect("remove the copy");
+    }
+
+    // No site file: the recipe's defaults.
+    let mut vm = boot_to_ready(&b.raw, "site-none");
+    let serial = vm.serial_text();
+    assert!(
+        serial.contains("cairn: site: no site file on the medium; the recipe's defaults apply"),
+        "{serial}"
+    );
+    assert!(!serial.contains("cairn: site none"), "{serial}");
+    let (h, addrs) = identity(&mut vm);
+    assert_eq!(h, "cairn-test");
+    assert!(addrs.contains("inet 10.0.2.15/24"), "{addrs}");
+}
