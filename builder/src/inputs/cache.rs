@@ -568,10 +568,9 @@ mod tests {
     use super::*;
 
     fn flip_byte(p: &Path) {
+        // Cached blobs are read-only; the shared helper writes in place.
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut b = std::fs::read(p).unwrap();
-        b[0] ^= 0x01;
-        std::fs::write(p, b).unwrap();
+        testkit::flip_byte(p, 0);
     }
 
     #[test]
