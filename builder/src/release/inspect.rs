@@ -202,6 +202,24 @@ fn network_view(mut v: Value) -> Value {
     v
 }
 
+/// The wide egress rules the recipe accepted, as `NET/PREFIX:PORT/PROTO`.
+fn wide_egress(network: &Value) -> Vec<String> {
+    let Some(rules) = network.get("wide_egress").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    rules
+        .iter()
+        .map(|r| {
+            let s = |k: &str| match r.get(k) {
+                Some(Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => "?".into(),
+            };
+            format!("{}/{}:{}/{}", s("net"), s("prefix"), s("port"), s("proto"))
+        })
+        .collect()
+}
+
 fn signature_info(dir: &Path, manifest_digest: &Sha256) -> SignatureInfo {
     let sig_path = dir.join(SIG);
     if !sig_path.exists() {
@@ -459,6 +477,9 @@ impl Inspection {
         if let Some(n) = &self.network {
             line("network".into());
             render_value(n, 1, &mut line);
+            for w in wide_egress(n) {
+                line(format!("  WIDE egress (allowed by allow_wide = true): {w}"));
+            }
         }
         line(format!("packages ({})", self.package_count));
         let wn = self
@@ -533,6 +554,14 @@ fn render_value(v: &Value, depth: usize, line: &mut dyn FnMut(String)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_egress_is_marked() {
+        let n = serde_json::json!({"egress": [], "wide_egress": [{"net": "0.0.0.0", "prefix": 0, "port": 443, "proto": "tcp"}]});
+        assert_eq!(wide_egress(&n), vec!["0.0.0.0/0:443/tcp".to_string()]);
+        // Control: no wide rule, no mark.
+        assert!(wide_egress(&serde_json::json!({"egress": []})).is_empty());
+    }
 
     #[test]
     fn network_address_reads_as_cidr() {

@@ -13,7 +13,7 @@ use crate::recipe::schema::RecipeFile;
 use crate::recipe::{line_col, Download, Recipe, RecipeError, RecipeProblem, RecipeSource};
 
 mod base;
-mod boot;
+pub mod boot;
 mod disk;
 mod image;
 mod limits;

@@ -345,7 +345,12 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
         if manifest.flags.debug_console {
             return Err(failed("production: image has the debug console enabled"));
         }
-        checks.push("production: no debug console".into());
+        if let Some(p) = production_problems(&manifest).into_iter().next() {
+            return Err(failed(format!("production: {p}")));
+        }
+        checks.push(
+            "production: no debug console, no debug flag, no shell-opening cmdline word".into(),
+        );
     }
     let media: Vec<String> = opened.iter().map(|(_, n, _)| n.clone()).collect();
     checks.extend(
@@ -520,5 +525,91 @@ mod tests {
         let mut f = untrusted::open(&p, Links::Refuse).unwrap();
         std::fs::write(&p, b"ab").unwrap();
         assert!(read_exactly(&mut f).is_err(), "shrank");
+    }
+}
+
+/// Words `build::kernel_cmdline` puts on every command line.
+const CAIRN_OWN_WORDS: &[&str] = &["systemd.gpt_auto=0", "systemd.firstboot=0"];
+
+/// Every `[debug]` flag and shell-opening command-line word a production
+/// release must not have (the debug console is checked first, on its own).
+pub fn production_problems(m: &crate::release::manifest::Manifest) -> Vec<String> {
+    let mut out = Vec::new();
+    if m.flags.debug_unencrypted_state {
+        out.push("image has [debug] unencrypted_state (disk state without encryption)".to_string());
+    }
+    if !m.flags.debug_cmdline.is_empty() {
+        out.push(format!(
+            "image lets [debug] cmdline words through: {}",
+            m.flags.debug_cmdline.join(" ")
+        ));
+    }
+    let lines = std::iter::once(&m.kernel.cmdline).chain(m.kernel.iso_cmdline.iter());
+    for word in lines.flat_map(|l| l.split_whitespace()) {
+        // The values cairn itself writes on every image are not a problem;
+        // any other value of those keys is.
+        if CAIRN_OWN_WORDS.contains(&word) {
+            continue;
+        }
+        if let Some((_, why)) = crate::recipe::validate::boot::refused_cmdline_word(word) {
+            out.push(format!("kernel command line has {word:?} ({why})"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod production_tests {
+    use super::production_problems;
+
+    fn fixture() -> crate::release::manifest::Manifest {
+        serde_json::from_str(include_str!("../../../tests/fixtures/manifest-a.json"))
+            .expect("fixture is a manifest")
+    }
+
+    #[test]
+    fn production_refuses_every_debug_flag_and_shell_word() {
+        // Control: the fixture (a plain image) has none.
+        assert_eq!(production_problems(&fixture()), Vec::<String>::new());
+        let mut m = fixture();
+        m.flags.debug_unencrypted_state = true;
+        assert!(production_problems(&m)[0].contains("unencrypted_state"));
+        let mut m = fixture();
+        m.flags.debug_cmdline = vec!["rd.break".into()];
+        assert!(production_problems(&m)[0].contains("rd.break"));
+        for word in [
+            "init=/bin/sh",
+            "rdinit=/bin/sh",
+            "systemd.debug_shell",
+            "rd.break",
+            "single",
+        ] {
+            let mut m = fixture();
+            m.kernel.cmdline.push_str(&format!(" {word}"));
+            let p = production_problems(&m);
+            assert_eq!(p.len(), 1, "{word}: {p:?}");
+            assert!(p[0].contains(word), "{word}: {p:?}");
+        }
+        let mut m = fixture();
+        m.kernel.iso_cmdline = Some("console=ttyS0 init=/bin/sh".into());
+        assert!(production_problems(&m)[0].contains("init=/bin/sh"));
+    }
+}
+
+#[cfg(test)]
+mod production_cmdline_tests {
+    #[test]
+    fn cairns_own_command_line_passes_production() {
+        let line = "console=tty0 console=ttyS0,115200 cairn.roothash=ab cairn.medium=disk cairn.state=disk cairn.ram_size=50% systemd.gpt_auto=0 systemd.firstboot=0 panic=0 no_timer_check cairn.state_grow=1 cairn.medium=iso cairn.state=ram";
+        for w in line.split_whitespace() {
+            if super::CAIRN_OWN_WORDS.contains(&w) {
+                continue;
+            }
+            assert_eq!(
+                crate::recipe::validate::boot::refused_cmdline_word(w),
+                None,
+                "{w}"
+            );
+        }
     }
 }
