@@ -163,6 +163,7 @@ pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> St
 
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let started = Instant::now();
+    check_out_dir(&opts.out_dir)?;
     // Tool times count from here (printed against the wall time at the end).
     crate::host::runner::take_tool_times();
     // 1. Resolve: inputs are checked (and fetched) before anything is
@@ -433,6 +434,19 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         dir: final_dir,
         root_hash: verity.root_hash,
     })
+}
+
+/// `-o` must name a folder (or nothing yet): refused before any input is
+/// fetched, so a typo costs nothing.
+fn check_out_dir(out: &Path) -> Result<()> {
+    match std::fs::metadata(out) {
+        Ok(m) if !m.is_dir() => Err(crate::InputError(format!(
+            "-o {}: exists and is not a folder; name a folder for the release (it is created if missing)",
+            out.display()
+        ))
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// Removes in-progress folders left by builds that were killed.

@@ -139,3 +139,18 @@ fn cache_gc_needs_a_recipe_or_all() {
     assert!(text.contains("removed 1 files"), "{text}");
     assert!(!cache.contains(&blob));
 }
+
+#[test]
+fn out_naming_a_file_is_refused_and_the_file_kept() {
+    let d = setup();
+    std::fs::write(d.path().join("r.toml"), GOOD.replace("SHA", &good_sha())).unwrap();
+    std::fs::write(d.path().join("out"), b"keep me").unwrap();
+    let (code, _out, err) = cairn(&["build", "r.toml", "-o", "out"], d.path());
+    assert_eq!(code, 2, "stderr: {err}");
+    let first = err.lines().next().unwrap_or("");
+    assert!(
+        first.contains("-o out: exists and is not a folder"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(d.path().join("out")).unwrap(), b"keep me");
+}
