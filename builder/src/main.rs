@@ -211,6 +211,11 @@ enum Command {
         /// Also refuse images whose flags say debug (debug console on).
         #[arg(long)]
         production: bool,
+        /// Write what was checked (each file and digest, key id, root
+        /// hashes recomputed, production checks) as JSON evidence, also when
+        /// verification fails; deterministic apart from its time stamp.
+        #[arg(long, value_name = "FILE.json")]
+        report: Option<PathBuf>,
     },
     /// What a reviewer reads first: name, version, build date, signer key id,
     /// root hash, kernel and command line, flags, network rules, outputs with
@@ -414,20 +419,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             pubkey,
             production,
-        } => match cairn::release::verify::verify(&target, &pubkey, production) {
-            Ok(report) => {
-                println!("{report}");
-                Ok(ExitCode::SUCCESS)
+            report,
+        } => {
+            let outcome = cairn::release::verify::verify(&target, &pubkey, production);
+            if let Some(path) = &report {
+                // The one wall-clock time stamp: when the evidence was taken.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let v = cairn::release::verify::report::report_json(
+                    &target,
+                    &pubkey,
+                    production,
+                    &outcome,
+                    &cairn::host::time::rfc3339(now),
+                );
+                cairn::release::verify::report::write_report(path, &target, &v)
+                    .map_err(|e| cairn::InputError(format!("{e:#}")))?;
             }
-            Err(cairn::release::verify::VerifyError::BadInput(m)) => {
-                eprintln!("error: {m}");
-                Ok(ExitCode::from(2))
+            match outcome {
+                Ok(report) => {
+                    println!("{report}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(cairn::release::verify::VerifyError::BadInput(m)) => {
+                    eprintln!("error: {m}");
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => {
+                    eprintln!("FAILED {e}");
+                    Ok(ExitCode::from(1))
+                }
             }
-            Err(e) => {
-                eprintln!("FAILED {e}");
-                Ok(ExitCode::from(1))
-            }
-        },
+        }
         Command::Inspect { dir, json } => {
             let i = cairn::release::inspect::inspect(&dir)
                 .map_err(|e| cairn::InputError(format!("{e:#}")))?;

@@ -596,3 +596,58 @@ fn flash_refuses_the_image_itself_or_the_release_folder_as_target() {
         || flash_to(&m, &m.path(RAW), &m.path("stick.img")),
     );
 }
+
+#[test]
+fn verify_report_files_the_evidence_and_says_when_it_failed() {
+    let m = mini(Media::None);
+    let report = m.tmp.path().join("evidence.json");
+    let run = |m: &Mini| {
+        mini::cairn(
+            &[
+                OsStr::new("verify"),
+                m.dir.as_os_str(),
+                OsStr::new("--pubkey"),
+                m.pubkey.as_os_str(),
+                OsStr::new("--report"),
+                report.as_os_str(),
+            ],
+            LIMIT,
+        )
+    };
+    let r = run(&m);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+    };
+    let a = read();
+    assert_eq!(a["result"], "ok");
+    assert!(a["key_id"].as_str().is_some_and(|k| !k.is_empty()));
+    let files: Vec<&str> = a["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["file"].as_str())
+        .collect();
+    assert!(files.contains(&"manifest.json"), "{files:?}");
+    // Deterministic apart from its own time stamp.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(run(&m).code, 0);
+    let (mut a2, mut b2) = (a.clone(), read());
+    a2["verified_at"] = serde_json::Value::Null;
+    b2["verified_at"] = serde_json::Value::Null;
+    assert_eq!(a2, b2);
+    // Control: a tampered release fails, and the report says so.
+    let manifest = m.path("manifest.json");
+    testkit::flip_byte(&manifest, 10);
+    let r = run(&m);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let f = read();
+    assert_eq!(f["result"], "failed");
+    assert!(
+        f["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("manifest.json")),
+        "{f}"
+    );
+    assert!(f.get("files").is_none());
+}

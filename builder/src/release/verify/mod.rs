@@ -9,6 +9,7 @@
 
 mod gpt;
 mod media;
+pub mod report;
 mod sums;
 mod verity;
 
