@@ -1009,7 +1009,9 @@ fn sigterm_stops_a_running_tool_and_its_children() {
         std::fs::create_dir_all(&bin).unwrap();
         let marker = fx.dir.path().join("depmod-started");
         let script = format!(
-            "#!/bin/sh\ntouch {}\nsleep 1000 {} &\nwait\n",
+            // `sleep` takes no extra word: the folder rides in a shell's
+            // arguments, so a survivor is found by it.
+            "#!/bin/sh\ntouch {}\nsh -c 'sleep 1000; : \"$0\"' {} &\nwait\n",
             marker.display(),
             fx.dir.path().display()
         );
