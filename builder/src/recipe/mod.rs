@@ -295,20 +295,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn src(dir: &Path, text: &str) -> RecipeSource {
-        let path = dir.join("r.toml");
-        std::fs::write(&path, text).unwrap();
-        RecipeSource {
-            path,
-            text: text.into(),
-            root: std::fs::canonicalize(dir).unwrap(),
-            env: LoadEnv {
-                cache_root: std::fs::canonicalize(dir).unwrap().join("cache"),
-                source_date_epoch: None,
-            },
-        }
-    }
+    use crate::recipe::validate::tests::src;
 
     const GOOD: &str = r#"
 [image]

@@ -314,4 +314,4 @@ fn control_char(s: &str) -> Option<char> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use crate::recipe::{parse, LoadEnv, Recipe, RecipeError, RecipeSource};
 
-fn src(dir: &Path, text: &str) -> RecipeSource {
+/// A recipe source for `text`, written as `dir/r.toml` (shared by the
+/// recipe tests).
+pub(crate) fn src(dir: &Path, text: &str) -> RecipeSource {
     let path = dir.join("r.toml");
     std::fs::write(&path, text).unwrap();
     RecipeSource {
