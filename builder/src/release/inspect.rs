@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::host::digest::Sha256;
+use crate::host::untrusted::{self, Links};
 use crate::pipeline::compose::Package;
 use crate::release::manifest::{Manifest, Output};
 use crate::release::sign::{SIG, SUMS};
@@ -109,17 +110,11 @@ impl SignatureInfo {
 /// sections this version of cairn does not model.
 pub fn inspect(dir: &Path) -> Result<Inspection> {
     let manifest_path = dir.join(MANIFEST);
-    let len = std::fs::metadata(&manifest_path)
-        .with_context(|| format!("read {}", manifest_path.display()))?
-        .len();
-    if len > MAX_MANIFEST {
-        bail!(
-            "{} is {len} bytes, more than a manifest can be ({MAX_MANIFEST})",
-            manifest_path.display()
-        );
-    }
-    let text = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("read {}", manifest_path.display()))?;
+    // A release folder is hostile: no symlink out of it, no FIFO that
+    // blocks the read, no file bigger than a manifest can be.
+    let bytes = untrusted::read(&manifest_path, Links::Refuse, MAX_MANIFEST)?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{} is not UTF-8 text", manifest_path.display()))?;
     let m: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a cairn manifest", manifest_path.display()))?;
     let raw: Value = serde_json::from_str(&text)
@@ -252,16 +247,7 @@ fn signature_info(dir: &Path, manifest_digest: &Sha256) -> SignatureInfo {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("read {}", path.display()))?
-        .len();
-    if len > MAX_SUMS_FILE {
-        bail!(
-            "{} is {len} bytes, too big to be a checksum list",
-            path.display()
-        );
-    }
-    std::fs::read(path).with_context(|| format!("read {}", path.display()))
+    Ok(untrusted::read(path, Links::Refuse, MAX_SUMS_FILE)?)
 }
 
 /// `sbom.images` entries as name + digest. Entries may be objects (`name`,
@@ -554,6 +540,30 @@ fn render_value(v: &Value, depth: usize, line: &mut dyn FnMut(String)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A release folder is hostile: a FIFO or a symlink named manifest.json
+    /// is refused at once (never waited on, never followed); control: the
+    /// same bytes as a regular file are read.
+    #[test]
+    fn manifest_that_is_a_fifo_or_symlink_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(MANIFEST);
+        let fifo = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = format!("{:#}", inspect(d.path()).unwrap_err());
+        assert!(e.contains("manifest.json"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let outside = d.path().join("elsewhere.json");
+        std::fs::write(&outside, "{}").unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        let e = format!("{:#}", inspect(d.path()).unwrap_err());
+        assert!(e.contains("symlink") || e.contains("link"), "{e}");
+        // Control: a regular file gets as far as parsing.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "{}").unwrap();
+        let e = format!("{:#}", inspect(d.path()).unwrap_err());
+        assert!(e.contains("is not a cairn manifest"), "{e}");
+    }
 
     #[test]
     fn wide_egress_is_marked() {

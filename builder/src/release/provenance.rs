@@ -22,8 +22,10 @@ pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
 pub const BUILD_TYPE: &str = "urn:cairn:build-type:recipe:v1";
 /// Where the build type is defined, relative to cairn's source tree.
 pub const BUILD_TYPE_DOC: &str = "docs/build-type.md";
-/// The builder's identity: the same on every host.
-pub const BUILDER_ID: &str = "https://github.com/cairn-build/cairn";
+/// The builder's identity: the same on every host. A name this project
+/// owns (defined in docs/build-type.md), not a web address: cairn runs on
+/// the user's own build host, and `builder.version` names the release.
+pub const BUILDER_ID: &str = "urn:cairn:builder:cli:v1";
 /// The conventional file name beside manifest.json.
 pub const FILE_NAME: &str = "provenance.json";
 

@@ -510,25 +510,6 @@ pub fn hash_file(path: &Path) -> io::Result<Sha256> {
     hash_open(&mut f)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hashing_reads_exactly_the_opened_size() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        std::fs::write(&p, b"abc").unwrap();
-        assert_eq!(hash_file(&p).unwrap(), Sha256::of_bytes(b"abc"));
-        let mut f = untrusted::open(&p, Links::Refuse).unwrap();
-        std::fs::write(&p, b"abcd").unwrap();
-        assert!(hash_open(&mut f).is_err(), "grew");
-        let mut f = untrusted::open(&p, Links::Refuse).unwrap();
-        std::fs::write(&p, b"ab").unwrap();
-        assert!(read_exactly(&mut f).is_err(), "shrank");
-    }
-}
-
 /// Words `build::kernel_cmdline` puts on every command line.
 const CAIRN_OWN_WORDS: &[&str] = &["systemd.gpt_auto=0", "systemd.firstboot=0"];
 
@@ -557,6 +538,25 @@ pub fn production_problems(m: &crate::release::manifest::Manifest) -> Vec<String
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_reads_exactly_the_opened_size() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(hash_file(&p).unwrap(), Sha256::of_bytes(b"abc"));
+        let mut f = untrusted::open(&p, Links::Refuse).unwrap();
+        std::fs::write(&p, b"abcd").unwrap();
+        assert!(hash_open(&mut f).is_err(), "grew");
+        let mut f = untrusted::open(&p, Links::Refuse).unwrap();
+        std::fs::write(&p, b"ab").unwrap();
+        assert!(read_exactly(&mut f).is_err(), "shrank");
+    }
 }
 
 #[cfg(test)]
