@@ -3,6 +3,10 @@
 //! streams, so a bomb is stopped at the cap, not after it filled the disk.
 //! The defaults fit real images; a recipe raises them in `[limits]`.
 
+use std::cell::Cell;
+use std::io::{self, Read};
+use std::rc::Rc;
+
 /// Set-uid/set-gid files in a base tarball.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SetIdRule {
@@ -129,6 +133,71 @@ pub fn check_stream(uncompressed: u64, compressed: u64, limits: &Limits) -> Resu
         return Err(Cap::Ratio);
     }
     Ok(())
+}
+
+/// Counts the bytes read into a shared cell: the compressed side of a
+/// stream, which [`CappedReader`] compares against.
+pub struct CountingReader<R> {
+    r: R,
+    n: Rc<Cell<u64>>,
+}
+
+impl<R> CountingReader<R> {
+    pub fn new(r: R, n: Rc<Cell<u64>>) -> Self {
+        CountingReader { r, n }
+    }
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.n.set(self.n.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The uncompressed side of a stream: stops with an error at the first cap
+/// it passes (total bytes, ratio to the compressed bytes read so far),
+/// recording which in `hit`, or when the build is interrupted.
+pub struct CappedReader<R> {
+    r: R,
+    n: u64,
+    compressed: Rc<Cell<u64>>,
+    limits: Limits,
+    hit: Rc<Cell<Option<Cap>>>,
+}
+
+impl<R> CappedReader<R> {
+    pub fn new(
+        r: R,
+        compressed: Rc<Cell<u64>>,
+        limits: Limits,
+        hit: Rc<Cell<Option<Cap>>>,
+    ) -> Self {
+        CappedReader {
+            r,
+            n: 0,
+            compressed,
+            limits,
+            hit,
+        }
+    }
+}
+
+impl<R: Read> Read for CappedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.hit.get().is_some() {
+            return Err(io::Error::other("stopped at a cap"));
+        }
+        crate::host::interrupt::check().map_err(io::Error::other)?;
+        let n = self.r.read(buf)?;
+        self.n += n as u64;
+        if let Err(cap) = check_stream(self.n, self.compressed.get(), &self.limits) {
+            self.hit.set(Some(cap));
+            return Err(io::Error::other("stopped at a cap"));
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

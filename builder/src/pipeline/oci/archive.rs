@@ -16,7 +16,7 @@ use super::layer::{scan, Compression, LayerPolicy, LayerSummary, Rules};
 use super::tarfmt::{join, split_name, Kind, Name, TarReader, TarWriter};
 use super::{Oci, OciError, MAX_JSON_BYTES};
 use crate::host::digest::Sha256;
-use crate::host::limits::{check_stream, Cap, Limits, Meter};
+use crate::host::limits::{Cap, CappedReader, CountingReader, Limits, Meter};
 
 /// At most this many layers in an image.
 const MAX_LAYERS: usize = 500;
@@ -177,13 +177,7 @@ fn extract(path: &Path, dir: &Path, limits: &Limits) -> Result<Members, OciError
         .map_err(|e| OciError::io(format!("{e:#}"), io::Error::other("not a regular file")))?;
     let compressed = Rc::new(Cell::new(0u64));
     let hit: Rc<Cell<Option<Cap>>> = Rc::new(Cell::new(None));
-    let mut r = BufReader::with_capacity(
-        1 << 20,
-        Counted {
-            r: f,
-            n: compressed.clone(),
-        },
-    );
+    let mut r = BufReader::with_capacity(1 << 20, CountingReader::new(f, compressed.clone()));
     let gz = {
         use io::BufRead;
         let head = r
@@ -196,13 +190,7 @@ fn extract(path: &Path, dir: &Path, limits: &Limits) -> Result<Members, OciError
     } else {
         Box::new(r)
     };
-    let input = Guarded {
-        r: input,
-        n: 0,
-        compressed,
-        limits: *limits,
-        hit: hit.clone(),
-    };
+    let input = CappedReader::new(input, compressed, *limits, hit.clone());
     let cap_error = |cap: Cap| OciError::Cap {
         what: "the archive".into(),
         message: cap.message(limits),
@@ -305,46 +293,6 @@ fn extract(path: &Path, dir: &Path, limits: &Limits) -> Result<Members, OciError
         );
     }
     Ok(Members { files })
-}
-
-/// Counts the bytes read from the archive file.
-struct Counted<R> {
-    r: R,
-    n: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.r.read(buf)?;
-        self.n.set(self.n.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// The uncompressed archive stream: stops at a cap (recorded in `hit`) or
-/// when the build is interrupted.
-struct Guarded<R> {
-    r: R,
-    n: u64,
-    compressed: Rc<Cell<u64>>,
-    limits: Limits,
-    hit: Rc<Cell<Option<Cap>>>,
-}
-
-impl<R: Read> Read for Guarded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.hit.get().is_some() {
-            return Err(io::Error::other("stopped at a cap"));
-        }
-        crate::host::interrupt::check().map_err(io::Error::other)?;
-        let n = self.r.read(buf)?;
-        self.n += n as u64;
-        if let Err(cap) = check_stream(self.n, self.compressed.get(), &self.limits) {
-            self.hit.set(Some(cap));
-            return Err(io::Error::other("stopped at a cap"));
-        }
-        Ok(n)
-    }
 }
 
 struct HashWrite<W> {

@@ -19,7 +19,7 @@ use sha2::Digest;
 use super::tarfmt::{join, split_name, Kind, Name, RawEntry, TarReader};
 use super::{LoadedImage, OciError, Refusal};
 use crate::host::digest::Sha256;
-use crate::host::limits::{check_stream, Cap, Limits, Meter, SetIdRule};
+use crate::host::limits::{Cap, CappedReader, CountingReader, Limits, Meter, SetIdRule};
 use crate::host::tree::{create_dirs_in_root, resolve_in_root, resolve_in_root_follow};
 
 /// What a layer may contain beyond plain files, folders and links.
@@ -131,46 +131,6 @@ impl<R: Read> Read for HashRead<R> {
     }
 }
 
-/// Counts bytes into a shared cell (the compressed side of a stream).
-struct CountRead<R> {
-    r: R,
-    n: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for CountRead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.r.read(buf)?;
-        self.n.set(self.n.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// The uncompressed side: stops with an error at the first cap it passes
-/// (total bytes, ratio to the compressed bytes read so far), recording which.
-struct Capped<R> {
-    r: R,
-    n: u64,
-    compressed: Rc<Cell<u64>>,
-    limits: Limits,
-    hit: Rc<Cell<Option<Cap>>>,
-}
-
-impl<R: Read> Read for Capped<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.hit.get().is_some() {
-            return Err(io::Error::other("stopped at a cap"));
-        }
-        crate::host::interrupt::check().map_err(io::Error::other)?;
-        let n = self.r.read(buf)?;
-        self.n += n as u64;
-        if let Err(cap) = check_stream(self.n, self.compressed.get(), &self.limits) {
-            self.hit.set(Some(cap));
-            return Err(io::Error::other("stopped at a cap"));
-        }
-        Ok(n)
-    }
-}
-
 fn hash_read<R: Read>(r: R) -> HashRead<R> {
     HashRead {
         r,
@@ -247,10 +207,7 @@ fn read_up_to(r: &mut impl Read, n: usize) -> io::Result<Vec<u8>> {
 pub(crate) fn scan<R: Read>(reader: R, rules: &Rules, sink: Option<&mut dyn Sink>) -> Scan {
     let compressed = Rc::new(Cell::new(0u64));
     let hit: Rc<Cell<Option<Cap>>> = Rc::new(Cell::new(None));
-    let mut raw = hash_read(CountRead {
-        r: reader,
-        n: compressed.clone(),
-    });
+    let mut raw = hash_read(CountingReader::new(reader, compressed.clone()));
     let mut outcome: Result<(), Problem> = Ok(());
     let head = match read_up_to(&mut raw, 6) {
         Ok(h) => h,
@@ -285,13 +242,12 @@ pub(crate) fn scan<R: Read>(reader: R, rules: &Rules, sink: Option<&mut dyn Sink
             ))),
             Compression::None => Box::new(&mut src),
         };
-        let mut u = hash_read(Capped {
-            r: plain,
-            n: 0,
-            compressed: compressed.clone(),
-            limits: rules.limits,
-            hit: hit.clone(),
-        });
+        let mut u = hash_read(CappedReader::new(
+            plain,
+            compressed.clone(),
+            rules.limits,
+            hit.clone(),
+        ));
         if outcome.is_ok() {
             outcome = walk(&mut u, rules, sink, &mut counts);
         }
