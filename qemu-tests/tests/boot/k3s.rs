@@ -8,12 +8,23 @@
 //! artifacts go into a cache of the test's own under target/, where the
 //! recipe's URL inputs resolve by sha256; the recipe (with the
 //! debug console on) is built from a copy under target/, so nothing is
-//! written into the source tree or the user's cache. It boots the image and
-//! checks from outside: the node is Ready, the inference pod from the
-//! pinned image is Running, and the default-deny egress NetworkPolicy is
-//! enforced (a probe pod in the workload namespace cannot reach the
-//! service; the same probe in a namespace without the policy can).
+//! written into the source tree or the user's cache. It boots the image with
+//! restrict=on user networking (as the field-ai test does: a hostfwd to the
+//! listed NodePort, a guestfwd to a listener of the test's own as the only
+//! "outside") and checks:
+//! - the node is Ready, and the inference pod is Ready through a readiness
+//!   probe that really answers (the Deployment has one; the pod's Ready
+//!   condition is True);
+//! - a prediction through the NodePort 30080 from the host is right;
+//! - NetworkPolicy: a pod in a namespace without policies reaches the
+//!   service (allowed), the same pod in the workload namespace, under
+//!   default-deny egress, cannot (denied);
+//! - no egress from any pod: a pod with no policy at all tries the
+//!   guestfwd address, and the listener receives nothing;
+//! - the audit log is bounded: its size and backup limits are in the k3s
+//!   config the node runs with, and the log is under that size.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -133,38 +144,121 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
         &cache_dir,
     );
 
+    let listener = Listener::start();
+    let node_port = free_port();
     let mut spec = BootSpec::new(&b.raw, ImageFormat::Raw, Firmware::Uefi, log_path("k3s"));
     spec.debug_console = true;
     spec.memory_mib = 4096;
     spec.cpus = 2;
+    spec.network = true;
+    spec.forwards = vec![(node_port, 30080)];
+    spec.guestfwds = vec![(Ipv4Addr::new(10, 0, 2, 100), 80, listener.addr)];
     let mut vm = Vm::start(&spec).expect("start qemu");
     vm.wait_for_line("cairn: ready", boot_timeout() * 3)
         .unwrap_or_else(|e| panic!("k3s image not ready: {e:#}"));
     let t = Duration::from_secs(900);
-    let (rc, out) = vm
-        .console_run(
-            "k3s kubectl wait --for=condition=Ready node --all --timeout=900s",
-            t,
-        )
-        .expect("console");
+    let mut run = |cmd: &str| vm.console_run(cmd, t).expect("console");
+
+    let (rc, out) = run("ip route show default");
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains("default"),
+        "no default route, k3s would not start: {out}"
+    );
+    let (rc, out) = run("k3s kubectl wait --for=condition=Ready node --all --timeout=900s");
     assert_eq!(rc, 0, "node not Ready: {out}");
-    let (rc, out) = vm
-        .console_run(
-            "k3s kubectl -n field-ai wait --for=condition=Ready pod -l app=inference --timeout=900s && k3s kubectl -n field-ai get pods -o wide",
-            t,
-        )
-        .expect("console");
-    assert_eq!(rc, 0, "inference pod not Running: {out}");
+
+    // Ready through a probe that answers: the Deployment declares one, and
+    // the pod's Ready condition turned True.
+    let (rc, out) = run(
+        "k3s kubectl -n field-ai get deployment inference -o jsonpath='{.spec.template.spec.containers[0].readinessProbe.httpGet.path}'",
+    );
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains("/healthz"),
+        "the inference pod has no readiness probe: {out}"
+    );
+    let (rc, out) = run(
+        "k3s kubectl -n field-ai wait --for=condition=Ready pod -l app=inference --timeout=900s && k3s kubectl -n field-ai get pods -o wide",
+    );
+    assert_eq!(rc, 0, "inference pod not Ready: {out}");
     assert!(out.contains("Running"), "{out}");
-    let probe = |ns: &str| {
+
+    // A prediction through the listed NodePort, from the host.
+    let mut answer = String::new();
+    for _ in 0..30 {
+        answer = http_get(node_port, "/predict?x=5.1,3.5,1.4,0.2");
+        if answer.contains("\"class\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(
+        answer.contains("\"class\": \"setosa\""),
+        "no prediction through NodePort 30080: {answer}"
+    );
+
+    // NetworkPolicy: allowed from a namespace without policies, denied
+    // from the workload namespace (default-deny egress).
+    let probe = |ns: &str, url: &str| {
         format!(
-            "k3s kubectl create namespace {ns} 2>/dev/null; k3s kubectl -n {ns} run probe --rm -i --restart=Never --image=cairn.local/inference:pinned --image-pull-policy=Never --command -- /usr/bin/python3 -c \"import urllib.request; print(urllib.request.urlopen('http://inference.field-ai.svc:8080/healthz', timeout=10).read())\""
+            "k3s kubectl create namespace {ns} 2>/dev/null; k3s kubectl -n {ns} delete pod probe --ignore-not-found >/dev/null; k3s kubectl -n {ns} run probe --rm -i --restart=Never --image=cairn.local/inference:pinned --image-pull-policy=Never --command -- /usr/bin/python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}', timeout=10).read())\""
         )
     };
-    let (rc, out) = vm.console_run(&probe("field-ai"), t).expect("console");
-    assert_ne!(rc, 0, "default-deny egress did not stop the probe: {out}");
-    // Control: the same probe from a namespace without the policy connects.
-    let (rc, out) = vm.console_run(&probe("probe-control"), t).expect("console");
-    assert_eq!(rc, 0, "control probe failed: {out}");
+    let service = "http://inference.field-ai.svc:8080/healthz";
+    let (rc, out) = run(&probe("probe-control", service));
+    assert_eq!(rc, 0, "the allowed pod-to-pod connection failed: {out}");
     assert!(out.contains("ok"), "{out}");
+    let (rc, out) = run(&probe("field-ai", service));
+    assert_ne!(rc, 0, "default-deny egress did not stop the probe: {out}");
+
+    // No egress from any pod, even one no policy restricts: the only
+    // address outside the node is the test's listener, which hears nothing.
+    let (rc, out) = run(&probe("probe-control", "http://10.0.2.100/"));
+    assert_ne!(rc, 0, "a pod reached outside the node: {out}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(listener.received(), "", "a pod sent data out");
+
+    // The audit log is bounded: the limits are in the config k3s runs with,
+    // and the log is below the per-file size.
+    let (rc, out) = run(
+        "grep -E 'audit-log-max(size|backup)' /etc/rancher/k3s/config.yaml && stat -c %s /var/log/kubernetes/audit.log",
+    );
+    assert_eq!(rc, 0, "{out}");
+    let max_mb = cairn::pipeline::k3s::AUDIT_LOG_MAX_MB;
+    assert!(
+        out.contains(&format!("audit-log-maxsize={max_mb}"))
+            && out.contains(&format!(
+                "audit-log-maxbackup={}",
+                cairn::pipeline::k3s::AUDIT_LOG_BACKUPS
+            )),
+        "the audit log has no size limit in the config: {out}"
+    );
+    let size: u64 = out
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no audit log size: {out}"));
+    assert!(
+        size <= u64::from(max_mb) * 1024 * 1024,
+        "audit log is {size} bytes: {out}"
+    );
+    let serial = vm.serial_text();
+    assert!(!serial.contains("cairn: FATAL"), "{serial}");
+}
+
+/// One HTTP/1.0 GET to 127.0.0.1:`port` (the hostfwd); empty if nothing answers.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(20),
+    ) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: field-ai\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
