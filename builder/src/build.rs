@@ -1,5 +1,6 @@
 //! The whole pipeline, in order: resolve inputs → compose → prune kernel
-//! modules → initramfs → normalise → squashfs → verity → UKI → raw disk →
+//! modules → initramfs → normalise → squashfs → verity → model volumes →
+//! UKI → raw disk →
 //! the other media (one row each of `media::WRITERS`) → manifest → sign.
 //! Outputs are written to a hidden folder beside the final one and renamed
 //! into place only when every stage succeeded.
@@ -122,7 +123,13 @@ impl Stages {
 /// The kernel command line: cairn's words, then the recipe's extras.
 /// cairn owns verity in its initramfs, so it passes `cairn.roothash=`,
 /// never systemd's `roothash=` (whose generator would act on it too).
-pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> String {
+/// Each model volume's root hash rides along as `cairn.volume.NAME=HASH`.
+pub fn kernel_cmdline(
+    recipe: &Recipe,
+    root_hash: &Sha256,
+    volumes: &[crate::pipeline::volumes::ModelVolume],
+    medium: Medium,
+) -> String {
     let state = match (medium, recipe.state_mode, recipe.debug_unencrypted_state) {
         // ISO media have no state partition: RAM.
         (Medium::Iso, _, _) => "ram",
@@ -134,6 +141,13 @@ pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> St
         "console=tty0".to_string(),
         "console=ttyS0,115200".to_string(),
         format!("cairn.roothash={root_hash}"),
+    ];
+    words.extend(
+        volumes
+            .iter()
+            .map(|v| crate::pipeline::volumes::cmdline_word(&v.name, &v.verity.root_hash)),
+    );
+    words.extend([
         format!(
             "cairn.medium={}",
             match medium {
@@ -153,7 +167,7 @@ pub fn kernel_cmdline(recipe: &Recipe, root_hash: &Sha256, medium: Medium) -> St
         // into boot ("IO-APIC + timer doesn't work!"); cloud images set it
         // for the same reason. Hardware with a working timer is unaffected.
         "no_timer_check".to_string(),
-    ];
+    ]);
     if recipe.state_grow && medium == Medium::Disk {
         words.push("cairn.state_grow=1".to_string());
     }
@@ -191,7 +205,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         .collect();
     let mut st = Stages {
         n: 1,
-        total: 10 + usize::from(key.is_some()) + derived.len(),
+        total: 11 + usize::from(key.is_some()) + derived.len(),
         started,
         times: vec![("resolve inputs".into(), started.elapsed().as_secs_f64())],
     };
@@ -281,9 +295,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         crate::pipeline::verity::make_verity(&root.path, &work.join("root.verity"))
     })?;
     eprintln!("        root hash {}", verity.root_hash);
+    let volumes = st.run("model volumes", || {
+        crate::pipeline::volumes::make_model_volumes(&plan, &work)
+    })?;
     // 8. UKIs: one per medium kind (their command lines differ).
-    let cmdline = kernel_cmdline(recipe, &verity.root_hash, Medium::Disk);
-    let iso_cmdline = kernel_cmdline(recipe, &verity.root_hash, Medium::Iso);
+    let cmdline = kernel_cmdline(recipe, &verity.root_hash, &volumes, Medium::Disk);
+    let iso_cmdline = kernel_cmdline(recipe, &verity.root_hash, &volumes, Medium::Iso);
     let want_iso = opts.formats.iso;
     let (uki, uki_iso) = st.run("UKI", || {
         let make = |cmdline: &str, out: PathBuf| {
@@ -326,6 +343,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
                 root: &root.path,
                 verity: &verity.hash_path,
                 root_hash: &verity.root_hash,
+                volumes: &volumes,
                 disk_size: recipe.disk_size,
                 min_state_size: recipe.state_size,
                 epoch: recipe.source_date_epoch,
@@ -347,6 +365,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         iso_cmdline: &iso_cmdline,
         root: &root.path,
         verity: &verity.hash_path,
+        volumes: &volumes,
         volume_id: &volume_id,
         epoch: recipe.source_date_epoch,
         work: &work,
@@ -360,6 +379,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // manifest's own) go on to the SHA256 list.
     let known = st.run("manifest", || {
         let mut m = Manifest::new(recipe, &composed, &verity, &cmdline, &raw.layout, &media)?;
+        m.volumes = crate::release::manifest::volumes(&volumes, &raw.layout);
         if opts.formats.iso {
             m.kernel.iso_cmdline = Some(iso_cmdline.clone());
         }

@@ -1,11 +1,13 @@
 //! Raw disk: a GPT disk written as a plain file (no loop devices, no
 //! mounts): an ESP made with mkfs.vfat + mtools holding the UKI as the
 //! removable-media boot path, the squashfs root, its verity hash tree and
-//! an empty state partition. Partitions are found by identity, following
+//! one data and one hash-tree partition per model volume, and an empty
+//! state partition (last, so it can grow). Partitions are found by identity, following
 //! the Discoverable Partitions Specification: the root partition's UUID is
 //! the first 128 bits of the root hash, the verity partition's the last
 //! 128 bits, the state partition's derives from the root hash too
-//! ([`state_uuid`]). Names stay as labels for people and `cairn verify`.
+//! ([`state_uuid`]); a model volume's two partitions take the first and
+//! last 128 bits of *its* root hash the same way. Names stay as labels for people and `cairn verify`.
 //! Every GUID derives from the root hash, so the same root gives the same
 //! disk.
 
@@ -30,8 +32,11 @@ pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 pub const TYPE_ROOT_VERITY_X86_64: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
 /// Generic Linux data: the specification defines no type for a state
 /// partition that is wiped every boot (its /var type would invite tools
-/// to mount it), so it is found by its UUID alone.
-const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+/// to mount it), so it is found by its UUID alone. Model volumes and
+/// their hash trees carry it too: the specification's "generic Linux
+/// data" type, which no tool mounts by itself (they are not /usr or a
+/// root, and the specification has no verity type for other data).
+pub const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
 /// A 128-bit value as a UUID string, byte order as written (the way
 /// systemd's `sd_id128_to_uuid_string` prints an id, no version bits set).
@@ -73,6 +78,8 @@ pub struct DiskInputs<'a> {
     pub root: &'a Path,
     pub verity: &'a Path,
     pub root_hash: &'a Sha256,
+    /// The model volumes, each a data and a hash-tree partition.
+    pub volumes: &'a [crate::pipeline::volumes::ModelVolume],
     pub disk_size: u64,
     pub min_state_size: u64,
     pub epoch: u64,
@@ -84,21 +91,58 @@ pub struct Layout {
     pub esp: (u64, u64),
     pub root: (u64, u64),
     pub verity: (u64, u64),
+    /// Model volumes, in recipe order, between the root's hash tree and
+    /// the state partition.
+    pub volumes: Vec<VolumeParts>,
     pub state: (u64, u64),
     pub disk_size: u64,
+}
+
+/// A model volume's two partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeParts {
+    pub name: String,
+    pub root_hash: Sha256,
+    pub data: (u64, u64),
+    pub hash: (u64, u64),
+}
+
+impl VolumeParts {
+    /// GPT names hold 36 characters: `cairn-model-NAME` and
+    /// `cairn-model-NAME-verity` when they fit, else the name is replaced
+    /// by the first 12 hex digits of the root hash (the partitions are
+    /// found by UUID; names are for people).
+    pub fn labels(&self) -> (String, String) {
+        let long = format!("cairn-model-{}-verity", self.name);
+        let id = if long.len() <= 36 {
+            self.name.clone()
+        } else {
+            self.root_hash.hex()[..12].to_string()
+        };
+        (format!("cairn-model-{id}"), format!("cairn-model-{id}-verity"))
+    }
+}
+
+/// What [`plan`] needs of a volume: name, root hash, image and tree sizes.
+pub struct VolumeSizes {
+    pub name: String,
+    pub root_hash: Sha256,
+    pub data: u64,
+    pub hash: u64,
 }
 
 fn align_mib(v: u64) -> u64 {
     v.div_ceil(MIB) * MIB
 }
 
-/// Plans the partitions: ESP, root, verity packed from 1 MiB; state takes
-/// the rest, which must be at least `min_state`. The backup GPT needs the
-/// last MiB.
+/// Plans the partitions: ESP, root, verity, then each model volume and
+/// its hash tree, packed from 1 MiB; state takes the rest, which must be
+/// at least `min_state`. The backup GPT needs the last MiB.
 pub fn plan(
     uki_size: u64,
     root_size: u64,
     verity_size: u64,
+    volumes: &[VolumeSizes],
     disk_size: u64,
     min_state: u64,
 ) -> Result<Layout> {
@@ -106,15 +150,30 @@ pub fn plan(
     let esp = (MIB, esp_size);
     let root = (esp.0 + esp.1, align_mib(root_size));
     let verity = (root.0 + root.1, align_mib(verity_size));
-    let state_start = verity.0 + verity.1;
+    let mut at = verity.0 + verity.1;
+    let mut vols = Vec::new();
+    for v in volumes {
+        let data = (at, align_mib(v.data));
+        let hash = (data.0 + data.1, align_mib(v.hash));
+        at = hash.0 + hash.1;
+        vols.push(VolumeParts {
+            name: v.name.clone(),
+            root_hash: v.root_hash,
+            data,
+            hash,
+        });
+    }
+    let state_start = at;
     let end = disk_size.saturating_sub(MIB);
     if end < state_start + min_state {
+        let models: u64 = vols.iter().map(|v| v.data.1 + v.hash.1).sum();
         bail!(
-            "disk: [disk] size {} MiB is too small: ESP {} MiB + root {} MiB + verity {} MiB + state {} MiB + 2 MiB GPT need {} MiB; raise disk.size",
+            "disk: [disk] size {} MiB is too small: ESP {} MiB + root {} MiB + verity {} MiB + model volumes {} MiB + state {} MiB + 2 MiB GPT need {} MiB; raise disk.size",
             disk_size / MIB,
             esp.1 / MIB,
             root.1 / MIB,
             verity.1 / MIB,
+            models / MIB,
             min_state / MIB,
             (state_start + min_state + MIB).div_ceil(MIB)
         );
@@ -123,6 +182,7 @@ pub fn plan(
         esp,
         root,
         verity,
+        volumes: vols,
         state: (state_start, (end - state_start) / MIB * MIB),
         disk_size,
     })
@@ -164,6 +224,23 @@ pub fn sfdisk_script(l: &Layout, root_hash: &Sha256) -> String {
         LABEL_VERITY,
         ", attrs=\"GUID:60\"",
     );
+    for v in &l.volumes {
+        let (data, hash) = v.labels();
+        s += &part(
+            v.data,
+            TYPE_LINUX_DATA,
+            root_uuid(&v.root_hash),
+            &data,
+            ", attrs=\"GUID:60\"",
+        );
+        s += &part(
+            v.hash,
+            TYPE_LINUX_DATA,
+            verity_uuid(&v.root_hash),
+            &hash,
+            ", attrs=\"GUID:60\"",
+        );
+    }
     s += &part(
         l.state,
         TYPE_LINUX_DATA,
@@ -238,10 +315,23 @@ pub struct RawDisk {
 /// Writes the raw disk at `out`.
 pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
     let size = |p: &Path| -> Result<u64> { Ok(std::fs::metadata(p)?.len()) };
+    let vols = inp
+        .volumes
+        .iter()
+        .map(|v| {
+            Ok(VolumeSizes {
+                name: v.name.clone(),
+                root_hash: v.verity.root_hash,
+                data: size(&v.image)?,
+                hash: size(&v.verity.hash_path)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let layout = plan(
         size(inp.uki)?,
         size(inp.root)?,
         size(inp.verity)?,
+        &vols,
         inp.disk_size,
         inp.min_state_size,
     )?;
@@ -263,6 +353,10 @@ pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
     copy_into(&mut f, layout.esp.0, &esp)?;
     copy_into(&mut f, layout.root.0, inp.root)?;
     copy_into(&mut f, layout.verity.0, inp.verity)?;
+    for (v, p) in inp.volumes.iter().zip(&layout.volumes) {
+        copy_into(&mut f, p.data.0, &v.image)?;
+        copy_into(&mut f, p.hash.0, &v.verity.hash_path)?;
+    }
     f.sync_all()?;
     Ok(RawDisk {
         path: out.to_path_buf(),
@@ -276,7 +370,7 @@ mod tests {
 
     #[test]
     fn layout_is_aligned_and_state_takes_the_rest() {
-        let l = plan(30 * MIB, 200 * MIB + 5, 2 * MIB, 2048 * MIB, 256 * MIB).unwrap();
+        let l = plan(30 * MIB, 200 * MIB + 5, 2 * MIB, &[], 2048 * MIB, 256 * MIB).unwrap();
         assert_eq!(l.esp.0, MIB);
         for (s, n) in [l.esp, l.root, l.verity, l.state] {
             assert_eq!(s % MIB, 0);
@@ -284,13 +378,13 @@ mod tests {
         }
         assert_eq!(l.root.1, 201 * MIB);
         assert!(l.state.0 + l.state.1 <= l.disk_size - MIB);
-        let e = plan(30 * MIB, 200 * MIB, 2 * MIB, 300 * MIB, 256 * MIB).unwrap_err();
+        let e = plan(30 * MIB, 200 * MIB, 2 * MIB, &[], 300 * MIB, 256 * MIB).unwrap_err();
         assert!(e.to_string().contains("too small"), "{e}");
     }
 
     #[test]
     fn script_names_partitions_by_label() {
-        let l = plan(30 * MIB, 200 * MIB, 2 * MIB, 2048 * MIB, 256 * MIB).unwrap();
+        let l = plan(30 * MIB, 200 * MIB, 2 * MIB, &[], 2048 * MIB, 256 * MIB).unwrap();
         let s = sfdisk_script(&l, &Sha256::of_bytes(b"x"));
         for label in [LABEL_ESP, LABEL_ROOT, LABEL_VERITY, LABEL_STATE] {
             assert!(s.contains(&format!("name=\"{label}\"")), "{s}");
@@ -311,7 +405,7 @@ mod tests {
         // The initramfs computes this with
         // `printf 'cairn-state %s' HASH | sha256sum` (golden value from it).
         assert_eq!(state_uuid(&h), "4dfe9e19-3a6f-4a19-86fe-93247cfb37eb");
-        let l = plan(30 * MIB, 200 * MIB, 2 * MIB, 2048 * MIB, 256 * MIB).unwrap();
+        let l = plan(30 * MIB, 200 * MIB, 2 * MIB, &[], 2048 * MIB, 256 * MIB).unwrap();
         let s = sfdisk_script(&l, &h);
         let line = |label: &str| {
             s.lines()
@@ -328,5 +422,48 @@ mod tests {
             verity_uuid(&h).to_uppercase()
         )));
         assert!(line(LABEL_STATE).contains(&state_uuid(&h).to_uppercase()));
+    }
+
+    #[test]
+    fn model_volumes_sit_before_the_state_with_uuids_from_their_root_hash() {
+        let h = Sha256::from_hex("2c829e2d6efef66757263d209f7221fb0506b73787c070e28c3606bec7e59358")
+            .unwrap();
+        let long = "m".repeat(30);
+        let vols = [
+            VolumeSizes {
+                name: "iris".into(),
+                root_hash: h,
+                data: 5 * MIB + 1,
+                hash: 4096,
+            },
+            VolumeSizes {
+                name: long.clone(),
+                root_hash: Sha256::of_bytes(b"other"),
+                data: MIB,
+                hash: 4096,
+            },
+        ];
+        let l = plan(30 * MIB, 200 * MIB, 2 * MIB, &vols, 2048 * MIB, 256 * MIB).unwrap();
+        assert_eq!(l.volumes[0].data, (l.verity.0 + l.verity.1, 6 * MIB));
+        assert_eq!(l.volumes[0].hash.1, MIB);
+        assert_eq!(l.volumes[1].data.0, l.volumes[0].hash.0 + MIB);
+        assert_eq!(l.state.0, l.volumes[1].hash.0 + l.volumes[1].hash.1);
+        let s = sfdisk_script(&l, &Sha256::of_bytes(b"root"));
+        let lines: Vec<&str> = s.lines().filter(|l| l.starts_with("start=")).collect();
+        // ESP, root, verity, two volumes of two partitions, state last.
+        assert_eq!(lines.len(), 8, "{s}");
+        assert!(lines[7].contains(LABEL_STATE), "{s}");
+        assert!(lines[3].contains(&format!(
+            "type={TYPE_LINUX_DATA}, uuid=2C829E2D-6EFE-F667-5726-3D209F7221FB, name=\"cairn-model-iris\""
+        )), "{s}");
+        assert!(lines[4].contains("uuid=0506B737-87C0-70E2-8C36-06BEC7E59358, name=\"cairn-model-iris-verity\""), "{s}");
+        // A name too long for GPT's 36 characters: the hash names it.
+        let (d, v) = l.volumes[1].labels();
+        assert!(d.len() <= 36 && v.len() <= 36, "{d} {v}");
+        assert!(!d.contains(&long));
+        assert!(lines[5].contains(&format!("name=\"{d}\"")), "{s}");
+        // Too small a disk names the volumes in its sum.
+        let e = plan(30 * MIB, 200 * MIB, 2 * MIB, &vols, 400 * MIB, 256 * MIB).unwrap_err();
+        assert!(e.to_string().contains("model volumes 8 MiB"), "{e}");
     }
 }

@@ -14,6 +14,7 @@
 //! /boot/grub/grub.cfg                serial+console, linux /cairn/vmlinuz CMDLINE, initrd
 //! /cairn/vmlinuz  /cairn/initrd      the UKI's kernel and initramfs, for BIOS
 //! /cairn/root.squashfs /cairn/root.verity
+//! /cairn/models/NAME.squashfs /cairn/models/NAME.verity   one pair per model volume
 //! MBR: GRUB boot_hybrid.img (BIOS boot from USB), protective MBR + GPT
 //! ```
 //!
@@ -26,6 +27,9 @@
 //! `--set_all_file_dates`, `-r` (uid/gid 0, normalised modes), the GPT disk
 //! GUID from the modification date, `mkfs.vfat --invariant` with a derived
 //! serial, and no xorriso/mkisofs startup files.
+//!
+//! `-iso-level 3`: a file over 4 GiB (a model volume) is stored as several
+//! consecutive extents of one file, which Linux's iso9660 reads as one.
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +43,16 @@ pub const GRUB_I386_PC: &str = "/usr/lib/grub/i386-pc";
 /// Path of the root image inside the ISO; the initramfs finds the medium by it.
 pub const ISO_ROOT: &str = "/cairn/root.squashfs";
 pub const ISO_VERITY: &str = "/cairn/root.verity";
+/// Folder of the model volumes: `NAME.squashfs` and `NAME.verity` each.
+pub const ISO_MODELS: &str = "/cairn/models";
+
+/// The ISO paths of a model volume's image and hash tree.
+pub fn model_paths(name: &str) -> (String, String) {
+    (
+        format!("{ISO_MODELS}/{name}.squashfs"),
+        format!("{ISO_MODELS}/{name}.verity"),
+    )
+}
 pub const ISO_KERNEL: &str = "/cairn/vmlinuz";
 pub const ISO_INITRD: &str = "/cairn/initrd";
 pub const ISO_GRUB_CFG: &str = "/boot/grub/grub.cfg";
@@ -77,6 +91,8 @@ pub struct IsoInputs<'a> {
     pub root: &'a Path,
     /// Its dm-verity hash tree.
     pub verity: &'a Path,
+    /// The model volumes.
+    pub volumes: &'a [crate::pipeline::volumes::ModelVolume],
     /// ISO 9660 volume ID (1-32 of `A-Z a-z 0-9 _ - .`); see [`volume_id`].
     pub volume_id: &'a str,
     pub epoch: u64,
@@ -255,7 +271,7 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
     let date = format!("--modification-date={}", iso_timestamp(inp.epoch));
     let all_dates = format!("={epoch}");
     let vol = inp.volume_id;
-    let grafts = vec![
+    let mut grafts = vec![
         graft(ISO_EFI_IMG, &efi)?,
         graft(ISO_ELTORITO, &eltorito)?,
         graft(ISO_GRUB_CFG, &cfg)?,
@@ -264,6 +280,11 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
         graft(ISO_ROOT, inp.root)?,
         graft(ISO_VERITY, inp.verity)?,
     ];
+    for v in inp.volumes {
+        let (image, hash) = model_paths(&v.name);
+        grafts.push(graft(&image, &v.image)?);
+        grafts.push(graft(&hash, &v.verity.hash_path)?);
+    }
     crate::host::runner::run(
         "iso: xorriso",
         xshell::cmd!(
@@ -463,6 +484,7 @@ mod tests {
             cmdline: "console=ttyS0 cairn.roothash=00 cairn.medium=iso cairn.state=ram",
             root: &sq,
             verity: &p.join("root.verity"),
+            volumes: &[],
             volume_id: "CAIRN_UNIT_1",
             epoch: 1_700_000_000,
         };

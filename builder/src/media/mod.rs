@@ -30,6 +30,8 @@ pub struct MediaInputs<'a> {
     pub iso_cmdline: &'a str,
     pub root: &'a Path,
     pub verity: &'a Path,
+    /// The model volumes (files under /cairn/models/ on the ISO).
+    pub volumes: &'a [crate::pipeline::volumes::ModelVolume],
     pub volume_id: &'a str,
     pub epoch: u64,
     /// A scratch folder the writer may use.
@@ -72,6 +74,7 @@ fn write_iso_row(m: &MediaInputs, out: &Path) -> Result<()> {
             cmdline: m.iso_cmdline,
             root: m.root,
             verity: m.verity,
+            volumes: m.volumes,
             volume_id: m.volume_id,
             epoch: m.epoch,
         },

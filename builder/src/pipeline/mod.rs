@@ -14,4 +14,5 @@ pub mod sbsign;
 pub mod squashfs;
 pub mod uki;
 pub mod verity;
+pub mod volumes;
 pub mod workloads;

@@ -1,6 +1,6 @@
 //! Workloads: the pinned OCI images, model data, policy bundle and
 //! supervised services the appliance exists for. Everything is placed in the
-//! verity-protected root at build time, so the digest the manifest names is
+//! verity-protected root (models: their own volumes) at build time, so the digest the manifest names is
 //! the one that runs; at boot containerd imports the images from there and
 //! runs each service with a read-only root, no capabilities unless listed,
 //! no network unless listed, resource limits and read-only model mounts.
@@ -56,7 +56,7 @@ struct BuiltDigest {
 
 /// Where things live in the image.
 pub const IMAGES_DIR: &str = "usr/lib/cairn/images";
-pub const MODELS_DIR: &str = "usr/share/cairn/models";
+pub use crate::pipeline::volumes::MODELS_DIR;
 pub const POLICY_DIR: &str = "usr/lib/cairn/policy";
 /// k3s imports image tarballs from here at start (its air-gap convention).
 pub const K3S_IMAGES_DIR: &str = "var/lib/rancher/k3s/agent/images";
@@ -158,20 +158,20 @@ pub fn install(
             source,
         });
     }
+    // Models are volumes of their own (pipeline::volumes); the root holds
+    // only their mount points, which the initramfs mounts them on.
     for m in &w.models {
         let rel = format!("{MODELS_DIR}/{}", m.name);
-        copy_read_only(&m.path, tree, &rel)?;
-        // The pin was checked at resolve time; check what landed, too.
-        let landed = model_digest(&crate::host::tree::resolve_in_root_follow(
-            tree,
-            Path::new(&rel),
-        )?)?;
-        if landed != m.sha256 {
-            bail!(
-                "model {}: copied data has digest {landed}, not {}",
-                m.name,
-                m.sha256
-            );
+        let mount = crate::pipeline::volumes::mount_point(m);
+        crate::host::tree::create_dirs_in_root(tree, Path::new(&mount))?;
+        if mount != rel {
+            // A single file: its path is a link into its volume.
+            crate::host::tree::create_dirs_in_root(tree, Path::new(MODELS_DIR))?;
+            crate::host::tree::link_in_tree(
+                tree,
+                &rel,
+                &format!("../../../lib/cairn/volumes/{0}/{0}", m.name),
+            )?;
         }
         out.models.push(InstalledModel {
             name: m.name.clone(),

@@ -131,13 +131,19 @@ fn default_file_mode() -> Spanned<String> {
 }
 
 /// Model data: a file or folder pinned by sha256 (a folder's digest is
-/// `cairn digest PATH`), placed read-only in the verity-protected root.
+/// `cairn digest PATH`), made into its own verity-protected volume.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     pub name: Spanned<String>,
     pub path: Spanned<String>,
     pub sha256: Spanned<String>,
+    #[serde(default = "default_model_compression")]
+    pub compression: Spanned<String>,
+}
+
+fn default_model_compression() -> Spanned<String> {
+    settings::MODEL_COMPRESSION.spanned_text()
 }
 
 /// A supervised container (containerd runtime).

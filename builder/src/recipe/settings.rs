@@ -260,6 +260,11 @@ settings! {
          link, fifo or device in it)";
     MODEL_SHA256 = ["models"] "sha256": "digest" = Required;
         "the file's sha256, or the folder's tree digest: `cairn digest PATH`";
+    MODEL_COMPRESSION = ["models"] "compression": "`\"none\"` or `\"zstd\"`" = Text("none");
+        "how the model's own volume is stored. Each model is a verity-protected volume of its \
+         own (a squashfs image with its own hash tree and root hash, mounted read-only at boot \
+         where services read it; rebuilt only when its data changes). `none` (weights do not \
+         compress) writes it at close to disk speed; `zstd` for data that does compress";
 
     SERVICE_NAME = ["services"] "name": "string" = Required;
         concat!(name_rule!(), "; unique; the unit is `cairn-service-NAME.service` (restart on failure)");

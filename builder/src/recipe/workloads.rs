@@ -45,8 +45,30 @@ pub struct Model {
     pub name: String,
     pub path: PathBuf,
     pub sha256: Sha256,
+    /// How its volume is stored (`[[models]] compression`).
+    pub compression: Compression,
     /// Where the pin is written, for mismatch errors.
     pub at: String,
+}
+
+/// How a model volume's squashfs is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression of data, inodes, fragments or extended attributes:
+    /// weights do not compress, and the volume is written at disk speed.
+    #[default]
+    None,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -16,7 +16,7 @@ use crate::recipe::{Base, Recipe};
 
 /// The format of manifest.json (docs/manifest.schema.json): raise it with every
 /// change of a field, and the schema file with it.
-pub const SCHEMA: u32 = 3;
+pub const SCHEMA: u32 = 4;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -32,6 +32,10 @@ pub struct Manifest {
     pub inputs: Vec<Input>,
     pub outputs: Vec<Output>,
     pub verity: VerityInfo,
+    /// The model volumes: each its own file system image, hash tree and
+    /// root hash (format 4; older manifests have none).
+    #[serde(default)]
+    pub volumes: Vec<VolumeInfo>,
     pub kernel: KernelInfo,
     pub flags: Flags,
     pub sbom: Sbom,
@@ -65,7 +69,7 @@ pub struct RecipeInfo {
     pub lock_sha256: Option<Sha256>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Input {
     pub kind: String,
     pub source: String,
@@ -89,6 +93,73 @@ pub struct VerityInfo {
     pub hash_block_size: u32,
     pub data_size: u64,
     pub hash_size: u64,
+}
+
+/// One model volume: what it holds, where it is mounted, how it is stored,
+/// its dm-verity parameters and where each medium carries it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// `model` (the only kind so far).
+    pub kind: String,
+    /// Where the running image mounts it, read-only.
+    pub mount: String,
+    /// `none` or `zstd`.
+    pub compression: String,
+    /// What it is made from: the model, by its pinned digest.
+    pub inputs: Vec<Input>,
+    pub root_hash: Sha256,
+    pub salt: String,
+    pub uuid: String,
+    pub hash_algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    /// The file system image's size (the verity data size).
+    pub data_size: u64,
+    pub hash_size: u64,
+    /// Its partitions on the raw disk (and qcow2), by GPT name.
+    pub partition: String,
+    pub hash_partition: String,
+    /// Its files on the ISO.
+    pub iso_image: String,
+    pub iso_hash: String,
+}
+
+/// The manifest's entry for each model volume.
+pub fn volumes(
+    vols: &[crate::pipeline::volumes::ModelVolume],
+    layout: &Layout,
+) -> Vec<VolumeInfo> {
+    vols.iter()
+        .zip(&layout.volumes)
+        .map(|(v, p)| {
+            let (partition, hash_partition) = p.labels();
+            let (iso_image, iso_hash) = crate::media::iso::model_paths(&v.name);
+            VolumeInfo {
+                name: v.name.clone(),
+                kind: "model".into(),
+                mount: v.mount.clone(),
+                compression: v.compression.as_str().into(),
+                inputs: vec![Input {
+                    kind: "model".into(),
+                    source: v.name.clone(),
+                    sha256: Some(v.model_sha256),
+                }],
+                root_hash: v.verity.root_hash,
+                salt: v.verity.salt.clone(),
+                uuid: v.verity.uuid.clone(),
+                hash_algorithm: v.verity.hash_algorithm.into(),
+                data_block_size: v.verity.data_block_size,
+                hash_block_size: v.verity.hash_block_size,
+                data_size: v.verity.data_size,
+                hash_size: v.verity.hash_size,
+                partition,
+                hash_partition,
+                iso_image,
+                iso_hash,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -290,6 +361,7 @@ impl Manifest {
                 data_size: verity.data_size,
                 hash_size: verity.hash_size,
             },
+            volumes: Vec::new(),
             kernel: KernelInfo {
                 version: composed.kernel_version.clone(),
                 cmdline: cmdline.into(),
@@ -315,14 +387,21 @@ impl Manifest {
                 documents: Vec::new(),
             },
             partitions: [
-                (crate::media::disk::LABEL_ESP, layout.esp),
-                (crate::media::disk::LABEL_ROOT, layout.root),
-                (crate::media::disk::LABEL_VERITY, layout.verity),
-                (crate::media::disk::LABEL_STATE, layout.state),
+                (crate::media::disk::LABEL_ESP.to_string(), layout.esp),
+                (crate::media::disk::LABEL_ROOT.to_string(), layout.root),
+                (crate::media::disk::LABEL_VERITY.to_string(), layout.verity),
             ]
             .into_iter()
-            .map(|(l, (offset, size))| PartitionInfo {
-                label: l.into(),
+            .chain(layout.volumes.iter().flat_map(|v| {
+                let (d, h) = v.labels();
+                [(d, v.data), (h, v.hash)]
+            }))
+            .chain(std::iter::once((
+                crate::media::disk::LABEL_STATE.to_string(),
+                layout.state,
+            )))
+            .map(|(label, (offset, size))| PartitionInfo {
+                label,
                 offset,
                 size,
             })

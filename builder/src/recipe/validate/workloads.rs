@@ -251,11 +251,23 @@ impl Validator<'_> {
                 .path(&m.path, "model")
                 .filter(|p| self.data_folder(&m.path, p, "model folder"));
             let sha = self.digest(&m.sha256, "model sha256");
-            if let (Some(path), Some(sha256)) = (path, sha) {
+            let compression = match m.compression.get_ref().as_str() {
+                "none" => Some(crate::recipe::workloads::Compression::None),
+                "zstd" => Some(crate::recipe::workloads::Compression::Zstd),
+                other => {
+                    self.problem(
+                        m.compression.span(),
+                        format!("model compression {other:?} is not one of \"none\", \"zstd\""),
+                    );
+                    None
+                }
+            };
+            if let (Some(path), Some(sha256), Some(compression)) = (path, sha, compression) {
                 w.models.push(Model {
                     name,
                     path,
                     sha256,
+                    compression,
                     at: self.at(m.sha256.span()),
                 });
             }

@@ -1,0 +1,388 @@
+//! Model volumes: every `[[models]]` entry becomes a read-only volume of
+//! its own, a squashfs image (uncompressed unless the recipe says `zstd`)
+//! with its own dm-verity hash tree and root hash. The root holds only the
+//! empty mount point; the initramfs opens each volume through dm-verity
+//! and mounts it there, so services read the weights from the verity
+//! device. Invariant: a volume depends only on the model's content, its
+//! name, its compression and SOURCE_DATE_EPOCH (the stage-cache key covers
+//! exactly these), so an unchanged model reuses its cached volume.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::host::digest::Sha256;
+use crate::pipeline::verity::VerityTree;
+use crate::recipe::workloads::{Compression, Model};
+
+/// Where a folder model is mounted: the folder services already bind.
+pub const MODELS_DIR: &str = "usr/share/cairn/models";
+/// Where a single-file model's volume is mounted; the model's path in
+/// [`MODELS_DIR`] is a link to the file in it.
+pub const FILE_VOLUMES_DIR: &str = "usr/lib/cairn/volumes";
+
+/// One model volume, ready for the media.
+#[derive(Debug, Clone)]
+pub struct ModelVolume {
+    pub name: String,
+    /// The squashfs image (in the work folder or the stage cache).
+    pub image: PathBuf,
+    pub verity: VerityTree,
+    pub compression: Compression,
+    /// The model's pinned digest (file sha256 or tree digest).
+    pub model_sha256: Sha256,
+    /// Where the volume is mounted in the running image (absolute).
+    pub mount: String,
+    /// Whether it came from the stage cache.
+    pub cached: bool,
+}
+
+/// The kernel command-line word that carries a volume's root hash.
+pub fn cmdline_word(name: &str, root_hash: &Sha256) -> String {
+    format!("cairn.volume.{name}={root_hash}")
+}
+
+/// The mount point of a model's volume, relative to the root.
+pub fn mount_point(m: &Model) -> String {
+    if m.path.is_dir() {
+        format!("{MODELS_DIR}/{}", m.name)
+    } else {
+        format!("{FILE_VOLUMES_DIR}/{}", m.name)
+    }
+}
+
+/// The mksquashfs options of a compression setting (times and owners are
+/// fixed separately). `none`: data, inodes, fragments and extended
+/// attributes all stored as they are.
+pub fn squashfs_options(c: Compression) -> &'static [&'static str] {
+    match c {
+        Compression::None => &["-noI", "-noD", "-noF", "-noX"],
+        Compression::Zstd => &["-comp", "zstd", "-Xcompression-level", "15"],
+    }
+}
+
+/// The stage-cache key of a model volume: everything its bytes depend on.
+pub fn cache_key(m: &Model, epoch: u64) -> Sha256 {
+    let kind = if m.path.is_dir() { "folder" } else { "file" };
+    crate::inputs::stagecache::key(
+        "model-volume",
+        &[
+            format!("name {}", m.name),
+            format!("model {kind} {}", m.sha256),
+            format!("compression {}", m.compression.as_str()),
+            format!("mksquashfs {}", squashfs_options(m.compression).join(" ")),
+            "mksquashfs -all-root -no-xattrs -no-progress".into(),
+            format!("epoch {epoch}"),
+            format!(
+                "verity sha256 {} {}",
+                crate::pipeline::verity::BLOCK_SIZE,
+                crate::pipeline::verity::BLOCK_SIZE
+            ),
+        ],
+    )
+}
+
+/// Makes (or takes from the stage cache) the volume of every model.
+pub fn make_model_volumes(
+    plan: &crate::inputs::plan::Plan,
+    work: &Path,
+) -> Result<Vec<ModelVolume>> {
+    let epoch = plan.recipe.source_date_epoch;
+    plan.recipe
+        .workloads
+        .models
+        .iter()
+        .map(|m| {
+            let v = make_model_volume(m, &plan.cache, plan.stage_cache, epoch, work)
+                .with_context(|| format!("model volume {}", m.name))?;
+            eprintln!(
+                "        model {}: {:.1} MiB ({}{}), root hash {}",
+                v.name,
+                v.verity.data_size as f64 / 1048576.0,
+                v.compression.as_str(),
+                if v.cached { ", cached" } else { "" },
+                v.verity.root_hash
+            );
+            Ok(v)
+        })
+        .collect()
+}
+
+const STAGE_IMAGE: &str = "model-volume";
+const STAGE_HASH: &str = "model-verity";
+
+/// One model's volume in `work/volume-NAME/`.
+pub fn make_model_volume(
+    m: &Model,
+    cache: &crate::inputs::cache::Cache,
+    stage_cache: bool,
+    epoch: u64,
+    work: &Path,
+) -> Result<ModelVolume> {
+    let key = cache_key(m, epoch);
+    let mount = format!("/{}", mount_point(m));
+    if let Some(v) = cached(cache, stage_cache, &key) {
+        return Ok(ModelVolume {
+            name: m.name.clone(),
+            image: v.0,
+            verity: v.1,
+            compression: m.compression,
+            model_sha256: m.sha256,
+            mount,
+            cached: true,
+        });
+    }
+    let dir = work.join(format!("volume-{}", m.name));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree)?;
+    if m.path.is_dir() {
+        stage_folder(&m.path, &tree)?;
+    } else {
+        copy_file(&m.path, &tree.join(&m.name))?;
+    }
+    set_mode(&tree, 0o755)?;
+    // The pin was checked at resolve time; check what will be packed, too.
+    let staged = if m.path.is_dir() {
+        crate::host::digest::tree_digest(&tree)?
+    } else {
+        Sha256::of_file(&tree.join(&m.name))?
+    };
+    if staged != m.sha256 {
+        bail!(
+            "the staged data has digest {staged}, not the pinned {} (did it change during the build?)",
+            m.sha256
+        );
+    }
+    let image = dir.join(format!("{}.squashfs", m.name));
+    let sh = xshell::Shell::new()?;
+    let e = epoch.to_string();
+    let opts = squashfs_options(m.compression);
+    crate::host::runner::run(
+        "model volume",
+        xshell::cmd!(
+            sh,
+            "mksquashfs {tree} {image} -noappend {opts...} -all-root -no-xattrs -all-time {e} -mkfs-time {e} -no-progress -quiet"
+        ),
+    )?;
+    std::fs::remove_dir_all(&tree).ok();
+    let verity =
+        crate::pipeline::verity::make_verity(&image, &dir.join(format!("{}.verity", m.name)))?;
+    if stage_cache {
+        crate::inputs::stagecache::store(cache, STAGE_IMAGE, &key, &image, "")?;
+        crate::inputs::stagecache::store(
+            cache,
+            STAGE_HASH,
+            &key,
+            &verity.hash_path,
+            &verity_line(&verity),
+        )?;
+    }
+    Ok(ModelVolume {
+        name: m.name.clone(),
+        image,
+        verity,
+        compression: m.compression,
+        model_sha256: m.sha256,
+        mount,
+        cached: false,
+    })
+}
+
+/// The hash tree's parameters, as the stage cache keeps them.
+fn verity_line(v: &VerityTree) -> String {
+    format!(
+        "{} {} {} {} {}",
+        v.root_hash, v.salt, v.uuid, v.data_size, v.hash_size
+    )
+}
+
+/// The cached image and hash tree for `key`, used in place (the cache
+/// checks each blob against its digest), when both are there and agree.
+fn cached(
+    cache: &crate::inputs::cache::Cache,
+    enabled: bool,
+    key: &Sha256,
+) -> Option<(PathBuf, VerityTree)> {
+    let (image, _) = crate::inputs::stagecache::lookup(cache, enabled, STAGE_IMAGE, key)?;
+    let (hash, line) = crate::inputs::stagecache::lookup(cache, enabled, STAGE_HASH, key)?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let [root, salt, uuid, data, hsize] = w[..] else {
+        return None;
+    };
+    let v = VerityTree {
+        hash_path: hash,
+        root_hash: Sha256::from_hex(root).ok()?,
+        salt: salt.to_string(),
+        uuid: uuid.to_string(),
+        data_block_size: crate::pipeline::verity::BLOCK_SIZE,
+        hash_block_size: crate::pipeline::verity::BLOCK_SIZE,
+        hash_algorithm: "sha256",
+        data_size: data.parse().ok()?,
+        hash_size: hsize.parse().ok()?,
+    };
+    let sizes = (
+        std::fs::metadata(&image).ok()?.len(),
+        std::fs::metadata(&v.hash_path).ok()?.len(),
+    );
+    (sizes == (v.data_size, v.hash_size)).then_some((image, v))
+}
+
+/// Copies a model folder into `tree`: folders 0755, files 0444 (0555 when
+/// executable, which the tree digest counts), nothing else.
+fn stage_folder(src: &Path, tree: &Path) -> Result<()> {
+    for e in walkdir::WalkDir::new(src).min_depth(1).sort_by_file_name() {
+        let e = e?;
+        let rel = e.path().strip_prefix(src)?;
+        let target = tree.join(rel);
+        let ft = e.path().symlink_metadata()?.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            set_mode(&target, 0o755)?;
+        } else if ft.is_file() {
+            copy_file(e.path(), &target)?;
+        } else {
+            bail!(
+                "{}: only files and folders are allowed in model data",
+                e.path().display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn copy_file(src: &Path, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exec = std::fs::metadata(src)
+        .with_context(|| format!("read {}", src.display()))?
+        .permissions()
+        .mode()
+        & 0o111
+        != 0;
+    std::fs::copy(src, dst).with_context(|| format!("copy {}", src.display()))?;
+    set_mode(dst, if exec { 0o555 } else { 0o444 })
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(dir: &Path, compression: Compression) -> Model {
+        let p = dir.join("m");
+        std::fs::create_dir_all(p.join("sub")).unwrap();
+        // Incompressible-looking but plain text, so an uncompressed image
+        // shows it verbatim.
+        let text: String = (0..20000).map(|i| format!("weight {i}\n")).collect();
+        std::fs::write(p.join("sub/weights.txt"), &text).unwrap();
+        std::fs::write(p.join("config.json"), "{}\n").unwrap();
+        Model {
+            name: "m1".into(),
+            sha256: crate::host::digest::tree_digest(&p).unwrap(),
+            path: p,
+            compression,
+            at: "r.toml:1:1".into(),
+        }
+    }
+
+    fn tools() {
+        testkit::tool("mksquashfs", "squashfs-tools");
+        testkit::tool("veritysetup", "cryptsetup-bin");
+    }
+
+    #[test]
+    fn volumes_are_deterministic_uncompressed_by_default_and_cached() {
+        tools();
+        let d = tempfile::tempdir().unwrap();
+        let cache = crate::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
+        let m = model(d.path(), Compression::None);
+        let a = make_model_volume(&m, &cache, true, 1_700_000_000, &d.path().join("wa")).unwrap();
+        assert!(!a.cached);
+        let b = make_model_volume(&m, &cache, false, 1_700_000_000, &d.path().join("wb")).unwrap();
+        assert!(!b.cached);
+        assert_eq!(a.verity.root_hash, b.verity.root_hash);
+        assert_eq!(
+            std::fs::read(&a.image).unwrap(),
+            std::fs::read(&b.image).unwrap()
+        );
+        assert_eq!(a.mount, "/usr/share/cairn/models/m1");
+        // Uncompressed: the model's bytes are in the image as they are.
+        let img = std::fs::read(&a.image).unwrap();
+        assert!(img.windows(12).any(|w| w == b"weight 1234\n"));
+        // The stage cache gives the same volume without building it.
+        let c = make_model_volume(&m, &cache, true, 1_700_000_000, &d.path().join("wc")).unwrap();
+        assert!(c.cached);
+        assert_eq!(c.verity.root_hash, a.verity.root_hash);
+        assert_eq!(std::fs::read(&c.image).unwrap(), img);
+        assert!(!d.path().join("wc").exists(), "a cached volume is not rebuilt");
+        // The cached hash tree checks the cached image (veritysetup
+        // reads every block).
+        let mut vs = crate::host::runner::command("veritysetup");
+        vs.arg("verify")
+            .arg(&c.image)
+            .arg(&c.verity.hash_path)
+            .arg(c.verity.root_hash.hex());
+        crate::host::runner::output("test: veritysetup verify", vs)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        // Another epoch, another key: a miss.
+        let e = make_model_volume(&m, &cache, true, 1_700_000_001, &d.path().join("we")).unwrap();
+        assert!(!e.cached);
+        assert_ne!(e.verity.root_hash, a.verity.root_hash);
+    }
+
+    #[test]
+    fn zstd_volumes_compress_and_differ() {
+        tools();
+        let d = tempfile::tempdir().unwrap();
+        let cache = crate::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
+        let plain = model(d.path(), Compression::None);
+        let z = Model {
+            compression: Compression::Zstd,
+            ..plain.clone()
+        };
+        assert_ne!(cache_key(&plain, 1), cache_key(&z, 1));
+        let a = make_model_volume(&plain, &cache, true, 1, &d.path().join("a")).unwrap();
+        let b = make_model_volume(&z, &cache, true, 1, &d.path().join("b")).unwrap();
+        assert!(!b.cached, "a zstd volume is not the uncompressed one");
+        assert!(b.verity.data_size * 2 < a.verity.data_size, "{b:?} {a:?}");
+        assert_ne!(a.verity.root_hash, b.verity.root_hash);
+    }
+
+    #[test]
+    fn a_file_model_is_a_volume_holding_the_file_under_its_name() {
+        tools();
+        let d = tempfile::tempdir().unwrap();
+        let cache = crate::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
+        let f = d.path().join("w.bin");
+        std::fs::write(&f, vec![7u8; 10000]).unwrap();
+        let m = Model {
+            name: "w".into(),
+            sha256: Sha256::of_file(&f).unwrap(),
+            path: f.clone(),
+            compression: Compression::None,
+            at: String::new(),
+        };
+        let v = make_model_volume(&m, &cache, false, 1, &d.path().join("w")).unwrap();
+        assert_eq!(v.mount, "/usr/lib/cairn/volumes/w");
+        // A wrong pin (data changed after resolve) stops the build.
+        let bad = Model {
+            sha256: Sha256::of_bytes(b"other"),
+            ..m
+        };
+        let e = make_model_volume(&bad, &cache, false, 1, &d.path().join("x")).unwrap_err();
+        assert!(format!("{e:#}").contains("not the pinned"), "{e:#}");
+    }
+
+    #[test]
+    fn cmdline_words_name_the_volume() {
+        let h = Sha256::of_bytes(b"x");
+        assert_eq!(cmdline_word("iris", &h), format!("cairn.volume.iris={h}"));
+    }
+}
