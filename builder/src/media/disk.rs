@@ -464,6 +464,6 @@ mod tests {
         assert!(lines[5].contains(&format!("name=\"{d}\"")), "{s}");
         // Too small a disk names the volumes in its sum.
         let e = plan(30 * MIB, 200 * MIB, 2 * MIB, &vols, 400 * MIB, 256 * MIB).unwrap_err();
-        assert!(e.to_string().contains("model volumes 8 MiB"), "{e}");
+        assert!(e.to_string().contains("model volumes 9 MiB"), "{e}");
     }
 }

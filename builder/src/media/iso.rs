@@ -343,7 +343,8 @@ pub struct IsoFile {
     pub offset: u64,
     /// File size in bytes.
     pub size: u64,
-    /// Whether the data is one contiguous extent (it is for files < 4 GiB).
+    /// Whether the data is one run of blocks: one extent (files < 4 GiB),
+    /// or extents that follow each other (xorriso's multi-extent files).
     pub contiguous: bool,
 }
 
@@ -366,6 +367,8 @@ pub fn list_iso(iso: &Path) -> Result<Vec<IsoFile>> {
 /// Parses `File data lba:  xt , startlba , blocks , filesize , 'path'` lines.
 pub fn parse_report_lba(text: &str) -> Result<Vec<IsoFile>> {
     let mut files: Vec<IsoFile> = Vec::new();
+    // Where each file's last extent ends, in blocks.
+    let mut ends: Vec<u64> = Vec::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("File data lba:") else {
             continue;
@@ -379,7 +382,7 @@ pub fn parse_report_lba(text: &str) -> Result<Vec<IsoFile>> {
         };
         let xt = num()?;
         let lba = num()?;
-        let _blocks = num()?;
+        let blocks = num()?;
         let size = num()?;
         let path = parts
             .next()
@@ -392,8 +395,12 @@ pub fn parse_report_lba(text: &str) -> Result<Vec<IsoFile>> {
                 size,
                 contiguous: true,
             });
-        } else if let Some(f) = files.iter_mut().find(|f| f.path == path) {
-            f.contiguous = false;
+            ends.push(lba.saturating_add(blocks));
+        } else if let Some(i) = files.iter().position(|f| f.path == path) {
+            if ends[i] != lba {
+                files[i].contiguous = false;
+            }
+            ends[i] = lba.saturating_add(blocks);
         }
     }
     Ok(files)
@@ -443,6 +450,13 @@ mod tests {
         assert_eq!(v[1].path, "/cairn/root.squashfs");
         assert!(!v[1].contiguous);
         assert!(parse_report_lba("File data lba: x , 1 , 2 , 3 , 'a'").is_err());
+        // A multi-extent file whose extents follow each other is one run.
+        let t = "File data lba:  0 ,      100 ,  2097151 , 5368709120 , '/cairn/models/big.squashfs'\n\
+                 File data lba:  1 ,  2097251 ,   524289 , 5368709120 , '/cairn/models/big.squashfs'\n";
+        let v = parse_report_lba(t).unwrap();
+        assert_eq!(v.len(), 1);
+        assert!(v[0].contiguous, "{v:?}");
+        assert_eq!(v[0].size, 5368709120);
     }
 
     const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";

@@ -62,6 +62,11 @@ pub struct Diff {
     pub recipe_sha256: Option<Change>,
     pub signer: Option<Change>,
     pub root_hash: Option<Change>,
+    /// Model volumes added, removed or changed (by name); each side as
+    /// `kind mount size compression root hash, from inputs`.
+    pub volumes: Vec<FieldChange>,
+    /// The volumes both sides have unchanged, by name.
+    pub volumes_unchanged: Vec<String>,
     pub kernel_version: Option<Change>,
     pub kernel_cmdline: Option<Change>,
     pub flags: Vec<FieldChange>,
@@ -156,6 +161,14 @@ pub fn compare(a: &Inspection, b: &Inspection) -> Diff {
             b.signature.signer().to_string(),
         ),
         root_hash: change(a.root_hash.hex(), b.root_hash.hex()),
+        volumes: field_changes(&volume_map(a), &volume_map(b)),
+        volumes_unchanged: {
+            let (ma, mb) = (volume_map(a), volume_map(b));
+            ma.iter()
+                .filter(|(k, v)| mb.get(*k) == Some(v))
+                .map(|(k, _)| k.clone())
+                .collect()
+        },
         kernel_version: change(a.kernel_version.clone(), b.kernel_version.clone()),
         kernel_cmdline: change(
             cmdline_without_roothash(&a.kernel_cmdline),
@@ -189,12 +202,50 @@ pub fn compare(a: &Inspection, b: &Inspection) -> Diff {
     }
 }
 
-/// The root hash changes with any content change and already has its own
-/// line; a command line that differs only there is not a kernel change.
+/// Each volume as one line of text, by name.
+fn volume_map(i: &Inspection) -> BTreeMap<String, String> {
+    i.volumes
+        .iter()
+        .map(|v| {
+            let inputs: Vec<String> = v
+                .inputs
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{} {} sha256 {}",
+                        x.kind,
+                        x.source,
+                        x.sha256.map(|d| d.hex()).unwrap_or_else(|| "-".into())
+                    )
+                })
+                .collect();
+            (
+                v.name.clone(),
+                format!(
+                    "{} {} {} {} root hash {}, from {}",
+                    v.kind,
+                    v.mount,
+                    human_size(v.data_size),
+                    v.compression,
+                    v.root_hash,
+                    inputs.join(", ")
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The root hash (and each volume's) changes with any content change and
+/// already has its own line; a command line that differs only there is not
+/// a kernel change.
 fn cmdline_without_roothash(cmdline: &str) -> String {
     cmdline
         .split_whitespace()
-        .filter(|w| !w.starts_with("cairn.roothash=") && !w.starts_with("roothash="))
+        .filter(|w| {
+            !w.starts_with("cairn.roothash=")
+                && !w.starts_with("roothash=")
+                && !w.starts_with("cairn.volume.")
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -373,6 +424,7 @@ impl Diff {
             && self.recipe_sha256.is_none()
             && self.signer.is_none()
             && self.root_hash.is_none()
+            && self.volumes.is_empty()
             && self.kernel_version.is_none()
             && self.kernel_cmdline.is_none()
             && self.flags.is_empty()
@@ -417,6 +469,17 @@ impl Diff {
         change("root hash", &self.root_hash);
         change("kernel version", &self.kernel_version);
         change("kernel cmdline", &self.kernel_cmdline);
+        if !self.volumes.is_empty() {
+            line("volumes:".into());
+            for c in &self.volumes {
+                line(format!("  {}:", c.field));
+                line(format!("    - {}", opt(&c.a)));
+                line(format!("    + {}", opt(&c.b)));
+            }
+            for n in &self.volumes_unchanged {
+                line(format!("  {n}: unchanged"));
+            }
+        }
         let mut fields = |title: &str, changes: &[FieldChange]| {
             if !changes.is_empty() {
                 line(format!("{title}:"));
@@ -601,5 +664,68 @@ mod tests {
     fn signed_sizes() {
         assert_eq!(signed_size(2048), "+2.0 KiB (+2048 bytes)");
         assert_eq!(signed_size(-10), "-10 B (-10 bytes)");
+    }
+
+    #[test]
+    fn volumes_are_listed_and_a_changed_one_shows_both_sides() {
+        let load = || -> crate::release::manifest::Manifest {
+            serde_json::from_str(include_str!("../../tests/fixtures/manifest-a.json")).unwrap()
+        };
+        let vol = |name: &str, data: &[u8]| crate::release::manifest::VolumeInfo {
+            name: name.into(),
+            kind: "model".into(),
+            mount: format!("/usr/share/cairn/models/{name}"),
+            compression: "none".into(),
+            inputs: vec![crate::release::manifest::Input {
+                kind: "model".into(),
+                source: name.into(),
+                sha256: Some(crate::host::digest::Sha256::of_bytes(data)),
+            }],
+            root_hash: crate::host::digest::Sha256::of_bytes(&[data, b" root"].concat()),
+            salt: "00".into(),
+            uuid: "00000000-0000-4000-8000-000000000000".into(),
+            hash_algorithm: "sha256".into(),
+            data_block_size: 4096,
+            hash_block_size: 4096,
+            data_size: 5 << 20,
+            hash_size: 4096,
+            partition: format!("cairn-model-{name}"),
+            hash_partition: format!("cairn-model-{name}-verity"),
+            iso_image: format!("/cairn/models/{name}.squashfs"),
+            iso_hash: format!("/cairn/models/{name}.verity"),
+        };
+        let inspected = |vols: Vec<crate::release::manifest::VolumeInfo>| {
+            let mut m = load();
+            m.volumes = vols;
+            let raw = serde_json::to_value(&m).unwrap();
+            crate::release::inspect::from_manifest(m, &raw)
+        };
+        let a = inspected(vec![vol("iris", b"v1"), vol("llm", b"w")]);
+        let b = inspected(vec![vol("iris", b"v2"), vol("llm", b"w")]);
+        let text = a.render_text();
+        assert!(text.contains("volumes (2)"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "iris  model /usr/share/cairn/models/iris     5.0 MiB  none  root hash {}",
+                a.volumes[0].root_hash
+            )),
+            "{text}"
+        );
+        assert!(text.contains("from model iris sha256"), "{text}");
+        // Control: the same volumes are no difference.
+        assert!(compare(&a, &a).is_empty());
+        let d = compare(&a, &b);
+        assert!(!d.is_empty());
+        assert_eq!(d.volumes.len(), 1, "{:?}", d.volumes);
+        assert_eq!(d.volumes[0].field, "iris");
+        assert_eq!(d.volumes_unchanged, ["llm"]);
+        let t = d.render_text();
+        assert!(t.contains(&format!("root hash {}", b.volumes[0].root_hash)), "{t}");
+        assert!(t.contains("  llm: unchanged"), "{t}");
+        // A volume only B has.
+        let c = inspected(vec![vol("iris", b"v1")]);
+        let d = compare(&c, &a);
+        assert_eq!(d.volumes[0].field, "llm");
+        assert!(d.volumes[0].a.is_none());
     }
 }

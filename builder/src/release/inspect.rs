@@ -38,6 +38,8 @@ pub struct Inspection {
     pub recipe_sha256: Sha256,
     pub signature: SignatureInfo,
     pub root_hash: Sha256,
+    /// The model volumes: name, mount, size, root hash, inputs.
+    pub volumes: Vec<crate::release::manifest::VolumeInfo>,
     pub kernel_version: String,
     pub kernel_cmdline: String,
     pub debug_console: bool,
@@ -163,6 +165,7 @@ fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection 
         recipe_sha256: m.recipe.sha256,
         signature,
         root_hash: m.verity.root_hash,
+        volumes: m.volumes,
         kernel_version: m.kernel.version,
         kernel_cmdline: m.kernel.cmdline,
         debug_console: m.flags.debug_console,
@@ -411,6 +414,12 @@ impl Inspection {
             }
         }
         line(format!("root hash    {}", self.root_hash));
+        if !self.volumes.is_empty() {
+            line(format!("volumes ({})", self.volumes.len()));
+            for l in volume_lines(&self.volumes) {
+                line(l);
+            }
+        }
         line(format!("kernel       {}", self.kernel_version));
         line(format!("cmdline      {}", self.kernel_cmdline));
         for l in crate::release::secureboot::inspect_lines(&self.boot) {
@@ -488,6 +497,34 @@ impl Inspection {
         }
         s
     }
+}
+
+/// One line per model volume (name, mount, size, compression, root hash)
+/// and one per input it is made from; `diff` uses the same words.
+pub fn volume_lines(vols: &[crate::release::manifest::VolumeInfo]) -> Vec<String> {
+    let w = vols.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for v in vols {
+        out.push(format!(
+            "  {:<w$}  {} {}  {:>10}  {}  root hash {}",
+            v.name,
+            v.kind,
+            v.mount,
+            human_size(v.data_size),
+            v.compression,
+            v.root_hash
+        ));
+        for i in &v.inputs {
+            out.push(format!(
+                "  {:<w$}    from {} {} sha256 {}",
+                "",
+                i.kind,
+                i.source,
+                i.sha256.map(|d| d.hex()).unwrap_or_else(|| "-".into())
+            ));
+        }
+    }
+    out
 }
 
 /// Any JSON as indented `key: value` / `- item` lines, so manifest sections

@@ -13,7 +13,6 @@ use std::path::Path;
 use super::gpt::{read_gpt, GptPartition};
 use super::verity::{verity_root_hash, verity_salt};
 use super::{failed, VerifyError, MANIFEST};
-use crate::host::digest::Sha256;
 use crate::media::disk::{LABEL_ESP, LABEL_ROOT};
 use crate::release::manifest::Manifest;
 
@@ -74,6 +73,11 @@ pub(super) fn check_raw(
         )));
     }
     checks.push(format!("root hash: {name}: recomputed {got}"));
+    for vol in &manifest.volumes {
+        let data = find(&vol.partition)?;
+        let _hash = find(&vol.hash_partition)?;
+        check_volume(&mut f, data.offset, data.size, vol, name, checks)?;
+    }
 
     let uki = extract_uki(path, esp.offset).map_err(|e| {
         failed(format!(
@@ -83,30 +87,80 @@ pub(super) fn check_raw(
     check_uki_cmdline(
         &uki,
         name,
-        &v.root_hash,
+        manifest,
         Some(&manifest.kernel.cmdline),
         "kernel.cmdline",
         checks,
     )
 }
 
-/// The UKI's command line must carry the manifest's root hash and be the
-/// command line the manifest records for this medium.
+/// A model volume's root hash, recomputed from `data_size` bytes of the
+/// medium at `offset` (the volume's partition or file, `room` bytes).
+fn check_volume(
+    f: &mut &File,
+    offset: u64,
+    room: u64,
+    vol: &crate::release::manifest::VolumeInfo,
+    name: &str,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let what = format!("volume {}", vol.name);
+    if vol.hash_algorithm != "sha256"
+        || u64::from(vol.data_block_size) != super::verity::VERITY_BLOCK
+        || u64::from(vol.hash_block_size) != super::verity::VERITY_BLOCK
+    {
+        return Err(failed(format!(
+            "{what}: {MANIFEST} describes verity {} with {}/{}-byte blocks; only sha256 with 4096-byte blocks is supported",
+            vol.hash_algorithm, vol.data_block_size, vol.hash_block_size
+        )));
+    }
+    let salt = hex::decode(&vol.salt)
+        .map_err(|_| failed(format!("{what}: {MANIFEST} verity salt is not valid hex")))?;
+    if vol.data_size > room {
+        return Err(failed(format!(
+            "{what}: {name}: verity data size {} exceeds its place on the medium ({room} bytes)",
+            vol.data_size
+        )));
+    }
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| failed(format!("{what}: {name}: {e}")))?;
+    let got = verity_root_hash(&mut *f, vol.data_size, &salt)
+        .map_err(|e| failed(format!("{what}: {name}: {e}")))?;
+    if got != vol.root_hash {
+        return Err(failed(format!(
+            "{what}: {name}: the medium computes root hash {got}, manifest says {}",
+            vol.root_hash
+        )));
+    }
+    checks.push(format!("{what}: {name}: recomputed root hash {got}"));
+    Ok(())
+}
+
+/// The UKI's command line must carry the manifest's root hashes (the
+/// root's and every volume's) and be the command line the manifest
+/// records for this medium.
 fn check_uki_cmdline(
     uki: &[u8],
     name: &str,
-    root_hash: &Sha256,
+    manifest: &Manifest,
     recorded: Option<&String>,
     field: &str,
     checks: &mut Vec<String>,
 ) -> Result<(), VerifyError> {
     let cmdline = crate::pipeline::uki::read_cmdline(uki)
         .map_err(|e| failed(format!("uki: {name}: BOOTX64.EFI: {e:#}")))?;
-    let want = format!("cairn.roothash={root_hash}");
-    if !cmdline.split_ascii_whitespace().any(|t| t == want) {
-        return Err(failed(format!(
-            "uki: {name}: BOOTX64.EFI command line lacks {want}: {cmdline:?}"
-        )));
+    let wants = std::iter::once(format!("cairn.roothash={}", manifest.verity.root_hash)).chain(
+        manifest
+            .volumes
+            .iter()
+            .map(|v| crate::pipeline::volumes::cmdline_word(&v.name, &v.root_hash)),
+    );
+    for want in wants {
+        if !cmdline.split_ascii_whitespace().any(|t| t == want) {
+            return Err(failed(format!(
+                "uki: {name}: BOOTX64.EFI command line lacks {want}: {cmdline:?}"
+            )));
+        }
     }
     if Some(&cmdline) != recorded {
         return Err(failed(format!(
@@ -114,7 +168,7 @@ fn check_uki_cmdline(
         )));
     }
     checks.push(format!(
-        "uki: {name}: BOOTX64.EFI command line carries cairn.roothash and matches {MANIFEST}"
+        "uki: {name}: BOOTX64.EFI command line carries cairn.roothash, every cairn.volume and matches {MANIFEST}"
     ));
     Ok(())
 }
@@ -158,6 +212,26 @@ pub(super) fn check_iso(
         "root hash: {name}: recomputed {got} from {}",
         crate::media::iso::ISO_ROOT
     ));
+    for vol in &manifest.volumes {
+        let file = files.iter().find(|f| f.path == vol.iso_image).ok_or_else(|| {
+            failed(format!("volume {}: {name}: no {}", vol.name, vol.iso_image))
+        })?;
+        if !files.iter().any(|f| f.path == vol.iso_hash) {
+            return Err(failed(format!(
+                "volume {}: {name}: no {}",
+                vol.name, vol.iso_hash
+            )));
+        }
+        // Over 4 GiB a file is several extents; xorriso writes them one
+        // after the other, which is what the initramfs' loop device reads.
+        if !file.contiguous || file.offset.saturating_add(file.size) > len {
+            return Err(failed(format!(
+                "volume {}: {name}: {} is not one run of blocks inside the medium",
+                vol.name, vol.iso_image
+            )));
+        }
+        check_volume(&mut f, file.offset, file.size, vol, name, checks)?;
+    }
     let dir = tempfile::tempdir().map_err(|e| failed(format!("iso: temporary folder: {e}")))?;
     let efi = dir.path().join("efi.img");
     crate::media::iso::read_file_from_iso(path, crate::media::iso::ISO_EFI_IMG, &efi).map_err(
@@ -176,7 +250,7 @@ pub(super) fn check_iso(
     check_uki_cmdline(
         &uki,
         name,
-        &v.root_hash,
+        manifest,
         manifest.kernel.iso_cmdline.as_ref(),
         "kernel.iso_cmdline",
         checks,
