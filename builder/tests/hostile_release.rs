@@ -105,13 +105,60 @@ fn control_untouched_releases_verify() {
     assert_eq!(r.code, 0, "{r:?}");
     for want in [
         "root hash: mini-1.raw: recomputed",
-        "uki: mini-1.raw: BOOTX64.EFI command line carries cairn.roothash",
+        "volume m1: mini-1.raw: recomputed root hash",
+        "uki: mini-1.raw: BOOTX64.EFI command line carries cairn.roothash, every cairn.volume",
         "qcow2: mini-1.qcow2: content equals mini-1.raw",
     ] {
         assert!(r.stdout.contains(want), "{want} missing:\n{}", r.stdout);
     }
     let r = verify_at(&m.path(RAW), &m.pubkey);
     assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn a_flipped_byte_in_a_model_volume_fails_verify_naming_the_volume() {
+    let m = mini(Media::RawAndQcow2);
+    // Only the raw, so the flipped raw is what verify judges first.
+    std::fs::remove_file(m.path(QCOW2)).unwrap();
+    let mut manifest = m.manifest.clone();
+    manifest["outputs"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["file"] != QCOW2);
+    let m = Mini { manifest, ..m };
+    m.write_manifest();
+    m.sign();
+    // Control: the untouched volume verifies.
+    let r = verify(&m);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("volume m1: mini-1.raw: recomputed root hash"),
+        "{r:?}"
+    );
+    let part = m.manifest["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == "cairn-model-m1")
+        .unwrap()["offset"]
+        .as_u64()
+        .unwrap();
+    // In the middle of the volume, re-signed: only the volume's own root
+    // hash can catch it.
+    testkit::flip_byte(&m.path(RAW), part + (128 << 10) + 7);
+    let mut manifest = m.manifest.clone();
+    mini::set_output(&mut manifest, &m.dir, RAW);
+    let m = Mini { manifest, ..m };
+    m.write_manifest();
+    m.sign();
+    let r = verify(&m);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("volume m1: mini-1.raw: the medium computes root hash"),
+        "{r:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -59,6 +59,7 @@ fn make_iso(b: &Built, work: &Path, out: &Path) {
             cmdline: &b.cmdline,
             root: &root,
             verity: &verity,
+            volumes: &[],
             volume_id: "CAIRN_TEST_1",
             epoch: 1_700_000_000,
         },

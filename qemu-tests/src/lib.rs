@@ -336,12 +336,14 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     )
     .expect("UKI");
     let out = dir.join(format!("{name}.raw"));
+    let volumes = built_volumes(b, &work);
     cairn::media::disk::write_raw(
         &cairn::media::disk::DiskInputs {
             uki: &uki.path,
             root: &root.path,
             verity: &verity.hash_path,
             root_hash: &verity.root_hash,
+            volumes: &volumes,
             disk_size: std::fs::metadata(&b.raw).expect("raw").len(),
             min_state_size: 64 << 20,
             epoch,
@@ -352,6 +354,48 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     .expect("raw disk");
     let _ = std::fs::remove_dir_all(&work);
     out
+}
+
+/// The model volumes of a built image, copied out of its raw disk into
+/// `work` (image and hash tree each), as the disk writer takes them.
+pub fn built_volumes(b: &Built, work: &Path) -> Vec<cairn::pipeline::volumes::ModelVolume> {
+    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    m.volumes
+        .iter()
+        .map(|v| {
+            let image = work.join(format!("{}.squashfs", v.name));
+            let hash = work.join(format!("{}.verity", v.name));
+            extract_region(
+                &b.raw,
+                (partition(&b.dir, &v.partition).0, v.data_size),
+                &image,
+            );
+            extract_region(
+                &b.raw,
+                (partition(&b.dir, &v.hash_partition).0, v.hash_size),
+                &hash,
+            );
+            cairn::pipeline::volumes::ModelVolume {
+                name: v.name.clone(),
+                image,
+                verity: cairn::pipeline::verity::VerityTree {
+                    hash_path: hash,
+                    root_hash: v.root_hash,
+                    salt: v.salt.clone(),
+                    uuid: v.uuid.clone(),
+                    data_block_size: v.data_block_size,
+                    hash_block_size: v.hash_block_size,
+                    hash_algorithm: "sha256",
+                    data_size: v.data_size,
+                    hash_size: v.hash_size,
+                },
+                compression: cairn::recipe::workloads::Compression::None,
+                model_sha256: v.inputs[0].sha256.expect("model digest"),
+                mount: v.mount.clone(),
+                cached: false,
+            }
+        })
+        .collect()
 }
 
 /// The secret half of `qemu-tests/recipes/sites-test.pub`, the site key of

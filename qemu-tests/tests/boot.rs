@@ -15,5 +15,6 @@ mod boot {
     pub mod raw;
     pub mod secureboot;
     pub mod site;
+    pub mod volumes;
     pub mod workloads;
 }

@@ -119,7 +119,10 @@ impl VolumeParts {
         } else {
             self.root_hash.hex()[..12].to_string()
         };
-        (format!("cairn-model-{id}"), format!("cairn-model-{id}-verity"))
+        (
+            format!("cairn-model-{id}"),
+            format!("cairn-model-{id}-verity"),
+        )
     }
 }
 
@@ -426,8 +429,9 @@ mod tests {
 
     #[test]
     fn model_volumes_sit_before_the_state_with_uuids_from_their_root_hash() {
-        let h = Sha256::from_hex("2c829e2d6efef66757263d209f7221fb0506b73787c070e28c3606bec7e59358")
-            .unwrap();
+        let h =
+            Sha256::from_hex("2c829e2d6efef66757263d209f7221fb0506b73787c070e28c3606bec7e59358")
+                .unwrap();
         let long = "m".repeat(30);
         let vols = [
             VolumeSizes {
@@ -456,7 +460,12 @@ mod tests {
         assert!(lines[3].contains(&format!(
             "type={TYPE_LINUX_DATA}, uuid=2C829E2D-6EFE-F667-5726-3D209F7221FB, name=\"cairn-model-iris\""
         )), "{s}");
-        assert!(lines[4].contains("uuid=0506B737-87C0-70E2-8C36-06BEC7E59358, name=\"cairn-model-iris-verity\""), "{s}");
+        assert!(
+            lines[4].contains(
+                "uuid=0506B737-87C0-70E2-8C36-06BEC7E59358, name=\"cairn-model-iris-verity\""
+            ),
+            "{s}"
+        );
         // A name too long for GPT's 36 characters: the hash names it.
         let (d, v) = l.volumes[1].labels();
         assert!(d.len() <= 36 && v.len() <= 36, "{d} {v}");

@@ -321,7 +321,10 @@ mod tests {
         assert!(c.cached);
         assert_eq!(c.verity.root_hash, a.verity.root_hash);
         assert_eq!(std::fs::read(&c.image).unwrap(), img);
-        assert!(!d.path().join("wc").exists(), "a cached volume is not rebuilt");
+        assert!(
+            !d.path().join("wc").exists(),
+            "a cached volume is not rebuilt"
+        );
         // The cached hash tree checks the cached image (veritysetup
         // reads every block).
         let mut vs = crate::host::runner::command("veritysetup");

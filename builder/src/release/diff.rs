@@ -720,7 +720,10 @@ mod tests {
         assert_eq!(d.volumes[0].field, "iris");
         assert_eq!(d.volumes_unchanged, ["llm"]);
         let t = d.render_text();
-        assert!(t.contains(&format!("root hash {}", b.volumes[0].root_hash)), "{t}");
+        assert!(
+            t.contains(&format!("root hash {}", b.volumes[0].root_hash)),
+            "{t}"
+        );
         assert!(t.contains("  llm: unchanged"), "{t}");
         // A volume only B has.
         let c = inspected(vec![vol("iris", b"v1")]);

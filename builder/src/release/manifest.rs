@@ -126,10 +126,7 @@ pub struct VolumeInfo {
 }
 
 /// The manifest's entry for each model volume.
-pub fn volumes(
-    vols: &[crate::pipeline::volumes::ModelVolume],
-    layout: &Layout,
-) -> Vec<VolumeInfo> {
+pub fn volumes(vols: &[crate::pipeline::volumes::ModelVolume], layout: &Layout) -> Vec<VolumeInfo> {
     vols.iter()
         .zip(&layout.volumes)
         .map(|(v, p)| {

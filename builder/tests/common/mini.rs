@@ -77,7 +77,24 @@ fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
     std::fs::write(&root, pseudo_random(seed, MIB as usize)).unwrap();
     let tree = cairn::pipeline::verity::make_verity(&root, &work.join("root.verity"))
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let cmdline = format!("console=ttyS0 cairn.roothash={}", tree.root_hash);
+    // One model volume, "m1": 256 KiB of its own bytes with its own tree.
+    let vol_image = work.join("m1.img");
+    std::fs::write(&vol_image, pseudo_random(seed ^ 0xfeed, 256 << 10)).unwrap();
+    let vol_tree = cairn::pipeline::verity::make_verity(&vol_image, &work.join("m1.verity"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let volume = cairn::pipeline::volumes::ModelVolume {
+        name: "m1".into(),
+        image: vol_image,
+        verity: vol_tree.clone(),
+        compression: cairn::recipe::workloads::Compression::None,
+        model_sha256: Sha256::of_bytes(b"m1 model"),
+        mount: "/usr/share/cairn/models/m1".into(),
+        cached: false,
+    };
+    let cmdline = format!(
+        "console=ttyS0 cairn.roothash={} cairn.volume.m1={}",
+        tree.root_hash, vol_tree.root_hash
+    );
     for (n, b) in [
         ("vmlinuz", &b"kernel"[..]),
         ("initrd", b"initrd"),
@@ -106,6 +123,7 @@ fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
             root: &root,
             verity: &tree.hash_path,
             root_hash: &tree.root_hash,
+            volumes: std::slice::from_ref(&volume),
             disk_size,
             min_state_size: MIB,
             epoch: EPOCH,
@@ -144,8 +162,15 @@ fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
             part("cairn-esp", l.esp),
             part("cairn-root", l.root),
             part("cairn-verity", l.verity),
+            part("cairn-model-m1", l.volumes[0].data),
+            part("cairn-model-m1-verity", l.volumes[0].hash),
             part("cairn-state", l.state),
         ],
+        "volumes": serde_json::to_value(cairn::release::manifest::volumes(
+            std::slice::from_ref(&volume),
+            l,
+        ))
+        .unwrap(),
     });
     Disk {
         raw,

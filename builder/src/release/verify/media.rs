@@ -213,9 +213,10 @@ pub(super) fn check_iso(
         crate::media::iso::ISO_ROOT
     ));
     for vol in &manifest.volumes {
-        let file = files.iter().find(|f| f.path == vol.iso_image).ok_or_else(|| {
-            failed(format!("volume {}: {name}: no {}", vol.name, vol.iso_image))
-        })?;
+        let file = files
+            .iter()
+            .find(|f| f.path == vol.iso_image)
+            .ok_or_else(|| failed(format!("volume {}: {name}: no {}", vol.name, vol.iso_image)))?;
         if !files.iter().any(|f| f.path == vol.iso_hash) {
             return Err(failed(format!(
                 "volume {}: {name}: no {}",
