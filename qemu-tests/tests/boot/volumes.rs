@@ -26,9 +26,22 @@ fn pinned_file_sha256() -> String {
 fn assert_model_reads_through_verity(vm: &mut Vm, what: &str) {
     let t = console_timeout();
     let serial = vm.serial_text();
+    let line = serial
+        .lines()
+        .find(|l| l.contains(&format!("cairn: volume {MODEL} verified by dm-verity")))
+        .unwrap_or_else(|| panic!("{what}: {serial}"));
+    // It names the device number the kernel's corruption message would.
+    let devno = line
+        .split("(device ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or("");
     assert!(
-        serial.contains(&format!("cairn: volume {MODEL} verified by dm-verity")),
-        "{what}: {serial}"
+        devno.split(':').count() == 2
+            && devno
+                .split(':')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        "{what}: {line}"
     );
     let (rc, mounts) = vm.console_run("cat /proc/mounts", t).expect("console");
     assert_eq!(rc, 0, "{mounts}");
