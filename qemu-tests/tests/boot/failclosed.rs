@@ -110,7 +110,10 @@ fn a_corrupted_block_read_after_boot_halts_the_node() {
         Duration::from_secs(30 * cairn::vm::qemu::timeout_scale() as u64),
     );
     if let Ok((rc, out)) = &r {
-        assert!(!out.contains("READ-OK"), "the corrupted block was read: {out}");
+        assert!(
+            !out.contains("READ-OK"),
+            "the corrupted block was read: {out}"
+        );
         assert_ne!(*rc, 0, "{out}");
     }
     let line = vm

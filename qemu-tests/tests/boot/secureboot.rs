@@ -155,7 +155,11 @@ fn assert_clean_tpm_boot(vm: &mut Vm, log: &str) {
     assert_eq!(rc, 0, "{log}: {out}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert!(lines.contains(&"/dev/tpmrm0"), "{log}: no TPM: {out}");
-    assert_eq!(lines.first(), Some(&"1"), "{log}: no StubPcrKernelImage: {out}");
+    assert_eq!(
+        lines.first(),
+        Some(&"1"),
+        "{log}: no StubPcrKernelImage: {out}"
+    );
     assert_eq!(
         lines.iter().filter(|l| **l == "LoadState=masked").count(),
         2,
@@ -327,12 +331,18 @@ fn sd_boot_raw(b: &Built, key: &SbKey, dir: &Path, name: &str) -> PathBuf {
     )
     .expect("entry");
     let mut cmd = cairn::host::runner::command("mmd");
-    cmd.env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-i", &fat, "::/EFI/cairn", "::/loader", "::/loader/entries"]);
+    cmd.env("MTOOLS_SKIP_CHECK", "1").args([
+        "-i",
+        &fat,
+        "::/EFI/cairn",
+        "::/loader",
+        "::/loader/entries",
+    ]);
     run(cmd);
+    // systemd-boot over the UKI first: the ESP has room for one UKI.
     let copies: [(&Path, &str); 4] = [
-        (&uki, "::/EFI/cairn/cairn.efi"),
         (&sdboot, "::/EFI/BOOT/BOOTX64.EFI"),
+        (&uki, "::/EFI/cairn/cairn.efi"),
         (&conf, "::/loader/loader.conf"),
         (&entry, "::/loader/entries/attack.conf"),
     ];
@@ -377,7 +387,10 @@ fn under_secure_boot_a_boot_entrys_command_line_is_ignored() {
     vm.wait_for_line("cairn: ready", boot_timeout())
         .unwrap_or_else(|e| panic!("sb-entry: not ready: {e:#}"));
     let serial = vm.serial_text();
-    assert!(serial.contains("secureboot: Secure boot enabled"), "{serial}");
+    assert!(
+        serial.contains("secureboot: Secure boot enabled"),
+        "{serial}"
+    );
     let (rc, out) = vm
         .console_run(
             "cat /proc/cmdline; tr -d '\\000' < /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f; echo",
@@ -385,13 +398,24 @@ fn under_secure_boot_a_boot_entrys_command_line_is_ignored() {
         )
         .expect("console");
     assert_eq!(rc, 0, "{out}");
-    assert!(out.contains("attack.conf"), "systemd-boot's entry did not start the UKI: {out}");
-    assert!(out.contains(&m.kernel.cmdline) && !out.contains("rdinit="), "{out}");
+    assert!(
+        out.contains("attack.conf"),
+        "systemd-boot's entry did not start the UKI: {out}"
+    );
+    assert!(
+        out.contains(&m.kernel.cmdline) && !out.contains("rdinit="),
+        "{out}"
+    );
     drop(vm);
 
     // Control, Secure Boot off, the same disk: the entry's options replace
     // the command line, and the shell runs instead of cairn's init.
-    let mut spec = BootSpec::new(&raw, ImageFormat::Raw, Firmware::Uefi, log_path("entry-nosb"));
+    let mut spec = BootSpec::new(
+        &raw,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("entry-nosb"),
+    );
     spec.debug_console = false;
     let mut vm = Vm::start(&spec).expect("start qemu");
     let line = kernel_cmdline(&mut vm, "entry-nosb");
