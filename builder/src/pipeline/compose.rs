@@ -31,6 +31,19 @@ pub const MASKED_UNITS: &[&str] = &[
     "getty-static.service",
 ];
 
+/// systemd's boot-phase measurements into PCR 11 (`sysinit`, `ready`,
+/// `shutdown`, `final`): masked, so PCR 11 holds exactly what systemd-stub
+/// measured (the UKI's sections, which the manifest predicts) from the
+/// stub until power-off, whenever it is read. Debian's image has no TPM
+/// software stack (libtss2), so these units could only fail; a later
+/// sealing feature that wants phase barriers installs it and extends the
+/// prediction by the phase words instead.
+pub const PCR_PHASE_UNITS: &[&str] = &[
+    "systemd-pcrphase-initrd.service",
+    "systemd-pcrphase-sysinit.service",
+    "systemd-pcrphase.service",
+];
+
 /// Masked in production images (no `[debug] console`): every way systemd
 /// starts a login prompt. Masking the templates masks every instance the
 /// getty generator would add for `console=` words; getty.target too.
@@ -392,7 +405,7 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
             "../systemd-networkd.service",
         )?;
     }
-    for unit in MASKED_UNITS {
+    for unit in MASKED_UNITS.iter().chain(PCR_PHASE_UNITS) {
         link_in_tree(tree, &format!("etc/systemd/system/{unit}"), "/dev/null")?;
     }
     write_in_tree(
@@ -520,6 +533,19 @@ mod tests {
                 !is_masked(&debug, unit),
                 "{unit} masked with [debug] console"
             );
+        }
+    }
+
+    #[test]
+    fn pcr_phase_units_are_masked_in_every_image() {
+        for d in [
+            configured(RECIPE),
+            configured(&format!("{RECIPE}[debug]\nconsole = true\n")),
+        ] {
+            for unit in PCR_PHASE_UNITS {
+                let t = std::fs::read_link(d.path().join("tree/etc/systemd/system").join(unit));
+                assert_eq!(t.ok().as_deref(), Some(Path::new("/dev/null")), "{unit}");
+            }
         }
     }
 

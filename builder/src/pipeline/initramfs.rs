@@ -14,6 +14,8 @@ use crate::host::cpio::{Archive, Entry};
 use crate::host::tree::{is_file_in_tree, read_in_tree, read_in_tree_opt};
 
 pub const INIT: &str = include_str!("../../guest/init");
+/// The dm-verity corruption watcher the init leaves running (busybox sh).
+pub const VERITY_WATCH: &str = include_str!("../../guest/verity-watch");
 /// The site file parser the init runs (busybox awk).
 pub const SITE_AWK: &str = include_str!("../../guest/site.awk");
 
@@ -150,6 +152,13 @@ pub fn make_initramfs(
         Entry::File {
             mode: 0o755,
             data: INIT.as_bytes().to_vec(),
+        },
+    )?;
+    a.add(
+        "etc/cairn/verity-watch",
+        Entry::File {
+            mode: 0o644,
+            data: VERITY_WATCH.as_bytes().to_vec(),
         },
     )?;
     a.add(
