@@ -257,8 +257,9 @@ enum Command {
         /// size, release, digests, times, result) to FILE.
         #[arg(long, value_name = "FILE")]
         receipts: Option<PathBuf>,
-        /// A signed site file (SITE.toml.sig beside it) to put on the
-        /// stick's ESP after the image; checked before anything is written.
+        /// A signed site file (SITE.toml.sig beside it) to put on each
+        /// stick's ESP after the image; checked before anything is written,
+        /// read back with the image, its digest in the receipts.
         #[arg(long, value_name = "SITE.toml")]
         site: Option<PathBuf>,
     },
@@ -503,12 +504,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            if site.is_some() {
-                return Err(cairn::InputError(
-                    "--site writes one device at a time for now; flash each stick with its own cairn flash --site".into(),
-                )
-                .into());
-            }
             let opts = cairn::field::flash::ManyOptions {
                 image,
                 devices,
@@ -517,6 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 to_file,
                 max_size: None,
                 receipts,
+                site,
             };
             match cairn::field::flash::flash_many(&opts) {
                 Ok(report) => {
