@@ -96,11 +96,12 @@ enum SiteOp {
         #[command(flatten)]
         pass: PassArgs,
     },
-    /// Write a copy of a raw or qcow2 image (for VMs) with a signed site
-    /// file on its ESP. The site file is checked against the release's
-    /// manifest and its signature verified first; the image is not changed.
+    /// Write a copy of a raw, qcow2 or ISO image (for VMs) with a signed
+    /// site file on its ESP (the ISO's: its EFI image). The site file is
+    /// checked against the release's manifest and its signature verified
+    /// first; the image is not changed.
     Apply {
-        /// The .raw or .qcow2, in its release folder (manifest.json beside it).
+        /// The .raw, .qcow2 or .iso, in its release folder (manifest.json beside it).
         image: PathBuf,
         /// The site file; SITE.toml.sig must be beside it.
         site: PathBuf,

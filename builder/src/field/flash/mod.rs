@@ -59,7 +59,8 @@ pub struct FlashOptions {
     /// Simulated target capacity (tests; the CLI leaves it `None`): a target
     /// smaller than the image is refused as a too-small device would be.
     pub max_size: Option<u64>,
-    /// A signed site file to put on the ESP after the image (raw only).
+    /// A signed site file to put on the ESP after the image (the raw's
+    /// `cairn-esp`, the ISO's EFI partition).
     pub site: Option<PathBuf>,
 }
 
@@ -400,11 +401,6 @@ fn write_site(
 /// The site file for `image`, checked against the (verified) release's
 /// declaration and signature-checked, before anything is written.
 fn site_for(image: &Path, site: &Path) -> Result<crate::release::site::SignedSite, FlashError> {
-    if image.extension().and_then(|e| e.to_str()) == Some("iso") {
-        return Err(bad(
-            "--site needs the .raw medium: the ISO has no writable ESP for a site file",
-        ));
-    }
     let decl =
         crate::release::site::declaration_beside(image).map_err(|e| bad(format!("{e:#}")))?;
     crate::release::site::load_signed(site, &decl).map_err(|e| bad(format!("{e:#}")))
