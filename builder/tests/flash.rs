@@ -193,8 +193,7 @@ fn site_file_on_the_iso_lands_in_its_efi_image() {
     let site_key = signify::generate();
     let public = site_key.public();
     let mut m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(src.join("manifest.json")).unwrap()).unwrap();
     m["site"] = serde_json::json!({
         "allow": ["hostname"],
         "ingress": [],

@@ -329,7 +329,9 @@ fn flash_many_with_a_site_file_puts_it_on_every_stick_and_records_its_digest() {
     let with_site = |site: &Path| {
         let mut args = flash_args(&raw, &m.pubkey, &devs, &log);
         args.extend([OsStr::new("--site"), site.as_os_str()]);
-        args.into_iter().map(OsStr::to_os_string).collect::<Vec<_>>()
+        args.into_iter()
+            .map(OsStr::to_os_string)
+            .collect::<Vec<_>>()
     };
 
     // Control first: a site file with a changed byte is refused before
@@ -342,7 +344,10 @@ fn flash_many_with_a_site_file_puts_it_on_every_stick_and_records_its_digest() {
     assert!(r.stderr.contains("does not verify"), "{}", r.stderr);
     assert!(!log.exists(), "receipts written for a refused flash");
     for (l, fill) in [(&a, 0xa5), (&b, 0x5a)] {
-        assert!(l.head(MIB).iter().all(|x| *x == fill), "a stick was written");
+        assert!(
+            l.head(MIB).iter().all(|x| *x == fill),
+            "a stick was written"
+        );
     }
     std::fs::write(&site, &signed.text).unwrap();
 
@@ -373,6 +378,9 @@ fn flash_many_with_a_site_file_puts_it_on_every_stick_and_records_its_digest() {
         assert_eq!(rec["device"], dev.display().to_string());
         assert_eq!(rec["result"], "ok", "{rec}");
         assert_eq!(rec["site_sha256"], site_digest.hex(), "{rec}");
-        assert_eq!(rec["read_back_sha256"], Sha256::of_file(&raw).unwrap().hex());
+        assert_eq!(
+            rec["read_back_sha256"],
+            Sha256::of_file(&raw).unwrap().hex()
+        );
     }
 }

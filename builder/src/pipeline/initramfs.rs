@@ -356,7 +356,10 @@ mod tests {
         crate::recipe::site::check(Path::new("s.toml"), good, &decl).unwrap();
         assert_eq!(
             parse(good),
-            (0, "name north\nenv web SITE_LABEL=north depot\n".to_string())
+            (
+                0,
+                "name north\nenv web SITE_LABEL=north depot\n".to_string()
+            )
         );
         for (bad, why) in [
             ("env.web.OTHER = \"x\"", "`env.web.OTHER` is not allowed"),
@@ -371,7 +374,10 @@ mod tests {
             let (code, out) = parse(&text);
             assert_eq!(code, 1, "{bad}: {out}");
             // The init reports the first `error` line.
-            let e = out.lines().find_map(|l| l.strip_prefix("error ")).unwrap_or("");
+            let e = out
+                .lines()
+                .find_map(|l| l.strip_prefix("error "))
+                .unwrap_or("");
             assert!(e.starts_with("line 2: ") && e.contains(why), "{bad}: {out}");
         }
     }

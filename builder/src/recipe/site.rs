@@ -69,10 +69,7 @@ pub fn env_value_problem(v: &str) -> Option<String> {
     if v.len() > 1024 {
         return Some(format!("is {} bytes; at most 1024", v.len()));
     }
-    if let Some(c) = v
-        .chars()
-        .find(|c| "\"\\$`%".contains(*c) || c.is_control())
-    {
+    if let Some(c) = v.chars().find(|c| "\"\\$`%".contains(*c) || c.is_control()) {
         return Some(format!(
             "holds {c:?}; environment values a site sets have no quotes, backslashes, `$`, backticks, `%` or control characters"
         ));
@@ -519,7 +516,11 @@ mod tests {
             s.env,
             [
                 ("inference".into(), "LOG".into(), "".into()),
-                ("inference".into(), "SITE_LABEL".into(), "north depot".into())
+                (
+                    "inference".into(),
+                    "SITE_LABEL".into(),
+                    "north depot".into()
+                )
             ]
         );
         assert_eq!(decl(&allow).env_vars("inference"), ["LOG", "SITE_LABEL"]);

@@ -879,9 +879,6 @@ fn site_env_names_a_service_variable_with_a_default() {
         "[site] allow names \"env.web.1X\": write env.SERVICE.VAR",
     );
     // Control: without the declaration the service reads no env file.
-    let r = ok_in(
-        d.path(),
-        &with("\"hostname\"", "\"SITE_LABEL=none\""),
-    );
+    let r = ok_in(d.path(), &with("\"hostname\"", "\"SITE_LABEL=none\""));
     assert!(r.workloads.services[0].site_env.is_empty());
 }
