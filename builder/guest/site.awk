@@ -2,7 +2,8 @@
 # `key = "value"` and `key = ["a", "b"]` lines, comments, blank lines) and
 # checks every key against this image's [site] allow list and every value
 # by its kind. Prints one line per setting (`name N`, `hostname H`,
-# `address A`, `gateway G`, `close PORT PROTO`) for the init to apply, or
+# `address A`, `gateway G`, `close PORT PROTO`, `env SERVICE VAR=VALUE`)
+# for the init to apply, or
 # `error MESSAGE` and exits 1. Run only on a file whose signature verified.
 #   awk -v allow=FILE -v ingress=FILE -f site.awk SITE.toml
 
@@ -40,7 +41,7 @@ BEGIN {
     val = substr($0, eq + 1)
     gsub(/^[ \t]+|[ \t]+$/, "", key)
     gsub(/^[ \t]+|[ \t]+$/, "", val)
-    if (key !~ /^[A-Za-z0-9_-]+$/) fail("not a `key = value` line")
+    if (key !~ /^[A-Za-z0-9_.-]+$/) fail("not a `key = value` line")
     if (key in seen) fail("`" key "` is set twice")
     seen[key] = 1
     if (key == "name") {
@@ -78,6 +79,15 @@ BEGIN {
             split(s, pp, "/")
             print "close " pp[1] " " pp[2]
         }
+    } else if (key ~ /^env\.[a-z][a-z0-9-]*\.[A-Za-z_][A-Za-z0-9_]*$/) {
+        # Lands double-quoted in a systemd environment file; the init's
+        # reader trims spaces at the ends.
+        s = str(val)
+        if (s ~ /[$`]/) fail("`" key "` holds $ or a backtick")
+        if (s ~ /^ / || s ~ / $/) fail("`" key "` starts or ends with a space")
+        if (length(s) > 1024) fail("`" key "` is longer than 1024 bytes")
+        split(key, kk, ".")
+        print "env " kk[2] " " kk[3] "=" s
     } else {
         fail("`" key "` is not a setting this image knows")
     }

@@ -96,11 +96,12 @@ enum SiteOp {
         #[command(flatten)]
         pass: PassArgs,
     },
-    /// Write a copy of a raw or qcow2 image (for VMs) with a signed site
-    /// file on its ESP. The site file is checked against the release's
-    /// manifest and its signature verified first; the image is not changed.
+    /// Write a copy of a raw, qcow2 or ISO image (for VMs) with a signed
+    /// site file on its ESP (the ISO's: its EFI image). The site file is
+    /// checked against the release's manifest and its signature verified
+    /// first; the image is not changed.
     Apply {
-        /// The .raw or .qcow2, in its release folder (manifest.json beside it).
+        /// The .raw, .qcow2 or .iso, in its release folder (manifest.json beside it).
         image: PathBuf,
         /// The site file; SITE.toml.sig must be beside it.
         site: PathBuf,
@@ -257,8 +258,9 @@ enum Command {
         /// size, release, digests, times, result) to FILE.
         #[arg(long, value_name = "FILE")]
         receipts: Option<PathBuf>,
-        /// A signed site file (SITE.toml.sig beside it) to put on the
-        /// stick's ESP after the image; checked before anything is written.
+        /// A signed site file (SITE.toml.sig beside it) to put on each
+        /// stick's ESP after the image; checked before anything is written,
+        /// read back with the image, its digest in the receipts.
         #[arg(long, value_name = "SITE.toml")]
         site: Option<PathBuf>,
     },
@@ -503,12 +505,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            if site.is_some() {
-                return Err(cairn::InputError(
-                    "--site writes one device at a time for now; flash each stick with its own cairn flash --site".into(),
-                )
-                .into());
-            }
             let opts = cairn::field::flash::ManyOptions {
                 image,
                 devices,
@@ -517,6 +513,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 to_file,
                 max_size: None,
                 receipts,
+                site,
             };
             match cairn::field::flash::flash_many(&opts) {
                 Ok(report) => {

@@ -179,3 +179,66 @@ fn flash_with_a_site_file_puts_it_on_the_esp_and_refuses_a_bad_one_first() {
     }
     assert!(!fresh.exists(), "the target was written");
 }
+
+#[test]
+fn site_file_on_the_iso_lands_in_its_efi_image() {
+    let d = tempfile::tempdir().unwrap();
+    let src = testkit::test_image(
+        Path::new(common::TEST_IMAGE),
+        &["cairn-test-1.iso", "manifest.json"],
+    );
+    let iso = d.path().join("cairn-test-1.iso");
+    std::fs::copy(src.join("cairn-test-1.iso"), &iso).unwrap();
+    // The declaration of this test's own site key in the manifest beside it.
+    let site_key = signify::generate();
+    let public = site_key.public();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("manifest.json")).unwrap()).unwrap();
+    m["site"] = serde_json::json!({
+        "allow": ["hostname"],
+        "ingress": [],
+        "key_id": public.key_id(),
+        "public_key": public.to_file_text("sites public key"),
+    });
+    std::fs::write(d.path().join("manifest.json"), m.to_string()).unwrap();
+    let decl = cairn::release::site::declaration_beside(&iso).unwrap();
+    let site = d.path().join("depot.toml");
+    std::fs::write(&site, "name = \"depot\"\nhostname = \"depot-1\"\n").unwrap();
+    let signed = cairn::release::site::sign(&site, &site_key, &decl).unwrap();
+
+    let out = d.path().join("depot.iso");
+    cairn::release::site::apply(&iso, &site, &out).unwrap_or_else(|e| panic!("{e:#}"));
+    // The GPT's EFI partition is the ISO's /boot/efi.img, byte for byte.
+    let efi = cairn::media::iso::list_iso(&out)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.path == cairn::media::iso::ISO_EFI_IMG)
+        .expect("the ISO has its EFI image");
+    assert_eq!(cairn::release::site::esp_offset(&out).unwrap(), efi.offset);
+    cairn::release::site::read_back(&out, &signed).unwrap();
+    // What the initramfs reads: the site file inside the EFI image file.
+    let img = d.path().join("efi.img");
+    cairn::media::iso::read_file_from_iso(&out, cairn::media::iso::ISO_EFI_IMG, &img).unwrap();
+    let back = d.path().join("back.toml");
+    let st = std::process::Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-n", "-i"])
+        .arg(&img)
+        .arg("::/cairn/site.toml")
+        .arg(&back)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(std::fs::read(&back).unwrap(), signed.text);
+    // Control: the release's ISO itself is unchanged and holds no site file.
+    assert_eq!(
+        Sha256::of_file(&iso).unwrap(),
+        Sha256::of_file(&src.join("cairn-test-1.iso")).unwrap()
+    );
+    let other = cairn::release::site::SignedSite {
+        text: b"name = \"south\"\n".to_vec(),
+        ..signed
+    };
+    assert!(cairn::release::site::read_back(&out, &other).is_err());
+    assert!(cairn::release::site::read_back(&iso, &other).is_err());
+}

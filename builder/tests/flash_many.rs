@@ -298,3 +298,89 @@ fn flash_many_sigint_leaves_every_stick_unbootable() {
     assert_eq!(rs.len(), 2);
     assert!(rs.iter().all(|r| r["result"] == "interrupted"), "{rs:?}");
 }
+
+#[test]
+fn flash_many_with_a_site_file_puts_it_on_every_stick_and_records_its_digest() {
+    let mut m = mini(Media::RawAndQcow2);
+    // A site key of this test's own, declared in the (re-signed) manifest.
+    let site_key = cairn::release::signify::generate();
+    let public = site_key.public();
+    m.manifest["site"] = serde_json::json!({
+        "allow": ["hostname"],
+        "ingress": [],
+        "key_id": public.key_id(),
+        "public_key": public.to_file_text("sites public key"),
+    });
+    m.write_manifest();
+    m.sign();
+    let raw = m.path(RAW);
+    let size = std::fs::metadata(&raw).unwrap().len();
+    let decl = cairn::release::site::declaration_beside(&raw).unwrap();
+    let site = m.tmp.path().join("north.toml");
+    std::fs::write(&site, "name = \"north\"\nhostname = \"north-1\"\n").unwrap();
+    let signed = cairn::release::site::sign(&site, &site_key, &decl).unwrap();
+    let site_digest = Sha256::of_bytes(&signed.text);
+    let work = m.tmp.path().join("sticks");
+    std::fs::create_dir_all(&work).unwrap();
+    let a = Loop::attach(&work, "a.img", size + 4 * MIB, 0xa5);
+    let b = Loop::attach(&work, "b.img", size + 4 * MIB, 0x5a);
+    let devs = [a.dev.as_path(), b.dev.as_path()];
+    let log = m.tmp.path().join("receipts.jsonl");
+    let with_site = |site: &Path| {
+        let mut args = flash_args(&raw, &m.pubkey, &devs, &log);
+        args.extend([OsStr::new("--site"), site.as_os_str()]);
+        args.into_iter()
+            .map(OsStr::to_os_string)
+            .collect::<Vec<_>>()
+    };
+
+    // Control first: a site file with a changed byte is refused before
+    // any stick is written (bad input, exit 2, no receipts).
+    std::fs::write(&site, "name = \"north\"\nhostname = \"north-2\"\n").unwrap();
+    let args = with_site(&site);
+    let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let r = mini::cairn(&args, LIMIT);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("does not verify"), "{}", r.stderr);
+    assert!(!log.exists(), "receipts written for a refused flash");
+    for (l, fill) in [(&a, 0xa5), (&b, 0x5a)] {
+        assert!(
+            l.head(MIB).iter().all(|x| *x == fill),
+            "a stick was written"
+        );
+    }
+    std::fs::write(&site, &signed.text).unwrap();
+
+    let r = mini::cairn(&args, LIMIT);
+    println!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for l in [&a, &b] {
+        let name = l.dev.display().to_string();
+        assert!(
+            r.stdout
+                .lines()
+                .any(|x| x.starts_with(&format!("flash: {name}: ok"))),
+            "{}",
+            r.stdout
+        );
+        // The site file and its signature are on this stick's ESP.
+        cairn::release::site::read_back(&l.dev, &signed)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        // Outside the ESP the stick holds the image: its partition table
+        // (the first MiB) is the image's.
+        let mut head = vec![0u8; MIB as usize];
+        File::open(&raw).unwrap().read_exact(&mut head).unwrap();
+        assert_eq!(l.head(MIB), head, "{name}");
+    }
+    let rs = receipts(&log);
+    assert_eq!(rs.len(), 2, "{rs:?}");
+    for (rec, dev) in rs.iter().zip(devs) {
+        assert_eq!(rec["device"], dev.display().to_string());
+        assert_eq!(rec["result"], "ok", "{rec}");
+        assert_eq!(rec["site_sha256"], site_digest.hex(), "{rec}");
+        assert_eq!(
+            rec["read_back_sha256"],
+            Sha256::of_file(&raw).unwrap().hex()
+        );
+    }
+}

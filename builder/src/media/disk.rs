@@ -281,7 +281,15 @@ pub fn make_esp(uki: &Path, out: &Path, size: u64, volume_id: &str, epoch: u64) 
 
 /// Copies `src` into `dst` at `offset`, leaving all-zero blocks as holes.
 pub fn copy_into(dst: &mut File, offset: u64, src: &Path) -> Result<()> {
+    copy_into_with(dst, offset, src, None)
+}
+
+/// [`copy_into`] with a progress bar labelled `label` (the root, which is
+/// most of the disk): redrawn on a terminal, plain lines otherwise.
+fn copy_into_with(dst: &mut File, offset: u64, src: &Path, label: Option<&str>) -> Result<()> {
     let mut f = File::open(src).with_context(|| format!("open {}", src.display()))?;
+    let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bar = label.map(|l| crate::host::progress::Progress::new(l, total));
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = offset;
     loop {
@@ -294,6 +302,12 @@ pub fn copy_into(dst: &mut File, offset: u64, src: &Path) -> Result<()> {
             dst.write_all(&buf[..n])?;
         }
         pos += n as u64;
+        if let Some(b) = &mut bar {
+            b.update(pos - offset);
+        }
+    }
+    if let Some(b) = &mut bar {
+        b.finish();
     }
     Ok(())
 }
@@ -354,7 +368,7 @@ pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
     )?;
     let mut f = std::fs::OpenOptions::new().write(true).open(out)?;
     copy_into(&mut f, layout.esp.0, &esp)?;
-    copy_into(&mut f, layout.root.0, inp.root)?;
+    copy_into_with(&mut f, layout.root.0, inp.root, Some("raw: root"))?;
     copy_into(&mut f, layout.verity.0, inp.verity)?;
     for (v, p) in inp.volumes.iter().zip(&layout.volumes) {
         copy_into(&mut f, p.data.0, &v.image)?;

@@ -326,4 +326,68 @@ mod tests {
         assert!(elf_needs(b"\x7fELF\x02\x01\x01").is_err());
         assert!(elf_needs(b"").is_err());
     }
+
+    /// The guest's parser (run with busybox awk, as the init does) reads
+    /// what the host's check accepts the same way, and refuses what the
+    /// host refuses.
+    #[test]
+    fn site_parser_applies_service_variables_and_refuses_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let allow = d.path().join("allow");
+        let ingress = d.path().join("ingress");
+        std::fs::write(&allow, "hostname\nenv.web.SITE_LABEL\n").unwrap();
+        std::fs::write(&ingress, "").unwrap();
+        let awk = d.path().join("site.awk");
+        std::fs::write(&awk, SITE_AWK).unwrap();
+        let parse = |text: &str| {
+            let site = d.path().join("site.toml");
+            std::fs::write(&site, text).unwrap();
+            let sh = xshell::Shell::new().unwrap();
+            let (a, i) = (
+                format!("allow={}", allow.display()),
+                format!("ingress={}", ingress.display()),
+            );
+            let (code, out, _) = crate::host::runner::run_code(
+                "test: site.awk",
+                xshell::cmd!(sh, "busybox awk -v {a} -v {i} -f {awk} {site}"),
+            )
+            .unwrap();
+            (code, out)
+        };
+        let good = "name = \"north\"\nenv.web.SITE_LABEL = \"north depot\"\n";
+        let decl = crate::recipe::site::SiteDeclaration {
+            allow: vec!["env.web.SITE_LABEL".into(), "hostname".into()],
+            ingress: vec![],
+            key_id: String::new(),
+            public_key: String::new(),
+            key_path: Default::default(),
+        };
+        crate::recipe::site::check(Path::new("s.toml"), good, &decl).unwrap();
+        assert_eq!(
+            parse(good),
+            (
+                0,
+                "name north\nenv web SITE_LABEL=north depot\n".to_string()
+            )
+        );
+        for (bad, why) in [
+            ("env.web.OTHER = \"x\"", "`env.web.OTHER` is not allowed"),
+            ("env.web.SITE_LABEL = \"a$b\"", "holds $ or a backtick"),
+            ("env.web.SITE_LABEL = \"a \"", "starts or ends with a space"),
+        ] {
+            let text = format!("name = \"north\"\n{bad}\n");
+            assert!(
+                crate::recipe::site::check(Path::new("s.toml"), &text, &decl).is_err(),
+                "{bad}"
+            );
+            let (code, out) = parse(&text);
+            assert_eq!(code, 1, "{bad}: {out}");
+            // The init reports the first `error` line.
+            let e = out
+                .lines()
+                .find_map(|l| l.strip_prefix("error "))
+                .unwrap_or("");
+            assert!(e.starts_with("line 2: ") && e.contains(why), "{bad}: {out}");
+        }
+    }
 }

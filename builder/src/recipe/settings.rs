@@ -189,8 +189,8 @@ settings! {
 
     SITE_ALLOW = ["site"] "allow": "list of strings" = Empty;
         "the settings a site file may set, from: `address`, `gateway`, `hostname`, \
-         `close_ingress` (below). A site file that sets anything else is refused when signed \
-         and at boot.";
+         `close_ingress` and `env.SERVICE.VAR` (below). A site file that sets anything else \
+         is refused when signed and at boot.";
     SITE_KEY = ["site"] "key": "path" = Required;
         "the signify public key (`.pub`) that signs site files; keep its secret key apart from \
          the release key. Baked into the initramfs; its key id is in the manifest. Adds the \

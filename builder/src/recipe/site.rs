@@ -1,12 +1,14 @@
 //! Site files: the few settings a field team may give one site (address,
-//! gateway, host name, closing listed ingress ports) without a new build.
+//! gateway, host name, closing listed ingress ports, named service
+//! environment variables) without a new build.
 //! The recipe's `[site]` table declares which ones (`SiteDeclaration`); a
 //! site file is checked against it here, with `file:line:col` for every
 //! problem, by `cairn site sign`, `cairn site apply` and `cairn flash`.
 //!
 //! Invariant: a site file that passes `check` is also one the initramfs'
 //! parser (guest/site.awk) reads the same way: plain `key = "value"` or
-//! `key = ["a", "b"]` lines, comments and blank lines, nothing else.
+//! `key = ["a", "b"]` lines (dotted keys for `env.SERVICE.VAR`), comments
+//! and blank lines, nothing else.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,13 +38,53 @@ pub const SITE_SETTINGS: &[(&str, &str)] = &[
         "close_ingress",
         "a list of the recipe's `[network] ingress` ports this site closes (`[\"8080/tcp\"]`)",
     ),
+    (
+        "env.SERVICE.VAR",
+        "the value of the environment variable `VAR` of the `[[services]]` entry `SERVICE` \
+         (`env.inference.SITE_LABEL = \"north\"`), replacing the recipe's default (the service's \
+         `env` must set `VAR`); one entry per variable a site may set",
+    ),
 ];
+
+/// The `(service, variable)` an `env.SERVICE.VAR` setting names, if `k` is
+/// one (`SERVICE` a name, `VAR` a portable environment variable name).
+pub fn env_setting(k: &str) -> Option<(&str, &str)> {
+    let rest = k.strip_prefix("env.")?;
+    let (service, var) = rest.split_once('.')?;
+    (is_site_name(service) && is_env_name(var)).then_some((service, var))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: what a shell, systemd and ctr all take.
+pub fn is_env_name(v: &str) -> bool {
+    v.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && v.len() <= 128
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Why `v` cannot be a site-settable variable's value, if it cannot: it
+/// lands double-quoted in a systemd environment file, so no quotes,
+/// backslashes, `$`, backticks or `%`, no control characters, no space at
+/// either end (the initramfs' reader trims them), at most 1024 bytes.
+pub fn env_value_problem(v: &str) -> Option<String> {
+    if v.len() > 1024 {
+        return Some(format!("is {} bytes; at most 1024", v.len()));
+    }
+    if let Some(c) = v.chars().find(|c| "\"\\$`%".contains(*c) || c.is_control()) {
+        return Some(format!(
+            "holds {c:?}; environment values a site sets have no quotes, backslashes, `$`, backticks, `%` or control characters"
+        ));
+    }
+    if v.starts_with(' ') || v.ends_with(' ') {
+        return Some("starts or ends with a space; remove it".into());
+    }
+    None
+}
 
 /// What a recipe lets a site file set, and the key that signs site files.
 /// Compiled into the image (initramfs) and recorded in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteDeclaration {
-    /// Names from `SITE_SETTINGS`, sorted.
+    /// Names from `SITE_SETTINGS` (`env.SERVICE.VAR` spelled out), sorted.
     pub allow: Vec<String>,
     /// The recipe's ingress ports (`"8080/tcp"`): what `close_ingress` may name.
     pub ingress: Vec<String>,
@@ -54,6 +96,21 @@ pub struct SiteDeclaration {
     /// host path).
     #[serde(skip)]
     pub key_path: PathBuf,
+}
+
+impl SiteDeclaration {
+    /// The variables of `service` a site may set, sorted.
+    pub fn env_vars(&self, service: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .allow
+            .iter()
+            .filter_map(|a| env_setting(a))
+            .filter(|(s, _)| *s == service)
+            .map(|(_, v)| v.to_string())
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 /// The key id (signify key number, hex) of a signify `.pub` file's text,
@@ -91,6 +148,8 @@ struct SiteFileToml {
     gateway: Option<Spanned<String>>,
     hostname: Option<Spanned<String>>,
     close_ingress: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `env.SERVICE.VAR = "value"` (dotted keys).
+    env: Option<BTreeMap<String, BTreeMap<String, Spanned<String>>>>,
 }
 
 /// A checked site file.
@@ -101,6 +160,8 @@ pub struct SiteSettings {
     pub gateway: Option<String>,
     pub hostname: Option<String>,
     pub close_ingress: Vec<String>,
+    /// `(service, variable, value)`, sorted by service and variable.
+    pub env: Vec<(String, String, String)>,
 }
 
 /// Whether `h` is a plain host name label: `[a-z0-9-]`, 1-63, not
@@ -146,7 +207,7 @@ fn plain_lines(file: &Path, text: &str, problems: &mut Vec<RecipeProblem>) {
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
-        let plain = "site files are plain TOML: one `key = \"value\"` or `key = [\"a\", \"b\"]` per line, no tables, escapes or `%`";
+        let plain = "site files are plain TOML: one `key = \"value\"` or `key = [\"a\", \"b\"]` per line (dotted keys `env.SERVICE.VAR` for service variables), no tables, quoted keys, escapes or `%`";
         let Some((key, value)) = t.split_once('=') else {
             problems.push(problem(file, text, start, plain));
             continue;
@@ -156,7 +217,7 @@ fn plain_lines(file: &Path, text: &str, problems: &mut Vec<RecipeProblem>) {
         let key_ok = !key.is_empty()
             && key
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
         let string_ok = |v: &str| {
             v.len() >= 2
                 && v.starts_with('"')
@@ -297,6 +358,27 @@ pub fn check(file: &Path, text: &str, decl: &SiteDeclaration) -> Result<SiteSett
             }
         }
     }
+    if let Some(env) = &parsed.env {
+        for (service, vars) in env {
+            for (var, value) in vars {
+                let key = format!("env.{service}.{var}");
+                if !refuse_unless_allowed(&key, key_at(value.span().start), &mut problems) {
+                    continue;
+                }
+                match env_value_problem(value.get_ref()) {
+                    None => out
+                        .env
+                        .push((service.clone(), var.clone(), value.get_ref().clone())),
+                    Some(m) => problems.push(problem(
+                        file,
+                        text,
+                        value.span().start,
+                        format!("{key}: the value {m}"),
+                    )),
+                }
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(out)
     } else {
@@ -419,6 +501,72 @@ mod tests {
             "site files are plain TOML",
         );
         refused("name = \"n\"\n[x]\n", ALL, 2, 2, "unknown field `x`");
+    }
+
+    #[test]
+    fn service_variables_the_recipe_names_are_read_and_others_refused() {
+        let allow = ["hostname", "env.inference.SITE_LABEL", "env.inference.LOG"];
+        let s = check(
+            Path::new("s.toml"),
+            "name = \"n\"\nenv.inference.SITE_LABEL = \"north depot\"\nenv.inference.LOG = \"\"\n",
+            &decl(&allow),
+        )
+        .unwrap();
+        assert_eq!(
+            s.env,
+            [
+                ("inference".into(), "LOG".into(), "".into()),
+                (
+                    "inference".into(),
+                    "SITE_LABEL".into(),
+                    "north depot".into()
+                )
+            ]
+        );
+        assert_eq!(decl(&allow).env_vars("inference"), ["LOG", "SITE_LABEL"]);
+        assert!(decl(&allow).env_vars("other").is_empty());
+        // A variable the recipe does not name, of a named service or not.
+        refused(
+            "name = \"n\"\n  env.inference.PATH = \"/x\"\n",
+            &allow,
+            2,
+            1,
+            "`env.inference.PATH` is not allowed",
+        );
+        refused(
+            "name = \"n\"\nenv.other.SITE_LABEL = \"x\"\n",
+            &allow,
+            2,
+            1,
+            "`env.other.SITE_LABEL` is not allowed",
+        );
+        // Values the env file cannot hold as written.
+        refused(
+            "name = \"n\"\nenv.inference.LOG = \"a$b\"\n",
+            &allow,
+            2,
+            21,
+            "env.inference.LOG: the value holds '$'",
+        );
+        refused(
+            "name = \"n\"\nenv.inference.LOG = \"a \"\n",
+            &allow,
+            2,
+            21,
+            "env.inference.LOG: the value starts or ends with a space",
+        );
+        // A table is not a plain line.
+        refused(
+            "name = \"n\"\n[env.inference]\nLOG = \"x\"\n",
+            &allow,
+            2,
+            1,
+            "site files are plain TOML",
+        );
+        assert_eq!(env_setting("env.inference.LOG"), Some(("inference", "LOG")));
+        assert_eq!(env_setting("env.inference.1X"), None);
+        assert_eq!(env_setting("env.Inference.X"), None);
+        assert_eq!(env_setting("hostname"), None);
     }
 
     #[test]

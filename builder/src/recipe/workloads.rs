@@ -82,6 +82,9 @@ pub struct Service {
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
     pub models: Vec<String>,
+    /// The variables of `env` a site file may set (`[site] allow`'s
+    /// `env.NAME.VAR`): the service reads them from its environment files.
+    pub site_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

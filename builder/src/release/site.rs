@@ -1,9 +1,10 @@
 //! Signed site files: `cairn site sign` checks one against the recipe's
 //! `[site]` declaration and signs it (signify, detached `SITE.toml.sig`);
 //! `cairn site apply` and `cairn flash --site` put it with its signature
-//! into the medium's ESP (`/cairn/site.toml`, `/cairn/site.toml.sig`), with
-//! mtools at the partition's offset (no loop devices, no mounts), and read
-//! both back.
+//! into the medium's ESP (`/cairn/site.toml`, `/cairn/site.toml.sig`; on
+//! the hybrid ISO the FAT image `/boot/efi.img`, which its GPT exposes as
+//! the EFI partition), with mtools at the partition's offset (no loop
+//! devices, no mounts), and read both back.
 //!
 //! Invariant: nothing is written to a medium unless the site file passes the
 //! declaration's checks and its signature verifies with the release's site
@@ -123,7 +124,10 @@ pub fn load_signed(site: &Path, decl: &SiteDeclaration) -> Result<SignedSite> {
     })
 }
 
-/// The byte offset of the ESP (`cairn-esp`) on a raw medium or device.
+/// The byte offset of the ESP on a medium or device: the raw disk's
+/// `cairn-esp`, or on the hybrid ISO (a file, or written to a stick) the
+/// one GPT partition of ESP type, which is the blocks of the ISO's
+/// `/boot/efi.img` (the initramfs reads the site file from that file).
 pub fn esp_offset(medium: &Path) -> Result<u64> {
     let mut f =
         std::fs::File::open(medium).with_context(|| format!("site: open {}", medium.display()))?;
@@ -136,14 +140,27 @@ pub fn esp_offset(medium: &Path) -> Result<u64> {
         .iter()
         .filter(|p| p.name == crate::media::disk::LABEL_ESP)
         .collect();
-    match esp.as_slice() {
-        [p] => Ok(p.offset),
-        _ => bail!(
-            "site: {} has no single {} partition; is it a cairn raw image?",
-            medium.display(),
-            crate::media::disk::LABEL_ESP
-        ),
+    if let [p] = esp.as_slice() {
+        return Ok(p.offset);
     }
+    if esp.is_empty() && is_iso9660(&mut f)? {
+        let esp: Vec<_> = parts.iter().filter(|p| p.esp).collect();
+        if let [p] = esp.as_slice() {
+            return Ok(p.offset);
+        }
+    }
+    bail!(
+        "site: {} has no single {} partition (raw disk) or EFI partition (hybrid ISO); is it a cairn medium?",
+        medium.display(),
+        crate::media::disk::LABEL_ESP
+    )
+}
+
+/// Whether the medium holds an ISO 9660 volume (`CD001` at byte 32769).
+fn is_iso9660(f: &mut std::fs::File) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 5];
+    Ok(f.read_exact_at(&mut magic, 32769).is_ok() && &magic == b"CD001")
 }
 
 fn mtools_shell() -> Result<xshell::Shell> {
@@ -246,8 +263,9 @@ pub struct Applied {
     pub site: SignedSite,
 }
 
-/// Writes a copy of `image` (raw or qcow2) to `out` with the signed site
-/// file in its ESP. The image itself is never written.
+/// Writes a copy of `image` (raw, qcow2 or ISO) to `out` with the signed
+/// site file in its ESP (the ISO's: `/boot/efi.img`, also its GPT EFI
+/// partition). The image itself is never written.
 pub fn apply(image: &Path, site: &Path, out: &Path) -> Result<Applied> {
     let decl = declaration_beside(image)?;
     let signed = load_signed(site, &decl)?;

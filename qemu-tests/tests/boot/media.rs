@@ -1,6 +1,8 @@
-//! Field media: the hybrid ISO boots as a CD under SeaBIOS and OVMF and,
-//! written by `cairn flash --to-file`, as a USB stick; the qcow2 boots under
-//! OVMF; a flipped byte in the ISO's root file stops the boot at dm-verity.
+//! Field media: the hybrid ISO boots as a CD under SeaBIOS and OVMF (no
+//! site file: the recipe's defaults) and, written by `cairn flash
+//! --to-file --site`, as a USB stick that applies its site file (read from
+//! the ISO's EFI image); the qcow2 boots under OVMF; a flipped byte in the
+//! ISO's root file stops the boot at dm-verity.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +43,10 @@ fn iso_as_cdrom_reaches_ready_under_seabios_and_ovmf() {
             serial.contains("cairn: state: RAM"),
             "{log}: ISO media keep state in RAM"
         );
+        assert!(
+            serial.contains("cairn: site: no site file on the medium; the recipe's defaults apply"),
+            "{log}: {serial}"
+        );
         crate::boot::raw::assert_read_only_root(&mut vm);
     }
 }
@@ -80,6 +86,14 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
     std::fs::write(&pubkey, key.public().to_file_text("test public key")).expect("pubkey");
     cairn::release::sign::sign_dir(&dir, &key, "test.pub").expect("sign");
 
+    // A site file, signed with the test image's site key, goes into the
+    // ISO's EFI partition on the stick.
+    let site = tmp.path().join("depot.toml");
+    std::fs::write(&site, "name = \"depot\"\nhostname = \"iso-depot\"\n").expect("site file");
+    let decl = cairn::release::site::declaration_beside(&dir.join("cairn-test-1.iso"))
+        .expect("the test release takes site files");
+    cairn::release::site::sign(&site, &site_test_key(), &decl).expect("sign");
+
     let stick = tmp.path().join("stick.img");
     let report = cairn::field::flash::flash(&cairn::field::flash::FlashOptions {
         image: dir.join("cairn-test-1.iso"),
@@ -88,11 +102,12 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
         yes: true,
         to_file: true,
         max_size: None,
-        site: None,
+        site: Some(site),
     })
-    .unwrap_or_else(|e| panic!("flash --to-file failed: {e}"));
+    .unwrap_or_else(|e| panic!("flash --to-file --site failed: {e}"));
     eprintln!("{report}");
-    let vm = boot_to_ready(
+    assert!(report.site.is_some(), "{report}");
+    let mut vm = boot_to_ready(
         &stick,
         ImageFormat::Raw,
         Firmware::Uefi,
@@ -101,6 +116,14 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
     );
     let serial = vm.serial_text();
     assert!(serial.contains("cairn: found ISO medium"), "{serial}");
+    assert!(
+        serial.contains(&format!("cairn: site depot (key {})", decl.key_id)),
+        "{serial}"
+    );
+    let (rc, host) = vm
+        .console_run("cat /proc/sys/kernel/hostname", console_timeout())
+        .expect("console");
+    assert_eq!((rc, host.trim()), (0, "iso-depot"));
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! a site file with one byte changed, one signed by another key and one
 //! setting a key the recipe does not allow each halt the boot with
 //! `cairn: FATAL site: ...`; with no site file the recipe's defaults apply.
-//! Every site file goes onto a copy of the shared test image's raw disk.
+//! The same boots show a service variable a site file sets reaching the
+//! service (north sets it; south and the boot without a site file see the
+//! recipe's default). Every site file goes onto a copy of the site test
+//! image's raw disk (tiny-svc: tiny with one containerd service).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +58,20 @@ fn identity(vm: &mut Vm) -> (String, String) {
     (host.trim().to_string(), addrs)
 }
 
+/// What the greeter service printed about its variables, once it has.
+/// (It may print before `cairn: ready`, which the wait has passed.)
+fn service_says(vm: &mut Vm, log: &str) -> String {
+    const SAYS: &str = "cairn-test service: ";
+    let serial = vm.serial_text();
+    let line = match serial.lines().find(|l| l.contains(SAYS)) {
+        Some(l) => l.to_string(),
+        None => vm
+            .wait_for_line(SAYS, console_timeout())
+            .unwrap_or_else(|e| panic!("{log}: the service printed nothing: {e:#}")),
+    };
+    line[line.find(SAYS).unwrap_or(0)..].trim_end().to_string()
+}
+
 /// Boots `img` and expects the initramfs to halt on the site file.
 fn assert_halts_on_site(img: &Path, log: &str, why: &str) {
     let spec = BootSpec::new(img, ImageFormat::Raw, Firmware::Uefi, log_path(log));
@@ -73,7 +90,7 @@ fn assert_halts_on_site(img: &Path, log: &str, why: &str) {
 
 #[test]
 fn two_site_files_give_two_identities_and_bad_ones_halt() {
-    let b = built("tiny");
+    let b = built("tiny-svc");
     let tmp = tempfile::tempdir().expect("tempdir");
     let key = site_test_key();
     let decl = site::declaration_beside(&b.raw).expect("the test release takes site files");
@@ -81,12 +98,19 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
     assert_eq!(decl.key_id, id);
 
     // Two sites from one release.
-    for (name, host, addr) in [
-        ("north", "north-depot", "10.0.2.21"),
-        ("south", "south-post", "10.0.2.22"),
+    for (name, host, addr, env, label) in [
+        (
+            "north",
+            "north-depot",
+            "10.0.2.21",
+            "env.greeter.SITE_LABEL = \"north depot, bay 4\"\n",
+            "north depot, bay 4",
+        ),
+        // Control: no variable set, the recipe's default.
+        ("south", "south-post", "10.0.2.22", "", "unassigned"),
     ] {
         let text = format!(
-            "# site {name}\nname = \"{name}\"\nhostname = \"{host}\"\naddress = \"{addr}/24\"\ngateway = \"10.0.2.2\"\n"
+            "# site {name}\nname = \"{name}\"\nhostname = \"{host}\"\naddress = \"{addr}/24\"\ngateway = \"10.0.2.2\"\n{env}"
         );
         let file = write(tmp.path(), &format!("{name}.toml"), &text);
         site::sign(&file, &key, &decl).expect("sign");
@@ -102,6 +126,11 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
         assert_eq!(h, host);
         assert!(addrs.contains(&format!("inet {addr}/24")), "{addrs}");
         assert!(!addrs.contains("10.0.2.15/"), "{addrs}");
+        let said = service_says(&mut vm, &format!("site-{name}"));
+        assert_eq!(
+            said,
+            format!("cairn-test service: SITE_LABEL=[{label}] OTHER=[fixed]")
+        );
         drop(vm);
         std::fs::remove_file(&img).expect("remove the copy");
     }
@@ -177,6 +206,10 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
     );
     assert!(!serial.contains("cairn: site none"), "{serial}");
     let (h, addrs) = identity(&mut vm);
-    assert_eq!(h, "cairn-test");
+    assert_eq!(h, "cairn-test-svc");
     assert!(addrs.contains("inet 10.0.2.15/24"), "{addrs}");
+    assert_eq!(
+        service_says(&mut vm, "site-none"),
+        "cairn-test service: SITE_LABEL=[unassigned] OTHER=[fixed]"
+    );
 }

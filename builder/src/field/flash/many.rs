@@ -7,6 +7,9 @@
 //! write fails is named and left unbootable while the others finish.
 //! SIGINT stops every writer (one flag, polled per chunk); each stick is
 //! left with a zero first MiB (the boot sector is written last) and says so.
+//! With `--site`, the signed site file is checked once before anything is
+//! written, put on every stick's ESP after its image, and read back; the
+//! receipt records its digest.
 //! Invariant: one receipt per device named on the command line, in order.
 
 use std::io::Write;
@@ -16,7 +19,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::target::{confirm, majmin, read_trim, Target};
-use super::{bad, check_target, verify_release, write, write_checked, FlashError, FlashOptions};
+use super::{
+    bad, check_target, site_for, verify_release, write, write_checked, write_site, FlashError,
+    FlashOptions,
+};
 use crate::host::digest::Sha256;
 use crate::host::progress::{human_bytes, Bars};
 use crate::host::time::rfc3339;
@@ -35,6 +41,8 @@ pub struct ManyOptions {
     pub max_size: Option<u64>,
     /// The log receipts are appended to (JSON lines), if any.
     pub receipts: Option<PathBuf>,
+    /// A signed site file to put on every stick's ESP after the image.
+    pub site: Option<PathBuf>,
 }
 
 /// One stick's record, one JSON line in the receipts log.
@@ -55,9 +63,12 @@ pub struct Receipt {
     pub image_sha256: String,
     /// The digest of the verified SHA256 file.
     pub sums_sha256: String,
-    /// The digest of the site file written with the image (none yet).
+    /// The digest of the site file put on the stick with the image (null
+    /// without `--site`); its signature and it were read back byte for
+    /// byte when `result` is `ok`.
     pub site_sha256: Option<String>,
-    /// The digest read back from the stick (null unless the read-back ran and matched).
+    /// The digest of the image read back from the stick (null unless the
+    /// read-back ran and matched).
     pub read_back_sha256: Option<String>,
     /// RFC 3339, wall clock.
     pub started: String,
@@ -222,6 +233,12 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
         }
     }
     let v = verify_release(&opts.image, &opts.pubkey)?;
+    let site = opts
+        .site
+        .as_deref()
+        .map(|s| site_for(&opts.image, s))
+        .transpose()?;
+    let site_sha256 = site.as_ref().map(|s| Sha256::of_bytes(&s.text).hex());
     let folder = std::fs::canonicalize(&opts.image)
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -244,7 +261,7 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             yes: opts.yes,
             to_file: opts.to_file,
             max_size: opts.max_size,
-            site: None,
+            site: opts.site.clone(),
         })
         .collect();
     let checked: Vec<Result<super::Checked, FlashError>> =
@@ -284,6 +301,7 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
         })
         .collect();
     let v_ref = &v;
+    let site_ref = site.as_ref();
     let results: Vec<(String, String, Result<Sha256, FlashError>)> = std::thread::scope(|s| {
         let handles: Vec<_> = per
             .iter()
@@ -293,7 +311,13 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
                 let started = now();
                 match (c, bar.take()) {
                     (Ok(c), Some(mut bar)) => {
-                        let h = s.spawn(move || write_checked(o, v_ref, c, &mut bar));
+                        let h = s.spawn(move || {
+                            let got = write_checked(o, v_ref, c, &mut bar)?;
+                            if let Some(site) = site_ref {
+                                write_site(&o.device, c.is_block, site)?;
+                            }
+                            Ok(got)
+                        });
                         (started, Some(h), None)
                     }
                     (Err(e), _) => (started, None, Some(clone_err(e))),
@@ -351,7 +375,7 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             image: image_name.clone(),
             image_sha256: v.want.hex(),
             sums_sha256: v.sums_sha256.hex(),
-            site_sha256: None,
+            site_sha256: site_sha256.clone(),
             read_back_sha256: result.as_ref().ok().map(Sha256::hex),
             started,
             finished,

@@ -59,7 +59,8 @@ pub struct FlashOptions {
     /// Simulated target capacity (tests; the CLI leaves it `None`): a target
     /// smaller than the image is refused as a too-small device would be.
     pub max_size: Option<u64>,
-    /// A signed site file to put on the ESP after the image (raw only).
+    /// A signed site file to put on the ESP after the image (the raw's
+    /// `cairn-esp`, the ISO's EFI partition).
     pub site: Option<PathBuf>,
 }
 
@@ -339,17 +340,10 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     let guard = write::SigintGuard::install();
     let mut progress = Progress::new(&format!("flash {}", opts.device.display()), v.size);
     let got = write_checked(opts, &v, &c, &mut progress)?;
-    drop(guard);
     if let Some(s) = &site {
-        crate::release::site::put_on_medium(&opts.device, s)
-            .map_err(|e| failed(format!("{e:#}")))?;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&opts.device)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| failed(format!("flushing {}: {e}", opts.device.display())))?;
-        crate::release::site::read_back(&opts.device, s).map_err(|e| failed(format!("{e:#}")))?;
+        write_site(&opts.device, c.is_block, s)?;
     }
+    drop(guard);
     Ok(FlashReport {
         image: image.clone(),
         device: opts.device.clone(),
@@ -362,14 +356,51 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     })
 }
 
+/// Puts the signed site file on the written `device`'s ESP, flushes, and
+/// reads both files back (byte for byte).
+/// (The read-back comes from the device: flushed, BLKFLSBUF, no cache.)
+/// If that fails, or SIGINT arrives, the stick is made unbootable again
+/// (first MiB zero): it must not boot with the recipe's defaults in place
+/// of its site's settings.
+fn write_site(
+    device: &Path,
+    is_block: bool,
+    s: &crate::release::site::SignedSite,
+) -> Result<(), FlashError> {
+    let dev = device.display();
+    let step = || -> anyhow::Result<()> {
+        if write::interrupted() {
+            anyhow::bail!("interrupted");
+        }
+        crate::release::site::put_on_medium(device, s)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(device)
+            .and_then(|f| write::flush(&f, is_block))
+            .map_err(|e| anyhow::anyhow!("flushing {dev}: {e}"))?;
+        crate::release::site::read_back(device, s)?;
+        if write::interrupted() {
+            anyhow::bail!("interrupted");
+        }
+        Ok(())
+    };
+    let Err(e) = step() else { return Ok(()) };
+    let left = match write::make_unbootable(device, is_block) {
+        Ok(()) => format!("{dev} was left unbootable on purpose (its first MiB is zero); run cairn flash again"),
+        Err(z) => format!("zeroing the first MiB of {dev} failed too ({z}): do not boot it; run cairn flash again"),
+    };
+    if write::interrupted() {
+        Err(FlashError::Interrupted(format!(
+            "flash: interrupted while the site file was written: {left}"
+        )))
+    } else {
+        Err(failed(format!("site file: {e:#}; {left}")))
+    }
+}
+
 /// The site file for `image`, checked against the (verified) release's
 /// declaration and signature-checked, before anything is written.
 fn site_for(image: &Path, site: &Path) -> Result<crate::release::site::SignedSite, FlashError> {
-    if image.extension().and_then(|e| e.to_str()) == Some("iso") {
-        return Err(bad(
-            "--site needs the .raw medium: the ISO has no writable ESP for a site file",
-        ));
-    }
     let decl =
         crate::release::site::declaration_beside(image).map_err(|e| bad(format!("{e:#}")))?;
     crate::release::site::load_signed(site, &decl).map_err(|e| bad(format!("{e:#}")))

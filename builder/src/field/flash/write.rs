@@ -66,6 +66,19 @@ pub(super) fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::R
     Ok(n)
 }
 
+/// Whether SIGINT arrived since the guard was installed.
+pub(super) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Zeroes the first MiB of the written `device` and flushes: a stick whose
+/// site file could not be put on it must not boot without it.
+pub(super) fn make_unbootable(device: &Path, is_block: bool) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(device)?;
+    f.write_all_at(&vec![0u8; HEAD as usize], 0)?;
+    flush(&f, is_block)
+}
+
 /// fsync, then (block devices) BLKFLSBUF, then drop cached pages so the
 /// read-back reaches the medium.
 pub(super) fn flush(f: &File, block: bool) -> std::io::Result<()> {

@@ -236,7 +236,7 @@ impl<'a> Validator<'a> {
 
     pub(crate) fn run(mut self, f: RecipeFile) -> Result<Recipe, RecipeError> {
         let (name, version) = self.image(&f.image);
-        let workloads = self.workloads(&f);
+        let mut workloads = self.workloads(&f);
         let base = self.base(&f.base);
         let (kernel_package, extra_modules) = self.kernel(&f.kernel);
         let overlays = self.overlays(&f.overlays);
@@ -245,7 +245,15 @@ impl<'a> Validator<'a> {
         let network = self.network(&f.network);
         let (disk_size, state_size) = self.disk(&f.disk);
         let limits = self.limits(&f.limits);
-        let site = f.site.as_ref().and_then(|s| self.site(s, &network));
+        let site = f
+            .site
+            .as_ref()
+            .and_then(|s| self.site(s, &network, &workloads));
+        if let Some(d) = &site {
+            for s in &mut workloads.services {
+                s.site_env = d.env_vars(&s.name);
+            }
+        }
 
         if !self.problems.is_empty() {
             return Err(RecipeError {

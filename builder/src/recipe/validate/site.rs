@@ -5,19 +5,31 @@ use super::Validator;
 use crate::recipe::network::NetworkPolicy;
 use crate::recipe::schema::SiteSection;
 use crate::recipe::settings::SITE_ALLOW;
-use crate::recipe::site::{public_key_id, SiteDeclaration, SITE_SETTINGS};
+use crate::recipe::site::{
+    env_setting, env_value_problem, public_key_id, SiteDeclaration, SITE_SETTINGS,
+};
+use crate::recipe::workloads::Workloads;
 
 impl Validator<'_> {
     pub(super) fn site(
         &mut self,
         s: &SiteSection,
         network: &NetworkPolicy,
+        workloads: &Workloads,
     ) -> Option<SiteDeclaration> {
         let known: Vec<&str> = SITE_SETTINGS.iter().map(|(k, _)| *k).collect();
         let mut allow = Vec::new();
         for a in &s.allow {
             let k = a.get_ref();
-            if !known.contains(&k.as_str()) {
+            if k.starts_with("env.") {
+                if let Some(m) = self.site_env_problem(k, workloads) {
+                    self.problem(a.span(), m);
+                } else if allow.contains(k) {
+                    self.problem(a.span(), format!("{k:?} is listed twice; remove one"));
+                } else {
+                    allow.push(k.clone());
+                }
+            } else if !known.contains(&k.as_str()) {
                 self.problem(
                     a.span(),
                     format!(
@@ -66,5 +78,30 @@ impl Validator<'_> {
             public_key: text,
             key_path,
         })
+    }
+
+    /// Why `env.SERVICE.VAR` cannot be allowed, if it cannot: the service
+    /// must exist and give `VAR` a default a site file could also hold.
+    fn site_env_problem(&self, k: &str, workloads: &Workloads) -> Option<String> {
+        let Some((service, var)) = env_setting(k) else {
+            return Some(format!(
+                "{} names {k:?}: write env.SERVICE.VAR, SERVICE a [[services]] name and VAR an environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                SITE_ALLOW.name()
+            ));
+        };
+        let Some(svc) = workloads.services.iter().find(|s| s.name == service) else {
+            let names: Vec<&str> = workloads.services.iter().map(|s| s.name.as_str()).collect();
+            return Some(format!(
+                "{k:?}: the recipe has no [[services]] entry {service:?} (services: {names:?})"
+            ));
+        };
+        let prefix = format!("{var}=");
+        let Some(default) = svc.env.iter().find_map(|e| e.strip_prefix(&prefix)) else {
+            return Some(format!(
+                "{k:?}: service {service:?} sets no {var}; add \"{var}=DEFAULT\" to its env (the value without a site file)"
+            ));
+        };
+        env_value_problem(default)
+            .map(|m| format!("{k:?}: the service's default {var} {m} (a site-settable value follows the site file's rules)"))
     }
 }

@@ -826,3 +826,59 @@ fn site_key_that_is_not_a_public_key_is_refused_at_the_key() {
     let missing = debian("[site]\nallow = []\n");
     refused_in(d.path(), &missing, 5, 1, "missing field `key`");
 }
+
+#[test]
+fn site_env_names_a_service_variable_with_a_default() {
+    let d = tempfile::tempdir().unwrap();
+    let key = crate::recipe::site::tests_support::pub_key_text();
+    std::fs::write(d.path().join("sites.pub"), key).unwrap();
+    let with = |allow: &str, env: &str| {
+        services(
+            "",
+            &format!("{SVC}env = [{env}]\n[site]\nallow = [{allow}]\nkey = \"sites.pub\"\n"),
+        )
+    };
+    let good = with(
+        "\"hostname\", \"env.web.SITE_LABEL\"",
+        "\"PORT=80\", \"SITE_LABEL=none\"",
+    );
+    let r = ok_in(d.path(), &good);
+    assert_eq!(
+        r.site.expect("site declaration").allow,
+        ["env.web.SITE_LABEL", "hostname"]
+    );
+    assert_eq!(r.workloads.services[0].site_env, ["SITE_LABEL"]);
+    // No such service, no default, a default a site file could not hold,
+    // a malformed name: each refused at the allow entry.
+    refused_in(
+        d.path(),
+        &with("\"env.db.SITE_LABEL\"", "\"SITE_LABEL=none\""),
+        16,
+        10,
+        "\"env.db.SITE_LABEL\": the recipe has no [[services]] entry \"db\"",
+    );
+    refused_in(
+        d.path(),
+        &with("\"env.web.SITE_LABEL\"", "\"PORT=80\""),
+        16,
+        10,
+        "\"env.web.SITE_LABEL\": service \"web\" sets no SITE_LABEL",
+    );
+    refused_in(
+        d.path(),
+        &with("\"env.web.SITE_LABEL\"", "\"SITE_LABEL=$HOME\""),
+        16,
+        10,
+        "\"env.web.SITE_LABEL\": the service's default SITE_LABEL holds '$'",
+    );
+    refused_in(
+        d.path(),
+        &with("\"env.web.1X\"", "\"SITE_LABEL=none\""),
+        16,
+        10,
+        "[site] allow names \"env.web.1X\": write env.SERVICE.VAR",
+    );
+    // Control: without the declaration the service reads no env file.
+    let r = ok_in(d.path(), &with("\"hostname\"", "\"SITE_LABEL=none\""));
+    assert!(r.workloads.services[0].site_env.is_empty());
+}

@@ -352,6 +352,7 @@ impl Validator<'_> {
                 memory,
                 cpus,
                 models: s.models.iter().map(|m| m.get_ref().clone()).collect(),
+                site_env: Vec::new(),
             });
         }
         if let Some(b) = &f.policy.bundle {

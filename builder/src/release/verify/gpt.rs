@@ -12,7 +12,14 @@ pub struct GptPartition {
     pub name: String,
     pub offset: u64,
     pub size: u64,
+    /// Whether its type is the EFI System Partition's.
+    pub esp: bool,
 }
+
+/// The ESP type GUID C12A7328-F81F-11D2-BA4B-00A0C93EC93B as GPT stores it.
+const ESP_TYPE: [u8; 16] = [
+    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+];
 
 /// Entries beyond this are refused (sfdisk writes 128).
 const MAX_GPT_ENTRIES: u32 = 4096;
@@ -135,7 +142,12 @@ pub fn read_gpt<R: Read + Seek>(r: &mut R, len: u64) -> Result<Vec<GptPartition>
         if offset.checked_add(size).map_or(true, |end| end > len) {
             return Err(bad_range());
         }
-        parts.push(GptPartition { name, offset, size });
+        parts.push(GptPartition {
+            name,
+            offset,
+            size,
+            esp: e[..16] == ESP_TYPE,
+        });
     }
     Ok(parts)
 }
