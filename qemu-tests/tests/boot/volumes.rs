@@ -135,3 +135,62 @@ fn one_flipped_byte_in_the_model_volume_stops_the_boot_naming_it() {
     assert!(!serial.contains("cairn: starting systemd"), "{serial}");
     assert!(!serial.contains("cairn: ready"), "{serial}");
 }
+
+/// A model block that goes bad after boot (the image file changed under the
+/// running guest) halts the node when it is read, naming the model's
+/// mapping, like the root's (failclosed.rs); control: the same block read
+/// before the flip is fine and the node goes on.
+#[test]
+fn a_model_block_corrupted_after_boot_halts_the_node_naming_the_volume() {
+    let b = built("tiny");
+    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    let v = m.volumes.iter().find(|v| v.name == MODEL).expect("volume");
+    let (offset, _) = partition(&b.dir, &v.partition);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let img = copy_image(&b.raw, tmp.path(), "late-model.raw");
+    let mut spec = BootSpec::new(
+        &img,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("volume-late"),
+    );
+    spec.debug_console = true;
+    spec.snapshot = false;
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    vm.wait_for_line("cairn: ready", boot_timeout())
+        .expect("the untouched image reaches ready");
+    // A block in the middle of the 1 MiB weights (uncompressed, so file
+    // data), read straight from the verity device (O_DIRECT).
+    let block = 128u64;
+    let read = format!(
+        "dd if=/dev/mapper/cairn-model-{MODEL} of=/dev/null bs=4096 skip={block} count=1 iflag=direct && echo READ-OK"
+    );
+    let (rc, out) = vm.console_run(&read, console_timeout()).expect("console");
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("READ-OK"), "{out}");
+    assert!(!vm.serial_text().contains("cairn: FATAL"));
+
+    flip_byte(&img, offset + block * 4096 + 100);
+    let r = vm.console_run(
+        &read,
+        Duration::from_secs(30 * cairn::vm::qemu::timeout_scale() as u64),
+    );
+    if let Ok((rc, out)) = &r {
+        assert!(
+            !out.contains("READ-OK"),
+            "the corrupted block was read: {out}"
+        );
+        assert_ne!(*rc, 0, "{out}");
+    }
+    let line = vm
+        .wait_for_line("cairn: FATAL", console_timeout())
+        .expect("a FATAL line on the console after the corrupted read");
+    assert!(
+        line.contains("verity")
+            && line.contains(&format!("data block {block}"))
+            && line.contains(&format!("cairn-model-{MODEL}")),
+        "{line}"
+    );
+    vm.wait_for_line("System halted", console_timeout())
+        .expect("the node halts");
+}
