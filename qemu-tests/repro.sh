@@ -16,6 +16,9 @@ if [ ! -f "$lock" ]; then
 fi
 work=$(mktemp -d /tmp/cairn-repro.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# Neither build may reuse the other's work: the stage cache is off, so every
+# stage (base, images, volumes) runs twice.
+export CAIRN_NO_STAGE_CACHE=1
 # Both builds are signed with one throwaway key, so SHA256 and the
 # (deterministic, ed25519) SHA256.sig are compared too.
 "$cairn" keygen "$work/key" --no-passphrase >/dev/null
