@@ -1,9 +1,10 @@
 //! Reading what the guest prints: serial-log lines without colour codes,
-//! error-message tails, and the markers of one debug-console exchange (built
-//! so that the tty's echo of the input can never be taken for the answer).
+//! when the host saw each line, error-message tails, and the markers of one
+//! debug-console exchange (built so that the tty's echo of the input can
+//! never be taken for the answer).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -72,6 +73,49 @@ pub(super) fn find_line(
         *scanned = next;
     }
     None
+}
+
+/// One serial-log line, [`printable`], and when the host first saw it
+/// complete, counted from QEMU's start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedLine {
+    pub at: Duration,
+    pub text: String,
+}
+
+/// Notes `at` as the time of every line that `new`, the bytes just
+/// appended to a log that held `old_len` bytes, completes: `ends` gets the
+/// offset of each new `\n` with `at`.
+pub(super) fn stamp_lines(
+    new: &[u8],
+    old_len: usize,
+    at: Duration,
+    ends: &mut Vec<(usize, Duration)>,
+) {
+    for (i, &b) in new.iter().enumerate() {
+        if b == b'\n' {
+            ends.push((old_len + i, at));
+        }
+    }
+}
+
+/// The complete lines of `buf` with the times [`stamp_lines`] noted (a
+/// trailing line without `\n` is left out: it is not complete yet).
+pub(super) fn timed_lines(buf: &[u8], ends: &[(usize, Duration)]) -> Vec<TimedLine> {
+    let mut start = 0;
+    let mut out = Vec::with_capacity(ends.len());
+    for &(end, at) in ends {
+        if end >= buf.len() || end < start {
+            break;
+        }
+        let text = printable(&String::from_utf8_lossy(&buf[start..end]));
+        out.push(TimedLine {
+            at,
+            text: text.trim_end_matches('\r').to_string(),
+        });
+        start = end + 1;
+    }
+    out
 }
 
 /// Unique-enough marker for one console exchange.
@@ -175,6 +219,41 @@ mod tests {
         assert_eq!(
             s,
             "\x15echo __CAIRN_BEG''IN_n1; { uname -a # comment\n}; echo \"__CAIRN_RC_\"\"n1=$?\"\n"
+        );
+    }
+
+    #[test]
+    fn qemu_lines_carry_the_time_they_were_first_seen() {
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        let s = Duration::from_secs;
+        for (chunk, t) in [
+            (&b"BdsDxe: loading\r\n[    1.00] cairn: "[..], 1),
+            (&b"initramfs started\r\n"[..], 3),
+            (&b""[..], 4),
+            (&b"\x1b[0m[   40.25] cairn: ready\r\nhalf a li"[..], 5),
+        ] {
+            let old = buf.len();
+            buf.extend_from_slice(chunk);
+            stamp_lines(&buf[old..], old, s(t), &mut ends);
+        }
+        assert_eq!(
+            timed_lines(&buf, &ends),
+            vec![
+                TimedLine {
+                    at: s(1),
+                    text: "BdsDxe: loading".into()
+                },
+                // A line split across two reads: the time it was completed.
+                TimedLine {
+                    at: s(3),
+                    text: "[    1.00] cairn: initramfs started".into()
+                },
+                TimedLine {
+                    at: s(5),
+                    text: "[   40.25] cairn: ready".into()
+                },
+            ]
         );
     }
 

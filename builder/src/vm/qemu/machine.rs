@@ -13,7 +13,10 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::accel::{detected_accel, tcg_cpu_max_ok};
 use super::cmdline::{build_command_line, copy_vars, ovmf_paths};
-use super::console::{console_input, find_line, nonce, parse_console_output, tail_lines};
+use super::console::{
+    console_input, find_line, nonce, parse_console_output, stamp_lines, tail_lines, timed_lines,
+    TimedLine,
+};
 use super::{
     Accel, BootSpec, Firmware, CONSOLE_SOCK, POLL, QEMU, QMP_SOCK, STDERR_FILE, TAIL_LINES,
 };
@@ -30,6 +33,10 @@ pub struct Vm {
     serial_log: PathBuf,
     log_file: Option<File>,
     log_buf: Vec<u8>,
+    /// When QEMU was started: the zero of every line's time.
+    started: Instant,
+    /// Offset of each `\n` in `log_buf` and when it was first read.
+    line_ends: Vec<(usize, Duration)>,
     /// Byte offset in `log_buf` where the next `wait_for_*` starts.
     log_cursor: usize,
     debug_console: bool,
@@ -90,6 +97,7 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(outf)
             .stderr(errf);
+        let started = Instant::now();
         let child = runner::spawn("qemu", cmd)?;
         let mut vm = Vm {
             child,
@@ -99,6 +107,8 @@ impl Vm {
             serial_log: spec.serial_log.clone(),
             log_file: None,
             log_buf: Vec::new(),
+            started,
+            line_ends: Vec::new(),
             log_cursor: 0,
             debug_console: spec.debug_console,
             console: None,
@@ -162,8 +172,23 @@ impl Vm {
             self.log_file = File::open(&self.serial_log).ok();
         }
         if let Some(f) = &mut self.log_file {
+            let old = self.log_buf.len();
             let _ = f.read_to_end(&mut self.log_buf);
+            if self.log_buf.len() > old {
+                let at = self.started.elapsed();
+                stamp_lines(&self.log_buf[old..], old, at, &mut self.line_ends);
+            }
         }
+    }
+
+    /// Every complete serial-log line so far with the time, from QEMU's
+    /// start, at which the host first read it. The log is read while a
+    /// `wait_for_*` call polls (every 50 ms) and here, so a line's time is
+    /// accurate to the poll while a wait is running, and says "by now" for
+    /// lines that arrived between waits.
+    pub fn timed_lines(&mut self) -> Vec<TimedLine> {
+        self.refresh_log();
+        timed_lines(&self.log_buf, &self.line_ends)
     }
 
     /// Waits for a serial-log line containing `pattern` and returns it.

@@ -6,8 +6,8 @@
 //!   process's [`QemuConfig`];
 //! - [`cmdline`]: what to boot ([`BootSpec`]) and the QEMU command line for
 //!   it (firmware, drives, NIC, serial ports), pure;
-//! - [`console`]: reading what the guest prints (serial log lines, the
-//!   debug console's exchange markers), pure;
+//! - [`console`]: reading what the guest prints (serial log lines and when
+//!   the host saw them, the debug console's exchange markers), pure;
 //! - [`machine`]: the running [`Vm`] (start, serial waits, debug console,
 //!   QMP power button, kill).
 //!
@@ -30,6 +30,7 @@ pub use accel::{
     accel_detail, configure, probe_kvm, timeout_scale, Accel, AccelChoice, QemuConfig,
 };
 pub use cmdline::{command_line, copy_vars, ovmf_paths, BootSpec, DiskBus, Firmware, ImageFormat};
+pub use console::TimedLine;
 pub use machine::Vm;
 
 /// The QEMU binary (Debian package `qemu-system-x86`).
