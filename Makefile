@@ -9,7 +9,8 @@ APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstoo
 	fdisk ovmf seabios systemd-boot-efi signify-openbsd binutils kmod zstd \
 	e2fsprogs nftables cpio tar grub-pc-bin grub-efi-amd64-bin curl dpkg util-linux grub-common \
 	python3-venv systemd-container \
-	sbsigntool efitools faketime openssl swtpm swtpm-tools tpm2-tools shim-signed
+	sbsigntool efitools faketime openssl swtpm swtpm-tools tpm2-tools shim-signed \
+	busybox-static
 # qemu comes from bookworm-backports so qemu-system-x86 matches the
 # backported qemu-utils these machines ship with.
 QEMU_PACKAGES := qemu-system-x86 qemu-utils

@@ -3,13 +3,20 @@
 #  (a) verify speed: `sha256sum` over a signed output folder's files vs
 #      `cairn verify` on the same folder (each run twice, the second timed,
 #      so both read from a warm page cache); prints both and the ratio.
-#  (b) unless BENCH_BUILD=0: a cold build of recipes/field-ai.toml (no stage
+#  (b) unless BENCH_BOOT=0: boot time by phase: the same folder's raw image
+#      booted once under QEMU (TCG here), firmware -> initramfs -> root
+#      verified -> systemd -> firewall -> images -> ready, from the host's
+#      time of each console line and the guest's uptime on it, against the
+#      image's own kernel with a busybox init under the same QEMU
+#      (target/release/boot-phases, from qemu-tests/src/bin/boot-phases.rs).
+#  (c) unless BENCH_BUILD=0: a cold build of recipes/field-ai.toml (no stage
 #      cache) and a warm rebuild after a model-data change, with stage times;
 #      each build's wall time against the sum of its tools' own times (the
 #      `cairn: tool time:` line the build prints).
 # Environment: OUT (default out), PUBKEY (default .cairn-dev/dev.pub),
 # BENCH_CAIRN (default target/release/cairn),
 # BENCH_DIR (a folder to use instead of the newest signed one under OUT),
+# BENCH_BOOT=1, BENCH_BOOT_PHASES (default target/release/boot-phases),
 # BENCH_BUILD=1, BENCH_RECIPE (default recipes/field-ai.toml).
 set -euo pipefail
 
@@ -103,7 +110,30 @@ printf '  %-34s %8ss  %s\n' "cairn verify (sig+digests+verity)" "$verify_s" "$(r
 echo "  ratio verify / sha256sum: ${ratio}x"
 
 # ---------------------------------------------------------------------------
-# (b) stage times of a full build (opt-in: slow, needs root and the host tools)
+# (b) boot time by phase (one boot of the image, one of a bare kernel + init)
+# ---------------------------------------------------------------------------
+
+if [[ ${BENCH_BOOT:-1} == 1 ]]; then
+    PHASES=${BENCH_BOOT_PHASES:-target/release/boot-phases}
+    if [[ ! -x $PHASES ]]; then
+        cargo build --release --locked -p qemu-tests --bin boot-phases >&2 ||
+            die "cannot build $PHASES (cargo build --release -p qemu-tests --bin boot-phases)"
+    fi
+    shopt -s nullglob
+    raws=("$DIR"/*.raw)
+    shopt -u nullglob
+    [[ ${#raws[@]} -eq 1 ]] || die "$DIR holds ${#raws[@]} raw images, expected one (build with --format raw)"
+    mkdir -p target/bench-out
+    "$PHASES" "${raws[0]}" --logs target/bench-out || {
+        echo "bench: boot phases failed (serial logs in target/bench-out/)" >&2
+        exit 1
+    }
+else
+    echo "bench: BENCH_BOOT=0: boot phases skipped"
+fi
+
+# ---------------------------------------------------------------------------
+# (c) stage times of a full build (opt-in: slow, needs root and the host tools)
 # ---------------------------------------------------------------------------
 
 build_once() { # label, recipe, extra env -> prints the stage times

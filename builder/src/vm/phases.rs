@@ -289,7 +289,11 @@ pub fn render(b: &BootPhases, bare: Option<(Duration, Duration)>) -> String {
         );
     }
     for a in &b.absent {
-        let _ = writeln!(s, "  {a:<14} {:>8}  (no such line: this image has none)", "-");
+        let _ = writeln!(
+            s,
+            "  {a:<14} {:>8}  (no such line: this image has none)",
+            "-"
+        );
     }
     let _ = writeln!(s, "  every cairn: line (host time, guest uptime):");
     for l in &b.lines {
@@ -345,9 +349,15 @@ mod tests {
             (0.9, "BdsDxe: loading Boot0001 \"UEFI Misc Device\""),
             (6.8, "[    0.000000] Linux version 6.1.0-50-amd64"),
             (9.1, "[    3.900000] Freeing unused kernel image"),
-            (10.3, "[    5.10] cairn: initramfs started (kernel 6.1.0-50-amd64)"),
+            (
+                10.3,
+                "[    5.10] cairn: initramfs started (kernel 6.1.0-50-amd64)",
+            ),
             (11.0, "[    5.80] cairn: modules loaded"),
-            (17.6, "[   12.40] cairn: root verified by dm-verity and mounted read-only"),
+            (
+                17.6,
+                "[   12.40] cairn: root verified by dm-verity and mounted read-only",
+            ),
             (18.4, "[   13.20] cairn: state: disk /dev/vda4, dm-crypt"),
             (19.0, "[   13.80] cairn: starting systemd"),
             (
@@ -356,7 +366,10 @@ mod tests {
             ),
             (28.2, "[   23.00] cairn: firewall loaded: default deny"),
             (60.0, "[   54.80] cairn: image base docker.io/x:1 sha256:aa"),
-            (74.7, "[   69.50] cairn: image inference cairn.local/inference:0.1 sha256:bb"),
+            (
+                74.7,
+                "[   69.50] cairn: image inference cairn.local/inference:0.1 sha256:bb",
+            ),
             (74.9, "[   69.70] cairn: service inference started"),
             (75.0, "[   69.80] cairn: ready"),
         ]
@@ -390,14 +403,17 @@ mod tests {
         // systemd's unit description is not a cairn line.
         assert!(!b.lines.iter().any(|l| l.message.starts_with("import")));
         assert_eq!(b.lines.len(), 10);
-        let table = render(
-            &b,
-            Some((Duration::from_secs(7), Duration::from_secs(5))),
-        );
+        let table = render(&b, Some((Duration::from_secs(7), Duration::from_secs(5))));
         println!("{table}");
         assert!(table.contains("images"), "{table}");
-        assert!(table.contains("a bare kernel + init under the same QEMU: 7.0 s"), "{table}");
-        assert!(table.contains("the appliance adds 68.0 s (10.7x)"), "{table}");
+        assert!(
+            table.contains("a bare kernel + init under the same QEMU: 7.0 s"),
+            "{table}"
+        );
+        assert!(
+            table.contains("the appliance adds 68.0 s (10.7x)"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -463,7 +479,10 @@ mod tests {
         assert_eq!(guest_time("[    0.000000] Linux version"), Some(0.0));
         assert_eq!(guest_time("[  OK  ] Started x"), None);
         assert_eq!(guest_time("[       ?] cairn: starting systemd"), None);
-        assert_eq!(cairn_line_start("[       ?] cairn: starting systemd"), Some(11));
+        assert_eq!(
+            cairn_line_start("[       ?] cairn: starting systemd"),
+            Some(11)
+        );
         assert_eq!(guest_time("cairn: GRUB (BIOS) loading the kernel"), None);
         assert_eq!(cairn_line_start("x - cairn: import"), None);
         assert_eq!(cairn_line_start("[ 1.0] cairn: a"), Some(7));
