@@ -178,6 +178,7 @@ pub fn kernel_cmdline(
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let started = Instant::now();
     check_out_dir(&opts.out_dir)?;
+    check_shim(recipe, opts)?;
     // Tool times count from here (printed against the wall time at the end).
     crate::host::runner::take_tool_times();
     // 1. Resolve: inputs are checked (and fetched) before anything is
@@ -330,6 +331,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             crate::pipeline::sbsign::sign_efi(sb, &u.path, recipe.source_date_epoch)?;
         }
     }
+    // `[boot] shim`: the host's Microsoft-signed shim goes in front of
+    // every signed UKI.
+    let shim = match recipe.shim {
+        Some(_) => Some(crate::pipeline::shim::take_host_shim(&work)?),
+        None => None,
+    };
     // 9. The raw disk (always: the qcow2 and the manifest derive from it).
     let raw_path = if opts.formats.raw {
         media.join(format!("{stem}.raw"))
@@ -340,6 +347,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         crate::media::disk::write_raw(
             &crate::media::disk::DiskInputs {
                 uki: &uki.path,
+                shim: shim.as_ref(),
                 root: &root.path,
                 verity: &verity.hash_path,
                 root_hash: &verity.root_hash,
@@ -360,6 +368,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             .as_ref()
             .map(|u| u.path.as_path())
             .unwrap_or(&uki.path),
+        shim: shim.as_ref(),
         kernel: &composed.vmlinuz,
         initrd: &initrd.path,
         iso_cmdline: &iso_cmdline,
@@ -386,6 +395,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         m.boot = crate::release::secureboot::boot_info(
             recipe.allow_bios,
             opts.secure_boot.as_ref(),
+            shim.as_ref(),
             &uki.path,
             uki_iso.as_ref().map(|u| u.path.as_path()),
             &media,
@@ -454,6 +464,23 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         dir: final_dir,
         root_hash: verity.root_hash,
     })
+}
+
+/// `[boot] shim` needs a Secure Boot key (shim starts only a signed UKI)
+/// and the host's shim files: refused before any input is fetched.
+fn check_shim(recipe: &Recipe, opts: &BuildOptions) -> Result<()> {
+    let Some(at) = &recipe.shim else {
+        return Ok(());
+    };
+    if opts.secure_boot.is_none() {
+        return Err(crate::InputError(format!(
+            "{at}: [boot] shim = true needs --sb-key KEY --sb-cert CERT: shim starts only a UKI \
+             signed with a key the machine trusts (make one with `cairn keygen --secure-boot NAME`, \
+             enrol NAME.sb.cer as a MOK; docs/secure-boot.md)"
+        ))
+        .into());
+    }
+    crate::pipeline::shim::check_host()
 }
 
 /// `-o` must name a folder (or nothing yet): refused before any input is

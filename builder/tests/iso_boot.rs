@@ -54,6 +54,7 @@ fn make_iso(b: &Built, work: &Path, out: &Path) {
     write_iso(
         &IsoInputs {
             uki: &uki,
+            shim: None,
             kernel: &kernel,
             initrd: &initrd,
             cmdline: &b.cmdline,

@@ -340,6 +340,7 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     cairn::media::disk::write_raw(
         &cairn::media::disk::DiskInputs {
             uki: &uki.path,
+            shim: None,
             root: &root.path,
             verity: &verity.hash_path,
             root_hash: &verity.root_hash,

@@ -75,6 +75,8 @@ pub fn state_uuid(root_hash: &Sha256) -> String {
 
 pub struct DiskInputs<'a> {
     pub uki: &'a Path,
+    /// `[boot] shim`: shim and MokManager in front of the UKI on the ESP.
+    pub shim: Option<&'a crate::pipeline::shim::Shim>,
     pub root: &'a Path,
     pub verity: &'a Path,
     pub root_hash: &'a Sha256,
@@ -138,18 +140,20 @@ fn align_mib(v: u64) -> u64 {
     v.div_ceil(MIB) * MIB
 }
 
-/// Plans the partitions: ESP, root, verity, then each model volume and
+/// Plans the partitions: ESP (sized for `esp_payload` bytes of files,
+/// at least 64 MiB), root, verity, then each model volume and
 /// its hash tree, packed from 1 MiB; state takes the rest, which must be
 /// at least `min_state`. The backup GPT needs the last MiB.
 pub fn plan(
-    uki_size: u64,
+    esp_payload: u64,
     root_size: u64,
     verity_size: u64,
     volumes: &[VolumeSizes],
     disk_size: u64,
     min_state: u64,
 ) -> Result<Layout> {
-    let esp_size = align_mib((uki_size + uki_size / 4 + 4 * MIB).max(64 * MIB));
+    // A quarter spare (FAT metadata, a site file) and 4 MiB more.
+    let esp_size = align_mib((esp_payload + esp_payload / 4 + 4 * MIB).max(64 * MIB));
     let esp = (MIB, esp_size);
     let root = (esp.0 + esp.1, align_mib(root_size));
     let verity = (root.0 + root.1, align_mib(verity_size));
@@ -254,8 +258,15 @@ pub fn sfdisk_script(l: &Layout, root_hash: &Sha256) -> String {
     s
 }
 
-/// Makes the FAT ESP image holding the UKI at EFI/BOOT/BOOTX64.EFI.
-pub fn make_esp(uki: &Path, out: &Path, size: u64, volume_id: &str, epoch: u64) -> Result<()> {
+/// Makes the FAT ESP image holding `files` (`media::esp`: the UKI at
+/// EFI/BOOT/BOOTX64.EFI, or shim there in front of it).
+pub fn make_esp(
+    files: &[super::esp::EspFile],
+    out: &Path,
+    size: u64,
+    volume_id: &str,
+    epoch: u64,
+) -> Result<()> {
     let sh = xshell::Shell::new()?;
     sh.set_var("SOURCE_DATE_EPOCH", epoch.to_string());
     sh.set_var("TZ", "UTC");
@@ -267,16 +278,8 @@ pub fn make_esp(uki: &Path, out: &Path, size: u64, volume_id: &str, epoch: u64) 
             "mkfs.vfat -F 32 --invariant -i {volume_id} -n CAIRN-ESP -C {out} {kib}"
         ),
     )?;
-    crate::host::runner::run(
-        "media: ESP",
-        xshell::cmd!(sh, "mmd -i {out} ::/EFI ::/EFI/BOOT"),
-    )?;
     // mtools stamps files with SOURCE_DATE_EPOCH; -m would copy host mtimes.
-    crate::host::runner::run(
-        "media: ESP",
-        xshell::cmd!(sh, "mcopy -i {out} {uki} ::/EFI/BOOT/BOOTX64.EFI"),
-    )?;
-    Ok(())
+    super::esp::fill(&sh, "media: ESP", out, files)
 }
 
 /// Copies `src` into `dst` at `offset`, leaving all-zero blocks as holes.
@@ -344,8 +347,9 @@ pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let files = super::esp::files(inp.uki, inp.shim);
     let layout = plan(
-        size(inp.uki)?,
+        super::esp::payload_size(&files)?,
         size(inp.root)?,
         size(inp.verity)?,
         &vols,
@@ -354,7 +358,7 @@ pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
     )?;
     let esp = work.join("esp.img");
     let vol = &inp.root_hash.hex()[..8];
-    make_esp(inp.uki, &esp, layout.esp.1, vol, inp.epoch)?;
+    make_esp(&files, &esp, layout.esp.1, vol, inp.epoch)?;
 
     {
         let f = File::create(out).with_context(|| format!("media: create {}", out.display()))?;

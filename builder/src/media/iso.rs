@@ -8,6 +8,8 @@
 //! ```text
 //! /boot/boot.cat                     El Torito catalog
 //! /boot/efi.img                      FAT image: EFI/BOOT/BOOTX64.EFI = the UKI
+//!                                    (or shim, mmx64.efi and the UKI as
+//!                                    grubx64.efi: `media::esp`)
 //!                                    (El Torito UEFI entry; also the GPT
 //!                                    "EFI System" partition 2 for USB boot)
 //! /boot/grub/i386-pc/eltorito.img    GRUB core (cdboot + core, modules embedded)
@@ -83,6 +85,8 @@ const GRUB_MODULES: &[&str] = &[
 pub struct IsoInputs<'a> {
     /// UKI whose cmdline has `cairn.roothash=… cairn.medium=iso cairn.state=ram`.
     pub uki: &'a Path,
+    /// `[boot] shim`: shim and MokManager in front of the UKI.
+    pub shim: Option<&'a crate::pipeline::shim::Shim>,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     /// The same command line, used by GRUB for BIOS boot.
@@ -179,11 +183,11 @@ fn graft(iso_path: &str, src: &Path) -> Result<String> {
     ))
 }
 
-/// The EFI image size for a UKI: 1/8 slack plus 2 MiB for FAT metadata,
-/// rounded up to a MiB.
-fn efi_image_size(uki_size: u64) -> u64 {
+/// The EFI image size for its files: 1/8 slack plus 2 MiB for FAT
+/// metadata, rounded up to a MiB.
+fn efi_image_size(payload: u64) -> u64 {
     const MIB: u64 = 1 << 20;
-    (uki_size + uki_size / 8 + 2 * MIB).div_ceil(MIB) * MIB
+    (payload + payload / 8 + 2 * MIB).div_ceil(MIB) * MIB
 }
 
 /// Writes the hybrid ISO at `out`, using `work` for intermediate files.
@@ -223,15 +227,15 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
     sh.set_var("MKISOFSRC", &rc);
     sh.set_var("HOME", &dir);
 
-    // 1. The EFI image: the UKI as the removable-media boot path.
+    // 1. The EFI image: the UKI as the removable-media boot path (or shim
+    // there, in front of it).
     let efi = dir.join("efi.img");
     let _ = std::fs::remove_file(&efi);
-    let uki_size = std::fs::metadata(inp.uki)
-        .with_context(|| format!("iso: UKI {}", inp.uki.display()))?
-        .len();
+    let files = super::esp::files(inp.uki, inp.shim);
+    let payload = super::esp::payload_size(&files)?;
     let serial =
         &Sha256::of_bytes(format!("cairn iso efi {} {epoch}", inp.volume_id).as_bytes()).hex()[..8];
-    let kib = (efi_image_size(uki_size) / 1024).to_string();
+    let kib = (efi_image_size(payload) / 1024).to_string();
     crate::host::runner::run(
         "iso: EFI image",
         xshell::cmd!(
@@ -239,15 +243,7 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
             "mkfs.vfat --invariant -i {serial} -n {EFI_LABEL} -C {efi} {kib}"
         ),
     )?;
-    crate::host::runner::run(
-        "iso: EFI image",
-        xshell::cmd!(sh, "mmd -i {efi} ::/EFI ::/EFI/BOOT"),
-    )?;
-    let uki = inp.uki;
-    crate::host::runner::run(
-        "iso: EFI image",
-        xshell::cmd!(sh, "mcopy -i {efi} {uki} ::/EFI/BOOT/BOOTX64.EFI"),
-    )?;
+    super::esp::fill(&sh, "iso: EFI image", &efi, &files)?;
 
     // 2. GRUB for BIOS: core image with its modules embedded, and grub.cfg.
     let eltorito = dir.join("eltorito.img");
@@ -493,6 +489,7 @@ mod tests {
         std::fs::write(p.join("initrd"), vec![2u8; 3000]).unwrap();
         let inp = IsoInputs {
             uki: Path::new(STUB),
+            shim: None,
             kernel: &p.join("vmlinuz"),
             initrd: &p.join("initrd"),
             cmdline: "console=ttyS0 cairn.roothash=00 cairn.medium=iso cairn.state=ram",

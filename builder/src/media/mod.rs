@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 
 pub mod disk;
+pub mod esp;
 pub mod iso;
 pub mod qcow2;
 
@@ -25,6 +26,8 @@ pub struct MediaInputs<'a> {
     pub raw: &'a Path,
     /// The UKI for ISO media (its command line says `cairn.medium=iso`).
     pub uki_iso: &'a Path,
+    /// `[boot] shim`: shim and MokManager in front of the UKI.
+    pub shim: Option<&'a crate::pipeline::shim::Shim>,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub iso_cmdline: &'a str,
@@ -69,6 +72,7 @@ fn write_iso_row(m: &MediaInputs, out: &Path) -> Result<()> {
     iso::write_iso(
         &iso::IsoInputs {
             uki: m.uki_iso,
+            shim: m.shim,
             kernel: m.kernel,
             initrd: m.initrd,
             cmdline: m.iso_cmdline,

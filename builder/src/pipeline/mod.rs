@@ -11,6 +11,7 @@ pub mod measure;
 pub mod normalise;
 pub mod oci;
 pub mod sbsign;
+pub mod shim;
 pub mod squashfs;
 pub mod uki;
 pub mod verity;

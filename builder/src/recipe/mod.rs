@@ -134,6 +134,9 @@ pub struct Recipe {
     pub debug_unencrypted_state: bool,
     /// `[boot] allow_bios`.
     pub allow_bios: bool,
+    /// `[boot] shim = true`: where it is written (`file:line:col`), for the
+    /// build's error when no Secure Boot key is given. None: no shim.
+    pub shim: Option<String>,
     pub state_mode: StateMode,
     /// `[state] grow`: the initramfs grows the state partition to the end
     /// of the disk.

@@ -289,6 +289,10 @@ pub struct BootSection {
     /// production: `cairn verify --production` refuses it otherwise.
     #[serde(default)]
     pub allow_bios: bool,
+    /// Debian's Microsoft-signed shim in front of the UKI (needs a Secure
+    /// Boot key at build time; the span names the setting in that error).
+    #[serde(default)]
+    pub shim: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -142,6 +142,14 @@ settings! {
         "accept the ISO's legacy BIOS path (GRUB, which no firmware verifies) in production. \
          Recorded in the manifest's `boot.allow_bios`; without it `cairn verify --production` \
          refuses a release that has an ISO. See [secure-boot.md](secure-boot.md).";
+    BOOT_SHIM = ["boot"] "shim": "bool" = Bool(false);
+        "put Debian's Microsoft-signed shim in front of the UKI, for stock machines that keep \
+         their vendor keys: the ESP (raw disk and ISO) holds shim as `EFI/BOOT/BOOTX64.EFI`, \
+         its MokManager as `EFI/BOOT/mmx64.efi` and the UKI as `EFI/BOOT/grubx64.efi`. Shim \
+         starts only a UKI signed with a key the machine trusts, so the build needs `--sb-key` \
+         and `--sb-cert`, and each machine enrols that certificate once as a MOK. The files \
+         come from the build host's `shim-signed` package; their sha256 and package versions \
+         are in the manifest's `boot.shim`. See [secure-boot.md](secure-boot.md).";
 
     DISK_SIZE = ["disk"] "size": "size" = Text("2G");
         "total size of the raw disk (`K`, `M`, `G`, `T` suffixes, powers of 1024)";

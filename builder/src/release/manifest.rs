@@ -16,7 +16,7 @@ use crate::recipe::{Base, Recipe};
 
 /// The format of manifest.json (docs/manifest.schema.json): raise it with every
 /// change of a field, and the schema file with it.
-pub const SCHEMA: u32 = 4;
+pub const SCHEMA: u32 = 5;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -224,6 +224,31 @@ pub struct BootInfo {
     /// The recipe accepts that (`[boot] allow_bios`).
     #[serde(default)]
     pub allow_bios: bool,
+    /// `[boot] shim` (format 5): Debian's Microsoft-signed shim in front of
+    /// the UKI on every ESP, the UKI at shim's second-stage path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim: Option<ShimInfo>,
+}
+
+/// The shim chain on the ESP (the raw disk's and the ISO's EFI image).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShimInfo {
+    /// shim, signed by Microsoft's UEFI CA, at the boot path.
+    pub shim: EspBinary,
+    /// MokManager beside it (shim starts it to enrol a MOK).
+    pub mok_manager: EspBinary,
+    /// Where the UKI is (shim's second stage).
+    pub uki: String,
+}
+
+/// An EFI binary cairn ships but did not build: where it is on the ESP,
+/// its digest, and the build host's Debian package it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EspBinary {
+    pub path: String,
+    pub sha256: Sha256,
+    pub package: String,
+    pub version: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

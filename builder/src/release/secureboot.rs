@@ -1,9 +1,10 @@
 //! Trusted boot in a release: the Secure Boot key pair and its firmware
 //! enrolment material (`cairn keygen --secure-boot`), what the manifest
-//! records (certificate fingerprint, predicted PCR 11, BIOS path), and the
-//! checks `cairn verify` runs on each shipped UKI.
+//! records (certificate fingerprint, predicted PCR 11, BIOS path, shim),
+//! and the checks `cairn verify` runs on each shipped ESP and UKI.
 //! Invariant: a UKI counts as signed only if sbverify accepts it with the
-//! certificate whose fingerprint the signed manifest holds.
+//! certificate whose fingerprint the signed manifest holds; shim and
+//! MokManager count only if their digests are the manifest's.
 
 use std::path::{Path, PathBuf};
 
@@ -12,23 +13,30 @@ use anyhow::{Context, Result};
 use crate::host::digest::Sha256;
 use crate::host::runner::run;
 use crate::pipeline::sbsign::SbKey;
-use crate::release::manifest::{BootInfo, Manifest};
+use crate::media::esp;
+use crate::pipeline::shim::{Shim, ShimFile};
+use crate::release::manifest::{BootInfo, EspBinary, Manifest, ShimInfo};
 
 /// The certificate shipped beside the media (PEM), for sbverify and for
 /// enrolment.
 pub const CERT_FILE: &str = "secure-boot.crt";
 
-/// Fills the manifest's trusted-boot block from the shipped UKIs and the
-/// recipe's `[boot] allow_bios`; copies
+/// Fills the manifest's trusted-boot block from the shipped UKIs, the
+/// shim chain in front of them (if any) and the recipe's
+/// `[boot] allow_bios`; copies
 /// the certificate (only the certificate, never a key bundled with it)
 /// into the release folder `media`.
 pub fn boot_info(
     allow_bios: bool,
     sb: Option<&SbKey>,
+    shim: Option<&Shim>,
     uki: &Path,
     iso_uki: Option<&Path>,
     media: &Path,
 ) -> Result<BootInfo> {
+    if shim.is_some() && sb.is_none() {
+        anyhow::bail!("secure boot: shim without a Secure Boot key would start no UKI");
+    }
     let pcr = |p: &Path| -> Result<Sha256> {
         let data = std::fs::read(p).with_context(|| format!("pcr 11: read {}", p.display()))?;
         crate::pipeline::measure::predict_pcr11(&data)
@@ -52,10 +60,76 @@ pub fn boot_info(
         // The ISO always carries GRUB for BIOS machines.
         bios_boot: iso_uki.is_some(),
         allow_bios,
+        shim: shim.map(shim_info),
     })
 }
 
-/// The checks on each medium in `media` (already digest-checked): the
+fn shim_info(s: &Shim) -> ShimInfo {
+    let bin = |f: &ShimFile, path: &str| EspBinary {
+        path: path.into(),
+        sha256: f.sha256,
+        package: f.package.into(),
+        version: f.version.clone(),
+    };
+    ShimInfo {
+        shim: bin(&s.shim, esp::BOOT_PATH),
+        mok_manager: bin(&s.mok_manager, esp::MOK_MANAGER_PATH),
+        uki: esp::SHIM_NEXT_PATH.into(),
+    }
+}
+
+/// The manifest's shim chain, if its paths are the ones cairn writes
+/// (verify reads the ESP by those, never by a path the manifest makes up).
+fn shim_layout(boot: &BootInfo) -> Result<Option<&ShimInfo>, String> {
+    let Some(s) = &boot.shim else {
+        return Ok(None);
+    };
+    let want = (esp::BOOT_PATH, esp::MOK_MANAGER_PATH, esp::SHIM_NEXT_PATH);
+    if (s.shim.path.as_str(), s.mok_manager.path.as_str(), s.uki.as_str()) != want {
+        return Err(format!(
+            "shim: the manifest places shim, MokManager and the UKI at {}, {}, {}; cairn writes {}, {}, {}",
+            s.shim.path, s.mok_manager.path, s.uki, want.0, want.1, want.2
+        ));
+    }
+    Ok(Some(s))
+}
+
+/// shim and MokManager on the ESP in `image` at `offset` have the
+/// manifest's digests.
+fn check_shim_files(
+    image: &Path,
+    offset: u64,
+    name: &str,
+    shim: &ShimInfo,
+    dir: &Path,
+) -> Result<String, String> {
+    for (i, bin) in [&shim.shim, &shim.mok_manager].into_iter().enumerate() {
+        let dest = dir.join(format!("{name}.shim{i}.efi"));
+        mcopy_file(image, offset, &bin.path, &dest)
+            .map_err(|e| format!("shim: {name}: cannot extract {}: {e}", bin.path))?;
+        let got = Sha256::of_file(&dest).map_err(|e| format!("shim: {name}: {}", one_line(&e)))?;
+        if got != bin.sha256 {
+            return Err(format!(
+                "shim: {name}: {} has sha256 {got}, manifest says {} ({} {})",
+                bin.path, bin.sha256, bin.package, bin.version
+            ));
+        }
+    }
+    Ok(format!(
+        "shim: {name}: {} is {} {} and {} is {} {}, by digest; the UKI is {}",
+        shim.shim.path,
+        shim.shim.package,
+        shim.shim.version,
+        shim.mok_manager.path,
+        shim.mok_manager.package,
+        shim.mok_manager.version,
+        shim.uki
+    ))
+}
+
+/// The checks on each medium in `media` (already digest-checked): with
+/// shim, shim and MokManager on the ESP have the manifest's digests and
+/// the UKI is read from shim's second-stage path; the
 /// UKI's PCR 11 is the manifest's; when the manifest names a certificate,
 /// the shipped certificate has that fingerprint, sbverify accepts the UKI
 /// with it, and the signed UKI's command line carries the root hash. With
@@ -88,6 +162,14 @@ pub fn check(
         }
         None => None,
     };
+    let shim = shim_layout(boot)?;
+    if shim.is_some() && cert.is_none() {
+        return Err(
+            "shim: the manifest puts shim in front of the UKI but names no Secure Boot certificate; shim starts no unsigned UKI"
+                .into(),
+        );
+    }
+    let uki_path = esp::uki_path(shim.is_some());
     let dir = tempfile::tempdir().map_err(|e| format!("secure boot: temporary folder: {e}"))?;
     for name in media {
         let want_pcr = match extension(name).as_str() {
@@ -99,17 +181,17 @@ pub fn check(
         if want_pcr.is_none() && cert.is_none() {
             continue;
         }
-        let (uki, want_pcr) = match extension(name).as_str() {
-            "raw" => (
-                extract_raw_uki(folder, name, manifest, dir.path())?,
-                boot.pcr11_sha256,
-            ),
-            "iso" => (
-                extract_iso_uki(folder, name, dir.path())?,
-                boot.iso_pcr11_sha256,
-            ),
+        let (image, offset) = match extension(name).as_str() {
+            "raw" => raw_esp(folder, name, manifest)?,
+            "iso" => (iso_esp(folder, name, dir.path())?, 0),
             _ => continue,
         };
+        if let Some(s) = shim {
+            checks.push(check_shim_files(&image, offset, name, s, dir.path())?);
+        }
+        let uki = dir.path().join(format!("{name}.efi"));
+        mcopy_file(&image, offset, uki_path, &uki)
+            .map_err(|e| format!("uki: {name}: cannot extract {uki_path}: {e}"))?;
         let data = std::fs::read(&uki).map_err(|e| format!("uki: {name}: {e}"))?;
         if let Some(want) = want_pcr {
             let got = crate::pipeline::measure::predict_pcr11(&data)
@@ -126,7 +208,8 @@ pub fn check(
         if let Some(cert) = &cert {
             crate::pipeline::sbsign::verify_efi(&uki, cert).map_err(|e| {
                 format!(
-                    "secure boot: {name}: BOOTX64.EFI is not signed by {CERT_FILE}: {}",
+                    "secure boot: {name}: {} is not signed by {CERT_FILE}: {}",
+                    file_name(uki_path),
                     one_line(&e)
                 )
             })?;
@@ -141,7 +224,8 @@ pub fn check(
                 ));
             }
             checks.push(format!(
-                "secure boot: {name}: BOOTX64.EFI signature verifies with {CERT_FILE}; its signed command line carries the root hash"
+                "secure boot: {name}: {} signature verifies with {CERT_FILE}; its signed command line carries the root hash",
+                file_name(uki_path)
             ));
         }
     }
@@ -177,6 +261,23 @@ pub fn inspect_lines(boot: &BootInfo) -> Vec<String> {
             "iso pcr 11   {p} (sha256 bank, ISO UKI measured by systemd-stub)"
         ));
     }
+    v.push(match &boot.shim {
+        Some(s) => format!(
+            "shim         {} {} (sha256 {}) at {} starts the UKI at {} only if its signer is enrolled as a MOK; MokManager {} {} at {}",
+            s.shim.package,
+            s.shim.version,
+            s.shim.sha256,
+            s.shim.path,
+            s.uki,
+            s.mok_manager.package,
+            s.mok_manager.version,
+            s.mok_manager.path
+        ),
+        None => format!(
+            "shim         none: the firmware starts the UKI at {} itself (its db must trust the certificate)",
+            esp::BOOT_PATH
+        ),
+    });
     v.push(match (boot.bios_boot, boot.allow_bios) {
         (false, _) => "bios boot    off: every boot path is firmware-verified UEFI".into(),
         (true, true) => "bios boot    ON, UNVERIFIED: the ISO boots BIOS machines through GRUB, which no firmware checks (accepted by [boot] allow_bios)".into(),
@@ -199,40 +300,35 @@ fn extension(name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// mcopy EFI/BOOT/BOOTX64.EFI out of the FAT image at `offset` of `image`.
-fn mcopy_uki(image: &Path, offset: u64, dest: &Path) -> Result<(), String> {
-    let src = format!("{}@@{offset}", image.display());
-    let sh = xshell::Shell::new().map_err(|e| e.to_string())?;
-    sh.set_var("MTOOLS_SKIP_CHECK", "1");
-    run(
-        "uki",
-        xshell::cmd!(sh, "mcopy -n -i {src} ::/EFI/BOOT/BOOTX64.EFI {dest}"),
-    )
-    .map(|_| ())
-    .map_err(|e| one_line(&e))
+/// The last part of an ESP path (`BOOTX64.EFI`, `grubx64.efi`), for messages.
+pub fn file_name(esp_path: &str) -> &str {
+    esp_path.rsplit('/').next().unwrap_or(esp_path)
 }
 
-/// The raw disk's UKI, from the ESP where the manifest (checked against the
-/// GPT by verify) puts it.
-fn extract_raw_uki(
-    folder: &Path,
-    name: &str,
-    manifest: &Manifest,
-    dir: &Path,
-) -> Result<PathBuf, String> {
+/// mcopy `esp_path` out of the FAT image at `offset` of `image`.
+fn mcopy_file(image: &Path, offset: u64, esp_path: &str, dest: &Path) -> Result<(), String> {
+    let src = format!("{}@@{offset}", image.display());
+    let from = format!("::/{esp_path}");
+    let sh = xshell::Shell::new().map_err(|e| e.to_string())?;
+    sh.set_var("MTOOLS_SKIP_CHECK", "1");
+    run("uki", xshell::cmd!(sh, "mcopy -n -i {src} {from} {dest}"))
+        .map(|_| ())
+        .map_err(|e| one_line(&e))
+}
+
+/// The raw disk's ESP, where the manifest (checked against the GPT by
+/// verify) puts it.
+fn raw_esp(folder: &Path, name: &str, manifest: &Manifest) -> Result<(PathBuf, u64), String> {
     let esp = manifest
         .partitions
         .iter()
         .find(|p| p.label == crate::media::disk::LABEL_ESP)
         .ok_or_else(|| format!("uki: {name}: the manifest has no ESP partition"))?;
-    let dest = dir.join(format!("{name}.efi"));
-    mcopy_uki(&folder.join(name), esp.offset, &dest)
-        .map_err(|e| format!("uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"))?;
-    Ok(dest)
+    Ok((folder.join(name), esp.offset))
 }
 
-/// The ISO's UKI, from its El Torito EFI image.
-fn extract_iso_uki(folder: &Path, name: &str, dir: &Path) -> Result<PathBuf, String> {
+/// The ISO's El Torito EFI image, extracted into `dir`.
+fn iso_esp(folder: &Path, name: &str, dir: &Path) -> Result<PathBuf, String> {
     let efi = dir.join(format!("{name}.efi.img"));
     crate::media::iso::read_file_from_iso(&folder.join(name), crate::media::iso::ISO_EFI_IMG, &efi)
         .map_err(|e| {
@@ -242,10 +338,7 @@ fn extract_iso_uki(folder: &Path, name: &str, dir: &Path) -> Result<PathBuf, Str
                 one_line(&e)
             )
         })?;
-    let dest = dir.join(format!("{name}.efi"));
-    mcopy_uki(&efi, 0, &dest)
-        .map_err(|e| format!("uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"))?;
-    Ok(dest)
+    Ok(efi)
 }
 
 /// The files `keygen` writes for prefix `name`.
@@ -404,7 +497,7 @@ mod tests {
         let iso = uki(d.path(), "iso.efi", "cairn.medium=iso", Some(&key));
         let media = d.path().join("media");
         std::fs::create_dir(&media).unwrap();
-        let b = boot_info(false, Some(&key), &raw, Some(&iso), &media).unwrap();
+        let b = boot_info(false, Some(&key), None, &raw, Some(&iso), &media).unwrap();
         assert_eq!(
             b.secure_boot_cert_sha256,
             Some(crate::pipeline::sbsign::cert_fingerprint(&key.cert).unwrap())
@@ -422,7 +515,7 @@ mod tests {
         // Without a key or an ISO: unsigned, no BIOS path.
         let media2 = d.path().join("media2");
         std::fs::create_dir(&media2).unwrap();
-        let b = boot_info(false, None, &raw, None, &media2).unwrap();
+        let b = boot_info(false, None, None, &raw, None, &media2).unwrap();
         assert_eq!(b.secure_boot_cert_sha256, None);
         assert!(!b.bios_boot && b.iso_pcr11_sha256.is_none());
         assert!(!media2.join(CERT_FILE).exists());

@@ -120,6 +120,7 @@ fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
     let disk = cairn::media::disk::write_raw(
         &cairn::media::disk::DiskInputs {
             uki: &uki,
+            shim: None,
             root: &root,
             verity: &tree.hash_path,
             root_hash: &tree.root_hash,

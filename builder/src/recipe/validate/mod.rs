@@ -281,6 +281,12 @@ impl<'a> Validator<'a> {
             debug_console: f.debug.console,
             debug_unencrypted_state: f.debug.unencrypted_state,
             allow_bios: f.boot.allow_bios,
+            shim: f
+                .boot
+                .shim
+                .as_ref()
+                .filter(|s| *s.get_ref())
+                .map(|s| self.at(s.span())),
             state_mode: state.mode,
             state_grow: state.grow,
             ram_size: state.ram_size,

@@ -79,11 +79,9 @@ pub(super) fn check_raw(
         check_volume(&mut f, data.offset, data.size, vol, name, checks)?;
     }
 
-    let uki = extract_uki(path, esp.offset).map_err(|e| {
-        failed(format!(
-            "uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"
-        ))
-    })?;
+    let uki_path = uki_path(manifest);
+    let uki = extract_uki(path, esp.offset, uki_path)
+        .map_err(|e| failed(format!("uki: {name}: cannot extract {uki_path}: {e}")))?;
     check_uki_cmdline(
         &uki,
         name,
@@ -147,8 +145,9 @@ fn check_uki_cmdline(
     field: &str,
     checks: &mut Vec<String>,
 ) -> Result<(), VerifyError> {
+    let file = crate::release::secureboot::file_name(uki_path(manifest));
     let cmdline = crate::pipeline::uki::read_cmdline(uki)
-        .map_err(|e| failed(format!("uki: {name}: BOOTX64.EFI: {e:#}")))?;
+        .map_err(|e| failed(format!("uki: {name}: {file}: {e:#}")))?;
     let wants = std::iter::once(format!("cairn.roothash={}", manifest.verity.root_hash)).chain(
         manifest
             .volumes
@@ -158,17 +157,17 @@ fn check_uki_cmdline(
     for want in wants {
         if !cmdline.split_ascii_whitespace().any(|t| t == want) {
             return Err(failed(format!(
-                "uki: {name}: BOOTX64.EFI command line lacks {want}: {cmdline:?}"
+                "uki: {name}: {file} command line lacks {want}: {cmdline:?}"
             )));
         }
     }
     if Some(&cmdline) != recorded {
         return Err(failed(format!(
-            "uki: {name}: BOOTX64.EFI command line {cmdline:?} differs from manifest {field} {recorded:?}"
+            "uki: {name}: {file} command line {cmdline:?} differs from manifest {field} {recorded:?}"
         )));
     }
     checks.push(format!(
-        "uki: {name}: BOOTX64.EFI command line carries cairn.roothash, every cairn.volume and matches {MANIFEST}"
+        "uki: {name}: {file} command line carries cairn.roothash, every cairn.volume and matches {MANIFEST}"
     ));
     Ok(())
 }
@@ -243,11 +242,9 @@ pub(super) fn check_iso(
             ))
         },
     )?;
-    let uki = extract_uki(&efi, 0).map_err(|e| {
-        failed(format!(
-            "uki: {name}: cannot extract EFI/BOOT/BOOTX64.EFI: {e}"
-        ))
-    })?;
+    let uki_path = uki_path(manifest);
+    let uki = extract_uki(&efi, 0, uki_path)
+        .map_err(|e| failed(format!("uki: {name}: cannot extract {uki_path}: {e}")))?;
     check_uki_cmdline(
         &uki,
         name,
@@ -258,16 +255,22 @@ pub(super) fn check_iso(
     )
 }
 
-/// Copy EFI/BOOT/BOOTX64.EFI out of the FAT ESP at `offset` with mtools.
-fn extract_uki(image: &Path, offset: u64) -> Result<Vec<u8>, String> {
+/// Where the UKI is on the medium's ESP: the boot path, or behind shim.
+fn uki_path(manifest: &Manifest) -> &'static str {
+    crate::media::esp::uki_path(manifest.boot.shim.is_some())
+}
+
+/// Copy the UKI at `esp_path` out of the FAT ESP at `offset` with mtools.
+fn extract_uki(image: &Path, offset: u64, esp_path: &str) -> Result<Vec<u8>, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let dest = dir.path().join("BOOTX64.EFI");
+    let dest = dir.path().join("uki.efi");
     let src = format!("{}@@{offset}", image.display());
+    let from = format!("::/{esp_path}");
     let sh = xshell::Shell::new().map_err(|e| e.to_string())?;
     sh.set_var("MTOOLS_SKIP_CHECK", "1");
     crate::host::runner::run(
         "uki",
-        xshell::cmd!(sh, "mcopy -n -i {src} ::/EFI/BOOT/BOOTX64.EFI {dest}"),
+        xshell::cmd!(sh, "mcopy -n -i {src} {from} {dest}"),
     )
     .map_err(|e| {
         format!("{e:#}")
