@@ -12,8 +12,10 @@ APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstoo
 	sbsigntool efitools faketime openssl swtpm swtpm-tools tpm2-tools shim-signed \
 	busybox-static
 # qemu comes from bookworm-backports so qemu-system-x86 matches the
-# backported qemu-utils these machines ship with.
-QEMU_PACKAGES := qemu-system-x86 qemu-utils
+# backported qemu-utils these machines ship with; python3-virt-firmware
+# (virt-fw-vars: a MOK in an OVMF variable store, for the shim boot test)
+# is only there.
+QEMU_PACKAGES := qemu-system-x86 qemu-utils python3-virt-firmware
 
 .PHONY: all deps ensure-deps build image test unit-test qemu-test lint bench clean doctor repro fuzz validators
 

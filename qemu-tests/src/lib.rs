@@ -64,7 +64,110 @@ fn build(name: &str) -> Result<Built, String> {
     build_with(name, settings)
 }
 
+/// A test image built as a signed Secure Boot release: every UKI signed by
+/// the build itself (`--sb-key`) with Debian's snakeoil key, SHA256 signed
+/// with a throwaway signify key, raw disk and ISO.
+pub struct SecureBootBuilt {
+    pub built: Built,
+    /// The signify public key that verifies the release.
+    pub pubkey: PathBuf,
+}
+
+/// Builds `qemu-tests/recipes/NAME.toml` once per test process as a
+/// [`SecureBootBuilt`] release.
+pub fn built_secure_boot(name: &str) -> &'static SecureBootBuilt {
+    configure_qemu();
+    static BUILT: OnceLock<Mutex<HashMap<String, &'static Result<SecureBootBuilt, String>>>> =
+        OnceLock::new();
+    let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut g = map.lock().unwrap_or_else(|e| e.into_inner());
+    let r: &'static Result<SecureBootBuilt, String> = match g.get(name) {
+        Some(r) => r,
+        None => {
+            let r = Box::leak(Box::new(build_secure_boot(name)));
+            g.insert(name.to_string(), r);
+            r
+        }
+    };
+    match r {
+        Ok(b) => b,
+        Err(e) => panic!("building the signed test image {name} failed: {e}"),
+    }
+}
+
+/// Debian's snakeoil key (what `OVMF_VARS_4M.snakeoil.fd` trusts, and what
+/// the shim tests enrol as a MOK), decrypted into `dir`: sbsign reads no
+/// passphrase.
+pub fn snakeoil_key(dir: &Path) -> cairn::pipeline::sbsign::SbKey {
+    use cairn::vm::trusted;
+    testkit::file(trusted::SNAKEOIL_KEY, "ovmf");
+    let key = dir.join("snakeoil.key");
+    let mut cmd = cairn::host::runner::command("openssl");
+    cmd.args(["pkey", "-in", trusted::SNAKEOIL_KEY, "-passin"])
+        .arg(format!("pass:{}", trusted::SNAKEOIL_PASSPHRASE))
+        .arg("-out")
+        .arg(&key);
+    cairn::host::runner::output("snakeoil key", cmd).unwrap_or_else(|e| panic!("{e:#}"));
+    cairn::pipeline::sbsign::SbKey::load(&key, Path::new(trusted::SNAKEOIL_CERT))
+        .unwrap_or_else(|e| panic!("snakeoil key: {e:#}"))
+}
+
+fn build_secure_boot(name: &str) -> Result<SecureBootBuilt, String> {
+    let settings = cairn::cli::settings_from_env().map_err(|e| format!("{e:#}"))?;
+    let keys = workspace().join(format!("target/qemu-tests/keys/{name}"));
+    std::fs::create_dir_all(&keys).map_err(|e| format!("{}: {e}", keys.display()))?;
+    let sb = snakeoil_key(&keys);
+    let signify = cairn::release::signify::generate();
+    let sec = keys.join("release.sec");
+    let pubkey = keys.join("release.pub");
+    let text = signify
+        .to_file_text("qemu-tests throwaway key", None)
+        .map_err(|e| format!("{e:#}"))?;
+    std::fs::write(&sec, text).map_err(|e| format!("{}: {e}", sec.display()))?;
+    std::fs::write(
+        &pubkey,
+        signify.public().to_file_text("qemu-tests throwaway key"),
+    )
+    .map_err(|e| format!("{}: {e}", pubkey.display()))?;
+    let built = build_opts(
+        name,
+        settings,
+        cairn::build::Formats {
+            raw: true,
+            iso: true,
+            qcow2: false,
+        },
+        Some(cairn::release::sign::SigningKey {
+            path: sec,
+            passphrase: None,
+        }),
+        Some(sb),
+    )?;
+    Ok(SecureBootBuilt { built, pubkey })
+}
+
 fn build_with(name: &str, settings: cairn::inputs::plan::Settings) -> Result<Built, String> {
+    // The main test image is booted in every format; the control
+    // images only as raw disks.
+    let formats = if name == "tiny" {
+        cairn::build::Formats::default()
+    } else {
+        cairn::build::Formats {
+            raw: true,
+            iso: false,
+            qcow2: false,
+        }
+    };
+    build_opts(name, settings, formats, None, None)
+}
+
+fn build_opts(
+    name: &str,
+    settings: cairn::inputs::plan::Settings,
+    formats: cairn::build::Formats,
+    key: Option<cairn::release::sign::SigningKey>,
+    secure_boot: Option<cairn::pipeline::sbsign::SbKey>,
+) -> Result<Built, String> {
     let ws = workspace();
     // A bare name is a test recipe; a path is relative to the workspace
     // (the boot tests also build the default recipe, recipes/field-ai.toml).
@@ -82,19 +185,9 @@ fn build_with(name: &str, settings: cairn::inputs::plan::Settings) -> Result<Bui
         &cairn::build::BuildOptions {
             out_dir: out,
             settings,
-            // The main test image is booted in every format; the control
-            // images only as raw disks.
-            formats: if name == "tiny" {
-                cairn::build::Formats::default()
-            } else {
-                cairn::build::Formats {
-                    raw: true,
-                    iso: false,
-                    qcow2: false,
-                }
-            },
-            key: None,
-            secure_boot: None,
+            formats,
+            key,
+            secure_boot,
             offline: false,
             update_lock: false,
         },

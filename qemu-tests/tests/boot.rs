@@ -14,6 +14,7 @@ mod boot {
     pub mod production;
     pub mod raw;
     pub mod secureboot;
+    pub mod shim;
     pub mod site;
     pub mod volumes;
     pub mod workloads;

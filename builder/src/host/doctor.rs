@@ -126,6 +126,11 @@ pub const TOOLS: &[Tool] = &[
         needed_for: "reading PCRs on a host with a TPM (optional)",
     },
     Tool {
+        name: "virt-fw-vars",
+        package: "python3-virt-firmware",
+        needed_for: "shim boot tests (a MOK in the OVMF variable store; bookworm-backports)",
+    },
+    Tool {
         name: "signify-openbsd",
         package: "signify-openbsd",
         needed_for: "interop tests (optional)",
@@ -161,7 +166,17 @@ pub const FILES: &[(&str, &str, &str)] = &[
     (
         "/usr/lib/shim/shimx64.efi.signed",
         "shim-signed",
-        "shim for stock Secure Boot laptops (optional)",
+        "[boot] shim: Microsoft-signed shim for stock Secure Boot machines",
+    ),
+    (
+        "/usr/lib/shim/mmx64.efi.signed",
+        "shim-helpers-amd64-signed",
+        "[boot] shim: MokManager beside shim",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+        "ovmf",
+        "shim boot tests (Microsoft's keys)",
     ),
 ];
 

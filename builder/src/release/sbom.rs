@@ -312,6 +312,26 @@ fn other_inputs(m: &Manifest) -> impl Iterator<Item = (&str, Sha256)> {
         .filter_map(|i| i.sha256.map(|d| (i.kind.as_str(), d)))
 }
 
+/// EFI binaries on the ESP that cairn ships but did not build: shim and
+/// MokManager, from the build host's packages (`[boot] shim`).
+fn esp_binaries(m: &Manifest) -> Vec<&crate::release::manifest::EspBinary> {
+    m.boot
+        .shim
+        .iter()
+        .flat_map(|s| [&s.shim, &s.mok_manager])
+        .collect()
+}
+
+/// The purl of a build host's Debian package (amd64: the only EFI
+/// architecture cairn ships).
+fn host_deb_purl(b: &crate::release::manifest::EspBinary) -> String {
+    format!(
+        "pkg:deb/debian/{}@{}?arch=amd64",
+        purl_escape(&b.package.to_ascii_lowercase()),
+        purl_escape(&b.version)
+    )
+}
+
 /// The SPDX 2.3 document.
 pub fn spdx(m: &Manifest, c: &Contents) -> Value {
     let stem = format!("{}-{}", m.image.name, m.image.version);
@@ -426,6 +446,23 @@ pub fn spdx(m: &Manifest, c: &Contents) -> Value {
         v["comment"] = json!(format!("policy bundle: {}", policy.files.join(", ")));
         packages.push(v);
         rels.push(rel(release, "CONTAINS", "SPDXRef-Policy"));
+    }
+    for (i, b) in esp_binaries(m).into_iter().enumerate() {
+        let id = format!("SPDXRef-Efi-{i}-{}", spdx_id_part(&b.package));
+        let mut v = plain(&id, &b.package, Some(&b.version));
+        v["checksums"] = sha(&b.sha256);
+        v["primaryPackagePurpose"] = json!("APPLICATION");
+        v["comment"] = json!(format!(
+            "{} on the ESP, from the build host's Debian package",
+            b.path
+        ));
+        v["externalRefs"] = json!([{
+            "referenceCategory": "PACKAGE-MANAGER",
+            "referenceType": "purl",
+            "referenceLocator": host_deb_purl(b),
+        }]);
+        packages.push(v);
+        rels.push(rel(release, "CONTAINS", &id));
     }
     for (kind, d) in other_inputs(m) {
         let id = format!("SPDXRef-Input-{}", spdx_id_part(kind));
@@ -565,6 +602,19 @@ pub fn cyclonedx(m: &Manifest, c: &Contents) -> Value {
             "name": "policy",
             "hashes": hashes(&policy.sha256),
             "properties": [prop("cairn:role", "policy-bundle")],
+        }));
+    }
+    for b in esp_binaries(m) {
+        let bref = format!("efi:{}", b.path);
+        contains.push(bref.clone());
+        components.push(json!({
+            "type": "application",
+            "bom-ref": bref,
+            "name": b.package,
+            "version": b.version,
+            "hashes": hashes(&b.sha256),
+            "purl": host_deb_purl(b),
+            "properties": [prop("cairn:esp:path", &b.path), prop("cairn:role", "boot-loader")],
         }));
     }
     for (kind, d) in other_inputs(m) {
@@ -889,6 +939,53 @@ mod tests {
             .as_str()
             .unwrap()
             .ends_with("_amd64.deb"));
+    }
+
+    #[test]
+    fn shim_and_mok_manager_are_listed_by_digest_and_host_package() {
+        let (mut m, c) = (manifest(), contents());
+        let none = (spdx(&m, &c), cyclonedx(&m, &c));
+        let bin = |path: &str, package: &str| crate::release::manifest::EspBinary {
+            path: path.into(),
+            sha256: Sha256::of_bytes(package.as_bytes()),
+            package: package.into(),
+            version: "1.51~1+deb12u1".into(),
+        };
+        m.boot.shim = Some(crate::release::manifest::ShimInfo {
+            shim: bin("EFI/BOOT/BOOTX64.EFI", "shim-signed"),
+            mok_manager: bin("EFI/BOOT/mmx64.efi", "shim-helpers-amd64-signed"),
+            uki: "EFI/BOOT/grubx64.efi".into(),
+        });
+        let d = spdx(&m, &c);
+        let shim = d["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "shim-signed")
+            .expect("shim in the SPDX document");
+        assert_eq!(
+            shim["checksums"][0]["checksumValue"],
+            Sha256::of_bytes(b"shim-signed").hex()
+        );
+        assert_eq!(
+            shim["externalRefs"][0]["referenceLocator"],
+            "pkg:deb/debian/shim-signed@1.51~1%2Bdeb12u1?arch=amd64"
+        );
+        let x = cyclonedx(&m, &c);
+        let comps = x["components"].as_array().unwrap();
+        let mm = comps
+            .iter()
+            .find(|c| c["name"] == "shim-helpers-amd64-signed")
+            .expect("MokManager in the CycloneDX document");
+        assert_eq!(mm["bom-ref"], "efi:EFI/BOOT/mmx64.efi");
+        assert!(x["dependencies"][0]["dependsOn"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "efi:EFI/BOOT/BOOTX64.EFI"));
+        // Control: without shim, neither document names it.
+        assert!(!none.0.to_string().contains("shim-signed"));
+        assert!(!none.1.to_string().contains("shim-signed"));
     }
 
     #[test]

@@ -39,18 +39,57 @@ fn plain(p: &Path) -> Result<String> {
     Ok(s.to_string())
 }
 
-/// Arguments for OVMF with Secure Boot enforcing: SMM on, the secboot code
-/// read-only, a private copy of the snakeoil variable store in `dir`.
-pub fn secure_boot_args(dir: &Path) -> Result<Vec<String>> {
-    for p in [OVMF_CODE_SECBOOT, OVMF_VARS_SNAKEOIL] {
+/// Variable store of a stock machine: Microsoft's KEK and db (the Windows
+/// and the third-party UEFI CA, which signed shim), Secure Boot enabled.
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+/// The owner GUID the tests give a MOK they enrol (shim's own GUID).
+const MOK_OWNER: &str = "605dab50-e046-4300-abb6-3dd810dd8b23";
+
+fn check_firmware(files: &[&str]) -> Result<()> {
+    for p in files {
         if !Path::new(p).is_file() {
             bail!("{p} not found; install the Debian package ovmf");
         }
     }
+    Ok(())
+}
+
+/// Arguments for OVMF with Secure Boot enforcing: SMM on, the secboot code
+/// read-only, a private copy of the snakeoil variable store in `dir`.
+pub fn secure_boot_args(dir: &Path) -> Result<Vec<String>> {
+    check_firmware(&[OVMF_CODE_SECBOOT, OVMF_VARS_SNAKEOIL])?;
     let vars = dir.join("OVMF_VARS_snakeoil.fd");
     fs::copy(OVMF_VARS_SNAKEOIL, &vars)
         .with_context(|| format!("copy {OVMF_VARS_SNAKEOIL} to {}", vars.display()))?;
-    fs::set_permissions(&vars, fs::Permissions::from_mode(0o600))?;
+    secure_boot_vars_args(&vars)
+}
+
+/// Arguments for a stock machine with Secure Boot enforcing: Microsoft's
+/// keys only ([`OVMF_VARS_MS`], copied into `dir`), and each of `moks`
+/// (PEM certificates) in shim's MokList, as if enrolled with `mokutil
+/// --import` and MokManager (`virt-fw-vars --add-mok`, Debian's
+/// python3-virt-firmware).
+pub fn stock_secure_boot_args(dir: &Path, moks: &[&Path]) -> Result<Vec<String>> {
+    check_firmware(&[OVMF_CODE_SECBOOT, OVMF_VARS_MS])?;
+    let vars = dir.join("OVMF_VARS_ms.fd");
+    if moks.is_empty() {
+        fs::copy(OVMF_VARS_MS, &vars)
+            .with_context(|| format!("copy {OVMF_VARS_MS} to {}", vars.display()))?;
+    } else {
+        let mut cmd = runner::command("virt-fw-vars");
+        cmd.arg("--input").arg(OVMF_VARS_MS).arg("--output").arg(&vars);
+        for m in moks {
+            cmd.arg("--add-mok").arg(MOK_OWNER).arg(m);
+        }
+        runner::output("stock secure boot: virt-fw-vars", cmd).context(
+            "install python3-virt-firmware from bookworm-backports (make deps)",
+        )?;
+    }
+    secure_boot_vars_args(&vars)
+}
+
+fn secure_boot_vars_args(vars: &Path) -> Result<Vec<String>> {
+    fs::set_permissions(vars, fs::Permissions::from_mode(0o600))?;
     Ok(vec![
         "-machine".into(),
         "smm=on".into(),
@@ -59,7 +98,7 @@ pub fn secure_boot_args(dir: &Path) -> Result<Vec<String>> {
         "-drive".into(),
         format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SECBOOT}"),
         "-drive".into(),
-        format!("if=pflash,format=raw,unit=1,file={}", plain(&vars)?),
+        format!("if=pflash,format=raw,unit=1,file={}", plain(vars)?),
     ])
 }
 
