@@ -154,3 +154,36 @@ fn out_naming_a_file_is_refused_and_the_file_kept() {
     );
     assert_eq!(std::fs::read(d.path().join("out")).unwrap(), b"keep me");
 }
+
+#[test]
+fn shim_without_a_secure_boot_key_is_bad_input_and_with_one_gets_past_it() {
+    let text = GOOD.replace("SHA", &good_sha()) + "\n[boot]\nshim = true\n";
+    build_fails(
+        &text,
+        "r.toml:10:8",
+        "[boot] shim = true needs --sb-key KEY --sb-cert CERT",
+    );
+    // Control: `check` needs no key, and a build with one goes on to the
+    // next step (here the fake base tarball, which it cannot read).
+    let d = setup();
+    std::fs::write(d.path().join("r.toml"), &text).unwrap();
+    let (code, _out, err) = cairn(&["check", "r.toml"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let (code, _out, err) = cairn(&["keygen", "--secure-boot", "sb"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let (code, _out, err) = cairn(
+        &[
+            "build",
+            "r.toml",
+            "-o",
+            "out",
+            "--sb-key",
+            "sb.sb.key",
+            "--sb-cert",
+            "sb.sb.crt",
+        ],
+        d.path(),
+    );
+    assert_ne!(code, 0);
+    assert!(!err.contains("[boot] shim"), "{err}");
+}

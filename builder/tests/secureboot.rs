@@ -3,6 +3,10 @@
 //! certificate shipped as secure-boot.crt, its fingerprint in the manifest)
 //! verifies; a changed signature, certificate or fingerprint, a wrong
 //! PCR 11 prediction, and an unaccepted BIOS path in production do not.
+//! With shim in front (`[boot] shim`, laid out as the build lays it out):
+//! shim and MokManager are checked by digest and the UKI behind them as
+//! before; another shim, a missing MokManager, or a manifest that does not
+//! match the layout fail.
 
 use std::path::Path;
 
@@ -228,4 +232,190 @@ fn production_refuses_an_unaccepted_bios_path() {
     assert!(text.contains("bios boot    ON, UNVERIFIED"), "{text}");
     assert!(text.contains("accepted by [boot] allow_bios"), "{text}");
     assert!(text.contains("pcr 11       "), "{text}");
+}
+
+/// Runs mtools' `tool` with `args` on the raw's ESP (`fat` is
+/// `image@@offset`).
+fn mtool(tool: &str, args: &[&std::ffi::OsStr]) {
+    let mut cmd = cairn::host::runner::command(tool);
+    cmd.env("MTOOLS_SKIP_CHECK", "1").args(args);
+    cairn::host::runner::output("test", cmd).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Records the raw's new digest and size in the manifest and re-signs.
+fn raw_changed(s: &Signed) {
+    let digest = Sha256::of_file(&s.raw()).unwrap();
+    let size = std::fs::metadata(s.raw()).unwrap().len();
+    edit_manifest(&s.dir, |v| {
+        for o in v["outputs"].as_array_mut().unwrap() {
+            if o["file"] == RAW {
+                o["sha256"] = digest.hex().into();
+                o["size"] = size.into();
+            }
+        }
+    });
+    resign(s, Some(digest));
+}
+
+/// The signed test image laid out as a `[boot] shim` build lays out its
+/// ESP: the host's shim as BOOTX64.EFI, MokManager beside it, the signed
+/// UKI as grubx64.efi; the manifest's `boot.shim` names them.
+fn shim_folder() -> Signed {
+    use cairn::pipeline::shim::{HOST_MOK_MANAGER, HOST_SHIM};
+    testkit::file(HOST_SHIM, "shim-signed");
+    let (s, _key) = secure_boot_folder();
+    let fat = format!("{}@@{}", s.raw().display(), esp_offset(&s.dir));
+    let uki = s.tmp.path().join("uki.efi");
+    mtool(
+        "mcopy",
+        &[
+            "-n".as_ref(),
+            "-i".as_ref(),
+            fat.as_ref(),
+            "::/EFI/BOOT/BOOTX64.EFI".as_ref(),
+            uki.as_os_str(),
+        ],
+    );
+    // shim over the UKI first: the ESP holds one UKI.
+    for (from, to) in [
+        (Path::new(HOST_SHIM), "::/EFI/BOOT/BOOTX64.EFI"),
+        (Path::new(HOST_MOK_MANAGER), "::/EFI/BOOT/mmx64.efi"),
+        (uki.as_path(), "::/EFI/BOOT/grubx64.efi"),
+    ] {
+        mtool(
+            "mcopy",
+            &[
+                "-o".as_ref(),
+                "-i".as_ref(),
+                fat.as_ref(),
+                from.as_os_str(),
+                to.as_ref(),
+            ],
+        );
+    }
+    let digest = |p: &str| Sha256::of_file(Path::new(p)).unwrap().hex();
+    let (shim, mm) = (digest(HOST_SHIM), digest(HOST_MOK_MANAGER));
+    edit_manifest(&s.dir, |v| {
+        v["boot"]["shim"] = serde_json::json!({
+            "shim": {"path": "EFI/BOOT/BOOTX64.EFI", "sha256": shim,
+                     "package": "shim-signed", "version": "1.51"},
+            "mok_manager": {"path": "EFI/BOOT/mmx64.efi", "sha256": mm,
+                            "package": "shim-helpers-amd64-signed", "version": "1"},
+            "uki": "EFI/BOOT/grubx64.efi",
+        })
+    });
+    raw_changed(&s);
+    s
+}
+
+#[test]
+fn with_shim_verify_checks_its_digests_and_finds_the_signed_uki_behind_it() {
+    let s = shim_folder();
+    let text = verify(&s, false).unwrap().to_string();
+    println!("{text}");
+    for want in [
+        "shim: cairn-test-1.raw: EFI/BOOT/BOOTX64.EFI is shim-signed 1.51 and EFI/BOOT/mmx64.efi is shim-helpers-amd64-signed 1, by digest; the UKI is EFI/BOOT/grubx64.efi",
+        "secure boot: cairn-test-1.raw: grubx64.efi signature verifies with secure-boot.crt; its signed command line carries the root hash",
+        "uki: cairn-test-1.raw: grubx64.efi command line carries cairn.roothash",
+        "pcr 11: cairn-test-1.raw: UKI measures to the predicted",
+    ] {
+        assert!(text.contains(want), "{want:?} missing: {text}");
+    }
+    let inspect = cairn::release::inspect::inspect(&s.dir)
+        .unwrap()
+        .render_text();
+    assert!(
+        inspect.contains("shim         shim-signed 1.51 (sha256 ")
+            && inspect.contains(
+                "starts the UKI at EFI/BOOT/grubx64.efi only if its signer is enrolled as a MOK"
+            ),
+        "{inspect}"
+    );
+
+    // The manifest without shim: BOOTX64.EFI is then read as the UKI,
+    // and shim is no UKI.
+    let good = std::fs::read(s.dir.join("manifest.json")).unwrap();
+    edit_manifest(&s.dir, |v| {
+        v["boot"].as_object_mut().unwrap().remove("shim");
+    });
+    resign(&s, None);
+    let m = failed(verify(&s, false));
+    assert!(m.contains("BOOTX64.EFI"), "{m}");
+    // A shim chain with no certificate: shim would start nothing.
+    std::fs::write(s.dir.join("manifest.json"), &good).unwrap();
+    edit_manifest(&s.dir, |v| {
+        v["boot"]["secure_boot_cert_sha256"] = serde_json::Value::Null
+    });
+    resign(&s, None);
+    let m = failed(verify(&s, false));
+    assert!(m.contains("names no Secure Boot certificate"), "{m}");
+    // Control: the manifest as it was verifies again.
+    std::fs::write(s.dir.join("manifest.json"), &good).unwrap();
+    resign(&s, None);
+    verify(&s, false).unwrap();
+}
+
+#[test]
+fn with_shim_another_shim_or_a_missing_mok_manager_is_rejected() {
+    let s = shim_folder();
+    let fat = format!("{}@@{}", s.raw().display(), esp_offset(&s.dir));
+    // Another EFI binary where shim should be (MokManager, also signed).
+    let mm = Path::new(cairn::pipeline::shim::HOST_MOK_MANAGER);
+    mtool(
+        "mcopy",
+        &[
+            "-o".as_ref(),
+            "-i".as_ref(),
+            fat.as_ref(),
+            mm.as_os_str(),
+            "::/EFI/BOOT/BOOTX64.EFI".as_ref(),
+        ],
+    );
+    raw_changed(&s);
+    let m = failed(verify(&s, false));
+    assert!(
+        m.contains("shim: cairn-test-1.raw: EFI/BOOT/BOOTX64.EFI has sha256")
+            && m.contains("manifest says")
+            && m.contains("(shim-signed 1.51)"),
+        "{m}"
+    );
+    // shim back, MokManager gone: enrolment could not run.
+    let shim = Path::new(cairn::pipeline::shim::HOST_SHIM);
+    mtool(
+        "mcopy",
+        &[
+            "-o".as_ref(),
+            "-i".as_ref(),
+            fat.as_ref(),
+            shim.as_os_str(),
+            "::/EFI/BOOT/BOOTX64.EFI".as_ref(),
+        ],
+    );
+    mtool(
+        "mdel",
+        &[
+            "-i".as_ref(),
+            fat.as_ref(),
+            "::/EFI/BOOT/mmx64.efi".as_ref(),
+        ],
+    );
+    raw_changed(&s);
+    let m = failed(verify(&s, false));
+    assert!(
+        m.contains("shim: cairn-test-1.raw: cannot extract EFI/BOOT/mmx64.efi"),
+        "{m}"
+    );
+    // Control: MokManager back, and the release verifies.
+    mtool(
+        "mcopy",
+        &[
+            "-o".as_ref(),
+            "-i".as_ref(),
+            fat.as_ref(),
+            mm.as_os_str(),
+            "::/EFI/BOOT/mmx64.efi".as_ref(),
+        ],
+    );
+    raw_changed(&s);
+    verify(&s, false).unwrap();
 }

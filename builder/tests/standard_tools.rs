@@ -116,6 +116,27 @@ fn fixture() -> (Manifest, Contents) {
         sha256: Sha256::of_bytes(b"policy"),
         files: vec!["00-namespace.yaml".into()],
     });
+    // `[boot] shim`: shim and MokManager from the host's packages, in the
+    // manifest and both SBOMs.
+    let bin = |path: &str, package: &str, version: &str| cairn::release::manifest::EspBinary {
+        path: path.into(),
+        sha256: Sha256::of_bytes(package.as_bytes()),
+        package: package.into(),
+        version: version.into(),
+    };
+    m.boot.shim = Some(cairn::release::manifest::ShimInfo {
+        shim: bin(
+            "EFI/BOOT/BOOTX64.EFI",
+            "shim-signed",
+            "1.51~1+deb12u1+16.1-2~deb12u1",
+        ),
+        mok_manager: bin(
+            "EFI/BOOT/mmx64.efi",
+            "shim-helpers-amd64-signed",
+            "1+16.1+2~deb12u1",
+        ),
+        uki: "EFI/BOOT/grubx64.efi".into(),
+    });
     let distro = sbom::parse_os_release(Some("ID=debian\nVERSION_ID=\"12\"\n"));
     let mut locked = LockedIndex::new();
     locked.insert(
@@ -240,6 +261,26 @@ fn fixture_provenance_and_manifest_match_their_schemas_and_controls_fail() {
     assert!(
         schema_ok(MANIFEST_SCHEMA, &p).is_err(),
         "accepted no verity"
+    );
+    // A shim chain whose UKI is elsewhere, or without MokManager, is not
+    // what cairn writes.
+    let mut bad = v.clone();
+    assert_eq!(bad["boot"]["shim"]["uki"], "EFI/BOOT/grubx64.efi");
+    bad["boot"]["shim"]["uki"] = Value::from("EFI/BOOT/other.efi");
+    let p = write_json(d.path(), "bad-shim.json", &bad);
+    assert!(
+        schema_ok(MANIFEST_SCHEMA, &p).is_err(),
+        "accepted another UKI path"
+    );
+    let mut bad = v.clone();
+    bad["boot"]["shim"]
+        .as_object_mut()
+        .unwrap()
+        .remove("mok_manager");
+    let p = write_json(d.path(), "bad-shim2.json", &bad);
+    assert!(
+        schema_ok(MANIFEST_SCHEMA, &p).is_err(),
+        "accepted no MokManager"
     );
     // A manifest of another format version is not this schema's.
     let mut bad = v.clone();

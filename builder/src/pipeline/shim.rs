@@ -96,7 +96,10 @@ mod tests {
         testkit::tool("sbverify", "sbsigntool");
         let d = tempfile::tempdir().unwrap();
         let s = take_host_shim(d.path()).unwrap();
-        assert_eq!(s.shim.sha256, Sha256::of_file(Path::new(HOST_SHIM)).unwrap());
+        assert_eq!(
+            s.shim.sha256,
+            Sha256::of_file(Path::new(HOST_SHIM)).unwrap()
+        );
         assert_eq!(
             s.mok_manager.sha256,
             Sha256::of_file(Path::new(HOST_MOK_MANAGER)).unwrap()
@@ -107,6 +110,9 @@ mod tests {
         let sh = xshell::Shell::new().unwrap();
         let p = &s.shim.path;
         let list = run("test", xshell::cmd!(sh, "sbverify --list {p}")).unwrap();
-        assert!(list.contains("Microsoft Corporation UEFI CA 2011"), "{list}");
+        assert!(
+            list.contains("Microsoft Corporation UEFI CA 2011"),
+            "{list}"
+        );
     }
 }

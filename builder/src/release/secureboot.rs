@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 
 use crate::host::digest::Sha256;
 use crate::host::runner::run;
-use crate::pipeline::sbsign::SbKey;
 use crate::media::esp;
+use crate::pipeline::sbsign::SbKey;
 use crate::pipeline::shim::{Shim, ShimFile};
 use crate::release::manifest::{BootInfo, EspBinary, Manifest, ShimInfo};
 
@@ -85,7 +85,12 @@ fn shim_layout(boot: &BootInfo) -> Result<Option<&ShimInfo>, String> {
         return Ok(None);
     };
     let want = (esp::BOOT_PATH, esp::MOK_MANAGER_PATH, esp::SHIM_NEXT_PATH);
-    if (s.shim.path.as_str(), s.mok_manager.path.as_str(), s.uki.as_str()) != want {
+    if (
+        s.shim.path.as_str(),
+        s.mok_manager.path.as_str(),
+        s.uki.as_str(),
+    ) != want
+    {
         return Err(format!(
             "shim: the manifest places shim, MokManager and the UKI at {}, {}, {}; cairn writes {}, {}, {}",
             s.shim.path, s.mok_manager.path, s.uki, want.0, want.1, want.2

@@ -77,13 +77,15 @@ pub fn stock_secure_boot_args(dir: &Path, moks: &[&Path]) -> Result<Vec<String>>
             .with_context(|| format!("copy {OVMF_VARS_MS} to {}", vars.display()))?;
     } else {
         let mut cmd = runner::command("virt-fw-vars");
-        cmd.arg("--input").arg(OVMF_VARS_MS).arg("--output").arg(&vars);
+        cmd.arg("--input")
+            .arg(OVMF_VARS_MS)
+            .arg("--output")
+            .arg(&vars);
         for m in moks {
             cmd.arg("--add-mok").arg(MOK_OWNER).arg(m);
         }
-        runner::output("stock secure boot: virt-fw-vars", cmd).context(
-            "install python3-virt-firmware from bookworm-backports (make deps)",
-        )?;
+        runner::output("stock secure boot: virt-fw-vars", cmd)
+            .context("install python3-virt-firmware from bookworm-backports (make deps)")?;
     }
     secure_boot_vars_args(&vars)
 }

@@ -268,17 +268,15 @@ fn extract_uki(image: &Path, offset: u64, esp_path: &str) -> Result<Vec<u8>, Str
     let from = format!("::/{esp_path}");
     let sh = xshell::Shell::new().map_err(|e| e.to_string())?;
     sh.set_var("MTOOLS_SKIP_CHECK", "1");
-    crate::host::runner::run(
-        "uki",
-        xshell::cmd!(sh, "mcopy -n -i {src} {from} {dest}"),
-    )
-    .map_err(|e| {
-        format!("{e:#}")
-            .lines()
-            .map(str::trim)
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?;
+    crate::host::runner::run("uki", xshell::cmd!(sh, "mcopy -n -i {src} {from} {dest}")).map_err(
+        |e| {
+            format!("{e:#}")
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    )?;
     std::fs::read(&dest).map_err(|e| e.to_string())
 }
 
