@@ -138,8 +138,10 @@ enum Command {
         key: Option<PathBuf>,
         #[command(flatten)]
         pass: PassArgs,
-        /// Secure Boot: sign every shipped EFI binary (the raw disk's and
-        /// the ISO's UKI) with this PEM key (unencrypted), see docs/secure-boot.md.
+        /// Secure Boot: sign every UKI cairn ships (the raw disk's and the
+        /// ISO's) with this PEM key (unencrypted); a recipe with `[boot]
+        /// shim = true` needs it (shim starts only a UKI signed by a key
+        /// enrolled as a MOK). See docs/secure-boot.md.
         #[arg(long, value_name = "KEY", requires = "sb_cert")]
         sb_key: Option<PathBuf>,
         /// The X.509 certificate (PEM) of --sb-key; shipped as secure-boot.crt
