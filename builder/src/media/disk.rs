@@ -404,6 +404,30 @@ mod tests {
     }
 
     #[test]
+    fn the_esp_is_sized_for_everything_on_it() {
+        // One ~33 MB UKI, alone or behind shim (~1 MB) and MokManager
+        // (~0.9 MB): the 64 MiB minimum holds either.
+        let uki = 31_881_744;
+        let chain = uki + 1_048_504 + 877_992;
+        for payload in [uki, chain] {
+            let l = plan(payload, 200 * MIB, 2 * MIB, &[], 2048 * MIB, 256 * MIB).unwrap();
+            assert_eq!(l.esp.1, 64 * MIB);
+        }
+        // A larger UKI behind shim: the ESP grows with the whole payload,
+        // a quarter spare and 4 MiB for FAT.
+        let big = 60 * MIB + 1_048_504 + 877_992;
+        let l = plan(big, 200 * MIB, 2 * MIB, &[], 2048 * MIB, 256 * MIB).unwrap();
+        assert!(l.esp.1 >= big + big / 4 + 4 * MIB, "{}", l.esp.1);
+        assert!(
+            l.esp.1
+                > plan(60 * MIB, 200 * MIB, 2 * MIB, &[], 2048 * MIB, 256 * MIB)
+                    .unwrap()
+                    .esp
+                    .1
+        );
+    }
+
+    #[test]
     fn script_names_partitions_by_label() {
         let l = plan(30 * MIB, 200 * MIB, 2 * MIB, &[], 2048 * MIB, 256 * MIB).unwrap();
         let s = sfdisk_script(&l, &Sha256::of_bytes(b"x"));
