@@ -357,6 +357,78 @@ pub fn run_with_progress(stage: &str, mut cmd: Command, label: &str, total: u64)
     Ok(())
 }
 
+/// Runs a tool that writes one output file front to back without
+/// reporting progress itself (xorriso), feeding a bar labelled `label` for
+/// `total` bytes from the size of `out` as it grows. stdout and stderr are
+/// kept for the error; `cmd`'s stdio is set here.
+pub fn run_watching_output(
+    stage: &str,
+    mut cmd: Command,
+    out: &Path,
+    label: &str,
+    total: u64,
+) -> Result<()> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let line = command_line(&cmd);
+    log_start(&cmd);
+    let started = Instant::now();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().map_err(|e| start_error(stage, &cmd, e))?;
+    let _registered = crate::host::interrupt::register_child(child.id(), true);
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        pipe.map(|mut p| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = p.read_to_string(&mut s);
+                s
+            })
+        })
+    };
+    let out_reader = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err_reader = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let mut bar = crate::host::progress::Progress::new(label, total);
+    let status = loop {
+        if let Some(st) = child
+            .try_wait()
+            .with_context(|| format!("{stage}: waiting for `{line}`"))?
+        {
+            break st;
+        }
+        if let Ok(m) = std::fs::metadata(out) {
+            bar.update(m.len().min(total));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let stdout = out_reader.and_then(|h| h.join().ok()).unwrap_or_default();
+    let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
+    log_time(&cmd.get_program().to_string_lossy(), started);
+    if let Err(e) = crate::host::interrupt::check() {
+        bar.abandon();
+        return Err(e.into());
+    }
+    if !status.success() {
+        bar.abandon();
+        bail!(failure(stage, &line, status, &stderr, &stdout));
+    }
+    bar.update(total);
+    bar.finish();
+    Ok(())
+}
+
 /// `12.34` from a progress record `    (12.34/100%)`.
 pub fn parse_percent(record: &str) -> Option<f64> {
     let t = record.trim();
@@ -476,6 +548,29 @@ impl Drop for Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watched tool's output and exit decide; its stderr names the
+    /// failure (control: a tool that fails is an error with its message).
+    #[test]
+    fn run_watching_output_follows_the_file_and_reports_failures() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out.bin");
+        let mut ok = command("sh");
+        ok.arg("-c")
+            .arg("for i in 1 2 3; do head -c 100000 /dev/zero >> \"$1\"; sleep 0.3; done")
+            .arg("sh")
+            .arg(&out);
+        run_watching_output("test", ok, &out, "out.bin", 300_000).unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 300_000);
+        let mut bad = command("sh");
+        bad.arg("-c").arg("echo no room on the device >&2; exit 3");
+        let e = run_watching_output("test: tool", bad, &out, "out.bin", 1).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("no room on the device") && msg.contains("test: tool"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn runner_progress_run_reports_failure_with_stderr() {

@@ -276,14 +276,28 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
         graft(ISO_ROOT, inp.root)?,
         graft(ISO_VERITY, inp.verity)?,
     ];
+    let mut sources: Vec<&Path> = vec![
+        &efi, &eltorito, &cfg, inp.kernel, inp.initrd, inp.root, inp.verity,
+    ];
     for v in inp.volumes {
         let (image, hash) = model_paths(&v.name);
         grafts.push(graft(&image, &v.image)?);
         grafts.push(graft(&hash, &v.verity.hash_path)?);
+        sources.push(&v.image);
+        sources.push(&v.verity.hash_path);
     }
-    crate::host::runner::run(
+    // The ISO is about the sum of what goes in; its size as xorriso writes
+    // it front to back is the progress.
+    let mut total = 0u64;
+    for src in &sources {
+        total += std::fs::metadata(src)
+            .with_context(|| format!("iso: stat {}", src.display()))?
+            .len();
+    }
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+    crate::host::runner::run_watching_output(
         "iso: xorriso",
-        xshell::cmd!(
+        std::process::Command::from(xshell::cmd!(
             sh,
             "xorriso -no_rc -as mkisofs -o {out} -V {vol} -r -iso-level 3
              {date} --set_all_file_dates {all_dates} --gpt_disk_guid modification-date
@@ -293,7 +307,10 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
              -eltorito-alt-boot -e {ISO_EFI_IMG} -no-emul-boot
              -efi-boot-part --efi-boot-image --protective-msdos-label
              -graft-points {grafts...}"
-        ),
+        )),
+        out,
+        &format!("iso {}", name.unwrap_or_default()),
+        total,
     )?;
     if !out.is_file() {
         bail!(
