@@ -327,19 +327,77 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Sends an HTTP GET to 127.0.0.1:port and returns whatever comes back
-/// within `timeout` (empty if nothing).
+/// Sends an HTTP GET for `/` to 127.0.0.1:port and returns whatever comes
+/// back within `timeout` (empty if nothing).
 pub fn http_get(port: u16, timeout: Duration) -> String {
+    http_get_path(port, "/", timeout)
+}
+
+/// Sends an HTTP/1.0 GET for `path` to 127.0.0.1:port (a hostfwd) and
+/// returns whatever comes back within `timeout` (empty if nothing answers).
+pub fn http_get_path(port: u16, path: &str, timeout: Duration) -> String {
     let Ok(mut s) =
         TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), timeout)
     else {
         return String::new();
     };
     let _ = s.set_read_timeout(Some(timeout));
-    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Corruption after boot, judged from outside: `block` (4 KiB) of the
+/// verity mapping `mapping` (its data at `data_offset` of the running
+/// guest's image file `img`, booted with `snapshot = false` and the debug
+/// console) reads fine first (control); then one byte of it is flipped in
+/// the file, the next O_DIRECT read of that block gets no data, and the
+/// node prints one `cairn: FATAL verity:` line naming the block and the
+/// mapping, then halts. Returns the console text.
+pub fn corrupted_read_after_boot_halts(
+    vm: &mut cairn::vm::qemu::Vm,
+    img: &Path,
+    mapping: &str,
+    data_offset: u64,
+    block: u64,
+) -> String {
+    let read = format!(
+        "dd if=/dev/mapper/{mapping} of=/dev/null bs=4096 skip={block} count=1 iflag=direct && echo READ-OK"
+    );
+    let (rc, out) = vm.console_run(&read, console_timeout()).expect("console");
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("READ-OK"), "{out}");
+    assert!(!vm.serial_text().contains("cairn: FATAL"));
+
+    flip_byte(img, data_offset + block * 4096 + 100);
+    // The reader gets an I/O error (never the data), and the node halts
+    // before the shell can answer, or right after.
+    let r = vm.console_run(
+        &read,
+        Duration::from_secs(30 * cairn::vm::qemu::timeout_scale() as u64),
+    );
+    if let Ok((rc, out)) = &r {
+        assert!(
+            !out.contains("READ-OK"),
+            "the corrupted block was read: {out}"
+        );
+        assert_ne!(*rc, 0, "{out}");
+    }
+    let line = vm
+        .wait_for_line("cairn: FATAL", console_timeout())
+        .expect("a FATAL line on the console after the corrupted read");
+    assert!(
+        line.contains("verity")
+            && line.contains(&format!("data block {block}"))
+            && line.contains(mapping),
+        "{line}"
+    );
+    vm.wait_for_line("System halted", console_timeout())
+        .expect("the node halts after the FATAL line");
+    let serial = vm.serial_text();
+    assert_eq!(serial.matches("cairn: FATAL").count(), 1, "{serial}");
+    serial
 }
 
 /// Copies `len` bytes at `offset` of `src` into a new file `dst`.

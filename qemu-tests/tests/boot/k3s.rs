@@ -187,7 +187,11 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
     // A prediction through the listed NodePort, from the host.
     let mut answer = String::new();
     for _ in 0..30 {
-        answer = http_get(node_port, "/predict?x=5.1,3.5,1.4,0.2");
+        answer = http_get_path(
+            node_port,
+            "/predict?x=5.1,3.5,1.4,0.2",
+            Duration::from_secs(30),
+        );
         if answer.contains("\"class\"") {
             break;
         }
@@ -245,20 +249,4 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
     );
     let serial = vm.serial_text();
     assert!(!serial.contains("cairn: FATAL"), "{serial}");
-}
-
-/// One HTTP/1.0 GET to 127.0.0.1:`port` (the hostfwd); empty if nothing answers.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(20),
-    ) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: field-ai\r\n\r\n");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -12,18 +12,7 @@ use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
 use qemu_tests::*;
 
 fn get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(20),
-    ) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: field-ai\r\n\r\n");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    http_get_path(port, path, Duration::from_secs(30))
 }
 
 #[test]
