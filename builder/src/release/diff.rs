@@ -81,6 +81,10 @@ pub struct Diff {
     pub policy: Vec<FieldChange>,
     /// `network` fields that differ (dotted paths).
     pub network: Vec<FieldChange>,
+    /// `boot` fields that differ (dotted paths): the Secure Boot
+    /// certificate, the PCR 11 predictions, the BIOS path, shim's digests
+    /// and versions.
+    pub boot: Vec<FieldChange>,
     pub outputs: Vec<OutputChange>,
     /// Package differences of the CycloneDX SBOMs (images included).
     pub sbom: Vec<SbomChange>,
@@ -197,6 +201,7 @@ pub fn compare(a: &Inspection, b: &Inspection) -> Diff {
         policy_digest,
         policy,
         network: field_changes(&flatten(a.network.as_ref()), &flatten(b.network.as_ref())),
+        boot: field_changes(&boot_fields(a), &boot_fields(b)),
         outputs: outputs(a, b),
         sbom: Vec::new(),
     }
@@ -360,6 +365,12 @@ fn outputs(a: &Inspection, b: &Inspection) -> Vec<OutputChange> {
 }
 
 /// Any JSON as `dotted.path -> scalar text` (arrays by index).
+/// An inspection's `boot` block as dotted paths (empty if it cannot be
+/// represented, which a parsed manifest always can).
+fn boot_fields(i: &Inspection) -> BTreeMap<String, String> {
+    flatten(serde_json::to_value(&i.boot).ok().as_ref())
+}
+
 fn flatten(v: Option<&Value>) -> BTreeMap<String, String> {
     fn walk(v: &Value, path: String, out: &mut BTreeMap<String, String>) {
         let join = |k: &str| {
@@ -437,6 +448,7 @@ impl Diff {
             && self.policy_digest.is_none()
             && self.policy.is_empty()
             && self.network.is_empty()
+            && self.boot.is_empty()
             && self.outputs.is_empty()
             && self.sbom.is_empty()
     }
@@ -499,6 +511,7 @@ impl Diff {
                 .collect::<Vec<_>>(),
         );
         fields("network", &self.network);
+        fields("boot", &self.boot);
         let total =
             self.packages_added.len() + self.packages_removed.len() + self.packages_changed.len();
         if total > 0 {
@@ -664,6 +677,31 @@ mod tests {
     fn signed_sizes() {
         assert_eq!(signed_size(2048), "+2.0 KiB (+2048 bytes)");
         assert_eq!(signed_size(-10), "-10 B (-10 bytes)");
+    }
+
+    /// A shim (or PCR 11) change between releases is listed with both
+    /// sides; control: the same boot block gives no boot lines.
+    #[test]
+    fn boot_changes_are_listed() {
+        let load = || -> crate::release::manifest::Manifest {
+            serde_json::from_str(include_str!("../../tests/fixtures/manifest-a.json")).unwrap()
+        };
+        let inspected = |pcr: &[u8]| {
+            let mut m = load();
+            m.boot.pcr11_sha256 = Some(crate::host::digest::Sha256::of_bytes(pcr));
+            let raw = serde_json::to_value(&m).unwrap();
+            crate::release::inspect::from_manifest(m, &raw)
+        };
+        let (a, b) = (inspected(b"a"), inspected(b"b"));
+        assert!(compare(&a, &inspected(b"a")).boot.is_empty());
+        let d = compare(&a, &b);
+        assert_eq!(d.boot.len(), 1, "{:?}", d.boot);
+        assert_eq!(d.boot[0].field, "pcr11_sha256");
+        let text = d.render_text();
+        assert!(
+            text.contains("boot") && text.contains("pcr11_sha256"),
+            "{text}"
+        );
     }
 
     #[test]
