@@ -6,6 +6,7 @@
 mod boot {
     pub mod airgap;
     pub mod amnesia;
+    pub mod bigmodel;
     pub mod failclosed;
     pub mod grow;
     pub mod identity;

@@ -4,6 +4,8 @@
 //! test with what to install or run. Nothing passes by skipping; a test
 //! that needs what this machine cannot have is `#[ignore = "why"]` instead.
 
+pub mod stream;
+
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 

@@ -354,8 +354,12 @@ pub struct IsoFile {
     pub path: String,
     /// Byte offset of the data in the ISO (first extent).
     pub offset: u64,
-    /// File size in bytes.
+    /// File size in bytes: the whole file's, also for a multi-extent
+    /// file (xorriso's Filesize column repeats it on every extent's line).
     pub size: u64,
+    /// How many extents hold it: 1 below 4 GiB; with `-iso-level 3` a
+    /// bigger file is several, each at most 4 GiB - 2 KiB.
+    pub extents: u32,
     /// Whether the data is one run of blocks: one extent (files < 4 GiB),
     /// or extents that follow each other (xorriso's multi-extent files).
     pub contiguous: bool,
@@ -406,13 +410,15 @@ pub fn parse_report_lba(text: &str) -> Result<Vec<IsoFile>> {
                 path,
                 offset: lba * 2048,
                 size,
+                extents: 1,
                 contiguous: true,
             });
             ends.push(lba.saturating_add(blocks));
         } else if let Some(i) = files.iter().position(|f| f.path == path) {
-            if ends[i] != lba {
+            if ends[i] != lba || files[i].size != size {
                 files[i].contiguous = false;
             }
+            files[i].extents = files[i].extents.saturating_add(1);
             ends[i] = lba.saturating_add(blocks);
         }
     }
@@ -464,12 +470,28 @@ mod tests {
         assert!(!v[1].contiguous);
         assert!(parse_report_lba("File data lba: x , 1 , 2 , 3 , 'a'").is_err());
         // A multi-extent file whose extents follow each other is one run.
-        let t = "File data lba:  0 ,      100 ,  2097151 , 5368709120 , '/cairn/models/big.squashfs'\n\
-                 File data lba:  1 ,  2097251 ,   524289 , 5368709120 , '/cairn/models/big.squashfs'\n";
+        // These lines are xorriso 1.5.4's own (`-as mkisofs -iso-level 3`,
+        // a file of 4 GiB + 1 MiB + 123 bytes and a small one after it):
+        // the first extent is 4 GiB - 2 KiB, and Filesize is the whole
+        // file's on both lines.
+        let t = "Report layout: xt , Startlba ,   Blocks , Filesize , ISO image path\n\
+                 File data lba:  0 ,       33 ,  2097151 , 4296015995 , '/a/big.bin'\n\
+                 File data lba:  1 ,  2097184 ,      514 , 4296015995 , '/a/big.bin'\n\
+                 File data lba:  0 ,  2097698 ,        1 ,        3 , '/a/small.txt'\n";
         let v = parse_report_lba(t).unwrap();
-        assert_eq!(v.len(), 1);
+        assert_eq!(v.len(), 2);
         assert!(v[0].contiguous, "{v:?}");
-        assert_eq!(v[0].size, 5368709120);
+        assert_eq!(
+            (v[0].offset, v[0].size, v[0].extents),
+            (33 * 2048, 4296015995, 2)
+        );
+        assert_eq!((v[1].size, v[1].extents), (3, 1));
+        // A gap between extents, or a second extent with another size, is
+        // not one run.
+        let gap = t.replace("2097184 ,      514", "2097185 ,      514");
+        assert!(!parse_report_lba(&gap).unwrap()[0].contiguous);
+        let other = t.replace("514 , 4296015995", "514 , 1050747");
+        assert!(!parse_report_lba(&other).unwrap()[0].contiguous);
     }
 
     const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
