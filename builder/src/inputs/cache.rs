@@ -128,6 +128,43 @@ impl Cache {
             .with_context(|| format!("cache: storing {}", src.display()))
     }
 
+    /// Stores the file at `src`, whose sha256 the caller has just computed,
+    /// by moving it in: a rename, no copy (a copy, checked against
+    /// `digest`, when `src` is on another file system). For big build
+    /// results the build would delete anyway. Returns the blob's path.
+    pub fn put_moved(&self, src: &Path, digest: &Sha256) -> Result<PathBuf> {
+        let dest = self.blob_path(digest);
+        let dir = self.blob_dir(digest)?;
+        std::fs::set_permissions(src, std::fs::Permissions::from_mode(0o444))
+            .with_context(|| format!("cache: chmod {}", src.display()))?;
+        File::open(src)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cache: fsync {}", src.display()))?;
+        match std::fs::rename(src, &dest) {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let f = File::open(src)
+                    .with_context(|| format!("cache: cannot open {} to store it", src.display()))?;
+                self.put_reader(f, Some(*digest))
+                    .with_context(|| format!("cache: storing {}", src.display()))?;
+                std::fs::remove_file(src).ok();
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cache: cannot move {} into {}",
+                        src.display(),
+                        dest.display()
+                    )
+                })
+            }
+        }
+        if let Ok(meta) = std::fs::metadata(&dest) {
+            self.remember(*digest, &meta);
+        }
+        Ok(dest)
+    }
+
     /// Stores everything `r` yields. With `expected`, content with another
     /// digest is refused (nothing is stored) and the error names both.
     pub fn put_reader(&self, mut r: impl Read, expected: Option<Sha256>) -> Result<Sha256> {
@@ -571,6 +608,29 @@ mod tests {
         // Cached blobs are read-only; the shared helper writes in place.
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
         testkit::flip_byte(p, 0);
+    }
+
+    #[test]
+    fn put_moved_renames_the_file_in_and_get_checks_it() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Cache::open(t.path().join("c")).unwrap();
+        let src = t.path().join("volume.img");
+        std::fs::write(&src, b"a big volume").unwrap();
+        let d = Sha256::of_bytes(b"a big volume");
+        let ino = std::fs::metadata(&src).unwrap().ino();
+        let blob = c.put_moved(&src, &d).unwrap();
+        assert!(!src.exists(), "moved, not copied");
+        assert_eq!(blob, c.blob_path(&d));
+        assert_eq!(std::fs::metadata(&blob).unwrap().ino(), ino);
+        assert_eq!(
+            std::fs::metadata(&blob).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        assert_eq!(c.get(&d), Some(blob.clone()));
+        // Control: a blob whose bytes are not its name is not handed out.
+        flip_byte(&blob);
+        let fresh = Cache::open(t.path().join("c")).unwrap();
+        assert_eq!(fresh.get(&d), None);
     }
 
     #[test]

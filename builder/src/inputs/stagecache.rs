@@ -52,6 +52,32 @@ pub fn lookup(
 /// Stores a stage result (callers store only when the stage cache is on).
 pub fn store(cache: &Cache, stage: &str, key: &Sha256, file: &Path, extra: &str) -> Result<()> {
     let digest = cache.put_file(file)?;
+    write_index(cache, stage, key, &digest, extra)
+}
+
+/// Like [`store`], but moves `file` into the cache ([`Cache::put_moved`]:
+/// no copy of a multi-GB volume); `digest` is its sha256. Returns where
+/// the result now lives.
+pub fn store_moved(
+    cache: &Cache,
+    stage: &str,
+    key: &Sha256,
+    file: &Path,
+    digest: &Sha256,
+    extra: &str,
+) -> Result<PathBuf> {
+    let blob = cache.put_moved(file, digest)?;
+    write_index(cache, stage, key, digest, extra)?;
+    Ok(blob)
+}
+
+fn write_index(
+    cache: &Cache,
+    stage: &str,
+    key: &Sha256,
+    digest: &Sha256,
+    extra: &str,
+) -> Result<()> {
     let idx = index_path(cache, stage, key);
     let dir = idx.parent().context("stage index folder")?;
     std::fs::create_dir_all(dir)?;

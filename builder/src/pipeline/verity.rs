@@ -40,6 +40,13 @@ pub fn uuid_from(d: &Sha256) -> String {
 
 pub fn make_verity(data: &Path, hash_out: &Path) -> Result<VerityTree> {
     let digest = Sha256::of_file_with_progress(data, "verity: hash the root")?;
+    make_verity_of(data, &digest, hash_out)
+}
+
+/// The hash tree of `data`, whose sha256 the caller has just computed
+/// (`digest`; a model volume hashes its image once, for this and for the
+/// stage cache).
+pub fn make_verity_of(data: &Path, digest: &Sha256, hash_out: &Path) -> Result<VerityTree> {
     let salt = Sha256::of_bytes(format!("cairn verity salt {digest}").as_bytes()).hex();
     let uuid = uuid_from(&Sha256::of_bytes(
         format!("cairn verity uuid {digest}").as_bytes(),

@@ -7,7 +7,9 @@
 //! name, its compression and SOURCE_DATE_EPOCH (the stage-cache key covers
 //! exactly these), so an unchanged model reuses its cached volume.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
@@ -138,28 +140,29 @@ pub fn make_model_volume(
     }
     let tree = dir.join("tree");
     std::fs::create_dir_all(&tree)?;
-    if m.path.is_dir() {
-        stage_folder(&m.path, &tree)?;
-    } else {
-        copy_file(&m.path, &tree.join(&m.name))?;
-    }
-    set_mode(&tree, 0o755)?;
-    // The pin was checked at resolve time; check what will be packed, too.
+    let label = format!("model {}", m.name);
+    // The pin was checked at resolve time; check what will be packed, too
+    // (a file is hashed while it is copied: one pass).
+    let t = Instant::now();
     let staged = if m.path.is_dir() {
+        stage_folder(&m.path, &tree)?;
         crate::host::digest::tree_digest(&tree)?
     } else {
-        Sha256::of_file(&tree.join(&m.name))?
+        copy_file_hashing(&m.path, &tree.join(&m.name), &format!("{label}: stage"))?
     };
+    set_mode(&tree, 0o755)?;
     if staged != m.sha256 {
         bail!(
             "the staged data has digest {staged}, not the pinned {} (did it change during the build?)",
             m.sha256
         );
     }
+    step(&label, "staged and checked against its pin", t);
     let image = dir.join(format!("{}.squashfs", m.name));
     let sh = xshell::Shell::new()?;
     let e = epoch.to_string();
     let opts = squashfs_options(m.compression);
+    let t = Instant::now();
     crate::host::runner::run(
         "model volume",
         xshell::cmd!(
@@ -168,10 +171,24 @@ pub fn make_model_volume(
         ),
     )?;
     std::fs::remove_dir_all(&tree).ok();
-    let verity =
-        crate::pipeline::verity::make_verity(&image, &dir.join(format!("{}.verity", m.name)))?;
-    if stage_cache {
-        crate::inputs::stagecache::store(cache, STAGE_IMAGE, &key, &image, "")?;
+    step(
+        &label,
+        &format!("squashfs image written ({})", m.compression.as_str()),
+        t,
+    );
+    // One hash of the image serves the hash tree's salt and the stage cache.
+    let digest = Sha256::of_file_with_progress(&image, &format!("{label}: hash the image"))?;
+    let t = Instant::now();
+    let verity = crate::pipeline::verity::make_verity_of(
+        &image,
+        &digest,
+        &dir.join(format!("{}.verity", m.name)),
+    )?;
+    step(&label, "dm-verity hash tree written", t);
+    let image = if stage_cache {
+        // Moved into the cache, not copied: the media read it from there.
+        let image =
+            crate::inputs::stagecache::store_moved(cache, STAGE_IMAGE, &key, &image, &digest, "")?;
         crate::inputs::stagecache::store(
             cache,
             STAGE_HASH,
@@ -179,7 +196,10 @@ pub fn make_model_volume(
             &verity.hash_path,
             &verity_line(&verity),
         )?;
-    }
+        image
+    } else {
+        image
+    };
     Ok(ModelVolume {
         name: m.name.clone(),
         image,
@@ -189,6 +209,15 @@ pub fn make_model_volume(
         mount,
         cached: false,
     })
+}
+
+/// A line saying that a long step of a volume is done (bigger models take
+/// minutes; the stage line alone would be silent all that time).
+fn step(label: &str, what: &str, since: Instant) {
+    eprintln!(
+        "        {label}: {what} in {:.1}s",
+        since.elapsed().as_secs_f64()
+    );
 }
 
 /// The hash tree's parameters, as the stage cache keeps them.
@@ -254,6 +283,12 @@ fn stage_folder(src: &Path, tree: &Path) -> Result<()> {
 }
 
 fn copy_file(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::copy(src, dst).with_context(|| format!("copy {}", src.display()))?;
+    set_mode(dst, file_mode(src)?)
+}
+
+/// 0555 for an executable file, else 0444.
+fn file_mode(src: &Path) -> Result<u32> {
     use std::os::unix::fs::PermissionsExt;
     let exec = std::fs::metadata(src)
         .with_context(|| format!("read {}", src.display()))?
@@ -261,8 +296,43 @@ fn copy_file(src: &Path, dst: &Path) -> Result<()> {
         .mode()
         & 0o111
         != 0;
-    std::fs::copy(src, dst).with_context(|| format!("copy {}", src.display()))?;
-    set_mode(dst, if exec { 0o555 } else { 0o444 })
+    Ok(if exec { 0o555 } else { 0o444 })
+}
+
+/// Copies a model file and returns the sha256 of the bytes written, with
+/// a progress bar for a big one.
+fn copy_file_hashing(src: &Path, dst: &Path, label: &str) -> Result<Sha256> {
+    let mut f = std::fs::File::open(src).with_context(|| format!("open {}", src.display()))?;
+    let len = f.metadata()?.len();
+    let mut out =
+        std::fs::File::create(dst).with_context(|| format!("create {}", dst.display()))?;
+    let mut bar = (len >= crate::host::digest::PROGRESS_MIN)
+        .then(|| crate::host::progress::Progress::new(label, len));
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("read {}", src.display())),
+        };
+        sha2::Digest::update(&mut h, &buf[..n]);
+        out.write_all(&buf[..n])
+            .with_context(|| format!("write {}", dst.display()))?;
+        done += n as u64;
+        if let Some(b) = bar.as_mut() {
+            b.update(done);
+        }
+        crate::host::interrupt::check()?;
+    }
+    if let Some(b) = bar.as_mut() {
+        b.finish();
+    }
+    drop(out);
+    set_mode(dst, file_mode(src)?)?;
+    Ok(Sha256(sha2::Digest::finalize(h).into()))
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
