@@ -400,13 +400,14 @@ fn big_model_over_4_gib_builds_all_media_verifies_and_reads_through_verity_from_
         .arg(format!("write -q -P {} {flip_at} 1", b[0] ^ 1))
         .arg(&copy);
     tool("qemu-io write", c);
-    // Exactly that byte differs from the release's ISO.
+    // The copy differs from the release's ISO first in that byte's sector
+    // (qemu-img compare names 512-byte sectors), and holds the flipped
+    // value there.
     let mut c = cairn::host::runner::command("qemu-img");
     c.args(["compare", "-f", "raw", "-F", "qcow2"])
         .arg(&iso)
         .arg(&copy);
-    let out = cairn::host::runner::output("qemu-img compare", c);
-    let text = match out {
+    let text = match cairn::host::runner::output("qemu-img compare", c) {
         Ok(o) => panic!(
             "the copy equals the ISO: {}",
             String::from_utf8_lossy(&o.stdout)
@@ -414,9 +415,18 @@ fn big_model_over_4_gib_builds_all_media_verifies_and_reads_through_verity_from_
         Err(e) => format!("{e:#}"),
     };
     assert!(
-        text.contains(&format!("Content mismatch at offset {flip_at}!")),
+        text.contains(&format!(
+            "Content mismatch at offset {}!",
+            flip_at / 512 * 512
+        )),
         "{text}"
     );
+    let mut c = cairn::host::runner::command("qemu-io");
+    c.args(["-r", "-f", "qcow2", "-c"])
+        .arg(format!("read -P {} {flip_at} 1", b[0] ^ 1))
+        .arg(&copy);
+    let out = tool("qemu-io read", c);
+    assert!(!out.contains("failed"), "{out}");
 
     let mut spec = BootSpec::new(
         &copy,
