@@ -13,7 +13,7 @@
 //!   reads the first and last MiB (control), but reading the middle halts
 //!   the kernel on dm-verity's corruption message.
 //!
-//! It needs about 22 GiB of free disk (the model, its volume, the stage
+//! It needs about 21 GiB of free disk (the model, its volume, the stage
 //! cache's copy, raw + ISO + qcow2) and a long build and boot under TCG, so
 //! it is ignored by default (CI disks are small). Run it with
 //! `cargo test -p qemu-tests --test boot -- --ignored big_model --nocapture`.
@@ -163,7 +163,7 @@ fn guest_region(vm: &mut Vm, at: u64, len: u64, timeout: Duration) -> Result<Str
 }
 
 #[test]
-#[ignore = "needs ~22 GiB of free disk and a long build and TCG boot (a 4 GiB model written to raw, ISO and qcow2); CI disks are small. Run: cargo test -p qemu-tests --test boot -- --ignored big_model --nocapture"]
+#[ignore = "needs ~21 GiB of free disk and a long build and TCG boot (a 4 GiB model written to raw, ISO and qcow2); CI disks are small. Run: cargo test -p qemu-tests --test boot -- --ignored big_model --nocapture"]
 fn big_model_over_4_gib_builds_all_media_verifies_and_reads_through_verity_from_the_iso() {
     configure_qemu();
     for (t, p) in [
