@@ -10,8 +10,9 @@
 //!   multi-extent file, each the host's bytes;
 //! - one byte flipped in the middle of the model (in a copy-on-write copy
 //!   of the ISO, so the release stays untouched) still boots and still
-//!   reads the first and last MiB (control), but reading the middle halts
-//!   the kernel on dm-verity's corruption message.
+//!   reads the first and last MiB (control), but reading the middle gets
+//!   an I/O error and the node halts with one `cairn: FATAL verity:` line
+//!   naming the model's mapping and the loop device under it.
 //!
 //! It needs about 21 GiB of free disk (the model, its volume, the stage
 //! cache's copy, raw + ISO + qcow2) and a long build and boot under TCG, so
@@ -136,7 +137,7 @@ fn du(dir: &Path) -> String {
 /// through the mounted volume.
 fn guest_region(vm: &mut Vm, at: u64, len: u64, timeout: Duration) -> Result<String, String> {
     assert!(
-        len == MIB && (at % MIB == 0 || at + len == MODEL_SIZE),
+        len == MIB && (at.is_multiple_of(MIB) || at + len == MODEL_SIZE),
         "a whole MiB, or the last one"
     );
     let file = format!("/usr/share/cairn/models/{MODEL}");
@@ -451,21 +452,28 @@ fn big_model_over_4_gib_builds_all_media_verifies_and_reads_through_verity_from_
         Ok(last),
         "last MiB (flipped copy)"
     );
-    // The middle MiB holds the flipped byte: the read never returns, the
-    // kernel halts on dm-verity's corruption.
+    // The middle MiB holds the flipped byte: the reader gets an I/O
+    // error, never the data, and the node prints one FATAL line naming the
+    // model's mapping and halts.
     let r = guest_region(
         &mut vm,
         MIDDLE,
         MIB,
         Duration::from_secs(60 * cairn::vm::qemu::timeout_scale() as u64),
     );
-    assert!(r.is_err(), "the corrupted read returned: {r:?}");
+    assert!(r.is_err(), "the corrupted region was read: {r:?}");
     let line = vm
-        .wait_for_line("dm-verity device corrupted", ct)
-        .expect("the kernel halts on the corrupted block");
-    assert!(line.contains("Kernel panic"), "{line}");
-    // The kernel's message names the device the boot log's volume line
-    // named (the loop device over the ISO file).
+        .wait_for_line("cairn: FATAL", ct)
+        .expect("a FATAL line after the corrupted read");
+    assert!(
+        line.contains("FATAL verity: corrupted data block")
+            && line.contains(&format!("cairn-model-{MODEL}")),
+        "{line}"
+    );
+    vm.wait_for_line("System halted", ct)
+        .expect("the node halts after the FATAL line");
+    // The kernel's message and the FATAL line name the device the boot
+    // log's volume line named (the loop device over the ISO file).
     let serial = vm.serial_text();
     let devno = serial
         .lines()
@@ -481,6 +489,8 @@ fn big_model_over_4_gib_builds_all_media_verifies_and_reads_through_verity_from_
         ),
         "the kernel names another device than {devno}: {serial}"
     );
+    assert!(line.contains(&format!("{devno})")), "{line}");
+    assert_eq!(serial.matches("cairn: FATAL").count(), 1, "{serial}");
     vm.kill();
     eprintln!(
         "big-model: build {build_secs:.1}s, verify {verify_secs:.1}s, ISO boot to ready {boot_secs:.1}s"
