@@ -223,6 +223,19 @@ pub fn log_path(name: &str) -> PathBuf {
     d.join(format!("{name}.serial.log"))
 }
 
+/// The 1-based number of partition `label` in the manifest's table (the
+/// manifest lists them in disk order): `vdaN` in the guest.
+pub fn partition_number(dir: &Path, label: &str) -> usize {
+    let m = cairn::release::manifest::read(&dir.join("manifest.json")).expect("manifest");
+    let mut parts: Vec<_> = m.partitions.iter().collect();
+    parts.sort_by_key(|p| p.offset);
+    parts
+        .iter()
+        .position(|p| p.label == label)
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("no partition {label} in the manifest"))
+}
+
 pub fn partition(dir: &Path, label: &str) -> (u64, u64) {
     let m = cairn::release::manifest::read(&dir.join("manifest.json")).expect("manifest");
     let p = m

@@ -87,8 +87,9 @@ fn state_grows_to_the_end_of_a_larger_disk_and_nothing_else_changes() {
     let verity_digest = region_digest(&b.raw, verity);
 
     let (img, serial, size) = boot_on_bigger_disk(&b.raw, tmp.path(), "grow");
+    let state = partition_number(&b.dir, "cairn-state");
     assert!(
-        serial.contains("cairn: state: grew /dev/vda4 from"),
+        serial.contains(&format!("cairn: state: grew /dev/vda{state} from")),
         "{serial}"
     );
     assert!(size > DISK - (200 << 20), "state device is {size} bytes");

@@ -101,6 +101,8 @@ fn another_cairn_disk_is_left_byte_for_byte_unchanged() {
     // (its own root hash) with an unencrypted disk state partition.
     let ours = built("tiny");
     let theirs = built("tiny-plain");
+    let state = partition_number(&ours.dir, LABEL_STATE);
+    let their_state = partition_number(&theirs.dir, LABEL_STATE);
     let tmp = tempfile::tempdir().expect("tempdir");
     let our_img = bigger_copy(&ours.raw, tmp.path(), "ours.raw");
     let their_img = bigger_copy(&theirs.raw, tmp.path(), "theirs.raw");
@@ -144,7 +146,7 @@ fn another_cairn_disk_is_left_byte_for_byte_unchanged() {
         .unwrap_or_else(|e| panic!("not ready with a second cairn disk attached: {e:#}"));
     let (rc, out) = vm
         .console_run(
-            "cat /sys/class/block/sda/size && /sbin/blkid -p -s PART_ENTRY_NAME -o value /dev/sda4",
+            &format!("cat /sys/class/block/sda/size && /sbin/blkid -p -s PART_ENTRY_NAME -o value /dev/sda{their_state}"),
             console_timeout(),
         )
         .expect("console");
@@ -153,11 +155,11 @@ fn another_cairn_disk_is_left_byte_for_byte_unchanged() {
     let serial = vm.serial_text();
     assert!(serial.contains("cairn: found root /dev/vda2"), "{serial}");
     assert!(
-        serial.contains("cairn: state: grew /dev/vda4 from"),
+        serial.contains(&format!("cairn: state: grew /dev/vda{state} from")),
         "{serial}"
     );
     assert!(
-        serial.contains("cairn: state: disk /dev/vda4, dm-crypt"),
+        serial.contains(&format!("cairn: state: disk /dev/vda{state}, dm-crypt")),
         "{serial}"
     );
     // Power-off runs cairn-state-discard too.
