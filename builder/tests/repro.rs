@@ -27,6 +27,12 @@ fn two_builds_a_minute_apart_are_bit_identical() {
         dir.join("sites-test.pub"),
     )
     .unwrap();
+    // Its model volume's data, named beside it too.
+    std::fs::create_dir_all(dir.join("tiny-model")).unwrap();
+    for e in std::fs::read_dir(ws.join("qemu-tests/recipes/tiny-model")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join("tiny-model").join(e.file_name())).unwrap();
+    }
     let cache = dir.join("cache");
     let out = Command::new("bash")
         .arg(ws.join("qemu-tests/repro.sh"))
