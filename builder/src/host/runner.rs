@@ -343,18 +343,9 @@ pub fn run_with_progress(stage: &str, mut cmd: Command, label: &str, total: u64)
         .wait()
         .with_context(|| format!("{stage}: waiting for `{line}`"))?;
     let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
-    log_time(&cmd.get_program().to_string_lossy(), started);
-    if let Err(e) = crate::host::interrupt::check() {
-        bar.abandon();
-        return Err(e.into());
-    }
-    if !status.success() {
-        bar.abandon();
-        bail!(failure(stage, &line, status, &stderr, &stdout));
-    }
-    bar.update(total);
-    bar.finish();
-    Ok(())
+    end_with_bar(
+        stage, &cmd, &line, started, status, &stderr, &stdout, bar, total,
+    )
 }
 
 /// Runs a tool that writes one output file front to back without
@@ -415,6 +406,26 @@ pub fn run_watching_output(
     };
     let stdout = out_reader.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
+    end_with_bar(
+        stage, &cmd, &line, started, status, &stderr, &stdout, bar, total,
+    )
+}
+
+/// The end of a tool run with a progress bar: its time logged; an
+/// interrupt or a failure abandons the bar (the failure names the stage,
+/// the command line and the tool's output); success fills and closes it.
+#[allow(clippy::too_many_arguments)]
+fn end_with_bar(
+    stage: &str,
+    cmd: &Command,
+    line: &str,
+    started: Instant,
+    status: ExitStatus,
+    stderr: &str,
+    stdout: &str,
+    mut bar: crate::host::progress::Progress,
+    total: u64,
+) -> Result<()> {
     log_time(&cmd.get_program().to_string_lossy(), started);
     if let Err(e) = crate::host::interrupt::check() {
         bar.abandon();
@@ -422,7 +433,7 @@ pub fn run_watching_output(
     }
     if !status.success() {
         bar.abandon();
-        bail!(failure(stage, &line, status, &stderr, &stdout));
+        bail!(failure(stage, line, status, stderr, stdout));
     }
     bar.update(total);
     bar.finish();
