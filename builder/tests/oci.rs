@@ -617,7 +617,7 @@ fn docker_save_archives_convert_deterministically() {
     let back = oci::load_archive(&out, &actual).unwrap();
     assert_eq!(back.format, oci::ArchiveFormat::OciLayout);
     let (_t, stage_dir, sentinel) = stage();
-    oci::unpack_layers(&back, &stage_dir).unwrap();
+    oci::unpack_layers(&back, &stage_dir, &Default::default()).unwrap();
     assert_eq!(std::fs::read(stage_dir.join("etc/motd")).unwrap(), b"hi");
     assert_empty(&sentinel);
 
@@ -678,7 +678,7 @@ fn whiteouts_and_planted_symlinks() {
     let p = write(d.path(), "wh.tar", &archive_tar(&m));
     let img = oci::load_archive(&p, &md).unwrap();
     assert_eq!(img.layers[1].summary.whiteouts, 3);
-    oci::unpack_layers(&img, &stage_dir).unwrap();
+    oci::unpack_layers(&img, &stage_dir, &Default::default()).unwrap();
     let s = |p: &str| stage_dir.join(p);
     assert!(!s("gone").exists());
     assert!(!s("d/a").exists());
@@ -804,7 +804,7 @@ fn build_image_is_reproducible_and_round_trips() {
 
     // Flattened: busybox from Debian, our files, no /dev nodes, no host name.
     let (_t, stage_dir, sentinel) = stage();
-    oci::unpack_layers(&img, &stage_dir).unwrap();
+    oci::unpack_layers(&img, &stage_dir, &Default::default()).unwrap();
     assert!(stage_dir.join("usr/bin/busybox").is_file() || stage_dir.join("bin/busybox").exists());
     let hello = stage_dir.join("opt/hello/hello.sh");
     use std::os::unix::fs::PermissionsExt;

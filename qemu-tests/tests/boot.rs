@@ -10,6 +10,7 @@ mod boot {
     pub mod failclosed;
     pub mod grow;
     pub mod identity;
+    pub mod images;
     pub mod k3s;
     pub mod media;
     pub mod production;

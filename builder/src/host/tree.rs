@@ -296,6 +296,25 @@ pub fn read_in_tree_opt(tree: &Path, rel: &Path) -> Result<Option<Vec<u8>>> {
     read_in_tree(tree, rel).map(Some)
 }
 
+/// Like [`read_in_tree_opt`], refusing a file over `cap` bytes (read no
+/// further than that).
+pub fn read_in_tree_capped(tree: &Path, rel: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let real = resolve_in_root_follow(tree, rel)?;
+    if std::fs::symlink_metadata(&real).is_err() {
+        return Ok(None);
+    }
+    let f = open_in_tree(tree, rel)?;
+    let mut v = Vec::new();
+    f.take(cap.saturating_add(1))
+        .read_to_end(&mut v)
+        .with_context(|| format!("cannot read /{} in the image", rel.display()))?;
+    if v.len() as u64 > cap {
+        bail!("/{} in the image is over {cap} bytes", rel.display());
+    }
+    Ok(Some(v))
+}
+
 /// Whether `rel` names a regular file inside the tree (in-root links
 /// followed; a link out of the tree is resolved inside it, never on the host).
 pub fn is_file_in_tree(tree: &Path, rel: &Path) -> bool {

@@ -12,13 +12,15 @@
 //!   order fixed), so its manifest digest is stable.
 //! - [`write_oci_archive`]: writes a loaded (verified) image back as a
 //!   deterministic OCI layout tarball holding only the pinned image, for
-//!   the read-only root (containerd/k3s import it at boot).
+//!   the read-only root (k3s imports it at boot).
 //! - [`check_layer`]: refuses `..`, absolute names, symlinks climbing out of
 //!   the image root, hardlinks outside the layer, device nodes, fifos and
 //!   set-id files / file capabilities (unless allowed).
 //! - [`unpack_layers`]: applies layers in order with OCI whiteouts; every
 //!   write goes through [`crate::host::tree`], so nothing lands outside
-//!   the destination even if an earlier layer planted a symlink.
+//!   the destination even if an earlier layer planted a symlink. containerd
+//!   services run from such an unpacked root ([`rootfs`]), so nothing is
+//!   imported at boot.
 //! - [`build_image`]: a Debian root via mmdebstrap (`--variant=essential`,
 //!   `--format=tar`) normalised into layer 1, the spec's files as layer 2,
 //!   uncompressed layers (the root is a compressed squashfs already, and
@@ -46,6 +48,7 @@ mod debian;
 mod files;
 mod json;
 mod layer;
+pub mod rootfs;
 mod tarfmt;
 
 pub use archive::{

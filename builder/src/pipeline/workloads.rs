@@ -1,9 +1,12 @@
 //! Workloads: the pinned OCI images, model data, policy bundle and
 //! supervised services the appliance exists for. Everything is placed in the
-//! verity-protected root (models: their own volumes) at build time, so the digest the manifest names is
-//! the one that runs; at boot containerd imports the images from there and
-//! runs each service with a read-only root, no capabilities unless listed,
-//! no network unless listed, resource limits and read-only model mounts.
+//! verity-protected root (models: their own volumes) at build time, so the
+//! digest the manifest names is the one that runs. For containerd each
+//! image is unpacked there at build time and every service runs from its
+//! image's root (`ctr run --rootfs`: nothing imported, nothing copied to
+//! the state), read-only, with no capabilities unless listed, no network
+//! unless listed, resource limits and read-only model mounts. k3s gets
+//! OCI tarballs, which it imports itself.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -76,10 +79,68 @@ pub use crate::host::digest::tree_or_file_digest as model_digest;
 /// Places images, models and policy into the tree and writes the units.
 /// What pinned images may unpack to at boot: the state partition's size
 /// when state is on disk and does not grow (RAM state and grown partitions
-/// are only known at boot).
+/// are only known at boot). containerd services run from roots unpacked at
+/// build time, which take no state; k3s imports its tarballs at boot.
 fn image_budget(recipe: &crate::recipe::Recipe) -> Option<u64> {
-    (recipe.state_mode == crate::recipe::StateMode::Disk && !recipe.state_grow)
+    (recipe.workloads.runtime != Runtime::Containerd
+        && recipe.state_mode == crate::recipe::StateMode::Disk
+        && !recipe.state_grow)
         .then_some(recipe.state_size)
+}
+
+/// Where an image's unpacked root lives in the system tree (containerd).
+pub fn rootfs_dir(name: &str) -> String {
+    format!("{IMAGES_DIR}/{name}/rootfs")
+}
+
+/// How a containerd service starts its image: from the root unpacked at
+/// build time, with the image's configuration spelled out for `ctr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRun {
+    /// Absolute, in the running system.
+    pub rootfs: String,
+    /// The image's configuration.
+    pub config: crate::pipeline::oci::rootfs::RunConfig,
+    /// The image's user, resolved in its own /etc/passwd (root if unset).
+    pub uid_gid: (u32, u32),
+}
+
+/// The guest script that starts a service as its image's user (see
+/// `builder/guest/cairn-service-run`).
+pub const SERVICE_RUN: &str = "/usr/lib/cairn/cairn-service-run";
+
+/// Unpacks a verified image's layers into [`rootfs_dir`] and reads what
+/// `ctr run --rootfs` needs from its configuration.
+fn unpack(
+    tree: &Path,
+    name: &str,
+    loaded: &crate::pipeline::oci::LoadedImage,
+    plan: &crate::inputs::plan::Plan,
+) -> Result<ImageRun> {
+    use crate::pipeline::oci::rootfs;
+    let rel = rootfs_dir(name);
+    let root = crate::host::tree::create_dirs_in_root(tree, Path::new(&rel))?;
+    crate::pipeline::oci::unpack_layers(loaded, &root, &plan.recipe.limits)
+        .with_context(|| format!("image {name}: unpack into /{rel}"))?;
+    let bad = |e: anyhow::Error| crate::InputError(format!("image {name}: {e:#}"));
+    let config = rootfs::run_config(&loaded.config).map_err(bad)?;
+    let uid_gid = match &config.user {
+        Some(u) => rootfs::resolve_user(&root, u).map_err(bad)?,
+        None => (0, 0),
+    };
+    for p in rootfs::RUNTIME_MOUNT_POINTS {
+        rootfs::add_mount_point(&root, p, rootfs::MountPoint::Folder)
+            .with_context(|| format!("image {name}: mount point /{p}"))?;
+    }
+    eprintln!(
+        "        image {name}: {} unpacked -> /{rel} (runs from there, nothing imported at boot)",
+        loaded.manifest_digest
+    );
+    Ok(ImageRun {
+        rootfs: format!("/{rel}"),
+        config,
+        uid_gid,
+    })
 }
 
 pub fn install(
@@ -98,38 +159,48 @@ pub fn install(
         Runtime::K3s => K3S_IMAGES_DIR,
         _ => IMAGES_DIR,
     };
+    let mut runs = std::collections::BTreeMap::new();
     for img in &w.images {
         let dest_rel = format!("{images_dir}/{}.tar", img.name);
-        let dest = crate::host::tree::create_dirs_in_root(tree, Path::new(images_dir))?
-            .join(format!("{}.tar", img.name));
         // ctr imports with --base-name, so a tag is enough; k3s imports the
         // tarballs itself and needs the full reference.
         let ref_name = match w.runtime {
             Runtime::K3s => reference(&img.name),
             _ => "pinned".to_string(),
         };
+        let load = |path: &Path, pin: &Sha256| {
+            crate::pipeline::oci::load_archive_with(
+                path,
+                pin,
+                &crate::pipeline::oci::LoadOptions {
+                    policy: crate::pipeline::oci::LayerPolicy {
+                        allow_setuid: img.allow_setuid,
+                    },
+                    scratch: Some(work.to_path_buf()),
+                    limits: plan.recipe.limits,
+                    unpack_budget: image_budget(plan.recipe),
+                },
+            )
+            .map_err(|e| crate::InputError(format!("image {} ({}): {e}", img.name, path.display())))
+        };
         let (digest, source) = match &img.source {
             ImageSource::Archive(path) => {
                 let pin = img
                     .pin
                     .with_context(|| format!("image {}: no digest pin", img.name))?;
-                let loaded = crate::pipeline::oci::load_archive_with(
-                    path,
-                    &pin,
-                    &crate::pipeline::oci::LoadOptions {
-                        policy: crate::pipeline::oci::LayerPolicy {
-                            allow_setuid: img.allow_setuid,
-                        },
-                        scratch: Some(work.to_path_buf()),
-                        limits: plan.recipe.limits,
-                        unpack_budget: image_budget(plan.recipe),
-                    },
-                )
-                .map_err(|e| {
-                    crate::InputError(format!("image {} ({}): {e}", img.name, path.display()))
-                })?;
-                crate::pipeline::oci::write_oci_archive(&loaded, &ref_name, epoch, &dest)
-                    .with_context(|| format!("image {}: write into the root", img.name))?;
+                let loaded = load(path, &pin)?;
+                if w.runtime == Runtime::Containerd {
+                    runs.insert(img.name.clone(), unpack(tree, &img.name, &loaded, plan)?);
+                } else {
+                    let dest = crate::host::tree::create_dirs_in_root(tree, Path::new(images_dir))?
+                        .join(format!("{}.tar", img.name));
+                    crate::pipeline::oci::write_oci_archive(&loaded, &ref_name, epoch, &dest)
+                        .with_context(|| format!("image {}: write into the root", img.name))?;
+                    eprintln!(
+                        "        image {}: {} -> /{dest_rel}",
+                        img.name, loaded.manifest_digest
+                    );
+                }
                 let name = path
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
@@ -140,17 +211,25 @@ pub fn install(
                 let pre = built
                     .get(&img.name)
                     .with_context(|| format!("image {}: was not built before install", img.name))?;
-                std::fs::rename(&pre.archive, &dest)
-                    .or_else(|_| std::fs::copy(&pre.archive, &dest).map(|_| ()))
-                    .with_context(|| format!("image {}: move into the root", img.name))?;
-                crate::host::tree::set_plain_mode(&dest)?;
+                if w.runtime == Runtime::Containerd {
+                    let loaded = load(&pre.archive, &pre.digest)?;
+                    runs.insert(img.name.clone(), unpack(tree, &img.name, &loaded, plan)?);
+                    std::fs::remove_file(&pre.archive).ok();
+                } else {
+                    let dest = crate::host::tree::create_dirs_in_root(tree, Path::new(images_dir))?
+                        .join(format!("{}.tar", img.name));
+                    std::fs::rename(&pre.archive, &dest)
+                        .or_else(|_| std::fs::copy(&pre.archive, &dest).map(|_| ()))
+                        .with_context(|| format!("image {}: move into the root", img.name))?;
+                    crate::host::tree::set_plain_mode(&dest)?;
+                    eprintln!("        image {}: {} -> /{dest_rel}", img.name, pre.digest);
+                }
                 (
                     pre.digest,
                     format!("built from Debian packages: {}", packages.join(" ")),
                 )
             }
         };
-        eprintln!("        image {}: {digest} -> /{dest_rel}", img.name);
         out.images.push(InstalledImage {
             name: img.name.clone(),
             reference: reference(&img.name),
@@ -204,7 +283,7 @@ pub fn install(
         });
     }
     match w.runtime {
-        Runtime::Containerd => write_containerd_units(w, &out, tree)?,
+        Runtime::Containerd => write_containerd_units(w, &out, &runs, tree)?,
         Runtime::K3s => crate::pipeline::k3s::write_layout(w, tree)?,
         Runtime::None => {}
     }
@@ -430,17 +509,44 @@ fn quote(w: &str) -> String {
     }
 }
 
-/// The `ctr run` command line of a service.
-pub fn service_command(s: &Service) -> Vec<String> {
-    let mut c: Vec<String> = vec![
-        "/usr/bin/ctr".into(),
-        "-n".into(),
-        CONTAINERD_NAMESPACE.into(),
-        "run".into(),
-        "--rm".into(),
-        "--read-only".into(),
-        "--seccomp".into(),
-    ];
+/// The `ctr run` command line of a service: its image's root unpacked at
+/// build time (`--rootfs`, nothing imported), read-only, the image's
+/// environment with the recipe's entries over it, its working folder and
+/// user, the recipe's arguments instead of the image's when it gives any.
+///
+/// An image that names a user other than root starts through
+/// [`SERVICE_RUN`]: `ctr containers create` with the same flags makes the
+/// spec containerd would use (its defaults, seccomp profile and all), the
+/// script sets the image's user in it and runs it (`ctr run --config`),
+/// since containerd 1.6's `ctr` has no `--user`.
+pub fn service_command(s: &Service, run: &ImageRun) -> Vec<String> {
+    let (uid, gid) = run.uid_gid;
+    let as_root = run.uid_gid == (0, 0);
+    let mut c: Vec<String> = if as_root {
+        vec![
+            "/usr/bin/ctr".into(),
+            "-n".into(),
+            CONTAINERD_NAMESPACE.into(),
+            "run".into(),
+            "--rm".into(),
+        ]
+    } else {
+        // `ctr containers create` has no --cpus: the script sets the CFS
+        // quota in the spec, as `ctr run --cpus` would.
+        let quota = s
+            .cpus
+            .map(|c| ((c * 100_000.0) as i64).to_string())
+            .unwrap_or_else(|| "-".into());
+        vec![
+            SERVICE_RUN.into(),
+            s.name.clone(),
+            uid.to_string(),
+            gid.to_string(),
+            quota,
+        ]
+    };
+    c.push("--read-only".into());
+    c.push("--seccomp".into());
     for cap in DEFAULT_CAPS {
         if !s.capabilities.iter().any(|k| k == cap) {
             c.push("--cap-drop".into());
@@ -460,19 +566,28 @@ pub fn service_command(s: &Service) -> Vec<String> {
         c.push("--memory-limit".into());
         c.push(m.to_string());
     }
-    if let Some(cpus) = s.cpus {
+    if let (Some(cpus), true) = (s.cpus, as_root) {
         c.push("--cpus".into());
         c.push(format!("{cpus}"));
     }
-    for e in &s.env {
+    // A site-settable variable comes from the unit's environment files
+    // (the recipe's default, then the site file's value): systemd puts
+    // `${VAR}` in place as one word.
+    let recipe_env: Vec<String> = s
+        .env
+        .iter()
+        .map(|e| match site_var(s, e) {
+            Some(var) => format!("{var}=${{{var}}}"),
+            None => e.clone(),
+        })
+        .collect();
+    for e in crate::pipeline::oci::rootfs::merge_env(&run.config.env, &recipe_env) {
         c.push("--env".into());
-        // A site-settable variable comes from the unit's environment files
-        // (the recipe's default, then the site file's value): systemd puts
-        // `${VAR}` in place as one word.
-        match site_var(s, e) {
-            Some(var) => c.push(format!("{var}=${{{var}}}")),
-            None => c.push(e.clone()),
-        }
+        c.push(e);
+    }
+    if let Some(cwd) = &run.config.cwd {
+        c.push("--cwd".into());
+        c.push(cwd.clone());
     }
     for m in &s.models {
         c.push("--mount".into());
@@ -480,10 +595,41 @@ pub fn service_command(s: &Service) -> Vec<String> {
             "type=bind,src=/{MODELS_DIR}/{m},dst=/models/{m},options=rbind:ro"
         ));
     }
-    c.push(reference(&s.image));
-    c.push(format!("cairn-{}", s.name));
-    c.extend(s.args.iter().cloned());
+    c.push("--rootfs".into());
+    c.push(run.rootfs.clone());
+    if as_root {
+        c.push(format!("cairn-{}", s.name));
+        c.extend(process_args(s, run).iter().cloned());
+    } else {
+        // The container the script makes only to read its spec; the
+        // process arguments go into the spec from `args_path` (`ctr
+        // containers create` takes `-c` of `sh -c` for its own --config).
+        c.push(format!("cairn-{}-spec", s.name));
+    }
     c
+}
+
+/// What the service runs: the recipe's `args`, else the image's
+/// entrypoint and cmd (as `ctr run IMAGE ID ARGS` did).
+fn process_args<'a>(s: &'a Service, run: &'a ImageRun) -> &'a [String] {
+    if s.args.is_empty() {
+        &run.config.args
+    } else {
+        &s.args
+    }
+}
+
+/// Where [`SERVICE_RUN`] finds a service's process arguments: one line,
+/// `"args": [...],`, the JSON member it puts into the spec.
+pub fn args_path(service: &str) -> String {
+    format!("/usr/lib/cairn/services/{service}.args")
+}
+
+fn args_line(s: &Service, run: &ImageRun) -> String {
+    format!(
+        "\"args\": {},\n",
+        serde_json::to_string(process_args(s, run)).unwrap_or_else(|_| "[]".into())
+    )
 }
 
 /// The site-settable variable an `env` entry sets, if it is one.
@@ -515,8 +661,8 @@ pub fn env_file_text(s: &Service) -> String {
     t
 }
 
-pub fn service_unit(s: &Service) -> String {
-    let cmd: Vec<String> = service_command(s)
+pub fn service_unit(s: &Service, run: &ImageRun) -> String {
+    let cmd: Vec<String> = service_command(s, run)
         .iter()
         .map(|w| {
             let site = w
@@ -553,15 +699,28 @@ pub fn service_unit(s: &Service) -> String {
     u
 }
 
-const IMPORT_SCRIPT: &str = include_str!("../../guest/cairn-import-images");
+const IMAGES_SCRIPT: &str = include_str!("../../guest/cairn-images");
 const IMAGES_SERVICE: &str = include_str!("../../guest/cairn-images.service");
+const SERVICE_RUN_SCRIPT: &str = include_str!("../../guest/cairn-service-run");
 
-fn write_containerd_units(w: &Workloads, inst: &Installed, tree: &Path) -> Result<()> {
+fn write_containerd_units(
+    w: &Workloads,
+    inst: &Installed,
+    runs: &std::collections::BTreeMap<String, ImageRun>,
+    tree: &Path,
+) -> Result<()> {
     use crate::host::tree::write_in_tree;
+    use crate::pipeline::oci::rootfs::{add_mount_point, MountPoint};
     write_in_tree(
         tree,
-        "usr/lib/cairn/cairn-import-images",
-        IMPORT_SCRIPT.as_bytes(),
+        "usr/lib/cairn/cairn-images",
+        IMAGES_SCRIPT.as_bytes(),
+        0o755,
+    )?;
+    write_in_tree(
+        tree,
+        SERVICE_RUN.trim_start_matches('/'),
+        SERVICE_RUN_SCRIPT.as_bytes(),
         0o755,
     )?;
     write_in_tree(
@@ -572,7 +731,10 @@ fn write_containerd_units(w: &Workloads, inst: &Installed, tree: &Path) -> Resul
     )?;
     let mut list = String::new();
     for i in &inst.images {
-        let _ = writeln!(list, "{} {} sha256:{}", i.name, i.reference, i.digest);
+        let run = runs
+            .get(&i.name)
+            .with_context(|| format!("image {}: was not unpacked", i.name))?;
+        let _ = writeln!(list, "{} {} sha256:{}", i.name, run.rootfs, i.digest);
     }
     write_in_tree(tree, "usr/lib/cairn/images.list", list.as_bytes(), 0o644)?;
     crate::host::tree::link_in_tree(
@@ -594,11 +756,60 @@ fn write_containerd_units(w: &Workloads, inst: &Installed, tree: &Path) -> Resul
                 0o644,
             )?;
         }
+        let run = runs
+            .get(&s.image)
+            .with_context(|| format!("service {}: image {} was not unpacked", s.name, s.image))?;
+        if s.args.is_empty() && run.config.args.is_empty() {
+            return Err(crate::InputError(format!(
+                "service {}: image {} has no Entrypoint or Cmd and the service sets no `args`; give it `args = [\"/path/to/program\", ...]`",
+                s.name, s.image
+            ))
+            .into());
+        }
+        // The runtime cannot make mount points on the read-only root.
+        let root = crate::host::tree::resolve_in_root(
+            tree,
+            Path::new(run.rootfs.trim_start_matches('/')),
+        )?;
+        let mut points = Vec::new();
+        for m in &s.models {
+            let dir = w
+                .models
+                .iter()
+                .find(|x| &x.name == m)
+                .map_or(true, |x| x.path.is_dir());
+            points.push((
+                format!("models/{m}"),
+                if dir {
+                    MountPoint::Folder
+                } else {
+                    MountPoint::File
+                },
+            ));
+        }
+        if s.host_network {
+            // --net-host binds the host's /etc/hosts and /etc/resolv.conf.
+            points.push(("etc/hosts".into(), MountPoint::File));
+            points.push(("etc/resolv.conf".into(), MountPoint::File));
+        }
+        for (p, kind) in points {
+            add_mount_point(&root, &p, kind).with_context(|| {
+                format!("service {}: mount point /{p} in image {}", s.name, s.image)
+            })?;
+        }
+        if run.uid_gid != (0, 0) {
+            write_in_tree(
+                tree,
+                args_path(&s.name).trim_start_matches('/'),
+                args_line(s, run).as_bytes(),
+                0o644,
+            )?;
+        }
         let unit = format!("cairn-service-{}.service", s.name);
         write_in_tree(
             tree,
             &format!("usr/lib/systemd/system/{unit}"),
-            service_unit(s).as_bytes(),
+            service_unit(s, run).as_bytes(),
             0o644,
         )?;
         crate::host::tree::link_in_tree(
@@ -641,35 +852,95 @@ mod tests {
         }
     }
 
+    fn run() -> ImageRun {
+        ImageRun {
+            rootfs: format!("/{}", rootfs_dir("inference")),
+            config: crate::pipeline::oci::rootfs::RunConfig {
+                args: vec!["/usr/bin/python3".into(), "/app/serve.py".into()],
+                env: vec!["PATH=/usr/bin:/bin".into(), "A=from-image".into()],
+                cwd: Some("/app".into()),
+                user: Some("app".into()),
+            },
+            uid_gid: (1000, 1000),
+        }
+    }
+
     #[test]
     fn site_variables_come_from_the_env_files() {
         let mut s = svc();
         s.env = vec!["A=b c".into(), "SITE_LABEL=none".into()];
         s.site_env = vec!["SITE_LABEL".into()];
-        crate::assert_golden("cairn-service-inference-site.service", &service_unit(&s));
+        crate::assert_golden(
+            "cairn-service-inference-site.service",
+            &service_unit(&s, &run()),
+        );
         assert_eq!(
             env_file_text(&s),
             "# Generated by cairn: the recipe's defaults; a site file may set these.\nSITE_LABEL=\"none\"\n"
         );
-        let c = service_command(&s);
+        let c = service_command(&s, &run());
         assert!(c.windows(2).any(|w| w[0] == "--env" && w[1] == "A=b c"));
         assert!(c
             .windows(2)
             .any(|w| w[0] == "--env" && w[1] == "SITE_LABEL=${SITE_LABEL}"));
         // Control: without the declaration the recipe's value is on the line.
         s.site_env.clear();
-        assert!(!service_unit(&s).contains("EnvironmentFile"));
-        assert!(service_unit(&s).contains("SITE_LABEL=none"));
+        assert!(!service_unit(&s, &run()).contains("EnvironmentFile"));
+        assert!(service_unit(&s, &run()).contains("SITE_LABEL=none"));
+    }
+
+    #[test]
+    fn services_run_from_the_unpacked_root_with_the_image_config() {
+        let mut s = svc();
+        let c = service_command(&s, &run());
+        let rootfs = c.iter().position(|w| w == "--rootfs").expect("--rootfs");
+        assert_eq!(c[rootfs + 1], "/usr/lib/cairn/images/inference/rootfs");
+        // The recipe's args replace the image's entrypoint and cmd, as
+        // `ctr run IMAGE ID ARGS` did; as another user, from the args file.
+        assert_eq!(c.len(), rootfs + 3, "{c:?}");
+        assert_eq!(args_line(&s, &run()), "\"args\": [\"--port\",\"8080\"],\n");
+        // The image's environment, the recipe's entries over it, each once.
+        let env: Vec<&str> = c
+            .windows(2)
+            .filter(|w| w[0] == "--env")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(env, ["PATH=/usr/bin:/bin", "A=b c"]);
+        assert!(c.windows(2).any(|w| w[0] == "--cwd" && w[1] == "/app"));
+        // A user other than root: through the script, which sets it.
+        assert_eq!(c[..5], [SERVICE_RUN, "inference", "1000", "1000", "100000"]);
+        assert!(!c.contains(&"--cpus".to_string()), "{c:?}");
+        assert_eq!(c[rootfs + 2], "cairn-inference-spec");
+        // Control: without args of its own, the image's command runs.
+        s.args.clear();
+        assert_eq!(
+            args_line(&s, &run()),
+            "\"args\": [\"/usr/bin/python3\",\"/app/serve.py\"],\n"
+        );
+        // No image reference: nothing is looked up in containerd's store.
+        assert!(!c.iter().any(|w| w.contains("cairn.local/")), "{c:?}");
+        // Control: an image run as root starts with ctr run directly.
+        let mut r = run();
+        r.uid_gid = (0, 0);
+        let c = service_command(&s, &r);
+        assert_eq!(c[..5], ["/usr/bin/ctr", "-n", "cairn", "run", "--rm"]);
+        assert!(c.windows(2).any(|w| w[0] == "--cpus" && w[1] == "1"));
+        let i = c.iter().position(|w| w == "--rootfs").expect("--rootfs");
+        assert_eq!(c[i + 2], "cairn-inference");
+        assert_eq!(c[i + 3..], ["/usr/bin/python3", "/app/serve.py"]);
     }
 
     #[test]
     fn service_unit_golden() {
-        crate::assert_golden("cairn-service-inference.service", &service_unit(&svc()));
+        crate::assert_golden(
+            "cairn-service-inference.service",
+            &service_unit(&svc(), &run()),
+        );
     }
 
     #[test]
     fn every_default_capability_is_dropped_unless_listed() {
-        let c = service_command(&svc());
+        let c = service_command(&svc(), &run());
         for cap in DEFAULT_CAPS {
             assert!(
                 c.windows(2).any(|w| w[0] == "--cap-drop" && w[1] == *cap),
@@ -678,13 +949,13 @@ mod tests {
         }
         let mut s = svc();
         s.capabilities = vec!["CAP_NET_BIND_SERVICE".into()];
-        let c = service_command(&s);
+        let c = service_command(&s, &run());
         assert!(!c
             .windows(2)
             .any(|w| w[0] == "--cap-drop" && w[1] == "CAP_NET_BIND_SERVICE"));
         // No network unless listed.
         s.host_network = false;
-        assert!(!service_command(&s).contains(&"--net-host".to_string()));
-        assert!(service_command(&s).contains(&"--read-only".to_string()));
+        assert!(!service_command(&s, &run()).contains(&"--net-host".to_string()));
+        assert!(service_command(&s, &run()).contains(&"--read-only".to_string()));
     }
 }

@@ -205,8 +205,9 @@ settings! {
          `signify-openbsd` package (the initramfs verifies with it).";
 
     CLUSTER_RUNTIME = ["cluster"] "runtime": "`\"none\"`, `\"containerd\"`, `\"k3s\"`" = Text("none");
-        "`containerd`: Debian's containerd and runc; the pinned images are imported at boot \
-         from the read-only root and `[[services]]` run as supervised containers. `k3s`: \
+        "`containerd`: Debian's containerd and runc; the pinned images are unpacked at build \
+         time into the verity-protected root and `[[services]]` run from there as supervised \
+         containers (nothing is imported or copied at boot). `k3s`: \
          single-node Kubernetes from pinned artifacts, laid out by k3s's air-gap conventions.";
     CLUSTER_K3S_BINARY = ["cluster"] "k3s_binary": "path or URL" = Unset;
         "k3s only (then required): the k3s binary";

@@ -80,6 +80,24 @@ pub struct Contents {
     pub images: Vec<ImageContents>,
 }
 
+/// The `wanted` files of an image's unpacked root (each at most
+/// `MAX_META_BYTES`), keyed by their path as given; absent ones are left
+/// out. Links resolve inside that root, never on the host.
+fn read_unpacked(
+    root: &Path,
+    wanted: &[&str],
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut found = std::collections::BTreeMap::new();
+    for rel in wanted {
+        if let Some(v) =
+            crate::host::tree::read_in_tree_capped(root, Path::new(rel), MAX_META_BYTES)?
+        {
+            found.insert(rel.to_string(), v);
+        }
+    }
+    Ok(found)
+}
+
 /// Reads the composed tree: its dpkg database and os-release, the kernel
 /// image, and each installed OCI image's dpkg database (from its layers),
 /// joined with the lock's .deb digests.
@@ -114,35 +132,48 @@ pub fn read_contents(composed: &ComposedRoot, plan: &Plan) -> Result<Contents> {
         .find(|p| p.name == format!("linux-image-{}", composed.kernel_version))
         .map(|p| p.name.clone());
 
-    let images_dir = match composed.workloads.runtime {
+    let runtime = composed.workloads.runtime;
+    let images_dir = match runtime {
         crate::pipeline::workloads::Runtime::K3s => crate::pipeline::workloads::K3S_IMAGES_DIR,
         _ => crate::pipeline::workloads::IMAGES_DIR,
     };
     let scratch = composed.tree.parent().map(Path::to_path_buf);
     let mut images = Vec::new();
     for img in &composed.workloads.images {
-        let archive = resolve_in_root_follow(
-            tree,
-            &Path::new(images_dir).join(format!("{}.tar", img.name)),
-        )?;
-        let loaded = crate::pipeline::oci::load_archive_with(
-            &archive,
-            &img.digest,
-            &crate::pipeline::oci::LoadOptions {
-                // Only read, never unpacked: the install step already
-                // applied the recipe's policy.
-                policy: crate::pipeline::oci::LayerPolicy { allow_setuid: true },
-                scratch: scratch.clone(),
-                // The limits the install step loaded it with.
-                limits: plan.recipe.limits,
-                unpack_budget: None,
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("sbom: image {} ({}): {e}", img.name, archive.display()))?;
         let mut wanted = vec![DPKG_STATUS];
         wanted.extend(OS_RELEASE);
-        let files = crate::pipeline::oci::read_files(&loaded, &wanted, MAX_META_BYTES)
-            .with_context(|| format!("sbom: image {}", img.name))?;
+        let files = if runtime == crate::pipeline::workloads::Runtime::Containerd {
+            // Unpacked at build time: read the image's own root.
+            let root = resolve_in_root_follow(
+                tree,
+                Path::new(&crate::pipeline::workloads::rootfs_dir(&img.name)),
+            )?;
+            read_unpacked(&root, &wanted)
+                .with_context(|| format!("sbom: image {} ({})", img.name, root.display()))?
+        } else {
+            let archive = resolve_in_root_follow(
+                tree,
+                &Path::new(images_dir).join(format!("{}.tar", img.name)),
+            )?;
+            let loaded = crate::pipeline::oci::load_archive_with(
+                &archive,
+                &img.digest,
+                &crate::pipeline::oci::LoadOptions {
+                    // Only read, never unpacked: the install step already
+                    // applied the recipe's policy.
+                    policy: crate::pipeline::oci::LayerPolicy { allow_setuid: true },
+                    scratch: scratch.clone(),
+                    // The limits the install step loaded it with.
+                    limits: plan.recipe.limits,
+                    unpack_budget: None,
+                },
+            )
+            .map_err(|e| {
+                anyhow::anyhow!("sbom: image {} ({}): {e}", img.name, archive.display())
+            })?;
+            crate::pipeline::oci::read_files(&loaded, &wanted, MAX_META_BYTES)
+                .with_context(|| format!("sbom: image {}", img.name))?
+        };
         let text = |k: &str| {
             files
                 .get(k)

@@ -1,7 +1,8 @@
 //! Workloads: the default recipe, field-ai, booted with restrict=on user
 //! networking and a hostfwd to its service port. A prediction request from
-//! the host gets the right answer for known inputs; the image digest that
-//! containerd reports inside the guest equals the manifest's; the guest
+//! the host gets the right answer for known inputs; the image the guest
+//! reports running (unpacked at build time into the verified root) has the
+//! manifest's digest; the guest
 //! makes no outbound connection (a guestfwd listener sees nothing and the
 //! firewall logs no denied egress).
 
@@ -45,12 +46,16 @@ fn field_ai_serves_predictions_from_its_pinned_image_and_never_reaches_out() {
     let line = serial
         .lines()
         .find(|l| l.contains("cairn: image inference "))
-        .unwrap_or_else(|| panic!("containerd reported no digest: {serial}"));
+        .unwrap_or_else(|| panic!("the guest reported no image: {serial}"));
     assert!(
         line.trim_end()
             .ends_with(&format!("sha256:{}", image.digest)),
-        "containerd holds {line}, the manifest pins sha256:{}",
+        "the guest runs {line}, the manifest pins sha256:{}",
         image.digest
+    );
+    assert!(
+        line.contains("/usr/lib/cairn/images/inference/rootfs"),
+        "not run from its unpacked root: {line}"
     );
     let mut answer = String::new();
     for _ in 0..30 {

@@ -563,11 +563,17 @@ fn unpack_with<R: Read>(layer: R, dest: &Path, rules: &Rules) -> Result<LayerSum
 /// Flattens the image's layers, in order, into `dest`, honouring OCI
 /// whiteouts (`.wh.NAME` deletes NAME from lower layers, `.wh..wh..opq`
 /// empties the folder of lower layers' entries).
-pub fn unpack_layers(img: &LoadedImage, dest: &Path) -> Result<()> {
+/// Every cap of `limits` holds again while they stream (the recipe's,
+/// which the archive was loaded with).
+pub fn unpack_layers(img: &LoadedImage, dest: &Path, limits: &Limits) -> Result<()> {
     for l in &img.layers {
         let f = std::fs::File::open(l.blob_path())
             .with_context(|| format!("cannot open layer {}", l.blob_path().display()))?;
-        let s = unpack_layer(f, dest, &img.policy)?;
+        let s = unpack_with(
+            BufReader::with_capacity(1 << 20, f),
+            dest,
+            &Rules::layer(&img.policy, limits),
+        )?;
         if s.digest != l.summary.digest {
             bail!(
                 "layer {} changed on disk since it was loaded",
