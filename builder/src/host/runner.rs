@@ -301,29 +301,61 @@ pub fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// A tool started by a progress runner: stdin closed, stdout and stderr
+/// piped, in its own process group and registered, so an interrupt stops
+/// it and its children.
+struct Piped {
+    child: std::process::Child,
+    _registered: crate::host::interrupt::ChildGuard,
+    line: String,
+    started: Instant,
+}
+
+fn spawn_piped(stage: &str, cmd: &mut Command) -> Result<Piped> {
+    use std::process::Stdio;
+    let line = command_line(cmd);
+    log_start(cmd);
+    let started = Instant::now();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
+    let child = cmd.spawn().map_err(|e| start_error(stage, cmd, e))?;
+    let _registered = crate::host::interrupt::register_child(child.id(), true);
+    Ok(Piped {
+        child,
+        _registered,
+        line,
+        started,
+    })
+}
+
+/// Reads a pipe to its end on a thread of its own (so a full pipe never
+/// blocks the tool), for the error message.
+fn drain<R: std::io::Read + Send + 'static>(
+    pipe: Option<R>,
+) -> Option<std::thread::JoinHandle<String>> {
+    pipe.map(|mut p| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = p.read_to_string(&mut s);
+            s
+        })
+    })
+}
+
 /// Runs a tool that reports its progress on stdout as percentages
 /// (`qemu-img convert -p`: `    (12.34/100%)\r`), feeding a bar labelled
 /// `label` for `total` bytes; its stderr is kept for the error. `cmd`'s
 /// stdio is set here.
 pub fn run_with_progress(stage: &str, mut cmd: Command, label: &str, total: u64) -> Result<()> {
-    use std::io::Read;
-    use std::process::Stdio;
-    let line = command_line(&cmd);
-    log_start(&cmd);
-    let started = Instant::now();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().map_err(|e| start_error(stage, &cmd, e))?;
-    let _registered = crate::host::interrupt::register_child(child.id(), true);
-    let err_reader = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = e.read_to_string(&mut s);
-            s
-        })
-    });
+    let Piped {
+        mut child,
+        _registered,
+        line,
+        started,
+    } = spawn_piped(stage, &mut cmd)?;
+    let err_reader = drain(child.stderr.take());
     let mut bar = crate::host::progress::Progress::new(label, total);
     let mut stdout = String::new();
     if let Some(out) = child.stdout.take() {
@@ -359,38 +391,14 @@ pub fn run_watching_output(
     label: &str,
     total: u64,
 ) -> Result<()> {
-    use std::io::Read;
-    use std::process::Stdio;
-    let line = command_line(&cmd);
-    log_start(&cmd);
-    let started = Instant::now();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().map_err(|e| start_error(stage, &cmd, e))?;
-    let _registered = crate::host::interrupt::register_child(child.id(), true);
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        pipe.map(|mut p| {
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = p.read_to_string(&mut s);
-                s
-            })
-        })
-    };
-    let out_reader = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err_reader = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let Piped {
+        mut child,
+        _registered,
+        line,
+        started,
+    } = spawn_piped(stage, &mut cmd)?;
+    let out_reader = drain(child.stdout.take());
+    let err_reader = drain(child.stderr.take());
     let mut bar = crate::host::progress::Progress::new(label, total);
     let status = loop {
         if let Some(st) = child

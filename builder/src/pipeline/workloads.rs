@@ -183,6 +183,13 @@ pub fn install(
             )
             .map_err(|e| crate::InputError(format!("image {} ({}): {e}", img.name, path.display())))
         };
+        // Where the OCI tarball goes for k3s (and with no runtime).
+        let tarball = || -> Result<PathBuf> {
+            Ok(
+                crate::host::tree::create_dirs_in_root(tree, Path::new(images_dir))?
+                    .join(format!("{}.tar", img.name)),
+            )
+        };
         let (digest, source) = match &img.source {
             ImageSource::Archive(path) => {
                 let pin = img
@@ -192,8 +199,7 @@ pub fn install(
                 if w.runtime == Runtime::Containerd {
                     runs.insert(img.name.clone(), unpack(tree, &img.name, &loaded, plan)?);
                 } else {
-                    let dest = crate::host::tree::create_dirs_in_root(tree, Path::new(images_dir))?
-                        .join(format!("{}.tar", img.name));
+                    let dest = tarball()?;
                     crate::pipeline::oci::write_oci_archive(&loaded, &ref_name, epoch, &dest)
                         .with_context(|| format!("image {}: write into the root", img.name))?;
                     eprintln!(
@@ -216,8 +222,7 @@ pub fn install(
                     runs.insert(img.name.clone(), unpack(tree, &img.name, &loaded, plan)?);
                     std::fs::remove_file(&pre.archive).ok();
                 } else {
-                    let dest = crate::host::tree::create_dirs_in_root(tree, Path::new(images_dir))?
-                        .join(format!("{}.tar", img.name));
+                    let dest = tarball()?;
                     std::fs::rename(&pre.archive, &dest)
                         .or_else(|_| std::fs::copy(&pre.archive, &dest).map(|_| ()))
                         .with_context(|| format!("image {}: move into the root", img.name))?;
