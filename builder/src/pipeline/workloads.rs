@@ -162,8 +162,9 @@ pub fn install(
     let mut runs = std::collections::BTreeMap::new();
     for img in &w.images {
         let dest_rel = format!("{images_dir}/{}.tar", img.name);
-        // ctr imports with --base-name, so a tag is enough; k3s imports the
-        // tarballs itself and needs the full reference.
+        // k3s imports the tarballs itself and needs the full reference; a
+        // tarball without a runtime keeps the plain tag (containerd images
+        // are unpacked, so no reference is used).
         let ref_name = match w.runtime {
             Runtime::K3s => reference(&img.name),
             _ => "pinned".to_string(),
