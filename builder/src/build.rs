@@ -118,6 +118,61 @@ impl Stages {
         self.times.push((name.to_string(), secs));
         Ok(v)
     }
+
+    /// Runs independent stages at once, each on its own thread: its start
+    /// and end lines say which it is, its progress bars join one block, and
+    /// the lines its tools print carry its name. The first error (in
+    /// order) is returned once every job has ended.
+    fn run_together(&mut self, jobs: Vec<Job<'_>>) -> Result<()> {
+        crate::host::interrupt::check()?;
+        let bars = crate::host::progress::Bars::new();
+        let first = self.n + 1;
+        let total = self.total;
+        let results: Vec<(String, Result<f64>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .into_iter()
+                .enumerate()
+                .map(|(i, job)| {
+                    let bars = bars.clone();
+                    let n = first + i;
+                    s.spawn(move || {
+                        bars.enter(|| {
+                            crate::host::progress::say(&format!(
+                                "[{n:>2}/{total}] {} ...",
+                                job.name
+                            ));
+                            let t = Instant::now();
+                            let r = crate::host::runner::with_label(job.name, job.run);
+                            let secs = t.elapsed().as_secs_f64();
+                            if r.is_ok() {
+                                crate::host::progress::say(&format!(
+                                    "[{n:>2}/{total}] {} done in {secs:.1}s",
+                                    job.name
+                                ));
+                            }
+                            (job.name.to_string(), r.map(|()| secs))
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        self.n += results.len();
+        crate::host::interrupt::check()?;
+        for (name, r) in results {
+            self.times.push((name, r?));
+        }
+        Ok(())
+    }
+}
+
+/// One stage of [`Stages::run_together`].
+struct Job<'a> {
+    name: &'a str,
+    run: Box<dyn FnOnce() -> Result<()> + Send + 'a>,
 }
 
 /// The kernel command line: cairn's words, then the recipe's extras.
@@ -206,7 +261,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         .collect();
     let mut st = Stages {
         n: 1,
-        total: 11 + usize::from(key.is_some()) + derived.len(),
+        total: 11 + usize::from(key.is_some()) + derived.len() + usize::from(opts.formats.raw),
         started,
         times: vec![("resolve inputs".into(), started.elapsed().as_secs_f64())],
     };
@@ -379,15 +434,57 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         epoch: recipe.source_date_epoch,
         work: &work,
     };
+    // They all read the raw disk and write a file of their own, so they
+    // run at once, each hashing its output as soon as it is written (the
+    // raw disk's hash runs beside them): every output is read once more,
+    // while the others are still being made.
+    let hashed = std::sync::Mutex::new(std::collections::BTreeMap::<String, Sha256>::new());
+    let hash_into = |path: &Path| -> Result<()> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let d = Sha256::of_file_with_progress(path, &format!("hash {name}"))?;
+        hashed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, d);
+        Ok(())
+    };
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    if opts.formats.raw {
+        let (raw_path, hash_into) = (&raw_path, &hash_into);
+        jobs.push(Job {
+            name: "hash raw disk",
+            run: Box::new(move || hash_into(raw_path)),
+        });
+    }
     for w in &derived {
         let out = media.join(format!("{stem}.{}", w.extension));
-        st.run(w.stage, || (w.write)(&media_inputs, &out))?;
+        let (media_inputs, hash_into) = (&media_inputs, &hash_into);
+        jobs.push(Job {
+            name: w.stage,
+            run: Box::new(move || {
+                (w.write)(media_inputs, &out)?;
+                hash_into(&out)
+            }),
+        });
     }
+    st.run_together(jobs)?;
+    let hashed = hashed.into_inner().unwrap_or_else(|e| e.into_inner());
     // 11. Manifest and provenance, 12. signature.
     // Each output is hashed once: the manifest's digests (and the
     // manifest's own) go on to the SHA256 list.
     let known = st.run("manifest", || {
-        let mut m = Manifest::new(recipe, &composed, &verity, &cmdline, &raw.layout, &media)?;
+        let mut m = Manifest::new(
+            recipe,
+            &composed,
+            &verity,
+            &cmdline,
+            &raw.layout,
+            &media,
+            &hashed,
+        )?;
         m.volumes = crate::release::manifest::volumes(&volumes, &raw.layout);
         if opts.formats.iso {
             m.kernel.iso_cmdline = Some(iso_cmdline.clone());

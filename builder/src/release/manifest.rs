@@ -266,6 +266,7 @@ impl Manifest {
         cmdline: &str,
         layout: &Layout,
         media: &Path,
+        hashed: &std::collections::BTreeMap<String, Sha256>,
     ) -> Result<Manifest> {
         let mut inputs = vec![Input {
             kind: "recipe".into(),
@@ -344,7 +345,12 @@ impl Manifest {
             let p = media.join(&name);
             outputs.push(Output {
                 size: std::fs::metadata(&p)?.len(),
-                sha256: Sha256::of_file_with_progress(&p, &format!("hash {name}"))?,
+                // Media are hashed as soon as each is written, beside the
+                // others (`hashed`); anything else here, now.
+                sha256: match hashed.get(&name) {
+                    Some(d) => *d,
+                    None => Sha256::of_file_with_progress(&p, &format!("hash {name}"))?,
+                },
                 file: name,
             });
         }

@@ -301,11 +301,9 @@ pub fn apply(image: &Path, site: &Path, out: &Path) -> Result<Applied> {
     }
     write_to_medium(&raw, &signed)?;
     let done = if qcow2 {
+        // The same options as the build's qcow2 (zstd clusters, holes).
         let q = tmp.path().join("medium.qcow2");
-        crate::host::runner::run(
-            "site: qcow2",
-            xshell::cmd!(sh, "qemu-img convert -f raw -O qcow2 {raw} {q}"),
-        )?;
+        crate::media::qcow2::write_qcow2(&raw, &q).context("site: qcow2")?;
         q
     } else {
         raw

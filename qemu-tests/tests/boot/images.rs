@@ -172,6 +172,53 @@ fn a_big_service_image_runs_from_the_verified_root_and_writes_nothing_to_the_sta
         serial.contains("images: containerd is up; 1 pinned image(s) unpacked in the verified root, nothing to import"),
         "{serial}"
     );
+    // Only root may enter the image's folder: its files (set-id ones of
+    // an `allow_setuid` image among them) are out of reach of the
+    // appliance's other users. Control: the same user lists the folder
+    // above it.
+    let (rc, mode) =
+        b.vm.console_run(
+            "stat -c %a /usr/lib/cairn/images/greeter",
+            console_timeout(),
+        )
+        .expect("console");
+    assert_eq!((rc, mode.trim()), (0, "700"), "{mode}");
+    let as_nobody = "setpriv --reuid 65534 --regid 65534 --clear-groups";
+    let (rc, out) =
+        b.vm.console_run(
+            &format!("{as_nobody} ls /usr/lib/cairn/images"),
+            console_timeout(),
+        )
+        .expect("console");
+    assert_eq!((rc, out.trim()), (0, "greeter"), "control: {out}");
+    let (rc, out) =
+        b.vm.console_run(
+            &format!("{as_nobody} ls /usr/lib/cairn/images/greeter/rootfs"),
+            console_timeout(),
+        )
+        .expect("console");
+    assert_ne!(rc, 0, "a non-root user listed the image's root: {out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    // containerd loads cairn's config: the CRI plugin, which nothing uses,
+    // is not loaded (control: the containers service is).
+    let (rc, plugins) =
+        b.vm.console_run("ctr plugins ls", console_timeout())
+            .expect("console");
+    assert_eq!(rc, 0, "{plugins}");
+    let has = |kind: &str, id: &str| {
+        plugins.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() >= 2 && w[0] == kind && w[1] == id
+        })
+    };
+    assert!(
+        has("io.containerd.grpc.v1", "containers"),
+        "control: {plugins}"
+    );
+    assert!(
+        !has("io.containerd.grpc.v1", "cri"),
+        "the CRI plugin is loaded: {plugins}"
+    );
     // containerd holds no image: nothing was imported.
     let (rc, imgs) =
         b.vm.console_run("ctr -n cairn images ls -q | wc -l", console_timeout())

@@ -293,7 +293,16 @@ pub struct Qcow2Header {
     pub virtual_size: u64,
     pub crypt_method: u32,
     pub incompatible_features: u64,
+    /// 0 zlib, 1 zstd (the compression type field, version 3 with the
+    /// compression-type feature bit; zlib otherwise).
+    pub compression_type: u8,
 }
+
+/// The incompatible-feature bit saying the header has a compression type
+/// field (byte 104); the only one cairn writes (zstd clusters).
+pub const QCOW2_COMPRESSION_TYPE_BIT: u64 = 1 << 3;
+/// The bytes of a qcow2 header cairn reads: up to the compression type.
+pub const QCOW2_HEAD_LEN: u64 = 112;
 
 /// Parse the head of a qcow2 file (big-endian fields, QEMU's
 /// docs/interop/qcow2.txt) and refuse what cairn never writes: a backing
@@ -319,7 +328,7 @@ pub fn read_qcow2_header(head: &[u8]) -> Result<Qcow2Header, String> {
     if version != 2 && version != 3 {
         return Err(format!("qcow2 version {version} is not 2 or 3"));
     }
-    let h = Qcow2Header {
+    let mut h = Qcow2Header {
         version,
         backing_file_offset: be64(8).ok_or_else(short)?,
         virtual_size: be64(24).ok_or_else(short)?,
@@ -329,6 +338,7 @@ pub fn read_qcow2_header(head: &[u8]) -> Result<Qcow2Header, String> {
         } else {
             0
         },
+        compression_type: 0,
     };
     if h.backing_file_offset != 0 {
         return Err("names a backing file; a cairn qcow2 stands alone".into());
@@ -339,11 +349,27 @@ pub fn read_qcow2_header(head: &[u8]) -> Result<Qcow2Header, String> {
             h.crypt_method
         ));
     }
-    if h.incompatible_features != 0 {
+    let others = h.incompatible_features & !QCOW2_COMPRESSION_TYPE_BIT;
+    if others != 0 {
         return Err(format!(
-            "uses incompatible qcow2 features {:#x} (dirty, corrupt, external data file, ...) that cairn never writes",
-            h.incompatible_features
+            "uses incompatible qcow2 features {others:#x} (dirty, corrupt, external data file, ...) that cairn never writes",
         ));
+    }
+    if h.incompatible_features & QCOW2_COMPRESSION_TYPE_BIT != 0 {
+        // The field exists only in a header long enough to hold it.
+        let header_length = be32(100).ok_or_else(short)?;
+        if header_length < 105 {
+            return Err(format!(
+                "says it has a compression type, but its header is {header_length} bytes (needs 105)"
+            ));
+        }
+        h.compression_type = *head.get(104).ok_or_else(short)?;
+        if h.compression_type != 1 {
+            return Err(format!(
+                "compression type {} is not zstd (1), the only one cairn writes",
+                h.compression_type
+            ));
+        }
     }
     Ok(h)
 }
@@ -360,9 +386,9 @@ pub(super) fn check_qcow2(
     manifest: &Manifest,
     checks: &mut Vec<String>,
 ) -> Result<(), VerifyError> {
-    let mut head = Vec::with_capacity(104);
+    let mut head = Vec::with_capacity(QCOW2_HEAD_LEN as usize);
     f.seek(SeekFrom::Start(0))
-        .and_then(|_| f.take(104).read_to_end(&mut head))
+        .and_then(|_| f.take(QCOW2_HEAD_LEN).read_to_end(&mut head))
         .map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
     let h = read_qcow2_header(&head).map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
     let sh = xshell::Shell::new().map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
@@ -439,7 +465,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(version: u32, backing: u64, crypt: u32, incompat: u64) -> Vec<u8> {
-        let mut h = vec![0u8; 104];
+        let mut h = vec![0u8; 112];
+        h[100..104].copy_from_slice(&112u32.to_be_bytes());
+        h[104] = 1;
         h[..4].copy_from_slice(b"QFI\xfb");
         h[4..8].copy_from_slice(&version.to_be_bytes());
         h[8..16].copy_from_slice(&backing.to_be_bytes());
@@ -454,10 +482,31 @@ mod tests {
         let ok = read_qcow2_header(&header(3, 0, 0, 0)).unwrap();
         assert_eq!(ok.virtual_size, 72 << 20);
         assert!(read_qcow2_header(&header(2, 0, 0, 0)).is_ok());
+        // What cairn writes: zstd clusters.
+        let zstd = read_qcow2_header(&header(3, 0, 0, 8)).unwrap();
+        assert_eq!(zstd.compression_type, 1);
         for (h, why) in [
             (header(3, 512, 0, 0), "backing file"),
             (header(3, 0, 1, 0), "encrypted"),
             (header(3, 0, 0, 4), "external data file"),
+            (header(3, 0, 0, 4 | 8), "features 0x4 "),
+            (
+                {
+                    let mut h = header(3, 0, 0, 8);
+                    h[104] = 2;
+                    h
+                },
+                "compression type 2",
+            ),
+            (
+                {
+                    let mut h = header(3, 0, 0, 8);
+                    h[100..104].copy_from_slice(&104u32.to_be_bytes());
+                    h
+                },
+                "needs 105",
+            ),
+            (header(3, 0, 0, 8)[..104].to_vec(), "truncated"),
             (header(4, 0, 0, 0), "version 4"),
             (b"QFI".to_vec(), "magic"),
             (header(3, 0, 0, 0)[..50].to_vec(), "truncated"),
