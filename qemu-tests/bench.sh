@@ -10,14 +10,18 @@
 #      image's own kernel with a busybox init under the same QEMU
 #      (target/release/boot-phases, from qemu-tests/src/bin/boot-phases.rs).
 #  (c) unless BENCH_BUILD=0: a cold build of recipes/field-ai.toml (no stage
-#      cache) and a warm rebuild after a model-data change, with stage times;
-#      each build's wall time against the sum of its tools' own times (the
-#      `cairn: tool time:` line the build prints).
+#      cache), a warm rebuild after a model-data change and one after an
+#      overlay change, with stage times; each build's wall time against the
+#      sum of its tools' own times (the `cairn: tool time:` line the build
+#      prints); then the build time a model of BENCH_MODEL_MIB (1024) random
+#      bytes adds (raw, ISO and qcow2 written) against a plain `cp` of it;
+#      a summary prints the rebuilds as a share of the cold build and the
+#      model's cost per GiB, each beside its target.
 # Environment: OUT (default out), PUBKEY (default .cairn-dev/dev.pub),
 # BENCH_CAIRN (default target/release/cairn),
 # BENCH_DIR (a folder to use instead of the newest signed one under OUT),
 # BENCH_BOOT=1, BENCH_BOOT_PHASES (default target/release/boot-phases),
-# BENCH_BUILD=1, BENCH_RECIPE (default recipes/field-ai.toml).
+# BENCH_BUILD=1, BENCH_RECIPE (default recipes/field-ai.toml), BENCH_MODEL_MIB=1024.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -136,11 +140,14 @@ fi
 # (c) stage times of a full build (opt-in: slow, needs root and the host tools)
 # ---------------------------------------------------------------------------
 
+# Wall seconds of each build_once, by label.
+declare -A WALL=()
+
 build_once() { # label, recipe, extra env -> prints the stage times
     local label=$1 recipe=$2 log=target/bench-out/$1.log rc=0
     shift 2
     echo "bench: $label build of $recipe (log: $log)"
-    env "$@" "$CAIRN" build "$recipe" --root . -o target/bench-out --format raw >"$log" 2>&1 || rc=$?
+    env "$@" "$CAIRN" build "$recipe" --root . -o target/bench-out --format "${BENCH_FORMATS:-raw}" >"$log" 2>&1 || rc=$?
     if [[ $rc -ne 0 ]]; then
         echo "bench: $label build failed (exit $rc); last lines of $log:" >&2
         tail -n 20 "$log" >&2
@@ -153,8 +160,12 @@ build_once() { # label, recipe, extra env -> prints the stage times
     tools=$(sed -n 's/^cairn: tool time: .*; total \([0-9.]*\)s; wall \([0-9.]*\)s$/\1 \2/p' "$log")
     if [[ -n $tools ]]; then
         awk -v l="$label" '{ printf "bench: %s wall %.1fs against its tools'"'"' own times %.1fs: %.2fx\n", l, $2, $1, ($1 > 0 ? $2 / $1 : 0) }' <<<"$tools"
+        WALL[$label]=$(awk '{ print $2 }' <<<"$tools")
     fi
 }
+
+# pct PART WHOLE -> "12.3 %"
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a" }'; }
 
 if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     [[ -f $RECIPE ]] || die "recipe $RECIPE not found"
@@ -180,7 +191,54 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
         -e "s|^path = \"field-ai/model\"|path = \"../field-ai/model\"|" "$RECIPE" > "$tmp/field-ai.toml"
     build_once warm-overlay-change "$tmp/field-ai.toml"
     rm -rf "$tmp"
-    echo "bench: compare the cold and warm totals above (\"cairn: built ... in Ns\")"
+
+    # The added build time per GiB of model, all three media written:
+    # the default recipe with and without one more model of
+    # BENCH_MODEL_MIB (default 1024) random bytes, both warm, against a
+    # plain `cp` of the same file on the same disk. The pair runs on a
+    # hard-linked copy of the cache (no space, no download), removed
+    # after, so the big model's volume never lands in the real stage cache.
+    mib=${BENCH_MODEL_MIB:-1024}
+    bcache=target/bench-cache
+    src_cache=${CAIRN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cairn}
+    rm -rf "$bcache" "$tmp" && mkdir -p "$tmp"
+    if [[ -d $src_cache ]]; then
+        cp -al "$src_cache" "$bcache"
+    else
+        mkdir -p "$bcache"
+    fi
+    head -c "$((mib << 20))" /dev/urandom > "$tmp/blob.bin"
+    sync
+    t0=$(now); cp "$tmp/blob.bin" "$tmp/blob.copy"; sync; t1=$(now)
+    cp_s=$(elapsed "$t0" "$t1")
+    rm -f "$tmp/blob.copy"
+    blobpin=$("$CAIRN" digest "$tmp/blob.bin")
+    sed -e "s|\.\./overlays|../../overlays|" -e "s|\"field-ai/|\"../field-ai/|g" \
+        -e "s|^path = \"field-ai/model\"|path = \"../field-ai/model\"|" "$RECIPE" > "$tmp/without.toml"
+    # Room on the disk for the model.
+    sed -i -e "s|^size = \"2G\"|size = \"$(((mib >> 10) + 3))G\"|" "$tmp/without.toml"
+    cp "$tmp/without.toml" "$tmp/with.toml"
+    printf '\n[[models]]\nname = "bench-blob"\npath = "blob.bin"\nsha256 = "%s"\n' "$blobpin" >> "$tmp/with.toml"
+    BENCH_FORMATS=raw,iso,qcow2 build_once model-without "$tmp/without.toml" CAIRN_CACHE="$bcache" >/dev/null
+    BENCH_FORMATS=raw,iso,qcow2 build_once model-without "$tmp/without.toml" CAIRN_CACHE="$bcache"
+    BENCH_FORMATS=raw,iso,qcow2 build_once model-with "$tmp/with.toml" CAIRN_CACHE="$bcache"
+    rm -rf "$tmp" "$bcache" target/bench-out/*-0.1.0
+
+    echo "bench: summary"
+    cold=${WALL[cold]:-0}
+    printf '  %-44s %8ss\n' "cold build (no stage cache)" "$cold"
+    printf '  %-44s %8ss  %s of cold (target <= 10 %%)\n' "rebuild after a model-data change" \
+        "${WALL[warm-model-change]:-0}" "$(pct "${WALL[warm-model-change]:-0}" "$cold")"
+    printf '  %-44s %8ss  %s of cold (target <= 10 %%)\n' "rebuild after an overlay change" \
+        "${WALL[warm-overlay-change]:-0}" "$(pct "${WALL[warm-overlay-change]:-0}" "$cold")"
+    added=$(awk -v a="${WALL[model-with]:-0}" -v b="${WALL[model-without]:-0}" 'BEGIN { printf "%.1f", a - b }')
+    awk -v add="$added" -v cp="$cp_s" -v mib="$mib" 'BEGIN {
+        g = mib / 1024
+        printf "  %-44s %8.1fs  per GiB %.1fs\n", "added by a " mib " MiB model (raw, ISO, qcow2)", add, add / g
+        printf "  %-44s %8.1fs  per GiB %.1fs\n", "plain cp of it on the same disk (+ sync)", cp, cp / g
+        if (cp > 0) printf "  model cost against cp: %.1fx (target <= 4x)\n", add / cp
+    }'
+    echo "bench: the cold build's wall against its tools' own times is on the \"bench: cold wall\" line above (target <= 0.8x)"
 else
     echo "bench: BENCH_BUILD=0: build timings skipped"
 fi
