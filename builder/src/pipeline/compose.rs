@@ -536,6 +536,19 @@ mod tests {
         }
     }
 
+    /// The files `cairn check` refuses in overlays are the ones configure
+    /// writes (else the refusal would be for nothing, or a replaced file
+    /// would go unreported).
+    #[test]
+    fn the_files_check_refuses_in_overlays_are_the_ones_cairn_writes() {
+        let d = configured(RECIPE);
+        let tree = d.path().join("tree");
+        for (rel, _) in crate::recipe::validate::GENERATED_FILES {
+            assert!(tree.join(rel).is_file(), "configure does not write {rel}");
+        }
+        assert!(tree.join(crate::recipe::validate::CAIRN_FOLDER).is_dir());
+    }
+
     #[test]
     fn pcr_phase_units_are_masked_in_every_image() {
         for d in [

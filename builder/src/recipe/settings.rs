@@ -99,7 +99,10 @@ settings! {
     OVERLAYS = [""] "overlays": "list of paths" = Empty;
         "folders layered into the root tree, in order; later ones win. Files become `root:root` \
          with their permission bits; set-uid/set-gid files, device nodes, fifos and sockets are \
-         refused (`cairn check` names each one). Symlinks are copied as links.";
+         refused (`cairn check` names each one). Symlinks are copied as links. Files cairn \
+         writes itself are refused too, since they would be replaced: `etc/hostname`, \
+         `etc/hosts`, `etc/resolv.conf`, `etc/machine-id`, anything under `usr/lib/cairn`, \
+         and with `runtime = \"containerd\"` `etc/containerd/config.toml`.";
 
     IMAGE_NAME = ["image"] "name": "string" = Required;
         concat!(name_rule!(), "; names the output folder and files");
@@ -393,7 +396,7 @@ pub fn limits() -> Vec<Limit> {
             raise: "the `[limits]` keys (docs/limits.md)",
         },
         Limit {
-            what: "pinned images' layers, state on disk without `grow`",
+            what: "pinned images' layers for `k3s` or no runtime, state on disk without `grow`",
             value: "unpack within `[disk] state_size`".into(),
             raise: "a larger `[disk] state_size`, or `[state] grow`",
         },
@@ -411,6 +414,11 @@ pub fn limits() -> Vec<Limit> {
             what: "overlays: set-uid/set-gid files, device nodes, fifos, sockets",
             value: "refused".into(),
             raise: "fixed: install such files from a package",
+        },
+        Limit {
+            what: "overlays: files cairn writes (`etc/hostname`, `etc/hosts`, `etc/resolv.conf`, `etc/machine-id`, `usr/lib/cairn/`, containerd's `config.toml`)",
+            value: "refused".into(),
+            raise: "fixed: set what they hold through the recipe (`[image] name`, a site file)",
         },
     ]
 }

@@ -20,6 +20,7 @@ mod limits;
 mod network;
 mod site;
 mod trees;
+pub use trees::{CAIRN_FOLDER, CONTAINERD_CONFIG, GENERATED_FILES};
 mod workloads;
 
 pub use boot::{refused_cmdline_word, REFUSED_CMDLINE};
@@ -239,7 +240,7 @@ impl<'a> Validator<'a> {
         let mut workloads = self.workloads(&f);
         let base = self.base(&f.base);
         let (kernel_package, extra_modules) = self.kernel(&f.kernel);
-        let overlays = self.overlays(&f.overlays);
+        let overlays = self.overlays(&f.overlays, workloads.runtime);
         let cmdline = self.cmdline(&f.boot, &f.debug);
         let state = self.state(&f.state);
         let network = self.network(&f.network);

@@ -559,6 +559,59 @@ fn overlay_with_a_setuid_file_is_refused_at_the_entry() {
     assert_eq!(r.overlays.len(), 2);
 }
 
+/// An overlay may not carry a file cairn writes itself (it would be
+/// replaced without a word). Control: the same overlay without it passes,
+/// and containerd's config is cairn's only with the containerd runtime.
+#[test]
+fn overlay_with_a_file_cairn_writes_is_refused_at_the_entry() {
+    let d = tempfile::tempdir().unwrap();
+    let ov = d.path().join("ov");
+    std::fs::create_dir_all(ov.join("etc/containerd")).unwrap();
+    std::fs::write(ov.join("etc/motd"), b"hi\n").unwrap();
+    let text = format!("overlays = [\"ov\"]\n{}", debian(""));
+    assert_eq!(ok_in(d.path(), &text).overlays.len(), 1, "control");
+    for (rel, start) in [
+        (
+            "etc/hostname",
+            "overlay \"ov\": etc/hostname would be replaced: cairn writes it from [image] name",
+        ),
+        ("etc/hosts", "overlay \"ov\": etc/hosts would be replaced"),
+        (
+            "etc/resolv.conf",
+            "overlay \"ov\": etc/resolv.conf would be replaced",
+        ),
+        (
+            "etc/machine-id",
+            "overlay \"ov\": etc/machine-id would be replaced",
+        ),
+        (
+            "usr/lib/cairn/x",
+            "overlay \"ov\": usr/lib/cairn is cairn's own folder",
+        ),
+    ] {
+        let f = ov.join(rel);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, b"x\n").unwrap();
+        refused_in(d.path(), &text, 1, 13, start);
+        std::fs::remove_file(&f).unwrap();
+    }
+    std::fs::remove_dir_all(ov.join("usr")).unwrap();
+    std::fs::write(ov.join("etc/containerd/config.toml"), b"version = 2\n").unwrap();
+    // No runtime: containerd's config is the overlay's to give.
+    assert_eq!(ok_in(d.path(), &text).overlays.len(), 1);
+    let text = format!(
+        "overlays = [\"ov\"]\n{}\n[cluster]\nruntime = \"containerd\"\n",
+        debian("")
+    );
+    refused_in(
+        d.path(),
+        &text,
+        1,
+        13,
+        "overlay \"ov\": etc/containerd/config.toml would be replaced: cairn writes containerd's configuration",
+    );
+}
+
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.

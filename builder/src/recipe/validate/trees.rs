@@ -39,13 +39,46 @@ enum Rule {
     FilesOnly,
 }
 
+/// Files cairn writes into every image after the overlays (compose's
+/// `configure`, the workloads): an overlay's copy would be replaced, so it
+/// is refused, with what sets the file instead.
+pub const GENERATED_FILES: &[(&str, &str)] = &[
+    (
+        "etc/hostname",
+        "cairn writes it from [image] name (a site file's hostname replaces it at boot)",
+    ),
+    (
+        "etc/hosts",
+        "cairn writes it (localhost and the image's name)",
+    ),
+    (
+        "etc/resolv.conf",
+        "cairn writes it (no resolver: the appliance is air-gapped)",
+    ),
+    (
+        "etc/machine-id",
+        "cairn leaves it empty, so every boot makes a fresh one",
+    ),
+];
+
+/// cairn's own folder in the image (its scripts, images, volumes).
+pub const CAIRN_FOLDER: &str = "usr/lib/cairn";
+
+/// containerd's configuration, which cairn writes for `runtime = "containerd"`.
+pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
+
 impl Validator<'_> {
-    pub(super) fn overlays(&mut self, overlays: &[Spanned<String>]) -> Vec<PathBuf> {
+    pub(super) fn overlays(
+        &mut self,
+        overlays: &[Spanned<String>],
+        runtime: crate::recipe::workloads::Runtime,
+    ) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for o in overlays {
             if let Some(p) = self.path(o, "overlay") {
                 if p.is_dir() {
-                    if self.folder_content(o, &p, "overlay", Rule::Overlay) {
+                    let content = self.folder_content(o, &p, "overlay", Rule::Overlay);
+                    if self.generated_files(o, &p, runtime) && content {
                         out.push(p);
                     }
                 } else {
@@ -57,6 +90,43 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    /// Reports, at the overlay's entry, every file in it that cairn writes
+    /// itself (so the copy would be silently replaced). True when none.
+    fn generated_files(
+        &mut self,
+        entry: &Spanned<String>,
+        folder: &Path,
+        runtime: crate::recipe::workloads::Runtime,
+    ) -> bool {
+        let name = entry.get_ref();
+        let containerd = (
+            CONTAINERD_CONFIG,
+            "cairn writes containerd's configuration itself for runtime = \"containerd\" (the unused CRI plugin off)",
+        );
+        let mut problems: Vec<String> = GENERATED_FILES
+            .iter()
+            .chain(
+                (runtime == crate::recipe::workloads::Runtime::Containerd).then_some(&containerd),
+            )
+            .filter(|(rel, _)| folder.join(rel).symlink_metadata().is_ok())
+            .map(|(rel, why)| {
+                format!(
+                    "overlay {name:?}: {rel} would be replaced: {why}; remove it from the overlay"
+                )
+            })
+            .collect();
+        if folder.join(CAIRN_FOLDER).symlink_metadata().is_ok() {
+            problems.push(format!(
+                "overlay {name:?}: {CAIRN_FOLDER} is cairn's own folder (its scripts, images and volumes); put the files elsewhere, e.g. under /usr/local or /opt"
+            ));
+        }
+        let none = problems.is_empty();
+        for m in problems {
+            self.problem(entry.span(), m);
+        }
+        none
     }
 
     /// Model folders and policy bundles hold only files and folders.
