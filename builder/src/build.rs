@@ -337,20 +337,61 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         "        pruned {} entries (docs but copyright, man, locales, apt, dpkg's database but status)",
         norm.pruned
     );
-    let root = st.run("squashfs root", || {
-        crate::pipeline::squashfs::make_squashfs(
-            &composed.tree,
-            &work.join("root.squashfs"),
-            recipe.source_date_epoch,
-        )
+    // The root image is a function of the tree mksquashfs reads: the same
+    // tree as a build before (a model-data change, a rebuild) takes that
+    // build's image and hash tree from the stage cache.
+    let (root_key, root_step) = st.run("squashfs root", || {
+        use crate::pipeline::squashfs::{cached_root, input_key, make_squashfs, RootStep};
+        let t = Instant::now();
+        let key = input_key(&composed.tree, recipe.source_date_epoch)?;
+        let hit = cached_root(&plan.cache, plan.stage_cache, &key);
+        eprintln!(
+            "        tree digest {} in {:.1}s{}",
+            &key.hex()[..16],
+            t.elapsed().as_secs_f64(),
+            if hit.is_some() {
+                ": unchanged, reusing the cached root image and hash tree"
+            } else {
+                ""
+            }
+        );
+        let step = match hit {
+            Some(v) => RootStep::Cached(v),
+            None => RootStep::Made(make_squashfs(
+                &composed.tree,
+                &work.join("root.squashfs"),
+                recipe.source_date_epoch,
+            )?),
+        };
+        Ok((key, step))
     })?;
-    eprintln!("        {:.1} MiB", root.size as f64 / 1048576.0);
     // The tree is no longer needed; free the space before writing media.
     std::fs::remove_dir_all(&composed.tree).ok();
-    let verity = st.run("dm-verity hash tree", || {
-        crate::pipeline::verity::make_verity(&root.path, &work.join("root.verity"))
-    })?;
-    eprintln!("        root hash {}", verity.root_hash);
+    let root_volume = match root_step {
+        crate::pipeline::squashfs::RootStep::Cached(v) => {
+            // The stage count stays the same either way.
+            st.n += 1;
+            v
+        }
+        crate::pipeline::squashfs::RootStep::Made(made) => {
+            eprintln!("        {:.1} MiB", made.size as f64 / 1048576.0);
+            st.run("dm-verity hash tree", || {
+                crate::pipeline::squashfs::finish_root(
+                    made,
+                    &work.join("root.verity"),
+                    &plan.cache,
+                    plan.stage_cache,
+                    &root_key,
+                )
+            })?
+        }
+    };
+    let (root, verity) = (root_volume.image, root_volume.verity);
+    eprintln!(
+        "        {:.1} MiB, root hash {}",
+        root.size as f64 / 1048576.0,
+        verity.root_hash
+    );
     let volumes = st.run("model volumes", || {
         crate::pipeline::volumes::make_model_volumes(&plan, &work)
     })?;

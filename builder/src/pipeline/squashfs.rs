@@ -1,9 +1,143 @@
 //! Squashfs: packs the normalised tree into the read-only root filesystem
-//! (zstd). mksquashfs ≥ 4.4 is reproducible given fixed times.
+//! (zstd). mksquashfs ≥ 4.4 is reproducible given fixed times, so the
+//! image is a function of what mksquashfs reads of the tree: [`input_key`]
+//! digests exactly that, and the root image and its hash tree are kept in
+//! the stage cache under it (a rebuild whose root did not change, such as
+//! one after a model-data change, takes them from there).
 
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use sha2::Digest as _;
+
+use crate::host::digest::Sha256;
+
+/// The mksquashfs options of the root (besides the times).
+pub const ROOT_OPTIONS: &[&str] = &["-noappend", "-comp", "zstd", "-Xcompression-level", "15"];
+
+/// Stage-cache names of the root image and of its hash tree.
+pub const STAGE_IMAGE: &str = "root-squashfs";
+pub const STAGE_HASH: &str = "root-verity";
+
+/// A digest of everything mksquashfs takes from `tree` with
+/// [`ROOT_OPTIONS`]: every entry's path, type, permission bits, owner,
+/// extended attributes, a file's content (or, for a further name of a
+/// hard-linked file, the first name), a link's target and a device's
+/// number, plus the options, SOURCE_DATE_EPOCH (every time in the image)
+/// and the hash tree's parameters. Times in the tree are not read (the
+/// image's are the epoch). Links are never followed.
+pub fn input_key(tree: &Path, epoch: u64) -> Result<Sha256> {
+    let mut h = sha2::Sha256::new();
+    h.update(format!(
+        "cairn root squashfs 1\0{}\0epoch {epoch}\0verity sha256 {}\0",
+        ROOT_OPTIONS.join(" "),
+        crate::pipeline::verity::BLOCK_SIZE
+    ));
+    let mut first_name: std::collections::HashMap<(u64, u64), Vec<u8>> =
+        std::collections::HashMap::new();
+    for e in walkdir::WalkDir::new(tree).sort_by_file_name() {
+        let e = e.with_context(|| format!("squashfs: read the tree {}", tree.display()))?;
+        let rel = e.path().strip_prefix(tree).unwrap_or(e.path());
+        let rel = rel.as_os_str().as_bytes().to_vec();
+        let m = e
+            .path()
+            .symlink_metadata()
+            .with_context(|| format!("squashfs: stat {}", e.path().display()))?;
+        h.update(&rel);
+        h.update(format!("\0{:o} {} {}\0", m.mode(), m.uid(), m.gid()));
+        for (name, value) in xattrs(e.path())? {
+            h.update(b"xattr\0");
+            h.update(&name);
+            h.update(b"\0");
+            h.update(&value);
+            h.update(b"\0");
+        }
+        let ft = m.file_type();
+        if ft.is_symlink() {
+            let t = std::fs::read_link(e.path())
+                .with_context(|| format!("squashfs: read link {}", e.path().display()))?;
+            h.update(b"link\0");
+            h.update(t.as_os_str().as_bytes());
+        } else if ft.is_file() {
+            let id = (m.dev(), m.ino());
+            match first_name.get(&id) {
+                Some(first) if m.nlink() > 1 => {
+                    h.update(b"hardlink\0");
+                    h.update(first);
+                }
+                _ => {
+                    if m.nlink() > 1 {
+                        first_name.insert(id, rel.clone());
+                    }
+                    h.update(format!("file {}\0", m.len()));
+                    h.update(Sha256::of_file(e.path())?.0);
+                }
+            }
+        } else if !ft.is_dir() {
+            h.update(format!("node {}\0", m.rdev()));
+        }
+        h.update(b"\0\n");
+    }
+    Ok(Sha256(h.finalize().into()))
+}
+
+/// The extended attributes of `path` (not followed if a link), sorted by
+/// name; none where the file system has none.
+fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("squashfs: {} has a NUL in its name", path.display()))?;
+    let fail = |what: &str| {
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOTSUP) | Some(libc::ENODATA) => Ok(()),
+            _ => Err(anyhow::Error::new(e).context(format!(
+                "squashfs: {what} extended attributes of {}",
+                path.display()
+            ))),
+        }
+    };
+    // SAFETY: a valid NUL-terminated path; a NULL buffer of size 0 asks
+    // for the size only.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if len < 0 {
+        return fail("list").map(|()| Vec::new());
+    }
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; len as usize];
+    // SAFETY: the buffer is `names.len()` bytes long.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return fail("list").map(|()| Vec::new());
+    }
+    names.truncate(len as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cn = std::ffi::CString::new(name).context("squashfs: xattr name")?;
+        // SAFETY: valid NUL-terminated strings; size query.
+        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) };
+        if vlen < 0 {
+            // Gone since it was listed: not in the image either.
+            fail("read")?;
+            continue;
+        }
+        let mut v = vec![0u8; vlen as usize];
+        // SAFETY: the buffer is `v.len()` bytes long.
+        let vlen =
+            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        if vlen < 0 {
+            fail("read")?;
+            continue;
+        }
+        v.truncate(vlen as usize);
+        out.push((name.to_vec(), v));
+    }
+    out.sort();
+    Ok(out)
+}
 
 pub struct RootImage {
     pub path: PathBuf,
@@ -17,7 +151,7 @@ pub fn make_squashfs(tree: &Path, out: &Path, epoch: u64) -> Result<RootImage> {
         "squashfs",
         xshell::cmd!(
             sh,
-            "mksquashfs {tree} {out} -noappend -comp zstd -Xcompression-level 15 -all-time {epoch} -mkfs-time {epoch} -no-progress -quiet"
+            "mksquashfs {tree} {out} {ROOT_OPTIONS...} -all-time {epoch} -mkfs-time {epoch} -no-progress -quiet"
         ),
     )?;
     let size = std::fs::metadata(out)?.len();
@@ -25,4 +159,131 @@ pub fn make_squashfs(tree: &Path, out: &Path, epoch: u64) -> Result<RootImage> {
         path: out.to_path_buf(),
         size,
     })
+}
+
+/// The root image and its hash tree: from the stage cache when a root
+/// with the same [`input_key`] was made before, else made now (and, with
+/// the stage cache on, moved into it). The stage lines say which.
+pub struct RootVolume {
+    pub image: RootImage,
+    pub verity: crate::pipeline::verity::VerityTree,
+    pub cached: bool,
+}
+
+/// What the squashfs stage gives: a cached root volume, or a new image
+/// whose hash tree is still to be made.
+pub enum RootStep {
+    Cached(RootVolume),
+    Made(RootImage),
+}
+
+/// The cached root volume for `key`, if there is one.
+pub fn cached_root(
+    cache: &crate::inputs::cache::Cache,
+    enabled: bool,
+    key: &Sha256,
+) -> Option<RootVolume> {
+    let (path, verity) =
+        crate::pipeline::volumes::cached_volume(cache, enabled, STAGE_IMAGE, STAGE_HASH, key)?;
+    Some(RootVolume {
+        image: RootImage {
+            size: verity.data_size,
+            path,
+        },
+        verity,
+        cached: true,
+    })
+}
+
+/// The hash tree of a root image made now; with the stage cache on, both
+/// are moved into it under `key` (the image then lives there).
+pub fn finish_root(
+    image: RootImage,
+    hash_out: &Path,
+    cache: &crate::inputs::cache::Cache,
+    enabled: bool,
+    key: &Sha256,
+) -> Result<RootVolume> {
+    let digest = Sha256::of_file_with_progress(&image.path, "verity: hash the root")?;
+    let verity = crate::pipeline::verity::make_verity_of(&image.path, &digest, hash_out)?;
+    if !enabled {
+        return Ok(RootVolume {
+            image,
+            verity,
+            cached: false,
+        });
+    }
+    let path =
+        crate::inputs::stagecache::store_moved(cache, STAGE_IMAGE, key, &image.path, &digest, "")?;
+    crate::inputs::stagecache::store(
+        cache,
+        STAGE_HASH,
+        key,
+        &verity.hash_path,
+        &crate::pipeline::volumes::verity_line(&verity),
+    )?;
+    Ok(RootVolume {
+        image: RootImage {
+            path,
+            size: image.size,
+        },
+        verity,
+        cached: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// The key changes with everything mksquashfs reads and with nothing
+    /// else: content, mode, a link's target, a new file, hard links
+    /// against copies, the epoch; not a file's time.
+    #[test]
+    fn the_root_key_follows_what_mksquashfs_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("tree");
+        std::fs::create_dir_all(t.join("etc")).unwrap();
+        std::fs::write(t.join("etc/a"), b"one\n").unwrap();
+        std::fs::write(t.join("etc/b"), b"two\n").unwrap();
+        std::os::unix::fs::symlink("a", t.join("etc/l")).unwrap();
+        let k = |e: u64| input_key(&t, e).unwrap();
+        let base = k(1);
+        assert_eq!(k(1), base, "same tree, same key");
+        assert_ne!(k(2), base, "the epoch is in every time of the image");
+        // A file's time is not read (the image's are the epoch).
+        let f = std::fs::File::options()
+            .write(true)
+            .open(t.join("etc/a"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        drop(f);
+        assert_eq!(k(1), base, "times are not part of the key");
+        let changed = |what: &str, key: Sha256| assert_ne!(key, base, "{what}");
+        std::fs::write(t.join("etc/a"), b"One\n").unwrap();
+        changed("content", k(1));
+        std::fs::write(t.join("etc/a"), b"one\n").unwrap();
+        assert_eq!(k(1), base, "restored");
+        std::fs::set_permissions(t.join("etc/a"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        changed("mode", k(1));
+        std::fs::set_permissions(t.join("etc/a"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(k(1), base, "restored");
+        std::fs::remove_file(t.join("etc/l")).unwrap();
+        std::os::unix::fs::symlink("b", t.join("etc/l")).unwrap();
+        changed("link target", k(1));
+        std::fs::remove_file(t.join("etc/l")).unwrap();
+        std::os::unix::fs::symlink("a", t.join("etc/l")).unwrap();
+        assert_eq!(k(1), base, "restored");
+        std::fs::write(t.join("etc/c"), b"").unwrap();
+        changed("a new file", k(1));
+        std::fs::remove_file(t.join("etc/c")).unwrap();
+        // The same bytes as a hard link instead of a copy: another image.
+        std::fs::write(t.join("etc/b"), b"one\n").unwrap();
+        let copies = k(1);
+        std::fs::remove_file(t.join("etc/b")).unwrap();
+        std::fs::hard_link(t.join("etc/a"), t.join("etc/b")).unwrap();
+        assert_ne!(k(1), copies, "hard links against copies");
+        assert!(input_key(&d.path().join("missing"), 1).is_err());
+    }
 }

@@ -123,7 +123,7 @@ pub fn make_model_volume(
 ) -> Result<ModelVolume> {
     let key = cache_key(m, epoch);
     let mount = format!("/{}", mount_point(m));
-    if let Some(v) = cached(cache, stage_cache, &key) {
+    if let Some(v) = cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key) {
         return Ok(ModelVolume {
             name: m.name.clone(),
             image: v.0,
@@ -221,22 +221,26 @@ fn step(label: &str, what: &str, since: Instant) {
 }
 
 /// The hash tree's parameters, as the stage cache keeps them.
-fn verity_line(v: &VerityTree) -> String {
+pub fn verity_line(v: &VerityTree) -> String {
     format!(
         "{} {} {} {} {}",
         v.root_hash, v.salt, v.uuid, v.data_size, v.hash_size
     )
 }
 
-/// The cached image and hash tree for `key`, used in place (the cache
-/// checks each blob against its digest), when both are there and agree.
-fn cached(
+/// The cached image and hash tree for `key` (stored under the stages
+/// `stage_image` and `stage_hash`, the tree's parameters in
+/// [`verity_line`]), used in place (the cache checks each blob against its
+/// digest), when both are there and agree.
+pub fn cached_volume(
     cache: &crate::inputs::cache::Cache,
     enabled: bool,
+    stage_image: &str,
+    stage_hash: &str,
     key: &Sha256,
 ) -> Option<(PathBuf, VerityTree)> {
-    let (image, _) = crate::inputs::stagecache::lookup(cache, enabled, STAGE_IMAGE, key)?;
-    let (hash, line) = crate::inputs::stagecache::lookup(cache, enabled, STAGE_HASH, key)?;
+    let (image, _) = crate::inputs::stagecache::lookup(cache, enabled, stage_image, key)?;
+    let (hash, line) = crate::inputs::stagecache::lookup(cache, enabled, stage_hash, key)?;
     let w: Vec<&str> = line.split_whitespace().collect();
     let [root, salt, uuid, data, hsize] = w[..] else {
         return None;

@@ -170,6 +170,10 @@ pub struct ServiceEntry {
     /// Models mounted read-only at /models/NAME.
     #[serde(default)]
     pub models: Vec<Spanned<String>>,
+    /// No writable layer: the container's root is the image's read-only
+    /// root itself.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

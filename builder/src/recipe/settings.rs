@@ -298,6 +298,10 @@ settings! {
         "CPU limit in cores: more than 0, at most 1024";
     SERVICE_MODELS = ["services"] "models": "list of strings" = Empty;
         "models mounted read-only";
+    SERVICE_READ_ONLY = ["services"] "read_only": "bool" = Bool(false);
+        "the container's root is the image's verity-protected root as it is, read-only; \
+         otherwise a writable layer on the state lies over it (overlayfs, fresh at every \
+         start, gone at shutdown), and the image itself is never written either way";
 
     POLICY_BUNDLE = ["policy"] "bundle": "path" = Unset;
         "a folder of Kubernetes manifests (k3s auto-deploys them); its tree digest and file \

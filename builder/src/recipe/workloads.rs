@@ -82,6 +82,8 @@ pub struct Service {
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
     pub models: Vec<String>,
+    /// No writable layer over the image's root (`read_only = true`).
+    pub read_only: bool,
     /// The variables of `env` a site file may set (`[site] allow`'s
     /// `env.NAME.VAR`): the service reads them from its environment files.
     pub site_env: Vec<String>,

@@ -7,7 +7,9 @@
 //! grow by the image's size), that containerd's image store is empty, that
 //! the file the service sees is the built one (first and last MiB), and
 //! that the service runs as the user its image names (control: tiny-svc's
-//! image names none and runs as root). Boot-to-ready and the state's used
+//! image names none and runs as root), and that what the service writes
+//! lands in its writable layer on the state, not in the image (control: a
+//! `read_only` service of the same image cannot write). Boot-to-ready and the state's used
 //! space of both are printed side by side (not asserted: timing is for
 //! benchmarks).
 
@@ -49,11 +51,18 @@ name = "greeter"
 packages = []
 files = [{ src = "big.bin", dest = "/data/big.bin", mode = "0644" }]
 user = "65534:65534"
-entrypoint = ["/bin/sh", "-c", "echo \"cairn-test service: uid=$(id -u) gid=$(id -g)\" >&2; exec sleep infinity"]
+entrypoint = ["/bin/sh", "-c", "echo layer > /tmp/cairn-test-written && w=$(cat /tmp/cairn-test-written); echo \"cairn-test service: uid=$(id -u) gid=$(id -g) wrote=$w\" >&2; exec sleep infinity"]
 
 [[services]]
 name = "greeter"
 image = "greeter"
+
+# The same image with no writable layer: its root is the image's own.
+[[services]]
+name = "strict"
+image = "greeter"
+read_only = true
+args = ["/bin/sh", "-c", "if echo x > /tmp/cairn-test-written 2>/dev/null; then echo 'cairn-test strict: wrote'; else echo 'cairn-test strict: read-only root'; fi >&2; exec sleep infinity"]
 
 [debug]
 console = true
@@ -164,13 +173,52 @@ fn a_big_service_image_runs_from_the_verified_root_and_writes_nothing_to_the_sta
     let mut b = boot(&big_built.raw, "bigimage-big");
     let serial = b.vm.serial_text();
     assert!(
-        serial.contains("cairn-test service: uid=65534 gid=65534"),
+        serial.contains("cairn-test service: uid=65534 gid=65534 wrote=layer"),
         "{serial}"
     );
     assert_eq!(service_uid(&mut b.vm), "65534");
     assert!(
         serial.contains("images: containerd is up; 1 pinned image(s) unpacked in the verified root, nothing to import"),
         "{serial}"
+    );
+    // What the service wrote is in its layer on the state, not in the
+    // image; the read_only service's root refused the same write.
+    // (It may have printed before or after greeter's line, which boot()
+    // waited for: look at the whole log.)
+    let deadline = Instant::now() + console_timeout();
+    let serial = loop {
+        let text = b.vm.serial_text();
+        if text.contains("cairn-test strict: ") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the strict service printed nothing: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        serial.contains("cairn-test strict: read-only root"),
+        "{serial}"
+    );
+    let (rc, out) =
+        b.vm.console_run(
+            "cat /run/cairn/state/services/greeter/upper/tmp/cairn-test-written; \
+             ls /usr/lib/cairn/images/greeter/rootfs/tmp/; ls -d /run/cairn/state/services/*; \
+             stat -c %a /run/cairn/services /run/cairn/state/services",
+            console_timeout(),
+        )
+        .expect("console");
+    assert_eq!(rc, 0, "{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        lines,
+        ["layer", "/run/cairn/state/services/greeter", "700", "700"],
+        "the layer holds the write, the image's /tmp is empty, only greeter has a layer: {out}"
     );
     // Only root may enter the image's folder: its files (set-id ones of
     // an `allow_setuid` image among them) are out of reach of the

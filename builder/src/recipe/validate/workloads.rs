@@ -352,6 +352,7 @@ impl Validator<'_> {
                 memory,
                 cpus,
                 models: s.models.iter().map(|m| m.get_ref().clone()).collect(),
+                read_only: s.read_only,
                 site_env: Vec::new(),
             });
         }
