@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make repro: builds a recipe twice from its lock, in two different folders,
 # at least a minute apart, with a different TMPDIR and host name, and
-# compares every output byte for byte (digests side by side).
+# compares every output byte for byte (digests side by side); then twice
+# more with the stage cache on, which must give the same bytes (the second
+# takes its root image from the cache). REPRO_CACHED=0 leaves those out.
 #   qemu-tests/repro.sh [RECIPE]     (default recipes/field-ai.toml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +43,23 @@ for f in $(ls "$da"); do
   printf '%-36s %-16s %-16s %s\n' "$f" "$a" "$b" "$v"
 done
 [ $status = 0 ] && echo "repro: bit-identical" || echo "repro: outputs differ"
+[ $status = 0 ] || exit $status
+# Then with the stage cache on, twice (unless REPRO_CACHED=0): the first
+# build stores its stages (or takes what an earlier one stored), the
+# second takes its root image from the cache; both must equal build A.
+if [ "${REPRO_CACHED:-1}" = 1 ]; then
+  unset CAIRN_NO_STAGE_CACHE
+  echo "repro: build C with the stage cache on ($(date -u +%T))"; build c repro-host-c
+  echo "repro: build D with the stage cache on, after C ($(date -u +%T))"; build d repro-host-d
+  grep -q "unchanged, reusing the cached root image" "$work/d/build.log" \
+    || { echo "repro: build D did not take its root image from the stage cache:"; grep -n "tree digest" "$work/d/build.log"; exit 1; }
+  for x in c d; do
+    dx=$(ls -d "$work"/$x/out/*/)
+    for f in $(ls "$da"); do
+      cmp -s "$da/$f" "$dx/$f" || { echo "repro: $f of build $x (stage cache on) differs from build A's"; status=1; }
+    done
+  done
+  [ $status = 0 ] && echo "repro: with the stage cache on (a stored and a cached root), bit-identical to A" \
+    || echo "repro: outputs differ with the stage cache on"
+fi
 exit $status

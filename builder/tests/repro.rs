@@ -1,6 +1,8 @@
 //! `make repro` on the small test recipe: two builds from its lock, in two
 //! folders, over a minute apart, with a different TMPDIR and host name,
-//! must give bit-identical raw, ISO and qcow2 images, SBOMs, manifest, provenance.
+//! must give bit-identical raw, ISO and qcow2 images, SBOMs, manifest, provenance;
+//! so must two more with the stage cache on (the second takes its root
+//! image from the cache).
 //! (Runs qemu-tests/repro.sh, the script `make repro` runs.)
 
 use std::path::Path;
@@ -48,6 +50,13 @@ fn two_builds_a_minute_apart_are_bit_identical() {
     println!("{text}");
     assert!(out.status.success(), "{text}");
     assert!(text.contains("repro: bit-identical"), "{text}");
+    // A stored and a cached root image give the same outputs as a cold build.
+    assert!(
+        text.contains(
+            "repro: with the stage cache on (a stored and a cached root), bit-identical to A"
+        ),
+        "{text}"
+    );
     for f in [
         "cairn-test-1.raw",
         "cairn-test-1.iso",
