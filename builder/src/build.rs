@@ -339,32 +339,58 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     );
     // The root image is a function of the tree mksquashfs reads: the same
     // tree as a build before (a model-data change, a rebuild) takes that
-    // build's image and hash tree from the stage cache.
-    let (root_key, root_step) = st.run("squashfs root", || {
-        use crate::pipeline::squashfs::{cached_root, input_key, make_squashfs, RootStep};
-        let t = Instant::now();
-        let key = input_key(&composed.tree, recipe.source_date_epoch)?;
-        let hit = cached_root(&plan.cache, plan.stage_cache, &key);
-        eprintln!(
-            "        tree digest {} in {:.1}s{}",
-            &key.hex()[..16],
-            t.elapsed().as_secs_f64(),
-            if hit.is_some() {
-                ": unchanged, reusing the cached root image and hash tree"
-            } else {
-                ""
-            }
-        );
-        let step = match hit {
-            Some(v) => RootStep::Cached(v),
-            None => RootStep::Made(make_squashfs(
-                &composed.tree,
-                &work.join("root.squashfs"),
-                recipe.source_date_epoch,
-            )?),
-        };
-        Ok((key, step))
-    })?;
+    // build's image and hash tree from the stage cache. The model volumes
+    // need nothing of the tree: they are made at the same time (mksquashfs
+    // of the root keeps the cores busy; a model's staging is disk work).
+    let mut root_out = None;
+    let mut volumes_out = None;
+    {
+        let root_out = &mut root_out;
+        let volumes_out = &mut volumes_out;
+        let (tree, work, plan) = (&composed.tree, &work, &plan);
+        st.run_together(vec![
+            Job {
+                name: "squashfs root",
+                run: Box::new(move || {
+                    use crate::pipeline::squashfs::{
+                        cached_root, input_key, make_squashfs, RootStep,
+                    };
+                    let t = Instant::now();
+                    let key = input_key(tree, recipe.source_date_epoch)?;
+                    let hit = cached_root(&plan.cache, plan.stage_cache, &key);
+                    crate::host::progress::say(&format!(
+                        "        tree digest {} in {:.1}s{}",
+                        &key.hex()[..16],
+                        t.elapsed().as_secs_f64(),
+                        if hit.is_some() {
+                            ": unchanged, reusing the cached root image and hash tree"
+                        } else {
+                            ""
+                        }
+                    ));
+                    let step = match hit {
+                        Some(v) => RootStep::Cached(v),
+                        None => RootStep::Made(make_squashfs(
+                            tree,
+                            &work.join("root.squashfs"),
+                            recipe.source_date_epoch,
+                        )?),
+                    };
+                    *root_out = Some((key, step));
+                    Ok(())
+                }),
+            },
+            Job {
+                name: "model volumes",
+                run: Box::new(move || {
+                    *volumes_out = Some(crate::pipeline::volumes::make_model_volumes(plan, work)?);
+                    Ok(())
+                }),
+            },
+        ])?;
+    }
+    let (root_key, root_step) = root_out.context("squashfs root: no result")?;
+    let volumes = volumes_out.context("model volumes: no result")?;
     // The tree is no longer needed; free the space before writing media.
     std::fs::remove_dir_all(&composed.tree).ok();
     let root_volume = match root_step {
@@ -392,9 +418,6 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         root.size as f64 / 1048576.0,
         verity.root_hash
     );
-    let volumes = st.run("model volumes", || {
-        crate::pipeline::volumes::make_model_volumes(&plan, &work)
-    })?;
     // 8. UKIs: one per medium kind (their command lines differ).
     let cmdline = kernel_cmdline(recipe, &verity.root_hash, &volumes, Medium::Disk);
     let iso_cmdline = kernel_cmdline(recipe, &verity.root_hash, &volumes, Medium::Iso);

@@ -97,14 +97,14 @@ pub fn make_model_volumes(
         .map(|m| {
             let v = make_model_volume(m, &plan.cache, plan.stage_cache, epoch, work)
                 .with_context(|| format!("model volume {}", m.name))?;
-            eprintln!(
+            crate::host::progress::say(&format!(
                 "        model {}: {:.1} MiB ({}{}), root hash {}",
                 v.name,
                 v.verity.data_size as f64 / 1048576.0,
                 v.compression.as_str(),
                 if v.cached { ", cached" } else { "" },
                 v.verity.root_hash
-            );
+            ));
             Ok(v)
         })
         .collect()
@@ -214,10 +214,10 @@ pub fn make_model_volume(
 /// A line saying that a long step of a volume is done (bigger models take
 /// minutes; the stage line alone would be silent all that time).
 fn step(label: &str, what: &str, since: Instant) {
-    eprintln!(
+    crate::host::progress::say(&format!(
         "        {label}: {what} in {:.1}s",
         since.elapsed().as_secs_f64()
-    );
+    ));
 }
 
 /// The hash tree's parameters, as the stage cache keeps them.
