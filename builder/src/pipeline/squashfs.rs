@@ -213,14 +213,14 @@ pub fn finish_root(
             cached: false,
         });
     }
-    let path =
-        crate::inputs::stagecache::store_moved(cache, STAGE_IMAGE, key, &image.path, &digest, "")?;
-    crate::inputs::stagecache::store(
+    let path = crate::pipeline::volumes::store_volume(
         cache,
+        STAGE_IMAGE,
         STAGE_HASH,
         key,
-        &verity.hash_path,
-        &crate::pipeline::volumes::verity_line(&verity),
+        &image.path,
+        &digest,
+        &verity,
     )?;
     Ok(RootVolume {
         image: RootImage {

@@ -186,17 +186,15 @@ pub fn make_model_volume(
     )?;
     step(&label, "dm-verity hash tree written", t);
     let image = if stage_cache {
-        // Moved into the cache, not copied: the media read it from there.
-        let image =
-            crate::inputs::stagecache::store_moved(cache, STAGE_IMAGE, &key, &image, &digest, "")?;
-        crate::inputs::stagecache::store(
+        store_volume(
             cache,
+            STAGE_IMAGE,
             STAGE_HASH,
             &key,
-            &verity.hash_path,
-            &verity_line(&verity),
-        )?;
-        image
+            &image,
+            &digest,
+            &verity,
+        )?
     } else {
         image
     };
@@ -221,11 +219,35 @@ fn step(label: &str, what: &str, since: Instant) {
 }
 
 /// The hash tree's parameters, as the stage cache keeps them.
-pub fn verity_line(v: &VerityTree) -> String {
+fn verity_line(v: &VerityTree) -> String {
     format!(
         "{} {} {} {} {}",
         v.root_hash, v.salt, v.uuid, v.data_size, v.hash_size
     )
+}
+
+/// Stores a new volume in the stage cache under `key`: the image (whose
+/// sha256 is `digest`) is moved in, not copied, and the media read it
+/// from there (the returned path); the hash tree is stored with its
+/// parameters ([`verity_line`]). [`cached_volume`] takes them back.
+pub fn store_volume(
+    cache: &crate::inputs::cache::Cache,
+    stage_image: &str,
+    stage_hash: &str,
+    key: &Sha256,
+    image: &Path,
+    digest: &Sha256,
+    verity: &VerityTree,
+) -> Result<PathBuf> {
+    let image = crate::inputs::stagecache::store_moved(cache, stage_image, key, image, digest, "")?;
+    crate::inputs::stagecache::store(
+        cache,
+        stage_hash,
+        key,
+        &verity.hash_path,
+        &verity_line(verity),
+    )?;
+    Ok(image)
 }
 
 /// The cached image and hash tree for `key` (stored under the stages
