@@ -182,7 +182,7 @@ struct Job<'a> {
 pub fn kernel_cmdline(
     recipe: &Recipe,
     root_hash: &Sha256,
-    volumes: &[crate::pipeline::volumes::ModelVolume],
+    volumes: &[crate::pipeline::volumes::Volume],
     medium: Medium,
 ) -> String {
     let state = match (medium, recipe.state_mode, recipe.debug_unencrypted_state) {
@@ -200,7 +200,7 @@ pub fn kernel_cmdline(
     words.extend(
         volumes
             .iter()
-            .map(|v| crate::pipeline::volumes::cmdline_word(&v.name, &v.verity.root_hash)),
+            .map(crate::pipeline::volumes::Volume::cmdline_word),
     );
     words.extend([
         format!(
@@ -261,7 +261,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         .collect();
     let mut st = Stages {
         n: 1,
-        total: 11 + usize::from(key.is_some()) + derived.len() + usize::from(opts.formats.raw),
+        total: 13 + usize::from(key.is_some()) + derived.len() + usize::from(opts.formats.raw),
         started,
         times: vec![("resolve inputs".into(), started.elapsed().as_secs_f64())],
     };
@@ -293,34 +293,27 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     std::fs::create_dir_all(&work)?;
     std::fs::create_dir_all(&media)?;
 
-    // 2. Compose the root tree.
+    // 2. Compose the base tree: the Debian tree, its kernel taken out.
     let repos = plan.local_repos(&work.join("repo"))?;
-    let composed = st.run("compose root tree", || {
-        crate::pipeline::compose::compose(&plan, &work, &repos)
+    let base = st.run("compose base tree", || {
+        crate::pipeline::compose::compose_base(&plan, &work, &repos)
     })?;
-    // The SBOMs need the tree's package databases; read them while it exists.
-    let contents = crate::release::sbom::read_contents(&composed, &plan)?;
-    // 3. Kernel modules, 4. initramfs, 5. normalise, 6. squashfs, 7. verity.
+    // 3. Kernel modules, 4. initramfs, 5. normalise, 6. the base image:
+    // all of the base alone (`pipeline::layers`), so the base volume does
+    // not change with an overlay, an image or the configuration.
     let pruned = st.run("prune kernel modules", || {
-        crate::pipeline::kernel::prune(
-            &composed.tree,
-            &composed.kernel_version,
-            &recipe.extra_modules,
-        )
+        crate::pipeline::kernel::prune(&base.tree, &base.kernel_version, &recipe.extra_modules)
     })?;
     eprintln!(
         "        kernel {}: kept {} modules, removed {}",
-        composed.kernel_version, pruned.kept, pruned.removed
+        base.kernel_version, pruned.kept, pruned.removed
     );
-    let osrel = work.join("os-release");
-    let stub = work.join("linuxx64.efi.stub");
-    crate::pipeline::uki::take_inputs(&composed.tree, &stub, &osrel)?;
     let initrd = st.run("initramfs", || {
         crate::pipeline::initramfs::make_initramfs(
-            &composed.tree,
+            &base.tree,
             recipe.state_grow,
             recipe.site.as_ref(),
-            &composed.kernel_version,
+            &base.kernel_version,
             &work.join("initramfs.cpio"),
             recipe.source_date_epoch,
         )
@@ -330,27 +323,29 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         initrd.modules,
         initrd.size as f64 / 1048576.0
     );
-    let norm = st.run("normalise", || {
-        crate::pipeline::normalise::normalise(&composed.tree, recipe.source_date_epoch)
+    let norm = st.run("normalise base", || {
+        crate::pipeline::normalise::normalise(&base.tree, recipe.source_date_epoch)
     })?;
     eprintln!(
         "        pruned {} entries (docs but copyright, man, locales, apt, dpkg's database but status)",
         norm.pruned
     );
-    // The root image is a function of the tree mksquashfs reads: the same
-    // tree as a build before (a model-data change, a rebuild) takes that
-    // build's image and hash tree from the stage cache. The model volumes
-    // need nothing of the tree: they are made at the same time (mksquashfs
-    // of the root keeps the cores busy; a model's staging is disk work).
+    let snapshot = crate::pipeline::layers::Snapshot::take(&base.tree)?;
+    // The base image is a function of the tree mksquashfs reads: the same
+    // tree as a build before (any rebuild whose Debian packages did not
+    // change) takes that build's image and hash tree from the stage cache.
+    // The model volumes need nothing of the tree: they are made at the
+    // same time (mksquashfs keeps the cores busy; a model's staging is
+    // disk work).
     let mut root_out = None;
     let mut volumes_out = None;
     {
         let root_out = &mut root_out;
         let volumes_out = &mut volumes_out;
-        let (tree, work, plan) = (&composed.tree, &work, &plan);
+        let (tree, work, plan) = (&base.tree, &work, &plan);
         st.run_together(vec![
             Job {
-                name: "squashfs root",
+                name: "squashfs base",
                 run: Box::new(move || {
                     use crate::pipeline::squashfs::{
                         cached_root, input_key, make_squashfs, RootStep,
@@ -359,11 +354,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
                     let key = input_key(tree, recipe.source_date_epoch)?;
                     let hit = cached_root(&plan.cache, plan.stage_cache, &key);
                     crate::host::progress::say(&format!(
-                        "        tree digest {} in {:.1}s{}",
+                        "        base tree digest {} in {:.1}s{}",
                         &key.hex()[..16],
                         t.elapsed().as_secs_f64(),
                         if hit.is_some() {
-                            ": unchanged, reusing the cached root image and hash tree"
+                            ": unchanged, reusing the cached base image and hash tree"
                         } else {
                             ""
                         }
@@ -374,6 +369,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
                             tree,
                             &work.join("root.squashfs"),
                             recipe.source_date_epoch,
+                            None,
                         )?),
                     };
                     *root_out = Some((key, step));
@@ -389,10 +385,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             },
         ])?;
     }
-    let (root_key, root_step) = root_out.context("squashfs root: no result")?;
-    let volumes = volumes_out.context("model volumes: no result")?;
-    // The tree is no longer needed; free the space before writing media.
-    std::fs::remove_dir_all(&composed.tree).ok();
+    let (root_key, root_step) = root_out.context("squashfs base: no result")?;
+    let models = volumes_out.context("model volumes: no result")?;
     let root_volume = match root_step {
         crate::pipeline::squashfs::RootStep::Cached(v) => {
             // The stage count stays the same either way.
@@ -412,6 +406,23 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             })?
         }
     };
+    // 7. The apps steps on the same tree (links and folders resolve as on
+    // the running image), then 8. what they changed becomes the apps volume.
+    let composed = st.run("compose apps", || {
+        crate::pipeline::compose::compose_apps(&plan, base, &work)
+    })?;
+    // The SBOMs need the tree's package databases; read them while it exists.
+    let contents = crate::release::sbom::read_contents(&composed, &plan)?;
+    let osrel = work.join("os-release");
+    let stub = work.join("linuxx64.efi.stub");
+    crate::pipeline::uki::take_inputs(&composed.tree, &stub, &osrel)?;
+    let apps = st.run("apps volume", || {
+        crate::pipeline::layers::make_apps_volume(&composed.tree, &snapshot, &plan, &work)
+    })?;
+    // The tree is no longer needed; free the space before writing media.
+    std::fs::remove_dir_all(&composed.tree).ok();
+    let volumes: Vec<crate::pipeline::volumes::Volume> =
+        std::iter::once(apps).chain(models).collect();
     let (root, verity) = (root_volume.image, root_volume.verity);
     eprintln!(
         "        {:.1} MiB, root hash {}",

@@ -427,19 +427,46 @@ fn run_tool(cmd: &mut std::process::Command) {
     cairn::host::runner::output("rebuild_raw", cmd).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// A raw disk rebuilt from a built image with `edit` applied to its root
-/// tree: the root is unpacked (unsquashfs), edited, packed again, given
-/// its own hash tree and root hash, and a UKI with that root hash on the
-/// built kernel, initramfs and command line, with cairn's own stage
-/// functions. This is how a test makes "the same image, but with this file
+/// A raw disk rebuilt from a built image with `edit` applied to its apps
+/// volume's tree (overlays, cairn's configuration, images: what the recipe
+/// adds to the base): the apps image is unpacked (unsquashfs, whiteouts
+/// and all), edited, packed again, given its own hash tree and root hash,
+/// and a UKI with that root hash on the built kernel, initramfs and
+/// command line, with cairn's own stage functions; the base is the built
+/// one. This is how a test makes "the same image, but with this file
 /// missing" without a second recipe feature.
 pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
     let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
     let work = dir.join(format!("{name}.work"));
     std::fs::create_dir_all(&work).expect("work folder");
     let root_part = partition(&b.dir, cairn::media::disk::LABEL_ROOT);
-    let old_root = work.join("old-root.squashfs");
-    extract_region(&b.raw, (root_part.0, m.verity.data_size), &old_root);
+    let root = work.join("root.squashfs");
+    extract_region(&b.raw, (root_part.0, m.verity.data_size), &root);
+    let root_verity = work.join("root.verity");
+    extract_region(
+        &b.raw,
+        (
+            partition(&b.dir, cairn::media::disk::LABEL_VERITY).0,
+            m.verity.hash_size,
+        ),
+        &root_verity,
+    );
+    // The UKI stub is in the base.
+    let base = work.join("base");
+    run_tool(
+        cairn::host::runner::command("unsquashfs")
+            .arg("-quiet")
+            .arg("-no-progress")
+            .arg("-d")
+            .arg(&base)
+            .arg(&root)
+            .arg("usr/lib/systemd/boot"),
+    );
+    let mut volumes = built_volumes(b, &work);
+    let apps = volumes
+        .iter_mut()
+        .find(|v| v.kind == cairn::pipeline::volumes::Kind::Apps)
+        .expect("the built image has an apps volume");
     let tree = work.join("tree");
     run_tool(
         cairn::host::runner::command("unsquashfs")
@@ -447,14 +474,19 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
             .arg("-no-progress")
             .arg("-d")
             .arg(&tree)
-            .arg(&old_root),
+            .arg(&apps.image),
     );
     edit(&tree);
     let epoch = m.source_date_epoch;
-    let root = cairn::pipeline::squashfs::make_squashfs(&tree, &work.join("root.squashfs"), epoch)
-        .expect("mksquashfs");
-    let verity = cairn::pipeline::verity::make_verity(&root.path, &work.join("root.verity"))
+    let image =
+        cairn::pipeline::squashfs::make_squashfs(&tree, &work.join("apps.new"), epoch, None)
+            .expect("mksquashfs");
+    let verity = cairn::pipeline::verity::make_verity(&image.path, &work.join("apps.new.verity"))
         .expect("veritysetup");
+    let old_word = apps.cmdline_word();
+    apps.image = image.path;
+    apps.verity = verity;
+    let new_word = apps.cmdline_word();
 
     // The kernel, initramfs and os-release out of the built UKI.
     let esp = work.join("built-esp.img");
@@ -482,10 +514,9 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     );
     let old_cmdline = cairn::pipeline::uki::read_cmdline(&std::fs::read(&old_uki).expect("uki"))
         .expect("the built UKI has a .cmdline");
-    let old_word = format!("cairn.roothash={}", m.verity.root_hash);
     assert!(old_cmdline.contains(&old_word), "{old_cmdline}");
-    let cmdline = old_cmdline.replace(&old_word, &format!("cairn.roothash={}", verity.root_hash));
-    let stub = cairn::pipeline::uki::stub_path(&tree).expect("stub in the tree");
+    let cmdline = old_cmdline.replace(&old_word, &new_word);
+    let stub = cairn::pipeline::uki::stub_path(&base).expect("stub in the base");
     let uki = cairn::pipeline::uki::make_uki(
         &cairn::pipeline::uki::UkiInputs {
             stub: &stub,
@@ -500,14 +531,13 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     )
     .expect("UKI");
     let out = dir.join(format!("{name}.raw"));
-    let volumes = built_volumes(b, &work);
     cairn::media::disk::write_raw(
         &cairn::media::disk::DiskInputs {
             uki: &uki.path,
             shim: None,
-            root: &root.path,
-            verity: &verity.hash_path,
-            root_hash: &verity.root_hash,
+            root: &root,
+            verity: &root_verity,
+            root_hash: &m.verity.root_hash,
             volumes: &volumes,
             disk_size: std::fs::metadata(&b.raw).expect("raw").len(),
             min_state_size: 64 << 20,
@@ -521,9 +551,10 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     out
 }
 
-/// The model volumes of a built image, copied out of its raw disk into
-/// `work` (image and hash tree each), as the disk writer takes them.
-pub fn built_volumes(b: &Built, work: &Path) -> Vec<cairn::pipeline::volumes::ModelVolume> {
+/// The volumes of a built image (apps and models), copied out of its raw
+/// disk into `work` (image and hash tree each), as the disk writer takes
+/// them.
+pub fn built_volumes(b: &Built, work: &Path) -> Vec<cairn::pipeline::volumes::Volume> {
     let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
     m.volumes
         .iter()
@@ -540,8 +571,9 @@ pub fn built_volumes(b: &Built, work: &Path) -> Vec<cairn::pipeline::volumes::Mo
                 (partition(&b.dir, &v.hash_partition).0, v.hash_size),
                 &hash,
             );
-            cairn::pipeline::volumes::ModelVolume {
+            cairn::pipeline::volumes::Volume {
                 name: v.name.clone(),
+                kind: cairn::pipeline::volumes::Kind::parse(&v.kind).expect("a known volume kind"),
                 image,
                 verity: cairn::pipeline::verity::VerityTree {
                     hash_path: hash,
@@ -554,7 +586,11 @@ pub fn built_volumes(b: &Built, work: &Path) -> Vec<cairn::pipeline::volumes::Mo
                     data_size: v.data_size,
                     hash_size: v.hash_size,
                 },
-                compression: cairn::recipe::workloads::Compression::None,
+                compression: if v.compression == "zstd" {
+                    cairn::recipe::workloads::Compression::Zstd
+                } else {
+                    cairn::recipe::workloads::Compression::None
+                },
                 model_sha256: v.inputs[0].sha256.expect("model digest"),
                 mount: v.mount.clone(),
                 cached: false,

@@ -1,12 +1,14 @@
 //! Raw disk: a GPT disk written as a plain file (no loop devices, no
 //! mounts): an ESP made with mkfs.vfat + mtools holding the UKI as the
-//! removable-media boot path, the squashfs root, its verity hash tree and
-//! one data and one hash-tree partition per model volume, and an empty
+//! removable-media boot path, the squashfs root (the base volume), its
+//! verity hash tree, then one data and one hash-tree partition for the
+//! apps volume and for each model volume, and an empty
 //! state partition (last, so it can grow). Partitions are found by identity, following
 //! the Discoverable Partitions Specification: the root partition's UUID is
 //! the first 128 bits of the root hash, the verity partition's the last
 //! 128 bits, the state partition's derives from the root hash too
-//! ([`state_uuid`]); a model volume's two partitions take the first and
+//! ([`state_uuid`]); the apps and each model volume's two partitions (type
+//! Linux data: the specification has no type for them) take the first and
 //! last 128 bits of *its* root hash the same way. Names stay as labels for people and `cairn verify`.
 //! Every GUID derives from the root hash, so the same root gives the same
 //! disk.
@@ -25,6 +27,9 @@ pub const LABEL_ESP: &str = "cairn-esp";
 pub const LABEL_ROOT: &str = "cairn-root";
 pub const LABEL_VERITY: &str = "cairn-verity";
 pub const LABEL_STATE: &str = "cairn-state";
+/// The apps volume (the root's layer over the base) and its hash tree.
+pub const LABEL_APPS: &str = "cairn-apps";
+pub const LABEL_APPS_VERITY: &str = "cairn-apps-verity";
 
 const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// Discoverable Partitions Specification: root and root-verity (x86-64).
@@ -81,7 +86,7 @@ pub struct DiskInputs<'a> {
     pub verity: &'a Path,
     pub root_hash: &'a Sha256,
     /// The model volumes, each a data and a hash-tree partition.
-    pub volumes: &'a [crate::pipeline::volumes::ModelVolume],
+    pub volumes: &'a [crate::pipeline::volumes::Volume],
     pub disk_size: u64,
     pub min_state_size: u64,
     pub epoch: u64,
@@ -100,10 +105,11 @@ pub struct Layout {
     pub disk_size: u64,
 }
 
-/// A model volume's two partitions.
+/// A volume's two partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeParts {
     pub name: String,
+    pub kind: crate::pipeline::volumes::Kind,
     pub root_hash: Sha256,
     pub data: (u64, u64),
     pub hash: (u64, u64),
@@ -115,6 +121,9 @@ impl VolumeParts {
     /// by the first 12 hex digits of the root hash (the partitions are
     /// found by UUID; names are for people).
     pub fn labels(&self) -> (String, String) {
+        if self.kind == crate::pipeline::volumes::Kind::Apps {
+            return (LABEL_APPS.into(), LABEL_APPS_VERITY.into());
+        }
         let long = format!("cairn-model-{}-verity", self.name);
         let id = if long.len() <= 36 {
             self.name.clone()
@@ -131,6 +140,7 @@ impl VolumeParts {
 /// What [`plan`] needs of a volume: name, root hash, image and tree sizes.
 pub struct VolumeSizes {
     pub name: String,
+    pub kind: crate::pipeline::volumes::Kind,
     pub root_hash: Sha256,
     pub data: u64,
     pub hash: u64,
@@ -165,6 +175,7 @@ pub fn plan(
         at = hash.0 + hash.1;
         vols.push(VolumeParts {
             name: v.name.clone(),
+            kind: v.kind,
             root_hash: v.root_hash,
             data,
             hash,
@@ -341,6 +352,7 @@ pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
         .map(|v| {
             Ok(VolumeSizes {
                 name: v.name.clone(),
+                kind: v.kind,
                 root_hash: v.verity.root_hash,
                 data: size(&v.image)?,
                 hash: size(&v.verity.hash_path)?,
@@ -477,12 +489,14 @@ mod tests {
         let long = "m".repeat(30);
         let vols = [
             VolumeSizes {
+                kind: crate::pipeline::volumes::Kind::Model,
                 name: "iris".into(),
                 root_hash: h,
                 data: 5 * MIB + 1,
                 hash: 4096,
             },
             VolumeSizes {
+                kind: crate::pipeline::volumes::Kind::Model,
                 name: long.clone(),
                 root_hash: Sha256::of_bytes(b"other"),
                 data: MIB,

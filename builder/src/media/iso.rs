@@ -16,6 +16,7 @@
 //! /boot/grub/grub.cfg                serial+console, linux /cairn/vmlinuz CMDLINE, initrd
 //! /cairn/vmlinuz  /cairn/initrd      the UKI's kernel and initramfs, for BIOS
 //! /cairn/root.squashfs /cairn/root.verity
+//! /cairn/apps.squashfs /cairn/apps.verity                  the apps volume (over the root)
 //! /cairn/models/NAME.squashfs /cairn/models/NAME.verity   one pair per model volume
 //! MBR: GRUB boot_hybrid.img (BIOS boot from USB), protective MBR + GPT
 //! ```
@@ -48,12 +49,24 @@ pub const ISO_VERITY: &str = "/cairn/root.verity";
 /// Folder of the model volumes: `NAME.squashfs` and `NAME.verity` each.
 pub const ISO_MODELS: &str = "/cairn/models";
 
+/// The apps volume's image and hash tree on the ISO.
+pub const ISO_APPS: &str = "/cairn/apps.squashfs";
+pub const ISO_APPS_VERITY: &str = "/cairn/apps.verity";
+
 /// The ISO paths of a model volume's image and hash tree.
 pub fn model_paths(name: &str) -> (String, String) {
     (
         format!("{ISO_MODELS}/{name}.squashfs"),
         format!("{ISO_MODELS}/{name}.verity"),
     )
+}
+
+/// The ISO paths of a volume's image and hash tree.
+pub fn volume_paths(kind: crate::pipeline::volumes::Kind, name: &str) -> (String, String) {
+    match kind {
+        crate::pipeline::volumes::Kind::Apps => (ISO_APPS.into(), ISO_APPS_VERITY.into()),
+        crate::pipeline::volumes::Kind::Model => model_paths(name),
+    }
 }
 pub const ISO_KERNEL: &str = "/cairn/vmlinuz";
 pub const ISO_INITRD: &str = "/cairn/initrd";
@@ -96,7 +109,7 @@ pub struct IsoInputs<'a> {
     /// Its dm-verity hash tree.
     pub verity: &'a Path,
     /// The model volumes.
-    pub volumes: &'a [crate::pipeline::volumes::ModelVolume],
+    pub volumes: &'a [crate::pipeline::volumes::Volume],
     /// ISO 9660 volume ID (1-32 of `A-Z a-z 0-9 _ - .`); see [`volume_id`].
     pub volume_id: &'a str,
     pub epoch: u64,
@@ -280,7 +293,7 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
         &efi, &eltorito, &cfg, inp.kernel, inp.initrd, inp.root, inp.verity,
     ];
     for v in inp.volumes {
-        let (image, hash) = model_paths(&v.name);
+        let (image, hash) = volume_paths(v.kind, &v.name);
         grafts.push(graft(&image, &v.image)?);
         grafts.push(graft(&hash, &v.verity.hash_path)?);
         sources.push(&v.image);

@@ -34,7 +34,7 @@ pub struct MediaInputs<'a> {
     pub root: &'a Path,
     pub verity: &'a Path,
     /// The model volumes (files under /cairn/models/ on the ISO).
-    pub volumes: &'a [crate::pipeline::volumes::ModelVolume],
+    pub volumes: &'a [crate::pipeline::volumes::Volume],
     pub volume_id: &'a str,
     pub epoch: u64,
     /// A scratch folder the writer may use.

@@ -76,8 +76,19 @@ pub struct ComposedRoot {
 
 pub use crate::inputs::plan::Repos;
 
-/// Builds the root tree at `work/root`.
-pub fn compose(plan: &Plan, work: &Path, repos: &Repos) -> Result<ComposedRoot> {
+/// The base tree at `work/root`, before the apps steps ([`compose_apps`]):
+/// the Debian tree (or tarball) with its kernel taken out of /boot, and the
+/// images built from Debian packages, made at the same time.
+pub struct BaseTree {
+    pub tree: PathBuf,
+    /// The kernel image, moved out of the tree's /boot.
+    pub vmlinuz: PathBuf,
+    pub kernel_version: String,
+    built: std::collections::BTreeMap<String, crate::pipeline::workloads::Prebuilt>,
+}
+
+/// Makes the base tree at `work/root` (and prebuilds the images).
+pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree> {
     let recipe = plan.recipe;
     let tree = work.join("root");
     let make_base = || match &recipe.base {
@@ -128,17 +139,30 @@ pub fn compose(plan: &Plan, work: &Path, repos: &Repos) -> Result<ComposedRoot> 
         }
     }
     let (vmlinuz, kernel_version) = take_kernel(&tree, work)?;
+    Ok(BaseTree {
+        tree,
+        vmlinuz,
+        kernel_version,
+        built,
+    })
+}
+
+/// The apps steps on the base tree: the recipe's overlays, cairn's own
+/// configuration, the images, models' mount points and the policy.
+pub fn compose_apps(plan: &Plan, base: BaseTree, work: &Path) -> Result<ComposedRoot> {
+    let recipe = plan.recipe;
+    let tree = base.tree;
     for overlay in &recipe.overlays {
         apply_overlay(overlay, &tree)
             .with_context(|| format!("compose: overlay {}", overlay.display()))?;
     }
     configure(recipe, &tree)?;
-    let workloads = crate::pipeline::workloads::install(plan, &tree, work, &built)?;
+    let workloads = crate::pipeline::workloads::install(plan, &tree, work, &base.built)?;
     let packages = installed_packages(&tree)?;
     Ok(ComposedRoot {
         tree,
-        vmlinuz,
-        kernel_version,
+        vmlinuz: base.vmlinuz,
+        kernel_version: base.kernel_version,
         packages,
         workloads,
     })

@@ -7,6 +7,7 @@ pub mod firewall;
 pub mod initramfs;
 pub mod k3s;
 pub mod kernel;
+pub mod layers;
 pub mod measure;
 pub mod normalise;
 pub mod oci;

@@ -204,17 +204,34 @@ pub fn normalise(tree: &Path, epoch: u64) -> Result<Normalised> {
             }
         }
     }
+    let entries = stamp(tree, epoch)?;
+    Ok(Normalised { entries, pruned })
+}
+
+/// Stamps every entry of `tree` with `epoch` (links themselves, never
+/// followed), leaving alone those whose modification time already is the
+/// epoch: an entry the base/apps split sees as unchanged stays unchanged
+/// (`pipeline::layers`). Returns how many entries the tree has.
+pub fn stamp(tree: &Path, epoch: u64) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
     let t = FileTime::from_unix_time(epoch as i64, 0);
     let mut entries = 0;
     // Children before parents, so stamping a file does not touch the stamp
     // of a folder already done.
     for e in WalkDir::new(tree).contents_first(true).sort_by_file_name() {
         let e = e.context("normalise: walk the tree")?;
+        entries += 1;
+        let m = e
+            .path()
+            .symlink_metadata()
+            .with_context(|| format!("normalise: stat {}", e.path().display()))?;
+        if (m.mtime(), m.mtime_nsec()) == (epoch as i64, 0) {
+            continue;
+        }
         filetime::set_symlink_file_times(e.path(), t, t)
             .with_context(|| format!("normalise: stamp {}", e.path().display()))?;
-        entries += 1;
     }
-    Ok(Normalised { entries, pruned })
+    Ok(entries)
 }
 
 fn empty_files_below(dir: &Path) -> Result<()> {

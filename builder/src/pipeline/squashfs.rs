@@ -85,7 +85,7 @@ pub fn input_key(tree: &Path, epoch: u64) -> Result<Sha256> {
 
 /// The extended attributes of `path` (not followed if a link), sorted by
 /// name; none where the file system has none.
-fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .with_context(|| format!("squashfs: {} has a NUL in its name", path.display()))?;
     let fail = |what: &str| {
@@ -144,14 +144,26 @@ pub struct RootImage {
     pub size: u64,
 }
 
-pub fn make_squashfs(tree: &Path, out: &Path, epoch: u64) -> Result<RootImage> {
+/// Packs `tree` into `out` with [`ROOT_OPTIONS`], every time the epoch;
+/// `pseudo`: a file of mksquashfs pseudo definitions (the apps volume's
+/// whiteouts, `pipeline::layers`).
+pub fn make_squashfs(
+    tree: &Path,
+    out: &Path,
+    epoch: u64,
+    pseudo: Option<&Path>,
+) -> Result<RootImage> {
     let sh = xshell::Shell::new()?;
     let epoch = epoch.to_string();
+    let pf: Vec<&std::ffi::OsStr> = match pseudo {
+        Some(p) => vec!["-pf".as_ref(), p.as_os_str()],
+        None => Vec::new(),
+    };
     crate::host::runner::run(
         "squashfs",
         xshell::cmd!(
             sh,
-            "mksquashfs {tree} {out} {ROOT_OPTIONS...} -all-time {epoch} -mkfs-time {epoch} -no-progress -quiet"
+            "mksquashfs {tree} {out} {ROOT_OPTIONS...} {pf...} -all-time {epoch} -mkfs-time {epoch} -no-progress -quiet"
         ),
     )?;
     let size = std::fs::metadata(out)?.len();

@@ -23,25 +23,69 @@ pub const MODELS_DIR: &str = "usr/share/cairn/models";
 /// [`MODELS_DIR`] is a link to the file in it.
 pub const FILE_VOLUMES_DIR: &str = "usr/lib/cairn/volumes";
 
-/// One model volume, ready for the media.
+/// What a volume holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The apps layer of the root (`pipeline::layers`), over the base.
+    Apps,
+    /// One `[[models]]` entry, mounted at its path.
+    Model,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Apps => "apps",
+            Kind::Model => "model",
+        }
+    }
+
+    /// The kind a manifest names (`VolumeInfo::kind`).
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "apps" => Some(Kind::Apps),
+            "model" => Some(Kind::Model),
+            _ => None,
+        }
+    }
+}
+
+/// The apps volume's name (no model may take it: recipe validation).
+pub const APPS: &str = crate::recipe::workloads::APPS_VOLUME;
+
+/// One volume besides the base, ready for the media.
 #[derive(Debug, Clone)]
-pub struct ModelVolume {
+pub struct Volume {
     pub name: String,
+    pub kind: Kind,
     /// The squashfs image (in the work folder or the stage cache).
     pub image: PathBuf,
     pub verity: VerityTree,
     pub compression: Compression,
-    /// The model's pinned digest (file sha256 or tree digest).
+    /// What it is made from: the model's pinned digest (file sha256 or
+    /// tree digest), or the apps tree's input key.
     pub model_sha256: Sha256,
-    /// Where the volume is mounted in the running image (absolute).
+    /// Where the volume is mounted in the running image (absolute; `/`
+    /// for apps, which overlayfs stacks over the base).
     pub mount: String,
     /// Whether it came from the stage cache.
     pub cached: bool,
 }
 
-/// The kernel command-line word that carries a volume's root hash.
-pub fn cmdline_word(name: &str, root_hash: &Sha256) -> String {
-    format!("cairn.volume.{name}={root_hash}")
+impl Volume {
+    /// The kernel command-line word that carries its root hash.
+    pub fn cmdline_word(&self) -> String {
+        cmdline_word(self.kind, &self.name, &self.verity.root_hash)
+    }
+}
+
+/// The kernel command-line word that carries a volume's root hash:
+/// `cairn.apps=HASH`, `cairn.volume.NAME=HASH` for a model.
+pub fn cmdline_word(kind: Kind, name: &str, root_hash: &Sha256) -> String {
+    match kind {
+        Kind::Apps => format!("cairn.apps={root_hash}"),
+        Kind::Model => format!("cairn.volume.{name}={root_hash}"),
+    }
 }
 
 /// The mount point of a model's volume, relative to the root.
@@ -85,10 +129,7 @@ pub fn cache_key(m: &Model, epoch: u64) -> Sha256 {
 }
 
 /// Makes (or takes from the stage cache) the volume of every model.
-pub fn make_model_volumes(
-    plan: &crate::inputs::plan::Plan,
-    work: &Path,
-) -> Result<Vec<ModelVolume>> {
+pub fn make_model_volumes(plan: &crate::inputs::plan::Plan, work: &Path) -> Result<Vec<Volume>> {
     let epoch = plan.recipe.source_date_epoch;
     plan.recipe
         .workloads
@@ -120,12 +161,13 @@ pub fn make_model_volume(
     stage_cache: bool,
     epoch: u64,
     work: &Path,
-) -> Result<ModelVolume> {
+) -> Result<Volume> {
     let key = cache_key(m, epoch);
     let mount = format!("/{}", mount_point(m));
     if let Some(v) = cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key) {
-        return Ok(ModelVolume {
+        return Ok(Volume {
             name: m.name.clone(),
+            kind: Kind::Model,
             image: v.0,
             verity: v.1,
             compression: m.compression,
@@ -198,8 +240,9 @@ pub fn make_model_volume(
     } else {
         image
     };
-    Ok(ModelVolume {
+    Ok(Volume {
         name: m.name.clone(),
+        kind: Kind::Model,
         image,
         verity,
         compression: m.compression,
@@ -482,6 +525,13 @@ mod tests {
     #[test]
     fn cmdline_words_name_the_volume() {
         let h = Sha256::of_bytes(b"x");
-        assert_eq!(cmdline_word("iris", &h), format!("cairn.volume.iris={h}"));
+        assert_eq!(
+            cmdline_word(Kind::Model, "iris", &h),
+            format!("cairn.volume.iris={h}")
+        );
+        assert_eq!(
+            cmdline_word(Kind::Apps, APPS, &h),
+            format!("cairn.apps={h}")
+        );
     }
 }

@@ -40,6 +40,10 @@ pub struct WorkloadImage {
     pub allow_setuid: bool,
 }
 
+/// The name of the root's apps volume, which no model may take (the
+/// manifest lists volumes by name).
+pub const APPS_VOLUME: &str = "apps";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     pub name: String,

@@ -95,18 +95,21 @@ pub struct VerityInfo {
     pub hash_size: u64,
 }
 
-/// One model volume: what it holds, where it is mounted, how it is stored,
-/// its dm-verity parameters and where each medium carries it.
+/// One volume besides the base (the root): what it holds, where it is
+/// mounted, how it is stored, its dm-verity parameters and where each
+/// medium carries it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VolumeInfo {
     pub name: String,
-    /// `model` (the only kind so far).
+    /// `apps` (the root's layer over the base) or `model`.
     pub kind: String,
-    /// Where the running image mounts it, read-only.
+    /// Where the running image mounts it, read-only (`/` for apps:
+    /// overlayfs stacks it over the base).
     pub mount: String,
     /// `none` or `zstd`.
     pub compression: String,
-    /// What it is made from: the model, by its pinned digest.
+    /// What it is made from: the model, by its pinned digest; for apps,
+    /// the digest of its tree (overlays, configuration, images).
     pub inputs: Vec<Input>,
     pub root_hash: Sha256,
     pub salt: String,
@@ -125,23 +128,31 @@ pub struct VolumeInfo {
     pub iso_hash: String,
 }
 
-/// The manifest's entry for each model volume.
-pub fn volumes(vols: &[crate::pipeline::volumes::ModelVolume], layout: &Layout) -> Vec<VolumeInfo> {
+/// The manifest's entry for each volume.
+pub fn volumes(vols: &[crate::pipeline::volumes::Volume], layout: &Layout) -> Vec<VolumeInfo> {
     vols.iter()
         .zip(&layout.volumes)
         .map(|(v, p)| {
             let (partition, hash_partition) = p.labels();
-            let (iso_image, iso_hash) = crate::media::iso::model_paths(&v.name);
-            VolumeInfo {
-                name: v.name.clone(),
-                kind: "model".into(),
-                mount: v.mount.clone(),
-                compression: v.compression.as_str().into(),
-                inputs: vec![Input {
+            let (iso_image, iso_hash) = crate::media::iso::volume_paths(v.kind, &v.name);
+            let input = match v.kind {
+                crate::pipeline::volumes::Kind::Apps => Input {
+                    kind: "tree".into(),
+                    source: "overlays, configuration, images, policy".into(),
+                    sha256: Some(v.model_sha256),
+                },
+                crate::pipeline::volumes::Kind::Model => Input {
                     kind: "model".into(),
                     source: v.name.clone(),
                     sha256: Some(v.model_sha256),
-                }],
+                },
+            };
+            VolumeInfo {
+                name: v.name.clone(),
+                kind: v.kind.as_str().into(),
+                mount: v.mount.clone(),
+                compression: v.compression.as_str().into(),
+                inputs: vec![input],
                 root_hash: v.verity.root_hash,
                 salt: v.verity.salt.clone(),
                 uuid: v.verity.uuid.clone(),

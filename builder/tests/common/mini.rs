@@ -82,8 +82,9 @@ fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
     std::fs::write(&vol_image, pseudo_random(seed ^ 0xfeed, 256 << 10)).unwrap();
     let vol_tree = cairn::pipeline::verity::make_verity(&vol_image, &work.join("m1.verity"))
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let volume = cairn::pipeline::volumes::ModelVolume {
+    let volume = cairn::pipeline::volumes::Volume {
         name: "m1".into(),
+        kind: cairn::pipeline::volumes::Kind::Model,
         image: vol_image,
         verity: vol_tree.clone(),
         compression: cairn::recipe::workloads::Compression::None,

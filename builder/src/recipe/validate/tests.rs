@@ -253,6 +253,26 @@ fn two_models_with_one_name_are_refused_at_the_second() {
 }
 
 #[test]
+fn a_model_named_like_the_apps_volume_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("m.bin"), b"m").unwrap();
+    let sha = crate::host::digest::Sha256::of_bytes(b"m").hex();
+    let model =
+        |n: &str| format!("[[models]]\nname = \"{n}\"\npath = \"m.bin\"\nsha256 = \"{sha}\"\n");
+    let text = format!("{}{}", debian(""), model("apps"));
+    refused_in(
+        d.path(),
+        &text,
+        6,
+        8,
+        "model name \"apps\" is the root's apps volume",
+    );
+    // Control: another name is fine.
+    let text = format!("{}{}", debian(""), model("apps2"));
+    ok_in(d.path(), &text);
+}
+
+#[test]
 fn unknown_capability_is_refused_with_the_list() {
     let text = services(
         "",

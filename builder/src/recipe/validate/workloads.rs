@@ -238,6 +238,13 @@ impl Validator<'_> {
             if !self.name(&m.name, "model") {
                 continue;
             }
+            if name == crate::recipe::workloads::APPS_VOLUME {
+                self.problem(
+                    m.name.span(),
+                    format!("model name {name:?} is the root's apps volume; give the model another name"),
+                );
+                continue;
+            }
             if let Some(first) = model_names.get(&name) {
                 let first = first.clone();
                 self.problem(

@@ -148,12 +148,20 @@ fn check_uki_cmdline(
     let file = crate::release::secureboot::file_name(uki_path(manifest));
     let cmdline = crate::pipeline::uki::read_cmdline(uki)
         .map_err(|e| failed(format!("uki: {name}: {file}: {e:#}")))?;
-    let wants = std::iter::once(format!("cairn.roothash={}", manifest.verity.root_hash)).chain(
-        manifest
-            .volumes
-            .iter()
-            .map(|v| crate::pipeline::volumes::cmdline_word(&v.name, &v.root_hash)),
-    );
+    let mut wants = vec![format!("cairn.roothash={}", manifest.verity.root_hash)];
+    for v in &manifest.volumes {
+        let kind = crate::pipeline::volumes::Kind::parse(&v.kind).ok_or_else(|| {
+            failed(format!(
+                "volume {}: {MANIFEST} names kind {:?}; this cairn knows \"apps\" and \"model\"",
+                v.name, v.kind
+            ))
+        })?;
+        wants.push(crate::pipeline::volumes::cmdline_word(
+            kind,
+            &v.name,
+            &v.root_hash,
+        ));
+    }
     for want in wants {
         if !cmdline.split_ascii_whitespace().any(|t| t == want) {
             return Err(failed(format!(
@@ -167,7 +175,7 @@ fn check_uki_cmdline(
         )));
     }
     checks.push(format!(
-        "uki: {name}: {file} command line carries cairn.roothash, every cairn.volume and matches {MANIFEST}"
+        "uki: {name}: {file} command line carries cairn.roothash, cairn.apps, every cairn.volume and matches {MANIFEST}"
     ));
     Ok(())
 }
