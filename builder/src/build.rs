@@ -409,7 +409,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // 7. The apps steps on the same tree (links and folders resolve as on
     // the running image), then 8. what they changed becomes the apps volume.
     let composed = st.run("compose apps", || {
-        crate::pipeline::compose::compose_apps(&plan, base, &work)
+        crate::pipeline::compose::compose_apps(&plan, base)
     })?;
     // The SBOMs need the tree's package databases; read them while it exists.
     let contents = crate::release::sbom::read_contents(&composed, &plan)?;

@@ -77,14 +77,15 @@ pub struct ComposedRoot {
 pub use crate::inputs::plan::Repos;
 
 /// The base tree at `work/root`, before the apps steps ([`compose_apps`]):
-/// the Debian tree (or tarball) with its kernel taken out of /boot, and the
-/// images built from Debian packages, made at the same time.
+/// the Debian tree (or tarball) with its kernel taken out of /boot, and
+/// the pinned images (those built from Debian packages made at the same
+/// time as the base).
 pub struct BaseTree {
     pub tree: PathBuf,
     /// The kernel image, moved out of the tree's /boot.
     pub vmlinuz: PathBuf,
     pub kernel_version: String,
-    built: std::collections::BTreeMap<String, crate::pipeline::workloads::Prebuilt>,
+    images: crate::pipeline::workloads::InstalledImages,
 }
 
 /// Makes the base tree at `work/root` (and prebuilds the images).
@@ -139,17 +140,19 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
         }
     }
     let (vmlinuz, kernel_version) = take_kernel(&tree, work)?;
+    let images = crate::pipeline::workloads::install_images(plan, &tree, work, &built)?;
     Ok(BaseTree {
         tree,
         vmlinuz,
         kernel_version,
-        built,
+        images,
     })
 }
 
 /// The apps steps on the base tree: the recipe's overlays, cairn's own
-/// configuration, the images, models' mount points and the policy.
-pub fn compose_apps(plan: &Plan, base: BaseTree, work: &Path) -> Result<ComposedRoot> {
+/// configuration, the models' mount points, the policy and the runtime's
+/// units.
+pub fn compose_apps(plan: &Plan, base: BaseTree) -> Result<ComposedRoot> {
     let recipe = plan.recipe;
     let tree = base.tree;
     for overlay in &recipe.overlays {
@@ -157,7 +160,7 @@ pub fn compose_apps(plan: &Plan, base: BaseTree, work: &Path) -> Result<Composed
             .with_context(|| format!("compose: overlay {}", overlay.display()))?;
     }
     configure(recipe, &tree)?;
-    let workloads = crate::pipeline::workloads::install(plan, &tree, work, &base.built)?;
+    let workloads = crate::pipeline::workloads::install(plan, &tree, base.images)?;
     let packages = installed_packages(&tree)?;
     Ok(ComposedRoot {
         tree,

@@ -1,7 +1,14 @@
 //! The base/apps split. The read-only root is two verity volumes stacked
 //! by overlayfs in the initramfs: `base` (the Debian tree with its kernel
-//! modules, pruned and normalised) and `apps` over it (overlays, cairn's
-//! configuration, OCI images, the policy bundle, model mount points).
+//! modules and the unpacked pinned images, pruned and normalised) and
+//! `apps` over it (overlays, cairn's configuration and units, the firewall,
+//! the policy bundle, model mount points). The images go in the base
+//! because they share most of their files with it (libc and the rest of
+//! Debian's essential set), which one squashfs stores once: on field-ai,
+//! images in apps made base + apps 136.9 MiB against 109.2 MiB for one
+//! image of the same files. What changes most often (overlays, network
+//! policy, services) is then the small volume: an overlay change rebuilds
+//! a few KiB, not the root.
 //!
 //! Both are composed on one tree, so links and folders resolve as on the
 //! running image: the base is finished first and [`Snapshot::take`]
@@ -364,8 +371,8 @@ pub fn make_apps_volume(
         made.path
     };
     crate::host::progress::say(&format!(
-        "        apps: {:.1} MiB, root hash {}",
-        verity.data_size as f64 / 1048576.0,
+        "        apps: {}, root hash {}",
+        crate::host::progress::human_bytes(verity.data_size),
         verity.root_hash
     ));
     Ok(volume(image, verity, false))
@@ -477,6 +484,31 @@ mod tests {
             "\"a \\\"b\\\\\" c 0 0 0 0 0\n"
         );
         assert!(whiteout_pseudo_file(&[PathBuf::from("a\nb")]).is_err());
+        // mksquashfs makes each an overlayfs whiteout: a character device
+        // 0:0 (control: the file beside it is a plain file).
+        let pfile = d.path().join("apps.pseudo");
+        std::fs::write(&pfile, &pf).unwrap();
+        let img = d.path().join("apps.squashfs");
+        crate::pipeline::squashfs::make_squashfs(&apps, &img, 1, Some(&pfile)).unwrap();
+        let mut cmd = crate::host::runner::command("unsquashfs");
+        cmd.arg("-lls").arg("-d").arg("").arg(&img);
+        let out = crate::host::runner::output("test", cmd).unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        for w in ["/etc/gone", "/var/old"] {
+            let l = listing
+                .lines()
+                .find(|l| l.ends_with(w))
+                .unwrap_or_else(|| panic!("{w}: {listing}"));
+            assert!(
+                l.starts_with("c--------- root/root") && l.contains(" 0,  0 "),
+                "{l}"
+            );
+        }
+        let l = listing
+            .lines()
+            .find(|l| l.ends_with("/etc/hostname"))
+            .unwrap_or_else(|| panic!("{listing}"));
+        assert!(l.starts_with("-rw-r--r--"), "{l}");
     }
 
     /// A folder whose mode changed goes to apps as a folder with the new

@@ -163,18 +163,28 @@ fn unpack(
     })
 }
 
-pub fn install(
+/// The images, installed in the base tree ([`install_images`]) before the
+/// rest of the workloads ([`install`]).
+#[derive(Debug, Default)]
+pub struct InstalledImages {
+    images: Vec<InstalledImage>,
+    runs: std::collections::BTreeMap<String, ImageRun>,
+}
+
+/// Puts every pinned image in the tree: unpacked for containerd, as an OCI
+/// tarball for k3s (and with no runtime). They go in the base volume
+/// (`pipeline::layers`): an image shares most of its files with the
+/// Debian base (libc and the rest of the essential set), which one
+/// squashfs stores once.
+pub fn install_images(
     plan: &crate::inputs::plan::Plan,
     tree: &Path,
     work: &Path,
     built: &std::collections::BTreeMap<String, Prebuilt>,
-) -> Result<Installed> {
+) -> Result<InstalledImages> {
     let w = &plan.recipe.workloads;
     let epoch = plan.recipe.source_date_epoch;
-    let mut out = Installed {
-        runtime: w.runtime,
-        ..Default::default()
-    };
+    let mut out = InstalledImages::default();
     let images_dir = match w.runtime {
         Runtime::K3s => K3S_IMAGES_DIR,
         _ => IMAGES_DIR,
@@ -263,6 +273,24 @@ pub fn install(
             source,
         });
     }
+    out.runs = runs;
+    Ok(out)
+}
+
+/// The rest of the workloads, on the tree [`install_images`] filled: the
+/// models' mount points, the policy bundle and the runtime's units.
+pub fn install(
+    plan: &crate::inputs::plan::Plan,
+    tree: &Path,
+    images: InstalledImages,
+) -> Result<Installed> {
+    let w = &plan.recipe.workloads;
+    let runs = images.runs;
+    let mut out = Installed {
+        runtime: w.runtime,
+        images: images.images,
+        ..Default::default()
+    };
     // Models are volumes of their own (pipeline::volumes); the root holds
     // only their mount points, which the initramfs mounts them on.
     for m in &w.models {

@@ -741,11 +741,21 @@ mod tests {
         let a = inspected(vec![vol("iris", b"v1"), vol("llm", b"w")]);
         let b = inspected(vec![vol("iris", b"v2"), vol("llm", b"w")]);
         let text = a.render_text();
-        assert!(text.contains("volumes (2)"), "{text}");
+        // The base (the root) is listed first, from the manifest's verity.
+        assert!(text.contains("volumes (3)"), "{text}");
+        assert_eq!(a.volumes[0].name, "base");
+        assert!(
+            text.contains(&format!(
+                "base  base /    {:.1} MiB  zstd  root hash {}",
+                a.volumes[0].data_size as f64 / 1048576.0,
+                a.root_hash
+            )),
+            "{text}"
+        );
         assert!(
             text.contains(&format!(
                 "iris  model /usr/share/cairn/models/iris     5.0 MiB  none  root hash {}",
-                a.volumes[0].root_hash
+                a.volumes[1].root_hash
             )),
             "{text}"
         );
@@ -756,13 +766,22 @@ mod tests {
         assert!(!d.is_empty());
         assert_eq!(d.volumes.len(), 1, "{:?}", d.volumes);
         assert_eq!(d.volumes[0].field, "iris");
-        assert_eq!(d.volumes_unchanged, ["llm"]);
+        assert_eq!(d.volumes_unchanged, ["base", "llm"]);
         let t = d.render_text();
         assert!(
-            t.contains(&format!("root hash {}", b.volumes[0].root_hash)),
+            t.contains(&format!("root hash {}", b.volumes[1].root_hash)),
             "{t}"
         );
         assert!(t.contains("  llm: unchanged"), "{t}");
+        // Another base: the base volume is the one that changed.
+        let mut other = load();
+        other.verity.root_hash = crate::host::digest::Sha256::of_bytes(b"another base");
+        other.volumes = vec![vol("iris", b"v1"), vol("llm", b"w")];
+        let raw = serde_json::to_value(&other).unwrap();
+        let o = crate::release::inspect::from_manifest(other, &raw);
+        let d = compare(&a, &o);
+        assert_eq!(d.volumes.len(), 1, "{:?}", d.volumes);
+        assert_eq!(d.volumes[0].field, "base");
         // A volume only B has.
         let c = inspected(vec![vol("iris", b"v1")]);
         let d = compare(&c, &a);

@@ -38,7 +38,8 @@ pub struct Inspection {
     pub recipe_sha256: Sha256,
     pub signature: SignatureInfo,
     pub root_hash: Sha256,
-    /// The model volumes: name, mount, size, root hash, inputs.
+    /// Every volume (base, apps, models): name, mount, size, root hash,
+    /// inputs.
     pub volumes: Vec<crate::release::manifest::VolumeInfo>,
     pub kernel_version: String,
     pub kernel_cmdline: String,
@@ -154,6 +155,7 @@ fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection 
         .filter(|v| !v.is_null())
         .cloned();
     let policy_digest = policy.as_ref().and_then(digest_of);
+    let base = crate::release::manifest::base_volume(&m);
     Inspection {
         build_date: iso8601_utc(m.source_date_epoch),
         source_date_epoch: m.source_date_epoch,
@@ -165,7 +167,7 @@ fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection 
         recipe_sha256: m.recipe.sha256,
         signature,
         root_hash: m.verity.root_hash,
-        volumes: m.volumes,
+        volumes: std::iter::once(base).chain(m.volumes).collect(),
         kernel_version: m.kernel.version,
         kernel_cmdline: m.kernel.cmdline,
         debug_console: m.flags.debug_console,
@@ -413,7 +415,10 @@ impl Inspection {
                 line(format!("signer       UNREADABLE signature: {error}"));
             }
         }
-        line(format!("root hash    {}", self.root_hash));
+        line(format!(
+            "root hash    {} (the base volume's)",
+            self.root_hash
+        ));
         if !self.volumes.is_empty() {
             line(format!("volumes ({})", self.volumes.len()));
             for l in volume_lines(&self.volumes) {
@@ -499,7 +504,7 @@ impl Inspection {
     }
 }
 
-/// One line per model volume (name, mount, size, compression, root hash)
+/// One line per volume (name, kind, mount, size, compression, root hash)
 /// and one per input it is made from; `diff` uses the same words.
 pub fn volume_lines(vols: &[crate::release::manifest::VolumeInfo]) -> Vec<String> {
     let w = vols.iter().map(|v| v.name.len()).max().unwrap_or(0);

@@ -128,6 +128,46 @@ pub struct VolumeInfo {
     pub iso_hash: String,
 }
 
+/// The base volume (the root: the Debian tree and its kernel modules) in
+/// the form of the other volumes, for `inspect` and `diff`: made from the
+/// manifest's base inputs (the Debian packages or the tarball).
+pub fn base_volume(m: &Manifest) -> VolumeInfo {
+    let (iso_image, iso_hash) = (
+        crate::media::iso::ISO_ROOT.to_string(),
+        crate::media::iso::ISO_VERITY.to_string(),
+    );
+    let inputs = m
+        .inputs
+        .iter()
+        .filter(|i| i.kind == "debian-base" || i.kind == "rootfs-tarball")
+        .cloned()
+        .chain((!m.sbom.packages.is_empty()).then(|| Input {
+            kind: "packages".into(),
+            source: format!("{} Debian packages", m.sbom.packages.len()),
+            sha256: None,
+        }))
+        .collect();
+    VolumeInfo {
+        name: "base".into(),
+        kind: "base".into(),
+        mount: "/".into(),
+        compression: "zstd".into(),
+        inputs,
+        root_hash: m.verity.root_hash,
+        salt: m.verity.salt.clone(),
+        uuid: m.verity.uuid.clone(),
+        hash_algorithm: m.verity.hash_algorithm.clone(),
+        data_block_size: m.verity.data_block_size,
+        hash_block_size: m.verity.hash_block_size,
+        data_size: m.verity.data_size,
+        hash_size: m.verity.hash_size,
+        partition: crate::media::disk::LABEL_ROOT.into(),
+        hash_partition: crate::media::disk::LABEL_VERITY.into(),
+        iso_image,
+        iso_hash,
+    }
+}
+
 /// The manifest's entry for each volume.
 pub fn volumes(vols: &[crate::pipeline::volumes::Volume], layout: &Layout) -> Vec<VolumeInfo> {
     vols.iter()
@@ -138,7 +178,7 @@ pub fn volumes(vols: &[crate::pipeline::volumes::Volume], layout: &Layout) -> Ve
             let input = match v.kind {
                 crate::pipeline::volumes::Kind::Apps => Input {
                     kind: "tree".into(),
-                    source: "overlays, configuration, images, policy".into(),
+                    source: "overlays, configuration, policy".into(),
                     sha256: Some(v.model_sha256),
                 },
                 crate::pipeline::volumes::Kind::Model => Input {

@@ -1,5 +1,6 @@
-//! The raw disk: reaches ready with a verified, read-only root; a flipped
-//! byte in the root partition stops the boot at dm-verity.
+//! The raw disk: reaches ready with a verified, read-only root (the apps
+//! volume over the base); a flipped byte in the root partition (the base)
+//! or in the apps volume stops the boot at dm-verity, naming the volume.
 
 use std::time::Duration;
 
@@ -15,10 +16,25 @@ pub fn assert_read_only_root(vm: &mut Vm) {
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some("/"))
         .unwrap_or_else(|| panic!("no / in /proc/mounts: {mounts}"));
+    // The root is the apps volume stacked over the base by overlayfs, no
+    // upper layer; each layer its own verity mapping, kept visible at
+    // /run/cairn/{apps,base}.
+    assert!(root.starts_with("cairn-root / overlay ro,"), "{root}");
     assert!(
-        root.starts_with("/dev/mapper/cairn-root / squashfs ro,"),
+        root.contains("lowerdir=/run/cairn/apps:/run/cairn/base") && !root.contains("upperdir"),
         "{root}"
     );
+    for (dev, at) in [
+        ("/dev/mapper/cairn-root", "/run/cairn/base"),
+        ("/dev/mapper/cairn-apps", "/run/cairn/apps"),
+    ] {
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.starts_with(&format!("{dev} {at} squashfs ro,"))),
+            "{dev} is not mounted read-only at {at}: {mounts}"
+        );
+    }
     let (rc, out) = vm
         .console_run("echo x > /usr/cairn-write-test", t)
         .expect("console");
@@ -62,11 +78,26 @@ fn raw_image_reaches_ready_with_a_read_only_root() {
     assert!(!serial.contains("cairn: FATAL"), "{serial}");
     assert_read_only_root(&mut vm);
     let t = console_timeout();
+    for map in ["cairn-root", "cairn-apps"] {
+        let (rc, out) = vm
+            .console_run(&format!("veritysetup status {map}"), t)
+            .expect("console");
+        assert_eq!(rc, 0, "{out}");
+        assert!(out.contains("verified"), "{map}: {out}");
+    }
+    // A file cairn writes (apps) and one of Debian's (base) are both in
+    // the one root, as the build composed it.
     let (rc, out) = vm
-        .console_run("veritysetup status cairn-root", t)
+        .console_run(
+            "ls /usr/lib/cairn/firewall.nft /run/cairn/apps/usr/lib/cairn/firewall.nft /usr/bin/ls /run/cairn/base/usr/bin/ls && ls /run/cairn/base/usr/lib/cairn/firewall.nft",
+            t,
+        )
         .expect("console");
-    assert_eq!(rc, 0, "{out}");
-    assert!(out.contains("verified"), "{out}");
+    assert_ne!(rc, 0, "{out}");
+    assert!(
+        out.contains("'/run/cairn/base/usr/lib/cairn/firewall.nft': No such file"),
+        "cairn's ruleset should be in apps only: {out}"
+    );
 }
 
 #[test]
@@ -95,10 +126,39 @@ fn one_flipped_byte_in_the_root_partition_stops_the_boot() {
         .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout())
         .expect("a verdict on the console");
     assert_eq!(i, 1, "the tampered image reached ready: {line}");
-    assert!(line.contains("verity"), "{line}");
+    assert!(line.contains("cairn: FATAL volume base: verity:"), "{line}");
     // It halts: no shell, no systemd, and no ready later either.
     std::thread::sleep(Duration::from_secs(10));
     let serial = vm.serial_text();
     assert!(!serial.contains("cairn: ready"), "{serial}");
     assert!(!serial.contains("cairn: starting systemd"), "{serial}");
+}
+
+#[test]
+fn one_flipped_byte_in_the_apps_volume_stops_the_boot_naming_it() {
+    let b = built("tiny");
+    let (offset, _size) = partition(&b.dir, cairn::media::disk::LABEL_APPS);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = copy_image(&b.raw, tmp.path(), "flipped-apps.raw");
+    // In the apps volume's first 4 KiB block (its squashfs superblock),
+    // which mounting reads. The untouched image reads it fine
+    // (raw_image_reaches_ready_with_a_read_only_root).
+    flip_byte(&bad, offset + 1000);
+    let spec = BootSpec::new(
+        &bad,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("raw-flipped-apps"),
+    );
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let (i, line) = vm
+        .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout())
+        .expect("a verdict on the console");
+    assert_eq!(i, 1, "the tampered apps volume reached ready: {line}");
+    assert!(line.contains("cairn: FATAL volume apps: verity:"), "{line}");
+    std::thread::sleep(Duration::from_secs(10));
+    let serial = vm.serial_text();
+    assert!(serial.contains("cairn: volume base verified"), "{serial}");
+    assert!(!serial.contains("cairn: starting systemd"), "{serial}");
+    assert!(!serial.contains("cairn: ready"), "{serial}");
 }
