@@ -459,6 +459,21 @@ pub fn local_repo(
     cache: &Cache,
     dir: &Path,
 ) -> Result<LocalRepo> {
+    let repo = planned_repo(suite, pkgs, cache, dir)?;
+    repo.write(cache)?;
+    Ok(repo)
+}
+
+/// The repository [`local_repo`] makes, its folder created empty and the
+/// packages checked to be in the cache, but not written yet
+/// ([`LocalRepo::write`]): a build whose base tree and images come from
+/// the stage cache never reads a .deb.
+pub fn planned_repo(
+    suite: &str,
+    pkgs: &[LockedPackage],
+    cache: &Cache,
+    dir: &Path,
+) -> Result<LocalRepo> {
     check_word("suite", suite)?;
     check_cached(pkgs, cache)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -470,8 +485,26 @@ pub fn local_repo(
     let mut sorted = pkgs.to_vec();
     sorted.sort();
     sorted.dedup();
+    Ok(LocalRepo {
+        dir,
+        suite: suite.to_string(),
+        packages: sorted,
+    })
+}
+
+impl LocalRepo {
+    /// Writes the planned repository into its (empty) folder.
+    pub fn write(&self, cache: &Cache) -> Result<()> {
+        write_repo(&self.dir, &self.suite, &self.packages, cache)
+    }
+}
+
+fn write_repo(dir: &Path, suite: &str, sorted: &[LockedPackage], cache: &Cache) -> Result<()> {
+    if std::fs::read_dir(dir)?.next().is_some() {
+        bail!("local repository folder {} is not empty", dir.display());
+    }
     let mut index = String::new();
-    for p in &sorted {
+    for p in sorted {
         let blob = cache
             .get(&p.sha256)
             .ok_or_else(|| anyhow::anyhow!("{} vanished from the cache", p.spec()))?;
@@ -519,11 +552,7 @@ pub fn local_repo(
         index.len()
     );
     std::fs::write(dir.join("Release"), release)?;
-    Ok(LocalRepo {
-        dir,
-        suite: suite.to_string(),
-        packages: sorted,
-    })
+    Ok(())
 }
 
 /// What `fetch_locked` did.

@@ -83,7 +83,8 @@ impl Plan<'_> {
     }
 }
 
-/// Local apt repositories the base and built images install from.
+/// Local apt repositories the base and built images install from, planned
+/// (written by whoever runs mmdebstrap with one: `LocalRepo::write`).
 #[derive(Debug, Clone, Default)]
 pub struct Repos {
     pub base: Option<crate::inputs::debrepo::LocalRepo>,
@@ -196,7 +197,7 @@ fn local_repos(lock: Option<&Lock>, cache: &Cache, dir: &Path) -> Result<Repos> 
         return Ok(repos);
     };
     if let Some(b) = &lock.base {
-        repos.base = Some(crate::inputs::debrepo::local_repo(
+        repos.base = Some(crate::inputs::debrepo::planned_repo(
             &b.suite,
             &b.packages,
             cache,
@@ -206,7 +207,7 @@ fn local_repos(lock: Option<&Lock>, cache: &Cache, dir: &Path) -> Result<Repos> 
     for (n, img) in lock.images.iter().enumerate() {
         // Image names are checked by the recipe, but a folder name from a
         // number needs no check at all.
-        let repo = crate::inputs::debrepo::local_repo(
+        let repo = crate::inputs::debrepo::planned_repo(
             &img.suite,
             &img.packages,
             cache,

@@ -221,6 +221,10 @@ fn mmdebstrap(
         );
         return crate::inputs::stagecache::unpack_tree(&blob, tree);
     }
+    if let Some(r) = repo {
+        r.write(cache)
+            .context("compose: the locked packages' local repository")?;
+    }
     let cmd = crate::inputs::debrepo::mmdebstrap_command(
         suite,
         tree,

@@ -7,7 +7,8 @@
 //! name, its compression and SOURCE_DATE_EPOCH (the stage-cache key covers
 //! exactly these), so an unchanged model reuses its cached volume.
 
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -118,6 +119,9 @@ pub fn cache_key(m: &Model, epoch: u64) -> Sha256 {
             format!("compression {}", m.compression.as_str()),
             format!("mksquashfs {}", squashfs_options(m.compression).join(" ")),
             "mksquashfs -all-root -no-xattrs -no-progress".into(),
+            // A file model is read through a pseudo file definition (not a
+            // staged copy): another layout than before, so another key.
+            "file by pseudo definition".into(),
             format!("epoch {epoch}"),
             format!(
                 "verity sha256 {} {}",
@@ -183,35 +187,83 @@ pub fn make_model_volume(
     let tree = dir.join("tree");
     std::fs::create_dir_all(&tree)?;
     let label = format!("model {}", m.name);
-    // The pin was checked at resolve time; check what will be packed, too
-    // (a file is hashed while it is copied: one pass).
-    let t = Instant::now();
-    let staged = if m.path.is_dir() {
-        stage_folder(&m.path, &tree)?;
-        crate::host::digest::tree_digest(&tree)?
-    } else {
-        copy_file_hashing(&m.path, &tree.join(&m.name), &format!("{label}: stage"))?
-    };
-    set_mode(&tree, 0o755)?;
-    if staged != m.sha256 {
-        bail!(
-            "the staged data has digest {staged}, not the pinned {} (did it change during the build?)",
-            m.sha256
-        );
-    }
-    step(&label, "staged and checked against its pin", t);
     let image = dir.join(format!("{}.squashfs", m.name));
     let sh = xshell::Shell::new()?;
     let e = epoch.to_string();
     let opts = squashfs_options(m.compression);
     let t = Instant::now();
-    crate::host::runner::run(
-        "model volume",
-        xshell::cmd!(
-            sh,
-            "mksquashfs {tree} {image} -noappend {opts...} -all-root -no-xattrs -all-time {e} -mkfs-time {e} -no-progress -quiet"
-        ),
-    )?;
+    if m.path.is_dir() {
+        // The pin was checked at resolve time; check what will be packed,
+        // too.
+        stage_folder(&m.path, &tree)?;
+        let staged = crate::host::digest::tree_digest(&tree)?;
+        set_mode(&tree, 0o755)?;
+        if staged != m.sha256 {
+            bail!(
+                "the staged data has digest {staged}, not the pinned {} (did it change during the build?)",
+                m.sha256
+            );
+        }
+        step(&label, "staged and checked against its pin", t);
+        crate::host::runner::run(
+            "model volume",
+            xshell::cmd!(
+                sh,
+                "mksquashfs {tree} {image} -noappend {opts...} -all-root -no-xattrs -all-time {e} -mkfs-time {e} -no-progress -quiet"
+            ),
+        )?;
+    } else {
+        // A file is not copied: mksquashfs reads it through a pseudo file
+        // definition whose command is constant (the model's path reaches
+        // it in the environment, never as a word of a command line), and
+        // the bytes it takes are hashed on their way in (tee into a fifo
+        // this process reads), so what is packed is checked against the
+        // pin in the same pass.
+        set_mode(&tree, 0o755)?;
+        let fifo = dir.join("hash.fifo");
+        make_fifo(&fifo)?;
+        let len = std::fs::metadata(&m.path)
+            .with_context(|| format!("read {}", m.path.display()))?
+            .len();
+        let bar = (len >= crate::host::digest::PROGRESS_MIN)
+            .then(|| crate::host::progress::Progress::new(&format!("{label}: pack"), len));
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || hash_fifo(&fifo, bar))
+        };
+        let pseudo = format!(
+            "{} f {:o} 0 0 tee -- \"$CAIRN_HASH_FIFO\" < \"$CAIRN_MODEL\"",
+            m.name,
+            file_mode(&m.path)?
+        );
+        let packed = crate::host::runner::run(
+            "model volume",
+            xshell::cmd!(
+                sh,
+                "mksquashfs {tree} {image} -noappend {opts...} -all-root -no-xattrs -all-time {e} -mkfs-time {e} -no-progress -quiet -p {pseudo}"
+            )
+            .env("CAIRN_MODEL", &m.path)
+            .env("CAIRN_HASH_FIFO", &fifo),
+        );
+        // A reader still waiting for the fifo's writer (mksquashfs failed
+        // before it ran the command) gets its end of file.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        let hashed = reader
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        packed?;
+        let hashed = hashed?;
+        if hashed != m.sha256 {
+            bail!(
+                "the packed data has digest {hashed}, not the pinned {} (did {} change during the build?)",
+                m.sha256,
+                m.path.display()
+            );
+        }
+    }
     std::fs::remove_dir_all(&tree).ok();
     step(
         &label,
@@ -368,15 +420,23 @@ fn file_mode(src: &Path) -> Result<u32> {
     Ok(if exec { 0o555 } else { 0o444 })
 }
 
-/// Copies a model file and returns the sha256 of the bytes written, with
-/// a progress bar for a big one.
-fn copy_file_hashing(src: &Path, dst: &Path, label: &str) -> Result<Sha256> {
-    let mut f = std::fs::File::open(src).with_context(|| format!("open {}", src.display()))?;
-    let len = f.metadata()?.len();
-    let mut out =
-        std::fs::File::create(dst).with_context(|| format!("create {}", dst.display()))?;
-    let mut bar = (len >= crate::host::digest::PROGRESS_MIN)
-        .then(|| crate::host::progress::Progress::new(label, len));
+/// A fifo at `path`, for this user only.
+fn make_fifo(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("{} has a NUL in its name", path.display()))?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(anyhow::Error::new(std::io::Error::last_os_error())
+            .context(format!("mkfifo {}", path.display())));
+    }
+    Ok(())
+}
+
+/// The sha256 of everything written into the fifo `path` until its last
+/// writer closes it, with a progress bar for a big model.
+fn hash_fifo(path: &Path, mut bar: Option<crate::host::progress::Progress>) -> Result<Sha256> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
     let mut buf = vec![0u8; 4 << 20];
     let mut done = 0u64;
@@ -385,22 +445,17 @@ fn copy_file_hashing(src: &Path, dst: &Path, label: &str) -> Result<Sha256> {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("read {}", src.display())),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };
         sha2::Digest::update(&mut h, &buf[..n]);
-        out.write_all(&buf[..n])
-            .with_context(|| format!("write {}", dst.display()))?;
         done += n as u64;
         if let Some(b) = bar.as_mut() {
             b.update(done);
         }
-        crate::host::interrupt::check()?;
     }
     if let Some(b) = bar.as_mut() {
         b.finish();
     }
-    drop(out);
-    set_mode(dst, file_mode(src)?)?;
     Ok(Sha256(sha2::Digest::finalize(h).into()))
 }
 
@@ -513,6 +568,42 @@ mod tests {
         };
         let v = make_model_volume(&m, &cache, false, 1, &d.path().join("w")).unwrap();
         assert_eq!(v.mount, "/usr/lib/cairn/volumes/w");
+        // The file is read in place (no staged copy), whatever its path
+        // holds: the path never reaches a shell as words. Its bytes and
+        // mode are in the volume under the model's name.
+        let odd = d.path().join("a dir \"$(touch pwned)\"");
+        std::fs::create_dir_all(&odd).unwrap();
+        let g = odd.join("w;$(touch pwned2) `id`.bin");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&g, &data).unwrap();
+        std::fs::set_permissions(&g, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let odd_model = Model {
+            name: "odd".into(),
+            sha256: Sha256::of_file(&g).unwrap(),
+            path: g.clone(),
+            compression: Compression::None,
+            at: String::new(),
+        };
+        let v = make_model_volume(&odd_model, &cache, false, 1, &d.path().join("o")).unwrap();
+        let mut cmd = crate::host::runner::command("unsquashfs");
+        cmd.arg("-cat").arg(&v.image).arg("odd");
+        let out = crate::host::runner::output("test", cmd).unwrap();
+        assert!(out.stdout == data, "the packed file differs from the model");
+        let mut cmd = crate::host::runner::command("unsquashfs");
+        cmd.arg("-lls").arg(&v.image);
+        let out = crate::host::runner::output("test", cmd).unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("-r-xr-xr-x root/root ")
+                    && l.contains(" 300000 1970-01-01 00:00 ")
+                    && l.ends_with(" squashfs-root/odd")),
+            "{listing}"
+        );
+        for side in ["pwned", "pwned2"] {
+            assert!(!d.path().join(side).exists() && !std::path::Path::new(side).exists());
+        }
         // A wrong pin (data changed after resolve) stops the build.
         let bad = Model {
             sha256: Sha256::of_bytes(b"other"),

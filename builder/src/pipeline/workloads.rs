@@ -452,6 +452,11 @@ pub fn prebuild(
             None => {
                 let bwork = work.join(format!("image-{}", img.name));
                 std::fs::create_dir_all(&bwork)?;
+                if let Some(r) = &spec.repo {
+                    r.write(cache).with_context(|| {
+                        format!("image {}: the locked packages' local repository", img.name)
+                    })?;
+                }
                 let built = crate::pipeline::oci::build_image(&spec, &bwork, &dest)
                     .with_context(|| format!("image {}: build from Debian packages", img.name))?;
                 std::fs::remove_dir_all(&bwork).ok();
