@@ -145,7 +145,20 @@ fn offline_builds_from_the_lock_are_reproducible() {
 
     // 3. Two offline builds from two repositories in different folders.
     let repo_a = debrepo::local_repo(SUITE, &locked, &cache, &tp.join("repo-a")).unwrap();
-    let repo_b = debrepo::local_repo(SUITE, &locked, &cache, &tp.join("x/y/other-repo")).unwrap();
+    // B is planned first (what a build does: nothing is read until
+    // mmdebstrap needs it), then written.
+    let repo_b = debrepo::planned_repo(SUITE, &locked, &cache, &tp.join("x/y/other-repo")).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&repo_b.dir).unwrap().count(),
+        0,
+        "a planned repository is written only when needed"
+    );
+    repo_b.write(&cache).unwrap();
+    assert_eq!(
+        std::fs::read(repo_a.dir.join("Packages")).unwrap(),
+        std::fs::read(repo_b.dir.join("Packages")).unwrap()
+    );
+    assert!(repo_b.write(&cache).is_err(), "written twice");
     assert_ne!(repo_a.mmdebstrap_mirror(), repo_b.mmdebstrap_mirror());
     let root_a = tp.join("root-a");
     let root_b = tp.join("root-b");
