@@ -165,6 +165,14 @@ build_once() { # label, recipe, extra env -> prints the stage times
     fi
 }
 
+# with_lock COPY.toml: the recipe's lock beside a copy of it (the lock is
+# checked against the packages and images only), so the copy is dated and
+# resolved as the recipe is and its base and apps come from the same cache.
+with_lock() {
+    local lock=${RECIPE%.toml}.lock
+    if [[ -f $lock ]]; then cp "$lock" "${1%.toml}.lock"; fi
+}
+
 # pct PART WHOLE -> "12.3 %"
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a" }'; }
 
@@ -183,6 +191,7 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     newpin=$("$CAIRN" digest "$tmp/field-ai/model")
     sed -e "s|\.\./overlays|../../overlays|" \
         -e "s|^sha256 = \"[0-9a-f]*\"|sha256 = \"$newpin\"|" "$RECIPE" > "$tmp/field-ai.toml"
+    with_lock "$tmp/field-ai.toml"
     build_once warm-model-change "$tmp/field-ai.toml"
     # Warm: only an overlay file changed.
     rm -rf "$tmp" && mkdir -p "$tmp/overlay"
@@ -190,6 +199,7 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     echo "bench $(date +%s)" >> "$tmp/overlay/etc/motd"
     sed -e "s|\.\./overlays/field-ai|overlay|" -e "s|\"field-ai/|\"../field-ai/|g" \
         -e "s|^path = \"field-ai/model\"|path = \"../field-ai/model\"|" "$RECIPE" > "$tmp/field-ai.toml"
+    with_lock "$tmp/field-ai.toml"
     build_once warm-overlay-change "$tmp/field-ai.toml"
     rm -rf "$tmp"
 
@@ -221,6 +231,7 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
         -e "s|^size = \"2G\"|size = \"$(((mib >> 10) + 3))G\"|" "$RECIPE" > "$tmp/base.toml"
     for size in small big; do
         cp "$tmp/base.toml" "$tmp/$size.toml"
+        with_lock "$tmp/$size.toml"
         printf '\n[[models]]\nname = "bench-blob"\npath = "%s.bin"\nsha256 = "%s"\n' \
             "$size" "$("$CAIRN" digest "$tmp/$size.bin")" >> "$tmp/$size.toml"
     done
