@@ -106,7 +106,7 @@ fn control_untouched_releases_verify() {
     for want in [
         "root hash: mini-1.raw: recomputed",
         "volume m1: mini-1.raw: recomputed root hash",
-        "uki: mini-1.raw: BOOTX64.EFI command line carries cairn.roothash, every cairn.volume",
+        "uki: mini-1.raw: BOOTX64.EFI command line carries cairn.roothash and every volume's root hash",
         "qcow2: mini-1.qcow2: content equals mini-1.raw",
     ] {
         assert!(r.stdout.contains(want), "{want} missing:\n{}", r.stdout);

@@ -175,7 +175,7 @@ fn check_uki_cmdline(
         )));
     }
     checks.push(format!(
-        "uki: {name}: {file} command line carries cairn.roothash, cairn.apps, every cairn.volume and matches {MANIFEST}"
+        "uki: {name}: {file} command line carries cairn.roothash and every volume's root hash (cairn.apps=, cairn.volume.NAME=) and matches {MANIFEST}"
     ));
     Ok(())
 }
