@@ -3,7 +3,7 @@
 # at least a minute apart, with a different TMPDIR and host name, and
 # compares every output byte for byte (digests side by side); then twice
 # more with the stage cache on, which must give the same bytes (the second
-# takes its root image from the cache). REPRO_CACHED=0 leaves those out.
+# takes its base and apps images from the cache). REPRO_CACHED=0 leaves those out.
 #   qemu-tests/repro.sh [RECIPE]     (default recipes/field-ai.toml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,13 +46,16 @@ done
 [ $status = 0 ] || exit $status
 # Then with the stage cache on, twice (unless REPRO_CACHED=0): the first
 # build stores its stages (or takes what an earlier one stored), the
-# second takes its root image from the cache; both must equal build A.
+# second takes its base and apps images from the cache; both must equal
+# build A.
 if [ "${REPRO_CACHED:-1}" = 1 ]; then
   unset CAIRN_NO_STAGE_CACHE
   echo "repro: build C with the stage cache on ($(date -u +%T))"; build c repro-host-c
   echo "repro: build D with the stage cache on, after C ($(date -u +%T))"; build d repro-host-d
-  grep -q "unchanged, reusing the cached root image" "$work/d/build.log" \
-    || { echo "repro: build D did not take its root image from the stage cache:"; grep -n "tree digest" "$work/d/build.log"; exit 1; }
+  for v in base apps; do
+    grep -q "unchanged, reusing the cached $v image" "$work/d/build.log" \
+      || { echo "repro: build D did not take its $v image from the stage cache:"; grep -n "tree digest" "$work/d/build.log"; exit 1; }
+  done
   for x in c d; do
     dx=$(ls -d "$work"/$x/out/*/)
     for f in $(ls "$da"); do
