@@ -427,6 +427,19 @@ fn run_tool(cmd: &mut std::process::Command) {
     cairn::host::runner::output("rebuild_raw", cmd).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// Unpacks `image` (only `paths` in it, or everything) into `dest`.
+fn unsquashfs(image: &Path, dest: &Path, paths: &[&str]) {
+    run_tool(
+        cairn::host::runner::command("unsquashfs")
+            .arg("-quiet")
+            .arg("-no-progress")
+            .arg("-d")
+            .arg(dest)
+            .arg(image)
+            .args(paths),
+    );
+}
+
 /// A raw disk rebuilt from a built image with `edit` applied to its apps
 /// volume's tree (overlays, cairn's configuration, images: what the recipe
 /// adds to the base): the apps image is unpacked (unsquashfs, whiteouts
@@ -453,29 +466,14 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     );
     // The UKI stub is in the base.
     let base = work.join("base");
-    run_tool(
-        cairn::host::runner::command("unsquashfs")
-            .arg("-quiet")
-            .arg("-no-progress")
-            .arg("-d")
-            .arg(&base)
-            .arg(&root)
-            .arg("usr/lib/systemd/boot"),
-    );
+    unsquashfs(&root, &base, &["usr/lib/systemd/boot"]);
     let mut volumes = built_volumes(b, &work);
     let apps = volumes
         .iter_mut()
         .find(|v| v.kind == cairn::pipeline::volumes::Kind::Apps)
         .expect("the built image has an apps volume");
     let tree = work.join("tree");
-    run_tool(
-        cairn::host::runner::command("unsquashfs")
-            .arg("-quiet")
-            .arg("-no-progress")
-            .arg("-d")
-            .arg(&tree)
-            .arg(&apps.image),
-    );
+    unsquashfs(&apps.image, &tree, &[]);
     edit(&tree);
     let epoch = m.source_date_epoch;
     let image =
