@@ -139,6 +139,11 @@ pub const TOOLS: &[Tool] = &[
 
 pub const FILES: &[(&str, &str, &str)] = &[
     (
+        "/usr/share/mmdebstrap/hooks/merged-usr/setup00.sh",
+        "mmdebstrap",
+        "Debian trees without usrmerge and perl (mmdebstrap's merged-usr hook)",
+    ),
+    (
         "/usr/share/OVMF/OVMF_CODE_4M.fd",
         "ovmf",
         "UEFI boots (cairn run, tests)",

@@ -33,10 +33,22 @@ use crate::host::digest::Sha256;
 use crate::inputs::cache::Cache;
 use crate::inputs::lock::LockedPackage;
 
+/// mmdebstrap's own merged-/usr hook (from its Debian package): it makes
+/// the /bin, /lib, /sbin links itself and installs `usr-is-merged`, so the
+/// essential `init-system-helpers` (Depends: usrmerge | usr-is-merged) is
+/// satisfied without `usrmerge`, which would pull in perl and its modules
+/// (about 50 MB of files an appliance never runs).
+pub const MERGED_USR_HOOK_DIR: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
+
 /// The mmdebstrap options after `--variant=`, the same for every Debian
 /// root cairn makes (before `--format`, `--include`, SUITE, TARGET, MIRROR).
+/// The lock's resolution runs with the same options, so the lock pins
+/// `usr-is-merged`, not `usrmerge`.
 const COMMON_ARGS: &[&str] = &[
     "--mode=auto",
+    // MERGED_USR_HOOK_DIR: a constant path of the host's mmdebstrap
+    // package, never recipe text (a unit test keeps the two equal).
+    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
     "--aptopt=Acquire::Retries \"3\"",
     "--dpkgopt=path-exclude=/usr/share/man/*",
     "--dpkgopt=path-exclude=/usr/share/locale/*",
@@ -630,6 +642,25 @@ mod tests {
         assert_eq!(e.size, Some(3));
         assert_eq!(e.priority.as_deref(), Some("required"));
         assert!(e.sha256.is_some());
+    }
+
+    #[test]
+    fn every_debian_root_uses_the_merged_usr_hook_that_the_host_has() {
+        let want = format!("--hook-dir={MERGED_USR_HOOK_DIR}");
+        for v in [Variant::Base, Variant::Image] {
+            let args = v.args();
+            assert!(args.contains(&want.as_str()), "{v:?}: {args:?}");
+        }
+        // mmdebstrap runs these two scripts from the folder; without them
+        // it would fail the build (and `cairn doctor` names the package).
+        for s in ["setup00.sh", "essential00.sh"] {
+            let p = Path::new(MERGED_USR_HOOK_DIR).join(s);
+            assert!(
+                p.is_file(),
+                "{} is missing: apt-get install mmdebstrap",
+                p.display()
+            );
+        }
     }
 
     #[test]

@@ -98,6 +98,28 @@ fn raw_image_reaches_ready_with_a_read_only_root() {
         out.contains("'/run/cairn/base/usr/lib/cairn/firewall.nft': No such file"),
         "cairn's ruleset should be in apps only: {out}"
     );
+    // The base is merged-/usr by mmdebstrap's hook, not by the usrmerge
+    // package (which pulls in perl): the links are there in the running
+    // root, and the manifest lists usr-is-merged, not usrmerge or perl.
+    let (rc, out) = vm
+        .console_run("readlink /bin /sbin /lib /run/cairn/base/lib", t)
+        .expect("console");
+    assert_eq!(rc, 0, "{out}");
+    let links: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        links,
+        ["usr/bin", "usr/sbin", "usr/lib", "usr/lib"],
+        "merged /usr links: {out}"
+    );
+    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    let names: Vec<&str> = m.sbom.packages.iter().map(|p| p.name.as_str()).collect();
+    // Control: the list is the base's (perl-base is essential and stays).
+    for want in ["usr-is-merged", "perl-base", "init-system-helpers"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for gone in ["usrmerge", "perl", "perl-modules-5.36"] {
+        assert!(!names.contains(&gone), "{gone} is in the base: {names:?}");
+    }
 }
 
 #[test]
