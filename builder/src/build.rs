@@ -434,7 +434,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let iso_cmdline = kernel_cmdline(recipe, &verity.root_hash, &volumes, Medium::Iso);
     let want_iso = opts.formats.iso;
     let (uki, uki_iso) = st.run("UKI", || {
-        let make = |cmdline: &str, out: PathBuf| {
+        // Each UKI in a folder of its own (make_uki writes its command
+        // line file there), so the two objcopy runs go at once.
+        let make = |cmdline: &str, name: &str| {
+            let dir = work.join(name);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("uki: create {}", dir.display()))?;
             crate::pipeline::uki::make_uki(
                 &crate::pipeline::uki::UkiInputs {
                     stub: &stub,
@@ -444,17 +449,22 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
                     cmdline,
                     epoch: recipe.source_date_epoch,
                 },
-                &work,
-                &out,
+                &dir,
+                &work.join(format!("{name}.efi")),
             )
         };
-        let disk = make(&cmdline, work.join("uki.efi"))?;
-        let iso = if want_iso {
-            Some(make(&iso_cmdline, work.join("uki-iso.efi"))?)
-        } else {
-            None
-        };
-        Ok((disk, iso))
+        std::thread::scope(|s| {
+            let iso = want_iso.then(|| s.spawn(|| make(&iso_cmdline, "uki-iso")));
+            let disk = make(&cmdline, "uki")?;
+            let iso = match iso {
+                Some(h) => Some(
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("uki: the ISO's UKI thread panicked"))??,
+                ),
+                None => None,
+            };
+            Ok((disk, iso))
+        })
     })?;
     if let Some(sb) = &opts.secure_boot {
         for u in std::iter::once(&uki).chain(uki_iso.as_ref()) {

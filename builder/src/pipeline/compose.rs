@@ -203,6 +203,12 @@ fn mmdebstrap(
         format!("mirror {mirror}"),
         format!("include {}", include.join(",")),
         format!("epoch {}", recipe.source_date_epoch),
+        // The cached tree holds only the kernel modules kept for these
+        // extras (see below).
+        format!(
+            "kernel modules pruned, extras {}",
+            recipe.extra_modules.join(",")
+        ),
     ]);
     if let Some(r) = repo {
         inputs.extend(
@@ -235,6 +241,18 @@ fn mmdebstrap(
         &extra,
     );
     crate::host::runner::run_streaming("compose: mmdebstrap", cmd)?;
+    // The kernel package brings its whole module tree (about 390 MB), of
+    // which the appliance keeps a few MB: prune it before the tree is
+    // cached, so a rebuild does not unpack what it deletes. The pipeline's
+    // prune stage runs again on the result and keeps the same set. Without
+    // one kernel the tree is left as it is: take_kernel reports that.
+    if let Ok((_, version)) = kernel_in_boot(tree) {
+        let p = crate::pipeline::kernel::prune(tree, &version, &recipe.extra_modules)?;
+        eprintln!(
+            "    kernel {version}: kept {} modules, removed {} before caching the base tree",
+            p.kept, p.removed
+        );
+    }
     if plan.stage_cache {
         let tmp = tree.with_extension("base.tar");
         crate::inputs::stagecache::pack_tree(tree, &tmp)?;
@@ -258,6 +276,36 @@ fn extract_tarball(path: &Path, tree: &Path, limits: &crate::host::limits::Limit
 /// empties /boot. The kernel must be a regular file of the tree: a link
 /// (even one that resolves inside it) or anything else is refused.
 fn take_kernel(tree: &Path, work: &Path) -> Result<(PathBuf, String)> {
+    let (boot, version) = kernel_in_boot(tree)?;
+    let rel = Path::new("boot").join(format!("vmlinuz-{version}"));
+    let meta = std::fs::symlink_metadata(boot.join(format!("vmlinuz-{version}")))
+        .context("compose: /boot/vmlinuz")?;
+    if !meta.file_type().is_file() {
+        return Err(crate::InputError(format!(
+            "compose: /boot/vmlinuz-{version} is not a regular file (a link or special file); the kernel must be the file itself"
+        ))
+        .into());
+    }
+    let vmlinuz = work.join("vmlinuz");
+    copy_out_of_tree(tree, &rel, &vmlinuz).context("compose: copy the kernel out of /boot")?;
+    for e in std::fs::read_dir(&boot)?.flatten() {
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    // Debian's /vmlinuz and /initrd.img convenience links now dangle.
+    for l in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
+        crate::host::tree::remove_in_tree(tree, Path::new(l))?;
+    }
+    Ok((vmlinuz, version))
+}
+
+/// The tree's /boot folder (resolved inside the tree) and the version of
+/// its one kernel, /boot/vmlinuz-VERSION.
+fn kernel_in_boot(tree: &Path) -> Result<(PathBuf, String)> {
     let boot = resolve_in_root_follow(tree, Path::new("boot"))?;
     if !std::fs::symlink_metadata(&boot)
         .map(|m| m.is_dir())
@@ -286,30 +334,7 @@ fn take_kernel(tree: &Path, work: &Path) -> Result<(PathBuf, String)> {
         ))
         .into());
     }
-    let rel = Path::new("boot").join(format!("vmlinuz-{version}"));
-    let meta = std::fs::symlink_metadata(boot.join(format!("vmlinuz-{version}")))
-        .context("compose: /boot/vmlinuz")?;
-    if !meta.file_type().is_file() {
-        return Err(crate::InputError(format!(
-            "compose: /boot/vmlinuz-{version} is not a regular file (a link or special file); the kernel must be the file itself"
-        ))
-        .into());
-    }
-    let vmlinuz = work.join("vmlinuz");
-    copy_out_of_tree(tree, &rel, &vmlinuz).context("compose: copy the kernel out of /boot")?;
-    for e in std::fs::read_dir(&boot)?.flatten() {
-        let p = e.path();
-        if e.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&p)?;
-        } else {
-            std::fs::remove_file(&p)?;
-        }
-    }
-    // Debian's /vmlinuz and /initrd.img convenience links now dangle.
-    for l in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
-        crate::host::tree::remove_in_tree(tree, Path::new(l))?;
-    }
-    Ok((vmlinuz, version))
+    Ok((boot, version))
 }
 
 const READY_SCRIPT: &str = include_str!("../../guest/cairn-ready");

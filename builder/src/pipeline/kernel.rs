@@ -447,6 +447,11 @@ mod tests {
         assert_eq!(p.removed, 1);
         assert!(!dir.join("kernel/sound").exists());
         assert!(dir.join("kernel/drivers/md/dm-verity.ko").exists());
+        // Pruning a pruned tree (the stage cache keeps the base tree
+        // pruned; the pipeline prunes it again) keeps the same set.
+        let again = prune_files(tree, "6.1.0-t", &[]).unwrap();
+        assert_eq!((again.kept, again.removed), (p.kept, 0));
+        assert!(dir.join("kernel/drivers/md/dm-verity.ko").exists());
     }
 
     #[test]

@@ -105,7 +105,11 @@ fn raw_image_reaches_ready_with_a_read_only_root() {
         .console_run("readlink /bin /sbin /lib /run/cairn/base/lib", t)
         .expect("console");
     assert_eq!(rc, 0, "{out}");
-    let links: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let links: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     assert_eq!(
         links,
         ["usr/bin", "usr/sbin", "usr/lib", "usr/lib"],
