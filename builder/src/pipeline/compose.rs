@@ -140,7 +140,7 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
         }
     }
     let (vmlinuz, kernel_version) = take_kernel(&tree, work)?;
-    let images = crate::pipeline::workloads::install_images(plan, &tree, work, &built)?;
+    let images = crate::pipeline::workloads::install_images(plan, &tree, work, built)?;
     Ok(BaseTree {
         tree,
         vmlinuz,

@@ -127,13 +127,43 @@ pub fn layered_root(service: &str) -> String {
 /// `ctr run --rootfs` needs from its configuration.
 fn unpack(
     tree: &Path,
+    work: &Path,
     name: &str,
     loaded: &crate::pipeline::oci::LoadedImage,
     plan: &crate::inputs::plan::Plan,
 ) -> Result<ImageRun> {
+    let staged = stage_root(work, name, loaded, plan)?;
+    place_root(tree, name, staged)
+}
+
+/// An image root unpacked outside the tree ([`stage_root`]), to be moved
+/// into it ([`place_root`]).
+#[derive(Debug)]
+pub struct StagedRoot {
+    dir: tempfile::TempDir,
+    digest: Sha256,
+    config: crate::pipeline::oci::rootfs::RunConfig,
+    uid_gid: (u32, u32),
+}
+
+/// The part of [`unpack`] that needs nothing of the tree: the layers into
+/// a fresh folder under `work` (on the tree's file system, so placing it
+/// is a rename), the configuration and the user read from them. Compose
+/// runs it while the base tree is being made or unpacked.
+pub fn stage_root(
+    work: &Path,
+    name: &str,
+    loaded: &crate::pipeline::oci::LoadedImage,
+    plan: &crate::inputs::plan::Plan,
+) -> Result<StagedRoot> {
     use crate::pipeline::oci::rootfs;
     let rel = rootfs_dir(name);
-    let root = crate::host::tree::create_dirs_in_root(tree, Path::new(&rel))?;
+    let dir = tempfile::Builder::new()
+        .prefix(".image-root-")
+        .tempdir_in(work)
+        .with_context(|| format!("image {name}: a staging folder in {}", work.display()))?;
+    let root = dir.path().join("rootfs");
+    std::fs::create_dir(&root).with_context(|| format!("image {name}: {}", root.display()))?;
     crate::pipeline::oci::unpack_layers(loaded, &root, &plan.recipe.limits)
         .with_context(|| format!("image {name}: unpack into /{rel}"))?;
     let bad = |e: anyhow::Error| crate::InputError(format!("image {name}: {e:#}"));
@@ -146,20 +176,41 @@ fn unpack(
         rootfs::add_mount_point(&root, p, rootfs::MountPoint::Folder)
             .with_context(|| format!("image {name}: mount point /{p}"))?;
     }
+    Ok(StagedRoot {
+        dir,
+        digest: loaded.manifest_digest,
+        config,
+        uid_gid,
+    })
+}
+
+/// Moves a staged image root to [`rootfs_dir`] in the tree (the folders
+/// above it made and resolved inside the tree).
+fn place_root(tree: &Path, name: &str, staged: StagedRoot) -> Result<ImageRun> {
+    let rel = rootfs_dir(name);
+    let folder_rel = Path::new(&rel)
+        .parent()
+        .context("image rootfs has no parent folder")?;
+    let folder = crate::host::tree::create_dirs_in_root(tree, folder_rel)?;
+    let root = folder.join("rootfs");
+    if std::fs::symlink_metadata(&root).is_ok() {
+        bail!("image {name}: /{rel} already exists in the tree");
+    }
+    std::fs::rename(staged.dir.path().join("rootfs"), &root)
+        .with_context(|| format!("image {name}: move the unpacked root to /{rel}"))?;
     // Only root (containerd and runc) may enter the image's folder: the
     // appliance's own users cannot reach the image's files, set-id ones
     // (`allow_setuid`) among them, outside the container.
-    let folder = root.parent().context("image rootfs has no parent folder")?;
-    std::fs::set_permissions(folder, std::fs::Permissions::from_mode(IMAGE_FOLDER_MODE))
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(IMAGE_FOLDER_MODE))
         .with_context(|| format!("image {name}: chmod {}", folder.display()))?;
     eprintln!(
         "        image {name}: {} unpacked -> /{rel} (runs from there, nothing imported at boot)",
-        loaded.manifest_digest
+        staged.digest
     );
     Ok(ImageRun {
         rootfs: format!("/{rel}"),
-        config,
-        uid_gid,
+        config: staged.config,
+        uid_gid: staged.uid_gid,
     })
 }
 
@@ -180,7 +231,7 @@ pub fn install_images(
     plan: &crate::inputs::plan::Plan,
     tree: &Path,
     work: &Path,
-    built: &std::collections::BTreeMap<String, Prebuilt>,
+    mut built: std::collections::BTreeMap<String, Prebuilt>,
 ) -> Result<InstalledImages> {
     let w = &plan.recipe.workloads;
     let epoch = plan.recipe.source_date_epoch;
@@ -199,21 +250,7 @@ pub fn install_images(
             Runtime::K3s => reference(&img.name),
             _ => "pinned".to_string(),
         };
-        let load = |path: &Path, pin: &Sha256| {
-            crate::pipeline::oci::load_archive_with(
-                path,
-                pin,
-                &crate::pipeline::oci::LoadOptions {
-                    policy: crate::pipeline::oci::LayerPolicy {
-                        allow_setuid: img.allow_setuid,
-                    },
-                    scratch: Some(work.to_path_buf()),
-                    limits: plan.recipe.limits,
-                    unpack_budget: image_budget(plan.recipe),
-                },
-            )
-            .map_err(|e| crate::InputError(format!("image {} ({}): {e}", img.name, path.display())))
-        };
+        let load = |path: &Path, pin: &Sha256| load_image(plan, img, work, path, pin);
         // Where the OCI tarball goes for k3s (and with no runtime).
         let tarball = || -> Result<PathBuf> {
             Ok(
@@ -228,7 +265,10 @@ pub fn install_images(
                     .with_context(|| format!("image {}: no digest pin", img.name))?;
                 let loaded = load(path, &pin)?;
                 if w.runtime == Runtime::Containerd {
-                    runs.insert(img.name.clone(), unpack(tree, &img.name, &loaded, plan)?);
+                    runs.insert(
+                        img.name.clone(),
+                        unpack(tree, work, &img.name, &loaded, plan)?,
+                    );
                 } else {
                     let dest = tarball()?;
                     crate::pipeline::oci::write_oci_archive(&loaded, &ref_name, epoch, &dest)
@@ -246,12 +286,13 @@ pub fn install_images(
             }
             ImageSource::Build { packages, .. } => {
                 let pre = built
-                    .get(&img.name)
+                    .remove(&img.name)
                     .with_context(|| format!("image {}: was not built before install", img.name))?;
                 if w.runtime == Runtime::Containerd {
-                    let loaded = load(&pre.archive, &pre.digest)?;
-                    runs.insert(img.name.clone(), unpack(tree, &img.name, &loaded, plan)?);
-                    std::fs::remove_file(&pre.archive).ok();
+                    let staged = pre.staged.with_context(|| {
+                        format!("image {}: was not unpacked before install", img.name)
+                    })?;
+                    runs.insert(img.name.clone(), place_root(tree, &img.name, staged)?);
                 } else {
                     let dest = tarball()?;
                     std::fs::rename(&pre.archive, &dest)
@@ -347,10 +388,37 @@ pub fn install(
 
 /// An image built from Debian packages ahead of [`install`]: its archive in
 /// the work folder and its manifest digest.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Prebuilt {
     pub archive: PathBuf,
     pub digest: Sha256,
+    /// With containerd: the image's root, already unpacked (and the
+    /// archive removed), ready to be placed in the tree.
+    pub staged: Option<StagedRoot>,
+}
+
+/// Loads and checks an image archive against its pin, under the image's
+/// layer policy and the recipe's limits.
+fn load_image(
+    plan: &crate::inputs::plan::Plan,
+    img: &WorkloadImage,
+    work: &Path,
+    path: &Path,
+    pin: &Sha256,
+) -> Result<crate::pipeline::oci::LoadedImage> {
+    crate::pipeline::oci::load_archive_with(
+        path,
+        pin,
+        &crate::pipeline::oci::LoadOptions {
+            policy: crate::pipeline::oci::LayerPolicy {
+                allow_setuid: img.allow_setuid,
+            },
+            scratch: Some(work.to_path_buf()),
+            limits: plan.recipe.limits,
+            unpack_budget: image_budget(plan.recipe),
+        },
+    )
+    .map_err(|e| crate::InputError(format!("image {} ({}): {e}", img.name, path.display())).into())
 }
 
 /// Builds `img` from Debian packages (or takes it from the stage cache)
@@ -484,9 +552,21 @@ pub fn prebuild(
             .into());
         }
     }
+    // With containerd the image runs from its unpacked root: unpack it
+    // now, while the base tree is still being made or unpacked.
+    let staged = if w.runtime == Runtime::Containerd {
+        let loaded = load_image(plan, img, work, &dest, &built.manifest_digest)?;
+        let staged = stage_root(work, &img.name, &loaded, plan)?;
+        drop(loaded);
+        std::fs::remove_file(&dest).ok();
+        Some(staged)
+    } else {
+        None
+    };
     Ok(Some(Prebuilt {
         archive: dest,
         digest: built.manifest_digest,
+        staged,
     }))
 }
 
