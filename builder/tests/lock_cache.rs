@@ -80,7 +80,7 @@ fn tree_tar_digest(dir: &Path, scratch: &Path) -> Sha256 {
 
 fn offline_build(repo: &LocalRepo, target: &Path) -> (bool, String) {
     let mut extra = repo.mmdebstrap_args();
-    extra.push(debrepo::sources_list_hook(SUITE, MIRROR).unwrap());
+    extra.push(debrepo::sources_list_hook(debrepo::Variant::Base, SUITE, MIRROR).unwrap());
     mmdebstrap(target, &repo.mmdebstrap_mirror(), &extra, true)
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cairn::host::digest::Sha256;
@@ -722,59 +722,11 @@ fn build_image_is_reproducible_and_round_trips() {
         suite: "bookworm".into(),
         mirror: "http://deb.debian.org/debian".into(),
         repo: None,
+        essential: true,
     };
-    let mut built = Vec::new();
-    for run in ["a", "b"] {
-        let mut spec = spec.clone();
-        if run == "b" {
-            // The second build installs from the locked packages (as
-            // `cairn build` does with a lock, online or offline): the same
-            // bytes as the online build.
-            let cache = cairn::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
-            let pkgs = cairn::inputs::debrepo::resolve_and_download_for(
-                cairn::inputs::debrepo::Variant::Image,
-                &spec.suite,
-                &spec.mirror,
-                &spec.packages,
-                spec.epoch,
-                &d.path().join("resolve"),
-                &cache,
-            )
-            .unwrap();
-            assert!(pkgs.iter().any(|p| p.name == "busybox-static"));
-            assert!(pkgs.iter().any(|p| p.name == "dpkg"), "essential set");
-            spec.repo = Some(
-                cairn::inputs::debrepo::local_repo(
-                    &spec.suite,
-                    &pkgs,
-                    &cache,
-                    &d.path().join("repo"),
-                )
-                .unwrap(),
-            );
-        }
-        let work = d.path().join(format!("work-{run}"));
-        let out = d.path().join(format!("out-{run}")).join("hello.oci.tar");
-        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        let t = Instant::now();
-        let b = oci::build_image(&spec, &work, &out).unwrap();
-        eprintln!(
-            "build {run}: {:.1}s manifest {} archive {} ({} bytes)",
-            t.elapsed().as_secs_f64(),
-            oci_d(&b.manifest_digest),
-            oci_d(&b.archive_digest),
-            b.size
-        );
-        built.push((b, out));
-    }
-    assert_eq!(
-        built[0].0, built[1].0,
-        "the online build and the build from the lock differ"
-    );
-    assert_eq!(
-        std::fs::read(&built[0].1).unwrap(),
-        std::fs::read(&built[1].1).unwrap()
-    );
+    let (built, pkgs) = build_online_and_from_lock(&spec, d.path());
+    assert!(pkgs.iter().any(|p| p.name == "busybox-static"));
+    assert!(pkgs.iter().any(|p| p.name == "dpkg"), "essential set");
     let (b, out) = &built[0];
     assert_eq!(b.layer_digests.len(), 2);
 
@@ -815,6 +767,138 @@ fn build_image_is_reproducible_and_round_trips() {
     assert_eq!(std::fs::read(stage_dir.join("etc/hostname")).unwrap(), b"");
     assert_eq!(std::fs::read_dir(stage_dir.join("dev")).unwrap().count(), 0);
     assert_empty(&sentinel);
+}
+
+/// Builds `spec` twice: online, then from the packages resolved for it (as
+/// `cairn build` does with a lock, online or offline); the two must be the
+/// same bytes. Returns both builds and the resolved packages.
+fn build_online_and_from_lock(
+    spec: &oci::BuildSpec,
+    dir: &Path,
+) -> (
+    Vec<(oci::BuiltImage, PathBuf)>,
+    Vec<cairn::inputs::lock::LockedPackage>,
+) {
+    let cache = cairn::inputs::cache::Cache::open(dir.join("cache")).unwrap();
+    let pkgs = cairn::inputs::debrepo::resolve_and_download_for(
+        cairn::inputs::debrepo::Variant::image(spec.essential),
+        &spec.suite,
+        &spec.mirror,
+        &spec.packages,
+        spec.epoch,
+        &dir.join("resolve"),
+        &cache,
+    )
+    .unwrap();
+    let mut built = Vec::new();
+    for run in ["a", "b"] {
+        let mut spec = spec.clone();
+        if run == "b" {
+            spec.repo = Some(
+                cairn::inputs::debrepo::local_repo(&spec.suite, &pkgs, &cache, &dir.join("repo"))
+                    .unwrap(),
+            );
+        }
+        let work = dir.join(format!("work-{run}"));
+        let out = dir.join(format!("out-{run}")).join("image.oci.tar");
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let t = Instant::now();
+        let b = oci::build_image(&spec, &work, &out).unwrap();
+        eprintln!(
+            "build {run}: {:.1}s manifest {} archive {} ({} bytes)",
+            t.elapsed().as_secs_f64(),
+            oci_d(&b.manifest_digest),
+            oci_d(&b.archive_digest),
+            b.size
+        );
+        built.push((b, out));
+    }
+    assert_eq!(
+        built[0].0, built[1].0,
+        "the online build and the build from the lock differ"
+    );
+    assert_eq!(
+        std::fs::read(&built[0].1).unwrap(),
+        std::fs::read(&built[1].1).unwrap()
+    );
+    (built, pkgs)
+}
+
+/// Without the essential set: only the packages and their dependencies,
+/// unpacked; dpkg's status lists them as unpacked, so the SBOM still has
+/// them. Control: the essential build above has dpkg and a shell.
+#[test]
+fn build_image_without_the_essential_set_holds_only_its_packages() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = oci::BuildSpec {
+        name: "cairn.test/bare:1".into(),
+        packages: vec!["busybox-static".into()],
+        files: vec![],
+        entrypoint: vec!["/bin/busybox".into(), "true".into()],
+        cmd: vec![],
+        env: vec![],
+        user: Some("65534:65534".into()),
+        workdir: None,
+        exposed_ports: vec![],
+        epoch: 1_700_000_000,
+        suite: "bookworm".into(),
+        mirror: "http://deb.debian.org/debian".into(),
+        repo: None,
+        essential: false,
+    };
+    let (built, pkgs) = build_online_and_from_lock(&spec, d.path());
+    let names: Vec<&str> = pkgs.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["busybox-static"],
+        "busybox-static depends on nothing"
+    );
+    let (b, out) = &built[0];
+    let img = oci::load_archive(out, &b.manifest_digest).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&img.config).unwrap();
+    assert!(
+        cfg["history"][0]["created_by"]
+            .as_str()
+            .unwrap()
+            .contains("--variant=extract"),
+        "{cfg}"
+    );
+    let files = oci::read_files(&img, &["var/lib/dpkg/status"], 64 << 20).unwrap();
+    let status = String::from_utf8_lossy(&files["var/lib/dpkg/status"]).into_owned();
+    assert!(status.contains("Status: install ok unpacked"), "{status}");
+    let listed = cairn::release::sbom::parse_dpkg_status(&status, &Default::default());
+    let listed: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(listed, ["busybox-static"], "{status}");
+    let (_t, stage_dir, sentinel) = stage();
+    oci::unpack_layers(&img, &stage_dir, &Default::default()).unwrap();
+    assert!(stage_dir.join("bin/busybox").is_file());
+    for absent in [
+        "bin/sh",
+        "bin/bash",
+        "usr/bin/dpkg",
+        "bin/ls",
+        "usr/bin/ls",
+        "etc/passwd",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(stage_dir.join(absent)).is_err(),
+            "{absent} is in an image without the essential set"
+        );
+    }
+    assert_empty(&sentinel);
+
+    // An entrypoint the image does not have stops the build, naming it.
+    let mut sh = spec.clone();
+    sh.entrypoint = vec!["/bin/sh".into(), "-c".into(), "true".into()];
+    let e =
+        oci::build_image(&sh, &d.path().join("work-sh"), &d.path().join("sh.oci.tar")).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("the entrypoint /bin/sh is not a file in the image")
+            && msg.contains("essential = true"),
+        "{msg}"
+    );
+    assert!(e.downcast_ref::<cairn::InputError>().is_some(), "{msg}");
 }
 
 // ---------- reading files for the SBOM ----------

@@ -40,15 +40,27 @@ use crate::inputs::lock::LockedPackage;
 /// (about 50 MB of files an appliance never runs).
 pub const MERGED_USR_HOOK_DIR: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
 
+/// `--hook-dir=` [`MERGED_USR_HOOK_DIR`]: for the roots that install
+/// (minbase, essential). The lock's resolution runs with the same options,
+/// so the lock pins `usr-is-merged`, not `usrmerge`. A constant path of
+/// the host's mmdebstrap package, never recipe text (a unit test keeps the
+/// two equal).
+const MERGED_USR_ARG: &str = "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr";
+
+/// For an image without the essential set (`--variant=extract`: packages
+/// unpacked, no maintainer script run, nothing registered with dpkg):
+/// writes dpkg's status from the control files of the .debs that were
+/// unpacked, each `Status: install ok unpacked` (which is what they are),
+/// so the image's SBOM lists them as for any other image. Runs on the
+/// host, over the .debs apt checked against the archive's (or the lock's)
+/// digests; a constant command, no recipe text. An extract hook: the
+/// extract variant runs no customize hook (see [`Variant::late_hook`]).
+const UNPACKED_STATUS_HOOK: &str = "--extract-hook=for d in \"$1\"/var/cache/apt/archives/*.deb; do dpkg-deb --field \"$d\" && printf 'Status: install ok unpacked\\n\\n' || exit 1; done > \"$1/var/lib/dpkg/status\"";
+
 /// The mmdebstrap options after `--variant=`, the same for every Debian
 /// root cairn makes (before `--format`, `--include`, SUITE, TARGET, MIRROR).
-/// The lock's resolution runs with the same options, so the lock pins
-/// `usr-is-merged`, not `usrmerge`.
 const COMMON_ARGS: &[&str] = &[
     "--mode=auto",
-    // MERGED_USR_HOOK_DIR: a constant path of the host's mmdebstrap
-    // package, never recipe text (a unit test keeps the two equal).
-    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
     "--aptopt=Acquire::Retries \"3\"",
     "--dpkgopt=path-exclude=/usr/share/man/*",
     "--dpkgopt=path-exclude=/usr/share/locale/*",
@@ -58,24 +70,56 @@ const COMMON_ARGS: &[&str] = &[
 ];
 
 /// Which Debian root a package set is for: the appliance's base (minbase)
-/// or a built OCI image (`oci::build_image`: the essential set plus the
-/// image's packages).
+/// or a built OCI image (`oci::build_image`): with the essential set
+/// (`essential = true`) or only its packages and their dependencies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     Base,
     Image,
+    ImageMinimal,
 }
 
 impl Variant {
+    /// The variant of an image built with or without the essential set.
+    pub fn image(essential: bool) -> Variant {
+        if essential {
+            Variant::Image
+        } else {
+            Variant::ImageMinimal
+        }
+    }
+
     /// The mmdebstrap options, in order: the variant, then the rest.
     pub fn args(self) -> Vec<&'static str> {
-        let variant = match self {
-            Variant::Base => "--variant=minbase",
-            Variant::Image => "--variant=essential",
+        let (variant, before, after) = match self {
+            Variant::Base => ("--variant=minbase", Some(MERGED_USR_ARG), None),
+            Variant::Image => ("--variant=essential", Some(MERGED_USR_ARG), None),
+            Variant::ImageMinimal => ("--variant=extract", None, Some(UNPACKED_STATUS_HOOK)),
         };
         std::iter::once(variant)
+            .chain(before)
             .chain(COMMON_ARGS.iter().copied())
+            .chain(after)
             .collect()
+    }
+
+    /// The last hook mmdebstrap runs for this variant, with the tree and
+    /// the downloaded .debs in place: `--customize-hook` (after install),
+    /// or `--extract-hook` for the extract variant, which runs no other.
+    pub fn late_hook(self) -> &'static str {
+        match self {
+            Variant::ImageMinimal => "--extract-hook",
+            Variant::Base | Variant::Image => "--customize-hook",
+        }
+    }
+
+    /// What the variant installs, for messages and the image's history.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Variant::Base => "minbase",
+            Variant::Image => "essential set",
+            Variant::ImageMinimal => "no essential set",
+        }
     }
 }
 
@@ -140,11 +184,12 @@ pub fn mmdebstrap_command_for(
 /// A customize hook that writes the sources.list an online build has
 /// (`deb MIRROR SUITE main`), so a tree built from a local repository does
 /// not carry the repository's host path and equals the online one.
-pub fn sources_list_hook(suite: &str, mirror: &str) -> Result<String> {
+pub fn sources_list_hook(variant: Variant, suite: &str, mirror: &str) -> Result<String> {
     check_word("suite", suite)?;
     check_word("mirror", mirror)?;
     Ok(format!(
-        "--customize-hook=printf 'deb %s %s main\\n' '{mirror}' '{suite}' > \"$1/etc/apt/sources.list\""
+        "{}=printf 'deb %s %s main\\n' '{mirror}' '{suite}' > \"$1/etc/apt/sources.list\"",
+        variant.late_hook()
     ))
 }
 
@@ -301,11 +346,13 @@ pub fn resolve_and_download_for(
         // Keep the essential set's .debs (the rest stay until cleanup).
         "--skip=essential/unlink".to_string(),
         format!(
-            "--customize-hook=sync-out /var/cache/apt/archives {}",
+            "{}=sync-out /var/cache/apt/archives {}",
+            variant.late_hook(),
             debs.display()
         ),
         format!(
-            "--customize-hook=sync-out /var/lib/apt/lists {}",
+            "{}=sync-out /var/lib/apt/lists {}",
+            variant.late_hook(),
             lists.display()
         ),
     ];
@@ -651,6 +698,15 @@ mod tests {
             let args = v.args();
             assert!(args.contains(&want.as_str()), "{v:?}: {args:?}");
         }
+        // An extracted image runs no hook's apt-get: it gets none (the
+        // hook would leave its dummy package registered), and its status
+        // is written from the .debs instead.
+        let minimal = Variant::ImageMinimal.args();
+        assert!(!minimal.contains(&want.as_str()), "{minimal:?}");
+        assert_eq!(minimal[0], "--variant=extract");
+        assert!(minimal.contains(&UNPACKED_STATUS_HOOK), "{minimal:?}");
+        assert_eq!(Variant::image(true), Variant::Image);
+        assert_eq!(Variant::image(false), Variant::ImageMinimal);
         // mmdebstrap runs these two scripts from the folder; without them
         // it would fail the build (and `cairn doctor` names the package).
         for s in ["setup00.sh", "essential00.sh"] {

@@ -51,11 +51,20 @@ pub struct LockedImage {
     pub name: String,
     pub suite: String,
     pub mirror: String,
-    /// The image's `packages` (on top of Debian's essential set), sorted.
+    /// The image's `packages`, sorted.
     pub packages_requested: Vec<String>,
-    /// Everything the image installs, the essential set included.
+    /// Whether Debian's essential set was resolved with them (locks made
+    /// before the setting existed always did).
+    #[serde(default = "essential_by_default")]
+    pub essential: bool,
+    /// Everything the image installs (the essential set included when
+    /// `essential`).
     #[serde(default)]
     pub packages: Vec<LockedPackage>,
+}
+
+fn essential_by_default() -> bool {
+    true
 }
 
 /// What the recipe asks for one built image (for `check_images`).
@@ -65,6 +74,7 @@ pub struct ImageRequest {
     pub suite: String,
     pub mirror: String,
     pub packages: Vec<String>,
+    pub essential: bool,
 }
 
 /// The Debian base: what was asked and every package it resolved to.
@@ -171,6 +181,11 @@ pub enum LockMismatch {
         lock: Vec<String>,
         recipe: Vec<String>,
     },
+    #[error(
+        "image {name:?}: the lock was made {}, the recipe asks for essential = {recipe}; {FIX}",
+        if *recipe { "without Debian's essential set" } else { "with Debian's essential set" }
+    )]
+    ImageEssential { name: String, recipe: bool },
 }
 
 const FIX: &str = "run `cairn build --update-lock` or `cairn lock RECIPE`";
@@ -418,11 +433,16 @@ pub fn image_requests(recipe: &crate::recipe::Recipe) -> Vec<ImageRequest> {
         .images
         .iter()
         .filter_map(|img| match &img.source {
-            crate::recipe::workloads::ImageSource::Build { packages, .. } => Some(ImageRequest {
+            crate::recipe::workloads::ImageSource::Build {
+                packages,
+                essential,
+                ..
+            } => Some(ImageRequest {
                 name: img.name.clone(),
                 suite: suite.clone(),
                 mirror: mirror.clone(),
                 packages: sorted_dedup(packages),
+                essential: *essential,
             }),
             _ => None,
         })
@@ -454,6 +474,12 @@ pub fn check_images(lock: &Lock, wanted: &[ImageRequest]) -> Result<(), LockMism
                 name: w.name.clone(),
                 lock: have,
                 recipe: want,
+            });
+        }
+        if l.essential != w.essential {
+            return Err(LockMismatch::ImageEssential {
+                name: w.name.clone(),
+                recipe: w.essential,
             });
         }
     }
@@ -550,6 +576,7 @@ mod tests {
                 suite: "bookworm".into(),
                 mirror: "http://deb.debian.org/debian".into(),
                 packages_requested: vec!["python3".into()],
+                essential: false,
                 packages: vec![pkg("python3", "3.11.2-1+b1"), pkg("bash", "5.2.15-2+b7")],
             }],
             urls: vec![
@@ -693,6 +720,7 @@ mod tests {
             suite: "bookworm".into(),
             mirror: "http://deb.debian.org/debian/".into(),
             packages: pkgs.iter().map(|s| s.to_string()).collect(),
+            essential: false,
         };
         check_images(&l, &[req("inference", &["python3"])]).unwrap();
         let e = check_images(&l, &[req("inference", &["python3", "curl"])])
@@ -713,6 +741,21 @@ mod tests {
         other.suite = "trixie".into();
         let e = check_images(&l, &[other]).unwrap_err();
         assert!(matches!(e, LockMismatch::ImageSource { .. }), "{e}");
+        // Asking for the essential set needs a new resolution.
+        let mut with_essential = req("inference", &["python3"]);
+        with_essential.essential = true;
+        let e = check_images(&l, &[with_essential]).unwrap_err().to_string();
+        assert!(
+            e.contains("made without Debian's essential set")
+                && e.contains("essential = true")
+                && e.contains("cairn lock"),
+            "{e}"
+        );
+        // A lock written before the setting existed was resolved with the
+        // essential set.
+        let old = "name = \"x\"\nsuite = \"bookworm\"\nmirror = \"m\"\npackages_requested = []\n";
+        let li: LockedImage = toml::from_str(old).unwrap();
+        assert!(li.essential);
     }
 
     #[test]

@@ -367,15 +367,17 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe, cache: &Cache) -> Result<Lock
         });
     }
     for img in images {
+        let variant = crate::inputs::debrepo::Variant::image(img.essential);
         eprintln!(
-            "cairn: resolving image {} (essential set + {} packages) against {} {}",
+            "cairn: resolving image {} ({} + {} packages) against {} {}",
             img.name,
+            variant.describe(),
             img.packages.len(),
             img.mirror,
             img.suite
         );
         let pkgs = crate::inputs::debrepo::resolve_and_download_for(
-            crate::inputs::debrepo::Variant::Image,
+            variant,
             &img.suite,
             &img.mirror,
             &img.packages,
@@ -389,6 +391,7 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe, cache: &Cache) -> Result<Lock
             suite: img.suite,
             mirror: img.mirror,
             packages_requested: img.packages,
+            essential: img.essential,
             packages: pkgs,
         });
     }

@@ -187,7 +187,11 @@ fn mmdebstrap(
     let (mirror_arg, extra) = match repo {
         Some(r) => {
             let mut extra = r.mmdebstrap_args();
-            extra.push(crate::inputs::debrepo::sources_list_hook(suite, mirror)?);
+            extra.push(crate::inputs::debrepo::sources_list_hook(
+                crate::inputs::debrepo::Variant::Base,
+                suite,
+                mirror,
+            )?);
             (r.mmdebstrap_mirror(), extra)
         }
         None => (mirror.to_string(), Vec::new()),

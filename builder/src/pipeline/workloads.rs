@@ -440,6 +440,7 @@ pub fn prebuild(
         user,
         workdir,
         ports,
+        essential,
     } = &img.source
     else {
         return Ok(None);
@@ -457,6 +458,7 @@ pub fn prebuild(
     let spec = crate::pipeline::oci::BuildSpec {
         name: ref_name.clone(),
         packages: packages.clone(),
+        essential: *essential,
         files: files.clone(),
         entrypoint: entrypoint.clone(),
         cmd: cmd.clone(),
@@ -490,7 +492,7 @@ pub fn prebuild(
         inputs.push(format!("file {dest} {mode:o} {}", Sha256::of_file(src)?));
     }
     inputs.extend(
-        crate::inputs::debrepo::Variant::Image
+        crate::inputs::debrepo::Variant::image(*essential)
             .args()
             .into_iter()
             .map(|a| a.to_string()),

@@ -114,6 +114,9 @@ pub struct ImageBuild {
     pub workdir: Option<String>,
     #[serde(default)]
     pub ports: Vec<String>,
+    /// Debian's essential set (a shell, coreutils, dpkg...) as well.
+    #[serde(default)]
+    pub essential: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -257,6 +257,11 @@ settings! {
         "the image's working folder";
     BUILD_PORTS = ["images.build"] "ports": "list of strings" = Empty;
         "exposed ports, e.g. `\"8080/tcp\"`";
+    BUILD_ESSENTIAL = ["images.build"] "essential": "bool" = Bool(false);
+        "also install Debian's essential set (a shell, coreutils, dpkg, ...). Without it the \
+         image holds only `packages` and what they depend on, unpacked (no maintainer scripts \
+         run: no /etc/passwd unless a package ships one, so give `user` as numbers); an \
+         entrypoint that is not in the image stops the build";
 
     FILE_SRC = ["images.build.files"] "src": "path" = Required;
         "a file beside the recipe";

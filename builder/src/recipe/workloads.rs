@@ -29,6 +29,9 @@ pub enum ImageSource {
         user: Option<String>,
         workdir: Option<String>,
         ports: Vec<String>,
+        /// Debian's essential set too; otherwise only `packages` and what
+        /// they depend on, extracted (`inputs::debrepo::Variant::ImageMinimal`).
+        essential: bool,
     },
 }
 

@@ -227,7 +227,11 @@ fn locked_index(mirror: &str, packages: &[LockedPackage]) -> LockedIndex {
 pub fn parse_dpkg_status(text: &str, locked: &LockedIndex) -> Vec<DebPackage> {
     let mut out = Vec::new();
     for f in crate::host::deb822::paragraphs(text) {
-        let installed = f.get("Status").is_some_and(|s| s.ends_with(" installed"));
+        // `unpacked`: an image built without the essential set, whose
+        // packages are extracted, not configured (their files are there).
+        let installed = f
+            .get("Status")
+            .is_some_and(|s| s.ends_with(" installed") || s.ends_with(" unpacked"));
         let (Some(name), Some(version), Some(arch), true) = (
             f.get("Package"),
             f.get("Version"),

@@ -48,7 +48,9 @@ runtime = "containerd"
 [[images]]
 name = "greeter"
 [images.build]
+# No packages: Debian's essential set alone (a shell, coreutils).
 packages = []
+essential = true
 files = [{ src = "big.bin", dest = "/data/big.bin", mode = "0644" }]
 user = "65534:65534"
 entrypoint = ["/bin/sh", "-c", "echo layer > /tmp/cairn-test-written && w=$(cat /tmp/cairn-test-written); echo \"cairn-test service: uid=$(id -u) gid=$(id -g) wrote=$w\" >&2; exec sleep infinity"]

@@ -32,8 +32,11 @@ use crate::host::tree::ImagePath;
 pub struct BuildSpec {
     /// The image name (`org.opencontainers.image.ref.name`).
     pub name: String,
-    /// Debian packages on top of the essential set.
+    /// Debian packages (on top of the essential set if `essential`).
     pub packages: Vec<String>,
+    /// Debian's essential set too; otherwise only `packages` and their
+    /// dependencies, unpacked (`Variant::ImageMinimal`).
+    pub essential: bool,
     /// (host file, path in the image, mode) — permission bits only.
     pub files: Vec<(PathBuf, String, u32)>,
     pub entrypoint: Vec<String>,
@@ -163,6 +166,7 @@ pub fn build_image(spec: &BuildSpec, work: &Path, out_archive: &Path) -> Result<
     let base = normalise_base(&base_tar, &layer1, spec.epoch)
         .with_context(|| format!("oci: normalise {}", base_tar.display()))?;
     let _ = std::fs::remove_file(&base_tar);
+    check_entrypoint(spec, &base)?;
     let mut layers = vec![layer1];
     if !spec.files.is_empty() {
         let layer2 = work.join("layer2.tar");
@@ -208,7 +212,8 @@ pub fn build_image(spec: &BuildSpec, work: &Path, out_archive: &Path) -> Result<
     let mut history = vec![json!({
         "created": created,
         "created_by": format!(
-            "cairn: mmdebstrap --variant=essential {} (+ {})",
+            "cairn: mmdebstrap --variant={} {} (+ {})",
+            if spec.essential { "essential" } else { "extract" },
             spec.suite,
             if pkgs.is_empty() { "nothing".to_string() } else { pkgs.join(",") }
         ),
@@ -282,6 +287,7 @@ fn mmdebstrap(spec: &BuildSpec, out: &Path) -> Result<()> {
         Some(r) => {
             let mut extra = r.mmdebstrap_args();
             extra.push(crate::inputs::debrepo::sources_list_hook(
+                crate::inputs::debrepo::Variant::image(spec.essential),
                 &spec.suite,
                 &spec.mirror,
             )?);
@@ -290,7 +296,7 @@ fn mmdebstrap(spec: &BuildSpec, out: &Path) -> Result<()> {
         None => (spec.mirror.clone(), Vec::new()),
     };
     let cmd = crate::inputs::debrepo::mmdebstrap_command_for(
-        crate::inputs::debrepo::Variant::Image,
+        crate::inputs::debrepo::Variant::image(spec.essential),
         &spec.suite,
         out,
         &mirror,
@@ -301,6 +307,83 @@ fn mmdebstrap(spec: &BuildSpec, out: &Path) -> Result<()> {
     );
     crate::host::runner::run_streaming("oci: mmdebstrap", cmd)?;
     Ok(())
+}
+
+/// An absolute entrypoint must be a file of the image (the Debian root or
+/// the spec's files), its links resolved inside the image: an image built
+/// without the essential set has no shell, and finding that out at boot
+/// would be too late. A bare name is looked up in PATH by the runtime and
+/// is not checked here.
+fn check_entrypoint(spec: &BuildSpec, base: &BTreeMap<Vec<u8>, BaseEntry>) -> Result<()> {
+    let Some(ep) = spec.entrypoint.first().filter(|e| e.starts_with('/')) else {
+        return Ok(());
+    };
+    let files: Vec<&str> = spec.files.iter().map(|(_, d, _)| d.as_str()).collect();
+    if is_file_in_image(base, &files, ep) {
+        return Ok(());
+    }
+    let fix = if spec.essential {
+        "add the package that provides it to `packages`"
+    } else {
+        "the image is built without Debian's essential set (no shell, no coreutils): add the \
+         package that provides it to `packages`, or set essential = true"
+    };
+    Err(crate::InputError(format!(
+        "image {}: the entrypoint {ep} is not a file in the image; {fix}",
+        spec.name
+    ))
+    .into())
+}
+
+/// Whether `path` names a file (not a folder) of the image, following its
+/// links (absolute ones from the image's root) inside the image only.
+fn is_file_in_image(base: &BTreeMap<Vec<u8>, BaseEntry>, files: &[&str], path: &str) -> bool {
+    let mut todo: std::collections::VecDeque<Vec<u8>> = path
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut at: Vec<Vec<u8>> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        match c.as_slice() {
+            b"." => continue,
+            b".." => {
+                at.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let mut key = at.clone();
+        key.push(c);
+        let joined = key.join(&b'/');
+        let last = todo.is_empty();
+        let shown = format!("/{}", String::from_utf8_lossy(&joined));
+        if files.contains(&shown.as_str()) {
+            return last;
+        }
+        match base.get(&joined).map(|e| &e.kind) {
+            Some(BaseKind::Dir) if !last => at = key,
+            // A folder that only the spec's files make.
+            None if !last && files.iter().any(|f| f.starts_with(&format!("{shown}/"))) => at = key,
+            Some(BaseKind::Symlink(target)) => {
+                hops += 1;
+                if hops > 40 {
+                    return false;
+                }
+                if target.starts_with(b"/") {
+                    at.clear();
+                }
+                for t in target.split(|&b| b == b'/').rev().filter(|c| !c.is_empty()) {
+                    todo.push_front(t.to_vec());
+                }
+            }
+            Some(BaseKind::File { .. } | BaseKind::Empty | BaseKind::Hardlink(_)) => return last,
+            _ => return false,
+        }
+    }
+    false
 }
 
 #[derive(Debug, Clone)]
@@ -530,5 +613,57 @@ mod tests {
         assert_eq!(port("53/udp").unwrap(), "53/udp");
         assert!(port("0").is_err());
         assert!(port("80/icmp").is_err());
+    }
+
+    #[test]
+    fn entrypoints_resolve_inside_the_image() {
+        let e = |kind: BaseKind| BaseEntry {
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        let link = |t: &str| e(BaseKind::Symlink(t.as_bytes().to_vec()));
+        let base: BTreeMap<Vec<u8>, BaseEntry> = [
+            ("bin", link("usr/bin")),
+            ("usr", e(BaseKind::Dir)),
+            ("usr/bin", e(BaseKind::Dir)),
+            ("usr/bin/python3", link("python3.11")),
+            (
+                "usr/bin/python3.11",
+                e(BaseKind::File { offset: 0, size: 1 }),
+            ),
+            ("usr/bin/abs", link("/usr/bin/python3")),
+            ("usr/bin/up", link("../bin/python3.11")),
+            ("usr/bin/loop", link("loop")),
+            ("usr/bin/out", link("../../../../etc/passwd")),
+            ("usr/bin/dangling", link("nothere")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v))
+        .collect();
+        let yes = |p: &str| is_file_in_image(&base, &["/app/serve.py"], p);
+        for p in [
+            "/usr/bin/python3",
+            "/bin/python3",
+            "/usr/bin/abs",
+            "/usr/bin/up",
+            "/app/serve.py",
+        ] {
+            assert!(yes(p), "{p}");
+        }
+        // Control: a shell an image without the essential set lacks, a
+        // folder, a loop, a dangling link, a link out of the image (it
+        // resolves at the image's root, where there is no etc/passwd).
+        for p in [
+            "/bin/sh",
+            "/usr/bin",
+            "/usr/bin/loop",
+            "/usr/bin/dangling",
+            "/usr/bin/out",
+            "/usr/bin/python3.11/x",
+        ] {
+            assert!(!yes(p), "{p}");
+        }
     }
 }

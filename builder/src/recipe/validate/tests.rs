@@ -190,6 +190,33 @@ fn built_image_packages_are_checked_at_the_entry() {
     );
 }
 
+#[test]
+fn a_built_image_with_nothing_in_it_is_refused_at_its_name() {
+    let text = format!(
+        "{}[[images]]\nname = \"a\"\n[images.build]\nentrypoint = [\"/bin/sh\"]\n",
+        debian("")
+    );
+    refused(
+        &text,
+        6,
+        8,
+        "image \"a\": [images.build] has no packages and essential = false",
+    );
+    // Control: the essential set alone is an image (a shell, coreutils).
+    let text = format!(
+        "{}[[images]]\nname = \"a\"\n[images.build]\nentrypoint = [\"/bin/sh\"]\nessential = true\n",
+        debian("")
+    );
+    let r = ok(&text);
+    assert!(matches!(
+        &r.workloads.images[0].source,
+        crate::recipe::workloads::ImageSource::Build {
+            essential: true,
+            ..
+        }
+    ));
+}
+
 // ---- [[services]] ----
 
 fn services(extra_image: &str, body: &str) -> String {

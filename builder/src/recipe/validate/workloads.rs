@@ -203,6 +203,12 @@ impl Validator<'_> {
                     for p in &b.packages {
                         self.package(p, &format!("image {name:?}: package"));
                     }
+                    if b.packages.is_empty() && !b.essential {
+                        self.problem(
+                            i.name.span(),
+                            format!("image {name:?}: [images.build] has no packages and essential = false, so the image would hold nothing; name the packages it runs, or set essential = true for Debian's essential set (a shell, coreutils)"),
+                        );
+                    }
                     Some(ImageSource::Build {
                         packages: b.packages.iter().map(|p| p.get_ref().clone()).collect(),
                         files,
@@ -212,6 +218,7 @@ impl Validator<'_> {
                         user: b.user.clone(),
                         workdir: b.workdir.clone(),
                         ports: b.ports.clone(),
+                        essential: b.essential,
                     })
                 }
                 _ => {
