@@ -29,12 +29,23 @@ pub const STAGE_HASH: &str = "root-verity";
 /// and the hash tree's parameters. Times in the tree are not read (the
 /// image's are the epoch). Links are never followed.
 pub fn input_key(tree: &Path, epoch: u64) -> Result<Sha256> {
-    let mut h = sha2::Sha256::new();
-    h.update(format!(
-        "cairn root squashfs 1\0{}\0epoch {epoch}\0verity sha256 {}\0",
-        ROOT_OPTIONS.join(" "),
-        crate::pipeline::verity::BLOCK_SIZE
-    ));
+    // What is hashed, in walk order: bytes, or the sha256 of a file's
+    // content. The walk gathers them; the contents (nearly all the work)
+    // are hashed on every core; then everything is folded in order, so the
+    // key is the same as one pass would make.
+    enum Piece {
+        Bytes(Vec<u8>),
+        Content(usize),
+    }
+    let mut pieces: Vec<Piece> = vec![Piece::Bytes(
+        format!(
+            "cairn root squashfs 1\0{}\0epoch {epoch}\0verity sha256 {}\0",
+            ROOT_OPTIONS.join(" "),
+            crate::pipeline::verity::BLOCK_SIZE
+        )
+        .into_bytes(),
+    )];
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
     let mut first_name: std::collections::HashMap<(u64, u64), Vec<u8>> =
         std::collections::HashMap::new();
     for e in walkdir::WalkDir::new(tree).sort_by_file_name() {
@@ -45,42 +56,96 @@ pub fn input_key(tree: &Path, epoch: u64) -> Result<Sha256> {
             .path()
             .symlink_metadata()
             .with_context(|| format!("squashfs: stat {}", e.path().display()))?;
-        h.update(&rel);
-        h.update(format!("\0{:o} {} {}\0", m.mode(), m.uid(), m.gid()));
+        let mut b = rel.clone();
+        b.extend(format!("\0{:o} {} {}\0", m.mode(), m.uid(), m.gid()).as_bytes());
         for (name, value) in xattrs(e.path())? {
-            h.update(b"xattr\0");
-            h.update(&name);
-            h.update(b"\0");
-            h.update(&value);
-            h.update(b"\0");
+            b.extend_from_slice(b"xattr\0");
+            b.extend_from_slice(&name);
+            b.push(0);
+            b.extend_from_slice(&value);
+            b.push(0);
         }
         let ft = m.file_type();
         if ft.is_symlink() {
             let t = std::fs::read_link(e.path())
                 .with_context(|| format!("squashfs: read link {}", e.path().display()))?;
-            h.update(b"link\0");
-            h.update(t.as_os_str().as_bytes());
+            b.extend_from_slice(b"link\0");
+            b.extend_from_slice(t.as_os_str().as_bytes());
         } else if ft.is_file() {
             let id = (m.dev(), m.ino());
             match first_name.get(&id) {
                 Some(first) if m.nlink() > 1 => {
-                    h.update(b"hardlink\0");
-                    h.update(first);
+                    b.extend_from_slice(b"hardlink\0");
+                    b.extend_from_slice(first);
                 }
                 _ => {
                     if m.nlink() > 1 {
                         first_name.insert(id, rel.clone());
                     }
-                    h.update(format!("file {}\0", m.len()));
-                    h.update(Sha256::of_file(e.path())?.0);
+                    b.extend(format!("file {}\0", m.len()).as_bytes());
+                    pieces.push(Piece::Bytes(std::mem::take(&mut b)));
+                    pieces.push(Piece::Content(files.len()));
+                    files.push(e.path().to_path_buf());
                 }
             }
         } else if !ft.is_dir() {
-            h.update(format!("node {}\0", m.rdev()));
+            b.extend(format!("node {}\0", m.rdev()).as_bytes());
         }
-        h.update(b"\0\n");
+        b.extend_from_slice(b"\0\n");
+        pieces.push(Piece::Bytes(b));
+    }
+    let contents = hash_files(&files)?;
+    let mut h = sha2::Sha256::new();
+    for p in &pieces {
+        match p {
+            Piece::Bytes(b) => h.update(b),
+            Piece::Content(i) => h.update(contents[*i].0),
+        }
     }
     Ok(Sha256(h.finalize().into()))
+}
+
+/// The sha256 of each file, in order, hashed by one thread per core.
+fn hash_files(files: &[std::path::PathBuf]) -> Result<Vec<Sha256>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let next = AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Sha256>>> =
+        files.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(f) = files.get(i) else {
+                            return Ok(());
+                        };
+                        let d = Sha256::of_file(f)
+                            .with_context(|| format!("squashfs: hash {}", f.display()))?;
+                        *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("squashfs: a hashing thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .with_context(|| format!("squashfs: {} was not hashed", files[i].display()))
+        })
+        .collect()
 }
 
 /// The extended attributes of `path` (not followed if a link), sorted by

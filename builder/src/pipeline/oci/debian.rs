@@ -1,7 +1,9 @@
 //! Building small OCI images from Debian packages, reproducibly.
 //!
-//! Layer 1 is a Debian root from `mmdebstrap --variant=essential
-//! --format=tar` (SOURCE_DATE_EPOCH set, docs/man/locales excluded), then
+//! Layer 1 is a Debian root from `mmdebstrap --format=tar`: the image's
+//! packages and their dependencies unpacked (`--variant=extract`), or on
+//! Debian's essential set (`--variant=essential`, `essential = true`)
+//! (SOURCE_DATE_EPOCH set, docs/man/locales excluded), then
 //! re-written by cairn: entries sorted by name, every mtime = epoch, uid/gid
 //! as in the source, no user/group names, no pax records, `./` dropped,
 //! hardlink groups led by their first name. Dropped or changed on the way,
