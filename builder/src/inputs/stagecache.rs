@@ -102,16 +102,77 @@ pub fn pack_tree(tree: &Path, out: &Path) -> Result<()> {
 
 /// Unpacks a cached root tree into an empty `tree`.
 pub fn unpack_tree(blob: &Path, tree: &Path) -> Result<()> {
-    std::fs::create_dir_all(tree)?;
+    unpack_trees(&[blob.to_path_buf()], tree)
+}
+
+/// The folder of a Debian root that [`pack_tree_split`] packs apart: about
+/// half of it (libraries and kernel modules), so two tar processes unpack
+/// the two halves at once.
+pub const SPLIT_AT: &str = "usr/lib";
+
+/// Packs `tree` as two tarballs, `rest` (everything but [`SPLIT_AT`]) and
+/// `part` ([`SPLIT_AT`] with its contents), for [`unpack_trees`]. `None`
+/// (nothing written) when [`SPLIT_AT`] is not a real folder of the tree:
+/// then the caller packs it whole.
+pub fn pack_tree_split(tree: &Path, rest: &Path, part: &Path) -> Result<Option<()>> {
+    let split = tree.join(SPLIT_AT);
+    if !std::fs::symlink_metadata(&split)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        return Ok(None);
+    }
     let sh = xshell::Shell::new()?;
+    let exclude = format!("--exclude=./{SPLIT_AT}");
+    let member = format!("./{SPLIT_AT}");
     crate::host::runner::run(
-        "stage cache: unpack",
+        "stage cache: pack",
         xshell::cmd!(
             sh,
-            "tar --numeric-owner --xattrs --xattrs-include=* -xpf {blob} -C {tree}"
+            "tar --numeric-owner --xattrs --xattrs-include=* --sort=name --anchored {exclude} -cf {rest} -C {tree} ."
         ),
     )?;
-    Ok(())
+    crate::host::runner::run(
+        "stage cache: pack",
+        xshell::cmd!(
+            sh,
+            "tar --numeric-owner --xattrs --xattrs-include=* --sort=name -cf {part} -C {tree} {member}"
+        ),
+    )?;
+    Ok(Some(()))
+}
+
+/// Unpacks cached tarballs of one root tree (disjoint parts of it, as
+/// [`pack_tree_split`] makes) into `tree`, all at once, one tar process
+/// each. A folder one part needs before the other has made it is made
+/// by tar; the part that holds the folder's own entry sets its mode and
+/// owner (`-p`, also on a folder that exists); times are the epoch's after
+/// normalise either way.
+pub fn unpack_trees(blobs: &[PathBuf], tree: &Path) -> Result<()> {
+    std::fs::create_dir_all(tree)?;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = blobs
+            .iter()
+            .map(|blob| {
+                s.spawn(move || -> Result<()> {
+                    let sh = xshell::Shell::new()?;
+                    crate::host::runner::run(
+                        "stage cache: unpack",
+                        xshell::cmd!(
+                            sh,
+                            "tar --numeric-owner --xattrs --xattrs-include=* -xpf {blob} -C {tree}"
+                        ),
+                    )?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("stage cache: an unpacking thread panicked"))??;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -162,6 +223,78 @@ mod tests {
         assert_eq!(
             std::fs::read_link(u.join("bin")).unwrap(),
             Path::new("usr/bin")
+        );
+    }
+
+    #[test]
+    fn a_tree_packed_in_two_parts_unpacks_the_same() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("t");
+        for f in [
+            "usr/lib/modules/m.ko",
+            "usr/lib/x/y.so",
+            "usr/bin/x",
+            "etc/a",
+            "usr/lib64/z",
+        ] {
+            std::fs::create_dir_all(t.join(f).parent().unwrap()).unwrap();
+            std::fs::write(t.join(f), f).unwrap();
+        }
+        std::os::unix::fs::symlink("usr/lib", t.join("lib")).unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        // Modes that differ from what tar makes for a folder it needs.
+        std::fs::set_permissions(t.join("usr"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::set_permissions(t.join("usr/lib"), std::fs::Permissions::from_mode(0o711))
+            .unwrap();
+        let (rest, part) = (d.path().join("rest.tar"), d.path().join("part.tar"));
+        assert!(pack_tree_split(&t, &rest, &part).unwrap().is_some());
+        let u = d.path().join("u");
+        unpack_trees(&[rest.clone(), part.clone()], &u).unwrap();
+        let listing = |root: &Path| -> Vec<(PathBuf, u32, u64, Option<Vec<u8>>)> {
+            walkdir::WalkDir::new(root)
+                .sort_by_file_name()
+                .into_iter()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let m = std::fs::symlink_metadata(e.path()).unwrap();
+                    (
+                        e.path().strip_prefix(root).unwrap().to_path_buf(),
+                        mode(e.path()),
+                        m.uid() as u64,
+                        m.is_file().then(|| std::fs::read(e.path()).unwrap()),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(listing(&t), listing(&u));
+        assert_eq!(mode(&u.join("usr")), 0o750);
+        assert_eq!(mode(&u.join("usr/lib")), 0o711);
+        // The parts are disjoint: usr/lib only in one, usr/lib64 in the other.
+        let names = |tar: &Path| {
+            let out = std::process::Command::new("tar")
+                .arg("-tf")
+                .arg(tar)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let (r, p) = (names(&rest), names(&part));
+        assert!(
+            r.contains("./usr/lib64/z") && !r.contains("./usr/lib/"),
+            "{r}"
+        );
+        assert!(
+            p.contains("./usr/lib/modules/m.ko") && !p.contains("lib64"),
+            "{p}"
+        );
+        // Control: without the folder, nothing is split.
+        let t2 = d.path().join("t2");
+        std::fs::create_dir_all(t2.join("usr")).unwrap();
+        assert!(
+            pack_tree_split(&t2, &d.path().join("r2"), &d.path().join("p2"))
+                .unwrap()
+                .is_none()
         );
     }
 }
