@@ -35,6 +35,49 @@ impl Sha256 {
         Sha256(sha2::Sha256::digest(b).into())
     }
 
+    /// The sha256 of each file, in order, hashed by one thread per core.
+    pub fn of_files(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Sha256>> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let next = AtomicUsize::new(0);
+        let results: Vec<std::sync::Mutex<Option<Sha256>>> =
+            files.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| -> anyhow::Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(f) = files.get(i) else {
+                                return Ok(());
+                            };
+                            let d = Sha256::of_file(f)
+                                .with_context(|| format!("hash {}", f.display()))?;
+                            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .with_context(|| format!("{} was not hashed", files[i].display()))
+            })
+            .collect()
+    }
+
     /// Streams a file through SHA-256 with a large buffer.
     pub fn of_file(path: &Path) -> anyhow::Result<Self> {
         let f = std::fs::File::open(path)
@@ -265,6 +308,26 @@ pub fn blob_path(root: &Path, d: &Sha256) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn of_files_hashes_each_file_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let files: Vec<std::path::PathBuf> = (0..37)
+            .map(|n| {
+                let p = d.path().join(format!("f{n}"));
+                std::fs::write(&p, vec![n as u8; n * 1000]).unwrap();
+                p
+            })
+            .collect();
+        let got = Sha256::of_files(&files).unwrap();
+        let want: Vec<Sha256> = files.iter().map(|f| Sha256::of_file(f).unwrap()).collect();
+        assert_eq!(got, want);
+        // A file that cannot be read is an error naming it, not a gap.
+        let mut bad = files.clone();
+        bad.insert(5, d.path().join("missing"));
+        let e = format!("{:#}", Sha256::of_files(&bad).unwrap_err());
+        assert!(e.contains("missing"), "{e}");
+    }
 
     #[test]
     fn hashing_with_progress_counts_every_byte() {

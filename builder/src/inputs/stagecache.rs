@@ -87,17 +87,24 @@ fn write_index(
     Ok(())
 }
 
-/// Packs a root tree (numeric owners, extended attributes) for the cache.
-pub fn pack_tree(tree: &Path, out: &Path) -> Result<()> {
+/// Runs `tar -c` for the cache (numeric owners, extended attributes,
+/// sorted names) of `members` of `tree` into `out`; `extra` options go
+/// before `-c`.
+fn tar_create(tree: &Path, out: &Path, extra: &[String], members: &[String]) -> Result<()> {
     let sh = xshell::Shell::new()?;
     crate::host::runner::run(
         "stage cache: pack",
         xshell::cmd!(
             sh,
-            "tar --numeric-owner --xattrs --xattrs-include=* --sort=name -cf {out} -C {tree} ."
+            "tar --numeric-owner --xattrs --xattrs-include=* --sort=name {extra...} -cf {out} -C {tree} {members...}"
         ),
     )?;
     Ok(())
+}
+
+/// Packs a root tree (numeric owners, extended attributes) for the cache.
+pub fn pack_tree(tree: &Path, out: &Path) -> Result<()> {
+    tar_create(tree, out, &[], &[".".into()])
 }
 
 /// Unpacks a cached root tree into an empty `tree`.
@@ -109,6 +116,11 @@ pub fn unpack_tree(blob: &Path, tree: &Path) -> Result<()> {
 /// half of it (libraries and kernel modules), so two tar processes unpack
 /// the two halves at once.
 pub const SPLIT_AT: &str = "usr/lib";
+
+/// The extra line of a stage entry whose tree is stored in two parts
+/// ([`store_tree`]); the part is under the stage's name + [`PART`].
+const SPLIT_MARK: &str = "split usr/lib";
+const PART: &str = "-part";
 
 /// Packs `tree` as two tarballs, `rest` (everything but [`SPLIT_AT`]) and
 /// `part` ([`SPLIT_AT`] with its contents), for [`unpack_trees`]. `None`
@@ -122,24 +134,57 @@ pub fn pack_tree_split(tree: &Path, rest: &Path, part: &Path) -> Result<Option<(
     {
         return Ok(None);
     }
-    let sh = xshell::Shell::new()?;
-    let exclude = format!("--exclude=./{SPLIT_AT}");
     let member = format!("./{SPLIT_AT}");
-    crate::host::runner::run(
-        "stage cache: pack",
-        xshell::cmd!(
-            sh,
-            "tar --numeric-owner --xattrs --xattrs-include=* --sort=name --anchored {exclude} -cf {rest} -C {tree} ."
-        ),
+    tar_create(
+        tree,
+        rest,
+        &["--anchored".into(), format!("--exclude={member}")],
+        &[".".into()],
     )?;
-    crate::host::runner::run(
-        "stage cache: pack",
-        xshell::cmd!(
-            sh,
-            "tar --numeric-owner --xattrs --xattrs-include=* --sort=name -cf {part} -C {tree} {member}"
-        ),
-    )?;
+    tar_create(tree, part, &[], &[member])?;
     Ok(Some(()))
+}
+
+/// Stores a root tree as the result of `stage` for `key`: in two parts
+/// when it has [`SPLIT_AT`] ([`pack_tree_split`]), else whole. `scratch`
+/// is a path prefix for the temporary tarballs.
+pub fn store_tree(
+    cache: &Cache,
+    stage: &str,
+    key: &Sha256,
+    tree: &Path,
+    scratch: &Path,
+) -> Result<()> {
+    let rest = scratch.with_extension("tar");
+    let part = scratch.with_extension("part.tar");
+    if pack_tree_split(tree, &rest, &part)?.is_some() {
+        // The part first: an entry never names a part that is not stored.
+        store(cache, &format!("{stage}{PART}"), key, &part, "")?;
+        store(cache, stage, key, &rest, SPLIT_MARK)?;
+        std::fs::remove_file(&part).ok();
+    } else {
+        pack_tree(tree, &rest)?;
+        store(cache, stage, key, &rest, "")?;
+    }
+    std::fs::remove_file(&rest).ok();
+    Ok(())
+}
+
+/// The tarballs of a tree [`store_tree`] stored (one, or the two parts),
+/// for [`unpack_trees`]; `None` on a miss.
+pub fn lookup_tree(
+    cache: &Cache,
+    enabled: bool,
+    stage: &str,
+    key: &Sha256,
+) -> Option<Vec<PathBuf>> {
+    match lookup(cache, enabled, stage, key)? {
+        (rest, extra) if extra == SPLIT_MARK => {
+            let (part, _) = lookup(cache, enabled, &format!("{stage}{PART}"), key)?;
+            Some(vec![rest, part])
+        }
+        (whole, _) => Some(vec![whole]),
+    }
 }
 
 /// Unpacks cached tarballs of one root tree (disjoint parts of it, as
@@ -150,6 +195,16 @@ pub fn pack_tree_split(tree: &Path, rest: &Path, part: &Path) -> Result<Option<(
 /// normalise either way.
 pub fn unpack_trees(blobs: &[PathBuf], tree: &Path) -> Result<()> {
     std::fs::create_dir_all(tree)?;
+    if blobs.len() > 1 {
+        // The folders above SPLIT_AT, made before the parts unpack: tar
+        // gives up on a member whose missing parent another tar made in
+        // between (GNU tar: "Cannot mkdir: No such file or directory").
+        // The part holding their entries sets their mode and owner.
+        if let Some(parent) = Path::new(SPLIT_AT).parent() {
+            std::fs::create_dir_all(tree.join(parent))
+                .with_context(|| format!("stage cache: create {}", tree.join(parent).display()))?;
+        }
+    }
     std::thread::scope(|s| {
         let handles: Vec<_> = blobs
             .iter()
@@ -296,5 +351,18 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // Through the cache: two blobs for the split tree, one for the other.
+        let cache = Cache::open(d.path().join("c")).unwrap();
+        let k = key("tree", &[]);
+        store_tree(&cache, "tree", &k, &t, &d.path().join("s1")).unwrap();
+        let blobs = lookup_tree(&cache, true, "tree", &k).unwrap();
+        assert_eq!(blobs.len(), 2);
+        let v = d.path().join("v");
+        unpack_trees(&blobs, &v).unwrap();
+        assert_eq!(listing(&t), listing(&v));
+        let k2 = key("tree", &["2".into()]);
+        store_tree(&cache, "tree", &k2, &t2, &d.path().join("s2")).unwrap();
+        assert_eq!(lookup_tree(&cache, true, "tree", &k2).unwrap().len(), 1);
+        assert!(lookup_tree(&cache, false, "tree", &k).is_none());
     }
 }

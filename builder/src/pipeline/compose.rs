@@ -222,18 +222,10 @@ fn mmdebstrap(
         );
     }
     let key = crate::inputs::stagecache::key("debian-base", &inputs);
-    // Cached in two parts (the tree but usr/lib, and usr/lib: see
-    // `stagecache::pack_tree_split`), unpacked at once; or whole.
-    let lookup =
-        |stage: &str| crate::inputs::stagecache::lookup(cache, plan.stage_cache, stage, &key);
-    let cached = match lookup("debian-base") {
-        Some((rest, extra)) if extra == SPLIT_MARK => {
-            lookup("debian-base-part").map(|(part, _)| vec![rest, part])
-        }
-        Some((whole, _)) => Some(vec![whole]),
-        None => None,
-    };
-    if let Some(blobs) = cached {
+    // Cached in two parts unpacked at once (`stagecache::store_tree`).
+    if let Some(blobs) =
+        crate::inputs::stagecache::lookup_tree(cache, plan.stage_cache, "debian-base", &key)
+    {
         eprintln!(
             "    base tree unchanged: reusing the cached one (stage key {})",
             &key.hex()[..16]
@@ -267,25 +259,16 @@ fn mmdebstrap(
         );
     }
     if plan.stage_cache {
-        let tmp = tree.with_extension("base.tar");
-        let part = tree.with_extension("base-part.tar");
-        if crate::inputs::stagecache::pack_tree_split(tree, &tmp, &part)?.is_some() {
-            // The part first: a main entry never names a part not stored.
-            crate::inputs::stagecache::store(cache, "debian-base-part", &key, &part, "")?;
-            crate::inputs::stagecache::store(cache, "debian-base", &key, &tmp, SPLIT_MARK)?;
-            std::fs::remove_file(&part).ok();
-        } else {
-            crate::inputs::stagecache::pack_tree(tree, &tmp)?;
-            crate::inputs::stagecache::store(cache, "debian-base", &key, &tmp, "")?;
-        }
-        std::fs::remove_file(&tmp).ok();
+        crate::inputs::stagecache::store_tree(
+            cache,
+            "debian-base",
+            &key,
+            tree,
+            &tree.with_extension("base"),
+        )?;
     }
     Ok(())
 }
-
-/// The extra line of a `debian-base` stage entry whose tree is stored in
-/// two parts (the other under `debian-base-part`, same key).
-const SPLIT_MARK: &str = "split usr/lib";
 
 /// Unpacks the base tarball with cairn's own bounded tar reader and the
 /// layer policy (see `pipeline::oci::unpack_base_tarball`): no host tool

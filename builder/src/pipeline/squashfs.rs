@@ -94,7 +94,7 @@ pub fn input_key(tree: &Path, epoch: u64) -> Result<Sha256> {
         b.extend_from_slice(b"\0\n");
         pieces.push(Piece::Bytes(b));
     }
-    let contents = hash_files(&files)?;
+    let contents = Sha256::of_files(&files).context("squashfs: the base tree's key")?;
     let mut h = sha2::Sha256::new();
     for p in &pieces {
         match p {
@@ -103,49 +103,6 @@ pub fn input_key(tree: &Path, epoch: u64) -> Result<Sha256> {
         }
     }
     Ok(Sha256(h.finalize().into()))
-}
-
-/// The sha256 of each file, in order, hashed by one thread per core.
-fn hash_files(files: &[std::path::PathBuf]) -> Result<Vec<Sha256>> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8);
-    let next = AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Sha256>>> =
-        files.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(f) = files.get(i) else {
-                            return Ok(());
-                        };
-                        let d = Sha256::of_file(f)
-                            .with_context(|| format!("squashfs: hash {}", f.display()))?;
-                        *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("squashfs: a hashing thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    results
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .with_context(|| format!("squashfs: {} was not hashed", files[i].display()))
-        })
-        .collect()
 }
 
 /// The extended attributes of `path` (not followed if a link), sorted by
