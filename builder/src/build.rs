@@ -136,6 +136,15 @@ impl Stages {
                     let bars = bars.clone();
                     let n = first + i;
                     s.spawn(move || {
+                        if let Some(gate) = job.after {
+                            if !gate.wait() {
+                                let e = anyhow::anyhow!(
+                                    "{}: not started (a stage it reads failed)",
+                                    job.name
+                                );
+                                return (job.name.to_string(), Err(e));
+                            }
+                        }
                         bars.enter(|| {
                             crate::host::progress::say(&format!(
                                 "[{n:>2}/{total}] {} ...",
@@ -172,7 +181,59 @@ impl Stages {
 /// One stage of [`Stages::run_together`].
 struct Job<'a> {
     name: &'a str,
+    /// A gate another stage of the same call opens: this one starts after
+    /// (its start line and time count from then).
+    after: Option<&'a Gate>,
     run: Box<dyn FnOnce() -> Result<()> + Send + 'a>,
+}
+
+/// What one stage of [`Stages::run_together`] makes and others read:
+/// opened once, for success or failure.
+#[derive(Default)]
+struct Gate {
+    state: std::sync::Mutex<Option<bool>>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    /// The guard of the stage that opens it: for failure when dropped
+    /// (an error or a panic), unless [`GateOpener::succeed`] came first.
+    fn opener(&self) -> GateOpener<'_> {
+        GateOpener(self)
+    }
+
+    fn open(&self, ok: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.is_none() {
+            *s = Some(ok);
+        }
+        self.opened.notify_all();
+    }
+
+    /// Blocks until it is opened; whether its stage succeeded.
+    fn wait(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match *s {
+                Some(ok) => return ok,
+                None => s = self.opened.wait(s).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+}
+
+struct GateOpener<'a>(&'a Gate);
+
+impl GateOpener<'_> {
+    fn succeed(self) {
+        self.0.open(true);
+    }
+}
+
+impl Drop for GateOpener<'_> {
+    fn drop(&mut self) {
+        self.0.open(false);
+    }
 }
 
 /// The kernel command line: cairn's words, then the recipe's extras.
@@ -346,6 +407,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         st.run_together(vec![
             Job {
                 name: "squashfs base",
+                after: None,
                 run: Box::new(move || {
                     use crate::pipeline::squashfs::{
                         cached_root, input_key, make_squashfs, RootStep,
@@ -378,6 +440,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             },
             Job {
                 name: "model volumes",
+                after: None,
                 run: Box::new(move || {
                     *volumes_out = Some(crate::pipeline::volumes::make_model_volumes(plan, work)?);
                     Ok(())
@@ -477,33 +540,19 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         Some(_) => Some(crate::pipeline::shim::take_host_shim(&work)?),
         None => None,
     };
-    // 9. The raw disk (always: the qcow2 and the manifest derive from it).
+    // 9. The raw disk (always: the qcow2 and the manifest derive from it)
+    // and 10. the other media, one row each.
     let raw_path = if opts.formats.raw {
         media.join(format!("{stem}.raw"))
     } else {
         work.join(format!("{stem}.raw"))
     };
-    let raw = st.run("raw disk", || {
-        crate::media::disk::write_raw(
-            &crate::media::disk::DiskInputs {
-                uki: &uki.path,
-                shim: shim.as_ref(),
-                root: &root.path,
-                verity: &verity.hash_path,
-                root_hash: &verity.root_hash,
-                volumes: &volumes,
-                disk_size: recipe.disk_size,
-                min_state_size: recipe.state_size,
-                epoch: recipe.source_date_epoch,
-            },
-            &work,
-            &raw_path,
-        )
-    })?;
-    // 10. The other media, one row each.
+    let layout = std::sync::OnceLock::new();
+    let raw_written = Gate::default();
     let volume_id = crate::media::iso::volume_id(&recipe.name, &recipe.version);
     let media_inputs = crate::media::MediaInputs {
         raw: &raw_path,
+        layout: &layout,
         uki_iso: uki_iso
             .as_ref()
             .map(|u| u.path.as_path())
@@ -519,10 +568,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         epoch: recipe.source_date_epoch,
         work: &work,
     };
-    // They all read the raw disk and write a file of their own, so they
-    // run at once, each hashing its output as soon as it is written (the
-    // raw disk's hash runs beside them): every output is read once more,
-    // while the others are still being made.
+    // Every medium is written at once with the raw disk: the rows that
+    // read it (the qcow2, the raw disk's hash) start when it is written,
+    // the others (the ISO) beside it. Each output is hashed as soon as it
+    // is written, while the others are still being made: every output is
+    // read once more.
     let hashed = std::sync::Mutex::new(std::collections::BTreeMap::<String, Sha256>::new());
     let hash_into = |path: &Path| -> Result<()> {
         let name = path
@@ -537,10 +587,42 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         Ok(())
     };
     let mut jobs: Vec<Job<'_>> = Vec::new();
+    {
+        let (raw_path, layout, raw_written, work) = (&raw_path, &layout, &raw_written, &work);
+        let (uki, shim, root, verity, volumes) = (&uki, &shim, &root, &verity, &volumes);
+        jobs.push(Job {
+            name: "raw disk",
+            after: None,
+            run: Box::new(move || {
+                // Opens the gate either way: on an error the waiting rows
+                // end at once (the error is this job's).
+                let gate = raw_written.opener();
+                let raw = crate::media::disk::write_raw(
+                    &crate::media::disk::DiskInputs {
+                        uki: &uki.path,
+                        shim: shim.as_ref(),
+                        root: &root.path,
+                        verity: &verity.hash_path,
+                        root_hash: &verity.root_hash,
+                        volumes,
+                        disk_size: recipe.disk_size,
+                        min_state_size: recipe.state_size,
+                        epoch: recipe.source_date_epoch,
+                    },
+                    work,
+                    raw_path,
+                )?;
+                let _ = layout.set(raw.layout);
+                gate.succeed();
+                Ok(())
+            }),
+        });
+    }
     if opts.formats.raw {
         let (raw_path, hash_into) = (&raw_path, &hash_into);
         jobs.push(Job {
             name: "hash raw disk",
+            after: Some(&raw_written),
             run: Box::new(move || hash_into(raw_path)),
         });
     }
@@ -549,6 +631,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         let (media_inputs, hash_into) = (&media_inputs, &hash_into);
         jobs.push(Job {
             name: w.stage,
+            after: w.needs_raw.then_some(&raw_written),
             run: Box::new(move || {
                 (w.write)(media_inputs, &out)?;
                 hash_into(&out)
@@ -556,6 +639,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         });
     }
     st.run_together(jobs)?;
+    let raw_layout = layout
+        .into_inner()
+        .context("raw disk: no layout (the raw disk was not written)")?;
     let hashed = hashed.into_inner().unwrap_or_else(|e| e.into_inner());
     // 11. Manifest and provenance, 12. signature.
     // Each output is hashed once: the manifest's digests (and the
@@ -566,11 +652,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             &composed,
             &verity,
             &cmdline,
-            &raw.layout,
+            &raw_layout,
             &media,
             &hashed,
         )?;
-        m.volumes = crate::release::manifest::volumes(&volumes, &raw.layout);
+        m.volumes = crate::release::manifest::volumes(&volumes, &raw_layout);
         if opts.formats.iso {
             m.kernel.iso_cmdline = Some(iso_cmdline.clone());
         }
@@ -694,5 +780,94 @@ fn clean_stale(out: &Path) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_opens_for_its_stage_s_outcome() {
+        // Success: a waiting thread starts after the opener succeeded.
+        let g = Gate::default();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| g.wait());
+            let o = g.opener();
+            o.succeed();
+            assert!(waiter.join().unwrap());
+        });
+        // An error (the guard dropped) or a panic opens it for failure.
+        let g = Gate::default();
+        drop(g.opener());
+        assert!(!g.wait());
+        let g = Gate::default();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _o = g.opener();
+            panic!("stage panicked");
+        }));
+        assert!(r.is_err());
+        assert!(!g.wait());
+    }
+
+    #[test]
+    fn stages_after_a_failed_gate_do_not_run() {
+        let g = Gate::default();
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let mut st = Stages {
+            n: 0,
+            total: 2,
+            started: Instant::now(),
+            times: Vec::new(),
+        };
+        let e = st
+            .run_together(vec![
+                Job {
+                    name: "maker",
+                    after: None,
+                    run: Box::new(|| {
+                        let _o = g.opener();
+                        anyhow::bail!("maker failed")
+                    }),
+                },
+                Job {
+                    name: "reader",
+                    after: Some(&g),
+                    run: Box::new(|| {
+                        ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                        Ok(())
+                    }),
+                },
+            ])
+            .unwrap_err();
+        // The maker's own error is the one returned; the reader never ran.
+        assert_eq!(e.to_string(), "maker failed");
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+        // Control: with the maker succeeding, the reader runs after it.
+        let g = Gate::default();
+        let order = std::sync::Mutex::new(Vec::new());
+        st.run_together(vec![
+            Job {
+                name: "reader",
+                after: Some(&g),
+                run: Box::new(|| {
+                    order.lock().unwrap().push("reader");
+                    Ok(())
+                }),
+            },
+            Job {
+                name: "maker",
+                after: None,
+                run: Box::new(|| {
+                    let o = g.opener();
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    order.lock().unwrap().push("maker");
+                    o.succeed();
+                    Ok(())
+                }),
+            },
+        ])
+        .unwrap();
+        assert_eq!(*order.lock().unwrap(), ["maker", "reader"]);
     }
 }

@@ -1,7 +1,9 @@
-//! The media writers, as a table: the raw GPT disk is always written first
-//! (the qcow2 is converted from it, the manifest reads its layout); every
-//! other format is one row of [`WRITERS`], so adding a format is adding a
-//! row. Every writer takes the same [`MediaInputs`] and writes one file.
+//! The media writers, as a table: the raw GPT disk is always written (the
+//! qcow2 is converted from it, the manifest reads its layout); every other
+//! format is one row of [`WRITERS`], so adding a format is adding a row.
+//! Every writer takes the same [`MediaInputs`] and writes one file; a row
+//! that reads the raw disk says so ([`Writer::needs_raw`]) and starts once
+//! it is written, the others start beside it.
 
 use std::path::Path;
 
@@ -22,8 +24,10 @@ pub enum Format {
 
 /// What every medium is made from: the stages' outputs.
 pub struct MediaInputs<'a> {
-    /// The raw disk, already written.
+    /// The raw disk (written before a row with [`Writer::needs_raw`] runs).
     pub raw: &'a Path,
+    /// The raw disk's partitions, set when it is written.
+    pub layout: &'a std::sync::OnceLock<disk::Layout>,
     /// The UKI for ISO media (its command line says `cairn.medium=iso`).
     pub uki_iso: &'a Path,
     /// `[boot] shim`: shim and MokManager in front of the UKI.
@@ -46,6 +50,8 @@ pub struct Writer {
     pub format: Format,
     pub stage: &'static str,
     pub extension: &'static str,
+    /// Whether it reads the raw disk (and its layout).
+    pub needs_raw: bool,
     pub write: fn(&MediaInputs, &Path) -> Result<()>,
 }
 
@@ -55,12 +61,14 @@ pub const WRITERS: &[Writer] = &[
         format: Format::Iso,
         stage: "hybrid ISO",
         extension: "iso",
+        needs_raw: false,
         write: write_iso_row,
     },
     Writer {
         format: Format::Qcow2,
         stage: "qcow2",
         extension: "qcow2",
+        needs_raw: true,
         write: write_qcow2_row,
     },
 ];
@@ -88,5 +96,17 @@ fn write_iso_row(m: &MediaInputs, out: &Path) -> Result<()> {
 }
 
 fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<()> {
-    qcow2::write_qcow2(m.raw, out)
+    let layout = m
+        .layout
+        .get()
+        .ok_or_else(|| anyhow::anyhow!("qcow2: the raw disk is not written yet"))?;
+    // The model volumes' partitions (data and hash tree) are stored as
+    // they are: they do not compress.
+    let stored: Vec<(u64, u64)> = layout
+        .volumes
+        .iter()
+        .filter(|p| p.kind == crate::pipeline::volumes::Kind::Model)
+        .flat_map(|p| [p.data, p.hash])
+        .collect();
+    qcow2::write_qcow2(m.raw, out, &stored)
 }

@@ -5,6 +5,14 @@
 //! 2.6 s against 16 s per GiB on this project's 2-core builder). Readers
 //! need QEMU 5.1 or later (2020), which every supported distribution has.
 //!
+//! Model volumes are stored, not compressed: weights do not compress (a
+//! model volume is uncompressed squashfs, or zstd already), and zstd would
+//! try every cluster of them. The first pass reads zeros in their place
+//! (a `null-co` node: the clusters stay unallocated), the second writes
+//! their bytes uncompressed into the same qcow2 through a `raw` node with
+//! an offset. Both are plain qemu-img block nodes, named as `json:`
+//! arguments whose file names are JSON strings (never parsed as options).
+//!
 //! Reproducible: qcow2 headers carry no timestamps or random IDs, and
 //! without `-W` (out-of-order writes) qemu-img writes clusters in order even
 //! with parallel coroutines, so the same raw gives the same bytes (checked
@@ -19,45 +27,122 @@ use anyhow::{bail, Context, Result};
 pub const QCOW2_OPTIONS: &str = "compat=1.1,cluster_size=65536,compression_type=zstd";
 
 /// Converts the raw disk `raw` into a compressed qcow2 at `out` (replaced
-/// if present) and checks the result with `qemu-img check`.
-pub fn write_qcow2(raw: &Path, out: &Path) -> Result<()> {
+/// if present) and checks the result with `qemu-img check`. `stored` are
+/// byte ranges of the raw disk (offset, length) written uncompressed (the
+/// model volumes' partitions); they must lie inside it and not overlap.
+pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, u64)]) -> Result<()> {
     if !raw.is_file() {
         bail!("qcow2: {} is not a file", raw.display());
-    }
-    if out.exists() {
-        std::fs::remove_file(out).with_context(|| format!("qcow2: remove {}", out.display()))?;
     }
     let total = std::fs::metadata(raw)
         .with_context(|| format!("qcow2: stat {}", raw.display()))?
         .len();
+    let stored = stored_ranges(stored, total)?;
+    if out.exists() {
+        std::fs::remove_file(out).with_context(|| format!("qcow2: remove {}", out.display()))?;
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // JSON names need UTF-8 paths; without them every cluster is tried
+    // for compression (the same disk, only slower to write).
+    let utf8 = raw.to_str().zip(out.to_str());
     let mut convert = crate::host::runner::command("qemu-img");
-    convert
-        .args([
-            "convert",
-            "-p",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "-c",
-            "-o",
-            QCOW2_OPTIONS,
-        ])
-        .arg(raw)
-        .arg(out);
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
-    crate::host::runner::run_with_progress(
-        "qcow2",
-        convert,
-        &format!("qcow2 {}", name.unwrap_or_default()),
-        total,
-    )?;
+    convert.args(["convert", "-p"]);
+    match utf8 {
+        Some((raw_s, _)) if !stored.is_empty() => {
+            convert.args(["-O", "qcow2", "-c", "-o", QCOW2_OPTIONS]);
+            for node in first_pass_sources(raw_s, &stored, total) {
+                convert.arg(format!("json:{node}"));
+            }
+        }
+        _ => {
+            convert.args(["-f", "raw", "-O", "qcow2", "-c", "-o", QCOW2_OPTIONS]);
+            convert.arg(raw);
+        }
+    }
+    convert.arg(out);
+    crate::host::runner::run_with_progress("qcow2", convert, &format!("qcow2 {name}"), total)?;
+    if let Some((raw_s, out_s)) = utf8 {
+        for &(at, len) in &stored {
+            let mut write = crate::host::runner::command("qemu-img");
+            // The target's range reads zeros (first pass): nothing to clear.
+            write.args(["convert", "-p", "-n", "--target-is-zero"]);
+            write.arg(format!("json:{}", slice(file_node(raw_s), at, len)));
+            write.arg(format!(
+                "json:{}",
+                slice(
+                    serde_json::json!({"driver": "qcow2", "file": file_node(out_s)}),
+                    at,
+                    len
+                )
+            ));
+            crate::host::runner::run_with_progress(
+                "qcow2: stored range",
+                write,
+                &format!("qcow2 {name}: models, stored"),
+                len,
+            )?;
+        }
+    }
     let sh = xshell::Shell::new()?;
     crate::host::runner::run(
         "qcow2: check",
         xshell::cmd!(sh, "qemu-img check -q -f qcow2 {out}"),
     )?;
     Ok(())
+}
+
+/// The ranges sorted, empty ones dropped, touching ones merged; an error
+/// for one past the end or two that overlap.
+fn stored_ranges(ranges: &[(u64, u64)], total: u64) -> Result<Vec<(u64, u64)>> {
+    let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|r| r.1 > 0).collect();
+    sorted.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (at, len) in sorted {
+        let end = at
+            .checked_add(len)
+            .filter(|e| *e <= total)
+            .with_context(|| {
+                format!("qcow2: stored range {at}+{len} is past the disk's end ({total} bytes)")
+            })?;
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 > at => {
+                bail!("qcow2: stored ranges overlap at byte {at}")
+            }
+            Some(last) if last.0 + last.1 == at => last.1 = end - last.0,
+            _ => out.push((at, len)),
+        }
+    }
+    Ok(out)
+}
+
+fn file_node(path: &str) -> serde_json::Value {
+    serde_json::json!({"driver": "file", "filename": path})
+}
+
+/// `len` bytes of `file` from `at`, as a block node of their own.
+fn slice(file: serde_json::Value, at: u64, len: u64) -> serde_json::Value {
+    serde_json::json!({"driver": "raw", "offset": at, "size": len, "file": file})
+}
+
+/// The first pass's sources, concatenated by qemu-img: the raw disk's
+/// other ranges as they are, zeros of the same length for each stored one.
+fn first_pass_sources(raw: &str, stored: &[(u64, u64)], total: u64) -> Vec<serde_json::Value> {
+    let mut nodes = Vec::new();
+    let mut at = 0;
+    for &(start, len) in stored {
+        if start > at {
+            nodes.push(slice(file_node(raw), at, start - at));
+        }
+        nodes.push(serde_json::json!({"driver": "null-co", "size": len, "read-zeroes": true}));
+        at = start + len;
+    }
+    if at < total {
+        nodes.push(slice(file_node(raw), at, total - at));
+    }
+    nodes
 }
 
 #[cfg(test)]
@@ -82,9 +167,9 @@ mod tests {
         }
         let a = d.path().join("a.qcow2");
         let b = d.path().join("b.qcow2");
-        write_qcow2(&raw, &a).unwrap_or_else(|e| panic!("{e:#}"));
+        write_qcow2(&raw, &a, &[]).unwrap_or_else(|e| panic!("{e:#}"));
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        write_qcow2(&raw, &b).unwrap_or_else(|e| panic!("{e:#}"));
+        write_qcow2(&raw, &b, &[]).unwrap_or_else(|e| panic!("{e:#}"));
         let (ab, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         assert!(ab == bb, "two conversions differ");
         assert_eq!(&ab[..4], b"QFI\xfb");
@@ -104,8 +189,117 @@ mod tests {
             panic!("qcow2 content differs from the raw: {e:#}");
         }
         // Overwrites an existing output.
-        write_qcow2(&raw, &a).unwrap();
+        write_qcow2(&raw, &a, &[]).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), bb);
-        assert!(write_qcow2(&d.path().join("missing.raw"), &a).is_err());
+        assert!(write_qcow2(&d.path().join("missing.raw"), &a, &[]).is_err());
+    }
+
+    /// The clusters of `img` in `[at, at + len)` as `qemu-img map` reports
+    /// them: (data, compressed) of each extent that overlaps.
+    fn map(img: &Path, at: u64, len: u64) -> Vec<(bool, bool)> {
+        let mut cmd = crate::host::runner::command("qemu-img");
+        cmd.args(["map", "--output=json", "-f", "qcow2"]).arg(img);
+        let out = crate::host::runner::output("qcow2 test: map", cmd).unwrap();
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        v.iter()
+            .filter(|e| {
+                let (s, l) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+                s < at + len && s + l > at
+            })
+            .map(|e| {
+                (
+                    e["data"].as_bool().unwrap(),
+                    e["compressed"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stored_ranges_are_written_uncompressed_and_equal() {
+        testkit::tool("qemu-img", "qemu-utils");
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("disk, with a comma.raw");
+        // Compressible bytes everywhere written: at 1 MiB (compressed) and
+        // at 8..12 MiB (stored), with a hole inside the stored range.
+        let text: Vec<u8> = b"weights ".iter().copied().cycle().take(4 << 20).collect();
+        {
+            let mut f = std::fs::File::create(&raw).unwrap();
+            f.set_len(32 << 20).unwrap();
+            for at in [1u64 << 20, 8 << 20, 11 << 20] {
+                f.seek(SeekFrom::Start(at)).unwrap();
+                f.write_all(&text[..1 << 20]).unwrap();
+            }
+        }
+        let stored = [(8u64 << 20, 4u64 << 20)];
+        let a = d.path().join("a.qcow2");
+        let b = d.path().join("b.qcow2");
+        write_qcow2(&raw, &a, &stored).unwrap_or_else(|e| panic!("{e:#}"));
+        write_qcow2(&raw, &b, &stored).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "two conversions differ"
+        );
+        let mut cmp = crate::host::runner::command("qemu-img");
+        cmp.args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
+            .arg(&raw)
+            .arg(&a);
+        if let Err(e) = crate::host::runner::output("qcow2 test: compare", cmp) {
+            panic!("qcow2 content differs from the raw: {e:#}");
+        }
+        let inside = map(&a, 8 << 20, 4 << 20);
+        assert!(
+            inside.iter().any(|e| e.0) && inside.iter().all(|e| !e.1),
+            "stored range: {inside:?}"
+        );
+        assert!(map(&a, 1 << 20, 1 << 20).iter().all(|e| e.0 && e.1));
+        // Control: without the range, the same bytes are compressed.
+        write_qcow2(&raw, &b, &[]).unwrap();
+        let control = map(&b, 8 << 20, 4 << 20);
+        assert!(
+            control.iter().any(|e| e.0) && control.iter().filter(|e| e.0).all(|e| e.1),
+            "control: {control:?}"
+        );
+        // Bad ranges are refused before the output is touched.
+        for bad in [
+            vec![(30u64 << 20, 4u64 << 20)],
+            vec![(1u64 << 20, 2u64 << 20), (2 << 20, 1 << 20)],
+            vec![(u64::MAX, 2)],
+        ] {
+            let e = write_qcow2(&raw, &a, &bad).unwrap_err().to_string();
+            assert!(e.contains("qcow2: stored range"), "{e}");
+            assert!(a.exists(), "the previous output was removed");
+        }
+    }
+
+    #[test]
+    fn stored_ranges_merge_and_sources_cover_the_disk() {
+        assert_eq!(
+            stored_ranges(&[(10, 5), (0, 0), (2, 3), (5, 5)], 20).unwrap(),
+            vec![(2, 13)]
+        );
+        let nodes = first_pass_sources("/d.raw", &[(2, 3), (10, 5)], 20);
+        let sizes: Vec<(String, u64)> = nodes
+            .iter()
+            .map(|n| {
+                (
+                    n["driver"].as_str().unwrap().to_string(),
+                    n["size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, u64)> = [
+            ("raw", 2),
+            ("null-co", 3),
+            ("raw", 5),
+            ("null-co", 5),
+            ("raw", 5),
+        ]
+        .iter()
+        .map(|(d, s)| (d.to_string(), *s))
+        .collect();
+        assert_eq!(sizes, want);
+        assert_eq!(nodes[2]["offset"], 5);
+        assert_eq!(nodes[2]["file"]["filename"], "/d.raw");
     }
 }

@@ -301,9 +301,11 @@ pub fn apply(image: &Path, site: &Path, out: &Path) -> Result<Applied> {
     }
     write_to_medium(&raw, &signed)?;
     let done = if qcow2 {
-        // The same options as the build's qcow2 (zstd clusters, holes).
+        // The same options as the build's qcow2 (zstd clusters, holes);
+        // every cluster is tried for compression (the same disk content;
+        // model clusters that do not compress are stored as they are).
         let q = tmp.path().join("medium.qcow2");
-        crate::media::qcow2::write_qcow2(&raw, &q).context("site: qcow2")?;
+        crate::media::qcow2::write_qcow2(&raw, &q, &[]).context("site: qcow2")?;
         q
     } else {
         raw

@@ -135,7 +135,7 @@ fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
     let qcow2 = dir.join(QCOW2);
-    cairn::media::qcow2::write_qcow2(&raw, &qcow2).unwrap_or_else(|e| panic!("{e:#}"));
+    cairn::media::qcow2::write_qcow2(&raw, &qcow2, &[]).unwrap_or_else(|e| panic!("{e:#}"));
     std::fs::remove_dir_all(&work).unwrap();
     let l = &disk.layout;
     let part = |label: &str, (offset, size): (u64, u64)| serde_json::json!({"label": label, "offset": offset, "size": size});
