@@ -181,17 +181,21 @@ mod tests {
             "not sparse/compressed: {} bytes",
             ab.len()
         );
-        let mut cmp = crate::host::runner::command("qemu-img");
-        cmp.args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
-            .arg(&raw)
-            .arg(&a);
-        if let Err(e) = crate::host::runner::output("qcow2 test: compare", cmp) {
-            panic!("qcow2 content differs from the raw: {e:#}");
-        }
+        assert_same_content(&raw, &a);
         // Overwrites an existing output.
         write_qcow2(&raw, &a, &[]).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), bb);
         assert!(write_qcow2(&d.path().join("missing.raw"), &a, &[]).is_err());
+    }
+
+    fn assert_same_content(raw: &Path, img: &Path) {
+        let mut cmp = crate::host::runner::command("qemu-img");
+        cmp.args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
+            .arg(raw)
+            .arg(img);
+        if let Err(e) = crate::host::runner::output("qcow2 test: compare", cmp) {
+            panic!("qcow2 content differs from the raw: {e:#}");
+        }
     }
 
     /// The clusters of `img` in `[at, at + len)` as `qemu-img map` reports
@@ -240,13 +244,7 @@ mod tests {
             std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
             "two conversions differ"
         );
-        let mut cmp = crate::host::runner::command("qemu-img");
-        cmp.args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
-            .arg(&raw)
-            .arg(&a);
-        if let Err(e) = crate::host::runner::output("qcow2 test: compare", cmp) {
-            panic!("qcow2 content differs from the raw: {e:#}");
-        }
+        assert_same_content(&raw, &a);
         let inside = map(&a, 8 << 20, 4 << 20);
         assert!(
             inside.iter().any(|e| e.0) && inside.iter().all(|e| !e.1),
