@@ -356,9 +356,35 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
 
     // 2. Compose the base tree: the Debian tree, its kernel taken out.
     let repos = plan.local_repos(&work.join("repo"))?;
-    let base = st.run("compose base tree", || {
-        crate::pipeline::compose::compose_base(&plan, &work, &repos)
-    })?;
+    // The model volumes need nothing of the tree: they are made at the
+    // same time (a model's volume is disk work; the base is mmdebstrap's
+    // or tar's).
+    let mut base_out = None;
+    let mut volumes_out = None;
+    {
+        let (base_out, volumes_out) = (&mut base_out, &mut volumes_out);
+        let (work, plan, repos) = (&work, &plan, &repos);
+        st.run_together(vec![
+            Job {
+                name: "compose base tree",
+                after: None,
+                run: Box::new(move || {
+                    *base_out = Some(crate::pipeline::compose::compose_base(plan, work, repos)?);
+                    Ok(())
+                }),
+            },
+            Job {
+                name: "model volumes",
+                after: None,
+                run: Box::new(move || {
+                    *volumes_out = Some(crate::pipeline::volumes::make_model_volumes(plan, work)?);
+                    Ok(())
+                }),
+            },
+        ])?;
+    }
+    let base = base_out.context("compose base tree: no result")?;
+    let models = volumes_out.context("model volumes: no result")?;
     // 3. Kernel modules, 4. initramfs, 5. normalise, 6. the base image:
     // all of the base alone (`pipeline::layers`), so the base volume does
     // not change with an overlay, an image or the configuration.
@@ -395,61 +421,32 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // The base image is a function of the tree mksquashfs reads: the same
     // tree as a build before (any rebuild whose Debian packages did not
     // change) takes that build's image and hash tree from the stage cache.
-    // The model volumes need nothing of the tree: they are made at the
-    // same time (mksquashfs keeps the cores busy; a model's staging is
-    // disk work).
-    let mut root_out = None;
-    let mut volumes_out = None;
-    {
-        let root_out = &mut root_out;
-        let volumes_out = &mut volumes_out;
-        let (tree, work, plan) = (&base.tree, &work, &plan);
-        st.run_together(vec![
-            Job {
-                name: "squashfs base",
-                after: None,
-                run: Box::new(move || {
-                    use crate::pipeline::squashfs::{
-                        cached_root, input_key, make_squashfs, RootStep,
-                    };
-                    let t = Instant::now();
-                    let key = input_key(tree, recipe.source_date_epoch)?;
-                    let hit = cached_root(&plan.cache, plan.stage_cache, &key);
-                    crate::host::progress::say(&format!(
-                        "        base tree digest {} in {:.1}s{}",
-                        &key.hex()[..16],
-                        t.elapsed().as_secs_f64(),
-                        if hit.is_some() {
-                            ": unchanged, reusing the cached base image and hash tree"
-                        } else {
-                            ""
-                        }
-                    ));
-                    let step = match hit {
-                        Some(v) => RootStep::Cached(v),
-                        None => RootStep::Made(make_squashfs(
-                            tree,
-                            &work.join("root.squashfs"),
-                            recipe.source_date_epoch,
-                            None,
-                        )?),
-                    };
-                    *root_out = Some((key, step));
-                    Ok(())
-                }),
-            },
-            Job {
-                name: "model volumes",
-                after: None,
-                run: Box::new(move || {
-                    *volumes_out = Some(crate::pipeline::volumes::make_model_volumes(plan, work)?);
-                    Ok(())
-                }),
-            },
-        ])?;
-    }
-    let (root_key, root_step) = root_out.context("squashfs base: no result")?;
-    let models = volumes_out.context("model volumes: no result")?;
+    let (root_key, root_step) = st.run("squashfs base", || {
+        use crate::pipeline::squashfs::{cached_root, input_key, make_squashfs, RootStep};
+        let t = Instant::now();
+        let key = input_key(&base.tree, recipe.source_date_epoch)?;
+        let hit = cached_root(&plan.cache, plan.stage_cache, &key);
+        crate::host::progress::say(&format!(
+            "        base tree digest {} in {:.1}s{}",
+            &key.hex()[..16],
+            t.elapsed().as_secs_f64(),
+            if hit.is_some() {
+                ": unchanged, reusing the cached base image and hash tree"
+            } else {
+                ""
+            }
+        ));
+        let step = match hit {
+            Some(v) => RootStep::Cached(v),
+            None => RootStep::Made(make_squashfs(
+                &base.tree,
+                &work.join("root.squashfs"),
+                recipe.source_date_epoch,
+                None,
+            )?),
+        };
+        Ok((key, step))
+    })?;
     let root_volume = match root_step {
         crate::pipeline::squashfs::RootStep::Cached(v) => {
             // The stage count stays the same either way.
