@@ -766,6 +766,12 @@ fn build_image_is_reproducible_and_round_trips() {
     );
     assert_eq!(std::fs::read(stage_dir.join("etc/hostname")).unwrap(), b"");
     assert_eq!(std::fs::read_dir(stage_dir.join("dev")).unwrap().count(), 0);
+    // dpkg ran without syncing each file, and that setting is gone from
+    // the image (control: dpkg's configuration folder is there).
+    assert!(stage_dir.join("etc/dpkg/dpkg.cfg.d").is_dir());
+    assert!(!stage_dir
+        .join("etc/dpkg/dpkg.cfg.d/00cairn-unsafe-io")
+        .exists());
     assert_empty(&sentinel);
 }
 

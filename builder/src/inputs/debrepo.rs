@@ -57,6 +57,14 @@ const MERGED_USR_ARG: &str = "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr"
 /// extract variant runs no customize hook (see [`Variant::late_hook`]).
 const UNPACKED_STATUS_HOOK: &str = "--extract-hook=for d in \"$1\"/var/cache/apt/archives/*.deb; do dpkg-deb --field \"$d\" && printf 'Status: install ok unpacked\\n\\n' || exit 1; done > \"$1/var/lib/dpkg/status\"";
 
+/// For the roots that run dpkg (minbase, essential): dpkg unpacks without
+/// syncing each file (`force-unsafe-io`) while mmdebstrap builds the tree,
+/// and the setting is gone from the finished tree (the customize hook
+/// removes it): the tree is the same, only made faster. A staging tree
+/// needs no durability: a build that stops is started again.
+const UNSAFE_IO_ON: &str = "--setup-hook=mkdir -p \"$1/etc/dpkg/dpkg.cfg.d\" && echo force-unsafe-io > \"$1/etc/dpkg/dpkg.cfg.d/00cairn-unsafe-io\"";
+const UNSAFE_IO_OFF: &str = "--customize-hook=rm -f \"$1/etc/dpkg/dpkg.cfg.d/00cairn-unsafe-io\"";
+
 /// The mmdebstrap options after `--variant=`, the same for every Debian
 /// root cairn makes (before `--format`, `--include`, SUITE, TARGET, MIRROR).
 const COMMON_ARGS: &[&str] = &[
@@ -91,13 +99,14 @@ impl Variant {
 
     /// The mmdebstrap options, in order: the variant, then the rest.
     pub fn args(self) -> Vec<&'static str> {
-        let (variant, before, after) = match self {
-            Variant::Base => ("--variant=minbase", Some(MERGED_USR_ARG), None),
-            Variant::Image => ("--variant=essential", Some(MERGED_USR_ARG), None),
-            Variant::ImageMinimal => ("--variant=extract", None, Some(UNPACKED_STATUS_HOOK)),
+        let installs: &[&'static str] = &[MERGED_USR_ARG, UNSAFE_IO_ON, UNSAFE_IO_OFF];
+        let (variant, before, after): (_, &[&'static str], _) = match self {
+            Variant::Base => ("--variant=minbase", installs, None),
+            Variant::Image => ("--variant=essential", installs, None),
+            Variant::ImageMinimal => ("--variant=extract", &[], Some(UNPACKED_STATUS_HOOK)),
         };
         std::iter::once(variant)
-            .chain(before)
+            .chain(before.iter().copied())
             .chain(COMMON_ARGS.iter().copied())
             .chain(after)
             .collect()
@@ -717,6 +726,33 @@ mod tests {
                 p.display()
             );
         }
+    }
+
+    #[test]
+    fn dpkg_runs_without_syncing_and_the_setting_leaves_the_tree() {
+        for v in [Variant::Base, Variant::Image] {
+            let args = v.args();
+            assert!(args.contains(&UNSAFE_IO_ON) && args.contains(&UNSAFE_IO_OFF));
+        }
+        assert!(!Variant::ImageMinimal.args().contains(&UNSAFE_IO_ON));
+        // The hooks as mmdebstrap runs them: `sh -c HOOK exec TREE`.
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree with space");
+        std::fs::create_dir_all(tree.join("etc/dpkg/dpkg.cfg.d")).unwrap();
+        std::fs::write(tree.join("etc/dpkg/dpkg.cfg.d/99mmdebstrap"), "x\n").unwrap();
+        let run = |hook: &str, prefix: &str| {
+            let script = hook.strip_prefix(prefix).unwrap();
+            let mut c = crate::host::runner::command("sh");
+            c.args(["-c", script, "exec"]).arg(&tree);
+            crate::host::runner::output("hook test", c).unwrap();
+        };
+        let cfg = tree.join("etc/dpkg/dpkg.cfg.d/00cairn-unsafe-io");
+        run(UNSAFE_IO_ON, "--setup-hook=");
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "force-unsafe-io\n");
+        run(UNSAFE_IO_OFF, "--customize-hook=");
+        assert!(!cfg.exists());
+        // Control: mmdebstrap's own file stays.
+        assert!(tree.join("etc/dpkg/dpkg.cfg.d/99mmdebstrap").exists());
     }
 
     #[test]
