@@ -343,6 +343,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let out_dir = std::fs::canonicalize(&opts.out_dir)
         .with_context(|| format!("cannot resolve output folder {}", opts.out_dir.display()))?;
     clean_stale(&out_dir);
+    crate::host::scratch::clean_stale();
     let stem = recipe.stem();
     let tmp = out_dir.join(format!(".{stem}.building-{}", std::process::id()));
     // Removed when the build ends, however it ends: an error, a panic
@@ -383,7 +384,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             },
         ])?;
     }
-    let base = base_out.context("compose base tree: no result")?;
+    let mut base = base_out.context("compose base tree: no result")?;
+    // A tree in memory is removed when the build ends, however it ends.
+    let _memory = base.memory.take();
     let models = volumes_out.context("model volumes: no result")?;
     // 3. Kernel modules, 4. initramfs, 5. normalise, 6. the base image:
     // all of the base alone (`pipeline::layers`), so the base volume does
@@ -479,8 +482,14 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let apps = st.run("apps volume", || {
         crate::pipeline::layers::make_apps_volume(&composed.tree, &snapshot, &plan, &work)
     })?;
-    // The tree is no longer needed; free the space before writing media.
-    std::fs::remove_dir_all(&composed.tree).ok();
+    // The tree is no longer needed: it is removed while the UKIs and the
+    // media are made (removing its 350 MB took 0.2-0.5 s of a rebuild).
+    // Renamed first, so nothing else finds it; the build waits for the
+    // removal before it publishes.
+    let trash = composed.tree.with_extension("removing");
+    std::fs::rename(&composed.tree, &trash)
+        .with_context(|| format!("build: move {} aside", composed.tree.display()))?;
+    let removing = std::thread::spawn(move || std::fs::remove_dir_all(&trash));
     let volumes: Vec<crate::pipeline::volumes::Volume> =
         std::iter::once(apps).chain(models).collect();
     let (root, verity) = (root_volume.image, root_volume.verity);
@@ -699,6 +708,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         eprintln!("        signed with key id {id} (verify with {pub_name})");
     }
 
+    // An error here leaves the folder to the build's own cleanup.
+    let _ = removing.join();
     // Publish: the finished folder appears in one rename.
     let final_dir = out_dir.join(&stem);
     if final_dir.exists() {

@@ -10,6 +10,7 @@ pub mod interrupt;
 pub mod limits;
 pub mod progress;
 pub mod runner;
+pub mod scratch;
 pub mod time;
 pub mod tree;
 pub mod untrusted;

@@ -76,34 +76,86 @@ pub struct ComposedRoot {
 
 pub use crate::inputs::plan::Repos;
 
-/// The base tree at `work/root`, before the apps steps ([`compose_apps`]):
-/// the Debian tree (or tarball) with its kernel taken out of /boot, and
-/// the pinned images (those built from Debian packages made at the same
-/// time as the base).
+/// The base tree, before the apps steps ([`compose_apps`]): the Debian
+/// tree (or tarball) with its kernel taken out of /boot, and the pinned
+/// images (those built from Debian packages made at the same time as the
+/// base). At `work/root`, or in memory (`host::scratch`) when it comes
+/// from the stage cache and fits.
 pub struct BaseTree {
     pub tree: PathBuf,
     /// The kernel image, moved out of the tree's /boot.
     pub vmlinuz: PathBuf,
     pub kernel_version: String,
     images: crate::pipeline::workloads::InstalledImages,
+    /// The memory folder holding the tree, removed when dropped.
+    pub memory: Option<crate::host::interrupt::FolderGuard>,
 }
 
-/// Makes the base tree at `work/root` (and prebuilds the images).
+/// Makes the base tree (and prebuilds the images).
 pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree> {
     let recipe = plan.recipe;
-    let tree = work.join("root");
-    let make_base = || match &recipe.base {
+    // A Debian base from the stage cache: its size is known before it is
+    // unpacked, so it may go to memory.
+    let cached = match &recipe.base {
         Base::Debian {
             suite,
             mirror,
             packages,
-        } => mmdebstrap(plan, suite, mirror, packages, &tree, repos.base.as_ref()),
-        Base::Tarball { path, .. } => extract_tarball(path, &tree, &recipe.limits),
+        } if plan.stage_cache => {
+            let key = base_key(plan, suite, mirror, packages, repos.base.as_ref());
+            crate::inputs::stagecache::lookup_tree(&plan.cache, true, "debian-base", &key)
+                .map(|blobs| (key, blobs))
+        }
+        _ => None,
+    };
+    let blob_bytes = |blobs: &[PathBuf]| -> u64 {
+        blobs
+            .iter()
+            .filter_map(|b| std::fs::metadata(b).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let in_memory = cached
+        .as_ref()
+        .and_then(|(_, blobs)| crate::host::scratch::memory_folder(blob_bytes(blobs)));
+    let memory = in_memory
+        .as_ref()
+        .map(|m| crate::host::interrupt::remove_on_exit(m));
+    let tree = match &in_memory {
+        Some(m) => m.join("root"),
+        None => work.join("root"),
+    };
+    let make_base = || match (&cached, &recipe.base) {
+        (Some((key, blobs)), _) => {
+            eprintln!(
+                "    base tree unchanged: reusing the cached one (stage key {}){}",
+                &key.hex()[..16],
+                match &in_memory {
+                    Some(m) => format!(
+                        ", unpacked in memory at {} ({} to keep it on disk)",
+                        m.display(),
+                        crate::host::scratch::DISK_HINT
+                    ),
+                    None => String::new(),
+                }
+            );
+            crate::inputs::stagecache::unpack_trees(blobs, &tree)
+        }
+        (
+            None,
+            Base::Debian {
+                suite,
+                mirror,
+                packages,
+            },
+        ) => mmdebstrap(plan, suite, mirror, packages, &tree, repos.base.as_ref()),
+        (None, Base::Tarball { path, .. }) => extract_tarball(path, &tree, &recipe.limits),
     };
     // The base and each image built from Debian packages need nothing of
     // one another: they run at once, each on its own thread, and their
     // streamed lines say which they belong to. Each result is as if made
     // alone (nothing they write is shared), so outputs stay bit-identical.
+    let memory_dir = in_memory.as_deref();
     let (base, images) = std::thread::scope(|s| {
         let handles: Vec<_> = recipe
             .workloads
@@ -119,8 +171,14 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
                 let label = format!("image {}", img.name);
                 s.spawn(move || {
                     crate::host::runner::with_label(&label, || {
-                        crate::pipeline::workloads::prebuild(plan, img, work, &repos.images)
-                            .map(|b| b.map(|b| (img.name.clone(), b)))
+                        crate::pipeline::workloads::prebuild(
+                            plan,
+                            img,
+                            work,
+                            memory_dir,
+                            &repos.images,
+                        )
+                        .map(|b| b.map(|b| (img.name.clone(), b)))
                     })
                 })
             })
@@ -146,6 +204,7 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
         vmlinuz,
         kernel_version,
         images,
+        memory,
     })
 }
 
@@ -169,6 +228,45 @@ pub fn compose_apps(plan: &Plan, base: BaseTree) -> Result<ComposedRoot> {
         packages,
         workloads,
     })
+}
+
+/// The stage key of the Debian base tree: it depends on these inputs only
+/// (a tree cached under it is reused when they match). Cached in two parts
+/// unpacked at once (`stagecache::store_tree`).
+fn base_key(
+    plan: &Plan,
+    suite: &str,
+    mirror: &str,
+    packages: &[String],
+    repo: Option<&crate::inputs::debrepo::LocalRepo>,
+) -> crate::host::digest::Sha256 {
+    let recipe = plan.recipe;
+    let include = crate::recipe::packages::package_list(recipe, packages);
+    let mut inputs: Vec<String> = crate::inputs::debrepo::Variant::Base
+        .args()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    inputs.extend([
+        format!("suite {suite}"),
+        format!("mirror {mirror}"),
+        format!("include {}", include.join(",")),
+        format!("epoch {}", recipe.source_date_epoch),
+        // The cached tree holds only the kernel modules kept for these
+        // extras (see mmdebstrap).
+        format!(
+            "kernel modules pruned, extras {}",
+            recipe.extra_modules.join(",")
+        ),
+    ]);
+    if let Some(r) = repo {
+        inputs.extend(
+            r.packages
+                .iter()
+                .map(|p| format!("deb {} {}", p.spec(), p.sha256)),
+        );
+    }
+    crate::inputs::stagecache::key("debian-base", &inputs)
 }
 
 fn mmdebstrap(
@@ -196,42 +294,7 @@ fn mmdebstrap(
         }
         None => (mirror.to_string(), Vec::new()),
     };
-    // The base tree depends on these inputs only: reuse it when they match.
-    let mut inputs: Vec<String> = crate::inputs::debrepo::Variant::Base
-        .args()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    inputs.extend([
-        format!("suite {suite}"),
-        format!("mirror {mirror}"),
-        format!("include {}", include.join(",")),
-        format!("epoch {}", recipe.source_date_epoch),
-        // The cached tree holds only the kernel modules kept for these
-        // extras (see below).
-        format!(
-            "kernel modules pruned, extras {}",
-            recipe.extra_modules.join(",")
-        ),
-    ]);
-    if let Some(r) = repo {
-        inputs.extend(
-            r.packages
-                .iter()
-                .map(|p| format!("deb {} {}", p.spec(), p.sha256)),
-        );
-    }
-    let key = crate::inputs::stagecache::key("debian-base", &inputs);
-    // Cached in two parts unpacked at once (`stagecache::store_tree`).
-    if let Some(blobs) =
-        crate::inputs::stagecache::lookup_tree(cache, plan.stage_cache, "debian-base", &key)
-    {
-        eprintln!(
-            "    base tree unchanged: reusing the cached one (stage key {})",
-            &key.hex()[..16]
-        );
-        return crate::inputs::stagecache::unpack_trees(&blobs, tree);
-    }
+    let key = base_key(plan, suite, mirror, packages, repo);
     if let Some(r) = repo {
         r.write(cache)
             .context("compose: the locked packages' local repository")?;

@@ -287,7 +287,7 @@ const STAGE_HASH: &str = "apps-verity";
 
 /// The apps volume: normalises what the apps steps wrote (a second pass of
 /// `pipeline::normalise`, which leaves the base's entries as they are),
-/// splits it off `tree` into `work/apps` and packs it like the root, its
+/// splits it off `tree` into `TREE.apps` beside it and packs it like the root, its
 /// whiteouts as pseudo definitions. Cached by the digest of the apps tree
 /// and the whiteouts (the stage cache), as the base is.
 pub fn make_apps_volume(
@@ -300,7 +300,8 @@ pub fn make_apps_volume(
     let epoch = plan.recipe.source_date_epoch;
     let t = std::time::Instant::now();
     crate::pipeline::normalise::normalise(tree, epoch).context("apps: normalise")?;
-    let apps = work.join("apps");
+    // Beside the tree, on its file system: `split` moves entries out of it.
+    let apps = tree.with_extension("apps");
     if apps.exists() {
         std::fs::remove_dir_all(&apps)?;
     }

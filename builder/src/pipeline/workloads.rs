@@ -148,7 +148,7 @@ pub struct StagedRoot {
 
 /// The part of [`unpack`] that needs nothing of the tree: the layers into
 /// a fresh folder under `work` (on the tree's file system, so placing it
-/// is a rename), the configuration and the user read from them. Compose
+/// is a rename, unless the tree is in memory), the configuration and the user read from them. Compose
 /// runs it while the base tree is being made or unpacked.
 pub fn stage_root(
     work: &Path,
@@ -196,7 +196,8 @@ fn place_root(tree: &Path, name: &str, staged: StagedRoot) -> Result<ImageRun> {
     if std::fs::symlink_metadata(&root).is_ok() {
         bail!("image {name}: /{rel} already exists in the tree");
     }
-    std::fs::rename(staged.dir.path().join("rootfs"), &root)
+    // A rename, or a copy when the tree is in memory (`host::scratch`).
+    crate::host::scratch::move_tree(&staged.dir.path().join("rootfs"), &root)
         .with_context(|| format!("image {name}: move the unpacked root to /{rel}"))?;
     // Only root (containerd and runc) may enter the image's folder: the
     // appliance's own users cannot reach the image's files, set-id ones
@@ -425,10 +426,13 @@ fn load_image(
 /// into `work/built-NAME.tar`; `None` for an image that is not built. It
 /// needs nothing of the root tree, so compose runs it while the base is
 /// made. The recipe's pin, if any, is checked here.
+/// `memory`: the build's memory folder (`host::scratch`), where the root
+/// is staged when it fits.
 pub fn prebuild(
     plan: &crate::inputs::plan::Plan,
     img: &WorkloadImage,
     work: &Path,
+    memory: Option<&Path>,
     repos: &std::collections::BTreeMap<String, crate::inputs::debrepo::LocalRepo>,
 ) -> Result<Option<Prebuilt>> {
     let ImageSource::Build {
@@ -558,7 +562,12 @@ pub fn prebuild(
     // now, while the base tree is still being made or unpacked.
     let staged = if w.runtime == Runtime::Containerd {
         let loaded = load_image(plan, img, work, &dest, &built.manifest_digest)?;
-        let staged = stage_root(work, &img.name, &loaded, plan)?;
+        // Unpacked, its layers take at most a few times the archive.
+        let bytes = std::fs::metadata(&dest)
+            .map(|m| m.len())
+            .unwrap_or(u64::MAX);
+        let at = crate::host::scratch::staging_folder(memory, work, bytes.saturating_mul(3));
+        let staged = stage_root(at, &img.name, &loaded, plan)?;
         drop(loaded);
         std::fs::remove_file(&dest).ok();
         Some(staged)
