@@ -40,12 +40,18 @@ pub fn lookup(
     if !enabled {
         return None;
     }
+    let (digest, extra) = read_index(cache, stage, key)?;
+    let blob = cache.get(&digest)?;
+    Some((blob, extra))
+}
+
+/// The blob digest and extra line an index names (the blob not checked).
+fn read_index(cache: &Cache, stage: &str, key: &Sha256) -> Option<(Sha256, String)> {
     let text = std::fs::read_to_string(index_path(cache, stage, key)).ok()?;
     let mut lines = text.lines();
     let digest = Sha256::from_hex(lines.next()?.trim()).ok()?;
     let extra = lines.next().unwrap_or("").to_string();
-    let blob = cache.get(&digest)?;
-    Some((blob, extra))
+    Some((digest, extra))
 }
 
 /// Stores `file` as the result of `stage` for `key`, with one extra line.
@@ -185,6 +191,23 @@ pub fn lookup_tree(
         }
         (whole, _) => Some(vec![whole]),
     }
+}
+
+/// The bytes of the tarballs [`store_tree`] stored for `key`, read from
+/// the index and the blobs' sizes without checking the blobs: for
+/// planning where the tree goes ([`lookup_tree`] checks them).
+pub fn tree_size(cache: &Cache, enabled: bool, stage: &str, key: &Sha256) -> Option<u64> {
+    if !enabled {
+        return None;
+    }
+    let size = |d: &Sha256| std::fs::metadata(cache.blob_path(d)).ok().map(|m| m.len());
+    let (rest, extra) = read_index(cache, stage, key)?;
+    let mut total = size(&rest)?;
+    if extra == SPLIT_MARK {
+        let (part, _) = read_index(cache, &format!("{stage}{PART}"), key)?;
+        total += size(&part)?;
+    }
+    Some(total)
 }
 
 /// Unpacks cached tarballs of one root tree (disjoint parts of it, as
@@ -364,5 +387,16 @@ mod tests {
         store_tree(&cache, "tree", &k2, &t2, &d.path().join("s2")).unwrap();
         assert_eq!(lookup_tree(&cache, true, "tree", &k2).unwrap().len(), 1);
         assert!(lookup_tree(&cache, false, "tree", &k).is_none());
+        // The planned size is the stored tarballs' (both parts, or one).
+        let bytes =
+            |b: &[PathBuf]| -> u64 { b.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum() };
+        assert_eq!(tree_size(&cache, true, "tree", &k), Some(bytes(&blobs)));
+        let one = lookup_tree(&cache, true, "tree", &k2).unwrap();
+        assert_eq!(tree_size(&cache, true, "tree", &k2), Some(bytes(&one)));
+        assert_eq!(tree_size(&cache, false, "tree", &k), None);
+        assert_eq!(
+            tree_size(&cache, true, "tree", &key("tree", &["3".into()])),
+            None
+        );
     }
 }

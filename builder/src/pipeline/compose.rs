@@ -95,29 +95,21 @@ pub struct BaseTree {
 pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree> {
     let recipe = plan.recipe;
     // A Debian base from the stage cache: its size is known before it is
-    // unpacked, so it may go to memory.
-    let cached = match &recipe.base {
+    // unpacked, so it may go to memory. The size is read from the cache's
+    // index; the tarballs are checked when they are unpacked (below, while
+    // the images are prepared).
+    let key = match &recipe.base {
         Base::Debian {
             suite,
             mirror,
             packages,
-        } if plan.stage_cache => {
-            let key = base_key(plan, suite, mirror, packages, repos.base.as_ref());
-            crate::inputs::stagecache::lookup_tree(&plan.cache, true, "debian-base", &key)
-                .map(|blobs| (key, blobs))
-        }
+        } if plan.stage_cache => Some(base_key(plan, suite, mirror, packages, repos.base.as_ref())),
         _ => None,
     };
-    let blob_bytes = |blobs: &[PathBuf]| -> u64 {
-        blobs
-            .iter()
-            .filter_map(|b| std::fs::metadata(b).ok())
-            .map(|m| m.len())
-            .sum()
-    };
-    let in_memory = cached
+    let in_memory = key
         .as_ref()
-        .and_then(|(_, blobs)| crate::host::scratch::memory_folder(blob_bytes(blobs)));
+        .and_then(|k| crate::inputs::stagecache::tree_size(&plan.cache, true, "debian-base", k))
+        .and_then(crate::host::scratch::memory_folder);
     let memory = in_memory
         .as_ref()
         .map(|m| crate::host::interrupt::remove_on_exit(m));
@@ -125,31 +117,37 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
         Some(m) => m.join("root"),
         None => work.join("root"),
     };
-    let make_base = || match (&cached, &recipe.base) {
-        (Some((key, blobs)), _) => {
-            eprintln!(
-                "    base tree unchanged: reusing the cached one (stage key {}){}",
-                &key.hex()[..16],
-                match &in_memory {
-                    Some(m) => format!(
-                        ", unpacked in memory at {} ({} to keep it on disk)",
-                        m.display(),
-                        crate::host::scratch::DISK_HINT
-                    ),
-                    None => String::new(),
-                }
-            );
-            crate::inputs::stagecache::unpack_trees(blobs, &tree)
+    let make_base = || {
+        let cached = key.as_ref().and_then(|k| {
+            crate::inputs::stagecache::lookup_tree(&plan.cache, true, "debian-base", k)
+                .map(|blobs| (k, blobs))
+        });
+        match (cached, &recipe.base) {
+            (Some((key, blobs)), _) => {
+                eprintln!(
+                    "    base tree unchanged: reusing the cached one (stage key {}){}",
+                    &key.hex()[..16],
+                    match &in_memory {
+                        Some(m) => format!(
+                            ", unpacked in memory at {} ({} to keep it on disk)",
+                            m.display(),
+                            crate::host::scratch::DISK_HINT
+                        ),
+                        None => String::new(),
+                    }
+                );
+                crate::inputs::stagecache::unpack_trees(&blobs, &tree)
+            }
+            (
+                None,
+                Base::Debian {
+                    suite,
+                    mirror,
+                    packages,
+                },
+            ) => mmdebstrap(plan, suite, mirror, packages, &tree, repos.base.as_ref()),
+            (None, Base::Tarball { path, .. }) => extract_tarball(path, &tree, &recipe.limits),
         }
-        (
-            None,
-            Base::Debian {
-                suite,
-                mirror,
-                packages,
-            },
-        ) => mmdebstrap(plan, suite, mirror, packages, &tree, repos.base.as_ref()),
-        (None, Base::Tarball { path, .. }) => extract_tarball(path, &tree, &recipe.limits),
     };
     // The base and each image built from Debian packages need nothing of
     // one another: they run at once, each on its own thread, and their
