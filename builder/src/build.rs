@@ -554,6 +554,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         work.join(format!("{stem}.raw"))
     };
     let layout = std::sync::OnceLock::new();
+    // All of the raw disk but its models' partitions, then all of it.
+    let raw_system = Gate::default();
     let raw_written = Gate::default();
     let volume_id = crate::media::iso::volume_id(&recipe.name, &recipe.version);
     let media_inputs = crate::media::MediaInputs {
@@ -574,11 +576,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         epoch: recipe.source_date_epoch,
         work: &work,
     };
-    // Every medium is written at once with the raw disk: the rows that
-    // read it (the qcow2, the raw disk's hash) start when it is written,
-    // the others (the ISO) beside it. Each output is hashed as soon as it
-    // is written, while the others are still being made: every output is
-    // read once more.
+    // Every medium is written at once with the raw disk: the qcow2 starts
+    // when all of it but the models is written (it takes those from their
+    // volume files), the raw disk's hash when all is, the ISO beside it.
+    // Each output is hashed as soon as it is written, while the others are
+    // still being made: every output is read once more.
     let hashed = std::sync::Mutex::new(std::collections::BTreeMap::<String, Sha256>::new());
     let hash_into = |path: &Path| -> Result<()> {
         let name = path
@@ -594,32 +596,32 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     };
     let mut jobs: Vec<Job<'_>> = Vec::new();
     {
-        let (raw_path, layout, raw_written, work) = (&raw_path, &layout, &raw_written, &work);
+        let (raw_path, layout, work) = (&raw_path, &layout, &work);
+        let (raw_system, raw_written) = (&raw_system, &raw_written);
         let (uki, shim, root, verity, volumes) = (&uki, &shim, &root, &verity, &volumes);
         jobs.push(Job {
             name: "raw disk",
             after: None,
             run: Box::new(move || {
-                // Opens the gate either way: on an error the waiting rows
+                // Open their gates either way: on an error the waiting rows
                 // end at once (the error is this job's).
-                let gate = raw_written.opener();
-                let raw = crate::media::disk::write_raw(
-                    &crate::media::disk::DiskInputs {
-                        uki: &uki.path,
-                        shim: shim.as_ref(),
-                        root: &root.path,
-                        verity: &verity.hash_path,
-                        root_hash: &verity.root_hash,
-                        volumes,
-                        disk_size: recipe.disk_size,
-                        min_state_size: recipe.state_size,
-                        epoch: recipe.source_date_epoch,
-                    },
-                    work,
-                    raw_path,
-                )?;
-                let _ = layout.set(raw.layout);
-                gate.succeed();
+                let (system, all) = (raw_system.opener(), raw_written.opener());
+                let inputs = crate::media::disk::DiskInputs {
+                    uki: &uki.path,
+                    shim: shim.as_ref(),
+                    root: &root.path,
+                    verity: &verity.hash_path,
+                    root_hash: &verity.root_hash,
+                    volumes,
+                    disk_size: recipe.disk_size,
+                    min_state_size: recipe.state_size,
+                    epoch: recipe.source_date_epoch,
+                };
+                let raw = crate::media::disk::write_raw_system(&inputs, work, raw_path)?;
+                let layout = layout.get_or_init(|| raw.layout);
+                system.succeed();
+                crate::media::disk::write_raw_models(&inputs, layout, raw_path)?;
+                all.succeed();
                 Ok(())
             }),
         });
@@ -637,7 +639,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         let (media_inputs, hash_into) = (&media_inputs, &hash_into);
         jobs.push(Job {
             name: w.stage,
-            after: w.needs_raw.then_some(&raw_written),
+            after: w.needs_raw.then_some(&raw_system),
             run: Box::new(move || {
                 (w.write)(media_inputs, &out)?;
                 hash_into(&out)

@@ -345,6 +345,16 @@ pub struct RawDisk {
 
 /// Writes the raw disk at `out`.
 pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
+    let raw = write_raw_system(inp, work, out)?;
+    write_raw_models(inp, &raw.layout, out)?;
+    Ok(raw)
+}
+
+/// Writes the raw disk at `out` but the model volumes' partitions (left
+/// zero, for [`write_raw_models`]): the GPT, the ESP, the root, its hash
+/// tree and the apps volume. What reads the disk but its models may start
+/// then (the qcow2 takes the models from their volume files).
+pub fn write_raw_system(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
     let size = |p: &Path| -> Result<u64> { Ok(std::fs::metadata(p)?.len()) };
     let vols = inp
         .volumes
@@ -387,8 +397,10 @@ pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
     copy_into_with(&mut f, layout.root.0, inp.root, Some("raw: root"))?;
     copy_into(&mut f, layout.verity.0, inp.verity)?;
     for (v, p) in inp.volumes.iter().zip(&layout.volumes) {
-        copy_into(&mut f, p.data.0, &v.image)?;
-        copy_into(&mut f, p.hash.0, &v.verity.hash_path)?;
+        if v.kind != crate::pipeline::volumes::Kind::Model {
+            copy_into(&mut f, p.data.0, &v.image)?;
+            copy_into(&mut f, p.hash.0, &v.verity.hash_path)?;
+        }
     }
     // Not synced: like every other medium, the raw disk is read back
     // through the page cache (its hash, the qcow2) and published by a
@@ -398,6 +410,21 @@ pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
         path: out.to_path_buf(),
         layout,
     })
+}
+
+/// Writes the model volumes' partitions of a disk [`write_raw_system`] wrote.
+pub fn write_raw_models(inp: &DiskInputs, layout: &Layout, out: &Path) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(out)
+        .with_context(|| format!("media: open {}", out.display()))?;
+    for (v, p) in inp.volumes.iter().zip(&layout.volumes) {
+        if v.kind == crate::pipeline::volumes::Kind::Model {
+            copy_into_with(&mut f, p.data.0, &v.image, Some("raw: models"))?;
+            copy_into(&mut f, p.hash.0, &v.verity.hash_path)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ pub enum Format {
 
 /// What every medium is made from: the stages' outputs.
 pub struct MediaInputs<'a> {
-    /// The raw disk (written before a row with [`Writer::needs_raw`] runs).
+    /// The raw disk (written but its models when a row with
+    /// [`Writer::needs_raw`] runs).
     pub raw: &'a Path,
     /// The raw disk's partitions, set when it is written.
     pub layout: &'a std::sync::OnceLock<disk::Layout>,
@@ -50,7 +51,9 @@ pub struct Writer {
     pub format: Format,
     pub stage: &'static str,
     pub extension: &'static str,
-    /// Whether it reads the raw disk (and its layout).
+    /// Whether it reads the raw disk (and its layout): it starts when all
+    /// of it but the model volumes' partitions is written
+    /// (`disk::write_raw_system`) and reads those from the volume files.
     pub needs_raw: bool,
     pub write: fn(&MediaInputs, &Path) -> Result<()>,
 }
@@ -100,13 +103,15 @@ fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<()> {
         .layout
         .get()
         .ok_or_else(|| anyhow::anyhow!("qcow2: the raw disk is not written yet"))?;
-    // The model volumes' partitions (data and hash tree) are stored as
-    // they are: they do not compress.
-    let stored: Vec<(u64, u64)> = layout
-        .volumes
-        .iter()
-        .filter(|p| p.kind == crate::pipeline::volumes::Kind::Model)
-        .flat_map(|p| [p.data, p.hash])
-        .collect();
+    // The model volumes (data and hash tree) are stored as they are (they
+    // do not compress), from their files: the raw disk's copy of them may
+    // still be being written.
+    let mut stored: Vec<(u64, &Path)> = Vec::new();
+    for (v, p) in m.volumes.iter().zip(&layout.volumes) {
+        if v.kind == crate::pipeline::volumes::Kind::Model {
+            stored.push((p.data.0, v.image.as_path()));
+            stored.push((p.hash.0, v.verity.hash_path.as_path()));
+        }
+    }
     qcow2::write_qcow2(m.raw, out, &stored)
 }

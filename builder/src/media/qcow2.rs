@@ -9,9 +9,11 @@
 //! model volume is uncompressed squashfs, or zstd already), and zstd would
 //! try every cluster of them. The first pass reads zeros in their place
 //! (a `null-co` node: the clusters stay unallocated), the second writes
-//! their bytes uncompressed into the same qcow2 through a `raw` node with
-//! an offset. Both are plain qemu-img block nodes, named as `json:`
-//! arguments whose file names are JSON strings (never parsed as options).
+//! each volume file uncompressed into the same qcow2 through a `raw` node
+//! with an offset; the raw disk's own copy of the models is not read, so
+//! the qcow2 is made while it is written. All are plain qemu-img block
+//! nodes, named as `json:` arguments whose file names are JSON strings
+//! (never parsed as options).
 //!
 //! Reproducible: qcow2 headers carry no timestamps or random IDs, and
 //! without `-W` (out-of-order writes) qemu-img writes clusters in order even
@@ -28,16 +30,44 @@ pub const QCOW2_OPTIONS: &str = "compat=1.1,cluster_size=65536,compression_type=
 
 /// Converts the raw disk `raw` into a compressed qcow2 at `out` (replaced
 /// if present) and checks the result with `qemu-img check`. `stored` are
-/// byte ranges of the raw disk (offset, length) written uncompressed (the
-/// model volumes' partitions); they must lie inside it and not overlap.
-pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, u64)]) -> Result<()> {
+/// files whose bytes are the raw disk's from an offset on (the model
+/// volumes and their hash trees, at their partitions): written
+/// uncompressed, from those files, so the raw disk's copy of them may
+/// still be being written. They must lie inside the disk and not overlap.
+pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()> {
     if !raw.is_file() {
         bail!("qcow2: {} is not a file", raw.display());
     }
     let total = std::fs::metadata(raw)
         .with_context(|| format!("qcow2: stat {}", raw.display()))?
         .len();
-    let stored = stored_ranges(stored, total)?;
+    let mut ranges = Vec::new();
+    for (at, file) in stored {
+        let len = std::fs::metadata(file)
+            .with_context(|| format!("qcow2: stat {}", file.display()))?
+            .len();
+        ranges.push((*at, len));
+    }
+    stored_ranges(&ranges, total)?;
+    // JSON names need UTF-8 paths.
+    let utf8 = |p: &Path| -> Result<String> {
+        p.to_str().map(str::to_string).with_context(|| {
+            format!(
+                "qcow2: {} is not a UTF-8 path, which qemu-img's JSON block names need; use UTF-8 names for the output folder and CAIRN_CACHE",
+                p.display()
+            )
+        })
+    };
+    let names = if stored.is_empty() {
+        None
+    } else {
+        let mut files = Vec::new();
+        for (at, file) in stored {
+            files.push((*at, utf8(file)?));
+        }
+        files.sort();
+        Some((utf8(raw)?, utf8(out)?, files))
+    };
     if out.exists() {
         std::fs::remove_file(out).with_context(|| format!("qcow2: remove {}", out.display()))?;
     }
@@ -45,41 +75,47 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, u64)]) -> Result<()> 
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // JSON names need UTF-8 paths; without them every cluster is tried
-    // for compression (the same disk, only slower to write).
-    let utf8 = raw.to_str().zip(out.to_str());
     let mut convert = crate::host::runner::command("qemu-img");
     convert.args(["convert", "-p"]);
-    match utf8 {
-        Some((raw_s, _)) if !stored.is_empty() => {
+    match &names {
+        Some((raw_s, _, _)) => {
             convert.args(["-O", "qcow2", "-c", "-o", QCOW2_OPTIONS]);
-            for node in first_pass_sources(raw_s, &stored, total) {
+            for node in first_pass_sources(raw_s, &stored_ranges(&ranges, total)?, total) {
                 convert.arg(format!("json:{node}"));
             }
         }
-        _ => {
+        None => {
             convert.args(["-f", "raw", "-O", "qcow2", "-c", "-o", QCOW2_OPTIONS]);
             convert.arg(raw);
         }
     }
     convert.arg(out);
     crate::host::runner::run_with_progress("qcow2", convert, &format!("qcow2 {name}"), total)?;
-    if let Some((raw_s, out_s)) = utf8 {
-        for &(at, len) in &stored {
+    if let Some((_, out_s, files)) = &names {
+        for (at, file) in files {
+            let len = std::fs::metadata(file)
+                .with_context(|| format!("qcow2: stat {file}"))?
+                .len();
+            if len == 0 {
+                continue;
+            }
             let mut write = crate::host::runner::command("qemu-img");
             // The target's range reads zeros (first pass): nothing to clear.
             write.args(["convert", "-p", "-n", "--target-is-zero"]);
-            write.arg(format!("json:{}", slice(file_node(raw_s), at, len)));
+            write.arg(format!(
+                "json:{}",
+                serde_json::json!({"driver": "raw", "file": file_node(file)})
+            ));
             write.arg(format!(
                 "json:{}",
                 slice(
                     serde_json::json!({"driver": "qcow2", "file": file_node(out_s)}),
-                    at,
+                    *at,
                     len
                 )
             ));
             crate::host::runner::run_with_progress(
-                "qcow2: stored range",
+                "qcow2: stored file",
                 write,
                 &format!("qcow2 {name}: models, stored"),
                 len,
@@ -220,22 +256,27 @@ mod tests {
     }
 
     #[test]
-    fn stored_ranges_are_written_uncompressed_and_equal() {
+    fn stored_files_are_written_uncompressed_and_equal() {
         testkit::tool("qemu-img", "qemu-utils");
         let d = tempfile::tempdir().unwrap();
         let raw = d.path().join("disk, with a comma.raw");
-        // Compressible bytes everywhere written: at 1 MiB (compressed) and
-        // at 8..12 MiB (stored), with a hole inside the stored range.
-        let text: Vec<u8> = b"weights ".iter().copied().cycle().take(4 << 20).collect();
+        // Compressible bytes: at 1 MiB of the disk (compressed), and in a
+        // 4 MiB model file (stored) with a hole inside, which goes at
+        // 8 MiB. The disk's copy of the model is written only after the
+        // qcow2 is made: the qcow2 takes it from the file.
+        let text: Vec<u8> = b"weights ".iter().copied().cycle().take(1 << 20).collect();
+        let model = d.path().join("model.squashfs");
         {
             let mut f = std::fs::File::create(&raw).unwrap();
             f.set_len(32 << 20).unwrap();
-            for at in [1u64 << 20, 8 << 20, 11 << 20] {
-                f.seek(SeekFrom::Start(at)).unwrap();
-                f.write_all(&text[..1 << 20]).unwrap();
-            }
+            f.seek(SeekFrom::Start(1 << 20)).unwrap();
+            f.write_all(&text).unwrap();
+            let mut m = std::fs::File::create(&model).unwrap();
+            m.write_all(&text).unwrap();
+            m.seek(SeekFrom::Start(3 << 20)).unwrap();
+            m.write_all(&text).unwrap();
         }
-        let stored = [(8u64 << 20, 4u64 << 20)];
+        let stored = [(8u64 << 20, model.as_path())];
         let a = d.path().join("a.qcow2");
         let b = d.path().join("b.qcow2");
         write_qcow2(&raw, &a, &stored).unwrap_or_else(|e| panic!("{e:#}"));
@@ -244,6 +285,10 @@ mod tests {
             std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
             "two conversions differ"
         );
+        {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+            crate::media::disk::copy_into(&mut f, 8 << 20, &model).unwrap();
+        }
         assert_same_content(&raw, &a);
         let inside = map(&a, 8 << 20, 4 << 20);
         assert!(
@@ -251,23 +296,30 @@ mod tests {
             "stored range: {inside:?}"
         );
         assert!(map(&a, 1 << 20, 1 << 20).iter().all(|e| e.0 && e.1));
-        // Control: without the range, the same bytes are compressed.
+        // Control: without the file, the same bytes are compressed.
         write_qcow2(&raw, &b, &[]).unwrap();
         let control = map(&b, 8 << 20, 4 << 20);
         assert!(
             control.iter().any(|e| e.0) && control.iter().filter(|e| e.0).all(|e| e.1),
             "control: {control:?}"
         );
-        // Bad ranges are refused before the output is touched.
+        // Bad places are refused before the output is touched.
+        let (one, two) = (d.path().join("one"), d.path().join("two"));
+        std::fs::write(&one, vec![1u8; 1 << 20]).unwrap();
+        std::fs::write(&two, vec![2u8; 2 << 20]).unwrap();
         for bad in [
-            vec![(30u64 << 20, 4u64 << 20)],
-            vec![(1u64 << 20, 2u64 << 20), (2 << 20, 1 << 20)],
-            vec![(u64::MAX, 2)],
+            vec![(30u64 << 20, model.as_path())],
+            vec![(1u64 << 20, two.as_path()), (2 << 20, one.as_path())],
+            vec![(u64::MAX - 1, one.as_path())],
         ] {
             let e = write_qcow2(&raw, &a, &bad).unwrap_err().to_string();
             assert!(e.contains("qcow2: stored range"), "{e}");
             assert!(a.exists(), "the previous output was removed");
         }
+        let missing = d.path().join("missing");
+        let e = write_qcow2(&raw, &a, &[(0, missing.as_path())]).unwrap_err();
+        assert!(format!("{e:#}").contains("qcow2: stat"), "{e:#}");
+        assert!(a.exists());
     }
 
     #[test]
