@@ -111,6 +111,20 @@ enum SiteOp {
     },
 }
 
+/// The environment `cairn build` reads, for `cairn build --help`.
+const BUILD_ENV_HELP: &str = "Environment:
+  CAIRN_CACHE           the cache (downloads, stage results): default $XDG_CACHE_HOME/cairn,
+                        else ~/.cache/cairn
+  CAIRN_NO_STAGE_CACHE  set (to any value) for a cold build: no stage result is reused or stored
+  CAIRN_TREES=disk      keep root trees in the output folder; by default a rebuild unpacks the
+                        cached base tree in a /dev/shm folder when it fits with room to spare
+                        (the outputs are the same bytes either way)
+  SOURCE_DATE_EPOCH     the release date (first match: this, the recipe's [image] source_date_epoch,
+                        the lock's date, 2025-01-01)
+
+Rebuilds reuse what did not change (the stage cache): an overlay change rebuilds the apps
+volume and the media, a model change that model's volume and the media.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Build a recipe into out/NAME-VERSION/ (raw disk + manifest.json).
@@ -119,6 +133,7 @@ enum Command {
     /// pin mismatch stops the build before anything is written (exit 2);
     /// a failed or interrupted build leaves nothing under the output
     /// folder that looks finished.
+    #[command(after_long_help = BUILD_ENV_HELP)]
     Build {
         /// The recipe file (see docs/recipe.md).
         recipe: PathBuf,

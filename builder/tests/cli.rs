@@ -187,3 +187,24 @@ fn shim_without_a_secure_boot_key_is_bad_input_and_with_one_gets_past_it() {
     assert_ne!(code, 0);
     assert!(!err.contains("[boot] shim"), "{err}");
 }
+
+#[test]
+fn build_help_names_the_environment_it_reads() {
+    let d = tempfile::tempdir().unwrap();
+    let (code, out, err) = cairn(&["build", "--help"], d.path());
+    assert_eq!(code, 0, "{err}");
+    for var in [
+        "CAIRN_CACHE",
+        "CAIRN_NO_STAGE_CACHE",
+        "CAIRN_TREES=disk",
+        "SOURCE_DATE_EPOCH",
+    ] {
+        assert!(
+            out.contains(var),
+            "`cairn build --help` does not name {var}:\n{out}"
+        );
+    }
+    // Control: the short help stays short.
+    let (_, short, _) = cairn(&["build", "-h"], d.path());
+    assert!(!short.contains("CAIRN_TREES"), "{short}");
+}
