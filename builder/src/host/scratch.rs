@@ -37,9 +37,7 @@ pub fn memory_folder(needed: u64) -> Option<PathBuf> {
     if std::env::var(ENV).is_ok_and(|v| v == "disk") {
         return None;
     }
-    let free = tmpfs_free(Path::new(SHM))?;
-    let avail = mem_available()?;
-    if !fits(needed, free, avail) {
+    if !has_room(Path::new(SHM), needed) {
         return None;
     }
     let dir = tempfile::Builder::new()
@@ -54,15 +52,16 @@ pub fn memory_folder(needed: u64) -> Option<PathBuf> {
 /// one and the tree fits in it too, else `work` (on disk).
 pub fn staging_folder<'a>(memory: Option<&'a Path>, work: &'a Path, bytes: u64) -> &'a Path {
     match memory {
-        Some(m)
-            if tmpfs_free(m)
-                .zip(mem_available())
-                .is_some_and(|(free, avail)| fits(bytes, free, avail)) =>
-        {
-            m
-        }
+        Some(m) if has_room(m, bytes) => m,
         _ => work,
     }
+}
+
+/// Whether `path` is on a tmpfs where `needed` bytes [`fits`].
+fn has_room(path: &Path, needed: u64) -> bool {
+    tmpfs_free(path)
+        .zip(mem_available())
+        .is_some_and(|(free, avail)| fits(needed, free, avail))
 }
 
 /// Free bytes of the tmpfs at `path`; `None` if it is not a tmpfs.

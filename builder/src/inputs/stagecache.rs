@@ -350,11 +350,9 @@ mod tests {
         assert_eq!(mode(&u.join("usr/lib")), 0o711);
         // The parts are disjoint: usr/lib only in one, usr/lib64 in the other.
         let names = |tar: &Path| {
-            let out = std::process::Command::new("tar")
-                .arg("-tf")
-                .arg(tar)
-                .output()
-                .unwrap();
+            let mut cmd = crate::host::runner::command("tar");
+            cmd.arg("-tf").arg(tar);
+            let out = crate::host::runner::output("stage cache test: list", cmd).unwrap();
             String::from_utf8(out.stdout).unwrap()
         };
         let (r, p) = (names(&rest), names(&part));

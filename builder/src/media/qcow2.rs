@@ -48,7 +48,7 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()
             .len();
         ranges.push((*at, len));
     }
-    stored_ranges(&ranges, total)?;
+    let zeroed = stored_ranges(&ranges, total)?;
     // JSON names need UTF-8 paths.
     let utf8 = |p: &Path| -> Result<String> {
         p.to_str().map(str::to_string).with_context(|| {
@@ -62,8 +62,8 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()
         None
     } else {
         let mut files = Vec::new();
-        for (at, file) in stored {
-            files.push((*at, utf8(file)?));
+        for ((at, file), (_, len)) in stored.iter().zip(&ranges) {
+            files.push((*at, utf8(file)?, *len));
         }
         files.sort();
         Some((utf8(raw)?, utf8(out)?, files))
@@ -80,7 +80,7 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()
     match &names {
         Some((raw_s, _, _)) => {
             convert.args(["-O", "qcow2", "-c", "-o", QCOW2_OPTIONS]);
-            for node in first_pass_sources(raw_s, &stored_ranges(&ranges, total)?, total) {
+            for node in first_pass_sources(raw_s, &zeroed, total) {
                 convert.arg(format!("json:{node}"));
             }
         }
@@ -92,11 +92,8 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()
     convert.arg(out);
     crate::host::runner::run_with_progress("qcow2", convert, &format!("qcow2 {name}"), total)?;
     if let Some((_, out_s, files)) = &names {
-        for (at, file) in files {
-            let len = std::fs::metadata(file)
-                .with_context(|| format!("qcow2: stat {file}"))?
-                .len();
-            if len == 0 {
+        for (at, file, len) in files {
+            if *len == 0 {
                 continue;
             }
             let mut write = crate::host::runner::command("qemu-img");
@@ -111,14 +108,14 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()
                 slice(
                     serde_json::json!({"driver": "qcow2", "file": file_node(out_s)}),
                     *at,
-                    len
+                    *len
                 )
             ));
             crate::host::runner::run_with_progress(
                 "qcow2: stored file",
                 write,
                 &format!("qcow2 {name}: models, stored"),
-                len,
+                *len,
             )?;
         }
     }
