@@ -104,7 +104,8 @@ pub fn mount_point(m: &Model) -> String {
 pub fn squashfs_options(c: Compression) -> &'static [&'static str] {
     match c {
         Compression::None => &["-noI", "-noD", "-noF", "-noX"],
-        Compression::Zstd => &["-comp", "zstd", "-Xcompression-level", "15"],
+        // As the root (`squashfs::ROOT_OPTIONS`): zstd 10 in 1 MiB blocks.
+        Compression::Zstd => &["-b", "1M", "-comp", "zstd", "-Xcompression-level", "10"],
     }
 }
 
