@@ -76,6 +76,9 @@ fn systemd_dissect_finds_the_image_by_the_manifest_root_hash() {
 
 const DISK: u64 = 2 << 30;
 
+/// Where ext4 keeps its primary superblock, from the partition's start.
+const SUPERBLOCK: u64 = 1024;
+
 fn bigger_copy(raw: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
     let img = copy_image(raw, dir, name);
     std::fs::OpenOptions::new()
@@ -107,14 +110,18 @@ fn another_cairn_disk_is_left_byte_for_byte_unchanged() {
     let our_img = bigger_copy(&ours.raw, tmp.path(), "ours.raw");
     let their_img = bigger_copy(&theirs.raw, tmp.path(), "theirs.raw");
     let (our_mark, their_mark) = (marker("ours"), marker("theirs"));
+    // Each marker where an ext4 file system keeps its superblock (1024
+    // bytes in), which mke2fs writes whatever the partition's size; at
+    // 1 MiB in it writes or not by the layout (reserved GDT blocks), which
+    // moves with the partition's size.
     write_at(
         &our_img,
-        partition(&ours.dir, LABEL_STATE).0 + (1 << 20),
+        partition(&ours.dir, LABEL_STATE).0 + SUPERBLOCK,
         our_mark.as_bytes(),
     );
     write_at(
         &their_img,
-        partition(&theirs.dir, LABEL_STATE).0 + (1 << 20),
+        partition(&theirs.dir, LABEL_STATE).0 + SUPERBLOCK,
         their_mark.as_bytes(),
     );
     let their_before = Sha256::of_file(&their_img).expect("hash");
