@@ -391,8 +391,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // 3. Kernel modules, 4. initramfs, 5. normalise, 6. the base image:
     // all of the base alone (`pipeline::layers`), so the base volume does
     // not change with an overlay, an image or the configuration.
-    let pruned = st.run("prune kernel modules", || {
-        crate::pipeline::kernel::prune(&base.tree, &base.kernel_version, &recipe.extra_modules)
+    let pruned = st.run("prune kernel modules", || match base.modules_pruned {
+        true => crate::pipeline::kernel::already_pruned(&base.tree, &base.kernel_version),
+        false => {
+            crate::pipeline::kernel::prune(&base.tree, &base.kernel_version, &recipe.extra_modules)
+        }
     })?;
     eprintln!(
         "        kernel {}: kept {} modules, removed {}",
@@ -426,29 +429,37 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // change) takes that build's image and hash tree from the stage cache.
     let (root_key, root_step) = st.run("squashfs base", || {
         use crate::pipeline::squashfs::{cached_root, input_key, make_squashfs, RootStep};
-        let t = Instant::now();
-        let key = input_key(&base.tree, recipe.source_date_epoch)?;
-        let hit = cached_root(&plan.cache, plan.stage_cache, &key);
-        crate::host::progress::say(&format!(
-            "        base tree digest {} in {:.1}s{}",
-            &key.hex()[..16],
-            t.elapsed().as_secs_f64(),
-            if hit.is_some() {
-                ": unchanged, reusing the cached base image and hash tree"
-            } else {
-                ""
+        // Without the stage cache nothing is looked up or stored: the key,
+        // a read of the whole tree, is not made.
+        let key = match plan.stage_cache {
+            true => {
+                let t = Instant::now();
+                let key = input_key(&base.tree, recipe.source_date_epoch)?;
+                let hit = cached_root(&plan.cache, plan.stage_cache, &key);
+                crate::host::progress::say(&format!(
+                    "        base tree digest {} in {:.1}s{}",
+                    &key.hex()[..16],
+                    t.elapsed().as_secs_f64(),
+                    if hit.is_some() {
+                        ": unchanged, reusing the cached base image and hash tree"
+                    } else {
+                        ""
+                    }
+                ));
+                if let Some(v) = hit {
+                    return Ok((Some(key), RootStep::Cached(v)));
+                }
+                Some(key)
             }
-        ));
-        let step = match hit {
-            Some(v) => RootStep::Cached(v),
-            None => RootStep::Made(make_squashfs(
-                &base.tree,
-                &work.join("root.squashfs"),
-                recipe.source_date_epoch,
-                None,
-            )?),
+            false => None,
         };
-        Ok((key, step))
+        let made = make_squashfs(
+            &base.tree,
+            &work.join("root.squashfs"),
+            recipe.source_date_epoch,
+            None,
+        )?;
+        Ok((key, RootStep::Made(made)))
     })?;
     let root_volume = match root_step {
         crate::pipeline::squashfs::RootStep::Cached(v) => {
@@ -463,8 +474,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
                     made,
                     &work.join("root.verity"),
                     &plan.cache,
-                    plan.stage_cache,
-                    &root_key,
+                    root_key.as_ref(),
                 )
             })?
         }
@@ -509,7 +519,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             let dir = work.join(name);
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("uki: create {}", dir.display()))?;
-            crate::pipeline::uki::make_uki(
+            crate::pipeline::uki::make_uki_cached(
                 &crate::pipeline::uki::UkiInputs {
                     stub: &stub,
                     kernel: &composed.vmlinuz,
@@ -520,6 +530,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
                 },
                 &dir,
                 &work.join(format!("{name}.efi")),
+                plan.stage_cache.then_some(&plan.cache),
             )
         };
         std::thread::scope(|s| {

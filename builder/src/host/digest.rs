@@ -37,45 +37,9 @@ impl Sha256 {
 
     /// The sha256 of each file, in order, hashed by one thread per core.
     pub fn of_files(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Sha256>> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8);
-        let next = AtomicUsize::new(0);
-        let results: Vec<std::sync::Mutex<Option<Sha256>>> =
-            files.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    s.spawn(|| -> anyhow::Result<()> {
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(f) = files.get(i) else {
-                                return Ok(());
-                            };
-                            let d = Sha256::of_file(f)
-                                .with_context(|| format!("hash {}", f.display()))?;
-                            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
-                        }
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))??;
-            }
-            Ok(())
-        })?;
-        results
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.into_inner()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .with_context(|| format!("{} was not hashed", files[i].display()))
-            })
-            .collect()
+        crate::host::parallel::map(files, crate::host::parallel::cores(), |f| {
+            Sha256::of_file(f).with_context(|| format!("hash {}", f.display()))
+        })
     }
 
     /// Streams a file through SHA-256 with a large buffer.

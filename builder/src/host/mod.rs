@@ -8,6 +8,7 @@ pub mod digest;
 pub mod doctor;
 pub mod interrupt;
 pub mod limits;
+pub mod parallel;
 pub mod progress;
 pub mod runner;
 pub mod scratch;

@@ -87,7 +87,10 @@ fn write_index(
     let idx = index_path(cache, stage, key);
     let dir = idx.parent().context("stage index folder")?;
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{stage}-{key}.{}", std::process::id()));
+    // Unique per writer: two threads may store the same key at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{stage}-{key}.{}.{n}", std::process::id()));
     std::fs::write(&tmp, format!("{digest}\n{extra}\n"))?;
     std::fs::rename(&tmp, &idx).context("stage cache: publish index")?;
     Ok(())

@@ -86,6 +86,10 @@ pub struct BaseTree {
     /// The kernel image, moved out of the tree's /boot.
     pub vmlinuz: PathBuf,
     pub kernel_version: String,
+    /// The kernel modules were pruned (with the recipe's extras) and
+    /// depmod run before the tree was cached: a Debian base, made now or
+    /// taken from the stage cache (its key names the extras).
+    pub modules_pruned: bool,
     images: crate::pipeline::workloads::InstalledImages,
     /// The memory folder holding the tree, removed when dropped.
     pub memory: Option<crate::host::interrupt::FolderGuard>,
@@ -136,7 +140,7 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
                         None => String::new(),
                     }
                 );
-                crate::inputs::stagecache::unpack_trees(&blobs, &tree)
+                crate::inputs::stagecache::unpack_trees(&blobs, &tree).map(|()| true)
             }
             (
                 None,
@@ -146,7 +150,9 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
                     packages,
                 },
             ) => mmdebstrap(plan, suite, mirror, packages, &tree, repos.base.as_ref()),
-            (None, Base::Tarball { path, .. }) => extract_tarball(path, &tree, &recipe.limits),
+            (None, Base::Tarball { path, .. }) => {
+                extract_tarball(path, &tree, &recipe.limits).map(|()| false)
+            }
         }
     };
     // The base and each image built from Debian packages need nothing of
@@ -188,7 +194,7 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
             .collect();
         (base, images)
     });
-    base?;
+    let modules_pruned = base?;
     let mut built = std::collections::BTreeMap::new();
     for r in images {
         if let Some((name, b)) = r? {
@@ -201,6 +207,7 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
         tree,
         vmlinuz,
         kernel_version,
+        modules_pruned,
         images,
         memory,
     })
@@ -274,7 +281,7 @@ fn mmdebstrap(
     packages: &[String],
     tree: &Path,
     repo: Option<&crate::inputs::debrepo::LocalRepo>,
-) -> Result<()> {
+) -> Result<bool> {
     let recipe = plan.recipe;
     let cache = &plan.cache;
     let include = crate::recipe::packages::package_list(recipe, packages);
@@ -309,16 +316,19 @@ fn mmdebstrap(
     crate::host::runner::run_streaming("compose: mmdebstrap", cmd)?;
     // The kernel package brings its whole module tree (about 390 MB), of
     // which the appliance keeps a few MB: prune it before the tree is
-    // cached, so a rebuild does not unpack what it deletes. The pipeline's
-    // prune stage runs again on the result and keeps the same set. Without
-    // one kernel the tree is left as it is: take_kernel reports that.
-    if let Ok((_, version)) = kernel_in_boot(tree) {
-        let p = crate::pipeline::kernel::prune(tree, &version, &recipe.extra_modules)?;
-        eprintln!(
-            "    kernel {version}: kept {} modules, removed {} before caching the base tree",
-            p.kept, p.removed
-        );
-    }
+    // cached, so a rebuild does not unpack what it deletes. Without one
+    // kernel the tree is left as it is: take_kernel reports that.
+    let pruned = match kernel_in_boot(tree) {
+        Ok((_, version)) => {
+            let p = crate::pipeline::kernel::prune(tree, &version, &recipe.extra_modules)?;
+            eprintln!(
+                "    kernel {version}: kept {} modules, removed {} before caching the base tree",
+                p.kept, p.removed
+            );
+            true
+        }
+        Err(_) => false,
+    };
     if plan.stage_cache {
         crate::inputs::stagecache::store_tree(
             cache,
@@ -328,7 +338,7 @@ fn mmdebstrap(
             &tree.with_extension("base"),
         )?;
     }
-    Ok(())
+    Ok(pruned)
 }
 
 /// Unpacks the base tarball with cairn's own bounded tar reader and the

@@ -267,6 +267,16 @@ pub fn prune(tree: &Path, version: &str, extra: &[String]) -> Result<Pruned> {
     Ok(pruned)
 }
 
+/// What a tree whose modules were already pruned keeps (nothing removed,
+/// depmod not run again).
+pub fn already_pruned(tree: &Path, version: &str) -> Result<Pruned> {
+    check_module_tree(tree, version)?;
+    Ok(Pruned {
+        kept: read_modules_dep(tree, version)?.deps.len(),
+        removed: 0,
+    })
+}
+
 /// Runs `depmod` on the tree's module folder without letting it resolve
 /// any path of the tree on the host: the folder (found with in-image
 /// resolution, checked to hold no links) is moved into a fresh base folder

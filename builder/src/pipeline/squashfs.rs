@@ -244,24 +244,23 @@ pub fn cached_root(
     })
 }
 
-/// The hash tree of a root image made now; with the stage cache on, both
-/// are moved into it under `key` (the image then lives there).
+/// The hash tree of a root image made now; with a key (the stage cache
+/// on), both are moved into the cache under it (the image then lives there).
 pub fn finish_root(
     image: RootImage,
     hash_out: &Path,
     cache: &crate::inputs::cache::Cache,
-    enabled: bool,
-    key: &Sha256,
+    key: Option<&Sha256>,
 ) -> Result<RootVolume> {
     let digest = Sha256::of_file_with_progress(&image.path, "verity: hash the root")?;
     let verity = crate::pipeline::verity::make_verity_of(&image.path, &digest, hash_out)?;
-    if !enabled {
+    let Some(key) = key else {
         return Ok(RootVolume {
             image,
             verity,
             cached: false,
         });
-    }
+    };
     let path = crate::pipeline::volumes::store_volume(
         cache,
         STAGE_IMAGE,

@@ -105,6 +105,16 @@ pub fn make_uki(inputs: &UkiInputs, work: &Path, out: &Path) -> Result<Uki> {
 /// recomputes the image checksum, so the same inputs give the same UKI.
 pub fn set_pe_timestamp(path: &Path, epoch: u64) -> Result<()> {
     let mut data = std::fs::read(path).context("uki: read the UKI")?;
+    let pe = pe_header(&data)?;
+    let stamp = u32::try_from(epoch).unwrap_or(u32::MAX).to_le_bytes();
+    data[pe + 8..pe + 12].copy_from_slice(&stamp);
+    set_checksum(&mut data)?;
+    std::fs::write(path, data).context("uki: write the UKI")?;
+    Ok(())
+}
+
+/// The offset of the PE signature, its header checked to be whole.
+fn pe_header(data: &[u8]) -> Result<usize> {
     let pe = data
         .get(0x3c..0x40)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
@@ -112,23 +122,24 @@ pub fn set_pe_timestamp(path: &Path, epoch: u64) -> Result<()> {
     if data.get(pe..pe + 4) != Some(b"PE\0\0".as_slice()) {
         bail!("uki: no PE signature");
     }
-    let stamp = u32::try_from(epoch).unwrap_or(u32::MAX).to_le_bytes();
-    let ts = pe + 8;
-    let sum_at = pe + 24 + 64;
-    if data.len() < sum_at + 4 {
+    if data.len() < pe + 24 + 64 + 4 {
         bail!("uki: truncated PE header");
     }
-    data[ts..ts + 4].copy_from_slice(&stamp);
+    Ok(pe)
+}
+
+/// Recomputes the PE image checksum in place.
+fn set_checksum(data: &mut [u8]) -> Result<()> {
+    let sum_at = pe_header(data)? + 24 + 64;
     data[sum_at..sum_at + 4].copy_from_slice(&[0; 4]);
-    let sum = pe_checksum(&data, sum_at);
+    let sum = pe_checksum(data);
     data[sum_at..sum_at + 4].copy_from_slice(&sum.to_le_bytes());
-    std::fs::write(path, data).context("uki: write the UKI")?;
     Ok(())
 }
 
 /// The PE image checksum: 16-bit one's-complement-style sum of the file
 /// (the checksum field read as zero), folded, plus the file length.
-fn pe_checksum(data: &[u8], _sum_at: usize) -> u32 {
+fn pe_checksum(data: &[u8]) -> u32 {
     let mut sum: u64 = 0;
     for chunk in data.chunks(2) {
         let w = u64::from(chunk[0]) | (u64::from(*chunk.get(1).unwrap_or(&0)) << 8);
@@ -137,6 +148,108 @@ fn pe_checksum(data: &[u8], _sum_at: usize) -> u32 {
     }
     sum = (sum & 0xffff) + (sum >> 16);
     (sum as u32).wrapping_add(data.len() as u32)
+}
+
+/// The stage-cache name of UKI templates.
+const STAGE_TEMPLATE: &str = "uki-template";
+
+/// Like [`make_uki`], the same bytes, with objcopy's work kept in the
+/// stage cache (`cache`, when it is on): objcopy makes a template whose
+/// `.cmdline` holds a placeholder of the command line's length, cached by
+/// the digest of every other input (stub, kernel, initramfs, os-release,
+/// epoch, objcopy's version); the UKI is the template with the command
+/// line written over the placeholder and the checksum made again. Same
+/// length, same layout: the result is what objcopy makes from the real
+/// command line (a test compares them). A rebuild whose root hashes
+/// changed but nothing else takes the template and runs no objcopy.
+pub fn make_uki_cached(
+    inputs: &UkiInputs,
+    work: &Path,
+    out: &Path,
+    cache: Option<&crate::inputs::cache::Cache>,
+) -> Result<Uki> {
+    let Some(cache) = cache else {
+        return make_uki(inputs, work, out);
+    };
+    if inputs.cmdline.contains('\0') {
+        bail!("uki: the command line holds a NUL byte");
+    }
+    let placeholder = "#".repeat(inputs.cmdline.len());
+    let key = template_key(inputs)?;
+    let template = match crate::inputs::stagecache::lookup(cache, true, STAGE_TEMPLATE, &key) {
+        Some((blob, _)) => blob,
+        None => {
+            let t = work.join("template.efi");
+            make_uki(
+                &UkiInputs {
+                    cmdline: &placeholder,
+                    ..*inputs
+                },
+                work,
+                &t,
+            )?;
+            crate::inputs::stagecache::store(cache, STAGE_TEMPLATE, &key, &t, "")?;
+            t
+        }
+    };
+    let mut data = std::fs::read(&template)
+        .with_context(|| format!("uki: read the template {}", template.display()))?;
+    fill_cmdline(&mut data, &placeholder, inputs.cmdline)?;
+    std::fs::write(out, &data).with_context(|| format!("uki: write {}", out.display()))?;
+    Ok(Uki {
+        path: out.to_path_buf(),
+        size: data.len() as u64,
+    })
+}
+
+/// The template's stage key: everything objcopy's output depends on but
+/// the command line's bytes.
+fn template_key(inputs: &UkiInputs) -> Result<crate::host::digest::Sha256> {
+    let sh = xshell::Shell::new()?;
+    let version = crate::host::runner::run(
+        "uki: objcopy --version",
+        xshell::cmd!(sh, "objcopy --version"),
+    )?;
+    let mut parts = vec![
+        format!("objcopy {}", version.lines().next().unwrap_or("")),
+        format!("epoch {}", inputs.epoch),
+        format!("cmdline length {}", inputs.cmdline.len()),
+    ];
+    for (name, file) in [
+        ("stub", inputs.stub),
+        ("kernel", inputs.kernel),
+        ("initrd", inputs.initrd),
+        ("osrel", inputs.os_release),
+    ] {
+        let d = crate::host::digest::Sha256::of_file(file)
+            .with_context(|| format!("uki: hash the {name}"))?;
+        parts.push(format!("{name} {d}"));
+    }
+    Ok(crate::inputs::stagecache::key(STAGE_TEMPLATE, &parts))
+}
+
+/// Writes `cmdline` over `placeholder` in the `.cmdline` section (checked
+/// to hold exactly the placeholder and its NUL), then the checksum.
+fn fill_cmdline(data: &mut [u8], placeholder: &str, cmdline: &str) -> Result<()> {
+    let (at, size) = {
+        let file = object::File::parse(&*data).context("uki: the template is not a PE file")?;
+        let sec = file
+            .section_by_name(".cmdline")
+            .context("uki: the template has no .cmdline section")?;
+        sec.file_range()
+            .context("uki: the template's .cmdline has no data")?
+    };
+    let (at, size) = (usize::try_from(at)?, usize::try_from(size)?);
+    let n = placeholder.len();
+    let held = data
+        .get(at..at + size)
+        .context("uki: the template's .cmdline lies past its end")?;
+    if n != cmdline.len() || held.len() <= n || &held[..n] != placeholder.as_bytes() || held[n] != 0
+    {
+        bail!("uki: the template's .cmdline does not hold the placeholder");
+    }
+    data[at..at + n].copy_from_slice(cmdline.as_bytes());
+    set_checksum(data)
 }
 
 /// Reads the `.cmdline` section back out of a UKI.
@@ -188,5 +301,66 @@ mod tests {
         let b = make("b.efi");
         assert!(a == b, "UKIs made 1 s apart differ");
         assert_eq!(read_cmdline(&a).unwrap(), "console=ttyS0 cairn.roothash=00");
+    }
+
+    #[test]
+    fn a_uki_from_a_cached_template_is_the_one_objcopy_makes() {
+        testkit::file(HOST_STUB, "systemd-boot-efi");
+        let d = tempfile::tempdir().unwrap();
+        let cache = crate::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
+        let (kernel, initrd, osrel) = (d.path().join("k"), d.path().join("i"), d.path().join("o"));
+        std::fs::write(&kernel, vec![1u8; 10001]).unwrap();
+        std::fs::write(&initrd, vec![2u8; 5003]).unwrap();
+        std::fs::write(&osrel, "ID=test\n").unwrap();
+        let inputs = |cmdline: &'static str| UkiInputs {
+            stub: Path::new(HOST_STUB),
+            kernel: &kernel,
+            initrd: &initrd,
+            os_release: &osrel,
+            cmdline,
+            epoch: 1_735_689_600,
+        };
+        let templates = || {
+            std::fs::read_dir(d.path().join("cache/stages"))
+                .map(|r| r.count())
+                .unwrap_or(0)
+        };
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        let both = |cmdline: &'static str| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let work = d.path().join(format!("w{i}"));
+            std::fs::create_dir_all(&work).unwrap();
+            let direct = make_uki(&inputs(cmdline), &work, &work.join("direct.efi")).unwrap();
+            let cached = make_uki_cached(
+                &inputs(cmdline),
+                &work,
+                &work.join("cached.efi"),
+                Some(&cache),
+            )
+            .unwrap();
+            let (a, b) = (
+                std::fs::read(direct.path).unwrap(),
+                std::fs::read(cached.path).unwrap(),
+            );
+            assert!(
+                a == b,
+                "{cmdline}: the templated UKI differs from objcopy's"
+            );
+            assert_eq!(cached.size, a.len() as u64);
+            assert_eq!(read_cmdline(&b).unwrap(), cmdline);
+        };
+        both("console=ttyS0 cairn.roothash=aaaa");
+        assert_eq!(templates(), 1);
+        // The same length: the template is taken from the cache.
+        both("console=ttyS0 cairn.roothash=bbbb");
+        assert_eq!(templates(), 1);
+        // Control: another length is another template.
+        both("console=ttyS0 cairn.roothash=cccccc");
+        assert_eq!(templates(), 2);
+        // A template whose .cmdline is not the placeholder is refused.
+        let mut t = std::fs::read(d.path().join("w0/direct.efi")).unwrap();
+        let err =
+            fill_cmdline(&mut t, &"#".repeat(34), "console=ttyS0 cairn.roothash=dddd").unwrap_err();
+        assert!(err.to_string().contains("placeholder"), "{err:#}");
     }
 }
