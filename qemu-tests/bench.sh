@@ -228,7 +228,7 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     rm -f "$tmp/big.copy"
     sed -e "s|\.\./overlays|../../overlays|" -e "s|\"field-ai/|\"../field-ai/|g" \
         -e "s|^path = \"field-ai/model\"|path = \"../field-ai/model\"|" \
-        -e "s|^size = \"2G\"|size = \"$(((mib >> 10) + 3))G\"|" "$RECIPE" > "$tmp/base.toml"
+        -e "s|^size = \"[0-9]*[MG]\"|size = \"$(((mib >> 10) + 3))G\"|" "$RECIPE" > "$tmp/base.toml"
     for size in small big; do
         cp "$tmp/base.toml" "$tmp/$size.toml"
         with_lock "$tmp/$size.toml"

@@ -246,6 +246,20 @@ pub fn kernel_cmdline(
     volumes: &[crate::pipeline::volumes::Volume],
     medium: Medium,
 ) -> String {
+    let words = volumes
+        .iter()
+        .map(crate::pipeline::volumes::Volume::cmdline_word)
+        .collect();
+    cmdline_of_words(recipe, root_hash, words, medium)
+}
+
+/// [`kernel_cmdline`] from the volumes' words.
+fn cmdline_of_words(
+    recipe: &Recipe,
+    root_hash: &Sha256,
+    volume_words: Vec<String>,
+    medium: Medium,
+) -> String {
     let state = match (medium, recipe.state_mode, recipe.debug_unencrypted_state) {
         // ISO media have no state partition: RAM.
         (Medium::Iso, _, _) => "ram",
@@ -258,11 +272,7 @@ pub fn kernel_cmdline(
         "console=ttyS0,115200".to_string(),
         format!("cairn.roothash={root_hash}"),
     ];
-    words.extend(
-        volumes
-            .iter()
-            .map(crate::pipeline::volumes::Volume::cmdline_word),
-    );
+    words.extend(volume_words);
     words.extend([
         format!(
             "cairn.medium={}",
@@ -289,6 +299,50 @@ pub fn kernel_cmdline(
     }
     words.extend(recipe.cmdline_extra.iter().cloned());
     words.join(" ")
+}
+
+/// Starts the UKI templates ahead ([`crate::pipeline::uki::Ahead`]): one
+/// per command-line length the media need (the disk's, and the ISO's when
+/// one is written). None when the tree has no stub yet: the UKI stage
+/// then says what is missing.
+fn uki_ahead(
+    recipe: &Recipe,
+    plan: &crate::inputs::plan::Plan,
+    base: &crate::pipeline::compose::BaseTree,
+    initrd: &Path,
+    models: &[crate::pipeline::volumes::Volume],
+    iso: bool,
+    dir: &Path,
+) -> Result<Option<crate::pipeline::uki::Ahead>> {
+    use crate::pipeline::volumes::{cmdline_word, Kind, APPS};
+    let Ok(stub) =
+        crate::host::tree::read_in_tree(&base.tree, Path::new(crate::pipeline::uki::STUB_IN_TREE))
+    else {
+        return Ok(None);
+    };
+    let osrel = crate::pipeline::compose::os_release(recipe, &base.tree)?;
+    // Any hash has the length of the one to come.
+    let any = Sha256::of_bytes(b"");
+    let words: Vec<String> = std::iter::once(cmdline_word(Kind::Apps, APPS, &any))
+        .chain(models.iter().map(|m| m.cmdline_word()))
+        .collect();
+    let mut lens = vec![cmdline_of_words(recipe, &any, words.clone(), Medium::Disk).len()];
+    if iso {
+        lens.push(cmdline_of_words(recipe, &any, words, Medium::Iso).len());
+    }
+    lens.sort_unstable();
+    lens.dedup();
+    crate::pipeline::uki::Ahead::start(
+        dir,
+        &stub,
+        osrel.as_bytes(),
+        &base.vmlinuz,
+        initrd,
+        recipe.source_date_epoch,
+        lens,
+        plan.stage_cache.then(|| plan.cache.root().to_path_buf()),
+    )
+    .map(Some)
 }
 
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
@@ -424,6 +478,19 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         norm.pruned
     );
     let snapshot = crate::pipeline::layers::Snapshot::take(&base.tree)?;
+    // The UKIs' objcopy runs now, on its own thread, while the root is
+    // compressed: root hashes have a fixed length, so the command lines'
+    // lengths are known, and the stub and os-release are what the apps
+    // steps will leave (checked when the UKIs are made).
+    let ahead = uki_ahead(
+        recipe,
+        &plan,
+        &base,
+        &initrd.path,
+        &models,
+        opts.formats.iso,
+        &work.join("uki-ahead"),
+    )?;
     // The base image is a function of the tree mksquashfs reads: the same
     // tree as a build before (any rebuild whose Debian packages did not
     // change) takes that build's image and hash tree from the stage cache.
@@ -515,7 +582,15 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let (uki, uki_iso) = st.run("UKI", || {
         // Each UKI in a folder of its own (make_uki writes its command
         // line file there), so the two objcopy runs go at once.
+        let templates = match ahead {
+            Some(a) => a.take(&stub, &osrel)?,
+            None => Vec::new(),
+        };
         let make = |cmdline: &str, name: &str| {
+            let out = work.join(format!("{name}.efi"));
+            if let Some((_, t)) = templates.iter().find(|(len, _)| *len == cmdline.len()) {
+                return crate::pipeline::uki::from_template(t, cmdline, &out);
+            }
             let dir = work.join(name);
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("uki: create {}", dir.display()))?;
@@ -529,7 +604,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
                     epoch: recipe.source_date_epoch,
                 },
                 &dir,
-                &work.join(format!("{name}.efi")),
+                &out,
                 plan.stage_cache.then_some(&plan.cache),
             )
         };

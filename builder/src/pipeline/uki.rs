@@ -168,38 +168,147 @@ pub fn make_uki_cached(
     out: &Path,
     cache: Option<&crate::inputs::cache::Cache>,
 ) -> Result<Uki> {
-    let Some(cache) = cache else {
+    if cache.is_none() {
         return make_uki(inputs, work, out);
+    }
+    let template = make_template(inputs, inputs.cmdline.len(), work, cache)?;
+    from_template(&template, inputs.cmdline, out)
+}
+
+/// The placeholder a template's `.cmdline` holds for a command line of
+/// `len` bytes.
+fn placeholder(len: usize) -> String {
+    "#".repeat(len)
+}
+
+/// A UKI of `inputs` but with a placeholder command line of `len` bytes:
+/// from the stage cache when `cache` has it, else made by objcopy in
+/// `work` (and stored when `cache` is given). `inputs.cmdline` is not used.
+pub fn make_template(
+    inputs: &UkiInputs,
+    len: usize,
+    work: &Path,
+    cache: Option<&crate::inputs::cache::Cache>,
+) -> Result<PathBuf> {
+    let placeholder = placeholder(len);
+    let inputs = UkiInputs {
+        cmdline: &placeholder,
+        ..*inputs
     };
-    if inputs.cmdline.contains('\0') {
+    let key = match cache {
+        Some(c) => {
+            let key = template_key(&inputs)?;
+            if let Some((blob, _)) =
+                crate::inputs::stagecache::lookup(c, true, STAGE_TEMPLATE, &key)
+            {
+                return Ok(blob);
+            }
+            Some((c, key))
+        }
+        None => None,
+    };
+    let t = work.join(format!("template-{len}.efi"));
+    make_uki(&inputs, work, &t)?;
+    if let Some((c, key)) = key {
+        crate::inputs::stagecache::store(c, STAGE_TEMPLATE, &key, &t, "")?;
+    }
+    Ok(t)
+}
+
+/// The UKI for `cmdline` from a template made for its length.
+pub fn from_template(template: &Path, cmdline: &str, out: &Path) -> Result<Uki> {
+    if cmdline.contains('\0') {
         bail!("uki: the command line holds a NUL byte");
     }
-    let placeholder = "#".repeat(inputs.cmdline.len());
-    let key = template_key(inputs)?;
-    let template = match crate::inputs::stagecache::lookup(cache, true, STAGE_TEMPLATE, &key) {
-        Some((blob, _)) => blob,
-        None => {
-            let t = work.join("template.efi");
-            make_uki(
-                &UkiInputs {
-                    cmdline: &placeholder,
-                    ..*inputs
-                },
-                work,
-                &t,
-            )?;
-            crate::inputs::stagecache::store(cache, STAGE_TEMPLATE, &key, &t, "")?;
-            t
-        }
-    };
-    let mut data = std::fs::read(&template)
+    let mut data = std::fs::read(template)
         .with_context(|| format!("uki: read the template {}", template.display()))?;
-    fill_cmdline(&mut data, &placeholder, inputs.cmdline)?;
+    fill_cmdline(&mut data, &placeholder(cmdline.len()), cmdline)?;
     std::fs::write(out, &data).with_context(|| format!("uki: write {}", out.display()))?;
     Ok(Uki {
         path: out.to_path_buf(),
         size: data.len() as u64,
     })
+}
+
+/// Templates made ahead, on their own thread, from inputs known before the
+/// root is compressed: the stub and os-release as the finished tree is
+/// expected to hold them, and the command lines' lengths (root hashes
+/// have a fixed length). [`Ahead::take`] hands a template out only if the
+/// finished tree's stub and os-release are those bytes and the length is
+/// one made; otherwise the UKI is made as without it.
+pub struct Ahead {
+    dir: PathBuf,
+    job: std::thread::JoinHandle<Result<Vec<(usize, PathBuf)>>>,
+}
+
+impl Ahead {
+    /// Starts objcopy for each length in `lens` on a thread. `stub` and
+    /// `os_release` are the expected bytes (copied into `dir`, created).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        dir: &Path,
+        stub: &[u8],
+        os_release: &[u8],
+        kernel: &Path,
+        initrd: &Path,
+        epoch: u64,
+        lens: Vec<usize>,
+        cache_root: Option<PathBuf>,
+    ) -> Result<Ahead> {
+        std::fs::create_dir_all(dir).with_context(|| format!("uki: create {}", dir.display()))?;
+        let (stub_path, osrel_path) = (dir.join("stub"), dir.join("os-release"));
+        std::fs::write(&stub_path, stub)?;
+        std::fs::write(&osrel_path, os_release)?;
+        let (dir_owned, kernel, initrd) = (
+            dir.to_path_buf(),
+            kernel.to_path_buf(),
+            initrd.to_path_buf(),
+        );
+        let job = std::thread::spawn(move || {
+            let cache = cache_root
+                .map(crate::inputs::cache::Cache::open)
+                .transpose()?;
+            let inputs = UkiInputs {
+                stub: &stub_path,
+                kernel: &kernel,
+                initrd: &initrd,
+                os_release: &osrel_path,
+                cmdline: "",
+                epoch,
+            };
+            let mut out = Vec::new();
+            for len in lens {
+                let work = dir_owned.join(len.to_string());
+                std::fs::create_dir_all(&work)?;
+                out.push((len, make_template(&inputs, len, &work, cache.as_ref())?));
+            }
+            Ok(out)
+        });
+        Ok(Ahead {
+            dir: dir.to_path_buf(),
+            job,
+        })
+    }
+
+    /// Waits for the templates; keeps those that fit the finished tree's
+    /// `stub` and `os_release` files: (command-line length, template).
+    pub fn take(self, stub: &Path, os_release: &Path) -> Result<Vec<(usize, PathBuf)>> {
+        let made = self
+            .job
+            .join()
+            .map_err(|_| anyhow::anyhow!("uki: the template thread panicked"))??;
+        let same = |a: &Path, b: &Path| -> Result<bool> {
+            Ok(
+                std::fs::read(a).with_context(|| format!("uki: read {}", a.display()))?
+                    == std::fs::read(b).with_context(|| format!("uki: read {}", b.display()))?,
+            )
+        };
+        if same(&self.dir.join("stub"), stub)? && same(&self.dir.join("os-release"), os_release)? {
+            Ok(made)
+        } else {
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// The template's stage key: everything objcopy's output depends on but
@@ -303,6 +412,23 @@ mod tests {
         assert_eq!(read_cmdline(&a).unwrap(), "console=ttyS0 cairn.roothash=00");
     }
 
+    /// UKI inputs on the host's stub at a fixed epoch.
+    fn host_stub_inputs<'a>(
+        kernel: &'a Path,
+        initrd: &'a Path,
+        os_release: &'a Path,
+        cmdline: &'a str,
+    ) -> UkiInputs<'a> {
+        UkiInputs {
+            stub: Path::new(HOST_STUB),
+            kernel,
+            initrd,
+            os_release,
+            cmdline,
+            epoch: 1_735_689_600,
+        }
+    }
+
     #[test]
     fn a_uki_from_a_cached_template_is_the_one_objcopy_makes() {
         testkit::file(HOST_STUB, "systemd-boot-efi");
@@ -312,14 +438,7 @@ mod tests {
         std::fs::write(&kernel, vec![1u8; 10001]).unwrap();
         std::fs::write(&initrd, vec![2u8; 5003]).unwrap();
         std::fs::write(&osrel, "ID=test\n").unwrap();
-        let inputs = |cmdline: &'static str| UkiInputs {
-            stub: Path::new(HOST_STUB),
-            kernel: &kernel,
-            initrd: &initrd,
-            os_release: &osrel,
-            cmdline,
-            epoch: 1_735_689_600,
-        };
+        let inputs = |cmdline: &'static str| host_stub_inputs(&kernel, &initrd, &osrel, cmdline);
         let templates = || {
             std::fs::read_dir(d.path().join("cache/stages"))
                 .map(|r| r.count())
@@ -362,5 +481,50 @@ mod tests {
         let err =
             fill_cmdline(&mut t, &"#".repeat(34), "console=ttyS0 cairn.roothash=dddd").unwrap_err();
         assert!(err.to_string().contains("placeholder"), "{err:#}");
+    }
+
+    #[test]
+    fn templates_made_ahead_are_used_only_for_the_stub_and_os_release_they_were_made_of() {
+        testkit::file(HOST_STUB, "systemd-boot-efi");
+        let d = tempfile::tempdir().unwrap();
+        let (kernel, initrd, osrel) = (d.path().join("k"), d.path().join("i"), d.path().join("o"));
+        std::fs::write(&kernel, vec![1u8; 7001]).unwrap();
+        std::fs::write(&initrd, vec![2u8; 3001]).unwrap();
+        std::fs::write(&osrel, "ID=test\nIMAGE_ID=a\n").unwrap();
+        let stub = std::fs::read(HOST_STUB).unwrap();
+        let cmdline = "console=ttyS0 cairn.roothash=0123";
+        let start = |name: &str| {
+            Ahead::start(
+                &d.path().join(name),
+                &stub,
+                b"ID=test\nIMAGE_ID=a\n",
+                &kernel,
+                &initrd,
+                1_735_689_600,
+                vec![cmdline.len(), 5],
+                None,
+            )
+            .unwrap()
+        };
+        let made = start("a").take(Path::new(HOST_STUB), &osrel).unwrap();
+        assert_eq!(
+            made.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            [cmdline.len(), 5]
+        );
+        let from = from_template(&made[0].1, cmdline, &d.path().join("from.efi")).unwrap();
+        let direct = make_uki(
+            &host_stub_inputs(&kernel, &initrd, &osrel, cmdline),
+            d.path(),
+            &d.path().join("direct.efi"),
+        )
+        .unwrap();
+        assert!(std::fs::read(from.path).unwrap() == std::fs::read(direct.path).unwrap());
+        // Control: the finished tree's os-release is another: none is used.
+        let other = d.path().join("o2");
+        std::fs::write(&other, "ID=test\nIMAGE_ID=b\n").unwrap();
+        assert!(start("b")
+            .take(Path::new(HOST_STUB), &other)
+            .unwrap()
+            .is_empty());
     }
 }
