@@ -668,12 +668,16 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // Each output is hashed as soon as it is written, while the others are
     // still being made: every output is read once more.
     let hashed = std::sync::Mutex::new(std::collections::BTreeMap::<String, Sha256>::new());
-    let hash_into = |path: &Path| -> Result<()> {
+    // A digest taken while the medium was written is used as it is.
+    let hash_into = |path: &Path, known: Option<Sha256>| -> Result<()> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let d = Sha256::of_file_with_progress(path, &format!("hash {name}"))?;
+        let d = match known {
+            Some(d) => d,
+            None => Sha256::of_medium(path, &format!("hash {name}"))?,
+        };
         hashed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -717,7 +721,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         jobs.push(Job {
             name: "hash raw disk",
             after: Some(&raw_written),
-            run: Box::new(move || hash_into(raw_path)),
+            run: Box::new(move || hash_into(raw_path, None)),
         });
     }
     for w in &derived {
@@ -727,8 +731,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             name: w.stage,
             after: w.needs_raw.then_some(&raw_system),
             run: Box::new(move || {
-                (w.write)(media_inputs, &out)?;
-                hash_into(&out)
+                let known = (w.write)(media_inputs, &out)?;
+                hash_into(&out, known)
             }),
         });
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sha2::Digest;
 
+use crate::host::direct::{AlignedBuf, Reader};
 use crate::host::progress::Progress;
 
 /// Files at least this large get a progress bar when hashed with
@@ -46,24 +47,41 @@ impl Sha256 {
     pub fn of_file(path: &Path) -> anyhow::Result<Self> {
         let f = std::fs::File::open(path)
             .with_context(|| format!("cannot open {} to hash it", path.display()))?;
-        Sha256::of_open_file(f, path, None)
+        Sha256::of_open_file(Reader::buffered(f), path, None)
     }
 
     /// Like [`Sha256::of_file`], with a progress bar labelled `label` on
     /// stderr for a file of at least [`PROGRESS_MIN`] bytes (media, not
     /// manifests): bytes, rate and ETA on a terminal, plain lines otherwise.
     pub fn of_file_with_progress(path: &Path, label: &str) -> anyhow::Result<Self> {
+        Sha256::of_large_file(path, label, false)
+    }
+
+    /// Like [`Sha256::of_file_with_progress`], for a medium this build has
+    /// just written and will not read again: read around the page cache
+    /// where the file system allows ([`crate::host::direct`]), so hashing
+    /// GBs of media takes no memory and evicts nothing.
+    pub fn of_medium(path: &Path, label: &str) -> anyhow::Result<Self> {
+        Sha256::of_large_file(path, label, true)
+    }
+
+    fn of_large_file(path: &Path, label: &str, direct: bool) -> anyhow::Result<Self> {
         let f = std::fs::File::open(path)
             .with_context(|| format!("cannot open {} to hash it", path.display()))?;
         let len = f
             .metadata()
             .with_context(|| format!("cannot stat {}", path.display()))?
             .len();
+        let r = if direct {
+            Reader::new(f, path)
+        } else {
+            Reader::buffered(f)
+        };
         if len < PROGRESS_MIN {
-            return Sha256::of_open_file(f, path, None);
+            return Sha256::of_open_file(r, path, None);
         }
         let mut p = Progress::new(label, len);
-        let d = Sha256::of_open_file(f, path, Some(&mut p));
+        let d = Sha256::of_open_file(r, path, Some(&mut p));
         match d {
             Ok(_) => p.finish(),
             Err(_) => p.abandon(),
@@ -78,20 +96,20 @@ impl Sha256 {
     /// holes cannot be asked for (pipes, file systems without SEEK_HOLE)
     /// are read in full.
     fn of_open_file(
-        f: std::fs::File,
+        mut r: Reader,
         path: &Path,
         mut progress: Option<&mut Progress>,
     ) -> anyhow::Result<Self> {
-        use std::os::unix::fs::FileExt as _;
         use std::os::unix::io::AsRawFd as _;
-        let meta = f
+        let meta = r
+            .file()
             .metadata()
             .with_context(|| format!("cannot stat {}", path.display()))?;
         if !meta.is_file() {
-            return Sha256::of_reader(f, path, progress);
+            return Sha256::of_reader(r.into_file(), path, progress);
         }
         let len = meta.len();
-        let fd = f.as_raw_fd();
+        let fd = r.file().as_raw_fd();
         // SAFETY: lseek only moves this open descriptor's offset.
         let seek = |at: u64, whence: libc::c_int| -> Option<u64> {
             let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
@@ -104,10 +122,10 @@ impl Sha256 {
         let enxio = || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
         // Ask once; a file system that cannot say is read in full.
         if len > 0 && seek(0, libc::SEEK_DATA).is_none() && !enxio() {
-            return Sha256::of_reader(f, path, progress);
+            return Sha256::of_reader(r.into_file(), path, progress);
         }
         let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = AlignedBuf::new(4 << 20);
         let zeros = vec![0u8; 1 << 20];
         let mut pos = 0u64;
         let mut report = |done: u64| {
@@ -136,7 +154,7 @@ impl Sha256 {
                 .clamp(pos + 1, len);
             while pos < hole {
                 let want = (hole - pos).min(buf.len() as u64) as usize;
-                let n = match f.read_at(&mut buf[..want], pos) {
+                let n = match r.read_at(&mut buf, want, pos) {
                     Ok(0) => anyhow::bail!("{} shrank while it was hashed", path.display()),
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -144,13 +162,14 @@ impl Sha256 {
                         return Err(e).with_context(|| format!("cannot read {}", path.display()))
                     }
                 };
-                h.update(&buf[..n]);
+                h.update(&buf.as_slice()[..n]);
                 pos += n as u64;
                 report(pos);
             }
         }
         // A file that grew while it was hashed is not the file measured.
-        let now = f
+        let now = r
+            .file()
             .metadata()
             .with_context(|| format!("cannot stat {}", path.display()))?
             .len();
@@ -336,12 +355,26 @@ mod tests {
         let want = Sha256::of_bytes(&dense);
         assert_eq!(Sha256::of_file(&sparse).unwrap(), want);
         let mut p = Progress::with_mode("hash sparse", len, false);
-        let d = Sha256::of_open_file(std::fs::File::open(&sparse).unwrap(), &sparse, Some(&mut p));
+        let d = Sha256::of_open_file(
+            Reader::buffered(std::fs::File::open(&sparse).unwrap()),
+            &sparse,
+            Some(&mut p),
+        );
         assert_eq!(d.unwrap(), want);
         assert_eq!(p.done(), len, "holes count as progress");
+        // Read around the page cache (a medium), the same.
+        assert_eq!(Sha256::of_medium(&sparse, "hash sparse").unwrap(), want);
         let full = t.path().join("dense");
         std::fs::write(&full, &dense).unwrap();
         assert_eq!(Sha256::of_file(&full).unwrap(), want);
+        assert_eq!(Sha256::of_medium(&full, "hash dense").unwrap(), want);
+        // An odd length: the last direct read comes back short.
+        let odd = t.path().join("odd");
+        std::fs::write(&odd, &dense[..(5 << 20) + 77]).unwrap();
+        assert_eq!(
+            Sha256::of_medium(&odd, "hash odd").unwrap(),
+            Sha256::of_bytes(&dense[..(5 << 20) + 77])
+        );
         assert_eq!(Sha256::of_reader(&dense[..], &full, None).unwrap(), want);
         // All hole, and empty.
         let hole = t.path().join("hole");

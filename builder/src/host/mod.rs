@@ -5,6 +5,7 @@
 pub mod cpio;
 pub mod deb822;
 pub mod digest;
+pub mod direct;
 pub mod doctor;
 pub mod interrupt;
 pub mod limits;

@@ -311,14 +311,20 @@ struct Piped {
     started: Instant,
 }
 
-fn spawn_piped(stage: &str, cmd: &mut Command) -> Result<Piped> {
+/// `stdin`: what the tool reads (`None`: the caller set it on `cmd`).
+fn spawn_piped(
+    stage: &str,
+    cmd: &mut Command,
+    stdin: Option<std::process::Stdio>,
+) -> Result<Piped> {
     use std::process::Stdio;
     let line = command_line(cmd);
     log_start(cmd);
     let started = Instant::now();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    if let Some(i) = stdin {
+        cmd.stdin(i);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(cmd, 0);
     let child = cmd.spawn().map_err(|e| start_error(stage, cmd, e))?;
     let _registered = crate::host::interrupt::register_child(child.id(), true);
@@ -354,7 +360,7 @@ pub fn run_with_progress(stage: &str, mut cmd: Command, label: &str, total: u64)
         _registered,
         line,
         started,
-    } = spawn_piped(stage, &mut cmd)?;
+    } = spawn_piped(stage, &mut cmd, Some(std::process::Stdio::null()))?;
     let err_reader = drain(child.stderr.take());
     let mut bar = crate::host::progress::Progress::new(label, total);
     let mut stdout = String::new();
@@ -380,44 +386,106 @@ pub fn run_with_progress(stage: &str, mut cmd: Command, label: &str, total: u64)
     )
 }
 
-/// Runs a tool that writes one output file front to back without
-/// reporting progress itself (xorriso), feeding a bar labelled `label` for
-/// `total` bytes from the size of `out` as it grows. stdout and stderr are
-/// kept for the error; `cmd`'s stdio is set here.
-pub fn run_watching_output(
+/// Runs a tool that writes one output file front to back and can be told
+/// to write it to `/dev/fd/0` (xorriso): its stdin is the write end of a
+/// pipe, and every byte it writes is passed on, in order, to `sink` with
+/// its offset, in pieces of [`PIPED_PIECE`] bytes (the last may be
+/// shorter) from an aligned buffer, so the sink can write them around the
+/// page cache and hash them on the way. A bar labelled `label` for
+/// `total` bytes follows. stdout and stderr are kept for the error; an
+/// error from `sink` stops the tool. `cmd`'s stdio is set here.
+pub fn run_piping_output(
     stage: &str,
     mut cmd: Command,
-    out: &Path,
     label: &str,
     total: u64,
-) -> Result<()> {
+    mut sink: impl FnMut(&[u8], u64) -> Result<()>,
+) -> Result<u64> {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let (mut from_tool, to_file) =
+        pipe().with_context(|| format!("{stage}: cannot make a pipe"))?;
+    cmd.stdin(to_file);
     let Piped {
         mut child,
         _registered,
         line,
         started,
-    } = spawn_piped(stage, &mut cmd)?;
+    } = spawn_piped(stage, &mut cmd, None)?;
+    // The tool holds the write end now; this one, in `cmd`, is closed, or
+    // the pipe would never end.
+    cmd.stdin(Stdio::null());
     let out_reader = drain(child.stdout.take());
     let err_reader = drain(child.stderr.take());
     let mut bar = crate::host::progress::Progress::new(label, total);
-    let status = loop {
-        if let Some(st) = child
-            .try_wait()
-            .with_context(|| format!("{stage}: waiting for `{line}`"))?
-        {
-            break st;
+    let mut buf = crate::host::direct::AlignedBuf::new(PIPED_PIECE);
+    let mut pos = 0u64;
+    let copied = loop {
+        let mut n = 0;
+        let fill = loop {
+            if n == buf.len() {
+                break Ok(n);
+            }
+            match from_tool.read(&mut buf.as_mut_slice()[n..]) {
+                Ok(0) => break Ok(n),
+                Ok(r) => n += r,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        match fill {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Err(e) = sink(&buf.as_slice()[..n], pos) {
+                    break Err(e);
+                }
+                pos += n as u64;
+                bar.update(pos.min(total));
+            }
+            Err(e) => break Err(anyhow::Error::new(e).context(format!("{stage}: read the pipe"))),
         }
-        if let Ok(m) = std::fs::metadata(out) {
-            bar.update(m.len().min(total));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
     };
+    if copied.is_err() {
+        // Nothing more is read: the tool must not wait on a full pipe.
+        let _ = child.kill();
+    }
+    drop(from_tool);
+    let status = child
+        .wait()
+        .with_context(|| format!("{stage}: waiting for `{line}`"))?;
     let stdout = out_reader.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
+    if let Err(e) = copied {
+        log_time(&cmd.get_program().to_string_lossy(), started);
+        bar.abandon();
+        return Err(e);
+    }
     end_with_bar(
-        stage, &cmd, &line, started, status, &stderr, &stdout, bar, total,
-    )
+        stage, &cmd, &line, started, status, &stderr, &stdout, bar, pos,
+    )?;
+    Ok(pos)
 }
+
+/// A pipe: its read end and its write end, both closed on exec (the
+/// write end is given to one tool as its stdin, which dup2 keeps open).
+fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::unix::io::FromRawFd as _;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two new descriptors on success; each is owned by
+    // exactly one File from here on.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        ))
+    }
+}
+
+/// The piece size of [`run_piping_output`]: 4 MiB.
+pub const PIPED_PIECE: usize = 4 << 20;
 
 /// The end of a tool run with a progress bar: its time logged; an
 /// interrupt or a failure abandons the bar (the failure names the stage,
@@ -571,24 +639,55 @@ mod tests {
     /// The watched tool's output and exit decide; its stderr names the
     /// failure (control: a tool that fails is an error with its message).
     #[test]
-    fn run_watching_output_follows_the_file_and_reports_failures() {
+    fn run_piping_output_passes_every_byte_in_order_and_reports_failures() {
+        // 10 MiB and 5 bytes through /dev/fd/0: whole pieces, then a short
+        // one, the bytes of the file the tool copies.
         let d = tempfile::tempdir().unwrap();
-        let out = d.path().join("out.bin");
+        let src = d.path().join("src");
         let mut ok = command("sh");
         ok.arg("-c")
-            .arg("for i in 1 2 3; do head -c 100000 /dev/zero >> \"$1\"; sleep 0.3; done")
+            .arg("head -c 10485765 /dev/urandom > \"$1\"; cat \"$1\" > /dev/fd/0")
             .arg("sh")
-            .arg(&out);
-        run_watching_output("test", ok, &out, "out.bin", 300_000).unwrap();
-        assert_eq!(std::fs::metadata(&out).unwrap().len(), 300_000);
+            .arg(&src);
+        let mut got = Vec::new();
+        let mut offsets = Vec::new();
+        let n = run_piping_output("test", ok, "out", 10485765, |piece, at| {
+            offsets.push((at, piece.len()));
+            got.extend_from_slice(piece);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 10485765);
+        assert!(got == std::fs::read(&src).unwrap(), "other bytes");
+        assert_eq!(
+            offsets,
+            vec![
+                (0, PIPED_PIECE),
+                (PIPED_PIECE as u64, PIPED_PIECE),
+                (2 * PIPED_PIECE as u64, 2097157)
+            ]
+        );
+        // A failing tool: its message and the stage, whatever it wrote.
         let mut bad = command("sh");
-        bad.arg("-c").arg("echo no room on the device >&2; exit 3");
-        let e = run_watching_output("test: tool", bad, &out, "out.bin", 1).unwrap_err();
+        bad.arg("-c")
+            .arg("echo partial > /dev/fd/0; echo no room on the device >&2; exit 3");
+        let e = run_piping_output("test: tool", bad, "out", 1, |_, _| Ok(())).unwrap_err();
         let msg = format!("{e:#}");
         assert!(
             msg.contains("no room on the device") && msg.contains("test: tool"),
             "{msg}"
         );
+        // A failing sink stops the tool (which would write for ever).
+        let mut endless = command("sh");
+        endless.arg("-c").arg("cat /dev/zero > /dev/fd/0");
+        let e = run_piping_output("test: sink", endless, "out", 1, |_, at| {
+            if at > 0 {
+                anyhow::bail!("disk full")
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("disk full"), "{e:#}");
     }
 
     #[test]

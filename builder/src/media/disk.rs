@@ -14,12 +14,13 @@
 //! disk.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::host::digest::Sha256;
+use crate::host::direct::Writer;
 use crate::pipeline::verity::uuid_from;
 
 pub const MIB: u64 = 1 << 20;
@@ -294,26 +295,29 @@ pub fn make_esp(
 }
 
 /// Copies `src` into `dst` at `offset`, leaving all-zero blocks as holes.
-pub fn copy_into(dst: &mut File, offset: u64, src: &Path) -> Result<()> {
+/// The bulk goes around the page cache ([`crate::host::direct`]): the
+/// raw disk is not read again but once, to hash it.
+pub fn copy_into(dst: &mut Writer, offset: u64, src: &Path) -> Result<()> {
     copy_into_with(dst, offset, src, None)
 }
 
 /// [`copy_into`] with a progress bar labelled `label` (the root, which is
 /// most of the disk): redrawn on a terminal, plain lines otherwise.
-fn copy_into_with(dst: &mut File, offset: u64, src: &Path, label: Option<&str>) -> Result<()> {
+fn copy_into_with(dst: &mut Writer, offset: u64, src: &Path, label: Option<&str>) -> Result<()> {
     let mut f = File::open(src).with_context(|| format!("open {}", src.display()))?;
     let total = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut bar = label.map(|l| crate::host::progress::Progress::new(l, total));
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = crate::host::direct::AlignedBuf::new(4 << 20);
     let mut pos = offset;
     loop {
-        let n = read_full(&mut f, &mut buf)?;
+        let n = read_full(&mut f, buf.as_mut_slice())
+            .with_context(|| format!("read {}", src.display()))?;
         if n == 0 {
             break;
         }
-        if buf[..n].iter().any(|b| *b != 0) {
-            dst.seek(SeekFrom::Start(pos))?;
-            dst.write_all(&buf[..n])?;
+        let piece = &buf.as_slice()[..n];
+        if piece.iter().any(|b| *b != 0) {
+            dst.write_at(piece, pos)?;
         }
         pos += n as u64;
         if let Some(b) = &mut bar {
@@ -326,10 +330,14 @@ fn copy_into_with(dst: &mut File, offset: u64, src: &Path, label: Option<&str>) 
     Ok(())
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        let r = f.read(&mut buf[n..])?;
+        let r = match f.read(&mut buf[n..]) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if r == 0 {
             break;
         }
@@ -392,7 +400,7 @@ pub fn write_raw_system(inp: &DiskInputs, work: &Path, out: &Path) -> Result<Raw
         "media: GPT",
         xshell::cmd!(sh, "sfdisk --no-reread --no-tell-kernel --quiet {out}").stdin(script),
     )?;
-    let mut f = std::fs::OpenOptions::new().write(true).open(out)?;
+    let mut f = Writer::open(out).context("media: raw disk")?;
     copy_into(&mut f, layout.esp.0, &esp)?;
     copy_into_with(&mut f, layout.root.0, inp.root, Some("raw: root"))?;
     copy_into(&mut f, layout.verity.0, inp.verity)?;
@@ -414,10 +422,7 @@ pub fn write_raw_system(inp: &DiskInputs, work: &Path, out: &Path) -> Result<Raw
 
 /// Writes the model volumes' partitions of a disk [`write_raw_system`] wrote.
 pub fn write_raw_models(inp: &DiskInputs, layout: &Layout, out: &Path) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(out)
-        .with_context(|| format!("media: open {}", out.display()))?;
+    let mut f = Writer::open(out).context("media: raw disk")?;
     for (v, p) in inp.volumes.iter().zip(&layout.volumes) {
         if v.kind == crate::pipeline::volumes::Kind::Model {
             copy_into_with(&mut f, p.data.0, &v.image, Some("raw: models"))?;

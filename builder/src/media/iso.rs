@@ -37,6 +37,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use sha2::Digest as _;
 
 use crate::host::digest::Sha256;
 
@@ -203,8 +204,18 @@ fn efi_image_size(payload: u64) -> u64 {
     (payload + payload / 8 + 2 * MIB).div_ceil(MIB) * MIB
 }
 
-/// Writes the hybrid ISO at `out`, using `work` for intermediate files.
-pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
+/// Writes the hybrid ISO at `out`, using `work` for intermediate files,
+/// and returns its sha256. xorriso writes it into a pipe; cairn hashes it
+/// on the way and writes it around the page cache
+/// ([`crate::host::direct`]): an ISO of many GB of models is neither read
+/// back to hash it nor held in memory.
+pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<Sha256> {
+    write_iso_through(inp, work, out, true)
+}
+
+/// [`write_iso`]; `piped: false` lets xorriso write `out` itself (a test
+/// compares the two).
+fn write_iso_through(inp: &IsoInputs, work: &Path, out: &Path, piped: bool) -> Result<Sha256> {
     check_volume_id(inp.volume_id)?;
     for (what, p) in [
         ("UKI", inp.uki),
@@ -308,11 +319,13 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
             .len();
     }
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
-    crate::host::runner::run_watching_output(
-        "iso: xorriso",
-        std::process::Command::from(xshell::cmd!(
-            sh,
-            "xorriso -no_rc -as mkisofs -o {out} -V {vol} -r -iso-level 3
+    // /dev/fd/0, not `-o -`: xorriso takes stdout only as its first
+    // argument, and -no_rc must be that. The bytes are the same as with a
+    // file (a test compares them).
+    let dest = if piped { Path::new("/dev/fd/0") } else { out };
+    let xorriso = std::process::Command::from(xshell::cmd!(
+        sh,
+        "xorriso -no_rc -as mkisofs -o {dest} -V {vol} -r -iso-level 3
              {date} --set_all_file_dates {all_dates} --gpt_disk_guid modification-date
              -b {ISO_ELTORITO} -no-emul-boot -boot-load-size 4 -boot-info-table
              --grub2-boot-info --grub2-mbr {hybrid_mbr}
@@ -320,18 +333,30 @@ pub fn write_iso(inp: &IsoInputs, work: &Path, out: &Path) -> Result<()> {
              -eltorito-alt-boot -e {ISO_EFI_IMG} -no-emul-boot
              -efi-boot-part --efi-boot-image --protective-msdos-label
              -graft-points {grafts...}"
-        )),
-        out,
+    ));
+    if !piped {
+        crate::host::runner::output("iso: xorriso", xorriso)?;
+        return Sha256::of_file(out);
+    }
+    let mut file = crate::host::direct::Writer::create(out).context("iso")?;
+    let mut hash = sha2::Sha256::new();
+    let written = crate::host::runner::run_piping_output(
+        "iso: xorriso",
+        xorriso,
         &format!("iso {}", name.unwrap_or_default()),
         total,
+        |piece, at| {
+            hash.update(piece);
+            file.write_at(piece, at).context("iso")
+        },
     )?;
-    if !out.is_file() {
+    if written == 0 {
         bail!(
-            "iso: xorriso reported success but wrote no {}",
+            "iso: xorriso reported success but wrote nothing for {}",
             out.display()
         );
     }
-    Ok(())
+    Ok(Sha256(hash.finalize().into()))
 }
 
 fn iso_path_arg(iso: &Path) -> Result<PathBuf> {
@@ -552,7 +577,8 @@ mod tests {
             epoch: 1_700_000_000,
         };
         let a = p.join("a.iso");
-        write_iso(&inp, &p.join("work-a"), &a).unwrap_or_else(|e| panic!("{e:#}"));
+        let da = write_iso(&inp, &p.join("work-a"), &a).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(da, Sha256::of_file(&a).unwrap(), "the digest is the file's");
         let b = p.join("b.iso");
         std::thread::sleep(std::time::Duration::from_millis(1100));
         write_iso(&inp, &p.join("work-b"), &b).unwrap_or_else(|e| panic!("{e:#}"));
@@ -560,6 +586,11 @@ mod tests {
             std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
             "two builds differ"
         );
+        // Written by xorriso itself, not through the pipe: the same bytes.
+        let c = p.join("c.iso");
+        let dc = write_iso_through(&inp, &p.join("work-c"), &c, false)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(dc, da, "xorriso's own file differs from the piped one");
 
         let files = list_iso(&a).unwrap();
         let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
@@ -617,7 +648,7 @@ mod tests {
         // Bad volume id refused before anything is written.
         let mut bad = IsoInputs { ..inp };
         bad.volume_id = "has space";
-        assert!(write_iso(&bad, &p.join("work-c"), &p.join("c.iso")).is_err());
-        assert!(!p.join("c.iso").exists());
+        assert!(write_iso(&bad, &p.join("work-d"), &p.join("d.iso")).is_err());
+        assert!(!p.join("d.iso").exists());
     }
 }

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::host::digest::Sha256;
+
 pub mod disk;
 pub mod esp;
 pub mod iso;
@@ -55,7 +57,9 @@ pub struct Writer {
     /// of it but the model volumes' partitions is written
     /// (`disk::write_raw_system`) and reads those from the volume files.
     pub needs_raw: bool,
-    pub write: fn(&MediaInputs, &Path) -> Result<()>,
+    /// Writes the medium; returns its sha256 when it was taken while
+    /// writing (the build hashes the file otherwise).
+    pub write: fn(&MediaInputs, &Path) -> Result<Option<Sha256>>,
 }
 
 /// The media written from the raw disk and the stage outputs, in order.
@@ -76,7 +80,7 @@ pub const WRITERS: &[Writer] = &[
     },
 ];
 
-fn write_iso_row(m: &MediaInputs, out: &Path) -> Result<()> {
+fn write_iso_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     let work = m.work.join("iso");
     std::fs::create_dir_all(&work)
         .map_err(|e| anyhow::anyhow!("hybrid ISO: cannot create {}: {e}", work.display()))?;
@@ -96,9 +100,10 @@ fn write_iso_row(m: &MediaInputs, out: &Path) -> Result<()> {
         &work,
         out,
     )
+    .map(Some)
 }
 
-fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<()> {
+fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     let layout = m
         .layout
         .get()
@@ -113,5 +118,6 @@ fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<()> {
             stored.push((p.hash.0, v.verity.hash_path.as_path()));
         }
     }
-    qcow2::write_qcow2(m.raw, out, &stored)
+    qcow2::write_qcow2(m.raw, out, &stored)?;
+    Ok(None)
 }

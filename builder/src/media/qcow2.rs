@@ -92,6 +92,10 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()
     convert.arg(out);
     crate::host::runner::run_with_progress("qcow2", convert, &format!("qcow2 {name}"), total)?;
     if let Some((_, out_s, files)) = &names {
+        // The stored files (GBs of models) go into the qcow2 around the
+        // page cache (`-t none`: O_DIRECT), where its file system allows:
+        // the build hashes the qcow2 once and never reads it otherwise.
+        let direct = crate::host::direct::supported(out);
         for (at, file, len) in files {
             if *len == 0 {
                 continue;
@@ -99,6 +103,9 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()
             let mut write = crate::host::runner::command("qemu-img");
             // The target's range reads zeros (first pass): nothing to clear.
             write.args(["convert", "-p", "-n", "--target-is-zero"]);
+            if direct {
+                write.args(["-t", "none"]);
+            }
             write.arg(format!(
                 "json:{}",
                 serde_json::json!({"driver": "raw", "file": file_node(file)})
@@ -283,7 +290,7 @@ mod tests {
             "two conversions differ"
         );
         {
-            let mut f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+            let mut f = crate::host::direct::Writer::open(&raw).unwrap();
             crate::media::disk::copy_into(&mut f, 8 << 20, &model).unwrap();
         }
         assert_same_content(&raw, &a);

@@ -408,7 +408,7 @@ mod tests {
             .quiet()
             .run()
             .unwrap();
-        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        let mut f = crate::host::direct::Writer::open(&disk).unwrap();
         crate::media::disk::copy_into(&mut f, 1 << 20, &esp).unwrap();
         disk
     }

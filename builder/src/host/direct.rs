@@ -1,0 +1,304 @@
+//! Writing and reading media of many GB around the page cache
+//! (`O_DIRECT`).
+//!
+//! A build writes every model's bytes three more times (raw disk, ISO,
+//! qcow2) and reads each medium once more to hash it. Through the page
+//! cache, each of those GB first needs fresh memory: on a machine short
+//! of it (or a VM whose free memory goes back to its host) that costs
+//! more than the disk does, and it pushes out what the build reads again
+//! (the volumes, the base). Media are not read again by the build (their
+//! digest is taken from the writes or read once here), so their bulk
+//! goes straight to the disk.
+//!
+//! Only aligned pieces go direct: an offset and a length that are
+//! multiples of [`ALIGN`], from an [`AlignedBuf`]. Anything else, and any
+//! file system that refuses `O_DIRECT` (at open or at the first write),
+//! goes through the page cache as before: the bytes written are the same
+//! either way.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// The alignment of direct offsets, lengths and buffers: a page, which
+/// covers every logical block size of the disks cairn writes to.
+pub const ALIGN: usize = 4096;
+
+/// A zeroed buffer whose start is [`ALIGN`]ed (a `Vec` over-allocated by
+/// one alignment, used from its first aligned byte).
+pub struct AlignedBuf {
+    bytes: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes, `len` rounded up to [`ALIGN`].
+    pub fn new(len: usize) -> Self {
+        let len = len.div_ceil(ALIGN) * ALIGN;
+        let bytes = vec![0u8; len + ALIGN];
+        let start = bytes.as_ptr().align_offset(ALIGN).min(ALIGN);
+        AlignedBuf { bytes, start, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + self.len]
+    }
+}
+
+/// Whether a piece at `at` of `data` may go direct.
+fn aligned(data: &[u8], at: u64) -> bool {
+    at % ALIGN as u64 == 0
+        && data.len() % ALIGN == 0
+        && (data.as_ptr() as usize) % ALIGN == 0
+        && !data.is_empty()
+}
+
+fn refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
+
+/// Opens `path` with `opts` plus `O_DIRECT`, or `None` where the file
+/// system does not offer it.
+fn open_direct(opts: &OpenOptions, path: &Path) -> Option<File> {
+    let mut o = opts.clone();
+    o.custom_flags(libc::O_DIRECT);
+    o.open(path).ok()
+}
+
+/// Whether `path` (an existing file) can be opened for direct writes:
+/// what `qemu-img -t none` needs.
+pub fn supported(path: &Path) -> bool {
+    open_direct(OpenOptions::new().write(true), path).is_some()
+}
+
+/// Positioned writes into one file, direct where they are aligned.
+pub struct Writer {
+    path: std::path::PathBuf,
+    buffered: File,
+    direct: Option<File>,
+}
+
+impl Writer {
+    /// Opens the existing file `path` for writing (not truncated).
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut opts = OpenOptions::new();
+        opts.write(true);
+        let buffered = opts
+            .open(path)
+            .with_context(|| format!("open {} for writing", path.display()))?;
+        Ok(Writer {
+            path: path.to_path_buf(),
+            direct: open_direct(&opts, path),
+            buffered,
+        })
+    }
+
+    /// Creates `path` (or empties it) for writing.
+    pub fn create(path: &Path) -> Result<Self> {
+        let buffered = File::create(path).with_context(|| format!("create {}", path.display()))?;
+        let direct = open_direct(OpenOptions::new().write(true), path);
+        Ok(Writer {
+            path: path.to_path_buf(),
+            buffered,
+            direct,
+        })
+    }
+
+    /// Whether aligned writes go direct (for tests and messages).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Writes all of `data` at `at`.
+    pub fn write_at(&mut self, data: &[u8], at: u64) -> Result<()> {
+        if let Some(d) = &self.direct {
+            if aligned(data, at) {
+                match d.write_all_at(data, at) {
+                    Ok(()) => return Ok(()),
+                    // Refused after all: everything goes buffered from
+                    // now on, this piece again from its start.
+                    Err(e) if refused(&e) => self.direct = None,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("write {}", self.path.display()))
+                    }
+                }
+            }
+        }
+        self.buffered
+            .write_all_at(data, at)
+            .with_context(|| format!("write {}", self.path.display()))
+    }
+}
+
+/// Positioned reads from one file, direct where they are aligned.
+pub struct Reader {
+    buffered: File,
+    direct: Option<File>,
+}
+
+impl Reader {
+    /// `buffered` is the file already open; `path` is opened again direct.
+    pub fn new(buffered: File, path: &Path) -> Self {
+        Reader {
+            direct: open_direct(OpenOptions::new().read(true), path),
+            buffered,
+        }
+    }
+
+    /// Reads through the page cache only.
+    pub fn buffered(file: File) -> Self {
+        Reader {
+            buffered: file,
+            direct: None,
+        }
+    }
+
+    pub fn into_file(self) -> File {
+        self.buffered
+    }
+
+    pub fn file(&self) -> &File {
+        &self.buffered
+    }
+
+    /// Reads up to `want` bytes at `at` into the start of `buf` (at least
+    /// `want` long); returns how many, 0 at the end of the file.
+    pub fn read_at(&mut self, buf: &mut AlignedBuf, want: usize, at: u64) -> io::Result<usize> {
+        let want = want.min(buf.len());
+        if let Some(d) = &self.direct {
+            if at % ALIGN as u64 == 0 && want > 0 {
+                // A direct read's length is whole blocks; past the end of
+                // the file it comes back short, past `want` it is not used.
+                let whole = want.div_ceil(ALIGN) * ALIGN;
+                match d.read_at(&mut buf.as_mut_slice()[..whole], at) {
+                    Ok(n) => return Ok(n.min(want)),
+                    Err(e) if refused(&e) => self.direct = None,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.buffered.read_at(&mut buf.as_mut_slice()[..want], at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buffers_start_on_a_page() {
+        for len in [1, 4095, 4096, 1 << 20] {
+            let mut b = AlignedBuf::new(len);
+            assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
+            assert!(b.len() >= len && b.len() % ALIGN == 0);
+            b.as_mut_slice().fill(7);
+            assert!(b.as_slice().iter().all(|x| *x == 7));
+        }
+        assert!(aligned(AlignedBuf::new(ALIGN).as_slice(), 8192));
+        // Control: an odd offset, length or start is not direct.
+        let b = AlignedBuf::new(2 * ALIGN);
+        assert!(!aligned(b.as_slice(), 512));
+        assert!(!aligned(&b.as_slice()[..ALIGN - 1], 0));
+        assert!(!aligned(&b.as_slice()[1..ALIGN + 1], 0));
+    }
+
+    #[test]
+    fn writes_and_reads_give_the_same_bytes_direct_or_not() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let mut w = Writer::create(&p).unwrap();
+        let mut big = AlignedBuf::new(3 * ALIGN);
+        for (i, b) in big.as_mut_slice().iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        // Aligned (direct where the file system allows), then a piece at an
+        // odd offset and an odd length (buffered), overlapping nothing.
+        w.write_at(big.as_slice(), 8192).unwrap();
+        w.write_at(b"tail", 8192 + 3 * ALIGN as u64 + 5).unwrap();
+        w.write_at(b"head", 3).unwrap();
+        drop(w);
+        let got = std::fs::read(&p).unwrap();
+        let mut want = vec![0u8; 8192 + 3 * ALIGN + 9];
+        want[3..7].copy_from_slice(b"head");
+        want[8192..8192 + 3 * ALIGN].copy_from_slice(big.as_slice());
+        want[8192 + 3 * ALIGN + 5..].copy_from_slice(b"tail");
+        assert_eq!(got, want);
+
+        // Reads: whole, from an odd offset, past the end.
+        let mut r = Reader::new(File::open(&p).unwrap(), &p);
+        let mut buf = AlignedBuf::new(1 << 16);
+        let n = r.read_at(&mut buf, 1 << 16, 0).unwrap();
+        assert_eq!(&buf.as_slice()[..n], &want[..]);
+        let n = r.read_at(&mut buf, 10, 3).unwrap();
+        assert_eq!(&buf.as_slice()[..n], &want[3..13]);
+        let n = r.read_at(&mut buf, 100, 8192).unwrap();
+        assert_eq!(&buf.as_slice()[..n], &want[8192..8292]);
+        assert_eq!(r.read_at(&mut buf, 100, want.len() as u64).unwrap(), 0);
+    }
+
+    #[test]
+    fn direct_writes_leave_the_page_cache_alone() {
+        // On a file system with O_DIRECT (the build's: ext4, xfs, btrfs),
+        // aligned writes are not cached; mincore over a mapping of the
+        // file tells. Control: a buffered write of the same bytes is. In
+        // the workspace's target folder, where the build writes (/tmp may
+        // be a tmpfs, which is all page cache).
+        let d = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let p = d.path().join("f");
+        let mut w = Writer::create(&p).unwrap();
+        if !w.is_direct() {
+            panic!(
+                "{} offers no O_DIRECT; run the tests from a checkout on ext4, xfs or btrfs",
+                d.path().display()
+            );
+        }
+        let mut b = AlignedBuf::new(64 * ALIGN);
+        b.as_mut_slice().fill(1);
+        w.write_at(b.as_slice(), 0).unwrap();
+        drop(w);
+        assert_eq!(cached_pages(&p), 0, "direct write left pages cached");
+        let q = d.path().join("g");
+        std::fs::write(&q, b.as_slice()).unwrap();
+        assert!(cached_pages(&q) > 0, "control: a buffered write is cached");
+    }
+
+    fn cached_pages(p: &Path) -> usize {
+        use std::os::unix::io::AsRawFd as _;
+        let f = File::open(p).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        // SAFETY: a private read-only mapping of a file we hold open,
+        // unmapped before return; mincore writes one byte per page into a
+        // vector of that many bytes.
+        unsafe {
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(m, libc::MAP_FAILED);
+            let mut v = vec![0u8; len.div_ceil(ALIGN)];
+            assert_eq!(libc::mincore(m, len, v.as_mut_ptr()), 0);
+            libc::munmap(m, len);
+            v.iter().filter(|x| **x & 1 == 1).count()
+        }
+    }
+}
