@@ -120,6 +120,20 @@ impl Writer {
         })
     }
 
+    /// Opens the existing file `path` for buffered writes only (pieces
+    /// small enough that the page cache is the faster way).
+    pub fn open_buffered(path: &Path) -> Result<Self> {
+        let buffered = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("open {} for writing", path.display()))?;
+        Ok(Writer {
+            path: path.to_path_buf(),
+            buffered,
+            direct: None,
+        })
+    }
+
     /// Whether aligned writes go direct (for tests and messages).
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
@@ -178,11 +192,15 @@ impl Reader {
     }
 
     /// Reads up to `want` bytes at `at` into the start of `buf` (at least
-    /// `want` long); returns how many, 0 at the end of the file.
+    /// `want` long); returns how many, 0 at the end of the file. A piece
+    /// the page cache holds in full is read from there; any other, direct.
     pub fn read_at(&mut self, buf: &mut AlignedBuf, want: usize, at: u64) -> io::Result<usize> {
         let want = want.min(buf.len());
         if let Some(d) = &self.direct {
             if at % ALIGN as u64 == 0 && want > 0 {
+                if cached(&self.buffered, at, want) {
+                    return self.buffered.read_at(&mut buf.as_mut_slice()[..want], at);
+                }
                 // A direct read's length is whole blocks; past the end of
                 // the file it comes back short, past `want` it is not used.
                 let whole = want.div_ceil(ALIGN) * ALIGN;
@@ -194,6 +212,49 @@ impl Reader {
             }
         }
         self.buffered.read_at(&mut buf.as_mut_slice()[..want], at)
+    }
+}
+
+/// Whether the page cache holds every page of `[at, at + len)` of `f`;
+/// `false` when it cannot tell.
+fn cached(f: &File, at: u64, len: usize) -> bool {
+    let Ok(size) = f.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    if at >= size {
+        return false;
+    }
+    let len = len.min((size - at) as usize);
+    resident_pages(f, at, len) == Some(len.div_ceil(ALIGN))
+}
+
+/// How many pages of `[at, at + len)` of `f` (`at` page-aligned, the
+/// range inside the file) the page cache holds: `mincore` over a mapping
+/// of that range, which reads nothing and faults nothing in.
+fn resident_pages(f: &File, at: u64, len: usize) -> Option<usize> {
+    use std::os::unix::io::AsRawFd as _;
+    if len == 0 {
+        return Some(0);
+    }
+    let mut resident = vec![0u8; len.div_ceil(ALIGN)];
+    // SAFETY: a shared read-only mapping of `len` bytes of a file held
+    // open, never dereferenced, unmapped before return; mincore writes one
+    // byte per page into `resident`, which has that many.
+    unsafe {
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            at as libc::off_t,
+        );
+        if m == libc::MAP_FAILED {
+            return None;
+        }
+        let ok = libc::mincore(m, len, resident.as_mut_ptr()) == 0;
+        libc::munmap(m, len);
+        ok.then(|| resident.iter().filter(|r| *r & 1 == 1).count())
     }
 }
 
@@ -276,29 +337,29 @@ mod tests {
         let q = d.path().join("g");
         std::fs::write(&q, b.as_slice()).unwrap();
         assert!(cached_pages(&q) > 0, "control: a buffered write is cached");
+        // Reads: what is not cached is read direct and stays uncached; what
+        // is cached is read from there. Both give the bytes.
+        let mut buf = AlignedBuf::new(64 * ALIGN);
+        for f in [&p, &q] {
+            let mut r = Reader::new(File::open(f).unwrap(), f);
+            buf.as_mut_slice().fill(0);
+            assert_eq!(r.read_at(&mut buf, 64 * ALIGN, 0).unwrap(), 64 * ALIGN);
+            assert!(buf.as_slice().iter().all(|x| *x == 1));
+        }
+        assert_eq!(cached_pages(&p), 0, "a direct read cached pages");
+        assert_eq!(
+            cached_pages(&q),
+            64,
+            "the cached file was not read from the cache"
+        );
+        // Control: a plain read caches.
+        std::fs::read(&p).unwrap();
+        assert!(cached_pages(&p) > 0, "control: a buffered read is cached");
     }
 
     fn cached_pages(p: &Path) -> usize {
-        use std::os::unix::io::AsRawFd as _;
         let f = File::open(p).unwrap();
         let len = f.metadata().unwrap().len() as usize;
-        // SAFETY: a private read-only mapping of a file we hold open,
-        // unmapped before return; mincore writes one byte per page into a
-        // vector of that many bytes.
-        unsafe {
-            let m = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            );
-            assert_ne!(m, libc::MAP_FAILED);
-            let mut v = vec![0u8; len.div_ceil(ALIGN)];
-            assert_eq!(libc::mincore(m, len, v.as_mut_ptr()), 0);
-            libc::munmap(m, len);
-            v.iter().filter(|x| **x & 1 == 1).count()
-        }
+        resident_pages(&f, 0, len).unwrap()
     }
 }

@@ -294,9 +294,8 @@ pub fn make_esp(
     super::esp::fill(&sh, "media: ESP", out, files)
 }
 
-/// Copies `src` into `dst` at `offset`, leaving all-zero blocks as holes.
-/// The bulk goes around the page cache ([`crate::host::direct`]): the
-/// raw disk is not read again but once, to hash it.
+/// Copies `src` into `dst` at `offset`, leaving all-zero blocks as holes;
+/// around the page cache if `dst` writes direct ([`crate::host::direct`]).
 pub fn copy_into(dst: &mut Writer, offset: u64, src: &Path) -> Result<()> {
     copy_into_with(dst, offset, src, None)
 }
@@ -400,7 +399,9 @@ pub fn write_raw_system(inp: &DiskInputs, work: &Path, out: &Path) -> Result<Raw
         "media: GPT",
         xshell::cmd!(sh, "sfdisk --no-reread --no-tell-kernel --quiet {out}").stdin(script),
     )?;
-    let mut f = Writer::open(out).context("media: raw disk")?;
+    // The system's few hundred MB through the page cache (where the
+    // raw's hash reads them back from); the models' GBs direct.
+    let mut f = Writer::open_buffered(out).context("media: raw disk")?;
     copy_into(&mut f, layout.esp.0, &esp)?;
     copy_into_with(&mut f, layout.root.0, inp.root, Some("raw: root"))?;
     copy_into(&mut f, layout.verity.0, inp.verity)?;
