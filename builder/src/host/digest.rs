@@ -100,7 +100,6 @@ impl Sha256 {
         path: &Path,
         mut progress: Option<&mut Progress>,
     ) -> anyhow::Result<Self> {
-        use std::os::unix::io::AsRawFd as _;
         let meta = r
             .file()
             .metadata()
@@ -109,21 +108,9 @@ impl Sha256 {
             return Sha256::of_reader(r.into_file(), path, progress);
         }
         let len = meta.len();
-        let fd = r.file().as_raw_fd();
-        // SAFETY: lseek only moves this open descriptor's offset.
-        let seek = |at: u64, whence: libc::c_int| -> Option<u64> {
-            let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
-            if r < 0 {
-                None
-            } else {
-                Some(r as u64)
-            }
-        };
-        let enxio = || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
-        // Ask once; a file system that cannot say is read in full.
-        if len > 0 && seek(0, libc::SEEK_DATA).is_none() && !enxio() {
+        let Some(runs) = crate::host::direct::data_runs(r.file(), len) else {
             return Sha256::of_reader(r.into_file(), path, progress);
-        }
+        };
         let mut h = sha2::Sha256::new();
         let mut buf = AlignedBuf::new(4 << 20);
         let zeros = vec![0u8; 1 << 20];
@@ -133,27 +120,16 @@ impl Sha256 {
                 p.update(done);
             }
         };
-        while pos < len {
-            // [pos, data) is a hole; past the last data, the rest is.
-            let data = match seek(pos, libc::SEEK_DATA) {
-                Some(d) => d.min(len),
-                None if enxio() => len,
-                None => pos,
-            };
-            while pos < data {
-                let n = (data - pos).min(zeros.len() as u64) as usize;
+        // Each data run, after the hole before it; then the hole to the end.
+        for (start, end) in runs.into_iter().chain(std::iter::once((len, len))) {
+            while pos < start {
+                let n = (start - pos).min(zeros.len() as u64) as usize;
                 h.update(&zeros[..n]);
                 pos += n as u64;
                 report(pos);
             }
-            if pos >= len {
-                break;
-            }
-            let hole = seek(pos, libc::SEEK_HOLE)
-                .unwrap_or(len)
-                .clamp(pos + 1, len);
-            while pos < hole {
-                let want = (hole - pos).min(buf.len() as u64) as usize;
+            while pos < end {
+                let want = (end - pos).min(buf.len() as u64) as usize;
                 let n = match r.read_at(&mut buf, want, pos) {
                     Ok(0) => anyhow::bail!("{} shrank while it was hashed", path.display()),
                     Ok(n) => n,

@@ -215,6 +215,48 @@ impl Reader {
     }
 }
 
+/// The data runs `(start, end)` of the first `len` bytes of `f`, in
+/// order; the rest are holes, which read as zeros and need not be read
+/// (reading them on ext4 fills the page cache with zeros). `None` where
+/// the file system cannot say (SEEK_DATA unsupported): read it all.
+pub fn data_runs(f: &File, len: u64) -> Option<Vec<(u64, u64)>> {
+    use std::os::unix::io::AsRawFd as _;
+    let fd = f.as_raw_fd();
+    // lseek with SEEK_DATA/SEEK_HOLE: `Ok(None)` past the last data (ENXIO).
+    let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        // SAFETY: lseek only moves this open descriptor's offset (every
+        // user of the descriptor reads and writes at explicit offsets).
+        let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
+        if r >= 0 {
+            Ok(Some(r as u64))
+        } else {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    };
+    let mut runs = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let Some(start) = seek(pos, libc::SEEK_DATA).ok()? else {
+            break;
+        };
+        if start >= len {
+            break;
+        }
+        let end = seek(start, libc::SEEK_HOLE)
+            .ok()?
+            .unwrap_or(len)
+            .clamp(start + 1, len);
+        runs.push((start, end));
+        pos = end;
+    }
+    Some(runs)
+}
+
 /// Whether the page cache holds every page of `[at, at + len)` of `f`;
 /// `false` when it cannot tell.
 fn cached(f: &File, at: u64, len: usize) -> bool {
@@ -311,6 +353,39 @@ mod tests {
         let n = r.read_at(&mut buf, 100, 8192).unwrap();
         assert_eq!(&buf.as_slice()[..n], &want[8192..8292]);
         assert_eq!(r.read_at(&mut buf, 100, want.len() as u64).unwrap(), 0);
+    }
+
+    #[test]
+    fn data_runs_skip_holes() {
+        let d = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let p = d.path().join("sparse");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        f.set_len(16 << 20).unwrap();
+        f.write_all_at(&[1u8; 10], 4 << 20).unwrap();
+        f.write_all_at(&[2u8; 5000], 9 << 20).unwrap();
+        let runs = data_runs(&f, 16 << 20).unwrap();
+        // Block-granular: each run covers its bytes and lies inside its MiB.
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert!(runs[0].0 <= 4 << 20 && runs[0].1 >= (4 << 20) + 10 && runs[0].1 <= 5 << 20);
+        assert!(runs[1].0 <= 9 << 20 && runs[1].1 >= (9 << 20) + 5000 && runs[1].1 <= 10 << 20);
+        // A run that reaches the end is cut at `len`; an all-hole file has none.
+        assert_eq!(
+            data_runs(&f, (4 << 20) + 5).unwrap(),
+            vec![(runs[0].0, (4 << 20) + 5)]
+        );
+        f.set_len(0).unwrap();
+        f.set_len(1 << 20).unwrap();
+        assert!(data_runs(&f, 1 << 20).unwrap().is_empty());
+        // Control: a dense file is one run.
+        std::fs::write(&p, vec![3u8; 3 << 20]).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(data_runs(&f, 3 << 20).unwrap(), vec![(0, 3 << 20)]);
     }
 
     #[test]

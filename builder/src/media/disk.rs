@@ -14,7 +14,6 @@
 //! disk.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -303,24 +302,32 @@ pub fn copy_into(dst: &mut Writer, offset: u64, src: &Path) -> Result<()> {
 /// [`copy_into`] with a progress bar labelled `label` (the root, which is
 /// most of the disk): redrawn on a terminal, plain lines otherwise.
 fn copy_into_with(dst: &mut Writer, offset: u64, src: &Path, label: Option<&str>) -> Result<()> {
-    let mut f = File::open(src).with_context(|| format!("open {}", src.display()))?;
-    let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+    use std::os::unix::fs::FileExt as _;
+    let f = File::open(src).with_context(|| format!("open {}", src.display()))?;
+    let total = f
+        .metadata()
+        .with_context(|| format!("stat {}", src.display()))?
+        .len();
     let mut bar = label.map(|l| crate::host::progress::Progress::new(l, total));
     let mut buf = crate::host::direct::AlignedBuf::new(4 << 20);
-    let mut pos = offset;
-    loop {
-        let n = read_full(&mut f, buf.as_mut_slice())
-            .with_context(|| format!("read {}", src.display()))?;
-        if n == 0 {
-            break;
-        }
-        let piece = &buf.as_slice()[..n];
-        if piece.iter().any(|b| *b != 0) {
-            dst.write_at(piece, pos)?;
-        }
-        pos += n as u64;
-        if let Some(b) = &mut bar {
-            b.update(pos - offset);
+    // Only the source's data runs are read (an ESP image is mostly holes);
+    // within them, all-zero pieces are left as holes too.
+    let runs = crate::host::direct::data_runs(&f, total).unwrap_or_else(|| vec![(0, total)]);
+    for (start, end) in runs {
+        let mut pos = start;
+        while pos < end {
+            let want = (end - pos).min(buf.len() as u64) as usize;
+            let n = match f.read_at(&mut buf.as_mut_slice()[..want], pos) {
+                Ok(0) => bail!("{} shrank while it was copied", src.display()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).with_context(|| format!("read {}", src.display())),
+            };
+            write_nonzero(dst, &buf.as_slice()[..n], offset + pos)?;
+            pos += n as u64;
+            if let Some(b) = &mut bar {
+                b.update(pos);
+            }
         }
     }
     if let Some(b) = &mut bar {
@@ -329,20 +336,31 @@ fn copy_into_with(dst: &mut Writer, offset: u64, src: &Path, label: Option<&str>
     Ok(())
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let r = match f.read(&mut buf[n..]) {
-            Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if r == 0 {
-            break;
+/// The granule of holes [`copy_into`] leaves: an all-zero MiB is not written.
+const HOLE_GRANULE: usize = 1 << 20;
+
+/// Writes `piece` at `at` but its all-zero [`HOLE_GRANULE`]s (counted from
+/// the piece's start), each run of the others in one write.
+fn write_nonzero(dst: &mut Writer, piece: &[u8], at: u64) -> Result<()> {
+    let mut run: Option<usize> = None;
+    let mut i = 0;
+    while i < piece.len() {
+        let g = &piece[i..(i + HOLE_GRANULE).min(piece.len())];
+        let zero = g.iter().all(|b| *b == 0);
+        match (zero, run) {
+            (false, None) => run = Some(i),
+            (true, Some(r)) => {
+                dst.write_at(&piece[r..i], at + r as u64)?;
+                run = None;
+            }
+            _ => {}
         }
-        n += r;
+        i += g.len();
     }
-    Ok(n)
+    if let Some(r) = run {
+        dst.write_at(&piece[r..], at + r as u64)?;
+    }
+    Ok(())
 }
 
 pub struct RawDisk {
@@ -436,6 +454,39 @@ pub fn write_raw_models(inp: &DiskInputs, layout: &Layout, out: &Path) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_leave_zero_mebibytes_and_source_holes_as_holes() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        // 6 MiB: data in MiB 0 and 3 (one byte), MiB 5 a hole in the source.
+        let f = File::create(&src).unwrap();
+        f.set_len(6 << 20).unwrap();
+        {
+            use std::os::unix::fs::FileExt as _;
+            f.write_all_at(&[9u8; 100], 10).unwrap();
+            f.write_all_at(&[7u8], (3 << 20) + 5).unwrap();
+            f.write_all_at(&[0u8; 1 << 20], 4 << 20).unwrap();
+        }
+        let dst = d.path().join("dst");
+        File::create(&dst).unwrap().set_len(8 << 20).unwrap();
+        let mut w = Writer::open(&dst).unwrap();
+        copy_into(&mut w, 1 << 20, &src).unwrap();
+        drop(w);
+        let got = std::fs::read(&dst).unwrap();
+        let mut want = vec![0u8; 8 << 20];
+        want[(1 << 20) + 10..(1 << 20) + 110].fill(9);
+        want[(4 << 20) + 5] = 7;
+        assert!(got == want, "other bytes");
+        // Allocated: the two MiB with data, not the zeros (written or not).
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&dst).unwrap());
+        assert!(blocks * 512 <= 2 << 20, "{} bytes allocated", blocks * 512);
+        // Control: the same copy without skipping allocates every MiB.
+        let dense = d.path().join("dense");
+        std::fs::write(&dense, &want).unwrap();
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&dense).unwrap());
+        assert!(blocks * 512 >= 8 << 20);
+    }
 
     #[test]
     fn layout_is_aligned_and_state_takes_the_rest() {
