@@ -502,7 +502,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             true => {
                 let t = Instant::now();
                 let key = input_key(&base.tree, recipe.source_date_epoch)?;
-                let hit = cached_root(&plan.cache, plan.stage_cache, &key);
+                let hit = cached_root(&plan.cache, true, &key);
                 crate::host::progress::say(&format!(
                     "        base tree digest {} in {:.1}s{}",
                     &key.hex()[..16],
