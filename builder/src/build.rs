@@ -640,7 +640,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         work.join(format!("{stem}.raw"))
     };
     let layout = std::sync::OnceLock::new();
-    // All of the raw disk but its models' partitions, then all of it.
+    // The GPT written (the disk's digest may be taken), all of the raw
+    // disk but its models' partitions, then all of it.
+    let laid_out = std::sync::OnceLock::<crate::media::disk::RawDisk>::new();
+    let raw_laid_out = Gate::default();
     let raw_system = Gate::default();
     let raw_written = Gate::default();
     let volume_id = crate::media::iso::volume_id(&recipe.name, &recipe.version);
@@ -686,8 +689,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     };
     let mut jobs: Vec<Job<'_>> = Vec::new();
     {
-        let (raw_path, layout, work) = (&raw_path, &layout, &work);
-        let (raw_system, raw_written) = (&raw_system, &raw_written);
+        let (raw_path, layout, work, laid_out) = (&raw_path, &layout, &work, &laid_out);
+        let (raw_laid_out, raw_system, raw_written) = (&raw_laid_out, &raw_system, &raw_written);
         let (uki, shim, root, verity, volumes) = (&uki, &shim, &root, &verity, &volumes);
         jobs.push(Job {
             name: "raw disk",
@@ -695,7 +698,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
             run: Box::new(move || {
                 // Open their gates either way: on an error the waiting rows
                 // end at once (the error is this job's).
-                let (system, all) = (raw_system.opener(), raw_written.opener());
+                let (laid, system, all) = (
+                    raw_laid_out.opener(),
+                    raw_system.opener(),
+                    raw_written.opener(),
+                );
                 let inputs = crate::media::disk::DiskInputs {
                     uki: &uki.path,
                     shim: shim.as_ref(),
@@ -707,21 +714,36 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
                     min_state_size: recipe.state_size,
                     epoch: recipe.source_date_epoch,
                 };
-                let raw = crate::media::disk::write_raw_system(&inputs, work, raw_path)?;
-                let layout = layout.get_or_init(|| raw.layout);
+                let raw = crate::media::disk::write_raw_system(&inputs, work, raw_path, |r| {
+                    layout.get_or_init(|| r.layout.clone());
+                    let _ = laid_out.set(r.clone());
+                    laid.succeed();
+                })?;
                 system.succeed();
-                crate::media::disk::write_raw_models(&inputs, layout, raw_path)?;
+                crate::media::disk::write_raw_models(&raw, raw_path)?;
                 all.succeed();
                 Ok(())
             }),
         });
     }
     if opts.formats.raw {
-        let (raw_path, hash_into) = (&raw_path, &hash_into);
+        let (raw_path, hash_into, laid_out) = (&raw_path, &hash_into, &laid_out);
         jobs.push(Job {
             name: "hash raw disk",
-            after: Some(&raw_written),
-            run: Box::new(move || hash_into(raw_path, None)),
+            after: Some(&raw_laid_out),
+            // Taken from the pieces while they are copied in (the GPT is
+            // written first): the raw disk is not read back.
+            run: Box::new(move || {
+                let raw = laid_out
+                    .get()
+                    .context("hash raw disk: the raw disk was not laid out")?;
+                let name = raw_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let d = raw.digest_as_written(&format!("hash {name}"))?;
+                hash_into(raw_path, Some(d))
+            }),
         });
     }
     for w in &derived {

@@ -98,7 +98,7 @@ impl Sha256 {
     fn of_open_file(
         mut r: Reader,
         path: &Path,
-        mut progress: Option<&mut Progress>,
+        progress: Option<&mut Progress>,
     ) -> anyhow::Result<Self> {
         let meta = r
             .file()
@@ -108,41 +108,8 @@ impl Sha256 {
             return Sha256::of_reader(r.into_file(), path, progress);
         }
         let len = meta.len();
-        let Some(runs) = crate::host::direct::data_runs(r.file(), len) else {
-            return Sha256::of_reader(r.into_file(), path, progress);
-        };
-        let mut h = sha2::Sha256::new();
-        let mut buf = AlignedBuf::new(4 << 20);
-        let zeros = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        let mut report = |done: u64| {
-            if let Some(p) = progress.as_deref_mut() {
-                p.update(done);
-            }
-        };
-        // Each data run, after the hole before it; then the hole to the end.
-        for (start, end) in runs.into_iter().chain(std::iter::once((len, len))) {
-            while pos < start {
-                let n = (start - pos).min(zeros.len() as u64) as usize;
-                h.update(&zeros[..n]);
-                pos += n as u64;
-                report(pos);
-            }
-            while pos < end {
-                let want = (end - pos).min(buf.len() as u64) as usize;
-                let n = match r.read_at(&mut buf, want, pos) {
-                    Ok(0) => anyhow::bail!("{} shrank while it was hashed", path.display()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot read {}", path.display()))
-                    }
-                };
-                h.update(&buf.as_slice()[..n]);
-                pos += n as u64;
-                report(pos);
-            }
-        }
+        let mut s = Spliced::new(progress);
+        s.range(&mut r, path, 0, len)?;
         // A file that grew while it was hashed is not the file measured.
         let now = r
             .file()
@@ -152,7 +119,7 @@ impl Sha256 {
         if now != len {
             anyhow::bail!("{} changed size while it was hashed", path.display());
         }
-        Ok(Sha256(h.finalize().into()))
+        Ok(s.finish())
     }
 
     /// Hashes everything `r` (read from `path`, for messages) yields,
@@ -185,6 +152,101 @@ impl Sha256 {
 
     pub fn hex(&self) -> String {
         hex::encode(self.0)
+    }
+}
+
+/// One SHA-256 over byte ranges of several files, in order, as if they
+/// were one file: what a raw disk will hold, hashed from the files copied
+/// into it (and its own bytes between them). Holes are hashed as zeros
+/// without being read; data is read through a [`Reader`] (from the page
+/// cache where it holds it, else around it).
+pub struct Spliced<'a> {
+    h: sha2::Sha256,
+    buf: AlignedBuf,
+    zeros: Vec<u8>,
+    done: u64,
+    progress: Option<&'a mut Progress>,
+}
+
+impl<'a> Spliced<'a> {
+    pub fn new(progress: Option<&'a mut Progress>) -> Self {
+        Spliced {
+            h: sha2::Sha256::new(),
+            buf: AlignedBuf::new(4 << 20),
+            zeros: vec![0u8; 1 << 20],
+            done: 0,
+            progress,
+        }
+    }
+
+    fn zeros(&mut self, mut n: u64) {
+        while n > 0 {
+            let k = n.min(self.zeros.len() as u64) as usize;
+            self.h.update(&self.zeros[..k]);
+            n -= k as u64;
+            self.advance(k as u64);
+        }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        if let Some(p) = self.progress.as_deref_mut() {
+            p.update(self.done);
+        }
+    }
+
+    /// Hashes bytes `[start, end)` of the file `r` reads (`path` for
+    /// messages); the range must lie inside the file.
+    pub fn range(
+        &mut self,
+        r: &mut Reader,
+        path: &Path,
+        start: u64,
+        end: u64,
+    ) -> anyhow::Result<()> {
+        if end <= start {
+            return Ok(());
+        }
+        // A file system that cannot tell its holes: all of it is data.
+        let runs = crate::host::direct::data_runs(r.file(), end).unwrap_or_else(|| vec![(0, end)]);
+        let mut pos = start;
+        // Each data run, after the hole before it; then the hole to the end.
+        for (a, b) in runs.into_iter().chain(std::iter::once((end, end))) {
+            let (a, b) = (a.max(pos), b.max(pos));
+            self.zeros(a - pos);
+            pos = a;
+            while pos < b {
+                let want = (b - pos).min(self.buf.len() as u64) as usize;
+                let n = match r.read_at(&mut self.buf, want, pos) {
+                    Ok(0) => anyhow::bail!("{} shrank while it was hashed", path.display()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", path.display()))
+                    }
+                };
+                self.h.update(&self.buf.as_slice()[..n]);
+                pos += n as u64;
+                self.advance(n as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hashes the whole file at `path`.
+    pub fn file(&mut self, path: &Path) -> anyhow::Result<u64> {
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open {} to hash it", path.display()))?;
+        let len = f
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        self.range(&mut Reader::new(f, path), path, 0, len)?;
+        Ok(len)
+    }
+
+    pub fn finish(self) -> Sha256 {
+        Sha256(self.h.finalize().into())
     }
 }
 

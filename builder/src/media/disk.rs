@@ -363,15 +363,100 @@ fn write_nonzero(dst: &mut Writer, piece: &[u8], at: u64) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Clone)]
 pub struct RawDisk {
     pub path: PathBuf,
     pub layout: Layout,
+    /// What is copied into it: see [`RawDisk::digest_as_written`].
+    pub pieces: Vec<Piece>,
+}
+
+/// A file copied into the raw disk at an offset.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub at: u64,
+    pub file: PathBuf,
+    /// A model volume's data or hash tree ([`write_raw_models`] copies it).
+    pub model: bool,
+}
+
+/// The files the raw disk holds, at their offsets: the ESP image, the
+/// root and its hash tree, then each volume's data and hash tree.
+fn pieces(inp: &DiskInputs, layout: &Layout, esp: &Path) -> Vec<Piece> {
+    let mut v = vec![
+        Piece {
+            at: layout.esp.0,
+            file: esp.to_path_buf(),
+            model: false,
+        },
+        Piece {
+            at: layout.root.0,
+            file: inp.root.to_path_buf(),
+            model: false,
+        },
+        Piece {
+            at: layout.verity.0,
+            file: inp.verity.to_path_buf(),
+            model: false,
+        },
+    ];
+    for (vol, p) in inp.volumes.iter().zip(&layout.volumes) {
+        let model = vol.kind == crate::pipeline::volumes::Kind::Model;
+        v.push(Piece {
+            at: p.data.0,
+            file: vol.image.clone(),
+            model,
+        });
+        v.push(Piece {
+            at: p.hash.0,
+            file: vol.verity.hash_path.clone(),
+            model,
+        });
+    }
+    v
+}
+
+impl RawDisk {
+    /// The sha256 the raw disk has once every piece is copied, taken while
+    /// they are being copied: its own bytes between the pieces (the GPTs
+    /// sfdisk wrote, holes), which nothing writes after sfdisk, and each
+    /// piece's bytes from its file (a copy leaves the file's zero MiBs as
+    /// holes, which read as the same zeros). The raw disk is not read back
+    /// after it is written; `cairn verify` and the repro test hash the file
+    /// itself.
+    pub fn digest_as_written(&self, label: &str) -> Result<Sha256> {
+        let mut bar = crate::host::progress::Progress::new(label, self.layout.disk_size);
+        let mut s = crate::host::digest::Spliced::new(Some(&mut bar));
+        let raw = File::open(&self.path)
+            .with_context(|| format!("open {} to hash it", self.path.display()))?;
+        let mut raw = crate::host::direct::Reader::new(raw, &self.path);
+        let mut sorted: Vec<&Piece> = self.pieces.iter().collect();
+        sorted.sort_by_key(|p| p.at);
+        let mut pos = 0u64;
+        for p in sorted {
+            if p.at < pos {
+                bail!(
+                    "raw disk: {} overlaps the piece before it",
+                    p.file.display()
+                );
+            }
+            s.range(&mut raw, &self.path, pos, p.at)?;
+            pos = p.at + s.file(&p.file)?;
+        }
+        if pos > self.layout.disk_size {
+            bail!("raw disk: its pieces end past the disk's size");
+        }
+        s.range(&mut raw, &self.path, pos, self.layout.disk_size)?;
+        let d = s.finish();
+        bar.finish();
+        Ok(d)
+    }
 }
 
 /// Writes the raw disk at `out`.
 pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
-    let raw = write_raw_system(inp, work, out)?;
-    write_raw_models(inp, &raw.layout, out)?;
+    let raw = write_raw_system(inp, work, out, |_| {})?;
+    write_raw_models(&raw, out)?;
     Ok(raw)
 }
 
@@ -379,7 +464,14 @@ pub fn write_raw(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
 /// zero, for [`write_raw_models`]): the GPT, the ESP, the root, its hash
 /// tree and the apps volume. What reads the disk but its models may start
 /// then (the qcow2 takes the models from their volume files).
-pub fn write_raw_system(inp: &DiskInputs, work: &Path, out: &Path) -> Result<RawDisk> {
+/// `laid_out` is called once the GPT is written, before any piece is
+/// copied (the disk's digest may be taken from then on).
+pub fn write_raw_system(
+    inp: &DiskInputs,
+    work: &Path,
+    out: &Path,
+    laid_out: impl FnOnce(&RawDisk),
+) -> Result<RawDisk> {
     let size = |p: &Path| -> Result<u64> { Ok(std::fs::metadata(p)?.len()) };
     let vols = inp
         .volumes
@@ -417,36 +509,32 @@ pub fn write_raw_system(inp: &DiskInputs, work: &Path, out: &Path) -> Result<Raw
         "media: GPT",
         xshell::cmd!(sh, "sfdisk --no-reread --no-tell-kernel --quiet {out}").stdin(script),
     )?;
+    let raw = RawDisk {
+        path: out.to_path_buf(),
+        pieces: pieces(inp, &layout, &esp),
+        layout,
+    };
+    laid_out(&raw);
     // The system's few hundred MB through the page cache (where the
     // raw's hash reads them back from); the models' GBs direct.
     let mut f = Writer::open_buffered(out).context("media: raw disk")?;
-    copy_into(&mut f, layout.esp.0, &esp)?;
-    copy_into_with(&mut f, layout.root.0, inp.root, Some("raw: root"))?;
-    copy_into(&mut f, layout.verity.0, inp.verity)?;
-    for (v, p) in inp.volumes.iter().zip(&layout.volumes) {
-        if v.kind != crate::pipeline::volumes::Kind::Model {
-            copy_into(&mut f, p.data.0, &v.image)?;
-            copy_into(&mut f, p.hash.0, &v.verity.hash_path)?;
-        }
+    for p in raw.pieces.iter().filter(|p| !p.model) {
+        let label = (p.file == inp.root).then_some("raw: root");
+        copy_into_with(&mut f, p.at, &p.file, label)?;
     }
     // Not synced: like every other medium, the raw disk is read back
     // through the page cache (its hash, the qcow2) and published by a
     // rename; forcing it to disk cost about 1 s per GiB of models.
     drop(f);
-    Ok(RawDisk {
-        path: out.to_path_buf(),
-        layout,
-    })
+    Ok(raw)
 }
 
 /// Writes the model volumes' partitions of a disk [`write_raw_system`] wrote.
-pub fn write_raw_models(inp: &DiskInputs, layout: &Layout, out: &Path) -> Result<()> {
+pub fn write_raw_models(raw: &RawDisk, out: &Path) -> Result<()> {
     let mut f = Writer::open(out).context("media: raw disk")?;
-    for (v, p) in inp.volumes.iter().zip(&layout.volumes) {
-        if v.kind == crate::pipeline::volumes::Kind::Model {
-            copy_into_with(&mut f, p.data.0, &v.image, Some("raw: models"))?;
-            copy_into(&mut f, p.hash.0, &v.verity.hash_path)?;
-        }
+    for p in raw.pieces.iter().filter(|p| p.model) {
+        let data = raw.layout.volumes.iter().any(|v| v.data.0 == p.at);
+        copy_into_with(&mut f, p.at, &p.file, data.then_some("raw: models"))?;
     }
     Ok(())
 }
@@ -454,6 +542,99 @@ pub fn write_raw_models(inp: &DiskInputs, layout: &Layout, out: &Path) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digest taken while the disk is written, called before any piece
+    /// is copied, is the sha256 of the finished file: pieces with zero
+    /// MiBs and holes, a model volume copied afterwards. Control: a piece
+    /// whose file changes after the copy gives another digest than the
+    /// file's.
+    #[test]
+    fn the_raw_disks_digest_taken_while_it_is_written_is_the_files() {
+        use crate::pipeline::volumes::{Kind, Volume};
+        use std::os::unix::fs::FileExt as _;
+        testkit::tool("sfdisk", "fdisk");
+        testkit::tool("mkfs.vfat", "dosfstools");
+        testkit::tool("mcopy", "mtools");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let file = |name: &str, len: u64, data: &[(u64, u8)]| {
+            let f = p.join(name);
+            let h = File::create(&f).unwrap();
+            h.set_len(len).unwrap();
+            for (at, b) in data {
+                h.write_all_at(&vec![*b; 5000], *at).unwrap();
+            }
+            f
+        };
+        let uki = file("uki.efi", 300_000, &[(0, 1), (200_000, 2)]);
+        // A zero MiB in the middle, and data in the last block.
+        let root = file("root.img", 3 << 20, &[(10, 3), ((3 << 20) - 5000, 4)]);
+        let verity = file("root.verity", 8192, &[(0, 5)]);
+        let volume = |name: &str, kind: Kind, image: PathBuf, hash: PathBuf| Volume {
+            name: name.into(),
+            kind,
+            verity: crate::pipeline::verity::VerityTree {
+                hash_path: hash,
+                root_hash: Sha256::of_bytes(name.as_bytes()),
+                salt: "00".into(),
+                uuid: "00000000-0000-0000-0000-000000000000".into(),
+                data_block_size: 4096,
+                hash_block_size: 4096,
+                hash_algorithm: "sha256",
+                data_size: std::fs::metadata(&image).unwrap().len(),
+                hash_size: 4096,
+            },
+            image,
+            compression: crate::recipe::workloads::Compression::None,
+            model_sha256: Sha256::of_bytes(b"m"),
+            mount: "/m".into(),
+            cached: false,
+        };
+        let volumes = vec![
+            volume(
+                "apps",
+                Kind::Apps,
+                file("apps.img", 8192, &[(0, 6)]),
+                file("apps.verity", 4096, &[(0, 7)]),
+            ),
+            volume(
+                "weights",
+                Kind::Model,
+                file("m.img", 2 << 20, &[((1 << 20) + 7, 8)]),
+                file("m.verity", 4096, &[(0, 9)]),
+            ),
+        ];
+        let root_hash = Sha256::of_bytes(b"root");
+        let inp = DiskInputs {
+            uki: &uki,
+            shim: None,
+            root: &root,
+            verity: &verity,
+            root_hash: &root_hash,
+            volumes: &volumes,
+            disk_size: 128 << 20,
+            min_state_size: 8 << 20,
+            epoch: 1_700_000_000,
+        };
+        let out = p.join("disk.raw");
+        let mut early = None;
+        let raw = write_raw_system(&inp, p, &out, |r| {
+            early = Some(r.digest_as_written("test").unwrap());
+        })
+        .unwrap();
+        write_raw_models(&raw, &out).unwrap();
+        let want = Sha256::of_file(&out).unwrap();
+        assert_eq!(early.unwrap(), want, "taken before the copies");
+        assert_eq!(raw.digest_as_written("test").unwrap(), want, "taken after");
+        // Control: the root's file changed after it was copied.
+        File::options()
+            .write(true)
+            .open(&root)
+            .unwrap()
+            .write_all_at(&[0xee], 1 << 20)
+            .unwrap();
+        assert_ne!(raw.digest_as_written("test").unwrap(), want);
+    }
 
     #[test]
     fn copies_leave_zero_mebibytes_and_source_holes_as_holes() {
