@@ -162,18 +162,25 @@ impl Sha256 {
 /// cache where it holds it, else around it).
 pub struct Spliced<'a> {
     h: sha2::Sha256,
+    /// Grown to what the largest read needs, up to [`SPLICED_READ`]: most
+    /// files hashed are small (a tree's), and a zeroed buffer of MiBs for
+    /// each doubled the time of a tree's key.
     buf: AlignedBuf,
-    zeros: Vec<u8>,
     done: u64,
     progress: Option<&'a mut Progress>,
 }
+
+/// The largest read [`Spliced`] makes.
+const SPLICED_READ: usize = 4 << 20;
+
+/// What holes are hashed from.
+static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 
 impl<'a> Spliced<'a> {
     pub fn new(progress: Option<&'a mut Progress>) -> Self {
         Spliced {
             h: sha2::Sha256::new(),
-            buf: AlignedBuf::new(4 << 20),
-            zeros: vec![0u8; 1 << 20],
+            buf: AlignedBuf::new(0),
             done: 0,
             progress,
         }
@@ -181,8 +188,8 @@ impl<'a> Spliced<'a> {
 
     fn zeros(&mut self, mut n: u64) {
         while n > 0 {
-            let k = n.min(self.zeros.len() as u64) as usize;
-            self.h.update(&self.zeros[..k]);
+            let k = n.min(ZEROS.len() as u64) as usize;
+            self.h.update(&ZEROS[..k]);
             n -= k as u64;
             self.advance(k as u64);
         }
@@ -208,7 +215,8 @@ impl<'a> Spliced<'a> {
             return Ok(());
         }
         // A file system that cannot tell its holes: all of it is data.
-        let runs = crate::host::direct::data_runs(r.file(), end).unwrap_or_else(|| vec![(0, end)]);
+        let runs = crate::host::direct::data_runs(r.file(), start, end)
+            .unwrap_or_else(|| vec![(start, end)]);
         let mut pos = start;
         // Each data run, after the hole before it; then the hole to the end.
         for (a, b) in runs.into_iter().chain(std::iter::once((end, end))) {
@@ -216,7 +224,10 @@ impl<'a> Spliced<'a> {
             self.zeros(a - pos);
             pos = a;
             while pos < b {
-                let want = (b - pos).min(self.buf.len() as u64) as usize;
+                let want = (b - pos).min(SPLICED_READ as u64) as usize;
+                if self.buf.len() < want {
+                    self.buf = AlignedBuf::new(want);
+                }
                 let n = match r.read_at(&mut self.buf, want, pos) {
                     Ok(0) => anyhow::bail!("{} shrank while it was hashed", path.display()),
                     Ok(n) => n,

@@ -215,11 +215,11 @@ impl Reader {
     }
 }
 
-/// The data runs `(start, end)` of the first `len` bytes of `f`, in
+/// The data runs `(start, end)` of bytes `[from, len)` of `f`, in
 /// order; the rest are holes, which read as zeros and need not be read
 /// (reading them on ext4 fills the page cache with zeros). `None` where
 /// the file system cannot say (SEEK_DATA unsupported): read it all.
-pub fn data_runs(f: &File, len: u64) -> Option<Vec<(u64, u64)>> {
+pub fn data_runs(f: &File, from: u64, len: u64) -> Option<Vec<(u64, u64)>> {
     use std::os::unix::io::AsRawFd as _;
     let fd = f.as_raw_fd();
     // lseek with SEEK_DATA/SEEK_HOLE: `Ok(None)` past the last data (ENXIO).
@@ -239,7 +239,7 @@ pub fn data_runs(f: &File, len: u64) -> Option<Vec<(u64, u64)>> {
         }
     };
     let mut runs = Vec::new();
-    let mut pos = 0u64;
+    let mut pos = from;
     while pos < len {
         let Some(start) = seek(pos, libc::SEEK_DATA).ok()? else {
             break;
@@ -369,23 +369,25 @@ mod tests {
         f.set_len(16 << 20).unwrap();
         f.write_all_at(&[1u8; 10], 4 << 20).unwrap();
         f.write_all_at(&[2u8; 5000], 9 << 20).unwrap();
-        let runs = data_runs(&f, 16 << 20).unwrap();
+        let runs = data_runs(&f, 0, 16 << 20).unwrap();
         // Block-granular: each run covers its bytes and lies inside its MiB.
         assert_eq!(runs.len(), 2, "{runs:?}");
         assert!(runs[0].0 <= 4 << 20 && runs[0].1 >= (4 << 20) + 10 && runs[0].1 <= 5 << 20);
         assert!(runs[1].0 <= 9 << 20 && runs[1].1 >= (9 << 20) + 5000 && runs[1].1 <= 10 << 20);
         // A run that reaches the end is cut at `len`; an all-hole file has none.
         assert_eq!(
-            data_runs(&f, (4 << 20) + 5).unwrap(),
+            data_runs(&f, 0, (4 << 20) + 5).unwrap(),
             vec![(runs[0].0, (4 << 20) + 5)]
         );
         f.set_len(0).unwrap();
         f.set_len(1 << 20).unwrap();
-        assert!(data_runs(&f, 1 << 20).unwrap().is_empty());
+        assert!(data_runs(&f, 0, 1 << 20).unwrap().is_empty());
         // Control: a dense file is one run.
         std::fs::write(&p, vec![3u8; 3 << 20]).unwrap();
         let f = File::open(&p).unwrap();
-        assert_eq!(data_runs(&f, 3 << 20).unwrap(), vec![(0, 3 << 20)]);
+        assert_eq!(data_runs(&f, 0, 3 << 20).unwrap(), vec![(0, 3 << 20)]);
+        // From inside a run: it starts there.
+        assert_eq!(data_runs(&f, 5, 3 << 20).unwrap(), vec![(5, 3 << 20)]);
     }
 
     #[test]

@@ -312,7 +312,7 @@ fn copy_into_with(dst: &mut Writer, offset: u64, src: &Path, label: Option<&str>
     let mut buf = crate::host::direct::AlignedBuf::new(4 << 20);
     // Only the source's data runs are read (an ESP image is mostly holes);
     // within them, all-zero pieces are left as holes too.
-    let runs = crate::host::direct::data_runs(&f, total).unwrap_or_else(|| vec![(0, total)]);
+    let runs = crate::host::direct::data_runs(&f, 0, total).unwrap_or_else(|| vec![(0, total)]);
     for (start, end) in runs {
         let mut pos = start;
         while pos < end {
