@@ -66,12 +66,7 @@ impl Sha256 {
     }
 
     fn of_large_file(path: &Path, label: &str, direct: bool) -> anyhow::Result<Self> {
-        let f = std::fs::File::open(path)
-            .with_context(|| format!("cannot open {} to hash it", path.display()))?;
-        let len = f
-            .metadata()
-            .with_context(|| format!("cannot stat {}", path.display()))?
-            .len();
+        let (f, len) = open_to_hash(path)?;
         let r = if direct {
             Reader::new(f, path)
         } else {
@@ -170,6 +165,17 @@ pub struct Spliced<'a> {
     progress: Option<&'a mut Progress>,
 }
 
+/// `path` opened to be hashed, and its length.
+fn open_to_hash(path: &Path) -> anyhow::Result<(std::fs::File, u64)> {
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("cannot open {} to hash it", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    Ok((f, len))
+}
+
 /// The largest read [`Spliced`] makes.
 const SPLICED_READ: usize = 4 << 20;
 
@@ -246,12 +252,7 @@ impl<'a> Spliced<'a> {
 
     /// Hashes the whole file at `path`.
     pub fn file(&mut self, path: &Path) -> anyhow::Result<u64> {
-        let f = std::fs::File::open(path)
-            .with_context(|| format!("cannot open {} to hash it", path.display()))?;
-        let len = f
-            .metadata()
-            .with_context(|| format!("cannot stat {}", path.display()))?
-            .len();
+        let (f, len) = open_to_hash(path)?;
         self.range(&mut Reader::new(f, path), path, 0, len)?;
         Ok(len)
     }
