@@ -401,7 +401,6 @@ pub fn run_piping_output(
     total: u64,
     mut sink: impl FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<u64> {
-    use std::io::Read as _;
     use std::process::Stdio;
     let (mut from_tool, to_file) =
         pipe().with_context(|| format!("{stage}: cannot make a pipe"))?;
@@ -418,48 +417,78 @@ pub fn run_piping_output(
     let out_reader = drain(child.stdout.take());
     let err_reader = drain(child.stderr.take());
     let mut bar = crate::host::progress::Progress::new(label, total);
-    let mut buf = crate::host::direct::AlignedBuf::new(PIPED_PIECE);
-    let mut pos = 0u64;
-    let copied = loop {
-        let mut n = 0;
-        let fill = loop {
-            if n == buf.len() {
-                break Ok(n);
+    // A bigger pipe (best effort) lets the tool run ahead between reads.
+    // SAFETY: fcntl on a descriptor this function owns; a failure only
+    // leaves the default size.
+    unsafe {
+        libc::fcntl(
+            std::os::unix::io::AsRawFd::as_raw_fd(&from_tool),
+            libc::F_SETPIPE_SZ,
+            PIPE_SIZE,
+        );
+    }
+    // One thread reads the pipe into pieces while this one hands the
+    // piece before to `sink`: the tool is not held up while a piece is
+    // hashed and written. Two pieces are in flight; the sink gives each
+    // back to be filled again.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<
+        std::io::Result<(crate::host::direct::AlignedBuf, usize)>,
+    >(1);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<crate::host::direct::AlignedBuf>();
+    for _ in 0..2 {
+        let _ = empty_tx.send(crate::host::direct::AlignedBuf::new(PIPED_PIECE));
+    }
+    let copied = std::thread::scope(|s| {
+        s.spawn(move || {
+            while let Ok(mut buf) = empty_rx.recv() {
+                let fill = fill_piece(&mut from_tool, buf.as_mut_slice());
+                let end = matches!(fill, Ok(0) | Err(_));
+                if full_tx.send(fill.map(|n| (buf, n))).is_err() || end {
+                    return;
+                }
             }
-            match from_tool.read(&mut buf.as_mut_slice()[n..]) {
-                Ok(0) => break Ok(n),
-                Ok(r) => n += r,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+        });
+        let mut pos = 0u64;
+        let r = loop {
+            match full_rx.recv() {
+                // The reader ended (it sends its end first).
+                Err(_) | Ok(Ok((_, 0))) => break Ok(pos),
+                Ok(Ok((buf, n))) => {
+                    if let Err(e) = sink(&buf.as_slice()[..n], pos) {
+                        break Err(e);
+                    }
+                    pos += n as u64;
+                    bar.update(pos.min(total));
+                    let _ = empty_tx.send(buf);
+                }
+                Ok(Err(e)) => {
+                    break Err(anyhow::Error::new(e).context(format!("{stage}: read the pipe")))
+                }
             }
         };
-        match fill {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                if let Err(e) = sink(&buf.as_slice()[..n], pos) {
-                    break Err(e);
-                }
-                pos += n as u64;
-                bar.update(pos.min(total));
-            }
-            Err(e) => break Err(anyhow::Error::new(e).context(format!("{stage}: read the pipe"))),
+        if r.is_err() {
+            // Nothing more is read: the tool must not wait on a full pipe
+            // (killed, its end closes and the reader sees the end).
+            let _ = child.kill();
         }
-    };
-    if copied.is_err() {
-        // Nothing more is read: the tool must not wait on a full pipe.
-        let _ = child.kill();
-    }
-    drop(from_tool);
+        // The reader stops at its next send or receive.
+        drop(full_rx);
+        drop(empty_tx);
+        r
+    });
     let status = child
         .wait()
         .with_context(|| format!("{stage}: waiting for `{line}`"))?;
     let stdout = out_reader.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
-    if let Err(e) = copied {
-        log_time(&cmd.get_program().to_string_lossy(), started);
-        bar.abandon();
-        return Err(e);
-    }
+    let pos = match copied {
+        Ok(pos) => pos,
+        Err(e) => {
+            log_time(&cmd.get_program().to_string_lossy(), started);
+            bar.abandon();
+            return Err(e);
+        }
+    };
     end_with_bar(
         stage, &cmd, &line, started, status, &stderr, &stdout, bar, pos,
     )?;
@@ -486,6 +515,24 @@ fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
 
 /// The piece size of [`run_piping_output`]: 4 MiB.
 pub const PIPED_PIECE: usize = 4 << 20;
+
+/// The pipe size [`run_piping_output`] asks for: 1 MiB, Linux's default
+/// most for an unprivileged process (`/proc/sys/fs/pipe-max-size`).
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// Reads `r` until `buf` is full or the end; the bytes read (0: the end).
+fn fill_piece(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
 
 /// The end of a tool run with a progress bar: its time logged; an
 /// interrupt or a failure abandons the bar (the failure names the stage,

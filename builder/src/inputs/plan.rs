@@ -219,9 +219,24 @@ fn local_repos(lock: Option<&Lock>, cache: &Cache, dir: &Path) -> Result<Repos> 
     Ok(repos)
 }
 
-/// Checks every pinned local input before anything is fetched or written.
+/// Checks every pinned local input before anything is fetched or written,
+/// but a model that is one file: its volume's stage checks that
+/// (`pipeline::volumes`: while packing it, the one read of a file of
+/// many GB, or while the stage cache checks the cached volume).
 fn check_local_pins(recipe: &Recipe) -> Result<()> {
     for m in &recipe.workloads.models {
+        if !m.path.is_dir() {
+            if let Err(e) = std::fs::metadata(&m.path) {
+                return Err(crate::InputError(format!(
+                    "{}: model {}: cannot read {}: {e}",
+                    m.at,
+                    m.name,
+                    m.path.display()
+                ))
+                .into());
+            }
+            continue;
+        }
         let got = crate::host::digest::tree_or_file_digest(&m.path).with_context(|| {
             format!(
                 "{}: model {}: cannot read {}",

@@ -45,6 +45,13 @@ pub fn lookup(
     Some((blob, extra))
 }
 
+/// Whether a result is stored for `key` (its index read, its blob neither
+/// looked for nor checked): to know before [`lookup`] checks a blob of GBs
+/// whether the stage will be run.
+pub fn indexed(cache: &Cache, enabled: bool, stage: &str, key: &Sha256) -> bool {
+    enabled && read_index(cache, stage, key).is_some()
+}
+
 /// The blob digest and extra line an index names (the blob not checked).
 fn read_index(cache: &Cache, stage: &str, key: &Sha256) -> Option<(Sha256, String)> {
     let text = std::fs::read_to_string(index_path(cache, stage, key)).ok()?;

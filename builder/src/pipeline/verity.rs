@@ -1,6 +1,7 @@
 //! dm-verity: computes the hash tree of the root image with veritysetup.
-//! Salt and UUID are derived from the root image's digest, so the root hash
-//! depends only on the root's content.
+//! Salt and UUID are derived from a seed that determines the image's bytes
+//! (its digest, or for a model volume its stage-cache key), so the root
+//! hash depends only on what the image is made from.
 
 use std::path::{Path, PathBuf};
 
@@ -43,13 +44,13 @@ pub fn make_verity(data: &Path, hash_out: &Path) -> Result<VerityTree> {
     make_verity_of(data, &digest, hash_out)
 }
 
-/// The hash tree of `data`, whose sha256 the caller has just computed
-/// (`digest`; a model volume hashes its image once, for this and for the
-/// stage cache).
-pub fn make_verity_of(data: &Path, digest: &Sha256, hash_out: &Path) -> Result<VerityTree> {
-    let salt = Sha256::of_bytes(format!("cairn verity salt {digest}").as_bytes()).hex();
+/// The hash tree of `data`, with salt and UUID made from `seed`: a digest
+/// that determines the image's bytes (the image's sha256, which the
+/// caller has just computed, or a stage-cache key).
+pub fn make_verity_of(data: &Path, seed: &Sha256, hash_out: &Path) -> Result<VerityTree> {
+    let salt = Sha256::of_bytes(format!("cairn verity salt {seed}").as_bytes()).hex();
     let uuid = uuid_from(&Sha256::of_bytes(
-        format!("cairn verity uuid {digest}").as_bytes(),
+        format!("cairn verity uuid {seed}").as_bytes(),
     ));
     let sh = xshell::Shell::new()?;
     let bs = BLOCK_SIZE.to_string();

@@ -124,6 +124,7 @@ pub fn cache_key(m: &Model, epoch: u64) -> Sha256 {
             // staged copy): another layout than before, so another key.
             "file by pseudo definition".into(),
             format!("epoch {epoch}"),
+            "verity salt and uuid from this key".into(),
             format!(
                 "verity sha256 {} {}",
                 crate::pipeline::verity::BLOCK_SIZE,
@@ -141,8 +142,15 @@ pub fn make_model_volumes(plan: &crate::inputs::plan::Plan, work: &Path) -> Resu
         .models
         .iter()
         .map(|m| {
-            let v = make_model_volume(m, &plan.cache, plan.stage_cache, epoch, work)
-                .with_context(|| format!("model volume {}", m.name))?;
+            let v =
+                make_model_volume(m, &plan.cache, plan.stage_cache, epoch, work).map_err(|e| {
+                    match e.downcast_ref::<crate::InputError>() {
+                        // Bad input names the model and the recipe's line
+                        // itself (and prints as it is).
+                        Some(_) => e,
+                        None => e.context(format!("model volume {}", m.name)),
+                    }
+                })?;
             crate::host::progress::say(&format!(
                 "        model {}: {:.1} MiB ({}{}), root hash {}",
                 v.name,
@@ -169,7 +177,23 @@ pub fn make_model_volume(
 ) -> Result<Volume> {
     let key = cache_key(m, epoch);
     let mount = format!("/{}", mount_point(m));
-    if let Some(v) = cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key) {
+    let file = !m.path.is_dir();
+    // A file model's pin is checked here, not at resolve time: a volume
+    // made now checks it while packing (the one read of the file); a
+    // cached one is checked while the cache checks its image.
+    let cached =
+        if file && crate::inputs::stagecache::indexed(cache, stage_cache, STAGE_IMAGE, &key) {
+            std::thread::scope(|s| {
+                let pin = s.spawn(|| check_file_pin(m));
+                let v = cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key);
+                pin.join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                    .map(|()| v)
+            })?
+        } else {
+            cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key)
+        };
+    if let Some(v) = cached {
         return Ok(Volume {
             name: m.name.clone(),
             kind: Kind::Model,
@@ -258,11 +282,7 @@ pub fn make_model_volume(
         packed?;
         let hashed = hashed?;
         if hashed != m.sha256 {
-            bail!(
-                "the packed data has digest {hashed}, not the pinned {} (did {} change during the build?)",
-                m.sha256,
-                m.path.display()
-            );
+            return Err(pin_error(m, &hashed));
         }
     }
     std::fs::remove_dir_all(&tree).ok();
@@ -271,14 +291,23 @@ pub fn make_model_volume(
         &format!("squashfs image written ({})", m.compression.as_str()),
         t,
     );
-    // One hash of the image serves the hash tree's salt and the stage cache.
-    let digest = Sha256::of_file_with_progress(&image, &format!("{label}: hash the image"))?;
+    // The hash tree's salt comes from the key (which determines the
+    // image's bytes), so veritysetup and the image's sha256 (for the stage
+    // cache) read the freshly written image at once, on two cores.
     let t = Instant::now();
-    let verity = crate::pipeline::verity::make_verity_of(
-        &image,
-        &digest,
-        &dir.join(format!("{}.verity", m.name)),
-    )?;
+    let (verity, digest) = std::thread::scope(|s| {
+        let hashing =
+            s.spawn(|| Sha256::of_file_with_progress(&image, &format!("{label}: hash the image")));
+        let verity = crate::pipeline::verity::make_verity_of(
+            &image,
+            &key,
+            &dir.join(format!("{}.verity", m.name)),
+        );
+        let digest = hashing
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        Ok::<_, anyhow::Error>((verity?, digest?))
+    })?;
     step(&label, "dm-verity hash tree written", t);
     let image = if stage_cache {
         store_volume(
@@ -303,6 +332,33 @@ pub fn make_model_volume(
         mount,
         cached: false,
     })
+}
+
+/// Checks a file model against its pin (bad input when it differs).
+fn check_file_pin(m: &Model) -> Result<()> {
+    let got = Sha256::of_file_with_progress(&m.path, &format!("model {}: check the pin", m.name))
+        .with_context(|| {
+        format!(
+            "{}: model {}: cannot read {}",
+            m.at,
+            m.name,
+            m.path.display()
+        )
+    })?;
+    if got != m.sha256 {
+        return Err(pin_error(m, &got));
+    }
+    Ok(())
+}
+
+/// A model whose data is not what the recipe pins: bad input (exit 2),
+/// named where the pin is written.
+pub fn pin_error(m: &Model, got: &Sha256) -> anyhow::Error {
+    crate::InputError(format!(
+        "{}: model {} digest is {got}, but the recipe pins {}; if the new data is trusted, update the pin",
+        m.at, m.name, m.sha256
+    ))
+    .into()
 }
 
 /// A line saying that a long step of a volume is done (bigger models take
@@ -611,7 +667,43 @@ mod tests {
             ..m
         };
         let e = make_model_volume(&bad, &cache, false, 1, &d.path().join("x")).unwrap_err();
-        assert!(format!("{e:#}").contains("not the pinned"), "{e:#}");
+        assert!(e.downcast_ref::<crate::InputError>().is_some(), "{e:#}");
+        assert!(format!("{e}").contains("but the recipe pins"), "{e:#}");
+    }
+
+    #[test]
+    fn a_cached_file_model_is_still_checked_against_its_pin() {
+        tools();
+        let d = tempfile::tempdir().unwrap();
+        let cache = crate::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
+        let f = d.path().join("w.bin");
+        std::fs::write(&f, vec![7u8; 10000]).unwrap();
+        let m = Model {
+            name: "w".into(),
+            sha256: Sha256::of_file(&f).unwrap(),
+            path: f.clone(),
+            compression: Compression::None,
+            at: "r.toml:9:10".into(),
+        };
+        let a = make_model_volume(&m, &cache, true, 1, &d.path().join("a")).unwrap();
+        assert!(!a.cached);
+        // Control: the same file takes the cached volume, the same one
+        // a build without the stage cache makes.
+        let b = make_model_volume(&m, &cache, true, 1, &d.path().join("b")).unwrap();
+        assert!(b.cached);
+        let c = make_model_volume(&m, &cache, false, 1, &d.path().join("c")).unwrap();
+        assert_eq!(b.verity.root_hash, c.verity.root_hash);
+        assert_eq!(b.verity.salt, c.verity.salt);
+        // The file changed, the pin did not: the cached volume (made from
+        // the pinned data) is not taken silently.
+        std::fs::write(&f, vec![8u8; 10000]).unwrap();
+        let e = make_model_volume(&m, &cache, true, 1, &d.path().join("e")).unwrap_err();
+        assert!(e.downcast_ref::<crate::InputError>().is_some(), "{e:#}");
+        let text = format!("{e}");
+        assert!(
+            text.starts_with("r.toml:9:10: model w digest is") && text.contains("update the pin"),
+            "{text}"
+        );
     }
 
     #[test]
