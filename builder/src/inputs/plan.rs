@@ -227,30 +227,14 @@ fn check_local_pins(recipe: &Recipe) -> Result<()> {
     for m in &recipe.workloads.models {
         if !m.path.is_dir() {
             if let Err(e) = std::fs::metadata(&m.path) {
-                return Err(crate::InputError(format!(
-                    "{}: model {}: cannot read {}: {e}",
-                    m.at,
-                    m.name,
-                    m.path.display()
-                ))
-                .into());
+                return Err(crate::InputError(format!("{}: {e}", m.unreadable())).into());
             }
             continue;
         }
-        let got = crate::host::digest::tree_or_file_digest(&m.path).with_context(|| {
-            format!(
-                "{}: model {}: cannot read {}",
-                m.at,
-                m.name,
-                m.path.display()
-            )
-        })?;
+        let got =
+            crate::host::digest::tree_or_file_digest(&m.path).with_context(|| m.unreadable())?;
         if got != m.sha256 {
-            return Err(crate::InputError(format!(
-                "{}: model {} digest is {got}, but the recipe pins {}; if the new data is trusted, update the pin",
-                m.at, m.name, m.sha256
-            ))
-            .into());
+            return Err(m.pin_error(&got).into());
         }
     }
     if let Base::Tarball { path, sha256, at } = &recipe.base {

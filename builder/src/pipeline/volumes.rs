@@ -282,7 +282,7 @@ pub fn make_model_volume(
         packed?;
         let hashed = hashed?;
         if hashed != m.sha256 {
-            return Err(pin_error(m, &hashed));
+            return Err(m.pin_error(&hashed).into());
         }
     }
     std::fs::remove_dir_all(&tree).ok();
@@ -337,28 +337,11 @@ pub fn make_model_volume(
 /// Checks a file model against its pin (bad input when it differs).
 fn check_file_pin(m: &Model) -> Result<()> {
     let got = Sha256::of_file_with_progress(&m.path, &format!("model {}: check the pin", m.name))
-        .with_context(|| {
-        format!(
-            "{}: model {}: cannot read {}",
-            m.at,
-            m.name,
-            m.path.display()
-        )
-    })?;
+        .with_context(|| m.unreadable())?;
     if got != m.sha256 {
-        return Err(pin_error(m, &got));
+        return Err(m.pin_error(&got).into());
     }
     Ok(())
-}
-
-/// A model whose data is not what the recipe pins: bad input (exit 2),
-/// named where the pin is written.
-pub fn pin_error(m: &Model, got: &Sha256) -> anyhow::Error {
-    crate::InputError(format!(
-        "{}: model {} digest is {got}, but the recipe pins {}; if the new data is trusted, update the pin",
-        m.at, m.name, m.sha256
-    ))
-    .into()
 }
 
 /// A line saying that a long step of a volume is done (bigger models take
@@ -543,6 +526,20 @@ mod tests {
         }
     }
 
+    /// A model of one file, `w.bin` of 10000 bytes 7, pinned at `at`.
+    fn file_model(dir: &Path, at: &str) -> (PathBuf, Model) {
+        let f = dir.join("w.bin");
+        std::fs::write(&f, vec![7u8; 10000]).unwrap();
+        let m = Model {
+            name: "w".into(),
+            sha256: Sha256::of_file(&f).unwrap(),
+            path: f.clone(),
+            compression: Compression::None,
+            at: at.into(),
+        };
+        (f, m)
+    }
+
     fn tools() {
         testkit::tool("mksquashfs", "squashfs-tools");
         testkit::tool("veritysetup", "cryptsetup-bin");
@@ -614,15 +611,7 @@ mod tests {
         tools();
         let d = tempfile::tempdir().unwrap();
         let cache = crate::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
-        let f = d.path().join("w.bin");
-        std::fs::write(&f, vec![7u8; 10000]).unwrap();
-        let m = Model {
-            name: "w".into(),
-            sha256: Sha256::of_file(&f).unwrap(),
-            path: f.clone(),
-            compression: Compression::None,
-            at: String::new(),
-        };
+        let (_, m) = file_model(d.path(), "");
         let v = make_model_volume(&m, &cache, false, 1, &d.path().join("w")).unwrap();
         assert_eq!(v.mount, "/usr/lib/cairn/volumes/w");
         // The file is read in place (no staged copy), whatever its path
@@ -676,15 +665,7 @@ mod tests {
         tools();
         let d = tempfile::tempdir().unwrap();
         let cache = crate::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
-        let f = d.path().join("w.bin");
-        std::fs::write(&f, vec![7u8; 10000]).unwrap();
-        let m = Model {
-            name: "w".into(),
-            sha256: Sha256::of_file(&f).unwrap(),
-            path: f.clone(),
-            compression: Compression::None,
-            at: "r.toml:9:10".into(),
-        };
+        let (f, m) = file_model(d.path(), "r.toml:9:10");
         let a = make_model_volume(&m, &cache, true, 1, &d.path().join("a")).unwrap();
         assert!(!a.cached);
         // Control: the same file takes the cached volume, the same one

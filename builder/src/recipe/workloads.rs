@@ -58,6 +58,27 @@ pub struct Model {
     pub at: String,
 }
 
+impl Model {
+    /// Its data is not what the recipe pins: bad input (exit 2), named
+    /// where the pin is written.
+    pub fn pin_error(&self, got: &Sha256) -> crate::InputError {
+        crate::InputError(format!(
+            "{}: model {} digest is {got}, but the recipe pins {}; if the new data is trusted, update the pin",
+            self.at, self.name, self.sha256
+        ))
+    }
+
+    /// The context of an error reading its data.
+    pub fn unreadable(&self) -> String {
+        format!(
+            "{}: model {}: cannot read {}",
+            self.at,
+            self.name,
+            self.path.display()
+        )
+    }
+}
+
 /// How a model volume's squashfs is stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
