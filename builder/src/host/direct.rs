@@ -300,6 +300,74 @@ fn resident_pages(f: &File, at: u64, len: usize) -> Option<usize> {
     }
 }
 
+/// How often [`DropBehind`] drops what the page cache holds of its files.
+const DROP_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// While it lives, keeps what the page cache holds of some files small:
+/// the bytes a tool has written are sent to the disk and dropped every
+/// [`DROP_EVERY`], so a tool writing GBs front to back reuses the same few
+/// pages instead of taking fresh memory for every one (the cost this
+/// module is about). Dirty pages are started on their way to the disk by
+/// one pass and dropped, clean, by a later one; a page dropped before a
+/// reader came to it is read again from the disk: the bytes are the same
+/// either way.
+///
+/// Files are opened by path at every pass (a tool may create or replace
+/// its output after this starts), never following a final link, without
+/// blocking, and only regular files are touched.
+pub struct DropBehind {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DropBehind {
+    pub fn start(paths: Vec<std::path::PathBuf>) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("drop-behind".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(DROP_EVERY);
+                    for p in &paths {
+                        drop_cached(p);
+                    }
+                }
+            })
+            .ok();
+        DropBehind { stop, thread }
+    }
+}
+
+impl Drop for DropBehind {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts writing out the dirty pages of the regular file at `path` and
+/// drops its clean ones from the page cache (best effort: advice only).
+fn drop_cached(path: &Path) {
+    use std::os::unix::io::AsRawFd as _;
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return;
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return;
+    }
+    // SAFETY: advice on a descriptor owned here; it reads no memory.
+    unsafe {
+        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +500,47 @@ mod tests {
         // Control: a plain read caches.
         std::fs::read(&p).unwrap();
         assert!(cached_pages(&p) > 0, "control: a buffered read is cached");
+    }
+
+    #[test]
+    fn drop_behind_keeps_a_written_file_out_of_the_page_cache() {
+        // A tool's buffered writes (here this test's, 64 MiB) while a
+        // DropBehind watches the file: once it has stopped, almost nothing
+        // of the file is cached, and the bytes are all on the disk.
+        // Control: the same writes to a file nobody watches stay cached.
+        let d = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let chunk = vec![5u8; 1 << 20];
+        let write = |p: &Path| {
+            let mut f = File::create(p).unwrap();
+            for _ in 0..64 {
+                std::io::Write::write_all(&mut f, &chunk).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        let watched = d.path().join("watched");
+        let guard = DropBehind::start(vec![watched.clone()]);
+        write(&watched);
+        // More passes: one starts the last writes out, a later one drops
+        // them (time to spare for a busy disk).
+        std::thread::sleep(10 * DROP_EVERY);
+        drop(guard);
+        let pages = 64 * (1 << 20) / ALIGN;
+        let left = cached_pages(&watched);
+        assert!(left < pages / 4, "{left} of {pages} pages still cached");
+        let back = std::fs::read(&watched).unwrap();
+        assert!(back.len() == 64 << 20 && back.iter().all(|b| *b == 5));
+        let plain = d.path().join("plain");
+        write(&plain);
+        let left = cached_pages(&plain);
+        assert!(left > pages / 2, "control: {left} of {pages} pages cached");
+        // A fifo among the paths is neither opened for long nor waited on.
+        let fifo = d.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let guard = DropBehind::start(vec![fifo, d.path().join("missing")]);
+        std::thread::sleep(3 * DROP_EVERY);
+        drop(guard);
     }
 
     fn cached_pages(p: &Path) -> usize {

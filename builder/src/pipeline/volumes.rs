@@ -217,6 +217,10 @@ pub fn make_model_volume(
     let e = epoch.to_string();
     let opts = squashfs_options(m.compression);
     let t = Instant::now();
+    // The image goes to the disk through a few pages of the page cache,
+    // not GBs of fresh memory (`host::direct::DropBehind`), while
+    // mksquashfs writes it.
+    let streaming = crate::host::direct::DropBehind::start(vec![image.clone()]);
     if m.path.is_dir() {
         // The pin was checked at resolve time; check what will be packed,
         // too.
@@ -285,6 +289,7 @@ pub fn make_model_volume(
             return Err(m.pin_error(&hashed).into());
         }
     }
+    drop(streaming);
     std::fs::remove_dir_all(&tree).ok();
     step(
         &label,
