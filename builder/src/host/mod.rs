@@ -16,3 +16,18 @@ pub mod scratch;
 pub mod time;
 pub mod tree;
 pub mod untrusted;
+
+/// Fills `buf` as far as `r` allows (a short count only at its end);
+/// returns the bytes read. Interrupted reads are retried.
+pub fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

@@ -441,7 +441,7 @@ pub fn run_piping_output(
     let copied = std::thread::scope(|s| {
         s.spawn(move || {
             while let Ok(mut buf) = empty_rx.recv() {
-                let fill = fill_piece(&mut from_tool, buf.as_mut_slice());
+                let fill = crate::host::read_full(&mut from_tool, buf.as_mut_slice());
                 let end = matches!(fill, Ok(0) | Err(_));
                 if full_tx.send(fill.map(|n| (buf, n))).is_err() || end {
                     return;
@@ -519,20 +519,6 @@ pub const PIPED_PIECE: usize = 4 << 20;
 /// The pipe size [`run_piping_output`] asks for: 1 MiB, Linux's default
 /// most for an unprivileged process (`/proc/sys/fs/pipe-max-size`).
 const PIPE_SIZE: libc::c_int = 1 << 20;
-
-/// Reads `r` until `buf` is full or the end; the bytes read (0: the end).
-fn fill_piece(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
 
 /// The end of a tool run with a progress bar: its time logged; an
 /// interrupt or a failure abandons the bar (the failure names the stage,

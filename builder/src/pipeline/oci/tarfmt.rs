@@ -106,15 +106,7 @@ impl<R: Read> TarReader<R> {
 
     /// Reads one block; false on a clean end of stream before its first byte.
     fn read_block(&mut self, buf: &mut [u8; 512]) -> Result<bool, TarError> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.r.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let got = crate::host::read_full(&mut self.r, buf)?;
         self.pos += got as u64;
         match got {
             0 => Ok(false),

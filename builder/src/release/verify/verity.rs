@@ -17,19 +17,7 @@ const DIGESTS_PER_BLOCK: usize = VERITY_BLOCK as usize / DIGEST_LEN;
 /// dm-verity refuses salts longer than this.
 const MAX_SALT: usize = 256;
 
-/// Fill `buf` as far as the reader allows; returns the bytes read.
-pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
+pub(super) use crate::host::read_full;
 
 /// The dm-verity root hash (format 1, sha256, 4096-byte data and hash
 /// blocks) of the first `data_size` bytes of `data`, as
