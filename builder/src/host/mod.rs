@@ -17,6 +17,17 @@ pub mod time;
 pub mod tree;
 pub mod untrusted;
 
+/// Asks for a pipe or fifo of `size` bytes (F_SETPIPE_SZ), so the side
+/// that writes may run ahead between reads. Best effort: on failure (a
+/// size over /proc/sys/fs/pipe-max-size, not a pipe) the default stays.
+pub fn set_pipe_size(pipe: &impl std::os::unix::io::AsRawFd, size: usize) {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl on a descriptor the caller holds open; no pointers.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, size);
+    }
+}
+
 /// Fills `buf` as far as `r` allows (a short count only at its end);
 /// returns the bytes read. Interrupted reads are retried.
 pub fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -418,15 +418,7 @@ pub fn run_piping_output(
     let err_reader = drain(child.stderr.take());
     let mut bar = crate::host::progress::Progress::new(label, total);
     // A bigger pipe (best effort) lets the tool run ahead between reads.
-    // SAFETY: fcntl on a descriptor this function owns; a failure only
-    // leaves the default size.
-    unsafe {
-        libc::fcntl(
-            std::os::unix::io::AsRawFd::as_raw_fd(&from_tool),
-            libc::F_SETPIPE_SZ,
-            PIPE_SIZE,
-        );
-    }
+    crate::host::set_pipe_size(&from_tool, PIPE_SIZE);
     // One thread reads the pipe into pieces while this one hands the
     // piece before to `sink`: the tool is not held up while a piece is
     // hashed and written. Two pieces are in flight; the sink gives each
@@ -518,7 +510,7 @@ pub const PIPED_PIECE: usize = 4 << 20;
 
 /// The pipe size [`run_piping_output`] asks for: 1 MiB, Linux's default
 /// most for an unprivileged process (`/proc/sys/fs/pipe-max-size`).
-const PIPE_SIZE: libc::c_int = 1 << 20;
+const PIPE_SIZE: usize = 1 << 20;
 
 /// The end of a tool run with a progress bar: its time logged; an
 /// interrupt or a failure abandons the bar (the failure names the stage,

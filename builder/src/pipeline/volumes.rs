@@ -7,7 +7,7 @@
 //! name, its compression and SOURCE_DATE_EPOCH (the stage-cache key covers
 //! exactly these), so an unchanged model reuses its cached volume.
 
-use std::io::Read;
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -243,48 +243,56 @@ pub fn make_model_volume(
         )?;
     } else {
         // A file is not copied: mksquashfs reads it through a pseudo file
-        // definition whose command is constant (the model's path reaches
-        // it in the environment, never as a word of a command line), and
-        // the bytes it takes are hashed on their way in (tee into a fifo
-        // this process reads), so what is packed is checked against the
-        // pin in the same pass.
+        // definition whose command is constant (`cat` of a fifo in this
+        // build's work folder; the model's path never reaches a command
+        // line), and this process feeds the fifo from the file, hashing
+        // each piece on its way (`feed_fifo`), so what is packed is
+        // checked against the pin in the same pass, read once.
         set_mode(&tree, 0o755)?;
-        let fifo = dir.join("hash.fifo");
+        // Opened without blocking, a regular file only: a fifo or a device
+        // put in the file's place after resolve is refused, not read.
+        use crate::host::untrusted::{open, Links, UntrustedError};
+        let src = open(&m.path, Links::Follow).map_err(|e| match e {
+            UntrustedError::Io { .. } => anyhow::Error::new(e).context(m.unreadable()),
+            _ => crate::InputError(format!(
+                "{}: model {}: {e}; `path` must name a regular file or a folder",
+                m.at, m.name
+            ))
+            .into(),
+        })?;
+        let fifo = dir.join("feed.fifo");
         make_fifo(&fifo)?;
-        let len = std::fs::metadata(&m.path)
-            .with_context(|| format!("read {}", m.path.display()))?
-            .len();
-        let bar = (len >= crate::host::digest::PROGRESS_MIN)
-            .then(|| crate::host::progress::Progress::new(&format!("{label}: pack"), len));
-        let reader = {
-            let fifo = fifo.clone();
-            std::thread::spawn(move || hash_fifo(&fifo, bar))
-        };
+        let bar = (src.len >= crate::host::digest::PROGRESS_MIN)
+            .then(|| crate::host::progress::Progress::new(&format!("{label}: pack"), src.len));
         let pseudo = format!(
-            "{} f {:o} 0 0 tee -- \"$CAIRN_HASH_FIFO\" < \"$CAIRN_MODEL\"",
+            "{} f {:o} 0 0 cat -- \"$CAIRN_FEED\"",
             m.name,
             file_mode(&m.path)?
         );
-        let packed = crate::host::runner::run(
-            "model volume",
-            xshell::cmd!(
-                sh,
-                "mksquashfs {tree} {image} -noappend {opts...} -all-root -no-xattrs -all-time {e} -mkfs-time {e} -no-progress -quiet -p {pseudo}"
-            )
-            .env("CAIRN_MODEL", &m.path)
-            .env("CAIRN_HASH_FIFO", &fifo),
-        );
-        // A reader still waiting for the fifo's writer (mksquashfs failed
-        // before it ran the command) gets its end of file.
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo);
-        let hashed = reader
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let (packed, fed) = std::thread::scope(|s| {
+            let feeder = s.spawn(|| feed_fifo(src, &fifo, bar));
+            let packed = crate::host::runner::run(
+                "model volume",
+                xshell::cmd!(
+                    sh,
+                    "mksquashfs {tree} {image} -noappend {opts...} -all-root -no-xattrs -all-time {e} -mkfs-time {e} -no-progress -quiet -p {pseudo}"
+                )
+                .env("CAIRN_FEED", &fifo),
+            );
+            // A feeder still waiting for the fifo's reader (mksquashfs
+            // failed before it ran `cat`) is let through; its writes then
+            // fail, and mksquashfs's error is the one reported.
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+            let fed = feeder
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (packed, fed)
+        });
         packed?;
-        let hashed = hashed?;
+        let hashed = fed?;
         if hashed != m.sha256 {
             return Err(m.pin_error(&hashed).into());
         }
@@ -478,30 +486,75 @@ fn make_fifo(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The sha256 of everything written into the fifo `path` until its last
-/// writer closes it, with a progress bar for a big model.
-fn hash_fifo(path: &Path, mut bar: Option<crate::host::progress::Progress>) -> Result<Sha256> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut done = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        };
-        sha2::Digest::update(&mut h, &buf[..n]);
-        done += n as u64;
-        if let Some(b) = bar.as_mut() {
-            b.update(done);
+/// The largest piece [`feed_fifo`] reads and writes at once.
+const FEED_PIECE: usize = 1 << 20;
+
+/// Writes the model file `src` into the fifo `fifo` (opened for writing:
+/// this waits for its reader) and returns the sha256 of what was written:
+/// one read of the file, the hash taken on a second thread while the next
+/// piece is read and written. Exactly the length the file had when it was
+/// opened is written; a file that changed length meanwhile is an error.
+fn feed_fifo(
+    src: crate::host::untrusted::UntrustedFile,
+    fifo: &Path,
+    mut bar: Option<crate::host::progress::Progress>,
+) -> Result<Sha256> {
+    use std::sync::Arc;
+    let crate::host::untrusted::UntrustedFile {
+        file: mut input,
+        len,
+        path,
+    } = src;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut h = <sha2::Sha256 as sha2::Digest>::new();
+            for piece in rx {
+                sha2::Digest::update(&mut h, &piece[..]);
+            }
+            Sha256(sha2::Digest::finalize(h).into())
+        });
+        let fed = (|| -> Result<()> {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(fifo)
+                .with_context(|| format!("open {}", fifo.display()))?;
+            crate::host::set_pipe_size(&out, FEED_PIECE);
+            let mut done = 0u64;
+            while done < len {
+                let want = (len - done).min(FEED_PIECE as u64) as usize;
+                let mut buf = vec![0u8; want];
+                let n = crate::host::read_full(&mut input, &mut buf)
+                    .with_context(|| format!("read {}", path.display()))?;
+                if n < want {
+                    bail!("{} got shorter while it was packed", path.display());
+                }
+                let piece = Arc::new(buf);
+                tx.send(Arc::clone(&piece))
+                    .map_err(|_| anyhow::anyhow!("model hash: its thread ended"))?;
+                out.write_all(&piece)
+                    .with_context(|| format!("write {} into the pack", path.display()))?;
+                done += n as u64;
+                if let Some(b) = bar.as_mut() {
+                    b.update(done);
+                }
+            }
+            if input.metadata().map(|m| m.len()).ok() != Some(len) {
+                bail!("{} changed length while it was packed", path.display());
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let digest = hasher
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        match (&fed, bar.as_mut()) {
+            (Ok(()), Some(b)) => b.finish(),
+            (Err(_), Some(b)) => b.abandon(),
+            _ => {}
         }
-    }
-    if let Some(b) = bar.as_mut() {
-        b.finish();
-    }
-    Ok(Sha256(sha2::Digest::finalize(h).into()))
+        fed.map(|()| digest)
+    })
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
@@ -688,6 +741,112 @@ mod tests {
         let text = format!("{e}");
         assert!(
             text.starts_with("r.toml:9:10: model w digest is") && text.contains("update the pin"),
+            "{text}"
+        );
+    }
+
+    /// The bytes a reader of the fifo gets and the digest `feed_fifo`
+    /// returns.
+    fn feed(src: crate::host::untrusted::UntrustedFile, fifo: &Path) -> (Vec<u8>, Result<Sha256>) {
+        let reader = {
+            let fifo = fifo.to_path_buf();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        let digest = feed_fifo(src, fifo, None);
+        (reader.join().unwrap(), digest)
+    }
+
+    #[test]
+    fn the_feeder_writes_the_file_and_hashes_what_it_wrote() {
+        use crate::host::untrusted::{open, Links};
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("w.bin");
+        // Three pieces and a part of one.
+        let data: Vec<u8> = (0..(3 * FEED_PIECE + 12345))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        std::fs::write(&f, &data).unwrap();
+        let fifo = d.path().join("feed.fifo");
+        make_fifo(&fifo).unwrap();
+        let (got, digest) = feed(open(&f, Links::Follow).unwrap(), &fifo);
+        assert!(got == data, "the fifo's bytes differ from the file's");
+        assert_eq!(digest.unwrap(), Sha256::of_bytes(&data));
+        // A file cut short after it was opened is an error, not a shorter
+        // volume with the digest of what was read.
+        let src = open(&f, Links::Follow).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_len(FEED_PIECE as u64)
+            .unwrap();
+        let (got, digest) = feed(src, &fifo);
+        let e = digest.unwrap_err();
+        assert!(
+            format!("{e:#}").contains("got shorter while it was packed"),
+            "{e:#}"
+        );
+        assert_eq!(got.len(), FEED_PIECE);
+    }
+
+    #[test]
+    fn a_feeder_whose_reader_never_comes_is_let_go() {
+        use crate::host::untrusted::{open, Links};
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("w.bin");
+        std::fs::write(&f, vec![1u8; 3 * FEED_PIECE]).unwrap();
+        let fifo = d.path().join("feed.fifo");
+        make_fifo(&fifo).unwrap();
+        let src = open(&f, Links::Follow).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || tx.send(feed_fifo(src, &fifo, None)));
+        }
+        // Control: with no reader the feeder waits.
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err());
+        // What make_model_volume does once mksquashfs has ended: a reader
+        // that opens and goes at once ends the feeder with an error.
+        drop(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap(),
+        );
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the feeder still waits for its reader");
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_fifo_in_a_file_models_place_is_refused_not_read() {
+        tools();
+        let d = tempfile::tempdir().unwrap();
+        let cache = crate::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
+        let (f, m) = file_model(d.path(), "r.toml:4:8");
+        // Control: the file packs.
+        make_model_volume(&m, &cache, false, 1, &d.path().join("a")).unwrap();
+        std::fs::remove_file(&f).unwrap();
+        make_fifo(&f).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let (cache, m, w) = (cache, m, d.path().join("b"));
+            std::thread::spawn(move || {
+                tx.send(make_model_volume(&m, &cache, false, 1, &w).map(|_| ()))
+            });
+        }
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("packing a fifo blocks")
+            .unwrap_err();
+        assert!(e.downcast_ref::<crate::InputError>().is_some(), "{e:#}");
+        let text = format!("{e}");
+        assert!(
+            text.starts_with("r.toml:4:8: model w: ") && text.contains("FIFO"),
             "{text}"
         );
     }
