@@ -306,24 +306,26 @@ pub fn make_model_volume(
     );
     // The hash tree's salt comes from the key (which determines the
     // image's bytes), so veritysetup and the image's sha256 (for the stage
-    // cache) read the freshly written image at once, on two cores.
+    // cache; not taken without it) read the freshly written image at once,
+    // on two cores.
     let t = Instant::now();
     let (verity, digest) = std::thread::scope(|s| {
-        let hashing =
-            s.spawn(|| Sha256::of_file_with_progress(&image, &format!("{label}: hash the image")));
+        let hashing = stage_cache.then(|| {
+            s.spawn(|| Sha256::of_file_with_progress(&image, &format!("{label}: hash the image")))
+        });
         let verity = crate::pipeline::verity::make_verity_of(
             &image,
             &key,
             &dir.join(format!("{}.verity", m.name)),
         );
         let digest = hashing
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .transpose();
         Ok::<_, anyhow::Error>((verity?, digest?))
     })?;
     step(&label, "dm-verity hash tree written", t);
-    let image = if stage_cache {
-        store_volume(
+    let image = match digest {
+        Some(digest) => store_volume(
             cache,
             STAGE_IMAGE,
             STAGE_HASH,
@@ -331,9 +333,8 @@ pub fn make_model_volume(
             &image,
             &digest,
             &verity,
-        )?
-    } else {
-        image
+        )?,
+        None => image,
     };
     Ok(Volume {
         name: m.name.clone(),
