@@ -10,6 +10,10 @@
 //! blob whose content no longer matches its name is moved to
 //! `ROOT/quarantine/` with a warning and treated as missing.
 //!
+//! `ROOT/volumes/` holds the stage cache's volume images that are not
+//! blobs (`stagecache::store_volume_image`: checked by their dm-verity
+//! root hash, not their sha256); `gc` empties it.
+//!
 //! `export` writes a tar of chosen blobs plus a `DIGESTS` list; `import`
 //! checks every member against that list and its own name before adding
 //! anything, and refuses extra members, links and odd paths.
@@ -29,6 +33,10 @@ use crate::host::digest::Sha256;
 
 /// Name of the digest list inside an exported cache tar.
 pub const DIGESTS_MEMBER: &str = "DIGESTS";
+
+/// The folder of the stage cache's volume images
+/// (`stagecache::volume_image_path`), which `gc` empties.
+pub const VOLUMES: &str = "volumes";
 
 /// Temporary files older than this are debris from a crashed writer; `gc`
 /// removes them. Younger ones may belong to a build running right now.
@@ -425,7 +433,8 @@ impl Cache {
     }
 
     /// Removes every blob `keep` does not name, temp files left by crashed
-    /// writers (older than a day) and quarantined blobs. Returns (files
+    /// writers (older than a day), quarantined blobs and the stage cache's
+    /// volume images. Returns (files
     /// removed, bytes freed).
     pub fn gc(&self, keep: &GcKeep) -> Result<(usize, u64)> {
         let nothing = BTreeSet::new();
@@ -457,26 +466,35 @@ impl Cache {
             }
         }
         let now = SystemTime::now();
-        for p in &other {
-            let old = std::fs::symlink_metadata(p)
+        let is_old = |p: &Path| {
+            std::fs::symlink_metadata(p)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age > STALE_TEMP);
-            let is_temp = p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"));
+                .is_some_and(|age| age > STALE_TEMP)
+        };
+        let is_temp = |p: &Path| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+        };
+        for p in &other {
             // Unknown files that are not our temps are left alone: the
             // user may have put them there.
-            if is_temp && old {
+            if is_temp(p) && is_old(p) {
                 rm(p)?;
             }
         }
-        let q = self.root.join("quarantine");
-        if let Ok(rd) = std::fs::read_dir(&q) {
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                    rm(&e.path())?;
+        // Quarantined blobs, and the stage cache's volume images (stage
+        // results, like the stage blobs above that no recipe names).
+        for folder in ["quarantine", VOLUMES] {
+            if let Ok(rd) = std::fs::read_dir(self.root.join(folder)) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if e.file_type().map(|t| t.is_file()).unwrap_or(false)
+                        && (!is_temp(&p) || is_old(&p))
+                    {
+                        rm(&p)?;
+                    }
                 }
             }
         }
@@ -872,9 +890,15 @@ mod tests {
         let stale = c.root().join("sha256").join(".tmp-stale");
         std::fs::write(&stale, b"yz").unwrap();
         filetime::set_file_mtime(&stale, filetime::FileTime::from_unix_time(1_000_000, 0)).unwrap();
+        // A stage volume image goes; one being copied in right now stays.
+        let vols = c.root().join(VOLUMES);
+        std::fs::create_dir_all(&vols).unwrap();
+        std::fs::write(vols.join("model-volume-ab"), b"vol").unwrap();
+        std::fs::write(vols.join(".tmp-copying"), b"v").unwrap();
         let (n, bytes) = c.gc(&GcKeep::Named([keep].into_iter().collect())).unwrap();
-        assert_eq!(n, 3);
-        assert_eq!(bytes, 7 + 12 + 2);
+        assert_eq!(n, 4);
+        assert_eq!(bytes, 7 + 12 + 2 + 3);
+        assert!(!vols.join("model-volume-ab").exists() && vols.join(".tmp-copying").exists());
         assert!(c.contains(&keep));
         assert!(!c.contains(&drop1) && !c.contains(&drop2));
         assert!(inflight.exists() && !stale.exists());

@@ -84,6 +84,75 @@ pub fn store_moved(
     Ok(blob)
 }
 
+/// Where a volume image stored by [`store_volume_image`] lives:
+/// `ROOT/volumes/STAGE-KEY`. Such an image is not a sha256 blob: its
+/// caller checks it by its dm-verity root hash (which the build computes
+/// anyway), so a multi-GB volume is not hashed a second time to be stored.
+pub fn volume_image_path(cache: &Cache, stage: &str, key: &Sha256) -> PathBuf {
+    cache
+        .root()
+        .join(crate::inputs::cache::VOLUMES)
+        .join(format!("{stage}-{key}"))
+}
+
+/// Moves `file` into the cache as the volume image of `stage` for `key`
+/// (read-only, fsynced, renamed into place, replacing an older one);
+/// returns where it now lives.
+pub fn store_volume_image(
+    cache: &Cache,
+    stage: &str,
+    key: &Sha256,
+    file: &Path,
+) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dest = volume_image_path(cache, stage, key);
+    let dir = dest.parent().context("stage cache: volume folder")?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("stage cache: create {}", dir.display()))?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o444))
+        .with_context(|| format!("stage cache: chmod {}", file.display()))?;
+    std::fs::File::open(file)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("stage cache: fsync {}", file.display()))?;
+    match std::fs::rename(file, &dest) {
+        Ok(()) => {}
+        // The work folder is on another file system: a copy (its bytes are
+        // checked by their root hash when read back, as a moved one is).
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let tmp = tempfile::Builder::new()
+                .prefix(".tmp-")
+                .tempfile_in(dir)
+                .with_context(|| format!("stage cache: create a file in {}", dir.display()))?;
+            std::fs::copy(file, tmp.path())
+                .and_then(|_| tmp.as_file().sync_all())
+                .with_context(|| {
+                    format!(
+                        "stage cache: copy {} into {}",
+                        file.display(),
+                        dir.display()
+                    )
+                })?;
+            tmp.persist(&dest)
+                .map_err(|e| e.error)
+                .with_context(|| format!("stage cache: rename into {}", dest.display()))?;
+            std::fs::remove_file(file).ok();
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "stage cache: cannot move {} into {}",
+                    file.display(),
+                    dest.display()
+                )
+            })
+        }
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(dest)
+}
+
 fn write_index(
     cache: &Cache,
     stage: &str,

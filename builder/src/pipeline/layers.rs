@@ -365,7 +365,7 @@ pub fn make_apps_volume(
             STAGE_HASH,
             &key,
             &made.path,
-            &digest,
+            Some(&digest),
             &verity,
         )?
     } else {

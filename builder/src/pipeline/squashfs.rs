@@ -267,7 +267,7 @@ pub fn finish_root(
         STAGE_HASH,
         key,
         &image.path,
-        &digest,
+        Some(&digest),
         &verity,
     )?;
     Ok(RootVolume {

@@ -1,4 +1,5 @@
-//! dm-verity: computes the hash tree of the root image with veritysetup.
+//! dm-verity: computes the hash tree of a volume image (`host::verity`,
+//! the format `veritysetup format` writes).
 //! Salt and UUID are derived from a seed that determines the image's bytes
 //! (its digest, or for a model volume its stage-cache key), so the root
 //! hash depends only on what the image is made from.
@@ -52,29 +53,33 @@ pub fn make_verity_of(data: &Path, seed: &Sha256, hash_out: &Path) -> Result<Ver
     let uuid = uuid_from(&Sha256::of_bytes(
         format!("cairn verity uuid {seed}").as_bytes(),
     ));
-    let sh = xshell::Shell::new()?;
-    let bs = BLOCK_SIZE.to_string();
-    let out = crate::host::runner::run(
-        "verity",
-        xshell::cmd!(
-            sh,
-            "veritysetup format {data} {hash_out} --data-block-size={bs} --hash-block-size={bs} --hash=sha256 --salt={salt} --uuid={uuid}"
-        ),
-    )?;
-    let root = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Root hash:"))
-        .map(str::trim)
-        .context("verity: veritysetup printed no root hash")?;
+    // The tree is written as `veritysetup format` writes it (a test
+    // compares every byte), on every core: veritysetup hashes on one.
+    let salt_bytes = hex::decode(&salt).context("verity: salt")?;
+    let uuid_bytes = crate::host::verity::uuid_bytes(&uuid).context("verity: uuid")?;
+    let tree = crate::host::verity::format(
+        data,
+        hash_out,
+        &salt_bytes,
+        &uuid_bytes,
+        crate::host::parallel::cores(),
+    )
+    .with_context(|| {
+        format!(
+            "verity: hash tree of {} into {}",
+            data.display(),
+            hash_out.display()
+        )
+    })?;
     Ok(VerityTree {
         hash_path: hash_out.to_path_buf(),
-        root_hash: Sha256::from_hex(root).context("verity: root hash is not 64 hex digits")?,
+        root_hash: tree.root_hash,
         salt,
         uuid,
         data_block_size: BLOCK_SIZE,
         hash_block_size: BLOCK_SIZE,
         hash_algorithm: "sha256",
         data_size: std::fs::metadata(data)?.len(),
-        hash_size: std::fs::metadata(hash_out)?.len(),
+        hash_size: tree.hash_size,
     })
 }

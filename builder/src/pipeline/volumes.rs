@@ -181,18 +181,17 @@ pub fn make_model_volume(
     // A file model's pin is checked here, not at resolve time: a volume
     // made now checks it while packing (the one read of the file); a
     // cached one is checked while the cache checks its image.
-    let cached =
-        if file && crate::inputs::stagecache::indexed(cache, stage_cache, STAGE_IMAGE, &key) {
-            std::thread::scope(|s| {
-                let pin = s.spawn(|| check_file_pin(m));
-                let v = cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key);
-                pin.join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-                    .map(|()| v)
-            })?
-        } else {
-            cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key)
-        };
+    let cached = if file && volume_stored(cache, stage_cache, STAGE_IMAGE, &key) {
+        std::thread::scope(|s| {
+            let pin = s.spawn(|| check_file_pin(m));
+            let v = cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key);
+            pin.join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                .map(|()| v)
+        })?
+    } else {
+        cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key)
+    };
     if let Some(v) = cached {
         return Ok(Volume {
             name: m.name.clone(),
@@ -305,36 +304,20 @@ pub fn make_model_volume(
         t,
     );
     // The hash tree's salt comes from the key (which determines the
-    // image's bytes), so veritysetup and the image's sha256 (for the stage
-    // cache; not taken without it) read the freshly written image at once,
-    // on two cores.
+    // image's bytes). The image is kept in the stage cache by that tree's
+    // root hash (checked again when read back), so no other pass over it
+    // is made.
     let t = Instant::now();
-    let (verity, digest) = std::thread::scope(|s| {
-        let hashing = stage_cache.then(|| {
-            s.spawn(|| Sha256::of_file_with_progress(&image, &format!("{label}: hash the image")))
-        });
-        let verity = crate::pipeline::verity::make_verity_of(
-            &image,
-            &key,
-            &dir.join(format!("{}.verity", m.name)),
-        );
-        let digest = hashing
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .transpose();
-        Ok::<_, anyhow::Error>((verity?, digest?))
-    })?;
+    let verity = crate::pipeline::verity::make_verity_of(
+        &image,
+        &key,
+        &dir.join(format!("{}.verity", m.name)),
+    )?;
     step(&label, "dm-verity hash tree written", t);
-    let image = match digest {
-        Some(digest) => store_volume(
-            cache,
-            STAGE_IMAGE,
-            STAGE_HASH,
-            &key,
-            &image,
-            &digest,
-            &verity,
-        )?,
-        None => image,
+    let image = if stage_cache {
+        store_volume(cache, STAGE_IMAGE, STAGE_HASH, &key, &image, None, &verity)?
+    } else {
+        image
     };
     Ok(Volume {
         name: m.name.clone(),
@@ -375,21 +358,28 @@ fn verity_line(v: &VerityTree) -> String {
     )
 }
 
-/// Stores a new volume in the stage cache under `key`: the image (whose
-/// sha256 is `digest`) is moved in, not copied, and the media read it
-/// from there (the returned path); the hash tree is stored with its
-/// parameters ([`verity_line`]). [`cached_volume`] takes them back.
+/// Stores a new volume in the stage cache under `key`: the image is moved
+/// in, not copied, and the media read it from there (the returned path);
+/// the hash tree is stored with its parameters ([`verity_line`]).
+/// [`cached_volume`] takes them back. With the image's sha256 (`digest`)
+/// the image is a blob checked by it; without, it is checked by the
+/// tree's root hash (`stagecache::store_volume_image`), for volumes of GBs
+/// whose sha256 the build does not otherwise need.
 pub fn store_volume(
     cache: &crate::inputs::cache::Cache,
     stage_image: &str,
     stage_hash: &str,
     key: &Sha256,
     image: &Path,
-    digest: &Sha256,
+    digest: Option<&Sha256>,
     verity: &VerityTree,
 ) -> Result<PathBuf> {
-    let image = crate::inputs::stagecache::store_moved(cache, stage_image, key, image, digest, "")?;
-    crate::inputs::stagecache::store(
+    use crate::inputs::stagecache;
+    let image = match digest {
+        Some(d) => stagecache::store_moved(cache, stage_image, key, image, d, "")?,
+        None => stagecache::store_volume_image(cache, stage_image, key, image)?,
+    };
+    stagecache::store(
         cache,
         stage_hash,
         key,
@@ -399,10 +389,25 @@ pub fn store_volume(
     Ok(image)
 }
 
+/// Whether a volume is stored for `key` (its image not yet checked).
+pub fn volume_stored(
+    cache: &crate::inputs::cache::Cache,
+    enabled: bool,
+    stage_image: &str,
+    key: &Sha256,
+) -> bool {
+    use crate::inputs::stagecache;
+    stagecache::indexed(cache, enabled, stage_image, key)
+        || (enabled && stagecache::volume_image_path(cache, stage_image, key).is_file())
+}
+
 /// The cached image and hash tree for `key` (stored under the stages
 /// `stage_image` and `stage_hash`, the tree's parameters in
-/// [`verity_line`]), used in place (the cache checks each blob against its
-/// digest), when both are there and agree.
+/// [`verity_line`]), used in place, when both are there and agree. The
+/// tree is a blob checked by its sha256; the image is a blob checked the
+/// same way, or (stored without a digest) checked by recomputing its root
+/// hash, on every core. An image that fails its check is removed, with a
+/// warning, and the volume is made again.
 pub fn cached_volume(
     cache: &crate::inputs::cache::Cache,
     enabled: bool,
@@ -410,8 +415,8 @@ pub fn cached_volume(
     stage_hash: &str,
     key: &Sha256,
 ) -> Option<(PathBuf, VerityTree)> {
-    let (image, _) = crate::inputs::stagecache::lookup(cache, enabled, stage_image, key)?;
-    let (hash, line) = crate::inputs::stagecache::lookup(cache, enabled, stage_hash, key)?;
+    use crate::inputs::stagecache;
+    let (hash, line) = stagecache::lookup(cache, enabled, stage_hash, key)?;
     let w: Vec<&str> = line.split_whitespace().collect();
     let [root, salt, uuid, data, hsize] = w[..] else {
         return None;
@@ -427,11 +432,45 @@ pub fn cached_volume(
         data_size: data.parse().ok()?,
         hash_size: hsize.parse().ok()?,
     };
-    let sizes = (
-        std::fs::metadata(&image).ok()?.len(),
-        std::fs::metadata(&v.hash_path).ok()?.len(),
-    );
-    (sizes == (v.data_size, v.hash_size)).then_some((image, v))
+    if std::fs::metadata(&v.hash_path).ok()?.len() != v.hash_size {
+        return None;
+    }
+    if let Some((image, _)) = stagecache::lookup(cache, enabled, stage_image, key) {
+        let size = std::fs::metadata(&image).ok()?.len();
+        return (size == v.data_size).then_some((image, v));
+    }
+    let image = stagecache::volume_image_path(cache, stage_image, key);
+    let size = std::fs::metadata(&image).ok()?.len();
+    let salt = hex::decode(&v.salt).ok()?;
+    let blocks = v.data_size / u64::from(crate::pipeline::verity::BLOCK_SIZE);
+    let checked = (|| -> std::io::Result<bool> {
+        if size != v.data_size
+            || !crate::host::verity::tree_leads_to(&v.hash_path, &salt, blocks, &v.root_hash)?
+        {
+            return Ok(false);
+        }
+        let root = crate::host::verity::root_of(&image, &salt, crate::host::parallel::cores())?;
+        Ok(root == v.root_hash)
+    })();
+    match checked {
+        Ok(true) => Some((image, v)),
+        Ok(false) => {
+            eprintln!(
+                "warning: stage cache: volume image {} does not match its hash tree (root hash {}); removed, the volume is made again",
+                image.display(),
+                v.root_hash
+            );
+            std::fs::remove_file(&image).ok();
+            None
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: stage cache: cannot check {}: {e}",
+                image.display()
+            );
+            None
+        }
+    }
 }
 
 /// Copies a model folder into `tree`: folders 0755, files 0444 (0555 when
@@ -645,6 +684,53 @@ mod tests {
         let e = make_model_volume(&m, &cache, true, 1_700_000_001, &d.path().join("we")).unwrap();
         assert!(!e.cached);
         assert_ne!(e.verity.root_hash, a.verity.root_hash);
+    }
+
+    /// A cached model image is kept by its hash tree's root hash, not a
+    /// sha256 blob, and checked by it when read back: one flipped byte is
+    /// caught, the image removed and the volume made again, byte for byte
+    /// the same. Control: the untouched image is used as it is.
+    #[test]
+    fn a_cached_model_image_is_checked_by_its_root_hash() {
+        tools();
+        let d = tempfile::tempdir().unwrap();
+        let cache = crate::inputs::cache::Cache::open(d.path().join("cache")).unwrap();
+        let (_, m) = file_model(d.path(), "");
+        let a = make_model_volume(&m, &cache, true, 7, &d.path().join("wa")).unwrap();
+        let key = cache_key(&m, 7);
+        let stored = crate::inputs::stagecache::volume_image_path(&cache, STAGE_IMAGE, &key);
+        assert_eq!(
+            a.image, stored,
+            "the image lives in the cache's volumes folder"
+        );
+        assert!(!crate::inputs::stagecache::indexed(
+            &cache,
+            true,
+            STAGE_IMAGE,
+            &key
+        ));
+        let bytes = std::fs::read(&stored).unwrap();
+        // Control: untouched, it is used in place.
+        let (p, v) = cached_volume(&cache, true, STAGE_IMAGE, STAGE_HASH, &key).unwrap();
+        assert_eq!(
+            (p.as_path(), v.root_hash),
+            (stored.as_path(), a.verity.root_hash)
+        );
+        // One byte flipped in the middle.
+        let mut bad = bytes.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        std::fs::set_permissions(&stored, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        std::fs::write(&stored, &bad).unwrap();
+        assert!(cached_volume(&cache, true, STAGE_IMAGE, STAGE_HASH, &key).is_none());
+        assert!(!stored.exists(), "a bad image is removed");
+        let b = make_model_volume(&m, &cache, true, 7, &d.path().join("wb")).unwrap();
+        assert!(!b.cached);
+        assert_eq!(std::fs::read(&b.image).unwrap(), bytes);
+        assert_eq!(b.verity.root_hash, a.verity.root_hash);
+        // The stage cache off: nothing is looked up.
+        assert!(cached_volume(&cache, false, STAGE_IMAGE, STAGE_HASH, &key).is_none());
     }
 
     #[test]

@@ -13,9 +13,8 @@ use crate::release::manifest::Manifest;
 /// dm-verity parameters cairn uses (and the only ones verify accepts).
 pub(super) const VERITY_BLOCK: u64 = 4096;
 const DIGEST_LEN: usize = 32;
-const DIGESTS_PER_BLOCK: usize = VERITY_BLOCK as usize / DIGEST_LEN;
-/// dm-verity refuses salts longer than this.
-const MAX_SALT: usize = 256;
+// dm-verity refuses salts longer than this.
+use crate::host::verity::MAX_SALT;
 
 pub(super) use crate::host::read_full;
 
@@ -58,23 +57,8 @@ pub fn verity_root_hash<R: Read>(data: R, data_size: u64, salt: &[u8]) -> io::Re
         }
         remaining -= n as u64;
     }
-    let mut hash_block = vec![0u8; VERITY_BLOCK as usize];
-    while level.len() > 1 {
-        let mut next = Vec::with_capacity(level.len().div_ceil(DIGESTS_PER_BLOCK));
-        for chunk in level.chunks(DIGESTS_PER_BLOCK) {
-            hash_block.fill(0);
-            for (slot, d) in hash_block.chunks_exact_mut(DIGEST_LEN).zip(chunk) {
-                slot.copy_from_slice(d);
-            }
-            next.push(base.clone().chain_update(&hash_block).finalize().into());
-        }
-        level = next;
-    }
-    // With a single data block the tree has no levels: its digest is the root.
-    level
-        .first()
-        .map(|d| Sha256(*d))
-        .ok_or_else(|| invalid("no data".into()))
+    // The levels above, as the build writes them (`host::verity`).
+    Ok(crate::host::verity::levels_from(level, salt)?.0)
 }
 
 /// The verity parameters the manifest records, checked to be ones this
