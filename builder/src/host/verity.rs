@@ -36,6 +36,8 @@ const READ: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tree {
     pub root_hash: Sha256,
+    /// Bytes of data the tree covers.
+    pub data_size: u64,
     /// Bytes in the hash file.
     pub hash_size: u64,
 }
@@ -44,8 +46,9 @@ fn invalid(m: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, m)
 }
 
-/// The digests of `blocks`, each sha256(salt || block).
-fn hash_blocks(base: &sha2::Sha256, data: &[u8], out: &mut Vec<[u8; DIGEST]>) {
+/// Appends to `out` the digest of each 4096-byte block of `data`,
+/// sha256(salt || block), `base` holding the salt.
+pub fn hash_blocks(base: &sha2::Sha256, data: &[u8], out: &mut Vec<[u8; DIGEST]>) {
     for block in data.chunks_exact(BLOCK as usize) {
         out.push(base.clone().chain_update(block).finalize().into());
     }
@@ -247,6 +250,7 @@ pub fn format(
     let hash_size = file.metadata()?.len();
     Ok(Tree {
         root_hash,
+        data_size: blocks * BLOCK,
         hash_size,
     })
 }

@@ -49,18 +49,17 @@ pub fn make_verity(data: &Path, hash_out: &Path) -> Result<VerityTree> {
 /// that determines the image's bytes (the image's sha256, which the
 /// caller has just computed, or a stage-cache key).
 pub fn make_verity_of(data: &Path, seed: &Sha256, hash_out: &Path) -> Result<VerityTree> {
-    let salt = Sha256::of_bytes(format!("cairn verity salt {seed}").as_bytes()).hex();
+    let salt = Sha256::of_bytes(format!("cairn verity salt {seed}").as_bytes());
     let uuid = uuid_from(&Sha256::of_bytes(
         format!("cairn verity uuid {seed}").as_bytes(),
     ));
     // The tree is written as `veritysetup format` writes it (a test
     // compares every byte), on every core: veritysetup hashes on one.
-    let salt_bytes = hex::decode(&salt).context("verity: salt")?;
     let uuid_bytes = crate::host::verity::uuid_bytes(&uuid).context("verity: uuid")?;
     let tree = crate::host::verity::format(
         data,
         hash_out,
-        &salt_bytes,
+        &salt.0,
         &uuid_bytes,
         crate::host::parallel::cores(),
     )
@@ -74,12 +73,12 @@ pub fn make_verity_of(data: &Path, seed: &Sha256, hash_out: &Path) -> Result<Ver
     Ok(VerityTree {
         hash_path: hash_out.to_path_buf(),
         root_hash: tree.root_hash,
-        salt,
+        salt: salt.hex(),
         uuid,
         data_block_size: BLOCK_SIZE,
         hash_block_size: BLOCK_SIZE,
         hash_algorithm: "sha256",
-        data_size: std::fs::metadata(data)?.len(),
+        data_size: tree.data_size,
         hash_size: tree.hash_size,
     })
 }

@@ -11,8 +11,7 @@ use crate::host::digest::Sha256;
 use crate::release::manifest::Manifest;
 
 /// dm-verity parameters cairn uses (and the only ones verify accepts).
-pub(super) const VERITY_BLOCK: u64 = 4096;
-const DIGEST_LEN: usize = 32;
+pub(super) use crate::host::verity::BLOCK as VERITY_BLOCK;
 // dm-verity refuses salts longer than this.
 use crate::host::verity::MAX_SALT;
 
@@ -39,7 +38,7 @@ pub fn verity_root_hash<R: Read>(data: R, data_size: u64, salt: &[u8]) -> io::Re
     let blocks = data_size / VERITY_BLOCK;
     let blocks_usize = usize::try_from(blocks)
         .map_err(|_| invalid(format!("data size {data_size} is too large")))?;
-    let mut level: Vec<[u8; DIGEST_LEN]> = Vec::with_capacity(blocks_usize);
+    let mut level = Vec::with_capacity(blocks_usize);
     let mut r = data.take(data_size);
     let mut buf = vec![0u8; HASH_BUF];
     let mut remaining = data_size;
@@ -52,9 +51,7 @@ pub fn verity_root_hash<R: Read>(data: R, data_size: u64, salt: &[u8]) -> io::Re
                 format!("data ends {remaining} bytes short of the verity data size"),
             ));
         }
-        for block in buf[..n].chunks_exact(VERITY_BLOCK as usize) {
-            level.push(base.clone().chain_update(block).finalize().into());
-        }
+        crate::host::verity::hash_blocks(&base, &buf[..n], &mut level);
         remaining -= n as u64;
     }
     // The levels above, as the build writes them (`host::verity`).
