@@ -195,14 +195,20 @@ fn snapshot(root: &Path) -> Vec<String> {
         } else {
             String::new()
         };
+        // Owner and ctime too: a chmod or chown of the same values still
+        // moves the ctime.
         out.push(format!(
-            "{} {:?} {:o} {} {} {}",
+            "{} {:?} {:o} {} {} {} {}:{} {}.{}",
             e.path().display(),
             m.file_type(),
             m.mode(),
             m.len(),
             content,
-            m.mtime()
+            m.mtime(),
+            m.uid(),
+            m.gid(),
+            m.ctime(),
+            m.ctime_nsec()
         ));
     }
     out
@@ -422,6 +428,122 @@ fn write_through_an_absolute_folder_link_stays_in_the_tree() {
         file("etc/planted", b"planted"),
     ]);
     refused(&fx, &t, "", &["no /boot"]);
+}
+
+/// A folder with a wide mode, then a link in its place: folder modes are
+/// set last, and were set by path, through the link, on the host.
+fn wide_dir(name: &str) -> E {
+    E {
+        mode: 0o6777,
+        ..dir(name)
+    }
+}
+
+#[test]
+fn a_folder_swapped_for_links_to_host_files_changes_no_host_mode() {
+    let fx = Fixture::new();
+    let t = with_kernel(vec![
+        wide_dir("f/"),
+        wide_dir("g/"),
+        symlink("f", &format!("{}/file", fx.s())),
+        symlink("g", &format!("{}/dir", fx.s())),
+    ]);
+    refused(
+        &fx,
+        &t,
+        "[limits]\nbase_setuid = \"keep\"\n",
+        &["base tarball", "\"f\"", "would replace a folder"],
+    );
+}
+
+#[test]
+fn a_folder_replaced_through_an_alias_is_refused() {
+    let fx = Fixture::new();
+    let t = with_kernel(vec![
+        dir("a/"),
+        wide_dir("a/d/"),
+        symlink("c", "a"),
+        symlink("c/d", &format!("{}/shadow", fx.s())),
+    ]);
+    refused(
+        &fx,
+        &t,
+        "[limits]\nbase_setuid = \"keep\"\n",
+        &["base tarball", "\"c/d\"", "would replace a folder"],
+    );
+}
+
+#[test]
+fn a_file_in_place_of_a_folder_of_the_same_tarball_is_refused() {
+    let fx = Fixture::new();
+    let t = with_kernel(vec![dir("x/"), file("x", b"now a file")]);
+    refused(
+        &fx,
+        &t,
+        "",
+        &["base tarball", "\"x\"", "would replace a folder"],
+    );
+}
+
+#[test]
+fn folders_and_links_that_do_not_collide_get_past_the_unpack() {
+    // Control for the three above: the same entries under other names
+    // unpack (the build goes on to the kernel stage, which refuses the
+    // fake kernel), and the sentinel is untouched.
+    let fx = Fixture::new();
+    let t = with_kernel(vec![
+        wide_dir("f/"),
+        symlink("f2", &format!("{}/file", fx.s())),
+        dir("x/"),
+        file("x2", b"a file"),
+    ]);
+    let before = snapshot(fx.sentinel.path());
+    let recipe = fx.recipe(&t, "[limits]\nbase_setuid = \"keep\"\n");
+    let (code, err) = build(&fx, &recipe);
+    assert_ne!(code, 0, "{err}");
+    assert!(!err.contains("would replace a folder"), "{err}");
+    assert!(!err.contains("base tarball"), "the unpack refused: {err}");
+    assert_eq!(snapshot(fx.sentinel.path()), before);
+}
+
+/// A tarball of `kernel_tree()` plus one file under a long name (the tar
+/// crate writes GNU long-name entries for it).
+fn with_long_name(name: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in kernel_tree() {
+        b.append(&header(&e), &e.data[..]).unwrap();
+    }
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(1);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, name, &b"x"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn a_name_part_longer_than_the_file_system_allows_is_refused_by_name() {
+    let fx = Fixture::new();
+    let name = format!("usr/{}", "n".repeat(300));
+    refused(
+        &fx,
+        &with_long_name(&name),
+        "",
+        &["base tarball", "usr/nnn", "300 bytes", "at most 255"],
+    );
+}
+
+#[test]
+fn a_path_longer_than_the_file_system_allows_is_refused_by_name() {
+    let fx = Fixture::new();
+    let name = "abcdefgh/".repeat(460) + "f";
+    refused(
+        &fx,
+        &with_long_name(&name),
+        "",
+        &["base tarball", "abcdefgh/", "at most 4095"],
+    );
 }
 
 #[test]

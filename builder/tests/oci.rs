@@ -742,7 +742,7 @@ fn build_image_is_reproducible_and_round_trips() {
         serde_json::json!({})
     );
     // The SBOM reads the built image's own dpkg database from its layers.
-    let files = oci::read_files(&img, &["var/lib/dpkg/status"], 64 << 20).unwrap();
+    let files = oci::read_files(&img, &["var/lib/dpkg/status"], 64 << 20, None).unwrap();
     let pkgs = cairn::release::sbom::parse_dpkg_status(
         &String::from_utf8_lossy(&files["var/lib/dpkg/status"]),
         &Default::default(),
@@ -869,7 +869,7 @@ fn build_image_without_the_essential_set_holds_only_its_packages() {
             .contains("--variant=extract"),
         "{cfg}"
     );
-    let files = oci::read_files(&img, &["var/lib/dpkg/status"], 64 << 20).unwrap();
+    let files = oci::read_files(&img, &["var/lib/dpkg/status"], 64 << 20, None).unwrap();
     let status = String::from_utf8_lossy(&files["var/lib/dpkg/status"]).into_owned();
     assert!(status.contains("Status: install ok unpacked"), "{status}");
     let listed = cairn::release::sbom::parse_dpkg_status(&status, &Default::default());
@@ -932,7 +932,7 @@ fn read_files_sees_the_flattened_image() {
     let wanted = [status, "etc/os-release", "gone", "o/x", "missing"];
     let (m, md) = oci_members(&[gz(lower.clone()), plain(upper)], "amd64");
     let img = oci::load_archive(&write(d.path(), "a.tar", &archive_tar(&m)), &md).unwrap();
-    let f = oci::read_files(&img, &wanted, 1 << 20).unwrap();
+    let f = oci::read_files(&img, &wanted, 1 << 20, None).unwrap();
     assert_eq!(f[status], b"upper", "the upper layer's file wins");
     assert_eq!(f["etc/os-release"], b"ID=debian\n");
     assert!(!f.contains_key("gone"), "whiteout");
@@ -941,9 +941,56 @@ fn read_files_sees_the_flattened_image() {
     // Control: the lower layer alone has every file; the cap is enforced.
     let (m, md) = oci_members(&[gz(lower)], "amd64");
     let img = oci::load_archive(&write(d.path(), "b.tar", &archive_tar(&m)), &md).unwrap();
-    let f = oci::read_files(&img, &wanted, 1 << 20).unwrap();
+    let f = oci::read_files(&img, &wanted, 1 << 20, None).unwrap();
     assert_eq!(f[status], b"lower");
     assert!(f.contains_key("gone") && f.contains_key("o/x"));
-    let e = oci::read_files(&img, &wanted, 3).unwrap_err();
+    let e = oci::read_files(&img, &wanted, 3, None).unwrap_err();
     assert!(format!("{e:#}").contains("limit"), "{e:#}");
+}
+
+/// A layer that puts a link where a lower layer had the dpkg folder: the
+/// image then holds the file the link leads to, and so does the SBOM's
+/// read. (A second tar parser reading entries by name kept the lower
+/// layer's status, listing packages the image does not have.)
+#[test]
+fn read_files_sees_what_the_unpacked_image_holds_through_links() {
+    let d = tempfile::tempdir().unwrap();
+    let status = "var/lib/dpkg/status";
+    let lower = tar_of(&[
+        dir("var/"),
+        dir("var/lib/"),
+        dir("var/lib/dpkg/"),
+        file(status, b"Package: listed-but-absent\n"),
+    ]);
+    let upper = tar_of(&[
+        dir("opt/"),
+        dir("opt/d/"),
+        file("opt/d/status", b"Package: really-there\n"),
+        symlink("var/lib/dpkg", "/opt/d"),
+    ]);
+    let (m, md) = oci_members(&[plain(lower.clone()), plain(upper)], "amd64");
+    let img = oci::load_archive(&write(d.path(), "a.tar", &archive_tar(&m)), &md).unwrap();
+    let f = oci::read_files(&img, &[status], 1 << 20, Some(d.path())).unwrap();
+    assert_eq!(f[status], b"Package: really-there\n");
+    // What the unpacked image holds, for comparison.
+    let root = d.path().join("root");
+    oci::unpack_layers(&img, &root, &img.limits).unwrap();
+    assert_eq!(
+        std::fs::read(root.join("opt/d/status")).unwrap(),
+        f[status],
+        "the SBOM's read and the image agree"
+    );
+    // Control: without the upper layer the lower file is read.
+    let (m, md) = oci_members(&[plain(lower)], "amd64");
+    let img = oci::load_archive(&write(d.path(), "b.tar", &archive_tar(&m)), &md).unwrap();
+    let f = oci::read_files(&img, &[status], 1 << 20, None).unwrap();
+    assert_eq!(f[status], b"Package: listed-but-absent\n");
+    // Nothing is left in the scratch folder.
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cairn-read-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

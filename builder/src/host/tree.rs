@@ -10,6 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use walkdir::WalkDir;
 
+use super::inode;
+
 /// A relative path inside an image: no root, no `..`, no empty parts.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ImagePath(PathBuf);
@@ -151,29 +153,45 @@ pub fn apply_overlay(overlay: &Path, tree: &Path) -> Result<()> {
         let dest_dir = create_dirs_in_root(tree, parent)?;
         let name = rel.file_name().context("overlay entry without a name")?;
         let dest = dest_dir.join(name);
+        // Metadata is set on what the tree holds (host::inode): the folder
+        // or the file just made, opened without following a link.
+        let below = |p: &Path| -> Result<PathBuf> {
+            Ok(p.strip_prefix(tree)
+                .context("resolved outside the tree")?
+                .to_path_buf())
+        };
         if ft.is_dir() {
             let real = create_dirs_in_root(tree, rel)?;
-            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode))?;
+            inode::open_dir_beneath(tree, &below(&real)?)
+                .and_then(|f| inode::set_mode(&f, mode))
+                .with_context(|| format!("cannot chmod {}", real.display()))?;
             continue;
         }
         remove_any(&dest)?;
+        let parent = inode::open_dir_beneath(tree, &below(&dest_dir)?)
+            .with_context(|| format!("cannot open {}", dest_dir.display()))?;
         if ft.is_symlink() {
             let target = std::fs::read_link(entry.path())?;
             std::os::unix::fs::symlink(&target, &dest)
                 .with_context(|| format!("cannot create link {}", dest.display()))?;
+            inode::set_owner_at(&parent, name, 0, 0)
+                .with_context(|| format!("cannot chown {}", dest.display()))?;
         } else if ft.is_file() {
-            std::fs::copy(entry.path(), &dest).with_context(|| {
+            let mut from = open_regular(entry.path())?;
+            let mut to = inode::create_file_at(&parent, name, 0o600)
+                .with_context(|| format!("cannot create {}", dest.display()))?;
+            std::io::copy(&mut from, &mut to).with_context(|| {
                 format!("cannot copy {} into the image", entry.path().display())
             })?;
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+            inode::set_mode(&to, mode)
+                .and_then(|()| inode::set_owner(&to, 0, 0))
+                .with_context(|| format!("cannot chmod/chown {}", dest.display()))?;
         } else {
             bail!(
                 "{}: device nodes, fifos and sockets are not allowed in overlays",
                 entry.path().display()
             );
         }
-        std::os::unix::fs::lchown(&dest, Some(0), Some(0))
-            .with_context(|| format!("cannot chown {}", dest.display()))?;
     }
     Ok(())
 }
@@ -310,7 +328,10 @@ pub fn read_in_tree_capped(tree: &Path, rel: &Path, cap: u64) -> Result<Option<V
         .read_to_end(&mut v)
         .with_context(|| format!("cannot read /{} in the image", rel.display()))?;
     if v.len() as u64 > cap {
-        bail!("/{} in the image is over {cap} bytes", rel.display());
+        bail!(
+            "/{} in the image is over the {cap}-byte limit",
+            rel.display()
+        );
     }
     Ok(Some(v))
 }

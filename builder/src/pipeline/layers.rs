@@ -28,11 +28,12 @@
 //! so it does not count as a change.
 
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::host::inode;
 
 /// What the snapshot keeps of an entry: its inode and change time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +123,7 @@ pub struct Split {
 /// used again.
 pub fn split(tree: &Path, snap: &Snapshot, apps: &Path) -> Result<Split> {
     std::fs::create_dir(apps).with_context(|| format!("layers: create {}", apps.display()))?;
-    copy_attrs(tree, apps)?;
+    copy_attrs(apps, tree, apps)?;
     let mut out = Split::default();
     walk(tree, apps, Path::new(""), snap, &mut out)?;
     // A base entry that is gone: a whiteout where its folder still is a
@@ -208,51 +209,34 @@ fn ensure_dir(tree: &Path, apps: &Path, rel: &Path) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir(&d).with_context(|| format!("layers: create {}", d.display()))?;
-    copy_attrs(&tree.join(rel), &d)
+    copy_attrs(apps, &tree.join(rel), &d)
 }
 
-/// Mode, owner, times and extended attributes of folder `from` onto `to`.
-fn copy_attrs(from: &Path, to: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
+/// Mode, owner, times and extended attributes of folder `from` onto `to`
+/// (a folder this stage just made under `apps`), set on the folder itself,
+/// opened without following a link (host::inode).
+fn copy_attrs(apps: &Path, from: &Path, to: &Path) -> Result<()> {
     let m = from
         .symlink_metadata()
         .with_context(|| format!("layers: stat {}", from.display()))?;
+    let rel = to
+        .strip_prefix(apps)
+        .context("layers: a folder outside work/apps")?;
+    let f = inode::open_dir_beneath(apps, rel)
+        .with_context(|| format!("layers: open {}", to.display()))?;
     for (name, value) in crate::pipeline::squashfs::xattrs(from)? {
-        set_xattr(to, &name, &value)?;
-    }
-    std::os::unix::fs::lchown(to, Some(m.uid()), Some(m.gid()))
-        .with_context(|| format!("layers: chown {}", to.display()))?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(m.mode() & 0o7777))
-        .with_context(|| format!("layers: chmod {}", to.display()))?;
-    let t = filetime::FileTime::from_last_modification_time(&m);
-    filetime::set_symlink_file_times(to, t, t)
-        .with_context(|| format!("layers: stamp {}", to.display()))?;
-    Ok(())
-}
-
-fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .with_context(|| format!("layers: {} has a NUL in its name", path.display()))?;
-    let n = std::ffi::CString::new(name).context("layers: xattr name")?;
-    // SAFETY: valid NUL-terminated strings and a buffer of `value.len()`.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r != 0 {
-        return Err(
-            anyhow::Error::new(std::io::Error::last_os_error()).context(format!(
+        inode::set_xattr(&f, &name, &value).with_context(|| {
+            format!(
                 "layers: set extended attribute {} on {}",
-                String::from_utf8_lossy(name),
-                path.display()
-            )),
-        );
+                String::from_utf8_lossy(&name),
+                to.display()
+            )
+        })?;
     }
+    inode::set_owner(&f, m.uid(), m.gid())
+        .with_context(|| format!("layers: chown {}", to.display()))?;
+    inode::set_mode(&f, m.mode()).with_context(|| format!("layers: chmod {}", to.display()))?;
+    inode::set_mtime(&f, m.mtime()).with_context(|| format!("layers: stamp {}", to.display()))?;
     Ok(())
 }
 

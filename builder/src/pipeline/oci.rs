@@ -45,7 +45,6 @@ use crate::host::digest::Sha256;
 
 mod archive;
 mod debian;
-mod files;
 mod json;
 mod layer;
 pub mod rootfs;
@@ -56,11 +55,10 @@ pub use archive::{
     LoadedLayer,
 };
 pub use debian::{build_image, BuildSpec, BuiltImage};
-pub use files::read_files;
 pub use json::media_types;
 pub use layer::{
-    check_layer, check_layer_with, unpack_base_tarball, unpack_layer, unpack_layers, Compression,
-    LayerPolicy, LayerSummary,
+    check_layer, check_layer_with, read_files, unpack_base_tarball, unpack_layer, unpack_layers,
+    Compression, LayerPolicy, LayerSummary,
 };
 
 /// Largest index, manifest or config JSON accepted (4 MiB).
@@ -119,6 +117,12 @@ pub enum Refusal {
     BadWhiteout { path: String },
     #[error("entry {path:?} is an OCI whiteout; whiteouts belong in image layers, not in a base tarball")]
     WhiteoutOutsideLayer { path: String },
+    #[error("entry {path:?} has a name part of {len} bytes; file systems allow at most 255 (shorten it)")]
+    NameTooLong { path: String, len: usize },
+    #[error("entry {path:?} has a path or link target of {len} bytes; at most 4095 are allowed (shorten it)")]
+    PathTooLong { path: String, len: usize },
+    #[error("entry {path:?} would replace a folder that the same archive made earlier; an archive may not put a file or link where it made a folder")]
+    ReplacesFolder { path: String },
 }
 
 /// Everything that can be wrong with an OCI archive or layer.

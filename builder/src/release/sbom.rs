@@ -106,12 +106,11 @@ pub fn read_contents(composed: &ComposedRoot, plan: &Plan) -> Result<Contents> {
     use crate::host::tree::resolve_in_root_follow;
     let tree = &composed.tree;
     let read_in_tree = |rel: &str| -> Result<Option<String>> {
-        let p = resolve_in_root_follow(tree, Path::new(rel))?;
-        match std::fs::read(&p) {
-            Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("sbom: read {}", p.display())),
-        }
+        Ok(
+            crate::host::tree::read_in_tree_capped(tree, Path::new(rel), MAX_META_BYTES)
+                .with_context(|| format!("sbom: read /{rel}"))?
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+        )
     };
     let mut os_release = None;
     for rel in OS_RELEASE {
@@ -171,7 +170,10 @@ pub fn read_contents(composed: &ComposedRoot, plan: &Plan) -> Result<Contents> {
             .map_err(|e| {
                 anyhow::anyhow!("sbom: image {} ({}): {e}", img.name, archive.display())
             })?;
-            crate::pipeline::oci::read_files(&loaded, &wanted, MAX_META_BYTES)
+            // Read as the image will be: unpacked by cairn's one layer reader
+            // (the one that checked it), never by a second parser that
+            // could see other files in the same bytes.
+            crate::pipeline::oci::read_files(&loaded, &wanted, MAX_META_BYTES, scratch.as_deref())
                 .with_context(|| format!("sbom: image {}", img.name))?
         };
         let text = |k: &str| {

@@ -83,6 +83,8 @@ pub struct LoadedImage {
     /// docker RepoTags).
     pub ref_names: Vec<String>,
     pub policy: LayerPolicy,
+    /// The caps it was loaded with; unpacking holds them again.
+    pub limits: Limits,
     _store: tempfile::TempDir,
 }
 
@@ -434,6 +436,7 @@ pub fn load_archive_with(
         layers: loaded,
         ref_names,
         policy: opts.policy,
+        limits: opts.limits,
         _store: store,
     })
 }

@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{self, BufReader, Cursor, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -19,6 +18,7 @@ use sha2::Digest;
 use super::tarfmt::{join, split_name, Kind, Name, RawEntry, TarReader};
 use super::{LoadedImage, OciError, Refusal};
 use crate::host::digest::Sha256;
+use crate::host::inode;
 use crate::host::limits::{Cap, CappedReader, CountingReader, Limits, Meter, SetIdRule};
 use crate::host::tree::{create_dirs_in_root, resolve_in_root, resolve_in_root_follow};
 
@@ -321,10 +321,18 @@ fn walk<R: Read>(
             What::Skip => {}
         }
         if let Some(s) = sink.as_deref_mut() {
-            s.apply(&c, &mut t.data()).map_err(Problem::Write)?;
+            s.apply(&c, &mut t.data())
+                .map_err(|e| match e.downcast::<Refusal>() {
+                    Ok(r) => Problem::Refused(r),
+                    Err(e) => Problem::Write(e),
+                })?;
         }
     }
 }
+
+/// Linux's limits on one name and on a whole path (less its NUL).
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4095;
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -362,6 +370,20 @@ fn check_entry(e: &RawEntry, rules: &Rules, files: &HashSet<Vec<u8>>) -> Result<
         Name::Parts(p) => p,
     };
     let path = join(&parts);
+    // The file system's own limits, checked here so that an entry it would
+    // refuse is named as bad input, not reported as a failed write.
+    if let Some(p) = parts.iter().find(|p| p.len() > NAME_MAX) {
+        return Err(Refusal::NameTooLong {
+            path: shown,
+            len: p.len(),
+        });
+    }
+    if let Some(len) = [path.len(), e.link.len()]
+        .into_iter()
+        .find(|l| *l > PATH_MAX)
+    {
+        return Err(Refusal::PathTooLong { path: shown, len });
+    }
     let mode = if rules.strip_setid && e.kind == Kind::File {
         e.mode & !0o6000
     } else {
@@ -539,6 +561,7 @@ fn unpack_with<R: Read>(layer: R, dest: &Path, rules: &Rules) -> Result<LayerSum
     let mut u = Unpacker {
         root: dest.to_path_buf(),
         this_layer: HashSet::new(),
+        dirs_made: HashSet::new(),
         dir_modes: Vec::new(),
         chown: unsafe { libc::geteuid() } == 0,
     };
@@ -553,9 +576,17 @@ fn unpack_with<R: Read>(layer: R, dest: &Path, rules: &Rules) -> Result<LayerSum
         return Err(e.context(format!("layer {}: cannot unpack", super::Oci(&layer))));
     }
     let summary = s.into_result()?;
-    for (p, mode) in u.dir_modes.iter().rev() {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(*mode))
-            .with_context(|| format!("cannot chmod {}", p.display()))?;
+    // Folder modes last (a read-only folder would refuse its children),
+    // deepest first, each on the folder the tree holds: the walk from the
+    // root follows no link, so a folder that was swapped for a link is an
+    // error, never a chmod of what the link names.
+    for (rel, shown, mode) in u.dir_modes.iter().rev() {
+        inode::open_dir_beneath(&u.root, rel)
+            .and_then(|f| inode::set_mode(&f, *mode))
+            .map_err(|_| OciError::LayerRefused {
+                layer,
+                refusal: Refusal::ReplacesFolder { path: lossy(shown) },
+            })?;
     }
     Ok(summary)
 }
@@ -584,10 +615,45 @@ pub fn unpack_layers(img: &LoadedImage, dest: &Path, limits: &Limits) -> Result<
     Ok(())
 }
 
+/// The files of `wanted` (paths inside the image, no leading `/`) that the
+/// image holds as regular files, read as the image will be: its layers
+/// unpacked by this module's one reader (the one that checked them, with
+/// the caps it was loaded with) into a scratch folder under `scratch` (the
+/// system's temporary folder when `None`), then read with in-image link
+/// resolution. No second tar parser sees the layers, so nothing can be
+/// listed that the image does not hold. A file over `cap` bytes is an error.
+pub fn read_files(
+    img: &LoadedImage,
+    wanted: &[&str],
+    cap: u64,
+    scratch: Option<&Path>,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let b = tempfile::Builder::new().prefix("cairn-read-").to_owned();
+    let tmp = match scratch {
+        Some(s) => b.tempdir_in(s),
+        None => b.tempdir(),
+    }
+    .context("cannot make a scratch folder")?;
+    let root = tmp.path().join("rootfs");
+    unpack_layers(img, &root, &img.limits)?;
+    let mut found = std::collections::BTreeMap::new();
+    for rel in wanted {
+        if let Some(v) = crate::host::tree::read_in_tree_capped(&root, Path::new(rel), cap)? {
+            found.insert(rel.to_string(), v);
+        }
+    }
+    Ok(found)
+}
+
 struct Unpacker {
     root: PathBuf,
     this_layer: HashSet<Vec<u8>>,
-    dir_modes: Vec<(PathBuf, u32)>,
+    /// Real paths of the folders this archive made: nothing later in the
+    /// same archive may remove or replace them.
+    dirs_made: HashSet<PathBuf>,
+    /// (path below the root, entry name, mode) of each folder made, applied
+    /// at the end.
+    dir_modes: Vec<(PathBuf, Vec<u8>, u32)>,
     chown: bool,
 }
 
@@ -605,6 +671,19 @@ fn remove_any(p: &Path) -> Result<()> {
     }
 }
 
+fn uid_gid(e: &Checked) -> (u32, u32) {
+    (
+        u32::try_from(e.uid).unwrap_or(0),
+        u32::try_from(e.gid).unwrap_or(0),
+    )
+}
+
+/// A host error on a path in the tree, with the path.
+fn at<'a>(p: &'a Path, what: &str) -> impl FnOnce(io::Error) -> anyhow::Error + 'a {
+    let what = what.to_string();
+    move |e| anyhow::Error::new(e).context(format!("cannot {what} {}", p.display()))
+}
+
 impl Unpacker {
     /// The real parent folder (created, inside the root) and the entry's
     /// path in it; the last component is never followed.
@@ -616,20 +695,29 @@ impl Unpacker {
         Ok(dir.join(name))
     }
 
-    fn owner(&self, p: &Path, e: &Checked) -> Result<()> {
-        if self.chown {
-            let uid = u32::try_from(e.uid).ok();
-            let gid = u32::try_from(e.gid).ok();
-            std::os::unix::fs::lchown(p, uid, gid)
-                .with_context(|| format!("cannot chown {}", p.display()))?;
-        }
-        Ok(())
+    /// `p` below the root (`place` and `resolve_in_root` only give such).
+    fn below<'a>(&self, p: &'a Path) -> Result<&'a Path> {
+        p.strip_prefix(&self.root)
+            .with_context(|| format!("{} is outside the tree", p.display()))
     }
 
-    fn times(&self, p: &Path, e: &Checked) {
-        let t = filetime::FileTime::from_unix_time(i64::try_from(e.mtime).unwrap_or(0), 0);
-        // Times are cosmetic here (normalise fixes them); ignore failures.
-        let _ = filetime::set_symlink_file_times(p, t, t);
+    /// The folder holding `p`, opened without following a link on the way.
+    fn parent_of(&self, p: &Path) -> Result<std::fs::File> {
+        let parent = self.below(p)?.parent().unwrap_or(Path::new(""));
+        inode::open_dir_beneath(&self.root, parent).map_err(at(p, "open the folder of"))
+    }
+
+    /// Removes whatever is at `p`, unless it is (or holds) a folder this
+    /// archive made: a later entry replacing such a folder is how a link
+    /// would be slipped under a path whose metadata is still to be set.
+    fn remove(&self, p: &Path, entry: &[u8]) -> Result<()> {
+        let is_dir = std::fs::symlink_metadata(p)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        if is_dir && self.dirs_made.iter().any(|d| d.starts_with(p)) {
+            return Err(Refusal::ReplacesFolder { path: lossy(entry) }.into());
+        }
+        remove_any(p)
     }
 
     /// Removes what lower layers put under `real` (= `relp` in the image),
@@ -651,7 +739,7 @@ impl Unpacker {
                     self.prune(&p, &r)?;
                 }
             } else {
-                remove_any(&p)?;
+                self.remove(&p, &r)?;
             }
         }
         Ok(())
@@ -660,12 +748,14 @@ impl Unpacker {
 
 impl Sink for Unpacker {
     fn apply(&mut self, e: &Checked, data: &mut dyn Read) -> Result<()> {
+        let (uid, gid) = uid_gid(e);
+        let mtime = i64::try_from(e.mtime).unwrap_or(0);
         match &e.what {
             What::Skip => return Ok(()),
             What::Whiteout { victim } => {
                 let p = resolve_in_root(&self.root, rel(victim))?;
                 if p != self.root {
-                    remove_any(&p)?;
+                    self.remove(&p, &e.path)?;
                 }
                 return Ok(());
             }
@@ -688,42 +778,53 @@ impl Sink for Unpacker {
                 match std::fs::symlink_metadata(&p) {
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => {
-                        remove_any(&p)?;
+                        self.remove(&p, &e.path)?;
                         std::fs::create_dir(&p)
                             .with_context(|| format!("cannot create {}", p.display()))?;
                     }
                     Err(_) => std::fs::create_dir(&p)
                         .with_context(|| format!("cannot create {}", p.display()))?,
                 }
-                self.owner(&p, e)?;
-                self.dir_modes.push((p, e.mode & 0o7777));
+                let below = self.below(&p)?.to_path_buf();
+                if self.chown {
+                    inode::open_dir_beneath(&self.root, &below)
+                        .and_then(|f| inode::set_owner(&f, uid, gid))
+                        .map_err(at(&p, "chown"))?;
+                }
+                self.dir_modes
+                    .push((below, e.path.clone(), e.mode & 0o7777));
+                self.dirs_made.insert(p);
             }
             What::File { size } => {
                 let p = self.place(&e.path)?;
-                remove_any(&p)?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&p)
-                    .with_context(|| format!("cannot create {}", p.display()))?;
+                self.remove(&p, &e.path)?;
+                let name = p.file_name().context("entry without a name")?;
+                let dir = self.parent_of(&p)?;
+                let mut f = inode::create_file_at(&dir, name, 0o600).map_err(at(&p, "create"))?;
                 let n = io::copy(data, &mut f)
                     .with_context(|| format!("cannot write {}", p.display()))?;
                 if n != *size {
                     bail!("{}: short data ({n} of {size} bytes)", lossy(&e.path));
                 }
-                drop(f);
-                self.owner(&p, e)?;
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode & 0o7777))?;
-                self.times(&p, e);
+                // On the descriptor just written: what the tree holds.
+                if self.chown {
+                    inode::set_owner(&f, uid, gid).map_err(at(&p, "chown"))?;
+                }
+                inode::set_mode(&f, e.mode).map_err(at(&p, "chmod"))?;
+                // Times are cosmetic here (normalise fixes them).
+                let _ = inode::set_mtime(&f, mtime);
             }
             What::Symlink { target } => {
                 let p = self.place(&e.path)?;
-                remove_any(&p)?;
+                self.remove(&p, &e.path)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(target), &p)
                     .with_context(|| format!("cannot create link {}", p.display()))?;
-                self.owner(&p, e)?;
-                self.times(&p, e);
+                let name = p.file_name().context("entry without a name")?;
+                let dir = self.parent_of(&p)?;
+                if self.chown {
+                    inode::set_owner_at(&dir, name, uid, gid).map_err(at(&p, "chown"))?;
+                }
+                let _ = inode::set_mtime_at(&dir, name, mtime);
             }
             What::Hardlink { target } => {
                 let src = resolve_in_root(&self.root, rel(target))?;
@@ -739,7 +840,7 @@ impl Sink for Unpacker {
                     );
                 }
                 if src != p {
-                    remove_any(&p)?;
+                    self.remove(&p, &e.path)?;
                     std::fs::hard_link(&src, &p)
                         .with_context(|| format!("cannot link {}", p.display()))?;
                 }
@@ -753,6 +854,7 @@ impl Sink for Unpacker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn escape_rule() {
@@ -803,6 +905,197 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o7777, 0o4755);
+    }
+
+    /// A host folder outside the tree, its file and sub-folder at known
+    /// modes and times: what a hostile archive aims at.
+    struct Sentinel {
+        _d: tempfile::TempDir,
+        dir: PathBuf,
+    }
+
+    impl Sentinel {
+        fn new() -> Sentinel {
+            let d = tempfile::tempdir().unwrap();
+            let dir = d.path().join("sentinel");
+            std::fs::create_dir_all(dir.join("sub")).unwrap();
+            std::fs::write(dir.join("key"), b"secret").unwrap();
+            std::fs::set_permissions(dir.join("key"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            std::fs::set_permissions(dir.join("sub"), std::fs::Permissions::from_mode(0o700))
+                .unwrap();
+            let t = filetime::FileTime::from_unix_time(1_000_000, 0);
+            for p in [dir.join("key"), dir.join("sub")] {
+                filetime::set_file_times(&p, t, t).unwrap();
+            }
+            Sentinel { _d: d, dir }
+        }
+
+        /// Mode, owner, mtime and ctime of each entry (a chmod or chown
+        /// changes the ctime even when it sets the same values).
+        fn state(&self) -> Vec<(u32, u32, u32, i64, i64, i64)> {
+            use std::os::unix::fs::MetadataExt;
+            [self.dir.join("key"), self.dir.join("sub")]
+                .iter()
+                .map(|p| {
+                    let m = std::fs::symlink_metadata(p).unwrap();
+                    (
+                        m.mode(),
+                        m.uid(),
+                        m.gid(),
+                        m.mtime(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    fn tarball(
+        dir: &Path,
+        build: impl FnOnce(&mut super::super::tarfmt::TarWriter<Vec<u8>>),
+    ) -> PathBuf {
+        let mut w = super::super::tarfmt::TarWriter::new(Vec::new(), 1);
+        build(&mut w);
+        let p = dir.join("base.tar");
+        std::fs::write(&p, w.finish().unwrap()).unwrap();
+        p
+    }
+
+    fn unpack(t: &Path, dest: &Path) -> Result<LayerSummary> {
+        let limits = Limits {
+            base_setuid: SetIdRule::Keep,
+            ..Limits::default()
+        };
+        unpack_base_tarball(t, dest, &limits)
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_link_never_passes_its_mode_to_the_host() {
+        let s = Sentinel::new();
+        let before = s.state();
+        let key = s.dir.join("key");
+        let sub = s.dir.join("sub");
+        let d = tempfile::tempdir().unwrap();
+        // The reproduced attack: folders with wide modes, then links in
+        // their place to a host file and a host folder.
+        let t = tarball(d.path(), |w| {
+            w.dir(b"f", 0o6777, 0, 0).unwrap();
+            w.dir(b"g", 0o6777, 0, 0).unwrap();
+            w.symlink(b"f", key.as_os_str().as_bytes(), 0, 0).unwrap();
+            w.symlink(b"g", sub.as_os_str().as_bytes(), 0, 0).unwrap();
+        });
+        let e = unpack(&t, &d.path().join("tree")).unwrap_err();
+        assert!(e.downcast_ref::<crate::InputError>().is_some(), "{e:#}");
+        assert!(
+            e.to_string().contains("\"f\" would replace a folder"),
+            "{e}"
+        );
+        assert_eq!(s.state(), before, "a host file's metadata changed");
+
+        // The same through an alias of the folder (`c` -> `a`, then `c/d`
+        // put where `a/d` was made) and through a file in its place.
+        for (i, names) in [(&b"c/d"[..], true), (&b"a/d"[..], false)]
+            .iter()
+            .enumerate()
+        {
+            let t = tarball(d.path(), |w| {
+                w.dir(b"a", 0o755, 0, 0).unwrap();
+                w.dir(b"a/d", 0o6777, 0, 0).unwrap();
+                w.symlink(b"c", b"a", 0, 0).unwrap();
+                if names.1 {
+                    w.symlink(names.0, key.as_os_str().as_bytes(), 0, 0)
+                        .unwrap();
+                } else {
+                    w.file(names.0, 0o644, (0, 0), 1, &b"x"[..]).unwrap();
+                }
+            });
+            let e = unpack(&t, &d.path().join(format!("alias{i}"))).unwrap_err();
+            assert!(e.to_string().contains("would replace a folder"), "{e}");
+        }
+        assert_eq!(s.state(), before, "a host file's metadata changed");
+
+        // Control 1: the detector sees the attack: a chmod by path, as
+        // metadata used to be applied, does reach the host file.
+        let tree = d.path().join("control");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::os::unix::fs::symlink(&key, tree.join("f")).unwrap();
+        std::fs::set_permissions(tree.join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(s.state(), before, "the sentinel cannot see a chmod");
+
+        // Control 2: folders and links that do not collide unpack, and the
+        // folders get their modes.
+        let t = tarball(d.path(), |w| {
+            w.dir(b"f", 0o2775, 0, 0).unwrap();
+            w.symlink(b"f2", key.as_os_str().as_bytes(), 0, 0).unwrap();
+            w.dir(b"f/inner", 0o700, 0, 0).unwrap();
+        });
+        let tree = d.path().join("ok");
+        unpack(&t, &tree).unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&tree.join("f")), 0o2775);
+        assert_eq!(mode(&tree.join("f/inner")), 0o700);
+        assert!(std::fs::symlink_metadata(tree.join("f2"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn a_whiteout_may_not_remove_a_folder_its_layer_made() {
+        let s = Sentinel::new();
+        let before = s.state();
+        let d = tempfile::tempdir().unwrap();
+        let mut w = super::super::tarfmt::TarWriter::new(Vec::new(), 1);
+        w.dir(b"a", 0o755, 0, 0).unwrap();
+        w.dir(b"a/b", 0o6777, 0, 0).unwrap();
+        w.file(b".wh.a", 0o644, (0, 0), 0, &b""[..]).unwrap();
+        w.symlink(b"a", s.dir.as_os_str().as_bytes(), 0, 0).unwrap();
+        let layer = w.finish().unwrap();
+        let e =
+            unpack_layer(&layer[..], &d.path().join("tree"), &LayerPolicy::default()).unwrap_err();
+        assert!(format!("{e:#}").contains("would replace a folder"), "{e:#}");
+        assert_eq!(s.state(), before);
+        // Control: a whiteout of a lower layer's folder still works.
+        let tree = d.path().join("t2");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        let mut w = super::super::tarfmt::TarWriter::new(Vec::new(), 1);
+        w.file(b".wh.a", 0o644, (0, 0), 0, &b""[..]).unwrap();
+        unpack_layer(&w.finish().unwrap()[..], &tree, &LayerPolicy::default()).unwrap();
+        assert!(!tree.join("a").exists());
+    }
+
+    #[test]
+    fn names_longer_than_the_file_system_allows_are_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let long = vec![b'n'; 256];
+        let t = tarball(d.path(), |w| {
+            w.dir(b"usr", 0o755, 0, 0).unwrap();
+            let mut name = b"usr/".to_vec();
+            name.extend_from_slice(&long);
+            w.file(&name, 0o644, (0, 0), 1, &b"x"[..]).unwrap();
+        });
+        let e = unpack(&t, &d.path().join("tree")).unwrap_err();
+        assert!(e.downcast_ref::<crate::InputError>().is_some(), "{e:#}");
+        assert!(e.to_string().contains("256 bytes"), "{e}");
+        assert!(e.to_string().contains("at most 255"), "{e}");
+        let deep: Vec<u8> = std::iter::repeat(&b"abcdefgh/"[..])
+            .take(460)
+            .flatten()
+            .copied()
+            .collect();
+        let t = tarball(d.path(), |w| {
+            w.file(&[&deep[..], b"f"].concat(), 0o644, (0, 0), 1, &b"x"[..])
+                .unwrap();
+        });
+        let e = unpack(&t, &d.path().join("tree2")).unwrap_err();
+        assert!(e.to_string().contains("at most 4095"), "{e}");
+        // Control: 255 bytes is fine.
+        let t = tarball(d.path(), |w| {
+            w.file(&long[..255], 0o644, (0, 0), 1, &b"x"[..]).unwrap();
+        });
+        unpack(&t, &d.path().join("tree3")).unwrap();
     }
 
     use proptest::prelude::*;
