@@ -1,0 +1,305 @@
+//! The whole pipeline, in order, as one sequence of named steps over one
+//! [`BuildContext`] (their numbers are the progress lines' `[n/N]` and
+//! ARCHITECTURE.md's). Each step is a call into its own module; what runs
+//! at once is decided in `schedule` and inside the steps, never here.
+//! Outputs are written to a hidden folder beside the final one and renamed
+//! into place only when every step succeeded.
+
+mod cmdline;
+mod schedule;
+mod steps;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::host::digest::Sha256;
+use crate::inputs::plan::Plan;
+use crate::recipe::Recipe;
+
+pub use cmdline::kernel_cmdline;
+use schedule::Stages;
+
+/// The pipeline's steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    ResolveInputs = 1,
+    /// The base tree and the model volumes, at once.
+    ComposeBase,
+    PruneModules,
+    Initramfs,
+    NormaliseBase,
+    /// squashfs + dm-verity hash tree of the base (or both from the cache).
+    BaseVolume,
+    ComposeApps,
+    AppsVolume,
+    Uki,
+    /// The raw disk, its hash and the other formats' rows, at once.
+    Media,
+    Manifest,
+    Sign,
+}
+
+impl Step {
+    pub fn number(self) -> usize {
+        self as usize
+    }
+}
+
+/// What every step reads: the dated recipe, its resolved plan, the
+/// options, the folders of this build and the stage reporter.
+pub struct BuildContext<'a> {
+    pub recipe: &'a Recipe,
+    pub plan: Plan<'a>,
+    pub opts: &'a BuildOptions,
+    /// The release signing key, loaded (asked for) before any work.
+    pub key: Option<crate::release::signify::SecretKey>,
+    /// The output folder (absolute) and this image's name-version.
+    pub out_dir: PathBuf,
+    pub stem: String,
+    /// Scratch and finished outputs, both under a hidden folder of
+    /// `out_dir` that is removed however the build ends.
+    pub work: PathBuf,
+    pub media: PathBuf,
+    /// Each stage's start and end lines and its time.
+    pub(crate) stages: Stages,
+    _tmp: crate::host::interrupt::FolderGuard,
+}
+
+/// Which media to write. The raw disk is always made (qcow2 is converted
+/// from it); it is published only when asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    pub raw: bool,
+    pub iso: bool,
+    pub qcow2: bool,
+}
+
+impl Default for Formats {
+    fn default() -> Self {
+        Formats {
+            raw: true,
+            iso: true,
+            qcow2: true,
+        }
+    }
+}
+
+impl Formats {
+    /// Whether `f` is one of the formats asked for.
+    pub fn wants(&self, f: crate::media::Format) -> bool {
+        match f {
+            crate::media::Format::Raw => self.raw,
+            crate::media::Format::Iso => self.iso,
+            crate::media::Format::Qcow2 => self.qcow2,
+        }
+    }
+
+    /// Parses "raw,iso,qcow2" (any subset, at least one).
+    pub fn parse(s: &str) -> Result<Formats, String> {
+        let mut f = Formats {
+            raw: false,
+            iso: false,
+            qcow2: false,
+        };
+        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match w {
+                "raw" => f.raw = true,
+                "iso" => f.iso = true,
+                "qcow2" => f.qcow2 = true,
+                other => {
+                    return Err(format!(
+                        "unknown format {other:?}; choose from raw, iso, qcow2"
+                    ))
+                }
+            }
+        }
+        if !(f.raw || f.iso || f.qcow2) {
+            return Err("no format given; choose from raw, iso, qcow2".into());
+        }
+        Ok(f)
+    }
+}
+
+/// The medium a UKI boots from: the raw disk's partitions or the ISO's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Medium {
+    Disk,
+    Iso,
+}
+
+pub struct BuildOptions {
+    pub out_dir: PathBuf,
+    /// Cache location, stage cache, build-date override (from the caller).
+    pub settings: crate::inputs::plan::Settings,
+    pub formats: Formats,
+    /// Use nothing but the cache (needs RECIPE.lock).
+    pub offline: bool,
+    /// Re-resolve the lock when it disagrees with the recipe.
+    pub update_lock: bool,
+    /// Sign the outputs (SHA256 + SHA256.sig) with this key.
+    pub key: Option<crate::release::sign::SigningKey>,
+    /// Sign every shipped EFI binary with this Secure Boot key (sbsign).
+    pub secure_boot: Option<crate::pipeline::sbsign::SbKey>,
+}
+
+pub struct BuildResult {
+    pub dir: PathBuf,
+    pub raw: PathBuf,
+    pub root_hash: Sha256,
+}
+
+pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
+    let started = Instant::now();
+    // 1 resolve inputs; the recipe dated by the lock when nothing else dates it.
+    let plan = steps::resolve_inputs(recipe, opts)?;
+    let lock_date = plan.lock.as_ref().map(|l| l.source_date_epoch);
+    let recipe = &crate::recipe::epoch::dated(recipe, lock_date);
+    let mut cx = BuildContext::new(recipe, plan, opts, started)?;
+    // 2 compose base tree (and model volumes, at once)
+    let (mut base, models) = steps::compose_base_and_models(&mut cx)?;
+    let _memory = base.memory.take(); // a tree in memory goes when the build ends
+                                      // 3 prune kernel modules, 4 initramfs, 5 normalise base: the base alone
+    steps::prune_kernel_modules(&mut cx, &base)?;
+    let initrd = steps::initramfs(&mut cx, &base)?;
+    let snapshot = steps::normalise_base(&mut cx, &base)?;
+    let ahead = steps::uki_templates_ahead(&cx, &base, &initrd.path, &models)?;
+    // 6 base volume (squashfs + dm-verity, or both from the stage cache)
+    let root = steps::base_volume(&mut cx, &base)?;
+    // 7 compose apps on the same tree; SBOM and UKI inputs read from it
+    let composed = cx.stages.run(Step::ComposeApps, "compose apps", || {
+        crate::pipeline::compose::compose_apps(&cx.plan, base)
+    })?;
+    let contents = crate::release::sbom::read_contents(&composed, &cx.plan)?;
+    let uki_inputs = steps::take_uki_inputs(&cx, &composed)?;
+    // 8 apps volume: what step 7 changed
+    let apps = cx.stages.run(Step::AppsVolume, "apps volume", || {
+        crate::pipeline::layers::make_apps_volume(&composed.tree, &snapshot, &cx.plan, &cx.work)
+    })?;
+    let removing = steps::remove_tree_behind(&composed.tree)?;
+    let volumes: Vec<_> = std::iter::once(apps).chain(models).collect();
+    // 9 UKI, 10 media, 11 manifest, 12 sign, then publish
+    let boot = steps::ukis(
+        &mut cx,
+        ahead,
+        &uki_inputs,
+        &composed,
+        &initrd.path,
+        &root,
+        &volumes,
+    )?;
+    let media = steps::write_media(&mut cx, &boot, &composed, &initrd.path, &root, &volumes)?;
+    let known = steps::manifest(
+        &mut cx, &composed, &contents, &root, &volumes, &boot, &media,
+    )?;
+    steps::sign(&mut cx, &known)?;
+    steps::publish(cx, removing, root.verity.root_hash)
+}
+
+impl<'a> BuildContext<'a> {
+    /// Checks the output folder, loads the signing key and makes this
+    /// build's hidden folder (removed however the build ends: an error, a
+    /// panic unwinding, SIGINT/SIGTERM).
+    fn new(
+        recipe: &'a Recipe,
+        plan: Plan<'a>,
+        opts: &'a BuildOptions,
+        started: Instant,
+    ) -> Result<Self> {
+        let plan = Plan { recipe, ..plan };
+        let key = match &opts.key {
+            Some(k) => Some(crate::release::sign::load_key(k)?),
+            None => None,
+        };
+        let stages = Stages {
+            total: Step::Sign.number() - usize::from(key.is_none()),
+            started,
+            times: vec![("resolve inputs".into(), started.elapsed().as_secs_f64())],
+        };
+        eprintln!(
+            "cairn: building {} {} from {}",
+            recipe.name,
+            recipe.version,
+            recipe.file.display()
+        );
+        eprintln!(
+            "[ 1/{}] resolve inputs done in {:.1}s",
+            stages.total, stages.times[0].1
+        );
+        std::fs::create_dir_all(&opts.out_dir)
+            .with_context(|| format!("cannot create output folder {}", opts.out_dir.display()))?;
+        // Absolute from here on: some tools run in their own folders.
+        let out_dir = std::fs::canonicalize(&opts.out_dir)
+            .with_context(|| format!("cannot resolve output folder {}", opts.out_dir.display()))?;
+        clean_stale(&out_dir);
+        crate::host::scratch::clean_stale();
+        let stem = recipe.stem();
+        let tmp = out_dir.join(format!(".{stem}.building-{}", std::process::id()));
+        let guard = crate::host::interrupt::remove_on_exit(&tmp);
+        let (work, media) = (tmp.join("work"), tmp.join("media"));
+        std::fs::create_dir_all(&work)?;
+        std::fs::create_dir_all(&media)?;
+        Ok(BuildContext {
+            recipe,
+            plan,
+            opts,
+            key,
+            out_dir,
+            stem,
+            work,
+            media,
+            stages,
+            _tmp: guard,
+        })
+    }
+}
+
+/// `[boot] shim` needs a Secure Boot key (shim starts only a signed UKI)
+/// and the host's shim files: refused before any input is fetched.
+fn check_shim(recipe: &Recipe, opts: &BuildOptions) -> Result<()> {
+    let Some(at) = &recipe.shim else {
+        return Ok(());
+    };
+    if opts.secure_boot.is_none() {
+        return Err(crate::InputError(format!(
+            "{at}: [boot] shim = true needs --sb-key KEY --sb-cert CERT: shim starts only a UKI \
+             signed with a key the machine trusts (make one with `cairn keygen --secure-boot NAME`, \
+             enrol NAME.sb.cer as a MOK; docs/secure-boot.md)"
+        ))
+        .into());
+    }
+    crate::pipeline::shim::check_host()
+}
+
+/// `-o` must name a folder (or nothing yet): refused before any input is
+/// fetched, so a typo costs nothing.
+fn check_out_dir(out: &Path) -> Result<()> {
+    match std::fs::metadata(out) {
+        Ok(m) if !m.is_dir() => Err(crate::InputError(format!(
+            "-o {}: exists and is not a folder; name a folder for the release (it is created if missing)",
+            out.display()
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// Removes in-progress folders left by builds that were killed.
+fn clean_stale(out: &Path) {
+    let Ok(rd) = std::fs::read_dir(out) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .rsplit_once(".building-")
+            .or_else(|| name.rsplit_once(".old-"))
+            .and_then(|(_, p)| p.parse::<u32>().ok());
+        if let (true, Some(pid)) = (name.starts_with('.'), pid) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
