@@ -30,6 +30,7 @@ def module_of(path: pathlib.Path) -> str:
 def layer_of(module: str) -> str:
     return module.split("/")[0]
 
+ENV_READ = re.compile(r"\benv::(var|var_os|vars|vars_os)\b")
 REF = re.compile(r"\bcrate::([a-z_0-9]+)(?:::([a-z_0-9]+))?")
 
 def main() -> int:
@@ -56,6 +57,29 @@ def main() -> int:
                     problems.append(f"{f.relative_to(SRC)}:{lineno}: {m} ({la}) may use only {sorted(allowed)}, uses {target}")
                 elif RANK[lb] > RANK[la]:
                     problems.append(f"{f.relative_to(SRC)}:{lineno}: {m} ({la}) imports upward: {target} ({lb})")
+    # Only cli/ reads the process environment (test code aside: the lines
+    # inside an item marked #[cfg(test)]).
+    for f in sorted(SRC.rglob("*.rs")):
+        rel = f.relative_to(SRC)
+        if rel.parts[0] == "cli" or rel.name == "tests.rs":
+            continue
+        depth, test_depth, pending = 0, None, False
+        for lineno, line in enumerate(f.read_text().splitlines(), 1):
+            code = line.split("//")[0]
+            if re.match(r"\s*#\[cfg\(test\)\]", code) and test_depth is None:
+                pending = True
+            in_test = test_depth is not None
+            if ENV_READ.search(code) and not in_test and not pending:
+                problems.append(f"{rel}:{lineno}: reads the process environment; only cli/ may (pass the value down)")
+            for ch in code:
+                if ch == "{":
+                    if pending:
+                        test_depth, pending = depth, False
+                    depth += 1
+                elif ch == "}":
+                    depth -= 1
+                    if test_depth is not None and depth == test_depth:
+                        test_depth = None
     # Cycles between modules.
     state = {}
     stack = []

@@ -48,7 +48,7 @@ impl PassArgs {
         use cairn::release::signify::PassphraseSource;
         match (&self.passphrase_file, &self.passphrase_env) {
             (Some(f), _) => Some(PassphraseSource::File(f.clone())),
-            (None, Some(v)) => Some(PassphraseSource::Env(v.clone())),
+            (None, Some(v)) => Some(cairn::cli::passphrase_from_env(v)),
             (None, None) => None,
         }
     }
@@ -323,6 +323,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cairn::host::runner::set_verbose(cli.verbose);
+    cairn::cli::tool_path_from_env();
     cairn::host::interrupt::install();
     match run(cli) {
         Ok(code) => code,

@@ -202,6 +202,7 @@ fn build_opts(
 /// Applies `CAIRN_QEMU_ACCEL` and `CAIRN_BOOT_TIMEOUT_SCALE` (read by
 /// `cairn::cli`, as for `cairn run`) to this process's QEMU settings.
 pub fn configure_qemu() {
+    cairn::cli::tool_path_from_env();
     cairn::vm::qemu::configure(cairn::cli::qemu_config_from_env())
         .unwrap_or_else(|e| panic!("{e:#}"));
 }

@@ -48,7 +48,18 @@ pub fn settings_from_env() -> Result<Settings> {
         cache_root: cache_root_from_env()?,
         stage_cache: std::env::var_os("CAIRN_NO_STAGE_CACHE").is_none(),
         source_date_epoch,
+        trees_on_disk: std::env::var(crate::host::scratch::ENV).is_ok_and(|v| v == "disk"),
     })
+}
+
+/// `--passphrase-env VAR`: the variable's value, read here (None: unset).
+pub fn passphrase_from_env(var: &str) -> crate::release::signify::PassphraseSource {
+    crate::release::signify::PassphraseSource::Env(var.to_string(), std::env::var_os(var))
+}
+
+/// The programs' search path (`PATH`), handed to the tool runner once.
+pub fn tool_path_from_env() {
+    crate::host::doctor::set_search_path(std::env::var_os("PATH"));
 }
 
 /// The QEMU knobs of `cairn run` and the boot tests: `CAIRN_QEMU_ACCEL`

@@ -185,9 +185,29 @@ pub const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Where programs are looked for: the `PATH` the CLI hands over
+/// ([`set_search_path`]), else the usual system folders.
+static SEARCH_PATH: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Sets the programs' search path once (the CLI, from `PATH`).
+pub fn set_search_path(path: Option<std::ffi::OsString>) {
+    if let Some(p) = path {
+        let _ = SEARCH_PATH.set(std::env::split_paths(&p).collect());
+    }
+}
+
 pub fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    let default = || {
+        ["/usr/local/sbin", "/usr/local/bin", "/usr/bin", "/bin"]
+            .iter()
+            .map(PathBuf::from)
+            .collect::<Vec<_>>()
+    };
+    SEARCH_PATH
+        .get()
+        .cloned()
+        .unwrap_or_else(default)
+        .into_iter()
         .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| p.is_file())

@@ -34,9 +34,6 @@ pub fn fits(needed: u64, tmpfs_free: u64, mem_available: u64) -> bool {
 /// A new folder in memory for trees of `needed` bytes, or `None` (on
 /// disk then): `CAIRN_TREES=disk`, no tmpfs at /dev/shm, or not enough room.
 pub fn memory_folder(needed: u64) -> Option<PathBuf> {
-    if std::env::var(ENV).is_ok_and(|v| v == "disk") {
-        return None;
-    }
     if !has_room(Path::new(SHM), needed) {
         return None;
     }

@@ -22,6 +22,8 @@ pub struct Settings {
     pub stage_cache: bool,
     /// `SOURCE_DATE_EPOCH` when the operator sets it.
     pub source_date_epoch: Option<u64>,
+    /// Keep root trees on disk, never in memory (`CAIRN_TREES=disk`).
+    pub trees_on_disk: bool,
 }
 
 impl Settings {
@@ -46,6 +48,8 @@ pub struct Plan<'r> {
     pub lock: Option<Lock>,
     pub cache: Cache,
     pub stage_cache: bool,
+    /// Root trees stay on disk (`Settings::trees_on_disk`).
+    pub trees_on_disk: bool,
 }
 
 /// How to resolve.
@@ -73,6 +77,7 @@ pub fn resolve<'r>(
         lock,
         cache,
         stage_cache: settings.stage_cache,
+        trees_on_disk: settings.trees_on_disk,
     })
 }
 

@@ -112,6 +112,7 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
     };
     let in_memory = key
         .as_ref()
+        .filter(|_| !plan.trees_on_disk)
         .and_then(|k| crate::inputs::stagecache::tree_size(&plan.cache, true, "debian-base", k))
         .and_then(crate::host::scratch::memory_folder);
     let memory = in_memory

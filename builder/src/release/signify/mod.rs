@@ -496,14 +496,11 @@ mod tests {
         std::fs::write(&f, "\n").unwrap();
         assert!(read_passphrase(PassphraseSource::File(f.clone())).is_err());
         assert!(read_passphrase(PassphraseSource::File(dir.path().join("missing"))).is_err());
-        assert!(read_passphrase(PassphraseSource::Env(
-            "CAIRN_SIGNIFY_TEST_SURELY_UNSET_VAR".into()
-        ))
-        .is_err());
-        // PATH is always set and non-empty in test environments.
-        assert!(!read_passphrase(PassphraseSource::Env("PATH".into()))
-            .unwrap()
-            .is_empty());
+        assert!(read_passphrase(PassphraseSource::Env("UNSET".into(), None)).is_err());
+        assert_eq!(
+            read_passphrase(PassphraseSource::Env("SET".into(), Some("pw".into()))).unwrap(),
+            b"pw"
+        );
     }
 
     mod prop {

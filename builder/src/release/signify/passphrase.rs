@@ -17,8 +17,8 @@ pub enum PassphraseSource {
     Prompt { confirm: bool },
     /// First line of this file (trailing newline stripped).
     File(PathBuf),
-    /// The named environment variable.
-    Env(String),
+    /// The named environment variable, as the CLI read it (None: unset).
+    Env(String, Option<std::ffi::OsString>),
 }
 
 /// Obtain a passphrase from `source`. Empty passphrases are refused
@@ -47,8 +47,8 @@ pub fn read_passphrase(source: PassphraseSource) -> Result<Vec<u8>> {
             }
             line
         }
-        PassphraseSource::Env(var) => {
-            let value = std::env::var_os(&var).ok_or_else(|| {
+        PassphraseSource::Env(var, value) => {
+            let value = value.ok_or_else(|| {
                 SignifyError::Passphrase(format!("environment variable {var} is not set"))
             })?;
             #[cfg(unix)]
