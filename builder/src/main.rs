@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cairn::host::shown::{self, Shown};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -108,6 +109,14 @@ enum SiteOp {
         /// The copy to write (must not exist).
         #[arg(short, long)]
         out: PathBuf,
+        /// The signer's public key: SHA256.sig, the manifest's and the
+        /// image's digests are checked before the manifest's site key is
+        /// trusted. Required unless --unverified.
+        #[arg(long, value_name = "KEY.pub")]
+        pubkey: Option<PathBuf>,
+        /// Trust the release folder as it is (no signature check).
+        #[arg(long)]
+        unverified: bool,
     },
 }
 
@@ -305,6 +314,10 @@ enum Command {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 2048)]
         memory: u32,
+        /// Check the image's release folder first (SHA256.sig with this
+        /// key, the image's digest) and boot only if it passes.
+        #[arg(long, value_name = "KEY.pub")]
+        pubkey: Option<PathBuf>,
     },
     /// Print the sha256 a recipe pins for a file or folder (model data,
     /// policy bundles): a file's plain sha256, or a folder's tree digest
@@ -593,13 +606,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            SiteOp::Apply { image, site, out } => {
-                let a = cairn::release::site::apply(&image, &site, &out)?;
+            SiteOp::Apply {
+                image,
+                site,
+                out,
+                pubkey,
+                unverified,
+            } => {
+                let trust =
+                    cairn::release::site::ReleaseTrust::from_args(pubkey.as_deref(), unverified)?;
+                let a = cairn::release::site::apply(&image, &site, &out, trust)?;
                 println!(
-                    "site {} (key {}): wrote {} (read back)",
-                    a.site.name,
+                    "site {} (key {}): wrote {} (read back{})",
+                    Shown(&a.site.name),
                     a.site.key_id,
-                    a.out.display()
+                    shown::path(&a.out),
+                    if unverified {
+                        "; release not verified"
+                    } else {
+                        ""
+                    }
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -610,7 +636,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             forward,
             scratch,
             memory,
+            pubkey,
         } => {
+            if let Some(key) = &pubkey {
+                let c = cairn::release::verify::check_release(&image, key).map_err(|e| {
+                    cairn::InputError(format!(
+                        "run: {}: the release does not check with {}: {}",
+                        shown::path(&image),
+                        shown::path(key),
+                        Shown(&e.to_string())
+                    ))
+                })?;
+                eprintln!(
+                    "cairn run: {} {} verified with key {}",
+                    Shown(&c.manifest.image.name),
+                    Shown(&c.manifest.image.version),
+                    c.key_id
+                );
+            }
             let opts = cairn::vm::run::RunOptions {
                 firmware: if bios {
                     cairn::vm::qemu::Firmware::Bios
