@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cairn::host::shown::{self, Shown};
+use cairn::host::shown::{self, Shown, ShownLines};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -347,15 +347,17 @@ fn main() -> ExitCode {
         Err(e) => {
             if let Some(r) = e.downcast_ref::<cairn::recipe::RecipeError>() {
                 for p in &r.problems {
-                    eprintln!("error: {p}");
+                    eprintln!("error: {}", ShownLines(&p.to_string()));
                 }
                 return ExitCode::from(2);
             }
+            // Messages quote inputs (file names, manifest strings, tools'
+            // words about hostile files): no terminal control gets through.
             if e.downcast_ref::<cairn::InputError>().is_some() {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", ShownLines(&e.to_string()));
                 return ExitCode::from(2);
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ShownLines(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
@@ -476,11 +478,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(cairn::release::verify::VerifyError::BadInput(m)) => {
-                    eprintln!("error: {m}");
+                    eprintln!("error: {}", Shown(&m));
                     Ok(ExitCode::from(2))
                 }
                 Err(e) => {
-                    eprintln!("FAILED {e}");
+                    eprintln!("FAILED {}", Shown(&e.to_string()));
                     Ok(ExitCode::from(1))
                 }
             }
@@ -600,7 +602,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let s = cairn::release::site::sign(&site, &key, decl)?;
                 println!(
                     "site {} (key {}): wrote {}",
-                    s.name,
+                    Shown(&s.name),
                     s.key_id,
                     cairn::release::site::sig_path(&site).display()
                 );

@@ -2,8 +2,9 @@
 //! hostile file), made safe to print on a terminal.
 //! Invariant: what [`Shown`] writes holds no control character (C0, DEL,
 //! C1) and no bidirectional-override character, so an input cannot move
-//! the cursor, clear a line or reorder what follows it; a backslash is
-//! doubled, so an escape in the output always means a byte of the input.
+//! the cursor, clear a line or reorder what follows it. A backslash is
+//! kept as it is, so escaping twice changes nothing: a message built from
+//! escaped fields can be escaped again where it is printed.
 
 use std::fmt;
 
@@ -40,7 +41,6 @@ fn write_escaped(f: &mut fmt::Formatter<'_>, s: &str, keep_newlines: bool) -> fm
     for (i, c) in s.char_indices() {
         let esc: Option<String> = match c {
             '\n' if keep_newlines => None,
-            '\\' => Some("\\\\".into()),
             '\n' => Some("\\n".into()),
             '\r' => Some("\\r".into()),
             '\t' => Some("\\t".into()),
@@ -86,8 +86,9 @@ mod tests {
         assert_eq!(shown("\u{9b}31m"), "\\u{9b}31m", "C1 CSI");
         assert_eq!(shown("abc\u{202e}fed"), "abc\\u{202e}fed", "RLO");
         assert_eq!(shown("x\u{2066}y\u{200f}"), "x\\u{2066}y\\u{200f}");
-        // An escape in the output always stands for a byte of the input.
-        assert_eq!(shown("\\x1b"), "\\\\x1b");
+        // Escaping twice changes nothing.
+        let once = shown("\x1b[2K\u{202e}\n");
+        assert_eq!(shown(&once), once);
         assert_eq!(ShownLines("a\x1b\nb").to_string(), "a\\x1b\nb");
         for s in ["\x1b]0;t\x07", "\u{85}", "\u{2028}x"] {
             let out = shown(s);

@@ -119,7 +119,7 @@ pub fn run_image(image: &Path, opts: RunOptions) -> Result<i32> {
     }
     eprintln!(
         "cairn run: {} ({:?}, {:?}, {} accel{}{}); Ctrl-A x quits",
-        image.display(),
+        crate::host::shown::path(&image),
         spec.firmware,
         spec.bus,
         Vm::accel(),

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use sha2::Digest as _;
 
 use crate::host::digest::Sha256;
+use crate::host::shown::Shown;
 use crate::host::untrusted::{self, Links, UntrustedError, UntrustedFile};
 use crate::release::manifest::Manifest;
 use crate::release::signify::{PublicKey, Signature, SignifyError};
@@ -110,14 +111,16 @@ impl std::fmt::Display for VerifyReport {
     /// Human summary: `OK name version`, key, root hash, then each check
     /// and note on its own indented line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "OK {} {}", self.name, self.version)?;
+        // Names and versions come from the manifest, checks quote file
+        // names: each escaped (host::shown), one line each.
+        writeln!(f, "OK {} {}", Shown(&self.name), Shown(&self.version))?;
         writeln!(f, "  key id:    {}", self.key_id)?;
         write!(f, "  root hash: {}", self.root_hash)?;
         for c in &self.checks {
-            write!(f, "\n  ok    {c}")?;
+            write!(f, "\n  ok    {}", Shown(c))?;
         }
         for n in &self.notes {
-            write!(f, "\n  note  {n}")?;
+            write!(f, "\n  note  {}", Shown(n))?;
         }
         Ok(())
     }
