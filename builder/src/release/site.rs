@@ -280,9 +280,15 @@ fn folder_of(image: &Path) -> PathBuf {
     }
 }
 
+/// The release's site declaration, from the manifest beside `image` as it
+/// is: for a caller that verified the release itself (`flash`) or made it.
+pub fn declaration_beside(image: &Path) -> Result<SiteDeclaration> {
+    declaration_for(image, ReleaseTrust::Unverified)
+}
+
 /// The release's site declaration, from the manifest beside `image`,
 /// checked as `trust` says first.
-pub fn declaration_beside(image: &Path, trust: ReleaseTrust) -> Result<SiteDeclaration> {
+pub fn declaration_for(image: &Path, trust: ReleaseTrust) -> Result<SiteDeclaration> {
     let m = match trust {
         ReleaseTrust::Key(pubkey) => crate::release::verify::check_release(image, pubkey)
             .map_err(|e| {
@@ -323,7 +329,7 @@ pub struct Applied {
 /// site file in its ESP (the ISO's: `/boot/efi.img`, also its GPT EFI
 /// partition). The image itself is never written.
 pub fn apply(image: &Path, site: &Path, out: &Path, trust: ReleaseTrust) -> Result<Applied> {
-    let decl = declaration_beside(image, trust)?;
+    let decl = declaration_for(image, trust)?;
     let signed = load_signed(site, &decl)?;
     if out.exists() {
         return Err(crate::InputError(format!(

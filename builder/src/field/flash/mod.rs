@@ -401,11 +401,7 @@ fn write_site(
 /// The site file for `image`, checked against the (verified) release's
 /// declaration and signature-checked, before anything is written.
 fn site_for(image: &Path, site: &Path) -> Result<crate::release::site::SignedSite, FlashError> {
-    // `flash` verified the whole release with its key just before.
-    let decl = crate::release::site::declaration_beside(
-        image,
-        crate::release::site::ReleaseTrust::Unverified,
-    )
-    .map_err(|e| bad(format!("{e:#}")))?;
+    let decl =
+        crate::release::site::declaration_beside(image).map_err(|e| bad(format!("{e:#}")))?;
     crate::release::site::load_signed(site, &decl).map_err(|e| bad(format!("{e:#}")))
 }
