@@ -680,7 +680,12 @@ fn site_apply_and_run_refuse_a_qcow2_backed_by_a_host_file() {
     let secret = m.sentinel.join("secret");
     signed_linked_qcow2(&mut m, |q| {
         qemu_img_create(
-            &[OsStr::new("-F"), OsStr::new("raw"), OsStr::new("-b"), secret.as_os_str()],
+            &[
+                OsStr::new("-F"),
+                OsStr::new("raw"),
+                OsStr::new("-b"),
+                secret.as_os_str(),
+            ],
             q,
         )
     });
@@ -691,7 +696,11 @@ fn site_apply_and_run_refuse_a_qcow2_backed_by_a_host_file() {
             &m,
             2,
             "error: ",
-            &["mini-1.qcow2: names a backing file", secret_s, "stands alone"],
+            &[
+                "mini-1.qcow2: names a backing file",
+                secret_s,
+                "stands alone",
+            ],
             || site_apply(&m, &m.path(QCOW2), &site, &out, trust),
         );
     }
@@ -750,7 +759,10 @@ fn site_apply_and_run_refuse_an_external_data_file() {
     // would be read as the disk.
     let data = m.sentinel.join("mini-1.raw");
     let made = tempfile::tempdir().unwrap();
-    let opt = format!("data_file={},data_file_raw=on", made.path().join("d.raw").display());
+    let opt = format!(
+        "data_file={},data_file_raw=on",
+        made.path().join("d.raw").display()
+    );
     signed_linked_qcow2(&mut m, |q| {
         qemu_img_create(&[OsStr::new("-o"), OsStr::new(&opt)], q);
         // Point its data-file extension at the sentinel file (same length
@@ -841,7 +853,12 @@ fn site_apply_and_run_refuse_a_release_signed_by_another_key() {
     let secret = m.sentinel.join("secret");
     signed_linked_qcow2(&mut m, |q| {
         qemu_img_create(
-            &[OsStr::new("-F"), OsStr::new("raw"), OsStr::new("-b"), secret.as_os_str()],
+            &[
+                OsStr::new("-F"),
+                OsStr::new("raw"),
+                OsStr::new("-b"),
+                secret.as_os_str(),
+            ],
             q,
         )
     });
@@ -853,12 +870,20 @@ fn site_apply_and_run_refuse_a_release_signed_by_another_key() {
     m.key = cairn::release::signify::generate();
     m.sign();
     let out = m.tmp.path().join("north.raw");
-    refuses(&m, 2, "error: ", &["signature: SHA256.sig was made by key"], || {
-        site_apply(&m, &m.path(RAW), &site, &out, &["--pubkey"])
-    });
-    refuses(&m, 2, "error: run: ", &["signature: SHA256.sig was made by key"], || {
-        run_image(&m, &m.path(QCOW2), true)
-    });
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["signature: SHA256.sig was made by key"],
+        || site_apply(&m, &m.path(RAW), &site, &out, &["--pubkey"]),
+    );
+    refuses(
+        &m,
+        2,
+        "error: run: ",
+        &["signature: SHA256.sig was made by key"],
+        || run_image(&m, &m.path(QCOW2), true),
+    );
 }
 
 #[test]
@@ -869,8 +894,14 @@ fn verify_prints_a_hostile_manifest_name_escaped() {
     m.sign();
     let r = verify(&m);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(!r.stdout.contains('\u{1b}') && !r.stdout.contains('\u{202e}'), "{r:?}");
-    assert!(r.stdout.starts_with("OK \\x1b[2K\\rverify: ok\\u{202e} 1"), "{r:?}");
+    assert!(
+        !r.stdout.contains('\u{1b}') && !r.stdout.contains('\u{202e}'),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.starts_with("OK \\x1b[2K\\rverify: ok\\u{202e} 1"),
+        "{r:?}"
+    );
     // Control: a plain name prints as it is.
     m.manifest["image"]["name"] = "plain".into();
     m.write_manifest();

@@ -223,7 +223,11 @@ mod tests {
     #[test]
     fn a_clean_qcow2_by_qemu_img_passes() {
         let d = tempfile::tempdir().unwrap();
-        for args in [&[][..], &["-o", "compat=0.10"], &["-o", "compression_type=zstd"]] {
+        for args in [
+            &[][..],
+            &["-o", "compat=0.10"],
+            &["-o", "compression_type=zstd"],
+        ] {
             let h = check_standalone(&made(d.path(), "c.qcow2", args)).unwrap();
             assert_eq!(h.virtual_size, 1 << 20, "{args:?}");
         }

@@ -290,24 +290,27 @@ pub fn declaration_beside(image: &Path) -> Result<SiteDeclaration> {
 /// checked as `trust` says first.
 pub fn declaration_for(image: &Path, trust: ReleaseTrust) -> Result<SiteDeclaration> {
     let m = match trust {
-        ReleaseTrust::Key(pubkey) => crate::release::verify::check_release(image, pubkey)
-            .map_err(|e| {
-                crate::InputError(format!(
-                    "{}: the release does not check with {}: {}",
-                    Shown(&image.to_string_lossy()),
-                    Shown(&pubkey.to_string_lossy()),
-                    Shown(&e.to_string())
-                ))
-            })?
-            .manifest,
-        ReleaseTrust::Unverified => {
-            crate::release::manifest::read(&folder_of(image).join("manifest.json")).map_err(|e| {
-                crate::InputError(format!(
-                    "{}; keep the image in its release folder",
-                    Shown(&format!("{e:#}"))
-                ))
-            })?
+        ReleaseTrust::Key(pubkey) => {
+            crate::release::verify::check_release(image, pubkey)
+                .map_err(|e| {
+                    crate::InputError(format!(
+                        "{}: the release does not check with {}: {}",
+                        Shown(&image.to_string_lossy()),
+                        Shown(&pubkey.to_string_lossy()),
+                        Shown(&e.to_string())
+                    ))
+                })?
+                .manifest
         }
+        ReleaseTrust::Unverified => crate::release::manifest::read(
+            &folder_of(image).join("manifest.json"),
+        )
+        .map_err(|e| {
+            crate::InputError(format!(
+                "{}; keep the image in its release folder",
+                Shown(&format!("{e:#}"))
+            ))
+        })?,
     };
     m.site.ok_or_else(|| {
         crate::InputError(format!(
