@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cairn::host::shown::{self, Shown, ShownLines};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -108,6 +109,14 @@ enum SiteOp {
         /// The copy to write (must not exist).
         #[arg(short, long)]
         out: PathBuf,
+        /// The signer's public key: SHA256.sig, the manifest's and the
+        /// image's digests are checked before the manifest's site key is
+        /// trusted. Required unless --unverified.
+        #[arg(long, value_name = "KEY.pub")]
+        pubkey: Option<PathBuf>,
+        /// Trust the release folder as it is (no signature check).
+        #[arg(long)]
+        unverified: bool,
     },
 }
 
@@ -305,6 +314,10 @@ enum Command {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 2048)]
         memory: u32,
+        /// Check the image's release folder first (SHA256.sig with this
+        /// key, the image's digest) and boot only if it passes.
+        #[arg(long, value_name = "KEY.pub")]
+        pubkey: Option<PathBuf>,
     },
     /// Print the sha256 a recipe pins for a file or folder (model data,
     /// policy bundles): a file's plain sha256, or a folder's tree digest
@@ -335,15 +348,17 @@ fn main() -> ExitCode {
         Err(e) => {
             if let Some(r) = e.downcast_ref::<cairn::recipe::RecipeError>() {
                 for p in &r.problems {
-                    eprintln!("error: {p}");
+                    eprintln!("error: {}", ShownLines(&p.to_string()));
                 }
                 return ExitCode::from(2);
             }
+            // Messages quote inputs (file names, manifest strings, tools'
+            // words about hostile files): no terminal control gets through.
             if e.downcast_ref::<cairn::InputError>().is_some() {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", ShownLines(&e.to_string()));
                 return ExitCode::from(2);
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ShownLines(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
@@ -464,11 +479,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(cairn::release::verify::VerifyError::BadInput(m)) => {
-                    eprintln!("error: {m}");
+                    eprintln!("error: {}", Shown(&m));
                     Ok(ExitCode::from(2))
                 }
                 Err(e) => {
-                    eprintln!("FAILED {e}");
+                    eprintln!("FAILED {}", Shown(&e.to_string()));
                     Ok(ExitCode::from(1))
                 }
             }
@@ -588,19 +603,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let s = cairn::release::site::sign(&site, &key, decl)?;
                 println!(
                     "site {} (key {}): wrote {}",
-                    s.name,
+                    Shown(&s.name),
                     s.key_id,
                     cairn::release::site::sig_path(&site).display()
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            SiteOp::Apply { image, site, out } => {
-                let a = cairn::release::site::apply(&image, &site, &out)?;
+            SiteOp::Apply {
+                image,
+                site,
+                out,
+                pubkey,
+                unverified,
+            } => {
+                let trust =
+                    cairn::release::site::ReleaseTrust::from_args(pubkey.as_deref(), unverified)?;
+                let a = cairn::release::site::apply(&image, &site, &out, trust)?;
                 println!(
-                    "site {} (key {}): wrote {} (read back)",
-                    a.site.name,
+                    "site {} (key {}): wrote {} (read back{})",
+                    Shown(&a.site.name),
                     a.site.key_id,
-                    a.out.display()
+                    shown::path(&a.out),
+                    if unverified {
+                        "; release not verified"
+                    } else {
+                        ""
+                    }
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -611,7 +639,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             forward,
             scratch,
             memory,
+            pubkey,
         } => {
+            if let Some(key) = &pubkey {
+                let c = cairn::release::verify::check_release(&image, key).map_err(|e| {
+                    cairn::InputError(format!(
+                        "run: {}: the release does not check with {}: {}",
+                        shown::path(&image),
+                        shown::path(key),
+                        Shown(&e.to_string())
+                    ))
+                })?;
+                eprintln!(
+                    "cairn run: {} {} verified with key {}",
+                    Shown(&c.manifest.image.name),
+                    Shown(&c.manifest.image.version),
+                    c.key_id
+                );
+            }
             let opts = cairn::vm::run::RunOptions {
                 firmware: if bios {
                     cairn::vm::qemu::Firmware::Bios

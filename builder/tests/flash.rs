@@ -207,7 +207,13 @@ fn site_file_on_the_iso_lands_in_its_efi_image() {
     let signed = cairn::release::site::sign(&site, &site_key, &decl).unwrap();
 
     let out = d.path().join("depot.iso");
-    cairn::release::site::apply(&iso, &site, &out).unwrap_or_else(|e| panic!("{e:#}"));
+    cairn::release::site::apply(
+        &iso,
+        &site,
+        &out,
+        cairn::release::site::ReleaseTrust::Unverified,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     // The GPT's EFI partition is the ISO's /boot/efi.img, byte for byte.
     let efi = cairn::media::iso::list_iso(&out)
         .unwrap()

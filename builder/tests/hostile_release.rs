@@ -581,10 +581,332 @@ fn qcow2_with_a_backing_file_outside_is_refused_unread() {
     refuses(
         &m,
         1,
-        "FAILED qcow2: mini-1.qcow2: names a backing file; a cairn qcow2 stands alone",
-        &[],
+        "FAILED qcow2: mini-1.qcow2: names a backing file",
+        &["sentinel/mini-1.raw", "stands alone"],
         || verify(&m),
     );
+}
+
+// ---------------------------------------------------------------------------
+// site apply and run: qcow2 files that name other files, unsigned manifests
+// ---------------------------------------------------------------------------
+
+/// `m` with a `[site]` declaration (a site key of its own) in its signed
+/// manifest, and a site file signed with that key: (site file, site key).
+fn with_site(m: &mut Mini) -> (std::path::PathBuf, cairn::release::signify::SecretKey) {
+    let site_key = cairn::release::signify::generate();
+    let public = site_key.public();
+    m.manifest["site"] = serde_json::json!({
+        "allow": ["hostname"],
+        "ingress": [],
+        "key_id": public.key_id(),
+        "public_key": public.to_file_text("sites public key"),
+    });
+    m.write_manifest();
+    m.sign();
+    let site = m.keys.join("north.toml");
+    std::fs::write(&site, "name = \"north\"\nhostname = \"north-1\"\n").unwrap();
+    let decl = cairn::release::site::declaration_beside(&m.path(RAW)).unwrap();
+    cairn::release::site::sign(&site, &site_key, &decl).unwrap();
+    (site, site_key)
+}
+
+fn site_apply(m: &Mini, image: &Path, site: &Path, out: &Path, trust: &[&str]) -> Run {
+    let mut args = vec![
+        OsStr::new("site"),
+        OsStr::new("apply"),
+        image.as_os_str(),
+        site.as_os_str(),
+        OsStr::new("-o"),
+        out.as_os_str(),
+    ];
+    for t in trust {
+        args.push(OsStr::new(t));
+        if *t == "--pubkey" {
+            args.push(m.pubkey.as_os_str());
+        }
+    }
+    mini::cairn(&args, LIMIT)
+}
+
+fn run_image(m: &Mini, image: &Path, pubkey: bool) -> Run {
+    let mut args = vec![OsStr::new("run"), image.as_os_str()];
+    if pubkey {
+        args.push(OsStr::new("--pubkey"));
+        args.push(m.pubkey.as_os_str());
+    }
+    mini::cairn(&args, LIMIT)
+}
+
+/// Replaces the release's qcow2 by `make(path)`'s, recorded in the manifest
+/// and signed: only the qcow2 header check can refuse it.
+fn signed_linked_qcow2(m: &mut Mini, make: impl FnOnce(&Path)) {
+    std::fs::remove_file(m.path(QCOW2)).unwrap();
+    make(&m.path(QCOW2));
+    common::mini::set_output(&mut m.manifest, &m.dir, QCOW2);
+    m.write_manifest();
+    m.sign();
+}
+
+fn qemu_img_create(args: &[&OsStr], out: &Path) {
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .args(args)
+        .arg(out)
+        .arg("72M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn control_site_apply_with_the_key_writes_a_copy_of_raw_and_qcow2() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, _) = with_site(&mut m);
+    for (image, out) in [(RAW, "north.raw"), (QCOW2, "north.qcow2")] {
+        let out = m.tmp.path().join(out);
+        let r = site_apply(&m, &m.path(image), &site, &out, &["--pubkey"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(r.stdout.contains("site north (key "), "{r:?}");
+        assert!(!r.stdout.contains("not verified"), "{r:?}");
+        assert!(out.is_file());
+    }
+}
+
+#[test]
+fn site_apply_and_run_refuse_a_qcow2_backed_by_a_host_file() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, _) = with_site(&mut m);
+    let secret = m.sentinel.join("secret");
+    signed_linked_qcow2(&mut m, |q| {
+        qemu_img_create(
+            &[
+                OsStr::new("-F"),
+                OsStr::new("raw"),
+                OsStr::new("-b"),
+                secret.as_os_str(),
+            ],
+            q,
+        )
+    });
+    let out = m.tmp.path().join("north.qcow2");
+    let secret_s = secret.to_str().unwrap();
+    for trust in [&["--pubkey"][..], &["--unverified"]] {
+        refuses(
+            &m,
+            2,
+            "error: ",
+            &[
+                "mini-1.qcow2: names a backing file",
+                secret_s,
+                "stands alone",
+            ],
+            || site_apply(&m, &m.path(QCOW2), &site, &out, trust),
+        );
+    }
+    // `cairn run`: refused before QEMU starts; with a key, after the
+    // release checked (its first line says so; the refusal follows).
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["mini-1.qcow2: names a backing file", secret_s],
+        || run_image(&m, &m.path(QCOW2), false),
+    );
+    refuses(&m, 2, "cairn run: mini 1 verified with key", &[], || {
+        run_image(&m, &m.path(QCOW2), true)
+    });
+}
+
+#[test]
+fn site_apply_and_run_refuse_a_json_backing_spec() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, _) = with_site(&mut m);
+    let spec = format!(
+        "json:{{\"driver\":\"raw\",\"file\":{{\"driver\":\"file\",\"filename\":\"{}\"}}}}",
+        m.sentinel.join("secret").display()
+    );
+    signed_linked_qcow2(&mut m, |q| {
+        qemu_img_create(
+            &[
+                OsStr::new("-u"),
+                OsStr::new("-F"),
+                OsStr::new("raw"),
+                OsStr::new("-b"),
+                OsStr::new(&spec),
+            ],
+            q,
+        )
+    });
+    let out = m.tmp.path().join("north.qcow2");
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["names a backing file \"json:{", "secret"],
+        || site_apply(&m, &m.path(QCOW2), &site, &out, &["--pubkey"]),
+    );
+    refuses(&m, 2, "error: ", &["names a backing file \"json:{"], || {
+        run_image(&m, &m.path(QCOW2), false)
+    });
+}
+
+#[test]
+fn site_apply_and_run_refuse_an_external_data_file() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, _) = with_site(&mut m);
+    // The data file is made by qemu-img; the sentinel's copy of the raw
+    // would be read as the disk.
+    let data = m.sentinel.join("mini-1.raw");
+    let made = tempfile::tempdir().unwrap();
+    let opt = format!(
+        "data_file={},data_file_raw=on",
+        made.path().join("d.raw").display()
+    );
+    signed_linked_qcow2(&mut m, |q| {
+        qemu_img_create(&[OsStr::new("-o"), OsStr::new(&opt)], q);
+        // Point its data-file extension at the sentinel file (same length
+        // of name not needed: rewrite via qemu-img amend).
+        let st = std::process::Command::new("qemu-img")
+            .args(["amend", "-f", "qcow2", "-o"])
+            .arg(format!("data_file={}", data.display()))
+            .arg(q)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    });
+    let out = m.tmp.path().join("north.qcow2");
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["mini-1.qcow2", "external data file"],
+        || site_apply(&m, &m.path(QCOW2), &site, &out, &["--pubkey"]),
+    );
+    refuses(&m, 2, "error: ", &["external data file"], || {
+        run_image(&m, &m.path(QCOW2), false)
+    });
+}
+
+#[test]
+fn site_apply_without_a_key_is_refused_with_the_fix() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, _) = with_site(&mut m);
+    let out = m.tmp.path().join("north.raw");
+    refuses(
+        &m,
+        2,
+        "error: the release folder's manifest.json names the site key",
+        &["--pubkey KEY.pub", "--unverified"],
+        || site_apply(&m, &m.path(RAW), &site, &out, &[]),
+    );
+    // Control: --unverified says so on its line.
+    let r = site_apply(&m, &m.path(RAW), &site, &out, &["--unverified"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("release not verified"), "{r:?}");
+}
+
+#[test]
+fn site_apply_refuses_a_manifest_whose_site_key_was_swapped_after_signing() {
+    let mut m = mini(Media::RawAndQcow2);
+    with_site(&mut m);
+    // The attacker's own site key in the manifest, and a site file signed
+    // with it; the release is not re-signed.
+    let key = cairn::release::signify::generate();
+    let public = key.public();
+    let mut forged = m.manifest.clone();
+    forged["site"]["key_id"] = public.key_id().into();
+    forged["site"]["public_key"] = public.to_file_text("evil").into();
+    std::fs::write(
+        m.path("manifest.json"),
+        serde_json::to_string_pretty(&forged).unwrap() + "\n",
+    )
+    .unwrap();
+    let evil_site = m.keys.join("evil.toml");
+    std::fs::write(&evil_site, "name = \"evil\"\nhostname = \"evil\"\n").unwrap();
+    let decl = cairn::release::site::declaration_beside(&m.path(RAW)).unwrap();
+    cairn::release::site::sign(&evil_site, &key, &decl).unwrap();
+    let out = m.tmp.path().join("evil.raw");
+    // Control: trusting the folder as it is, the forged site file applies.
+    let r = site_apply(&m, &m.path(RAW), &evil_site, &out, &["--unverified"]);
+    assert_eq!(r.code, 0, "the attack works unverified: {r:?}");
+    std::fs::remove_file(&out).unwrap();
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["does not check with", "digest: manifest.json: expected"],
+        || site_apply(&m, &m.path(RAW), &evil_site, &out, &["--pubkey"]),
+    );
+    // `cairn run --pubkey` refuses it too, before QEMU starts.
+    refuses(&m, 2, "error: run: ", &["digest: manifest.json"], || {
+        run_image(&m, &m.path(QCOW2), true)
+    });
+}
+
+#[test]
+fn site_apply_and_run_refuse_a_release_signed_by_another_key() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, _) = with_site(&mut m);
+    // Control: the properly signed release passes `run --pubkey`'s check
+    // and is stopped only by the qcow2 header check that follows.
+    let secret = m.sentinel.join("secret");
+    signed_linked_qcow2(&mut m, |q| {
+        qemu_img_create(
+            &[
+                OsStr::new("-F"),
+                OsStr::new("raw"),
+                OsStr::new("-b"),
+                secret.as_os_str(),
+            ],
+            q,
+        )
+    });
+    let r = run_image(&m, &m.path(QCOW2), true);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("verified with key"), "{r:?}");
+    assert!(r.stderr.contains("names a backing file"), "{r:?}");
+    // Re-signed by another key: refused at the signature.
+    m.key = cairn::release::signify::generate();
+    m.sign();
+    let out = m.tmp.path().join("north.raw");
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["signature: SHA256.sig was made by key"],
+        || site_apply(&m, &m.path(RAW), &site, &out, &["--pubkey"]),
+    );
+    refuses(
+        &m,
+        2,
+        "error: run: ",
+        &["signature: SHA256.sig was made by key"],
+        || run_image(&m, &m.path(QCOW2), true),
+    );
+}
+
+#[test]
+fn verify_prints_a_hostile_manifest_name_escaped() {
+    let mut m = mini(Media::None);
+    m.manifest["image"]["name"] = "\u{1b}[2K\rverify: ok\u{202e}".into();
+    m.write_manifest();
+    m.sign();
+    let r = verify(&m);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        !r.stdout.contains('\u{1b}') && !r.stdout.contains('\u{202e}'),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.starts_with("OK \\x1b[2K\\rverify: ok\\u{202e} 1"),
+        "{r:?}"
+    );
+    // Control: a plain name prints as it is.
+    m.manifest["image"]["name"] = "plain".into();
+    m.write_manifest();
+    m.sign();
+    assert!(verify(&m).stdout.starts_with("OK plain 1"));
 }
 
 // ---------------------------------------------------------------------------

@@ -314,3 +314,93 @@ fn diff_matches_outputs_across_versions_and_sees_signer_and_root_changes() {
     // Same size and digest under a new name: paired, so not an output change.
     assert!(d.outputs.is_empty(), "{:?}", d.outputs);
 }
+
+/// Runs the cairn binary; (exit code, stdout bytes, stderr bytes).
+fn cairn_cmd(args: &[&std::ffi::OsStr]) -> (i32, Vec<u8>, Vec<u8>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
+}
+
+/// Strings a hostile manifest may hold to fake a line or reorder one:
+/// (input, how it must print).
+const HOSTILE: &[(&str, &str)] = &[
+    ("\u{1b}[2K\rverify: ok", "\\x1b[2K\\rverify: ok"),
+    ("x\nOK field-ai 9", "x\\nOK field-ai 9"),
+    ("\u{9b}2Kcsi", "\\u{9b}2Kcsi"),
+    ("abc\u{202e}lave", "abc\\u{202e}lave"),
+];
+
+fn has_raw_controls(b: &[u8]) -> bool {
+    let t = String::from_utf8_lossy(b);
+    t.chars()
+        .any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+}
+
+#[test]
+fn inspect_prints_manifest_escapes_escaped_and_plain_strings_as_they_are() {
+    for (evil, shown) in HOSTILE {
+        let mut m = fixture();
+        m["image"]["name"] = json!(evil);
+        m["kernel"]["cmdline"] = json!(format!("console=ttyS0 {evil}"));
+        packages(&mut m)[0]["version"] = json!(evil);
+        let d = folder(&m);
+        let text = inspect(d.path()).unwrap().render_text();
+        assert!(!has_raw_controls(text.as_bytes()), "{evil:?}: {text}");
+        assert!(text.contains(&format!("image        {shown} ")), "{text}");
+        assert!(text.contains(&format!("console=ttyS0 {shown}")), "{text}");
+        // The binary prints the same; --json keeps serde's own escaping.
+        let (code, out, _) = cairn_cmd(&["inspect".as_ref(), d.path().as_os_str()]);
+        assert_eq!(code, 0);
+        assert!(!out.contains(&0x1b), "{evil:?}");
+        assert!(!has_raw_controls(&out), "{evil:?}");
+        assert!(String::from_utf8_lossy(&out).contains(shown), "{evil:?}");
+        let (code, out, _) =
+            cairn_cmd(&["inspect".as_ref(), d.path().as_os_str(), "--json".as_ref()]);
+        assert_eq!(code, 0);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["name"], json!(evil), "JSON round-trips the string");
+        assert!(!out.contains(&0x1b));
+    }
+    // Control: a plain name prints as it is.
+    let mut m = fixture();
+    m["image"]["name"] = json!("verify: ok");
+    let d = folder(&m);
+    let (_, out, _) = cairn_cmd(&["inspect".as_ref(), d.path().as_os_str()]);
+    assert!(String::from_utf8_lossy(&out).contains("image        verify: ok "));
+}
+
+#[test]
+fn diff_prints_manifest_escapes_escaped_and_plain_strings_as_they_are() {
+    for (evil, shown) in HOSTILE {
+        let a = fixture();
+        let mut b = fixture();
+        b["kernel"]["cmdline"] = json!(evil);
+        packages(&mut b)[0]["version"] = json!(evil);
+        let (da, db) = (folder(&a), folder(&b));
+        let text = diff(da.path(), db.path()).unwrap().render_text();
+        assert!(!has_raw_controls(text.as_bytes()), "{evil:?}: {text}");
+        assert!(text.contains(&format!("  + {shown}")), "{text}");
+        let (code, out, _) = cairn_cmd(&[
+            "diff".as_ref(),
+            da.path().as_os_str(),
+            db.path().as_os_str(),
+        ]);
+        assert_eq!(code, 1);
+        assert!(!out.contains(&0x1b) && !has_raw_controls(&out), "{evil:?}");
+        assert!(String::from_utf8_lossy(&out).contains(shown));
+    }
+    // Control: a plain command line prints as it is.
+    let a = fixture();
+    let mut b = fixture();
+    b["kernel"]["cmdline"] = json!("verify: ok");
+    let (da, db) = (folder(&a), folder(&b));
+    let (_, out, _) = cairn_cmd(&[
+        "diff".as_ref(),
+        da.path().as_os_str(),
+        db.path().as_os_str(),
+    ]);
+    assert!(String::from_utf8_lossy(&out).contains("  + verify: ok\n"));
+}

@@ -131,6 +131,10 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()
         "qcow2: check",
         xshell::cmd!(sh, "qemu-img check -q -f qcow2 {out}"),
     )?;
+    // What cairn writes passes the check its readers make (verify, site
+    // apply, run): a qemu-img that added a backing or data file would be
+    // caught here, at build time, not by a user.
+    crate::host::qcow2::check_file(out).map_err(|e| anyhow::anyhow!("qcow2: {e}"))?;
     Ok(())
 }
 

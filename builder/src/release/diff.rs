@@ -456,8 +456,11 @@ impl Diff {
     /// Text for humans: `-` lines are A, `+` lines are B.
     pub fn render_text(&self) -> String {
         let mut s = String::new();
+        // Every line is escaped as a whole (host::shown): a manifest
+        // string holding a newline or a terminal escape stays inside its
+        // own line and cannot fake another one.
         let mut line = |l: String| {
-            s.push_str(&l);
+            s.push_str(&crate::host::shown::shown(&l));
             s.push('\n');
         };
         line(format!("--- a: {}", self.a));

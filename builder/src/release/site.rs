@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::host::shown::Shown;
 use crate::recipe::site::{check, SiteDeclaration};
 use crate::release::signify::{PublicKey, SecretKey, Signature};
 
@@ -239,18 +240,82 @@ pub fn read_back(medium: &Path, site: &SignedSite) -> Result<()> {
     Ok(())
 }
 
-/// The release's site declaration, from the manifest beside `image`.
-pub fn declaration_beside(image: &Path) -> Result<SiteDeclaration> {
-    let folder = match image.parent() {
+/// How `apply` trusts the release folder's manifest.json (where the site
+/// key comes from): checked against the signer's public key, or, only when
+/// asked for by name, as it is.
+#[derive(Debug, Clone, Copy)]
+pub enum ReleaseTrust<'a> {
+    /// `--pubkey KEY.pub`: SHA256.sig, SHA256, the manifest's and the
+    /// image's digests (`verify::check_release`).
+    Key(&'a Path),
+    /// `--unverified`: the folder is trusted as it is.
+    Unverified,
+}
+
+impl<'a> ReleaseTrust<'a> {
+    /// From the command line: a key, or `--unverified`; neither is refused
+    /// (exit 2) with the fix, because a forged manifest names its own site
+    /// key and the site file would then be checked against that.
+    pub fn from_args(pubkey: Option<&'a Path>, unverified: bool) -> Result<Self> {
+        match (pubkey, unverified) {
+            (Some(k), false) => Ok(ReleaseTrust::Key(k)),
+            (None, true) => Ok(ReleaseTrust::Unverified),
+            (Some(_), true) => Err(crate::InputError(
+                "give either --pubkey KEY.pub or --unverified, not both".into(),
+            )
+            .into()),
+            (None, false) => Err(crate::InputError(
+                "the release folder's manifest.json names the site key; check it first: give the signer's public key with --pubkey KEY.pub (as for cairn verify), or --unverified to trust the folder as it is".into(),
+            )
+            .into()),
+        }
+    }
+}
+
+/// The folder of `image` (`.` for a bare file name).
+fn folder_of(image: &Path) -> PathBuf {
+    match image.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+/// The release's site declaration, from the manifest beside `image` as it
+/// is: for a caller that verified the release itself (`flash`) or made it.
+pub fn declaration_beside(image: &Path) -> Result<SiteDeclaration> {
+    declaration_for(image, ReleaseTrust::Unverified)
+}
+
+/// The release's site declaration, from the manifest beside `image`,
+/// checked as `trust` says first.
+pub fn declaration_for(image: &Path, trust: ReleaseTrust) -> Result<SiteDeclaration> {
+    let m = match trust {
+        ReleaseTrust::Key(pubkey) => {
+            crate::release::verify::check_release(image, pubkey)
+                .map_err(|e| {
+                    crate::InputError(format!(
+                        "{}: the release does not check with {}: {}",
+                        Shown(&image.to_string_lossy()),
+                        Shown(&pubkey.to_string_lossy()),
+                        Shown(&e.to_string())
+                    ))
+                })?
+                .manifest
+        }
+        ReleaseTrust::Unverified => crate::release::manifest::read(
+            &folder_of(image).join("manifest.json"),
+        )
+        .map_err(|e| {
+            crate::InputError(format!(
+                "{}; keep the image in its release folder",
+                Shown(&format!("{e:#}"))
+            ))
+        })?,
     };
-    let m = crate::release::manifest::read(&folder.join("manifest.json"))
-        .map_err(|e| crate::InputError(format!("{e:#}; keep the image in its release folder")))?;
     m.site.ok_or_else(|| {
         crate::InputError(format!(
             "{} takes no site file: its recipe has no [site] table",
-            image.display()
+            Shown(&image.to_string_lossy())
         ))
         .into()
     })
@@ -266,8 +331,8 @@ pub struct Applied {
 /// Writes a copy of `image` (raw, qcow2 or ISO) to `out` with the signed
 /// site file in its ESP (the ISO's: `/boot/efi.img`, also its GPT EFI
 /// partition). The image itself is never written.
-pub fn apply(image: &Path, site: &Path, out: &Path) -> Result<Applied> {
-    let decl = declaration_beside(image)?;
+pub fn apply(image: &Path, site: &Path, out: &Path, trust: ReleaseTrust) -> Result<Applied> {
+    let decl = declaration_for(image, trust)?;
     let signed = load_signed(site, &decl)?;
     if out.exists() {
         return Err(crate::InputError(format!(
@@ -277,6 +342,11 @@ pub fn apply(image: &Path, site: &Path, out: &Path) -> Result<Applied> {
         .into());
     }
     let qcow2 = image.extension().and_then(|e| e.to_str()) == Some("qcow2");
+    if qcow2 {
+        // Before qemu-img opens it: a backing or data file would put a
+        // host file into the copy.
+        crate::host::qcow2::check_file(image).map_err(crate::InputError)?;
+    }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -289,9 +359,11 @@ pub fn apply(image: &Path, site: &Path, out: &Path) -> Result<Applied> {
     let raw = tmp.path().join("medium.raw");
     let sh = xshell::Shell::new()?;
     if qcow2 {
+        // Opened as qcow2 with the backing chain cut: a second guard.
+        let source = crate::host::qcow2::qemu_img_source(image).map_err(crate::InputError)?;
         crate::host::runner::run(
             "site: qcow2",
-            xshell::cmd!(sh, "qemu-img convert -f qcow2 -O raw {image} {raw}"),
+            xshell::cmd!(sh, "qemu-img convert -O raw {source} {raw}"),
         )?;
     } else {
         crate::host::runner::run(

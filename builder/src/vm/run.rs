@@ -110,6 +110,7 @@ pub fn run_image(image: &Path, opts: RunOptions) -> Result<i32> {
         .context("creating the VM workdir")?;
     let wd: PathBuf = workdir.path().to_path_buf();
     let spec = boot_spec(&image, &opts, &wd.join("serial.log"))?;
+    qemu::refuse_linked_qcow2(&spec)?;
     let mut args = qemu::command_line(&spec, Vm::accel(), &wd)?;
     serial_to_stdio(&mut args)?;
     if spec.firmware == Firmware::Uefi {
@@ -118,7 +119,7 @@ pub fn run_image(image: &Path, opts: RunOptions) -> Result<i32> {
     }
     eprintln!(
         "cairn run: {} ({:?}, {:?}, {} accel{}{}); Ctrl-A x quits",
-        image.display(),
+        crate::host::shown::path(&image),
         spec.firmware,
         spec.bus,
         Vm::accel(),

@@ -115,7 +115,7 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
         let file = write(tmp.path(), &format!("{name}.toml"), &text);
         site::sign(&file, &key, &decl).expect("sign");
         let img = tmp.path().join(format!("{name}.raw"));
-        site::apply(&b.raw, &file, &img).expect("apply");
+        site::apply(&b.raw, &file, &img, site::ReleaseTrust::Unverified).expect("apply");
         let mut vm = boot_to_ready(&img, &format!("site-{name}"));
         let serial = vm.serial_text();
         assert!(
@@ -188,7 +188,13 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
         );
         std::fs::write(site::sig_path(&f), &bad.sig).expect("write sig");
         assert!(
-            site::apply(&b.raw, &f, &tmp.path().join(format!("{name}.raw"))).is_err(),
+            site::apply(
+                &b.raw,
+                &f,
+                &tmp.path().join(format!("{name}.raw")),
+                site::ReleaseTrust::Unverified
+            )
+            .is_err(),
             "{name}: site apply accepted it"
         );
         let img = copy_image(&b.raw, tmp.path(), &format!("{name}.raw"));

@@ -292,65 +292,18 @@ fn extract_uki(image: &Path, offset: u64, esp_path: &str) -> Result<Vec<u8>, Str
 // qcow2
 // ---------------------------------------------------------------------------
 
-/// The fields of a qcow2 header that decide whether qemu-img would read
-/// anything but the file itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Qcow2Header {
-    pub version: u32,
-    pub backing_file_offset: u64,
-    pub virtual_size: u64,
-    pub crypt_method: u32,
-    pub incompatible_features: u64,
-    /// 0 zlib, 1 zstd (the compression type field, version 3 with the
-    /// compression-type feature bit; zlib otherwise).
-    pub compression_type: u8,
-}
+pub use crate::host::qcow2::Qcow2Header;
 
 /// The incompatible-feature bit saying the header has a compression type
 /// field (byte 104); the only one cairn writes (zstd clusters).
-pub const QCOW2_COMPRESSION_TYPE_BIT: u64 = 1 << 3;
-/// The bytes of a qcow2 header cairn reads: up to the compression type.
-pub const QCOW2_HEAD_LEN: u64 = 112;
+pub const QCOW2_COMPRESSION_TYPE_BIT: u64 = crate::host::qcow2::COMPRESSION_TYPE_BIT;
 
-/// Parse the head of a qcow2 file (big-endian fields, QEMU's
-/// docs/interop/qcow2.txt) and refuse what cairn never writes: a backing
-/// file, an external data file or any other incompatible feature, and
-/// encryption. Without these, qemu-img reads only this file.
+/// The head of a qcow2 file: the shared check that it stands alone
+/// (`host::qcow2`: no backing file, no external data file), then what
+/// cairn never writes: encryption, any incompatible feature but the
+/// compression type, a compression type other than zstd.
 pub fn read_qcow2_header(head: &[u8]) -> Result<Qcow2Header, String> {
-    let be32 = |at: usize| {
-        head.get(at..at + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let be64 = |at: usize| {
-        head.get(at..at + 8).map(|b| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            u64::from_be_bytes(a)
-        })
-    };
-    if head.get(..4) != Some(&b"QFI\xfb"[..]) {
-        return Err("not a qcow2 file (no QFI\\xfb magic)".into());
-    }
-    let short = || "truncated qcow2 header".to_string();
-    let version = be32(4).ok_or_else(short)?;
-    if version != 2 && version != 3 {
-        return Err(format!("qcow2 version {version} is not 2 or 3"));
-    }
-    let mut h = Qcow2Header {
-        version,
-        backing_file_offset: be64(8).ok_or_else(short)?,
-        virtual_size: be64(24).ok_or_else(short)?,
-        crypt_method: be32(32).ok_or_else(short)?,
-        incompatible_features: if version == 3 {
-            be64(72).ok_or_else(short)?
-        } else {
-            0
-        },
-        compression_type: 0,
-    };
-    if h.backing_file_offset != 0 {
-        return Err("names a backing file; a cairn qcow2 stands alone".into());
-    }
+    let h = crate::host::qcow2::check_standalone(head)?;
     if h.crypt_method != 0 {
         return Err(format!(
             "is encrypted (method {}); cairn writes plain qcow2",
@@ -360,24 +313,14 @@ pub fn read_qcow2_header(head: &[u8]) -> Result<Qcow2Header, String> {
     let others = h.incompatible_features & !QCOW2_COMPRESSION_TYPE_BIT;
     if others != 0 {
         return Err(format!(
-            "uses incompatible qcow2 features {others:#x} (dirty, corrupt, external data file, ...) that cairn never writes",
+            "uses incompatible qcow2 features {others:#x} (dirty, corrupt, extended L2, ...) that cairn never writes",
         ));
     }
-    if h.incompatible_features & QCOW2_COMPRESSION_TYPE_BIT != 0 {
-        // The field exists only in a header long enough to hold it.
-        let header_length = be32(100).ok_or_else(short)?;
-        if header_length < 105 {
-            return Err(format!(
-                "says it has a compression type, but its header is {header_length} bytes (needs 105)"
-            ));
-        }
-        h.compression_type = *head.get(104).ok_or_else(short)?;
-        if h.compression_type != 1 {
-            return Err(format!(
-                "compression type {} is not zstd (1), the only one cairn writes",
-                h.compression_type
-            ));
-        }
+    if h.incompatible_features & QCOW2_COMPRESSION_TYPE_BIT != 0 && h.compression_type != 1 {
+        return Err(format!(
+            "compression type {} is not zstd (1), the only one cairn writes",
+            h.compression_type
+        ));
     }
     Ok(h)
 }
@@ -394,11 +337,14 @@ pub(super) fn check_qcow2(
     manifest: &Manifest,
     checks: &mut Vec<String>,
 ) -> Result<(), VerifyError> {
-    let mut head = Vec::with_capacity(QCOW2_HEAD_LEN as usize);
+    let mut head = Vec::new();
     f.seek(SeekFrom::Start(0))
-        .and_then(|_| f.take(QCOW2_HEAD_LEN).read_to_end(&mut head))
+        .and_then(|_| f.take(crate::host::qcow2::HEAD_MAX).read_to_end(&mut head))
         .map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
     let h = read_qcow2_header(&head).map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
+    // qemu-img opens it as qcow2 with no backing chain, whatever it says.
+    let source = crate::host::qcow2::qemu_img_source(path)
+        .map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
     let sh = xshell::Shell::new().map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
     match raw {
         Some((raw_path, raw_name, raw_len)) => {
@@ -410,7 +356,7 @@ pub(super) fn check_qcow2(
             }
             let (code, out, err) = crate::host::runner::run_code(
                 "verify: qcow2",
-                xshell::cmd!(sh, "qemu-img compare -f raw -F qcow2 {raw_path} {path}"),
+                xshell::cmd!(sh, "qemu-img compare -f raw {raw_path} {source}"),
             )
             .map_err(|e| failed(format!("qcow2: {name}: {e:#}")))?;
             let said = |s: &str| s.lines().next().unwrap_or("").trim().to_string();
@@ -453,7 +399,7 @@ pub(super) fn check_qcow2(
             let tmp = dir.path().join("disk.raw");
             crate::host::runner::run(
                 "verify: qcow2",
-                xshell::cmd!(sh, "qemu-img convert -q -f qcow2 -O raw {path} {tmp}"),
+                xshell::cmd!(sh, "qemu-img convert -q -O raw {source} {tmp}"),
             )
             .map_err(|e| failed(format!("qcow2: {name}: cannot read its content: {e:#}")))?;
             let t = File::open(&tmp).map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
@@ -473,7 +419,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(version: u32, backing: u64, crypt: u32, incompat: u64) -> Vec<u8> {
-        let mut h = vec![0u8; 112];
+        let mut h = vec![0u8; 120];
         h[100..104].copy_from_slice(&112u32.to_be_bytes());
         h[104] = 1;
         h[..4].copy_from_slice(b"QFI\xfb");
@@ -497,7 +443,8 @@ mod tests {
             (header(3, 512, 0, 0), "backing file"),
             (header(3, 0, 1, 0), "encrypted"),
             (header(3, 0, 0, 4), "external data file"),
-            (header(3, 0, 0, 4 | 8), "features 0x4 "),
+            (header(3, 0, 0, 4 | 8), "external data file"),
+            (header(3, 0, 0, 1 | 8), "features 0x1 "),
             (
                 {
                     let mut h = header(3, 0, 0, 8);

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use sha2::Digest as _;
 
 use crate::host::digest::Sha256;
+use crate::host::shown::Shown;
 use crate::host::untrusted::{self, Links, UntrustedError, UntrustedFile};
 use crate::release::manifest::Manifest;
 use crate::release::signify::{PublicKey, Signature, SignifyError};
@@ -110,14 +111,16 @@ impl std::fmt::Display for VerifyReport {
     /// Human summary: `OK name version`, key, root hash, then each check
     /// and note on its own indented line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "OK {} {}", self.name, self.version)?;
+        // Names and versions come from the manifest, checks quote file
+        // names: each escaped (host::shown), one line each.
+        writeln!(f, "OK {} {}", Shown(&self.name), Shown(&self.version))?;
         writeln!(f, "  key id:    {}", self.key_id)?;
         write!(f, "  root hash: {}", self.root_hash)?;
         for c in &self.checks {
-            write!(f, "\n  ok    {c}")?;
+            write!(f, "\n  ok    {}", Shown(c))?;
         }
         for n in &self.notes {
-            write!(f, "\n  note  {n}")?;
+            write!(f, "\n  note  {}", Shown(n))?;
         }
         Ok(())
     }
@@ -132,55 +135,11 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
     let mut notes = Vec::new();
 
     // 1. Key, signature, and the signed copy of SHA256.
-    // Every SignifyError from reading a file names the file already.
     let key = PublicKey::read(pubkey).map_err(|e| bad(format!("public key: {e}")))?;
     if medium.is_none() {
         refuse_odd_entries(&folder)?;
     }
-    let sig_path = folder.join(SUMS_SIG);
-    let sig_bytes = untrusted::read(&sig_path, Links::Refuse, MAX_SUMS_FILE).map_err(|e| {
-        if e.is_not_found() {
-            bad(format!("signature: {e}"))
-        } else {
-            refused(e)
-        }
-    })?;
-    let (sig, signed) = Signature::parse_embedded(&sig_bytes)
-        .map_err(|e| bad(format!("signature: {}: {e}", sig_path.display())))?;
-    match sig.verify(&key, signed) {
-        Ok(()) => {}
-        Err(SignifyError::KeyMismatch { sig_key, pub_key }) => {
-            return Err(failed(format!(
-                "signature: {SUMS_SIG} was made by key {sig_key}, not {pub_key} ({})",
-                pubkey.display()
-            )))
-        }
-        Err(SignifyError::BadSignature) => {
-            return Err(failed(format!(
-                "signature: {SUMS_SIG} does not verify with key {} (the signature or its embedded copy of {SUMS} was altered)",
-                key.key_id()
-            )))
-        }
-        Err(e) => return Err(failed(format!("signature: {SUMS_SIG}: {e}"))),
-    }
-    checks.push(format!(
-        "signature: {SUMS_SIG} verifies with key {}",
-        key.key_id()
-    ));
-    let sums_bytes = match untrusted::read(&folder.join(SUMS), Links::Refuse, MAX_SUMS_FILE) {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Err(failed(format!("missing: {SUMS}"))),
-        Err(e) => return Err(refused(e)),
-    };
-    if sums_bytes != signed {
-        return Err(failed(format!(
-            "{SUMS} differs from the signed copy in {SUMS_SIG}"
-        )));
-    }
-    checks.push(format!(
-        "{SUMS}: identical to the signed copy in {SUMS_SIG}"
-    ));
-
+    let sums_bytes = signed_sums(&folder, &key, pubkey, &mut checks)?;
     let sums_sha256 = Sha256::of_bytes(&sums_bytes);
 
     // 2. Parse SHA256 strictly.
@@ -368,6 +327,140 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
         notes,
         signed: sums,
         sums_sha256,
+    })
+}
+
+/// The folder's SHA256, after SHA256.sig verified with `key` (read from
+/// `pubkey`) and SHA256 proved identical to the signed copy in it.
+fn signed_sums(
+    folder: &Path,
+    key: &PublicKey,
+    pubkey: &Path,
+    checks: &mut Vec<String>,
+) -> Result<Vec<u8>, VerifyError> {
+    let sig_path = folder.join(SUMS_SIG);
+    let sig_bytes = untrusted::read(&sig_path, Links::Refuse, MAX_SUMS_FILE).map_err(|e| {
+        if e.is_not_found() {
+            bad(format!("signature: {e}"))
+        } else {
+            refused(e)
+        }
+    })?;
+    let (sig, signed) = Signature::parse_embedded(&sig_bytes)
+        .map_err(|e| bad(format!("signature: {}: {e}", sig_path.display())))?;
+    match sig.verify(key, signed) {
+        Ok(()) => {}
+        Err(SignifyError::KeyMismatch { sig_key, pub_key }) => {
+            return Err(failed(format!(
+                "signature: {SUMS_SIG} was made by key {sig_key}, not {pub_key} ({})",
+                pubkey.display()
+            )))
+        }
+        Err(SignifyError::BadSignature) => {
+            return Err(failed(format!(
+                "signature: {SUMS_SIG} does not verify with key {} (the signature or its embedded copy of {SUMS} was altered)",
+                key.key_id()
+            )))
+        }
+        Err(e) => return Err(failed(format!("signature: {SUMS_SIG}: {e}"))),
+    }
+    checks.push(format!(
+        "signature: {SUMS_SIG} verifies with key {}",
+        key.key_id()
+    ));
+    let sums_bytes = match untrusted::read(&folder.join(SUMS), Links::Refuse, MAX_SUMS_FILE) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Err(failed(format!("missing: {SUMS}"))),
+        Err(e) => return Err(refused(e)),
+    };
+    if sums_bytes != signed {
+        return Err(failed(format!(
+            "{SUMS} differs from the signed copy in {SUMS_SIG}"
+        )));
+    }
+    checks.push(format!(
+        "{SUMS}: identical to the signed copy in {SUMS_SIG}"
+    ));
+
+    Ok(sums_bytes)
+}
+
+/// What [`check_release`] proved about one medium and its manifest.
+#[derive(Debug)]
+pub struct CheckedRelease {
+    /// Key id of the public key SHA256.sig verified with.
+    pub key_id: String,
+    /// The manifest, read once: the bytes hashed are the bytes parsed.
+    pub manifest: Manifest,
+    /// One line per passed check.
+    pub checks: Vec<String>,
+}
+
+/// Before a command trusts the manifest beside `image` (a .raw, .qcow2 or
+/// .iso in its release folder; `cairn site apply`, `cairn run --pubkey`):
+/// SHA256.sig verifies with `pubkey`, SHA256 is its signed copy, and
+/// manifest.json and `image` have the digests SHA256 lists, and the
+/// manifest lists `image` among its outputs. The first steps of [`verify`],
+/// the same code; no medium's content is recomputed (that is `verify`).
+pub fn check_release(image: &Path, pubkey: &Path) -> Result<CheckedRelease, VerifyError> {
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| is_medium(n))
+        .ok_or_else(|| {
+            bad(format!(
+                "{}: expected a .raw, .qcow2 or .iso medium in its release folder",
+                crate::host::shown::path(image)
+            ))
+        })?
+        .to_string();
+    let parent = match image.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let folder = std::fs::canonicalize(parent)
+        .map_err(|e| bad(format!("{}: {e}", crate::host::shown::path(parent))))?;
+    let key = PublicKey::read(pubkey).map_err(|e| bad(format!("public key: {e}")))?;
+    let mut checks = Vec::new();
+    let sums_bytes = signed_sums(&folder, &key, pubkey, &mut checks)?;
+    let sums = parse_sums(&sums_bytes).map_err(failed)?;
+    let mut manifest_bytes = Vec::new();
+    for listed in [MANIFEST, name.as_str()] {
+        let want = *sums
+            .get(listed)
+            .ok_or_else(|| failed(format!("unlisted: {listed} is not in {SUMS}")))?;
+        let mut f = open_listed(&folder, listed)?;
+        let got = if listed == MANIFEST {
+            if f.len > MAX_MANIFEST {
+                return Err(refused(UntrustedError::TooLarge {
+                    path: f.path.clone(),
+                    max: MAX_MANIFEST,
+                }));
+            }
+            manifest_bytes = read_exactly(&mut f)
+                .map_err(|e| failed(format!("digest: {listed}: cannot read: {e}")))?;
+            Sha256::of_bytes(&manifest_bytes)
+        } else {
+            hash_open(&mut f).map_err(|e| failed(format!("digest: {listed}: cannot read: {e}")))?
+        };
+        if got != want {
+            return Err(failed(format!(
+                "digest: {listed}: expected {want} got {got}"
+            )));
+        }
+        checks.push(format!("digest: {listed}: {got}"));
+    }
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| failed(format!("manifest: {MANIFEST} does not parse: {e}")))?;
+    if !manifest.outputs.iter().any(|o| o.file == name) {
+        return Err(failed(format!(
+            "manifest: {name} is not in the outputs of {MANIFEST}"
+        )));
+    }
+    Ok(CheckedRelease {
+        key_id: key.key_id(),
+        manifest,
+        checks,
     })
 }
 

@@ -53,6 +53,7 @@ impl Vm {
             .with_context(|| format!("qemu: disk image {}", spec.image.display()))?;
         let mut spec = spec.clone();
         spec.image = image;
+        super::refuse_linked_qcow2(&spec)?;
 
         let mut workdir = tempfile::Builder::new()
             .prefix("cairn-qemu-")

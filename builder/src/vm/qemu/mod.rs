@@ -50,3 +50,15 @@ const STDERR_FILE: &str = "qemu.stderr";
 const TAIL_LINES: usize = 30;
 /// How often log files and sockets are polled.
 const POLL: Duration = Duration::from_millis(50);
+
+/// Before QEMU opens a qcow2 disk: it must stand alone (`host::qcow2`), or
+/// QEMU would read its backing or data file, a host file, as the guest's
+/// disk. The drive names `format=` always, so nothing is probed; a raw or
+/// ISO image is read as bytes only. Exit 2 (`InputError`) naming the file
+/// and the rule.
+pub fn refuse_linked_qcow2(spec: &BootSpec) -> anyhow::Result<()> {
+    if spec.format == ImageFormat::Qcow2 {
+        crate::host::qcow2::check_file(&spec.image).map_err(crate::InputError)?;
+    }
+    Ok(())
+}
