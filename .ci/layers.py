@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Checks builder/src's layering: imports point down the layer list, never up,
-and no two modules import each other (directly or in a longer circle).
+and no two modules import each other (directly or in a longer circle). Also
+checks ARCHITECTURE.md: under 15000 bytes, and every `builder/src/...` path it
+names in backticks exists.
 
 A module is a file under a layer folder (pipeline/oci/* counts as
 pipeline/oci). An edge is any `crate::LAYER::MODULE` path in its code,
@@ -9,7 +11,10 @@ import pathlib
 import re
 import sys
 
-SRC = pathlib.Path(__file__).resolve().parent.parent / "builder" / "src"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SRC = ROOT / "builder" / "src"
+ARCH = ROOT / "ARCHITECTURE.md"
+ARCH_MAX = 15000
 # Lowest first. Modules in one layer may use each other (without cycles);
 # a module may use any lower layer.
 LAYERS = ["host", "recipe", "inputs", "pipeline", "media", "release", "vm",
@@ -32,6 +37,26 @@ def layer_of(module: str) -> str:
 
 ENV_READ = re.compile(r"\benv::(var|var_os|vars|vars_os)\b")
 REF = re.compile(r"\bcrate::([a-z_0-9]+)(?:::([a-z_0-9]+))?")
+
+BACKTICKED = re.compile(r"`([^`]*)`")
+
+def architecture_problems() -> list:
+    """ARCHITECTURE.md stays a short map (under ARCH_MAX bytes) and names
+    only builder/src paths that exist."""
+    size = len(ARCH.read_bytes())
+    problems = []
+    if size >= ARCH_MAX:
+        problems.append(f"ARCHITECTURE.md: {size} bytes; keep it under {ARCH_MAX} (details go to docs/)")
+    text = ARCH.read_text()
+    lines = text.splitlines()
+    # Over the whole text: a backticked span may wrap onto the next line.
+    for m in BACKTICKED.finditer(text):
+        for word in m.group(1).split():
+            word = word.rstrip(",.;:)")
+            if word.startswith("builder/src/") and not (ROOT / word).exists():
+                lineno = text.count("\n", 0, m.start()) + 1
+                problems.append(f"ARCHITECTURE.md:{lineno}: {word} does not exist: {lines[lineno - 1].strip()}")
+    return problems
 
 def main() -> int:
     edges = {}
@@ -97,12 +122,13 @@ def main() -> int:
     for n in sorted(edges):
         if state.get(n) is None:
             visit(n)
+    problems += architecture_problems()
     for p in sorted(set(problems)):
         print(p)
     if problems:
         print(f"layers: {len(set(problems))} problem(s)", file=sys.stderr)
         return 1
-    print(f"layers: {len(edges)} modules, no upward import, no cycle")
+    print(f"layers: {len(edges)} modules, no upward import, no cycle; ARCHITECTURE.md {len(ARCH.read_bytes())} bytes, its paths exist")
     return 0
 
 if __name__ == "__main__":
