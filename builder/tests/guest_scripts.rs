@@ -127,3 +127,20 @@ fn ram_state_is_mounted_nosuid_nodev() {
         assert!(l.contains("nosuid,nodev"), "{l}");
     }
 }
+
+/// The state's key (read from /dev/urandom, which never blocks) is made
+/// only after the kernel's random pool is ready: the init waits for a
+/// byte of /dev/random first, bounded, with a FATAL line if it never is.
+#[test]
+fn the_state_key_waits_for_the_random_pool() {
+    let wait = INIT.find("\n            wait_for_crng\n").expect("the wait");
+    let key = INIT.find("--key-file /dev/urandom").expect("the key");
+    assert!(wait < key, "the key is read before the wait");
+    let f = &INIT[INIT.find("wait_for_crng() {").expect("the function")..];
+    let f = &f[..f.find("\n}\n").unwrap()];
+    assert!(f.contains("head -c 1 /dev/random"), "{f}");
+    assert!(f.contains("fatal \"state: the kernel's random pool"), "{f}");
+    // Control: the RAM state makes no key and does not wait.
+    let ram = &INIT[INIT.find("    ram)\n").unwrap()..INIT.find("    disk|disk-unencrypted)").unwrap()];
+    assert!(!ram.contains("wait_for_crng"), "{ram}");
+}
