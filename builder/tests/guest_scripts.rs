@@ -32,7 +32,9 @@ fn watcher(devices: &str, status: &str) -> (Child, tempfile::TempDir) {
     );
     exe(
         &w.join("veritysetup"),
-        &format!("#!/bin/sh\necho \"/dev/mapper/$2 is active.\"\necho \"  status:      {status}\"\n"),
+        &format!(
+            "#!/bin/sh\necho \"/dev/mapper/$2 is active.\"\necho \"  status:      {status}\"\n"
+        ),
     );
     std::fs::write(w.join("verity-watch"), WATCH).unwrap();
     let mut cmd = cairn::host::runner::command("busybox");
@@ -67,7 +69,8 @@ fn halted_within(mut child: Child, w: &Path, secs: u64) -> (bool, String) {
 
 /// One device under cairn-root: vda2, sectors 4096..8191 of vda; the
 /// state's dm-crypt mapping on vda3 after it.
-const DEVICES: &str = "254:2 cairn-root vda2 vda 4096 4096 dm-0\n254:3 cairn-state vda3 vda 8192 4096 dm-1\n";
+const DEVICES: &str =
+    "254:2 cairn-root vda2 vda 4096 4096 dm-0\n254:3 cairn-state vda3 vda 8192 4096 dm-1\n";
 
 #[test]
 fn the_watcher_halts_when_a_poll_reports_corruption() {
@@ -133,7 +136,9 @@ fn ram_state_is_mounted_nosuid_nodev() {
 /// byte of /dev/random first, bounded, with a FATAL line if it never is.
 #[test]
 fn the_state_key_waits_for_the_random_pool() {
-    let wait = INIT.find("\n            wait_for_crng\n").expect("the wait");
+    let wait = INIT
+        .find("\n            wait_for_crng\n")
+        .expect("the wait");
     let key = INIT.find("--key-file /dev/urandom").expect("the key");
     assert!(wait < key, "the key is read before the wait");
     let f = &INIT[INIT.find("wait_for_crng() {").expect("the function")..];
@@ -141,6 +146,7 @@ fn the_state_key_waits_for_the_random_pool() {
     assert!(f.contains("head -c 1 /dev/random"), "{f}");
     assert!(f.contains("fatal \"state: the kernel's random pool"), "{f}");
     // Control: the RAM state makes no key and does not wait.
-    let ram = &INIT[INIT.find("    ram)\n").unwrap()..INIT.find("    disk|disk-unencrypted)").unwrap()];
+    let ram =
+        &INIT[INIT.find("    ram)\n").unwrap()..INIT.find("    disk|disk-unencrypted)").unwrap()];
     assert!(!ram.contains("wait_for_crng"), "{ram}");
 }

@@ -1172,10 +1172,15 @@ mod tests {
             .find(|l| l.starts_with("ExecStart="))
             .expect("ExecStart")
             .to_string();
-        assert!(exec.ends_with(
-            " \"--home=%%h\" \"a\\nExecStartPost=/bin/evil\" \"q\\\"uote\\\\ $$HOME\\x09\""
-        ), "{exec}");
-        assert!(!service_unit(&s, &r).lines().any(|l| l.starts_with("ExecStartPost=/bin/evil")));
+        assert!(
+            exec.ends_with(
+                " \"--home=%%h\" \"a\\nExecStartPost=/bin/evil\" \"q\\\"uote\\\\ $$HOME\\x09\""
+            ),
+            "{exec}"
+        );
+        assert!(!service_unit(&s, &r)
+            .lines()
+            .any(|l| l.starts_with("ExecStartPost=/bin/evil")));
         // Every `%` in the unit is doubled or a specifier cairn does not use.
         assert!(!exec.replace("%%", "").contains('%'), "{exec}");
         // Control: without the `%`, the word is not quoted at all.
