@@ -240,17 +240,28 @@ impl Drop for GateOpener<'_> {
 /// cairn owns verity in its initramfs, so it passes `cairn.roothash=`,
 /// never systemd's `roothash=` (whose generator would act on it too).
 /// Each model volume's root hash rides along as `cairn.volume.NAME=HASH`.
+/// Each volume's verity parameters too (`cairn.verity.KEY=`): the init
+/// opens the trees without their superblocks.
 pub fn kernel_cmdline(
     recipe: &Recipe,
-    root_hash: &Sha256,
+    root: &crate::pipeline::verity::VerityTree,
     volumes: &[crate::pipeline::volumes::Volume],
     medium: Medium,
 ) -> String {
-    let words = volumes
-        .iter()
-        .map(crate::pipeline::volumes::Volume::cmdline_word)
-        .collect();
-    cmdline_of_words(recipe, root_hash, words, medium)
+    let mut words = vec![root.params_word("root")];
+    for v in volumes {
+        words.push(v.cmdline_word());
+        words.push(v.verity.params_word(&verity_key(v.kind, &v.name)));
+    }
+    cmdline_of_words(recipe, &root.root_hash, words, medium)
+}
+
+/// The key of a volume's `cairn.verity.` word: its mapping in the init.
+fn verity_key(kind: crate::pipeline::volumes::Kind, name: &str) -> String {
+    match kind {
+        crate::pipeline::volumes::Kind::Apps => "apps".into(),
+        crate::pipeline::volumes::Kind::Model => format!("model-{name}"),
+    }
 }
 
 /// [`kernel_cmdline`] from the volumes' words.
@@ -323,9 +334,17 @@ fn uki_ahead(
     let osrel = crate::pipeline::compose::os_release(recipe, &base.tree)?;
     // Any hash has the length of the one to come.
     let any = Sha256::of_bytes(b"");
-    let words: Vec<String> = std::iter::once(cmdline_word(Kind::Apps, APPS, &any))
-        .chain(models.iter().map(|m| m.cmdline_word()))
-        .collect();
+    let salt = "0".repeat(64);
+    let params = |key: &str| crate::pipeline::verity::params_word(key, &salt, 0);
+    let mut words = vec![
+        params("root"),
+        cmdline_word(Kind::Apps, APPS, &any),
+        params("apps"),
+    ];
+    for m in models {
+        words.push(m.cmdline_word());
+        words.push(params(&verity_key(m.kind, &m.name)));
+    }
     let mut lens = vec![cmdline_of_words(recipe, &any, words.clone(), Medium::Disk).len()];
     if iso {
         lens.push(cmdline_of_words(recipe, &any, words, Medium::Iso).len());
@@ -576,8 +595,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         verity.root_hash
     );
     // 8. UKIs: one per medium kind (their command lines differ).
-    let cmdline = kernel_cmdline(recipe, &verity.root_hash, &volumes, Medium::Disk);
-    let iso_cmdline = kernel_cmdline(recipe, &verity.root_hash, &volumes, Medium::Iso);
+    let cmdline = kernel_cmdline(recipe, &verity, &volumes, Medium::Disk);
+    let iso_cmdline = kernel_cmdline(recipe, &verity, &volumes, Medium::Iso);
     let want_iso = opts.formats.iso;
     let (uki, uki_iso) = st.run("UKI", || {
         // Each UKI in a folder of its own (make_uki writes its command
