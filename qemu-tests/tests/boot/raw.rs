@@ -41,8 +41,7 @@ pub fn assert_read_only_root(vm: &mut Vm) {
     for at in ["/etc", "/var", "/tmp", "/run", "/run/cairn/state"] {
         let l = mounts
             .lines()
-            .filter(|l| l.split_whitespace().nth(1) == Some(at))
-            .last()
+            .rfind(|l| l.split_whitespace().nth(1) == Some(at))
             .unwrap_or_else(|| panic!("no {at} in /proc/mounts: {mounts}"));
         let opts = l.split_whitespace().nth(3).unwrap_or("");
         assert!(
