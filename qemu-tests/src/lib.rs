@@ -483,9 +483,11 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     let verity = cairn::pipeline::verity::make_verity(&image.path, &work.join("apps.new.verity"))
         .expect("veritysetup");
     let old_word = apps.cmdline_word();
+    let old_params = apps.verity.params_word("apps");
     apps.image = image.path;
     apps.verity = verity;
     let new_word = apps.cmdline_word();
+    let new_params = apps.verity.params_word("apps");
 
     // The kernel, initramfs and os-release out of the built UKI.
     let esp = work.join("built-esp.img");
@@ -514,7 +516,11 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     let old_cmdline = cairn::pipeline::uki::read_cmdline(&std::fs::read(&old_uki).expect("uki"))
         .expect("the built UKI has a .cmdline");
     assert!(old_cmdline.contains(&old_word), "{old_cmdline}");
-    let cmdline = old_cmdline.replace(&old_word, &new_word);
+    assert!(old_cmdline.contains(&old_params), "{old_cmdline}");
+    // The new tree's salt and size ride along with its root hash.
+    let cmdline = old_cmdline
+        .replace(&old_word, &new_word)
+        .replace(&old_params, &new_params);
     let stub = cairn::pipeline::uki::stub_path(&base).expect("stub in the base");
     let uki = cairn::pipeline::uki::make_uki(
         &cairn::pipeline::uki::UkiInputs {

@@ -10,17 +10,28 @@ use super::Medium;
 /// cairn owns verity in its initramfs, so it passes `cairn.roothash=`,
 /// never systemd's `roothash=` (whose generator would act on it too).
 /// Each model volume's root hash rides along as `cairn.volume.NAME=HASH`.
+/// Each volume's verity parameters too (`cairn.verity.KEY=`): the init
+/// opens the trees without their superblocks.
 pub fn kernel_cmdline(
     recipe: &Recipe,
-    root_hash: &Sha256,
+    root: &crate::pipeline::verity::VerityTree,
     volumes: &[crate::pipeline::volumes::Volume],
     medium: Medium,
 ) -> String {
-    let words = volumes
-        .iter()
-        .map(crate::pipeline::volumes::Volume::cmdline_word)
-        .collect();
-    cmdline_of_words(recipe, root_hash, words, medium)
+    let mut words = vec![root.params_word("root")];
+    for v in volumes {
+        words.push(v.cmdline_word());
+        words.push(v.verity.params_word(&verity_key(v.kind, &v.name)));
+    }
+    cmdline_of_words(recipe, &root.root_hash, words, medium)
+}
+
+/// The key of a volume's `cairn.verity.` word: its mapping in the init.
+pub(crate) fn verity_key(kind: crate::pipeline::volumes::Kind, name: &str) -> String {
+    match kind {
+        crate::pipeline::volumes::Kind::Apps => "apps".into(),
+        crate::pipeline::volumes::Kind::Model => format!("model-{name}"),
+    }
 }
 
 /// [`kernel_cmdline`] from the volumes' words.

@@ -152,9 +152,17 @@ pub(super) fn uki_templates_ahead(
     let osrel = crate::pipeline::compose::os_release(recipe, &base.tree)?;
     // Any hash has the length of the one to come.
     let any = Sha256::of_bytes(b"");
-    let words: Vec<String> = std::iter::once(cmdline_word(Kind::Apps, APPS, &any))
-        .chain(models.iter().map(|m| m.cmdline_word()))
-        .collect();
+    let salt = "0".repeat(64);
+    let params = |key: &str| crate::pipeline::verity::params_word(key, &salt, 0);
+    let mut words = vec![
+        params("root"),
+        cmdline_word(Kind::Apps, APPS, &any),
+        params("apps"),
+    ];
+    for m in models {
+        words.push(m.cmdline_word());
+        words.push(params(&super::cmdline::verity_key(m.kind, &m.name)));
+    }
     let of = |medium| super::cmdline::cmdline_of_words(recipe, &any, words.clone(), medium).len();
     let mut lens = vec![of(Medium::Disk)];
     if cx.opts.formats.iso {
@@ -276,8 +284,8 @@ pub(super) fn ukis(
     volumes: &[Volume],
 ) -> Result<Boot> {
     let recipe = cx.recipe;
-    let cmdline = super::kernel_cmdline(recipe, &root.verity.root_hash, volumes, Medium::Disk);
-    let iso_cmdline = super::kernel_cmdline(recipe, &root.verity.root_hash, volumes, Medium::Iso);
+    let cmdline = super::kernel_cmdline(recipe, &root.verity, volumes, Medium::Disk);
+    let iso_cmdline = super::kernel_cmdline(recipe, &root.verity, volumes, Medium::Iso);
     let (work, plan, want_iso) = (&cx.work, &cx.plan, cx.opts.formats.iso);
     let (uki, uki_iso) = cx.stages.run(Step::Uki, "UKI", || {
         let templates = match ahead {

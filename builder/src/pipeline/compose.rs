@@ -54,6 +54,15 @@ pub const PRODUCTION_MASKED_UNITS: &[&str] = &[
     "autovt@.service",
     "console-getty.service",
     "container-getty@.service",
+    // systemd's own ways to a root shell on a failed boot or on request
+    // (emergency/rescue ask for root's password, which is locked, but
+    // `systemd.unit=rescue.target` or a failed mount would still start
+    // them; debug-shell.service is a passwordless root shell on tty9).
+    "emergency.target",
+    "rescue.target",
+    "emergency.service",
+    "rescue.service",
+    "debug-shell.service",
 ];
 
 /// A Debian package installed in the image (for the SBOM).
@@ -463,6 +472,9 @@ const STATE_DISCARD: &str = include_str!("../../guest/cairn-state-discard");
 /// cairn's own files in the image: identity, the ready unit, the default
 /// target, and the debug shell when the recipe asks for it.
 fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
+    // After the overlays (compose_apps applies them first): an overlay or a
+    // package hook that set a root password is refused here.
+    check_root_locked(tree)?;
     write_in_tree(
         tree,
         "etc/hostname",
@@ -622,6 +634,53 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a tree whose root account can log in with a password: root's
+/// password field in /etc/shadow must be locked (`*`, or `!` first) and
+/// /etc/passwd must not carry a password of its own (`x` sends to shadow).
+/// Debian's debootstrap leaves root as `root:*:`.
+fn check_root_locked(tree: &Path) -> Result<()> {
+    let read = |rel: &str| -> Result<String> {
+        let path = resolve_in_root_follow(tree, Path::new(rel))?;
+        std::fs::read_to_string(&path).map_err(|e| {
+            crate::InputError(format!(
+                "compose: cannot read {rel} of the image ({e}); the build must see that root's password is locked"
+            ))
+            .into()
+        })
+    };
+    let field = |text: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.split(':').next() == Some("root"))
+            .map(|l| l.split(':').nth(1).unwrap_or("").to_string())
+    };
+    let passwd = read("etc/passwd")?;
+    match field(&passwd).as_deref() {
+        Some("x") | None => {}
+        Some(_) => {
+            return Err(crate::InputError(
+                "compose: /etc/passwd of the image gives root a password of its own (field 2 is not `x`); \
+                 an appliance's root is locked: remove it from the overlay or package that sets it"
+                    .into(),
+            )
+            .into())
+        }
+    }
+    let shadow = read("etc/shadow")?;
+    match field(&shadow) {
+        Some(p) if p == "*" || p.starts_with('!') => Ok(()),
+        Some(_) => Err(crate::InputError(
+            "compose: root's password in /etc/shadow of the image is not locked (field 2 is neither `*` nor `!...`); \
+             an appliance's root has no password: remove the overlay or package step that sets one"
+                .into(),
+        )
+        .into()),
+        None => Err(crate::InputError(
+            "compose: /etc/shadow of the image has no root entry; cannot show that root is locked".into(),
+        )
+        .into()),
+    }
+}
+
 /// Reads the dpkg database of the tree: every installed package.
 pub fn installed_packages(tree: &Path) -> Result<Vec<Package>> {
     // A tarball base may have no dpkg.
@@ -668,8 +727,52 @@ mod tests {
         let tree = d.path().join("tree");
         std::fs::create_dir_all(tree.join("etc")).unwrap();
         std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
+        std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        std::fs::write(tree.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
         configure(&recipe, &tree).unwrap();
         d
+    }
+
+    fn configure_with(shadow: &str, passwd: &str) -> Result<()> {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("r.toml");
+        std::fs::write(&path, RECIPE).unwrap();
+        let recipe = crate::recipe::parse(&crate::recipe::RecipeSource {
+            path,
+            text: RECIPE.into(),
+            root: std::fs::canonicalize(d.path()).unwrap(),
+            env: Default::default(),
+        })
+        .unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
+        std::fs::write(tree.join("etc/passwd"), passwd).unwrap();
+        std::fs::write(tree.join("etc/shadow"), shadow).unwrap();
+        configure(&recipe, &tree)
+    }
+
+    #[test]
+    fn a_root_password_is_refused_and_a_locked_root_passes() {
+        let pw = "root:x:0:0:root:/root:/bin/bash\n";
+        // Controls: Debian's `*` and passwd -l's `!` pass.
+        configure_with("root:*:19000:0:99999:7:::\n", pw).unwrap();
+        configure_with("root:!$y$j9T$abc$def:19000:0:99999:7:::\n", pw).unwrap();
+        for shadow in [
+            "root:$y$j9T$abc$def:19000:0:99999:7:::\n",
+            "root::19000:0:99999:7:::\n",
+            "daemon:*:1::::::\n",
+        ] {
+            let e = configure_with(shadow, pw).unwrap_err();
+            assert!(e.downcast_ref::<crate::InputError>().is_some(), "{e:#}");
+            assert!(format!("{e:#}").contains("/etc/shadow"), "{e:#}");
+        }
+        let e = configure_with(
+            "root:*:19000:0:99999:7:::\n",
+            "root:$1$salt$hash:0:0:root:/root:/bin/bash\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("/etc/passwd"), "{e:#}");
     }
 
     const RECIPE: &str = "[image]\nname = \"t\"\nversion = \"1\"\n[base.debian]\npackages = []\n";

@@ -97,6 +97,9 @@ pub const INITRAMFS_MODULES: &[(&str, bool)] = &[
     ("ecb", false),
     ("xts", false),
     ("aesni_intel", true),
+    // A hardware RNG (QEMU's virtio-rng-pci) fills the kernel's random pool
+    // at once: the init waits for that pool before making the state's key.
+    ("virtio_rng", false),
 ];
 
 /// `modules.dep` parsed: module name -> (path relative to the version

@@ -641,22 +641,35 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_SYS_CHROOT",
 ];
 
-/// systemd quoting for one ExecStart word.
+/// systemd quoting for one ExecStart word: the word reaches the program
+/// byte for byte. `%` would start a specifier (`%h` is a home folder) and
+/// `$` a variable, so they are doubled; a backslash or a quote is escaped;
+/// a newline or any other control character would end or break the line,
+/// so it is written as a C escape (`\n`, `\xNN`), which systemd decodes in
+/// a quoted ExecStart word.
 fn quote(w: &str) -> String {
     if !w.is_empty()
         && w.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c))
     {
-        w.to_string()
-    } else {
-        format!(
-            "\"{}\"",
-            w.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('%', "%%")
-                .replace('$', "$$")
-        )
+        return w.to_string();
     }
+    let mut q = String::from("\"");
+    for c in w.chars() {
+        match c {
+            '\\' => q.push_str("\\\\"),
+            '"' => q.push_str("\\\""),
+            '%' => q.push_str("%%"),
+            '$' => q.push_str("$$"),
+            '\n' => q.push_str("\\n"),
+            c if c.is_control() && (c as u32) < 0x80 => {
+                let _ = write!(q, "\\x{:02x}", c as u32);
+            }
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
 }
 
 /// The `ctr run` command line of a service: its image's root unpacked at
@@ -1138,6 +1151,42 @@ mod tests {
             "cairn-service-inference.service",
             &service_unit(&svc(), &run()),
         );
+    }
+
+    /// A `%` in an argument reaches the program as `%`, not as a systemd
+    /// specifier (`%h` would become /root); newlines, quotes, backslashes
+    /// and `$` cannot end the line or change the words either.
+    #[test]
+    fn unit_words_escape_specifiers_and_line_breaks() {
+        let mut s = svc();
+        s.args = vec![
+            "--home=%h".into(),
+            "a\nExecStartPost=/bin/evil".into(),
+            "q\"uote\\ $HOME\t".into(),
+        ];
+        // As root, the arguments are on the ExecStart line itself.
+        let mut r = run();
+        r.uid_gid = (0, 0);
+        let exec = service_unit(&s, &r)
+            .lines()
+            .find(|l| l.starts_with("ExecStart="))
+            .expect("ExecStart")
+            .to_string();
+        assert!(
+            exec.ends_with(
+                " \"--home=%%h\" \"a\\nExecStartPost=/bin/evil\" \"q\\\"uote\\\\ $$HOME\\x09\""
+            ),
+            "{exec}"
+        );
+        assert!(!service_unit(&s, &r)
+            .lines()
+            .any(|l| l.starts_with("ExecStartPost=/bin/evil")));
+        // Every `%` in the unit is doubled or a specifier cairn does not use.
+        assert!(!exec.replace("%%", "").contains('%'), "{exec}");
+        // Control: without the `%`, the word is not quoted at all.
+        s.args = vec!["--home=/root".into()];
+        let exec = service_unit(&s, &r);
+        assert!(exec.contains(" --home=/root\n"), "{exec}");
     }
 
     #[test]

@@ -250,6 +250,7 @@ fn cmdline_without_roothash(cmdline: &str) -> String {
             !w.starts_with("cairn.roothash=")
                 && !w.starts_with("roothash=")
                 && !w.starts_with("cairn.volume.")
+                && !w.starts_with("cairn.verity.")
         })
         .collect::<Vec<_>>()
         .join(" ")

@@ -16,7 +16,7 @@ use crate::recipe::{Base, Recipe};
 
 /// The format of manifest.json (docs/manifest.schema.json): raise it with every
 /// change of a field, and the schema file with it.
-pub const SCHEMA: u32 = 6;
+pub const SCHEMA: u32 = 7;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -49,6 +49,65 @@ pub struct Manifest {
     /// absent when the recipe takes no site files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<crate::recipe::site::SiteDeclaration>,
+    /// What each service may do beyond a plain container (format 7; older
+    /// manifests have none): the capabilities it keeps and whether it
+    /// shares the node's network.
+    #[serde(default)]
+    pub services: Vec<ServiceInfo>,
+}
+
+/// One service's privileges, as its unit starts it: every default
+/// capability is dropped except those listed, and those are the only ones
+/// it holds (pipeline::workloads::service_command).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub image: String,
+    pub capabilities: Vec<String>,
+    pub host_network: bool,
+}
+
+/// Capabilities that reach the node's own network when the service shares
+/// it: raw packets (any address, bypassing the service's sockets) and
+/// interface, route and firewall changes.
+const HOST_NETWORK_RISKY_CAPS: &[&str] = &["CAP_NET_RAW", "CAP_NET_ADMIN"];
+
+/// The services' privileges, in the recipe's order.
+pub fn service_infos(services: &[crate::recipe::workloads::Service]) -> Vec<ServiceInfo> {
+    services
+        .iter()
+        .map(|s| ServiceInfo {
+            name: s.name.clone(),
+            image: s.image.clone(),
+            capabilities: s.capabilities.clone(),
+            host_network: s.host_network,
+        })
+        .collect()
+}
+
+/// The build's warnings about services: NET_RAW or NET_ADMIN on the host
+/// network lets the service send any packet as the node or change the
+/// node's interfaces and firewall (within what nftables, loaded first,
+/// still drops on the wire: NET_ADMIN can flush it).
+pub fn service_warnings(services: &[ServiceInfo]) -> Vec<String> {
+    let mut w = Vec::new();
+    for s in services.iter().filter(|s| s.host_network) {
+        // Validation keeps capability names in their CAP_ form.
+        for cap in &s.capabilities {
+            if HOST_NETWORK_RISKY_CAPS.contains(&cap.as_str()) {
+                w.push(format!(
+                    "warning: service {}: {cap} with host_network = true acts on the node's own network ({}); drop the capability or the host network if the service can do without",
+                    s.name,
+                    if cap == "CAP_NET_ADMIN" {
+                        "interfaces, routes and the firewall itself"
+                    } else {
+                        "raw packets from the node's addresses"
+                    }
+                ));
+            }
+        }
+    }
+    w
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -386,6 +445,10 @@ impl Manifest {
                 });
             }
         }
+        let services = service_infos(&recipe.workloads.services);
+        for w in service_warnings(&services) {
+            eprintln!("{w}");
+        }
         let mut outputs = Vec::new();
         let mut names: Vec<_> = std::fs::read_dir(media)?
             .flatten()
@@ -488,6 +551,7 @@ impl Manifest {
             network: recipe.network.clone(),
             boot: BootInfo::default(),
             site: recipe.site.clone(),
+            services,
         })
     }
 }
@@ -501,4 +565,44 @@ pub fn write(m: &Manifest, path: &Path) -> Result<()> {
 pub fn read(path: &Path) -> Result<Manifest> {
     let s = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     serde_json::from_str(&s).with_context(|| format!("{} is not a cairn manifest", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(caps: &[&str], host_network: bool) -> ServiceInfo {
+        ServiceInfo {
+            name: "probe".into(),
+            image: "probe".into(),
+            capabilities: caps.iter().map(|c| c.to_string()).collect(),
+            host_network,
+        }
+    }
+
+    #[test]
+    fn net_raw_and_net_admin_on_the_host_network_warn() {
+        let w = service_warnings(&[svc(&["CAP_NET_RAW", "CAP_NET_ADMIN"], true)]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("service probe: CAP_NET_RAW"), "{w:?}");
+        assert!(w[1].contains("CAP_NET_ADMIN"), "{w:?}");
+        // Controls: the same capabilities in the service's own network
+        // namespace, and a harmless capability on the host network.
+        assert!(service_warnings(&[svc(&["CAP_NET_RAW", "CAP_NET_ADMIN"], false)]).is_empty());
+        assert!(service_warnings(&[svc(&["CAP_NET_BIND_SERVICE"], true)]).is_empty());
+    }
+
+    #[test]
+    fn services_are_recorded_and_older_manifests_still_read() {
+        let s = svc(&["CAP_NET_BIND_SERVICE"], true);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "probe", "image": "probe", "capabilities": ["CAP_NET_BIND_SERVICE"], "host_network": true})
+        );
+        // A format-6 manifest has no services: read as none.
+        let old: Manifest =
+            serde_json::from_str(include_str!("../../tests/fixtures/manifest-a.json")).unwrap();
+        assert!(old.services.is_empty());
+    }
 }

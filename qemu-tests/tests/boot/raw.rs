@@ -35,6 +35,21 @@ pub fn assert_read_only_root(vm: &mut Vm) {
             "{dev} is not mounted read-only at {at}: {mounts}"
         );
     }
+    // What the node writes can be neither a setuid program nor a device
+    // node: every writable mount is nosuid,nodev. (Control: the root
+    // itself is not, or its setuid programs would not work.)
+    for at in ["/etc", "/var", "/tmp", "/run", "/run/cairn/state"] {
+        let l = mounts
+            .lines()
+            .rfind(|l| l.split_whitespace().nth(1) == Some(at))
+            .unwrap_or_else(|| panic!("no {at} in /proc/mounts: {mounts}"));
+        let opts = l.split_whitespace().nth(3).unwrap_or("");
+        assert!(
+            opts.split(',').any(|o| o == "nosuid") && opts.split(',').any(|o| o == "nodev"),
+            "{at} is not nosuid,nodev: {l}"
+        );
+    }
+    assert!(!root.contains("nosuid"), "{root}");
     let (rc, out) = vm
         .console_run("echo x > /usr/cairn-write-test", t)
         .expect("console");
@@ -76,6 +91,11 @@ fn raw_image_reaches_ready_with_a_read_only_root() {
         "{serial}"
     );
     assert!(!serial.contains("cairn: FATAL"), "{serial}");
+    // The disk state's key was made after the random pool was ready.
+    assert!(
+        serial.contains("cairn: state: the kernel's random pool is ready"),
+        "{serial}"
+    );
     assert_read_only_root(&mut vm);
     let t = console_timeout();
     for map in ["cairn-root", "cairn-apps"] {
@@ -124,6 +144,13 @@ fn raw_image_reaches_ready_with_a_read_only_root() {
     for gone in ["usrmerge", "perl", "perl-modules-5.36"] {
         assert!(!names.contains(&gone), "{gone} is in the base: {names:?}");
     }
+    // The watcher's poll (every 5 s, by now several times) reads each
+    // verity mapping's status from the running root.
+    let serial = vm.serial_text();
+    assert!(
+        !serial.contains("verity: cannot read the status"),
+        "{serial}"
+    );
 }
 
 #[test]

@@ -287,6 +287,10 @@ pub(super) fn build_command_line(
         DiskBus::Cdrom => push(&["-device", "ide-cd,bus=ide.0,drive=disk0,bootindex=1"]),
     }
 
+    // The guest's random pool is ready at once (the init waits for it
+    // before making the state's key), from the host's getrandom.
+    push(&["-device", "virtio-rng-pci"]);
+
     if spec.network {
         let mut nd = String::from("user,id=n0,restrict=on");
         for &(host, guest) in &spec.forwards {
@@ -493,6 +497,8 @@ mod tests {
              guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:40000"
         ));
         assert!(has_pair(&a, "-device", "virtio-net-pci,netdev=n0"));
+        // A hardware RNG, so the init's wait for the random pool is short.
+        assert!(has_pair(&a, "-device", "virtio-rng-pci"));
         assert!(!a.iter().any(|x| x == "-nic"));
         // Every netdev ever emitted is restricted.
         for w in a.windows(2).filter(|w| w[0] == "-netdev") {
