@@ -782,6 +782,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
         }
         m.boot = crate::release::secureboot::boot_info(
             recipe.allow_bios,
+            recipe.allow_unsigned,
             opts.secure_boot.as_ref(),
             shim.as_ref(),
             &uki.path,

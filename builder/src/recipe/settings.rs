@@ -153,6 +153,12 @@ settings! {
          and `--sb-cert`, and each machine enrols that certificate once as a MOK. The files \
          come from the build host's `shim-signed` package; their sha256 and package versions \
          are in the manifest's `boot.shim`. See [secure-boot.md](secure-boot.md).";
+    BOOT_ALLOW_UNSIGNED = ["boot"] "allow_unsigned": "bool" = Bool(false);
+        "accept UKIs without a Secure Boot signature in production (a build without `--sb-key`): \
+         no firmware checks them, so any boot loader's `rdinit=` or `init=` opens a shell. \
+         Recorded in the manifest's `boot.allow_unsigned` and shown by `cairn inspect`; without \
+         it `cairn verify --production` refuses a release whose UKIs are unsigned. See \
+         [secure-boot.md](secure-boot.md).";
 
     DISK_SIZE = ["disk"] "size": "size" = Text("2G");
         "total size of the raw disk (`K`, `M`, `G`, `T` suffixes, powers of 1024)";

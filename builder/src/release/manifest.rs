@@ -279,6 +279,11 @@ pub struct BootInfo {
     /// the UKI on every ESP, the UKI at shim's second-stage path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shim: Option<ShimInfo>,
+    /// The recipe accepts UKIs without a Secure Boot signature in
+    /// production (`[boot] allow_unsigned`). Written only when true, so
+    /// manifests without it read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unsigned: bool,
 }
 
 /// The shim chain on the ESP (the raw disk's and the ISO's EFI image).

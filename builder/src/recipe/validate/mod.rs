@@ -288,6 +288,7 @@ impl<'a> Validator<'a> {
                 .as_ref()
                 .filter(|s| *s.get_ref())
                 .map(|s| self.at(s.span())),
+            allow_unsigned: f.boot.allow_unsigned,
             state_mode: state.mode,
             state_grow: state.grow,
             ram_size: state.ram_size,
