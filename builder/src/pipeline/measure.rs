@@ -85,6 +85,16 @@ mod tests {
             Path::new(MEASURE).is_file(),
             "install systemd (systemd-measure)"
         );
+        // systemd-measure of the stub's own version: what that stub does.
+        let sh = xshell::Shell::new().unwrap();
+        let version =
+            crate::host::runner::run("test", xshell::cmd!(sh, "{MEASURE} --version")).unwrap();
+        let stub = check_stub(&std::fs::read(STUB).unwrap()).unwrap();
+        let major = stub.split('.').next().unwrap();
+        assert!(
+            version.starts_with(&format!("systemd {major} ")),
+            "systemd-measure {version:?} is not the stub's {stub}"
+        );
         let d = tempfile::tempdir().unwrap();
         let kernel = d.path().join("k");
         let initrd = d.path().join("i");
