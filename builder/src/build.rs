@@ -629,7 +629,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     // `[boot] shim`: the host's Microsoft-signed shim goes in front of
     // every signed UKI.
     let shim = match recipe.shim {
-        Some(_) => Some(crate::pipeline::shim::take_host_shim(&work)?),
+        Some(_) => Some(crate::pipeline::shim::take_host_shim(
+            &work,
+            recipe.mok_manager,
+        )?),
         None => None,
     };
     // 9. The raw disk (always: the qcow2 and the manifest derive from it)

@@ -490,3 +490,45 @@ fn production_refuses_unsigned_ukis_unless_the_recipe_accepts_them() {
         "{text}"
     );
 }
+
+#[test]
+fn without_mok_manager_verify_requires_the_esp_to_hold_none() {
+    // `[boot] mok_manager = false`: the manifest says null.
+    let s = shim_folder();
+    edit_manifest(&s.dir, |v| {
+        v["boot"]["shim"]["mok_manager"] = serde_json::Value::Null
+    });
+    resign(&s, None);
+    // The attack the setting is for: MokManager still on the stick, which
+    // the manifest says has none.
+    let m = failed(verify(&s, false));
+    assert!(
+        m.contains("shim: cairn-test-1.raw: the ESP holds EFI/BOOT/mmx64.efi but the manifest says the stick has no MokManager"),
+        "{m}"
+    );
+    // As the build writes it: no MokManager on the ESP, and verify says so.
+    let fat = format!("{}@@{}", s.raw().display(), esp_offset(&s.dir));
+    mtool(
+        "mdel",
+        &[
+            "-i".as_ref(),
+            fat.as_ref(),
+            "::/EFI/BOOT/mmx64.efi".as_ref(),
+        ],
+    );
+    raw_changed(&s);
+    let text = verify(&s, false).unwrap().to_string();
+    assert!(
+        text.contains(
+            "EFI/BOOT/BOOTX64.EFI is shim-signed 1.51 and no MokManager at EFI/BOOT/mmx64.efi"
+        ),
+        "{text}"
+    );
+    let inspect = cairn::release::inspect::inspect(&s.dir)
+        .unwrap()
+        .render_text();
+    assert!(
+        inspect.contains("no MokManager on the stick ([boot] mok_manager = false)"),
+        "{inspect}"
+    );
+}

@@ -139,6 +139,8 @@ pub struct Recipe {
     pub shim: Option<String>,
     /// `[boot] allow_unsigned`.
     pub allow_unsigned: bool,
+    /// `[boot] mok_manager` (default true): MokManager beside shim.
+    pub mok_manager: bool,
     pub state_mode: StateMode,
     /// `[state] grow`: the initramfs grows the state partition to the end
     /// of the disk.

@@ -304,6 +304,9 @@ pub struct BootSection {
     /// verify --production` refuses them otherwise.
     #[serde(default)]
     pub allow_unsigned: bool,
+    /// With `shim`: whether MokManager goes on the stick (None: yes).
+    #[serde(default)]
+    pub mok_manager: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

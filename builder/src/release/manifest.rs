@@ -291,8 +291,10 @@ pub struct BootInfo {
 pub struct ShimInfo {
     /// shim, signed by Microsoft's UEFI CA, at the boot path.
     pub shim: EspBinary,
-    /// MokManager beside it (shim starts it to enrol a MOK).
-    pub mok_manager: EspBinary,
+    /// MokManager beside it (shim starts it to enrol a MOK); null:
+    /// `[boot] mok_manager = false`, none on the ESP (the key is always
+    /// written, so a manifest cannot just leave MokManager out).
+    pub mok_manager: Option<EspBinary>,
     /// Where the UKI is (shim's second stage).
     pub uki: String,
 }

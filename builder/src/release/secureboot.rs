@@ -75,7 +75,10 @@ fn shim_info(s: &Shim) -> ShimInfo {
     };
     ShimInfo {
         shim: bin(&s.shim, esp::BOOT_PATH),
-        mok_manager: bin(&s.mok_manager, esp::MOK_MANAGER_PATH),
+        mok_manager: s
+            .mok_manager
+            .as_ref()
+            .map(|m| bin(m, esp::MOK_MANAGER_PATH)),
         uki: esp::SHIM_NEXT_PATH.into(),
     }
 }
@@ -87,15 +90,15 @@ fn shim_layout(boot: &BootInfo) -> Result<Option<&ShimInfo>, String> {
         return Ok(None);
     };
     let want = (esp::BOOT_PATH, esp::MOK_MANAGER_PATH, esp::SHIM_NEXT_PATH);
-    if (
-        s.shim.path.as_str(),
-        s.mok_manager.path.as_str(),
-        s.uki.as_str(),
-    ) != want
-    {
+    // No MokManager: nothing to place; verify checks the ESP has none.
+    let mm = s
+        .mok_manager
+        .as_ref()
+        .map_or(esp::MOK_MANAGER_PATH, |m| m.path.as_str());
+    if (s.shim.path.as_str(), mm, s.uki.as_str()) != want {
         return Err(format!(
             "shim: the manifest places shim, MokManager and the UKI at {}, {}, {}; cairn writes {}, {}, {}",
-            s.shim.path, s.mok_manager.path, s.uki, want.0, want.1, want.2
+            s.shim.path, mm, s.uki, want.0, want.1, want.2
         ));
     }
     Ok(Some(s))
@@ -110,7 +113,10 @@ fn check_shim_files(
     shim: &ShimInfo,
     dir: &Path,
 ) -> Result<String, String> {
-    for (i, bin) in [&shim.shim, &shim.mok_manager].into_iter().enumerate() {
+    for (i, bin) in std::iter::once(&shim.shim)
+        .chain(shim.mok_manager.as_ref())
+        .enumerate()
+    {
         let dest = dir.join(format!("{name}.shim{i}.efi"));
         mcopy_file(image, offset, &bin.path, &dest)
             .map_err(|e| format!("shim: {name}: cannot extract {}: {e}", bin.path))?;
@@ -122,15 +128,23 @@ fn check_shim_files(
             ));
         }
     }
+    let mm = match &shim.mok_manager {
+        Some(m) => format!("{} is {} {}", m.path, m.package, m.version),
+        None => {
+            // The manifest says no MokManager: the ESP must hold none.
+            let dest = dir.join(format!("{name}.mm.efi"));
+            if mcopy_file(image, offset, esp::MOK_MANAGER_PATH, &dest).is_ok() {
+                return Err(format!(
+                    "shim: {name}: the ESP holds {} but the manifest says the stick has no MokManager ([boot] mok_manager = false)",
+                    esp::MOK_MANAGER_PATH
+                ));
+            }
+            format!("no MokManager at {}", esp::MOK_MANAGER_PATH)
+        }
+    };
     Ok(format!(
-        "shim: {name}: {} is {} {} and {} is {} {}, by digest; the UKI is {}",
-        shim.shim.path,
-        shim.shim.package,
-        shim.shim.version,
-        shim.mok_manager.path,
-        shim.mok_manager.package,
-        shim.mok_manager.version,
-        shim.uki
+        "shim: {name}: {} is {} {} and {mm}, by digest; the UKI is {}",
+        shim.shim.path, shim.shim.package, shim.shim.version, shim.uki
     ))
 }
 
@@ -295,15 +309,19 @@ pub fn inspect_lines(boot: &BootInfo) -> Vec<String> {
     }
     v.push(match &boot.shim {
         Some(s) => format!(
-            "shim         {} {} (sha256 {}) at {} starts the UKI at {} only if its signer is enrolled as a MOK; MokManager {} {} at {}",
+            "shim         {} {} (sha256 {}) at {} starts the UKI at {} only if its signer is enrolled as a MOK (or is Microsoft's or Debian's: see docs/secure-boot.md); {}",
             s.shim.package,
             s.shim.version,
             s.shim.sha256,
             s.shim.path,
             s.uki,
-            s.mok_manager.package,
-            s.mok_manager.version,
-            s.mok_manager.path
+            match &s.mok_manager {
+                Some(m) => format!(
+                    "MokManager {} {} at {} (enrols with physical presence; set a MOK password)",
+                    m.package, m.version, m.path
+                ),
+                None => "no MokManager on the stick ([boot] mok_manager = false)".into(),
+            }
         ),
         None => format!(
             "shim         none: the firmware starts the UKI at {} itself (its db must trust the certificate)",
