@@ -425,6 +425,39 @@ mod tests {
 
     const HOST_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
+    /// The build takes the stub from the image's tree: a stub of another
+    /// systemd is bad input (exit 2) naming the file and its version;
+    /// the host's (bookworm's 252) is taken.
+    #[test]
+    fn a_tree_whose_stub_cairn_cannot_predict_is_refused_as_bad_input() {
+        testkit::file(HOST_STUB, "systemd-boot-efi");
+        let mut stub = std::fs::read(HOST_STUB).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/lib/systemd/boot/efi")).unwrap();
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
+        let (out_stub, out_osrel) = (d.path().join("stub"), d.path().join("osrel"));
+        // Control: the real stub is taken.
+        std::fs::write(tree.join(STUB_IN_TREE), &stub).unwrap();
+        take_inputs(&tree, &out_stub, &out_osrel).unwrap();
+        // The same bytes claiming systemd 258.
+        let from = b"systemd-stub 252";
+        let at = stub.windows(from.len()).position(|w| w == from).unwrap();
+        stub[at + 13..at + 16].copy_from_slice(b"258");
+        std::fs::write(tree.join(STUB_IN_TREE), &stub).unwrap();
+        let e = take_inputs(&tree, &out_stub, &out_osrel).unwrap_err();
+        let input = e
+            .downcast_ref::<crate::InputError>()
+            .unwrap_or_else(|| panic!("not bad input: {e:#}"));
+        assert!(
+            input.0.starts_with(&format!("/{STUB_IN_TREE}: ")),
+            "{input}"
+        );
+        assert!(input.0.contains("systemd-stub 258."), "{input}");
+        assert!(input.0.contains("252.x"), "{input}");
+    }
+
     #[test]
     fn the_same_inputs_give_the_same_uki_at_another_time() {
         testkit::file(HOST_STUB, "systemd-boot-efi");
