@@ -2,7 +2,8 @@
 //! whose UKI is signed as `cairn build --sb-key` signs it (sbsign, the
 //! certificate shipped as secure-boot.crt, its fingerprint in the manifest)
 //! verifies; a changed signature, certificate or fingerprint, a wrong
-//! PCR 11 prediction, and an unaccepted BIOS path in production do not.
+//! PCR 11 prediction, and an unaccepted BIOS path in production do not;
+//! nor do unsigned UKIs in production, unless the recipe accepted them.
 //! With shim in front (`[boot] shim`, laid out as the build lays it out):
 //! shim and MokManager are checked by digest and the UKI behind them as
 //! before; another shim, a missing MokManager, or a manifest that does not
@@ -213,6 +214,8 @@ fn production_refuses_an_unaccepted_bios_path() {
         v["flags"]["debug_console"] = false.into();
         v["boot"]["bios_boot"] = true.into();
         v["boot"]["allow_bios"] = false.into();
+        // Unsigned UKIs, accepted: only the BIOS path is in question.
+        v["boot"]["allow_unsigned"] = true.into();
     });
     resign(&s, None);
     let m = failed(verify(&s, true));
@@ -418,4 +421,114 @@ fn with_shim_another_shim_or_a_missing_mok_manager_is_rejected() {
     );
     raw_changed(&s);
     verify(&s, false).unwrap();
+}
+
+/// `cairn verify --production` as a user runs it: (exit code, stdout, stderr).
+fn verify_cli(s: &Signed) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("verify")
+        .arg(&s.dir)
+        .arg("--pubkey")
+        .arg(&s.pubkey)
+        .arg("--production")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn production_refuses_unsigned_ukis_unless_the_recipe_accepts_them() {
+    // No debug console, no BIOS path: only the signature is in question.
+    let production = |v: &mut serde_json::Value| {
+        v["flags"]["debug_console"] = false.into();
+        v["boot"]["bios_boot"] = false.into();
+    };
+    let s = signed_folder();
+    edit_manifest(&s.dir, production);
+    resign(&s, None);
+    // Without --production the unsigned release verifies (a test build).
+    verify(&s, false).unwrap();
+    let (code, out, err) = verify_cli(&s);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("production: the UKIs are not Secure-Boot signed"),
+        "{err}"
+    );
+    assert!(err.contains("--sb-key"), "{err}");
+    assert!(err.contains("[boot] allow_unsigned = true"), "{err}");
+    assert_eq!(
+        failed(verify(&s, true)),
+        cairn::release::secureboot::UNSIGNED_REFUSAL
+    );
+
+    // Control: the same release signed passes production, with no warning.
+    let (signed, _key) = secure_boot_folder();
+    edit_manifest(&signed.dir, production);
+    resign(&signed, None);
+    let (code, out, err) = verify_cli(&signed);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("WARNING"), "{out}");
+
+    // The recipe's explicit opt-in: passes, and says so loudly.
+    edit_manifest(&s.dir, |v| v["boot"]["allow_unsigned"] = true.into());
+    resign(&s, None);
+    let (code, out, err) = verify_cli(&s);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("note  WARNING: production: the UKIs are NOT Secure-Boot signed"),
+        "{out}"
+    );
+    let text = cairn::release::inspect::inspect(&s.dir)
+        .unwrap()
+        .render_text();
+    assert!(
+        text.contains("WARNING: accepted in production by [boot] allow_unsigned"),
+        "{text}"
+    );
+}
+
+#[test]
+fn without_mok_manager_verify_requires_the_esp_to_hold_none() {
+    // `[boot] mok_manager = false`: the manifest says null.
+    let s = shim_folder();
+    edit_manifest(&s.dir, |v| {
+        v["boot"]["shim"]["mok_manager"] = serde_json::Value::Null
+    });
+    resign(&s, None);
+    // The attack the setting is for: MokManager still on the stick, which
+    // the manifest says has none.
+    let m = failed(verify(&s, false));
+    assert!(
+        m.contains("shim: cairn-test-1.raw: the ESP holds EFI/BOOT/mmx64.efi but the manifest says the stick has no MokManager"),
+        "{m}"
+    );
+    // As the build writes it: no MokManager on the ESP, and verify says so.
+    let fat = format!("{}@@{}", s.raw().display(), esp_offset(&s.dir));
+    mtool(
+        "mdel",
+        &[
+            "-i".as_ref(),
+            fat.as_ref(),
+            "::/EFI/BOOT/mmx64.efi".as_ref(),
+        ],
+    );
+    raw_changed(&s);
+    let text = verify(&s, false).unwrap().to_string();
+    assert!(
+        text.contains(
+            "EFI/BOOT/BOOTX64.EFI is shim-signed 1.51 and no MokManager at EFI/BOOT/mmx64.efi"
+        ),
+        "{text}"
+    );
+    let inspect = cairn::release::inspect::inspect(&s.dir)
+        .unwrap()
+        .render_text();
+    assert!(
+        inspect.contains("no MokManager on the stick ([boot] mok_manager = false)"),
+        "{inspect}"
+    );
 }

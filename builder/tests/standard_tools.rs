@@ -130,11 +130,11 @@ fn fixture() -> (Manifest, Contents) {
             "shim-signed",
             "1.51~1+deb12u1+16.1-2~deb12u1",
         ),
-        mok_manager: bin(
+        mok_manager: Some(bin(
             "EFI/BOOT/mmx64.efi",
             "shim-helpers-amd64-signed",
             "1+16.1+2~deb12u1",
-        ),
+        )),
         uki: "EFI/BOOT/grubx64.efi".into(),
     });
     let distro = sbom::parse_os_release(Some("ID=debian\nVERSION_ID=\"12\"\n"));

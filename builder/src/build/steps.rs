@@ -337,7 +337,10 @@ pub(super) fn ukis(
     // `[boot] shim`: the host's Microsoft-signed shim goes in front of
     // every signed UKI.
     let shim = match recipe.shim {
-        Some(_) => Some(crate::pipeline::shim::take_host_shim(&cx.work)?),
+        Some(_) => Some(crate::pipeline::shim::take_host_shim(
+            &cx.work,
+            recipe.mok_manager,
+        )?),
         None => None,
     };
     Ok(Boot {
@@ -519,6 +522,7 @@ pub(super) fn manifest(
         }
         m.boot = crate::release::secureboot::boot_info(
             recipe.allow_bios,
+            recipe.allow_unsigned,
             opts.secure_boot.as_ref(),
             boot.shim.as_ref(),
             &boot.uki.path,

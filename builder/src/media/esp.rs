@@ -40,20 +40,23 @@ pub fn files<'a>(uki: &'a Path, shim: Option<&'a Shim>) -> Vec<EspFile<'a>> {
             src: uki,
             dest: BOOT_PATH,
         }],
-        Some(s) => vec![
-            EspFile {
+        Some(s) => {
+            let mut v = vec![EspFile {
                 src: &s.shim.path,
                 dest: BOOT_PATH,
-            },
-            EspFile {
-                src: &s.mok_manager.path,
-                dest: MOK_MANAGER_PATH,
-            },
-            EspFile {
+            }];
+            if let Some(mm) = &s.mok_manager {
+                v.push(EspFile {
+                    src: &mm.path,
+                    dest: MOK_MANAGER_PATH,
+                });
+            }
+            v.push(EspFile {
                 src: uki,
                 dest: SHIM_NEXT_PATH,
-            },
-        ],
+            });
+            v
+        }
     }
 }
 
@@ -95,7 +98,7 @@ mod tests {
         };
         let shim = Shim {
             shim: f("/w/shimx64.efi"),
-            mok_manager: f("/w/mmx64.efi"),
+            mok_manager: Some(f("/w/mmx64.efi")),
         };
         let uki = Path::new("/w/uki.efi");
         let plain = files(uki, None);
@@ -107,5 +110,12 @@ mod tests {
         assert_eq!(chain[0].src, Path::new("/w/shimx64.efi"));
         assert_eq!(chain[2].src, uki);
         assert_eq!(uki_path(true), SHIM_NEXT_PATH);
+        // `[boot] mok_manager = false`: shim and the UKI only.
+        let bare = Shim {
+            mok_manager: None,
+            ..shim.clone()
+        };
+        let dests: Vec<&str> = files(uki, Some(&bare)).iter().map(|f| f.dest).collect();
+        assert_eq!(dests, [BOOT_PATH, SHIM_NEXT_PATH]);
     }
 }

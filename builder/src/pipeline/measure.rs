@@ -4,6 +4,14 @@
 //! section's name (with its NUL) and then of its contents, in the stub's
 //! fixed section order, skipping absent sections and `.pcrsig`
 //! (`systemd-measure calculate` computes the same; a test compares them).
+//!
+//! That order and set are systemd 252's (Debian bookworm). Later stubs
+//! measure more sections, some of them carried by the stub itself (`.sbat`
+//! from 254, then `.uname`, `.ucode`, `.profile`, `.dtbauto`, `.hwids`,
+//! `.efifw`, ...), so the same UKI sections give another PCR 11 under them.
+//! cairn reads the stub's version from its `.sdmagic` section
+//! ([`crate::pipeline::uki::check_stub`]) and refuses
+//! a stub it cannot predict rather than record a wrong value.
 
 use anyhow::{Context, Result};
 use object::{Object, ObjectSection};
@@ -40,6 +48,7 @@ pub fn pcr11_of_sections<'a>(sections: impl IntoIterator<Item = (&'a str, &'a [u
 /// signature does not change the sections).
 pub fn predict_pcr11(uki: &[u8]) -> Result<Sha256> {
     let file = object::File::parse(uki).context("pcr 11: the UKI is not a PE file")?;
+    crate::pipeline::uki::check_stub(uki)?;
     let mut found = Vec::new();
     for name in MEASURED_SECTIONS {
         if let Some(s) = file.section_by_name(name) {
@@ -63,6 +72,7 @@ pub fn predict_pcr11(uki: &[u8]) -> Result<Sha256> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::uki::check_stub;
     use std::path::Path;
 
     const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
@@ -74,6 +84,16 @@ mod tests {
         assert!(
             Path::new(MEASURE).is_file(),
             "install systemd (systemd-measure)"
+        );
+        // systemd-measure of the stub's own version: what that stub does.
+        let sh = xshell::Shell::new().unwrap();
+        let version =
+            crate::host::runner::run("test", xshell::cmd!(sh, "{MEASURE} --version")).unwrap();
+        let stub = check_stub(&std::fs::read(STUB).unwrap()).unwrap();
+        let major = stub.split('.').next().unwrap();
+        assert!(
+            version.starts_with(&format!("systemd {major} ")),
+            "systemd-measure {version:?} is not the stub's {stub}"
         );
         let d = tempfile::tempdir().unwrap();
         let kernel = d.path().join("k");
@@ -120,5 +140,61 @@ mod tests {
         let (b, want_b) = predict("console=ttyS0 cairn.roothash=00 quiet", "b.efi");
         assert_eq!(b.hex(), want_b);
         assert_ne!(a, b);
+    }
+
+    /// The host's stub with its `.sdmagic` version replaced by `to` (same
+    /// length), as a newer systemd-boot-efi would carry it.
+    fn stub_claiming(from: &str, to: &str) -> Vec<u8> {
+        let mut stub = std::fs::read(STUB).expect("install systemd-boot-efi");
+        let at = stub
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .expect("the stub names its version");
+        stub[at..at + to.len()].copy_from_slice(to.as_bytes());
+        stub
+    }
+
+    #[test]
+    fn a_stub_whose_measurements_are_not_known_is_refused_by_its_version() {
+        let stub = std::fs::read(STUB).expect("install systemd-boot-efi");
+        let v = check_stub(&stub).unwrap();
+        assert!(v.starts_with("252."), "{v}");
+        // A stub claiming systemd 257 (which also measures .ucode,
+        // .profile, ...): refused, naming its version and what is supported.
+        let newer = stub_claiming("systemd-stub 252", "systemd-stub 257");
+        let e = format!("{:#}", check_stub(&newer).unwrap_err());
+        assert!(e.contains("systemd-stub 257."), "{e}");
+        assert!(e.contains("only for systemd-stub 252.x"), "{e}");
+        assert!(e.contains("bookworm"), "{e}");
+        // The same through a UKI built on it: no prediction is recorded.
+        let d = tempfile::tempdir().unwrap();
+        let (stub_path, out) = (d.path().join("stub"), d.path().join("u.efi"));
+        std::fs::write(&stub_path, &newer).unwrap();
+        let (k, i, o) = (d.path().join("k"), d.path().join("i"), d.path().join("o"));
+        std::fs::write(&k, vec![7u8; 1000]).unwrap();
+        std::fs::write(&i, vec![9u8; 100]).unwrap();
+        std::fs::write(&o, "ID=test\n").unwrap();
+        crate::pipeline::uki::make_uki(
+            &crate::pipeline::uki::UkiInputs {
+                stub: &stub_path,
+                kernel: &k,
+                initrd: &i,
+                os_release: &o,
+                cmdline: "x",
+                epoch: 1_735_689_600,
+            },
+            d.path(),
+            &out,
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            predict_pcr11(&std::fs::read(&out).unwrap()).unwrap_err()
+        );
+        assert!(e.contains("systemd-stub 257."), "{e}");
+        // No version at all: refused too.
+        let unnamed = stub_claiming("systemd-stub 252", "systemd-stab 252");
+        let e = format!("{:#}", check_stub(&unnamed).unwrap_err());
+        assert!(e.contains("names no systemd-stub version"), "{e}");
     }
 }

@@ -34,7 +34,8 @@ pub struct ShimFile {
 #[derive(Debug, Clone)]
 pub struct Shim {
     pub shim: ShimFile,
-    pub mok_manager: ShimFile,
+    /// None: `[boot] mok_manager = false`, the stick enrols nothing.
+    pub mok_manager: Option<ShimFile>,
 }
 
 /// Whether the build host has the shim files (checked before the build
@@ -51,8 +52,9 @@ pub fn check_host() -> Result<()> {
     Ok(())
 }
 
-/// Copies the host's shim and MokManager into `work` and hashes the copies.
-pub fn take_host_shim(work: &Path) -> Result<Shim> {
+/// Copies the host's shim (and MokManager, when `mok_manager`) into `work`
+/// and hashes the copies.
+pub fn take_host_shim(work: &Path, mok_manager: bool) -> Result<Shim> {
     check_host()?;
     let take = |src: &str, name: &str, package: &'static str| -> Result<ShimFile> {
         let path = work.join(name);
@@ -67,7 +69,11 @@ pub fn take_host_shim(work: &Path) -> Result<Shim> {
     };
     Ok(Shim {
         shim: take(HOST_SHIM, "shimx64.efi", SHIM_PACKAGE)?,
-        mok_manager: take(HOST_MOK_MANAGER, "mmx64.efi", MOK_MANAGER_PACKAGE)?,
+        mok_manager: if mok_manager {
+            Some(take(HOST_MOK_MANAGER, "mmx64.efi", MOK_MANAGER_PACKAGE)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -95,17 +101,25 @@ mod tests {
         testkit::file(HOST_SHIM, SHIM_PACKAGE);
         testkit::tool("sbverify", "sbsigntool");
         let d = tempfile::tempdir().unwrap();
-        let s = take_host_shim(d.path()).unwrap();
+        let s = take_host_shim(d.path(), true).unwrap();
+        let mm = s.mok_manager.as_ref().unwrap();
         assert_eq!(
             s.shim.sha256,
             Sha256::of_file(Path::new(HOST_SHIM)).unwrap()
         );
         assert_eq!(
-            s.mok_manager.sha256,
+            mm.sha256,
             Sha256::of_file(Path::new(HOST_MOK_MANAGER)).unwrap()
         );
         assert!(s.shim.version.chars().any(|c| c.is_ascii_digit()), "{s:?}");
-        assert_eq!(s.mok_manager.package, MOK_MANAGER_PACKAGE);
+        assert_eq!(mm.package, MOK_MANAGER_PACKAGE);
+        // Without MokManager: shim only.
+        let d2 = tempfile::tempdir().unwrap();
+        assert!(take_host_shim(d2.path(), false)
+            .unwrap()
+            .mok_manager
+            .is_none());
+        assert!(!d2.path().join("mmx64.efi").exists());
         // What firmware with only Microsoft's keys will accept.
         let sh = xshell::Shell::new().unwrap();
         let p = &s.shim.path;

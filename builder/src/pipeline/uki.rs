@@ -27,6 +27,49 @@ pub struct Uki {
     pub size: u64,
 }
 
+/// The systemd-stub major version whose measurements cairn predicts.
+pub const PREDICTED_STUB_MAJOR: u32 = 252;
+
+/// The version in a stub's (or UKI's) `.sdmagic` section, as in
+/// `#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####`.
+pub fn stub_version(pe: &[u8]) -> Result<String> {
+    let file = object::File::parse(pe).context("systemd-stub: not a PE file")?;
+    let data = file
+        .section_by_name(".sdmagic")
+        .context("systemd-stub: no .sdmagic section, so its version (and what it measures into PCR 11) is unknown")?
+        .data()
+        .context("systemd-stub: .sdmagic")?;
+    let text = String::from_utf8_lossy(data);
+    let version = text
+        .split_once("systemd-stub ")
+        .map(|(_, v)| v.trim_end_matches(['\0', ' ', '#']).trim())
+        .and_then(|v| v.split_whitespace().next())
+        .filter(|v| !v.is_empty())
+        .with_context(|| {
+            format!(
+                "systemd-stub: .sdmagic {:?} names no systemd-stub version",
+                text.trim_end_matches('\0')
+            )
+        })?;
+    Ok(version.to_string())
+}
+
+/// Refuses a stub (or a UKI built on one) whose PCR 11 measurements cairn
+/// does not predict (`pipeline::measure` knows systemd 252's only); Ok: its version.
+pub fn check_stub(pe: &[u8]) -> Result<String> {
+    let version = stub_version(pe)?;
+    let major: Option<u32> = version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse().ok());
+    if major != Some(PREDICTED_STUB_MAJOR) {
+        anyhow::bail!(
+            "pcr 11: the UKI's stub is systemd-stub {version}; cairn predicts PCR 11 only for systemd-stub {PREDICTED_STUB_MAJOR}.x (Debian bookworm's systemd-boot-efi), whose measured sections it knows; newer stubs measure more (.sbat, .uname, .ucode, .profile, ...). Build on a bookworm base (base.debian suite = \"bookworm\") or with a {PREDICTED_STUB_MAJOR}.x stub"
+        );
+    }
+    Ok(version)
+}
+
 /// Finds the stub in the composed tree.
 pub fn stub_path(tree: &Path) -> Result<PathBuf> {
     let p = resolve_in_root_follow(tree, Path::new(STUB_IN_TREE))?;
@@ -44,6 +87,10 @@ pub fn take_inputs(tree: &Path, stub: &Path, os_release: &Path) -> Result<()> {
         bail!("uki: /{STUB_IN_TREE} is missing from the root tree; install systemd-boot-efi");
     }
     copy_out_of_tree(tree, Path::new(STUB_IN_TREE), stub).context("uki: take the stub")?;
+    // A stub whose PCR 11 cairn cannot predict is refused before the
+    // build spends time on volumes (bad input: the recipe's base chose it).
+    let bytes = std::fs::read(stub).context("uki: read the stub")?;
+    check_stub(&bytes).map_err(|e| crate::InputError(format!("/{STUB_IN_TREE}: {e:#}")))?;
     copy_out_of_tree(tree, Path::new("etc/os-release"), os_release)
         .context("uki: take os-release")?;
     Ok(())
@@ -377,6 +424,39 @@ mod tests {
     use super::*;
 
     const HOST_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+    /// The build takes the stub from the image's tree: a stub of another
+    /// systemd is bad input (exit 2) naming the file and its version;
+    /// the host's (bookworm's 252) is taken.
+    #[test]
+    fn a_tree_whose_stub_cairn_cannot_predict_is_refused_as_bad_input() {
+        testkit::file(HOST_STUB, "systemd-boot-efi");
+        let mut stub = std::fs::read(HOST_STUB).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/lib/systemd/boot/efi")).unwrap();
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
+        let (out_stub, out_osrel) = (d.path().join("stub"), d.path().join("osrel"));
+        // Control: the real stub is taken.
+        std::fs::write(tree.join(STUB_IN_TREE), &stub).unwrap();
+        take_inputs(&tree, &out_stub, &out_osrel).unwrap();
+        // The same bytes claiming systemd 258.
+        let from = b"systemd-stub 252";
+        let at = stub.windows(from.len()).position(|w| w == from).unwrap();
+        stub[at + 13..at + 16].copy_from_slice(b"258");
+        std::fs::write(tree.join(STUB_IN_TREE), &stub).unwrap();
+        let e = take_inputs(&tree, &out_stub, &out_osrel).unwrap_err();
+        let input = e
+            .downcast_ref::<crate::InputError>()
+            .unwrap_or_else(|| panic!("not bad input: {e:#}"));
+        assert!(
+            input.0.starts_with(&format!("/{STUB_IN_TREE}: ")),
+            "{input}"
+        );
+        assert!(input.0.contains("systemd-stub 258."), "{input}");
+        assert!(input.0.contains("252.x"), "{input}");
+    }
 
     #[test]
     fn the_same_inputs_give_the_same_uki_at_another_time() {

@@ -137,6 +137,10 @@ pub struct Recipe {
     /// `[boot] shim = true`: where it is written (`file:line:col`), for the
     /// build's error when no Secure Boot key is given. None: no shim.
     pub shim: Option<String>,
+    /// `[boot] allow_unsigned`.
+    pub allow_unsigned: bool,
+    /// `[boot] mok_manager` (default true): MokManager beside shim.
+    pub mok_manager: bool,
     pub state_mode: StateMode,
     /// `[state] grow`: the initramfs grows the state partition to the end
     /// of the disk.

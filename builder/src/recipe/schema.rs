@@ -300,6 +300,13 @@ pub struct BootSection {
     /// Boot key at build time; the span names the setting in that error).
     #[serde(default)]
     pub shim: Option<Spanned<bool>>,
+    /// Accept UKIs without a Secure Boot signature in production: `cairn
+    /// verify --production` refuses them otherwise.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// With `shim`: whether MokManager goes on the stick (None: yes).
+    #[serde(default)]
+    pub mok_manager: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -153,6 +153,19 @@ settings! {
          and `--sb-cert`, and each machine enrols that certificate once as a MOK. The files \
          come from the build host's `shim-signed` package; their sha256 and package versions \
          are in the manifest's `boot.shim`. See [secure-boot.md](secure-boot.md).";
+    BOOT_ALLOW_UNSIGNED = ["boot"] "allow_unsigned": "bool" = Bool(false);
+        "accept UKIs without a Secure Boot signature in production (a build without `--sb-key`): \
+         no firmware checks them, so any boot loader's `rdinit=` or `init=` opens a shell. \
+         Recorded in the manifest's `boot.allow_unsigned` and shown by `cairn inspect`; without \
+         it `cairn verify --production` refuses a release whose UKIs are unsigned. See \
+         [secure-boot.md](secure-boot.md).";
+    BOOT_MOK_MANAGER = ["boot"] "mok_manager": "bool" = Bool(true);
+        "with `shim`: put MokManager (`EFI/BOOT/mmx64.efi`) on the stick, so that a machine can \
+         enrol the site's certificate from it. `false` ships shim and the UKI only (the manifest's \
+         `boot.shim.mok_manager` is `null`, `cairn verify` checks the ESP has none): for \
+         production sticks of machines already enrolled, where a MokManager with no MOK \
+         password would let anyone at the console enrol a hash. See \
+         [secure-boot.md](secure-boot.md).";
 
     DISK_SIZE = ["disk"] "size": "size" = Text("2G");
         "total size of the raw disk (`K`, `M`, `G`, `T` suffixes, powers of 1024)";

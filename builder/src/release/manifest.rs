@@ -338,6 +338,11 @@ pub struct BootInfo {
     /// the UKI on every ESP, the UKI at shim's second-stage path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shim: Option<ShimInfo>,
+    /// The recipe accepts UKIs without a Secure Boot signature in
+    /// production (`[boot] allow_unsigned`). Written only when true, so
+    /// manifests without it read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unsigned: bool,
 }
 
 /// The shim chain on the ESP (the raw disk's and the ISO's EFI image).
@@ -345,8 +350,10 @@ pub struct BootInfo {
 pub struct ShimInfo {
     /// shim, signed by Microsoft's UEFI CA, at the boot path.
     pub shim: EspBinary,
-    /// MokManager beside it (shim starts it to enrol a MOK).
-    pub mok_manager: EspBinary,
+    /// MokManager beside it (shim starts it to enrol a MOK); null:
+    /// `[boot] mok_manager = false`, none on the ESP (the key is always
+    /// written, so a manifest cannot just leave MokManager out).
+    pub mok_manager: Option<EspBinary>,
     /// Where the UKI is (shim's second stage).
     pub uki: String,
 }

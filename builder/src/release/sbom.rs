@@ -355,7 +355,7 @@ fn esp_binaries(m: &Manifest) -> Vec<&crate::release::manifest::EspBinary> {
     m.boot
         .shim
         .iter()
-        .flat_map(|s| [&s.shim, &s.mok_manager])
+        .flat_map(|s| std::iter::once(&s.shim).chain(s.mok_manager.as_ref()))
         .collect()
 }
 
@@ -990,7 +990,7 @@ mod tests {
         };
         m.boot.shim = Some(crate::release::manifest::ShimInfo {
             shim: bin("EFI/BOOT/BOOTX64.EFI", "shim-signed"),
-            mok_manager: bin("EFI/BOOT/mmx64.efi", "shim-helpers-amd64-signed"),
+            mok_manager: Some(bin("EFI/BOOT/mmx64.efi", "shim-helpers-amd64-signed")),
             uki: "EFI/BOOT/grubx64.efi".into(),
         });
         let d = spdx(&m, &c);

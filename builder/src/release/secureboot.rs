@@ -23,11 +23,12 @@ pub const CERT_FILE: &str = "secure-boot.crt";
 
 /// Fills the manifest's trusted-boot block from the shipped UKIs, the
 /// shim chain in front of them (if any) and the recipe's
-/// `[boot] allow_bios`; copies
+/// `[boot] allow_bios` and `allow_unsigned`; copies
 /// the certificate (only the certificate, never a key bundled with it)
 /// into the release folder `media`.
 pub fn boot_info(
     allow_bios: bool,
+    allow_unsigned: bool,
     sb: Option<&SbKey>,
     shim: Option<&Shim>,
     uki: &Path,
@@ -61,6 +62,7 @@ pub fn boot_info(
         bios_boot: iso_uki.is_some(),
         allow_bios,
         shim: shim.map(shim_info),
+        allow_unsigned,
     })
 }
 
@@ -73,7 +75,10 @@ fn shim_info(s: &Shim) -> ShimInfo {
     };
     ShimInfo {
         shim: bin(&s.shim, esp::BOOT_PATH),
-        mok_manager: bin(&s.mok_manager, esp::MOK_MANAGER_PATH),
+        mok_manager: s
+            .mok_manager
+            .as_ref()
+            .map(|m| bin(m, esp::MOK_MANAGER_PATH)),
         uki: esp::SHIM_NEXT_PATH.into(),
     }
 }
@@ -85,15 +90,15 @@ fn shim_layout(boot: &BootInfo) -> Result<Option<&ShimInfo>, String> {
         return Ok(None);
     };
     let want = (esp::BOOT_PATH, esp::MOK_MANAGER_PATH, esp::SHIM_NEXT_PATH);
-    if (
-        s.shim.path.as_str(),
-        s.mok_manager.path.as_str(),
-        s.uki.as_str(),
-    ) != want
-    {
+    // No MokManager: nothing to place; verify checks the ESP has none.
+    let mm = s
+        .mok_manager
+        .as_ref()
+        .map_or(esp::MOK_MANAGER_PATH, |m| m.path.as_str());
+    if (s.shim.path.as_str(), mm, s.uki.as_str()) != want {
         return Err(format!(
             "shim: the manifest places shim, MokManager and the UKI at {}, {}, {}; cairn writes {}, {}, {}",
-            s.shim.path, s.mok_manager.path, s.uki, want.0, want.1, want.2
+            s.shim.path, mm, s.uki, want.0, want.1, want.2
         ));
     }
     Ok(Some(s))
@@ -108,7 +113,10 @@ fn check_shim_files(
     shim: &ShimInfo,
     dir: &Path,
 ) -> Result<String, String> {
-    for (i, bin) in [&shim.shim, &shim.mok_manager].into_iter().enumerate() {
+    for (i, bin) in std::iter::once(&shim.shim)
+        .chain(shim.mok_manager.as_ref())
+        .enumerate()
+    {
         let dest = dir.join(format!("{name}.shim{i}.efi"));
         mcopy_file(image, offset, &bin.path, &dest)
             .map_err(|e| format!("shim: {name}: cannot extract {}: {e}", bin.path))?;
@@ -120,15 +128,23 @@ fn check_shim_files(
             ));
         }
     }
+    let mm = match &shim.mok_manager {
+        Some(m) => format!("{} is {} {}", m.path, m.package, m.version),
+        None => {
+            // The manifest says no MokManager: the ESP must hold none.
+            let dest = dir.join(format!("{name}.mm.efi"));
+            if mcopy_file(image, offset, esp::MOK_MANAGER_PATH, &dest).is_ok() {
+                return Err(format!(
+                    "shim: {name}: the ESP holds {} but the manifest says the stick has no MokManager ([boot] mok_manager = false)",
+                    esp::MOK_MANAGER_PATH
+                ));
+            }
+            format!("no MokManager at {}", esp::MOK_MANAGER_PATH)
+        }
+    };
     Ok(format!(
-        "shim: {name}: {} is {} {} and {} is {} {}, by digest; the UKI is {}",
-        shim.shim.path,
-        shim.shim.package,
-        shim.shim.version,
-        shim.mok_manager.path,
-        shim.mok_manager.package,
-        shim.mok_manager.version,
-        shim.uki
+        "shim: {name}: {} is {} {} and {mm}, by digest; the UKI is {}",
+        shim.shim.path, shim.shim.package, shim.shim.version, shim.uki
     ))
 }
 
@@ -138,7 +154,8 @@ fn check_shim_files(
 /// UKI's PCR 11 is the manifest's; when the manifest names a certificate,
 /// the shipped certificate has that fingerprint, sbverify accepts the UKI
 /// with it, and the signed UKI's command line carries the root hash. With
-/// `production`, an unaccepted BIOS path is refused. Err: one line.
+/// `production`, unsigned UKIs and an unaccepted BIOS path are refused
+/// unless the recipe accepted them. Err: one line.
 pub fn check(
     folder: &Path,
     media: &[String],
@@ -235,6 +252,9 @@ pub fn check(
         }
     }
     if production {
+        if cert.is_none() && !boot.allow_unsigned {
+            return Err(UNSIGNED_REFUSAL.into());
+        }
         if boot.bios_boot && !boot.allow_bios {
             return Err(
                 "production: the ISO boots legacy BIOS machines through GRUB, which no firmware verifies; set [boot] allow_bios = true in the recipe to accept that"
@@ -250,11 +270,32 @@ pub fn check(
     Ok(checks)
 }
 
+/// `verify --production` on a release whose UKIs carry no Secure Boot
+/// signature: no firmware checks them, so any boot loader (or the UEFI
+/// shell) can start them with `rdinit=/bin/sh`.
+pub const UNSIGNED_REFUSAL: &str = "production: the UKIs are not Secure-Boot signed, so any boot loader's rdinit= or init= opens a shell; build with --sb-key and --sb-cert, or set [boot] allow_unsigned = true in the recipe to accept that";
+
+/// What `verify --production` prints (a note) for unsigned UKIs the
+/// recipe accepted.
+pub const UNSIGNED_WARNING: &str = "WARNING: production: the UKIs are NOT Secure-Boot signed (accepted by [boot] allow_unsigned): any boot loader's rdinit= or init= opens a shell on this image";
+
+/// The notes `verify` adds for what `check` accepted but a reviewer must
+/// see (production only).
+pub fn notes(manifest: &Manifest, production: bool) -> Vec<String> {
+    let boot = &manifest.boot;
+    if production && boot.secure_boot_cert_sha256.is_none() && boot.allow_unsigned {
+        vec![UNSIGNED_WARNING.into()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// `cairn inspect`'s trusted-boot lines.
 pub fn inspect_lines(boot: &BootInfo) -> Vec<String> {
     let mut v = vec![match &boot.secure_boot_cert_sha256 {
         Some(fp) => format!("secure boot  UKIs signed; certificate {CERT_FILE} sha256 {fp}"),
-        None => "secure boot  UNSIGNED UKIs: firmware with Secure Boot on refuses them".into(),
+        None if boot.allow_unsigned => "secure boot  UNSIGNED UKIs: firmware with Secure Boot on refuses them; WARNING: accepted in production by [boot] allow_unsigned".into(),
+        None => "secure boot  UNSIGNED UKIs: firmware with Secure Boot on refuses them; `verify --production` refuses them".into(),
     }];
     if let Some(p) = &boot.pcr11_sha256 {
         v.push(format!(
@@ -268,15 +309,19 @@ pub fn inspect_lines(boot: &BootInfo) -> Vec<String> {
     }
     v.push(match &boot.shim {
         Some(s) => format!(
-            "shim         {} {} (sha256 {}) at {} starts the UKI at {} only if its signer is enrolled as a MOK; MokManager {} {} at {}",
+            "shim         {} {} (sha256 {}) at {} starts the UKI at {} only if its signer is enrolled as a MOK (or is Microsoft's or Debian's: see docs/secure-boot.md); {}",
             s.shim.package,
             s.shim.version,
             s.shim.sha256,
             s.shim.path,
             s.uki,
-            s.mok_manager.package,
-            s.mok_manager.version,
-            s.mok_manager.path
+            match &s.mok_manager {
+                Some(m) => format!(
+                    "MokManager {} {} at {} (enrols with physical presence; set a MOK password)",
+                    m.package, m.version, m.path
+                ),
+                None => "no MokManager on the stick ([boot] mok_manager = false)".into(),
+            }
         ),
         None => format!(
             "shim         none: the firmware starts the UKI at {} itself (its db must trust the certificate)",
@@ -502,7 +547,7 @@ mod tests {
         let iso = uki(d.path(), "iso.efi", "cairn.medium=iso", Some(&key));
         let media = d.path().join("media");
         std::fs::create_dir(&media).unwrap();
-        let b = boot_info(false, Some(&key), None, &raw, Some(&iso), &media).unwrap();
+        let b = boot_info(false, false, Some(&key), None, &raw, Some(&iso), &media).unwrap();
         assert_eq!(
             b.secure_boot_cert_sha256,
             Some(crate::pipeline::sbsign::cert_fingerprint(&key.cert).unwrap())
@@ -520,7 +565,7 @@ mod tests {
         // Without a key or an ISO: unsigned, no BIOS path.
         let media2 = d.path().join("media2");
         std::fs::create_dir(&media2).unwrap();
-        let b = boot_info(false, None, None, &raw, None, &media2).unwrap();
+        let b = boot_info(false, false, None, None, &raw, None, &media2).unwrap();
         assert_eq!(b.secure_boot_cert_sha256, None);
         assert!(!b.bios_boot && b.iso_pcr11_sha256.is_none());
         assert!(!media2.join(CERT_FILE).exists());

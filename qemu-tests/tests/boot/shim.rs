@@ -153,3 +153,191 @@ fn shim_boots_the_iso_as_a_cd_with_the_mok_enrolled() {
     assert_ready_through_shim(&mut vm, "shim-iso-cd");
     assert!(vm.serial_text().contains("cairn: found ISO medium"));
 }
+
+/// Debian's GRUB, signed by Debian's CA (package `grub-efi-amd64-signed`):
+/// shim trusts it through the Debian certificate built into shim.
+const DEBIAN_SIGNED_GRUB: &str = "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
+/// What the attacker's initramfs prints as PID 1.
+const ATTACK_RAN: &str = "ATTACKER-INITRAMFS-RAN";
+
+/// The kernel inside the built image's UKI (`.linux`): Debian's, signed by
+/// Debian's Secure Boot signer.
+fn debian_kernel_of(b: &Built, dir: &Path) -> std::path::PathBuf {
+    let esp = dir.join("esp.img");
+    extract_region(
+        &b.raw,
+        partition(&b.dir, cairn::media::disk::LABEL_ESP),
+        &esp,
+    );
+    let uki = dir.join("uki.efi");
+    let mut cmd = cairn::host::runner::command("mcopy");
+    cmd.env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-n")
+        .arg("-i")
+        .arg(&esp)
+        .arg(format!("::/{}", cairn::media::esp::BOOT_PATH))
+        .arg(&uki);
+    cairn::host::runner::output("test", cmd).unwrap_or_else(|e| panic!("{e:#}"));
+    let kernel = dir.join("vmlinuz");
+    let mut dump = cairn::host::runner::command("objcopy");
+    dump.arg("--dump-section")
+        .arg(format!(".linux={}", kernel.display()))
+        .arg(&uki)
+        .arg(dir.join("uki-rest.efi"));
+    cairn::host::runner::output("objcopy", dump).unwrap_or_else(|e| panic!("{e:#}"));
+    kernel
+}
+
+/// An attacker's stick: Debian's shim, Debian's signed GRUB as shim's
+/// next stage, this image's Debian-signed kernel, and the attacker's own
+/// initramfs and command line (nothing cairn signed). A GPT disk with one
+/// ESP, written as files.
+fn attacker_stick(kernel: &Path, dir: &Path) -> std::path::PathBuf {
+    let run = |what: &str, mut cmd: std::process::Command| {
+        cairn::host::runner::output(what, {
+            cmd.env("MTOOLS_SKIP_CHECK", "1");
+            cmd
+        })
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"))
+    };
+    // The initramfs: static busybox, and an /init that proves it ran as
+    // PID 1 (a shell could run there as well).
+    let root = dir.join("initrd-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(
+        testkit::file("/bin/busybox", "busybox-static"),
+        root.join("bin/busybox"),
+    )
+    .unwrap();
+    let init = root.join("init");
+    std::fs::write(
+        &init,
+        format!(
+            "#!/bin/busybox sh\n/bin/busybox echo {ATTACK_RAN} as pid $$\n/bin/busybox sleep 600\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let initrd = dir.join("initrd");
+    let mut cpio = cairn::host::runner::command("sh");
+    cpio.arg("-c")
+        .arg("cd \"$1\" && printf 'init\\nbin\\nbin/busybox\\n' | cpio -o -H newc --quiet > \"$2\"")
+        .arg("sh")
+        .arg(&root)
+        .arg(&initrd);
+    run("cpio", cpio);
+    let cfg = dir.join("grub.cfg");
+    std::fs::write(
+        &cfg,
+        "set timeout=0\nlinux /vmlinuz console=ttyS0,115200 rdinit=/init cairn.attack=1\ninitrd /initrd\nboot\n",
+    )
+    .unwrap();
+    // The FAT file system, then a GPT disk around it at 1 MiB.
+    let fat = dir.join("attack-esp.img");
+    let mut mkfs = cairn::host::runner::command("mkfs.vfat");
+    mkfs.arg("-C").arg(&fat).arg("65536");
+    run("mkfs.vfat", mkfs);
+    let mut mmd = cairn::host::runner::command("mmd");
+    mmd.arg("-i")
+        .arg(&fat)
+        .args(["::/EFI", "::/EFI/BOOT", "::/EFI/debian"]);
+    run("mmd", mmd);
+    for (src, dest) in [
+        (
+            Path::new(cairn::pipeline::shim::HOST_SHIM),
+            "EFI/BOOT/BOOTX64.EFI",
+        ),
+        (Path::new(DEBIAN_SIGNED_GRUB), "EFI/BOOT/grubx64.efi"),
+        (cfg.as_path(), "EFI/BOOT/grub.cfg"),
+        (cfg.as_path(), "EFI/debian/grub.cfg"),
+        (kernel, "vmlinuz"),
+        (initrd.as_path(), "initrd"),
+    ] {
+        let mut c = cairn::host::runner::command("mcopy");
+        c.arg("-i").arg(&fat).arg(src).arg(format!("::/{dest}"));
+        run("mcopy", c);
+    }
+    let disk = dir.join("attack.raw");
+    let fat_bytes = std::fs::read(&fat).unwrap();
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len((1 << 20) + fat_bytes.len() as u64 + (1 << 20))
+        .unwrap();
+    drop(f);
+    let mut sfdisk = cairn::host::runner::command("sh");
+    sfdisk
+        .arg("-c")
+        .arg("printf 'label: gpt\\nstart=2048, size=131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\\n' | sfdisk --quiet \"$1\"")
+        .arg("sh")
+        .arg(&disk);
+    run("sfdisk", sfdisk);
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.seek(SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(&fat_bytes).unwrap();
+    disk
+}
+
+/// The residual risk of shim mode, shown: on a stock machine (Microsoft's
+/// keys, no MOK at all), Debian's shim starts Debian's signed GRUB, which
+/// starts this image's Debian-signed kernel with an initramfs and command
+/// line nobody signed. Control: the same stick on an own-key machine
+/// (the snakeoil db, no Microsoft CA) is refused by the firmware and the
+/// kernel never runs.
+#[test]
+fn shim_mode_cannot_stop_debians_signed_grub_and_kernel_but_own_key_mode_does() {
+    testkit::file(DEBIAN_SIGNED_GRUB, "grub-efi-amd64-signed");
+    let b = built("tiny");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kernel = debian_kernel_of(b, tmp.path());
+    let mut sbverify = cairn::host::runner::command("sbverify");
+    sbverify.arg("--list").arg(&kernel);
+    let list = cairn::host::runner::output("sbverify", sbverify).expect("sbverify");
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains("Debian Secure Boot"),
+        "not Debian-signed: {list}"
+    );
+    let disk = attacker_stick(&kernel, tmp.path());
+
+    // Own-key machine first (the control): the firmware refuses shim.
+    let own = tempfile::tempdir().expect("tempdir");
+    let mut spec = BootSpec::new(
+        &disk,
+        ImageFormat::Raw,
+        Firmware::Bios,
+        log_path("attack-own-key"),
+    );
+    spec.extra_args = trusted::secure_boot_args(own.path()).expect("firmware");
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let r = vm.wait_for_any(&["Linux version", ATTACK_RAN], boot_timeout() / 2);
+    assert!(r.is_err(), "attack-own-key: the kernel ran: {r:?}");
+    let serial = vm.serial_text();
+    assert!(
+        serial.contains("Access Denied") || serial.contains("Security Violation"),
+        "attack-own-key: no refusal on the console: {serial}"
+    );
+    drop(vm);
+
+    // Stock machine, shim mode's premise: it runs.
+    let stock = tempfile::tempdir().expect("tempdir");
+    let mut spec = BootSpec::new(
+        &disk,
+        ImageFormat::Raw,
+        Firmware::Bios,
+        log_path("attack-shim"),
+    );
+    spec.extra_args = trusted::stock_secure_boot_args(stock.path(), &[]).expect("firmware");
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    vm.wait_for_line(ATTACK_RAN, boot_timeout())
+        .unwrap_or_else(|e| panic!("attack-shim: the attacker's initramfs did not run: {e:#}"));
+    let serial = vm.serial_text();
+    assert!(
+        serial.contains("secureboot: Secure boot enabled"),
+        "{serial}"
+    );
+    assert!(serial.contains("cairn.attack=1"), "{serial}");
+    eprintln!(
+        "shim mode: Debian's signed GRUB ran this image's kernel with the attacker's initramfs"
+    );
+}

@@ -288,6 +288,8 @@ impl<'a> Validator<'a> {
                 .as_ref()
                 .filter(|s| *s.get_ref())
                 .map(|s| self.at(s.span())),
+            allow_unsigned: f.boot.allow_unsigned,
+            mok_manager: f.boot.mok_manager.unwrap_or(true),
             state_mode: state.mode,
             state_grow: state.grow,
             ram_size: state.ram_size,

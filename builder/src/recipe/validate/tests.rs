@@ -982,3 +982,25 @@ fn site_env_names_a_service_variable_with_a_default() {
     let r = ok_in(d.path(), &with("\"hostname\"", "\"SITE_LABEL=none\""));
     assert!(r.workloads.services[0].site_env.is_empty());
 }
+
+#[test]
+fn boot_allow_unsigned_and_mok_manager_are_read_with_safe_defaults() {
+    let base = debian("packages = []\n");
+    let r = ok(&base);
+    assert!(
+        !r.allow_unsigned,
+        "unsigned UKIs are not accepted by default"
+    );
+    assert!(r.mok_manager, "MokManager ships with shim by default");
+    let r = ok(&format!(
+        "{base}[boot]\nallow_unsigned = true\nmok_manager = false\n"
+    ));
+    assert!(r.allow_unsigned && !r.mok_manager);
+    // Not a bool: refused where it is written.
+    let d = tempfile::tempdir().unwrap();
+    let e = err_in(
+        d.path(),
+        &format!("{base}[boot]\nallow_unsigned = \"yes\"\n"),
+    );
+    assert_eq!(e.problems[0].line, 7, "{e}");
+}

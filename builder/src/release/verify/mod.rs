@@ -317,6 +317,7 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
         crate::release::secureboot::check(&folder, &media, &manifest, production)
             .map_err(failed)?,
     );
+    notes.extend(crate::release::secureboot::notes(&manifest, production));
 
     Ok(VerifyReport {
         key_id: key.key_id(),
