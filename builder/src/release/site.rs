@@ -254,13 +254,19 @@ pub fn declaration_beside(image: &Path) -> Result<SiteDeclaration> {
     };
     let m = crate::release::manifest::read(&folder.join("manifest.json"))
         .map_err(|e| crate::InputError(format!("{e:#}; keep the image in its release folder")))?;
-    m.site.ok_or_else(|| {
+    let mut d = m.site.ok_or_else(|| {
         crate::InputError(format!(
             "{} takes no site file: its recipe has no [site] table",
             image.display()
         ))
-        .into()
-    })
+    })?;
+    // A manifest from before site files were bound to an image names no
+    // image in its [site]: the release's own name and version are the ones.
+    if d.image.is_empty() {
+        d.image = m.image.name.clone();
+        d.version = m.image.version.clone();
+    }
+    Ok(d)
 }
 
 /// What `apply` wrote.
