@@ -249,3 +249,58 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
     // the site file does not bring the recipe's defaults back).
     assert_halts_on_site(&b.raw, "site-none", "this image requires a site file");
 }
+
+/// ISO mode takes exactly one medium, as disk mode does: the ISO as a CD
+/// and a second device holding a cairn ISO (a stick with the same image,
+/// which could carry an older site file) halt the boot naming both,
+/// instead of taking whichever appears first. Control: the CD alone is
+/// taken (`cairn: found ISO medium /dev/sr0`).
+#[test]
+fn two_iso_media_halt_the_boot() {
+    let b = built("tiny");
+    let iso = b.raw.with_extension("iso");
+    assert!(iso.is_file(), "the test build made no {}", iso.display());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let second = copy_image(&iso, tmp.path(), "second.iso");
+
+    let mut spec = BootSpec::new(
+        &iso,
+        ImageFormat::Iso,
+        Firmware::Uefi,
+        log_path("iso-two-media"),
+    );
+    spec.bus = cairn::vm::qemu::DiskBus::Cdrom;
+    spec.extra_args = vec![
+        "-drive".into(),
+        format!(
+            "file={},format=raw,if=none,id=disk1,readonly=on",
+            second.display()
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=disk1".into(),
+    ];
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let (i, line) = vm
+        .wait_for_any(&["cairn: found ISO medium", "cairn: FATAL"], boot_timeout())
+        .unwrap_or_else(|e| panic!("iso-two-media: no verdict: {e:#}"));
+    assert_eq!(i, 1, "a medium was taken with two attached: {line}");
+    assert!(
+        line.contains("all hold a cairn ISO: two media are attached"),
+        "{line}"
+    );
+    drop(vm);
+
+    // Control: the CD alone is found.
+    let mut spec = BootSpec::new(
+        &iso,
+        ImageFormat::Iso,
+        Firmware::Uefi,
+        log_path("iso-one-medium"),
+    );
+    spec.bus = cairn::vm::qemu::DiskBus::Cdrom;
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let (i, line) = vm
+        .wait_for_any(&["cairn: found ISO medium", "cairn: FATAL"], boot_timeout())
+        .unwrap_or_else(|e| panic!("iso-one-medium: no verdict: {e:#}"));
+    assert_eq!(i, 0, "{line}\n{}", vm.serial_text());
+}
