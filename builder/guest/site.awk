@@ -5,7 +5,11 @@
 # `address A`, `gateway G`, `close PORT PROTO`, `env SERVICE VAR=VALUE`)
 # for the init to apply, or
 # `error MESSAGE` and exits 1. Run only on a file whose signature verified.
-#   awk -v allow=FILE -v ingress=FILE -f site.awk SITE.toml
+# The binding (recipe/site.rs SiteDeclaration::bind_text): the file must
+# name this image (`image`), a `version` that matches this one (exact, or a
+# prefix ending in `*`) and a `serial` not below the image's floor, so a
+# file for another image, or an older one, is refused.
+#   awk -v allow=FILE -v ingress=FILE -v bind=FILE -f site.awk SITE.toml
 
 function fail(m) {
     print "error line " NR ": " m
@@ -26,9 +30,26 @@ function ipv4(s, what,    o, n, i) {
         if (o[i] !~ /^[0-9]+$/ || o[i] + 0 > 255) fail(what " " s " is not an IPv4 address")
 }
 
+# Names that steer a shell, the loader or libc rather than the service
+# (recipe/site.rs host_steering_name says why each; the lists match).
+function steering(v) {
+    if (v !~ /^[A-Z_][A-Z0-9_]*$/) return 1
+    if (v ~ /^(LD_|MALLOC_|GLIBC_|GCONV_|LOCPATH|NLSPATH|TZDIR|SYSTEMD_|DBUS_|CONTAINERD_|CTR_|XDG_|PYTHON|PERL|RUBY|NODE_|JAVA_TOOL|BASH_FUNC_)/) return 1
+    return v ~ /^(PATH|HOME|SHELL|IFS|ENV|BASH_ENV|CDPATH|PS1|PS2|PS4|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN|TMPDIR|TZ|LANG|LANGUAGE|LC_ALL|USER|LOGNAME|TERM|SHELLOPTS|BASHOPTS|POSIXLY_CORRECT|NOTIFY_SOCKET|LISTEN_FDS|LISTEN_PID|INVOCATION_ID|SSL_CERT_FILE|SSL_CERT_DIR|http_proxy|HTTP_PROXY|HTTPS_PROXY|NO_PROXY|ALL_PROXY)$/
+}
+
 BEGIN {
     while ((getline l < allow) > 0) ok[l] = 1
     while ((getline l < ingress) > 0) listed[l] = 1
+    if (bind == "" || (getline l < bind) <= 0) {
+        print "error this image has no site binding (/etc/cairn/site.bind)"
+        bad = 1
+        exit 1
+    }
+    do {
+        sp = index(l, " ")
+        want[substr(l, 1, sp - 1)] = substr(l, sp + 1)
+    } while ((getline l < bind) > 0)
 }
 
 { sub(/\r$/, "") }
@@ -48,6 +69,28 @@ BEGIN {
         s = str(val)
         if (s !~ /^[a-z][a-z0-9-]*$/ || length(s) > 64) fail("site name " s " is not a name")
         print "name " s
+        next
+    }
+    if (key == "image") {
+        s = str(val)
+        if (s != want["image"]) fail("the site file is for image " s ", not " want["image"])
+        print "image " s
+        next
+    }
+    if (key == "version") {
+        s = str(val)
+        if (s ~ /\*$/) {
+            p = substr(s, 1, length(s) - 1)
+            if (substr(want["version"], 1, length(p)) != p) fail("the site file is for versions " s ", not " want["version"])
+        } else if (s != want["version"]) fail("the site file is for version " s ", not " want["version"])
+        print "version " s
+        next
+    }
+    if (key == "serial") {
+        s = str(val)
+        if (s !~ /^[0-9]+$/ || length(s) > 15) fail("serial " s " is not a whole number (at most 15 digits)")
+        if (s + 0 < want["min_serial"] + 0) fail("serial " s " is below this image's min_serial " want["min_serial"] ": an older site file")
+        print "serial " s
         next
     }
     if (!(key in ok)) fail("`" key "` is not allowed by this image's [site] allow")
@@ -83,10 +126,11 @@ BEGIN {
         # Lands double-quoted in a systemd environment file; the init's
         # reader trims spaces at the ends.
         s = str(val)
+        split(key, kk, ".")
+        if (steering(kk[3])) fail("`" key "`: " kk[3] " steers the host or the loader, not the service; a site cannot set it")
         if (s ~ /[$`]/) fail("`" key "` holds $ or a backtick")
         if (s ~ /^ / || s ~ / $/) fail("`" key "` starts or ends with a space")
         if (length(s) > 1024) fail("`" key "` is longer than 1024 bytes")
-        split(key, kk, ".")
         print "env " kk[2] " " kk[3] "=" s
     } else {
         fail("`" key "` is not a setting this image knows")
@@ -97,6 +141,10 @@ END {
     if (bad) exit 1
     if (!("name" in seen)) {
         print "error the site file has no name"
+        exit 1
+    }
+    if (!("image" in seen) || !("version" in seen) || !("serial" in seen)) {
+        print "error the site file does not name its image, version and serial; sign it again with cairn site sign"
         exit 1
     }
 }

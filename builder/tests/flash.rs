@@ -152,7 +152,11 @@ fn flash_with_a_site_file_puts_it_on_the_esp_and_refuses_a_bad_one_first() {
     s.resign(&[RAW, "manifest.json"], None);
     let decl = cairn::release::site::declaration_beside(&s.raw()).unwrap();
     let site = s.tmp.path().join("north.toml");
-    std::fs::write(&site, "name = \"north\"\nhostname = \"north-1\"\n").unwrap();
+    std::fs::write(
+        &site,
+        "name = \"north\"\nhostname = \"north-1\"\nserial = \"1\"\n",
+    )
+    .unwrap();
     let signed = cairn::release::site::sign(&site, &site_key, &decl).unwrap();
 
     let target = s.tmp.path().join("stick.img");
@@ -167,7 +171,11 @@ fn flash_with_a_site_file_puts_it_on_the_esp_and_refuses_a_bad_one_first() {
     cairn::release::site::read_back(&target, &signed).unwrap();
 
     // Control: a changed byte is refused before anything is written.
-    std::fs::write(&site, "name = \"north\"\nhostname = \"north-2\"\n").unwrap();
+    // The signed text (with the image and version sign added), one byte changed.
+    let changed = std::fs::read_to_string(&site)
+        .unwrap()
+        .replace("north-1", "north-2");
+    std::fs::write(&site, changed).unwrap();
     let fresh = s.tmp.path().join("fresh.img");
     let mut o = s.opts(&fresh);
     o.site = Some(site);
@@ -203,7 +211,11 @@ fn site_file_on_the_iso_lands_in_its_efi_image() {
     std::fs::write(d.path().join("manifest.json"), m.to_string()).unwrap();
     let decl = cairn::release::site::declaration_beside(&iso).unwrap();
     let site = d.path().join("depot.toml");
-    std::fs::write(&site, "name = \"depot\"\nhostname = \"depot-1\"\n").unwrap();
+    std::fs::write(
+        &site,
+        "name = \"depot\"\nhostname = \"depot-1\"\nserial = \"1\"\n",
+    )
+    .unwrap();
     let signed = cairn::release::site::sign(&site, &site_key, &decl).unwrap();
 
     let out = d.path().join("depot.iso");

@@ -317,7 +317,11 @@ fn flash_many_with_a_site_file_puts_it_on_every_stick_and_records_its_digest() {
     let size = std::fs::metadata(&raw).unwrap().len();
     let decl = cairn::release::site::declaration_beside(&raw).unwrap();
     let site = m.tmp.path().join("north.toml");
-    std::fs::write(&site, "name = \"north\"\nhostname = \"north-1\"\n").unwrap();
+    std::fs::write(
+        &site,
+        "name = \"north\"\nhostname = \"north-1\"\nserial = \"1\"\n",
+    )
+    .unwrap();
     let signed = cairn::release::site::sign(&site, &site_key, &decl).unwrap();
     let site_digest = Sha256::of_bytes(&signed.text);
     let work = m.tmp.path().join("sticks");
@@ -336,7 +340,11 @@ fn flash_many_with_a_site_file_puts_it_on_every_stick_and_records_its_digest() {
 
     // Control first: a site file with a changed byte is refused before
     // any stick is written (bad input, exit 2, no receipts).
-    std::fs::write(&site, "name = \"north\"\nhostname = \"north-2\"\n").unwrap();
+    // The signed text (with the image and version sign added), one byte changed.
+    let changed = std::fs::read_to_string(&site)
+        .unwrap()
+        .replace("north-1", "north-2");
+    std::fs::write(&site, changed).unwrap();
     let args = with_site(&site);
     let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let r = mini::cairn(&args, LIMIT);

@@ -296,6 +296,7 @@ fn add_site(
         ("etc/cairn/site.allow", lines(&site.allow)),
         ("etc/cairn/site.ingress", lines(&site.ingress)),
         ("etc/cairn/site.awk", SITE_AWK.to_string()),
+        ("etc/cairn/site.bind", site.bind_text()),
     ];
     for (path, text) in files {
         a.add(
@@ -335,6 +336,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let allow = d.path().join("allow");
         let ingress = d.path().join("ingress");
+        let bind = d.path().join("bind");
         std::fs::write(&allow, "hostname\nenv.web.SITE_LABEL\n").unwrap();
         std::fs::write(&ingress, "").unwrap();
         let awk = d.path().join("site.awk");
@@ -343,31 +345,38 @@ mod tests {
             let site = d.path().join("site.toml");
             std::fs::write(&site, text).unwrap();
             let sh = xshell::Shell::new().unwrap();
-            let (a, i) = (
+            let (a, i, b) = (
                 format!("allow={}", allow.display()),
                 format!("ingress={}", ingress.display()),
+                format!("bind={}", bind.display()),
             );
             let (code, out, _) = crate::host::runner::run_code(
                 "test: site.awk",
-                xshell::cmd!(sh, "busybox awk -v {a} -v {i} -f {awk} {site}"),
+                xshell::cmd!(sh, "busybox awk -v {a} -v {i} -v {b} -f {awk} {site}"),
             )
             .unwrap();
             (code, out)
         };
-        let good = "name = \"north\"\nenv.web.SITE_LABEL = \"north depot\"\n";
+        let good = "name = \"north\"\nenv.web.SITE_LABEL = \"north depot\"\nimage = \"t\"\nversion = \"1\"\nserial = \"1\"\n";
         let decl = crate::recipe::site::SiteDeclaration {
             allow: vec!["env.web.SITE_LABEL".into(), "hostname".into()],
             ingress: vec![],
             key_id: String::new(),
             public_key: String::new(),
             key_path: Default::default(),
+            required: false,
+            min_serial: 0,
+            image: "t".into(),
+            version: "1".into(),
         };
+        std::fs::write(&bind, decl.bind_text()).unwrap();
         crate::recipe::site::check(Path::new("s.toml"), good, &decl).unwrap();
         assert_eq!(
             parse(good),
             (
                 0,
-                "name north\nenv web SITE_LABEL=north depot\n".to_string()
+                "name north\nenv web SITE_LABEL=north depot\nimage t\nversion 1\nserial 1\n"
+                    .to_string()
             )
         );
         for (bad, why) in [

@@ -48,6 +48,8 @@ pub struct SiteSection {
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
     pub key: Spanned<String>,
+    pub required: Option<Spanned<bool>>,
+    pub min_serial: Option<Spanned<u64>>,
 }
 
 /// `[limits]`: caps on one base tarball, image archive or layer

@@ -219,6 +219,14 @@ settings! {
         "the signify public key (`.pub`) that signs site files; keep its secret key apart from \
          the release key. Baked into the initramfs; its key id is in the manifest. Adds the \
          `signify-openbsd` package (the initramfs verifies with it).";
+    SITE_REQUIRED = ["site"] "required": "bool" = Bool(false);
+        "the image halts at boot (`cairn: FATAL site: ...`) when its medium holds no site file, \
+         so a site's settings (closed ports, address) cannot be dropped by deleting the file. \
+         Recorded in the manifest.";
+    SITE_MIN_SERIAL = ["site"] "min_serial": "integer" = Int(0);
+        "the lowest `serial` a site file may carry; raise it in a new release to retire older \
+         site files (a replayed older file is refused when signed and at boot). Recorded in \
+         the manifest.";
 
     CLUSTER_RUNTIME = ["cluster"] "runtime": "`\"none\"`, `\"containerd\"`, `\"k3s\"`" = Text("none");
         "`containerd`: Debian's containerd and runc; the pinned images are unpacked at build \

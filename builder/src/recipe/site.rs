@@ -61,6 +61,74 @@ pub fn is_env_name(v: &str) -> bool {
         && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Why a variable named `v` must not be set by a site, if it must not: a
+/// name that steers a shell, the dynamic loader, libc, systemd or
+/// containerd rather than the service (the service's own settings are
+/// plain upper-case names). Values reach only the container, but a
+/// signed site file is not the place to redirect its loader or trust
+/// anchors either. guest/site.awk refuses the same list.
+pub fn host_steering_name(v: &str) -> Option<&'static str> {
+    let plain = !v.is_empty()
+        && v.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+        && v.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if !plain {
+        return Some("is not an upper-case name ([A-Z_][A-Z0-9_]*)");
+    }
+    const PREFIXES: &[(&str, &str)] = &[
+        ("LD_", "steers the dynamic loader"),
+        ("MALLOC_", "steers libc's allocator"),
+        ("GLIBC_", "steers libc (tunables)"),
+        ("GCONV_", "makes libc load modules"),
+        ("LOCPATH", "makes libc load locale files"),
+        ("NLSPATH", "makes libc load message catalogues"),
+        ("TZDIR", "makes libc read time zone files from elsewhere"),
+        ("SYSTEMD_", "steers systemd's tools"),
+        ("DBUS_", "steers D-Bus clients"),
+        ("CONTAINERD_", "steers containerd and ctr"),
+        ("CTR_", "steers ctr"),
+        ("XDG_", "steers where programs read configuration"),
+        (
+            "PYTHON",
+            "steers the Python interpreter (PYTHONPATH, PYTHONSTARTUP)",
+        ),
+        ("PERL", "steers the Perl interpreter (PERL5LIB, PERL5OPT)"),
+        ("RUBY", "steers the Ruby interpreter (RUBYOPT, RUBYLIB)"),
+        ("NODE_", "steers Node.js (NODE_OPTIONS)"),
+        ("JAVA_TOOL", "makes the JVM load agents (JAVA_TOOL_OPTIONS)"),
+        ("BASH_FUNC_", "defines shell functions"),
+    ];
+    const NAMES: &[(&str, &str)] = &[
+        ("PATH", "chooses which programs run"),
+        ("HOME", "steers where shells and tools read configuration"),
+        ("SHELL", "chooses the shell"),
+        ("IFS", "changes how a shell splits words"),
+        ("ENV", "makes a shell run a file"),
+        ("BASH_ENV", "makes bash run a file"),
+        ("CDPATH", "steers a shell's cd"),
+        ("PS1", "is run through a shell's expansions"),
+        ("PS2", "is run through a shell's expansions"),
+        ("PS4", "is run through a shell's expansions"),
+        ("SHELLOPTS", "sets shell options"),
+        ("BASHOPTS", "sets shell options"),
+        ("POSIXLY_CORRECT", "changes how tools parse arguments"),
+        ("HOSTALIASES", "makes the resolver read a file"),
+        ("RES_OPTIONS", "steers the resolver"),
+        ("LOCALDOMAIN", "steers the resolver"),
+        ("TMPDIR", "steers where tools write temporary files"),
+        ("NOTIFY_SOCKET", "talks to systemd"),
+        ("LISTEN_FDS", "hands file descriptors over (systemd)"),
+        ("LISTEN_PID", "hands file descriptors over (systemd)"),
+        ("SSL_CERT_FILE", "replaces the trusted certificates"),
+        ("SSL_CERT_DIR", "replaces the trusted certificates"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(p, _)| v.starts_with(p))
+        .or_else(|| NAMES.iter().find(|(n, _)| v == *n))
+        .map(|(_, why)| *why)
+}
+
 /// Why `v` cannot be a site-settable variable's value, if it cannot: it
 /// lands double-quoted in a systemd environment file, so no quotes,
 /// backslashes, `$`, backticks or `%`, no control characters, no space at
@@ -96,9 +164,36 @@ pub struct SiteDeclaration {
     /// host path).
     #[serde(skip)]
     pub key_path: PathBuf,
+    /// `[site] required`: the image halts at boot without a site file
+    /// (closing a port or setting an address cannot be undone by deleting
+    /// the file).
+    #[serde(default)]
+    pub required: bool,
+    /// `[site] min_serial`: the lowest `serial` a site file may carry; raise
+    /// it in a new release to retire older site files.
+    #[serde(default)]
+    pub min_serial: u64,
+    /// `[image] name` and `version`: a site file names the image (and a
+    /// version, or a prefix of versions ending in `*`) it is for.
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub version: String,
 }
 
 impl SiteDeclaration {
+    /// The initramfs' `/etc/cairn/site.bind`, read by guest/site.awk and
+    /// the init: `image NAME`, `version V`, `min_serial N`, `required 0|1`.
+    pub fn bind_text(&self) -> String {
+        format!(
+            "image {}\nversion {}\nmin_serial {}\nrequired {}\n",
+            self.image,
+            self.version,
+            self.min_serial,
+            u8::from(self.required)
+        )
+    }
+
     /// The variables of `service` a site may set, sorted.
     pub fn env_vars(&self, service: &str) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -144,6 +239,9 @@ pub fn public_key_id(text: &str) -> Result<String, String> {
 #[serde(deny_unknown_fields)]
 struct SiteFileToml {
     name: Spanned<String>,
+    image: Option<Spanned<String>>,
+    version: Option<Spanned<String>>,
+    serial: Option<Spanned<String>>,
     address: Option<Spanned<String>>,
     gateway: Option<Spanned<String>>,
     hostname: Option<Spanned<String>>,
@@ -156,6 +254,10 @@ struct SiteFileToml {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SiteSettings {
     pub name: String,
+    /// The image, version (or `PREFIX*`) and serial the file names.
+    pub image: String,
+    pub version: String,
+    pub serial: u64,
     pub address: Option<String>,
     pub gateway: Option<String>,
     pub hostname: Option<String>,
@@ -241,6 +343,128 @@ fn plain_lines(file: &Path, text: &str, problems: &mut Vec<RecipeProblem>) {
     }
 }
 
+/// Whether a site file's `version` (exact, or `PREFIX*`) takes `version`.
+pub fn version_matches(pattern: &str, version: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => version.starts_with(prefix),
+        None => pattern == version,
+    }
+}
+
+/// The binding: the file names this image, a version that matches it, and
+/// a serial not below the recipe's floor. Missing keys are refused with
+/// the line to add (`cairn site sign` adds `image` and `version`).
+fn bind_checks(
+    file: &Path,
+    text: &str,
+    parsed: &SiteFileToml,
+    decl: &SiteDeclaration,
+    out: &mut SiteSettings,
+    problems: &mut Vec<RecipeProblem>,
+) {
+    let end = text.len();
+    match &parsed.image {
+        None => problems.push(problem(
+            file,
+            text,
+            end,
+            format!("the site file does not name its image; add `image = \"{}\"`", decl.image),
+        )),
+        Some(i) if *i.get_ref() != decl.image => problems.push(problem(
+            file,
+            text,
+            i.span().start,
+            format!(
+                "the site file is for image {:?}, but this recipe builds {:?}; a site file applies to one image",
+                i.get_ref(),
+                decl.image
+            ),
+        )),
+        Some(i) => out.image = i.get_ref().clone(),
+    }
+    match &parsed.version {
+        None => problems.push(problem(
+            file,
+            text,
+            end,
+            format!(
+                "the site file names no version; add `version = \"{}\"` (or a prefix ending in `*`)",
+                decl.version
+            ),
+        )),
+        Some(v) if !version_matches(v.get_ref(), &decl.version) => problems.push(problem(
+            file,
+            text,
+            v.span().start,
+            format!(
+                "the site file is for version {:?}, but this recipe is version {:?}",
+                v.get_ref(),
+                decl.version
+            ),
+        )),
+        Some(v) => out.version = v.get_ref().clone(),
+    }
+    match &parsed.serial {
+        None => problems.push(problem(
+            file,
+            text,
+            end,
+            format!(
+                "the site file has no serial; add `serial = \"N\"`, N at least {} and above the serial of every earlier site file for this image",
+                decl.min_serial
+            ),
+        )),
+        Some(n) => {
+            let v = n.get_ref();
+            let parsed = (v.len() <= 15 && v.chars().all(|c| c.is_ascii_digit()))
+                .then(|| v.parse::<u64>().ok())
+                .flatten();
+            match parsed {
+                None => problems.push(problem(
+                    file,
+                    text,
+                    n.span().start,
+                    format!("serial {v:?} is not a whole number of at most 15 digits"),
+                )),
+                Some(s) if s < decl.min_serial => problems.push(problem(
+                    file,
+                    text,
+                    n.span().start,
+                    format!(
+                        "serial {s} is below the recipe's [site] min_serial {}: an older site file; write a new one with a higher serial",
+                        decl.min_serial
+                    ),
+                )),
+                Some(s) => out.serial = s,
+            }
+        }
+    }
+}
+
+/// `text` with `image` and `version` lines added when it has none (what
+/// `cairn site sign` writes before it checks and signs), and the keys
+/// added.
+pub fn with_binding(text: &str, decl: &SiteDeclaration) -> (String, Vec<&'static str>) {
+    let has = |k: &str| {
+        text.lines().any(|l| {
+            l.split_once('=')
+                .is_some_and(|(key, _)| key.trim() == k && !l.trim_start().starts_with('#'))
+        })
+    };
+    let mut out = text.to_string();
+    let mut added = Vec::new();
+    for (k, v) in [("image", &decl.image), ("version", &decl.version)] {
+        if !has(k) {
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("{k} = \"{v}\"\n"));
+            added.push(k);
+        }
+    }
+    (out, added)
+}
+
 /// Checks a site file's text against the declaration; every problem with
 /// `file:line:col`.
 pub fn check(file: &Path, text: &str, decl: &SiteDeclaration) -> Result<SiteSettings, RecipeError> {
@@ -292,6 +516,7 @@ pub fn check(file: &Path, text: &str, decl: &SiteDeclaration) -> Result<SiteSett
     }
     // Spans point at values; the key sits on the same line.
     let key_at = |v: usize| text[..v].rfind('\n').map(|n| n + 1).unwrap_or(0);
+    bind_checks(file, text, &parsed, decl, &mut out, &mut problems);
     if let Some(a) = &parsed.address {
         if refuse_unless_allowed("address", key_at(a.span().start), &mut problems) {
             match parse_address(a.get_ref()) {
@@ -362,6 +587,15 @@ pub fn check(file: &Path, text: &str, decl: &SiteDeclaration) -> Result<SiteSett
         for (service, vars) in env {
             for (var, value) in vars {
                 let key = format!("env.{service}.{var}");
+                if let Some(why) = host_steering_name(var) {
+                    problems.push(problem(
+                        file,
+                        text,
+                        key_at(value.span().start),
+                        format!("`{key}`: {var} {why}, not the service; a site cannot set it"),
+                    ));
+                    continue;
+                }
                 if !refuse_unless_allowed(&key, key_at(value.span().start), &mut problems) {
                     continue;
                 }
@@ -398,11 +632,23 @@ mod tests {
             key_id: "00".repeat(8),
             public_key: String::new(),
             key_path: PathBuf::new(),
+            required: false,
+            min_serial: 5,
+            image: "tiny".into(),
+            version: "1.2.0".into(),
         }
     }
 
+    /// The binding every site file carries, appended after the lines a
+    /// test is about (so their line numbers stay).
+    const BIND: &str = "image = \"tiny\"\nversion = \"1.2.0\"\nserial = \"5\"\n";
+
+    fn chk(text: &str, d: &SiteDeclaration) -> Result<SiteSettings, RecipeError> {
+        check(Path::new("s.toml"), &format!("{text}{BIND}"), d)
+    }
+
     fn refused(text: &str, allow: &[&str], line: usize, col: usize, start: &str) {
-        let e = check(Path::new("s.toml"), text, &decl(allow)).unwrap_err();
+        let e = chk(text, &decl(allow)).unwrap_err();
         let p = &e.problems[0];
         assert_eq!((p.line, p.col), (line, col), "{e}");
         assert!(p.message.starts_with(start), "{e}");
@@ -416,8 +662,7 @@ mod tests {
 
     #[test]
     fn good_site_file_passes() {
-        let s = check(
-            Path::new("s.toml"),
+        let s = chk(
             "# north depot\nname = \"north\"\nhostname = \"north-1\"\naddress = \"10.1.4.20/24\"\n\
              gateway = \"10.1.4.1\"\nclose_ingress = [\"8080/tcp\"]\n",
             &decl(ALL),
@@ -450,8 +695,7 @@ mod tests {
             "`address` is not allowed",
         );
         // Control: allowed, it passes.
-        check(
-            Path::new("s.toml"),
+        chk(
             "name = \"n\"\naddress = \"10.0.0.2/24\"\n",
             &decl(&["address"]),
         )
@@ -506,8 +750,7 @@ mod tests {
     #[test]
     fn service_variables_the_recipe_names_are_read_and_others_refused() {
         let allow = ["hostname", "env.inference.SITE_LABEL", "env.inference.LOG"];
-        let s = check(
-            Path::new("s.toml"),
+        let s = chk(
             "name = \"n\"\nenv.inference.SITE_LABEL = \"north depot\"\nenv.inference.LOG = \"\"\n",
             &decl(&allow),
         )
@@ -527,11 +770,11 @@ mod tests {
         assert!(decl(&allow).env_vars("other").is_empty());
         // A variable the recipe does not name, of a named service or not.
         refused(
-            "name = \"n\"\n  env.inference.PATH = \"/x\"\n",
+            "name = \"n\"\n  env.inference.OTHER = \"/x\"\n",
             &allow,
             2,
             1,
-            "`env.inference.PATH` is not allowed",
+            "`env.inference.OTHER` is not allowed",
         );
         refused(
             "name = \"n\"\nenv.other.SITE_LABEL = \"x\"\n",
@@ -567,6 +810,235 @@ mod tests {
         assert_eq!(env_setting("env.inference.1X"), None);
         assert_eq!(env_setting("env.Inference.X"), None);
         assert_eq!(env_setting("hostname"), None);
+    }
+
+    /// Binding on the host: the file names this image, a matching version
+    /// (exact or `PREFIX*`) and a serial at or above the floor.
+    #[test]
+    fn site_files_for_another_image_version_or_an_older_serial_are_refused() {
+        let d = decl(ALL);
+        let with = |image: &str, version: &str, serial: &str| {
+            format!("name = \"n\"\nimage = \"{image}\"\nversion = \"{version}\"\nserial = \"{serial}\"\n")
+        };
+        let s = check(Path::new("s.toml"), &with("tiny", "1.2.0", "5"), &d).unwrap();
+        assert_eq!(
+            (s.image.as_str(), s.version.as_str(), s.serial),
+            ("tiny", "1.2.0", 5)
+        );
+        // A range: any 1.2.x; control for the prefix rule.
+        check(Path::new("s.toml"), &with("tiny", "1.2.*", "9"), &d).unwrap();
+        for (text, line, col, start) in [
+            (
+                with("other", "1.2.0", "5"),
+                2,
+                9,
+                "the site file is for image \"other\"",
+            ),
+            (
+                with("tiny", "1.3.0", "5"),
+                3,
+                11,
+                "the site file is for version \"1.3.0\"",
+            ),
+            (
+                with("tiny", "1.3.*", "5"),
+                3,
+                11,
+                "the site file is for version \"1.3.*\"",
+            ),
+            (
+                with("tiny", "1.2.0", "4"),
+                4,
+                10,
+                "serial 4 is below the recipe's [site] min_serial 5",
+            ),
+            (
+                with("tiny", "1.2.0", "-1"),
+                4,
+                10,
+                "serial \"-1\" is not a whole number",
+            ),
+            (
+                with("tiny", "1.2.0", "9999999999999999"),
+                4,
+                10,
+                "serial \"9999999999999999\" is not",
+            ),
+        ] {
+            let e = check(Path::new("s.toml"), &text, &d).unwrap_err();
+            let p = &e.problems[0];
+            assert_eq!((p.line, p.col), (line, col), "{e}");
+            assert!(p.message.starts_with(start), "{e}");
+        }
+        let e = check(Path::new("s.toml"), "name = \"n\"\n", &d).unwrap_err();
+        assert!(e.to_string().contains("does not name its image"), "{e}");
+        assert!(e.to_string().contains("has no serial"), "{e}");
+        // sign's filling-in: only what is missing, after the file's lines.
+        let (t, added) = with_binding("name = \"n\"\nimage = \"tiny\"", &d);
+        assert_eq!(added, ["version"]);
+        assert_eq!(t, "name = \"n\"\nimage = \"tiny\"\nversion = \"1.2.0\"\n");
+        assert_eq!(
+            d.bind_text(),
+            "image tiny\nversion 1.2.0\nmin_serial 5\nrequired 0\n"
+        );
+    }
+
+    #[test]
+    fn variables_that_steer_the_host_or_loader_are_refused_at_their_line() {
+        let allow = [
+            "env.inference.PATH",
+            "env.inference.LD_PRELOAD",
+            "env.inference.MALLOC_CHECK_",
+            "env.inference.lower",
+            "env.inference.SITE_LABEL",
+        ];
+        for (var, why) in [
+            ("PATH", "PATH chooses which programs run"),
+            ("LD_PRELOAD", "LD_PRELOAD steers the dynamic loader"),
+            ("MALLOC_CHECK_", "MALLOC_CHECK_ steers libc's allocator"),
+            ("lower", "lower is not an upper-case name"),
+        ] {
+            // Refused even when a (hand-made) declaration allows it.
+            refused(
+                &format!("name = \"n\"\n  env.inference.{var} = \"x\"\n"),
+                &allow,
+                2,
+                1,
+                &format!("`env.inference.{var}`: {why}"),
+            );
+        }
+        for ok in ["SITE_LABEL", "MODEL_DIR", "_X1"] {
+            assert_eq!(host_steering_name(ok), None, "{ok}");
+        }
+        for bad in [
+            "IFS",
+            "BASH_ENV",
+            "ENV",
+            "HOME",
+            "SHELL",
+            "CDPATH",
+            "PS4",
+            "GCONV_PATH",
+            "LOCPATH",
+            "NLSPATH",
+            "TZDIR",
+            "HOSTALIASES",
+            "RES_OPTIONS",
+            "LOCALDOMAIN",
+            "GLIBC_TUNABLES",
+            "LD_LIBRARY_PATH",
+            "LD_AUDIT",
+            "A-B",
+            "1X",
+            "",
+            "NODE_OPTIONS",
+            "PYTHONPATH",
+        ] {
+            assert!(host_steering_name(bad).is_some(), "{bad}");
+        }
+        // Control: the service's own variable passes.
+        chk(
+            "name = \"n\"\nenv.inference.SITE_LABEL = \"x\"\n",
+            &decl(&allow),
+        )
+        .unwrap();
+    }
+
+    /// The guest's parser (busybox awk, as the initramfs runs it) refuses
+    /// the same: host-steering names, another image or version, a serial
+    /// below the floor, a file without binding; and reads a good file.
+    #[test]
+    fn guest_parser_refuses_steering_names_and_unbound_or_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let awk = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/site.awk");
+        let allow = dir.path().join("allow");
+        let ingress = dir.path().join("ingress");
+        let bind = dir.path().join("bind");
+        std::fs::write(
+            &allow,
+            "hostname\nenv.web.SITE_LABEL\nenv.web.PATH\nenv.web.LD_PRELOAD\nenv.web.lower\n",
+        )
+        .unwrap();
+        std::fs::write(&ingress, "8080/tcp\n").unwrap();
+        let d = decl(ALL);
+        std::fs::write(&bind, d.bind_text()).unwrap();
+        let run = |text: &str| {
+            let site = dir.path().join("site.toml");
+            std::fs::write(&site, text).unwrap();
+            let sh = xshell::Shell::new().unwrap();
+            let a = format!("allow={}", allow.display());
+            let i = format!("ingress={}", ingress.display());
+            let b = format!("bind={}", bind.display());
+            let (code, out, _) = crate::host::runner::run_code(
+                "test: site.awk",
+                xshell::cmd!(sh, "busybox awk -v {a} -v {i} -v {b} -f {awk} {site}"),
+            )
+            .unwrap();
+            (code, out)
+        };
+        let good = format!("name = \"n\"\nenv.web.SITE_LABEL = \"x y\"\n{BIND}");
+        assert_eq!(
+            run(&good),
+            (
+                0,
+                "name n\nenv web SITE_LABEL=x y\nimage tiny\nversion 1.2.0\nserial 5\n".into()
+            )
+        );
+        // Control: a prefix range matches.
+        assert_eq!(run(&good.replace("\"1.2.0\"", "\"1.2*\"")).0, 0);
+        for (text, why) in [
+            (
+                good.replace("SITE_LABEL", "PATH"),
+                "PATH steers the host or the loader",
+            ),
+            (
+                good.replace("SITE_LABEL", "LD_PRELOAD"),
+                "LD_PRELOAD steers",
+            ),
+            (good.replace("SITE_LABEL", "lower"), "lower steers"),
+            (
+                good.replace("\"tiny\"", "\"other\""),
+                "is for image other, not tiny",
+            ),
+            (
+                good.replace("\"1.2.0\"", "\"1.3.0\""),
+                "is for version 1.3.0, not 1.2.0",
+            ),
+            (
+                good.replace("\"1.2.0\"", "\"1.3*\""),
+                "is for versions 1.3*",
+            ),
+            (
+                good.replace("serial = \"5\"", "serial = \"4\""),
+                "serial 4 is below this image's min_serial 5",
+            ),
+            (
+                good.replace("serial = \"5\"", "serial = \"5e3\""),
+                "is not a whole number",
+            ),
+            (
+                good.replace("serial = \"5\"\n", ""),
+                "does not name its image, version and serial",
+            ),
+            (
+                good.replace("image = \"tiny\"\n", ""),
+                "does not name its image, version and serial",
+            ),
+        ] {
+            let (code, out) = run(&text);
+            assert_eq!(code, 1, "{text}: {out}");
+            // The init reports the first `error` line.
+            let e = out
+                .lines()
+                .find_map(|l| l.strip_prefix("error "))
+                .unwrap_or("");
+            assert!(e.contains(why), "{text}: {out}");
+        }
+        // No binding file at all (an initramfs without one): refused.
+        std::fs::remove_file(&bind).unwrap();
+        let (code, out) = run(&good);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("no site binding"), "{out}");
     }
 
     #[test]

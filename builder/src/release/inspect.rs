@@ -66,6 +66,9 @@ pub struct Inspection {
     pub network: Option<Value>,
     /// Secure Boot certificate, predicted PCR 11, BIOS path.
     pub boot: crate::release::manifest::BootInfo,
+    /// `[site]`: the site key, what a site file may set, whether one is
+    /// required and the lowest serial taken.
+    pub site: Option<crate::recipe::site::SiteDeclaration>,
 }
 
 /// What SHA256.sig says, without checking it against any key.
@@ -188,6 +191,7 @@ fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection 
             .cloned()
             .map(network_view),
         boot: m.boot,
+        site: m.site,
     }
 }
 
@@ -477,6 +481,26 @@ impl Inspection {
             ));
             render_value(p, 1, &mut line);
         }
+        if let Some(d) = &self.site {
+            // Debug quoting: manifest strings never reach the terminal raw.
+            line(format!(
+                "site         key id {:?}; site file {}; min_serial {}",
+                d.key_id,
+                if d.required {
+                    "REQUIRED (the image halts without one)"
+                } else {
+                    "optional"
+                },
+                d.min_serial
+            ));
+            if !d.image.is_empty() {
+                line(format!(
+                    "  bound to   image {:?} version {:?}",
+                    d.image, d.version
+                ));
+            }
+            line(format!("  allow      {:?}", d.allow));
+        }
         if let Some(n) = &self.network {
             line("network".into());
             render_value(n, 1, &mut line);
@@ -608,6 +632,55 @@ mod tests {
         std::fs::write(&path, "{}").unwrap();
         let e = format!("{:#}", inspect(d.path()).unwrap_err());
         assert!(e.contains("is not a cairn manifest"), "{e}");
+    }
+
+    /// The manifest records `[site] required` and `min_serial`; inspect
+    /// shows them (and an old manifest without them reads as optional, 0).
+    #[test]
+    fn site_requirement_and_serial_floor_are_shown() {
+        let fresh = || -> Manifest {
+            serde_json::from_str(include_str!("../../tests/fixtures/manifest-a.json")).unwrap()
+        };
+        let mut m = fresh();
+        let mut d = crate::recipe::site::SiteDeclaration {
+            allow: vec!["hostname".into()],
+            ingress: vec![],
+            key_id: "0102030405060708".into(),
+            public_key: String::new(),
+            key_path: Default::default(),
+            required: true,
+            min_serial: 7,
+            image: "tiny".into(),
+            version: "1.2.0".into(),
+        };
+        m.site = Some(d.clone());
+        let raw = serde_json::to_value(&m).unwrap();
+        assert_eq!(raw["site"]["required"], true);
+        assert_eq!(raw["site"]["min_serial"], 7);
+        let text = from_manifest(m, &raw).render_text();
+        assert!(
+            text.contains("site         key id \"0102030405060708\"; site file REQUIRED (the image halts without one); min_serial 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  bound to   image \"tiny\" version \"1.2.0\""),
+            "{text}"
+        );
+        // Control: not required.
+        d.required = false;
+        let mut m = fresh();
+        m.site = Some(d);
+        let text = from_manifest(m, &raw).render_text();
+        assert!(text.contains("site file optional; min_serial 7"), "{text}");
+        // An older manifest's [site] without the new fields still reads.
+        let mut old = raw.clone();
+        for k in ["required", "min_serial", "image", "version"] {
+            old["site"].as_object_mut().unwrap().remove(k);
+        }
+        let back: Manifest = serde_json::from_value(old).unwrap();
+        let s = back.site.unwrap();
+        assert!(!s.required);
+        assert_eq!(s.min_serial, 0);
     }
 
     #[test]

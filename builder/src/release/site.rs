@@ -61,9 +61,13 @@ pub fn check_file(
 }
 
 /// Checks `site` against `decl`, signs it with `key` (which must be the
-/// declaration's site key) and writes `SITE.toml.sig`.
+/// declaration's site key) and writes `SITE.toml.sig`. A file that does not
+/// name its image and version gets them (this recipe's `image = "NAME"`,
+/// `version = "V"`), written into the file before it is signed, so the
+/// signature binds the file to this image; `serial` is the signer's to give.
 pub fn sign(site: &Path, key: &SecretKey, decl: &SiteDeclaration) -> Result<SignedSite> {
-    let text = read_text(site)?;
+    let original = read_text(site)?;
+    let (text, added) = crate::recipe::site::with_binding(&original, decl);
     let settings = check(site, &text, decl)?;
     let public = key.public();
     if public.key_id() != decl.key_id {
@@ -74,6 +78,9 @@ pub fn sign(site: &Path, key: &SecretKey, decl: &SiteDeclaration) -> Result<Sign
             decl.key_path.display()
         ))
         .into());
+    }
+    if !added.is_empty() {
+        std::fs::write(site, &text).with_context(|| format!("write {}", site.display()))?;
     }
     let sig = key.sign(text.as_bytes());
     let pub_name = decl
@@ -312,13 +319,19 @@ pub fn declaration_for(image: &Path, trust: ReleaseTrust) -> Result<SiteDeclarat
             ))
         })?,
     };
-    m.site.ok_or_else(|| {
+    let mut d = m.site.ok_or_else(|| {
         crate::InputError(format!(
             "{} takes no site file: its recipe has no [site] table",
             Shown(&image.to_string_lossy())
         ))
-        .into()
-    })
+    })?;
+    // A manifest from before site files were bound to an image names no
+    // image in its [site]: the release's own name and version are the ones.
+    if d.image.is_empty() {
+        d.image = m.image.name.clone();
+        d.version = m.image.version.clone();
+    }
+    Ok(d)
 }
 
 /// What `apply` wrote.
@@ -404,8 +417,14 @@ mod tests {
             key_id: p.key_id(),
             public_key: text,
             key_path: path,
+            required: false,
+            min_serial: 3,
+            image: "tiny".into(),
+            version: "1.2.0".into(),
         }
     }
+
+    const BIND: &str = "image = \"tiny\"\nversion = \"1.2.0\"\nserial = \"3\"\n";
 
     #[test]
     fn signed_site_verifies_and_a_changed_byte_or_other_key_does_not() {
@@ -413,7 +432,11 @@ mod tests {
         let key = crate::release::signify::generate();
         let decl = decl_for(&key, d.path());
         let site = d.path().join("north.toml");
-        std::fs::write(&site, "name = \"north\"\nhostname = \"north\"\n").unwrap();
+        std::fs::write(
+            &site,
+            format!("name = \"north\"\nhostname = \"north\"\n{BIND}"),
+        )
+        .unwrap();
         let s = sign(&site, &key, &decl).unwrap();
         assert_eq!(s.name, "north");
         let sig = std::fs::read_to_string(sig_path(&site)).unwrap();
@@ -424,13 +447,21 @@ mod tests {
         load_signed(&site, &decl).unwrap();
 
         // One byte changed: refused.
-        std::fs::write(&site, "name = \"north\"\nhostname = \"nortH\"\n").unwrap();
+        std::fs::write(
+            &site,
+            format!("name = \"north\"\nhostname = \"nortH\"\n{BIND}"),
+        )
+        .unwrap();
         let e = load_signed(&site, &decl).unwrap_err();
         assert!(
             format!("{e:#}").contains("does not verify") || format!("{e:#}").contains("hostname"),
             "{e:#}"
         );
-        std::fs::write(&site, "name = \"north\"\nhostname = \"nnrth\"\n").unwrap();
+        std::fs::write(
+            &site,
+            format!("name = \"north\"\nhostname = \"nnrth\"\n{BIND}"),
+        )
+        .unwrap();
         let e = load_signed(&site, &decl).unwrap_err();
         assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
 
@@ -460,6 +491,61 @@ mod tests {
             .expect("a recipe error");
         assert_eq!((r.problems[0].line, r.problems[0].col), (2, 1), "{r}");
         assert!(!sig_path(&site).exists());
+    }
+
+    /// Binding: sign writes the image and version a file lacks and signs
+    /// them; a serial below the floor, a file for another image or version,
+    /// or one without a serial is refused and nothing is signed.
+    #[test]
+    fn sign_binds_the_file_to_the_image_and_refuses_old_or_foreign_files() {
+        let d = tempfile::tempdir().unwrap();
+        let key = crate::release::signify::generate();
+        let decl = decl_for(&key, d.path());
+        let site = d.path().join("n.toml");
+        std::fs::write(&site, "name = \"n\"\nserial = \"3\"\n").unwrap();
+        let s = sign(&site, &key, &decl).unwrap();
+        let text = std::fs::read_to_string(&site).unwrap();
+        assert_eq!(
+            text,
+            "name = \"n\"\nserial = \"3\"\nimage = \"tiny\"\nversion = \"1.2.0\"\n"
+        );
+        assert_eq!(s.text, text.as_bytes());
+        load_signed(&site, &decl).unwrap();
+        // The same signed file for a later release of another image: refused.
+        let mut other = decl.clone();
+        other.image = "other".into();
+        let e = load_signed(&site, &other).unwrap_err();
+        assert!(format!("{e:#}").contains("is for image \"tiny\""), "{e:#}");
+        let mut newer = decl.clone();
+        newer.version = "1.3.0".into();
+        let e = load_signed(&site, &newer).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("is for version \"1.2.0\""),
+            "{e:#}"
+        );
+        // A release that raised the floor refuses the older file (replay).
+        let mut raised = decl.clone();
+        raised.min_serial = 4;
+        let e = load_signed(&site, &raised).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("below the recipe's [site] min_serial 4"),
+            "{e:#}"
+        );
+        for (bad, why) in [
+            ("name = \"n\"\nserial = \"2\"\n", "serial 2 is below"),
+            ("name = \"n\"\n", "has no serial"),
+            (
+                "name = \"n\"\nserial = \"3\"\nimage = \"big\"\n",
+                "is for image \"big\"",
+            ),
+            ("name = \"n\"\nserial = \"x3\"\n", "is not a whole number"),
+        ] {
+            let _ = std::fs::remove_file(sig_path(&site));
+            std::fs::write(&site, bad).unwrap();
+            let e = sign(&site, &key, &decl).unwrap_err();
+            assert!(format!("{e:#}").contains(why), "{bad}: {e:#}");
+            assert!(!sig_path(&site).exists(), "{bad}");
+        }
     }
 
     /// A 4 MiB GPT disk file whose partition `cairn-esp` (at 1 MiB) is FAT.
@@ -493,7 +579,7 @@ mod tests {
         let key = crate::release::signify::generate();
         let decl = decl_for(&key, d.path());
         let site = d.path().join("north.toml");
-        std::fs::write(&site, "name = \"north\"\n").unwrap();
+        std::fs::write(&site, format!("name = \"north\"\n{BIND}")).unwrap();
         let s = sign(&site, &key, &decl).unwrap();
         write_to_medium(&disk, &s).unwrap();
         // Twice is fine (the folder exists, the files are replaced).

@@ -89,7 +89,11 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
     // A site file, signed with the test image's site key, goes into the
     // ISO's EFI partition on the stick.
     let site = tmp.path().join("depot.toml");
-    std::fs::write(&site, "name = \"depot\"\nhostname = \"iso-depot\"\n").expect("site file");
+    std::fs::write(
+        &site,
+        "name = \"depot\"\nhostname = \"iso-depot\"\nserial = \"1\"\n",
+    )
+    .expect("site file");
     let decl = cairn::release::site::declaration_beside(&dir.join("cairn-test-1.iso"))
         .expect("the test release takes site files");
     cairn::release::site::sign(&site, &site_test_key(), &decl).expect("sign");

@@ -8,6 +8,12 @@
 //! service (north sets it; south and the boot without a site file see the
 //! recipe's default). Every site file goes onto a copy of the site test
 //! image's raw disk (tiny-svc: tiny with one containerd service).
+//! Binding (issue 31): tiny-svc requires a site file (`[site] required`)
+//! and sets `min_serial = 2`: the image without a site file, a signed file
+//! with serial 1 (an older one replayed) and a signed file for another
+//! image each halt with `cairn: FATAL site: ...`; the good files (serial 2
+//! and 3) reach ready. A site variable reaches the container's process
+//! only: `ctr` on the host runs without it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -109,8 +115,9 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
         // Control: no variable set, the recipe's default.
         ("south", "south-post", "10.0.2.22", "", "unassigned"),
     ] {
+        let serial = if name == "north" { 2 } else { 3 };
         let text = format!(
-            "# site {name}\nname = \"{name}\"\nhostname = \"{host}\"\naddress = \"{addr}/24\"\ngateway = \"10.0.2.2\"\n{env}"
+            "# site {name}\nname = \"{name}\"\nserial = \"{serial}\"\nhostname = \"{host}\"\naddress = \"{addr}/24\"\ngateway = \"10.0.2.2\"\n{env}"
         );
         let file = write(tmp.path(), &format!("{name}.toml"), &text);
         site::sign(&file, &key, &decl).expect("sign");
@@ -119,7 +126,7 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
         let mut vm = boot_to_ready(&img, &format!("site-{name}"));
         let serial = vm.serial_text();
         assert!(
-            serial.contains(&format!("cairn: site {name} (key {id})")),
+            serial.contains(&format!("cairn: site {name} (key {id}), serial ")),
             "{serial}"
         );
         let (h, addrs) = identity(&mut vm);
@@ -131,15 +138,56 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
             said,
             format!("cairn-test service: SITE_LABEL=[{label}] OTHER=[fixed]")
         );
+        // The value is in the container's process (control: the test sees
+        // SITE_LABEL where it is) and not in ctr's, which runs as root on
+        // the host (nor anywhere in the unit's environment).
+        let (rc, envs) = vm
+            .console_run(
+                "for d in /proc/[0-9]*; do c=$(cat $d/comm 2>/dev/null); case $c in ctr|sleep) echo \"== $c\"; tr '\\0' '\\n' < $d/environ | grep -E '^(SITE_LABEL|PATH)=';; esac; done; echo end",
+                console_timeout(),
+            )
+            .expect("console");
+        assert_eq!(rc, 0, "{envs}");
+        let block = |comm: &str| {
+            envs.split("== ")
+                .filter(|b| b.starts_with(&format!("{comm}\n")))
+                .collect::<Vec<_>>()
+                .join("")
+        };
+        let (ctr, sleep) = (block("ctr"), block("sleep"));
+        assert!(ctr.contains("PATH="), "no ctr process seen: {envs}");
+        assert!(
+            !ctr.contains("SITE_LABEL"),
+            "site value in ctr's environment: {envs}"
+        );
+        assert!(sleep.contains(&format!("SITE_LABEL={label}")), "{envs}");
         drop(vm);
         std::fs::remove_file(&img).expect("remove the copy");
     }
 
     // Controls. Each is put on the ESP directly: `site apply` refuses them
     // on the host (checked first), the boot must refuse them on its own.
-    let good = "name = \"east\"\nhostname = \"east-gate\"\n";
-    let file = write(tmp.path(), "east.toml", good);
+    let file = write(
+        tmp.path(),
+        "east.toml",
+        "name = \"east\"\nhostname = \"east-gate\"\nserial = \"2\"\n",
+    );
     let signed = site::sign(&file, &key, &decl).expect("sign");
+    // As signed: with the image and version sign added.
+    let good = String::from_utf8(signed.text.clone()).expect("utf-8");
+    let good = good.as_str();
+    assert!(good.contains("image = \"cairn-test-svc\"\n"), "{good}");
+    // Signed by the site key, but not as `cairn site sign` would (which
+    // refuses them): what a site signer's older file or another image's
+    // file looks like.
+    let signed_as = |text: String| SignedSite {
+        sig: key
+            .sign(text.as_bytes())
+            .to_file_text("sites.pub")
+            .into_bytes(),
+        text: text.into_bytes(),
+        ..signed.clone()
+    };
     let controls: Vec<(&str, SignedSite, &str)> = vec![
         (
             "changed-byte",
@@ -165,18 +213,18 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
         ),
         (
             "not-allowed",
-            {
-                let text = format!("{good}close_ingress = []\n");
-                SignedSite {
-                    sig: key
-                        .sign(text.as_bytes())
-                        .to_file_text("sites.pub")
-                        .into_bytes(),
-                    text: text.into_bytes(),
-                    ..signed.clone()
-                }
-            },
+            signed_as(format!("{good}close_ingress = []\n")),
             "`close_ingress` is not allowed",
+        ),
+        (
+            "old-serial",
+            signed_as(good.replace("serial = \"2\"", "serial = \"1\"")),
+            "serial 1 is below this image's min_serial 2",
+        ),
+        (
+            "other-image",
+            signed_as(good.replace("image = \"cairn-test-svc\"", "image = \"cairn-test\"")),
+            "the site file is for image cairn-test, not cairn-test-svc",
         ),
     ];
     for (name, bad, why) in controls {
@@ -203,19 +251,62 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
         std::fs::remove_file(&img).expect("remove the copy");
     }
 
-    // No site file: the recipe's defaults.
-    let mut vm = boot_to_ready(&b.raw, "site-none");
-    let serial = vm.serial_text();
+    // No site file: the image requires one, so the boot halts (deleting
+    // the site file does not bring the recipe's defaults back).
+    assert_halts_on_site(&b.raw, "site-none", "this image requires a site file");
+}
+
+/// ISO mode takes exactly one medium, as disk mode does: the ISO as a CD
+/// and a second device holding a cairn ISO (a stick with the same image,
+/// which could carry an older site file) halt the boot naming both,
+/// instead of taking whichever appears first. Control: the CD alone is
+/// taken (`cairn: found ISO medium /dev/sr0`).
+#[test]
+fn two_iso_media_halt_the_boot() {
+    let b = built("tiny");
+    let iso = b.raw.with_extension("iso");
+    assert!(iso.is_file(), "the test build made no {}", iso.display());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let second = copy_image(&iso, tmp.path(), "second.iso");
+
+    let mut spec = BootSpec::new(
+        &iso,
+        ImageFormat::Iso,
+        Firmware::Uefi,
+        log_path("iso-two-media"),
+    );
+    spec.bus = cairn::vm::qemu::DiskBus::Cdrom;
+    spec.extra_args = vec![
+        "-drive".into(),
+        format!(
+            "file={},format=raw,if=none,id=disk1,readonly=on",
+            second.display()
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=disk1".into(),
+    ];
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let (i, line) = vm
+        .wait_for_any(&["cairn: found ISO medium", "cairn: FATAL"], boot_timeout())
+        .unwrap_or_else(|e| panic!("iso-two-media: no verdict: {e:#}"));
+    assert_eq!(i, 1, "a medium was taken with two attached: {line}");
     assert!(
-        serial.contains("cairn: site: no site file on the medium; the recipe's defaults apply"),
-        "{serial}"
+        line.contains("all hold a cairn ISO: two media are attached"),
+        "{line}"
     );
-    assert!(!serial.contains("cairn: site none"), "{serial}");
-    let (h, addrs) = identity(&mut vm);
-    assert_eq!(h, "cairn-test-svc");
-    assert!(addrs.contains("inet 10.0.2.15/24"), "{addrs}");
-    assert_eq!(
-        service_says(&mut vm, "site-none"),
-        "cairn-test service: SITE_LABEL=[unassigned] OTHER=[fixed]"
+    drop(vm);
+
+    // Control: the CD alone is found.
+    let mut spec = BootSpec::new(
+        &iso,
+        ImageFormat::Iso,
+        Firmware::Uefi,
+        log_path("iso-one-medium"),
     );
+    spec.bus = cairn::vm::qemu::DiskBus::Cdrom;
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let (i, line) = vm
+        .wait_for_any(&["cairn: found ISO medium", "cairn: FATAL"], boot_timeout())
+        .unwrap_or_else(|e| panic!("iso-one-medium: no verdict: {e:#}"));
+    assert_eq!(i, 0, "{line}\n{}", vm.serial_text());
 }

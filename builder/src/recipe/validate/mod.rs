@@ -246,10 +246,13 @@ impl<'a> Validator<'a> {
         let network = self.network(&f.network);
         let (disk_size, state_size) = self.disk(&f.disk);
         let limits = self.limits(&f.limits);
-        let site = f
-            .site
-            .as_ref()
-            .and_then(|s| self.site(s, &network, &workloads));
+        let site = f.site.as_ref().and_then(|s| {
+            let image = (
+                f.image.name.get_ref().as_str(),
+                f.image.version.get_ref().as_str(),
+            );
+            self.site(s, image, &network, &workloads)
+        });
         if let Some(d) = &site {
             for s in &mut workloads.services {
                 s.site_env = d.env_vars(&s.name);

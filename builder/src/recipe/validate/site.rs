@@ -6,7 +6,8 @@ use crate::recipe::network::NetworkPolicy;
 use crate::recipe::schema::SiteSection;
 use crate::recipe::settings::SITE_ALLOW;
 use crate::recipe::site::{
-    env_setting, env_value_problem, public_key_id, SiteDeclaration, SITE_SETTINGS,
+    env_setting, env_value_problem, host_steering_name, public_key_id, SiteDeclaration,
+    SITE_SETTINGS,
 };
 use crate::recipe::workloads::Workloads;
 
@@ -14,6 +15,7 @@ impl Validator<'_> {
     pub(super) fn site(
         &mut self,
         s: &SiteSection,
+        image: (&str, &str),
         network: &NetworkPolicy,
         workloads: &Workloads,
     ) -> Option<SiteDeclaration> {
@@ -52,6 +54,15 @@ impl Validator<'_> {
             }
         }
         allow.sort();
+        if let Some(m) = &s.min_serial {
+            // The guest compares serials with awk's doubles: exact below 2^53.
+            if *m.get_ref() > 999_999_999_999_999 {
+                self.problem(
+                    m.span(),
+                    "min_serial must be at most 999999999999999 (15 digits)".to_string(),
+                );
+            }
+        }
         let key_path = self.path(&s.key, "site key")?;
         let text = match std::fs::read_to_string(&key_path) {
             Ok(t) => t,
@@ -77,6 +88,10 @@ impl Validator<'_> {
             key_id,
             public_key: text,
             key_path,
+            required: s.required.as_ref().is_some_and(|r| *r.get_ref()),
+            min_serial: s.min_serial.as_ref().map(|m| *m.get_ref()).unwrap_or(0),
+            image: image.0.to_string(),
+            version: image.1.to_string(),
         })
     }
 
@@ -95,6 +110,11 @@ impl Validator<'_> {
                 "{k:?}: the recipe has no [[services]] entry {service:?} (services: {names:?})"
             ));
         };
+        if let Some(why) = host_steering_name(var) {
+            return Some(format!(
+                "{k:?}: {var} {why}, not the service; a site cannot set it (name the service's own setting)"
+            ));
+        }
         let prefix = format!("{var}=");
         let Some(default) = svc.env.iter().find_map(|e| e.strip_prefix(&prefix)) else {
             return Some(format!(

@@ -1004,3 +1004,76 @@ fn boot_allow_unsigned_and_mok_manager_are_read_with_safe_defaults() {
     );
     assert_eq!(e.problems[0].line, 7, "{e}");
 }
+
+// ---- [site] required, min_serial, variable names (issue 31) ----
+
+#[test]
+fn site_required_and_min_serial_are_read_and_bound_to_the_image() {
+    let d = tempfile::tempdir().unwrap();
+    let key = crate::recipe::site::tests_support::pub_key_text();
+    std::fs::write(d.path().join("sites.pub"), key).unwrap();
+    let text = debian("[site]\nallow = []\nkey = \"sites.pub\"\nrequired = true\nmin_serial = 7\n");
+    let s = ok_in(d.path(), &text).site.expect("site declaration");
+    assert!(s.required);
+    assert_eq!(s.min_serial, 7);
+    assert!(!s.image.is_empty() && !s.version.is_empty());
+    assert!(
+        s.bind_text().contains("required 1\nmin_serial 7\n")
+            || s.bind_text().contains("min_serial 7\nrequired 1\n")
+    );
+    // Control: unset, a site file is optional and every serial passes.
+    let plain = ok_in(
+        d.path(),
+        &debian("[site]\nallow = []\nkey = \"sites.pub\"\n"),
+    )
+    .site
+    .unwrap();
+    assert!(!plain.required);
+    assert_eq!(plain.min_serial, 0);
+    // Hostile: a floor the guest's awk cannot compare exactly, a string.
+    refused_in(
+        d.path(),
+        &debian("[site]\nallow = []\nkey = \"sites.pub\"\nmin_serial = 9999999999999999\n"),
+        8,
+        14,
+        "min_serial must be at most",
+    );
+    refused_in(
+        d.path(),
+        &debian("[site]\nallow = []\nkey = \"sites.pub\"\nrequired = \"yes\"\n"),
+        8,
+        12,
+        "invalid type",
+    );
+}
+
+#[test]
+fn site_env_names_that_steer_the_host_are_refused_at_the_allow_entry() {
+    let d = tempfile::tempdir().unwrap();
+    let key = crate::recipe::site::tests_support::pub_key_text();
+    std::fs::write(d.path().join("sites.pub"), key).unwrap();
+    let with = |var: &str| {
+        services(
+            "",
+            &format!(
+                "{SVC}env = [\"{var}=x\", \"SITE_LABEL=none\"]\n[site]\nallow = [\"env.web.{var}\"]\nkey = \"sites.pub\"\n"
+            ),
+        )
+    };
+    for (var, why) in [
+        ("PATH", "chooses which programs run"),
+        ("LD_PRELOAD", "steers the dynamic loader"),
+        ("BASH_ENV", "makes bash run a file"),
+        ("GLIBC_TUNABLES", "steers libc"),
+        ("lower", "is not an upper-case name"),
+    ] {
+        let t = with(var);
+        let e = parse(&src(d.path(), &t)).unwrap_err();
+        let p = &e.problems[0];
+        assert!(p.message.contains(why), "{var}: {e}");
+        assert_eq!(p.line, 16, "{var}: {e}");
+        assert_eq!(p.col, 10, "{var}: {e}");
+    }
+    // Control: the service's own setting passes.
+    ok_in(d.path(), &with("SITE_LABEL"));
+}
