@@ -150,3 +150,73 @@ fn the_state_key_waits_for_the_random_pool() {
         &INIT[INIT.find("    ram)\n").unwrap()..INIT.find("    disk|disk-unencrypted)").unwrap()];
     assert!(!ram.contains("wait_for_crng"), "{ram}");
 }
+
+// ---------- readiness probes (cairn-probe, run by cairn-ready) ----------
+
+/// A one-shot HTTP server on 127.0.0.1 answering every request with
+/// `status`; returns its port.
+fn answering(status: &'static str) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 512];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let _ = write!(s, "{status}\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    port
+}
+
+fn probe(args: &[&str]) -> bool {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-probe");
+    let out = cairn::host::runner::command("timeout")
+        .arg("10")
+        .arg("bash")
+        .arg(p)
+        .args(args)
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+#[test]
+fn the_readiness_probe_passes_only_on_an_answer_in_the_2xx_range() {
+    let ok = answering("HTTP/1.0 200 OK").to_string();
+    assert!(probe(&["http", &ok, "/healthz"]));
+    assert!(probe(&["tcp", &ok, ""]));
+    // Controls: a server that answers 503, and a port nobody listens on.
+    let busy = answering("HTTP/1.1 503 Service Unavailable").to_string();
+    assert!(!probe(&["http", &busy, "/healthz"]));
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    assert!(!probe(&["http", &closed, "/healthz"]));
+    assert!(!probe(&["tcp", &closed, ""]));
+}
+
+#[test]
+fn cairn_ready_waits_for_the_checks_and_names_a_service_that_never_passes() {
+    let ready =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-ready"))
+            .unwrap();
+    // The announcement comes after the checks' loop, and a failed check
+    // exits before it.
+    let checks = ready.find("/etc/cairn/ready-checks").unwrap();
+    let announce = ready.rfind("cairn-say ready").unwrap();
+    assert!(checks < announce, "ready is said before the checks");
+    assert!(
+        ready.contains("FATAL service $name: not ready after"),
+        "{ready}"
+    );
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-ready.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("TimeoutStartSec=infinity"),
+        "systemd's 90 s start timeout would cut a longer check short"
+    );
+}

@@ -464,6 +464,7 @@ const READY_SERVICE: &str = include_str!("../../guest/cairn-ready.service");
 const CAIRN_TARGET: &str = include_str!("../../guest/cairn.target");
 const DEBUG_SHELL_SERVICE: &str = include_str!("../../guest/cairn-debug-shell.service");
 const SAY_SCRIPT: &str = include_str!("../../guest/cairn-say");
+const PROBE_SCRIPT: &str = include_str!("../../guest/cairn-probe");
 const FIREWALL_SERVICE: &str = include_str!("../../guest/cairn-firewall.service");
 const FIREWALL_MISSING_SERVICE: &str = include_str!("../../guest/cairn-firewall-missing.service");
 const NETWORKD_DROPIN: &str = include_str!("../../guest/networkd-requires-firewall.conf");
@@ -520,6 +521,12 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
         tree,
         "usr/lib/cairn/cairn-say",
         SAY_SCRIPT.as_bytes(),
+        0o755,
+    )?;
+    write_in_tree(
+        tree,
+        "usr/lib/cairn/cairn-probe",
+        PROBE_SCRIPT.as_bytes(),
         0o755,
     )?;
 

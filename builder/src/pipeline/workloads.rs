@@ -1011,7 +1011,20 @@ fn write_containerd_units(
         dropin.as_bytes(),
         0o644,
     )?;
+    let checks = ready_checks(&w.services);
+    if !checks.is_empty() {
+        write_in_tree(tree, "etc/cairn/ready-checks", checks.as_bytes(), 0o644)?;
+    }
     Ok(())
+}
+
+/// /etc/cairn/ready-checks: one line per service with a readiness check,
+/// in the recipe's order (`cairn-ready` waits for each in turn).
+fn ready_checks(services: &[Service]) -> String {
+    services
+        .iter()
+        .filter_map(|s| s.ready.as_ref().map(|r| r.line(&s.name) + "\n"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -1031,6 +1044,7 @@ mod tests {
             models: vec!["iris".into()],
             read_only: false,
             site_env: vec![],
+            ready: None,
         }
     }
 

@@ -179,6 +179,10 @@ pub struct ServiceEntry {
     /// root itself.
     #[serde(default)]
     pub read_only: bool,
+    /// Readiness check: "tcp:PORT" or "http:PORT/PATH".
+    pub ready: Option<Spanned<String>>,
+    /// Seconds the readiness check may take.
+    pub ready_timeout: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

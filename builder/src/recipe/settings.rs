@@ -324,6 +324,13 @@ settings! {
         "CPU limit in cores: more than 0, at most 1024";
     SERVICE_MODELS = ["services"] "models": "list of strings" = Empty;
         "models mounted read-only";
+    SERVICE_READY = ["services"] "ready": "string" = Unset;
+        "readiness check: `\"tcp:PORT\"` (a connection to 127.0.0.1:PORT is accepted) or \
+         `\"http:PORT/PATH\"` (a GET of it is answered 2xx); needs `host_network`. `cairn: ready` \
+         waits for every check; one that does not pass within `ready_timeout` prints \
+         `cairn: FATAL service NAME: not ready ...` instead. Unset: ready when the service started";
+    SERVICE_READY_TIMEOUT = ["services"] "ready_timeout": "integer" = Int(120);
+        "seconds the readiness check may take, 1 to 3600";
     SERVICE_READ_ONLY = ["services"] "read_only": "bool" = Bool(false);
         "the container's root is the image's verity-protected root as it is, read-only; \
          otherwise a writable layer on the state lies over it (overlayfs, fresh at every \

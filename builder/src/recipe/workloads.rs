@@ -115,6 +115,73 @@ pub struct Service {
     /// The variables of `env` a site file may set (`[site] allow`'s
     /// `env.NAME.VAR`): the service reads them from its environment files.
     pub site_env: Vec<String>,
+    /// What `cairn: ready` waits for, if anything.
+    pub ready: Option<ReadyCheck>,
+}
+
+/// A service's readiness check, made on the node's loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyCheck {
+    pub probe: Probe,
+    pub port: u16,
+    /// Seconds it may take.
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A connection is accepted.
+    Tcp,
+    /// A GET of this path (starting with `/`) is answered 2xx.
+    Http(String),
+}
+
+impl ReadyCheck {
+    /// Parses `tcp:PORT` or `http:PORT/PATH` (PATH of URL-safe characters).
+    pub fn parse(s: &str, timeout: u64) -> Result<ReadyCheck, String> {
+        let bad = || {
+            format!("readiness check {s:?} is not \"tcp:PORT\" or \"http:PORT/PATH\"; write e.g. \"http:8080/healthz\"")
+        };
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        let (port, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i..])),
+            None => (rest, None),
+        };
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("readiness check {s:?}: the port must be 1 to 65535"))?;
+        let safe = |p: &str| {
+            p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-._~%!$&'()*+,;=:@?".contains(c))
+        };
+        let probe = match (kind, path) {
+            ("tcp", None) => Probe::Tcp,
+            ("http", Some(p)) if safe(p) && p.len() <= 200 => Probe::Http(p.to_string()),
+            ("http", _) => {
+                return Err(format!(
+                    "readiness check {s:?}: the path must start with / and hold only URL characters (at most 200)"
+                ))
+            }
+            _ => return Err(bad()),
+        };
+        Ok(ReadyCheck {
+            probe,
+            port,
+            timeout,
+        })
+    }
+
+    /// The line of /etc/cairn/ready-checks the node's `cairn-ready` reads:
+    /// `NAME KIND PORT PATH SECONDS` (PATH `-` for tcp).
+    pub fn line(&self, service: &str) -> String {
+        let (kind, path) = match &self.probe {
+            Probe::Tcp => ("tcp", "-"),
+            Probe::Http(p) => ("http", p.as_str()),
+        };
+        format!("{service} {kind} {} {path} {}", self.port, self.timeout)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -57,14 +57,13 @@ fn field_ai_serves_predictions_from_its_pinned_image_and_never_reaches_out() {
         line.contains("/usr/lib/cairn/images/inference/rootfs"),
         "not run from its unpacked root: {line}"
     );
-    let mut answer = String::new();
-    for _ in 0..30 {
-        answer = get(port, "/predict?x=5.1,3.5,1.4,0.2");
-        if answer.contains("\"class\"") {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    // Ready means ready: the first request after `cairn: ready` is
+    // answered (the recipe's `ready = "http:8080/healthz"`), no retries.
+    assert!(
+        serial.contains("cairn: service inference: ready (http 127.0.0.1:8080/healthz)"),
+        "{serial}"
+    );
+    let answer = get(port, "/predict?x=5.1,3.5,1.4,0.2");
     assert!(answer.contains("\"class\": \"setosa\""), "{answer}");
     let a = get(port, "/predict?x=6.7,3.0,5.2,2.3");
     assert!(a.contains("\"class\": \"virginica\""), "{a}");
@@ -107,4 +106,36 @@ fn field_ai_serves_predictions_from_its_pinned_image_and_never_reaches_out() {
         "something tried to reach out: {serial}"
     );
     assert!(!serial.contains("cairn: FATAL"), "{serial}");
+}
+
+/// The control of the readiness promise: a service whose check never
+/// passes (nothing listens on its port) gives one FATAL line naming it
+/// after its `ready_timeout`, and the node never says ready.
+#[test]
+fn a_service_that_never_gets_ready_is_named_and_the_node_never_says_ready() {
+    let b = built("tiny-unready");
+    let spec = BootSpec::new(
+        &b.raw,
+        ImageFormat::Raw,
+        Firmware::Uefi,
+        log_path("tiny-unready"),
+    );
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    let line = vm
+        .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout() * 2)
+        .unwrap_or_else(|e| panic!("neither ready nor FATAL: {e:#}"));
+    let serial = vm.serial_text();
+    assert!(
+        serial.contains(
+            "cairn: FATAL service greeter: not ready after 15s (tcp check of 127.0.0.1:8081"
+        ),
+        "{line:?}\n{serial}"
+    );
+    // Give a wrongly ordered ready the time to show up: it must not.
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        !vm.serial_text().contains("cairn: ready"),
+        "{}",
+        vm.serial_text()
+    );
 }

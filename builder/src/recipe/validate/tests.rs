@@ -1077,3 +1077,66 @@ fn site_env_names_that_steer_the_host_are_refused_at_the_allow_entry() {
     // Control: the service's own setting passes.
     ok_in(d.path(), &with("SITE_LABEL"));
 }
+
+// ---- [[services]] ready (issue 37: honest readiness) ----
+
+#[test]
+fn a_readiness_check_is_read_and_bad_ones_are_refused_where_written() {
+    use crate::recipe::workloads::{Probe, ReadyCheck};
+    let with = |body: &str| services("", &format!("{SVC}host_network = true\n{body}"));
+    let r = ok(&with("ready = \"http:8080/healthz\"\nready_timeout = 30\n"));
+    assert_eq!(
+        r.workloads.services[0].ready,
+        Some(ReadyCheck {
+            probe: Probe::Http("/healthz".into()),
+            port: 8080,
+            timeout: 30
+        })
+    );
+    let r = ok(&with("ready = \"tcp:9000\"\n"));
+    let c = r.workloads.services[0].ready.clone().unwrap();
+    assert_eq!((c.probe, c.port, c.timeout), (Probe::Tcp, 9000, 120));
+    // Control: without `ready`, nothing to wait for.
+    assert_eq!(ok(&with("")).workloads.services[0].ready, None);
+    for (body, col, start) in [
+        (
+            "ready = \"udp:53\"\n",
+            9,
+            "service \"web\": readiness check \"udp:53\" is not",
+        ),
+        (
+            "ready = \"tcp:0\"\n",
+            9,
+            "service \"web\": readiness check \"tcp:0\": the port",
+        ),
+        (
+            "ready = \"http:80/a b\"\n",
+            9,
+            "service \"web\": readiness check \"http:80/a b\": the path",
+        ),
+        (
+            "ready = \"http:80\"\n",
+            9,
+            "service \"web\": readiness check \"http:80\": the path",
+        ),
+        (
+            "ready = \"tcp:80\"\nready_timeout = 0\n",
+            17,
+            "service \"web\": ready_timeout 0",
+        ),
+    ] {
+        let line = if body.contains("ready_timeout") {
+            16
+        } else {
+            15
+        };
+        refused(&with(body), line, col, start);
+    }
+    // Without host_network the node's 127.0.0.1 is not the service's.
+    refused(
+        &services("", &format!("{SVC}ready = \"tcp:80\"\n")),
+        14,
+        9,
+        "service \"web\": a readiness check probes the node's 127.0.0.1",
+    );
+}

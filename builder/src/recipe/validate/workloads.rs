@@ -356,6 +356,39 @@ impl Validator<'_> {
             if runtime != Runtime::Containerd {
                 self.problem(s.name.span(), "[[services]] need [cluster] runtime = \"containerd\" (k3s runs workloads from the policy bundle)");
             }
+            let ready = s.ready.as_ref().and_then(|r| {
+                let timeout = match &s.ready_timeout {
+                    Some(t) if (1..=3600).contains(t.get_ref()) => *t.get_ref(),
+                    Some(t) => {
+                        self.problem(
+                            t.span(),
+                            format!("service {name:?}: ready_timeout {} is out of range: 1 to 3600 seconds", t.get_ref()),
+                        );
+                        return None;
+                    }
+                    None => 120,
+                };
+                match crate::recipe::workloads::ReadyCheck::parse(r.get_ref(), timeout) {
+                    Ok(c) if !s.host_network => {
+                        self.problem(
+                            r.span(),
+                            format!("service {name:?}: a readiness check probes the node's 127.0.0.1, which only a service with host_network = true listens on; set host_network = true or drop `ready`"),
+                        );
+                        drop(c);
+                        None
+                    }
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.problem(r.span(), format!("service {name:?}: {e}"));
+                        None
+                    }
+                }
+            });
+            if s.ready.is_none() {
+                if let Some(t) = &s.ready_timeout {
+                    self.problem(t.span(), format!("service {name:?}: ready_timeout without `ready`; add a readiness check or drop it"));
+                }
+            }
             w.services.push(Service {
                 name,
                 image: s.image.get_ref().clone(),
@@ -368,6 +401,7 @@ impl Validator<'_> {
                 models: s.models.iter().map(|m| m.get_ref().clone()).collect(),
                 read_only: s.read_only,
                 site_env: Vec::new(),
+                ready,
             });
         }
         if let Some(b) = &f.policy.bundle {
