@@ -16,6 +16,7 @@ pub mod qcow2;
 pub mod runner;
 pub mod scratch;
 pub mod shown;
+pub mod sys;
 pub mod time;
 pub mod tree;
 pub mod untrusted;

@@ -403,7 +403,7 @@ pub fn run_piping_output(
 ) -> Result<u64> {
     use std::process::Stdio;
     let (mut from_tool, to_file) =
-        pipe().with_context(|| format!("{stage}: cannot make a pipe"))?;
+        crate::host::sys::pipe().with_context(|| format!("{stage}: cannot make a pipe"))?;
     cmd.stdin(to_file);
     let Piped {
         mut child,
@@ -485,24 +485,6 @@ pub fn run_piping_output(
         stage, &cmd, &line, started, status, &stderr, &stdout, bar, pos,
     )?;
     Ok(pos)
-}
-
-/// A pipe: its read end and its write end, both closed on exec (the
-/// write end is given to one tool as its stdin, which dup2 keeps open).
-fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
-    use std::os::unix::io::FromRawFd as _;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 fills two new descriptors on success; each is owned by
-    // exactly one File from here on.
-    unsafe {
-        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok((
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        ))
-    }
 }
 
 /// The piece size of [`run_piping_output`]: 4 MiB.

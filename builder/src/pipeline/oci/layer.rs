@@ -563,7 +563,7 @@ fn unpack_with<R: Read>(layer: R, dest: &Path, rules: &Rules) -> Result<LayerSum
         this_layer: HashSet::new(),
         dirs_made: HashSet::new(),
         dir_modes: Vec::new(),
-        chown: unsafe { libc::geteuid() } == 0,
+        chown: crate::host::sys::is_root(),
     };
     let s = scan(layer, rules, Some(&mut u));
     let layer = s.digest;
