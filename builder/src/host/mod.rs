@@ -17,6 +17,7 @@ pub mod runner;
 pub mod scratch;
 pub mod shown;
 pub mod sys;
+pub mod tar;
 pub mod time;
 pub mod tree;
 pub mod untrusted;

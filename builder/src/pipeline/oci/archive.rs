@@ -13,10 +13,10 @@ use sha2::Digest;
 
 use super::json::{self, media_types as mt, Descriptor, Platform};
 use super::layer::{scan, Compression, LayerPolicy, LayerSummary, Rules};
-use super::tarfmt::{join, split_name, Kind, Name, TarReader, TarWriter};
 use super::{Oci, OciError, MAX_JSON_BYTES};
 use crate::host::digest::Sha256;
 use crate::host::limits::{Cap, CappedReader, CountingReader, Limits, Meter};
+use crate::host::tar::{join, split_name, Kind, Name, TarReader, TarWriter};
 
 /// At most this many layers in an image.
 const MAX_LAYERS: usize = 500;

@@ -25,8 +25,8 @@ use serde_json::json;
 
 use super::archive::{load_archive_with, write_layout, BlobSrc, LoadOptions};
 use super::json::{media_types as mt, Descriptor};
-use super::tarfmt::{join, split_name, Kind, Name, TarReader, TarWriter};
 use crate::host::digest::Sha256;
+use crate::host::tar::{join, split_name, Kind, Name, TarReader, TarWriter};
 use crate::host::tree::ImagePath;
 
 /// What to build.

@@ -1,4 +1,5 @@
-//! A small strict tar reader and the deterministic tar writer.
+//! cairn's one tar reader (image archives, layers, mmdebstrap's output,
+//! `cairn cache import`) and the deterministic tar writer.
 //!
 //! The reader understands ustar (with prefix), GNU long names/links and pax
 //! extended headers (path, linkpath, size, uid, gid, mtime, SCHILY.xattr.*).
