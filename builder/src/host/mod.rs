@@ -34,6 +34,15 @@ pub fn set_pipe_size(pipe: &impl std::os::unix::io::AsRawFd, size: usize) {
     }
 }
 
+/// The two bytes every gzip member starts with (RFC 1952).
+pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Whether `head` (the first bytes of a stream) starts a gzip stream: the
+/// one check image archives, layers and their media types share.
+pub fn is_gzip(head: &[u8]) -> bool {
+    head.starts_with(&GZIP_MAGIC)
+}
+
 /// Fills `buf` as far as `r` allows (a short count only at its end);
 /// returns the bytes read. Interrupted reads are retried.
 pub fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -262,38 +262,16 @@ fn check_package_name(p: &str) -> Result<()> {
 
 /// Control fields of a .deb, in file order (`dpkg-deb --field`). Values
 /// keep their continuation lines.
-pub fn deb_control(deb: &Path) -> Result<Vec<(String, String)>> {
+pub fn deb_control(deb: &Path) -> Result<crate::host::deb822::Paragraph> {
     let mut cmd = crate::host::runner::command("dpkg-deb");
     cmd.arg("--field").arg(deb).stdin(Stdio::null());
     let out = crate::host::runner::output("debrepo: dpkg-deb --field", cmd)?;
     let text = String::from_utf8(out.stdout)
         .with_context(|| format!("{}: control fields are not UTF-8", deb.display()))?;
-    Ok(parse_stanza(&text))
-}
-
-/// Parses one deb822 stanza into (field, value) pairs; a value's
-/// continuation lines are kept (joined with `\n`, leading space intact).
-pub fn parse_stanza(text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in text.lines() {
-        if line.starts_with(' ') || line.starts_with('\t') {
-            if let Some(last) = out.last_mut() {
-                last.1.push('\n');
-                last.1.push_str(line);
-            }
-            continue;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            out.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    out
-}
-
-fn field<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    f.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    Ok(crate::host::deb822::paragraphs(&text)
+        .into_iter()
+        .next()
+        .unwrap_or_default())
 }
 
 /// What the archive index says about one package version.
@@ -427,13 +405,13 @@ pub fn resolve_and_download_for(
     for p in &found {
         let c = deb_control(p)?;
         let get = |k: &str| {
-            field(&c, k)
+            c.get(k)
                 .map(String::from)
                 .with_context(|| format!("{}: no {k} field", p.display()))
         };
         let (n, v, a) = (get("Package")?, get("Version")?, get("Architecture")?);
         names.insert(n.clone());
-        controls.push((p.clone(), n, v, a, field(&c, "Priority").map(String::from)));
+        controls.push((p.clone(), n, v, a, c.get("Priority").map(String::from)));
     }
     let mut index = BTreeMap::new();
     for e in std::fs::read_dir(&lists)? {
@@ -616,7 +594,7 @@ fn write_repo(dir: &Path, suite: &str, sorted: &[LockedPackage], cache: &Cache) 
             ("Version", &p.version),
             ("Architecture", &p.architecture),
         ] {
-            let got = field(&control, k).unwrap_or("");
+            let got = control.get(k).unwrap_or("");
             if got != want {
                 bail!(
                     "lock entry {} says {k} {want:?}, the .deb with sha256 {} says {got:?}; \
@@ -714,9 +692,9 @@ mod tests {
     fn stanza_and_index_parsing() {
         let s =
             "Package: busybox-static\nVersion: 1:1.35.0-4+b3\nDescription: x\n more\n .\n end\n";
-        let f = parse_stanza(s);
-        assert_eq!(field(&f, "version"), Some("1:1.35.0-4+b3"));
-        assert_eq!(field(&f, "Description"), Some("x\n more\n .\n end"));
+        let f = &crate::host::deb822::paragraphs(s)[0];
+        assert_eq!(f.get("version"), Some("1:1.35.0-4+b3"));
+        assert_eq!(f.get("Description"), Some("x"));
 
         let idx = "Package: a\nVersion: 1\nArchitecture: amd64\nPriority: required\n\
                    Filename: pool/main/a/a/a_1_amd64.deb\nSize: 3\nSHA256: "

@@ -216,7 +216,7 @@ pub(crate) fn scan<R: Read>(reader: R, rules: &Rules, sink: Option<&mut dyn Sink
             Vec::new()
         }
     };
-    let compression = if head.starts_with(&[0x1f, 0x8b]) {
+    let compression = if crate::host::is_gzip(&head) {
         Compression::Gzip
     } else {
         Compression::None
