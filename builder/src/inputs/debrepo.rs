@@ -609,7 +609,7 @@ fn write_repo(dir: &Path, suite: &str, sorted: &[LockedPackage], cache: &Cache) 
         std::os::unix::fs::symlink(&blob, dir.join(&name))
             .with_context(|| format!("cannot link {name} in {}", dir.display()))?;
         let mut has_priority = false;
-        for (k, v) in &control {
+        for (k, v) in control.fields() {
             if k.eq_ignore_ascii_case("Priority") {
                 index.push_str(&format!("Priority: {}\n", p.priority));
                 has_priority = true;
@@ -695,6 +695,8 @@ mod tests {
         let f = &crate::host::deb822::paragraphs(s)[0];
         assert_eq!(f.get("version"), Some("1:1.35.0-4+b3"));
         assert_eq!(f.get("Description"), Some("x"));
+        let whole: Vec<(&str, &str)> = f.fields().collect();
+        assert_eq!(whole[2], ("Description", "x\n more\n .\n end"));
 
         let idx = "Package: a\nVersion: 1\nArchitecture: amd64\nPriority: required\n\
                    Filename: pool/main/a/a/a_1_amd64.deb\nSize: 3\nSHA256: "
