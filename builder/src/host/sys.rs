@@ -105,11 +105,14 @@ pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Extended attributes as (name, value) pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The extended attributes of `path` (not followed if a link) as
 /// (name, value), sorted by name. `Ok(None)` where the file system has
 /// none (ENOTSUP); an attribute gone between the list and its read
 /// (ENODATA) is left out.
-pub fn xattrs(path: &Path) -> io::Result<Option<Vec<(Vec<u8>, Vec<u8>)>>> {
+pub fn xattrs(path: &Path) -> io::Result<Option<Xattrs>> {
     let c = path_c(path)?;
     let names = match sized(|buf, len| {
         // SAFETY: `c` is NUL-terminated; `buf` is NULL with `len` 0 (a size

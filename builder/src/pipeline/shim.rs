@@ -73,7 +73,7 @@ pub fn take_host_shim(work: &Path) -> Result<Shim> {
 
 /// The installed version of a host package (dpkg-query).
 fn package_version(package: &str) -> Result<String> {
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let format = "${Version}";
     let v = run(
         "shim",
@@ -107,7 +107,7 @@ mod tests {
         assert!(s.shim.version.chars().any(|c| c.is_ascii_digit()), "{s:?}");
         assert_eq!(s.mok_manager.package, MOK_MANAGER_PACKAGE);
         // What firmware with only Microsoft's keys will accept.
-        let sh = xshell::Shell::new().unwrap();
+        let sh = crate::host::runner::shell().unwrap();
         let p = &s.shim.path;
         let list = run("test", xshell::cmd!(sh, "sbverify --list {p}")).unwrap();
         assert!(

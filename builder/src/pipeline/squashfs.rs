@@ -148,7 +148,7 @@ pub fn make_squashfs(
     epoch: u64,
     pseudo: Option<&Path>,
 ) -> Result<RootImage> {
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let epoch = epoch.to_string();
     let pf: Vec<&std::ffi::OsStr> = match pseudo {
         Some(p) => vec!["-pf".as_ref(), p.as_os_str()],

@@ -212,7 +212,7 @@ pub fn make_model_volume(
     std::fs::create_dir_all(&tree)?;
     let label = format!("model {}", m.name);
     let image = dir.join(format!("{}.squashfs", m.name));
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let e = epoch.to_string();
     let opts = squashfs_options(m.compression);
     let t = Instant::now();
