@@ -215,11 +215,23 @@ fn snapshot(root: &Path) -> Vec<String> {
 }
 
 fn build(fx: &Fixture, recipe: &Path) -> (i32, String) {
+    let out = fx.out();
+    cairn(
+        fx,
+        &[
+            Path::new("build").as_os_str(),
+            recipe.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+    )
+}
+
+/// Runs cairn with `args` in the fixture's folder and cache: exit code and
+/// stderr.
+fn cairn(fx: &Fixture, args: &[&std::ffi::OsStr]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["build"])
-        .arg(recipe)
-        .arg("-o")
-        .arg(fx.out())
+        .args(args)
         .current_dir(fx.dir.path())
         .env("CAIRN_CACHE", fx.dir.path().join("cache"))
         .stdin(Stdio::null())
@@ -1166,18 +1178,7 @@ fn sigterm_stops_a_running_tool_and_its_children() {
 fn cache_import(fx: &Fixture, archive: &[u8]) -> (i32, String) {
     let p = fx.dir.path().join("carry.tar");
     std::fs::write(&p, archive).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["cache", "import"])
-        .arg(&p)
-        .current_dir(fx.dir.path())
-        .env("CAIRN_CACHE", fx.dir.path().join("cache"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cairn");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cairn(fx, &["cache".as_ref(), "import".as_ref(), p.as_os_str()])
 }
 
 /// A cache export is hostile input: a member climbing out with `..`, a

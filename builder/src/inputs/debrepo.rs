@@ -171,31 +171,9 @@ impl Variant {
 /// sources.list line, `extra` further options (hooks, --skip) placed
 /// before the positional arguments. Environment: INITRD=No (the kernel's
 /// hooks build no initrd: cairn writes its own), SOURCE_DATE_EPOCH,
-/// LC_ALL=C.UTF-8; stdin is null.
-pub fn mmdebstrap_command(
-    suite: &str,
-    target: &Path,
-    mirror: &str,
-    include: &[String],
-    epoch: u64,
-    format: &str,
-    extra: &[String],
-) -> Command {
-    mmdebstrap_command_for(
-        Variant::Base,
-        suite,
-        target,
-        mirror,
-        include,
-        epoch,
-        format,
-        extra,
-    )
-}
-
-/// `mmdebstrap_command` for either kind of Debian root.
+/// LC_ALL=C.UTF-8; stdin is null. `variant`: which kind of Debian root.
 #[allow(clippy::too_many_arguments)]
-pub fn mmdebstrap_command_for(
+pub fn mmdebstrap_command(
     variant: Variant,
     suite: &str,
     target: &Path,
@@ -377,7 +355,7 @@ pub fn resolve_and_download_for(
             lists.display()
         ),
     ];
-    let cmd = mmdebstrap_command_for(
+    let cmd = mmdebstrap_command(
         variant,
         suite,
         Path::new("/dev/null"),

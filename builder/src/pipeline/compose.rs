@@ -337,6 +337,7 @@ fn mmdebstrap(
             .context("compose: the locked packages' local repository")?;
     }
     let cmd = crate::inputs::debrepo::mmdebstrap_command(
+        crate::inputs::debrepo::Variant::Base,
         suite,
         tree,
         &mirror_arg,

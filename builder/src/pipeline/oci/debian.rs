@@ -297,7 +297,7 @@ fn mmdebstrap(spec: &BuildSpec, out: &Path) -> Result<()> {
         }
         None => (spec.mirror.clone(), Vec::new()),
     };
-    let cmd = crate::inputs::debrepo::mmdebstrap_command_for(
+    let cmd = crate::inputs::debrepo::mmdebstrap_command(
         crate::inputs::debrepo::Variant::image(spec.essential),
         &spec.suite,
         out,
