@@ -93,8 +93,39 @@ pub fn nice_this_thread(nice: i32) {
 
 /// Whether this process runs as root (effective uid 0).
 pub fn is_root() -> bool {
+    euid() == 0
+}
+
+/// `_IO(KVMIO, 0x00)`.
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+
+/// The KVM API version of `/dev/kvm` open as `f` (KVM_GET_API_VERSION).
+pub fn kvm_api_version(f: &File) -> io::Result<i32> {
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION as _, 0) })
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
+    unsafe { libc::geteuid() }
+}
+
+/// The file system `path` is on: its type (`f_type`) and its free bytes
+/// for an unprivileged user; `None` where it cannot be asked.
+pub fn fs_type_and_free(path: &Path) -> Option<(i64, u64)> {
+    let c = path_c(path).ok()?;
+    // SAFETY: a zeroed statfs is a valid value to be overwritten.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `s` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Some((
+        s.f_type as i64,
+        (s.f_bavail as u64).saturating_mul(s.f_bsize as u64),
+    ))
 }
 
 /// Makes a fifo at `path` with `mode`.

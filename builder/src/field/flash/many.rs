@@ -291,7 +291,9 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
         }
     }
 
-    let guard = crate::host::interrupt::hold();
+    // Held until the receipts are written: a signal stops the writers,
+    // not the process.
+    let _hold = crate::host::interrupt::hold();
     let bars = Bars::new();
     let mut bar_of: Vec<Option<crate::host::progress::Progress>> = per
         .iter()
@@ -343,7 +345,6 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             })
             .collect()
     });
-    drop(guard);
 
     let mut sticks = Vec::new();
     for ((o, c), (started, finished, result)) in per.iter().zip(&checked).zip(results) {
