@@ -84,7 +84,7 @@ pub fn clear_nonblock(f: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Lowers the calling thread's priority by `nice` (best effort).
+/// Sets the calling thread's niceness to `nice` (best effort).
 pub fn nice_this_thread(nice: i32) {
     // SAFETY: setpriority only reads its integer arguments; on Linux,
     // PRIO_PROCESS with who = 0 names the calling thread.
