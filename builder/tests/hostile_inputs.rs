@@ -993,6 +993,7 @@ fn interrupt_build(
         std::thread::sleep(Duration::from_millis(20));
     }
     let kids_before = descendants_of(pid);
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
     unsafe {
         libc::kill(pid as i32, sig);
     }
