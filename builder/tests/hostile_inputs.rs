@@ -215,11 +215,23 @@ fn snapshot(root: &Path) -> Vec<String> {
 }
 
 fn build(fx: &Fixture, recipe: &Path) -> (i32, String) {
+    let out = fx.out();
+    cairn(
+        fx,
+        &[
+            Path::new("build").as_os_str(),
+            recipe.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+    )
+}
+
+/// Runs cairn with `args` in the fixture's folder and cache: exit code and
+/// stderr.
+fn cairn(fx: &Fixture, args: &[&std::ffi::OsStr]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["build"])
-        .arg(recipe)
-        .arg("-o")
-        .arg(fx.out())
+        .args(args)
         .current_dir(fx.dir.path())
         .env("CAIRN_CACHE", fx.dir.path().join("cache"))
         .stdin(Stdio::null())
@@ -981,6 +993,7 @@ fn interrupt_build(
         std::thread::sleep(Duration::from_millis(20));
     }
     let kids_before = descendants_of(pid);
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
     unsafe {
         libc::kill(pid as i32, sig);
     }
@@ -1158,4 +1171,71 @@ fn sigterm_stops_a_running_tool_and_its_children() {
             &fx.dir.path().display().to_string(),
         );
     }
+}
+
+// ---------- `cairn cache import` of a hostile archive ----------
+
+/// Runs `cairn cache import ARCHIVE` with the fixture's cache.
+fn cache_import(fx: &Fixture, archive: &[u8]) -> (i32, String) {
+    let p = fx.dir.path().join("carry.tar");
+    std::fs::write(&p, archive).unwrap();
+    cairn(fx, &["cache".as_ref(), "import".as_ref(), p.as_os_str()])
+}
+
+/// A cache export is hostile input: a member climbing out with `..`, a
+/// member that is a symlink to a host file, are refused with exit 2 and
+/// their names; nothing is written outside the cache nor into it.
+/// Control: the same archive with a plain member is imported (exit 0).
+#[test]
+fn cache_import_refuses_dotdot_and_symlink_members() {
+    let good = b"a blob".as_slice();
+    let hex = sha(good).hex();
+    let member = format!("sha256/{}/{hex}", &hex[..2]);
+    let digests = format!("{hex}\n");
+    let fx = Fixture::new();
+    let shadow = format!("{}/shadow", fx.s());
+    let cases: Vec<(&str, Vec<E>)> = vec![
+        (
+            "climbs out",
+            vec![
+                file("DIGESTS", digests.as_bytes()),
+                file(&format!("../../{hex}"), good),
+            ],
+        ),
+        (
+            "not a regular file",
+            vec![
+                file("DIGESTS", digests.as_bytes()),
+                symlink(&member, &shadow),
+            ],
+        ),
+    ];
+    for (want, members) in cases {
+        let before = snapshot(fx.sentinel.path());
+        let (code, err) = cache_import(&fx, &tar_of(&members));
+        assert_eq!(code, 2, "{want}: want exit 2, stderr:\n{err}");
+        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+        assert!(line.contains(want), "want {want:?} in: {err}");
+        assert_eq!(
+            snapshot(fx.sentinel.path()),
+            before,
+            "{want}: sentinel changed"
+        );
+        assert!(
+            !fx.dir.path().join(&hex).exists() && !Path::new("/tmp").join(&hex).exists(),
+            "{want}: a file was written outside the cache"
+        );
+        let blobs: Vec<_> = walkdir::WalkDir::new(fx.dir.path().join("cache"))
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy() == hex)
+            .collect();
+        assert!(blobs.is_empty(), "{want}: imported {blobs:?}");
+    }
+    // Control: a faithful export is taken.
+    let (code, err) = cache_import(
+        &fx,
+        &tar_of(&[file("DIGESTS", digests.as_bytes()), file(&member, good)]),
+    );
+    assert_eq!(code, 0, "{err}");
 }

@@ -29,6 +29,7 @@ fn requested() -> Vec<String> {
 /// Runs mmdebstrap as compose does, into `target`, from `mirror`.
 fn mmdebstrap(target: &Path, mirror: &str, extra: &[String], offline: bool) -> (bool, String) {
     let mut cmd = debrepo::mmdebstrap_command(
+        debrepo::Variant::Base,
         SUITE,
         target,
         mirror,

@@ -6,18 +6,25 @@ use std::io::BufRead;
 
 use anyhow::{Context, Result};
 
-/// One paragraph: its fields in order (continuation lines dropped: cairn
-/// reads single-line fields only).
+/// One paragraph: its fields in order, each value with its continuation
+/// lines (joined with `\n`, leading space intact), so a paragraph can be
+/// written out again as it was read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Paragraph(pub Vec<(String, String)>);
 
 impl Paragraph {
-    /// The value of `name` (field names are case-insensitive).
+    /// The first line of `name`'s value (field names are case-insensitive):
+    /// cairn reads single-line fields only.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.split('\n').next().unwrap_or_default())
+    }
+
+    /// Every field with its whole value, continuation lines included.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
@@ -34,7 +41,12 @@ pub fn for_each_paragraph(r: impl BufRead, mut each: impl FnMut(Paragraph)) -> R
             continue;
         }
         if line.starts_with(' ') || line.starts_with('\t') {
-            continue; // a continuation line (Description, Conffiles, ...)
+            // A continuation line (Description, Conffiles, ...).
+            if let Some(last) = cur.0.last_mut() {
+                last.1.push('\n');
+                last.1.push_str(&line);
+            }
+            continue;
         }
         if let Some((k, v)) = line.split_once(':') {
             cur.0.push((k.trim().to_string(), v.trim().to_string()));
@@ -66,6 +78,8 @@ mod tests {
         assert_eq!(p[0].get("package"), Some("a"));
         assert_eq!(p[0].get("Description"), Some("x"));
         assert_eq!(p[0].0.len(), 3);
+        let whole: Vec<(&str, &str)> = p[0].fields().collect();
+        assert_eq!(whole[2], ("Description", "x\n more\n ."));
         assert_eq!(p[1].get("Status"), Some("y"));
         assert_eq!(p[1].get("Version"), None);
     }

@@ -1,11 +1,13 @@
-//! SIGINT and SIGTERM during a build: the signal handler only records the
-//! signal and wakes a watcher thread; the watcher stops every registered
-//! child process group, lets the main thread unwind (long loops call
-//! [`check`], so the build's own guards remove its staging folder), and if
-//! the main thread has not exited after a grace period, removes every
-//! registered folder itself and exits with 128 + the signal.
-//! Invariant: after an interrupted build, no registered folder and no
-//! registered child is left.
+//! SIGINT, SIGTERM and SIGHUP during any command (a build, a flash): the
+//! signal handler only records the signal and wakes a watcher thread; the
+//! watcher stops every registered child process group, lets the main
+//! thread unwind (long loops call [`check`], so the build's own guards
+//! remove its staging folder; a flash zeroes its sticks' first MiB and
+//! writes its receipts under a [`hold`]), and if the main thread has not
+//! exited after a grace period, removes every registered folder itself and
+//! exits with 128 + the signal.
+//! Invariant: after an interrupted command, no registered folder and no
+//! registered child is left, and every holder got its grace to finish.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -26,12 +28,15 @@ struct Registry {
     children: Vec<(u64, i32, bool)>,
     /// (id, folder)
     folders: Vec<(u64, PathBuf)>,
+    /// ids of the [`hold`]s alive
+    holds: Vec<u64>,
     next: u64,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     children: Vec::new(),
     folders: Vec::new(),
+    holds: Vec::new(),
     next: 0,
 });
 
@@ -39,6 +44,9 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 /// thread gets to unwind before the watcher cleans up and exits itself.
 const CHILD_GRACE: Duration = Duration::from_secs(2);
 const MAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long a [`hold`] may keep the process alive after a signal: zeroing
+/// and flushing the first MiB of a slow stick, then the receipts.
+const HOLD_GRACE: Duration = Duration::from_secs(60);
 
 /// The build was interrupted by a signal.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -49,6 +57,7 @@ pub fn signal_name(sig: i32) -> &'static str {
     match sig {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
         _ => "a signal",
     }
 }
@@ -61,7 +70,7 @@ pub fn signalled() -> Option<i32> {
     }
 }
 
-/// `Err(Interrupted)` once SIGINT or SIGTERM arrived: long loops call it.
+/// `Err(Interrupted)` once SIGINT, SIGTERM or SIGHUP arrived: long loops call it.
 pub fn check() -> Result<(), Interrupted> {
     match signalled() {
         None => Ok(()),
@@ -75,33 +84,42 @@ extern "C" fn on_signal(sig: libc::c_int) {
     let fd = WAKE.load(Ordering::SeqCst);
     if fd >= 0 {
         let b = [sig as u8];
+        // SAFETY: write(2) is async-signal-safe; `b` outlives the call.
         unsafe {
             libc::write(fd, b.as_ptr().cast(), 1);
         }
     }
 }
 
-/// Installs the SIGINT/SIGTERM handlers and the watcher thread (once; the
-/// CLI calls it before any command runs).
+/// The signals every command handles the same way.
+const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Installs the SIGINT/SIGTERM/SIGHUP handlers and the watcher thread
+/// (once; the CLI calls it before any command runs).
 pub fn install() {
     INSTALL.call_once(|| {
-        let mut fds = [0i32; 2];
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        let Ok((read_end, write_end)) = crate::host::sys::pipe() else {
             return;
-        }
-        WAKE.store(fds[1], Ordering::SeqCst);
-        let read_fd = fds[0];
+        };
+        // Both ends live as long as the process: the handler and the
+        // watcher use them by number.
+        use std::os::unix::io::IntoRawFd as _;
+        WAKE.store(write_end.into_raw_fd(), Ordering::SeqCst);
+        let read_fd = read_end.into_raw_fd();
         std::thread::Builder::new()
             .name("cairn-interrupt".into())
             .spawn(move || watch(read_fd))
             .ok();
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask"
+        // value; the handler only does async-signal-safe work (above).
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
             sa.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-            libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+            for sig in SIGNALS {
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
         }
     });
 }
@@ -109,6 +127,7 @@ pub fn install() {
 fn watch(fd: i32) {
     let mut b = [0u8; 1];
     loop {
+        // SAFETY: reads at most one byte into `b`, which outlives the call.
         let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
         if n == 1 {
             break;
@@ -123,11 +142,17 @@ fn watch(fd: i32) {
     // The main thread sees `check()` fail or its child die, unwinds and
     // removes its staging folder; give it a moment, then do it here.
     let t = Instant::now();
-    while t.elapsed() < MAIN_GRACE {
-        if registered_folders().is_empty() {
+    let held = holds() > 0;
+    while t.elapsed() < MAIN_GRACE || (holds() > 0 && t.elapsed() < HOLD_GRACE) {
+        if registered_folders().is_empty() && holds() == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if held {
+        // The holder said it ends the process itself (with its own
+        // report): give it the time to return from main.
+        std::thread::sleep(MAIN_GRACE);
     }
     stop_children();
     for f in registered_folders() {
@@ -162,7 +187,12 @@ fn live_children() -> Vec<(i32, bool)> {
     }
 }
 
+fn holds() -> usize {
+    REGISTRY.lock().map(|r| r.holds.len()).unwrap_or(0)
+}
+
 fn signal_child(pid: i32, group: bool, sig: i32) {
+    // SAFETY: kill(2) takes plain numbers; a stale pid is at worst ESRCH.
     unsafe {
         if group {
             libc::kill(-pid, sig);
@@ -174,6 +204,7 @@ fn signal_child(pid: i32, group: bool, sig: i32) {
 
 fn group_alive(pid: i32, group: bool) -> bool {
     let target = if group { -pid } else { pid };
+    // SAFETY: signal 0 only checks whether the process (group) exists.
     unsafe { libc::kill(target, 0) == 0 }
 }
 
@@ -259,7 +290,7 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Registers a running child: stopped on SIGINT/SIGTERM. `own_group`: the
+/// Registers a running child: stopped on SIGINT/SIGTERM/SIGHUP. `own_group`: the
 /// child leads its own process group (spawned with `process_group(0)`), so
 /// its whole group is signalled, grandchildren included.
 pub fn register_child(pid: u32, own_group: bool) -> ChildGuard {
@@ -270,7 +301,37 @@ pub fn register_child(pid: u32, own_group: bool) -> ChildGuard {
     ChildGuard(id)
 }
 
-/// A registered folder: removed on SIGINT/SIGTERM, and when dropped.
+/// A [`hold`]: released when dropped.
+pub struct HoldGuard(u64);
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        if let Ok(mut r) = REGISTRY.lock() {
+            r.holds.retain(|id| *id != self.0);
+        }
+    }
+}
+
+/// While the guard lives, a signal does not end the process at once: the
+/// main thread, which polls [`signalled`], gets up to a minute to leave
+/// things safe and say so itself (a flash zeroes each stick's first MiB,
+/// prints one line per stick and writes the receipts), then exits with
+/// 128 + the signal ([`exit_code`]).
+pub fn hold() -> HoldGuard {
+    let mut r = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    r.next += 1;
+    let id = r.next;
+    r.holds.push(id);
+    HoldGuard(id)
+}
+
+/// The exit code for a command stopped by the signal received: 128 + it
+/// (SIGINT, 130, when none was: an interrupt seen another way).
+pub fn exit_code() -> i32 {
+    128 + signalled().unwrap_or(libc::SIGINT)
+}
+
+/// A registered folder: removed on SIGINT/SIGTERM/SIGHUP, and when dropped.
 pub struct FolderGuard(u64, PathBuf);
 
 impl FolderGuard {

@@ -16,6 +16,8 @@ pub mod qcow2;
 pub mod runner;
 pub mod scratch;
 pub mod shown;
+pub mod sys;
+pub mod tar;
 pub mod time;
 pub mod tree;
 pub mod untrusted;
@@ -30,6 +32,15 @@ pub fn set_pipe_size(pipe: &impl std::os::unix::io::AsRawFd, size: usize) {
     unsafe {
         libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, size);
     }
+}
+
+/// The two bytes every gzip member starts with (RFC 1952).
+pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Whether `head` (the first bytes of a stream) starts a gzip stream: the
+/// one check image archives, layers and their media types share.
+pub fn is_gzip(head: &[u8]) -> bool {
+    head.starts_with(&GZIP_MAGIC)
 }
 
 /// Fills `buf` as far as `r` allows (a short count only at its end);

@@ -209,7 +209,7 @@ mod tests {
     /// A qcow2 written by qemu-img (`qemu-img create ARGS... FILE 1M`).
     fn made(dir: &Path, name: &str, args: &[&str]) -> Vec<u8> {
         let f = dir.join(name);
-        let sh = xshell::Shell::new().unwrap();
+        let sh = crate::host::runner::shell().unwrap();
         xshell::cmd!(sh, "qemu-img create -q -f qcow2 {args...} {f} 1M")
             .run()
             .unwrap();

@@ -1,8 +1,9 @@
 //! The one way cairn runs a host tool. Every external command is made here
-//! (`xshell::cmd!` for [`run`], [`command`] for the rest) and started by one
-//! of the functions below, which log the command line with `--verbose`,
-//! time it, and turn a failure into an error that names the stage, the
-//! command line and the tail of its stderr.
+//! (`xshell::cmd!` on [`shell`] for [`run`], [`command`] for the rest) and
+//! started by one of the thin adapters below over one core (`execute`),
+//! which logs the command line with `--verbose`, times it into the
+//! per-program totals, and turns a failure into an error that names the
+//! stage, the command line and the tail of its stderr.
 //!
 //! - [`run`]: a `cmd!` line, output captured, stdout returned;
 //! - [`run_code`]: a `cmd!` line whose exit code is an answer (`qemu-img
@@ -33,6 +34,12 @@ pub fn set_verbose(v: bool) {
 
 pub fn verbose() -> bool {
     VERBOSE.load(Ordering::Relaxed)
+}
+
+/// The shell `cmd!` lines are built on (the process's working folder and
+/// environment): the one place cairn makes one.
+pub fn shell() -> Result<xshell::Shell> {
+    xshell::Shell::new().context("cannot read the working folder to run tools in")
 }
 
 /// A new command for `program`; start it with [`output`],
@@ -184,156 +191,265 @@ fn start_error(stage: &str, cmd: &Command, e: std::io::Error) -> anyhow::Error {
     )
 }
 
-/// The error for a tool that exited with `status`.
-fn failure(stage: &str, line: &str, status: ExitStatus, stderr: &str, stdout: &str) -> String {
+/// The error for a tool that exited with `status`: the last `lines`
+/// lines of its stderr (of its stdout when stderr is empty).
+fn failure(
+    stage: &str,
+    line: &str,
+    status: ExitStatus,
+    stderr: &str,
+    stdout: &str,
+    lines: usize,
+) -> String {
     let mut msg = format!("{stage}: `{line}` failed ({status})");
-    let t = tail(stderr, 8);
-    let t = if t.is_empty() { tail(stdout, 8) } else { t };
+    let t = tail(stderr, lines);
+    let t = if t.is_empty() { tail(stdout, lines) } else { t };
     if !t.is_empty() {
         msg.push_str(&format!("\n    {t}"));
     }
     msg
 }
 
-/// Runs `cmd` for `stage`, returning its stdout.
-pub fn run(stage: &str, cmd: Cmd<'_>) -> Result<String> {
-    let line = cmd.to_string();
+/// What the runner's core makes of a tool's exit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Judge {
+    /// Anything but exit 0 is a failure.
+    Success,
+    /// Any exit code is an answer; only death by a signal is a failure.
+    Code,
+    /// The caller judges (an interactive tool); an interrupt is not
+    /// checked either.
+    Caller,
+}
+
+/// A tool run to its end: how it ended, what it said (for the error) and
+/// what the adapter made of it.
+struct Ran<T> {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// How many lines of its output an error quotes.
+    tail: usize,
+    value: T,
+}
+
+impl<T> Ran<T> {
+    fn new(status: ExitStatus, stdout: String, stderr: String, value: T) -> Ran<T> {
+        Ran {
+            status,
+            stdout,
+            stderr,
+            tail: 8,
+            value,
+        }
+    }
+}
+
+/// The one core every adapter runs a tool through: logs `line` (with
+/// `--verbose`), runs `go` (which starts the tool and waits for it),
+/// times it into the per-program totals, stops on an interrupt, and turns
+/// a failure into an error naming the stage, the command line and the
+/// tail of the tool's stderr.
+fn execute<T>(
+    stage: &str,
+    program: &str,
+    line: &str,
+    judge: Judge,
+    go: impl FnOnce() -> Result<Ran<T>>,
+) -> Result<Ran<T>> {
     if verbose() {
         eprintln!("  $ {line}");
     }
     let started = Instant::now();
-    let out = cmd.ignore_status().quiet().output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => {
-            bail!("{stage}: cannot run `{line}`: {e}; run `cairn doctor` to check host tools")
-        }
-    };
-    log_time(line.split(' ').next().unwrap_or_default(), started);
-    // A tool stopped by SIGINT/SIGTERM (`host::interrupt`) failed for that.
-    crate::host::interrupt::check()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        bail!(failure(stage, &line, out.status, &stderr, &stdout));
+    let ran = go();
+    log_time(program, started);
+    let ran = ran?;
+    if judge == Judge::Caller {
+        return Ok(ran);
     }
-    Ok(stdout)
+    // A tool stopped by a signal (`host::interrupt`) failed for that.
+    crate::host::interrupt::check()?;
+    let failed = match judge {
+        Judge::Success => !ran.status.success(),
+        _ => ran.status.code().is_none(),
+    };
+    if failed {
+        bail!(failure(
+            stage,
+            line,
+            ran.status,
+            &ran.stderr,
+            &ran.stdout,
+            ran.tail
+        ));
+    }
+    Ok(ran)
+}
+
+/// [`execute`] for a `cmd!` line, output captured.
+fn execute_cmd(stage: &str, cmd: Cmd<'_>, judge: Judge) -> Result<Ran<()>> {
+    let line = cmd.to_string();
+    let program = line.split(' ').next().unwrap_or_default().to_string();
+    execute(stage, &program, &line, judge, || {
+        let out = cmd.ignore_status().quiet().output().map_err(|e| {
+            anyhow!("{stage}: cannot run `{line}`: {e}; run `cairn doctor` to check host tools")
+        })?;
+        Ok(Ran::new(
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            (),
+        ))
+    })
+}
+
+/// [`execute`] for a [`Command`]: its line and program come from it.
+fn execute_command<T>(
+    stage: &str,
+    cmd: &mut Command,
+    judge: Judge,
+    go: impl FnOnce(&mut Command) -> Result<Ran<T>>,
+) -> Result<Ran<T>> {
+    let line = command_line(cmd);
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    execute(stage, &program, &line, judge, || go(cmd))
+}
+
+/// Runs `cmd` for `stage`, returning its stdout.
+pub fn run(stage: &str, cmd: Cmd<'_>) -> Result<String> {
+    Ok(execute_cmd(stage, cmd, Judge::Success)?.stdout)
 }
 
 /// Runs `cmd` for `stage` when its exit code is an answer rather than only
 /// success or failure: returns the code, stdout and stderr. A tool that
 /// cannot start or dies from a signal is an error, as with [`run`].
 pub fn run_code(stage: &str, cmd: Cmd<'_>) -> Result<(i32, String, String)> {
-    let line = cmd.to_string();
-    if verbose() {
-        eprintln!("  $ {line}");
-    }
-    let started = Instant::now();
-    let out = cmd.ignore_status().quiet().output().map_err(|e| {
-        anyhow!("{stage}: cannot run `{line}`: {e}; run `cairn doctor` to check host tools")
-    })?;
-    log_time(line.split(' ').next().unwrap_or_default(), started);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let Some(code) = out.status.code() else {
-        bail!(failure(stage, &line, out.status, &stderr, &stdout));
-    };
-    Ok((code, stdout, stderr))
+    let ran = execute_cmd(stage, cmd, Judge::Code)?;
+    Ok((ran.status.code().unwrap_or(-1), ran.stdout, ran.stderr))
 }
 
 /// Runs `cmd` to completion for `stage` with its output captured (stdout
 /// and stderr not set by the caller are piped) and returns it; a non-zero
 /// exit is an error.
 pub fn output(stage: &str, mut cmd: Command) -> Result<Output> {
-    log_start(&cmd);
-    let started = Instant::now();
-    let out = cmd.output().map_err(|e| start_error(stage, &cmd, e))?;
-    log_time(&cmd.get_program().to_string_lossy(), started);
-    crate::host::interrupt::check()?;
-    if !out.status.success() {
-        bail!(failure(
-            stage,
-            &command_line(&cmd),
+    let ran = execute_command(stage, &mut cmd, Judge::Success, |cmd| {
+        let out = cmd.output().map_err(|e| start_error(stage, cmd, e))?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Ok(Ran::new(
             out.status,
-            &String::from_utf8_lossy(&out.stderr),
-            &String::from_utf8_lossy(&out.stdout),
-        ));
-    }
-    Ok(out)
+            text(&out.stdout),
+            text(&out.stderr),
+            out,
+        ))
+    })?;
+    Ok(ran.value)
+}
+
+/// Runs an interactive tool with the stdio the caller set (the terminal,
+/// for `cairn run`) and returns its exit status without judging it.
+pub fn status(stage: &str, mut cmd: Command) -> Result<ExitStatus> {
+    let ran = execute_command(stage, &mut cmd, Judge::Caller, |cmd| {
+        let st = cmd.status().map_err(|e| start_error(stage, cmd, e))?;
+        Ok(Ran::new(st, String::new(), String::new(), ()))
+    })?;
+    Ok(ran.status)
+}
+
+/// Starts `cmd` in its own process group, registered with
+/// `host::interrupt`: SIGINT, SIGTERM and SIGHUP stop the tool and
+/// everything it started.
+fn spawn_registered(
+    stage: &str,
+    cmd: &mut Command,
+) -> Result<(Child, crate::host::interrupt::ChildGuard)> {
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
+    let child = cmd.spawn().map_err(|e| start_error(stage, cmd, e))?;
+    let registered = crate::host::interrupt::register_child(child.id(), true);
+    Ok((child, registered))
+}
+
+/// Waits for `child` of `stage`.
+fn wait(stage: &str, child: &mut Child, cmd: &Command) -> Result<ExitStatus> {
+    child
+        .wait()
+        .with_context(|| format!("{stage}: waiting for `{}`", command_line(cmd)))
 }
 
 /// Runs a long tool whose stderr the caller piped (mmdebstrap): echoes its
 /// `I:` progress lines (all lines with --verbose) and keeps the tail of its
 /// output for the error.
 pub fn run_streaming(stage: &str, mut cmd: Command) -> Result<()> {
-    let line = command_line(&cmd);
-    log_start(&cmd);
-    let started = Instant::now();
-    // Its own process group, registered: SIGINT/SIGTERM stop the tool and
-    // everything it started (`host::interrupt`).
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().map_err(|e| start_error(stage, &cmd, e))?;
-    let _registered = crate::host::interrupt::register_child(child.id(), true);
-    let mut tail: Vec<String> = Vec::new();
-    if let Some(err) = child.stderr.take() {
-        for l in std::io::BufReader::new(err).lines() {
-            let l = l.unwrap_or_default();
-            if l.starts_with("I: ") || verbose() {
-                crate::host::progress::say(&labelled(l.trim_start_matches("I: ")));
-            }
-            tail.push(l);
-            if tail.len() > 15 {
-                tail.remove(0);
+    execute_command(stage, &mut cmd, Judge::Success, |cmd| {
+        let (mut child, _registered) = spawn_registered(stage, cmd)?;
+        let mut tail: Vec<String> = Vec::new();
+        if let Some(err) = child.stderr.take() {
+            for l in std::io::BufReader::new(err).lines() {
+                let l = l.unwrap_or_default();
+                if l.starts_with("I: ") || verbose() {
+                    crate::host::progress::say(&labelled(l.trim_start_matches("I: ")));
+                }
+                tail.push(l);
+                if tail.len() > 15 {
+                    tail.remove(0);
+                }
             }
         }
-    }
-    let status = child
-        .wait()
-        .with_context(|| format!("{stage}: waiting for `{line}`"))?;
-    log_time(&cmd.get_program().to_string_lossy(), started);
-    crate::host::interrupt::check()?;
-    if !status.success() {
-        bail!(
-            "{stage}: `{line}` failed ({status})\n    {}",
-            tail.join("\n    ")
-        );
-    }
+        let status = wait(stage, &mut child, cmd)?;
+        Ok(Ran {
+            tail: 15,
+            ..Ran::new(status, String::new(), tail.join("\n"), ())
+        })
+    })?;
     Ok(())
 }
 
-/// A tool started by a progress runner: stdin closed, stdout and stderr
-/// piped, in its own process group and registered, so an interrupt stops
-/// it and its children.
-struct Piped {
-    child: std::process::Child,
-    _registered: crate::host::interrupt::ChildGuard,
-    line: String,
-    started: Instant,
-}
-
-/// `stdin`: what the tool reads (`None`: the caller set it on `cmd`).
-fn spawn_piped(
+/// [`execute`] for a tool run with a progress bar labelled `label` for
+/// `total` bytes: stdin as the caller set it (or `stdin`), stdout and
+/// stderr piped, its own process group, registered. `go` reads the tool's
+/// output and feeds the bar, and returns its value, the bar's last
+/// position, stdout and stderr; the bar is closed there on success and
+/// abandoned on an error or an interrupt.
+fn execute_with_bar<T>(
     stage: &str,
     cmd: &mut Command,
     stdin: Option<std::process::Stdio>,
-) -> Result<Piped> {
+    label: &str,
+    total: u64,
+    go: impl FnOnce(
+        &mut Child,
+        &mut crate::host::progress::Progress,
+    ) -> Result<(T, u64, String, String)>,
+) -> Result<T> {
     use std::process::Stdio;
-    let line = command_line(cmd);
-    log_start(cmd);
-    let started = Instant::now();
     if let Some(i) = stdin {
         cmd.stdin(i);
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(cmd, 0);
-    let child = cmd.spawn().map_err(|e| start_error(stage, cmd, e))?;
-    let _registered = crate::host::interrupt::register_child(child.id(), true);
-    Ok(Piped {
-        child,
-        _registered,
-        line,
-        started,
-    })
+    let mut bar = crate::host::progress::Progress::new(label, total);
+    let ran = execute_command(stage, cmd, Judge::Success, |cmd| {
+        let (mut child, _registered) = spawn_registered(stage, cmd)?;
+        // The tool holds a pipe's write end given as its stdin now; this
+        // one, in `cmd`, is closed, or the pipe would never end.
+        cmd.stdin(Stdio::null());
+        let read = go(&mut child, &mut bar);
+        let status = wait(stage, &mut child, cmd)?;
+        let (value, done, stdout, stderr) = read?;
+        Ok(Ran::new(status, stdout, stderr, (value, done)))
+    });
+    match ran {
+        Ok(Ran {
+            value: (value, done),
+            ..
+        }) => {
+            bar.update(done);
+            bar.finish();
+            Ok(value)
+        }
+        Err(e) => {
+            bar.abandon();
+            Err(e)
+        }
+    }
 }
 
 /// Reads a pipe to its end on a thread of its own (so a full pipe never
@@ -350,40 +466,35 @@ fn drain<R: std::io::Read + Send + 'static>(
     })
 }
 
+/// What a [`drain`] read (empty if there was nothing to read).
+fn drained(h: Option<std::thread::JoinHandle<String>>) -> String {
+    h.and_then(|h| h.join().ok()).unwrap_or_default()
+}
+
 /// Runs a tool that reports its progress on stdout as percentages
 /// (`qemu-img convert -p`: `    (12.34/100%)\r`), feeding a bar labelled
 /// `label` for `total` bytes; its stderr is kept for the error. `cmd`'s
 /// stdio is set here.
 pub fn run_with_progress(stage: &str, mut cmd: Command, label: &str, total: u64) -> Result<()> {
-    let Piped {
-        mut child,
-        _registered,
-        line,
-        started,
-    } = spawn_piped(stage, &mut cmd, Some(std::process::Stdio::null()))?;
-    let err_reader = drain(child.stderr.take());
-    let mut bar = crate::host::progress::Progress::new(label, total);
-    let mut stdout = String::new();
-    if let Some(out) = child.stdout.take() {
-        let mut r = std::io::BufReader::new(out);
-        let mut chunk = Vec::new();
-        // Progress records end in `\r`; anything else ends in `\n`.
-        while r.read_until(b'\r', &mut chunk).unwrap_or(0) > 0 {
-            let text = String::from_utf8_lossy(&chunk).into_owned();
-            match parse_percent(&text) {
-                Some(pct) => bar.update((total as f64 * pct / 100.0) as u64),
-                None => stdout.push_str(&text),
+    let stdin = Some(std::process::Stdio::null());
+    execute_with_bar(stage, &mut cmd, stdin, label, total, |child, bar| {
+        let err_reader = drain(child.stderr.take());
+        let mut stdout = String::new();
+        if let Some(out) = child.stdout.take() {
+            let mut r = std::io::BufReader::new(out);
+            let mut chunk = Vec::new();
+            // Progress records end in `\r`; anything else ends in `\n`.
+            while r.read_until(b'\r', &mut chunk).unwrap_or(0) > 0 {
+                let text = String::from_utf8_lossy(&chunk).into_owned();
+                match parse_percent(&text) {
+                    Some(pct) => bar.update((total as f64 * pct / 100.0) as u64),
+                    None => stdout.push_str(&text),
+                }
+                chunk.clear();
             }
-            chunk.clear();
         }
-    }
-    let status = child
-        .wait()
-        .with_context(|| format!("{stage}: waiting for `{line}`"))?;
-    let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
-    end_with_bar(
-        stage, &cmd, &line, started, status, &stderr, &stdout, bar, total,
-    )
+        Ok(((), total, stdout, drained(err_reader)))
+    })
 }
 
 /// Runs a tool that writes one output file front to back and can be told
@@ -401,108 +512,69 @@ pub fn run_piping_output(
     total: u64,
     mut sink: impl FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<u64> {
-    use std::process::Stdio;
     let (mut from_tool, to_file) =
-        pipe().with_context(|| format!("{stage}: cannot make a pipe"))?;
+        crate::host::sys::pipe().with_context(|| format!("{stage}: cannot make a pipe"))?;
     cmd.stdin(to_file);
-    let Piped {
-        mut child,
-        _registered,
-        line,
-        started,
-    } = spawn_piped(stage, &mut cmd, None)?;
-    // The tool holds the write end now; this one, in `cmd`, is closed, or
-    // the pipe would never end.
-    cmd.stdin(Stdio::null());
-    let out_reader = drain(child.stdout.take());
-    let err_reader = drain(child.stderr.take());
-    let mut bar = crate::host::progress::Progress::new(label, total);
-    // A bigger pipe (best effort) lets the tool run ahead between reads.
-    crate::host::set_pipe_size(&from_tool, PIPE_SIZE);
-    // One thread reads the pipe into pieces while this one hands the
-    // piece before to `sink`: the tool is not held up while a piece is
-    // hashed and written. Two pieces are in flight; the sink gives each
-    // back to be filled again.
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<
-        std::io::Result<(crate::host::direct::AlignedBuf, usize)>,
-    >(1);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<crate::host::direct::AlignedBuf>();
-    for _ in 0..2 {
-        let _ = empty_tx.send(crate::host::direct::AlignedBuf::new(PIPED_PIECE));
-    }
-    let copied = std::thread::scope(|s| {
-        s.spawn(move || {
-            while let Ok(mut buf) = empty_rx.recv() {
-                let fill = crate::host::read_full(&mut from_tool, buf.as_mut_slice());
-                let end = matches!(fill, Ok(0) | Err(_));
-                if full_tx.send(fill.map(|n| (buf, n))).is_err() || end {
-                    return;
-                }
-            }
-        });
-        let mut pos = 0u64;
-        let r = loop {
-            match full_rx.recv() {
-                // The reader ended (it sends its end first).
-                Err(_) | Ok(Ok((_, 0))) => break Ok(pos),
-                Ok(Ok((buf, n))) => {
-                    if let Err(e) = sink(&buf.as_slice()[..n], pos) {
-                        break Err(e);
+    execute_with_bar(stage, &mut cmd, None, label, total, |child, bar| {
+        let out_reader = drain(child.stdout.take());
+        let err_reader = drain(child.stderr.take());
+        // A bigger pipe (best effort) lets the tool run ahead between reads.
+        crate::host::set_pipe_size(&from_tool, PIPE_SIZE);
+        // One thread reads the pipe into pieces while this one hands the
+        // piece before to `sink`: the tool is not held up while a piece is
+        // hashed and written. Two pieces are in flight; the sink gives each
+        // back to be filled again.
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<
+            std::io::Result<(crate::host::direct::AlignedBuf, usize)>,
+        >(1);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<crate::host::direct::AlignedBuf>();
+        for _ in 0..2 {
+            let _ = empty_tx.send(crate::host::direct::AlignedBuf::new(PIPED_PIECE));
+        }
+        let copied = std::thread::scope(|s| {
+            s.spawn(move || {
+                while let Ok(mut buf) = empty_rx.recv() {
+                    let fill = crate::host::read_full(&mut from_tool, buf.as_mut_slice());
+                    let end = matches!(fill, Ok(0) | Err(_));
+                    if full_tx.send(fill.map(|n| (buf, n))).is_err() || end {
+                        return;
                     }
-                    pos += n as u64;
-                    bar.update(pos.min(total));
-                    let _ = empty_tx.send(buf);
                 }
-                Ok(Err(e)) => {
-                    break Err(anyhow::Error::new(e).context(format!("{stage}: read the pipe")))
+            });
+            let mut pos = 0u64;
+            let r = loop {
+                match full_rx.recv() {
+                    // The reader ended (it sends its end first).
+                    Err(_) | Ok(Ok((_, 0))) => break Ok(pos),
+                    Ok(Ok((buf, n))) => {
+                        if let Err(e) = sink(&buf.as_slice()[..n], pos) {
+                            break Err(e);
+                        }
+                        pos += n as u64;
+                        bar.update(pos.min(total));
+                        let _ = empty_tx.send(buf);
+                    }
+                    Ok(Err(e)) => {
+                        break Err(anyhow::Error::new(e).context(format!("{stage}: read the pipe")))
+                    }
                 }
+            };
+            if r.is_err() {
+                // Nothing more is read: the tool must not wait on a full pipe
+                // (killed, its end closes and the reader sees the end).
+                let _ = child.kill();
             }
-        };
-        if r.is_err() {
-            // Nothing more is read: the tool must not wait on a full pipe
-            // (killed, its end closes and the reader sees the end).
-            let _ = child.kill();
-        }
-        // The reader stops at its next send or receive.
-        drop(full_rx);
-        drop(empty_tx);
-        r
-    });
-    let status = child
-        .wait()
-        .with_context(|| format!("{stage}: waiting for `{line}`"))?;
-    let stdout = out_reader.and_then(|h| h.join().ok()).unwrap_or_default();
-    let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
-    let pos = match copied {
-        Ok(pos) => pos,
-        Err(e) => {
-            log_time(&cmd.get_program().to_string_lossy(), started);
-            bar.abandon();
-            return Err(e);
-        }
-    };
-    end_with_bar(
-        stage, &cmd, &line, started, status, &stderr, &stdout, bar, pos,
-    )?;
-    Ok(pos)
-}
-
-/// A pipe: its read end and its write end, both closed on exec (the
-/// write end is given to one tool as its stdin, which dup2 keeps open).
-fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
-    use std::os::unix::io::FromRawFd as _;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 fills two new descriptors on success; each is owned by
-    // exactly one File from here on.
-    unsafe {
-        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok((
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        ))
-    }
+            // The reader stops at its next send or receive.
+            drop(full_rx);
+            drop(empty_tx);
+            r
+        });
+        let stdout = drained(out_reader);
+        let stderr = drained(err_reader);
+        // A sink's error is the error, whatever the tool said after.
+        let pos = copied?;
+        Ok((pos, pos, stdout, stderr))
+    })
 }
 
 /// The piece size of [`run_piping_output`]: 4 MiB.
@@ -512,51 +584,12 @@ pub const PIPED_PIECE: usize = 4 << 20;
 /// most for an unprivileged process (`/proc/sys/fs/pipe-max-size`).
 const PIPE_SIZE: usize = 1 << 20;
 
-/// The end of a tool run with a progress bar: its time logged; an
-/// interrupt or a failure abandons the bar (the failure names the stage,
-/// the command line and the tool's output); success fills and closes it.
-#[allow(clippy::too_many_arguments)]
-fn end_with_bar(
-    stage: &str,
-    cmd: &Command,
-    line: &str,
-    started: Instant,
-    status: ExitStatus,
-    stderr: &str,
-    stdout: &str,
-    mut bar: crate::host::progress::Progress,
-    total: u64,
-) -> Result<()> {
-    log_time(&cmd.get_program().to_string_lossy(), started);
-    if let Err(e) = crate::host::interrupt::check() {
-        bar.abandon();
-        return Err(e.into());
-    }
-    if !status.success() {
-        bar.abandon();
-        bail!(failure(stage, line, status, stderr, stdout));
-    }
-    bar.update(total);
-    bar.finish();
-    Ok(())
-}
-
 /// `12.34` from a progress record `    (12.34/100%)`.
 pub fn parse_percent(record: &str) -> Option<f64> {
     let t = record.trim();
     let inner = t.strip_prefix('(')?.strip_suffix("/100%)")?;
     let v: f64 = inner.parse().ok()?;
     (0.0..=100.0).contains(&v).then_some(v)
-}
-
-/// Runs an interactive tool with the stdio the caller set (the terminal,
-/// for `cairn run`) and returns its exit status without judging it.
-pub fn status(stage: &str, mut cmd: Command) -> Result<ExitStatus> {
-    log_start(&cmd);
-    let started = Instant::now();
-    let st = cmd.status().map_err(|e| start_error(stage, &cmd, e))?;
-    log_time(&cmd.get_program().to_string_lossy(), started);
-    Ok(st)
 }
 
 /// Starts a long-running child for `stage` with the stdio the caller set.

@@ -63,19 +63,8 @@ fn has_room(path: &Path, needed: u64) -> bool {
 
 /// Free bytes of the tmpfs at `path`; `None` if it is not a tmpfs.
 fn tmpfs_free(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `s` a valid out-pointer.
-    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
-        return None;
-    }
-    #[allow(clippy::unnecessary_cast)]
-    if s.f_type as i64 != TMPFS_MAGIC {
-        return None;
-    }
-    #[allow(clippy::unnecessary_cast)]
-    Some((s.f_bavail as u64).saturating_mul(s.f_bsize as u64))
+    let (kind, free) = crate::host::sys::fs_type_and_free(path)?;
+    (kind == TMPFS_MAGIC).then_some(free)
 }
 
 /// `MemAvailable` of /proc/meminfo, in bytes.
@@ -110,7 +99,7 @@ fn clean_stale_in(dir: &Path) {
         };
         let owned = e.metadata().is_ok_and(|m| {
             use std::os::unix::fs::MetadataExt as _;
-            m.is_dir() && m.uid() == unsafe { libc::geteuid() }
+            m.is_dir() && m.uid() == crate::host::sys::euid()
         });
         if owned && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(e.path());

@@ -470,8 +470,7 @@ mod tests {
     }
 
     fn mkfifo(p: &Path) {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        crate::host::sys::mkfifo(p, 0o644).unwrap();
     }
 
     #[test]

@@ -26,10 +26,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sha2::Digest;
 
 use crate::host::digest::Sha256;
+use crate::host::tar::{split_name, Kind, Name, RawEntry, TarReader};
 
 /// Name of the digest list inside an exported cache tar.
 pub const DIGESTS_MEMBER: &str = "DIGESTS";
@@ -407,12 +408,10 @@ impl Cache {
     pub fn import(&self, file: &Path) -> Result<ImportReport> {
         let listed = check_export(file)
             .with_context(|| format!("cache import: {} refused", file.display()))?;
-        let f = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-        let mut ar = tar::Archive::new(BufReader::new(f));
+        let mut ar = open_tar(file)?;
         let mut report = ImportReport::default();
-        for entry in ar.entries().context("cache import: reading the tar")? {
-            let entry = entry.context("cache import: reading the tar")?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        while let Some(entry) = next_member(&mut ar).context("cache import: reading the tar")? {
+            let name = String::from_utf8_lossy(&entry.name).into_owned();
             if name == DIGESTS_MEMBER {
                 continue;
             }
@@ -425,7 +424,7 @@ impl Cache {
                 report.present += 1;
                 continue;
             }
-            self.put_reader(entry, Some(d))
+            self.put_reader(ar.data(), Some(d))
                 .with_context(|| format!("cache import: {name}"))?;
             report.added += 1;
         }
@@ -543,25 +542,20 @@ fn append<W: Write>(b: &mut tar::Builder<W>, name: &str, len: u64, data: impl Re
 /// First pass of `import`: returns the listed digests if the whole file is
 /// a faithful export.
 fn check_export(file: &Path) -> Result<BTreeSet<Sha256>> {
-    let f = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let mut ar = tar::Archive::new(BufReader::new(f));
+    let mut ar = open_tar(file)?;
     let mut listed: Option<BTreeSet<Sha256>> = None;
     let mut seen = BTreeSet::new();
-    for entry in ar.entries().context("not a tar file")? {
-        let mut entry = entry.context("damaged tar file")?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            bail!(
-                "member {name:?} is a {:?}, not a regular file",
-                entry.header().entry_type()
-            );
-        }
+    while let Some(entry) = next_member(&mut ar)? {
+        let name = String::from_utf8_lossy(&entry.name).into_owned();
         let Some(list) = &listed else {
             if name != DIGESTS_MEMBER {
                 bail!("the first member is {name:?}, not {DIGESTS_MEMBER}");
             }
+            if entry.size > MAX_DIGESTS {
+                bail!("DIGESTS is {} bytes (limit {MAX_DIGESTS})", entry.size);
+            }
             let mut text = String::new();
-            entry
+            ar.data()
                 .read_to_string(&mut text)
                 .context("DIGESTS is not text")?;
             let mut set = BTreeSet::new();
@@ -585,7 +579,7 @@ fn check_export(file: &Path) -> Result<BTreeSet<Sha256>> {
             bail!("member {name:?} appears twice");
         }
         let mut h = sha2::Sha256::new();
-        std::io::copy(&mut entry, &mut HashWriter(&mut h))
+        std::io::copy(&mut ar.data(), &mut HashWriter(&mut h))
             .with_context(|| format!("reading member {name:?}"))?;
         let got = Sha256(h.finalize().into());
         if got != d {
@@ -604,6 +598,39 @@ fn check_export(file: &Path) -> Result<BTreeSet<Sha256>> {
         );
     }
     Ok(list)
+}
+
+/// The most DIGESTS may hold: a million digests (65 bytes a line).
+const MAX_DIGESTS: u64 = 65 << 20;
+
+/// `file` opened with cairn's bounded tar reader.
+fn open_tar(file: &Path) -> Result<TarReader<BufReader<File>>> {
+    let f = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    Ok(TarReader::new(BufReader::new(f)))
+}
+
+/// The next member of an export: a regular file with a plain relative
+/// name (no `..`, no leading `/`), or an error naming it. Nothing is ever
+/// written under a member's name: [`parse_member_name`] turns it into a
+/// digest, and the blob is stored under that.
+fn next_member(ar: &mut TarReader<BufReader<File>>) -> Result<Option<RawEntry>> {
+    let Some(entry) = ar
+        .next_entry()
+        .map_err(|e| anyhow!("damaged tar file: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let name = String::from_utf8_lossy(&entry.name).into_owned();
+    match split_name(&entry.name) {
+        Name::Parts(_) => {}
+        Name::Absolute => bail!("member {name:?} is an absolute path"),
+        Name::DotDot => bail!("member {name:?} climbs out with \"..\""),
+        Name::Nul => bail!("member {name:?} has a NUL byte in its name"),
+    }
+    if entry.kind != Kind::File {
+        bail!("member {name:?} is a {:?}, not a regular file", entry.kind);
+    }
+    Ok(Some(entry))
 }
 
 struct HashWriter<'a>(&'a mut sha2::Sha256);

@@ -171,31 +171,9 @@ impl Variant {
 /// sources.list line, `extra` further options (hooks, --skip) placed
 /// before the positional arguments. Environment: INITRD=No (the kernel's
 /// hooks build no initrd: cairn writes its own), SOURCE_DATE_EPOCH,
-/// LC_ALL=C.UTF-8; stdin is null.
-pub fn mmdebstrap_command(
-    suite: &str,
-    target: &Path,
-    mirror: &str,
-    include: &[String],
-    epoch: u64,
-    format: &str,
-    extra: &[String],
-) -> Command {
-    mmdebstrap_command_for(
-        Variant::Base,
-        suite,
-        target,
-        mirror,
-        include,
-        epoch,
-        format,
-        extra,
-    )
-}
-
-/// `mmdebstrap_command` for either kind of Debian root.
+/// LC_ALL=C.UTF-8; stdin is null. `variant`: which kind of Debian root.
 #[allow(clippy::too_many_arguments)]
-pub fn mmdebstrap_command_for(
+pub fn mmdebstrap_command(
     variant: Variant,
     suite: &str,
     target: &Path,
@@ -262,38 +240,16 @@ fn check_package_name(p: &str) -> Result<()> {
 
 /// Control fields of a .deb, in file order (`dpkg-deb --field`). Values
 /// keep their continuation lines.
-pub fn deb_control(deb: &Path) -> Result<Vec<(String, String)>> {
+pub fn deb_control(deb: &Path) -> Result<crate::host::deb822::Paragraph> {
     let mut cmd = crate::host::runner::command("dpkg-deb");
     cmd.arg("--field").arg(deb).stdin(Stdio::null());
     let out = crate::host::runner::output("debrepo: dpkg-deb --field", cmd)?;
     let text = String::from_utf8(out.stdout)
         .with_context(|| format!("{}: control fields are not UTF-8", deb.display()))?;
-    Ok(parse_stanza(&text))
-}
-
-/// Parses one deb822 stanza into (field, value) pairs; a value's
-/// continuation lines are kept (joined with `\n`, leading space intact).
-pub fn parse_stanza(text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in text.lines() {
-        if line.starts_with(' ') || line.starts_with('\t') {
-            if let Some(last) = out.last_mut() {
-                last.1.push('\n');
-                last.1.push_str(line);
-            }
-            continue;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            out.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    out
-}
-
-fn field<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    f.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    Ok(crate::host::deb822::paragraphs(&text)
+        .into_iter()
+        .next()
+        .unwrap_or_default())
 }
 
 /// What the archive index says about one package version.
@@ -399,7 +355,7 @@ pub fn resolve_and_download_for(
             lists.display()
         ),
     ];
-    let cmd = mmdebstrap_command_for(
+    let cmd = mmdebstrap_command(
         variant,
         suite,
         Path::new("/dev/null"),
@@ -427,13 +383,13 @@ pub fn resolve_and_download_for(
     for p in &found {
         let c = deb_control(p)?;
         let get = |k: &str| {
-            field(&c, k)
+            c.get(k)
                 .map(String::from)
                 .with_context(|| format!("{}: no {k} field", p.display()))
         };
         let (n, v, a) = (get("Package")?, get("Version")?, get("Architecture")?);
         names.insert(n.clone());
-        controls.push((p.clone(), n, v, a, field(&c, "Priority").map(String::from)));
+        controls.push((p.clone(), n, v, a, c.get("Priority").map(String::from)));
     }
     let mut index = BTreeMap::new();
     for e in std::fs::read_dir(&lists)? {
@@ -616,7 +572,7 @@ fn write_repo(dir: &Path, suite: &str, sorted: &[LockedPackage], cache: &Cache) 
             ("Version", &p.version),
             ("Architecture", &p.architecture),
         ] {
-            let got = field(&control, k).unwrap_or("");
+            let got = control.get(k).unwrap_or("");
             if got != want {
                 bail!(
                     "lock entry {} says {k} {want:?}, the .deb with sha256 {} says {got:?}; \
@@ -631,7 +587,7 @@ fn write_repo(dir: &Path, suite: &str, sorted: &[LockedPackage], cache: &Cache) 
         std::os::unix::fs::symlink(&blob, dir.join(&name))
             .with_context(|| format!("cannot link {name} in {}", dir.display()))?;
         let mut has_priority = false;
-        for (k, v) in &control {
+        for (k, v) in control.fields() {
             if k.eq_ignore_ascii_case("Priority") {
                 index.push_str(&format!("Priority: {}\n", p.priority));
                 has_priority = true;
@@ -714,9 +670,11 @@ mod tests {
     fn stanza_and_index_parsing() {
         let s =
             "Package: busybox-static\nVersion: 1:1.35.0-4+b3\nDescription: x\n more\n .\n end\n";
-        let f = parse_stanza(s);
-        assert_eq!(field(&f, "version"), Some("1:1.35.0-4+b3"));
-        assert_eq!(field(&f, "Description"), Some("x\n more\n .\n end"));
+        let f = &crate::host::deb822::paragraphs(s)[0];
+        assert_eq!(f.get("version"), Some("1:1.35.0-4+b3"));
+        assert_eq!(f.get("Description"), Some("x"));
+        let whole: Vec<(&str, &str)> = f.fields().collect();
+        assert_eq!(whole[2], ("Description", "x\n more\n .\n end"));
 
         let idx = "Package: a\nVersion: 1\nArchitecture: amd64\nPriority: required\n\
                    Filename: pool/main/a/a/a_1_amd64.deb\nSize: 3\nSHA256: "

@@ -176,7 +176,7 @@ fn write_index(
 /// sorted names) of `members` of `tree` into `out`; `extra` options go
 /// before `-c`.
 fn tar_create(tree: &Path, out: &Path, extra: &[String], members: &[String]) -> Result<()> {
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     crate::host::runner::run(
         "stage cache: pack",
         xshell::cmd!(
@@ -312,7 +312,7 @@ pub fn unpack_trees(blobs: &[PathBuf], tree: &Path) -> Result<()> {
             .iter()
             .map(|blob| {
                 s.spawn(move || -> Result<()> {
-                    let sh = xshell::Shell::new()?;
+                    let sh = crate::host::runner::shell()?;
                     crate::host::runner::run(
                         "stage cache: unpack",
                         xshell::cmd!(

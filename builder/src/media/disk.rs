@@ -278,7 +278,7 @@ pub fn make_esp(
     volume_id: &str,
     epoch: u64,
 ) -> Result<()> {
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     sh.set_var("SOURCE_DATE_EPOCH", epoch.to_string());
     sh.set_var("TZ", "UTC");
     let kib = (size / 1024).to_string();
@@ -504,7 +504,7 @@ pub fn write_raw_system(
         f.set_len(layout.disk_size)?;
     }
     let script = sfdisk_script(&layout, inp.root_hash);
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     crate::host::runner::run(
         "media: GPT",
         xshell::cmd!(sh, "sfdisk --no-reread --no-tell-kernel --quiet {out}").stdin(script),

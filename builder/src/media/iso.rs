@@ -240,7 +240,7 @@ fn write_iso_through(inp: &IsoInputs, work: &Path, out: &Path, piped: bool) -> R
     let dir =
         std::fs::canonicalize(&dir).with_context(|| format!("iso: resolve {}", dir.display()))?;
     let epoch = inp.epoch.to_string();
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     sh.change_dir(&dir);
     sh.set_var("SOURCE_DATE_EPOCH", &epoch);
     sh.set_var("TZ", "UTC");
@@ -372,7 +372,7 @@ pub fn read_file_from_iso(iso: &Path, path_in_iso: &str, dest: &Path) -> Result<
     if dest.exists() {
         std::fs::remove_file(dest).with_context(|| format!("iso: remove {}", dest.display()))?;
     }
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     crate::host::runner::run(
         "iso: extract",
         xshell::cmd!(
@@ -408,7 +408,7 @@ pub struct IsoFile {
 /// `verify` read `/cairn/root.squashfs` straight off the block device.
 pub fn list_iso(iso: &Path) -> Result<Vec<IsoFile>> {
     let iso = iso_path_arg(iso)?;
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let out = crate::host::runner::run(
         "iso: list",
         xshell::cmd!(

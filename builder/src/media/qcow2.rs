@@ -126,7 +126,7 @@ pub fn write_qcow2(raw: &Path, out: &Path, stored: &[(u64, &Path)]) -> Result<()
             )?;
         }
     }
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     crate::host::runner::run(
         "qcow2: check",
         xshell::cmd!(sh, "qemu-img check -q -f qcow2 {out}"),

@@ -230,9 +230,7 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
 /// base's time): when both want a core, the base, on the build's critical
 /// path, gets it. Best effort: a failure leaves the priority as it was.
 fn yield_to_the_base() {
-    // SAFETY: setpriority only reads its integer arguments; on Linux,
-    // PRIO_PROCESS with who = 0 names the calling thread.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    crate::host::sys::nice_this_thread(10);
 }
 
 /// The os-release the image ships: the tree's as it is now, without
@@ -348,6 +346,7 @@ fn mmdebstrap(
             .context("compose: the locked packages' local repository")?;
     }
     let cmd = crate::inputs::debrepo::mmdebstrap_command(
+        crate::inputs::debrepo::Variant::Base,
         suite,
         tree,
         &mirror_arg,

@@ -344,7 +344,7 @@ mod tests {
         let parse = |text: &str| {
             let site = d.path().join("site.toml");
             std::fs::write(&site, text).unwrap();
-            let sh = xshell::Shell::new().unwrap();
+            let sh = crate::host::runner::shell().unwrap();
             let (a, i, b) = (
                 format!("allow={}", allow.display()),
                 format!("ingress={}", ingress.display()),

@@ -302,7 +302,7 @@ fn depmod(tree: &Path, version: &str) -> Result<()> {
     let staged = lib.join(version);
     std::fs::rename(&real, &staged)
         .with_context(|| format!("kernel: move {} for depmod", real.display()))?;
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let b = base.path();
     let ran = crate::host::runner::run(
         "kernel: depmod",

@@ -121,7 +121,7 @@ mod tests {
             let ours = predict_pcr11(&std::fs::read(&out).unwrap()).unwrap();
             // make_uki leaves the .cmdline contents it used in cmdline.txt.
             let cmdfile = d.path().join("cmdline.txt");
-            let sh = xshell::Shell::new().unwrap();
+            let sh = crate::host::runner::shell().unwrap();
             let json = crate::host::runner::run(
                 "test",
                 xshell::cmd!(

@@ -48,7 +48,6 @@ mod debian;
 mod json;
 mod layer;
 pub mod rootfs;
-mod tarfmt;
 
 pub use archive::{
     load_archive, load_archive_with, write_oci_archive, ArchiveFormat, LoadOptions, LoadedImage,

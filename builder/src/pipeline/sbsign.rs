@@ -38,7 +38,7 @@ impl SbKey {
     /// parses, the key is an unencrypted PEM key, and the two belong
     /// together. Any problem is bad input (exit 2).
     pub fn load(key: &Path, cert: &Path) -> Result<SbKey> {
-        let sh = xshell::Shell::new()?;
+        let sh = crate::host::runner::shell()?;
         let cert_pub = run(
             "secure boot key",
             xshell::cmd!(sh, "openssl x509 -in {cert} -noout -pubkey"),
@@ -89,7 +89,7 @@ pub fn cert_fingerprint(cert: &Path) -> Result<Sha256> {
 pub fn cert_der(cert: &Path) -> Result<Vec<u8>> {
     let dir = tempfile::tempdir().context("secure boot: temporary folder")?;
     let der = dir.path().join("cert.der");
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     run(
         "secure boot",
         xshell::cmd!(sh, "openssl x509 -in {cert} -outform DER -out {der}"),
@@ -101,7 +101,7 @@ pub fn cert_der(cert: &Path) -> Result<Vec<u8>> {
 /// `epoch`).
 pub fn sign_efi(sb: &SbKey, path: &Path, epoch: u64) -> Result<()> {
     let signed = path.with_extension("signed");
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     sh.set_var("FAKETIME_FMT", "%s");
     let at = epoch.to_string();
     let (key, cert) = (&sb.key, &sb.cert);
@@ -119,7 +119,7 @@ pub fn sign_efi(sb: &SbKey, path: &Path, epoch: u64) -> Result<()> {
 /// Whether `efi` carries an Authenticode signature that verifies with
 /// `cert` (sbverify). Err names sbverify's complaint.
 pub fn verify_efi(efi: &Path, cert: &Path) -> Result<()> {
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     run(
         "secure boot",
         xshell::cmd!(sh, "sbverify --cert {cert} {efi}"),
@@ -137,7 +137,7 @@ mod tests {
     fn test_key(dir: &Path, name: &str) -> SbKey {
         let key = dir.join(format!("{name}.key"));
         let cert = dir.join(format!("{name}.crt"));
-        let sh = xshell::Shell::new().unwrap();
+        let sh = crate::host::runner::shell().unwrap();
         let subj = format!("/CN={name}/");
         run(
             "test",
@@ -188,7 +188,7 @@ mod tests {
     fn fingerprint_is_the_sha256_of_the_der_certificate() {
         let d = tempfile::tempdir().unwrap();
         let a = test_key(d.path(), "a");
-        let sh = xshell::Shell::new().unwrap();
+        let sh = crate::host::runner::shell().unwrap();
         let cert = &a.cert;
         let out = run(
             "test",

@@ -79,7 +79,7 @@ pub fn take_host_shim(work: &Path, mok_manager: bool) -> Result<Shim> {
 
 /// The installed version of a host package (dpkg-query).
 fn package_version(package: &str) -> Result<String> {
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let format = "${Version}";
     let v = run(
         "shim",
@@ -121,7 +121,7 @@ mod tests {
             .is_none());
         assert!(!d2.path().join("mmx64.efi").exists());
         // What firmware with only Microsoft's keys will accept.
-        let sh = xshell::Shell::new().unwrap();
+        let sh = crate::host::runner::shell().unwrap();
         let p = &s.shim.path;
         let list = run("test", xshell::cmd!(sh, "sbverify --list {p}")).unwrap();
         assert!(

@@ -123,57 +123,15 @@ pub fn input_key(tree: &Path, epoch: u64) -> Result<Sha256> {
 /// The extended attributes of `path` (not followed if a link), sorted by
 /// name; none where the file system has none.
 pub fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .with_context(|| format!("squashfs: {} has a NUL in its name", path.display()))?;
-    let fail = |what: &str| {
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENOTSUP) | Some(libc::ENODATA) => Ok(()),
-            _ => Err(anyhow::Error::new(e).context(format!(
-                "squashfs: {what} extended attributes of {}",
-                path.display()
-            ))),
-        }
-    };
-    // SAFETY: a valid NUL-terminated path; a NULL buffer of size 0 asks
-    // for the size only.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    if len < 0 {
-        return fail("list").map(|()| Vec::new());
+    match crate::host::sys::xattrs(path) {
+        Ok(v) => Ok(v.unwrap_or_default()),
+        // Gone since it was listed: not in the image either.
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(Vec::new()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "squashfs: list extended attributes of {}",
+            path.display()
+        ))),
     }
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    let mut names = vec![0u8; len as usize];
-    // SAFETY: the buffer is `names.len()` bytes long.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if len < 0 {
-        return fail("list").map(|()| Vec::new());
-    }
-    names.truncate(len as usize);
-    let mut out = Vec::new();
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let cn = std::ffi::CString::new(name).context("squashfs: xattr name")?;
-        // SAFETY: valid NUL-terminated strings; size query.
-        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) };
-        if vlen < 0 {
-            // Gone since it was listed: not in the image either.
-            fail("read")?;
-            continue;
-        }
-        let mut v = vec![0u8; vlen as usize];
-        // SAFETY: the buffer is `v.len()` bytes long.
-        let vlen =
-            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        if vlen < 0 {
-            fail("read")?;
-            continue;
-        }
-        v.truncate(vlen as usize);
-        out.push((name.to_vec(), v));
-    }
-    out.sort();
-    Ok(out)
 }
 
 pub struct RootImage {
@@ -190,7 +148,7 @@ pub fn make_squashfs(
     epoch: u64,
     pseudo: Option<&Path>,
 ) -> Result<RootImage> {
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let epoch = epoch.to_string();
     let pf: Vec<&std::ffi::OsStr> = match pseudo {
         Some(p) => vec!["-pf".as_ref(), p.as_os_str()],

@@ -135,7 +135,7 @@ pub fn make_uki(inputs: &UkiInputs, work: &Path, out: &Path) -> Result<Uki> {
         args.push(format!("{name}={at:#x}"));
         at = align(at + size);
     }
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let stub_path = inputs.stub;
     crate::host::runner::run(
         "uki",
@@ -361,7 +361,7 @@ impl Ahead {
 /// The template's stage key: everything objcopy's output depends on but
 /// the command line's bytes.
 fn template_key(inputs: &UkiInputs) -> Result<crate::host::digest::Sha256> {
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let version = crate::host::runner::run(
         "uki: objcopy --version",
         xshell::cmd!(sh, "objcopy --version"),

@@ -212,7 +212,7 @@ pub fn make_model_volume(
     std::fs::create_dir_all(&tree)?;
     let label = format!("model {}", m.name);
     let image = dir.join(format!("{}.squashfs", m.name));
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     let e = epoch.to_string();
     let opts = squashfs_options(m.compression);
     let t = Instant::now();
@@ -515,15 +515,7 @@ fn file_mode(src: &Path) -> Result<u32> {
 
 /// A fifo at `path`, for this user only.
 fn make_fifo(path: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .with_context(|| format!("{} has a NUL in its name", path.display()))?;
-    // SAFETY: a valid NUL-terminated path.
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(anyhow::Error::new(std::io::Error::last_os_error())
-            .context(format!("mkfifo {}", path.display())));
-    }
-    Ok(())
+    crate::host::sys::mkfifo(path, 0o600).with_context(|| format!("mkfifo {}", path.display()))
 }
 
 /// The largest piece [`feed_fifo`] reads and writes at once.

@@ -617,8 +617,7 @@ mod tests {
     fn manifest_that_is_a_fifo_or_symlink_is_refused_without_blocking() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join(MANIFEST);
-        let fifo = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        crate::host::sys::mkfifo(&path, 0o600).unwrap();
         let e = format!("{:#}", inspect(d.path()).unwrap_err());
         assert!(e.contains("manifest.json"), "{e}");
         std::fs::remove_file(&path).unwrap();

@@ -44,7 +44,7 @@ pub fn boot_info(
     };
     let cert_sha256 = match sb {
         Some(k) => {
-            let sh = xshell::Shell::new()?;
+            let sh = crate::host::runner::shell()?;
             let (cert, out) = (&k.cert, media.join(CERT_FILE));
             run(
                 "secure boot",
@@ -359,7 +359,7 @@ pub fn file_name(esp_path: &str) -> &str {
 fn mcopy_file(image: &Path, offset: u64, esp_path: &str, dest: &Path) -> Result<(), String> {
     let src = format!("{}@@{offset}", image.display());
     let from = format!("::/{esp_path}");
-    let sh = xshell::Shell::new().map_err(|e| e.to_string())?;
+    let sh = crate::host::runner::shell().map_err(|e| e.to_string())?;
     sh.set_var("MTOOLS_SKIP_CHECK", "1");
     run("uki", xshell::cmd!(sh, "mcopy -n -i {src} {from} {dest}"))
         .map(|_| ())
@@ -457,7 +457,7 @@ pub fn keygen(name: &Path) -> Result<Vec<PathBuf>> {
         })
         .collect();
     let subj = format!("/CN={cn} Secure Boot signing key/");
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     run(
         "keygen",
         xshell::cmd!(
@@ -592,7 +592,7 @@ mod tests {
         // The pair loads as a signing key.
         SbKey::load(&key, &crt).unwrap();
         // The subject is the name, nothing from the host.
-        let sh = xshell::Shell::new().unwrap();
+        let sh = crate::host::runner::shell().unwrap();
         let subj = run(
             "test",
             xshell::cmd!(sh, "openssl x509 -in {crt} -noout -subject"),

@@ -172,7 +172,7 @@ fn is_iso9660(f: &mut std::fs::File) -> Result<bool> {
 }
 
 fn mtools_shell() -> Result<xshell::Shell> {
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     // A fixed stamp: the same site file gives the same bytes.
     sh.set_var("SOURCE_DATE_EPOCH", "0");
     sh.set_var("TZ", "UTC");
@@ -370,7 +370,7 @@ pub fn apply(image: &Path, site: &Path, out: &Path, trust: ReleaseTrust) -> Resu
         .tempdir_in(&parent)
         .with_context(|| format!("site: temporary folder in {}", parent.display()))?;
     let raw = tmp.path().join("medium.raw");
-    let sh = xshell::Shell::new()?;
+    let sh = crate::host::runner::shell()?;
     if qcow2 {
         // Opened as qcow2 with the backing chain cut: a second guard.
         let source = crate::host::qcow2::qemu_img_source(image).map_err(crate::InputError)?;
@@ -556,7 +556,7 @@ mod tests {
             .unwrap()
             .set_len(4 << 20)
             .unwrap();
-        let sh = xshell::Shell::new().unwrap();
+        let sh = crate::host::runner::shell().unwrap();
         let script = "label: gpt\nstart=2048, size=4096, name=\"cairn-esp\"\n";
         xshell::cmd!(sh, "sfdisk --quiet {disk}")
             .stdin(script)

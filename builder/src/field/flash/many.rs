@@ -5,7 +5,8 @@
 //! A stick that fails its checks (too small, not a block device, in use)
 //! is named and left untouched while the others are written; a stick whose
 //! write fails is named and left unbootable while the others finish.
-//! SIGINT stops every writer (one flag, polled per chunk); each stick is
+//! SIGINT, SIGTERM or SIGHUP stops every writer (`host::interrupt`, polled
+//! per chunk, holding the exit until the receipts are written); each stick is
 //! left with a zero first MiB (the boot sector is written last) and says so.
 //! With `--site`, the signed site file is checked once before anything is
 //! written, put on every stick's ESP after its image, and read back; the
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 use super::target::{confirm, majmin, read_trim, Target};
 use super::{
-    bad, check_target, site_for, verify_release, write, write_checked, write_site, FlashError,
+    bad, check_target, site_for, verify_release, write_checked, write_site, FlashError,
     FlashOptions,
 };
 use crate::host::digest::Sha256;
@@ -98,7 +99,8 @@ pub struct ManyReport {
 }
 
 impl ManyReport {
-    /// 0 when every stick was written; 130 if SIGINT stopped any; else 1
+    /// 0 when every stick was written; 128 + the signal if SIGINT, SIGTERM
+    /// or SIGHUP stopped any (130 for SIGINT); else 1
     /// when any write failed or any stick was refused; 2 when the only
     /// failures were bad input (e.g. a regular file without `--to-file`).
     pub fn exit_code(&self) -> i32 {
@@ -110,7 +112,7 @@ impl ManyReport {
         if errs.is_empty() {
             0
         } else if errs.iter().any(|e| matches!(e, FlashError::Interrupted(_))) {
-            130
+            crate::host::interrupt::exit_code()
         } else if errs.iter().all(|e| matches!(e, FlashError::BadInput(_))) {
             2
         } else {
@@ -289,7 +291,9 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
         }
     }
 
-    let guard = write::SigintGuard::install();
+    // Held until the receipts are written: a signal stops the writers,
+    // not the process.
+    let _hold = crate::host::interrupt::hold();
     let bars = Bars::new();
     let mut bar_of: Vec<Option<crate::host::progress::Progress>> = per
         .iter()
@@ -341,7 +345,6 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             })
             .collect()
     });
-    drop(guard);
 
     let mut sticks = Vec::new();
     for ((o, c), (started, finished, result)) in per.iter().zip(&checked).zip(results) {

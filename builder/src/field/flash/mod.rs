@@ -78,7 +78,8 @@ pub enum FlashError {
     /// Writing, flushing or the read-back check failed. Exit 1.
     #[error("{0}")]
     Failed(String),
-    /// SIGINT during the write: the device was left unbootable on purpose. Exit 130.
+    /// SIGINT, SIGTERM or SIGHUP during the write: the device was left
+    /// unbootable on purpose. Exit 128 + the signal (130 for SIGINT).
     #[error("{0}")]
     Interrupted(String),
 }
@@ -89,7 +90,7 @@ impl FlashError {
         match self {
             FlashError::Refused(_) | FlashError::Failed(_) => 1,
             FlashError::BadInput(_) => 2,
-            FlashError::Interrupted(_) => 130,
+            FlashError::Interrupted(_) => crate::host::interrupt::exit_code(),
         }
     }
 }
@@ -337,7 +338,7 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
             }
         }
     }
-    let guard = write::SigintGuard::install();
+    let guard = crate::host::interrupt::hold();
     let mut progress = Progress::new(&format!("flash {}", opts.device.display()), v.size);
     let got = write_checked(opts, &v, &c, &mut progress)?;
     if let Some(s) = &site {
@@ -359,7 +360,7 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
 /// Puts the signed site file on the written `device`'s ESP, flushes, and
 /// reads both files back (byte for byte).
 /// (The read-back comes from the device: flushed, BLKFLSBUF, no cache.)
-/// If that fails, or SIGINT arrives, the stick is made unbootable again
+/// If that fails, or a signal arrives, the stick is made unbootable again
 /// (first MiB zero): it must not boot with the recipe's defaults in place
 /// of its site's settings.
 fn write_site(

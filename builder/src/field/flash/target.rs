@@ -6,14 +6,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use super::{bad, refused, FlashError, FlashOptions};
 use crate::host::progress::human_bytes;
-
-/// `_IOR(0x12, 114, size_t)`.
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 fn dev_major(d: u64) -> u64 {
     ((d >> 32) & 0xffff_f000) | ((d >> 8) & 0xfff)
@@ -281,13 +277,7 @@ pub(super) fn confirm(question: &str) -> Result<bool, FlashError> {
 }
 
 pub(super) fn block_size_of(f: &File) -> std::io::Result<u64> {
-    let mut size: u64 = 0;
-    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(size)
+    crate::host::sys::block_device_size(f)
 }
 
 /// Opens the target for the write without blocking (a FIFO swapped in
@@ -344,16 +334,10 @@ pub(super) fn open_target(
             dev.display()
         )));
     }
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
-    let cleared = unsafe {
-        let fl = libc::fcntl(dst.as_raw_fd(), libc::F_GETFL);
-        fl >= 0 && libc::fcntl(dst.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK) >= 0
-    };
-    if !cleared {
+    if let Err(e) = crate::host::sys::clear_nonblock(&dst) {
         return Err(bad(format!(
-            "cannot clear O_NONBLOCK on {}: {}",
-            dev.display(),
-            std::io::Error::last_os_error()
+            "cannot clear O_NONBLOCK on {}: {e}",
+            dev.display()
         )));
     }
     if let Target::Block(d) = target {

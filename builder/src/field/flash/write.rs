@@ -6,9 +6,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::Digest as _;
 
@@ -16,39 +14,6 @@ use super::target::block_size_of;
 use super::{failed, refused, FlashError, CHUNK, HEAD};
 use crate::host::digest::Sha256;
 use crate::host::progress::{human_bytes, Progress};
-
-/// `_IO(0x12, 97)`.
-const BLKFLSBUF: libc::c_ulong = 0x1261;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Installs the SIGINT flag handler for its lifetime and restores the
-/// previous disposition on drop. One guard covers every stick of a
-/// multi-stick flash: each writer thread polls the same flag.
-pub(super) struct SigintGuard(libc::sighandler_t);
-
-impl SigintGuard {
-    pub(super) fn install() -> SigintGuard {
-        INTERRUPTED.store(false, Ordering::SeqCst);
-        let handler: extern "C" fn(libc::c_int) = on_sigint;
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        let old = unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
-        SigintGuard(old)
-    }
-}
-
-impl Drop for SigintGuard {
-    fn drop(&mut self) {
-        if self.0 != libc::SIG_ERR {
-            // SAFETY: restores the disposition signal() returned.
-            unsafe { libc::signal(libc::SIGINT, self.0) };
-        }
-    }
-}
 
 pub(super) fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
     let mut n = 0;
@@ -66,9 +31,11 @@ pub(super) fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::R
     Ok(n)
 }
 
-/// Whether SIGINT arrived since the guard was installed.
+/// Whether SIGINT, SIGTERM or SIGHUP arrived (`host::interrupt`: the
+/// caller holds its [`crate::host::interrupt::hold`], so the process lives
+/// on to leave every stick unbootable and write the receipts).
 pub(super) fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    crate::host::interrupt::signalled().is_some()
 }
 
 /// Zeroes the first MiB of the written `device` and flushes: a stick whose
@@ -84,21 +51,16 @@ pub(super) fn make_unbootable(device: &Path, is_block: bool) -> std::io::Result<
 pub(super) fn flush(f: &File, block: bool) -> std::io::Result<()> {
     f.sync_all()?;
     if block {
-        // SAFETY: BLKFLSBUF takes no argument.
-        let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF as _, 0) };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        crate::host::sys::flush_block_buffers(f)?;
     }
-    // SAFETY: advisory only.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    crate::host::sys::drop_cached_pages(f);
     Ok(())
 }
 
 /// Writes `size` bytes of `src` (the image at `image`) to `dst` (a block
 /// device if `is_block`, else a file), head last, and reads them back.
 /// Returns the digest read back, equal to `want` (the signed digest).
-/// The caller holds a [`SigintGuard`] and owns the bar.
+/// The caller holds a [`crate::host::interrupt::hold`] and owns the bar.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn write_and_read_back(
     src: &File,
@@ -146,7 +108,7 @@ pub(super) fn write_and_read_back(
     let mut buf = vec![0u8; CHUNK];
     let mut off = head_len;
     while off < size {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if interrupted() {
             progress.abandon();
             let _ = dst.sync_all();
             return Err(FlashError::Interrupted(format!(
@@ -194,7 +156,7 @@ pub(super) fn write_and_read_back(
         )));
     }
     flush(dst, is_block).map_err(|e| io("flushing", e))?;
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupted() {
         progress.abandon();
         return Err(FlashError::Interrupted(format!(
             "flash: interrupted before the boot sector was written: {dev} was left unbootable on purpose; run cairn flash again"

@@ -13,10 +13,10 @@ use sha2::Digest;
 
 use super::json::{self, media_types as mt, Descriptor, Platform};
 use super::layer::{scan, Compression, LayerPolicy, LayerSummary, Rules};
-use super::tarfmt::{join, split_name, Kind, Name, TarReader, TarWriter};
 use super::{Oci, OciError, MAX_JSON_BYTES};
 use crate::host::digest::Sha256;
 use crate::host::limits::{Cap, CappedReader, CountingReader, Limits, Meter};
+use crate::host::tar::{join, split_name, Kind, Name, TarReader, TarWriter};
 
 /// At most this many layers in an image.
 const MAX_LAYERS: usize = 500;
@@ -185,7 +185,7 @@ fn extract(path: &Path, dir: &Path, limits: &Limits) -> Result<Members, OciError
         let head = r
             .fill_buf()
             .map_err(|e| OciError::io(format!("cannot read {}", path.display()), e))?;
-        head.starts_with(&[0x1f, 0x8b])
+        crate::host::is_gzip(head)
     };
     let input: Box<dyn Read> = if gz {
         Box::new(flate2::bufread::MultiGzDecoder::new(r))
@@ -707,7 +707,7 @@ fn choose_docker(m: &Members, pin: &Sha256) -> Result<Chosen, OciError> {
         let mut head = [0u8; 2];
         let gz = File::open(&s.path)
             .and_then(|mut f| f.read_exact(&mut head))
-            .map(|_| head == [0x1f, 0x8b])
+            .map(|_| crate::host::is_gzip(&head))
             .unwrap_or(false);
         let media_type = if gz {
             mt::OCI_LAYER_GZIP

@@ -25,8 +25,8 @@ use serde_json::json;
 
 use super::archive::{load_archive_with, write_layout, BlobSrc, LoadOptions};
 use super::json::{media_types as mt, Descriptor};
-use super::tarfmt::{join, split_name, Kind, Name, TarReader, TarWriter};
 use crate::host::digest::Sha256;
+use crate::host::tar::{join, split_name, Kind, Name, TarReader, TarWriter};
 use crate::host::tree::ImagePath;
 
 /// What to build.
@@ -297,7 +297,7 @@ fn mmdebstrap(spec: &BuildSpec, out: &Path) -> Result<()> {
         }
         None => (spec.mirror.clone(), Vec::new()),
     };
-    let cmd = crate::inputs::debrepo::mmdebstrap_command_for(
+    let cmd = crate::inputs::debrepo::mmdebstrap_command(
         crate::inputs::debrepo::Variant::image(spec.essential),
         &spec.suite,
         out,

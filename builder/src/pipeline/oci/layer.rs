@@ -15,11 +15,11 @@ use std::rc::Rc;
 use anyhow::{bail, Context, Result};
 use sha2::Digest;
 
-use super::tarfmt::{join, split_name, Kind, Name, RawEntry, TarReader};
 use super::{LoadedImage, OciError, Refusal};
 use crate::host::digest::Sha256;
 use crate::host::inode;
 use crate::host::limits::{Cap, CappedReader, CountingReader, Limits, Meter, SetIdRule};
+use crate::host::tar::{join, split_name, Kind, Name, RawEntry, TarReader};
 use crate::host::tree::{create_dirs_in_root, resolve_in_root, resolve_in_root_follow};
 
 /// What a layer may contain beyond plain files, folders and links.
@@ -216,7 +216,7 @@ pub(crate) fn scan<R: Read>(reader: R, rules: &Rules, sink: Option<&mut dyn Sink
             Vec::new()
         }
     };
-    let compression = if head.starts_with(&[0x1f, 0x8b]) {
+    let compression = if crate::host::is_gzip(&head) {
         Compression::Gzip
     } else {
         Compression::None
@@ -563,7 +563,7 @@ fn unpack_with<R: Read>(layer: R, dest: &Path, rules: &Rules) -> Result<LayerSum
         this_layer: HashSet::new(),
         dirs_made: HashSet::new(),
         dir_modes: Vec::new(),
-        chown: unsafe { libc::geteuid() } == 0,
+        chown: crate::host::sys::is_root(),
     };
     let s = scan(layer, rules, Some(&mut u));
     let layer = s.digest;
@@ -868,7 +868,7 @@ mod tests {
     }
 
     fn setuid_tarball(dir: &Path) -> PathBuf {
-        let mut w = super::super::tarfmt::TarWriter::new(Vec::new(), 1);
+        let mut w = crate::host::tar::TarWriter::new(Vec::new(), 1);
         w.dir(b"usr", 0o755, 0, 0).unwrap();
         w.file(b"usr/su", 0o4755, (0, 0), 2, &b"su"[..]).unwrap();
         let p = dir.join("base.tar");
@@ -954,9 +954,9 @@ mod tests {
 
     fn tarball(
         dir: &Path,
-        build: impl FnOnce(&mut super::super::tarfmt::TarWriter<Vec<u8>>),
+        build: impl FnOnce(&mut crate::host::tar::TarWriter<Vec<u8>>),
     ) -> PathBuf {
-        let mut w = super::super::tarfmt::TarWriter::new(Vec::new(), 1);
+        let mut w = crate::host::tar::TarWriter::new(Vec::new(), 1);
         build(&mut w);
         let p = dir.join("base.tar");
         std::fs::write(&p, w.finish().unwrap()).unwrap();
@@ -1047,7 +1047,7 @@ mod tests {
         let s = Sentinel::new();
         let before = s.state();
         let d = tempfile::tempdir().unwrap();
-        let mut w = super::super::tarfmt::TarWriter::new(Vec::new(), 1);
+        let mut w = crate::host::tar::TarWriter::new(Vec::new(), 1);
         w.dir(b"a", 0o755, 0, 0).unwrap();
         w.dir(b"a/b", 0o6777, 0, 0).unwrap();
         w.file(b".wh.a", 0o644, (0, 0), 0, &b""[..]).unwrap();
@@ -1060,7 +1060,7 @@ mod tests {
         // Control: a whiteout of a lower layer's folder still works.
         let tree = d.path().join("t2");
         std::fs::create_dir_all(tree.join("a/b")).unwrap();
-        let mut w = super::super::tarfmt::TarWriter::new(Vec::new(), 1);
+        let mut w = crate::host::tar::TarWriter::new(Vec::new(), 1);
         w.file(b".wh.a", 0o644, (0, 0), 0, &b""[..]).unwrap();
         unpack_layer(&w.finish().unwrap()[..], &tree, &LayerPolicy::default()).unwrap();
         assert!(!tree.join("a").exists());
@@ -1117,7 +1117,7 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: super::super::tarfmt::tests::fuzz_cases(),
+            cases: crate::host::tar::tests::fuzz_cases(),
             failure_persistence: None,
             ..ProptestConfig::default()
         })]

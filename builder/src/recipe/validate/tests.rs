@@ -660,10 +660,7 @@ fn overlay_with_a_file_cairn_writes_is_refused_at_the_entry() {
 }
 
 fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
-    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
-    assert_eq!(rc, 0, "mkfifo {}", p.display());
+    crate::host::sys::mkfifo(p, 0o644).unwrap_or_else(|e| panic!("mkfifo {}: {e}", p.display()));
 }
 
 #[test]

@@ -274,7 +274,7 @@ fn extract_uki(image: &Path, offset: u64, esp_path: &str) -> Result<Vec<u8>, Str
     let dest = dir.path().join("uki.efi");
     let src = format!("{}@@{offset}", image.display());
     let from = format!("::/{esp_path}");
-    let sh = xshell::Shell::new().map_err(|e| e.to_string())?;
+    let sh = crate::host::runner::shell().map_err(|e| e.to_string())?;
     sh.set_var("MTOOLS_SKIP_CHECK", "1");
     crate::host::runner::run("uki", xshell::cmd!(sh, "mcopy -n -i {src} {from} {dest}")).map_err(
         |e| {
@@ -345,7 +345,7 @@ pub(super) fn check_qcow2(
     // qemu-img opens it as qcow2 with no backing chain, whatever it says.
     let source = crate::host::qcow2::qemu_img_source(path)
         .map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
-    let sh = xshell::Shell::new().map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
+    let sh = crate::host::runner::shell().map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
     match raw {
         Some((raw_path, raw_name, raw_len)) => {
             if h.virtual_size != raw_len {

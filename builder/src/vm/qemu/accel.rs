@@ -5,7 +5,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -150,8 +149,6 @@ pub fn accel_detail() -> &'static str {
 /// its boot manager in well under a second; a miss only costs speed (TCG).
 pub(super) const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// `_IO(KVMIO, 0x00)`.
-const KVM_GET_API_VERSION: u64 = 0xAE00;
 const KVM_API_VERSION: i32 = 12;
 
 /// Decides whether KVM really works, in two stages.
@@ -198,12 +195,8 @@ fn kvm_api_version() -> Result<i32> {
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/kvm")
         .context("cannot open /dev/kvm read-write")?;
-    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int.
-    let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
-    if v < 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("ioctl KVM_GET_API_VERSION on /dev/kvm");
-    }
+    let v =
+        crate::host::sys::kvm_api_version(&f).context("ioctl KVM_GET_API_VERSION on /dev/kvm")?;
     Ok(v)
 }
 

@@ -1,4 +1,5 @@
-//! A small strict tar reader and the deterministic tar writer.
+//! cairn's one tar reader (image archives, layers, mmdebstrap's output,
+//! `cairn cache import`) and the deterministic tar writer.
 //!
 //! The reader understands ustar (with prefix), GNU long names/links and pax
 //! extended headers (path, linkpath, size, uid, gid, mtime, SCHILY.xattr.*).
@@ -174,26 +175,21 @@ impl<R: Read> TarReader<R> {
             let typeflag = h[156];
             let size = parse_num(&h[124..136], "size")?;
             match typeflag {
-                b'L' => {
-                    if long_name.is_some() {
-                        return corrupt("two GNU long names for one entry");
+                b'L' | b'K' => {
+                    let (slot, what) = if typeflag == b'L' {
+                        (&mut long_name, "name")
+                    } else {
+                        (&mut long_link, "link name")
+                    };
+                    if slot.is_some() {
+                        return corrupt(format!("two GNU long {what}s for one entry"));
                     }
-                    long_name = Some(cstr(&self.read_ext(
-                        size,
-                        MAX_LONG_NAME,
-                        "GNU long name",
-                    )?));
-                    continue;
-                }
-                b'K' => {
-                    if long_link.is_some() {
-                        return corrupt("two GNU long link names for one entry");
-                    }
-                    long_link = Some(cstr(&self.read_ext(
-                        size,
-                        MAX_LONG_NAME,
-                        "GNU long link",
-                    )?));
+                    let what = if typeflag == b'L' {
+                        "GNU long name"
+                    } else {
+                        "GNU long link"
+                    };
+                    *slot = Some(cstr(&self.read_ext(size, MAX_LONG_NAME, what)?));
                     continue;
                 }
                 b'x' | b'X' => {
