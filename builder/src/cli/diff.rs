@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{bad_input, Env};
+use super::Env;
 
 /// Compare two output folders: packages added/removed/changed, OCI images,
 /// policy, flags, kernel command line, output sizes. Exit 0 when they are
@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
-    let d = crate::release::diff::diff(&a.a, &a.b).map_err(bad_input)?;
+    let d = crate::release::diff::diff(&a.a, &a.b)?;
     print!("{}", d.render_text());
     Ok(if d.is_empty() {
         ExitCode::SUCCESS

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{bad_input, Env};
+use super::Env;
 
 /// What a reviewer reads first: name, version, build date, signer key id,
 /// root hash, kernel and command line, flags, network rules, outputs with
@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
-    let i = crate::release::inspect::inspect(&a.dir).map_err(bad_input)?;
+    let i = crate::release::inspect::inspect(&a.dir)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&i)?);
     } else {
