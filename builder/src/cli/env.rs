@@ -15,10 +15,20 @@ use crate::release::signify::PassphraseSource;
 use crate::vm::qemu::QemuConfig;
 
 /// A snapshot of the process environment and working folder.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Env {
     vars: BTreeMap<OsString, OsString>,
     cwd: Option<PathBuf>,
+}
+
+/// Names only: a value may be a passphrase (`--passphrase-env`).
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .finish()
+    }
 }
 
 impl Env {
@@ -206,6 +216,7 @@ mod tests {
             e.passphrase("PW"),
             PassphraseSource::Env("PW".into(), Some("secret".into()))
         );
+        assert!(!format!("{e:?}").contains("secret"), "{e:?}");
         assert_eq!(
             e.passphrase("NOPE"),
             PassphraseSource::Env("NOPE".into(), None)
