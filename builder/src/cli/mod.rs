@@ -1,94 +1,236 @@
-//! The command line's view of the process: the only place that reads
-//! environment variables. Everything below takes what it needs as values
-//! (`Settings`, `LoadEnv`), so the library's behaviour is its arguments.
+//! The command line: one file per command (`build.rs`, `verify.rs`, ...),
+//! each with its clap `Args` and an `exec` that turns the arguments into
+//! library calls and prints the outcome (as cargo's `commands/*.rs`).
+//! The work itself lives in the layers below. This is also the only
+//! place that reads the process environment ([`Env`], read once), and
+//! [`report_error`] is the one place an error becomes an exit code.
+//!
+//! Exit codes: 0 success, 1 a check failed or a build step failed, 2 bad
+//! input (recipe, pins, arguments, keys), 128+N interrupted by signal N.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
 
-use crate::inputs::plan::Settings;
+use crate::host::shown::{Shown, ShownLines};
 
-/// The cache: `$CAIRN_CACHE`, else `$XDG_CACHE_HOME/cairn`, else
-/// `~/.cache/cairn`, made absolute (tools run in other folders).
-pub fn cache_root_from_env() -> Result<PathBuf> {
-    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    let p = if let Some(p) = non_empty("CAIRN_CACHE") {
-        PathBuf::from(p)
-    } else if let Some(p) = non_empty("XDG_CACHE_HOME") {
-        PathBuf::from(p).join("cairn")
-    } else {
-        match non_empty("HOME") {
-            Some(h) => PathBuf::from(h).join(".cache").join("cairn"),
-            None => bail!("cache: neither CAIRN_CACHE nor HOME is set; set CAIRN_CACHE=DIR"),
-        }
-    };
-    Ok(if p.is_absolute() {
-        p
-    } else {
-        std::env::current_dir()?.join(p)
-    })
+pub mod build;
+pub mod cache;
+pub mod check;
+pub mod diff;
+pub mod digest;
+pub mod doctor;
+mod env;
+pub mod fetch;
+pub mod flash;
+pub mod inspect;
+pub mod keygen;
+pub mod lock;
+pub mod run;
+pub mod site;
+pub mod verify;
+
+pub use env::{
+    cache_root_from_env, passphrase_from_env, qemu_config_from_env, settings_from_env,
+    tool_path_from_env, Env,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Build immutable, signed, bootable appliance images from TOML recipes",
+    long_about = "cairn turns a TOML recipe into a read-only appliance image: a Debian root \
+tree packed as squashfs, protected by dm-verity, booted by a UKI whose command line \
+carries the root hash, written as a raw GPT disk (no loop devices, no mounts).\n\n\
+Quick start (as root on Debian bookworm):\n  make deps && make image\n  cairn run out/field-ai-0.1.0/field-ai-0.1.0.raw",
+    after_help = "Examples:\n  cairn build recipes/field-ai.toml\n  cairn verify out/field-ai-0.1.0 --pubkey release.pub\n\n\
+`cairn COMMAND --help` shows each command's options and examples."
+)]
+pub struct Cli {
+    /// Print every host command cairn runs.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-/// Settings from the environment: the cache, `CAIRN_NO_STAGE_CACHE`
-/// (set: no stage cache) and `SOURCE_DATE_EPOCH` (a number, or an error).
-pub fn settings_from_env() -> Result<Settings> {
-    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => match v.parse::<u64>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                return Err(crate::InputError(format!(
-                    "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970; unset it or give e.g. 1735689600"
-                ))
-                .into())
+/// Every command; `main` dispatches each to its module's `exec`.
+#[derive(Subcommand)]
+pub enum Command {
+    Build(build::Args),
+    Lock(lock::Args),
+    Fetch(fetch::Args),
+    Cache(cache::Args),
+    Keygen(keygen::Args),
+    Verify(verify::Args),
+    Inspect(inspect::Args),
+    Diff(diff::Args),
+    Flash(flash::Args),
+    Site(site::Args),
+    Run(run::Args),
+    Digest(digest::Args),
+    Check(check::Args),
+    Doctor(doctor::Args),
+}
+
+/// What every command sets up before it runs: the runner's verbosity, the
+/// programs' search path, the SIGINT/SIGTERM handlers.
+pub fn setup(verbose: bool, env: &Env) {
+    crate::host::runner::set_verbose(verbose);
+    crate::host::doctor::set_search_path(env.tool_path());
+    crate::host::interrupt::install();
+}
+
+/// Prints `e` the way its kind asks and returns the process exit code:
+/// the one place an error becomes an exit code. The kind comes from the
+/// error's type, set where the error arose:
+/// - `FlashError`: its own code (1, 2, or 130 for a write stopped by SIGINT);
+/// - `VerifyError`: `FAILED` and the check, 1; bad input 2;
+/// - a SIGINT/SIGTERM received: 128+N, with the one "interrupted" line;
+/// - `RecipeError`: 2, every problem on its own line;
+/// - `InputError` (anywhere in the chain): 2;
+/// - anything else: 1, with its whole context chain.
+///
+/// Messages quote inputs (file names, manifest strings, tools' words about
+/// hostile files): they go through `ShownLines`, so no terminal control
+/// gets through.
+pub fn report_error(e: &anyhow::Error) -> u8 {
+    // Before the signal check: a flash owns its interrupt (the device was
+    // left unbootable on purpose) and says so itself.
+    if let Some(f) = e.downcast_ref::<crate::field::flash::FlashError>() {
+        eprintln!("error: {}", ShownLines(&f.to_string()));
+        return u8::try_from(f.exit_code()).unwrap_or(1);
+    }
+    // Likewise a verify verdict: the line says which check failed.
+    if let Some(v) = e.downcast_ref::<crate::release::verify::VerifyError>() {
+        use crate::release::verify::VerifyError;
+        return match v {
+            VerifyError::BadInput(m) => {
+                eprintln!("error: {}", Shown(m));
+                2
             }
-        },
-        _ => None,
-    };
-    Ok(Settings {
-        cache_root: cache_root_from_env()?,
-        stage_cache: std::env::var_os("CAIRN_NO_STAGE_CACHE").is_none(),
-        source_date_epoch,
-        trees_on_disk: std::env::var(crate::host::scratch::ENV).is_ok_and(|v| v == "disk"),
-    })
+            VerifyError::Failed(m) => {
+                eprintln!("FAILED {}", Shown(m));
+                1
+            }
+        };
+    }
+    if let Some(sig) = crate::host::interrupt::signalled() {
+        crate::host::interrupt::report(sig);
+        return 128u8.saturating_add(u8::try_from(sig).unwrap_or(0x7f));
+    }
+    if let Some(r) = e.downcast_ref::<crate::recipe::RecipeError>() {
+        for p in &r.problems {
+            eprintln!("error: {}", ShownLines(&p.to_string()));
+        }
+        return 2;
+    }
+    if e.downcast_ref::<crate::InputError>().is_some() {
+        eprintln!("error: {}", ShownLines(&e.to_string()));
+        return 2;
+    }
+    eprintln!("error: {}", ShownLines(&format!("{e:#}")));
+    1
 }
 
-/// `--passphrase-env VAR`: the variable's value, read here (None: unset).
-pub fn passphrase_from_env(var: &str) -> crate::release::signify::PassphraseSource {
-    crate::release::signify::PassphraseSource::Env(var.to_string(), std::env::var_os(var))
+/// For a library call whose every failure is the input's fault (a release
+/// folder or a path the user named, read with the hostile-input checks):
+/// the whole reason, as bad input (exit 2).
+pub fn bad_input(e: anyhow::Error) -> anyhow::Error {
+    crate::InputError(format!("{e:#}")).into()
 }
 
-/// The programs' search path (`PATH`), handed to the tool runner once.
-pub fn tool_path_from_env() {
-    crate::host::doctor::set_search_path(std::env::var_os("PATH"));
+/// Where a secret key's passphrase comes from (shared by `build`, `keygen`
+/// and `site sign`). Never the command line itself: argv is visible to
+/// every user via /proc.
+#[derive(clap::Args)]
+pub struct PassArgs {
+    /// Read the key passphrase from the first line of this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_env")]
+    passphrase_file: Option<PathBuf>,
+    /// Read the key passphrase from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    passphrase_env: Option<String>,
 }
 
-/// The QEMU knobs of `cairn run` and the boot tests: `CAIRN_QEMU_ACCEL`
-/// (`kvm`, `tcg` or `auto`) and `CAIRN_BOOT_TIMEOUT_SCALE` (an integer >= 1);
-/// bad values are ignored with a warning.
-pub fn qemu_config_from_env() -> crate::vm::qemu::QemuConfig {
-    use crate::vm::qemu::QemuConfig;
-    let var = |k: &str| std::env::var(k).ok();
-    QemuConfig::from_env_values(
-        var(QemuConfig::ACCEL_VAR).as_deref(),
-        var(QemuConfig::TIMEOUT_SCALE_VAR).as_deref(),
-    )
+impl PassArgs {
+    /// The source given, if any (`None`: ask on the terminal if needed).
+    pub fn source(&self, env: &Env) -> Option<crate::release::signify::PassphraseSource> {
+        use crate::release::signify::PassphraseSource;
+        match (&self.passphrase_file, &self.passphrase_env) {
+            (Some(f), _) => Some(PassphraseSource::File(f.clone())),
+            (None, Some(v)) => Some(env.passphrase(v)),
+            (None, None) => None,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
-    fn default_path_honours_cairn_cache() {
-        // Set and restore within the test (no other test in this module
-        // reads the variable).
-        let old = std::env::var_os("CAIRN_CACHE");
-        std::env::set_var("CAIRN_CACHE", "/some/where");
-        let p = cache_root_from_env().unwrap();
-        match old {
-            Some(v) => std::env::set_var("CAIRN_CACHE", v),
-            None => std::env::remove_var("CAIRN_CACHE"),
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// What `cairn C --help` lacks, for `c` and its subcommands: an about
+    /// line, a flag's help, a leaf command's examples (issue #36).
+    fn help_gaps(c: &clap::Command, path: &str, gaps: &mut Vec<String>) {
+        let name = format!("{path} {}", c.get_name());
+        if c.get_about().is_none() {
+            gaps.push(format!("{name}: no about"));
         }
-        assert_eq!(p, PathBuf::from("/some/where"));
+        let examples = c
+            .get_after_help()
+            .is_some_and(|h| h.to_string().contains("Examples:"));
+        if c.get_subcommands().next().is_none() && !examples {
+            gaps.push(format!("{name}: no examples in after_help"));
+        }
+        for a in c.get_arguments() {
+            let id = a.get_id().as_str();
+            if id != "help" && id != "version" && a.get_help().is_none() {
+                gaps.push(format!("{name} {id}: no help text"));
+            }
+        }
+        for s in c.get_subcommands() {
+            help_gaps(s, &name, gaps);
+        }
+    }
+
+    #[test]
+    fn every_command_and_flag_has_help_and_examples() {
+        let mut gaps = Vec::new();
+        for s in Cli::command().get_subcommands() {
+            help_gaps(s, "cairn", &mut gaps);
+        }
+        assert!(gaps.is_empty(), "{gaps:#?}");
+        // Control: a command without them is seen.
+        let bare = clap::Command::new("bare").arg(clap::Arg::new("x").long("x"));
+        let mut gaps = Vec::new();
+        help_gaps(&bare, "cairn", &mut gaps);
+        assert_eq!(gaps.len(), 3, "{gaps:#?}");
+    }
+
+    fn code(e: anyhow::Error) -> u8 {
+        report_error(&e)
+    }
+
+    #[test]
+    fn error_kinds_map_to_exit_codes() {
+        use crate::field::flash::FlashError;
+        assert_eq!(code(crate::InputError("bad".into()).into()), 2);
+        // The kind survives context added on the way up.
+        let e = anyhow::Error::new(crate::InputError("bad".into())).context("while x");
+        assert_eq!(code(e), 2);
+        assert_eq!(code(anyhow::anyhow!("tool failed")), 1);
+        assert_eq!(code(FlashError::BadInput("no tty".into()).into()), 2);
+        assert_eq!(code(FlashError::Failed("read back".into()).into()), 1);
+        assert_eq!(code(FlashError::Interrupted("SIGINT".into()).into()), 130);
+        use crate::release::verify::VerifyError;
+        assert_eq!(code(VerifyError::BadInput("no key".into()).into()), 2);
+        assert_eq!(code(VerifyError::Failed("digest".into()).into()), 1);
     }
 }

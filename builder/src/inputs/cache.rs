@@ -87,7 +87,42 @@ pub enum GcKeep {
     Nothing,
 }
 
+impl GcKeep {
+    /// `cairn cache gc`: with `all`, nothing; else every input the locks of
+    /// `recipes` pin. A lock that cannot be read is bad input (exit 2), and
+    /// nothing is removed.
+    pub fn for_recipes(recipes: &[PathBuf], all: bool) -> Result<GcKeep, crate::InputError> {
+        if all {
+            return Ok(GcKeep::Nothing);
+        }
+        let mut keep = BTreeSet::new();
+        for r in recipes {
+            keep.extend(
+                crate::inputs::lock::Lock::read_input(&crate::inputs::lock::lock_path(r))?
+                    .digests(),
+            );
+        }
+        Ok(GcKeep::Named(keep))
+    }
+}
+
 impl Cache {
+    /// `cairn cache export`: the inputs `recipe`'s lock pins, written to
+    /// `file` as [`Cache::export`] does. Returns how many files it holds.
+    pub fn export_recipe(&self, recipe: &Path, file: &Path) -> Result<usize> {
+        let lock = crate::inputs::lock::Lock::read_input(&crate::inputs::lock::lock_path(recipe))?;
+        let digests = lock.digests();
+        self.export(&digests, file)?;
+        Ok(digests.len())
+    }
+
+    /// `cairn cache import`: [`Cache::import`] of a file the user named;
+    /// any refusal is bad input (exit 2), naming the file.
+    pub fn import_file(&self, file: &Path) -> Result<ImportReport, crate::InputError> {
+        self.import(file)
+            .map_err(|e| crate::InputError(format!("{}: {e:#}", file.display())))
+    }
+
     /// Opens (creating if needed) the cache rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Cache> {
         let root = root.into();

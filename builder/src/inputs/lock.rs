@@ -343,6 +343,28 @@ impl Lock {
         Lock::from_toml(&text).with_context(|| format!("{}: bad lock file", path.display()))
     }
 
+    /// [`Lock::read`] for a lock the user named: any failure is bad input
+    /// (exit 2), with the whole reason.
+    pub fn read_input(path: &Path) -> Result<Lock, crate::InputError> {
+        Lock::read(path).map_err(|e| crate::InputError(format!("{e:#}")))
+    }
+
+    /// The lock of `recipe` as `cairn fetch` needs it: present (else the
+    /// fix is `cairn lock`) and made for this recipe. Bad input otherwise.
+    pub fn for_recipe(recipe: &crate::recipe::Recipe) -> Result<Lock, crate::InputError> {
+        let path = lock_path(&recipe.file);
+        let lock = Lock::read(&path).map_err(|e| {
+            crate::InputError(format!(
+                "{}: {e:#}; run `cairn lock {}` first",
+                path.display(),
+                recipe.file.display()
+            ))
+        })?;
+        check_recipe(&lock, recipe)
+            .map_err(|m| crate::InputError(format!("{}: {m}", path.display())))?;
+        Ok(lock)
+    }
+
     /// Reads the lock if the file exists.
     pub fn read_if_exists(path: &Path) -> Result<Option<Lock>> {
         match std::fs::symlink_metadata(path) {

@@ -249,6 +249,30 @@ fn check_local_pins(recipe: &Recipe) -> Result<()> {
     Ok(())
 }
 
+/// What `cairn fetch` brought in.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// The locked packages: downloaded, already cached, bytes.
+    pub packages: crate::inputs::debrepo::FetchReport,
+    /// Bytes downloaded for the recipe's URL inputs.
+    pub url_bytes: u64,
+}
+
+/// `cairn fetch`: every input `lock` and the recipe's URL inputs name, in
+/// `cache` (downloads go through a scratch folder removed afterwards).
+pub fn fetch_locked(
+    recipe: &crate::recipe::Recipe,
+    lock: &Lock,
+    cache: &crate::inputs::cache::Cache,
+) -> Result<Fetched> {
+    let work = tempfile::tempdir()?;
+    let (packages, url_bytes) = fetch_inputs(Some(lock), &recipe.downloads, cache, work.path())?;
+    Ok(Fetched {
+        packages,
+        url_bytes,
+    })
+}
+
 /// Fills the cache with every locked package (base and images, from
 /// their mirrors) and every URL input. Returns the packages' report and
 /// the URL bytes downloaded.

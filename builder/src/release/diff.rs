@@ -91,7 +91,12 @@ pub struct Diff {
 }
 
 /// Compares the output folders `a` and `b` (their manifests and signers).
-pub fn diff(a: &Path, b: &Path) -> Result<Diff> {
+/// Both are input: a folder that cannot be read is bad input (exit 2).
+pub fn diff(a: &Path, b: &Path) -> Result<Diff, crate::InputError> {
+    compare_folders(a, b).map_err(|e| crate::InputError(format!("{e:#}")))
+}
+
+fn compare_folders(a: &Path, b: &Path) -> Result<Diff> {
     let mut d = compare(&inspect(a)?, &inspect(b)?);
     d.sbom = sbom_changes(
         crate::release::sbom::read_cdx(a)?.as_ref(),

@@ -113,8 +113,13 @@ impl SignatureInfo {
 /// Reads `dir`'s manifest.json (and SHA256 / SHA256.sig when present).
 /// The manifest is read once, bounded, and parsed twice from those bytes:
 /// as `Manifest` (same errors as `manifest::read`) and as raw JSON for the
-/// sections this version of cairn does not model.
-pub fn inspect(dir: &Path) -> Result<Inspection> {
+/// sections this version of cairn does not model. The folder is input:
+/// any failure to read it is bad input (exit 2), with the whole reason.
+pub fn inspect(dir: &Path) -> Result<Inspection, crate::InputError> {
+    read_folder(dir).map_err(|e| crate::InputError(format!("{e:#}")))
+}
+
+fn read_folder(dir: &Path) -> Result<Inspection> {
     let manifest_path = dir.join(MANIFEST);
     // A release folder is hostile: no symlink out of it, no FIFO that
     // blocks the read, no file bigger than a manifest can be.

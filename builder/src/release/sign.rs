@@ -73,6 +73,39 @@ pub fn load_key(k: &SigningKey) -> Result<SecretKey> {
     }
 }
 
+/// A key pair `cairn keygen` wrote.
+pub struct NewKeyPair {
+    pub public: PathBuf,
+    pub secret: PathBuf,
+    pub key_id: String,
+}
+
+/// `cairn keygen`: writes `NAME.pub` and `NAME.sec`, the secret encrypted
+/// under the passphrase read from `passphrase` (`None`: unencrypted). The
+/// keys' comments name the file. An unreadable or empty passphrase, or an
+/// existing file, is bad input (exit 2); nothing is overwritten.
+pub fn keygen(name: &Path, passphrase: Option<PassphraseSource>) -> Result<NewKeyPair> {
+    let passphrase = match passphrase {
+        None => None,
+        Some(source) => Some(
+            crate::release::signify::read_passphrase(source)
+                .map_err(|e| crate::InputError(e.to_string()))?,
+        ),
+    };
+    let comment = name
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cairn".into());
+    let (public, secret) = crate::release::signify::keygen(name, passphrase.as_deref(), &comment)
+        .map_err(|e| crate::InputError(format!("{e:#}")))?;
+    let key_id = crate::release::signify::PublicKey::read(&public)?.key_id();
+    Ok(NewKeyPair {
+        public,
+        secret,
+        key_id,
+    })
+}
+
 /// Writes SHA256 and SHA256.sig into `dir`. `pub_name` goes into the
 /// signature's comment (`verify with NAME.pub`).
 pub fn sign_dir(dir: &Path, key: &SecretKey, pub_name: &str) -> Result<String> {

@@ -60,6 +60,26 @@ pub fn check_file(
     Ok(check(site, &text, decl)?)
 }
 
+/// `cairn site sign`: `site` checked against `recipe`'s `[site]` table
+/// first (its problems are what the user came for), then signed with the
+/// key at `key` (its passphrase asked for only then). A recipe without
+/// `[site]` is bad input.
+pub fn sign_for_recipe(
+    site: &Path,
+    recipe: &crate::recipe::Recipe,
+    key: &crate::release::sign::SigningKey,
+) -> Result<SignedSite> {
+    let decl = recipe.site.as_ref().ok_or_else(|| {
+        crate::InputError(format!(
+            "{}: the recipe has no [site] table, so its images take no site file",
+            recipe.file.display()
+        ))
+    })?;
+    check_file(site, decl)?;
+    let key = crate::release::sign::load_key(key)?;
+    sign(site, &key, decl)
+}
+
 /// Checks `site` against `decl`, signs it with `key` (which must be the
 /// declaration's site key) and writes `SITE.toml.sig`. A file that does not
 /// name its image and version gets them (this recipe's `image = "NAME"`,

@@ -166,6 +166,10 @@ fn grow_control_recipe_is_tiny_without_grow() {
     same.recipe_sha256 = tiny.recipe_sha256;
     same.name = tiny.name.clone();
     same.state_grow = tiny.state_grow;
+    // A site file is bound to its image's name.
+    if let (Some(s), Some(t)) = (same.site.as_mut(), tiny.site.as_ref()) {
+        s.image = t.image.clone();
+    }
     // A model's `at` names the file its pin is written in.
     for (m, t) in same.workloads.models.iter_mut().zip(&tiny.workloads.models) {
         m.at = t.at.clone();

@@ -120,6 +120,16 @@ impl ManyReport {
         }
     }
 
+    /// The first line: which image, how big, verified with which key.
+    pub fn heading(&self, image: &Path) -> String {
+        format!(
+            "flash: {} ({}) verified with key {} before writing",
+            image.display(),
+            human_bytes(self.bytes),
+            self.key_id
+        )
+    }
+
     /// One line per stick: `flash: DEVICE: ok, ...` or `flash: DEVICE: FAILED: ...`.
     pub fn lines(&self) -> Vec<String> {
         self.sticks

@@ -95,6 +95,33 @@ impl FlashError {
     }
 }
 
+/// What `cairn flash` did: one stick without receipts gets the detailed
+/// single-stick report; several sticks, or a receipts log, the parallel
+/// writer with one line per stick.
+#[derive(Debug)]
+pub enum Flashed {
+    One(FlashReport),
+    Many(ManyReport),
+}
+
+/// `cairn flash`: writes `opts.image` to every device, as [`flash`] for a
+/// single device without receipts, else as [`flash_many`].
+pub fn flash_devices(mut opts: ManyOptions) -> Result<Flashed, FlashError> {
+    if opts.devices.len() == 1 && opts.receipts.is_none() {
+        let one = FlashOptions {
+            image: opts.image,
+            device: opts.devices.remove(0),
+            pubkey: opts.pubkey,
+            yes: opts.yes,
+            to_file: opts.to_file,
+            max_size: opts.max_size,
+            site: opts.site,
+        };
+        return flash(&one).map(Flashed::One);
+    }
+    flash_many(&opts).map(Flashed::Many)
+}
+
 /// What was written.
 #[derive(Debug, Clone)]
 pub struct FlashReport {

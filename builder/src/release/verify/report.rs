@@ -54,6 +54,30 @@ pub fn report_json(
     v
 }
 
+/// `cairn verify --report`: the report of this run, stamped with the wall
+/// clock (the one time stamp: when the evidence was taken), written to
+/// `path` as [`write_report`] does. A path it may not write is bad input.
+pub fn write_now(
+    path: &Path,
+    target: &Path,
+    pubkey: &Path,
+    production: bool,
+    outcome: &Result<VerifyReport, VerifyError>,
+) -> Result<(), crate::InputError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let v = report_json(
+        target,
+        pubkey,
+        production,
+        outcome,
+        &crate::host::time::rfc3339(now),
+    );
+    write_report(path, target, &v).map_err(|e| crate::InputError(format!("{e:#}")))
+}
+
 /// Writes the report atomically; refuses a path inside the verified folder
 /// (it would become an unlisted file of the release).
 pub fn write_report(path: &Path, target: &Path, report: &Value) -> Result<()> {

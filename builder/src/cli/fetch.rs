@@ -1,0 +1,41 @@
+//! `cairn fetch`: fill the cache with everything the lock names.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Env;
+
+/// Fill the cache with everything RECIPE.lock names (the base's and
+/// built images' packages) and the recipe's URL inputs, checking each
+/// file's sha256, so `cairn build --offline` works later.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  cairn fetch recipes/field-ai.toml\n  cairn build recipes/field-ai.toml --offline"
+)]
+pub struct Args {
+    /// The recipe file; RECIPE.lock must be beside it (`cairn lock`).
+    recipe: PathBuf,
+    /// Folder that recipe paths may point into (default: the recipe's folder).
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
+    let settings = env.settings()?;
+    let r = crate::recipe::load(&a.recipe, a.root.as_deref(), &settings.recipe_env())?;
+    let lock = crate::inputs::lock::Lock::for_recipe(&r)?;
+    let cache = settings.open_cache()?;
+    let f = crate::inputs::plan::fetch_locked(&r, &lock, &cache)?;
+    println!(
+        "{} packages fetched ({} bytes), {} already cached; {} URL input(s) ready ({} bytes downloaded); in {}",
+        f.packages.downloaded,
+        f.packages.bytes,
+        f.packages.already,
+        r.downloads.len(),
+        f.url_bytes,
+        cache.root().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

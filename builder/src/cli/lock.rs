@@ -1,0 +1,34 @@
+//! `cairn lock`: resolve the recipe's packages into RECIPE.lock.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Env;
+
+/// Resolve the recipe's Debian packages and write RECIPE.lock (name,
+/// version, architecture, .deb sha256 of every package; the epoch).
+///
+/// Covers the base (kernel included) and every image built from Debian
+/// packages (`[images.build]`, one `[[image]]` table each). The .debs
+/// land in the cache ($CAIRN_CACHE, default ~/.cache/cairn). Commit the
+/// lock beside the recipe: builds then install exactly these files.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  cairn lock recipes/field-ai.toml\n  git add recipes/field-ai.lock"
+)]
+pub struct Args {
+    /// The recipe file; its lock is written beside it (NAME.lock).
+    recipe: PathBuf,
+    /// Folder that recipe paths may point into (default: the recipe's folder).
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
+    let settings = env.settings()?;
+    let r = crate::recipe::load(&a.recipe, a.root.as_deref(), &settings.recipe_env())?;
+    crate::inputs::plan::lock_recipe(&r, &settings.open_cache()?)?;
+    Ok(ExitCode::SUCCESS)
+}

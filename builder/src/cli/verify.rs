@@ -1,0 +1,48 @@
+//! `cairn verify`: an output folder checked against a public key, offline.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Env;
+
+/// Verify an output folder (or one .raw beside its SHA256, SHA256.sig and
+/// manifest.json) against a public key, offline. Exit 0 only if every
+/// check passes; 1 if one fails (one line says which); 2 for bad input.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  cairn verify out/field-ai-0.1.0 --pubkey release.pub\n  cairn verify out/field-ai-0.1.0/field-ai-0.1.0.raw --pubkey release.pub --production --report evidence.json"
+)]
+pub struct Args {
+    /// The output folder, or a .raw/.iso file in it.
+    target: PathBuf,
+    /// The signer's public key (signify format).
+    #[arg(long, value_name = "KEY.pub")]
+    pubkey: PathBuf,
+    /// Also refuse images whose flags say debug (debug console on).
+    #[arg(long)]
+    production: bool,
+    /// Write what was checked (each file and digest, key id, root
+    /// hashes recomputed, production checks) as JSON evidence, also when
+    /// verification fails; deterministic apart from its time stamp.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
+}
+
+/// A failed check is a `VerifyError` (`report_error` prints `FAILED ...`,
+/// exit 1; bad input exit 2), after the evidence was written.
+pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
+    let outcome = crate::release::verify::verify(&a.target, &a.pubkey, a.production);
+    if let Some(path) = &a.report {
+        crate::release::verify::report::write_now(
+            path,
+            &a.target,
+            &a.pubkey,
+            a.production,
+            &outcome,
+        )?;
+    }
+    println!("{}", outcome?);
+    Ok(ExitCode::SUCCESS)
+}
