@@ -79,6 +79,7 @@ test: validators qemu-test
 
 lint:
 	python3 .ci/layers.py
+	@bad=$$(gofmt -l cluster); if [ -n "$$bad" ]; then echo "gofmt: not formatted: $$bad"; exit 1; fi
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
