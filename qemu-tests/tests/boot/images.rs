@@ -107,6 +107,19 @@ struct Seen {
     vm: Vm,
 }
 
+/// A copy of `raw` (tiny-svc's disk) with a signed site file that changes
+/// nothing but what the image requires: a name and a serial.
+fn with_site_file(raw: &Path, dir: &Path) -> std::path::PathBuf {
+    use cairn::release::site;
+    let decl = site::declaration_beside(raw).expect("tiny-svc takes site files");
+    let file = dir.join("small-site.toml");
+    std::fs::write(&file, "name = \"images\"\nserial = \"2\"\n").unwrap();
+    site::sign(&file, &site_test_key(), &decl).expect("sign the site file");
+    let img = dir.join("small-with-site.raw");
+    site::apply(raw, &file, &img, site::ReleaseTrust::Unverified).expect("apply the site file");
+    img
+}
+
 fn boot(img: &Path, log: &str) -> Seen {
     let mut spec = BootSpec::new(img, ImageFormat::Raw, Firmware::Uefi, log_path(log));
     spec.debug_console = true;
@@ -166,7 +179,9 @@ fn a_big_service_image_runs_from_the_verified_root_and_writes_nothing_to_the_sta
     let raw_len = std::fs::metadata(&big_built.raw).unwrap().len();
     assert!(raw_len > BIG, "the big image's disk is {raw_len} bytes");
 
-    let mut small = boot(&small_built.raw, "bigimage-small");
+    // tiny-svc requires a site file (the site test's image): give its disk one.
+    let small_raw = with_site_file(&small_built.raw, &dir);
+    let mut small = boot(&small_raw, "bigimage-small");
     assert_eq!(
         service_uid(&mut small.vm),
         "0",
