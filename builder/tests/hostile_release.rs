@@ -605,7 +605,11 @@ fn with_site(m: &mut Mini) -> (std::path::PathBuf, cairn::release::signify::Secr
     m.write_manifest();
     m.sign();
     let site = m.keys.join("north.toml");
-    std::fs::write(&site, "name = \"north\"\nhostname = \"north-1\"\n").unwrap();
+    std::fs::write(
+        &site,
+        "name = \"north\"\nserial = \"1\"\nhostname = \"north-1\"\n",
+    )
+    .unwrap();
     let decl = cairn::release::site::declaration_beside(&m.path(RAW)).unwrap();
     cairn::release::site::sign(&site, &site_key, &decl).unwrap();
     (site, site_key)
@@ -823,7 +827,11 @@ fn site_apply_refuses_a_manifest_whose_site_key_was_swapped_after_signing() {
     )
     .unwrap();
     let evil_site = m.keys.join("evil.toml");
-    std::fs::write(&evil_site, "name = \"evil\"\nhostname = \"evil\"\n").unwrap();
+    std::fs::write(
+        &evil_site,
+        "name = \"evil\"\nserial = \"1\"\nhostname = \"evil\"\n",
+    )
+    .unwrap();
     let decl = cairn::release::site::declaration_beside(&m.path(RAW)).unwrap();
     cairn::release::site::sign(&evil_site, &key, &decl).unwrap();
     let out = m.tmp.path().join("evil.raw");
