@@ -208,7 +208,10 @@ mod tests {
         }
         assert!(gaps.is_empty(), "{gaps:#?}");
         // Control: a command without them is seen.
-        let bare = clap::Command::new("bare").arg(clap::Arg::new("x").long("x"));
+        // (clap's parser type, not a process.)
+        let bare = clap::Command::default()
+            .name("bare")
+            .arg(clap::Arg::new("x").long("x"));
         let mut gaps = Vec::new();
         help_gaps(&bare, "cairn", &mut gaps);
         assert_eq!(gaps.len(), 3, "{gaps:#?}");
