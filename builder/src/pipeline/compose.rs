@@ -719,7 +719,13 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn configured(recipe_text: &str) -> tempfile::TempDir {
+    /// `configure` on a tree of `recipe_text` holding os-release and the
+    /// given passwd and shadow files; the folder, and what configure said.
+    fn configure_tree(
+        recipe_text: &str,
+        shadow: &str,
+        passwd: &str,
+    ) -> (tempfile::TempDir, Result<()>) {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("r.toml");
         std::fs::write(&path, recipe_text).unwrap();
@@ -733,29 +739,24 @@ mod tests {
         let tree = d.path().join("tree");
         std::fs::create_dir_all(tree.join("etc")).unwrap();
         std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
-        std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-        std::fs::write(tree.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
-        configure(&recipe, &tree).unwrap();
+        std::fs::write(tree.join("etc/passwd"), passwd).unwrap();
+        std::fs::write(tree.join("etc/shadow"), shadow).unwrap();
+        let r = configure(&recipe, &tree);
+        (d, r)
+    }
+
+    fn configured(recipe_text: &str) -> tempfile::TempDir {
+        let (d, r) = configure_tree(
+            recipe_text,
+            "root:*:19000:0:99999:7:::\n",
+            "root:x:0:0:root:/root:/bin/bash\n",
+        );
+        r.unwrap();
         d
     }
 
     fn configure_with(shadow: &str, passwd: &str) -> Result<()> {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("r.toml");
-        std::fs::write(&path, RECIPE).unwrap();
-        let recipe = crate::recipe::parse(&crate::recipe::RecipeSource {
-            path,
-            text: RECIPE.into(),
-            root: std::fs::canonicalize(d.path()).unwrap(),
-            env: Default::default(),
-        })
-        .unwrap();
-        let tree = d.path().join("tree");
-        std::fs::create_dir_all(tree.join("etc")).unwrap();
-        std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
-        std::fs::write(tree.join("etc/passwd"), passwd).unwrap();
-        std::fs::write(tree.join("etc/shadow"), shadow).unwrap();
-        configure(&recipe, &tree)
+        configure_tree(RECIPE, shadow, passwd).1
     }
 
     #[test]
