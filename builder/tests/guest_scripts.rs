@@ -159,11 +159,25 @@ fn answering(status: &'static str) -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
+        use std::io::Read;
         for s in l.incoming().flatten() {
             let mut s = s;
+            // Read the whole request head before answering, and drain what
+            // is left before closing: closing with unread bytes makes the
+            // kernel send a reset, which can discard the answer before the
+            // probe reads it.
+            let mut got = Vec::new();
             let mut buf = [0u8; 512];
-            let _ = std::io::Read::read(&mut s, &mut buf);
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = write!(s, "{status}\r\nContent-Length: 0\r\n\r\n");
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
         }
     });
     port
