@@ -5,42 +5,87 @@ OUT ?= out
 RECIPE ?= recipes/field-ai.toml
 CAIRN := target/release/cairn
 
-APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstools \
-	fdisk ovmf seabios systemd-boot-efi signify-openbsd binutils kmod zstd \
-	e2fsprogs nftables cpio tar grub-pc-bin grub-efi-amd64-bin curl dpkg util-linux grub-common \
-	python3-venv systemd-container \
-	sbsigntool efitools faketime openssl swtpm swtpm-tools tpm2-tools shim-signed \
-	busybox-static grub-efi-amd64-signed
+# What building an image needs (`make image`, `cairn build`).
+BUILD_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstools \
+	fdisk systemd-boot-efi signify-openbsd binutils kmod zstd e2fsprogs cpio tar \
+	grub-pc-bin grub-efi-amd64-bin grub-efi-amd64-signed grub-common dpkg util-linux \
+	sbsigntool faketime openssl shim-signed busybox-static qemu-utils curl
+# What the tests need on top: firmware, emulators, TPM, the validators' venv,
+# the packaging test's tools.
+TEST_PACKAGES := nftables ovmf seabios python3-venv systemd-container efitools \
+	swtpm swtpm-tools tpm2-tools
 # qemu comes from bookworm-backports so qemu-system-x86 matches the
 # backported qemu-utils these machines ship with; python3-virt-firmware
 # (virt-fw-vars: a MOK in an OVMF variable store, for the shim boot test)
-# is only there.
-QEMU_PACKAGES := qemu-system-x86 qemu-utils python3-virt-firmware
+# is only there. Only the tests add backports: `make image` never does.
+TEST_BACKPORTS := qemu-system-x86 qemu-utils python3-virt-firmware
+APT_PACKAGES := $(BUILD_PACKAGES) $(TEST_PACKAGES)
+# The crate's rust-version; Debian 12's rustc is 1.63, its rustc-web (from
+# bookworm-security) is newer.
+RUST_MIN := 1.75
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: all deps ensure-deps build image test unit-test qemu-test lint bench clean doctor repro fuzz validators
+.PHONY: all deps deps-build deps-test ensure-deps ensure-build-deps ensure-rust build image \
+	test unit-test qemu-test lint bench clean doctor repro fuzz validators install deb print-build-packages
 
 all: build
 
-deps:
-	@if [ "$$(id -u)" != 0 ]; then echo "make deps installs Debian packages: run it as root"; exit 2; fi
+define need_root
+	@if [ "$$(id -u)" != 0 ]; then echo "make $@ installs Debian packages: run it as root (sudo make $@)"; exit 2; fi
+endef
+
+apt_update = apt-get update -o Acquire::Retries=3 || apt-get update -o Acquire::Retries=3
+apt_install = DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+
+deps: deps-build deps-test
+
+deps-build:
+	$(need_root)
+	$(apt_update)
+	$(apt_install) $(BUILD_PACKAGES)
+
+deps-test:
+	$(need_root)
 	echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/cairn-backports.list
-	apt-get update -o Acquire::Retries=3 || apt-get update -o Acquire::Retries=3
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -t bookworm-backports $(QEMU_PACKAGES)
+	$(apt_update)
+	$(apt_install) $(TEST_PACKAGES)
+	$(apt_install) -t bookworm-backports $(TEST_BACKPORTS)
 
-# Installs the host tools when any package is missing, so that `make image`
-# and `make test` are the whole quick start on a fresh Debian machine.
-ensure-deps:
-	@missing=""; for p in $(APT_PACKAGES) $(QEMU_PACKAGES); do \
-		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "make: host packages missing:$$missing; installing them (make deps)"; \
-		$(MAKE) deps; \
-	fi
+# `make deps-X` when any of the named packages is missing, so that
+# `make image` and `make test` are the whole quick start on a fresh Debian
+# machine.
+missing = $(shell for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done)
 
-build:
+ensure-build-deps: ensure-rust
+	@m="$(call missing,$(BUILD_PACKAGES))"; if [ -n "$$m" ]; then \
+		echo "make: build packages missing: $$m; installing them (make deps-build)"; $(MAKE) deps-build; fi
+
+ensure-deps: ensure-build-deps
+	@m="$(call missing,$(TEST_PACKAGES) $(TEST_BACKPORTS))"; if [ -n "$$m" ]; then \
+		echo "make: test packages missing: $$m; installing them (make deps-test)"; $(MAKE) deps-test; fi
+
+# A cargo of at least RUST_MIN: Debian's rustc-web and cargo-web when
+# there is none (as root), else the command to run.
+ensure-rust:
+	@v=$$($(CARGO) --version 2>/dev/null | cut -d' ' -f2); \
+	if [ -n "$$v" ] && [ "$$(printf '%s\n%s\n' $(RUST_MIN) "$$v" | sort -V | head -1)" = $(RUST_MIN) ]; then exit 0; fi; \
+	echo "make: cairn needs cargo >= $(RUST_MIN); found: $${v:-none}"; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "run as root: apt-get install rustc-web cargo-web   (Debian 12's bookworm-security; or https://rustup.rs)"; exit 2; fi; \
+	$(apt_update); $(apt_install) rustc-web cargo-web
+
+build: ensure-rust
 	$(CARGO) build --release --locked
+
+# The binary, its man page and shell completions under DESTDIR/PREFIX.
+install: build
+	bash packaging/install.sh $(CAIRN) "$(DESTDIR)$(PREFIX)"
+
+# A Debian package: target/deb/cairn_VERSION_amd64.deb (dpkg-deb). The
+# field commands need only libc; the builder's tools are Recommends.
+deb: build
+	bash packaging/build-deb.sh $(CAIRN) target/deb
 
 doctor: build
 	$(CAIRN) doctor
@@ -50,7 +95,7 @@ doctor: build
 DEV_KEY ?= .cairn-dev/dev
 
 # The default image: out/field-ai-VERSION/field-ai-VERSION.raw, signed.
-image: ensure-deps build
+image: ensure-build-deps build
 	@if [ ! -f $(DEV_KEY).sec ]; then \
 		mkdir -p $(dir $(DEV_KEY)) && $(CAIRN) keygen $(DEV_KEY) --no-passphrase && \
 		echo "make image: created DEVELOPMENT signing key $(DEV_KEY).sec (unencrypted; local builds only, never releases)"; \
@@ -97,3 +142,7 @@ bench: build
 
 clean:
 	rm -rf $(OUT) target/qemu-tests
+
+# For packaging/build-deb.sh: the packages `cairn build` needs.
+print-build-packages:
+	@echo $(BUILD_PACKAGES)
