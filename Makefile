@@ -10,7 +10,7 @@ APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstoo
 	e2fsprogs nftables cpio tar grub-pc-bin grub-efi-amd64-bin curl dpkg util-linux grub-common \
 	python3-venv systemd-container \
 	sbsigntool efitools faketime openssl swtpm swtpm-tools tpm2-tools shim-signed \
-	busybox-static grub-efi-amd64-signed
+	busybox-static grub-efi-amd64-signed libseccomp-dev pkg-config
 # qemu comes from bookworm-backports so qemu-system-x86 matches the
 # backported qemu-utils these machines ship with; python3-virt-firmware
 # (virt-fw-vars: a MOK in an OVMF variable store, for the shim boot test)
