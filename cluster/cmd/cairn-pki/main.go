@@ -3,7 +3,7 @@
 //
 //	cairn-pki --dir DIR --node-name N --node-ip IP --service-ip 10.96.0.1
 //	          [--cluster-domain cluster.local] [--server https://127.0.0.1:6443]
-//	          [--client NAME:USER[:GROUP,...]]...
+//	          [--client NAME=USER[,GROUP...]]...
 //
 // Bad flags exit 2; a failure to write (a file already there) exits 1.
 package main
@@ -43,7 +43,7 @@ func run(args []string) int {
 	domain := flags.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
 	server := flags.String("server", "https://127.0.0.1:6443", "the API server URL written into the kubeconfigs")
 	var clients clientFlags
-	flags.Var(&clients, "client", "one more kubeconfig NAME.kubeconfig for USER in GROUPs: NAME:USER[:GROUP,...] (repeatable)")
+	flags.Var(&clients, "client", "one more kubeconfig NAME.kubeconfig for USER in GROUPs: NAME=USER[,GROUP...] (repeatable)")
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}

@@ -75,15 +75,20 @@ func StandardClients(nodeName string) []Client {
 	}
 }
 
-// ParseClient reads NAME:USER[:GROUP,GROUP...] (the --client flag).
+// ParseClient reads NAME=USER[,GROUP...] (the --client flag): Kubernetes
+// user and group names hold colons, never an equals sign or a comma.
 func ParseClient(s string) (Client, error) {
-	parts := strings.SplitN(s, ":", 3)
-	if len(parts) < 2 || !validFileName(parts[0]) || parts[1] == "" {
-		return Client{}, fmt.Errorf("--client %q: want NAME:USER[:GROUP,...] with NAME of letters, digits, - and _", s)
+	name, rest, ok := strings.Cut(s, "=")
+	fields := strings.Split(rest, ",")
+	if !ok || !validFileName(name) || fields[0] == "" {
+		return Client{}, fmt.Errorf("--client %q: want NAME=USER[,GROUP...] with NAME of letters, digits, - and _", s)
 	}
-	c := Client{Name: parts[0], User: parts[1]}
-	if len(parts) == 3 && parts[2] != "" {
-		c.Groups = strings.Split(parts[2], ",")
+	c := Client{Name: name, User: fields[0]}
+	for _, g := range fields[1:] {
+		if g == "" {
+			return Client{}, fmt.Errorf("--client %q: an empty group", s)
+		}
+		c.Groups = append(c.Groups, g)
 	}
 	return c, nil
 }
