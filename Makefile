@@ -9,7 +9,8 @@ CAIRN := target/release/cairn
 BUILD_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstools \
 	fdisk systemd-boot-efi signify-openbsd binutils kmod zstd e2fsprogs cpio tar \
 	grub-pc-bin grub-efi-amd64-bin grub-efi-amd64-signed grub-common dpkg util-linux \
-	sbsigntool faketime openssl shim-signed busybox-static qemu-utils curl
+	sbsigntool faketime openssl shim-signed busybox-static qemu-utils curl \
+	libseccomp-dev pkg-config
 # What the tests need on top: firmware, emulators, TPM, the validators' venv,
 # the packaging test's tools.
 TEST_PACKAGES := nftables ovmf seabios python3-venv systemd-container efitools \
