@@ -18,8 +18,7 @@ use crate::recipe::{Base, Recipe};
 /// writes.
 #[derive(clap::Args)]
 #[command(after_help = after_help!(
-    "  cairn check recipes/field-ai.toml\n  cairn check site/kiosk.toml --root site\n  cairn check recipes/field-ai.toml --summary --json | jq .packages",
-    "  1    (not used: a recipe either checks or is bad input)\n"
+    "  cairn check recipes/field-ai.toml\n  cairn check site/kiosk.toml --root site\n  cairn check recipes/field-ai.toml --summary --json | jq .packages"
 ))]
 pub struct Args {
     #[command(flatten)]
