@@ -14,6 +14,14 @@ use clap::{Parser, Subcommand};
 
 use crate::host::shown::{Shown, ShownLines};
 
+/// The quick start of `cairn --help`, the same two commands as the
+/// README's (a test holds them equal).
+macro_rules! quick_start {
+    () => {
+        "  make image\n  target/release/cairn run --scratch out/field-ai-0.1.0/field-ai-0.1.0.raw"
+    };
+}
+
 /// A command's `after_help`: its examples, then its exit codes (the
 /// usual 0/1/2/interrupted lines unless the command gives its own 1).
 macro_rules! after_help {
@@ -63,10 +71,10 @@ pub use env::{
     name = "cairn",
     version,
     about = "Build immutable, signed, bootable appliance images from TOML recipes",
-    long_about = "cairn turns a TOML recipe into a read-only appliance image: a Debian root \
+    long_about = concat!("cairn turns a TOML recipe into a read-only appliance image: a Debian root \
 tree packed as squashfs, protected by dm-verity, booted by a UKI whose command line \
 carries the root hash, written as a raw GPT disk (no loop devices, no mounts).\n\n\
-Quick start (as root on Debian bookworm, in the source tree):\n  make image\n  cairn run --scratch out/field-ai-0.1.0/field-ai-0.1.0.raw",
+Quick start (as root on Debian bookworm, in cairn's source tree):\n", quick_start!()),
     after_help = after_help!(
         "  cairn build recipes/field-ai.toml --key release.sec\n  cairn verify out/field-ai-0.1.0 --pubkey release.pub --json\n  cairn completions bash > /etc/bash_completion.d/cairn\n\n\
 `cairn COMMAND --help` shows each command's options, examples and exit codes;\n\
@@ -338,6 +346,20 @@ mod tests {
 
     fn code(e: anyhow::Error) -> u8 {
         report_error(&e)
+    }
+
+    #[test]
+    fn the_readme_and_help_give_one_quick_start() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("## Quick start").expect("a quick start");
+        let block = &readme[start..];
+        let block = &block[block.find("```sh\n").expect("a sh block") + 6..];
+        let block = &block[..block.find("```").expect("closed")];
+        let help: Vec<&str> = quick_start!().lines().map(str::trim).collect();
+        let readme: Vec<&str> = block.lines().map(str::trim).collect();
+        assert_eq!(help, readme);
+        let long = Cli::command().get_long_about().map(|a| a.to_string());
+        assert!(long.is_some_and(|a| a.contains(quick_start!())));
     }
 
     #[test]
