@@ -262,3 +262,36 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
     let stdout = cairn(&["man"]);
     assert_eq!(stdout.stdout, main, "cairn man prints cairn.1");
 }
+
+#[test]
+fn quiet_silences_a_builds_stage_lines_but_not_its_error() {
+    let d = tarball_recipe();
+    let build = |flags: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(flags)
+            .args(["build", "r.toml", "-o", "out", "--format", "raw"])
+            .current_dir(d.path())
+            .env("CAIRN_CACHE", d.path().join("cache"))
+            .output()
+            .expect("run cairn");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The stand-in tarball passes its pin and fails to unpack: the build
+    // has printed its first stages by then.
+    let (code, loud) = build(&[]);
+    assert_eq!(code, Some(2), "{loud}");
+    assert!(
+        loud.contains("cairn: building t 1") && loud.contains("[ 1/"),
+        "{loud}"
+    );
+    let (code, quiet) = build(&["-q"]);
+    assert_eq!(code, Some(2), "{quiet}");
+    assert!(!quiet.is_empty());
+    assert!(
+        quiet.lines().all(|l| l.starts_with("error: ")),
+        "-q left more than the error: {quiet}"
+    );
+}

@@ -204,8 +204,17 @@ thread_local! {
     static CURRENT: std::cell::RefCell<Option<Bars>> = const { std::cell::RefCell::new(None) };
 }
 
+/// `say!("...", args)`: [`say`] of the formatted line; for a stage's
+/// messages, which `-q` silences (warnings and errors use `eprintln!`).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::host::progress::say(&format!($($arg)*))
+    };
+}
+
 /// Prints `line` above the block of bars of this thread, if any (else
-/// plainly on stderr).
+/// plainly on stderr); nothing under `-q`.
 pub fn say(line: &str) {
     match CURRENT.with(|c| c.borrow().clone()) {
         Some(b) => b.say(line),
