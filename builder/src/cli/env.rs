@@ -119,6 +119,12 @@ impl Env {
         PassphraseSource::Env(var.to_string(), self.get(var).map(OsStr::to_os_string))
     }
 
+    /// `TERM=dumb`: a terminal that cannot move the cursor, so bars
+    /// redrawn in place would pile up (`--progress auto` logs plain lines).
+    pub fn dumb_terminal(&self) -> bool {
+        self.get("TERM").is_some_and(|t| t == "dumb")
+    }
+
     /// The programs' search path (`PATH`).
     pub fn tool_path(&self) -> Option<OsString> {
         self.get("PATH").map(OsStr::to_os_string)
@@ -184,6 +190,13 @@ mod tests {
         let e = env(&[("CAIRN_CACHE", "rel")]);
         assert_eq!(e.cache_root().unwrap(), PathBuf::from("/work/rel"));
         assert!(env(&[]).cache_root().is_err());
+    }
+
+    #[test]
+    fn a_dumb_terminal_is_told_apart() {
+        assert!(env(&[("TERM", "dumb")]).dumb_terminal());
+        assert!(!env(&[("TERM", "xterm-256color")]).dumb_terminal());
+        assert!(!env(&[]).dumb_terminal());
     }
 
     #[test]

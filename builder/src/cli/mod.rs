@@ -145,6 +145,7 @@ pub fn setup(cli: &Cli, env: &Env) {
     use crate::host::progress::{configure, Display};
     crate::host::runner::set_verbose(cli.verbose);
     let display = match cli.progress {
+        ProgressArg::Auto if env.dumb_terminal() => Display::Plain,
         ProgressArg::Auto => Display::Auto,
         ProgressArg::Plain => Display::Plain,
         ProgressArg::None => Display::None,
