@@ -307,6 +307,19 @@ impl Progress {
         )
     }
 
+    /// The terminal line: [`Progress::line`] and, where `width` leaves
+    /// room, a bar of up to 30 cells; cut to `width` either way.
+    pub fn bar_line(&self, done: u64, elapsed: Duration, width: usize) -> String {
+        let text = self.line(done, elapsed);
+        let room = width.saturating_sub(text.chars().count() + 5).min(30);
+        if room < 10 || self.total == 0 {
+            return fit(&text, width);
+        }
+        let filled = (done.min(self.total) as u128 * room as u128 / self.total as u128) as usize;
+        let bar = "#".repeat(filled) + &" ".repeat(room - filled);
+        fit(&format!("{text}  [{bar}]"), width)
+    }
+
     /// The bytes recorded so far.
     pub fn done(&self) -> u64 {
         self.done
@@ -320,10 +333,11 @@ impl Progress {
                 let now = Instant::now();
                 if self.last_draw.map_or(true, |t| now - t >= REDRAW) {
                     self.last_draw = Some(now);
-                    let l = self.line(self.done, self.started.elapsed());
+                    let width = terminal_width();
+                    let l = self.bar_line(self.done, self.started.elapsed(), width);
                     if !self.draw_in_slot(l.clone()) {
                         let mut e = std::io::stderr().lock();
-                        let _ = write!(e, "\r\x1b[K{}", fit(&l, terminal_width()));
+                        let _ = write!(e, "\r\x1b[K{l}");
                         let _ = e.flush();
                     }
                 }
@@ -486,6 +500,19 @@ mod tests {
         // Multi-byte labels are cut on characters, not bytes.
         assert_eq!(fit("ééééé", 4), "ééé");
         assert_eq!(fit("x", 0), "x");
+        // A bar fills what the text leaves, up to 30 cells, and the whole
+        // line never reaches the last column.
+        let p = Progress::with_mode("flash", 2 << 30, true);
+        let t = Duration::from_secs(10);
+        let wide = p.bar_line(1 << 30, t, 120);
+        assert!(
+            wide.ends_with(&format!("[{}{}]", "#".repeat(15), " ".repeat(15))),
+            "{wide}"
+        );
+        for w in [20, 40, 60, 80, 120, 200] {
+            assert!(p.bar_line(1 << 30, t, w).chars().count() < w, "width {w}");
+        }
+        assert!(!p.bar_line(1 << 30, t, 60).contains('['), "no room: no bar");
     }
 
     #[test]
