@@ -151,6 +151,9 @@ pub fn setup(cli: &Cli, env: &Env) {
         ProgressArg::None => Display::None,
     };
     configure(display, cli.quiet);
+    if let Some(every) = env.progress_every() {
+        crate::host::progress::set_plain_every(every);
+    }
     crate::host::doctor::set_search_path(env.tool_path());
     crate::host::interrupt::install();
 }

@@ -9,14 +9,31 @@
 //! [`configure`] (the CLI's `--progress` and `-q`) picks the display once.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const REDRAW: Duration = Duration::from_millis(100);
 
-/// Off a terminal: the least time between two logged lines of one bar.
+/// Off a terminal: the least time between two logged lines of one bar
+/// (the default of [`set_plain_every`]).
 pub const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// The period of plain lines in milliseconds (0: [`PLAIN_EVERY`]).
+static PLAIN_EVERY_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the least time between two plain lines of one bar.
+pub fn set_plain_every(every: Duration) {
+    let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+    PLAIN_EVERY_MS.store(ms, Ordering::Relaxed);
+}
+
+fn plain_every() -> Duration {
+    match PLAIN_EVERY_MS.load(Ordering::Relaxed) {
+        0 => PLAIN_EVERY,
+        ms => Duration::from_millis(ms),
+    }
+}
 
 /// How progress is shown (`--progress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,11 +369,11 @@ impl Progress {
     }
 
     /// Non-terminal mode: the line to log for `done` bytes after
-    /// `elapsed`, at most once per [`PLAIN_EVERY`] and never before the
+    /// `elapsed`, at most once per [`PLAIN_EVERY`] (or as set) and never before the
     /// first (a job shorter than that logs only the summary of
     /// [`Progress::finish`]); none once the work is all done.
     pub fn plain_line(&mut self, done: u64, elapsed: Duration) -> Option<String> {
-        if done >= self.total || elapsed < self.last_logged + PLAIN_EVERY {
+        if done >= self.total || elapsed < self.last_logged + plain_every() {
             return None;
         }
         self.last_logged = elapsed;
