@@ -12,7 +12,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::read();
-    cli::setup(cli.verbose, &env);
+    cli::setup(&cli, &env);
     match exec(cli.command, &env) {
         Ok(code) => code,
         Err(e) => ExitCode::from(cli::report_error(&e)),
@@ -35,5 +35,7 @@ fn exec(command: Command, env: &Env) -> anyhow::Result<ExitCode> {
         Command::Digest(a) => cli::digest::exec(a, env),
         Command::Check(a) => cli::check::exec(a, env),
         Command::Doctor(a) => cli::doctor::exec(a, env),
+        Command::Completions(a) => cli::completions::exec(a, env),
+        Command::Man(a) => cli::man::exec(a, env),
     }
 }

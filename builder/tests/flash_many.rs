@@ -266,6 +266,9 @@ fn signal_leaves_every_stick_unbootable(sig: libc::c_int) {
     let devs = [a.dev.as_path(), b.dev.as_path()];
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(flash_args(&raw, &m.pubkey, &devs, &log))
+        // Plain progress lines come by time (10 s apart by default): one
+        // early, to signal at.
+        .env("CAIRN_PROGRESS_EVERY", "0.05")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -153,8 +153,8 @@ fn cairn(dir: &Path, cache: &Path, offline_net: bool, args: &[&str]) -> Output {
     c.output().expect("run cairn")
 }
 
-/// `cairn build r.toml -o OUT --offline --format raw,iso` with the
-/// package archive unreachable.
+/// `cairn build r.toml -o OUT --offline --format raw,iso --json` with the
+/// package archive unreachable (stdout: the JSON of [`built`]).
 fn offline_build(dir: &Path, cache: &Path, out: &str) -> Output {
     cairn(
         dir,
@@ -168,8 +168,31 @@ fn offline_build(dir: &Path, cache: &Path, out: &str) -> Output {
             "--offline",
             "--format",
             "raw,iso",
+            "--json",
         ],
     )
+}
+
+/// A successful `build --json`'s stdout: one JSON document naming the
+/// release folder and its files (issue #36).
+fn built(o: &Output) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("build --json stdout is not JSON ({e}): {}", text(o)));
+    assert_eq!(v["name"], "offline-test", "{v}");
+    let raw = std::path::PathBuf::from(v["raw"].as_str().expect("raw"));
+    assert!(raw.ends_with("offline-test-1/offline-test-1.raw"), "{v}");
+    let files: Vec<&str> = v["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(
+        files.contains(&"manifest.json") && files.contains(&"offline-test-1.iso"),
+        "{v}"
+    );
+    assert_eq!(v["root_hash"].as_str().map(str::len), Some(64), "{v}");
+    v
 }
 
 fn text(o: &Output) -> String {
@@ -283,6 +306,7 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
     let served = hits.load(Ordering::SeqCst);
     let o = offline_build(dir, &online_cache, "out-a");
     assert!(o.status.success(), "{}", text(&o));
+    let a = built(&o);
     let t = text(&o);
     assert!(
         t.contains("image hello: ") && t.contains("/usr/lib/cairn/images/hello.tar"),
@@ -304,6 +328,7 @@ fn offline_build_needs_the_fetch_and_a_carried_cache_gives_the_same_image() {
     assert!(o.status.success(), "{}", text(&o));
     let o = offline_build(dir, &airgapped, "out-b");
     assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(built(&o)["root_hash"], a["root_hash"]);
     // (A relative -o folder, as people type it, for every medium.)
     for f in ["offline-test-1.raw", "offline-test-1.iso", "manifest.json"] {
         let a = cairn::host::digest::Sha256::of_file(&dir.join("out-a/offline-test-1").join(f))

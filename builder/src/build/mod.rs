@@ -217,15 +217,16 @@ impl<'a> BuildContext<'a> {
             started,
             times: vec![("resolve inputs".into(), started.elapsed().as_secs_f64())],
         };
-        eprintln!(
+        crate::say!(
             "cairn: building {} {} from {}",
             recipe.name,
             recipe.version,
             recipe.file.display()
         );
-        eprintln!(
+        crate::say!(
             "[ 1/{}] resolve inputs done in {:.1}s",
-            stages.total, stages.times[0].1
+            stages.total,
+            stages.times[0].1
         );
         std::fs::create_dir_all(&opts.out_dir)
             .with_context(|| format!("cannot create output folder {}", opts.out_dir.display()))?;

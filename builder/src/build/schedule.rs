@@ -22,12 +22,12 @@ impl Stages {
     pub fn run<T>(&mut self, step: Step, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let (n, total) = (step.number(), self.total);
         crate::host::interrupt::check()?;
-        eprintln!("[{n:>2}/{total}] {name} ...");
+        crate::say!("[{n:>2}/{total}] {name} ...");
         let t = Instant::now();
         let v = f()?;
         crate::host::interrupt::check()?;
         let secs = t.elapsed().as_secs_f64();
-        eprintln!("[{n:>2}/{total}] {name} done in {secs:.1}s");
+        crate::say!("[{n:>2}/{total}] {name} done in {secs:.1}s");
         self.times.push((name.to_string(), secs));
         Ok(v)
     }
@@ -150,16 +150,16 @@ impl Stages {
     /// returns the wall time.
     pub fn report(&self) -> f64 {
         let total = self.started.elapsed().as_secs_f64();
-        eprintln!("cairn: stage times:");
+        crate::say!("cairn: stage times:");
         for (name, secs) in &self.times {
-            eprintln!(
+            crate::say!(
                 "        {name:<24} {secs:>7.1}s {:>5.1}%",
                 100.0 * secs / total.max(0.001)
             );
         }
         // Tools that ran at once each count in full: a total above the wall
         // time is time saved by running stages concurrently.
-        eprintln!(
+        crate::say!(
             "cairn: {}",
             crate::host::runner::tool_times_line(&crate::host::runner::take_tool_times(), total)
         );

@@ -85,9 +85,11 @@ pub(super) fn prune_kernel_modules(cx: &mut BuildContext, base: &BaseTree) -> Re
                 false => crate::pipeline::kernel::prune(&base.tree, &base.kernel_version, extra),
             }
         })?;
-    eprintln!(
+    crate::say!(
         "        kernel {}: kept {} modules, removed {}",
-        base.kernel_version, pruned.kept, pruned.removed
+        base.kernel_version,
+        pruned.kept,
+        pruned.removed
     );
     Ok(())
 }
@@ -105,7 +107,7 @@ pub(super) fn initramfs(cx: &mut BuildContext, base: &BaseTree) -> Result<Initra
             recipe.source_date_epoch,
         )
     })?;
-    eprintln!(
+    crate::say!(
         "        {} modules, {:.1} MiB",
         initrd.modules,
         initrd.size as f64 / 1048576.0
@@ -123,7 +125,7 @@ pub(super) fn normalise_base(
     let norm = cx.stages.run(Step::NormaliseBase, "normalise base", || {
         crate::pipeline::normalise::normalise(&base.tree, epoch)
     })?;
-    eprintln!(
+    crate::say!(
         "        pruned {} entries (docs but copyright, man, locales, apt, dpkg's database but status)",
         norm.pruned
     );
@@ -217,7 +219,7 @@ pub(super) fn base_volume(cx: &mut BuildContext, base: &BaseTree) -> Result<Root
             return Ok((key, Err(v)));
         }
         let made = make_squashfs(&base.tree, &work.join("root.squashfs"), epoch, None)?;
-        eprintln!("        {:.1} MiB", made.size as f64 / 1048576.0);
+        crate::say!("        {:.1} MiB", made.size as f64 / 1048576.0);
         Ok((key, Ok(made)))
     })?;
     let root = match made {
@@ -226,7 +228,7 @@ pub(super) fn base_volume(cx: &mut BuildContext, base: &BaseTree) -> Result<Root
             finish_root(made, &work.join("root.verity"), &plan.cache, key.as_ref())
         })?,
     };
-    eprintln!(
+    crate::say!(
         "        {:.1} MiB, root hash {}",
         root.image.size as f64 / 1048576.0,
         root.verity.root_hash
@@ -568,7 +570,7 @@ pub(super) fn sign(
     let id = cx.stages.run(Step::Sign, "sign", || {
         crate::release::sign::sign_dir_known(dir, key, &pub_name, known)
     })?;
-    eprintln!("        signed with key id {id} (verify with {pub_name})");
+    crate::say!("        signed with key id {id} (verify with {pub_name})");
     Ok(())
 }
 
@@ -593,7 +595,7 @@ pub(super) fn publish(
     std::fs::rename(&cx.media, &final_dir)
         .with_context(|| format!("cannot publish {}", final_dir.display()))?;
     let total = cx.stages.report();
-    eprintln!("cairn: built {} in {total:.1}s", final_dir.display());
+    crate::say!("cairn: built {} in {total:.1}s", final_dir.display());
     Ok(BuildResult {
         raw: final_dir.join(format!("{}.raw", cx.stem)),
         dir: final_dir,

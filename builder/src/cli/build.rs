@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{Env, PassArgs};
+use super::{Env, JsonArg, PassArgs, RecipeArgs};
 use crate::build::{BuildOptions, Formats};
 use crate::release::sign::SigningKey;
 
@@ -25,7 +25,14 @@ volume and the media, a model change that model's volume and the media.
 
 Examples:
   cairn build recipes/field-ai.toml --key release.sec
-  cairn build recipes/field-ai.toml --format raw --offline";
+  cairn build recipes/field-ai.toml --format raw --offline
+  cairn build recipes/field-ai.toml -q --json | jq -r .raw
+
+Exit codes:
+  0    success
+  1    a build step failed (the error names the stage and the tool)
+  2    bad input (recipe, pins, keys): file:line:col and the fix; nothing written
+  130  interrupted by SIGINT (128+N for signal N: 129 SIGHUP, 143 SIGTERM)";
 
 /// Build a recipe into out/NAME-VERSION/ (raw disk + manifest.json).
 ///
@@ -35,19 +42,18 @@ Examples:
 /// folder that looks finished.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn build recipes/field-ai.toml --key release.sec\n  cairn build recipes/field-ai.toml --format raw --offline",
+    after_help = after_help!(
+        "  cairn build recipes/field-ai.toml --key release.sec\n  cairn build recipes/field-ai.toml --format raw --offline\n  cairn build recipes/field-ai.toml -q --json | jq -r .raw",
+        "  1    a build step failed (the error names the stage and the tool)\n"
+    ),
     after_long_help = ENV_HELP
 )]
 pub struct Args {
-    /// The recipe file (see docs/recipe.md).
-    recipe: PathBuf,
+    #[command(flatten)]
+    recipe: RecipeArgs,
     /// Output folder; the image lands in DIR/NAME-VERSION/.
-    #[arg(short, long, default_value = "out")]
+    #[arg(short, long, default_value = "out", value_name = "DIR")]
     out: PathBuf,
-    /// Folder that recipe paths may point into (default: the recipe's
-    /// folder). Recipes cannot widen it themselves.
-    #[arg(long)]
-    root: Option<PathBuf>,
     /// Media to write, comma-separated: raw, iso, qcow2.
     #[arg(long, default_value = "raw,iso,qcow2", value_parser = Formats::parse)]
     format: Formats,
@@ -75,11 +81,25 @@ pub struct Args {
     /// create it).
     #[arg(long)]
     update_lock: bool,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+/// `cairn build --json`: where the release is and what identifies it.
+#[derive(serde::Serialize)]
+struct Built {
+    name: String,
+    version: String,
+    dir: PathBuf,
+    raw: PathBuf,
+    root_hash: String,
+    /// Every file of the release folder, sorted.
+    files: Vec<String>,
 }
 
 pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
     let settings = env.settings()?;
-    let r = crate::recipe::load(&a.recipe, a.root.as_deref(), &settings.recipe_env())?;
+    let r = a.recipe.load(&settings)?;
     let secure_boot = match (&a.sb_key, &a.sb_cert) {
         (Some(k), Some(c)) => Some(crate::pipeline::sbsign::SbKey::load(k, c)?),
         _ => None,
@@ -98,6 +118,22 @@ pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
             secure_boot,
         },
     )?;
-    println!("{}", res.raw.display());
+    if a.json.json {
+        let mut files: Vec<String> = std::fs::read_dir(&res.dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        super::print_json(&Built {
+            name: r.name.clone(),
+            version: r.version.clone(),
+            dir: res.dir,
+            raw: res.raw,
+            root_hash: res.root_hash.hex(),
+            files,
+        })?;
+    } else {
+        println!("{}", res.raw.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,7 +12,7 @@ use crate::inputs::cache::GcKeep;
 /// Move cached inputs between machines, or prune the cache.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn cache export inputs.tar --recipe recipes/field-ai.toml\n  cairn cache import inputs.tar\n  cairn cache gc --keep-recipe recipes/field-ai.toml"
+    after_help = after_help!("  cairn cache export inputs.tar --recipe recipes/field-ai.toml\n  cairn cache import inputs.tar\n  cairn cache gc --keep-recipe recipes/field-ai.toml")
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -24,7 +24,7 @@ enum Op {
     /// Write exactly the files RECIPE.lock needs to FILE (a tar with a
     /// DIGESTS list).
     #[command(
-        after_help = "Examples:\n  cairn cache export inputs.tar --recipe recipes/field-ai.toml"
+        after_help = after_help!("  cairn cache export inputs.tar --recipe recipes/field-ai.toml")
     )]
     Export {
         /// The tar to write.
@@ -36,7 +36,7 @@ enum Op {
     /// Add the files of an export to this machine's cache; every file is
     /// checked against the list and its own name first.
     #[command(
-        after_help = "Examples:\n  cairn cache import inputs.tar\n  cairn build recipes/field-ai.toml --offline"
+        after_help = after_help!("  cairn cache import inputs.tar\n  cairn build recipes/field-ai.toml --offline")
     )]
     Import {
         /// A tar written by `cairn cache export`.
@@ -45,7 +45,7 @@ enum Op {
     /// Remove everything the given recipes' locks do not name (`--all`:
     /// everything). One of the two is required.
     #[command(
-        after_help = "Examples:\n  cairn cache gc --keep-recipe a.toml --keep-recipe b.toml\n  cairn cache gc --all"
+        after_help = after_help!("  cairn cache gc --keep-recipe a.toml --keep-recipe b.toml\n  cairn cache gc --all")
     )]
     Gc {
         /// Keep the files RECIPE's lock names (repeatable).

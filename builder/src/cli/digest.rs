@@ -11,7 +11,7 @@ use super::{bad_input, Env};
 /// policy bundles): a file's plain sha256, or a folder's tree digest
 /// (sorted paths, modes, contents; symlinks as their target text).
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  cairn digest models/tiny.gguf\n  cairn digest policy/")]
+#[command(after_help = after_help!("  cairn digest models/tiny.gguf\n  cairn digest policy/"))]
 pub struct Args {
     /// The file or folder to digest.
     path: PathBuf,

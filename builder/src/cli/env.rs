@@ -119,6 +119,31 @@ impl Env {
         PassphraseSource::Env(var.to_string(), self.get(var).map(OsStr::to_os_string))
     }
 
+    /// `TERM=dumb`: a terminal that cannot move the cursor, so bars
+    /// redrawn in place would pile up (`--progress auto` logs plain lines).
+    pub fn dumb_terminal(&self) -> bool {
+        self.get("TERM").is_some_and(|t| t == "dumb")
+    }
+
+    /// `CAIRN_PROGRESS_EVERY`: seconds between two plain progress lines of
+    /// one job (default 10; logs that want more, or tests that act on
+    /// the first line, set it lower). A value that is not a positive
+    /// number is ignored with a warning.
+    pub fn progress_every(&self) -> Option<std::time::Duration> {
+        let v = self.text("CAIRN_PROGRESS_EVERY")?;
+        match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s > 0.0 && s < 1e6 => {
+                Some(std::time::Duration::from_secs_f64(s))
+            }
+            _ => {
+                eprintln!(
+                    "warning: CAIRN_PROGRESS_EVERY={v:?} is not a number of seconds; using 10"
+                );
+                None
+            }
+        }
+    }
+
     /// The programs' search path (`PATH`).
     pub fn tool_path(&self) -> Option<OsString> {
         self.get("PATH").map(OsStr::to_os_string)
@@ -184,6 +209,24 @@ mod tests {
         let e = env(&[("CAIRN_CACHE", "rel")]);
         assert_eq!(e.cache_root().unwrap(), PathBuf::from("/work/rel"));
         assert!(env(&[]).cache_root().is_err());
+    }
+
+    #[test]
+    fn the_plain_progress_period_parses() {
+        let every = |v: &str| env(&[("CAIRN_PROGRESS_EVERY", v)]).progress_every();
+        assert_eq!(every("0.05"), Some(std::time::Duration::from_millis(50)));
+        assert_eq!(every("30"), Some(std::time::Duration::from_secs(30)));
+        for bad in ["", "0", "-1", "soon", "NaN", "inf"] {
+            assert_eq!(every(bad), None, "{bad}");
+        }
+        assert_eq!(env(&[]).progress_every(), None);
+    }
+
+    #[test]
+    fn a_dumb_terminal_is_told_apart() {
+        assert!(env(&[("TERM", "dumb")]).dumb_terminal());
+        assert!(!env(&[("TERM", "xterm-256color")]).dumb_terminal());
+        assert!(!env(&[]).dumb_terminal());
     }
 
     #[test]

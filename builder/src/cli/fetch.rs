@@ -1,30 +1,26 @@
 //! `cairn fetch`: fill the cache with everything the lock names.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::Env;
+use super::{Env, RecipeArgs};
 
 /// Fill the cache with everything RECIPE.lock names (the base's and
 /// built images' packages) and the recipe's URL inputs, checking each
 /// file's sha256, so `cairn build --offline` works later.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn fetch recipes/field-ai.toml\n  cairn build recipes/field-ai.toml --offline"
+    after_help = after_help!("  cairn fetch recipes/field-ai.toml\n  cairn build recipes/field-ai.toml --offline")
 )]
 pub struct Args {
-    /// The recipe file; RECIPE.lock must be beside it (`cairn lock`).
-    recipe: PathBuf,
-    /// Folder that recipe paths may point into (default: the recipe's folder).
-    #[arg(long)]
-    root: Option<PathBuf>,
+    #[command(flatten)]
+    recipe: RecipeArgs,
 }
 
 pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
     let settings = env.settings()?;
-    let r = crate::recipe::load(&a.recipe, a.root.as_deref(), &settings.recipe_env())?;
+    let r = a.recipe.load(&settings)?;
     let lock = crate::inputs::lock::Lock::for_recipe(&r)?;
     let cache = settings.open_cache()?;
     let f = crate::inputs::plan::fetch_locked(&r, &lock, &cache)?;

@@ -18,7 +18,7 @@ use crate::field::flash::{flash_devices, Flashed, ManyOptions};
 /// half-right. A regular file is accepted as DEVICE only with --to-file.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb --pubkey release.pub\n  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb /dev/sdc --pubkey release.pub --receipts receipts.jsonl --site site.toml"
+    after_help = after_help!("  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb --pubkey release.pub\n  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb /dev/sdc --pubkey release.pub --receipts receipts.jsonl --site site.toml", "  1    a device was refused (mounted, the running system, too small) or a write or\n       read-back failed; with several devices the worst decides (signal, then 1, then 2)\n")
 )]
 pub struct Args {
     /// The .raw or .iso to write (its SHA256, SHA256.sig and manifest.json beside it).

@@ -5,27 +5,26 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::Env;
+use super::{Env, JsonArg};
 
 /// What a reviewer reads first: name, version, build date, signer key id,
 /// root hash, kernel and command line, flags, network rules, outputs with
 /// digests and the package list. Does not verify: use `cairn verify`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn inspect out/field-ai-0.1.0\n  cairn inspect out/field-ai-0.1.0 --json | jq .packages"
+    after_help = after_help!("  cairn inspect out/field-ai-0.1.0\n  cairn inspect out/field-ai-0.1.0 --json | jq .packages")
 )]
 pub struct Args {
     /// An output folder (out/NAME-VERSION).
     dir: PathBuf,
-    /// Machine-readable JSON instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: JsonArg,
 }
 
 pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
     let i = crate::release::inspect::inspect(&a.dir)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+    if a.json.json {
+        super::print_json(&i)?;
     } else {
         print!("{}", i.render_text());
     }

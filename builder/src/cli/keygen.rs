@@ -16,7 +16,7 @@ use crate::release::signify::PassphraseSource;
 /// overwritten.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn keygen keys/release\n  cairn keygen keys/ci --no-passphrase\n  cairn keygen keys/fleet --secure-boot"
+    after_help = after_help!("  cairn keygen keys/release\n  cairn keygen keys/ci --no-passphrase\n  cairn keygen keys/fleet --secure-boot")
 )]
 pub struct Args {
     /// Path prefix: NAME.pub and NAME.sec are written.

@@ -1,11 +1,10 @@
 //! `cairn lock`: resolve the recipe's packages into RECIPE.lock.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::Env;
+use super::{Env, RecipeArgs};
 
 /// Resolve the recipe's Debian packages and write RECIPE.lock (name,
 /// version, architecture, .deb sha256 of every package; the epoch).
@@ -16,19 +15,16 @@ use super::Env;
 /// lock beside the recipe: builds then install exactly these files.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn lock recipes/field-ai.toml\n  git add recipes/field-ai.lock"
+    after_help = after_help!("  cairn lock recipes/field-ai.toml\n  git add recipes/field-ai.lock")
 )]
 pub struct Args {
-    /// The recipe file; its lock is written beside it (NAME.lock).
-    recipe: PathBuf,
-    /// Folder that recipe paths may point into (default: the recipe's folder).
-    #[arg(long)]
-    root: Option<PathBuf>,
+    #[command(flatten)]
+    recipe: RecipeArgs,
 }
 
 pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
     let settings = env.settings()?;
-    let r = crate::recipe::load(&a.recipe, a.root.as_deref(), &settings.recipe_env())?;
+    let r = a.recipe.load(&settings)?;
     crate::inputs::plan::lock_recipe(&r, &settings.open_cache()?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,15 +8,45 @@
 //! Exit codes: 0 success, 1 a check failed or a build step failed, 2 bad
 //! input (recipe, pins, arguments, keys), 128+N interrupted by signal N.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
 use crate::host::shown::{Shown, ShownLines};
 
+/// The quick start of `cairn --help`, the same two commands as the
+/// README's (a test holds them equal).
+macro_rules! quick_start {
+    () => {
+        "  make image\n  target/release/cairn run --scratch out/field-ai-0.1.0/field-ai-0.1.0.raw"
+    };
+}
+
+/// A command's `after_help`: its examples, then its exit codes (the
+/// usual 0/1/2/interrupted lines unless the command gives its own 1).
+macro_rules! after_help {
+    ($examples:literal) => {
+        after_help!(
+            $examples,
+            "  1    a step failed (the error line says which)\n"
+        )
+    };
+    ($examples:literal, $one:literal) => {
+        concat!(
+            "Examples:\n",
+            $examples,
+            "\n\nExit codes:\n  0    success\n",
+            $one,
+            "  2    bad input (arguments, recipe, keys, files): the error names it and the fix\n",
+            "  130  interrupted by SIGINT (128+N for signal N: 129 SIGHUP, 143 SIGTERM)"
+        )
+    };
+}
+
 pub mod build;
 pub mod cache;
 pub mod check;
+pub mod completions;
 pub mod diff;
 pub mod digest;
 pub mod doctor;
@@ -26,6 +56,7 @@ pub mod flash;
 pub mod inspect;
 pub mod keygen;
 pub mod lock;
+pub mod man;
 pub mod run;
 pub mod site;
 pub mod verify;
@@ -40,19 +71,51 @@ pub use env::{
     name = "cairn",
     version,
     about = "Build immutable, signed, bootable appliance images from TOML recipes",
-    long_about = "cairn turns a TOML recipe into a read-only appliance image: a Debian root \
+    long_about = concat!("cairn turns a TOML recipe into a read-only appliance image: a Debian root \
 tree packed as squashfs, protected by dm-verity, booted by a UKI whose command line \
 carries the root hash, written as a raw GPT disk (no loop devices, no mounts).\n\n\
-Quick start (as root on Debian bookworm):\n  make deps && make image\n  cairn run out/field-ai-0.1.0/field-ai-0.1.0.raw",
-    after_help = "Examples:\n  cairn build recipes/field-ai.toml\n  cairn verify out/field-ai-0.1.0 --pubkey release.pub\n\n\
-`cairn COMMAND --help` shows each command's options and examples."
+Quick start (as root on Debian bookworm, in cairn's source tree):\n", quick_start!()),
+    after_help = after_help!(
+        "  cairn build recipes/field-ai.toml --key release.sec\n  cairn verify out/field-ai-0.1.0 --pubkey release.pub --json\n  cairn completions bash > /etc/bash_completion.d/cairn\n\n\
+`cairn COMMAND --help` shows each command's options, examples and exit codes;\n\
+`cairn man` writes the manual page."
+    )
 )]
 pub struct Cli {
     /// Print every host command cairn runs.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, conflicts_with = "quiet", help_heading = GLOBAL)]
     pub verbose: bool,
+    /// Print only results and errors: no progress, no stage messages.
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
+    pub quiet: bool,
+    /// How progress shows on stderr: bars on a terminal and timed plain
+    /// lines elsewhere (auto), timed plain lines always (plain), or none
+    /// (only each job's summary).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = ProgressArg::Auto,
+        value_name = "WHEN",
+        help_heading = GLOBAL
+    )]
+    pub progress: ProgressArg,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the flags every command takes are listed in `--help`.
+const GLOBAL: &str = "Global options";
+
+/// `--progress`'s values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ProgressArg {
+    /// Bars on a terminal, timed plain lines elsewhere.
+    Auto,
+    /// Timed plain lines (at most one per bar every 10 s).
+    Plain,
+    /// No progress; each job's summary line only.
+    None,
 }
 
 /// Every command; `main` dispatches each to its module's `exec`.
@@ -72,12 +135,25 @@ pub enum Command {
     Digest(digest::Args),
     Check(check::Args),
     Doctor(doctor::Args),
+    Completions(completions::Args),
+    Man(man::Args),
 }
 
 /// What every command sets up before it runs: the runner's verbosity, the
-/// programs' search path, the SIGINT/SIGTERM handlers.
-pub fn setup(verbose: bool, env: &Env) {
-    crate::host::runner::set_verbose(verbose);
+/// progress display, the programs' search path, the SIGINT/SIGTERM handlers.
+pub fn setup(cli: &Cli, env: &Env) {
+    use crate::host::progress::{configure, Display};
+    crate::host::runner::set_verbose(cli.verbose);
+    let display = match cli.progress {
+        ProgressArg::Auto if env.dumb_terminal() => Display::Plain,
+        ProgressArg::Auto => Display::Auto,
+        ProgressArg::Plain => Display::Plain,
+        ProgressArg::None => Display::None,
+    };
+    configure(display, cli.quiet);
+    if let Some(every) = env.progress_every() {
+        crate::host::progress::set_plain_every(every);
+    }
     crate::host::doctor::set_search_path(env.tool_path());
     crate::host::interrupt::install();
 }
@@ -141,6 +217,47 @@ pub fn bad_input(e: anyhow::Error) -> anyhow::Error {
     crate::InputError(format!("{e:#}")).into()
 }
 
+/// The recipe a command reads and the folder its paths may point into
+/// (shared by build, check, lock and fetch).
+#[derive(clap::Args)]
+pub struct RecipeArgs {
+    /// The recipe file (see docs/recipe.md).
+    pub recipe: PathBuf,
+    /// Folder that recipe paths may point into (default: the recipe's
+    /// folder). Recipes cannot widen it themselves.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+impl RecipeArgs {
+    /// The recipe, loaded and checked with the environment's settings.
+    pub fn load(
+        &self,
+        settings: &crate::inputs::plan::Settings,
+    ) -> Result<crate::recipe::Recipe, crate::recipe::RecipeError> {
+        crate::recipe::load(&self.recipe, self.root.as_deref(), &settings.recipe_env())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.recipe
+    }
+}
+
+/// `--json`, spelled and described the same on every command that has it.
+#[derive(clap::Args)]
+pub struct JsonArg {
+    /// Print the result as JSON on stdout (one document) instead of text;
+    /// progress and errors stay on stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints `v` as one pretty JSON document on stdout.
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
 /// Where a secret key's passphrase comes from (shared by `build`, `keygen`
 /// and `site sign`). Never the command line itself: argv is visible to
 /// every user via /proc.
@@ -177,17 +294,24 @@ mod tests {
     }
 
     /// What `cairn C --help` lacks, for `c` and its subcommands: an about
-    /// line, a flag's help, a leaf command's examples (issue #36).
+    /// line, a flag's or positional's help, a leaf command's examples and
+    /// exit codes (issue #36).
     fn help_gaps(c: &clap::Command, path: &str, gaps: &mut Vec<String>) {
         let name = format!("{path} {}", c.get_name());
         if c.get_about().is_none() {
             gaps.push(format!("{name}: no about"));
         }
-        let examples = c
+        let after = c
             .get_after_help()
-            .is_some_and(|h| h.to_string().contains("Examples:"));
-        if c.get_subcommands().next().is_none() && !examples {
-            gaps.push(format!("{name}: no examples in after_help"));
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        if c.get_subcommands().next().is_none() {
+            if !after.contains("Examples:\n  cairn ") {
+                gaps.push(format!("{name}: no examples in after_help"));
+            }
+            if !after.contains("Exit codes:\n  0    success") {
+                gaps.push(format!("{name}: no exit codes in after_help"));
+            }
         }
         for a in c.get_arguments() {
             let id = a.get_id().as_str();
@@ -202,23 +326,53 @@ mod tests {
 
     #[test]
     fn every_command_and_flag_has_help_and_examples() {
+        // From the top: the global flags, every command, every subcommand.
         let mut gaps = Vec::new();
-        for s in Cli::command().get_subcommands() {
-            help_gaps(s, "cairn", &mut gaps);
-        }
+        help_gaps(&Cli::command(), "", &mut gaps);
         assert!(gaps.is_empty(), "{gaps:#?}");
         // Control: a command without them is seen.
         // (clap's parser type, not a process.)
         let bare = clap::Command::default()
             .name("bare")
-            .arg(clap::Arg::new("x").long("x"));
+            .arg(clap::Arg::new("x").long("x"))
+            .arg(clap::Arg::new("file"));
         let mut gaps = Vec::new();
         help_gaps(&bare, "cairn", &mut gaps);
-        assert_eq!(gaps.len(), 3, "{gaps:#?}");
+        assert_eq!(
+            gaps,
+            [
+                "cairn bare: no about",
+                "cairn bare: no examples in after_help",
+                "cairn bare: no exit codes in after_help",
+                "cairn bare x: no help text",
+                "cairn bare file: no help text",
+            ]
+        );
+        // Control: one real flag losing its description is seen.
+        let cmd = Cli::command()
+            .mut_subcommand("build", |b| b.mut_arg("offline", |a| a.help(None::<&str>)));
+        let build = cmd.find_subcommand("build").expect("build");
+        let mut gaps = Vec::new();
+        help_gaps(build, "cairn", &mut gaps);
+        assert_eq!(gaps, ["cairn build offline: no help text"]);
     }
 
     fn code(e: anyhow::Error) -> u8 {
         report_error(&e)
+    }
+
+    #[test]
+    fn the_readme_and_help_give_one_quick_start() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("## Quick start").expect("a quick start");
+        let block = &readme[start..];
+        let block = &block[block.find("```sh\n").expect("a sh block") + 6..];
+        let block = &block[..block.find("```").expect("closed")];
+        let help: Vec<&str> = quick_start!().lines().map(str::trim).collect();
+        let readme: Vec<&str> = block.lines().map(str::trim).collect();
+        assert_eq!(help, readme);
+        let long = Cli::command().get_long_about().map(|a| a.to_string());
+        assert!(long.is_some_and(|a| a.contains(quick_start!())));
     }
 
     #[test]

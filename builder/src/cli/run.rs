@@ -19,7 +19,7 @@ fn parse_forward(s: &str) -> Result<(u16, u16), String> {
 /// 127.0.0.1. KVM when it works, else TCG.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn run out/field-ai-0.1.0/field-ai-0.1.0.raw --scratch\n  cairn run out/field-ai-0.1.0/field-ai-0.1.0.qcow2 --forward 8080:80 --pubkey release.pub"
+    after_help = after_help!("  cairn run out/field-ai-0.1.0/field-ai-0.1.0.raw --scratch\n  cairn run out/field-ai-0.1.0/field-ai-0.1.0.qcow2 --forward 8080:80 --pubkey release.pub", "  N    otherwise QEMU's own exit code (1: QEMU failed to start)\n")
 )]
 pub struct Args {
     /// The .raw, .qcow2 or .iso to boot.

@@ -14,7 +14,7 @@ use crate::release::site::{self as site_file, ReleaseTrust};
 /// docs/recipe.md, `[site]`).
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn site sign site.toml --key sites.sec --recipe recipes/field-ai.toml\n  cairn site apply out/field-ai-0.1.0/field-ai-0.1.0.qcow2 site.toml -o vm.qcow2 --pubkey release.pub"
+    after_help = after_help!("  cairn site sign site.toml --key sites.sec --recipe recipes/field-ai.toml\n  cairn site apply out/field-ai-0.1.0/field-ai-0.1.0.qcow2 site.toml -o vm.qcow2 --pubkey release.pub")
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -27,7 +27,7 @@ enum Op {
     /// writes SITE.toml.sig. An unknown key, a key the recipe does not allow
     /// or a bad value: exit 2 with file:line:col, nothing written.
     #[command(
-        after_help = "Examples:\n  cairn site sign site.toml --key sites.sec --recipe recipes/field-ai.toml\n  cairn site sign site.toml --key sites.sec --recipe recipes/field-ai.toml --passphrase-file pw.txt"
+        after_help = after_help!("  cairn site sign site.toml --key sites.sec --recipe recipes/field-ai.toml\n  cairn site sign site.toml --key sites.sec --recipe recipes/field-ai.toml --passphrase-file pw.txt")
     )]
     Sign {
         /// The site file to check and sign.
@@ -49,7 +49,7 @@ enum Op {
     /// checked against the release's manifest and its signature verified
     /// first; the image is not changed.
     #[command(
-        after_help = "Examples:\n  cairn site apply out/field-ai-0.1.0/field-ai-0.1.0.qcow2 site.toml -o vm.qcow2 --pubkey release.pub\n  cairn site apply field-ai-0.1.0.raw site.toml -o test.raw --unverified"
+        after_help = after_help!("  cairn site apply out/field-ai-0.1.0/field-ai-0.1.0.qcow2 site.toml -o vm.qcow2 --pubkey release.pub\n  cairn site apply field-ai-0.1.0.raw site.toml -o test.raw --unverified")
     )]
     Apply {
         /// The .raw, .qcow2 or .iso, in its release folder (manifest.json beside it).

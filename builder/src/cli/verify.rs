@@ -12,7 +12,10 @@ use super::Env;
 /// check passes; 1 if one fails (one line says which); 2 for bad input.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cairn verify out/field-ai-0.1.0 --pubkey release.pub\n  cairn verify out/field-ai-0.1.0/field-ai-0.1.0.raw --pubkey release.pub --production --report evidence.json"
+    after_help = after_help!(
+        "  cairn verify out/field-ai-0.1.0 --pubkey release.pub\n  cairn verify out/field-ai-0.1.0/field-ai-0.1.0.raw --pubkey release.pub --production --report evidence.json\n  cairn verify out/field-ai-0.1.0 --pubkey release.pub --json | jq .result",
+        "  1    a check failed: `FAILED` and which check (the --json/--report result is \"failed\")\n"
+    )
 )]
 pub struct Args {
     /// The output folder, or a .raw/.iso file in it.
@@ -28,6 +31,11 @@ pub struct Args {
     /// verification fails; deterministic apart from its time stamp.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
+    /// Print that same evidence as JSON on stdout instead of the text
+    /// line, also when verification fails (`result`: ok, failed or
+    /// refused; the exit code says the same).
+    #[arg(long)]
+    json: bool,
 }
 
 /// A failed check is a `VerifyError` (`report_error` prints `FAILED ...`,
@@ -43,6 +51,17 @@ pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
             &outcome,
         )?;
     }
-    println!("{}", outcome?);
+    if a.json {
+        let v = crate::release::verify::report::report_now(
+            &a.target,
+            &a.pubkey,
+            a.production,
+            &outcome,
+        );
+        super::print_json(&v)?;
+        outcome?;
+    } else {
+        println!("{}", outcome?);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -213,40 +213,67 @@ pub fn find(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Prints the report; returns how many required items are missing.
+/// One tool or file `cairn doctor` looks for, and whether it was found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Item {
+    /// The program's name, or the file's path.
+    pub name: String,
+    pub found: bool,
+    /// Needed for a build or boot test (not marked optional).
+    pub required: bool,
+    pub package: &'static str,
+    pub needed_for: &'static str,
+}
+
+/// Every tool and file, looked up now.
+pub fn survey() -> Vec<Item> {
+    let tools = TOOLS.iter().map(|t| Item {
+        name: t.name.to_string(),
+        found: find(t.name).is_some(),
+        required: !t.needed_for.contains("optional"),
+        package: t.package,
+        needed_for: t.needed_for,
+    });
+    let files = FILES.iter().map(|(f, pkg, why)| Item {
+        name: f.to_string(),
+        found: std::path::Path::new(f).is_file(),
+        required: !why.contains("optional"),
+        package: pkg,
+        needed_for: why,
+    });
+    tools.chain(files).collect()
+}
+
+/// The Debian packages that bring the missing required items, sorted.
+pub fn missing_packages(items: &[Item]) -> Vec<&'static str> {
+    let mut missing: Vec<&str> = items
+        .iter()
+        .filter(|i| !i.found && i.required)
+        .map(|i| i.package)
+        .collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// Prints the report; returns how many required packages are missing.
 pub fn report() -> usize {
-    let mut missing = Vec::new();
+    let items = survey();
     println!(
         "{:<22} {:<8} {:<18} needed for",
         "tool", "status", "debian package"
     );
-    for t in TOOLS {
-        let found = find(t.name);
-        let status = if found.is_some() { "found" } else { "MISSING" };
+    for i in &items {
+        let status = if i.found { "found" } else { "MISSING" };
         println!(
             "{:<22} {:<8} {:<18} {}",
-            t.name, status, t.package, t.needed_for
-        );
-        if found.is_none() && !t.needed_for.contains("optional") {
-            missing.push(t.package);
-        }
-    }
-    for (f, pkg, why) in FILES {
-        let found = std::path::Path::new(f).is_file();
-        let status = if found { "found" } else { "MISSING" };
-        println!(
-            "{:<22} {:<8} {:<18} {}",
-            f.rsplit('/').next().unwrap_or(f),
+            i.name.rsplit('/').next().unwrap_or(&i.name),
             status,
-            pkg,
-            why
+            i.package,
+            i.needed_for
         );
-        if !found && !why.contains("optional") {
-            missing.push(pkg);
-        }
     }
-    missing.sort();
-    missing.dedup();
+    let missing = missing_packages(&items);
     if missing.is_empty() {
         println!("\nall host tools present");
     } else {

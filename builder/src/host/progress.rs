@@ -1,25 +1,122 @@
 //! A tiny progress reporter on stderr. On a terminal it redraws one line
 //! (`label: 123.4 MiB / 1.9 GiB  45.6 MiB/s  ETA 0:12`) at most 10 times a
-//! second; otherwise (CI logs) it prints one plain line per 10 %.
+//! second, cut to the terminal's width (a wrapped line would make every
+//! redraw land one row off); otherwise (CI logs) it prints a plain line
+//! at most every [`PLAIN_EVERY`], so a short job logs only its summary.
 //! [`Bars`] holds several bars at once (one per stick when flashing many):
 //! on a terminal they are redrawn together as a block of lines, one per
 //! bar; otherwise each bar logs its own plain lines, label first.
+//! [`configure`] (the CLI's `--progress` and `-q`) picks the display once.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const REDRAW: Duration = Duration::from_millis(100);
+
+/// Off a terminal: the least time between two logged lines of one bar
+/// (the default of [`set_plain_every`]).
+pub const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// The period of plain lines in milliseconds (0: [`PLAIN_EVERY`]).
+static PLAIN_EVERY_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the least time between two plain lines of one bar.
+pub fn set_plain_every(every: Duration) {
+    let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+    PLAIN_EVERY_MS.store(ms, Ordering::Relaxed);
+}
+
+fn plain_every() -> Duration {
+    match PLAIN_EVERY_MS.load(Ordering::Relaxed) {
+        0 => PLAIN_EVERY,
+        ms => Duration::from_millis(ms),
+    }
+}
+
+/// How progress is shown (`--progress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    /// Bars on a terminal, plain timed lines otherwise.
+    Auto,
+    /// Plain timed lines even on a terminal (logs, `script`).
+    Plain,
+    /// No bars or progress lines; a finished job's summary still prints.
+    None,
+}
+
+static DISPLAY: AtomicU8 = AtomicU8::new(0);
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the display for the whole process; `quiet` also drops the
+/// summaries and the messages of [`say`] (errors are not progress: they
+/// still print).
+pub fn configure(display: Display, quiet: bool) {
+    let d = match display {
+        Display::Auto => 0,
+        Display::Plain => 1,
+        Display::None => 2,
+    };
+    DISPLAY.store(d, Ordering::Relaxed);
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// `-q` was given.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// Whether new bars draw on the terminal, log plain lines, or stay hidden.
+fn chosen_style() -> Style {
+    match (quiet(), DISPLAY.load(Ordering::Relaxed)) {
+        (true, _) => Style::Silent,
+        (false, 2) => Style::Hidden,
+        (false, 1) => Style::Plain,
+        _ if stderr_is_tty() => Style::Terminal,
+        _ => Style::Plain,
+    }
+}
+
+/// How one bar shows itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Terminal,
+    Plain,
+    /// Only the summary at the end.
+    Hidden,
+    /// Nothing at all (`-q`).
+    Silent,
+}
+
+/// The terminal's width in columns (stderr's), 80 when it does not say.
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills the winsize struct it is given, nothing else.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
+    }
+}
+
+/// `line` cut to fit in `width` columns with the cursor left on the same
+/// row (one column spare: a line filling the last column wraps on some
+/// terminals).
+pub fn fit(line: &str, width: usize) -> String {
+    line.chars().take(width.saturating_sub(1).max(1)).collect()
+}
 
 pub struct Progress {
     label: String,
     total: u64,
     done: u64,
     started: Instant,
-    tty: bool,
+    style: Style,
     last_draw: Option<Instant>,
-    /// Last 10 % step logged (non-tty mode).
-    last_decile: u64,
+    /// When the last plain line was logged (elapsed time; non-tty mode).
+    last_logged: Duration,
     finished: bool,
     /// Its line in a block of bars (terminal mode of [`Bars`]).
     slot: Option<(Arc<Mutex<Board>>, usize)>,
@@ -40,8 +137,9 @@ impl Board {
         if self.drawn > 0 {
             let _ = write!(e, "\x1b[{}A", self.drawn);
         }
+        let width = terminal_width();
         for l in &self.lines {
-            let _ = write!(e, "\r\x1b[K{l}\n");
+            let _ = write!(e, "\r\x1b[K{}\n", fit(l, width));
         }
         self.drawn = self.lines.len();
         let _ = e.flush();
@@ -51,27 +149,30 @@ impl Board {
 /// Several progress bars shown at once.
 #[derive(Clone)]
 pub struct Bars {
-    tty: bool,
+    style: Style,
     board: Arc<Mutex<Board>>,
 }
 
 impl Bars {
-    /// Terminal mode when stderr is a tty.
+    /// Terminal mode when stderr is a tty (and `--progress` allows it).
     pub fn new() -> Bars {
-        Bars::with_mode(stderr_is_tty())
+        Bars {
+            style: chosen_style(),
+            board: Arc::default(),
+        }
     }
 
     pub fn with_mode(tty: bool) -> Bars {
         Bars {
-            tty,
+            style: if tty { Style::Terminal } else { Style::Plain },
             board: Arc::default(),
         }
     }
 
     /// A new bar under the others; it may be moved to another thread.
     pub fn add(&self, label: &str, total_bytes: u64) -> Progress {
-        let mut p = Progress::with_mode(label, total_bytes, self.tty);
-        if self.tty {
+        let mut p = Progress::with_style(label, total_bytes, self.style);
+        if self.style == Style::Terminal {
             let mut b = self.board.lock().unwrap_or_else(|e| e.into_inner());
             b.lines.push(format!("{label}: waiting"));
             p.slot = Some((self.board.clone(), b.lines.len() - 1));
@@ -85,7 +186,10 @@ impl Bars {
     /// redrawn under it), so messages of jobs running beside the bars do
     /// not land inside the block.
     pub fn say(&self, line: &str) {
-        if !self.tty {
+        if self.style == Style::Silent {
+            return;
+        }
+        if self.style != Style::Terminal {
             eprintln!("{line}");
             return;
         }
@@ -117,11 +221,21 @@ thread_local! {
     static CURRENT: std::cell::RefCell<Option<Bars>> = const { std::cell::RefCell::new(None) };
 }
 
+/// `say!("...", args)`: [`say`] of the formatted line; for a stage's
+/// messages, which `-q` silences (warnings and errors use `eprintln!`).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::host::progress::say(&format!($($arg)*))
+    };
+}
+
 /// Prints `line` above the block of bars of this thread, if any (else
-/// plainly on stderr).
+/// plainly on stderr); nothing under `-q`.
 pub fn say(line: &str) {
     match CURRENT.with(|c| c.borrow().clone()) {
         Some(b) => b.say(line),
+        None if quiet() => {}
         None => eprintln!("{line}"),
     }
 }
@@ -168,20 +282,25 @@ impl Progress {
     pub fn new(label: &str, total_bytes: u64) -> Progress {
         match CURRENT.with(|c| c.borrow().clone()) {
             Some(bars) => bars.add(label, total_bytes),
-            None => Progress::with_mode(label, total_bytes, stderr_is_tty()),
+            None => Progress::with_style(label, total_bytes, chosen_style()),
         }
     }
 
-    /// Like [`Progress::new`] with the mode chosen by the caller (tests, `--quiet`-like callers).
+    /// Like [`Progress::new`] with the mode chosen by the caller (tests).
     pub fn with_mode(label: &str, total_bytes: u64, tty: bool) -> Progress {
+        let style = if tty { Style::Terminal } else { Style::Plain };
+        Progress::with_style(label, total_bytes, style)
+    }
+
+    fn with_style(label: &str, total_bytes: u64, style: Style) -> Progress {
         Progress {
             label: label.to_string(),
             total: total_bytes,
             done: 0,
             started: Instant::now(),
-            tty,
+            style,
             last_draw: None,
-            last_decile: 0,
+            last_logged: Duration::ZERO,
             finished: false,
             slot: None,
         }
@@ -205,6 +324,19 @@ impl Progress {
         )
     }
 
+    /// The terminal line: [`Progress::line`] and, where `width` leaves
+    /// room, a bar of up to 30 cells; cut to `width` either way.
+    pub fn bar_line(&self, done: u64, elapsed: Duration, width: usize) -> String {
+        let text = self.line(done, elapsed);
+        let room = width.saturating_sub(text.chars().count() + 5).min(30);
+        if room < 10 || self.total == 0 {
+            return fit(&text, width);
+        }
+        let filled = (done.min(self.total) as u128 * room as u128 / self.total as u128) as usize;
+        let bar = "#".repeat(filled) + &" ".repeat(room - filled);
+        fit(&format!("{text}  [{bar}]"), width)
+    }
+
     /// The bytes recorded so far.
     pub fn done(&self) -> u64 {
         self.done
@@ -213,33 +345,40 @@ impl Progress {
     /// Records progress; draws when due.
     pub fn update(&mut self, done: u64) {
         self.done = done.min(self.total.max(done));
-        if self.tty {
-            let now = Instant::now();
-            if self.last_draw.map_or(true, |t| now - t >= REDRAW) {
-                self.last_draw = Some(now);
-                let l = self.line(self.done, self.started.elapsed());
-                if !self.draw_in_slot(l.clone()) {
-                    let mut e = std::io::stderr().lock();
-                    let _ = write!(e, "\r\x1b[K{l}");
-                    let _ = e.flush();
+        match self.style {
+            Style::Terminal => {
+                let now = Instant::now();
+                if self.last_draw.map_or(true, |t| now - t >= REDRAW) {
+                    self.last_draw = Some(now);
+                    let width = terminal_width();
+                    let l = self.bar_line(self.done, self.started.elapsed(), width);
+                    if !self.draw_in_slot(l.clone()) {
+                        let mut e = std::io::stderr().lock();
+                        let _ = write!(e, "\r\x1b[K{l}");
+                        let _ = e.flush();
+                    }
                 }
             }
-        } else if let Some(l) = self.plain_line(self.done, self.started.elapsed()) {
-            eprintln!("{l}");
+            Style::Plain => {
+                if let Some(l) = self.plain_line(self.done, self.started.elapsed()) {
+                    eprintln!("{l}");
+                }
+            }
+            Style::Hidden | Style::Silent => {}
         }
     }
 
     /// Non-terminal mode: the line to log for `done` bytes after
-    /// `elapsed`, once per new 10 % step (none at 0 % and 100 %: the
-    /// summary of [`Progress::finish`] says that).
+    /// `elapsed`, at most once per [`PLAIN_EVERY`] (or as set) and never before the
+    /// first (a job shorter than that logs only the summary of
+    /// [`Progress::finish`]); none once the work is all done.
     pub fn plain_line(&mut self, done: u64, elapsed: Duration) -> Option<String> {
-        let decile = (done.min(self.total) * 10).checked_div(self.total)?;
-        if decile > self.last_decile && decile < 10 {
-            self.last_decile = decile;
-            Some(format!("{} ({}%)", self.line(done, elapsed), decile * 10))
-        } else {
-            None
+        if done >= self.total || elapsed < self.last_logged + plain_every() {
+            return None;
         }
+        self.last_logged = elapsed;
+        let percent = (done * 100).checked_div(self.total).unwrap_or(0);
+        Some(format!("{} ({percent}%)", self.line(done, elapsed)))
     }
 
     /// In a block of bars: replaces this bar's line and redraws the block.
@@ -261,12 +400,15 @@ impl Progress {
             return;
         }
         self.finished = true;
+        if self.style == Style::Silent {
+            return;
+        }
         let l = self.summary(self.done, self.started.elapsed());
         if self.draw_in_slot(l.clone()) {
             return;
         }
-        if self.tty {
-            eprintln!("\r\x1b[K{l}");
+        if self.style == Style::Terminal {
+            eprintln!("\r\x1b[K{}", fit(&l, terminal_width()));
         } else {
             eprintln!("{l}");
         }
@@ -291,7 +433,7 @@ impl Progress {
         if !self.finished {
             self.finished = true;
             let l = format!("{}: stopped at {}", self.label, human_bytes(self.done));
-            if !self.draw_in_slot(l) && self.tty {
+            if !self.draw_in_slot(l) && self.style == Style::Terminal {
                 eprintln!();
             }
         }
@@ -317,24 +459,44 @@ mod tests {
     }
 
     #[test]
-    fn progress_plain_mode_logs_deciles_once() {
+    fn progress_plain_mode_logs_by_time_not_by_step() {
+        // A sub-second job (every byte, 101 updates) logs nothing before
+        // its summary: the old display logged one line per 10 %.
         let mut p = Progress::with_mode("x", 100, false);
         for i in 0..=100 {
-            p.update(i);
+            assert_eq!(p.plain_line(i, Duration::from_millis(i * 5)), None);
         }
-        assert_eq!(p.last_decile, 9);
         p.finish();
         p.finish();
-        // The plain lines: one per 10 % step, label first, none at 0 or 100 %.
+        // A long job: one line per PLAIN_EVERY at most, label first.
         let mut q = Progress::with_mode("flash /dev/sdb", 2 << 30, false);
-        let s = Duration::from_secs(1);
-        assert_eq!(q.plain_line(0, s), None);
+        let at = Duration::from_secs;
         assert_eq!(
-            q.plain_line(1 << 30, Duration::from_secs(10)).as_deref(),
+            q.plain_line(1 << 20, at(9)),
+            None,
+            "before the first period"
+        );
+        assert_eq!(
+            q.plain_line(1 << 30, at(10)).as_deref(),
             Some("flash /dev/sdb: 1.0 GiB / 2.0 GiB  102.4 MiB/s  ETA 0:10 (50%)")
         );
-        assert_eq!(q.plain_line(1 << 30, s), None, "a step is logged once");
-        assert_eq!(q.plain_line(2 << 30, s), None);
+        assert_eq!(q.plain_line(3 << 28, at(19)), None, "within the period");
+        assert!(q.plain_line(3 << 28, at(20)).is_some());
+        assert_eq!(
+            q.plain_line(2 << 30, at(40)),
+            None,
+            "done: the summary says it"
+        );
+        // Control: a period's worth of updates logs at most one line each
+        // time the period passes, however many updates come.
+        let mut r = Progress::with_mode("r", 1 << 30, false);
+        let lines = (0..600u64)
+            .filter_map(|t| r.plain_line(t << 20, Duration::from_millis(t * 100)))
+            .count();
+        assert_eq!(
+            lines, 5,
+            "60 s of updates, one line per 10 s after the first 10 s"
+        );
         assert_eq!(
             q.summary(2 << 30, Duration::from_secs(20)),
             "flash /dev/sdb: 2.0 GiB in 0:20  102.4 MiB/s"
@@ -342,14 +504,54 @@ mod tests {
         // A zero total never divides by zero.
         let mut z = Progress::with_mode("z", 0, false);
         z.update(0);
+        assert_eq!(z.plain_line(0, at(100)), None);
         z.finish();
+    }
+
+    #[test]
+    fn terminal_lines_fit_the_width() {
+        let long = "flash /dev/disk/by-id/usb-SanDisk_Ultra_0123456789-0:0: 1.0 GiB / 2.0 GiB";
+        assert_eq!(fit(long, 20), "flash /dev/disk/by-");
+        assert_eq!(fit(long, 20).chars().count(), 19);
+        assert_eq!(fit("short", 80), "short");
+        // Multi-byte labels are cut on characters, not bytes.
+        assert_eq!(fit("ééééé", 4), "ééé");
+        assert_eq!(fit("x", 0), "x");
+        // A bar fills what the text leaves, up to 30 cells, and the whole
+        // line never reaches the last column.
+        let p = Progress::with_mode("flash", 2 << 30, true);
+        let t = Duration::from_secs(10);
+        let wide = p.bar_line(1 << 30, t, 120);
+        assert!(
+            wide.ends_with(&format!("[{}{}]", "#".repeat(15), " ".repeat(15))),
+            "{wide}"
+        );
+        for w in [20, 40, 60, 80, 120, 200] {
+            assert!(p.bar_line(1 << 30, t, w).chars().count() < w, "width {w}");
+        }
+        assert!(!p.bar_line(1 << 30, t, 60).contains('['), "no room: no bar");
+    }
+
+    #[test]
+    fn the_display_follows_the_flags() {
+        // One test touches the process-wide setting (tests run in threads).
+        configure(Display::None, false);
+        assert_eq!(chosen_style(), Style::Hidden);
+        configure(Display::Plain, false);
+        assert_eq!(chosen_style(), Style::Plain);
+        configure(Display::Auto, true);
+        assert_eq!(chosen_style(), Style::Silent);
+        assert_eq!(Bars::new().style, Style::Silent);
+        configure(Display::Auto, false);
+        // cargo test's stderr is not a terminal (captured).
+        assert_ne!(chosen_style(), Style::Silent);
     }
 
     #[test]
     fn progress_bars_share_a_board_only_on_a_terminal() {
         let plain = Bars::with_mode(false);
         let a = plain.add("a", 10);
-        assert!(a.slot.is_none() && !a.tty);
+        assert!(a.slot.is_none() && a.style == Style::Plain);
         let tty = Bars::with_mode(true);
         let (a, b) = (tty.add("a", 10), tty.add("b", 10));
         assert_eq!(a.slot.as_ref().map(|s| s.1), Some(0));

@@ -124,7 +124,7 @@ fn resolve_lock(recipe: &Recipe, cache: &Cache, opts: ResolveOptions) -> Result<
         Some(l) => match check_recipe(&l, recipe) {
             Ok(()) => Some(l),
             Err(_) if opts.update_lock && !opts.offline => {
-                eprintln!(
+                crate::say!(
                     "cairn: {} disagrees with the recipe; updating it",
                     path.display()
                 );
@@ -305,7 +305,7 @@ pub fn fetch_downloads(
     let mut bytes = 0;
     for d in downloads {
         if !cache.contains(&d.sha256) {
-            eprintln!("cairn: downloading {} ({})", d.url, d.what);
+            crate::say!("cairn: downloading {} ({})", d.url, d.what);
         }
         match crate::inputs::download::fetch_to_cache(&d.url, &d.sha256, cache, work) {
             Ok(n) => bytes += n,
@@ -375,7 +375,7 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe, cache: &Cache) -> Result<Lock
         })
         .collect();
     if let Some((suite, mirror, requested)) = base {
-        eprintln!(
+        crate::say!(
             "cairn: resolving {} requested packages against {mirror} {suite}",
             requested.len()
         );
@@ -396,7 +396,7 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe, cache: &Cache) -> Result<Lock
     }
     for img in images {
         let variant = crate::inputs::debrepo::Variant::image(img.essential);
-        eprintln!(
+        crate::say!(
             "cairn: resolving image {} ({} + {} packages) against {} {}",
             img.name,
             variant.describe(),
@@ -427,7 +427,7 @@ pub fn lock_recipe(recipe: &crate::recipe::Recipe, cache: &Cache) -> Result<Lock
     let path = lock_path(&recipe.file);
     lock.write(&path)?;
     let n: usize = lock.package_sets().iter().map(|(_, p)| p.len()).sum();
-    eprintln!(
+    crate::say!(
         "cairn: wrote {} ({} packages{}, {} URL input(s), cached in {})",
         path.display(),
         n,

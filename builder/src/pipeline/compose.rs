@@ -138,7 +138,7 @@ pub fn compose_base(plan: &Plan, work: &Path, repos: &Repos) -> Result<BaseTree>
         });
         match (cached, &recipe.base) {
             (Some((key, blobs)), _) => {
-                eprintln!(
+                crate::say!(
                     "    base tree unchanged: reusing the cached one (stage key {}){}",
                     &key.hex()[..16],
                     match &in_memory {
@@ -363,9 +363,10 @@ fn mmdebstrap(
     let pruned = match kernel_in_boot(tree) {
         Ok((_, version)) => {
             let p = crate::pipeline::kernel::prune(tree, &version, &recipe.extra_modules)?;
-            eprintln!(
+            crate::say!(
                 "    kernel {version}: kept {} modules, removed {} before caching the base tree",
-                p.kept, p.removed
+                p.kept,
+                p.removed
             );
             true
         }

@@ -204,7 +204,7 @@ fn place_root(tree: &Path, name: &str, staged: StagedRoot) -> Result<ImageRun> {
     // (`allow_setuid`) among them, outside the container.
     std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(IMAGE_FOLDER_MODE))
         .with_context(|| format!("image {name}: chmod {}", folder.display()))?;
-    eprintln!(
+    crate::say!(
         "        image {name}: {} unpacked -> /{rel} (runs from there, nothing imported at boot)",
         staged.digest
     );
@@ -274,9 +274,10 @@ pub fn install_images(
                     let dest = tarball()?;
                     crate::pipeline::oci::write_oci_archive(&loaded, &ref_name, epoch, &dest)
                         .with_context(|| format!("image {}: write into the root", img.name))?;
-                    eprintln!(
+                    crate::say!(
                         "        image {}: {} -> /{dest_rel}",
-                        img.name, loaded.manifest_digest
+                        img.name,
+                        loaded.manifest_digest
                     );
                 }
                 let name = path
@@ -300,7 +301,7 @@ pub fn install_images(
                         .or_else(|_| std::fs::copy(&pre.archive, &dest).map(|_| ()))
                         .with_context(|| format!("image {}: move into the root", img.name))?;
                     crate::host::tree::set_plain_mode(&dest)?;
-                    eprintln!("        image {}: {} -> /{dest_rel}", img.name, pre.digest);
+                    crate::say!("        image {}: {} -> /{dest_rel}", img.name, pre.digest);
                 }
                 (
                     pre.digest,
@@ -515,7 +516,7 @@ pub fn prebuild(
             .and_then(|(blob, extra)| Sha256::from_hex(extra.trim()).ok().map(|d| (blob, d)))
         {
             Some((blob, digest)) => {
-                eprintln!(
+                crate::say!(
                     "        image {}: inputs unchanged, reusing the cached build",
                     img.name
                 );

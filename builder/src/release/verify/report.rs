@@ -54,9 +54,29 @@ pub fn report_json(
     v
 }
 
-/// `cairn verify --report`: the report of this run, stamped with the wall
-/// clock (the one time stamp: when the evidence was taken), written to
-/// `path` as [`write_report`] does. A path it may not write is bad input.
+/// The report of this run stamped with the wall clock (the one time
+/// stamp: when the evidence was taken); `cairn verify --json` prints it.
+pub fn report_now(
+    target: &Path,
+    pubkey: &Path,
+    production: bool,
+    outcome: &Result<VerifyReport, VerifyError>,
+) -> Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    report_json(
+        target,
+        pubkey,
+        production,
+        outcome,
+        &crate::host::time::rfc3339(now),
+    )
+}
+
+/// `cairn verify --report`: [`report_now`] written to `path` as
+/// [`write_report`] does. A path it may not write is bad input.
 pub fn write_now(
     path: &Path,
     target: &Path,
@@ -64,17 +84,7 @@ pub fn write_now(
     production: bool,
     outcome: &Result<VerifyReport, VerifyError>,
 ) -> Result<(), crate::InputError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let v = report_json(
-        target,
-        pubkey,
-        production,
-        outcome,
-        &crate::host::time::rfc3339(now),
-    );
+    let v = report_now(target, pubkey, production, outcome);
     write_report(path, target, &v).map_err(|e| crate::InputError(format!("{e:#}")))
 }
 
