@@ -12,7 +12,12 @@ bin=$1 prefix=$2
 install -D -m 0755 "$bin" "$prefix/bin/cairn"
 install -d "$prefix/share/man/man1" "$prefix/share/bash-completion/completions" \
 	"$prefix/share/zsh/vendor-completions" "$prefix/share/fish/vendor_completions.d"
-"$bin" man | gzip -9n > "$prefix/share/man/man1/cairn.1.gz"
+pages=$(mktemp -d)
+trap 'rm -rf "$pages"' EXIT
+"$bin" man -o "$pages" >/dev/null
+for page in "$pages"/*.1; do
+	gzip -9n < "$page" > "$prefix/share/man/man1/$(basename "$page").gz"
+done
 "$bin" completions bash > "$prefix/share/bash-completion/completions/cairn"
 "$bin" completions zsh > "$prefix/share/zsh/vendor-completions/_cairn"
 "$bin" completions fish > "$prefix/share/fish/vendor_completions.d/cairn.fish"
