@@ -11,6 +11,8 @@ APT_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfstoo
 	python3-venv systemd-container \
 	sbsigntool efitools faketime openssl swtpm swtpm-tools tpm2-tools shim-signed \
 	busybox-static grub-efi-amd64-signed
+# bmaptool: `make bench` compares sparse flashing with it.
+APT_PACKAGES += bmap-tools
 # qemu comes from bookworm-backports so qemu-system-x86 matches the
 # backported qemu-utils these machines ship with; python3-virt-firmware
 # (virt-fw-vars: a MOK in an OVMF variable store, for the shim boot test)

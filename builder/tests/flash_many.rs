@@ -660,3 +660,39 @@ fn flash_refuses_fixed_and_large_disks_and_lists_them() {
     );
     assert!(g.contains(&"--allow-large".to_string()), "{g:?}");
 }
+
+/// `cairn verify` checks a signed data map against the raw beside it:
+/// one signed for another image (its digest) fails, naming the map.
+#[test]
+fn verify_refuses_a_signed_map_of_another_image() {
+    let m = mini::mini_of_size(128 * MIB);
+    let verify = || {
+        mini::cairn(
+            &[
+                OsStr::new("verify"),
+                m.dir.as_os_str(),
+                OsStr::new("--pubkey"),
+                m.pubkey.as_os_str(),
+            ],
+            LIMIT,
+        )
+    };
+    // Control: the build's map passes and is reported.
+    let r = verify();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("map: mini-1.raw.map:"), "{}", r.stdout);
+    let map_path = m.path(&format!("{RAW}.map"));
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&map_path).unwrap()).unwrap();
+    v["sha256"] = serde_json::Value::String(Sha256::of_bytes(b"another image").hex());
+    std::fs::write(&map_path, serde_json::to_string(&v).unwrap()).unwrap();
+    m.sign();
+    let r = verify();
+    println!("{}", r.stderr);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("map: mini-1.raw.map: is for"),
+        "{}",
+        r.stderr
+    );
+}

@@ -191,6 +191,8 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
     // once: the bytes hashed are the bytes parsed.
     opened.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut manifest_bytes = Vec::new();
+    // Data maps (`NAME.raw.map`), read once like the manifest.
+    let mut maps: Vec<(String, Vec<u8>)> = Vec::new();
     for (len, name, f) in &mut opened {
         let got = if name == MANIFEST {
             if *len > MAX_MANIFEST {
@@ -202,6 +204,19 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
             manifest_bytes =
                 read_exactly(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?;
             Sha256::of_bytes(&manifest_bytes)
+        } else if name.ends_with(".raw.map") {
+            use crate::release::datamap::MAX_MAP_FILE;
+            if *len > MAX_MAP_FILE {
+                return Err(refused(UntrustedError::TooLarge {
+                    path: f.path.clone(),
+                    max: MAX_MAP_FILE,
+                }));
+            }
+            let bytes =
+                read_exactly(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?;
+            let d = Sha256::of_bytes(&bytes);
+            maps.push((name.clone(), bytes));
+            d
         } else {
             hash_open(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?
         };
@@ -277,6 +292,22 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
             match ext {
                 "raw" => {
                     media::check_raw(&path, &f.file, *len, name, &manifest, &mut checks)?;
+                    if let Some((map_name, bytes)) =
+                        maps.iter().find(|(m, _)| *m == format!("{name}.map"))
+                    {
+                        let m = crate::release::datamap::DataMap::parse(
+                            bytes,
+                            name,
+                            *len,
+                            sums[name.as_str()],
+                        )
+                        .map_err(|e| failed(format!("map: {map_name}: {e}")))?;
+                        checks.push(format!(
+                            "map: {map_name}: {} ranges, {} of data, for this {name}",
+                            m.ranges.len(),
+                            crate::host::progress::human_bytes(m.mapped_bytes())
+                        ));
+                    }
                     raws.push((name, *len, path));
                 }
                 "iso" => media::check_iso(&path, &f.file, *len, name, &manifest, &mut checks)?,
