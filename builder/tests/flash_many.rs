@@ -696,3 +696,86 @@ fn verify_refuses_a_signed_map_of_another_image() {
         r.stderr
     );
 }
+
+/// A `.raw.zst` (both digests signed: the compressed one in SHA256, the
+/// raw's in the signed data map) verifies and flashes as a stream, with
+/// the same sparse write and read-back, also with no `.raw` in the folder;
+/// a changed byte in the compressed file is refused before any write.
+#[test]
+fn flash_from_raw_zst_and_refuse_a_corrupted_one() {
+    let mut m = mini::mini_of_size(256 * MIB);
+    let raw = m.path(RAW);
+    let size = std::fs::metadata(&raw).unwrap().len();
+    let want = Sha256::of_file(&raw).unwrap();
+    let zst = cairn::release::compressed::write_zst(&raw).unwrap();
+    assert!(std::fs::metadata(&zst).unwrap().len() < size / 4);
+    mini::set_output(&mut m.manifest, &m.dir, &format!("{RAW}.zst"));
+    // Only the .zst: the raw leaves the folder (and the manifest).
+    std::fs::remove_file(&raw).unwrap();
+    std::fs::remove_file(m.path(mini::QCOW2)).unwrap();
+    m.manifest["outputs"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["file"] != RAW && o["file"] != mini::QCOW2);
+    m.write_manifest();
+    m.sign();
+    let verify = |target: &Path| {
+        mini::cairn(
+            &[
+                OsStr::new("verify"),
+                target.as_os_str(),
+                OsStr::new("--pubkey"),
+                m.pubkey.as_os_str(),
+            ],
+            LIMIT,
+        )
+    };
+    for t in [m.dir.as_path(), zst.as_path()] {
+        let r = verify(t);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.contains(&format!(
+                "zst: {RAW}.zst: decompresses to {RAW}'s signed digest {want}"
+            )),
+            "{}",
+            r.stdout
+        );
+    }
+    let work = m.tmp.path().join("sticks");
+    std::fs::create_dir_all(&work).unwrap();
+    let l = Loop::attach_with(&work, "z.img", size + 8 * MIB, Some(MARKER));
+    let log = m.tmp.path().join("receipts.jsonl");
+    let devs = [l.dev.as_path()];
+    let r = mini::cairn(&flash_args(&zst, &m.pubkey, &devs, &log), LIMIT);
+    println!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(": ok (sparse-zeroout)"), "{}", r.stdout);
+    assert_eq!(l.digest(size), want, "the stick is not the raw");
+    assert_eq!(holds_marker(&l.dev, size), None);
+    let rec = receipts(&log).pop().unwrap();
+    assert_eq!(rec["image_sha256"], want.hex(), "{rec}");
+    assert_eq!(rec["read_back_sha256"], want.hex(), "{rec}");
+    // --full from the stream too.
+    let mut args = flash_args(&zst, &m.pubkey, &devs, &log);
+    args.push(OsStr::new("--full"));
+    let r = mini::cairn(&args, LIMIT);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(l.digest(size), want);
+
+    // One byte of the compressed file changed: refused before any write.
+    let fresh = Loop::attach_with(&work, "y.img", size + 8 * MIB, Some(MARKER));
+    testkit::flip_byte(&zst, std::fs::metadata(&zst).unwrap().len() / 2);
+    let devs = [fresh.dev.as_path()];
+    let r = mini::cairn(&flash_args(&zst, &m.pubkey, &devs, &log), LIMIT);
+    println!("{}", r.stderr);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("digest") && r.stderr.contains(".zst"),
+        "{}",
+        r.stderr
+    );
+    let mut stale = MARKER.repeat(MIB as usize / 16);
+    stale.truncate(MIB as usize);
+    assert_eq!(fresh.head(MIB), stale, "the stick was written");
+    assert_eq!(holds_marker(&fresh.dev, 16 * MIB), Some(0));
+}

@@ -27,7 +27,7 @@ use crate::host::progress::human_bytes;
     after_help = "Examples:\n  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb --pubkey release.pub\n  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb /dev/sdc --pubkey release.pub --receipts receipts.jsonl --site site.toml"
 )]
 pub struct Args {
-    /// The .raw or .iso to write (its SHA256, SHA256.sig and manifest.json beside it).
+    /// The .raw, .raw.zst or .iso to write (its SHA256, SHA256.sig and manifest.json beside it).
     #[arg(required_unless_present = "list")]
     image: Option<PathBuf>,
     /// The target block device(s) (e.g. /dev/sdb), or files with --to-file.

@@ -283,6 +283,8 @@ struct Verified {
     size: u64,
     /// The signed data map of the image, if the release has one.
     map: Option<crate::release::datamap::DataMap>,
+    /// `src` is a `.raw.zst`: `want` and `size` are the raw's, from the map.
+    compressed: bool,
 }
 
 /// Opens and verifies `image` with `pubkey`; nothing is written.
@@ -313,8 +315,23 @@ fn verify_release(image: &Path, pubkey: &Path) -> Result<Verified, FlashError> {
             crate::release::verify::SUMS
         ))
     })?;
-    let size = src.len;
-    let map = signed_map(image, name, size, want, &report.signed)?;
+    let (raw, compressed) = match crate::release::compressed::raw_name(name) {
+        Some(raw) => (raw, true),
+        None => (name, false),
+    };
+    let expect = (!compressed).then_some((src.len, want));
+    let map = signed_map(image, raw, expect, &report.signed)?;
+    // A .raw.zst is written as the raw it decompresses to: the map (signed)
+    // gives that raw's size and digest; verify checked the stream matches.
+    let (size, want) = match (&map, compressed) {
+        (_, false) => (src.len, want),
+        (Some(m), true) => (m.size, m.sha256),
+        (None, true) => {
+            return Err(refused(format!(
+                "{name}: no signed {raw}.map gives its uncompressed digest"
+            )))
+        }
+    };
     Ok(Verified {
         src,
         want,
@@ -322,23 +339,25 @@ fn verify_release(image: &Path, pubkey: &Path) -> Result<Verified, FlashError> {
         sums_sha256: report.sums_sha256,
         size,
         map,
+        compressed,
     })
 }
 
-/// The data map beside `image` (`NAME.map`) if SHA256 lists one: read
-/// through `host::untrusted`, checked against its signed digest, parsed.
+/// The data map of the raw `name` (`NAME.map` beside `image`) if SHA256
+/// lists one: read through `host::untrusted`, checked against its signed
+/// digest, parsed, and checked to describe the raw (`expect`: its size and
+/// signed digest; for a `.raw.zst`, the raw's signed digest if listed).
 /// A listed map that is missing, altered or malformed refuses the flash.
 fn signed_map(
     image: &Path,
     name: &str,
-    size: u64,
-    want: Sha256,
+    expect: Option<(u64, Sha256)>,
     signed: &std::collections::BTreeMap<String, Sha256>,
 ) -> Result<Option<crate::release::datamap::DataMap>, FlashError> {
-    use crate::release::datamap::{path_for, DataMap, MAX_MAP_FILE};
+    use crate::release::datamap::{DataMap, MAX_MAP_FILE};
     use std::io::Read as _;
-    let path = path_for(image);
     let map_name = format!("{name}.map");
+    let path = image.with_file_name(&map_name);
     let Some(map_digest) = signed.get(&map_name) else {
         return Ok(None);
     };
@@ -355,6 +374,20 @@ fn signed_map(
             "digest: {map_name}: expected {map_digest} got {got}"
         )));
     }
+    let (size, want) = match expect {
+        Some(e) => e,
+        None => {
+            let m: DataMap = serde_json::from_slice(&bytes)
+                .map_err(|e| refused(format!("{map_name}: does not parse: {e}")))?;
+            if let Some(d) = signed.get(name).filter(|d| **d != m.sha256) {
+                return Err(refused(format!(
+                    "{map_name}: gives sha256 {} for {name}, SHA256 {d}",
+                    m.sha256
+                )));
+            }
+            (m.size, m.sha256)
+        }
+    };
     DataMap::parse(&bytes, name, size, want)
         .map(Some)
         .map_err(|e| refused(format!("{map_name}: {e}")))
@@ -486,8 +519,15 @@ fn write_checked(
     // Open the target before writing anything.
     let dst = open_target(opts, &c.target, v.size)?;
     let plan = plan_for(opts, v, c);
+    let mut src = if v.compressed {
+        let r = crate::release::compressed::decoder(&v.src.file)
+            .map_err(|e| failed(format!("{}: not a zstd stream: {e}", opts.image.display())))?;
+        write::Source::Zst { r, pos: 0 }
+    } else {
+        write::Source::File(&v.src.file)
+    };
     write::write_and_read_back(
-        &v.src.file,
+        &mut src,
         &opts.image,
         &dst,
         &opts.device,

@@ -31,6 +31,53 @@ pub(super) fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::R
     Ok(n)
 }
 
+/// Where the image's bytes come from: the `.raw` itself, or a `.raw.zst`
+/// decompressed as a stream (each stick its own decoder).
+pub(super) enum Source<'a> {
+    File(&'a File),
+    Zst {
+        r: zstd::Decoder<'static, std::io::BufReader<crate::release::compressed::At<'a>>>,
+        /// The uncompressed offset the decoder is at.
+        pos: u64,
+    },
+}
+
+impl Source<'_> {
+    /// Fills `buf` from the image at `off` (fewer bytes only at its end).
+    /// A stream only moves forward: it skips to `off` (the gaps of the
+    /// data map are decompressed and dropped, never written).
+    fn read_at(&mut self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        use std::io::Read as _;
+        match self {
+            Source::File(f) => read_full_at(f, buf, off),
+            Source::Zst { r, pos } => {
+                if off < *pos {
+                    return Err(std::io::Error::other(
+                        "a compressed image is read forward only",
+                    ));
+                }
+                let skip = off - *pos;
+                let skipped = std::io::copy(&mut r.by_ref().take(skip), &mut std::io::sink())?;
+                *pos += skipped;
+                if skipped < skip {
+                    return Ok(0);
+                }
+                let mut n = 0;
+                while n < buf.len() {
+                    match r.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                *pos += n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
 /// Whether SIGINT, SIGTERM or SIGHUP arrived (`host::interrupt`: the
 /// caller holds its [`crate::host::interrupt::hold`], so the process lives
 /// on to leave every stick unbootable and write the receipts).
@@ -131,7 +178,7 @@ const ZERO_STEP: u64 = 64 << 20;
 /// and owns the bar.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn write_and_read_back(
-    src: &File,
+    src: &mut Source<'_>,
     image: &Path,
     dst: &File,
     device: &Path,
@@ -166,7 +213,8 @@ pub(super) fn write_and_read_back(
     let mut hasher = sha2::Sha256::new();
     let mut written = sha2::Sha256::new();
     let mut head = vec![0u8; head_len as usize];
-    let n = read_full_at(src, &mut head, 0)
+    let n = src
+        .read_at(&mut head, 0)
         .map_err(|e| failed(format!("reading {}: {e}", image.display())))?;
     if n as u64 != head_len {
         return Err(refused(format!(
@@ -244,7 +292,7 @@ pub(super) fn write_and_read_back(
                 return Err(stop(off, progress));
             }
             let want_len = ((end - off) as usize).min(CHUNK);
-            let n = read_full_at(src, &mut buf[..want_len], off).map_err(|e| {
+            let n = src.read_at(&mut buf[..want_len], off).map_err(|e| {
                 progress.abandon();
                 failed(format!(
                     "reading {}: {e}; {dev} was left unbootable (first MiB zero)",
