@@ -12,9 +12,9 @@ BUILD_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfst
 	sbsigntool faketime openssl shim-signed busybox-static qemu-utils curl \
 	libseccomp-dev pkg-config
 # What the tests need on top: firmware, emulators, TPM, the validators' venv,
-# the packaging test's tools.
+# bmaptool (`make bench` compares sparse flashing with it).
 TEST_PACKAGES := nftables ovmf seabios python3-venv systemd-container efitools \
-	swtpm swtpm-tools tpm2-tools
+	swtpm swtpm-tools tpm2-tools bmap-tools
 # qemu comes from bookworm-backports so qemu-system-x86 matches the
 # backported qemu-utils these machines ship with; python3-virt-firmware
 # (virt-fw-vars: a MOK in an OVMF variable store, for the shim boot test)

@@ -25,6 +25,8 @@
 #      measured when issue 16 was filed: mkosi 24.3, same suite and
 #      packages, squashfs zstd-15 with verity), and the ISO and qcow2
 #      against the sizes the default image had then (211 and 158 MiB).
+#  (e) unless BENCH_FLASH=0: the raw flashed to a loop device, full vs
+#      sparse vs `bmaptool copy`, median of three (qemu-tests/bench-flash.sh).
 # Environment: OUT (default out), PUBKEY (default .cairn-dev/dev.pub),
 # BENCH_CAIRN (default target/release/cairn),
 # BENCH_DIR (a folder to use instead of the newest signed one under OUT),
@@ -146,6 +148,16 @@ for o in m["outputs"]:
         if o["file"].endswith("." + ext):
             line(o["file"], o["size"], cap, "the size at issue 16")
 PY
+
+# ---------------------------------------------------------------------------
+# (e) flashing: full vs sparse vs bmaptool to a loop device (qemu-tests/bench-flash.sh)
+# ---------------------------------------------------------------------------
+
+if [[ ${BENCH_FLASH:-1} == 1 ]]; then
+    bash qemu-tests/bench-flash.sh "$CAIRN" "$DIR" "$PUBKEY"
+else
+    echo "bench: BENCH_FLASH=0: flashing skipped"
+fi
 
 # ---------------------------------------------------------------------------
 # (b) boot time by phase (one boot of the image, one of a bare kernel + init)

@@ -27,6 +27,9 @@ impl Flash for Signed {
             to_file: true,
             max_size: None,
             site: None,
+            write: Default::default(),
+            allow_fixed: false,
+            allow_large: false,
         }
     }
 }

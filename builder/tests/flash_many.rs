@@ -30,14 +30,23 @@ impl Loop {
     /// A `size`-byte backing file filled with `fill` (so leftovers show),
     /// attached to the first free loop device.
     fn attach(dir: &Path, name: &str, size: u64, fill: u8) -> Loop {
+        Loop::attach_with(dir, name, size, Some(&vec![fill; MIB as usize]))
+    }
+
+    /// As [`Loop::attach`], the file filled with `chunk` repeated (its
+    /// length divides a MiB), or left a hole (`None`).
+    fn attach_with(dir: &Path, name: &str, size: u64, chunk: Option<&[u8]>) -> Loop {
         let file = dir.join(name);
-        let chunk = vec![fill; MIB as usize];
         let f = File::create(&file).unwrap();
-        let mut off = 0;
-        while off < size {
-            let n = (size - off).min(MIB);
-            f.write_all_at(&chunk[..n as usize], off).unwrap();
-            off += n;
+        f.set_len(size).unwrap();
+        if let Some(c) = chunk {
+            let chunk = c.repeat(MIB as usize / c.len());
+            let mut off = 0;
+            while off < size {
+                let n = (size - off).min(MIB);
+                f.write_all_at(&chunk[..n as usize], off).unwrap();
+                off += n;
+            }
         }
         f.sync_all().unwrap();
         let out = Command::new("losetup")
@@ -106,6 +115,8 @@ fn flash_args<'a>(
         OsStr::new("--pubkey"),
         pubkey.as_os_str(),
         OsStr::new("--yes"),
+        // Loop devices are not removable.
+        OsStr::new("--allow-fixed"),
         OsStr::new("--receipts"),
         receipts.as_os_str(),
     ]);
@@ -264,8 +275,11 @@ fn signal_leaves_every_stick_unbootable(sig: libc::c_int) {
     }
     let log = m.tmp.path().join("receipts.jsonl");
     let devs = [a.dev.as_path(), b.dev.as_path()];
+    // Every byte: a sparse write of this image may end before the signal.
+    let mut args = flash_args(&raw, &m.pubkey, &devs, &log);
+    args.push(OsStr::new("--full"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(flash_args(&raw, &m.pubkey, &devs, &log))
+        .args(args)
         // Plain progress lines come by time (10 s apart by default): one
         // early, to signal at.
         .env("CAIRN_PROGRESS_EVERY", "0.05")
@@ -319,6 +333,7 @@ fn signal_leaves_every_stick_unbootable(sig: libc::c_int) {
     let rs = receipts(&log);
     assert_eq!(rs.len(), 2);
     assert!(rs.iter().all(|r| r["result"] == "interrupted"), "{rs:?}");
+    assert!(rs.iter().all(|r| r["mode"] == "full"), "{rs:?}");
 }
 
 #[test]
@@ -413,4 +428,357 @@ fn flash_many_with_a_site_file_puts_it_on_every_stick_and_records_its_digest() {
             Sha256::of_file(&raw).unwrap().hex()
         );
     }
+}
+
+/// 16 bytes that stand for what was on a stick before.
+const MARKER: &[u8; 16] = b"OLD-STICK-MARKER";
+
+/// Whether the first `len` bytes of `dev` hold [`MARKER`] at any 16-byte
+/// boundary (the stale data was written so; any stale 4 KiB block shows it).
+fn holds_marker(dev: &Path, len: u64) -> Option<u64> {
+    let mut f = File::open(dev).unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(MIB) as usize;
+        f.read_exact(&mut buf[..n]).unwrap();
+        if let Some(i) = buf[..n].chunks_exact(16).position(|c| c == MARKER) {
+            return Some(off + i as u64 * 16);
+        }
+        off += n as u64;
+    }
+    None
+}
+
+/// The sparse flash writes the signed data map's ranges and has the gaps
+/// zeroed: a stick pre-filled with a marker holds none of it anywhere in
+/// the image's area, in each sparse mode, and reads back as the image.
+/// Control: copying only the map's ranges with plain `dd` leaves markers.
+#[test]
+fn flash_sparse_leaves_nothing_of_the_old_stick_in_the_image() {
+    let m = mini::mini_of_size(256 * MIB);
+    let raw = m.path(RAW);
+    let size = std::fs::metadata(&raw).unwrap().len();
+    let want = Sha256::of_file(&raw).unwrap();
+    let map: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.path(&format!("{RAW}.map"))).unwrap()).unwrap();
+    let ranges: Vec<(u64, u64)> = map["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+        .collect();
+    let mapped: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    assert!(mapped < size / 4, "{mapped} of {size} bytes mapped");
+    let work = m.tmp.path().join("sticks");
+    std::fs::create_dir_all(&work).unwrap();
+    let log = m.tmp.path().join("receipts.jsonl");
+
+    for (i, (flag, mode)) in [
+        (None, "sparse-zeroout"),
+        (Some("--write-zeros"), "sparse-zeros-written"),
+        (Some("--full"), "full"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let l = Loop::attach_with(&work, &format!("s{i}.img"), size + 8 * MIB, Some(MARKER));
+        assert!(holds_marker(&l.dev, size).is_some());
+        let devs = [l.dev.as_path()];
+        let mut args = flash_args(&raw, &m.pubkey, &devs, &log);
+        args.extend(flag.map(OsStr::new));
+        let r = mini::cairn(&args, LIMIT);
+        println!("{}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.contains(&format!(": ok ({mode})")), "{}", r.stdout);
+        assert_eq!(
+            holds_marker(&l.dev, size),
+            None,
+            "{mode}: a marker survived"
+        );
+        assert_eq!(l.digest(size), want, "{mode}: the stick is not the image");
+        let rec = receipts(&log).pop().unwrap();
+        assert_eq!(rec["mode"], mode, "{rec}");
+        assert_eq!(rec["result"], "ok", "{rec}");
+        let written = rec["written_bytes"].as_u64().unwrap();
+        if mode == "full" {
+            assert_eq!(written, size);
+        } else {
+            assert!(written <= mapped + MIB && written < size / 4, "{rec}");
+        }
+    }
+
+    // Control: only the map's ranges copied, as a tool that trusts the
+    // stick to be blank would: the old stick shows through the gaps.
+    let c = Loop::attach_with(&work, "control.img", size + 8 * MIB, Some(MARKER));
+    for (s, e) in &ranges {
+        let st = Command::new("dd")
+            .arg(format!("if={}", raw.display()))
+            .arg(format!("of={}", c.dev.display()))
+            .args(["bs=4096", "conv=notrunc,fsync", "status=none"])
+            .arg(format!("skip={}", s / 4096))
+            .arg(format!("seek={}", s / 4096))
+            .arg(format!("count={}", (e - s).div_ceil(4096)))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let at = holds_marker(&c.dev, size).expect("the control kept no marker");
+    assert!(!ranges.iter().any(|(s, e)| (*s..*e).contains(&at)));
+    assert_ne!(c.digest(size), want);
+}
+
+/// A data map that does not match the image: changed after signing, it is
+/// refused before any byte is written; signed but missing a range of data
+/// (a builder bug), the stick is left unbootable, never half right.
+#[test]
+fn flash_refuses_a_changed_or_wrong_data_map() {
+    let mut m = mini::mini_of_size(128 * MIB);
+    let raw = m.path(RAW);
+    let map_path = m.path(&format!("{RAW}.map"));
+    let text = std::fs::read_to_string(&map_path).unwrap();
+    let target = m.tmp.path().join("stick.img");
+    let to_file = |m: &mini::Mini| {
+        mini::cairn(
+            &[
+                OsStr::new("flash"),
+                raw.as_os_str(),
+                target.as_os_str(),
+                OsStr::new("--pubkey"),
+                m.pubkey.as_os_str(),
+                OsStr::new("--yes"),
+                OsStr::new("--to-file"),
+            ],
+            LIMIT,
+        )
+    };
+    // Control: the signed map flashes.
+    let r = to_file(&m);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("sparse-new-file"), "{}", r.stdout);
+    assert_eq!(
+        Sha256::of_file(&target).unwrap(),
+        Sha256::of_file(&raw).unwrap()
+    );
+    std::fs::remove_file(&target).unwrap();
+
+    // Changed after signing (a range dropped): refused, nothing written.
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dropped = v["ranges"].as_array_mut().unwrap().remove(1);
+    std::fs::write(&map_path, serde_json::to_string(&v).unwrap()).unwrap();
+    let r = to_file(&m);
+    println!("{}", r.stderr);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("digest") && r.stderr.contains(".map"),
+        "{}",
+        r.stderr
+    );
+    assert!(!target.exists(), "a target was written");
+
+    // Signed as it is (the builder got it wrong): the data of the dropped
+    // range is missing, found before the boot sector is written.
+    m.ranges.clear();
+    m.sign();
+    let r = to_file(&m);
+    println!("{}", r.stderr);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not the verified image"),
+        "{dropped}: {}",
+        r.stderr
+    );
+    let mut head = vec![0u8; MIB as usize];
+    File::open(&target).unwrap().read_exact(&mut head).unwrap();
+    assert!(head.iter().all(|b| *b == 0), "the first MiB was written");
+}
+
+/// Loop devices are not removable: refused without --allow-fixed (the
+/// stick untouched), and a device over 64 GiB needs --allow-large too.
+/// `--list` shows both with the flags they need.
+#[test]
+fn flash_refuses_fixed_and_large_disks_and_lists_them() {
+    let m = mini(Media::RawAndQcow2);
+    let raw = m.path(RAW);
+    let size = std::fs::metadata(&raw).unwrap().len();
+    let work = m.tmp.path().join("sticks");
+    std::fs::create_dir_all(&work).unwrap();
+    let small = Loop::attach(&work, "fixed.img", size + 4 * MIB, 0x77);
+    let large = Loop::attach_with(&work, "large.img", 65 << 30, None);
+    let log = m.tmp.path().join("receipts.jsonl");
+
+    let r = mini::cairn(
+        &flash_args(&raw, &m.pubkey, &[large.dev.as_path()], &log),
+        LIMIT,
+    );
+    println!("{}", r.stderr);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("--allow-large"), "{}", r.stderr);
+    assert_eq!(receipts(&log).pop().unwrap()["result"], "refused");
+
+    let devs = [small.dev.as_path()];
+    let plain: Vec<&OsStr> = flash_args(&raw, &m.pubkey, &devs, &log)
+        .into_iter()
+        .filter(|a| *a != "--allow-fixed")
+        .collect();
+    let r = mini::cairn(&plain, LIMIT);
+    println!("{}", r.stderr);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("fixed disk") && r.stderr.contains("--allow-fixed"),
+        "{}",
+        r.stderr
+    );
+    assert!(small.head(MIB).iter().all(|b| *b == 0x77), "written");
+    // Control: with the flag it is written.
+    let r = mini::cairn(
+        &flash_args(&raw, &m.pubkey, &[small.dev.as_path()], &log),
+        LIMIT,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(small.digest(size), Sha256::of_file(&raw).unwrap());
+
+    let r = mini::cairn(&[OsStr::new("flash"), OsStr::new("--list")], LIMIT);
+    println!("{}", r.stdout);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("DEVICE"), "{}", r.stdout);
+    let line = |l: &Loop| {
+        let name = format!("{} ", l.dev.display());
+        r.stdout
+            .lines()
+            .find(|x| x.starts_with(&name))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{}", r.stdout))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let f = line(&small);
+    assert_eq!(&f[1..3], ["no", "virtual"], "{f:?}");
+    assert!(f.contains(&"--allow-fixed".to_string()), "{f:?}");
+    assert!(!f.contains(&"--allow-large".to_string()), "{f:?}");
+    let g = line(&large);
+    assert!(
+        g.contains(&"65.0".to_string()) || g.iter().any(|x| x.starts_with("65")),
+        "{g:?}"
+    );
+    assert!(g.contains(&"--allow-large".to_string()), "{g:?}");
+}
+
+/// `cairn verify` checks a signed data map against the raw beside it:
+/// one signed for another image (its digest) fails, naming the map.
+#[test]
+fn verify_refuses_a_signed_map_of_another_image() {
+    let m = mini::mini_of_size(128 * MIB);
+    let verify = || {
+        mini::cairn(
+            &[
+                OsStr::new("verify"),
+                m.dir.as_os_str(),
+                OsStr::new("--pubkey"),
+                m.pubkey.as_os_str(),
+            ],
+            LIMIT,
+        )
+    };
+    // Control: the build's map passes and is reported.
+    let r = verify();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("map: mini-1.raw.map:"), "{}", r.stdout);
+    let map_path = m.path(&format!("{RAW}.map"));
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&map_path).unwrap()).unwrap();
+    v["sha256"] = serde_json::Value::String(Sha256::of_bytes(b"another image").hex());
+    std::fs::write(&map_path, serde_json::to_string(&v).unwrap()).unwrap();
+    m.sign();
+    let r = verify();
+    println!("{}", r.stderr);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("map: mini-1.raw.map: is for"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A `.raw.zst` (both digests signed: the compressed one in SHA256, the
+/// raw's in the signed data map) verifies and flashes as a stream, with
+/// the same sparse write and read-back, also with no `.raw` in the folder;
+/// a changed byte in the compressed file is refused before any write.
+#[test]
+fn flash_from_raw_zst_and_refuse_a_corrupted_one() {
+    let mut m = mini::mini_of_size(256 * MIB);
+    let raw = m.path(RAW);
+    let size = std::fs::metadata(&raw).unwrap().len();
+    let want = Sha256::of_file(&raw).unwrap();
+    let zst = cairn::release::compressed::write_zst(&raw).unwrap();
+    assert!(std::fs::metadata(&zst).unwrap().len() < size / 4);
+    mini::set_output(&mut m.manifest, &m.dir, &format!("{RAW}.zst"));
+    // Only the .zst: the raw leaves the folder (and the manifest).
+    std::fs::remove_file(&raw).unwrap();
+    std::fs::remove_file(m.path(mini::QCOW2)).unwrap();
+    m.manifest["outputs"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["file"] != RAW && o["file"] != mini::QCOW2);
+    m.write_manifest();
+    m.sign();
+    let verify = |target: &Path| {
+        mini::cairn(
+            &[
+                OsStr::new("verify"),
+                target.as_os_str(),
+                OsStr::new("--pubkey"),
+                m.pubkey.as_os_str(),
+            ],
+            LIMIT,
+        )
+    };
+    for t in [m.dir.as_path(), zst.as_path()] {
+        let r = verify(t);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.contains(&format!(
+                "zst: {RAW}.zst: decompresses to {RAW}'s signed digest {want}"
+            )),
+            "{}",
+            r.stdout
+        );
+    }
+    let work = m.tmp.path().join("sticks");
+    std::fs::create_dir_all(&work).unwrap();
+    let l = Loop::attach_with(&work, "z.img", size + 8 * MIB, Some(MARKER));
+    let log = m.tmp.path().join("receipts.jsonl");
+    let devs = [l.dev.as_path()];
+    let r = mini::cairn(&flash_args(&zst, &m.pubkey, &devs, &log), LIMIT);
+    println!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(": ok (sparse-zeroout)"), "{}", r.stdout);
+    assert_eq!(l.digest(size), want, "the stick is not the raw");
+    assert_eq!(holds_marker(&l.dev, size), None);
+    let rec = receipts(&log).pop().unwrap();
+    assert_eq!(rec["image_sha256"], want.hex(), "{rec}");
+    assert_eq!(rec["read_back_sha256"], want.hex(), "{rec}");
+    // --full from the stream too.
+    let mut args = flash_args(&zst, &m.pubkey, &devs, &log);
+    args.push(OsStr::new("--full"));
+    let r = mini::cairn(&args, LIMIT);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(l.digest(size), want);
+
+    // One byte of the compressed file changed: refused before any write.
+    let fresh = Loop::attach_with(&work, "y.img", size + 8 * MIB, Some(MARKER));
+    testkit::flip_byte(&zst, std::fs::metadata(&zst).unwrap().len() / 2);
+    let devs = [fresh.dev.as_path()];
+    let r = mini::cairn(&flash_args(&zst, &m.pubkey, &devs, &log), LIMIT);
+    println!("{}", r.stderr);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("digest") && r.stderr.contains(".zst"),
+        "{}",
+        r.stderr
+    );
+    let mut stale = MARKER.repeat(MIB as usize / 16);
+    stale.truncate(MIB as usize);
+    assert_eq!(fresh.head(MIB), stale, "the stick was written");
+    assert_eq!(holds_marker(&fresh.dev, 16 * MIB), Some(0));
 }

@@ -466,6 +466,14 @@ pub(super) fn write_media(
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let d = raw.digest_as_written(&format!("hash {name}"))?;
+                // The data map flash writes by (signed with the folder).
+                crate::release::datamap::DataMap::new(
+                    &name,
+                    raw.layout.disk_size,
+                    d,
+                    &raw.data_ranges()?,
+                )
+                .write_beside(raw_path)?;
                 hash_into(raw_path, Some(d))
             }),
         });

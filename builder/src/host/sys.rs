@@ -62,6 +62,20 @@ pub fn flush_block_buffers(f: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// `_IO(0x12, 127)`: zero a byte range of a block device.
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+/// Zeroes `len` bytes at `start` of the block device open as `f`
+/// (BLKZEROOUT): the kernel guarantees the range reads back as zeros,
+/// offloading to the device's WRITE ZEROES where it has one, else writing
+/// zero pages itself. Both must be multiples of the logical block size.
+pub fn zero_out_range(f: &File, start: u64, len: u64) -> io::Result<()> {
+    let range: [u64; 2] = [start, len];
+    // SAFETY: BLKZEROOUT reads two u64s from the pointer, which outlives the call.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) })?;
+    Ok(())
+}
+
 /// Advises the kernel to drop `f`'s cached pages (best effort).
 pub fn drop_cached_pages(f: &File) {
     // SAFETY: advisory only; plain integers on a descriptor we hold open.

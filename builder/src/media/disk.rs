@@ -417,6 +417,61 @@ fn pieces(inp: &DiskInputs, layout: &Layout, esp: &Path) -> Vec<Piece> {
 }
 
 impl RawDisk {
+    /// The byte ranges that hold data (for the release's data map): the
+    /// protective MBR and primary GPT (LBA 0-33), the backup GPT (the last
+    /// 33 sectors), and in each piece the 4 KiB blocks that are not all
+    /// zero (the ESP is mostly empty). Nothing else is ever written, so
+    /// the rest (the state partition, padding) is zero. From the pieces'
+    /// content, not the file system's allocation, so the map is the same
+    /// on every file system; gaps under 64 KiB are not worth a range.
+    pub fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        const GPT: u64 = 34 * 512;
+        const BLOCK: usize = 4096;
+        const MIN_GAP: u64 = 64 << 10;
+        let size = self.layout.disk_size;
+        let mut v = vec![(0, GPT.min(size)), (size.saturating_sub(GPT - 512), size)];
+        let mut buf = vec![0u8; 1 << 20];
+        for p in &self.pieces {
+            let f = File::open(&p.file)
+                .with_context(|| format!("raw disk map: open {}", p.file.display()))?;
+            let len = f.metadata()?.len();
+            let runs = crate::host::direct::data_runs(&f, 0, len).unwrap_or(vec![(0, len)]);
+            let mut cur: Option<(u64, u64)> = None;
+            for (start, end) in runs {
+                // Whole blocks: a run may start or end inside one.
+                let mut off = start / BLOCK as u64 * BLOCK as u64;
+                while off < end {
+                    let n = ((end - off) as usize).min(buf.len());
+                    let got = read_full_at(&f, &mut buf[..n], off)
+                        .with_context(|| format!("raw disk map: read {}", p.file.display()))?;
+                    for (i, b) in buf[..got].chunks(BLOCK).enumerate() {
+                        if b.iter().all(|x| *x == 0) {
+                            continue;
+                        }
+                        let s = off + (i * BLOCK) as u64;
+                        let e = s + b.len() as u64;
+                        cur = match cur {
+                            Some((cs, ce)) if s <= ce + MIN_GAP => Some((cs, e)),
+                            Some(r) => {
+                                v.push((p.at + r.0, p.at + r.1));
+                                Some((s, e))
+                            }
+                            None => Some((s, e)),
+                        };
+                    }
+                    if got < n {
+                        break;
+                    }
+                    off += n as u64;
+                }
+            }
+            if let Some(r) = cur {
+                v.push((p.at + r.0, p.at + r.1));
+            }
+        }
+        Ok(v)
+    }
+
     /// The sha256 the raw disk has once every piece is copied, taken while
     /// they are being copied: its own bytes between the pieces (the GPTs
     /// sfdisk wrote, holes), which nothing writes after sfdisk, and each
@@ -451,6 +506,24 @@ impl RawDisk {
         bar.finish();
         Ok(d)
     }
+}
+
+/// Reads into `buf` at `off` until it is full or the file ends.
+fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt as _;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                off += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Writes the raw disk at `out`.
@@ -626,6 +699,25 @@ mod tests {
         let want = Sha256::of_file(&out).unwrap();
         assert_eq!(early.unwrap(), want, "taken before the copies");
         assert_eq!(raw.digest_as_written("test").unwrap(), want, "taken after");
+        // The data ranges cover every non-zero byte (the flash's map): a
+        // disk with only those bytes copied is the same disk.
+        let bytes = std::fs::read(&out).unwrap();
+        let ranges = raw.data_ranges().unwrap();
+        let mut only = vec![0u8; bytes.len()];
+        for (s, e) in &ranges {
+            only[*s as usize..*e as usize].copy_from_slice(&bytes[*s as usize..*e as usize]);
+        }
+        let diff = only.iter().zip(&bytes).position(|(a, b)| a != b);
+        assert_eq!(
+            diff, None,
+            "a non-zero byte outside the data ranges {ranges:?}"
+        );
+        let mapped: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+        assert!(mapped < (16 << 20), "{mapped} bytes mapped of 128 MiB");
+        // Control: without the backup GPT's range, the copy differs.
+        let last = ranges.iter().max_by_key(|r| r.1).unwrap();
+        only[last.0 as usize..last.1 as usize].fill(0);
+        assert!(only != bytes);
         // Control: the root's file changed after it was copied.
         File::options()
             .write(true)

@@ -1,6 +1,8 @@
 //! A release folder: manifest, SBOMs, provenance, SHA256 + signature, and the
 //! reviewer's views of it (verify, inspect, diff).
 
+pub mod compressed;
+pub mod datamap;
 pub mod diff;
 pub mod inspect;
 pub mod manifest;

@@ -29,6 +29,8 @@ struct Disk {
     raw: PathBuf,
     qcow2: PathBuf,
     manifest: serde_json::Value,
+    /// The raw's data ranges, as the build maps them.
+    ranges: Vec<(u64, u64)>,
 }
 
 fn tools_or_fail() {
@@ -136,6 +138,7 @@ fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
     .unwrap_or_else(|e| panic!("{e:#}"));
     let qcow2 = dir.join(QCOW2);
     cairn::media::qcow2::write_qcow2(&raw, &qcow2, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    let ranges = disk.data_ranges().unwrap_or_else(|e| panic!("{e:#}"));
     std::fs::remove_dir_all(&work).unwrap();
     let l = &disk.layout;
     let part = |label: &str, (offset, size): (u64, u64)| serde_json::json!({"label": label, "offset": offset, "size": size});
@@ -178,6 +181,7 @@ fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
         raw,
         qcow2,
         manifest,
+        ranges,
     }
 }
 
@@ -223,6 +227,8 @@ pub struct Mini {
     pub key: SecretKey,
     pub pubkey: PathBuf,
     pub manifest: serde_json::Value,
+    /// The raw's data ranges (empty without media): [`Mini::write_map`].
+    pub ranges: Vec<(u64, u64)>,
 }
 
 /// Which files the release holds.
@@ -242,6 +248,7 @@ pub fn mini(media: Media) -> Mini {
     for d in [&dir, &keys, &sentinel] {
         std::fs::create_dir_all(d).unwrap();
     }
+    let mut ranges = Vec::new();
     let mut manifest = if media == Media::None {
         serde_json::json!({
             "schema": 1,
@@ -265,6 +272,7 @@ pub fn mini(media: Media) -> Mini {
         let (_, a, _) = templates();
         cp_sparse(&a.raw, &dir.join(RAW));
         cp_sparse(&a.qcow2, &dir.join(QCOW2));
+        ranges = a.ranges.clone();
         a.manifest.clone()
     };
     if media == Media::RawAndQcow2 {
@@ -283,6 +291,7 @@ pub fn mini(media: Media) -> Mini {
         key,
         pubkey,
         manifest,
+        ranges,
     };
     m.write_manifest();
     m.sign();
@@ -305,7 +314,12 @@ pub fn mini_of_size(disk_size: u64) -> Mini {
     let mut manifest = disk.manifest;
     set_output(&mut manifest, &m.dir, RAW);
     set_output(&mut manifest, &m.dir, QCOW2);
-    let m = Mini { manifest, ..m };
+    let m = Mini {
+        manifest,
+        ranges: disk.ranges,
+        ..m
+    };
+    m.write_map();
     m.write_manifest();
     m.sign();
     m
@@ -333,6 +347,19 @@ impl Mini {
             serde_json::to_string_pretty(&self.manifest).unwrap() + "\n",
         )
         .unwrap();
+    }
+
+    /// Writes the raw's data map (`mini-1.raw.map`) as the build does,
+    /// for the raw as it is now; sign afterwards.
+    pub fn write_map(&self) {
+        let raw = self.path(RAW);
+        let map = cairn::release::datamap::DataMap::new(
+            RAW,
+            std::fs::metadata(&raw).unwrap().len(),
+            Sha256::of_file(&raw).unwrap(),
+            &self.ranges,
+        );
+        map.write_beside(&raw).unwrap();
     }
 
     /// Re-signs the folder as the build does (every file listed).

@@ -107,6 +107,9 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
         to_file: true,
         max_size: None,
         site: Some(site),
+        write: Default::default(),
+        allow_fixed: false,
+        allow_large: false,
     })
     .unwrap_or_else(|e| panic!("flash --to-file --site failed: {e}"));
     eprintln!("{report}");

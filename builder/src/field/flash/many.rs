@@ -44,6 +44,10 @@ pub struct ManyOptions {
     pub receipts: Option<PathBuf>,
     /// A signed site file to put on every stick's ESP after the image.
     pub site: Option<PathBuf>,
+    /// As in [`FlashOptions`].
+    pub write: super::WriteMode,
+    pub allow_fixed: bool,
+    pub allow_large: bool,
 }
 
 /// One stick's record, one JSON line in the receipts log.
@@ -76,6 +80,13 @@ pub struct Receipt {
     pub finished: String,
     /// `ok`, `refused`, `bad-input`, `failed` or `interrupted`.
     pub result: String,
+    /// How the stick was (to be) written: `full`, `sparse-zeroout`,
+    /// `sparse-zeros-written` or `sparse-new-file` (null if refused first).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The bytes written and read back (the rest zeroed when sparse).
+    #[serde(default)]
+    pub written_bytes: Option<u64>,
     /// The error, one line (null on success).
     pub message: Option<String>,
 }
@@ -136,8 +147,9 @@ impl ManyReport {
             .iter()
             .map(|s| match &s.result {
                 Ok(d) => format!(
-                    "flash: {}: ok, read back sha256 {d} matches the signed digest",
-                    s.device.display()
+                    "flash: {}: ok ({}), read back sha256 {d} matches the signed digest",
+                    s.device.display(),
+                    s.receipt.mode.as_deref().unwrap_or("full")
                 ),
                 Err(e) => format!("flash: {}: FAILED: {e}", s.device.display()),
             })
@@ -274,6 +286,9 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             to_file: opts.to_file,
             max_size: opts.max_size,
             site: opts.site.clone(),
+            write: opts.write,
+            allow_fixed: opts.allow_fixed,
+            allow_large: opts.allow_large,
         })
         .collect();
     let checked: Vec<Result<super::Checked, FlashError>> =
@@ -393,6 +408,11 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             started,
             finished,
             result: result_word(&result).into(),
+            mode: c
+                .as_ref()
+                .ok()
+                .map(|c| super::mode_for(o, &v, c).to_string()),
+            written_bytes: c.as_ref().ok().map(|c| super::written_by(o, &v, c)),
             message: result.as_ref().err().map(|e| e.to_string()),
         };
         sticks.push(StickOutcome {
@@ -467,6 +487,8 @@ mod tests {
                         started: String::new(),
                         finished: String::new(),
                         result: result_word(&result).into(),
+                        mode: None,
+                        written_bytes: None,
                         message: None,
                     },
                     result,

@@ -6,6 +6,8 @@
 //! 2. **target checks**: a regular file needs `--to-file`; a block device must
 //!    be a whole disk, not mounted (itself or a partition), not held by
 //!    dm/md/LVM, not backing `/` or swap, and at least as large as the image;
+//!    a fixed disk (not removable, not USB/MMC) needs `--allow-fixed`, one
+//!    over [`LARGE`] `--allow-large`;
 //!    the device is named (vendor, model, size) and the user confirms on the
 //!    tty unless `--yes`;
 //! 3. **write** with the boot sector last: the first MiB (MBR/GPT, ISO
@@ -20,6 +22,12 @@
 //!    comes from the device, not the page cache;
 //! 5. **read back** the written range and compare its SHA-256 with the
 //!    signed digest.
+//!
+//! With the release's signed data map (`release::datamap`), step 3 writes
+//! only its ranges and zeroes the gaps (BLKZEROOUT, or zeros written with
+//! `--write-zeros`); the mapped bytes plus zeros must hash to the signed
+//! digest before the head is written, and step 5 reads back every byte
+//! written. `--full` writes every byte (docs/flashing.md).
 //!
 //! `target` holds step 2, `write` steps 3 to 5. The image, SHA256 and the
 //! key are opened through `host::untrusted` (regular files only, never a
@@ -37,8 +45,8 @@ use crate::host::progress::{human_bytes, Progress};
 use crate::host::untrusted::{self, Links};
 
 pub use many::{flash_many, ManyOptions, ManyReport, Receipt, StickOutcome};
-pub use target::parse_mountinfo;
 use target::{confirm, inspect_target, open_target, Target};
+pub use target::{list_targets, parse_mountinfo, Candidate};
 
 const MIB: u64 = 1 << 20;
 /// The head written last (MBR, GPT header and entries, ISO system area).
@@ -62,6 +70,31 @@ pub struct FlashOptions {
     /// A signed site file to put on the ESP after the image (the raw's
     /// `cairn-esp`, the ISO's EFI partition).
     pub site: Option<PathBuf>,
+    /// Every byte, or the data map's ranges (see [`WriteMode`]).
+    pub write: WriteMode,
+    /// Accept a block device that is neither removable nor on USB/MMC.
+    pub allow_fixed: bool,
+    /// Accept a block device larger than [`LARGE`].
+    pub allow_large: bool,
+}
+
+/// Larger targets need `allow_large`: sticks are smaller, system disks
+/// are not (Etcher warns from the same size).
+pub const LARGE: u64 = 64 << 30;
+
+/// How the image reaches the stick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// With a signed data map (`NAME.raw.map`): only its ranges are
+    /// written and read back, the rest zeroed by the device (BLKZEROOUT;
+    /// a new file: its holes). Without one (an ISO, an older release):
+    /// every byte.
+    #[default]
+    Auto,
+    /// Every byte of the image, written and read back (`--full`).
+    Full,
+    /// As `Auto`, but cairn writes the gaps' zeros itself (`--write-zeros`).
+    WriteZeros,
 }
 
 /// Why flashing stopped. `Display` is the one-line message.
@@ -116,6 +149,9 @@ pub fn flash_devices(mut opts: ManyOptions) -> Result<Flashed, FlashError> {
             to_file: opts.to_file,
             max_size: opts.max_size,
             site: opts.site,
+            write: opts.write,
+            allow_fixed: opts.allow_fixed,
+            allow_large: opts.allow_large,
         };
         return flash(&one).map(Flashed::One);
     }
@@ -130,6 +166,10 @@ pub struct FlashReport {
     /// How the target was described to the user (`/dev/sdb: SanDisk Cruzer, 14.9 GiB`).
     pub target: String,
     pub bytes: u64,
+    /// `full`, `sparse-zeroout`, `sparse-zeros-written` or `sparse-new-file`.
+    pub mode: &'static str,
+    /// The bytes written and read back (all of them when `full`).
+    pub written: u64,
     /// The signed digest, equal to the digest read back from the target.
     pub sha256: Sha256,
     pub key_id: String,
@@ -148,15 +188,41 @@ impl std::fmt::Display for FlashReport {
             self.target
         )?;
         writeln!(f, "  verified with key {} before writing", self.key_id)?;
-        write!(
-            f,
-            "  read back: sha256 {} matches the signed digest ({:.1}s)",
-            self.sha256, self.seconds
-        )?;
+        if self.mode == "full" {
+            write!(
+                f,
+                "  read back: sha256 {} matches the signed digest ({:.1}s)",
+                self.sha256, self.seconds
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  {}: {} of data written, the other {} zeroed ({})",
+                self.mode,
+                human_bytes(self.written),
+                human_bytes(self.bytes - self.written),
+                gaps_how(self.mode)
+            )?;
+            write!(
+                f,
+                "  read back: every byte written matches; with the zeroed gaps, sha256 {} is the signed digest ({:.1}s)",
+                self.sha256, self.seconds
+            )?;
+        }
         if let Some(site) = &self.site {
             write!(f, "\n  site {site}: written to the ESP and read back")?;
         }
         Ok(())
+    }
+}
+
+/// How a sparse mode zeroes the gaps, for people.
+pub fn gaps_how(mode: &str) -> &'static str {
+    match mode {
+        "sparse-zeroout" => "by the device, BLKZEROOUT",
+        "sparse-zeros-written" => "zeros written by cairn",
+        "sparse-new-file" => "holes of the new file",
+        _ => "every byte written",
     }
 }
 
@@ -215,6 +281,10 @@ struct Verified {
     /// The digest of the verified SHA256 file.
     sums_sha256: Sha256,
     size: u64,
+    /// The signed data map of the image, if the release has one.
+    map: Option<crate::release::datamap::DataMap>,
+    /// `src` is a `.raw.zst`: `want` and `size` are the raw's, from the map.
+    compressed: bool,
 }
 
 /// Opens and verifies `image` with `pubkey`; nothing is written.
@@ -245,14 +315,82 @@ fn verify_release(image: &Path, pubkey: &Path) -> Result<Verified, FlashError> {
             crate::release::verify::SUMS
         ))
     })?;
-    let size = src.len;
+    let (raw, compressed) = match crate::release::compressed::raw_name(name) {
+        Some(raw) => (raw, true),
+        None => (name, false),
+    };
+    let expect = (!compressed).then_some((src.len, want));
+    let map = signed_map(image, raw, expect, &report.signed)?;
+    // A .raw.zst is written as the raw it decompresses to: the map (signed)
+    // gives that raw's size and digest; verify checked the stream matches.
+    let (size, want) = match (&map, compressed) {
+        (_, false) => (src.len, want),
+        (Some(m), true) => (m.size, m.sha256),
+        (None, true) => {
+            return Err(refused(format!(
+                "{name}: no signed {raw}.map gives its uncompressed digest"
+            )))
+        }
+    };
     Ok(Verified {
         src,
         want,
         key_id: report.key_id,
         sums_sha256: report.sums_sha256,
         size,
+        map,
+        compressed,
     })
+}
+
+/// The data map of the raw `name` (`NAME.map` beside `image`) if SHA256
+/// lists one: read through `host::untrusted`, checked against its signed
+/// digest, parsed, and checked to describe the raw (`expect`: its size and
+/// signed digest; for a `.raw.zst`, the raw's signed digest if listed).
+/// A listed map that is missing, altered or malformed refuses the flash.
+fn signed_map(
+    image: &Path,
+    name: &str,
+    expect: Option<(u64, Sha256)>,
+    signed: &std::collections::BTreeMap<String, Sha256>,
+) -> Result<Option<crate::release::datamap::DataMap>, FlashError> {
+    use crate::release::datamap::{DataMap, MAX_MAP_FILE};
+    use std::io::Read as _;
+    let map_name = format!("{name}.map");
+    let path = image.with_file_name(&map_name);
+    let Some(map_digest) = signed.get(&map_name) else {
+        return Ok(None);
+    };
+    let f =
+        untrusted::open(&path, Links::Refuse).map_err(|e| refused(format!("{map_name}: {e}")))?;
+    let mut bytes = Vec::new();
+    (&f.file)
+        .take(MAX_MAP_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refused(format!("{map_name}: cannot read: {e}")))?;
+    let got = Sha256::of_bytes(&bytes);
+    if got != *map_digest {
+        return Err(refused(format!(
+            "digest: {map_name}: expected {map_digest} got {got}"
+        )));
+    }
+    let (size, want) = match expect {
+        Some(e) => e,
+        None => {
+            let m: DataMap = serde_json::from_slice(&bytes)
+                .map_err(|e| refused(format!("{map_name}: does not parse: {e}")))?;
+            if let Some(d) = signed.get(name).filter(|d| **d != m.sha256) {
+                return Err(refused(format!(
+                    "{map_name}: gives sha256 {} for {name}, SHA256 {d}",
+                    m.sha256
+                )));
+            }
+            (m.size, m.sha256)
+        }
+    };
+    DataMap::parse(&bytes, name, size, want)
+        .map(Some)
+        .map_err(|e| refused(format!("{map_name}: {e}")))
 }
 
 /// A target that passed every check.
@@ -285,6 +423,19 @@ fn check_target(opts: &FlashOptions, v: &Verified) -> Result<Checked, FlashError
         Target::Block(d) => (d.desc.clone(), true),
     };
     if let Target::Block(d) = &target {
+        if !d.removable() && !opts.allow_fixed {
+            return Err(refused(format!(
+                "{} is a fixed disk (not removable, bus {}); pass --allow-fixed if you mean to overwrite it",
+                d.desc, d.bus
+            )));
+        }
+        if d.size > LARGE && !opts.allow_large {
+            return Err(refused(format!(
+                "{} is larger than {} (sticks rarely are; system disks are); pass --allow-large if you mean it",
+                d.desc,
+                human_bytes(LARGE)
+            )));
+        }
         if d.size < size {
             return Err(refused(format!(
                 "{} is too small: {} for an image of {}",
@@ -316,6 +467,48 @@ fn at_risk(device: &Path, c: &Checked) -> Option<String> {
     }
 }
 
+/// What will be written to `c`: the data map's ranges when the release
+/// has one and `--full` was not asked for.
+fn plan_for<'a>(opts: &FlashOptions, v: &'a Verified, c: &Checked) -> write::Plan<'a> {
+    use write::{Gaps, Plan};
+    match (opts.write, &v.map) {
+        (WriteMode::Full, _) | (_, None) => Plan::Full,
+        (WriteMode::WriteZeros, Some(map)) => Plan::Sparse {
+            map,
+            gaps: Gaps::Write,
+        },
+        (WriteMode::Auto, Some(map)) => Plan::Sparse {
+            map,
+            gaps: if c.is_block {
+                Gaps::ZeroOut
+            } else {
+                Gaps::NewFile
+            },
+        },
+    }
+}
+
+/// The receipt's word for how `opts.device` is written.
+fn mode_for(opts: &FlashOptions, v: &Verified, c: &Checked) -> &'static str {
+    plan_for(opts, v, c).mode()
+}
+
+/// The bytes a plan writes and reads back.
+fn written_by(opts: &FlashOptions, v: &Verified, c: &Checked) -> u64 {
+    match plan_for(opts, v, c) {
+        write::Plan::Full => v.size,
+        write::Plan::Sparse { map, .. } => {
+            // The head is always written whole.
+            let head = v.size.min(HEAD);
+            head + map
+                .ranges
+                .iter()
+                .map(|(s, e)| e.saturating_sub(*s.max(&head)))
+                .sum::<u64>()
+        }
+    }
+}
+
 /// Opens the checked target and writes, flushes and reads it back.
 fn write_checked(
     opts: &FlashOptions,
@@ -325,14 +518,23 @@ fn write_checked(
 ) -> Result<Sha256, FlashError> {
     // Open the target before writing anything.
     let dst = open_target(opts, &c.target, v.size)?;
+    let plan = plan_for(opts, v, c);
+    let mut src = if v.compressed {
+        let r = crate::release::compressed::decoder(&v.src.file)
+            .map_err(|e| failed(format!("{}: not a zstd stream: {e}", opts.image.display())))?;
+        write::Source::Zst { r, pos: 0 }
+    } else {
+        write::Source::File(&v.src.file)
+    };
     write::write_and_read_back(
-        &v.src.file,
+        &mut src,
         &opts.image,
         &dst,
         &opts.device,
         v.size,
         c.is_block,
         v.want,
+        plan,
         progress,
     )
 }
@@ -367,6 +569,7 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     }
     let guard = crate::host::interrupt::hold();
     let mut progress = Progress::new(&format!("flash {}", opts.device.display()), v.size);
+    let (mode, written) = (mode_for(opts, &v, &c), written_by(opts, &v, &c));
     let got = write_checked(opts, &v, &c, &mut progress)?;
     if let Some(s) = &site {
         write_site(&opts.device, c.is_block, s)?;
@@ -377,6 +580,8 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
         device: opts.device.clone(),
         target: c.desc,
         bytes: v.size,
+        mode,
+        written,
         sha256: got,
         key_id: v.key_id,
         seconds: started.elapsed().as_secs_f64(),

@@ -82,6 +82,126 @@ pub(super) struct BlockDev {
     pub(super) members: Vec<(String, String)>,
     pub(super) size: u64,
     pub(super) desc: String,
+    /// sysfs `removable` is 1.
+    pub(super) removable_flag: bool,
+    /// `usb`, `mmc`, `nvme`, `ata`, `scsi`, `virtio`, `virtual` (loop,
+    /// device-mapper) or `unknown`, from the device's sysfs path.
+    pub(super) bus: &'static str,
+}
+
+impl BlockDev {
+    /// Counted as a stick: the kernel's removable flag, or a USB or MMC
+    /// disk (many USB sticks and card readers report removable 0). A loop
+    /// device is not: tests pass `--allow-fixed`.
+    pub(super) fn removable(&self) -> bool {
+        self.removable_flag || matches!(self.bus, "usb" | "mmc")
+    }
+}
+
+/// The bus of the block device whose sysfs folder is `real`
+/// (`/sys/devices/pci0000:00/.../usb2/.../block/sdb`).
+fn bus_of(real: &Path) -> &'static str {
+    let p = real.to_string_lossy();
+    let has = |w: &str| p.split('/').any(|c| c.starts_with(w));
+    if has("usb") {
+        "usb"
+    } else if has("mmc") {
+        "mmc"
+    } else if has("nvme") {
+        "nvme"
+    } else if has("virtio") {
+        "virtio"
+    } else if has("ata") {
+        "ata"
+    } else if p.contains("/virtual/") {
+        "virtual"
+    } else if has("host") || has("target") {
+        "scsi"
+    } else {
+        "unknown"
+    }
+}
+
+/// A whole disk `cairn flash --list` offers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Candidate {
+    /// `/dev/sdb`.
+    pub device: String,
+    /// A `/dev/disk/by-id/...` link to it (stable across replugging).
+    pub by_id: Option<String>,
+    pub removable: bool,
+    pub bus: String,
+    pub model: String,
+    pub size: u64,
+    /// The flags a flash to it needs (`--allow-fixed`, `--allow-large`).
+    pub needs: Vec<String>,
+}
+
+/// Every whole disk under `sys` (normally `/sys`) with a size, sorted by
+/// name; `by_id` is the folder of stable links (`/dev/disk/by-id`).
+pub fn list_targets(sys: &Path, by_id: &Path) -> Vec<Candidate> {
+    let mut links: Vec<(String, String)> = std::fs::read_dir(by_id)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let to = std::fs::canonicalize(e.path()).ok()?;
+                    let dev = to.file_name()?.to_string_lossy().into_owned();
+                    Some((dev, e.path().display().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // A name people read (usb-..., ata-...) before a wwn-/nvme-eui number.
+    links.sort_by_key(|(_, l)| (l.contains("/wwn-") || l.contains("-eui."), l.clone()));
+    let mut names: Vec<String> = std::fs::read_dir(sys.join("block"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(mm) = read_trim(&sys.join("block").join(&name).join("dev")) else {
+            continue;
+        };
+        let dev_path = format!("/dev/{name}");
+        let Ok(d) = block_dev(sys, &mm, Path::new(&dev_path)) else {
+            continue;
+        };
+        if d.size == 0 {
+            continue;
+        }
+        let model = [
+            read_trim(&sys.join("block").join(&name).join("device/vendor")),
+            read_trim(&sys.join("block").join(&name).join("device/model")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+        let mut needs = Vec::new();
+        if !d.removable() {
+            needs.push("--allow-fixed".to_string());
+        }
+        if d.size > super::LARGE {
+            needs.push("--allow-large".to_string());
+        }
+        out.push(Candidate {
+            device: dev_path,
+            by_id: links
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, l)| l.clone()),
+            removable: d.removable(),
+            bus: d.bus.to_string(),
+            model: model.trim().to_string(),
+            size: d.size,
+            needs,
+        });
+    }
+    out
 }
 
 /// Looks `maj:min` up under `sys` (normally `/sys`).
@@ -145,6 +265,8 @@ fn block_dev(sys: &Path, mm: &str, path: &Path) -> Result<BlockDev, FlashError> 
         members,
         size: sectors * 512,
         desc,
+        removable_flag: removable,
+        bus: bus_of(&real),
     })
 }
 
@@ -395,6 +517,9 @@ mod tests {
         std::fs::create_dir_all(sys.join("class/block")).unwrap();
         std::os::unix::fs::symlink(&disk, sys.join("class/block/sdb")).unwrap();
         std::os::unix::fs::symlink(disk.join("sdb1"), sys.join("class/block/sdb1")).unwrap();
+        std::fs::write(disk.join("dev"), "8:16\n").unwrap();
+        std::fs::create_dir_all(sys.join("block")).unwrap();
+        std::os::unix::fs::symlink(&disk, sys.join("block/sdb")).unwrap();
         (t, sys)
     }
 
@@ -410,6 +535,37 @@ mod tests {
             "/dev/sdb (SanDisk Cruzer Blade, 14.8 GiB, removable)"
         );
         assert_eq!(d.members.len(), 2);
+        assert_eq!(d.bus, "usb");
+        assert!(d.removable());
+        // A SATA disk that says it is not removable is fixed; a USB one is
+        // a stick whatever its flag says.
+        assert_eq!(
+            bus_of(Path::new(
+                "/sys/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda"
+            )),
+            "ata"
+        );
+        assert_eq!(
+            bus_of(Path::new("/sys/devices/virtual/block/loop0")),
+            "virtual"
+        );
+        let fixed = BlockDev {
+            removable_flag: false,
+            bus: "ata",
+            ..d.clone()
+        };
+        assert!(!fixed.removable());
+        let usb = BlockDev {
+            removable_flag: false,
+            bus: "usb",
+            ..d.clone()
+        };
+        assert!(usb.removable());
+        let cands = list_targets(&sys, &sys.join("no-by-id"));
+        assert_eq!(cands.len(), 1, "{cands:?}");
+        assert_eq!(cands[0].device, "/dev/sdb");
+        assert_eq!(cands[0].model, "SanDisk Cruzer Blade");
+        assert!(cands[0].needs.is_empty(), "{cands:?}");
 
         let e = block_dev(&sys, "8:17", Path::new("/dev/sdb1")).unwrap_err();
         assert!(e.to_string().contains("whole device /dev/sdb"), "{e}");
@@ -448,6 +604,9 @@ mod tests {
             to_file: false,
             max_size: None,
             site: None,
+            write: Default::default(),
+            allow_fixed: false,
+            allow_large: false,
         };
         let e = match inspect_target(&opts) {
             Err(e) => e,

@@ -31,6 +31,53 @@ pub(super) fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::R
     Ok(n)
 }
 
+/// Where the image's bytes come from: the `.raw` itself, or a `.raw.zst`
+/// decompressed as a stream (each stick its own decoder).
+pub(super) enum Source<'a> {
+    File(&'a File),
+    Zst {
+        r: zstd::Decoder<'static, std::io::BufReader<crate::release::compressed::At<'a>>>,
+        /// The uncompressed offset the decoder is at.
+        pos: u64,
+    },
+}
+
+impl Source<'_> {
+    /// Fills `buf` from the image at `off` (fewer bytes only at its end).
+    /// A stream only moves forward: it skips to `off` (the gaps of the
+    /// data map are decompressed and dropped, never written).
+    fn read_at(&mut self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        use std::io::Read as _;
+        match self {
+            Source::File(f) => read_full_at(f, buf, off),
+            Source::Zst { r, pos } => {
+                if off < *pos {
+                    return Err(std::io::Error::other(
+                        "a compressed image is read forward only",
+                    ));
+                }
+                let skip = off - *pos;
+                let skipped = std::io::copy(&mut r.by_ref().take(skip), &mut std::io::sink())?;
+                *pos += skipped;
+                if skipped < skip {
+                    return Ok(0);
+                }
+                let mut n = 0;
+                while n < buf.len() {
+                    match r.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                *pos += n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
 /// Whether SIGINT, SIGTERM or SIGHUP arrived (`host::interrupt`: the
 /// caller holds its [`crate::host::interrupt::hold`], so the process lives
 /// on to leave every stick unbootable and write the receipts).
@@ -57,33 +104,102 @@ pub(super) fn flush(f: &File, block: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How the bytes outside the data map reach the stick as zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gaps {
+    /// BLKZEROOUT: the kernel zeroes them (the device's WRITE ZEROES where
+    /// it has one, else zero pages the kernel writes).
+    ZeroOut,
+    /// cairn writes zeros (`--write-zeros`).
+    Write,
+    /// A file target, truncated and sized: its holes read as zeros.
+    NewFile,
+}
+
+/// What is written: every byte, or the data map's ranges and zeroed gaps.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Plan<'a> {
+    Full,
+    Sparse {
+        map: &'a crate::release::datamap::DataMap,
+        gaps: Gaps,
+    },
+}
+
+impl Plan<'_> {
+    /// The word receipts record.
+    pub(super) fn mode(&self) -> &'static str {
+        match self {
+            Plan::Full => "full",
+            Plan::Sparse {
+                gaps: Gaps::ZeroOut,
+                ..
+            } => "sparse-zeroout",
+            Plan::Sparse {
+                gaps: Gaps::Write, ..
+            } => "sparse-zeros-written",
+            Plan::Sparse {
+                gaps: Gaps::NewFile,
+                ..
+            } => "sparse-new-file",
+        }
+    }
+
+    /// `[start, end, data)` pieces of `[from, size)` in order: data is
+    /// copied from the image, the rest zeroed.
+    fn segments(&self, from: u64, size: u64) -> Vec<(u64, u64, bool)> {
+        let all = match self {
+            Plan::Full => vec![(0, size, true)],
+            Plan::Sparse { map, .. } => {
+                let mut v: Vec<(u64, u64, bool)> =
+                    map.ranges.iter().map(|(s, e)| (*s, *e, true)).collect();
+                v.extend(map.gaps().into_iter().map(|(s, e)| (s, e, false)));
+                v.sort();
+                v
+            }
+        };
+        all.into_iter()
+            .filter(|(_, e, _)| *e > from)
+            .map(|(s, e, d)| (s.max(from), e.min(size), d))
+            .filter(|(s, e, _)| s < e)
+            .collect()
+    }
+}
+
+/// Gaps are zeroed this much at a time, so a signal is seen between calls.
+const ZERO_STEP: u64 = 64 << 20;
+
 /// Writes `size` bytes of `src` (the image at `image`) to `dst` (a block
-/// device if `is_block`, else a file), head last, and reads them back.
-/// Returns the digest read back, equal to `want` (the signed digest).
-/// The caller holds a [`crate::host::interrupt::hold`] and owns the bar.
+/// device if `is_block`, else a file) as `plan` says, head last, and reads
+/// back every byte written. Before the head is written, the bytes copied
+/// plus the zeros of the gaps must hash to `want` (the signed digest), so
+/// a wrong map can never make a stick that boots. Returns `want` once the
+/// read-back matched. The caller holds a [`crate::host::interrupt::hold`]
+/// and owns the bar.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn write_and_read_back(
-    src: &File,
+    src: &mut Source<'_>,
     image: &Path,
     dst: &File,
     device: &Path,
     size: u64,
     is_block: bool,
     want: Sha256,
+    plan: Plan<'_>,
     progress: &mut Progress,
 ) -> Result<Sha256, FlashError> {
     let dev = device.display().to_string();
     let io = |what: &str, e: std::io::Error| failed(format!("{what} {dev}: {e}"));
     // (c) write: head zeroed first, body, head last.
     let head_len = size.min(HEAD);
-    let zeros = vec![0u8; HEAD as usize];
+    let zeros = vec![0u8; CHUNK];
     if is_block {
         dst.write_all_at(&zeros[..head_len as usize], 0)
             .map_err(|e| io("zeroing the first MiB of", e))?;
         // A stale backup GPT at the end of a larger device is cleared too.
         if let Ok(cap) = block_size_of(dst) {
             if cap >= size + HEAD {
-                dst.write_all_at(&zeros, cap - HEAD)
+                dst.write_all_at(&zeros[..HEAD as usize], cap - HEAD)
                     .map_err(|e| io("zeroing the last MiB of", e))?;
             }
         }
@@ -92,9 +208,13 @@ pub(super) fn write_and_read_back(
     }
     flush(dst, is_block).map_err(|e| io("flushing", e))?;
 
+    // `hasher`: the image as the stick will hold it (signed digest);
+    // `written`: every byte written, in order, for the read-back.
     let mut hasher = sha2::Sha256::new();
+    let mut written = sha2::Sha256::new();
     let mut head = vec![0u8; head_len as usize];
-    let n = read_full_at(src, &mut head, 0)
+    let n = src
+        .read_at(&mut head, 0)
         .map_err(|e| failed(format!("reading {}: {e}", image.display())))?;
     if n as u64 != head_len {
         return Err(refused(format!(
@@ -103,58 +223,120 @@ pub(super) fn write_and_read_back(
         )));
     }
     hasher.update(&head);
+    written.update(&head);
 
     progress.update(0);
+    let segments = plan.segments(head_len, size);
+    let stop = |off: u64, progress: &mut Progress| {
+        progress.abandon();
+        let _ = dst.sync_all();
+        FlashError::Interrupted(format!(
+            "flash: interrupted after {} of {}: {dev} was left unbootable on purpose \
+             (its first MiB is zero); run cairn flash again",
+            human_bytes(off),
+            human_bytes(size)
+        ))
+    };
     let mut buf = vec![0u8; CHUNK];
-    let mut off = head_len;
-    while off < size {
-        if interrupted() {
-            progress.abandon();
-            let _ = dst.sync_all();
-            return Err(FlashError::Interrupted(format!(
-                "flash: interrupted after {} of {}: {dev} was left unbootable on purpose \
-                 (its first MiB is zero); run cairn flash again",
-                human_bytes(off),
-                human_bytes(size)
-            )));
+    for &(start, end, data) in &segments {
+        let mut off = start;
+        if !data {
+            // The gap reads as zeros on the stick: hashed as such, and
+            // zeroed there as the plan says.
+            while off < end {
+                if interrupted() {
+                    return Err(stop(off, progress));
+                }
+                let step = (end - off).min(ZERO_STEP);
+                match plan {
+                    Plan::Sparse {
+                        gaps: Gaps::ZeroOut,
+                        ..
+                    } => crate::host::sys::zero_out_range(dst, off, step).map_err(|e| {
+                        progress.abandon();
+                        failed(format!(
+                            "zeroing {dev} at byte {off} (BLKZEROOUT): {e}; it was left \
+                                 unbootable (first MiB zero); try --write-zeros"
+                        ))
+                    })?,
+                    Plan::Sparse {
+                        gaps: Gaps::Write, ..
+                    } => {
+                        let mut at = off;
+                        while at < off + step {
+                            let len = ((off + step - at) as usize).min(CHUNK);
+                            dst.write_all_at(&zeros[..len], at).map_err(|e| {
+                                progress.abandon();
+                                failed(format!(
+                                    "writing {dev} at byte {at}: {e}; it was left unbootable (first MiB zero)"
+                                ))
+                            })?;
+                            at += len as u64;
+                        }
+                    }
+                    _ => {}
+                }
+                let mut left = step;
+                while left > 0 {
+                    let len = (left as usize).min(CHUNK);
+                    hasher.update(&zeros[..len]);
+                    left -= len as u64;
+                }
+                off += step;
+                progress.update(off);
+            }
+            continue;
         }
-        let want_len = ((size - off) as usize).min(CHUNK);
-        let n = read_full_at(src, &mut buf[..want_len], off).map_err(|e| {
-            progress.abandon();
-            failed(format!(
-                "reading {}: {e}; {dev} was left unbootable (first MiB zero)",
-                image.display()
-            ))
-        })?;
-        if n != want_len {
-            progress.abandon();
-            return Err(failed(format!(
-                "{} shrank while flashing; {dev} was left unbootable",
-                image.display()
-            )));
-        }
-        hasher.update(&buf[..n]);
-        // A fresh file is already zero; a device is not.
-        if is_block || buf[..n].iter().any(|b| *b != 0) {
-            dst.write_all_at(&buf[..n], off).map_err(|e| {
+        while off < end {
+            if interrupted() {
+                return Err(stop(off, progress));
+            }
+            let want_len = ((end - off) as usize).min(CHUNK);
+            let n = src.read_at(&mut buf[..want_len], off).map_err(|e| {
                 progress.abandon();
                 failed(format!(
-                    "writing {dev} at byte {off}: {e}; it was left unbootable (first MiB zero)"
+                    "reading {}: {e}; {dev} was left unbootable (first MiB zero)",
+                    image.display()
                 ))
             })?;
+            if n != want_len {
+                progress.abandon();
+                return Err(failed(format!(
+                    "{} shrank while flashing; {dev} was left unbootable",
+                    image.display()
+                )));
+            }
+            hasher.update(&buf[..n]);
+            written.update(&buf[..n]);
+            // A fresh file is already zero; a device is not.
+            if is_block || buf[..n].iter().any(|b| *b != 0) {
+                dst.write_all_at(&buf[..n], off).map_err(|e| {
+                    progress.abandon();
+                    failed(format!(
+                        "writing {dev} at byte {off}: {e}; it was left unbootable (first MiB zero)"
+                    ))
+                })?;
+            }
+            off += n as u64;
+            progress.update(off);
         }
-        off += n as u64;
-        progress.update(off);
     }
     let got_src = Sha256(hasher.finalize().into());
     if got_src != want {
         progress.abandon();
+        let what = match plan {
+            Plan::Full => format!("{} changed after it was verified", image.display()),
+            Plan::Sparse { .. } => format!(
+                "{} with the gaps of its data map zeroed is not the verified image \
+                 (the map misses data, or the image changed)",
+                image.display()
+            ),
+        };
         return Err(refused(format!(
-            "{} changed after it was verified (sha256 {got_src}, signed {want}); \
-             {dev} was left unbootable (first MiB zero)",
-            image.display()
+            "{what} (sha256 {got_src}, signed {want}); {dev} was left unbootable (first MiB zero)"
         )));
     }
+    let written = Sha256(written.finalize().into());
     flush(dst, is_block).map_err(|e| io("flushing", e))?;
     if interrupted() {
         progress.abandon();
@@ -168,26 +350,36 @@ pub(super) fn write_and_read_back(
     flush(dst, is_block).map_err(|e| io("flushing", e))?;
     progress.finish();
 
-    // (e) read back
+    // (e) read back every byte written, in the order it was hashed.
     let mut h = sha2::Sha256::new();
-    let mut off = 0u64;
-    while off < size {
-        let len = ((size - off) as usize).min(CHUNK);
-        let n = read_full_at(dst, &mut buf[..len], off).map_err(|e| io("reading back", e))?;
-        if n != len {
-            return Err(failed(format!(
-                "read-back of {dev} ended at byte {} of {size}",
-                off + n as u64
-            )));
+    let back = std::iter::once((0, head_len, true)).chain(segments.iter().copied());
+    for (start, end, data) in back {
+        if !data {
+            continue;
         }
-        h.update(&buf[..n]);
-        off += n as u64;
+        let mut off = start;
+        while off < end {
+            let len = ((end - off) as usize).min(CHUNK);
+            let n = read_full_at(dst, &mut buf[..len], off).map_err(|e| io("reading back", e))?;
+            if n != len {
+                return Err(failed(format!(
+                    "read-back of {dev} ended at byte {} of {size}",
+                    off + n as u64
+                )));
+            }
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
     }
     let got = Sha256(h.finalize().into());
-    if got != want {
+    if got != written {
+        let (expected, got) = match plan {
+            Plan::Full => (want, got),
+            Plan::Sparse { .. } => (written, got),
+        };
         return Err(failed(format!(
-            "read-back of {dev} does not match: expected sha256 {want}, got {got}; the medium may be faulty"
+            "read-back of {dev} does not match: expected sha256 {expected}, got {got}; the medium may be faulty"
         )));
     }
-    Ok(got)
+    Ok(want)
 }

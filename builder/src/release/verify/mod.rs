@@ -17,8 +17,6 @@ use std::collections::BTreeSet;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use sha2::Digest as _;
-
 use crate::host::digest::Sha256;
 use crate::host::shown::Shown;
 use crate::host::untrusted::{self, Links, UntrustedError, UntrustedFile};
@@ -126,6 +124,51 @@ impl std::fmt::Display for VerifyReport {
     }
 }
 
+/// A `NAME.raw.zst` decompresses (streaming, at most the map's size and
+/// one byte) to the size and digest the signed data map `NAME.raw.map`
+/// gives, which is the raw's signed digest when SHA256 lists the raw too.
+fn check_zst(
+    file: &std::fs::File,
+    name: &str,
+    sums: &std::collections::BTreeMap<String, Sha256>,
+    maps: &[(String, Vec<u8>)],
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let Some(raw) = crate::release::compressed::raw_name(name) else {
+        return Ok(());
+    };
+    let map_name = format!("{raw}.map");
+    let Some((_, bytes)) = maps.iter().find(|(m, _)| *m == map_name) else {
+        return Err(failed(format!(
+            "zst: {name}: no signed {map_name} gives its uncompressed digest"
+        )));
+    };
+    let head: crate::release::datamap::DataMap = serde_json::from_slice(bytes)
+        .map_err(|e| failed(format!("map: {map_name}: does not parse: {e}")))?;
+    let m = crate::release::datamap::DataMap::parse(bytes, raw, head.size, head.sha256)
+        .map_err(|e| failed(format!("map: {map_name}: {e}")))?;
+    if let Some(d) = sums.get(raw) {
+        if *d != m.sha256 {
+            return Err(failed(format!(
+                "map: {map_name}: gives sha256 {} for {raw}, {SUMS} {d}",
+                m.sha256
+            )));
+        }
+    }
+    let (got, len) = crate::release::compressed::digest_of(file, m.size)
+        .map_err(|e| failed(format!("zst: {name}: does not decompress: {e}")))?;
+    if len != m.size || got != m.sha256 {
+        return Err(failed(format!(
+            "zst: {name}: decompresses to {len} bytes, sha256 {got}; {map_name} signs {} bytes, sha256 {}",
+            m.size, m.sha256
+        )));
+    }
+    checks.push(format!(
+        "zst: {name}: decompresses to {raw}'s signed digest {got}"
+    ));
+    Ok(())
+}
+
 /// Verify `target` (an output folder, or one .raw/.iso in it) against the
 /// signify public key file `pubkey`. With `production`, also refuse images
 /// built with debug features.
@@ -169,7 +212,15 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
                         .join(", ")
                 ));
             }
-            vec![MANIFEST.to_string(), m.clone()]
+            let mut v = vec![MANIFEST.to_string(), m.clone()];
+            // A .raw.zst's uncompressed digest is in the raw's data map.
+            if let Some(raw) = crate::release::compressed::raw_name(m) {
+                let map = format!("{raw}.map");
+                if sums.contains_key(&map) {
+                    v.push(map);
+                }
+            }
+            v
         }
         None => sums.keys().cloned().collect(),
     };
@@ -191,6 +242,8 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
     // once: the bytes hashed are the bytes parsed.
     opened.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut manifest_bytes = Vec::new();
+    // Data maps (`NAME.raw.map`), read once like the manifest.
+    let mut maps: Vec<(String, Vec<u8>)> = Vec::new();
     for (len, name, f) in &mut opened {
         let got = if name == MANIFEST {
             if *len > MAX_MANIFEST {
@@ -202,6 +255,19 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
             manifest_bytes =
                 read_exactly(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?;
             Sha256::of_bytes(&manifest_bytes)
+        } else if name.ends_with(".raw.map") {
+            use crate::release::datamap::MAX_MAP_FILE;
+            if *len > MAX_MAP_FILE {
+                return Err(refused(UntrustedError::TooLarge {
+                    path: f.path.clone(),
+                    max: MAX_MAP_FILE,
+                }));
+            }
+            let bytes =
+                read_exactly(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?;
+            let d = Sha256::of_bytes(&bytes);
+            maps.push((name.clone(), bytes));
+            d
         } else {
             hash_open(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?
         };
@@ -271,15 +337,32 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
     // can be compared with a raw that has already passed.
     let root_hash = manifest.verity.root_hash;
     let mut raws: Vec<(&str, u64, PathBuf)> = Vec::new();
-    for ext in ["raw", "iso", "qcow2"] {
+    for ext in ["raw", "iso", "qcow2", "zst"] {
         for (len, name, f) in opened.iter().filter(|(_, n, _)| extension(n) == ext) {
             let path = folder.join(name);
             match ext {
                 "raw" => {
                     media::check_raw(&path, &f.file, *len, name, &manifest, &mut checks)?;
+                    if let Some((map_name, bytes)) =
+                        maps.iter().find(|(m, _)| *m == format!("{name}.map"))
+                    {
+                        let m = crate::release::datamap::DataMap::parse(
+                            bytes,
+                            name,
+                            *len,
+                            sums[name.as_str()],
+                        )
+                        .map_err(|e| failed(format!("map: {map_name}: {e}")))?;
+                        checks.push(format!(
+                            "map: {map_name}: {} ranges, {} of data, for this {name}",
+                            m.ranges.len(),
+                            crate::host::progress::human_bytes(m.mapped_bytes())
+                        ));
+                    }
                     raws.push((name, *len, path));
                 }
                 "iso" => media::check_iso(&path, &f.file, *len, name, &manifest, &mut checks)?,
+                "zst" => check_zst(&f.file, name, &sums, &maps, &mut checks)?,
                 _ => {
                     let stem = name.rsplit_once('.').map_or("", |(s, _)| s);
                     let pair = raws
@@ -481,9 +564,10 @@ fn resolve_target(target: &Path) -> Result<(PathBuf, Option<String>), VerifyErro
         ))
     })?;
     let ext = extension(name);
-    if ext != "raw" && ext != "iso" {
+    let zst = crate::release::compressed::raw_name(name).is_some();
+    if ext != "raw" && ext != "iso" && !zst {
         return Err(bad(format!(
-            "{}: expected an output folder or a .raw or .iso medium",
+            "{}: expected an output folder or a .raw, .raw.zst or .iso medium",
             target.display()
         )));
     }
@@ -574,26 +658,17 @@ fn changed(len: u64) -> io::Error {
 
 /// Streamed SHA-256 of an opened file, exactly its opened size.
 fn hash_open(f: &mut UntrustedFile) -> io::Result<Sha256> {
-    f.file.seek(SeekFrom::Start(0))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; HASH_BUF];
-    let mut r = (&f.file).take(f.len + 1);
-    let mut total = 0u64;
-    loop {
-        let n = verity::read_full(&mut r, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if total > f.len {
-            return Err(changed(f.len));
-        }
-        h.update(&buf[..n]);
-    }
-    if total != f.len {
+    // Holes (most of a raw disk: the state partition) are hashed as the
+    // zeros they read as, without reading them (host::digest::Spliced).
+    let mut r = crate::host::direct::Reader::buffered(f.file.try_clone()?);
+    let mut s = crate::host::digest::Spliced::new(None);
+    s.range(&mut r, &f.path, 0, f.len)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:#}")))?;
+    // A file that grew while it was hashed is not the file measured.
+    if f.file.metadata()?.len() != f.len {
         return Err(changed(f.len));
     }
-    Ok(Sha256(h.finalize().into()))
+    Ok(s.finish())
 }
 
 /// Streamed SHA-256 of a regular file (a symlink is followed; a FIFO or

@@ -1,0 +1,204 @@
+//! The data map of a raw disk, `NAME.raw.map`: the byte ranges of the
+//! image that hold data (GPTs, the ESP, root, hash trees, volumes); every
+//! byte outside them is zero (the empty state partition, the alignment
+//! gaps). The build writes it beside the raw, so SHA256 lists it and the
+//! release signature covers it; `cairn flash` writes and reads back only
+//! these ranges and zeroes the rest on the stick.
+//! Invariant: a parsed map is sorted, non-overlapping, 4 KiB aligned and
+//! inside the image; a flash still proves it (mapped bytes + zeros hash to
+//! the signed digest) before the stick's boot sector is written.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::host::digest::Sha256;
+
+/// Ranges start and end on this boundary (or at the image's end).
+pub const BLOCK: u64 = 4096;
+/// The map of a map file is small: a few ranges per partition.
+pub const MAX_MAP_FILE: u64 = 1 << 20;
+
+/// `NAME.raw.map`, as written and parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataMap {
+    /// Format version.
+    pub cairn_data_map: u32,
+    /// The raw disk's file name (a map is for one image only).
+    pub image: String,
+    /// The image's size and digest: a map beside another image is refused.
+    pub size: u64,
+    pub sha256: Sha256,
+    pub block_size: u64,
+    /// `[start, end)` byte offsets, sorted, disjoint.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// The map file's path for the raw disk at `raw`.
+pub fn path_for(raw: &Path) -> PathBuf {
+    let mut name = raw.file_name().unwrap_or_default().to_os_string();
+    name.push(".map");
+    raw.with_file_name(name)
+}
+
+impl DataMap {
+    /// The map of `image` (`size` bytes, `sha256`) from the ranges the
+    /// builder wrote (any order, may overlap or touch): merged, widened to
+    /// [`BLOCK`]s, clipped to the image.
+    pub fn new(image: &str, size: u64, sha256: Sha256, ranges: &[(u64, u64)]) -> DataMap {
+        let mut r: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|(s, e)| {
+                (
+                    (*s / BLOCK) * BLOCK,
+                    e.div_ceil(BLOCK).saturating_mul(BLOCK).min(size),
+                )
+            })
+            .filter(|(s, e)| s < e)
+            .collect();
+        r.sort();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (s, e) in r {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        DataMap {
+            cairn_data_map: 1,
+            image: image.to_string(),
+            size,
+            sha256,
+            block_size: BLOCK,
+            ranges: merged,
+        }
+    }
+
+    /// The bytes the ranges cover.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.ranges.iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// Writes the map beside the raw disk at `raw` (see [`path_for`]).
+    pub fn write_beside(&self, raw: &Path) -> Result<PathBuf> {
+        let p = path_for(raw);
+        let mut text = serde_json::to_string(self).context("data map: serialise")?;
+        text.push('\n');
+        std::fs::write(&p, text).with_context(|| format!("data map: write {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// Parses a map file's bytes (already checked against the signed
+    /// SHA256) and checks it describes `image` of `size` bytes with digest
+    /// `sha256`. The error names the rule broken.
+    pub fn parse(bytes: &[u8], image: &str, size: u64, sha256: Sha256) -> Result<DataMap, String> {
+        let m: DataMap =
+            serde_json::from_slice(bytes).map_err(|e| format!("does not parse: {e}"))?;
+        if m.cairn_data_map != 1 {
+            return Err(format!("version {} is not 1", m.cairn_data_map));
+        }
+        if m.image != image || m.size != size || m.sha256 != sha256 {
+            return Err(format!(
+                "is for {} ({} bytes, sha256 {}), not {image} ({size} bytes, sha256 {sha256})",
+                m.image, m.size, m.sha256
+            ));
+        }
+        if m.block_size != BLOCK {
+            return Err(format!("block size {} is not {BLOCK}", m.block_size));
+        }
+        let mut prev_end = 0u64;
+        for (i, (s, e)) in m.ranges.iter().enumerate() {
+            if s >= e || *e > size {
+                return Err(format!(
+                    "range {i} [{s}, {e}) is empty or past the image's end"
+                ));
+            }
+            if i > 0 && *s <= prev_end {
+                return Err(format!(
+                    "range {i} [{s}, {e}) overlaps or touches the one before"
+                ));
+            }
+            if s % BLOCK != 0 || (e % BLOCK != 0 && *e != size) {
+                return Err(format!("range {i} [{s}, {e}) is not {BLOCK}-byte aligned"));
+            }
+            prev_end = *e;
+        }
+        Ok(m)
+    }
+
+    /// The gaps: `[start, end)` ranges of the image outside the map.
+    pub fn gaps(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        for (s, e) in &self.ranges {
+            if *s > pos {
+                out.push((pos, *s));
+            }
+            pos = *e;
+        }
+        if pos < self.size {
+            out.push((pos, self.size));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_map_merges_aligns_and_round_trips() {
+        let d = Sha256::of_bytes(b"x");
+        let m = DataMap::new(
+            "a.raw",
+            1 << 20,
+            d,
+            &[
+                (8192, 9000),
+                (0, 512),
+                (9000, 12000),
+                (1_040_000, 1 << 20),
+                (5, 6),
+            ],
+        );
+        assert_eq!(
+            m.ranges,
+            vec![(0, 4096), (8192, 12288), (1_036_288, 1 << 20)]
+        );
+        assert_eq!(m.gaps(), vec![(4096, 8192), (12288, 1_036_288)]);
+        assert_eq!(m.mapped_bytes(), 4096 + 4096 + 12288);
+        let text = serde_json::to_vec(&m).unwrap();
+        assert_eq!(DataMap::parse(&text, "a.raw", 1 << 20, d).unwrap(), m);
+        // Another image, size or digest: refused.
+        let e = DataMap::parse(&text, "b.raw", 1 << 20, d).unwrap_err();
+        assert!(e.contains("not b.raw"), "{e}");
+        assert!(DataMap::parse(&text, "a.raw", 2 << 20, d).is_err());
+        assert!(DataMap::parse(&text, "a.raw", 1 << 20, Sha256::of_bytes(b"y")).is_err());
+    }
+
+    #[test]
+    fn a_data_map_with_bad_ranges_is_refused() {
+        let d = Sha256::of_bytes(b"x");
+        let with = |ranges: Vec<(u64, u64)>| {
+            let mut m = DataMap::new("a.raw", 1 << 20, d, &[]);
+            m.ranges = ranges;
+            DataMap::parse(&serde_json::to_vec(&m).unwrap(), "a.raw", 1 << 20, d)
+        };
+        assert!(with(vec![(0, 4096), (8192, 16384)]).is_ok());
+        for (bad, why) in [
+            (vec![(8192, 16384), (0, 4096)], "overlaps"),
+            (vec![(0, 8192), (4096, 16384)], "overlaps"),
+            (vec![(0, 4096), (4096, 8192)], "touches"),
+            (vec![(4096, 4096)], "empty"),
+            (vec![(0, (1 << 20) + 4096)], "past"),
+            (vec![(100, 4096)], "aligned"),
+        ] {
+            let e = with(bad.clone()).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(DataMap::parse(b"{\"x\":1}", "a.raw", 1, d).is_err());
+    }
+}
