@@ -5,10 +5,11 @@
 #
 #   packaging/build-deb.sh BINARY OUT_DIR     (make deb)
 #
-# Depends: only what the binary links (libc, libgcc): the field commands
-# (verify, flash, site, inspect) need nothing else. Recommends: the tools
+# Depends: what the binary links (libc, libgcc) and mtools (verify reads
+# the UKI from the ESP with mcopy): the field commands (verify, flash,
+# site, inspect) need nothing else. Recommends: the tools
 # `cairn build` runs (what `make deps-build` installs); Suggests: what
-# `cairn run` and the Secure Boot and TPM checks use.
+# verifying a qcow2, `cairn run` and the Secure Boot and TPM checks use.
 set -euo pipefail
 if [ $# -ne 2 ]; then
 	echo "usage: $0 BINARY OUT_DIR" >&2
@@ -38,9 +39,9 @@ Version: $version
 Architecture: amd64
 Maintainer: cairn developers <cairn@invalid>
 Installed-Size: $size
-Depends: libc6 (>= 2.34), libgcc-s1
+Depends: libc6 (>= 2.34), libgcc-s1, mtools
 Recommends: $recommends
-Suggests: qemu-system-x86, ovmf, swtpm, swtpm-tools, bmap-tools
+Suggests: qemu-utils, qemu-system-x86, ovmf, swtpm, swtpm-tools, bmap-tools
 Section: admin
 Priority: optional
 Homepage: https://cairn.invalid
@@ -49,8 +50,9 @@ Description: immutable, signed, bootable appliance images from TOML recipes
  pinned OCI images, policy) as signed raw disks, hybrid ISOs and qcow2
  files, and verifies, flashes and configures them in the field.
  .
- verify, flash, site and inspect need only this package; build needs the
- recommended tools.
+ verify (of a raw or ISO), flash, site and inspect need only this
+ package; verifying a qcow2 needs qemu-utils; build needs the recommended
+ tools.
 CONTROL
 # One time and one owner for every file: the same inputs give the same .deb.
 find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +

@@ -4,6 +4,7 @@
 //! decided by `testkit`: without the image, or a host tool, it fails.
 #![allow(dead_code, unused_imports)] // each test binary uses part of it
 
+pub mod loopdev;
 pub mod mini;
 
 use std::path::{Path, PathBuf};
