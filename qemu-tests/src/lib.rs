@@ -477,14 +477,14 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     unsquashfs(&apps.image, &tree, &[]);
     edit(&tree);
     let epoch = m.source_date_epoch;
-    let image =
-        cairn::pipeline::squashfs::make_squashfs(&tree, &work.join("apps.new"), epoch, None)
-            .expect("mksquashfs");
-    let verity = cairn::pipeline::verity::make_verity(&image.path, &work.join("apps.new.verity"))
+    let image = work.join("apps.new");
+    let pack = cairn::pipeline::squashfs::root_pack(&tree, None);
+    cairn::pipeline::volume::squashfs(&pack, &image, epoch).expect("mksquashfs");
+    let verity = cairn::pipeline::verity::make_verity(&image, &work.join("apps.new.verity"))
         .expect("veritysetup");
     let old_word = apps.cmdline_word();
     let old_params = apps.verity.params_word("apps");
-    apps.image = image.path;
+    apps.image = image;
     apps.verity = verity;
     let new_word = apps.cmdline_word();
     let new_params = apps.verity.params_word("apps");

@@ -14,7 +14,7 @@ use crate::host::digest::Sha256;
 use crate::inputs::plan::Plan;
 use crate::pipeline::compose::{BaseTree, ComposedRoot};
 use crate::pipeline::initramfs::Initramfs;
-use crate::pipeline::squashfs::RootVolume;
+use crate::pipeline::volume::Built;
 use crate::pipeline::volumes::Volume;
 use crate::recipe::Recipe;
 
@@ -185,53 +185,55 @@ pub(super) fn uki_templates_ahead(
     .map(Some)
 }
 
-/// Step 6: The base volume: squashfs and its dm-verity hash tree, both taken
-/// from the stage cache when the tree mksquashfs would read is the same as
-/// a build's before (any rebuild whose Debian packages did not change).
-pub(super) fn base_volume(cx: &mut BuildContext, base: &BaseTree) -> Result<RootVolume> {
-    use crate::pipeline::squashfs::{cached_root, finish_root, input_key, make_squashfs};
+/// Step 6: The base volume: squashfs and its dm-verity hash tree, made by
+/// the volume stage inside its stage-cache wrapper (both taken from the
+/// cache when the tree mksquashfs would read is the same as a build's
+/// before: any rebuild whose Debian packages did not change).
+pub(super) fn base_volume(cx: &mut BuildContext, base: &BaseTree) -> Result<Built> {
+    use crate::pipeline::volume;
     let (plan, work, epoch) = (&cx.plan, &cx.work, cx.recipe.source_date_epoch);
-    // Without the stage cache nothing is looked up or stored: the key, a
-    // read of the whole tree, is not made.
-    let lookup = || -> Result<(Option<Sha256>, Option<RootVolume>)> {
-        if !plan.stage_cache {
-            return Ok((None, None));
-        }
-        let t = Instant::now();
-        let key = input_key(&base.tree, epoch)?;
-        let hit = cached_root(&plan.cache, true, &key);
-        crate::host::progress::say(&format!(
-            "        base tree digest {} in {:.1}s{}",
-            &key.hex()[..16],
-            t.elapsed().as_secs_f64(),
-            match hit {
-                Some(_) => ": unchanged, reusing the cached base image and hash tree",
-                None => "",
-            }
-        ));
-        Ok((Some(key), hit))
-    };
-    let (key, made) = cx.stages.run(Step::BaseVolume, "squashfs base", || {
-        let (key, hit) = lookup()?;
-        if let Some(v) = hit {
-            return Ok((key, Err(v)));
-        }
-        let made = make_squashfs(&base.tree, &work.join("root.squashfs"), epoch, None)?;
-        eprintln!("        {:.1} MiB", made.size as f64 / 1048576.0);
-        Ok((key, Ok(made)))
+    let root = cx.stages.run(Step::BaseVolume, "base volume", || {
+        // Without the stage cache the key, a read of the whole tree, is
+        // not made.
+        let key = match plan.stage_cache {
+            true => Some(timed("base tree digest", || {
+                crate::pipeline::squashfs::input_key(&base.tree, epoch)
+            })?),
+            false => None,
+        };
+        volume::cached(&plan.cache, &volume::ROOT, key.as_ref(), None, || {
+            let image = work.join("root.squashfs");
+            let pack = crate::pipeline::squashfs::root_pack(&base.tree, None);
+            let size = volume::squashfs(&pack, &image, epoch)?;
+            eprintln!("        squashfs {:.1} MiB", size as f64 / 1048576.0);
+            let hash = work.join("root.verity");
+            timed("dm-verity hash tree", || {
+                volume::hash_tree(&image, volume::Seed::Image("verity: hash the root"), &hash)
+            })
+        })
     })?;
-    let root = match made {
-        Err(cached) => cached,
-        Ok(made) => cx.stages.run(Step::BaseVolume, "dm-verity hash tree", || {
-            finish_root(made, &work.join("root.verity"), &plan.cache, key.as_ref())
-        })?,
-    };
     eprintln!(
-        "        {:.1} MiB, root hash {}",
-        root.image.size as f64 / 1048576.0,
-        root.verity.root_hash
+        "        {:.1} MiB, root hash {}{}",
+        root.verity.data_size as f64 / 1048576.0,
+        root.verity.root_hash,
+        if root.cached {
+            " (unchanged: the cached image and hash tree)"
+        } else {
+            ""
+        }
     );
     Ok(root)
+}
+
+/// Runs `f` and says how long it took (a part of a stage).
+fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = Instant::now();
+    let v = f()?;
+    crate::host::progress::say(&format!(
+        "        {what} in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(v)
 }
 
 /// The stub and os-release the UKIs are made from, copied out of the
@@ -280,7 +282,7 @@ pub(super) fn ukis(
     inputs: &UkiInputs,
     composed: &ComposedRoot,
     initrd: &Path,
-    root: &RootVolume,
+    root: &Built,
     volumes: &[Volume],
 ) -> Result<Boot> {
     let recipe = cx.recipe;
@@ -370,7 +372,7 @@ pub(super) fn write_media(
     boot: &Boot,
     composed: &ComposedRoot,
     initrd: &Path,
-    root: &RootVolume,
+    root: &Built,
     volumes: &[Volume],
 ) -> Result<Media> {
     let (recipe, opts, work, media, stem) = (cx.recipe, cx.opts, &cx.work, &cx.media, &cx.stem);
@@ -392,7 +394,7 @@ pub(super) fn write_media(
         kernel: &composed.vmlinuz,
         initrd,
         iso_cmdline: &boot.iso_cmdline,
-        root: &root.image.path,
+        root: &root.image,
         verity: &root.verity.hash_path,
         volumes,
         volume_id: &volume_id,
@@ -430,7 +432,7 @@ pub(super) fn write_media(
                 let inputs = crate::media::disk::DiskInputs {
                     uki: &boot.uki.path,
                     shim: boot.shim.as_ref(),
-                    root: &root.image.path,
+                    root: &root.image,
                     verity: &root.verity.hash_path,
                     root_hash: &root.verity.root_hash,
                     volumes,
@@ -499,7 +501,7 @@ pub(super) fn manifest(
     cx: &mut BuildContext,
     composed: &ComposedRoot,
     contents: &crate::release::sbom::Contents,
-    root: &RootVolume,
+    root: &Built,
     volumes: &[Volume],
     boot: &Boot,
     media: &Media,
