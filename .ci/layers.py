@@ -70,7 +70,9 @@ def production_lines(f: pathlib.Path):
             pending = True
         if test_depth is None and not pending:
             yield lineno, code
-        for ch in code:
+        # Braces inside string and char literals (b"}\n", '{') do not count.
+        braces = re.sub(r"'[{}]'", "", re.sub(r'"(?:\\.|[^"\\])*"', '""', code))
+        for ch in braces:
             if ch == "{":
                 if pending:
                     test_depth, pending = depth, False
@@ -102,6 +104,33 @@ def volume_cache_problems() -> list:
             m = STAGECACHE_USE.search(code)
             if m and rel in VOLUME_MAKERS:
                 problems.append(f"{rel}:{lineno}: {m.group(0)}: a volume's stage-cache lookups and stores go through volume::cached")
+    return problems
+
+# The format table (media/mod.rs, `media::FORMATS`) is the only place a
+# format's name or extension is spelled: a literal "raw", "iso", "qcow2"
+# or "img", a literal ending in one as an extension, or a list of them in
+# a message, anywhere else in production code is an error. media/ holds
+# the table and its writers; host/qcow2.rs checks qcow2 files from outside
+# for the qcow2 row (qemu-img's JSON names its driver).
+FORMAT_HOME = ("media/", "host/qcow2.rs")
+FORMAT_WORDS = r"(?:raw|iso|qcow2|img)"
+EXTENSIONS = r"(?:raw|iso|qcow2)"
+FORMAT_LITERAL = re.compile(
+    r'"' + FORMAT_WORDS + r'"'                       # "qcow2"
+    + r'|\}\.' + EXTENSIONS + r'"'                 # "{stem}.raw"
+    + r'|\.' + EXTENSIONS + r'(?:,| or| and|/)\s*\.' + EXTENSIONS  # ".raw, .iso"
+    , re.IGNORECASE)
+
+def format_name_problems() -> list:
+    problems = []
+    for f in sorted(SRC.rglob("*.rs")):
+        rel = str(f.relative_to(SRC))
+        if rel.startswith(FORMAT_HOME):
+            continue
+        for lineno, code in production_lines(f):
+            m = FORMAT_LITERAL.search(code)
+            if m:
+                problems.append(f"{rel}:{lineno}: {m.group(0)}: a format name spelled outside the format table; read it from a row of media::FORMATS")
     return problems
 
 def main() -> int:
@@ -137,6 +166,7 @@ def main() -> int:
             if ENV_READ.search(code):
                 problems.append(f"{rel}:{lineno}: reads the process environment; only cli/ may (pass the value down)")
     problems += volume_cache_problems()
+    problems += format_name_problems()
     # Cycles between modules.
     state = {}
     stack = []

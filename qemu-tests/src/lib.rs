@@ -132,11 +132,7 @@ fn build_secure_boot(name: &str) -> Result<SecureBootBuilt, String> {
     let built = build_opts(
         name,
         settings,
-        cairn::build::Formats {
-            raw: true,
-            iso: true,
-            qcow2: false,
-        },
+        cairn::build::Formats::of(&[&cairn::media::RAW, &cairn::media::ISO]),
         Some(cairn::release::sign::SigningKey {
             path: sec,
             passphrase: None,
@@ -152,11 +148,7 @@ fn build_with(name: &str, settings: cairn::inputs::plan::Settings) -> Result<Bui
     let formats = if name == "tiny" {
         cairn::build::Formats::default()
     } else {
-        cairn::build::Formats {
-            raw: true,
-            iso: false,
-            qcow2: false,
-        }
+        cairn::build::Formats::of(&[&cairn::media::RAW])
     };
     build_opts(name, settings, formats, None, None)
 }

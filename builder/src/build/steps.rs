@@ -165,7 +165,7 @@ pub(super) fn uki_templates_ahead(
     }
     let of = |medium| super::cmdline::cmdline_of_words(recipe, &any, words.clone(), medium).len();
     let mut lens = vec![of(Medium::Disk)];
-    if cx.opts.formats.iso {
+    if cx.opts.formats.wants(&crate::media::ISO) {
         lens.push(of(Medium::Iso));
     }
     lens.sort_unstable();
@@ -196,9 +196,16 @@ pub(super) fn base_volume(cx: &mut BuildContext, base: &BaseTree) -> Result<Buil
         // Without the stage cache the key, a read of the whole tree, is
         // not made.
         let key = match plan.stage_cache {
-            true => Some(timed("base tree digest", || {
-                crate::pipeline::squashfs::input_key(&base.tree, epoch)
-            })?),
+            true => {
+                let t = Instant::now();
+                let key = crate::pipeline::squashfs::input_key(&base.tree, epoch)?;
+                crate::host::progress::say(&format!(
+                    "        base tree digest {} in {:.1}s",
+                    &key.hex()[..16],
+                    t.elapsed().as_secs_f64()
+                ));
+                Some(key)
+            }
             false => None,
         };
         volume::cached(&plan.cache, &volume::ROOT, key.as_ref(), None, || {
@@ -206,10 +213,12 @@ pub(super) fn base_volume(cx: &mut BuildContext, base: &BaseTree) -> Result<Buil
             let pack = crate::pipeline::squashfs::root_pack(&base.tree, None);
             let size = volume::squashfs(&pack, &image, epoch)?;
             eprintln!("        squashfs {:.1} MiB", size as f64 / 1048576.0);
-            let hash = work.join("root.verity");
-            timed("dm-verity hash tree", || {
-                volume::hash_tree(&image, volume::Seed::Image("verity: hash the root"), &hash)
-            })
+            let t = Instant::now();
+            let seed = volume::Seed::Image("verity: hash the root");
+            let made = volume::hash_tree(&image, seed, &work.join("root.verity"))?;
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!("        dm-verity hash tree in {secs:.1}s");
+            Ok(made)
         })
     })?;
     eprintln!(
@@ -217,23 +226,12 @@ pub(super) fn base_volume(cx: &mut BuildContext, base: &BaseTree) -> Result<Buil
         root.verity.data_size as f64 / 1048576.0,
         root.verity.root_hash,
         if root.cached {
-            " (unchanged: the cached image and hash tree)"
+            ": unchanged, reusing the cached base image and hash tree"
         } else {
             ""
         }
     );
     Ok(root)
-}
-
-/// Runs `f` and says how long it took (a part of a stage).
-fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let t = Instant::now();
-    let v = f()?;
-    crate::host::progress::say(&format!(
-        "        {what} in {:.1}s",
-        t.elapsed().as_secs_f64()
-    ));
-    Ok(v)
 }
 
 /// The stub and os-release the UKIs are made from, copied out of the
@@ -288,7 +286,11 @@ pub(super) fn ukis(
     let recipe = cx.recipe;
     let cmdline = super::kernel_cmdline(recipe, &root.verity, volumes, Medium::Disk);
     let iso_cmdline = super::kernel_cmdline(recipe, &root.verity, volumes, Medium::Iso);
-    let (work, plan, want_iso) = (&cx.work, &cx.plan, cx.opts.formats.iso);
+    let (work, plan, want_iso) = (
+        &cx.work,
+        &cx.plan,
+        cx.opts.formats.wants(&crate::media::ISO),
+    );
     let (uki, uki_iso) = cx.stages.run(Step::Uki, "UKI", || {
         let templates = match ahead {
             Some(a) => a.take(&inputs.stub, &inputs.os_release)?,
@@ -363,7 +365,7 @@ pub(super) struct Media {
 
 /// Step 10: Every medium at once: the raw disk (always: the qcow2 and the
 /// manifest derive from it; published only when asked for), its digest
-/// taken while it is written, and one job per row of `media::WRITERS`
+/// taken while it is written, and one job per row of `media::FORMATS`
 /// asked for. A row that reads the raw disk starts when all of it but the
 /// models' partitions is written (it takes those from their volume files);
 /// each output is hashed as soon as it is written.
@@ -376,9 +378,9 @@ pub(super) fn write_media(
     volumes: &[Volume],
 ) -> Result<Media> {
     let (recipe, opts, work, media, stem) = (cx.recipe, cx.opts, &cx.work, &cx.media, &cx.stem);
-    let raw_path = match opts.formats.raw {
-        true => media.join(format!("{stem}.raw")),
-        false => work.join(format!("{stem}.raw")),
+    let raw_path = match opts.formats.wants(&crate::media::RAW) {
+        true => media.join(crate::media::RAW.file(stem)),
+        false => work.join(crate::media::RAW.file(stem)),
     };
     let layout = std::sync::OnceLock::new();
     // The GPT written (the disk's digest may be taken), all of the raw
@@ -450,7 +452,7 @@ pub(super) fn write_media(
             }),
         });
     }
-    if opts.formats.raw {
+    if opts.formats.wants(&crate::media::RAW) {
         let (raw_path, hash_into, laid_out) = (&raw_path, &hash_into, &laid_out);
         jobs.push(Job {
             name: "hash raw disk",
@@ -470,17 +472,23 @@ pub(super) fn write_media(
             }),
         });
     }
-    for w in crate::media::WRITERS
+    for f in crate::media::FORMATS
         .iter()
-        .filter(|w| opts.formats.wants(w.format))
+        .filter(|f| opts.formats.wants(f))
     {
-        let out = media.join(format!("{stem}.{}", w.extension));
+        use crate::media::Write;
+        let (write, after) = match f.write {
+            Write::Raw => continue,
+            Write::Beside(w) => (w, None),
+            Write::FromRaw(w) => (w, Some(&raw_system)),
+        };
+        let out = media.join(f.file(stem));
         let (media_inputs, hash_into) = (&media_inputs, &hash_into);
         jobs.push(Job {
-            name: w.stage,
-            after: w.needs_raw.then_some(&raw_system),
+            name: f.stage,
+            after,
             run: Box::new(move || {
-                let known = (w.write)(media_inputs, &out)?;
+                let known = write(media_inputs, &out)?;
                 hash_into(&out, known)
             }),
         });
@@ -519,7 +527,7 @@ pub(super) fn manifest(
             &media.hashed,
         )?;
         m.volumes = manifest::volumes(volumes, &media.layout);
-        if opts.formats.iso {
+        if opts.formats.wants(&crate::media::ISO) {
             m.kernel.iso_cmdline = Some(boot.iso_cmdline.clone());
         }
         m.boot = crate::release::secureboot::boot_info(
@@ -597,7 +605,7 @@ pub(super) fn publish(
     let total = cx.stages.report();
     eprintln!("cairn: built {} in {total:.1}s", final_dir.display());
     Ok(BuildResult {
-        raw: final_dir.join(format!("{}.raw", cx.stem)),
+        raw: final_dir.join(crate::media::RAW.file(&cx.stem)),
         dir: final_dir,
         root_hash,
     })

@@ -330,7 +330,7 @@ pub fn make_apps_volume(
         crate::host::progress::human_bytes(built.verity.data_size),
         built.verity.root_hash,
         if built.cached {
-            " (unchanged: the cached image and hash tree)"
+            ": unchanged, reusing the cached apps image and hash tree"
         } else {
             ""
         }

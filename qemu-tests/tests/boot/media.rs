@@ -33,7 +33,7 @@ fn iso_as_cdrom_reaches_ready_under_seabios_and_ovmf() {
         (Firmware::Bios, "iso-seabios-cd"),
         (Firmware::Uefi, "iso-ovmf-cd"),
     ] {
-        let mut vm = boot_to_ready(&iso, ImageFormat::Iso, fw, DiskBus::Cdrom, log);
+        let mut vm = boot_to_ready(&iso, cairn::media::ISO.qemu, fw, DiskBus::Cdrom, log);
         let serial = vm.serial_text();
         assert!(
             serial.contains("cairn: found ISO medium"),
@@ -56,7 +56,7 @@ fn qcow2_reaches_ready_under_ovmf() {
     let q = media("qcow2");
     let mut vm = boot_to_ready(
         &q,
-        ImageFormat::Qcow2,
+        cairn::media::QCOW2.qemu,
         Firmware::Uefi,
         DiskBus::Virtio,
         "qcow2-ovmf",
@@ -113,7 +113,7 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
     assert!(report.site.is_some(), "{report}");
     let mut vm = boot_to_ready(
         &stick,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         DiskBus::UsbStorage,
         "iso-usb-stick",
@@ -145,7 +145,7 @@ fn one_flipped_byte_in_the_iso_root_file_stops_the_boot() {
     flip_byte(&bad, root.offset + 1000);
     let spec = BootSpec::new(
         &bad,
-        ImageFormat::Iso,
+        cairn::media::ISO.qemu,
         Firmware::Uefi,
         log_path("iso-flipped"),
     );

@@ -396,7 +396,7 @@ pub(super) fn check_qcow2(
             }
             let dir =
                 tempfile::tempdir().map_err(|e| failed(format!("qcow2: temporary folder: {e}")))?;
-            let tmp = dir.path().join("disk.raw");
+            let tmp = dir.path().join(crate::media::RAW.file("disk"));
             crate::host::runner::run(
                 "verify: qcow2",
                 xshell::cmd!(sh, "qemu-img convert -q -O raw {source} {tmp}"),
