@@ -74,8 +74,15 @@ pub struct BuildContext<'a> {
 pub struct Formats(Vec<&'static crate::media::Format>);
 
 impl Default for Formats {
+    /// The rows marked `by_default`.
     fn default() -> Self {
-        Formats(crate::media::FORMATS.to_vec())
+        Formats(
+            crate::media::FORMATS
+                .iter()
+                .copied()
+                .filter(|f| f.by_default)
+                .collect(),
+        )
     }
 }
 
@@ -318,7 +325,10 @@ mod tests {
         assert!(f.wants(&ISO) && f.wants(&QCOW2) && !f.wants(&RAW));
         assert_eq!(Formats::parse("raw,raw").unwrap(), Formats::of(&[&RAW]));
         let all = Formats::default();
-        assert!(crate::media::FORMATS.iter().all(|r| all.wants(r)));
+        assert!(crate::media::FORMATS
+            .iter()
+            .all(|r| all.wants(r) == r.by_default));
+        assert_eq!(all.to_string(), "raw,iso,qcow2", "the default is unchanged");
         assert_eq!(Formats::parse(&all.to_string()).unwrap(), all);
         let e = Formats::parse("raw,vmdk").unwrap_err();
         assert!(

@@ -386,7 +386,7 @@ pub(super) fn write_media(
     // The GPT written (the disk's digest may be taken), all of the raw
     // disk but its models' partitions, then all of it.
     let laid_out = std::sync::OnceLock::<crate::media::disk::RawDisk>::new();
-    let (raw_laid_out, raw_system) = (Gate::default(), Gate::default());
+    let (raw_laid_out, raw_system, raw_done) = (Gate::default(), Gate::default(), Gate::default());
     let volume_id = crate::media::iso::volume_id(&recipe.name, &recipe.version);
     let media_inputs = crate::media::MediaInputs {
         raw: &raw_path,
@@ -423,14 +423,18 @@ pub(super) fn write_media(
     let mut jobs: Vec<Job<'_>> = Vec::new();
     {
         let (raw_path, layout, laid_out) = (&raw_path, &layout, &laid_out);
-        let (raw_laid_out, raw_system) = (&raw_laid_out, &raw_system);
+        let (raw_laid_out, raw_system, raw_done) = (&raw_laid_out, &raw_system, &raw_done);
         jobs.push(Job {
             name: "raw disk",
             after: None,
             run: Box::new(move || {
                 // Open their gates either way: on an error the waiting rows
                 // end at once (the error is this job's).
-                let (laid, system) = (raw_laid_out.opener(), raw_system.opener());
+                let (laid, system, done) = (
+                    raw_laid_out.opener(),
+                    raw_system.opener(),
+                    raw_done.opener(),
+                );
                 let inputs = crate::media::disk::DiskInputs {
                     uki: &boot.uki.path,
                     shim: boot.shim.as_ref(),
@@ -448,7 +452,9 @@ pub(super) fn write_media(
                     laid.succeed();
                 })?;
                 system.succeed();
-                crate::media::disk::write_raw_models(&raw, raw_path)
+                crate::media::disk::write_raw_models(&raw, raw_path)?;
+                done.succeed();
+                Ok(())
             }),
         });
     }
@@ -481,6 +487,7 @@ pub(super) fn write_media(
             Write::Raw => continue,
             Write::Beside(w) => (w, None),
             Write::FromRaw(w) => (w, Some(&raw_system)),
+            Write::AfterRaw(w) => (w, Some(&raw_done)),
         };
         let out = media.join(f.file(stem));
         let (media_inputs, hash_into) = (&media_inputs, &hash_into);

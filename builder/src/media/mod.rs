@@ -18,6 +18,7 @@ pub mod disk;
 pub mod esp;
 pub mod iso;
 pub mod qcow2;
+pub mod vhd;
 
 /// What every medium is made from: the stages' outputs.
 pub struct MediaInputs<'a> {
@@ -59,6 +60,8 @@ pub enum Write {
     /// model volumes' partitions is written and reads those from the
     /// volume files.
     FromRaw(WriteFn),
+    /// Reads the whole raw disk: starts once it is written.
+    AfterRaw(WriteFn),
 }
 
 /// How `cairn verify` recomputes what a medium claims
@@ -72,6 +75,9 @@ pub enum Verify {
     /// Content equal, byte for byte, to the raw disk of the same stem
     /// (checked before it).
     SameAsRaw,
+    /// The raw disk's bytes and a fixed VHD footer (`vhd::parse_footer`):
+    /// equal to the raw disk of the same stem, or checked as one.
+    RawAndFooter,
 }
 
 /// Where a medium's ESP is (what the Secure Boot checks read).
@@ -97,6 +103,8 @@ pub struct Format {
     pub aliases: &'static [&'static str],
     /// The build's stage line.
     pub stage: &'static str,
+    /// Written when `--format` is not given.
+    pub by_default: bool,
     pub write: Write,
     pub verify: Verify,
     pub qemu: crate::host::drive::Drive,
@@ -120,6 +128,7 @@ pub const RAW: Format = Format {
     extension: "raw",
     aliases: &["img"],
     stage: "raw disk",
+    by_default: true,
     write: Write::Raw,
     verify: Verify::Disk,
     qemu: crate::host::drive::Drive {
@@ -135,6 +144,7 @@ pub const ISO: Format = Format {
     extension: "iso",
     aliases: &[],
     stage: "hybrid ISO",
+    by_default: true,
     write: Write::Beside(write_iso_row),
     verify: Verify::Iso,
     qemu: crate::host::drive::Drive {
@@ -150,6 +160,7 @@ pub const QCOW2: Format = Format {
     extension: "qcow2",
     aliases: &[],
     stage: "qcow2",
+    by_default: true,
     write: Write::FromRaw(write_qcow2_row),
     verify: Verify::SameAsRaw,
     qemu: crate::host::drive::Drive {
@@ -160,9 +171,25 @@ pub const QCOW2: Format = Format {
     esp: Esp::OfRaw,
 };
 
+pub const VHD: Format = Format {
+    name: "vhd",
+    extension: "vhd",
+    aliases: &[],
+    stage: "VHD",
+    by_default: false,
+    write: Write::AfterRaw(write_vhd_row),
+    verify: Verify::RawAndFooter,
+    qemu: crate::host::drive::Drive {
+        driver: "vpc",
+        cdrom: false,
+        standalone_check: false,
+    },
+    esp: Esp::OfRaw,
+};
+
 /// Every format, in the order they are checked (the raw disk first: the
 /// others are compared with it).
-pub const FORMATS: &[&Format] = &[&RAW, &ISO, &QCOW2];
+pub const FORMATS: &[&Format] = &[&RAW, &ISO, &QCOW2, &VHD];
 
 impl Format {
     /// The row named `name` in `--format`.
@@ -248,6 +275,11 @@ fn write_iso_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     .map(Some)
 }
 
+fn write_vhd_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
+    vhd::write_vhd(m.raw, out, m.volume_id, m.epoch)?;
+    Ok(None)
+}
+
 fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     let layout = m
         .layout
@@ -305,11 +337,8 @@ mod tests {
             assert_eq!(Format::of_file(none), None, "{none}");
         }
         assert_eq!(Format::of_file(".iso"), None, "a dot file has no stem");
-        assert_eq!(extensions(|_| true), ".raw, .iso or .qcow2");
-        assert_eq!(
-            extensions(|f| f.verify != Verify::SameAsRaw),
-            ".raw or .iso"
-        );
-        assert_eq!(names(), "raw, iso, qcow2");
+        assert_eq!(extensions(|_| true), ".raw, .iso, .qcow2 or .vhd");
+        assert_eq!(extensions(|f| f.esp != Esp::OfRaw), ".raw or .iso");
+        assert_eq!(names(), "raw, iso, qcow2, vhd");
     }
 }

@@ -224,7 +224,7 @@ fn verify_release(image: &Path, pubkey: &Path) -> Result<Verified, FlashError> {
     let src = untrusted::open(image, Links::Refuse).map_err(|e| {
         bad(format!(
             "refusing: {e}; give the {} medium to write",
-            crate::media::extensions(|f| f.verify != crate::media::Verify::SameAsRaw)
+            crate::media::extensions(|f| f.esp != crate::media::Esp::OfRaw)
         ))
     })?;
 
