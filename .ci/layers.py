@@ -58,6 +58,81 @@ def architecture_problems() -> list:
                 problems.append(f"ARCHITECTURE.md:{lineno}: {word} does not exist: {lines[lineno - 1].strip()}")
     return problems
 
+def production_lines(f: pathlib.Path):
+    """(line number, code) of every line of `f` outside an item marked
+    #[cfg(test)] (and outside a tests.rs), comments cut off."""
+    if f.name == "tests.rs":
+        return
+    depth, test_depth, pending = 0, None, False
+    for lineno, line in enumerate(f.read_text().splitlines(), 1):
+        code = line.split("//")[0]
+        if re.match(r"\s*#\[cfg\(test\)\]", code) and test_depth is None:
+            pending = True
+        if test_depth is None and not pending:
+            yield lineno, code
+        # Braces inside string and char literals (b"}\n", '{') do not count.
+        braces = re.sub(r"'[{}]'", "", re.sub(r'"(?:\\.|[^"\\])*"', '""', code))
+        for ch in braces:
+            if ch == "{":
+                if pending:
+                    test_depth, pending = depth, False
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if test_depth is not None and depth == test_depth:
+                    test_depth = None
+
+# The volume stage (pipeline/volume.rs) is the only place a volume is
+# packed, stored in or looked up from the stage cache: the stages that make
+# volumes (base, apps, models) call its wrapper and reach into no cache
+# code of their own or of each other.
+VOLUME_STAGE = "pipeline/volume.rs"
+VOLUME_CACHE_CALLS = re.compile(r"\b(store_volume_image|volume_image_path|store_moved)\b|\"mksquashfs \{[a-z]")
+VOLUME_MAKERS = ("pipeline/squashfs.rs", "pipeline/layers.rs", "pipeline/volumes.rs")
+STAGECACHE_USE = re.compile(r"\bstagecache::(?!key\b)[a-z_]+")
+
+def volume_cache_problems() -> list:
+    problems = []
+    for f in sorted(SRC.rglob("*.rs")):
+        rel = str(f.relative_to(SRC))
+        if rel in (VOLUME_STAGE, "inputs/stagecache.rs"):
+            continue
+        for lineno, code in production_lines(f):
+            m = VOLUME_CACHE_CALLS.search(code)
+            if m:
+                problems.append(f"{rel}:{lineno}: {m.group(0)} outside {VOLUME_STAGE}; make volumes through the volume stage (volume::squashfs, volume::cached)")
+            m = STAGECACHE_USE.search(code)
+            if m and rel in VOLUME_MAKERS:
+                problems.append(f"{rel}:{lineno}: {m.group(0)}: a volume's stage-cache lookups and stores go through volume::cached")
+    return problems
+
+# The format table (media/mod.rs, `media::FORMATS`) is the only place a
+# format's name or extension is spelled: a literal "raw", "iso", "qcow2"
+# or "img", a literal ending in one as an extension, or a list of them in
+# a message, anywhere else in production code is an error. media/ holds
+# the table and its writers; host/qcow2.rs checks qcow2 files from outside
+# for the qcow2 row (qemu-img's JSON names its driver).
+FORMAT_HOME = ("media/", "host/qcow2.rs")
+FORMAT_WORDS = r"(?:raw|iso|qcow2|img)"
+EXTENSIONS = r"(?:raw|iso|qcow2)"
+FORMAT_LITERAL = re.compile(
+    r'"' + FORMAT_WORDS + r'"'                       # "qcow2"
+    + r'|\}\.' + EXTENSIONS + r'"'                 # "{stem}.raw"
+    + r'|\.' + EXTENSIONS + r'(?:,| or| and|/)\s*\.' + EXTENSIONS  # ".raw, .iso"
+    , re.IGNORECASE)
+
+def format_name_problems() -> list:
+    problems = []
+    for f in sorted(SRC.rglob("*.rs")):
+        rel = str(f.relative_to(SRC))
+        if rel.startswith(FORMAT_HOME):
+            continue
+        for lineno, code in production_lines(f):
+            m = FORMAT_LITERAL.search(code)
+            if m:
+                problems.append(f"{rel}:{lineno}: {m.group(0)}: a format name spelled outside the format table; read it from a row of media::FORMATS")
+    return problems
+
 def main() -> int:
     edges = {}
     problems = []
@@ -82,29 +157,16 @@ def main() -> int:
                     problems.append(f"{f.relative_to(SRC)}:{lineno}: {m} ({la}) may use only {sorted(allowed)}, uses {target}")
                 elif RANK[lb] > RANK[la]:
                     problems.append(f"{f.relative_to(SRC)}:{lineno}: {m} ({la}) imports upward: {target} ({lb})")
-    # Only cli/ reads the process environment (test code aside: the lines
-    # inside an item marked #[cfg(test)]).
+    # Only cli/ reads the process environment.
     for f in sorted(SRC.rglob("*.rs")):
         rel = f.relative_to(SRC)
-        if rel.parts[0] == "cli" or rel.name == "tests.rs":
+        if rel.parts[0] == "cli":
             continue
-        depth, test_depth, pending = 0, None, False
-        for lineno, line in enumerate(f.read_text().splitlines(), 1):
-            code = line.split("//")[0]
-            if re.match(r"\s*#\[cfg\(test\)\]", code) and test_depth is None:
-                pending = True
-            in_test = test_depth is not None
-            if ENV_READ.search(code) and not in_test and not pending:
+        for lineno, code in production_lines(f):
+            if ENV_READ.search(code):
                 problems.append(f"{rel}:{lineno}: reads the process environment; only cli/ may (pass the value down)")
-            for ch in code:
-                if ch == "{":
-                    if pending:
-                        test_depth, pending = depth, False
-                    depth += 1
-                elif ch == "}":
-                    depth -= 1
-                    if test_depth is not None and depth == test_depth:
-                        test_depth = None
+    problems += volume_cache_problems()
+    problems += format_name_problems()
     # Cycles between modules.
     state = {}
     stack = []

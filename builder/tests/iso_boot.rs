@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use cairn::media::iso::{write_iso, IsoInputs};
-use cairn::vm::qemu::{timeout_scale, BootSpec, DiskBus, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{timeout_scale, BootSpec, DiskBus, Firmware, Vm};
 
 mod common;
 
@@ -116,7 +116,7 @@ fn built() -> &'static Built {
 fn boot(b: &Built, firmware: Firmware, bus: DiskBus) {
     common::configure_qemu();
     let log = b.dir.join(format!("serial-{firmware:?}-{bus:?}.log"));
-    let mut spec = BootSpec::new(&b.iso, ImageFormat::Iso, firmware, &log);
+    let mut spec = BootSpec::new(&b.iso, cairn::media::ISO.qemu, firmware, &log);
     spec.bus = bus;
     spec.memory_mib = 1024;
     let mut vm = Vm::start(&spec).unwrap_or_else(|e| panic!("{firmware:?} {bus:?}: {e:#}"));

@@ -132,11 +132,7 @@ fn build_secure_boot(name: &str) -> Result<SecureBootBuilt, String> {
     let built = build_opts(
         name,
         settings,
-        cairn::build::Formats {
-            raw: true,
-            iso: true,
-            qcow2: false,
-        },
+        cairn::build::Formats::of(&[&cairn::media::RAW, &cairn::media::ISO]),
         Some(cairn::release::sign::SigningKey {
             path: sec,
             passphrase: None,
@@ -152,11 +148,7 @@ fn build_with(name: &str, settings: cairn::inputs::plan::Settings) -> Result<Bui
     let formats = if name == "tiny" {
         cairn::build::Formats::default()
     } else {
-        cairn::build::Formats {
-            raw: true,
-            iso: false,
-            qcow2: false,
-        }
+        cairn::build::Formats::of(&[&cairn::media::RAW])
     };
     build_opts(name, settings, formats, None, None)
 }
@@ -477,14 +469,14 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
     unsquashfs(&apps.image, &tree, &[]);
     edit(&tree);
     let epoch = m.source_date_epoch;
-    let image =
-        cairn::pipeline::squashfs::make_squashfs(&tree, &work.join("apps.new"), epoch, None)
-            .expect("mksquashfs");
-    let verity = cairn::pipeline::verity::make_verity(&image.path, &work.join("apps.new.verity"))
+    let image = work.join("apps.new");
+    let pack = cairn::pipeline::squashfs::root_pack(&tree, None);
+    cairn::pipeline::volume::squashfs(&pack, &image, epoch).expect("mksquashfs");
+    let verity = cairn::pipeline::verity::make_verity(&image, &work.join("apps.new.verity"))
         .expect("veritysetup");
     let old_word = apps.cmdline_word();
     let old_params = apps.verity.params_word("apps");
-    apps.image = image.path;
+    apps.image = image;
     apps.verity = verity;
     let new_word = apps.cmdline_word();
     let new_params = apps.verity.params_word("apps");

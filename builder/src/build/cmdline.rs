@@ -59,7 +59,7 @@ pub(crate) fn cmdline_of_words(
             "cairn.medium={}",
             match medium {
                 Medium::Disk => "disk",
-                Medium::Iso => "iso",
+                Medium::Iso => crate::media::ISO.name,
             }
         ),
         format!("cairn.state={state}"),

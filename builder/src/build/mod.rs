@@ -67,56 +67,64 @@ pub struct BuildContext<'a> {
     _tmp: crate::host::interrupt::FolderGuard,
 }
 
-/// Which media to write. The raw disk is always made (qcow2 is converted
-/// from it); it is published only when asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Formats {
-    pub raw: bool,
-    pub iso: bool,
-    pub qcow2: bool,
-}
+/// Which media to write: rows of `media::FORMATS`. The raw disk is always
+/// made (other media are converted from it); it is published only when
+/// asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Formats(Vec<&'static crate::media::Format>);
 
 impl Default for Formats {
+    /// The rows marked `by_default`.
     fn default() -> Self {
-        Formats {
-            raw: true,
-            iso: true,
-            qcow2: true,
-        }
+        Formats(
+            crate::media::FORMATS
+                .iter()
+                .copied()
+                .filter(|f| f.by_default)
+                .collect(),
+        )
+    }
+}
+
+impl std::fmt::Display for Formats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|r| r.name).collect();
+        f.write_str(&names.join(","))
     }
 }
 
 impl Formats {
-    /// Whether `f` is one of the formats asked for.
-    pub fn wants(&self, f: crate::media::Format) -> bool {
-        match f {
-            crate::media::Format::Raw => self.raw,
-            crate::media::Format::Iso => self.iso,
-            crate::media::Format::Qcow2 => self.qcow2,
-        }
+    /// These formats.
+    pub fn of(formats: &[&'static crate::media::Format]) -> Formats {
+        Formats(formats.to_vec())
     }
 
-    /// Parses "raw,iso,qcow2" (any subset, at least one).
+    /// Whether `f` is one of the formats asked for.
+    pub fn wants(&self, f: &crate::media::Format) -> bool {
+        self.0.contains(&f)
+    }
+
+    /// Parses a comma-separated list of the table's names (any subset, at
+    /// least one).
     pub fn parse(s: &str) -> Result<Formats, String> {
-        let mut f = Formats {
-            raw: false,
-            iso: false,
-            qcow2: false,
-        };
+        let mut f = Formats(Vec::new());
         for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-            match w {
-                "raw" => f.raw = true,
-                "iso" => f.iso = true,
-                "qcow2" => f.qcow2 = true,
-                other => {
+            match crate::media::Format::by_name(w) {
+                Some(row) if !f.wants(row) => f.0.push(row),
+                Some(_) => {}
+                None => {
                     return Err(format!(
-                        "unknown format {other:?}; choose from raw, iso, qcow2"
+                        "unknown format {w:?}; choose from {}",
+                        crate::media::names()
                     ))
                 }
             }
         }
-        if !(f.raw || f.iso || f.qcow2) {
-            return Err("no format given; choose from raw, iso, qcow2".into());
+        if f.0.is_empty() {
+            return Err(format!(
+                "no format given; choose from {}",
+                crate::media::names()
+            ));
         }
         Ok(f)
     }
@@ -302,5 +310,42 @@ fn clean_stale(out: &Path) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{ISO, QCOW2, RAW};
+
+    /// `--format` reads the table: its names, any subset, its default
+    /// every row (and prints back as it parses).
+    #[test]
+    fn formats_are_parsed_from_the_table() {
+        let f = Formats::parse("iso, qcow2").unwrap();
+        assert!(f.wants(&ISO) && f.wants(&QCOW2) && !f.wants(&RAW));
+        assert_eq!(Formats::parse("raw,raw").unwrap(), Formats::of(&[&RAW]));
+        let all = Formats::default();
+        assert!(crate::media::FORMATS
+            .iter()
+            .all(|r| all.wants(r) == r.by_default));
+        assert_eq!(all.to_string(), "raw,iso,qcow2", "the default is unchanged");
+        assert_eq!(Formats::parse(&all.to_string()).unwrap(), all);
+        let e = Formats::parse("raw,vmdk").unwrap_err();
+        assert!(
+            e.contains("\"vmdk\"") && e.contains(&crate::media::names()),
+            "{e}"
+        );
+        assert!(Formats::parse(" , ").is_err());
+    }
+
+    /// vm's tests (which may not read media/) boot each format as its row
+    /// says.
+    #[test]
+    fn vm_tests_boot_formats_as_the_table_says() {
+        use crate::vm::qemu::cmdline::test_formats;
+        assert_eq!(test_formats::RAW, RAW.qemu);
+        assert_eq!(test_formats::ISO, ISO.qemu);
+        assert_eq!(test_formats::QCOW2, QCOW2.qemu);
     }
 }

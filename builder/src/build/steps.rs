@@ -14,7 +14,7 @@ use crate::host::digest::Sha256;
 use crate::inputs::plan::Plan;
 use crate::pipeline::compose::{BaseTree, ComposedRoot};
 use crate::pipeline::initramfs::Initramfs;
-use crate::pipeline::squashfs::RootVolume;
+use crate::pipeline::volume::Built;
 use crate::pipeline::volumes::Volume;
 use crate::recipe::Recipe;
 
@@ -167,7 +167,7 @@ pub(super) fn uki_templates_ahead(
     }
     let of = |medium| super::cmdline::cmdline_of_words(recipe, &any, words.clone(), medium).len();
     let mut lens = vec![of(Medium::Disk)];
-    if cx.opts.formats.iso {
+    if cx.opts.formats.wants(&crate::media::ISO) {
         lens.push(of(Medium::Iso));
     }
     lens.sort_unstable();
@@ -187,51 +187,51 @@ pub(super) fn uki_templates_ahead(
     .map(Some)
 }
 
-/// Step 6: The base volume: squashfs and its dm-verity hash tree, both taken
-/// from the stage cache when the tree mksquashfs would read is the same as
-/// a build's before (any rebuild whose Debian packages did not change).
-pub(super) fn base_volume(cx: &mut BuildContext, base: &BaseTree) -> Result<RootVolume> {
-    use crate::pipeline::squashfs::{cached_root, finish_root, input_key, make_squashfs};
+/// Step 6: The base volume: squashfs and its dm-verity hash tree, made by
+/// the volume stage inside its stage-cache wrapper (both taken from the
+/// cache when the tree mksquashfs would read is the same as a build's
+/// before: any rebuild whose Debian packages did not change).
+pub(super) fn base_volume(cx: &mut BuildContext, base: &BaseTree) -> Result<Built> {
+    use crate::pipeline::volume;
     let (plan, work, epoch) = (&cx.plan, &cx.work, cx.recipe.source_date_epoch);
-    // Without the stage cache nothing is looked up or stored: the key, a
-    // read of the whole tree, is not made.
-    let lookup = || -> Result<(Option<Sha256>, Option<RootVolume>)> {
-        if !plan.stage_cache {
-            return Ok((None, None));
-        }
-        let t = Instant::now();
-        let key = input_key(&base.tree, epoch)?;
-        let hit = cached_root(&plan.cache, true, &key);
-        crate::host::progress::say(&format!(
-            "        base tree digest {} in {:.1}s{}",
-            &key.hex()[..16],
-            t.elapsed().as_secs_f64(),
-            match hit {
-                Some(_) => ": unchanged, reusing the cached base image and hash tree",
-                None => "",
+    let root = cx.stages.run(Step::BaseVolume, "base volume", || {
+        // Without the stage cache the key, a read of the whole tree, is
+        // not made.
+        let key = match plan.stage_cache {
+            true => {
+                let t = Instant::now();
+                let key = crate::pipeline::squashfs::input_key(&base.tree, epoch)?;
+                crate::host::progress::say(&format!(
+                    "        base tree digest {} in {:.1}s",
+                    &key.hex()[..16],
+                    t.elapsed().as_secs_f64()
+                ));
+                Some(key)
             }
-        ));
-        Ok((Some(key), hit))
-    };
-    let (key, made) = cx.stages.run(Step::BaseVolume, "squashfs base", || {
-        let (key, hit) = lookup()?;
-        if let Some(v) = hit {
-            return Ok((key, Err(v)));
-        }
-        let made = make_squashfs(&base.tree, &work.join("root.squashfs"), epoch, None)?;
-        crate::say!("        {:.1} MiB", made.size as f64 / 1048576.0);
-        Ok((key, Ok(made)))
+            false => None,
+        };
+        volume::cached(&plan.cache, &volume::ROOT, key.as_ref(), None, || {
+            let image = work.join("root.squashfs");
+            let pack = crate::pipeline::squashfs::root_pack(&base.tree, None);
+            let size = volume::squashfs(&pack, &image, epoch)?;
+            crate::say!("        squashfs {:.1} MiB", size as f64 / 1048576.0);
+            let t = Instant::now();
+            let seed = volume::Seed::Image("verity: hash the root");
+            let made = volume::hash_tree(&image, seed, &work.join("root.verity"))?;
+            let secs = t.elapsed().as_secs_f64();
+            crate::say!("        dm-verity hash tree in {secs:.1}s");
+            Ok(made)
+        })
     })?;
-    let root = match made {
-        Err(cached) => cached,
-        Ok(made) => cx.stages.run(Step::BaseVolume, "dm-verity hash tree", || {
-            finish_root(made, &work.join("root.verity"), &plan.cache, key.as_ref())
-        })?,
-    };
     crate::say!(
-        "        {:.1} MiB, root hash {}",
-        root.image.size as f64 / 1048576.0,
-        root.verity.root_hash
+        "        {:.1} MiB, root hash {}{}",
+        root.verity.data_size as f64 / 1048576.0,
+        root.verity.root_hash,
+        if root.cached {
+            ": unchanged, reusing the cached base image and hash tree"
+        } else {
+            ""
+        }
     );
     Ok(root)
 }
@@ -282,13 +282,17 @@ pub(super) fn ukis(
     inputs: &UkiInputs,
     composed: &ComposedRoot,
     initrd: &Path,
-    root: &RootVolume,
+    root: &Built,
     volumes: &[Volume],
 ) -> Result<Boot> {
     let recipe = cx.recipe;
     let cmdline = super::kernel_cmdline(recipe, &root.verity, volumes, Medium::Disk);
     let iso_cmdline = super::kernel_cmdline(recipe, &root.verity, volumes, Medium::Iso);
-    let (work, plan, want_iso) = (&cx.work, &cx.plan, cx.opts.formats.iso);
+    let (work, plan, want_iso) = (
+        &cx.work,
+        &cx.plan,
+        cx.opts.formats.wants(&crate::media::ISO),
+    );
     let (uki, uki_iso) = cx.stages.run(Step::Uki, "UKI", || {
         let templates = match ahead {
             Some(a) => a.take(&inputs.stub, &inputs.os_release)?,
@@ -363,7 +367,7 @@ pub(super) struct Media {
 
 /// Step 10: Every medium at once: the raw disk (always: the qcow2 and the
 /// manifest derive from it; published only when asked for), its digest
-/// taken while it is written, and one job per row of `media::WRITERS`
+/// taken while it is written, and one job per row of `media::FORMATS`
 /// asked for. A row that reads the raw disk starts when all of it but the
 /// models' partitions is written (it takes those from their volume files);
 /// each output is hashed as soon as it is written.
@@ -372,19 +376,19 @@ pub(super) fn write_media(
     boot: &Boot,
     composed: &ComposedRoot,
     initrd: &Path,
-    root: &RootVolume,
+    root: &Built,
     volumes: &[Volume],
 ) -> Result<Media> {
     let (recipe, opts, work, media, stem) = (cx.recipe, cx.opts, &cx.work, &cx.media, &cx.stem);
-    let raw_path = match opts.formats.raw {
-        true => media.join(format!("{stem}.raw")),
-        false => work.join(format!("{stem}.raw")),
+    let raw_path = match opts.formats.wants(&crate::media::RAW) {
+        true => media.join(crate::media::RAW.file(stem)),
+        false => work.join(crate::media::RAW.file(stem)),
     };
     let layout = std::sync::OnceLock::new();
     // The GPT written (the disk's digest may be taken), all of the raw
     // disk but its models' partitions, then all of it.
     let laid_out = std::sync::OnceLock::<crate::media::disk::RawDisk>::new();
-    let (raw_laid_out, raw_system) = (Gate::default(), Gate::default());
+    let (raw_laid_out, raw_system, raw_done) = (Gate::default(), Gate::default(), Gate::default());
     let volume_id = crate::media::iso::volume_id(&recipe.name, &recipe.version);
     let media_inputs = crate::media::MediaInputs {
         raw: &raw_path,
@@ -394,7 +398,7 @@ pub(super) fn write_media(
         kernel: &composed.vmlinuz,
         initrd,
         iso_cmdline: &boot.iso_cmdline,
-        root: &root.image.path,
+        root: &root.image,
         verity: &root.verity.hash_path,
         volumes,
         volume_id: &volume_id,
@@ -421,18 +425,22 @@ pub(super) fn write_media(
     let mut jobs: Vec<Job<'_>> = Vec::new();
     {
         let (raw_path, layout, laid_out) = (&raw_path, &layout, &laid_out);
-        let (raw_laid_out, raw_system) = (&raw_laid_out, &raw_system);
+        let (raw_laid_out, raw_system, raw_done) = (&raw_laid_out, &raw_system, &raw_done);
         jobs.push(Job {
             name: "raw disk",
             after: None,
             run: Box::new(move || {
                 // Open their gates either way: on an error the waiting rows
                 // end at once (the error is this job's).
-                let (laid, system) = (raw_laid_out.opener(), raw_system.opener());
+                let (laid, system, done) = (
+                    raw_laid_out.opener(),
+                    raw_system.opener(),
+                    raw_done.opener(),
+                );
                 let inputs = crate::media::disk::DiskInputs {
                     uki: &boot.uki.path,
                     shim: boot.shim.as_ref(),
-                    root: &root.image.path,
+                    root: &root.image,
                     verity: &root.verity.hash_path,
                     root_hash: &root.verity.root_hash,
                     volumes,
@@ -446,11 +454,13 @@ pub(super) fn write_media(
                     laid.succeed();
                 })?;
                 system.succeed();
-                crate::media::disk::write_raw_models(&raw, raw_path)
+                crate::media::disk::write_raw_models(&raw, raw_path)?;
+                done.succeed();
+                Ok(())
             }),
         });
     }
-    if opts.formats.raw {
+    if opts.formats.wants(&crate::media::RAW) {
         let (raw_path, hash_into, laid_out) = (&raw_path, &hash_into, &laid_out);
         jobs.push(Job {
             name: "hash raw disk",
@@ -478,17 +488,24 @@ pub(super) fn write_media(
             }),
         });
     }
-    for w in crate::media::WRITERS
+    for f in crate::media::FORMATS
         .iter()
-        .filter(|w| opts.formats.wants(w.format))
+        .filter(|f| opts.formats.wants(f))
     {
-        let out = media.join(format!("{stem}.{}", w.extension));
+        use crate::media::Write;
+        let (write, after) = match f.write {
+            Write::Raw => continue,
+            Write::Beside(w) => (w, None),
+            Write::FromRaw(w) => (w, Some(&raw_system)),
+            Write::AfterRaw(w) => (w, Some(&raw_done)),
+        };
+        let out = media.join(f.file(stem));
         let (media_inputs, hash_into) = (&media_inputs, &hash_into);
         jobs.push(Job {
-            name: w.stage,
-            after: w.needs_raw.then_some(&raw_system),
+            name: f.stage,
+            after,
             run: Box::new(move || {
-                let known = (w.write)(media_inputs, &out)?;
+                let known = write(media_inputs, &out)?;
                 hash_into(&out, known)
             }),
         });
@@ -509,7 +526,7 @@ pub(super) fn manifest(
     cx: &mut BuildContext,
     composed: &ComposedRoot,
     contents: &crate::release::sbom::Contents,
-    root: &RootVolume,
+    root: &Built,
     volumes: &[Volume],
     boot: &Boot,
     media: &Media,
@@ -527,7 +544,7 @@ pub(super) fn manifest(
             &media.hashed,
         )?;
         m.volumes = manifest::volumes(volumes, &media.layout);
-        if opts.formats.iso {
+        if opts.formats.wants(&crate::media::ISO) {
             m.kernel.iso_cmdline = Some(boot.iso_cmdline.clone());
         }
         m.boot = crate::release::secureboot::boot_info(
@@ -605,7 +622,7 @@ pub(super) fn publish(
     let total = cx.stages.report();
     crate::say!("cairn: built {} in {total:.1}s", final_dir.display());
     Ok(BuildResult {
-        raw: final_dir.join(format!("{}.raw", cx.stem)),
+        raw: final_dir.join(crate::media::RAW.file(&cx.stem)),
         dir: final_dir,
         root_hash,
     })

@@ -55,7 +55,7 @@ pub struct Args {
     #[arg(short, long, default_value = "out", value_name = "DIR")]
     out: PathBuf,
     /// Media to write, comma-separated: raw, iso, qcow2.
-    #[arg(long, default_value = "raw,iso,qcow2", value_parser = Formats::parse)]
+    #[arg(long, default_value_t = Formats::default(), value_parser = Formats::parse)]
     format: Formats,
     /// Sign the outputs with this signify secret key: writes SHA256 and
     /// SHA256.sig beside the media (`signify -C` and `cairn verify` read them).

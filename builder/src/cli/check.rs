@@ -193,9 +193,11 @@ fn summary(r: &Recipe) -> Summary {
         volumes,
         outputs: Outputs {
             dir: stem.clone(),
-            media: ["raw", "iso", "qcow2"]
+            // What `cairn build` writes without `--format`.
+            media: crate::media::FORMATS
                 .iter()
-                .map(|f| format!("{stem}.{f}"))
+                .filter(|f| f.by_default)
+                .map(|f| f.file(&stem))
                 .collect(),
             files: vec!["manifest.json".into(), "SHA256".into()],
             signed: vec!["SHA256.sig".into()],

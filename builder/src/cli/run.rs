@@ -44,6 +44,15 @@ pub struct Args {
 
 /// Exits with QEMU's exit code.
 pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
+    // QEMU opens the image as its row of the format table says.
+    let format = crate::media::Format::of_path(&a.image).ok_or_else(|| {
+        crate::InputError(format!(
+            "run: {}: cannot tell the format; expected {} (or .{})",
+            shown::path(&a.image),
+            crate::media::extensions(|_| true),
+            crate::media::RAW.aliases.join(", .")
+        ))
+    })?;
     if let Some(key) = &a.pubkey {
         // Any failed check refuses the boot as bad input (exit 2), saying
         // which image and key.
@@ -74,6 +83,6 @@ pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
         ..Default::default()
     };
     crate::vm::qemu::configure(env.qemu_config())?;
-    let code = crate::vm::run::run_image(&a.image, opts)?;
+    let code = crate::vm::run::run_image(&a.image, format.qemu, opts)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -7,6 +7,7 @@ pub mod deb822;
 pub mod digest;
 pub mod direct;
 pub mod doctor;
+pub mod drive;
 pub mod inode;
 pub mod interrupt;
 pub mod limits;

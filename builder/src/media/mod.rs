@@ -1,9 +1,12 @@
-//! The media writers, as a table: the raw GPT disk is always written (the
-//! qcow2 is converted from it, the manifest reads its layout); every other
-//! format is one row of [`WRITERS`], so adding a format is adding a row.
-//! Every writer takes the same [`MediaInputs`] and writes one file; a row
-//! that reads the raw disk says so ([`Writer::needs_raw`]) and starts once
-//! it is written, the others start beside it.
+//! The media formats, as one table ([`FORMATS`]): each row carries a
+//! format's name (`--format`), file extension, writer, how `cairn verify`
+//! checks it, how QEMU boots it and where its ESP is; the build, `cairn
+//! run`, `verify`, the Secure Boot checks and `site apply` read the row, so
+//! adding a format is adding a row (docs/formats.md). A format name or
+//! extension is spelled nowhere else (`.ci/layers.py` checks it). The raw
+//! GPT disk is always written first (the others may read it, the manifest
+//! reads its layout); every writer takes the same [`MediaInputs`] and
+//! writes one file.
 
 use std::path::Path;
 
@@ -15,14 +18,7 @@ pub mod disk;
 pub mod esp;
 pub mod iso;
 pub mod qcow2;
-
-/// An output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Raw,
-    Iso,
-    Qcow2,
-}
+pub mod vhd;
 
 /// What every medium is made from: the stages' outputs.
 pub struct MediaInputs<'a> {
@@ -48,37 +44,213 @@ pub struct MediaInputs<'a> {
     pub work: &'a Path,
 }
 
-/// One derived medium: its format, stage name, file extension and writer.
-pub struct Writer {
-    pub format: Format,
-    pub stage: &'static str,
-    pub extension: &'static str,
-    /// Whether it reads the raw disk (and its layout): it starts when all
-    /// of it but the model volumes' partitions is written
-    /// (`disk::write_raw_system`) and reads those from the volume files.
-    pub needs_raw: bool,
-    /// Writes the medium; returns its sha256 when it was taken while
-    /// writing (the build hashes the file otherwise).
-    pub write: fn(&MediaInputs, &Path) -> Result<Option<Sha256>>,
+/// Writes a medium; returns its sha256 when it was taken while writing
+/// (the build hashes the file otherwise).
+pub type WriteFn = fn(&MediaInputs, &Path) -> Result<Option<Sha256>>;
+
+/// How a medium is written.
+#[derive(Clone, Copy)]
+pub enum Write {
+    /// The raw disk: written first, by the build itself
+    /// (`disk::write_raw_system`, then its models), published when asked.
+    Raw,
+    /// Written beside the raw disk, from the stage outputs.
+    Beside(WriteFn),
+    /// Reads the raw disk (and its layout): starts when all of it but the
+    /// model volumes' partitions is written and reads those from the
+    /// volume files.
+    FromRaw(WriteFn),
+    /// Reads the whole raw disk: starts once it is written.
+    AfterRaw(WriteFn),
 }
 
-/// The media written from the raw disk and the stage outputs, in order.
-pub const WRITERS: &[Writer] = &[
-    Writer {
-        format: Format::Iso,
-        stage: "hybrid ISO",
-        extension: "iso",
-        needs_raw: false,
-        write: write_iso_row,
+/// How `cairn verify` recomputes what a medium claims
+/// (`release::verify::media`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// The GPT disk: its partitions, ESP and root hash.
+    Disk,
+    /// The hybrid ISO: its files against the manifest.
+    Iso,
+    /// Content equal, byte for byte, to the raw disk of the same stem
+    /// (checked before it).
+    SameAsRaw,
+    /// The raw disk's bytes and a fixed VHD footer (`vhd::parse_footer`):
+    /// equal to the raw disk of the same stem, or checked as one.
+    RawAndFooter,
+}
+
+/// Where a medium's ESP is (what the Secure Boot checks read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Esp {
+    /// The GPT's EFI partition, at the offset the manifest's layout gives;
+    /// it boots the disk UKI.
+    Partition,
+    /// The ISO's El Torito image; it boots the ISO UKI.
+    IsoImage,
+    /// The raw disk's, which the medium holds byte for byte (checked
+    /// there).
+    OfRaw,
+}
+
+/// One output format: a row of [`FORMATS`].
+pub struct Format {
+    /// Its word in `--format`.
+    pub name: &'static str,
+    pub extension: &'static str,
+    /// Further extensions `cairn run` boots as this format (an image from
+    /// elsewhere); `verify` checks only the digest of such a file.
+    pub aliases: &'static [&'static str],
+    /// The build's stage line.
+    pub stage: &'static str,
+    /// Written when `--format` is not given.
+    pub by_default: bool,
+    pub write: Write,
+    pub verify: Verify,
+    pub qemu: crate::host::drive::Drive,
+    pub esp: Esp,
+}
+
+impl PartialEq for Format {
+    fn eq(&self, other: &Format) -> bool {
+        self.name == other.name
+    }
+}
+
+impl std::fmt::Debug for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+pub const RAW: Format = Format {
+    name: "raw",
+    extension: "raw",
+    aliases: &["img"],
+    stage: "raw disk",
+    by_default: true,
+    write: Write::Raw,
+    verify: Verify::Disk,
+    qemu: crate::host::drive::Drive {
+        driver: "raw",
+        cdrom: false,
+        standalone_check: false,
     },
-    Writer {
-        format: Format::Qcow2,
-        stage: "qcow2",
-        extension: "qcow2",
-        needs_raw: true,
-        write: write_qcow2_row,
+    esp: Esp::Partition,
+};
+
+pub const ISO: Format = Format {
+    name: "iso",
+    extension: "iso",
+    aliases: &[],
+    stage: "hybrid ISO",
+    by_default: true,
+    write: Write::Beside(write_iso_row),
+    verify: Verify::Iso,
+    qemu: crate::host::drive::Drive {
+        driver: "raw",
+        cdrom: true,
+        standalone_check: false,
     },
-];
+    esp: Esp::IsoImage,
+};
+
+pub const QCOW2: Format = Format {
+    name: "qcow2",
+    extension: "qcow2",
+    aliases: &[],
+    stage: "qcow2",
+    by_default: true,
+    write: Write::FromRaw(write_qcow2_row),
+    verify: Verify::SameAsRaw,
+    qemu: crate::host::drive::Drive {
+        driver: "qcow2",
+        cdrom: false,
+        standalone_check: true,
+    },
+    esp: Esp::OfRaw,
+};
+
+pub const VHD: Format = Format {
+    name: "vhd",
+    extension: "vhd",
+    aliases: &[],
+    stage: "VHD",
+    by_default: false,
+    write: Write::AfterRaw(write_vhd_row),
+    verify: Verify::RawAndFooter,
+    qemu: crate::host::drive::Drive {
+        driver: "vpc",
+        cdrom: false,
+        standalone_check: false,
+    },
+    esp: Esp::OfRaw,
+};
+
+/// Every format, in the order they are checked (the raw disk first: the
+/// others are compared with it).
+pub const FORMATS: &[&Format] = &[&RAW, &ISO, &QCOW2, &VHD];
+
+impl Format {
+    /// The row named `name` in `--format`.
+    pub fn by_name(name: &str) -> Option<&'static Format> {
+        FORMATS.iter().copied().find(|f| f.name == name)
+    }
+
+    /// The row of a file name by its extension (any case; aliases too).
+    pub fn of_file(name: &str) -> Option<&'static Format> {
+        let ext = match name.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
+            _ => return None,
+        };
+        FORMATS
+            .iter()
+            .copied()
+            .find(|f| f.extension == ext || f.aliases.contains(&ext.as_str()))
+    }
+
+    /// The row of a path's file name.
+    pub fn of_path(path: &Path) -> Option<&'static Format> {
+        Format::of_file(path.file_name()?.to_str()?)
+    }
+
+    /// Whether `name` carries this format's own extension (not an alias).
+    pub fn is_file(&self, name: &str) -> bool {
+        Format::of_file(name) == Some(self)
+            && name
+                .rsplit_once('.')
+                .is_some_and(|(_, e)| e.eq_ignore_ascii_case(self.extension))
+    }
+
+    /// Its file name for an image stem (`NAME-VERSION.EXT`).
+    pub fn file(&self, stem: &str) -> String {
+        format!("{stem}.{}", self.extension)
+    }
+}
+
+/// The formats' names as a message lists them: `raw, iso, qcow2`.
+pub fn names() -> String {
+    FORMATS
+        .iter()
+        .map(|f| f.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The extensions of the rows `keep` keeps, as a message lists them:
+/// `.raw, .iso or .qcow2`.
+pub fn extensions(keep: impl Fn(&Format) -> bool) -> String {
+    let e: Vec<String> = FORMATS
+        .iter()
+        .filter(|f| keep(f))
+        .map(|f| format!(".{}", f.extension))
+        .collect();
+    match e.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        Some((last, _)) => last.clone(),
+        None => String::new(),
+    }
+}
 
 fn write_iso_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     let work = m.work.join("iso");
@@ -103,6 +275,11 @@ fn write_iso_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     .map(Some)
 }
 
+fn write_vhd_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
+    vhd::write_vhd(m.raw, out, m.volume_id, m.epoch)?;
+    Ok(None)
+}
+
 fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     let layout = m
         .layout
@@ -120,4 +297,48 @@ fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     }
     qcow2::write_qcow2(m.raw, out, &stored)?;
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row is found by its name and by its file name (any case), no
+    /// two rows share a name or an extension, and the raw disk, which the
+    /// others are written from and checked against, comes first.
+    #[test]
+    fn each_format_is_one_row_found_by_name_and_file() {
+        let (mut names_seen, mut seen) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
+        for f in FORMATS {
+            assert_eq!(Format::by_name(f.name), Some(*f));
+            assert_eq!(Format::of_file(&f.file("x-1.0")), Some(*f));
+            assert!(f.is_file(&f.file("X").to_uppercase()));
+            assert_eq!(Format::of_path(Path::new(&f.file("/o/x"))), Some(*f));
+            assert!(names_seen.insert(f.name), "{} twice", f.name);
+            for e in std::iter::once(&f.extension).chain(f.aliases) {
+                assert!(seen.insert(e), "extension {e} twice");
+            }
+        }
+        assert_eq!(FORMATS[0], &RAW);
+        let raws = FORMATS
+            .iter()
+            .filter(|f| matches!(f.write, Write::Raw))
+            .count();
+        assert_eq!(raws, 1, "one row is the raw disk every other derives from");
+        // An alias finds its row but is not the row's own file (verify
+        // checks only its digest).
+        let alias = format!("x.{}", RAW.aliases[0]);
+        assert_eq!(Format::of_file(&alias), Some(&RAW));
+        assert!(!RAW.is_file(&alias));
+        for none in ["x", ".qcow2x", "x.vmdk", ""] {
+            assert_eq!(Format::of_file(none), None, "{none}");
+        }
+        assert_eq!(Format::of_file(".iso"), None, "a dot file has no stem");
+        assert_eq!(extensions(|_| true), ".raw, .iso, .qcow2 or .vhd");
+        assert_eq!(extensions(|f| f.esp != Esp::OfRaw), ".raw or .iso");
+        assert_eq!(names(), "raw, iso, qcow2, vhd");
+    }
 }

@@ -266,14 +266,11 @@ pub fn whiteout_pseudo_file(whiteouts: &[PathBuf]) -> Result<String> {
     Ok(s)
 }
 
-const STAGE_IMAGE: &str = "apps-squashfs";
-const STAGE_HASH: &str = "apps-verity";
-
 /// The apps volume: normalises what the apps steps wrote (a second pass of
 /// `pipeline::normalise`, which leaves the base's entries as they are),
-/// splits it off `tree` into `TREE.apps` beside it and packs it like the root, its
-/// whiteouts as pseudo definitions. Cached by the digest of the apps tree
-/// and the whiteouts (the stage cache), as the base is.
+/// splits it off `tree` into `TREE.apps` beside it and makes it in the
+/// volume stage like the root, its whiteouts as pseudo definitions, keyed
+/// by the digest of the apps tree and the whiteouts.
 pub fn make_apps_volume(
     tree: &Path,
     snap: &Snapshot,
@@ -281,6 +278,7 @@ pub fn make_apps_volume(
     work: &Path,
 ) -> Result<crate::pipeline::volumes::Volume> {
     use crate::host::digest::Sha256;
+    use crate::pipeline::volume;
     let epoch = plan.recipe.source_date_epoch;
     let t = std::time::Instant::now();
     crate::pipeline::normalise::normalise(tree, epoch).context("apps: normalise")?;
@@ -299,68 +297,54 @@ pub fn make_apps_volume(
             format!("whiteouts {}", Sha256::of_bytes(pseudo.as_bytes())),
         ],
     );
-    let cached = crate::pipeline::volumes::cached_volume(
-        &plan.cache,
-        plan.stage_cache,
-        STAGE_IMAGE,
-        STAGE_HASH,
-        &key,
-    );
     crate::host::progress::say(&format!(
-        "        {} entries over {} of the base, {} whiteouts; apps tree digest {} in {:.1}s{}",
+        "        {} entries over {} of the base, {} whiteouts; apps tree digest {} in {:.1}s",
         split.moved,
         snap.len(),
         split.whiteouts.len(),
         &key.hex()[..16],
         t.elapsed().as_secs_f64(),
-        if cached.is_some() {
+    ));
+    let built = volume::cached(
+        &plan.cache,
+        &volume::APPS,
+        plan.stage_cache.then_some(&key),
+        None,
+        || {
+            let pf = work.join("apps.pseudo");
+            std::fs::write(&pf, &pseudo)
+                .with_context(|| format!("apps: write {}", pf.display()))?;
+            let image = work.join("apps.squashfs");
+            let pack = crate::pipeline::squashfs::root_pack(&apps, Some(&pf));
+            volume::squashfs(&pack, &image, epoch).context("apps: squashfs")?;
+            volume::hash_tree(
+                &image,
+                volume::Seed::Image("verity: hash apps"),
+                &work.join("apps.verity"),
+            )
+        },
+    )?;
+    std::fs::remove_dir_all(&apps).ok();
+    crate::host::progress::say(&format!(
+        "        apps: {}, root hash {}{}",
+        crate::host::progress::human_bytes(built.verity.data_size),
+        built.verity.root_hash,
+        if built.cached {
             ": unchanged, reusing the cached apps image and hash tree"
         } else {
             ""
         }
     ));
-    let volume = |image: PathBuf, verity, cached| crate::pipeline::volumes::Volume {
+    Ok(crate::pipeline::volumes::Volume {
         name: crate::pipeline::volumes::APPS.into(),
         kind: crate::pipeline::volumes::Kind::Apps,
-        image,
-        verity,
+        image: built.image,
+        verity: built.verity,
         compression: crate::recipe::workloads::Compression::Zstd,
         model_sha256: key,
         mount: "/".into(),
-        cached,
-    };
-    if let Some((image, verity)) = cached {
-        std::fs::remove_dir_all(&apps).ok();
-        return Ok(volume(image, verity, true));
-    }
-    let pf = work.join("apps.pseudo");
-    std::fs::write(&pf, &pseudo).with_context(|| format!("apps: write {}", pf.display()))?;
-    let image = work.join("apps.squashfs");
-    let made = crate::pipeline::squashfs::make_squashfs(&apps, &image, epoch, Some(&pf))
-        .context("apps: squashfs")?;
-    std::fs::remove_dir_all(&apps).ok();
-    let digest = Sha256::of_file(&made.path)?;
-    let verity =
-        crate::pipeline::verity::make_verity_of(&made.path, &digest, &work.join("apps.verity"))?;
-    let image = if plan.stage_cache {
-        crate::pipeline::volumes::store_volume(
-            &plan.cache,
-            STAGE_IMAGE,
-            STAGE_HASH,
-            &key,
-            &made.path,
-            Some(&digest),
-            &verity,
-        )?
-    } else {
-        made.path
-    };
-    crate::host::progress::say(&format!(
-        "        apps: {}, root hash {}",
-        crate::host::progress::human_bytes(verity.data_size),
-        verity.root_hash
-    ));
-    Ok(volume(image, verity, false))
+        cached: built.cached,
+    })
 }
 
 #[cfg(test)]
@@ -474,7 +458,8 @@ mod tests {
         let pfile = d.path().join("apps.pseudo");
         std::fs::write(&pfile, &pf).unwrap();
         let img = d.path().join("apps.squashfs");
-        crate::pipeline::squashfs::make_squashfs(&apps, &img, 1, Some(&pfile)).unwrap();
+        let pack = crate::pipeline::squashfs::root_pack(&apps, Some(&pfile));
+        crate::pipeline::volume::squashfs(&pack, &img, 1).unwrap();
         let mut cmd = crate::host::runner::command("unsquashfs");
         cmd.arg("-lls").arg("-d").arg("").arg(&img);
         let out = crate::host::runner::output("test", cmd).unwrap();

@@ -16,5 +16,6 @@ pub mod shim;
 pub mod squashfs;
 pub mod uki;
 pub mod verity;
+pub mod volume;
 pub mod volumes;
 pub mod workloads;

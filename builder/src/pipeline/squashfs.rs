@@ -1,18 +1,21 @@
 //! Squashfs: packs the normalised tree into the read-only root filesystem
 //! (zstd). mksquashfs ≥ 4.4 is reproducible given fixed times, so the
 //! image is a function of what mksquashfs reads of the tree: [`input_key`]
-//! digests exactly that, and the root image and its hash tree are kept in
-//! the stage cache under it (a rebuild whose root did not change, such as
-//! one after a model-data change, takes them from there).
+//! digests exactly that, and the volume stage (`pipeline::volume`) keeps
+//! the root image and its hash tree in the stage cache under it (a rebuild
+//! whose root did not change, such as one after a model-data change, takes
+//! them from there).
 
+use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use sha2::Digest as _;
 
 use crate::host::digest::Sha256;
+use crate::pipeline::volume::Pack;
 
 /// The mksquashfs options of the root (besides the times): zstd level 10
 /// in 1 MiB blocks. Measured on the default base (372 MB of files, 2
@@ -31,10 +34,6 @@ pub const ROOT_OPTIONS: &[&str] = &[
     "-Xcompression-level",
     "10",
 ];
-
-/// Stage-cache names of the root image and of its hash tree.
-pub const STAGE_IMAGE: &str = "root-squashfs";
-pub const STAGE_HASH: &str = "root-verity";
 
 /// A digest of everything mksquashfs takes from `tree` with
 /// [`ROOT_OPTIONS`]: every entry's path, type, permission bits, owner,
@@ -134,108 +133,22 @@ pub fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
 }
 
-pub struct RootImage {
-    pub path: PathBuf,
-    pub size: u64,
-}
-
-/// Packs `tree` into `out` with [`ROOT_OPTIONS`], every time the epoch;
-/// `pseudo`: a file of mksquashfs pseudo definitions (the apps volume's
-/// whiteouts, `pipeline::layers`).
-pub fn make_squashfs(
-    tree: &Path,
-    out: &Path,
-    epoch: u64,
-    pseudo: Option<&Path>,
-) -> Result<RootImage> {
-    let sh = crate::host::runner::shell()?;
-    let epoch = epoch.to_string();
-    let pf: Vec<&std::ffi::OsStr> = match pseudo {
-        Some(p) => vec!["-pf".as_ref(), p.as_os_str()],
-        None => Vec::new(),
-    };
-    crate::host::runner::run(
-        "squashfs",
-        xshell::cmd!(
-            sh,
-            "mksquashfs {tree} {out} {ROOT_OPTIONS...} {pf...} -all-time {epoch} -mkfs-time {epoch} -no-progress -quiet"
-        ),
-    )?;
-    let size = std::fs::metadata(out)?.len();
-    Ok(RootImage {
-        path: out.to_path_buf(),
-        size,
-    })
-}
-
-/// The root image and its hash tree: from the stage cache when a root
-/// with the same [`input_key`] was made before, else made now (and, with
-/// the stage cache on, moved into it). The stage lines say which.
-pub struct RootVolume {
-    pub image: RootImage,
-    pub verity: crate::pipeline::verity::VerityTree,
-    pub cached: bool,
-}
-
-/// What the squashfs stage gives: a cached root volume, or a new image
-/// whose hash tree is still to be made.
-pub enum RootStep {
-    Cached(RootVolume),
-    Made(RootImage),
-}
-
-/// The cached root volume for `key`, if there is one.
-pub fn cached_root(
-    cache: &crate::inputs::cache::Cache,
-    enabled: bool,
-    key: &Sha256,
-) -> Option<RootVolume> {
-    let (path, verity) =
-        crate::pipeline::volumes::cached_volume(cache, enabled, STAGE_IMAGE, STAGE_HASH, key)?;
-    Some(RootVolume {
-        image: RootImage {
-            size: verity.data_size,
-            path,
-        },
-        verity,
-        cached: true,
-    })
-}
-
-/// The hash tree of a root image made now; with a key (the stage cache
-/// on), both are moved into the cache under it (the image then lives there).
-pub fn finish_root(
-    image: RootImage,
-    hash_out: &Path,
-    cache: &crate::inputs::cache::Cache,
-    key: Option<&Sha256>,
-) -> Result<RootVolume> {
-    let digest = Sha256::of_file_with_progress(&image.path, "verity: hash the root")?;
-    let verity = crate::pipeline::verity::make_verity_of(&image.path, &digest, hash_out)?;
-    let Some(key) = key else {
-        return Ok(RootVolume {
-            image,
-            verity,
-            cached: false,
-        });
-    };
-    let path = crate::pipeline::volumes::store_volume(
-        cache,
-        STAGE_IMAGE,
-        STAGE_HASH,
-        key,
-        &image.path,
-        Some(&digest),
-        &verity,
-    )?;
-    Ok(RootVolume {
-        image: RootImage {
-            path,
-            size: image.size,
-        },
-        verity,
-        cached: false,
-    })
+/// How the root (and the apps volume over it) is packed by the volume
+/// stage: [`ROOT_OPTIONS`], and `pseudo`, a file of mksquashfs pseudo
+/// definitions (the apps volume's whiteouts, `pipeline::layers`).
+pub fn root_pack<'a>(tree: &'a Path, pseudo: Option<&'a Path>) -> Pack<'a> {
+    let mut options: Vec<OsString> = ROOT_OPTIONS.iter().map(OsString::from).collect();
+    if let Some(p) = pseudo {
+        options.push("-pf".into());
+        options.push(p.into());
+    }
+    Pack {
+        label: "squashfs",
+        tree,
+        options,
+        tail: Vec::new(),
+        env: None,
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::host::digest::Sha256;
 use crate::pipeline::verity::VerityTree;
+use crate::pipeline::volume as volume_stage;
 use crate::recipe::workloads::{Compression, Model};
 
 /// Where a folder model is mounted: the folder services already bind.
@@ -164,10 +165,8 @@ pub fn make_model_volumes(plan: &crate::inputs::plan::Plan, work: &Path) -> Resu
         .collect()
 }
 
-const STAGE_IMAGE: &str = "model-volume";
-const STAGE_HASH: &str = "model-verity";
-
-/// One model's volume in `work/volume-NAME/`.
+/// One model's volume, made in `work/volume-NAME/` by the volume stage
+/// (or taken from the stage cache, with the stage cache on).
 pub fn make_model_volume(
     m: &Model,
     cache: &crate::inputs::cache::Cache,
@@ -176,34 +175,33 @@ pub fn make_model_volume(
     work: &Path,
 ) -> Result<Volume> {
     let key = cache_key(m, epoch);
-    let mount = format!("/{}", mount_point(m));
-    let file = !m.path.is_dir();
     // A file model's pin is checked here, not at resolve time: a volume
     // made now checks it while packing (the one read of the file); a
     // cached one is checked while the cache checks its image.
-    let cached = if file && volume_stored(cache, stage_cache, STAGE_IMAGE, &key) {
-        std::thread::scope(|s| {
-            let pin = s.spawn(|| check_file_pin(m));
-            let v = cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key);
-            pin.join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-                .map(|()| v)
-        })?
-    } else {
-        cached_volume(cache, stage_cache, STAGE_IMAGE, STAGE_HASH, &key)
-    };
-    if let Some(v) = cached {
-        return Ok(Volume {
-            name: m.name.clone(),
-            kind: Kind::Model,
-            image: v.0,
-            verity: v.1,
-            compression: m.compression,
-            model_sha256: m.sha256,
-            mount,
-            cached: true,
-        });
-    }
+    let pin = || check_file_pin(m);
+    let file = !m.path.is_dir();
+    let built = volume_stage::cached(
+        cache,
+        &volume_stage::MODEL,
+        stage_cache.then_some(&key),
+        if file { Some(&pin) } else { None },
+        || pack_model(m, &key, epoch, work),
+    )?;
+    Ok(Volume {
+        name: m.name.clone(),
+        kind: Kind::Model,
+        image: built.image,
+        verity: built.verity,
+        compression: m.compression,
+        model_sha256: m.sha256,
+        mount: format!("/{}", mount_point(m)),
+        cached: built.cached,
+    })
+}
+
+/// Packs a model into its squashfs image (checked against the pin as it
+/// is packed) and makes the image's hash tree, seeded by the key.
+fn pack_model(m: &Model, key: &Sha256, epoch: u64, work: &Path) -> Result<volume_stage::Made> {
     let dir = work.join(format!("volume-{}", m.name));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -212,9 +210,10 @@ pub fn make_model_volume(
     std::fs::create_dir_all(&tree)?;
     let label = format!("model {}", m.name);
     let image = dir.join(format!("{}.squashfs", m.name));
-    let sh = crate::host::runner::shell()?;
-    let e = epoch.to_string();
-    let opts = squashfs_options(m.compression);
+    // `-noappend OPTIONS -all-root -no-xattrs`, as the key says.
+    let mut options: Vec<std::ffi::OsString> = vec!["-noappend".into()];
+    options.extend(squashfs_options(m.compression).iter().map(Into::into));
+    options.extend(["-all-root".into(), "-no-xattrs".into()]);
     let t = Instant::now();
     // The image goes to the disk through a few pages of the page cache,
     // not GBs of fresh memory (`host::direct::DropBehind`), while
@@ -233,13 +232,14 @@ pub fn make_model_volume(
             );
         }
         step(&label, "staged and checked against its pin", t);
-        crate::host::runner::run(
-            "model volume",
-            xshell::cmd!(
-                sh,
-                "mksquashfs {tree} {image} -noappend {opts...} -all-root -no-xattrs -all-time {e} -mkfs-time {e} -no-progress -quiet"
-            ),
-        )?;
+        let pack = volume_stage::Pack {
+            label: "model volume",
+            tree: &tree,
+            options,
+            tail: Vec::new(),
+            env: None,
+        };
+        volume_stage::squashfs(&pack, &image, epoch)?;
     } else {
         // A file is not copied: mksquashfs reads it through a pseudo file
         // definition whose command is constant (`cat` of a fifo in this
@@ -270,14 +270,14 @@ pub fn make_model_volume(
         );
         let (packed, fed) = std::thread::scope(|s| {
             let feeder = s.spawn(|| feed_fifo(src, &fifo, bar));
-            let packed = crate::host::runner::run(
-                "model volume",
-                xshell::cmd!(
-                    sh,
-                    "mksquashfs {tree} {image} -noappend {opts...} -all-root -no-xattrs -all-time {e} -mkfs-time {e} -no-progress -quiet -p {pseudo}"
-                )
-                .env("CAIRN_FEED", &fifo),
-            );
+            let pack = volume_stage::Pack {
+                label: "model volume",
+                tree: &tree,
+                options,
+                tail: vec!["-p".into(), pseudo.into()],
+                env: Some(("CAIRN_FEED", &fifo)),
+            };
+            let packed = volume_stage::squashfs(&pack, &image, epoch);
             // A feeder still waiting for the fifo's reader (mksquashfs
             // failed before it ran `cat`) is let through; its writes then
             // fail, and mksquashfs's error is the one reported.
@@ -308,27 +308,13 @@ pub fn make_model_volume(
     // root hash (checked again when read back), so no other pass over it
     // is made.
     let t = Instant::now();
-    let verity = crate::pipeline::verity::make_verity_of(
+    let made = volume_stage::hash_tree(
         &image,
-        &key,
+        volume_stage::Seed::Key(key),
         &dir.join(format!("{}.verity", m.name)),
     )?;
     step(&label, "dm-verity hash tree written", t);
-    let image = if stage_cache {
-        store_volume(cache, STAGE_IMAGE, STAGE_HASH, &key, &image, None, &verity)?
-    } else {
-        image
-    };
-    Ok(Volume {
-        name: m.name.clone(),
-        kind: Kind::Model,
-        image,
-        verity,
-        compression: m.compression,
-        model_sha256: m.sha256,
-        mount,
-        cached: false,
-    })
+    Ok(made)
 }
 
 /// Checks a file model against its pin (bad input when it differs).
@@ -348,129 +334,6 @@ fn step(label: &str, what: &str, since: Instant) {
         "        {label}: {what} in {:.1}s",
         since.elapsed().as_secs_f64()
     ));
-}
-
-/// The hash tree's parameters, as the stage cache keeps them.
-fn verity_line(v: &VerityTree) -> String {
-    format!(
-        "{} {} {} {} {}",
-        v.root_hash, v.salt, v.uuid, v.data_size, v.hash_size
-    )
-}
-
-/// Stores a new volume in the stage cache under `key`: the image is moved
-/// in, not copied, and the media read it from there (the returned path);
-/// the hash tree is stored with its parameters ([`verity_line`]).
-/// [`cached_volume`] takes them back. With the image's sha256 (`digest`)
-/// the image is a blob checked by it; without, it is checked by the
-/// tree's root hash (`stagecache::store_volume_image`), for volumes of GBs
-/// whose sha256 the build does not otherwise need.
-pub fn store_volume(
-    cache: &crate::inputs::cache::Cache,
-    stage_image: &str,
-    stage_hash: &str,
-    key: &Sha256,
-    image: &Path,
-    digest: Option<&Sha256>,
-    verity: &VerityTree,
-) -> Result<PathBuf> {
-    use crate::inputs::stagecache;
-    let image = match digest {
-        Some(d) => stagecache::store_moved(cache, stage_image, key, image, d, "")?,
-        None => stagecache::store_volume_image(cache, stage_image, key, image)?,
-    };
-    stagecache::store(
-        cache,
-        stage_hash,
-        key,
-        &verity.hash_path,
-        &verity_line(verity),
-    )?;
-    Ok(image)
-}
-
-/// Whether a volume is stored for `key` (its image not yet checked).
-pub fn volume_stored(
-    cache: &crate::inputs::cache::Cache,
-    enabled: bool,
-    stage_image: &str,
-    key: &Sha256,
-) -> bool {
-    use crate::inputs::stagecache;
-    stagecache::indexed(cache, enabled, stage_image, key)
-        || (enabled && stagecache::volume_image_path(cache, stage_image, key).is_file())
-}
-
-/// The cached image and hash tree for `key` (stored under the stages
-/// `stage_image` and `stage_hash`, the tree's parameters in
-/// [`verity_line`]), used in place, when both are there and agree. The
-/// tree is a blob checked by its sha256; the image is a blob checked the
-/// same way, or (stored without a digest) checked by recomputing its root
-/// hash, on every core. An image that fails its check is removed, with a
-/// warning, and the volume is made again.
-pub fn cached_volume(
-    cache: &crate::inputs::cache::Cache,
-    enabled: bool,
-    stage_image: &str,
-    stage_hash: &str,
-    key: &Sha256,
-) -> Option<(PathBuf, VerityTree)> {
-    use crate::inputs::stagecache;
-    let (hash, line) = stagecache::lookup(cache, enabled, stage_hash, key)?;
-    let w: Vec<&str> = line.split_whitespace().collect();
-    let [root, salt, uuid, data, hsize] = w[..] else {
-        return None;
-    };
-    let v = VerityTree {
-        hash_path: hash,
-        root_hash: Sha256::from_hex(root).ok()?,
-        salt: salt.to_string(),
-        uuid: uuid.to_string(),
-        data_block_size: crate::pipeline::verity::BLOCK_SIZE,
-        hash_block_size: crate::pipeline::verity::BLOCK_SIZE,
-        hash_algorithm: "sha256",
-        data_size: data.parse().ok()?,
-        hash_size: hsize.parse().ok()?,
-    };
-    if std::fs::metadata(&v.hash_path).ok()?.len() != v.hash_size {
-        return None;
-    }
-    if let Some((image, _)) = stagecache::lookup(cache, enabled, stage_image, key) {
-        let size = std::fs::metadata(&image).ok()?.len();
-        return (size == v.data_size).then_some((image, v));
-    }
-    let image = stagecache::volume_image_path(cache, stage_image, key);
-    let size = std::fs::metadata(&image).ok()?.len();
-    let salt = hex::decode(&v.salt).ok()?;
-    let blocks = v.data_size / u64::from(crate::pipeline::verity::BLOCK_SIZE);
-    let checked = (|| -> std::io::Result<bool> {
-        if size != v.data_size
-            || !crate::host::verity::tree_leads_to(&v.hash_path, &salt, blocks, &v.root_hash)?
-        {
-            return Ok(false);
-        }
-        let root = crate::host::verity::root_of(&image, &salt, crate::host::parallel::cores())?;
-        Ok(root == v.root_hash)
-    })();
-    match checked {
-        Ok(true) => Some((image, v)),
-        Ok(false) => {
-            eprintln!(
-                "warning: stage cache: volume image {} does not match its hash tree (root hash {}); removed, the volume is made again",
-                image.display(),
-                v.root_hash
-            );
-            std::fs::remove_file(&image).ok();
-            None
-        }
-        Err(e) => {
-            eprintln!(
-                "warning: stage cache: cannot check {}: {e}",
-                image.display()
-            );
-            None
-        }
-    }
 }
 
 /// Copies a model folder into `tree`: folders 0755, files 0444 (0555 when
@@ -690,7 +553,7 @@ mod tests {
         let (_, m) = file_model(d.path(), "");
         let a = make_model_volume(&m, &cache, true, 7, &d.path().join("wa")).unwrap();
         let key = cache_key(&m, 7);
-        let stored = crate::inputs::stagecache::volume_image_path(&cache, STAGE_IMAGE, &key);
+        let stored = volume_stage::stored_image_path(&cache, &volume_stage::MODEL, &key);
         assert_eq!(
             a.image, stored,
             "the image lives in the cache's volumes folder"
@@ -698,12 +561,12 @@ mod tests {
         assert!(!crate::inputs::stagecache::indexed(
             &cache,
             true,
-            STAGE_IMAGE,
+            volume_stage::MODEL.image,
             &key
         ));
         let bytes = std::fs::read(&stored).unwrap();
         // Control: untouched, it is used in place.
-        let (p, v) = cached_volume(&cache, true, STAGE_IMAGE, STAGE_HASH, &key).unwrap();
+        let (p, v) = volume_stage::lookup(&cache, &volume_stage::MODEL, &key).unwrap();
         assert_eq!(
             (p.as_path(), v.root_hash),
             (stored.as_path(), a.verity.root_hash)
@@ -715,14 +578,15 @@ mod tests {
         std::fs::set_permissions(&stored, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .unwrap();
         std::fs::write(&stored, &bad).unwrap();
-        assert!(cached_volume(&cache, true, STAGE_IMAGE, STAGE_HASH, &key).is_none());
+        assert!(volume_stage::lookup(&cache, &volume_stage::MODEL, &key).is_none());
         assert!(!stored.exists(), "a bad image is removed");
         let b = make_model_volume(&m, &cache, true, 7, &d.path().join("wb")).unwrap();
         assert!(!b.cached);
         assert_eq!(std::fs::read(&b.image).unwrap(), bytes);
         assert_eq!(b.verity.root_hash, a.verity.root_hash);
         // The stage cache off: nothing is looked up.
-        assert!(cached_volume(&cache, false, STAGE_IMAGE, STAGE_HASH, &key).is_none());
+        let c = make_model_volume(&m, &cache, false, 7, &d.path().join("wc")).unwrap();
+        assert!(!c.cached);
     }
 
     #[test]

@@ -194,19 +194,25 @@ pub fn check(
     let uki_path = esp::uki_path(shim.is_some());
     let dir = tempfile::tempdir().map_err(|e| format!("secure boot: temporary folder: {e}"))?;
     for name in media {
-        let want_pcr = match extension(name).as_str() {
-            "raw" => boot.pcr11_sha256,
-            "iso" => boot.iso_pcr11_sha256,
+        use crate::media::Esp;
+        let esp = match crate::media::Format::of_file(name) {
+            Some(f) if f.is_file(name) => f.esp,
             _ => continue,
+        };
+        let want_pcr = match esp {
+            Esp::Partition => boot.pcr11_sha256,
+            Esp::IsoImage => boot.iso_pcr11_sha256,
+            // Checked in the raw disk it holds byte for byte.
+            Esp::OfRaw => continue,
         };
         // A manifest from before trusted boot claims nothing to check.
         if want_pcr.is_none() && cert.is_none() {
             continue;
         }
-        let (image, offset) = match extension(name).as_str() {
-            "raw" => raw_esp(folder, name, manifest)?,
-            "iso" => (iso_esp(folder, name, dir.path())?, 0),
-            _ => continue,
+        let (image, offset) = match esp {
+            Esp::Partition => raw_esp(folder, name, manifest)?,
+            Esp::IsoImage => (iso_esp(folder, name, dir.path())?, 0),
+            Esp::OfRaw => continue,
         };
         if let Some(s) = shim {
             checks.push(check_shim_files(&image, offset, name, s, dir.path())?);
@@ -342,12 +348,6 @@ fn one_line(e: &anyhow::Error) -> String {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-fn extension(name: &str) -> String {
-    name.rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default()
 }
 
 /// The last part of an ESP path (`BOOTX64.EFI`, `grubx64.efi`), for messages.

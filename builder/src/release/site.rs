@@ -374,7 +374,7 @@ pub fn apply(image: &Path, site: &Path, out: &Path, trust: ReleaseTrust) -> Resu
         ))
         .into());
     }
-    let qcow2 = image.extension().and_then(|e| e.to_str()) == Some("qcow2");
+    let qcow2 = crate::media::Format::of_path(image) == Some(&crate::media::QCOW2);
     if qcow2 {
         // Before qemu-img opens it: a backing or data file would put a
         // host file into the copy.
@@ -389,7 +389,7 @@ pub fn apply(image: &Path, site: &Path, out: &Path, trust: ReleaseTrust) -> Resu
         .prefix(".cairn-site-")
         .tempdir_in(&parent)
         .with_context(|| format!("site: temporary folder in {}", parent.display()))?;
-    let raw = tmp.path().join("medium.raw");
+    let raw = tmp.path().join(crate::media::RAW.file("medium"));
     let sh = crate::host::runner::shell()?;
     if qcow2 {
         // Opened as qcow2 with the backing chain cut: a second guard.
@@ -409,7 +409,7 @@ pub fn apply(image: &Path, site: &Path, out: &Path, trust: ReleaseTrust) -> Resu
         // The same options as the build's qcow2 (zstd clusters, holes);
         // every cluster is tried for compression (the same disk content;
         // model clusters that do not compress are stored as they are).
-        let q = tmp.path().join("medium.qcow2");
+        let q = tmp.path().join(crate::media::QCOW2.file("medium"));
         crate::media::qcow2::write_qcow2(&raw, &q, &[]).context("site: qcow2")?;
         q
     } else {

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use cairn::host::cpio::{Archive, Entry};
 use cairn::host::runner;
 use cairn::vm::phases;
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 
 /// The line the bare init prints; the bare boot's total ends there.
 const BARE_LINE: &str = "cairn-bare: init up";
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     let Some(image) = image else {
         return usage("no image given");
     };
-    if ImageFormat::from_path(&image) != Some(ImageFormat::Raw) || !image.is_file() {
+    if cairn::media::Format::of_path(&image) != Some(&cairn::media::RAW) || !image.is_file() {
         return usage(&format!(
             "{}: not a raw image file (build one with `make image`)",
             image.display()
@@ -74,7 +74,7 @@ fn run(image: &Path, logs: &Path) -> Result<()> {
 
     // 1. The image, to cairn: ready.
     let log = logs.join("boot-phases.serial.log");
-    let mut spec = BootSpec::new(image, ImageFormat::Raw, Firmware::Uefi, &log);
+    let mut spec = BootSpec::new(image, cairn::media::RAW.qemu, Firmware::Uefi, &log);
     spec.network = true;
     println!(
         "bench: booting {} once ({accel} accel, {} MiB, {} vCPU; serial log {})",
@@ -100,7 +100,7 @@ fn run(image: &Path, logs: &Path) -> Result<()> {
     let disk = work.path().join("empty.raw");
     std::fs::write(&disk, vec![0u8; 1 << 20]).context("writing an empty disk")?;
     let bare_log = logs.join("boot-phases-bare.serial.log");
-    let mut bare = BootSpec::new(&disk, ImageFormat::Raw, Firmware::Uefi, &bare_log);
+    let mut bare = BootSpec::new(&disk, cairn::media::RAW.qemu, Firmware::Uefi, &bare_log);
     bare.memory_mib = spec.memory_mib;
     bare.cpus = spec.cpus;
     bare.network = spec.network;

@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 const GUEST_FWD_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
@@ -28,7 +28,12 @@ fn boot_networked(name: &str, log: &str) -> Net {
     let b = built(name);
     let listener = Listener::start();
     let (port_9000, port_9001) = (free_port(), free_port());
-    let mut spec = BootSpec::new(&b.raw, ImageFormat::Raw, Firmware::Uefi, log_path(log));
+    let mut spec = BootSpec::new(
+        &b.raw,
+        cairn::media::RAW.qemu,
+        Firmware::Uefi,
+        log_path(log),
+    );
     spec.debug_console = true;
     spec.network = true;
     spec.guestfwds = vec![(GUEST_FWD_IP, 8080, listener.addr)];

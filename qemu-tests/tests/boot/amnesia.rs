@@ -7,11 +7,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 fn boot_writable(image: &Path, log: &str) -> Vm {
-    let mut spec = BootSpec::new(image, ImageFormat::Raw, Firmware::Uefi, log_path(log));
+    let mut spec = BootSpec::new(image, cairn::media::RAW.qemu, Firmware::Uefi, log_path(log));
     spec.debug_console = true;
     spec.snapshot = false; // writes must reach the image file we scan
     let mut vm = Vm::start(&spec).expect("start qemu");

@@ -25,7 +25,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn::vm::qemu::{BootSpec, DiskBus, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, DiskBus, Firmware, Vm};
 use qemu_tests::*;
 use sha2::Digest as _;
 
@@ -323,7 +323,7 @@ fn big_model_over_4_gib_builds_all_media_verifies_and_reads_through_verity_from_
     let t = Instant::now();
     let mut spec = BootSpec::new(
         &iso,
-        ImageFormat::Iso,
+        cairn::media::ISO.qemu,
         Firmware::Uefi,
         log_path("big-model-iso"),
     );
@@ -431,7 +431,7 @@ fn big_model_over_4_gib_builds_all_media_verifies_and_reads_through_verity_from_
 
     let mut spec = BootSpec::new(
         &copy,
-        ImageFormat::Qcow2,
+        cairn::media::QCOW2.qemu,
         Firmware::Uefi,
         log_path("big-model-iso-flipped"),
     );

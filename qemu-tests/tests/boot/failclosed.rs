@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use cairn::media::disk::LABEL_ROOT;
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 const RULESET: &str = "usr/lib/cairn/firewall.nft";
@@ -26,14 +26,14 @@ fn an_image_without_its_ruleset_never_announces_ready_and_says_why() {
     });
     let mut bad_vm = Vm::start(&BootSpec::new(
         &bad,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("failclosed-no-ruleset"),
     ))
     .expect("start qemu");
     let mut good_vm = Vm::start(&BootSpec::new(
         &good,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("failclosed-rebuilt"),
     ))
@@ -72,7 +72,7 @@ fn a_corrupted_block_read_after_boot_halts_the_node() {
     let img = copy_image(&b.raw, tmp.path(), "late-corruption.raw");
     let mut spec = BootSpec::new(
         &img,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("failclosed-late"),
     );

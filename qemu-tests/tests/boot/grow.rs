@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn::host::digest::Sha256;
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 const DISK: u64 = 2 << 30;
@@ -54,7 +54,7 @@ fn boot_on_bigger_disk(raw: &Path, dir: &Path, log: &str) -> (std::path::PathBuf
         .open(&img)
         .and_then(|f| f.set_len(DISK))
         .expect("extend the disk");
-    let mut spec = BootSpec::new(&img, ImageFormat::Raw, Firmware::Uefi, log_path(log));
+    let mut spec = BootSpec::new(&img, cairn::media::RAW.qemu, Firmware::Uefi, log_path(log));
     spec.debug_console = true;
     spec.snapshot = false; // the table is judged on the host afterwards
     let mut vm = Vm::start(&spec).expect("start qemu");

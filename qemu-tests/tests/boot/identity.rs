@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cairn::host::digest::Sha256;
 use cairn::media::disk::{LABEL_ROOT, LABEL_STATE, LABEL_VERITY};
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 fn dissect(img: &Path, hash: &str) -> (bool, String) {
@@ -128,7 +128,7 @@ fn another_cairn_disk_is_left_byte_for_byte_unchanged() {
 
     let mut spec = BootSpec::new(
         &our_img,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("identity-two-disks"),
     );

@@ -17,7 +17,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 /// 1 GiB and a bit, so the end is not on a block boundary.
@@ -121,7 +121,7 @@ fn with_site_file(raw: &Path, dir: &Path) -> std::path::PathBuf {
 }
 
 fn boot(img: &Path, log: &str) -> Seen {
-    let mut spec = BootSpec::new(img, ImageFormat::Raw, Firmware::Uefi, log_path(log));
+    let mut spec = BootSpec::new(img, cairn::media::RAW.qemu, Firmware::Uefi, log_path(log));
     spec.debug_console = true;
     spec.network = true;
     let start = Instant::now();

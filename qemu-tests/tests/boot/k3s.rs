@@ -30,7 +30,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn::host::digest::Sha256;
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 const RECIPE: &str = "recipes/k3s-airgap.toml";
@@ -146,7 +146,12 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
 
     let listener = Listener::start();
     let node_port = free_port();
-    let mut spec = BootSpec::new(&b.raw, ImageFormat::Raw, Firmware::Uefi, log_path("k3s"));
+    let mut spec = BootSpec::new(
+        &b.raw,
+        cairn::media::RAW.qemu,
+        Firmware::Uefi,
+        log_path("k3s"),
+    );
     spec.debug_console = true;
     spec.memory_mib = 4096;
     spec.cpus = 2;

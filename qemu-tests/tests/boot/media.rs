@@ -2,7 +2,8 @@
 //! site file: the recipe's defaults) and, written by `cairn flash
 //! --to-file --site`, as a USB stick that applies its site file (read from
 //! the ISO's EFI image); the qcow2 boots under OVMF; a flipped byte in the
-//! ISO's root file stops the boot at dm-verity.
+//! ISO's root file stops the boot at dm-verity; the fixed VHD boots
+//! under OVMF.
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +34,7 @@ fn iso_as_cdrom_reaches_ready_under_seabios_and_ovmf() {
         (Firmware::Bios, "iso-seabios-cd"),
         (Firmware::Uefi, "iso-ovmf-cd"),
     ] {
-        let mut vm = boot_to_ready(&iso, ImageFormat::Iso, fw, DiskBus::Cdrom, log);
+        let mut vm = boot_to_ready(&iso, cairn::media::ISO.qemu, fw, DiskBus::Cdrom, log);
         let serial = vm.serial_text();
         assert!(
             serial.contains("cairn: found ISO medium"),
@@ -56,7 +57,7 @@ fn qcow2_reaches_ready_under_ovmf() {
     let q = media("qcow2");
     let mut vm = boot_to_ready(
         &q,
-        ImageFormat::Qcow2,
+        cairn::media::QCOW2.qemu,
         Firmware::Uefi,
         DiskBus::Virtio,
         "qcow2-ovmf",
@@ -116,7 +117,7 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
     assert!(report.site.is_some(), "{report}");
     let mut vm = boot_to_ready(
         &stick,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         DiskBus::UsbStorage,
         "iso-usb-stick",
@@ -148,7 +149,7 @@ fn one_flipped_byte_in_the_iso_root_file_stops_the_boot() {
     flip_byte(&bad, root.offset + 1000);
     let spec = BootSpec::new(
         &bad,
-        ImageFormat::Iso,
+        cairn::media::ISO.qemu,
         Firmware::Uefi,
         log_path("iso-flipped"),
     );
@@ -160,4 +161,22 @@ fn one_flipped_byte_in_the_iso_root_file_stops_the_boot() {
         .expect("a verdict on the console");
     assert_eq!(i, 1, "the tampered ISO reached ready: {line}");
     assert!(line.contains("verity"), "{line}");
+}
+
+/// The VHD row: the raw disk's fixed VHD (as `--format vhd` writes it)
+/// boots under OVMF, opened as the row says (QEMU's vpc driver).
+#[test]
+fn vhd_reaches_ready_under_ovmf() {
+    let b = built("tiny");
+    let d = tempfile::tempdir().expect("temporary folder");
+    let vhd = d.path().join(cairn::media::VHD.file("tiny"));
+    cairn::media::vhd::write_vhd(&b.raw, &vhd, "tiny", 1).expect("write the VHD");
+    let mut vm = boot_to_ready(
+        &vhd,
+        cairn::media::VHD.qemu,
+        Firmware::Uefi,
+        DiskBus::Virtio,
+        "vhd-ovmf",
+    );
+    crate::boot::raw::assert_read_only_root(&mut vm);
 }

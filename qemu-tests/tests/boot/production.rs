@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 #[test]
@@ -20,14 +20,14 @@ fn a_production_console_shows_no_login_prompt() {
 
     let mut p = Vm::start(&BootSpec::new(
         &prod.raw,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("production"),
     ))
     .expect("start qemu");
     let mut d = Vm::start(&BootSpec::new(
         &debug.raw,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("production-control"),
     ))

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 /// Checks that / and /usr refuse writes and that writable state does work.
@@ -76,7 +76,7 @@ fn raw_image_reaches_ready_with_a_read_only_root() {
     let b = built("tiny");
     let mut spec = BootSpec::new(
         &b.raw,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("raw-ovmf"),
     );
@@ -170,7 +170,7 @@ fn one_flipped_byte_in_the_root_partition_stops_the_boot() {
     );
     let spec = BootSpec::new(
         &bad,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("raw-flipped"),
     );
@@ -199,7 +199,7 @@ fn one_flipped_byte_in_the_apps_volume_stops_the_boot_naming_it() {
     flip_byte(&bad, offset + 1000);
     let spec = BootSpec::new(
         &bad,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("raw-flipped-apps"),
     );

@@ -171,7 +171,7 @@ fn assert_clean_tpm_boot(vm: &mut Vm, log: &str) {
 /// Boots `image` under Secure Boot and returns the firmware's refusal.
 fn refused(image: &Path, log: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = BootSpec::new(image, ImageFormat::Raw, Firmware::Bios, log_path(log));
+    let mut spec = BootSpec::new(image, cairn::media::RAW.qemu, Firmware::Bios, log_path(log));
     spec.extra_args = trusted::secure_boot_args(dir.path()).expect("firmware");
     let mut vm = Vm::start(&spec).expect("start qemu");
     let patterns: Vec<&str> = REFUSALS.iter().chain(KERNEL_RAN.iter()).copied().collect();
@@ -195,8 +195,13 @@ fn secure_boot_runs_the_signed_raw_uki_and_pcr11_is_the_manifests() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let key = snakeoil(tmp.path());
     let raw = signed_raw(b, &key, tmp.path(), "signed.raw", |_| {});
-    let (pcr, serial) =
-        boot_and_read_pcr11(&raw, ImageFormat::Raw, DiskBus::Virtio, true, "sb-raw");
+    let (pcr, serial) = boot_and_read_pcr11(
+        &raw,
+        cairn::media::RAW.qemu,
+        DiskBus::Virtio,
+        true,
+        "sb-raw",
+    );
     assert!(
         serial.contains("secureboot: Secure boot enabled"),
         "the kernel did not see Secure Boot on: {serial}"
@@ -255,7 +260,13 @@ fn secure_boot_runs_the_signed_iso_uki_and_its_pcr11_is_the_manifests() {
         .expect("the ISO has its EFI image");
     assert!(efi.contiguous);
     resign(&iso, efi.offset, &key, tmp.path(), |_| {});
-    let (pcr, _) = boot_and_read_pcr11(&iso, ImageFormat::Iso, DiskBus::Cdrom, true, "sb-iso-cd");
+    let (pcr, _) = boot_and_read_pcr11(
+        &iso,
+        cairn::media::ISO.qemu,
+        DiskBus::Cdrom,
+        true,
+        "sb-iso-cd",
+    );
     assert_eq!(Some(pcr), m.boot.iso_pcr11_sha256);
     assert_ne!(m.boot.iso_pcr11_sha256, m.boot.pcr11_sha256);
     // The same ISO written to a USB stick (the hybrid image byte for byte,
@@ -263,7 +274,7 @@ fn secure_boot_runs_the_signed_iso_uki_and_its_pcr11_is_the_manifests() {
     // image through the ISO's GPT and checks its signature just the same.
     let (pcr, serial) = boot_and_read_pcr11(
         &iso,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         DiskBus::UsbStorage,
         true,
         "sb-iso-usb",
@@ -293,7 +304,7 @@ fn one_changed_cmdline_word_predicts_and_reads_another_pcr11() {
     // Secure Boot off here: the prediction does not depend on it.
     let (pcr, _) = boot_and_read_pcr11(
         &b.raw,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         DiskBus::Virtio,
         false,
         "tpm-plain",
@@ -375,7 +386,12 @@ fn under_secure_boot_a_boot_entrys_command_line_is_ignored() {
     // Secure Boot on: the stub keeps the signed command line, the node
     // reaches ready, and it was systemd-boot's entry that started it.
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = BootSpec::new(&raw, ImageFormat::Raw, Firmware::Bios, log_path("sb-entry"));
+    let mut spec = BootSpec::new(
+        &raw,
+        cairn::media::RAW.qemu,
+        Firmware::Bios,
+        log_path("sb-entry"),
+    );
     spec.debug_console = true;
     spec.extra_args = trusted::secure_boot_args(dir.path()).expect("firmware");
     let mut vm = Vm::start(&spec).expect("start qemu");
@@ -412,7 +428,7 @@ fn under_secure_boot_a_boot_entrys_command_line_is_ignored() {
     // the command line, and the shell runs instead of cairn's init.
     let mut spec = BootSpec::new(
         &raw,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("entry-nosb"),
     );

@@ -116,7 +116,7 @@ fn shim_boots_the_uki_signed_by_an_enrolled_mok_and_refuses_it_without() {
     // signer in neither db, MokList nor its own vendor certificate.
     let (mut vm, _d) = start(
         &raw,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         DiskBus::Virtio,
         false,
         "shim-no-mok",
@@ -141,7 +141,13 @@ fn shim_boots_the_uki_signed_by_an_enrolled_mok_and_refuses_it_without() {
     drop(vm);
 
     // The certificate enrolled as a MOK: shim starts the UKI, to ready.
-    let (mut vm, _d) = start(&raw, ImageFormat::Raw, DiskBus::Virtio, true, "shim-mok");
+    let (mut vm, _d) = start(
+        &raw,
+        cairn::media::RAW.qemu,
+        DiskBus::Virtio,
+        true,
+        "shim-mok",
+    );
     assert_ready_through_shim(&mut vm, "shim-mok");
 }
 
@@ -149,7 +155,13 @@ fn shim_boots_the_uki_signed_by_an_enrolled_mok_and_refuses_it_without() {
 fn shim_boots_the_iso_as_a_cd_with_the_mok_enrolled() {
     let sb = built_secure_boot("tiny-shim");
     let iso = sb.built.raw.with_extension("iso");
-    let (mut vm, _d) = start(&iso, ImageFormat::Iso, DiskBus::Cdrom, true, "shim-iso-cd");
+    let (mut vm, _d) = start(
+        &iso,
+        cairn::media::ISO.qemu,
+        DiskBus::Cdrom,
+        true,
+        "shim-iso-cd",
+    );
     assert_ready_through_shim(&mut vm, "shim-iso-cd");
     assert!(vm.serial_text().contains("cairn: found ISO medium"));
 }
@@ -304,7 +316,7 @@ fn shim_mode_cannot_stop_debians_signed_grub_and_kernel_but_own_key_mode_does() 
     let own = tempfile::tempdir().expect("tempdir");
     let mut spec = BootSpec::new(
         &disk,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Bios,
         log_path("attack-own-key"),
     );
@@ -323,7 +335,7 @@ fn shim_mode_cannot_stop_debians_signed_grub_and_kernel_but_own_key_mode_does() 
     let stock = tempfile::tempdir().expect("tempdir");
     let mut spec = BootSpec::new(
         &disk,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Bios,
         log_path("attack-shim"),
     );

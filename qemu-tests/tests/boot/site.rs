@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn::release::site::{self, SignedSite};
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -30,7 +30,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Boots `img` with the debug console; returns the VM once ready.
 fn boot_to_ready(img: &Path, log: &str) -> Vm {
-    let mut spec = BootSpec::new(img, ImageFormat::Raw, Firmware::Uefi, log_path(log));
+    let mut spec = BootSpec::new(img, cairn::media::RAW.qemu, Firmware::Uefi, log_path(log));
     spec.debug_console = true;
     spec.network = true;
     let mut vm = Vm::start(&spec).expect("start qemu");
@@ -80,7 +80,7 @@ fn service_says(vm: &mut Vm, log: &str) -> String {
 
 /// Boots `img` and expects the initramfs to halt on the site file.
 fn assert_halts_on_site(img: &Path, log: &str, why: &str) {
-    let spec = BootSpec::new(img, ImageFormat::Raw, Firmware::Uefi, log_path(log));
+    let spec = BootSpec::new(img, cairn::media::RAW.qemu, Firmware::Uefi, log_path(log));
     let mut vm = Vm::start(&spec).expect("start qemu");
     let (i, line) = vm
         .wait_for_any(&["cairn: ready", "cairn: FATAL"], boot_timeout())
@@ -271,7 +271,7 @@ fn two_iso_media_halt_the_boot() {
 
     let mut spec = BootSpec::new(
         &iso,
-        ImageFormat::Iso,
+        cairn::media::ISO.qemu,
         Firmware::Uefi,
         log_path("iso-two-media"),
     );
@@ -299,7 +299,7 @@ fn two_iso_media_halt_the_boot() {
     // Control: the CD alone is found.
     let mut spec = BootSpec::new(
         &iso,
-        ImageFormat::Iso,
+        cairn::media::ISO.qemu,
         Firmware::Uefi,
         log_path("iso-one-medium"),
     );

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use cairn::vm::qemu::{BootSpec, DiskBus, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, DiskBus, Firmware, Vm};
 use qemu_tests::*;
 
 const MODEL: &str = "tiny-weights";
@@ -90,8 +90,13 @@ fn the_model_is_read_through_its_own_verity_volume_on_raw_and_iso() {
         .contains(&format!("cairn.volume.{MODEL}={}", v.root_hash)));
     let iso = b.raw.with_extension("iso");
     for (image, format, bus, log) in [
-        (&b.raw, ImageFormat::Raw, DiskBus::Virtio, "volume-raw"),
-        (&iso, ImageFormat::Iso, DiskBus::Cdrom, "volume-iso"),
+        (
+            &b.raw,
+            cairn::media::RAW.qemu,
+            DiskBus::Virtio,
+            "volume-raw",
+        ),
+        (&iso, cairn::media::ISO.qemu, DiskBus::Cdrom, "volume-iso"),
     ] {
         let mut spec = BootSpec::new(image, format, Firmware::Uefi, log_path(log));
         spec.bus = bus;
@@ -117,7 +122,7 @@ fn one_flipped_byte_in_the_model_volume_stops_the_boot_naming_it() {
     flip_byte(&bad, offset + 1000);
     let spec = BootSpec::new(
         &bad,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("volume-flipped"),
     );
@@ -150,7 +155,7 @@ fn a_model_block_corrupted_after_boot_halts_the_node_naming_the_volume() {
     let img = copy_image(&b.raw, tmp.path(), "late-model.raw");
     let mut spec = BootSpec::new(
         &img,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("volume-late"),
     );

@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 fn get(port: u16, path: &str) -> String {
@@ -30,7 +30,7 @@ fn field_ai_serves_predictions_from_its_pinned_image_and_never_reaches_out() {
     let port = free_port();
     let mut spec = BootSpec::new(
         &b.raw,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("field-ai"),
     );
@@ -116,7 +116,7 @@ fn a_service_that_never_gets_ready_is_named_and_the_node_never_says_ready() {
     let b = built("tiny-unready");
     let spec = BootSpec::new(
         &b.raw,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("tiny-unready"),
     );

@@ -293,7 +293,8 @@ fn verify_release(image: &Path, pubkey: &Path) -> Result<Verified, FlashError> {
     // symlink or blocking, so it is the file verify looks at.
     let src = untrusted::open(image, Links::Refuse).map_err(|e| {
         bad(format!(
-            "refusing: {e}; give the .raw or .iso medium to write"
+            "refusing: {e}; give the {} medium to write",
+            crate::media::extensions(|f| f.esp != crate::media::Esp::OfRaw)
         ))
     })?;
 

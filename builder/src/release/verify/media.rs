@@ -329,6 +329,68 @@ pub fn read_qcow2_header(head: &[u8]) -> Result<Qcow2Header, String> {
 /// image, already checked in this run) its content must equal the raw's,
 /// byte for byte (`qemu-img compare`); without, it is converted to a
 /// temporary raw that gets the raw checks.
+/// A fixed VHD: its footer checked strictly (`media::vhd::parse_footer`:
+/// any other disk type, size or field is refused), then the bytes before
+/// it compared with the raw disk of the same stem, byte for byte; without
+/// one, checked as a raw disk themselves.
+pub(super) fn check_vhd(
+    path: &Path,
+    f: &File,
+    len: u64,
+    name: &str,
+    raw: Option<(&Path, &str, u64)>,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    use std::os::unix::fs::FileExt as _;
+    let at = len
+        .checked_sub(crate::media::vhd::FOOTER)
+        .ok_or_else(|| failed(format!("vhd: {name}: {len} bytes holds no footer")))?;
+    let mut footer = vec![0u8; crate::media::vhd::FOOTER as usize];
+    f.read_exact_at(&mut footer, at)
+        .map_err(|e| failed(format!("vhd: {name}: {e}")))?;
+    let footer = crate::media::vhd::parse_footer(&footer, len)
+        .map_err(|e| failed(format!("vhd: {name}: {e}")))?;
+    let Some((raw_path, raw_name, raw_len)) = raw else {
+        check_raw(path, f, footer.size, name, manifest, checks)?;
+        checks.push(format!("vhd: {name}: fixed footer checked"));
+        return Ok(());
+    };
+    if footer.size != raw_len {
+        return Err(failed(format!(
+            "vhd: {name}: its disk is {} bytes, {raw_name} is {raw_len}",
+            footer.size
+        )));
+    }
+    let r = File::open(raw_path).map_err(|e| failed(format!("vhd: {raw_name}: {e}")))?;
+    const PIECE: u64 = 4 << 20;
+    let (mut a, mut b) = (vec![0u8; PIECE as usize], vec![0u8; PIECE as usize]);
+    let mut done = 0u64;
+    while done < footer.size {
+        let n = (footer.size - done).min(PIECE) as usize;
+        f.read_exact_at(&mut a[..n], done)
+            .map_err(|e| failed(format!("vhd: {name}: {e}")))?;
+        r.read_exact_at(&mut b[..n], done)
+            .map_err(|e| failed(format!("vhd: {raw_name}: {e}")))?;
+        if a[..n] != b[..n] {
+            let i = a[..n]
+                .iter()
+                .zip(&b[..n])
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            return Err(failed(format!(
+                "vhd: {name}: content differs from {raw_name} at byte {}",
+                done + i as u64
+            )));
+        }
+        done += n as u64;
+    }
+    checks.push(format!(
+        "vhd: {name}: content equals {raw_name}; fixed footer checked"
+    ));
+    Ok(())
+}
+
 pub(super) fn check_qcow2(
     path: &Path,
     mut f: &File,
@@ -396,7 +458,7 @@ pub(super) fn check_qcow2(
             }
             let dir =
                 tempfile::tempdir().map_err(|e| failed(format!("qcow2: temporary folder: {e}")))?;
-            let tmp = dir.path().join("disk.raw");
+            let tmp = dir.path().join(crate::media::RAW.file("disk"));
             crate::host::runner::run(
                 "verify: qcow2",
                 xshell::cmd!(sh, "qemu-img convert -q -O raw {source} {tmp}"),

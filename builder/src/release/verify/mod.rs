@@ -35,9 +35,6 @@ pub const SUMS_SIG: &str = "SHA256.sig";
 /// Name of the manifest.
 pub const MANIFEST: &str = "manifest.json";
 
-/// Extensions of boot media (compared case-insensitively).
-const MEDIA_EXTS: [&str; 4] = ["raw", "iso", "qcow2", "img"];
-
 /// SHA256 and SHA256.sig are small text files; refuse anything bigger.
 pub const MAX_SUMS_FILE: u64 = 1 << 20;
 /// manifest.json carries the package list; generous but bounded.
@@ -337,11 +334,12 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
     // can be compared with a raw that has already passed.
     let root_hash = manifest.verity.root_hash;
     let mut raws: Vec<(&str, u64, PathBuf)> = Vec::new();
-    for ext in ["raw", "iso", "qcow2", "zst"] {
-        for (len, name, f) in opened.iter().filter(|(_, n, _)| extension(n) == ext) {
+    for format in crate::media::FORMATS {
+        use crate::media::Verify;
+        for (len, name, f) in opened.iter().filter(|(_, n, _)| format.is_file(n)) {
             let path = folder.join(name);
-            match ext {
-                "raw" => {
+            match format.verify {
+                Verify::Disk => {
                     media::check_raw(&path, &f.file, *len, name, &manifest, &mut checks)?;
                     if let Some((map_name, bytes)) =
                         maps.iter().find(|(m, _)| *m == format!("{name}.map"))
@@ -361,9 +359,10 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
                     }
                     raws.push((name, *len, path));
                 }
-                "iso" => media::check_iso(&path, &f.file, *len, name, &manifest, &mut checks)?,
-                "zst" => check_zst(&f.file, name, &sums, &maps, &mut checks)?,
-                _ => {
+                Verify::Iso => {
+                    media::check_iso(&path, &f.file, *len, name, &manifest, &mut checks)?
+                }
+                Verify::SameAsRaw => {
                     let stem = name.rsplit_once('.').map_or("", |(s, _)| s);
                     let pair = raws
                         .iter()
@@ -371,12 +370,29 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
                         .map(|(r, l, p)| (p.as_path(), *r, *l));
                     media::check_qcow2(&path, &f.file, name, pair, &manifest, &mut checks)?
                 }
+                Verify::RawAndFooter => {
+                    let stem = name.rsplit_once('.').map_or("", |(s, _)| s);
+                    let pair = raws
+                        .iter()
+                        .find(|(r, _, _)| r.rsplit_once('.').map_or("", |(s, _)| s) == stem)
+                        .map(|(r, l, p)| (p.as_path(), *r, *l));
+                    media::check_vhd(&path, &f.file, *len, name, pair, &manifest, &mut checks)?
+                }
             }
         }
     }
+    // The compressed raw disk (`NAME.raw.zst`): decompressed as a stream
+    // against the signed data map's digest.
+    for (_, name, f) in opened
+        .iter()
+        .filter(|(_, n, _)| crate::release::compressed::raw_name(n).is_some())
+    {
+        check_zst(&f.file, name, &sums, &maps, &mut checks)?;
+    }
     for (_, name, _) in &opened {
-        let ext = extension(name);
-        if is_medium(name) && !["raw", "iso", "qcow2"].contains(&ext.as_str()) {
+        // A medium by an alias (`.img`): the table has no check for it.
+        if crate::media::Format::of_file(name).is_some_and(|f| !f.is_file(name)) {
+            let ext = extension(name);
             notes.push(format!(
                 "{name}: root hash not recomputed for .{ext} media; only its digest was checked"
             ));
@@ -493,8 +509,9 @@ pub fn check_release(image: &Path, pubkey: &Path) -> Result<CheckedRelease, Veri
         .filter(|n| is_medium(n))
         .ok_or_else(|| {
             bad(format!(
-                "{}: expected a .raw, .qcow2 or .iso medium in its release folder",
-                crate::host::shown::path(image)
+                "{}: expected a {} medium in its release folder",
+                crate::host::shown::path(image),
+                crate::media::extensions(|_| true)
             ))
         })?
         .to_string();
@@ -563,12 +580,19 @@ fn resolve_target(target: &Path) -> Result<(PathBuf, Option<String>), VerifyErro
             target.display()
         ))
     })?;
-    let ext = extension(name);
+    // A medium checked against another (a qcow2 against its raw disk) is
+    // checked with its folder.
+    let alone = |f: &crate::media::Format| f.verify != crate::media::Verify::SameAsRaw;
     let zst = crate::release::compressed::raw_name(name).is_some();
-    if ext != "raw" && ext != "iso" && !zst {
+    if !zst
+        && !crate::media::FORMATS
+            .iter()
+            .any(|f| alone(f) && f.is_file(name))
+    {
         return Err(bad(format!(
-            "{}: expected an output folder or a .raw, .raw.zst or .iso medium",
-            target.display()
+            "{}: expected an output folder or a {} medium (or a .raw.zst)",
+            target.display(),
+            crate::media::extensions(alone)
         )));
     }
     let parent = match target.parent() {
@@ -634,7 +658,7 @@ fn extension(name: &str) -> String {
 }
 
 fn is_medium(name: &str) -> bool {
-    MEDIA_EXTS.contains(&extension(name).as_str())
+    crate::media::Format::of_file(name).is_some()
 }
 
 /// The `len` bytes fstat reported when `f` was opened, refusing a file

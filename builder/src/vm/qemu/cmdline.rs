@@ -30,32 +30,30 @@ pub enum DiskBus {
     Cdrom,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageFormat {
-    Raw,
-    Qcow2,
-    /// An ISO 9660 image; passed to QEMU as read-only raw.
-    Iso,
-}
+/// How QEMU opens the image: a row's `qemu` in `media::FORMATS` (vm reads
+/// only host/, so its caller passes it).
+pub use crate::host::drive::Drive as ImageFormat;
 
-impl ImageFormat {
-    /// Guesses the format from the file extension (`.img`/`.raw`, `.qcow2`, `.iso`).
-    pub fn from_path(path: &Path) -> Option<ImageFormat> {
-        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        match ext.as_str() {
-            "img" | "raw" => Some(ImageFormat::Raw),
-            "qcow2" => Some(ImageFormat::Qcow2),
-            "iso" => Some(ImageFormat::Iso),
-            _ => None,
-        }
-    }
-
-    fn qemu_name(self) -> &'static str {
-        match self {
-            ImageFormat::Raw | ImageFormat::Iso => "raw",
-            ImageFormat::Qcow2 => "qcow2",
-        }
-    }
+/// The table's rows as vm's tests need them (they may not read media/:
+/// `media::tests` checks these equal the table's).
+#[cfg(test)]
+pub mod test_formats {
+    use super::ImageFormat;
+    pub const RAW: ImageFormat = ImageFormat {
+        driver: "raw",
+        cdrom: false,
+        standalone_check: false,
+    };
+    pub const ISO: ImageFormat = ImageFormat {
+        driver: "raw",
+        cdrom: true,
+        standalone_check: false,
+    };
+    pub const QCOW2: ImageFormat = ImageFormat {
+        driver: "qcow2",
+        cdrom: false,
+        standalone_check: true,
+    };
 }
 
 /// Everything needed to boot one image. Build with [`BootSpec::new`] and
@@ -265,12 +263,12 @@ pub(super) fn build_command_line(
     let image = qemu_path(&spec.image).context("image")?;
     let mut drive = format!(
         "if=none,id=disk0,format={},file={image}",
-        spec.format.qemu_name()
+        spec.format.driver
     );
     if spec.bus == DiskBus::Cdrom {
         drive.push_str(",media=cdrom");
     }
-    if spec.bus == DiskBus::Cdrom || spec.format == ImageFormat::Iso {
+    if spec.bus == DiskBus::Cdrom || spec.format.cdrom {
         drive.push_str(",readonly=on");
     } else if spec.snapshot {
         drive.push_str(",snapshot=on");
@@ -339,7 +337,7 @@ mod tests {
     fn spec() -> BootSpec {
         BootSpec::new(
             "/img/disk.raw",
-            ImageFormat::Raw,
+            crate::vm::qemu::cmdline::test_formats::RAW,
             Firmware::Uefi,
             "/logs/serial.log",
         )
@@ -426,7 +424,7 @@ mod tests {
         ));
         let mut s = spec();
         s.snapshot = false;
-        s.format = ImageFormat::Qcow2;
+        s.format = crate::vm::qemu::cmdline::test_formats::QCOW2;
         let a = cl(&s);
         assert!(has_pair(
             &a,
@@ -454,7 +452,7 @@ mod tests {
         ));
 
         s.bus = DiskBus::Cdrom;
-        s.format = ImageFormat::Iso;
+        s.format = crate::vm::qemu::cmdline::test_formats::ISO;
         s.image = PathBuf::from("/img/live.iso");
         let a = cl(&s);
         assert!(has_pair(
@@ -577,22 +575,5 @@ mod tests {
         let s0 = a.iter().position(|x| x == "chardev:serial0").unwrap();
         let s1 = a.iter().position(|x| x == "chardev:serial1").unwrap();
         assert!(s0 < s1);
-    }
-
-    #[test]
-    fn qemu_image_format_from_path() {
-        assert_eq!(
-            ImageFormat::from_path(Path::new("x.ISO")),
-            Some(ImageFormat::Iso)
-        );
-        assert_eq!(
-            ImageFormat::from_path(Path::new("x.qcow2")),
-            Some(ImageFormat::Qcow2)
-        );
-        assert_eq!(
-            ImageFormat::from_path(Path::new("x.img")),
-            Some(ImageFormat::Raw)
-        );
-        assert_eq!(ImageFormat::from_path(Path::new("x")), None);
     }
 }

@@ -476,7 +476,7 @@ impl Vm {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::vm::qemu::{timeout_scale, DiskBus, ImageFormat, QemuConfig, VARS_FILE};
+    use crate::vm::qemu::{timeout_scale, DiskBus, QemuConfig, VARS_FILE};
 
     /// The test knobs of `make test` (the harness's job; the library reads
     /// no environment).
@@ -507,7 +507,7 @@ pub(super) mod tests {
         fs::write(&img, vec![0u8; 1 << 20]).unwrap();
         let mut s = BootSpec::new(
             &img,
-            ImageFormat::Raw,
+            crate::vm::qemu::cmdline::test_formats::RAW,
             Firmware::Uefi,
             dir.path().join("serial.log"),
         );
@@ -552,7 +552,7 @@ pub(super) mod tests {
         fs::write(&img, vec![0u8; 1 << 20]).unwrap();
         let mut s = BootSpec::new(
             &img,
-            ImageFormat::Raw,
+            crate::vm::qemu::cmdline::test_formats::RAW,
             Firmware::Bios,
             dir.path().join("serial.log"),
         );
@@ -566,7 +566,7 @@ pub(super) mod tests {
         assert!(msg.contains("no-such-device"), "{msg}");
         let missing = BootSpec::new(
             dir.path().join("missing.raw"),
-            ImageFormat::Raw,
+            crate::vm::qemu::cmdline::test_formats::RAW,
             Firmware::Bios,
             "x.log",
         );
@@ -581,9 +581,21 @@ pub(super) mod tests {
         need_qemu();
         let dir = tempfile::tempdir().unwrap();
         for (bus, format, name) in [
-            (DiskBus::Virtio, ImageFormat::Raw, "d.raw"),
-            (DiskBus::UsbStorage, ImageFormat::Raw, "d.raw"),
-            (DiskBus::Cdrom, ImageFormat::Iso, "d.iso"),
+            (
+                DiskBus::Virtio,
+                crate::vm::qemu::cmdline::test_formats::RAW,
+                "d.raw",
+            ),
+            (
+                DiskBus::UsbStorage,
+                crate::vm::qemu::cmdline::test_formats::RAW,
+                "d.raw",
+            ),
+            (
+                DiskBus::Cdrom,
+                crate::vm::qemu::cmdline::test_formats::ISO,
+                "d.iso",
+            ),
         ] {
             let img = dir.path().join(name);
             fs::write(&img, vec![0u8; 1 << 20]).unwrap();
@@ -620,7 +632,7 @@ pub(super) mod tests {
         fs::write(&img, vec![0u8; 1 << 20]).unwrap();
         let mut s = BootSpec::new(
             &img,
-            ImageFormat::Raw,
+            crate::vm::qemu::cmdline::test_formats::RAW,
             Firmware::Bios,
             dir.path().join("serial.log"),
         );

@@ -57,7 +57,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// ISO image is read as bytes only. Exit 2 (`InputError`) naming the file
 /// and the rule.
 pub fn refuse_linked_qcow2(spec: &BootSpec) -> anyhow::Result<()> {
-    if spec.format == ImageFormat::Qcow2 {
+    if spec.format.standalone_check {
         crate::host::qcow2::check_file(&spec.image).map_err(crate::InputError)?;
     }
     Ok(())
