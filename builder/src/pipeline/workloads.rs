@@ -381,6 +381,9 @@ pub fn install(
     match w.runtime {
         Runtime::Containerd => write_containerd_units(w, &out, &runs, tree)?,
         Runtime::K3s => crate::pipeline::k3s::write_layout(w, tree)?,
+        Runtime::Kubernetes => {
+            anyhow::bail!("runtime \"kubernetes\": the image layout is not written yet")
+        }
         Runtime::None => {}
     }
     out.services = w.services.iter().map(|s| s.name.clone()).collect();
