@@ -141,6 +141,45 @@ pub struct Built {
     pub cached: bool,
 }
 
+/// What the manifest, SBOMs and provenance record of the stage: the
+/// toolchain and each Go binary's modules.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Installed {
+    pub go_version: String,
+    pub stage_key: String,
+    /// (binary, [(module path, version, h1 sum)]).
+    pub binaries: Vec<InstalledBinary>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstalledBinary {
+    pub name: String,
+    pub main: String,
+    pub modules: Vec<(String, String, String)>,
+}
+
+impl Installed {
+    pub fn of(b: &Built) -> Installed {
+        Installed {
+            go_version: b.go_version.clone(),
+            stage_key: b.key.hex(),
+            binaries: b
+                .binaries
+                .iter()
+                .map(|x| InstalledBinary {
+                    name: x.name.clone(),
+                    main: x.main.clone(),
+                    modules: x
+                        .modules
+                        .iter()
+                        .map(|m| (m.path.clone(), m.version.clone(), m.sum.clone()))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The files of the module the key covers: everything Go or the script
 /// reads to build (tests and documentation do not change the output).
 fn keyed(rel: &Path) -> bool {

@@ -29,6 +29,10 @@ pub struct Installed {
     pub models: Vec<InstalledModel>,
     pub policy: Option<InstalledPolicy>,
     pub services: Vec<String>,
+    /// `runtime = "kubernetes"`: what the cluster stage built, for the
+    /// SBOMs and provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::pipeline::cluster::Installed>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -248,7 +252,7 @@ pub fn install_images(
         // tarball without a runtime keeps the plain tag (containerd images
         // are unpacked, so no reference is used).
         let ref_name = match w.runtime {
-            Runtime::K3s => reference(&img.name),
+            Runtime::K3s | Runtime::Kubernetes => reference(&img.name),
             _ => "pinned".to_string(),
         };
         let load = |path: &Path, pin: &Sha256| load_image(plan, img, work, path, pin);
@@ -382,7 +386,22 @@ pub fn install(
         Runtime::Containerd => write_containerd_units(w, &out, &runs, tree)?,
         Runtime::K3s => crate::pipeline::k3s::write_layout(w, tree)?,
         Runtime::Kubernetes => {
-            anyhow::bail!("runtime \"kubernetes\": the image layout is not written yet")
+            let sources = w.kubernetes.as_ref().context(
+                "kubernetes runtime without sources (recipe validation should have refused this)",
+            )?;
+            let built = crate::pipeline::cluster::build(
+                &plan.cache,
+                plan.stage_cache,
+                &sources.module,
+                plan.offline,
+            )?;
+            crate::pipeline::kubernetes::write_layout(
+                w,
+                &built,
+                tree,
+                plan.recipe.source_date_epoch,
+            )?;
+            out.cluster = Some(crate::pipeline::cluster::Installed::of(&built));
         }
         Runtime::None => {}
     }
@@ -458,7 +477,7 @@ pub fn prebuild(
     let (suite, mirror) = (suite.as_str(), mirror.as_str());
     let (cache, stage_cache) = (&plan.cache, plan.stage_cache);
     let ref_name = match w.runtime {
-        Runtime::K3s => reference(&img.name),
+        Runtime::K3s | Runtime::Kubernetes => reference(&img.name),
         _ => "pinned".to_string(),
     };
     let dest = work.join(format!("built-{}.tar", img.name));

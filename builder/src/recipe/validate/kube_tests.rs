@@ -127,3 +127,20 @@ fn an_unknown_runtime_lists_kubernetes() {
         "cluster runtime \"k8s\" is not one of \"none\", \"containerd\", \"k3s\", \"kubernetes\"",
     );
 }
+
+#[test]
+fn a_kubernetes_service_is_probed_in_its_pod_and_never_on_the_host_network() {
+    let d = tempfile::tempdir().unwrap();
+    module(&d.path().join("cluster"));
+    let svc = "[[images]]\nname = \"i\"\n[images.build]\npackages = []\nessential = true\n[[services]]\nname = \"s\"\nimage = \"i\"\nready = \"http:8080/healthz\"\n";
+    let text = format!("{HEAD}[cluster]\nruntime = \"kubernetes\"\n{svc}");
+    let r = parse(&src(d.path(), &text)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.workloads.services[0].ready.as_ref().unwrap().port, 8080);
+    refused(
+        d.path(),
+        &format!("{text}host_network = true\n"),
+        13,
+        8,
+        "service \"s\": host_network is not for runtime = \"kubernetes\"",
+    );
+}

@@ -422,8 +422,13 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|m| self.service_memory(&name, m));
             let cpus = s.cpus.as_ref().and_then(|c| self.service_cpus(&name, c));
-            if runtime != Runtime::Containerd {
-                self.problem(s.name.span(), "[[services]] need [cluster] runtime = \"containerd\" (k3s runs workloads from the policy bundle)");
+            if !matches!(runtime, Runtime::Containerd | Runtime::Kubernetes) {
+                self.problem(s.name.span(), "[[services]] need [cluster] runtime = \"containerd\" or \"kubernetes\" (k3s runs workloads from the policy bundle)");
+            }
+            if runtime == Runtime::Kubernetes && s.host_network {
+                {
+                    self.problem(s.name.span(), format!("service {name:?}: host_network is not for runtime = \"kubernetes\" (PodSecurity \"restricted\" refuses it; the service is reached through its NodePort); remove it"));
+                }
             }
             let ready = s.ready.as_ref().and_then(|r| {
                 let timeout = match &s.ready_timeout {
@@ -438,7 +443,8 @@ impl Validator<'_> {
                     None => 120,
                 };
                 match crate::recipe::workloads::ReadyCheck::parse(r.get_ref(), timeout) {
-                    Ok(c) if !s.host_network => {
+                    // Kubernetes probes the pod itself (a readiness probe).
+                    Ok(c) if !s.host_network && runtime != Runtime::Kubernetes => {
                         self.problem(
                             r.span(),
                             format!("service {name:?}: a readiness check probes the node's 127.0.0.1, which only a service with host_network = true listens on; set host_network = true or drop `ready`"),
