@@ -72,10 +72,7 @@ pub const K3S_IMAGES_DIR: &str = "var/lib/rancher/k3s/agent/images";
 pub const K3S_MANIFESTS_DIR: &str = "var/lib/rancher/k3s/server/manifests";
 pub const CONTAINERD_NAMESPACE: &str = "cairn";
 
-/// The reference an image is imported under.
-pub fn reference(name: &str) -> String {
-    format!("cairn.local/{name}:pinned")
-}
+pub use crate::recipe::workloads::reference;
 
 pub use crate::recipe::workloads::runtime_packages;
 
@@ -399,6 +396,7 @@ pub fn install(
                 w,
                 &built,
                 tree,
+                IMAGES_DIR,
                 plan.recipe.source_date_epoch,
             )?;
             out.cluster = Some(crate::pipeline::cluster::Installed::of(&built));

@@ -208,6 +208,11 @@ pub struct KubeSources {
     pub node_name: String,
 }
 
+/// The reference an image is imported under (containerd, k3s, kubernetes).
+pub fn reference(name: &str) -> String {
+    format!("cairn.local/{name}:pinned")
+}
+
 /// Debian packages the runtime needs in the root.
 pub fn runtime_packages(r: Runtime) -> &'static [&'static str] {
     match r {

@@ -16,7 +16,11 @@ use qemu_tests::*;
 fn kubernetes_node_gets_ready_and_serves_a_prediction_through_its_nodeport() {
     let b = built("recipes/field-ai-kube.toml");
     let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
-    let cluster = m.sbom.cluster.as_ref().expect("the manifest lists the cluster binaries");
+    let cluster = m
+        .sbom
+        .cluster
+        .as_ref()
+        .expect("the manifest lists the cluster binaries");
     assert!(
         cluster
             .binaries
