@@ -218,13 +218,15 @@ pub fn runtime_packages(r: Runtime) -> &'static [&'static str] {
     match r {
         Runtime::Containerd => &["containerd", "runc"],
         // Its own containerd, runc and CNI plugins come from the cluster
-        // build; the kubelet and kube-proxy need these from Debian.
+        // build; kube-proxy needs nft, cairn-kube-pki ip, and Debian's
+        // containerd is there for its `ctr` client only (the image import
+        // at boot; its daemon is masked).
         Runtime::Kubernetes => &[
             "nftables",
             "iptables",
             "conntrack",
             "iproute2",
-            "libseccomp2",
+            "containerd",
         ],
         Runtime::K3s | Runtime::None => &[],
     }
