@@ -12,7 +12,7 @@ use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
 use qemu_tests::*;
 
 #[test]
-#[ignore = "not yet seen passing under TCG (a cold build compiles Kubernetes: 30+ min on 2 cores; boot to Available: several minutes); run: cargo test -p qemu-tests --test boot kubernetes -- --ignored --nocapture"]
+#[ignore = "needs cluster/ of branch k8s (containerd, runc, pause, cairn-pki...) merged; the same image booted by hand reached ready at 751 s under TCG; run: cargo test -p qemu-tests --test boot kubernetes -- --ignored --nocapture"]
 fn kubernetes_node_gets_ready_and_serves_a_prediction_through_its_nodeport() {
     let b = built("recipes/field-ai-kube.toml");
     let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
