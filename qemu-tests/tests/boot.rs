@@ -12,6 +12,7 @@ mod boot {
     pub mod identity;
     pub mod images;
     pub mod k3s;
+    pub mod kubernetes;
     pub mod media;
     pub mod production;
     pub mod raw;

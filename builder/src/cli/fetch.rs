@@ -24,6 +24,10 @@ pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
     let lock = crate::inputs::lock::Lock::for_recipe(&r)?;
     let cache = settings.open_cache()?;
     let f = crate::inputs::plan::fetch_locked(&r, &lock, &cache)?;
+    // runtime = "kubernetes": every Go module go.sum pins, for --offline.
+    if let Some(k) = &r.workloads.kubernetes {
+        crate::pipeline::cluster::download(cache.root(), &k.module)?;
+    }
     println!(
         "{} packages fetched ({} bytes), {} already cached; {} URL input(s) ready ({} bytes downloaded); in {}",
         f.packages.downloaded,

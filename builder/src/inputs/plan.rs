@@ -50,6 +50,9 @@ pub struct Plan<'r> {
     pub stage_cache: bool,
     /// Root trees stay on disk (`Settings::trees_on_disk`).
     pub trees_on_disk: bool,
+    /// `--offline`: tools that could reach a network are told not to (the
+    /// cluster stage's Go proxy).
+    pub offline: bool,
 }
 
 /// How to resolve.
@@ -78,6 +81,7 @@ pub fn resolve<'r>(
         cache,
         stage_cache: settings.stage_cache,
         trees_on_disk: settings.trees_on_disk,
+        offline: opts.offline,
     })
 }
 

@@ -2,11 +2,13 @@
 //! takes plain inputs (the resolved recipe, paths) and returns plain
 //! outputs. `crate::build` drives them in order.
 
+pub mod cluster;
 pub mod compose;
 pub mod firewall;
 pub mod initramfs;
 pub mod k3s;
 pub mod kernel;
+pub mod kubernetes;
 pub mod layers;
 pub mod measure;
 pub mod normalise;

@@ -47,6 +47,7 @@ mod archive;
 mod debian;
 mod json;
 mod layer;
+mod program;
 pub mod rootfs;
 
 pub use archive::{
@@ -59,6 +60,7 @@ pub use layer::{
     check_layer, check_layer_with, read_files, unpack_base_tarball, unpack_layer, unpack_layers,
     Compression, LayerPolicy, LayerSummary,
 };
+pub use program::program_image;
 
 /// Largest index, manifest or config JSON accepted (4 MiB).
 pub const MAX_JSON_BYTES: u64 = 4 << 20;

@@ -29,6 +29,10 @@ pub struct Installed {
     pub models: Vec<InstalledModel>,
     pub policy: Option<InstalledPolicy>,
     pub services: Vec<String>,
+    /// `runtime = "kubernetes"`: what the cluster stage built, for the
+    /// SBOMs and provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::pipeline::cluster::Installed>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,10 +72,7 @@ pub const K3S_IMAGES_DIR: &str = "var/lib/rancher/k3s/agent/images";
 pub const K3S_MANIFESTS_DIR: &str = "var/lib/rancher/k3s/server/manifests";
 pub const CONTAINERD_NAMESPACE: &str = "cairn";
 
-/// The reference an image is imported under.
-pub fn reference(name: &str) -> String {
-    format!("cairn.local/{name}:pinned")
-}
+pub use crate::recipe::workloads::reference;
 
 pub use crate::recipe::workloads::runtime_packages;
 
@@ -248,7 +249,7 @@ pub fn install_images(
         // tarball without a runtime keeps the plain tag (containerd images
         // are unpacked, so no reference is used).
         let ref_name = match w.runtime {
-            Runtime::K3s => reference(&img.name),
+            Runtime::K3s | Runtime::Kubernetes => reference(&img.name),
             _ => "pinned".to_string(),
         };
         let load = |path: &Path, pin: &Sha256| load_image(plan, img, work, path, pin);
@@ -382,6 +383,25 @@ pub fn install(
     match w.runtime {
         Runtime::Containerd => write_containerd_units(w, &out, &runs, tree)?,
         Runtime::K3s => crate::pipeline::k3s::write_layout(w, tree)?,
+        Runtime::Kubernetes => {
+            let sources = w.kubernetes.as_ref().context(
+                "kubernetes runtime without sources (recipe validation should have refused this)",
+            )?;
+            let built = crate::pipeline::cluster::build(
+                &plan.cache,
+                plan.stage_cache,
+                &sources.module,
+                plan.offline,
+            )?;
+            crate::pipeline::kubernetes::write_layout(
+                w,
+                &built,
+                tree,
+                IMAGES_DIR,
+                plan.recipe.source_date_epoch,
+            )?;
+            out.cluster = Some(crate::pipeline::cluster::Installed::of(&built));
+        }
         Runtime::None => {}
     }
     out.services = w.services.iter().map(|s| s.name.clone()).collect();
@@ -456,7 +476,7 @@ pub fn prebuild(
     let (suite, mirror) = (suite.as_str(), mirror.as_str());
     let (cache, stage_cache) = (&plan.cache, plan.stage_cache);
     let ref_name = match w.runtime {
-        Runtime::K3s => reference(&img.name),
+        Runtime::K3s | Runtime::Kubernetes => reference(&img.name),
         _ => "pinned".to_string(),
     };
     let dest = work.join(format!("built-{}.tar", img.name));

@@ -67,7 +67,7 @@ pub struct LimitsSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// "none" (default), "containerd" or "k3s".
+    /// "none" (default), "containerd", "k3s" or "kubernetes".
     pub runtime: Option<Spanned<String>>,
     /// k3s only: the k3s binary and its air-gap images bundle, pinned.
     pub k3s_binary: Option<Spanned<String>>,
@@ -77,6 +77,8 @@ pub struct ClusterSection {
     /// k3s components to disable on top of traefik, servicelb, metrics-server.
     #[serde(default)]
     pub disable: Vec<Spanned<String>>,
+    /// kubernetes only: the Go module the cluster binaries are built from.
+    pub sources: Option<Spanned<String>>,
 }
 
 /// An OCI image pinned by manifest digest: from an archive on disk, or

@@ -228,11 +228,13 @@ settings! {
          site files (a replayed older file is refused when signed and at boot). Recorded in \
          the manifest.";
 
-    CLUSTER_RUNTIME = ["cluster"] "runtime": "`\"none\"`, `\"containerd\"`, `\"k3s\"`" = Text("none");
+    CLUSTER_RUNTIME = ["cluster"] "runtime": "`\"none\"`, `\"containerd\"`, `\"k3s\"`, `\"kubernetes\"`" = Text("none");
         "`containerd`: Debian's containerd and runc; the pinned images are unpacked at build \
          time into the verity-protected root and `[[services]]` run from there as supervised \
          containers (nothing is imported or copied at boot). `k3s`: \
-         single-node Kubernetes from pinned artifacts, laid out by k3s's air-gap conventions.";
+         single-node Kubernetes from pinned artifacts, laid out by k3s's air-gap conventions. \
+         `kubernetes`: upstream Kubernetes, containerd, runc and CNI plugins that cairn builds \
+         from the Go module `sources` (docs/kubernetes.md).";
     CLUSTER_K3S_BINARY = ["cluster"] "k3s_binary": "path or URL" = Unset;
         "k3s only (then required): the k3s binary";
     CLUSTER_K3S_BINARY_SHA256 = ["cluster"] "k3s_binary_sha256": "digest" = Unset;
@@ -244,6 +246,10 @@ settings! {
         "k3s only (then required): its sha256";
     CLUSTER_DISABLE = ["cluster"] "disable": "list of strings" = Empty;
         "k3s components disabled on top of traefik, servicelb, metrics-server";
+    CLUSTER_SOURCES = ["cluster"] "sources": "path" = Unset;
+        "kubernetes only: the Go module (`go.mod`, `go.sum`, `build.sh`) the cluster binaries \
+         are built from; by default the nearest `cluster/` folder holding them, in the \
+         recipe's folder or above (the repository's own)";
 
     IMAGE_ENTRY_NAME = ["images"] "name": "string" = Required;
         concat!(name_rule!(), "; unique; containerd knows it as `cairn.local/NAME:pinned`");

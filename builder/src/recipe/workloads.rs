@@ -15,6 +15,9 @@ pub enum Runtime {
     None,
     Containerd,
     K3s,
+    /// Upstream Kubernetes built by cairn from the Go module `[cluster]
+    /// sources` (pipeline::cluster, pipeline::kubernetes).
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,12 +195,39 @@ pub struct Workloads {
     pub services: Vec<Service>,
     pub policy: Option<PathBuf>,
     pub k3s: Option<K3sArtifacts>,
+    /// `runtime = "kubernetes"`: the Go module its binaries are built from.
+    pub kubernetes: Option<KubeSources>,
+}
+
+/// The Go module (`go.mod`, `go.sum`, `build.sh`) that `runtime =
+/// "kubernetes"` builds its cluster binaries from, resolved on this machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubeSources {
+    pub module: PathBuf,
+    /// The node's name (the image name).
+    pub node_name: String,
+}
+
+/// The reference an image is imported under (containerd, k3s, kubernetes).
+pub fn reference(name: &str) -> String {
+    format!("cairn.local/{name}:pinned")
 }
 
 /// Debian packages the runtime needs in the root.
 pub fn runtime_packages(r: Runtime) -> &'static [&'static str] {
     match r {
         Runtime::Containerd => &["containerd", "runc"],
+        // Its own containerd, runc and CNI plugins come from the cluster
+        // build; kube-proxy needs nft, cairn-kube-pki ip, and Debian's
+        // containerd is there for its `ctr` client only (the image import
+        // at boot; its daemon is masked).
+        Runtime::Kubernetes => &[
+            "nftables",
+            "iptables",
+            "conntrack",
+            "iproute2",
+            "containerd",
+        ],
         Runtime::K3s | Runtime::None => &[],
     }
 }

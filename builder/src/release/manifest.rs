@@ -311,6 +311,10 @@ pub struct Sbom {
     /// CycloneDX 1.6 JSON), by file name, size and digest.
     #[serde(default)]
     pub documents: Vec<Output>,
+    /// `runtime = "kubernetes"`: the Go toolchain and every Go module of
+    /// each cluster binary (`go version -m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::pipeline::cluster::Installed>,
 }
 
 /// What the firmware and the TPM will see (filled by
@@ -452,6 +456,24 @@ impl Manifest {
                 });
             }
         }
+        // runtime = "kubernetes": what the cluster binaries are built from
+        // (go.sum pins every module) and with (the Go toolchain).
+        if let Some(k) = &recipe.workloads.kubernetes {
+            inputs.push(Input {
+                kind: "go-sum".into(),
+                source: "cluster/go.sum".into(),
+                sha256: Some(crate::host::digest::Sha256::of_file(
+                    &k.module.join("go.sum"),
+                )?),
+            });
+        }
+        if let Some(c) = &composed.workloads.cluster {
+            inputs.push(Input {
+                kind: "go-toolchain".into(),
+                source: c.go_version.clone(),
+                sha256: None,
+            });
+        }
         let services = service_infos(&recipe.workloads.services);
         for w in service_warnings(&services) {
             eprintln!("{w}");
@@ -534,6 +556,7 @@ impl Manifest {
                 models: composed.workloads.models.clone(),
                 policy: composed.workloads.policy.clone(),
                 documents: Vec::new(),
+                cluster: composed.workloads.cluster.clone(),
             },
             partitions: [
                 (crate::media::disk::LABEL_ESP.to_string(), layout.esp),

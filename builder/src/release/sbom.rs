@@ -501,6 +501,46 @@ pub fn spdx(m: &Manifest, c: &Contents) -> Value {
         packages.push(v);
         rels.push(rel(release, "CONTAINS", &id));
     }
+    if let Some(cl) = &m.sbom.cluster {
+        // One package per Go module (shared by the binaries that link it),
+        // contained by each binary that does.
+        let mut ids: BTreeMap<(String, String), String> = BTreeMap::new();
+        for (bi, b) in cl.binaries.iter().enumerate() {
+            let bid = format!("SPDXRef-Go-{bi}-{}", spdx_id_part(&b.name));
+            let mut v = plain(&bid, &b.name, None);
+            v["primaryPackagePurpose"] = json!("APPLICATION");
+            v["comment"] = json!(format!(
+                "{} ({}), built by cairn with {}",
+                b.main, b.name, cl.go_version
+            ));
+            packages.push(v);
+            rels.push(rel(release, "CONTAINS", &bid));
+            for (path, version, sum) in &b.modules {
+                let key = (path.clone(), version.clone());
+                let n = ids.len();
+                let mid = ids.entry(key).or_insert_with(|| {
+                    let mid = format!("SPDXRef-GoMod-{n}-{}", spdx_id_part(path));
+                    let module = crate::pipeline::cluster::GoModule {
+                        path: path.clone(),
+                        version: version.clone(),
+                        sum: sum.clone(),
+                    };
+                    let mut v = plain(&mid, path, Some(version));
+                    if !sum.is_empty() {
+                        v["sourceInfo"] = json!(format!("Go module, go.sum {sum}"));
+                    }
+                    v["externalRefs"] = json!([{
+                        "referenceCategory": "PACKAGE-MANAGER",
+                        "referenceType": "purl",
+                        "referenceLocator": module.purl(),
+                    }]);
+                    packages.push(v);
+                    mid
+                });
+                rels.push(rel(&bid, "CONTAINS", mid));
+            }
+        }
+    }
     for (kind, d) in other_inputs(m) {
         let id = format!("SPDXRef-Input-{}", spdx_id_part(kind));
         let mut v = plain(&id, kind, None);
@@ -663,6 +703,43 @@ pub fn cyclonedx(m: &Manifest, c: &Contents) -> Value {
             "name": kind,
             "hashes": hashes(&d),
         }));
+    }
+    if let Some(cl) = &m.sbom.cluster {
+        let mut seen = std::collections::BTreeSet::new();
+        for b in &cl.binaries {
+            let bref = format!("go-binary:{}", b.name);
+            contains.push(bref.clone());
+            components.push(json!({
+                "type": "application",
+                "bom-ref": bref,
+                "name": b.name,
+                "properties": [prop("cairn:go:main", &b.main), prop("cairn:go:toolchain", &cl.go_version)],
+            }));
+            let mut deps = Vec::new();
+            for (path, version, sum) in &b.modules {
+                let module = crate::pipeline::cluster::GoModule {
+                    path: path.clone(),
+                    version: version.clone(),
+                    sum: sum.clone(),
+                };
+                let mref = format!("go:{path}@{version}");
+                deps.push(mref.clone());
+                if seen.insert(mref.clone()) {
+                    let mut v = json!({
+                        "type": "library",
+                        "bom-ref": mref,
+                        "name": path,
+                        "version": version,
+                        "purl": module.purl(),
+                    });
+                    if !sum.is_empty() {
+                        v["properties"] = json!([prop("cairn:go:sum", sum)]);
+                    }
+                    components.push(v);
+                }
+            }
+            dependencies.push(json!({"ref": format!("go-binary:{}", b.name), "dependsOn": deps}));
+        }
     }
     dependencies.insert(0, json!({"ref": "release", "dependsOn": contains}));
     let mut doc = json!({

@@ -334,4 +334,6 @@ fn control_char(s: &str) -> Option<char> {
 }
 
 #[cfg(test)]
+mod kube_tests;
+#[cfg(test)]
 pub(crate) mod tests;

@@ -56,6 +56,73 @@ pub const CAPABILITIES: &[&str] = &[
 ];
 
 impl Validator<'_> {
+    /// `[cluster] sources`: only with `runtime = "kubernetes"`, a folder
+    /// inside the recipe root holding a Go module and its `build.sh`. By
+    /// default the nearest `cluster/` folder holding them, from the recipe's
+    /// folder up (the repository's own module, which need not be under the
+    /// recipe root: it is cairn's input, not the recipe's).
+    fn kube_sources(
+        &mut self,
+        f: &RecipeFile,
+        runtime: Runtime,
+    ) -> Option<crate::recipe::workloads::KubeSources> {
+        let c = &f.cluster;
+        if runtime != Runtime::Kubernetes {
+            if let Some(s) = &c.sources {
+                self.problem(
+                    s.span(),
+                    "[cluster] sources is for runtime = \"kubernetes\" only; remove it or set that runtime",
+                );
+            }
+            return None;
+        }
+        let is_module = |d: &std::path::Path| {
+            d.join("go.mod").is_file() && d.join("go.sum").is_file() && d.join("build.sh").is_file()
+        };
+        let module = match &c.sources {
+            Some(s) => {
+                let dir = self.path(s, "[cluster] sources")?;
+                if !is_module(&dir) {
+                    self.problem(
+                        s.span(),
+                        format!(
+                            "[cluster] sources {:?} ({}) holds no go.mod, go.sum and build.sh; point it at the cluster Go module (e.g. \"../cluster\")",
+                            s.get_ref(),
+                            dir.display()
+                        ),
+                    );
+                    return None;
+                }
+                dir
+            }
+            None => {
+                let found = self
+                    .folder
+                    .ancestors()
+                    .map(|a| a.join("cluster"))
+                    .find(|d| is_module(d));
+                match found {
+                    Some(d) => d,
+                    None => {
+                        let span = c.runtime.as_ref().map(|r| r.span()).unwrap_or(0..0);
+                        self.problem(
+                            span,
+                            format!(
+                                "runtime \"kubernetes\" needs the cluster Go module: no cluster/ folder with go.mod, go.sum and build.sh in {} or above; set [cluster] sources",
+                                self.folder.display()
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(crate::recipe::workloads::KubeSources {
+            module,
+            node_name: f.image.name.get_ref().clone(),
+        })
+    }
+
     pub(super) fn workloads(&mut self, f: &RecipeFile) -> Workloads {
         let runtime = match f
             .cluster
@@ -66,11 +133,12 @@ impl Validator<'_> {
             None | Some(("none", _)) => Runtime::None,
             Some(("containerd", _)) => Runtime::Containerd,
             Some(("k3s", _)) => Runtime::K3s,
+            Some(("kubernetes", _)) => Runtime::Kubernetes,
             Some((other, span)) => {
                 self.problem(
                     span,
                     format!(
-                        "cluster runtime {other:?} is not one of \"none\", \"containerd\", \"k3s\""
+                        "cluster runtime {other:?} is not one of \"none\", \"containerd\", \"k3s\", \"kubernetes\""
                     ),
                 );
                 Runtime::None
@@ -128,6 +196,7 @@ impl Validator<'_> {
                 }
             }
         }
+        w.kubernetes = self.kube_sources(f, runtime);
         let mut names: std::collections::BTreeMap<String, String> =
             std::collections::BTreeMap::new();
         for i in &f.images {
@@ -353,8 +422,13 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|m| self.service_memory(&name, m));
             let cpus = s.cpus.as_ref().and_then(|c| self.service_cpus(&name, c));
-            if runtime != Runtime::Containerd {
-                self.problem(s.name.span(), "[[services]] need [cluster] runtime = \"containerd\" (k3s runs workloads from the policy bundle)");
+            if !matches!(runtime, Runtime::Containerd | Runtime::Kubernetes) {
+                self.problem(s.name.span(), "[[services]] need [cluster] runtime = \"containerd\" or \"kubernetes\" (k3s runs workloads from the policy bundle)");
+            }
+            if runtime == Runtime::Kubernetes && s.host_network {
+                {
+                    self.problem(s.name.span(), format!("service {name:?}: host_network is not for runtime = \"kubernetes\" (PodSecurity \"restricted\" refuses it; the service is reached through its NodePort); remove it"));
+                }
             }
             let ready = s.ready.as_ref().and_then(|r| {
                 let timeout = match &s.ready_timeout {
@@ -369,7 +443,8 @@ impl Validator<'_> {
                     None => 120,
                 };
                 match crate::recipe::workloads::ReadyCheck::parse(r.get_ref(), timeout) {
-                    Ok(c) if !s.host_network => {
+                    // Kubernetes probes the pod itself (a readiness probe).
+                    Ok(c) if !s.host_network && runtime != Runtime::Kubernetes => {
                         self.problem(
                             r.span(),
                             format!("service {name:?}: a readiness check probes the node's 127.0.0.1, which only a service with host_network = true listens on; set host_network = true or drop `ready`"),
