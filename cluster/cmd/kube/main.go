@@ -113,5 +113,8 @@ func main() {
 			filepath.Base(os.Args[0]), names)
 		os.Exit(2)
 	}
+	if name != "coredns" {
+		dropCorednsGoFlags()
+	}
 	os.Exit(run())
 }
