@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use cairn::vm::qemu::{BootSpec, Firmware, ImageFormat, Vm};
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 #[test]
-#[ignore = "needs cluster/ of branch k8s (containerd, runc, pause, cairn-pki...) merged; the same image booted by hand reached ready at 751 s under TCG; run: cargo test -p qemu-tests --test boot kubernetes -- --ignored --nocapture"]
+#[ignore = "not yet seen passing as a test (the same image booted by hand reached ready at 751 s under TCG), and a cold Go build of the cluster plus that boot would not fit the CI budget yet; run: cargo test -p qemu-tests --test boot kubernetes -- --ignored --nocapture"]
 fn kubernetes_node_gets_ready_and_serves_a_prediction_through_its_nodeport() {
     let b = built("recipes/field-ai-kube.toml");
     let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
@@ -31,7 +31,7 @@ fn kubernetes_node_gets_ready_and_serves_a_prediction_through_its_nodeport() {
     let port = free_port();
     let mut spec = BootSpec::new(
         &b.raw,
-        ImageFormat::Raw,
+        cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("field-ai-kube"),
     );
