@@ -446,13 +446,17 @@ fn flash_sparse_leaves_nothing_of_the_old_stick_in_the_image() {
     assert_ne!(c.digest(size), want);
 }
 
-/// A data map that does not match the image: changed after signing, it is
-/// refused before any byte is written; signed but missing a range of data
-/// (a builder bug), the stick is left unbootable, never half right.
+/// A data map changed after signing (a range dropped, or a range digest
+/// altered) is refused before any byte is written: its digest is in the
+/// signed SHA256. A raw with one mapped byte flipped after signing (flash
+/// checks the signature and the map, not the whole raw, first) is found
+/// by that range's signed digest while writing: refused, and the stick,
+/// a good copy of the image before, is left with a zero first MiB.
 #[test]
-fn flash_refuses_a_changed_or_wrong_data_map() {
-    let mut m = mini::mini_of_size(128 * MIB);
+fn flash_refuses_a_changed_data_map_or_a_flipped_mapped_byte() {
+    let m = mini::mini_of_size(128 * MIB);
     let raw = m.path(RAW);
+    let size = std::fs::metadata(&raw).unwrap().len();
     let map_path = m.path(&format!("{RAW}.map"));
     let text = std::fs::read_to_string(&map_path).unwrap();
     let target = m.tmp.path().join("stick.img");
@@ -480,35 +484,92 @@ fn flash_refuses_a_changed_or_wrong_data_map() {
     );
     std::fs::remove_file(&target).unwrap();
 
-    // Changed after signing (a range dropped): refused, nothing written.
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let dropped = v["ranges"].as_array_mut().unwrap().remove(1);
-    std::fs::write(&map_path, serde_json::to_string(&v).unwrap()).unwrap();
-    let r = to_file(&m);
-    println!("{}", r.stderr);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("digest") && r.stderr.contains(".map"),
-        "{}",
-        r.stderr
-    );
-    assert!(!target.exists(), "a target was written");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["cairn_data_map"], 2, "{v}");
+    let mut dropped = v.clone();
+    dropped["ranges"].as_array_mut().unwrap().remove(1);
+    dropped["range_sha256"].as_array_mut().unwrap().remove(1);
+    let mut tampered = v.clone();
+    tampered["range_sha256"][1] = serde_json::json!(Sha256::of_bytes(b"other").hex());
+    for changed in [dropped, tampered] {
+        std::fs::write(&map_path, serde_json::to_string(&changed).unwrap()).unwrap();
+        let r = to_file(&m);
+        println!("{}", r.stderr);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("digest") && r.stderr.contains(".map"),
+            "{}",
+            r.stderr
+        );
+        assert!(!target.exists(), "a target was written");
+    }
+    std::fs::write(&map_path, &text).unwrap();
 
-    // Signed as it is (the builder got it wrong): the data of the dropped
-    // range is missing, found before the boot sector is written.
-    m.ranges.clear();
-    m.sign();
-    let r = to_file(&m);
-    println!("{}", r.stderr);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("not the verified image"),
-        "{dropped}: {}",
-        r.stderr
+    // A mapped byte past the first MiB, flipped after signing.
+    let ranges: Vec<(u64, u64)> = v["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+        .collect();
+    let (s, e) = *ranges.iter().find(|(_, e)| *e > 2 * MIB).unwrap();
+    let at = s.max(MIB) + (e - s.max(MIB)) / 2;
+    let flip = |raw: &Path| {
+        let f = OpenOptions::new().read(true).write(true).open(raw).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+        f.sync_all().unwrap();
+    };
+    let mut image_head = vec![0u8; MIB as usize];
+    File::open(&raw)
+        .unwrap()
+        .read_exact(&mut image_head)
+        .unwrap();
+    let work = m.tmp.path().join("sticks");
+    std::fs::create_dir_all(&work).unwrap();
+    let log = m.tmp.path().join("receipts.jsonl");
+    for flipped in [false, true] {
+        if flipped {
+            flip(&raw);
+        }
+        let l = Loop::attach(&work, &format!("f{flipped}.img"), size + 4 * MIB, 0);
+        // The stick starts as a good copy's head: one left in place would boot.
+        let dev = OpenOptions::new().write(true).open(&l.dev).unwrap();
+        dev.write_all_at(&image_head, 0).unwrap();
+        dev.sync_all().unwrap();
+        let devs = [l.dev.as_path()];
+        let r = mini::cairn(&flash_args(&raw, &m.pubkey, &devs, &log), LIMIT);
+        println!("{}\n{}", r.stdout, r.stderr);
+        let head = l.head(MIB);
+        if !flipped {
+            // Control: the same flash of the unflipped raw succeeds.
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_eq!(head, image_head);
+            continue;
+        }
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("is not the signed image") && r.stderr.contains("unbootable"),
+            "{}",
+            r.stderr
+        );
+        assert!(head.iter().all(|b| *b == 0), "the first MiB was written");
+        let rec = receipts(&log).pop().unwrap();
+        assert_eq!(rec["result"], "refused", "{rec}");
+    }
+    // `cairn verify` still hashes the whole raw: the flipped byte fails it.
+    let r = mini::cairn(
+        &[
+            OsStr::new("verify"),
+            m.dir.as_os_str(),
+            OsStr::new("--pubkey"),
+            m.pubkey.as_os_str(),
+        ],
+        LIMIT,
     );
-    let mut head = vec![0u8; MIB as usize];
-    File::open(&target).unwrap().read_exact(&mut head).unwrap();
-    assert!(head.iter().all(|b| *b == 0), "the first MiB was written");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("digest: {RAW}")), "{}", r.stderr);
 }
 
 /// Loop devices are not removable: refused without --allow-fixed (the

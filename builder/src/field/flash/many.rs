@@ -256,7 +256,11 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             )));
         }
     }
-    let v = verify_release(&opts.image, &opts.pubkey)?;
+    let v = verify_release(
+        &opts.image,
+        &opts.pubkey,
+        opts.write == super::WriteMode::Full,
+    )?;
     let site = opts
         .site
         .as_deref()
