@@ -761,3 +761,63 @@ fn flash_from_raw_zst_and_refuse_a_corrupted_one() {
     assert_eq!(fresh.head(MIB), stale, "the stick was written");
     assert_eq!(holds_marker(&fresh.dev, 16 * MIB), Some(0));
 }
+
+/// `flash --json`: one JSON document on stdout (the same spelling as the
+/// other commands' `--json`), a receipt per stick, the worst result on
+/// top, the exit code as without it. Control: without `--json` stdout is
+/// text, not JSON.
+#[test]
+fn flash_json_is_one_document_with_a_receipt_per_stick() {
+    let m = mini::mini_of_size(128 * MIB);
+    let raw = m.path(RAW);
+    let good = m.tmp.path().join("good.img");
+    let inside = m.path("stick.img");
+    let run = |targets: &[&Path], json: bool| {
+        let mut a = vec![OsStr::new("flash"), raw.as_os_str()];
+        a.extend(targets.iter().map(|t| t.as_os_str()));
+        a.extend([
+            OsStr::new("--pubkey"),
+            m.pubkey.as_os_str(),
+            OsStr::new("--yes"),
+            OsStr::new("--to-file"),
+        ]);
+        if json {
+            a.push(OsStr::new("--json"));
+        }
+        mini::cairn(&a, LIMIT)
+    };
+    let r = run(&[good.as_path()], false);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(serde_json::from_str::<serde_json::Value>(&r.stdout).is_err());
+
+    let r = run(&[good.as_path()], true);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("{e}: stdout is not one JSON document:\n{}", r.stdout));
+    assert_eq!(v["result"], "ok", "{v}");
+    assert_eq!(v["bytes"], std::fs::metadata(&raw).unwrap().len(), "{v}");
+    let sticks = v["sticks"].as_array().unwrap();
+    assert_eq!(sticks.len(), 1, "{v}");
+    assert_eq!(sticks[0]["result"], "ok");
+    assert_eq!(sticks[0]["mode"], "sparse-new-file");
+    assert_eq!(
+        sticks[0]["read_back_sha256"],
+        Sha256::of_file(&raw).unwrap().hex()
+    );
+
+    // One good target and one inside the release folder (refused as bad
+    // input): both in the document, the worst on top, exit 2.
+    std::fs::remove_file(&good).unwrap();
+    let r = run(&[good.as_path(), inside.as_path()], true);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["result"], "bad-input", "{v}");
+    let words: Vec<&str> = v["sticks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(words, ["ok", "bad-input"], "{v}");
+    assert!(!inside.exists());
+}

@@ -23,11 +23,12 @@
 //! 5. **read back** the written range and compare its SHA-256 with the
 //!    signed digest.
 //!
-//! With the release's signed data map (`release::datamap`), step 3 writes
-//! only its ranges and zeroes the gaps (BLKZEROOUT, or zeros written with
-//! `--write-zeros`); the mapped bytes plus zeros must hash to the signed
-//! digest before the head is written, and step 5 reads back every byte
-//! written. `--full` writes every byte (docs/flashing.md).
+//! With the release's signed version 2 data map (`release::datamap`),
+//! step 1 checks the signature and the map only, step 3 writes only its
+//! ranges, each checked against its signed digest as it is read, and
+//! zeroes the gaps (BLKZEROOUT, or zeros written with `--write-zeros`);
+//! step 5 reads back every range against the same digest. `--full` writes
+//! every byte after a whole verify (docs/flashing.md).
 //!
 //! `target` holds step 2, `write` steps 3 to 5. The image, SHA256 and the
 //! key are opened through `host::untrusted` (regular files only, never a
@@ -205,7 +206,7 @@ impl std::fmt::Display for FlashReport {
             )?;
             write!(
                 f,
-                "  read back: every byte written matches; with the zeroed gaps, sha256 {} is the signed digest ({:.1}s)",
+                "  read back: every range matches its signed digest in the data map of sha256 {} ({:.1}s)",
                 self.sha256, self.seconds
             )?;
         }
