@@ -653,7 +653,8 @@ fn flash_refuses_fixed_and_large_disks_and_lists_them() {
 }
 
 /// `cairn verify` checks a signed data map against the raw beside it:
-/// one signed for another image (its digest) fails, naming the map.
+/// one signed for another image (its digest), one that misses data, or
+/// one with a wrong range digest fails, naming the map.
 #[test]
 fn verify_refuses_a_signed_map_of_another_image() {
     let m = mini::mini_of_size(128 * MIB);
@@ -673,19 +674,30 @@ fn verify_refuses_a_signed_map_of_another_image() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("map: mini-1.raw.map:"), "{}", r.stdout);
     let map_path = m.path(&format!("{RAW}.map"));
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&map_path).unwrap()).unwrap();
+    let text = std::fs::read(&map_path).unwrap();
+    let good: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let mut v = good.clone();
     v["sha256"] = serde_json::Value::String(Sha256::of_bytes(b"another image").hex());
-    std::fs::write(&map_path, serde_json::to_string(&v).unwrap()).unwrap();
-    m.sign();
-    let r = verify();
-    println!("{}", r.stderr);
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr.contains("map: mini-1.raw.map: is for"),
-        "{}",
-        r.stderr
-    );
+    // Signed but wrong (a builder bug): a range of data dropped (a sparse
+    // flash would zero it), or a range digest that is not the raw's (a
+    // flash would refuse it midway).
+    let mut dropped = good.clone();
+    dropped["ranges"].as_array_mut().unwrap().remove(1);
+    dropped["range_sha256"].as_array_mut().unwrap().remove(1);
+    let mut wrong = good.clone();
+    wrong["range_sha256"][1] = serde_json::json!(Sha256::of_bytes(b"other").hex());
+    for (bad, why) in [
+        (v, "map: mini-1.raw.map: is for"),
+        (dropped, "holds data outside every range"),
+        (wrong, "map: mini-1.raw.map: range 1 ["),
+    ] {
+        std::fs::write(&map_path, serde_json::to_string(&bad).unwrap()).unwrap();
+        m.sign();
+        let r = verify();
+        println!("{}", r.stderr);
+        assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(why), "{why}: {}", r.stderr);
+    }
 }
 
 /// A `.raw.zst` (both digests signed: the compressed one in SHA256, the

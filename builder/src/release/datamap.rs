@@ -96,45 +96,68 @@ impl DataMap {
         sha256: Sha256,
         ranges: &[(u64, u64)],
     ) -> Result<DataMap> {
-        use sha2::Digest as _;
-        use std::os::unix::fs::FileExt as _;
         let mut m = DataMap::new(image, size, sha256, ranges);
         let f = std::fs::File::open(raw)
             .with_context(|| format!("data map: open {}", raw.display()))?;
-        let mut buf = vec![0u8; 4 << 20];
-        let mut read =
-            |s: u64, e: u64, each: &mut dyn FnMut(u64, &[u8]) -> Result<()>| -> Result<()> {
-                let mut off = s;
-                while off < e {
-                    let len = ((e - off) as usize).min(buf.len());
-                    f.read_exact_at(&mut buf[..len], off)
-                        .with_context(|| format!("data map: read {} at {off}", raw.display()))?;
-                    each(off, &buf[..len])?;
-                    off += len as u64;
-                }
-                Ok(())
-            };
-        for (s, e) in m.gaps() {
-            read(s, e, &mut |off, b| match b.iter().position(|x| *x != 0) {
-                Some(i) => anyhow::bail!(
-                    "data map of {image}: byte {} holds data outside every range (a builder bug)",
-                    off + i as u64
-                ),
-                None => Ok(()),
-            })?;
-        }
-        let mut digests = Vec::with_capacity(m.ranges.len());
-        for (s, e) in &m.ranges {
-            let mut h = sha2::Sha256::new();
-            read(*s, *e, &mut |_, b| {
-                h.update(b);
-                Ok(())
-            })?;
-            digests.push(Sha256(h.finalize().into()));
-        }
-        m.range_sha256 = digests;
+        m.range_sha256 = m
+            .scan(&f)
+            .map_err(|e| anyhow::anyhow!("data map of {image} ({}): {e}", raw.display()))?;
         m.cairn_data_map = 2;
         Ok(m)
+    }
+
+    /// `cairn verify`: the image open as `f` is what this map says: every
+    /// byte outside the ranges is zero and (version 2) each range has its
+    /// digest. The error names the byte or the range.
+    pub fn check_file(&self, f: &std::fs::File) -> Result<(), String> {
+        let got = self.scan(f)?;
+        if self.range_sha256.is_empty() {
+            return Ok(());
+        }
+        for (i, (g, w)) in got.iter().zip(&self.range_sha256).enumerate() {
+            if g != w {
+                let (s, e) = self.ranges[i];
+                return Err(format!(
+                    "range {i} [{s}, {e}) has sha256 {g}, the map says {w}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `f` once in order: the gaps must be zero; returns each
+    /// range's digest.
+    fn scan(&self, f: &std::fs::File) -> Result<Vec<Sha256>, String> {
+        use sha2::Digest as _;
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0u8; 4 << 20];
+        let mut digests = Vec::with_capacity(self.ranges.len());
+        let mut pieces: Vec<(u64, u64, bool)> =
+            self.ranges.iter().map(|(s, e)| (*s, *e, true)).collect();
+        pieces.extend(self.gaps().into_iter().map(|(s, e)| (s, e, false)));
+        pieces.sort();
+        for (s, e, data) in pieces {
+            let mut h = sha2::Sha256::new();
+            let mut off = s;
+            while off < e {
+                let len = ((e - off) as usize).min(buf.len());
+                f.read_exact_at(&mut buf[..len], off)
+                    .map_err(|err| format!("cannot read at byte {off}: {err}"))?;
+                if data {
+                    h.update(&buf[..len]);
+                } else if let Some(i) = buf[..len].iter().position(|x| *x != 0) {
+                    return Err(format!(
+                        "byte {} holds data outside every range (the map misses data)",
+                        off + i as u64
+                    ));
+                }
+                off += len as u64;
+            }
+            if data {
+                digests.push(Sha256(h.finalize().into()));
+            }
+        }
+        Ok(digests)
     }
 
     /// The bytes the ranges cover.

@@ -351,6 +351,10 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
                             sums[name.as_str()],
                         )
                         .map_err(|e| failed(format!("map: {map_name}: {e}")))?;
+                        // What a sparse flash writes is this raw: the gaps
+                        // zero, each range its signed digest.
+                        m.check_file(&f.file)
+                            .map_err(|e| failed(format!("map: {map_name}: {e}")))?;
                         checks.push(format!(
                             "map: {map_name}: {} ranges, {} of data, for this {name}",
                             m.ranges.len(),
