@@ -20,9 +20,10 @@ use crate::host::progress::human_bytes;
 /// so an interrupted write leaves the device unbootable rather than
 /// half-right. A regular file is accepted as DEVICE only with --to-file.
 /// With the release's signed data map (NAME.raw.map) only the ranges
-/// holding data are written and read back; the rest is zeroed by the
-/// device (BLKZEROOUT), so nothing left on the stick looks like part of
-/// the image. A device that is not removable (nor on USB/MMC), or larger
+/// holding data are written, each checked against its signed digest as it
+/// is read (the first MiB is written only if all match) and read back;
+/// the rest is zeroed by the device (BLKZEROOUT), so nothing left on the
+/// stick looks like part of the image. A device that is not removable (nor on USB/MMC), or larger
 /// than 64 GiB, needs --allow-fixed / --allow-large; --list shows them.
 #[derive(clap::Args)]
 #[command(
