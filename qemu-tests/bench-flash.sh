@@ -7,7 +7,10 @@
 #   bmaptool copy        (the mapped blocks written, their checksums read
 #                         from the image; no signature, no read-back)
 # each BENCH_FLASH_ROUNDS (3) times, the page cache dropped before each;
-# prints the median of each and sparse / bmaptool.
+# then the same three to a new file on the filesystem of the release
+# (cairn flash --to-file: full, sparse = the map's ranges into a truncated
+# file; bmaptool copy to a file). Prints the median of each and
+# sparse / bmaptool for both targets, and the load average.
 # Usage: bench-flash.sh CAIRN DIR PUBKEY. Needs root, losetup, bmaptool
 # (Debian package bmap-tools: make deps).
 set -euo pipefail
@@ -72,18 +75,41 @@ run() {
 
 echo "bench: flashing $(basename "$RAW") ($(awk -v b="$size" 'BEGIN { printf "%.0f MiB", b / 1048576 }'), $(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("%.1f MiB mapped" % (sum(e-s for s,e in m["ranges"])/1048576))' "$RAW.map")) to $dev, median of $ROUNDS, page cache dropped before each"
 declare -A med
-for what in full sparse bmaptool; do
-    times=()
-    for _ in $(seq "$ROUNDS"); do
-        case $what in
-        full) t=$(run "$CAIRN" flash "$RAW" "$dev" --pubkey "$PUBKEY" --yes --allow-fixed --full) ;;
-        sparse) t=$(run "$CAIRN" flash "$RAW" "$dev" --pubkey "$PUBKEY" --yes --allow-fixed) ;;
-        bmaptool) t=$(run bmaptool -q copy --bmap "$work/image.bmap" "$RAW" "$dev") ;;
-        esac
-        times+=("$t")
+# $1: the target kind (device, file); the rows of that target.
+bench() {
+    local kind=$1 what t times target
+    for what in full sparse bmaptool; do
+        times=()
+        for _ in $(seq "$ROUNDS"); do
+            if [[ $kind == device ]]; then
+                target=$dev
+                case $what in
+                full) t=$(run "$CAIRN" flash "$RAW" "$dev" --pubkey "$PUBKEY" --yes --allow-fixed --full) ;;
+                sparse) t=$(run "$CAIRN" flash "$RAW" "$dev" --pubkey "$PUBKEY" --yes --allow-fixed) ;;
+                bmaptool) t=$(run bmaptool -q copy --bmap "$work/image.bmap" "$RAW" "$dev") ;;
+                esac
+            else
+                # A new file each time, beside the release (same filesystem).
+                target=$files/copy.img
+                rm -f "$target"
+                case $what in
+                full) t=$(run "$CAIRN" flash "$RAW" "$target" --pubkey "$PUBKEY" --yes --to-file --full) ;;
+                sparse) t=$(run "$CAIRN" flash "$RAW" "$target" --pubkey "$PUBKEY" --yes --to-file) ;;
+                bmaptool) t=$(run bmaptool -q copy --bmap "$work/image.bmap" "$RAW" "$target") ;;
+                esac
+            fi
+            times+=("$t")
+        done
+        med[$kind.$what]=$(median "${times[@]}")
+        printf '  %-8s %-35s %8ss  (runs: %s)\n' "$kind" "$what" "${med[$kind.$what]}" "${times[*]}"
     done
-    med[$what]=$(median "${times[@]}")
-    printf '  %-44s %8ss  (runs: %s)\n' "$what" "${med[$what]}" "${times[*]}"
-done
-ratio=$(awk -v a="${med[sparse]}" -v b="${med[bmaptool]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-echo "  sparse / bmaptool: ${ratio}x (target: at most 2x, with verification first and read-back)"
+    ratio=$(awk -v a="${med[$kind.sparse]}" -v b="${med[$kind.bmaptool]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+    echo "  $kind: sparse / bmaptool: ${ratio}x (target: at most 2x, with verification first and read-back)"
+}
+bench device
+# The file target: a folder beside the release folder (not in it: cairn
+# refuses a target inside the signed folder), removed on exit.
+files=$(mktemp -d "$(dirname "$DIR")/bench-flash.XXXXXX")
+trap 'cleanup; rm -rf "$files"' EXIT
+bench file
+echo "  load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPU(s)"

@@ -156,21 +156,29 @@ fn flash_many_writes_two_sticks_refuses_a_small_one_and_logs_receipts() {
 /// it with no receipts and a stick's first MiB left as it was.)
 #[test]
 fn flash_many_sigint_leaves_every_stick_unbootable() {
-    signal_leaves_every_stick_unbootable(libc::SIGINT);
+    signal_leaves_every_stick_unbootable(libc::SIGINT, "--full", "full");
 }
 
 #[test]
 fn flash_many_sigterm_leaves_every_stick_unbootable() {
-    signal_leaves_every_stick_unbootable(libc::SIGTERM);
+    signal_leaves_every_stick_unbootable(libc::SIGTERM, "--full", "full");
+}
+
+/// SIGTERM during a sparse flash (the gaps' zeros written by cairn, so
+/// the write of this 512 MiB image outlasts the first progress line): the
+/// same unbootable sticks and `interrupted` receipts.
+#[test]
+fn flash_many_sigterm_during_a_sparse_flash_leaves_every_stick_unbootable() {
+    signal_leaves_every_stick_unbootable(libc::SIGTERM, "--write-zeros", "sparse-zeros-written");
 }
 
 #[test]
 fn flash_many_sighup_leaves_every_stick_unbootable() {
-    signal_leaves_every_stick_unbootable(libc::SIGHUP);
+    signal_leaves_every_stick_unbootable(libc::SIGHUP, "--full", "full");
 }
 
-fn signal_leaves_every_stick_unbootable(sig: libc::c_int) {
-    let m = mini::mini_of_size(256 * MIB);
+fn signal_leaves_every_stick_unbootable(sig: libc::c_int, flag: &str, mode: &str) {
+    let m = mini::mini_of_size(if flag == "--full" { 256 } else { 512 } * MIB);
     let raw = m.path(RAW);
     let size = std::fs::metadata(&raw).unwrap().len();
     let mut image_head = vec![0u8; MIB as usize];
@@ -193,9 +201,10 @@ fn signal_leaves_every_stick_unbootable(sig: libc::c_int) {
     }
     let log = m.tmp.path().join("receipts.jsonl");
     let devs = [a.dev.as_path(), b.dev.as_path()];
-    // Every byte: a sparse write of this image may end before the signal.
+    // Every byte, or zeros written by cairn: a BLKZEROOUT of the gaps may
+    // end before the signal.
     let mut args = flash_args(&raw, &m.pubkey, &devs, &log);
-    args.push(OsStr::new("--full"));
+    args.push(OsStr::new(flag));
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(args)
         // Plain progress lines come by time (10 s apart by default): one
@@ -251,7 +260,7 @@ fn signal_leaves_every_stick_unbootable(sig: libc::c_int) {
     let rs = receipts(&log);
     assert_eq!(rs.len(), 2);
     assert!(rs.iter().all(|r| r["result"] == "interrupted"), "{rs:?}");
-    assert!(rs.iter().all(|r| r["mode"] == "full"), "{rs:?}");
+    assert!(rs.iter().all(|r| r["mode"] == mode), "{rs:?}");
 }
 
 #[test]
@@ -446,13 +455,17 @@ fn flash_sparse_leaves_nothing_of_the_old_stick_in_the_image() {
     assert_ne!(c.digest(size), want);
 }
 
-/// A data map that does not match the image: changed after signing, it is
-/// refused before any byte is written; signed but missing a range of data
-/// (a builder bug), the stick is left unbootable, never half right.
+/// A data map changed after signing (a range dropped, or a range digest
+/// altered) is refused before any byte is written: its digest is in the
+/// signed SHA256. A raw with one mapped byte flipped after signing (flash
+/// checks the signature and the map, not the whole raw, first) is found
+/// by that range's signed digest while writing: refused, and the stick,
+/// a good copy of the image before, is left with a zero first MiB.
 #[test]
-fn flash_refuses_a_changed_or_wrong_data_map() {
-    let mut m = mini::mini_of_size(128 * MIB);
+fn flash_refuses_a_changed_data_map_or_a_flipped_mapped_byte() {
+    let m = mini::mini_of_size(128 * MIB);
     let raw = m.path(RAW);
+    let size = std::fs::metadata(&raw).unwrap().len();
     let map_path = m.path(&format!("{RAW}.map"));
     let text = std::fs::read_to_string(&map_path).unwrap();
     let target = m.tmp.path().join("stick.img");
@@ -480,35 +493,92 @@ fn flash_refuses_a_changed_or_wrong_data_map() {
     );
     std::fs::remove_file(&target).unwrap();
 
-    // Changed after signing (a range dropped): refused, nothing written.
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let dropped = v["ranges"].as_array_mut().unwrap().remove(1);
-    std::fs::write(&map_path, serde_json::to_string(&v).unwrap()).unwrap();
-    let r = to_file(&m);
-    println!("{}", r.stderr);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("digest") && r.stderr.contains(".map"),
-        "{}",
-        r.stderr
-    );
-    assert!(!target.exists(), "a target was written");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["cairn_data_map"], 2, "{v}");
+    let mut dropped = v.clone();
+    dropped["ranges"].as_array_mut().unwrap().remove(1);
+    dropped["range_sha256"].as_array_mut().unwrap().remove(1);
+    let mut tampered = v.clone();
+    tampered["range_sha256"][1] = serde_json::json!(Sha256::of_bytes(b"other").hex());
+    for changed in [dropped, tampered] {
+        std::fs::write(&map_path, serde_json::to_string(&changed).unwrap()).unwrap();
+        let r = to_file(&m);
+        println!("{}", r.stderr);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("digest") && r.stderr.contains(".map"),
+            "{}",
+            r.stderr
+        );
+        assert!(!target.exists(), "a target was written");
+    }
+    std::fs::write(&map_path, &text).unwrap();
 
-    // Signed as it is (the builder got it wrong): the data of the dropped
-    // range is missing, found before the boot sector is written.
-    m.ranges.clear();
-    m.sign();
-    let r = to_file(&m);
-    println!("{}", r.stderr);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("not the verified image"),
-        "{dropped}: {}",
-        r.stderr
+    // A mapped byte past the first MiB, flipped after signing.
+    let ranges: Vec<(u64, u64)> = v["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+        .collect();
+    let (s, e) = *ranges.iter().find(|(_, e)| *e > 2 * MIB).unwrap();
+    let at = s.max(MIB) + (e - s.max(MIB)) / 2;
+    let flip = |raw: &Path| {
+        let f = OpenOptions::new().read(true).write(true).open(raw).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+        f.sync_all().unwrap();
+    };
+    let mut image_head = vec![0u8; MIB as usize];
+    File::open(&raw)
+        .unwrap()
+        .read_exact(&mut image_head)
+        .unwrap();
+    let work = m.tmp.path().join("sticks");
+    std::fs::create_dir_all(&work).unwrap();
+    let log = m.tmp.path().join("receipts.jsonl");
+    for flipped in [false, true] {
+        if flipped {
+            flip(&raw);
+        }
+        let l = Loop::attach(&work, &format!("f{flipped}.img"), size + 4 * MIB, 0);
+        // The stick starts as a good copy's head: one left in place would boot.
+        let dev = OpenOptions::new().write(true).open(&l.dev).unwrap();
+        dev.write_all_at(&image_head, 0).unwrap();
+        dev.sync_all().unwrap();
+        let devs = [l.dev.as_path()];
+        let r = mini::cairn(&flash_args(&raw, &m.pubkey, &devs, &log), LIMIT);
+        println!("{}\n{}", r.stdout, r.stderr);
+        let head = l.head(MIB);
+        if !flipped {
+            // Control: the same flash of the unflipped raw succeeds.
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_eq!(head, image_head);
+            continue;
+        }
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("is not the signed image") && r.stderr.contains("unbootable"),
+            "{}",
+            r.stderr
+        );
+        assert!(head.iter().all(|b| *b == 0), "the first MiB was written");
+        let rec = receipts(&log).pop().unwrap();
+        assert_eq!(rec["result"], "refused", "{rec}");
+    }
+    // `cairn verify` still hashes the whole raw: the flipped byte fails it.
+    let r = mini::cairn(
+        &[
+            OsStr::new("verify"),
+            m.dir.as_os_str(),
+            OsStr::new("--pubkey"),
+            m.pubkey.as_os_str(),
+        ],
+        LIMIT,
     );
-    let mut head = vec![0u8; MIB as usize];
-    File::open(&target).unwrap().read_exact(&mut head).unwrap();
-    assert!(head.iter().all(|b| *b == 0), "the first MiB was written");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("digest: {RAW}")), "{}", r.stderr);
 }
 
 /// Loop devices are not removable: refused without --allow-fixed (the
@@ -583,7 +653,8 @@ fn flash_refuses_fixed_and_large_disks_and_lists_them() {
 }
 
 /// `cairn verify` checks a signed data map against the raw beside it:
-/// one signed for another image (its digest) fails, naming the map.
+/// one signed for another image (its digest), one that misses data, or
+/// one with a wrong range digest fails, naming the map.
 #[test]
 fn verify_refuses_a_signed_map_of_another_image() {
     let m = mini::mini_of_size(128 * MIB);
@@ -603,19 +674,30 @@ fn verify_refuses_a_signed_map_of_another_image() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("map: mini-1.raw.map:"), "{}", r.stdout);
     let map_path = m.path(&format!("{RAW}.map"));
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&map_path).unwrap()).unwrap();
+    let text = std::fs::read(&map_path).unwrap();
+    let good: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let mut v = good.clone();
     v["sha256"] = serde_json::Value::String(Sha256::of_bytes(b"another image").hex());
-    std::fs::write(&map_path, serde_json::to_string(&v).unwrap()).unwrap();
-    m.sign();
-    let r = verify();
-    println!("{}", r.stderr);
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr.contains("map: mini-1.raw.map: is for"),
-        "{}",
-        r.stderr
-    );
+    // Signed but wrong (a builder bug): a range of data dropped (a sparse
+    // flash would zero it), or a range digest that is not the raw's (a
+    // flash would refuse it midway).
+    let mut dropped = good.clone();
+    dropped["ranges"].as_array_mut().unwrap().remove(1);
+    dropped["range_sha256"].as_array_mut().unwrap().remove(1);
+    let mut wrong = good.clone();
+    wrong["range_sha256"][1] = serde_json::json!(Sha256::of_bytes(b"other").hex());
+    for (bad, why) in [
+        (v, "map: mini-1.raw.map: is for"),
+        (dropped, "holds data outside every range"),
+        (wrong, "map: mini-1.raw.map: range 1 ["),
+    ] {
+        std::fs::write(&map_path, serde_json::to_string(&bad).unwrap()).unwrap();
+        m.sign();
+        let r = verify();
+        println!("{}", r.stderr);
+        assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(why), "{why}: {}", r.stderr);
+    }
 }
 
 /// A `.raw.zst` (both digests signed: the compressed one in SHA256, the
@@ -699,4 +781,64 @@ fn flash_from_raw_zst_and_refuse_a_corrupted_one() {
     stale.truncate(MIB as usize);
     assert_eq!(fresh.head(MIB), stale, "the stick was written");
     assert_eq!(holds_marker(&fresh.dev, 16 * MIB), Some(0));
+}
+
+/// `flash --json`: one JSON document on stdout (the same spelling as the
+/// other commands' `--json`), a receipt per stick, the worst result on
+/// top, the exit code as without it. Control: without `--json` stdout is
+/// text, not JSON.
+#[test]
+fn flash_json_is_one_document_with_a_receipt_per_stick() {
+    let m = mini::mini_of_size(128 * MIB);
+    let raw = m.path(RAW);
+    let good = m.tmp.path().join("good.img");
+    let inside = m.path("stick.img");
+    let run = |targets: &[&Path], json: bool| {
+        let mut a = vec![OsStr::new("flash"), raw.as_os_str()];
+        a.extend(targets.iter().map(|t| t.as_os_str()));
+        a.extend([
+            OsStr::new("--pubkey"),
+            m.pubkey.as_os_str(),
+            OsStr::new("--yes"),
+            OsStr::new("--to-file"),
+        ]);
+        if json {
+            a.push(OsStr::new("--json"));
+        }
+        mini::cairn(&a, LIMIT)
+    };
+    let r = run(&[good.as_path()], false);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(serde_json::from_str::<serde_json::Value>(&r.stdout).is_err());
+
+    let r = run(&[good.as_path()], true);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("{e}: stdout is not one JSON document:\n{}", r.stdout));
+    assert_eq!(v["result"], "ok", "{v}");
+    assert_eq!(v["bytes"], std::fs::metadata(&raw).unwrap().len(), "{v}");
+    let sticks = v["sticks"].as_array().unwrap();
+    assert_eq!(sticks.len(), 1, "{v}");
+    assert_eq!(sticks[0]["result"], "ok");
+    assert_eq!(sticks[0]["mode"], "sparse-new-file");
+    assert_eq!(
+        sticks[0]["read_back_sha256"],
+        Sha256::of_file(&raw).unwrap().hex()
+    );
+
+    // One good target and one inside the release folder (refused as bad
+    // input): both in the document, the worst on top, exit 2.
+    std::fs::remove_file(&good).unwrap();
+    let r = run(&[good.as_path(), inside.as_path()], true);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["result"], "bad-input", "{v}");
+    let words: Vec<&str> = v["sticks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(words, ["ok", "bad-input"], "{v}");
+    assert!(!inside.exists());
 }

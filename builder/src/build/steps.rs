@@ -476,13 +476,16 @@ pub(super) fn write_media(
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let d = raw.digest_as_written(&format!("hash {name}"))?;
-                // The data map flash writes by (signed with the folder).
-                crate::release::datamap::DataMap::new(
+                // The data map flash writes by (signed with the folder):
+                // each range's digest, and the gaps proved zero (the
+                // ranges and gaps are read; no whole-image hash).
+                crate::release::datamap::DataMap::of_file(
+                    raw_path,
                     &name,
                     raw.layout.disk_size,
                     d,
                     &raw.data_ranges()?,
-                )
+                )?
                 .write_beside(raw_path)?;
                 hash_into(raw_path, Some(d))
             }),

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Env;
-use crate::field::flash::{flash_devices, list_targets, Flashed, ManyOptions, WriteMode};
+use crate::field::flash::{
+    flash_devices, list_targets, Flashed, ManyOptions, ManyReport, WriteMode,
+};
 use crate::host::progress::human_bytes;
 
 /// Write an image to a USB stick or disk, verified first and read back after.
@@ -18,13 +20,14 @@ use crate::host::progress::human_bytes;
 /// so an interrupted write leaves the device unbootable rather than
 /// half-right. A regular file is accepted as DEVICE only with --to-file.
 /// With the release's signed data map (NAME.raw.map) only the ranges
-/// holding data are written and read back; the rest is zeroed by the
-/// device (BLKZEROOUT), so nothing left on the stick looks like part of
-/// the image. A device that is not removable (nor on USB/MMC), or larger
+/// holding data are written, each checked against its signed digest as it
+/// is read (the first MiB is written only if all match) and read back;
+/// the rest is zeroed by the device (BLKZEROOUT), so nothing left on the
+/// stick looks like part of the image. A device that is not removable (nor on USB/MMC), or larger
 /// than 64 GiB, needs --allow-fixed / --allow-large; --list shows them.
 #[derive(clap::Args)]
 #[command(
-    after_help = after_help!("  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb --pubkey release.pub\n  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb /dev/sdc --pubkey release.pub --receipts receipts.jsonl --site site.toml", "  1    a device was refused (mounted, the running system, too small) or a write or\n       read-back failed; with several devices the worst decides (signal, then 1, then 2)\n")
+    after_help = after_help!("  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb --pubkey release.pub\n  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb /dev/sdc --pubkey release.pub --receipts receipts.jsonl --site site.toml\n  cairn flash out/field-ai-0.1.0/field-ai-0.1.0.raw /dev/sdb --pubkey release.pub --json | jq .result", "  1    a device was refused (mounted, the running system, too small) or a write or\n       read-back failed; with several devices the worst decides (signal, then 1, then 2)\n")
 )]
 pub struct Args {
     /// The .raw, .raw.zst or .iso to write (its SHA256, SHA256.sig and manifest.json beside it).
@@ -71,6 +74,11 @@ pub struct Args {
     /// read back with the image, its digest in the receipts.
     #[arg(long, value_name = "SITE.toml")]
     site: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of the text: `result`
+    /// (the worst stick's), `image`, `key_id`, `bytes` and `sticks`, one
+    /// receipt per device (as --receipts writes them).
+    #[arg(long)]
+    json: bool,
 }
 
 /// A refused or failed flash is a `FlashError` (its own exit code); with
@@ -105,6 +113,14 @@ pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
     };
     let image = opts.image.clone();
     let receipts = opts.receipts.clone();
+    if a.json {
+        // Every stick gets a receipt, so one device takes the same path.
+        let report = crate::field::flash::flash_many(&opts)?;
+        super::print_json(&json_document(&image, &report))?;
+        return Ok(ExitCode::from(
+            u8::try_from(report.exit_code()).unwrap_or(1),
+        ));
+    }
     let report = match flash_devices(opts)? {
         Flashed::One(report) => {
             println!("{report}");
@@ -130,6 +146,29 @@ pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(report.exit_code()).unwrap_or(1),
     ))
+}
+
+/// The `--json` document: the worst outcome first (`ok`, `interrupted`,
+/// `failed`, `refused`, `bad-input`), then every stick's receipt.
+fn json_document(image: &Path, report: &ManyReport) -> serde_json::Value {
+    let words: Vec<&str> = report
+        .sticks
+        .iter()
+        .map(|s| s.receipt.result.as_str())
+        .collect();
+    let result = ["interrupted", "failed", "refused", "bad-input"]
+        .into_iter()
+        .find(|w| words.contains(w))
+        .unwrap_or("ok");
+    let sticks: Vec<&crate::field::flash::Receipt> =
+        report.sticks.iter().map(|s| &s.receipt).collect();
+    serde_json::json!({
+        "result": result,
+        "image": image.display().to_string(),
+        "key_id": report.key_id,
+        "bytes": report.bytes,
+        "sticks": sticks,
+    })
 }
 
 /// `--list`: one line per disk, a header first.

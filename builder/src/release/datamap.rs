@@ -4,9 +4,13 @@
 //! gaps). The build writes it beside the raw, so SHA256 lists it and the
 //! release signature covers it; `cairn flash` writes and reads back only
 //! these ranges and zeroes the rest on the stick.
-//! Invariant: a parsed map is sorted, non-overlapping, 4 KiB aligned and
-//! inside the image; a flash still proves it (mapped bytes + zeros hash to
-//! the signed digest) before the stick's boot sector is written.
+//! Version 2 carries the sha256 of each range (signed with the map), so
+//! a flash checks each range as it reads it, bmaptool's trust model, with
+//! no whole-image hash pass; the builder ([`DataMap::of_file`]) proves the
+//! gaps are zero before it writes the map, and `cairn verify` keeps the
+//! whole-image digest.
+//! Invariant: a parsed map is sorted, non-overlapping, 4 KiB aligned,
+//! inside the image, and (version 2) has one digest per range.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +38,9 @@ pub struct DataMap {
     pub block_size: u64,
     /// `[start, end)` byte offsets, sorted, disjoint.
     pub ranges: Vec<(u64, u64)>,
+    /// Version 2: the sha256 of each range's bytes, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub range_sha256: Vec<Sha256>,
 }
 
 /// The map file's path for the raw disk at `raw`.
@@ -73,7 +80,84 @@ impl DataMap {
             sha256,
             block_size: BLOCK,
             ranges: merged,
+            range_sha256: Vec::new(),
         }
+    }
+
+    /// As [`DataMap::new`] for the raw disk at `raw`, with the digest of
+    /// each range (version 2), read from the file. Every byte outside the
+    /// ranges is read too and must be zero: a map that misses data (a
+    /// builder bug) is an error here, never a signed map that flashes a
+    /// wrong stick.
+    pub fn of_file(
+        raw: &Path,
+        image: &str,
+        size: u64,
+        sha256: Sha256,
+        ranges: &[(u64, u64)],
+    ) -> Result<DataMap> {
+        let mut m = DataMap::new(image, size, sha256, ranges);
+        let f = std::fs::File::open(raw)
+            .with_context(|| format!("data map: open {}", raw.display()))?;
+        m.range_sha256 = m
+            .scan(&f)
+            .map_err(|e| anyhow::anyhow!("data map of {image} ({}): {e}", raw.display()))?;
+        m.cairn_data_map = 2;
+        Ok(m)
+    }
+
+    /// `cairn verify`: the image open as `f` is what this map says: every
+    /// byte outside the ranges is zero and (version 2) each range has its
+    /// digest. The error names the byte or the range.
+    pub fn check_file(&self, f: &std::fs::File) -> Result<(), String> {
+        let got = self.scan(f)?;
+        if self.range_sha256.is_empty() {
+            return Ok(());
+        }
+        for (i, (g, w)) in got.iter().zip(&self.range_sha256).enumerate() {
+            if g != w {
+                let (s, e) = self.ranges[i];
+                return Err(format!(
+                    "range {i} [{s}, {e}) has sha256 {g}, the map says {w}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `f` once in order: the gaps must be zero; returns each
+    /// range's digest.
+    fn scan(&self, f: &std::fs::File) -> Result<Vec<Sha256>, String> {
+        use sha2::Digest as _;
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0u8; 4 << 20];
+        let mut digests = Vec::with_capacity(self.ranges.len());
+        let mut pieces: Vec<(u64, u64, bool)> =
+            self.ranges.iter().map(|(s, e)| (*s, *e, true)).collect();
+        pieces.extend(self.gaps().into_iter().map(|(s, e)| (s, e, false)));
+        pieces.sort();
+        for (s, e, data) in pieces {
+            let mut h = sha2::Sha256::new();
+            let mut off = s;
+            while off < e {
+                let len = ((e - off) as usize).min(buf.len());
+                f.read_exact_at(&mut buf[..len], off)
+                    .map_err(|err| format!("cannot read at byte {off}: {err}"))?;
+                if data {
+                    h.update(&buf[..len]);
+                } else if let Some(i) = buf[..len].iter().position(|x| *x != 0) {
+                    return Err(format!(
+                        "byte {} holds data outside every range (the map misses data)",
+                        off + i as u64
+                    ));
+                }
+                off += len as u64;
+            }
+            if data {
+                digests.push(Sha256(h.finalize().into()));
+            }
+        }
+        Ok(digests)
     }
 
     /// The bytes the ranges cover.
@@ -96,8 +180,17 @@ impl DataMap {
     pub fn parse(bytes: &[u8], image: &str, size: u64, sha256: Sha256) -> Result<DataMap, String> {
         let m: DataMap =
             serde_json::from_slice(bytes).map_err(|e| format!("does not parse: {e}"))?;
-        if m.cairn_data_map != 1 {
-            return Err(format!("version {} is not 1", m.cairn_data_map));
+        match (m.cairn_data_map, m.range_sha256.len()) {
+            (1, 0) => {}
+            (2, n) if n == m.ranges.len() => {}
+            (2, n) => {
+                return Err(format!(
+                    "has {n} range digests for {} ranges",
+                    m.ranges.len()
+                ))
+            }
+            (1, _) => return Err("version 1 has no range digests".into()),
+            (v, _) => return Err(format!("version {v} is not 1 or 2")),
         }
         if m.image != image || m.size != size || m.sha256 != sha256 {
             return Err(format!(
@@ -177,6 +270,34 @@ mod tests {
         assert!(e.contains("not b.raw"), "{e}");
         assert!(DataMap::parse(&text, "a.raw", 2 << 20, d).is_err());
         assert!(DataMap::parse(&text, "a.raw", 1 << 20, Sha256::of_bytes(b"y")).is_err());
+    }
+
+    /// The builder's map: one digest per range, parsed back as version 2;
+    /// a byte of data outside the ranges is an error (control: the same
+    /// file without it maps fine).
+    #[test]
+    fn a_data_map_of_a_file_has_range_digests_and_proves_the_gaps_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("a.raw");
+        let mut bytes = vec![0u8; 64 << 10];
+        bytes[10..20].copy_from_slice(b"0123456789");
+        std::fs::write(&raw, &bytes).unwrap();
+        let d = Sha256::of_bytes(&bytes);
+        let m = DataMap::of_file(&raw, "a.raw", 64 << 10, d, &[(0, 20)]).unwrap();
+        assert_eq!(m.cairn_data_map, 2);
+        assert_eq!(m.range_sha256, vec![Sha256::of_bytes(&bytes[..4096])]);
+        let text = serde_json::to_vec(&m).unwrap();
+        assert_eq!(DataMap::parse(&text, "a.raw", 64 << 10, d).unwrap(), m);
+        // Digests that do not pair with the ranges: refused.
+        let mut short = m.clone();
+        short.range_sha256.clear();
+        let e =
+            DataMap::parse(&serde_json::to_vec(&short).unwrap(), "a.raw", 64 << 10, d).unwrap_err();
+        assert!(e.contains("0 range digests"), "{e}");
+        bytes[40000] = 1;
+        std::fs::write(&raw, &bytes).unwrap();
+        let e = DataMap::of_file(&raw, "a.raw", 64 << 10, d, &[(0, 20)]).unwrap_err();
+        assert!(format!("{e:#}").contains("byte 40000 holds data"), "{e:#}");
     }
 
     #[test]

@@ -353,12 +353,14 @@ impl Mini {
     /// for the raw as it is now; sign afterwards.
     pub fn write_map(&self) {
         let raw = self.path(RAW);
-        let map = cairn::release::datamap::DataMap::new(
+        let map = cairn::release::datamap::DataMap::of_file(
+            &raw,
             RAW,
             std::fs::metadata(&raw).unwrap().len(),
             Sha256::of_file(&raw).unwrap(),
             &self.ranges,
-        );
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         map.write_beside(&raw).unwrap();
     }
 

@@ -73,7 +73,8 @@ pub struct Receipt {
     /// byte when `result` is `ok`.
     pub site_sha256: Option<String>,
     /// The digest of the image read back from the stick (null unless the
-    /// read-back ran and matched).
+    /// read-back ran and matched; when sparse, every range matched its
+    /// signed digest in the map of this image, the gaps zeroed).
     pub read_back_sha256: Option<String>,
     /// RFC 3339, wall clock.
     pub started: String,
@@ -146,11 +147,17 @@ impl ManyReport {
         self.sticks
             .iter()
             .map(|s| match &s.result {
-                Ok(d) => format!(
-                    "flash: {}: ok ({}), read back sha256 {d} matches the signed digest",
-                    s.device.display(),
-                    s.receipt.mode.as_deref().unwrap_or("full")
-                ),
+                Ok(d) => match s.receipt.mode.as_deref().unwrap_or("full") {
+                    "full" => format!(
+                        "flash: {}: ok (full), read back sha256 {d} matches the signed digest",
+                        s.device.display()
+                    ),
+                    mode => format!(
+                        "flash: {}: ok ({mode}), every range read back matches its signed \
+                         digest (image sha256 {d})",
+                        s.device.display()
+                    ),
+                },
                 Err(e) => format!("flash: {}: FAILED: {e}", s.device.display()),
             })
             .collect()
@@ -256,7 +263,11 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             )));
         }
     }
-    let v = verify_release(&opts.image, &opts.pubkey)?;
+    let v = verify_release(
+        &opts.image,
+        &opts.pubkey,
+        opts.write == super::WriteMode::Full,
+    )?;
     let site = opts
         .site
         .as_deref()

@@ -23,11 +23,12 @@
 //! 5. **read back** the written range and compare its SHA-256 with the
 //!    signed digest.
 //!
-//! With the release's signed data map (`release::datamap`), step 3 writes
-//! only its ranges and zeroes the gaps (BLKZEROOUT, or zeros written with
-//! `--write-zeros`); the mapped bytes plus zeros must hash to the signed
-//! digest before the head is written, and step 5 reads back every byte
-//! written. `--full` writes every byte (docs/flashing.md).
+//! With the release's signed version 2 data map (`release::datamap`),
+//! step 1 checks the signature and the map only, step 3 writes only its
+//! ranges, each checked against its signed digest as it is read, and
+//! zeroes the gaps (BLKZEROOUT, or zeros written with `--write-zeros`);
+//! step 5 reads back every range against the same digest. `--full` writes
+//! every byte after a whole verify (docs/flashing.md).
 //!
 //! `target` holds step 2, `write` steps 3 to 5. The image, SHA256 and the
 //! key are opened through `host::untrusted` (regular files only, never a
@@ -205,7 +206,7 @@ impl std::fmt::Display for FlashReport {
             )?;
             write!(
                 f,
-                "  read back: every byte written matches; with the zeroed gaps, sha256 {} is the signed digest ({:.1}s)",
+                "  read back: every range matches its signed digest in the data map of sha256 {} ({:.1}s)",
                 self.sha256, self.seconds
             )?;
         }
@@ -287,8 +288,12 @@ struct Verified {
     compressed: bool,
 }
 
-/// Opens and verifies `image` with `pubkey`; nothing is written.
-fn verify_release(image: &Path, pubkey: &Path) -> Result<Verified, FlashError> {
+/// Opens and verifies `image` with `pubkey`; nothing is written. A `.raw`
+/// with a signed version 2 data map, written sparse (`full` false), is
+/// checked by signature and map only: each range's digest is checked as
+/// it is read for the write ([`write`]), so the image is read once.
+/// Anything else is verified whole first (`release::verify`).
+fn verify_release(image: &Path, pubkey: &Path, full: bool) -> Result<Verified, FlashError> {
     // The handle the write reads from: opened first, without following a
     // symlink or blocking, so it is the file verify looks at.
     let src = untrusted::open(image, Links::Refuse).map_err(|e| {
@@ -297,6 +302,14 @@ fn verify_release(image: &Path, pubkey: &Path) -> Result<Verified, FlashError> {
             crate::media::extensions(|f| f.esp != crate::media::Esp::OfRaw)
         ))
     })?;
+    let src = if full {
+        src
+    } else {
+        match verify_by_map(image, pubkey, src)? {
+            Ok(v) => return Ok(v),
+            Err(src) => src,
+        }
+    };
 
     // (a) verify
     let report = crate::release::verify::verify(image, pubkey, false).map_err(|e| match e {
@@ -342,6 +355,53 @@ fn verify_release(image: &Path, pubkey: &Path) -> Result<Verified, FlashError> {
         map,
         compressed,
     })
+}
+
+/// The signature-and-map check of [`verify_release`] for `image` (open as
+/// `src`): `None` when it is not a `.raw` whose signed list has a version
+/// 2 map (then the whole release is verified).
+fn verify_by_map(
+    image: &Path,
+    pubkey: &Path,
+    src: untrusted::UntrustedFile,
+) -> Result<Result<Verified, untrusted::UntrustedFile>, FlashError> {
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let folder = match image.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !crate::media::RAW.is_file(name) || !folder.join(format!("{name}.map")).exists() {
+        return Ok(Err(src));
+    }
+    let (key_id, signed, sums_sha256) = crate::release::verify::signed_list(folder, pubkey)
+        .map_err(|e| match e {
+            crate::release::verify::VerifyError::BadInput(m) => {
+                FlashError::BadInput(format!("flash: refusing: {m}"))
+            }
+            crate::release::verify::VerifyError::Failed(m) => refused(m),
+        })?;
+    let want = *signed.get(name).ok_or_else(|| {
+        refused(format!(
+            "{name} is not listed in {}",
+            crate::release::verify::SUMS
+        ))
+    })?;
+    let map = signed_map(image, name, Some((src.len, want)), &signed)?;
+    match map {
+        Some(m) if !m.range_sha256.is_empty() => Ok(Ok(Verified {
+            size: src.len,
+            src,
+            want,
+            key_id,
+            sums_sha256,
+            map: Some(m),
+            compressed: false,
+        })),
+        _ => Ok(Err(src)),
+    }
 }
 
 /// The data map of the raw `name` (`NAME.map` beside `image`) if SHA256
@@ -472,7 +532,10 @@ fn at_risk(device: &Path, c: &Checked) -> Option<String> {
 /// has one and `--full` was not asked for.
 fn plan_for<'a>(opts: &FlashOptions, v: &'a Verified, c: &Checked) -> write::Plan<'a> {
     use write::{Gaps, Plan};
-    match (opts.write, &v.map) {
+    // A version 1 map (no range digests) is written whole: the sparse
+    // write checks each range against its signed digest.
+    let map = v.map.as_ref().filter(|m| !m.range_sha256.is_empty());
+    match (opts.write, map) {
         (WriteMode::Full, _) | (_, None) => Plan::Full,
         (WriteMode::WriteZeros, Some(map)) => Plan::Sparse {
             map,
@@ -546,7 +609,7 @@ fn write_checked(
 pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     let started = Instant::now();
     let image = &opts.image;
-    let v = verify_release(image, &opts.pubkey)?;
+    let v = verify_release(image, &opts.pubkey, opts.write == WriteMode::Full)?;
     let site = opts
         .site
         .as_deref()

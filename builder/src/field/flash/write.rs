@@ -1,6 +1,7 @@
-//! The write and the read-back: boot sector last, the image hashed while
-//! it is read, the head written only if that hash is the signed digest,
-//! then flushed past the page cache and read back.
+//! The write and the read-back: boot sector last, each piece (the whole
+//! image, or each range of the signed data map) hashed while it is read
+//! and checked against its signed digest, the head written only once all
+//! matched, then flushed past the page cache and read back piece by piece.
 //! Invariant: an interrupted or failed write leaves the target with a zero
 //! first MiB (unbootable), never a half-written disk that looks bootable.
 
@@ -145,24 +146,25 @@ impl Plan<'_> {
         }
     }
 
-    /// `[start, end, data)` pieces of `[from, size)` in order: data is
-    /// copied from the image, the rest zeroed.
-    fn segments(&self, from: u64, size: u64) -> Vec<(u64, u64, bool)> {
-        let all = match self {
-            Plan::Full => vec![(0, size, true)],
+    /// `[start, end, digest)` pieces of the image of `size` bytes, in
+    /// order: a piece with a digest is copied from the image and must hash
+    /// to it (the whole image and its signed digest when `Full`, a map
+    /// range and its signed digest when sparse); the rest is zeroed.
+    fn segments(&self, size: u64, want: Sha256) -> Vec<(u64, u64, Option<Sha256>)> {
+        match self {
+            Plan::Full => vec![(0, size, Some(want))],
             Plan::Sparse { map, .. } => {
-                let mut v: Vec<(u64, u64, bool)> =
-                    map.ranges.iter().map(|(s, e)| (*s, *e, true)).collect();
-                v.extend(map.gaps().into_iter().map(|(s, e)| (s, e, false)));
+                let mut v: Vec<(u64, u64, Option<Sha256>)> = map
+                    .ranges
+                    .iter()
+                    .zip(&map.range_sha256)
+                    .map(|((s, e), d)| (*s, *e, Some(*d)))
+                    .collect();
+                v.extend(map.gaps().into_iter().map(|(s, e)| (s, e, None)));
                 v.sort();
                 v
             }
-        };
-        all.into_iter()
-            .filter(|(_, e, _)| *e > from)
-            .map(|(s, e, d)| (s.max(from), e.min(size), d))
-            .filter(|(s, e, _)| s < e)
-            .collect()
+        }
     }
 }
 
@@ -171,11 +173,14 @@ const ZERO_STEP: u64 = 64 << 20;
 
 /// Writes `size` bytes of `src` (the image at `image`) to `dst` (a block
 /// device if `is_block`, else a file) as `plan` says, head last, and reads
-/// back every byte written. Before the head is written, the bytes copied
-/// plus the zeros of the gaps must hash to `want` (the signed digest), so
-/// a wrong map can never make a stick that boots. Returns `want` once the
-/// read-back matched. The caller holds a [`crate::host::interrupt::hold`]
-/// and owns the bar.
+/// back every byte written. Each piece copied is hashed as it is read and
+/// must match its signed digest (`want` for the whole image, or the map's
+/// range digest) before anything after it is written; the head (first
+/// MiB, kept in memory) is written only once every piece matched, so a
+/// changed image never makes a stick that boots. The read-back hashes
+/// each piece again from the target against the same digest. Returns
+/// `want` once it matched. The caller holds a
+/// [`crate::host::interrupt::hold`] and owns the bar.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn write_and_read_back(
     src: &mut Source<'_>,
@@ -208,10 +213,6 @@ pub(super) fn write_and_read_back(
     }
     flush(dst, is_block).map_err(|e| io("flushing", e))?;
 
-    // `hasher`: the image as the stick will hold it (signed digest);
-    // `written`: every byte written, in order, for the read-back.
-    let mut hasher = sha2::Sha256::new();
-    let mut written = sha2::Sha256::new();
     let mut head = vec![0u8; head_len as usize];
     let n = src
         .read_at(&mut head, 0)
@@ -222,11 +223,9 @@ pub(super) fn write_and_read_back(
             image.display()
         )));
     }
-    hasher.update(&head);
-    written.update(&head);
 
     progress.update(0);
-    let segments = plan.segments(head_len, size);
+    let segments = plan.segments(size, want);
     let stop = |off: u64, progress: &mut Progress| {
         progress.abandon();
         let _ = dst.sync_all();
@@ -237,12 +236,22 @@ pub(super) fn write_and_read_back(
             human_bytes(size)
         ))
     };
+    let left_unbootable = "it was left unbootable (first MiB zero)";
     let mut buf = vec![0u8; CHUNK];
-    for &(start, end, data) in &segments {
-        let mut off = start;
-        if !data {
-            // The gap reads as zeros on the stick: hashed as such, and
-            // zeroed there as the plan says.
+    for (i, &(start, end, digest)) in segments.iter().enumerate() {
+        // The part inside the head is in memory, written last.
+        let in_head = &head[(start.min(head_len) as usize)..(end.min(head_len) as usize)];
+        let mut off = start.max(head_len);
+        let Some(digest) = digest else {
+            // A gap: zero on the stick, so zero in the image's head too.
+            if let Some(k) = in_head.iter().position(|b| *b != 0) {
+                progress.abandon();
+                return Err(refused(format!(
+                    "{} holds data at byte {} outside its signed data map; {dev}: {left_unbootable}",
+                    image.display(),
+                    start + k as u64
+                )));
+            }
             while off < end {
                 if interrupted() {
                     return Err(stop(off, progress));
@@ -255,8 +264,8 @@ pub(super) fn write_and_read_back(
                     } => crate::host::sys::zero_out_range(dst, off, step).map_err(|e| {
                         progress.abandon();
                         failed(format!(
-                            "zeroing {dev} at byte {off} (BLKZEROOUT): {e}; it was left \
-                                 unbootable (first MiB zero); try --write-zeros"
+                            "zeroing {dev} at byte {off} (BLKZEROOUT): {e}; {left_unbootable}; \
+                             try --write-zeros"
                         ))
                     })?,
                     Plan::Sparse {
@@ -268,7 +277,7 @@ pub(super) fn write_and_read_back(
                             dst.write_all_at(&zeros[..len], at).map_err(|e| {
                                 progress.abandon();
                                 failed(format!(
-                                    "writing {dev} at byte {at}: {e}; it was left unbootable (first MiB zero)"
+                                    "writing {dev} at byte {at}: {e}; {left_unbootable}"
                                 ))
                             })?;
                             at += len as u64;
@@ -276,17 +285,13 @@ pub(super) fn write_and_read_back(
                     }
                     _ => {}
                 }
-                let mut left = step;
-                while left > 0 {
-                    let len = (left as usize).min(CHUNK);
-                    hasher.update(&zeros[..len]);
-                    left -= len as u64;
-                }
                 off += step;
                 progress.update(off);
             }
             continue;
-        }
+        };
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(in_head);
         while off < end {
             if interrupted() {
                 return Err(stop(off, progress));
@@ -295,48 +300,47 @@ pub(super) fn write_and_read_back(
             let n = src.read_at(&mut buf[..want_len], off).map_err(|e| {
                 progress.abandon();
                 failed(format!(
-                    "reading {}: {e}; {dev} was left unbootable (first MiB zero)",
+                    "reading {}: {e}; {dev}: {left_unbootable}",
                     image.display()
                 ))
             })?;
             if n != want_len {
                 progress.abandon();
                 return Err(failed(format!(
-                    "{} shrank while flashing; {dev} was left unbootable",
+                    "{} shrank while flashing; {dev}: {left_unbootable}",
                     image.display()
                 )));
             }
             hasher.update(&buf[..n]);
-            written.update(&buf[..n]);
             // A fresh file is already zero; a device is not.
             if is_block || buf[..n].iter().any(|b| *b != 0) {
                 dst.write_all_at(&buf[..n], off).map_err(|e| {
                     progress.abandon();
                     failed(format!(
-                        "writing {dev} at byte {off}: {e}; it was left unbootable (first MiB zero)"
+                        "writing {dev} at byte {off}: {e}; {left_unbootable}"
                     ))
                 })?;
             }
             off += n as u64;
             progress.update(off);
         }
+        let got = Sha256(hasher.finalize().into());
+        if got != digest {
+            progress.abandon();
+            let what = match plan {
+                Plan::Full => format!("{} changed after it was verified", image.display()),
+                Plan::Sparse { .. } => format!(
+                    "{} is not the signed image: bytes [{start}, {end}) (range {} of its data \
+                     map) have sha256 {got}, the signed map {digest}",
+                    image.display(),
+                    i
+                ),
+            };
+            return Err(refused(format!(
+                "{what}; nothing more was written and {dev}: {left_unbootable}"
+            )));
+        }
     }
-    let got_src = Sha256(hasher.finalize().into());
-    if got_src != want {
-        progress.abandon();
-        let what = match plan {
-            Plan::Full => format!("{} changed after it was verified", image.display()),
-            Plan::Sparse { .. } => format!(
-                "{} with the gaps of its data map zeroed is not the verified image \
-                 (the map misses data, or the image changed)",
-                image.display()
-            ),
-        };
-        return Err(refused(format!(
-            "{what} (sha256 {got_src}, signed {want}); {dev} was left unbootable (first MiB zero)"
-        )));
-    }
-    let written = Sha256(written.finalize().into());
     flush(dst, is_block).map_err(|e| io("flushing", e))?;
     if interrupted() {
         progress.abandon();
@@ -350,14 +354,20 @@ pub(super) fn write_and_read_back(
     flush(dst, is_block).map_err(|e| io("flushing", e))?;
     progress.finish();
 
-    // (e) read back every byte written, in the order it was hashed.
-    let mut h = sha2::Sha256::new();
-    let back = std::iter::once((0, head_len, true)).chain(segments.iter().copied());
-    for (start, end, data) in back {
-        if !data {
-            continue;
-        }
-        let mut off = start;
+    // (e) read back every byte written: the head, compared with what was
+    // written, and each piece hashed against its signed digest.
+    let mut back = vec![0u8; head_len as usize];
+    let n = read_full_at(dst, &mut back, 0).map_err(|e| io("reading back", e))?;
+    if n != head.len() || back != head {
+        return Err(failed(format!(
+            "read-back of the first MiB of {dev} does not match what was written; the medium may be faulty"
+        )));
+    }
+    for &(start, end, digest) in &segments {
+        let Some(digest) = digest else { continue };
+        let mut h = sha2::Sha256::new();
+        h.update(&head[(start.min(head_len) as usize)..(end.min(head_len) as usize)]);
+        let mut off = start.max(head_len);
         while off < end {
             let len = ((end - off) as usize).min(CHUNK);
             let n = read_full_at(dst, &mut buf[..len], off).map_err(|e| io("reading back", e))?;
@@ -370,16 +380,12 @@ pub(super) fn write_and_read_back(
             h.update(&buf[..n]);
             off += n as u64;
         }
-    }
-    let got = Sha256(h.finalize().into());
-    if got != written {
-        let (expected, got) = match plan {
-            Plan::Full => (want, got),
-            Plan::Sparse { .. } => (written, got),
-        };
-        return Err(failed(format!(
-            "read-back of {dev} does not match: expected sha256 {expected}, got {got}; the medium may be faulty"
-        )));
+        let got = Sha256(h.finalize().into());
+        if got != digest {
+            return Err(failed(format!(
+                "read-back of {dev} bytes [{start}, {end}) does not match: expected sha256 {digest}, got {got}; the medium may be faulty"
+            )));
+        }
     }
     Ok(want)
 }
