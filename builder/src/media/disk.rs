@@ -442,7 +442,7 @@ impl RawDisk {
                 let mut off = start / BLOCK as u64 * BLOCK as u64;
                 while off < end {
                     let n = ((end - off) as usize).min(buf.len());
-                    let got = read_full_at(&f, &mut buf[..n], off)
+                    let got = crate::host::read_full_at(&f, &mut buf[..n], off)
                         .with_context(|| format!("raw disk map: read {}", p.file.display()))?;
                     for (i, b) in buf[..got].chunks(BLOCK).enumerate() {
                         if b.iter().all(|x| *x == 0) {
@@ -506,24 +506,6 @@ impl RawDisk {
         bar.finish();
         Ok(d)
     }
-}
-
-/// Reads into `buf` at `off` until it is full or the file ends.
-fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt as _;
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], off) {
-            Ok(0) => break,
-            Ok(k) => {
-                n += k;
-                off += k as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Writes the raw disk at `out`.

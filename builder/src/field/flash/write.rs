@@ -16,22 +16,6 @@ use super::{failed, refused, FlashError, CHUNK, HEAD};
 use crate::host::digest::Sha256;
 use crate::host::progress::{human_bytes, Progress};
 
-pub(super) fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], off) {
-            Ok(0) => break,
-            Ok(k) => {
-                n += k;
-                off += k as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Where the image's bytes come from: the `.raw` itself, or a `.raw.zst`
 /// decompressed as a stream (each stick its own decoder).
 pub(super) enum Source<'a> {
@@ -50,7 +34,7 @@ impl Source<'_> {
     fn read_at(&mut self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
         use std::io::Read as _;
         match self {
-            Source::File(f) => read_full_at(f, buf, off),
+            Source::File(f) => crate::host::read_full_at(f, buf, off),
             Source::Zst { r, pos } => {
                 if off < *pos {
                     return Err(std::io::Error::other(
@@ -63,15 +47,7 @@ impl Source<'_> {
                 if skipped < skip {
                     return Ok(0);
                 }
-                let mut n = 0;
-                while n < buf.len() {
-                    match r.read(&mut buf[n..]) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                let n = crate::host::read_full(r, buf)?;
                 *pos += n as u64;
                 Ok(n)
             }
@@ -357,7 +333,7 @@ pub(super) fn write_and_read_back(
     // (e) read back every byte written: the head, compared with what was
     // written, and each piece hashed against its signed digest.
     let mut back = vec![0u8; head_len as usize];
-    let n = read_full_at(dst, &mut back, 0).map_err(|e| io("reading back", e))?;
+    let n = crate::host::read_full_at(dst, &mut back, 0).map_err(|e| io("reading back", e))?;
     if n != head.len() || back != head {
         return Err(failed(format!(
             "read-back of the first MiB of {dev} does not match what was written; the medium may be faulty"
@@ -370,7 +346,8 @@ pub(super) fn write_and_read_back(
         let mut off = start.max(head_len);
         while off < end {
             let len = ((end - off) as usize).min(CHUNK);
-            let n = read_full_at(dst, &mut buf[..len], off).map_err(|e| io("reading back", e))?;
+            let n = crate::host::read_full_at(dst, &mut buf[..len], off)
+                .map_err(|e| io("reading back", e))?;
             if n != len {
                 return Err(failed(format!(
                     "read-back of {dev} ended at byte {} of {size}",
