@@ -19,6 +19,7 @@ pub mod esp;
 pub mod iso;
 pub mod qcow2;
 pub mod vhd;
+pub mod vmdk;
 
 /// What every medium is made from: the stages' outputs.
 pub struct MediaInputs<'a> {
@@ -78,6 +79,10 @@ pub enum Verify {
     /// The raw disk's bytes and a fixed VHD footer (`vhd::parse_footer`):
     /// equal to the raw disk of the same stem, or checked as one.
     RawAndFooter,
+    /// A stream-optimised VMDK (`vmdk::check_header`,
+    /// `vmdk::check_descriptor`: one extent, itself, no parent), then
+    /// content equal to the raw disk of the same stem, or checked as one.
+    Vmdk,
 }
 
 /// Where a medium's ESP is (what the Secure Boot checks read).
@@ -187,9 +192,25 @@ pub const VHD: Format = Format {
     esp: Esp::OfRaw,
 };
 
+pub const VMDK: Format = Format {
+    name: "vmdk",
+    extension: "vmdk",
+    aliases: &[],
+    stage: "VMDK",
+    by_default: false,
+    write: Write::AfterRaw(write_vmdk_row),
+    verify: Verify::Vmdk,
+    qemu: crate::host::drive::Drive {
+        driver: crate::host::vmdk::DRIVER,
+        cdrom: false,
+        standalone_check: true,
+    },
+    esp: Esp::OfRaw,
+};
+
 /// Every format, in the order they are checked (the raw disk first: the
 /// others are compared with it).
-pub const FORMATS: &[&Format] = &[&RAW, &ISO, &QCOW2, &VHD];
+pub const FORMATS: &[&Format] = &[&RAW, &ISO, &QCOW2, &VHD, &VMDK];
 
 impl Format {
     /// The row named `name` in `--format`.
@@ -280,6 +301,11 @@ fn write_vhd_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     Ok(None)
 }
 
+fn write_vmdk_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
+    vmdk::write_vmdk(m.raw, out, m.volume_id, m.epoch)?;
+    Ok(None)
+}
+
 fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     let layout = m
         .layout
@@ -333,12 +359,12 @@ mod tests {
         let alias = format!("x.{}", RAW.aliases[0]);
         assert_eq!(Format::of_file(&alias), Some(&RAW));
         assert!(!RAW.is_file(&alias));
-        for none in ["x", ".qcow2x", "x.vmdk", ""] {
+        for none in ["x", ".qcow2x", "x.vmdkx", ""] {
             assert_eq!(Format::of_file(none), None, "{none}");
         }
         assert_eq!(Format::of_file(".iso"), None, "a dot file has no stem");
-        assert_eq!(extensions(|_| true), ".raw, .iso, .qcow2 or .vhd");
+        assert_eq!(extensions(|_| true), ".raw, .iso, .qcow2, .vhd or .vmdk");
         assert_eq!(extensions(|f| f.esp != Esp::OfRaw), ".raw or .iso");
-        assert_eq!(names(), "raw, iso, qcow2, vhd");
+        assert_eq!(names(), "raw, iso, qcow2, vhd, vmdk");
     }
 }

@@ -378,6 +378,14 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
                         .map(|(r, l, p)| (p.as_path(), *r, *l));
                     media::check_vhd(&path, &f.file, *len, name, pair, &manifest, &mut checks)?
                 }
+                Verify::Vmdk => {
+                    let stem = name.rsplit_once('.').map_or("", |(s, _)| s);
+                    let pair = raws
+                        .iter()
+                        .find(|(r, _, _)| r.rsplit_once('.').map_or("", |(s, _)| s) == stem)
+                        .map(|(r, l, p)| (p.as_path(), *r, *l));
+                    media::check_vmdk(&path, &f.file, *len, name, pair, &manifest, &mut checks)?
+                }
             }
         }
     }
