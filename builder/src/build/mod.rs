@@ -126,6 +126,15 @@ impl Formats {
                 crate::media::names()
             ));
         }
+        // Its uncompressed digest is signed in the raw disk's data map,
+        // which is written with the raw disk.
+        if f.wants(&crate::media::ZST) && !f.wants(&crate::media::RAW) {
+            return Err(format!(
+                "format {z} needs {r} too (its signed data map is the raw disk's): --format {r},{z}",
+                z = crate::media::ZST.name,
+                r = crate::media::RAW.name
+            ));
+        }
         Ok(f)
     }
 }
@@ -331,11 +340,15 @@ mod tests {
             .all(|r| all.wants(r) == r.by_default));
         assert_eq!(all.to_string(), "raw,iso,qcow2", "the default is unchanged");
         assert_eq!(Formats::parse(&all.to_string()).unwrap(), all);
-        let e = Formats::parse("raw,vmdk").unwrap_err();
+        let e = Formats::parse("raw,ova").unwrap_err();
         assert!(
-            e.contains("\"vmdk\"") && e.contains(&crate::media::names()),
+            e.contains("\"ova\"") && e.contains(&crate::media::names()),
             "{e}"
         );
+        // The compressed raw disk needs the raw disk (its data map).
+        let e = Formats::parse("zst").unwrap_err();
+        assert!(e.contains("--format raw,zst"), "{e}");
+        assert!(Formats::parse("zst,raw").is_ok());
         assert!(Formats::parse(" , ").is_err());
     }
 

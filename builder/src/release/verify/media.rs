@@ -460,6 +460,65 @@ pub(super) fn check_vmdk(
     Ok(())
 }
 
+/// A GCE-style tarball: read with cairn's tar reader
+/// (`media::gce::read_disk`: one regular member, `disk.raw`), its bytes
+/// compared with the raw disk of the same stem as they are decompressed;
+/// without one, unpacked to a temporary file and checked as a raw disk.
+pub(super) fn check_tarball(
+    f: &File,
+    name: &str,
+    raw: Option<(&Path, &str, u64)>,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    use std::os::unix::fs::FileExt as _;
+    let at = |e: String| failed(format!("gce: {name}: {e}"));
+    let stream = std::io::BufReader::with_capacity(1 << 20, crate::release::compressed::At::new(f));
+    let member = crate::media::gce::MEMBER;
+    let Some((raw_path, raw_name, raw_len)) = raw else {
+        let dir = tempfile::tempdir().map_err(|e| at(format!("temporary folder: {e}")))?;
+        let tmp = dir.path().join(crate::media::RAW.file("disk"));
+        let mut w = File::create(&tmp).map_err(|e| at(e.to_string()))?;
+        crate::media::gce::read_disk(stream, None, |r, _| {
+            std::io::copy(r, &mut w)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(at)?;
+        let t = File::open(&tmp).map_err(|e| at(e.to_string()))?;
+        let len = t.metadata().map_err(|e| at(e.to_string()))?.len();
+        check_raw(&tmp, &t, len, name, manifest, checks)?;
+        checks.push(format!("gce: {name}: one member, {member}"));
+        return Ok(());
+    };
+    let r = File::open(raw_path).map_err(|e| failed(format!("gce: {raw_name}: {e}")))?;
+    crate::media::gce::read_disk(stream, Some(raw_len), |data, size| {
+        const PIECE: u64 = 4 << 20;
+        let (mut a, mut b) = (vec![0u8; PIECE as usize], vec![0u8; PIECE as usize]);
+        let mut done = 0u64;
+        while done < size {
+            let n = (size - done).min(PIECE) as usize;
+            data.read_exact(&mut a[..n])
+                .map_err(|e| format!("{member}: {e}"))?;
+            r.read_exact_at(&mut b[..n], done)
+                .map_err(|e| format!("{raw_name}: {e}"))?;
+            if let Some(i) = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y) {
+                return Err(format!(
+                    "{member} differs from {raw_name} at byte {}",
+                    done + i as u64
+                ));
+            }
+            done += n as u64;
+        }
+        Ok(())
+    })
+    .map_err(at)?;
+    checks.push(format!(
+        "gce: {name}: one member, {member}, equal to {raw_name}"
+    ));
+    Ok(())
+}
+
 /// A disk image qemu-img reads as `source` (its header already checked):
 /// with `raw` (a raw disk of the same image, checked in this run) its
 /// content must equal the raw's, byte for byte (`qemu-img compare`);

@@ -386,6 +386,16 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
                         .map(|(r, l, p)| (p.as_path(), *r, *l));
                     media::check_vmdk(&path, &f.file, *len, name, pair, &manifest, &mut checks)?
                 }
+                Verify::Tarball => {
+                    let stem = format.stem(name);
+                    let pair = raws
+                        .iter()
+                        .find(|(r, _, _)| crate::media::RAW.stem(r) == stem)
+                        .map(|(r, l, p)| (p.as_path(), *r, *l));
+                    media::check_tarball(&f.file, name, pair, &manifest, &mut checks)?
+                }
+                // Below, against the signed data map.
+                Verify::Compressed => {}
             }
         }
     }
