@@ -126,6 +126,10 @@ pub struct Format {
     /// `cairn run` boots the file itself (a tarball or compressed disk
     /// is unpacked first).
     pub runs: bool,
+    /// Kernel modules the image keeps when this format is asked for (the
+    /// platform's disk, network and guest drivers), beside `[kernel]
+    /// modules`.
+    pub modules: &'static [&'static str],
 }
 
 impl PartialEq for Format {
@@ -155,6 +159,7 @@ pub const RAW: Format = Format {
     },
     esp: Esp::Partition,
     runs: true,
+    modules: &[],
 };
 
 pub const ISO: Format = Format {
@@ -172,6 +177,7 @@ pub const ISO: Format = Format {
     },
     esp: Esp::IsoImage,
     runs: true,
+    modules: &[],
 };
 
 pub const QCOW2: Format = Format {
@@ -189,6 +195,7 @@ pub const QCOW2: Format = Format {
     },
     esp: Esp::OfRaw,
     runs: true,
+    modules: &[],
 };
 
 pub const VHD: Format = Format {
@@ -206,6 +213,7 @@ pub const VHD: Format = Format {
     },
     esp: Esp::OfRaw,
     runs: true,
+    modules: &["hv_vmbus", "hv_storvsc", "hv_netvsc", "hv_utils"],
 };
 
 pub const VMDK: Format = Format {
@@ -223,6 +231,7 @@ pub const VMDK: Format = Format {
     },
     esp: Esp::OfRaw,
     runs: true,
+    modules: &["vmw_pvscsi", "vmxnet3", "vmw_balloon"],
 };
 
 pub const GCE: Format = Format {
@@ -237,6 +246,7 @@ pub const GCE: Format = Format {
     qemu: RAW.qemu,
     esp: Esp::OfRaw,
     runs: false,
+    modules: &["virtio_scsi", "gve", "nvme"],
 };
 
 pub const ZST: Format = Format {
@@ -250,6 +260,7 @@ pub const ZST: Format = Format {
     qemu: RAW.qemu,
     esp: Esp::OfRaw,
     runs: false,
+    modules: &[],
 };
 
 /// Every format, in the order they are checked (the raw disk first: the
