@@ -45,19 +45,30 @@ pub fn write_vmdk(raw: &Path, out: &Path, seed: &str, epoch: u64) -> Result<()> 
     let mut d = vec![0u8; h.descriptor.1 as usize];
     f.read_exact_at(&mut d, h.descriptor.0)
         .with_context(|| format!("vmdk: read the descriptor of {}", out.display()))?;
-    let at = d
-        .windows(5)
-        .position(|w| w == b"\nCID=")
-        .context("vmdk: qemu-img's descriptor has no CID line")?
-        + 5;
+    // qemu-img prints the CID without leading zeros (1 to 8 digits): the
+    // line is rewritten with 8, the descriptor's zero padding taking up
+    // the difference.
+    let end = d.iter().position(|&c| c == 0).unwrap_or(d.len());
+    let text = std::str::from_utf8(&d[..end]).context("vmdk: qemu-img's descriptor is not text")?;
     let digest = Sha256::of_bytes(format!("cairn vmdk cid {seed} {epoch}").as_bytes());
-    let cid = format!(
-        "{:08x}",
-        u32::from_be_bytes([digest.0[0], digest.0[1], digest.0[2], 0])
+    let cid = u32::from_be_bytes([digest.0[0], digest.0[1], digest.0[2], digest.0[3]]);
+    let mut found = false;
+    let mut fixed = String::with_capacity(text.len() + 8);
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("CID=") {
+            fixed.push_str(&format!("CID={cid:08x}\n"));
+            found = true;
+        } else {
+            fixed.push_str(line);
+        }
+    }
+    anyhow::ensure!(found, "vmdk: qemu-img's descriptor has no CID line");
+    anyhow::ensure!(
+        fixed.len() < d.len(),
+        "vmdk: qemu-img's descriptor leaves no room for the CID"
     );
-    d.get_mut(at..at + 8)
-        .context("vmdk: qemu-img's descriptor ends in its CID")?
-        .copy_from_slice(cid.as_bytes());
+    d.fill(0);
+    d[..fixed.len()].copy_from_slice(fixed.as_bytes());
     let name = out
         .file_name()
         .and_then(|n| n.to_str())
@@ -151,5 +162,21 @@ mod tests {
             assert!(e.contains(what), "byte {at}: {e}");
         }
         assert!(check_header(&all[..100], len).is_err());
+    }
+
+    /// Every seed's CID is written as 8 digits, whatever qemu-img chose
+    /// (it drops leading zeros): many seeds, each descriptor checked.
+    #[test]
+    fn the_cid_is_always_eight_digits() {
+        testkit::tool("qemu-img", "qemu-utils");
+        let d = tempfile::tempdir().unwrap();
+        let raw = disk(d.path());
+        let v = d.path().join("x.vmdk");
+        for epoch in 0..48 {
+            write_vmdk(&raw, &v, "x-1", epoch).unwrap_or_else(|e| panic!("{epoch}: {e:#}"));
+            let all = std::fs::read(&v).unwrap();
+            let (h, desc) = head_and_descriptor(&all);
+            check_descriptor(&desc, h.size, "x.vmdk").unwrap();
+        }
     }
 }
