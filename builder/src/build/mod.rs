@@ -104,6 +104,22 @@ impl Formats {
         self.0.contains(&f)
     }
 
+    /// `extra` (the recipe's `[kernel] modules`) and then each asked-for
+    /// row's modules not already in it, in table order.
+    pub fn modules(&self, extra: &[String]) -> Vec<String> {
+        let mut all = extra.to_vec();
+        for m in crate::media::FORMATS
+            .iter()
+            .filter(|f| self.wants(f))
+            .flat_map(|f| f.modules.iter())
+        {
+            if !all.iter().any(|a| a == m) {
+                all.push((*m).to_string());
+            }
+        }
+        all
+    }
+
     /// Parses a comma-separated list of the table's names (any subset, at
     /// least one).
     pub fn parse(s: &str) -> Result<Formats, String> {
@@ -124,6 +140,15 @@ impl Formats {
             return Err(format!(
                 "no format given; choose from {}",
                 crate::media::names()
+            ));
+        }
+        // Its uncompressed digest is signed in the raw disk's data map,
+        // which is written with the raw disk.
+        if f.wants(&crate::media::ZST) && !f.wants(&crate::media::RAW) {
+            return Err(format!(
+                "format {z} needs {r} too (its signed data map is the raw disk's): --format {r},{z}",
+                z = crate::media::ZST.name,
+                r = crate::media::RAW.name
             ));
         }
         Ok(f)
@@ -160,6 +185,11 @@ pub struct BuildResult {
 
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildResult> {
     let started = Instant::now();
+    // The formats' kernel modules join the recipe's before anything is
+    // keyed on them (the base tree's stage-cache key names the extras).
+    let mut with_modules = recipe.clone();
+    with_modules.extra_modules = opts.formats.modules(&recipe.extra_modules);
+    let recipe = &with_modules;
     // 1 resolve inputs; the recipe dated by the lock when nothing else dates it.
     let plan = steps::resolve_inputs(recipe, opts)?;
     let lock_date = plan.lock.as_ref().map(|l| l.source_date_epoch);
@@ -331,12 +361,62 @@ mod tests {
             .all(|r| all.wants(r) == r.by_default));
         assert_eq!(all.to_string(), "raw,iso,qcow2", "the default is unchanged");
         assert_eq!(Formats::parse(&all.to_string()).unwrap(), all);
-        let e = Formats::parse("raw,vmdk").unwrap_err();
+        let e = Formats::parse("raw,ova").unwrap_err();
         assert!(
-            e.contains("\"vmdk\"") && e.contains(&crate::media::names()),
+            e.contains("\"ova\"") && e.contains(&crate::media::names()),
             "{e}"
         );
+        // The compressed raw disk needs the raw disk (its data map).
+        let e = Formats::parse("zst").unwrap_err();
+        assert!(e.contains("--format raw,zst"), "{e}");
+        assert!(Formats::parse("zst,raw").is_ok());
         assert!(Formats::parse(" , ").is_err());
+    }
+
+    /// Asking for vhd keeps the Hyper-V drivers: the prune, given the
+    /// build's extras, keeps hv_netvsc and hv_utils (and hv_vmbus, which
+    /// they need); control: without vhd they are removed. hv_storvsc is
+    /// kept either way (drivers/scsi is in the default set).
+    #[test]
+    fn asking_for_vhd_keeps_the_hyper_v_drivers() {
+        let recipe_extra = vec!["dm_mod".to_string()];
+        let vhd = Formats::parse("raw,vhd").unwrap().modules(&recipe_extra);
+        assert_eq!(
+            vhd,
+            ["dm_mod", "hv_vmbus", "hv_storvsc", "hv_netvsc", "hv_utils"]
+        );
+        assert_eq!(Formats::default().modules(&recipe_extra), recipe_extra);
+        let dep = "kernel/drivers/hv/hv_vmbus.ko:
+\
+                   kernel/drivers/scsi/hv_storvsc.ko: kernel/drivers/hv/hv_vmbus.ko
+\
+                   kernel/drivers/net/hyperv/hv_netvsc.ko: kernel/drivers/hv/hv_vmbus.ko
+\
+                   kernel/drivers/hv/hv_utils.ko: kernel/drivers/hv/hv_vmbus.ko
+\
+                   kernel/drivers/md/dm-mod.ko:
+";
+        let kept = |extra: &[String]| {
+            let d = tempfile::tempdir().unwrap();
+            let dir = d.path().join("usr/lib/modules/6.1.0-t");
+            for m in dep.lines().map(|l| l.split(':').next().unwrap()) {
+                let p = dir.join(m);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, "x").unwrap();
+            }
+            std::fs::write(dir.join("modules.dep"), dep).unwrap();
+            std::fs::write(dir.join("modules.builtin"), "").unwrap();
+            crate::pipeline::kernel::prune_files(d.path(), "6.1.0-t", extra).unwrap();
+            let ko = |p: &str| dir.join(p).exists();
+            [
+                ko("kernel/drivers/scsi/hv_storvsc.ko"),
+                ko("kernel/drivers/net/hyperv/hv_netvsc.ko"),
+                ko("kernel/drivers/hv/hv_utils.ko"),
+                ko("kernel/drivers/hv/hv_vmbus.ko"),
+            ]
+        };
+        assert_eq!(kept(&vhd), [true; 4]);
+        assert_eq!(kept(&recipe_extra), [true, false, false, true], "control");
     }
 
     /// vm's tests (which may not read media/) boot each format as its row

@@ -53,6 +53,14 @@ pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
             crate::media::RAW.aliases.join(", .")
         ))
     })?;
+    if !format.runs {
+        return Err(crate::InputError(format!(
+            "run: {}: a .{} file is not booted as it is; unpack its disk first (`cairn verify` checks it)",
+            shown::path(&a.image),
+            format.extension
+        ))
+        .into());
+    }
     if let Some(key) = &a.pubkey {
         // Any failed check refuses the boot as bad input (exit 2), saying
         // which image and key.

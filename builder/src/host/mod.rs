@@ -23,6 +23,7 @@ pub mod time;
 pub mod tree;
 pub mod untrusted;
 pub mod verity;
+pub mod vmdk;
 
 /// Asks for a pipe or fifo of `size` bytes (F_SETPIPE_SZ), so the side
 /// that writes may run ahead between reads. Best effort: on failure (a

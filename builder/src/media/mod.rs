@@ -16,9 +16,12 @@ use crate::host::digest::Sha256;
 
 pub mod disk;
 pub mod esp;
+pub mod gce;
 pub mod iso;
 pub mod qcow2;
 pub mod vhd;
+pub mod vmdk;
+pub mod zst;
 
 /// What every medium is made from: the stages' outputs.
 pub struct MediaInputs<'a> {
@@ -78,6 +81,17 @@ pub enum Verify {
     /// The raw disk's bytes and a fixed VHD footer (`vhd::parse_footer`):
     /// equal to the raw disk of the same stem, or checked as one.
     RawAndFooter,
+    /// A stream-optimised VMDK (`vmdk::check_header`,
+    /// `vmdk::check_descriptor`: one extent, itself, no parent), then
+    /// content equal to the raw disk of the same stem, or checked as one.
+    Vmdk,
+    /// A gzip'd tar of one regular member `disk.raw` (`gce::read_disk`),
+    /// its bytes equal to the raw disk of the same stem, or checked as
+    /// one.
+    Tarball,
+    /// The raw disk zstd-compressed: decompressed as a stream against the
+    /// signed data map's digest (`release::compressed`).
+    Compressed,
 }
 
 /// Where a medium's ESP is (what the Secure Boot checks read).
@@ -109,6 +123,13 @@ pub struct Format {
     pub verify: Verify,
     pub qemu: crate::host::drive::Drive,
     pub esp: Esp,
+    /// `cairn run` boots the file itself (a tarball or compressed disk
+    /// is unpacked first).
+    pub runs: bool,
+    /// Kernel modules the image keeps when this format is asked for (the
+    /// platform's disk, network and guest drivers), beside `[kernel]
+    /// modules`.
+    pub modules: &'static [&'static str],
 }
 
 impl PartialEq for Format {
@@ -137,6 +158,8 @@ pub const RAW: Format = Format {
         standalone_check: false,
     },
     esp: Esp::Partition,
+    runs: true,
+    modules: &[],
 };
 
 pub const ISO: Format = Format {
@@ -153,6 +176,8 @@ pub const ISO: Format = Format {
         standalone_check: false,
     },
     esp: Esp::IsoImage,
+    runs: true,
+    modules: &[],
 };
 
 pub const QCOW2: Format = Format {
@@ -169,6 +194,8 @@ pub const QCOW2: Format = Format {
         standalone_check: true,
     },
     esp: Esp::OfRaw,
+    runs: true,
+    modules: &[],
 };
 
 pub const VHD: Format = Format {
@@ -185,11 +212,60 @@ pub const VHD: Format = Format {
         standalone_check: false,
     },
     esp: Esp::OfRaw,
+    runs: true,
+    modules: &["hv_vmbus", "hv_storvsc", "hv_netvsc", "hv_utils"],
+};
+
+pub const VMDK: Format = Format {
+    name: "vmdk",
+    extension: "vmdk",
+    aliases: &[],
+    stage: "VMDK",
+    by_default: false,
+    write: Write::AfterRaw(write_vmdk_row),
+    verify: Verify::Vmdk,
+    qemu: crate::host::drive::Drive {
+        driver: crate::host::vmdk::DRIVER,
+        cdrom: false,
+        standalone_check: true,
+    },
+    esp: Esp::OfRaw,
+    runs: true,
+    modules: &["vmw_pvscsi", "vmxnet3", "vmw_balloon"],
+};
+
+pub const GCE: Format = Format {
+    name: "gce",
+    extension: "tar.gz",
+    aliases: &[],
+    stage: "GCE tarball",
+    by_default: false,
+    write: Write::AfterRaw(write_gce_row),
+    verify: Verify::Tarball,
+    // Its unpacked disk.raw.
+    qemu: RAW.qemu,
+    esp: Esp::OfRaw,
+    runs: false,
+    modules: &["virtio_scsi", "gve", "nvme"],
+};
+
+pub const ZST: Format = Format {
+    name: "zst",
+    extension: "raw.zst",
+    aliases: &[],
+    stage: "raw.zst",
+    by_default: false,
+    write: Write::AfterRaw(write_zst_row),
+    verify: Verify::Compressed,
+    qemu: RAW.qemu,
+    esp: Esp::OfRaw,
+    runs: false,
+    modules: &[],
 };
 
 /// Every format, in the order they are checked (the raw disk first: the
 /// others are compared with it).
-pub const FORMATS: &[&Format] = &[&RAW, &ISO, &QCOW2, &VHD];
+pub const FORMATS: &[&Format] = &[&RAW, &ISO, &QCOW2, &VHD, &VMDK, &GCE, &ZST];
 
 impl Format {
     /// The row named `name` in `--format`.
@@ -197,16 +273,29 @@ impl Format {
         FORMATS.iter().copied().find(|f| f.name == name)
     }
 
-    /// The row of a file name by its extension (any case; aliases too).
+    /// The row of a file name by its extension (any case; aliases too;
+    /// the longest that matches: `x.raw.zst` is compressed, not raw).
     pub fn of_file(name: &str) -> Option<&'static Format> {
-        let ext = match name.rsplit_once('.') {
-            Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
-            _ => return None,
+        Format::matched(name).map(|(f, _)| f)
+    }
+
+    /// The row of `name` and the extension of it that matched.
+    fn matched(name: &str) -> Option<(&'static Format, &'static str)> {
+        let lower = name.to_ascii_lowercase();
+        let ends = |e: &str| {
+            lower.len() > e.len() + 1
+                && lower.ends_with(e)
+                && lower.as_bytes()[lower.len() - e.len() - 1] == b'.'
         };
         FORMATS
             .iter()
-            .copied()
-            .find(|f| f.extension == ext || f.aliases.contains(&ext.as_str()))
+            .flat_map(|f| {
+                std::iter::once(f.extension)
+                    .chain(f.aliases.iter().copied())
+                    .map(move |e| (*f, e))
+            })
+            .filter(|(_, e)| ends(e))
+            .max_by_key(|(_, e)| e.len())
     }
 
     /// The row of a path's file name.
@@ -216,10 +305,13 @@ impl Format {
 
     /// Whether `name` carries this format's own extension (not an alias).
     pub fn is_file(&self, name: &str) -> bool {
-        Format::of_file(name) == Some(self)
-            && name
-                .rsplit_once('.')
-                .is_some_and(|(_, e)| e.eq_ignore_ascii_case(self.extension))
+        Format::matched(name).is_some_and(|(f, e)| f == self && e == self.extension)
+    }
+
+    /// The stem of `name`, a file of this row (`x-1` of `x-1.tar.gz`).
+    pub fn stem<'a>(&self, name: &'a str) -> &'a str {
+        name.get(..name.len().saturating_sub(self.extension.len() + 1))
+            .unwrap_or("")
     }
 
     /// Its file name for an image stem (`NAME-VERSION.EXT`).
@@ -280,6 +372,21 @@ fn write_vhd_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     Ok(None)
 }
 
+fn write_vmdk_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
+    vmdk::write_vmdk(m.raw, out, m.volume_id, m.epoch)?;
+    Ok(None)
+}
+
+fn write_gce_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
+    gce::write_gce(m.raw, out, m.epoch)?;
+    Ok(None)
+}
+
+fn write_zst_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
+    zst::write_zst_to(m.raw, out)?;
+    Ok(None)
+}
+
 fn write_qcow2_row(m: &MediaInputs, out: &Path) -> Result<Option<Sha256>> {
     let layout = m
         .layout
@@ -333,12 +440,24 @@ mod tests {
         let alias = format!("x.{}", RAW.aliases[0]);
         assert_eq!(Format::of_file(&alias), Some(&RAW));
         assert!(!RAW.is_file(&alias));
-        for none in ["x", ".qcow2x", "x.vmdk", ""] {
+        for none in ["x", ".qcow2x", "x.vmdkx", ""] {
             assert_eq!(Format::of_file(none), None, "{none}");
         }
         assert_eq!(Format::of_file(".iso"), None, "a dot file has no stem");
-        assert_eq!(extensions(|_| true), ".raw, .iso, .qcow2 or .vhd");
+        // Double extensions: the longest wins; the stem is what is left.
+        assert_eq!(Format::of_file("x-1.RAW.zst"), Some(&ZST));
+        assert_eq!(Format::of_file("x-1.raw"), Some(&RAW));
+        assert_eq!(Format::of_file("x-1.tar.gz"), Some(&GCE));
+        assert_eq!(Format::of_file(".raw.zst"), None);
+        assert_eq!(Format::of_file("x.zst"), None);
+        assert!(!RAW.is_file("x-1.raw.zst") && ZST.is_file("x-1.raw.zst"));
+        assert_eq!(GCE.stem("x-1.tar.gz"), "x-1");
+        assert_eq!(RAW.stem("x-1.raw"), "x-1");
+        assert_eq!(
+            extensions(|_| true),
+            ".raw, .iso, .qcow2, .vhd, .vmdk, .tar.gz or .raw.zst"
+        );
         assert_eq!(extensions(|f| f.esp != Esp::OfRaw), ".raw or .iso");
-        assert_eq!(names(), "raw, iso, qcow2, vhd");
+        assert_eq!(names(), "raw, iso, qcow2, vhd, vmdk, gce, zst");
     }
 }

@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use sha2::Digest as _;
 
 use crate::host::digest::Sha256;
@@ -32,17 +32,7 @@ pub fn write_zst(raw: &Path) -> Result<PathBuf> {
     let mut name = raw.file_name().unwrap_or_default().to_os_string();
     name.push(".zst");
     let out = raw.with_file_name(name);
-    let src = File::open(raw).with_context(|| format!("zst: open {}", raw.display()))?;
-    let dst = File::create(&out).with_context(|| format!("zst: create {}", out.display()))?;
-    let mut enc = zstd::Encoder::new(io::BufWriter::new(dst), 3)?;
-    // The size in the frame header: a reader can tell a short stream.
-    enc.set_pledged_src_size(Some(src.metadata()?.len()))?;
-    io::copy(&mut io::BufReader::with_capacity(4 << 20, src), &mut enc)
-        .with_context(|| format!("zst: compress {}", raw.display()))?;
-    let w = enc.finish()?;
-    w.into_inner()
-        .map_err(|e| anyhow::anyhow!("zst: write {}: {}", out.display(), e.error()))?
-        .sync_all()?;
+    crate::media::zst::write_zst_to(raw, &out)?;
     Ok(out)
 }
 
@@ -51,6 +41,13 @@ pub fn write_zst(raw: &Path) -> Result<PathBuf> {
 pub struct At<'a> {
     file: &'a File,
     pos: u64,
+}
+
+impl<'a> At<'a> {
+    /// `file` from its start.
+    pub fn new(file: &'a File) -> At<'a> {
+        At { file, pos: 0 }
+    }
 }
 
 impl Read for At<'_> {

@@ -407,38 +407,163 @@ pub(super) fn check_qcow2(
     // qemu-img opens it as qcow2 with no backing chain, whatever it says.
     let source = crate::host::qcow2::qemu_img_source(path)
         .map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
-    let sh = crate::host::runner::shell().map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
+    same_content(
+        crate::media::QCOW2.name,
+        &source,
+        name,
+        h.virtual_size,
+        raw,
+        manifest,
+        checks,
+    )
+}
+
+/// A stream-optimised VMDK: its header and embedded descriptor checked
+/// strictly (`media::vmdk`: one extent, the file itself, no parent), then
+/// its content compared with the raw disk of the same stem through
+/// qemu-img with no backing chain; without one, converted and checked as
+/// a raw disk.
+pub(super) fn check_vmdk(
+    path: &Path,
+    f: &File,
+    len: u64,
+    name: &str,
+    raw: Option<(&Path, &str, u64)>,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    use std::os::unix::fs::FileExt as _;
+    let mut head = vec![0u8; 512];
+    f.read_exact_at(&mut head, 0)
+        .map_err(|e| failed(format!("vmdk: {name}: {e}")))?;
+    let h = crate::media::vmdk::check_header(&head, len)
+        .map_err(|e| failed(format!("vmdk: {name}: {e}")))?;
+    let mut d = vec![0u8; h.descriptor.1 as usize];
+    f.read_exact_at(&mut d, h.descriptor.0)
+        .map_err(|e| failed(format!("vmdk: {name}: {e}")))?;
+    crate::media::vmdk::check_descriptor(&d, h.size, name)
+        .map_err(|e| failed(format!("vmdk: {name}: {e}")))?;
+    let source = crate::media::vmdk::qemu_img_source(path)
+        .map_err(|e| failed(format!("vmdk: {name}: {e}")))?;
+    same_content(
+        crate::media::VMDK.name,
+        &source,
+        name,
+        h.size,
+        raw,
+        manifest,
+        checks,
+    )?;
+    if let Some(c) = checks.last_mut() {
+        c.push_str("; header and descriptor checked");
+    }
+    Ok(())
+}
+
+/// A GCE-style tarball: read with cairn's tar reader
+/// (`media::gce::read_disk`: one regular member, `disk.raw`), its bytes
+/// compared with the raw disk of the same stem as they are decompressed;
+/// without one, unpacked to a temporary file and checked as a raw disk.
+pub(super) fn check_tarball(
+    f: &File,
+    name: &str,
+    raw: Option<(&Path, &str, u64)>,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    use std::os::unix::fs::FileExt as _;
+    let at = |e: String| failed(format!("gce: {name}: {e}"));
+    let stream = std::io::BufReader::with_capacity(1 << 20, crate::release::compressed::At::new(f));
+    let member = crate::media::gce::MEMBER;
+    let Some((raw_path, raw_name, raw_len)) = raw else {
+        let dir = tempfile::tempdir().map_err(|e| at(format!("temporary folder: {e}")))?;
+        let tmp = dir.path().join(crate::media::RAW.file("disk"));
+        let mut w = File::create(&tmp).map_err(|e| at(e.to_string()))?;
+        crate::media::gce::read_disk(stream, None, |r, _| {
+            std::io::copy(r, &mut w)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(at)?;
+        let t = File::open(&tmp).map_err(|e| at(e.to_string()))?;
+        let len = t.metadata().map_err(|e| at(e.to_string()))?.len();
+        check_raw(&tmp, &t, len, name, manifest, checks)?;
+        checks.push(format!("gce: {name}: one member, {member}"));
+        return Ok(());
+    };
+    let r = File::open(raw_path).map_err(|e| failed(format!("gce: {raw_name}: {e}")))?;
+    crate::media::gce::read_disk(stream, Some(raw_len), |data, size| {
+        const PIECE: u64 = 4 << 20;
+        let (mut a, mut b) = (vec![0u8; PIECE as usize], vec![0u8; PIECE as usize]);
+        let mut done = 0u64;
+        while done < size {
+            let n = (size - done).min(PIECE) as usize;
+            data.read_exact(&mut a[..n])
+                .map_err(|e| format!("{member}: {e}"))?;
+            r.read_exact_at(&mut b[..n], done)
+                .map_err(|e| format!("{raw_name}: {e}"))?;
+            if let Some(i) = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y) {
+                return Err(format!(
+                    "{member} differs from {raw_name} at byte {}",
+                    done + i as u64
+                ));
+            }
+            done += n as u64;
+        }
+        Ok(())
+    })
+    .map_err(at)?;
+    checks.push(format!(
+        "gce: {name}: one member, {member}, equal to {raw_name}"
+    ));
+    Ok(())
+}
+
+/// A disk image qemu-img reads as `source` (its header already checked):
+/// with `raw` (a raw disk of the same image, checked in this run) its
+/// content must equal the raw's, byte for byte (`qemu-img compare`);
+/// without, it is converted to a temporary raw that gets the raw checks.
+fn same_content(
+    kind: &str,
+    source: &str,
+    name: &str,
+    virtual_size: u64,
+    raw: Option<(&Path, &str, u64)>,
+    manifest: &Manifest,
+    checks: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let sh = crate::host::runner::shell().map_err(|e| failed(format!("{kind}: {name}: {e}")))?;
     match raw {
         Some((raw_path, raw_name, raw_len)) => {
-            if h.virtual_size != raw_len {
+            if virtual_size != raw_len {
                 return Err(failed(format!(
-                    "qcow2: {name}: its disk is {} bytes, {raw_name} is {raw_len}",
-                    h.virtual_size
+                    "{kind}: {name}: its disk is {} bytes, {raw_name} is {raw_len}",
+                    virtual_size
                 )));
             }
             let (code, out, err) = crate::host::runner::run_code(
-                "verify: qcow2",
+                &format!("verify: {kind}"),
                 xshell::cmd!(sh, "qemu-img compare -f raw {raw_path} {source}"),
             )
-            .map_err(|e| failed(format!("qcow2: {name}: {e:#}")))?;
+            .map_err(|e| failed(format!("{kind}: {name}: {e:#}")))?;
             let said = |s: &str| s.lines().next().unwrap_or("").trim().to_string();
             match code {
                 0 => {}
                 1 => {
                     return Err(failed(format!(
-                        "qcow2: {name}: content differs from {raw_name} ({})",
+                        "{kind}: {name}: content differs from {raw_name} ({})",
                         said(&out)
                     )))
                 }
                 _ => {
                     return Err(failed(format!(
-                        "qcow2: {name}: qemu-img compare failed (exit {code}): {}",
+                        "{kind}: {name}: qemu-img compare failed (exit {code}): {}",
                         said(&err)
                     )))
                 }
             }
             checks.push(format!(
-                "qcow2: {name}: content equals {raw_name} (qemu-img compare)"
+                "{kind}: {name}: content equals {raw_name} (qemu-img compare)"
             ));
         }
         None => {
@@ -450,24 +575,24 @@ pub(super) fn check_qcow2(
                 .map(|p| p.offset.saturating_add(p.size))
                 .max()
                 .unwrap_or(0);
-            if end == 0 || h.virtual_size < end || h.virtual_size > end.saturating_add(2 << 20) {
+            if end == 0 || virtual_size < end || virtual_size > end.saturating_add(2 << 20) {
                 return Err(failed(format!(
-                    "qcow2: {name}: its disk is {} bytes, but the partitions in {MANIFEST} end at {end}",
-                    h.virtual_size
+                    "{kind}: {name}: its disk is {} bytes, but the partitions in {MANIFEST} end at {end}",
+                    virtual_size
                 )));
             }
-            let dir =
-                tempfile::tempdir().map_err(|e| failed(format!("qcow2: temporary folder: {e}")))?;
+            let dir = tempfile::tempdir()
+                .map_err(|e| failed(format!("{kind}: temporary folder: {e}")))?;
             let tmp = dir.path().join(crate::media::RAW.file("disk"));
             crate::host::runner::run(
-                "verify: qcow2",
+                &format!("verify: {kind}"),
                 xshell::cmd!(sh, "qemu-img convert -q -O raw {source} {tmp}"),
             )
-            .map_err(|e| failed(format!("qcow2: {name}: cannot read its content: {e:#}")))?;
-            let t = File::open(&tmp).map_err(|e| failed(format!("qcow2: {name}: {e}")))?;
+            .map_err(|e| failed(format!("{kind}: {name}: cannot read its content: {e:#}")))?;
+            let t = File::open(&tmp).map_err(|e| failed(format!("{kind}: {name}: {e}")))?;
             let len = t
                 .metadata()
-                .map_err(|e| failed(format!("qcow2: {name}: {e}")))?
+                .map_err(|e| failed(format!("{kind}: {name}: {e}")))?
                 .len();
             check_raw(&tmp, &t, len, name, manifest, checks)?;
         }

@@ -386,6 +386,24 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
                     let pair = raw_of_same_stem(&raws, name);
                     media::check_vhd(&path, &f.file, *len, name, pair, &manifest, &mut checks)?
                 }
+                Verify::Vmdk => {
+                    let stem = name.rsplit_once('.').map_or("", |(s, _)| s);
+                    let pair = raws
+                        .iter()
+                        .find(|(r, _, _)| r.rsplit_once('.').map_or("", |(s, _)| s) == stem)
+                        .map(|(r, l, p)| (p.as_path(), *r, *l));
+                    media::check_vmdk(&path, &f.file, *len, name, pair, &manifest, &mut checks)?
+                }
+                Verify::Tarball => {
+                    let stem = format.stem(name);
+                    let pair = raws
+                        .iter()
+                        .find(|(r, _, _)| crate::media::RAW.stem(r) == stem)
+                        .map(|(r, l, p)| (p.as_path(), *r, *l));
+                    media::check_tarball(&f.file, name, pair, &manifest, &mut checks)?
+                }
+                // Below, against the signed data map.
+                Verify::Compressed => {}
             }
         }
     }

@@ -58,7 +58,11 @@ const POLL: Duration = Duration::from_millis(50);
 /// and the rule.
 pub fn refuse_linked_qcow2(spec: &BootSpec) -> anyhow::Result<()> {
     if spec.format.standalone_check {
-        crate::host::qcow2::check_file(&spec.image).map_err(crate::InputError)?;
+        if spec.format.driver == crate::host::vmdk::DRIVER {
+            crate::host::vmdk::check_file(&spec.image).map_err(crate::InputError)?;
+        } else {
+            crate::host::qcow2::check_file(&spec.image).map_err(crate::InputError)?;
+        }
     }
     Ok(())
 }
