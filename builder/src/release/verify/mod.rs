@@ -124,15 +124,14 @@ impl std::fmt::Display for VerifyReport {
 /// A `NAME.raw.zst` decompresses (streaming, at most the map's size and
 /// one byte) to the size and digest the signed data map `NAME.raw.map`
 /// gives, which is the raw's signed digest when SHA256 lists the raw too.
-/// The raw disk already checked whose stem is `name`'s (`x.raw` for
-/// `x.qcow2`): its path, name and length.
+/// The raw disk already checked whose stem is `stem` (`x` of `x.qcow2`):
+/// its path, name and length.
 fn raw_of_same_stem<'a>(
     raws: &'a [(&'a str, u64, PathBuf)],
-    name: &str,
+    stem: &str,
 ) -> Option<(&'a Path, &'a str, u64)> {
-    let stem = |n: &str| n.rsplit_once('.').map_or("", |(s, _)| s).to_string();
     raws.iter()
-        .find(|(r, _, _)| stem(r) == stem(name))
+        .find(|(r, _, _)| crate::media::RAW.stem(r) == stem)
         .map(|(r, l, p)| (p.as_path(), *r, *l))
 }
 
@@ -379,27 +378,19 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
                     media::check_iso(&path, &f.file, *len, name, &manifest, &mut checks)?
                 }
                 Verify::SameAsRaw => {
-                    let pair = raw_of_same_stem(&raws, name);
+                    let pair = raw_of_same_stem(&raws, format.stem(name));
                     media::check_qcow2(&path, &f.file, name, pair, &manifest, &mut checks)?
                 }
                 Verify::RawAndFooter => {
-                    let pair = raw_of_same_stem(&raws, name);
+                    let pair = raw_of_same_stem(&raws, format.stem(name));
                     media::check_vhd(&path, &f.file, *len, name, pair, &manifest, &mut checks)?
                 }
                 Verify::Vmdk => {
-                    let stem = name.rsplit_once('.').map_or("", |(s, _)| s);
-                    let pair = raws
-                        .iter()
-                        .find(|(r, _, _)| r.rsplit_once('.').map_or("", |(s, _)| s) == stem)
-                        .map(|(r, l, p)| (p.as_path(), *r, *l));
+                    let pair = raw_of_same_stem(&raws, format.stem(name));
                     media::check_vmdk(&path, &f.file, *len, name, pair, &manifest, &mut checks)?
                 }
                 Verify::Tarball => {
-                    let stem = format.stem(name);
-                    let pair = raws
-                        .iter()
-                        .find(|(r, _, _)| crate::media::RAW.stem(r) == stem)
-                        .map(|(r, l, p)| (p.as_path(), *r, *l));
+                    let pair = raw_of_same_stem(&raws, format.stem(name));
                     media::check_tarball(&f.file, name, pair, &manifest, &mut checks)?
                 }
                 // Below, against the signed data map.
