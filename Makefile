@@ -11,6 +11,8 @@ BUILD_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfst
 	grub-pc-bin grub-efi-amd64-bin grub-efi-amd64-signed grub-common dpkg util-linux \
 	sbsigntool faketime openssl shim-signed busybox-static qemu-utils curl \
 	libseccomp-dev pkg-config
+# What the quick start's `cairn run` needs (`make image` ensures them too).
+RUN_PACKAGES := qemu-system-x86 ovmf
 # What the tests need on top: firmware, emulators, TPM, the validators' venv,
 # bmaptool (`make bench` compares sparse flashing with it).
 TEST_PACKAGES := nftables ovmf seabios python3-venv systemd-container efitools \
@@ -27,7 +29,7 @@ RUST_MIN := 1.75
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all deps deps-build deps-test ensure-deps ensure-build-deps ensure-rust build image \
+.PHONY: all deps deps-build deps-run deps-test ensure-deps ensure-build-deps ensure-rust build image \
 	test unit-test qemu-test lint bench clean doctor repro fuzz validators install deb print-build-packages go-test
 
 all: build
@@ -46,6 +48,11 @@ deps-build:
 	$(apt_update)
 	$(apt_install) $(BUILD_PACKAGES)
 
+deps-run:
+	$(need_root)
+	$(apt_update)
+	$(apt_install) $(RUN_PACKAGES)
+
 deps-test:
 	$(need_root)
 	echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/cairn-backports.list
@@ -61,6 +68,8 @@ missing = $(shell for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/nul
 ensure-build-deps: ensure-rust
 	@m="$(call missing,$(BUILD_PACKAGES))"; if [ -n "$$m" ]; then \
 		echo "make: build packages missing: $$m; installing them (make deps-build)"; $(MAKE) deps-build; fi
+	@m="$(call missing,$(RUN_PACKAGES))"; if [ -n "$$m" ]; then \
+		echo "make: packages for cairn run missing: $$m; installing them (make deps-run)"; $(MAKE) deps-run; fi
 
 ensure-deps: ensure-build-deps
 	@m="$(call missing,$(TEST_PACKAGES) $(TEST_BACKPORTS))"; if [ -n "$$m" ]; then \
