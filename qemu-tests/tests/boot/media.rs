@@ -77,7 +77,7 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
     // A signed copy of the output folder, as a field team receives it.
     let dir = tmp.path().join("release");
     std::fs::create_dir(&dir).expect("mkdir");
-    for f in ["iso", "raw", "qcow2"] {
+    for f in ["iso", "raw", "qcow2", "raw.map"] {
         copy_image(&b.raw.with_extension(f), &dir, &format!("cairn-test-1.{f}"));
     }
     std::fs::copy(b.dir.join("manifest.json"), dir.join("manifest.json")).expect("copy manifest");
