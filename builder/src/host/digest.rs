@@ -163,6 +163,16 @@ pub struct Spliced<'a> {
     buf: AlignedBuf,
     done: u64,
     progress: Option<&'a mut Progress>,
+    /// Sees every byte hashed, at its offset in the file being read (the
+    /// data map check of `cairn verify` rides on the digest's one read).
+    tap: Option<&'a mut dyn Tap>,
+}
+
+/// What a [`Spliced`] hash passes on as it reads one file: data at an
+/// offset, or a hole of `n` zero bytes (never read).
+pub trait Tap {
+    fn data(&mut self, offset: u64, bytes: &[u8]);
+    fn zeros(&mut self, offset: u64, n: u64);
 }
 
 /// `path` opened to be hashed, and its length.
@@ -189,10 +199,22 @@ impl<'a> Spliced<'a> {
             buf: AlignedBuf::new(0),
             done: 0,
             progress,
+            tap: None,
         }
     }
 
-    fn zeros(&mut self, mut n: u64) {
+    /// As [`Spliced::new`], passing every byte of the ranges hashed to `tap`.
+    pub fn with_tap(tap: &'a mut dyn Tap) -> Self {
+        Spliced {
+            tap: Some(tap),
+            ..Spliced::new(None)
+        }
+    }
+
+    fn zeros(&mut self, offset: u64, mut n: u64) {
+        if let Some(t) = self.tap.as_deref_mut() {
+            t.zeros(offset, n);
+        }
         while n > 0 {
             let k = n.min(ZEROS.len() as u64) as usize;
             self.h.update(&ZEROS[..k]);
@@ -227,7 +249,7 @@ impl<'a> Spliced<'a> {
         // Each data run, after the hole before it; then the hole to the end.
         for (a, b) in runs.into_iter().chain(std::iter::once((end, end))) {
             let (a, b) = (a.max(pos), b.max(pos));
-            self.zeros(a - pos);
+            self.zeros(pos, a - pos);
             pos = a;
             while pos < b {
                 let want = (b - pos).min(SPLICED_READ as u64) as usize;
@@ -243,6 +265,9 @@ impl<'a> Spliced<'a> {
                     }
                 };
                 self.h.update(&self.buf.as_slice()[..n]);
+                if let Some(t) = self.tap.as_deref_mut() {
+                    t.data(pos, &self.buf.as_slice()[..n]);
+                }
                 pos += n as u64;
                 self.advance(n as u64);
             }

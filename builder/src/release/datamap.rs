@@ -110,7 +110,11 @@ impl DataMap {
     /// byte outside the ranges is zero and (version 2) each range has its
     /// digest. The error names the byte or the range.
     pub fn check_file(&self, f: &std::fs::File) -> Result<(), String> {
-        let got = self.scan(f)?;
+        self.check_digests(&self.scan(f)?)
+    }
+
+    /// The range digests `got` (from a [`MapScan`]) are the map's.
+    pub fn check_digests(&self, got: &[Sha256]) -> Result<(), String> {
         if self.range_sha256.is_empty() {
             return Ok(());
         }
@@ -125,39 +129,16 @@ impl DataMap {
         Ok(())
     }
 
-    /// Reads `f` once in order: the gaps must be zero; returns each
-    /// range's digest.
+    /// Reads `f` once in order (holes as zeros, unread): the gaps must be
+    /// zero; returns each range's digest.
     fn scan(&self, f: &std::fs::File) -> Result<Vec<Sha256>, String> {
-        use sha2::Digest as _;
-        use std::os::unix::fs::FileExt as _;
-        let mut buf = vec![0u8; 4 << 20];
-        let mut digests = Vec::with_capacity(self.ranges.len());
-        let mut pieces: Vec<(u64, u64, bool)> =
-            self.ranges.iter().map(|(s, e)| (*s, *e, true)).collect();
-        pieces.extend(self.gaps().into_iter().map(|(s, e)| (s, e, false)));
-        pieces.sort();
-        for (s, e, data) in pieces {
-            let mut h = sha2::Sha256::new();
-            let mut off = s;
-            while off < e {
-                let len = ((e - off) as usize).min(buf.len());
-                f.read_exact_at(&mut buf[..len], off)
-                    .map_err(|err| format!("cannot read at byte {off}: {err}"))?;
-                if data {
-                    h.update(&buf[..len]);
-                } else if let Some(i) = buf[..len].iter().position(|x| *x != 0) {
-                    return Err(format!(
-                        "byte {} holds data outside every range (the map misses data)",
-                        off + i as u64
-                    ));
-                }
-                off += len as u64;
-            }
-            if data {
-                digests.push(Sha256(h.finalize().into()));
-            }
-        }
-        Ok(digests)
+        let file = f.try_clone().map_err(|e| format!("cannot read: {e}"))?;
+        let mut r = crate::host::direct::Reader::buffered(file);
+        let mut scan = MapScan::new(self);
+        crate::host::digest::Spliced::with_tap(&mut scan)
+            .range(&mut r, Path::new(&self.image), 0, self.size)
+            .map_err(|e| format!("{e:#}"))?;
+        scan.finish()
     }
 
     /// The bytes the ranges cover.
@@ -238,6 +219,112 @@ impl DataMap {
     }
 }
 
+/// A data map checked as the image streams past (a [`Tap`] on the
+/// digest's read): the bytes outside the ranges must be zero, and each
+/// range's digest is taken. Offsets must arrive in order, covering the
+/// image from 0 to its size.
+///
+/// [`Tap`]: crate::host::digest::Tap
+pub struct MapScan {
+    /// `[start, end)`, is data; sorted, covering `[0, size)`.
+    pieces: Vec<(u64, u64, bool)>,
+    next: usize,
+    h: sha2::Sha256,
+    digests: Vec<Sha256>,
+    error: Option<String>,
+}
+
+impl MapScan {
+    pub fn new(map: &DataMap) -> MapScan {
+        let mut pieces: Vec<(u64, u64, bool)> =
+            map.ranges.iter().map(|(s, e)| (*s, *e, true)).collect();
+        pieces.extend(map.gaps().into_iter().map(|(s, e)| (s, e, false)));
+        pieces.sort();
+        MapScan {
+            pieces,
+            next: 0,
+            h: sha2::Sha256::default(),
+            digests: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Closes every piece that ends at or before `offset`.
+    fn close_to(&mut self, offset: u64) {
+        use sha2::Digest as _;
+        while let Some(&(_, e, data)) = self.pieces.get(self.next) {
+            if e > offset {
+                break;
+            }
+            if data {
+                let h = std::mem::take(&mut self.h);
+                self.digests.push(Sha256(h.finalize().into()));
+            }
+            self.next += 1;
+        }
+    }
+
+    /// Feeds `n` bytes at `offset` (`bytes`, or zeros when `None`).
+    fn feed(&mut self, mut offset: u64, bytes: Option<&[u8]>, n: u64) {
+        use sha2::Digest as _;
+        static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
+        let (start, end) = (offset, offset + n);
+        while offset < end && self.error.is_none() {
+            self.close_to(offset);
+            let Some(&(_, e, data)) = self.pieces.get(self.next) else {
+                self.error = Some(format!("byte {offset} is past the map's image size"));
+                return;
+            };
+            let k = (end - offset).min(e - offset);
+            match bytes {
+                Some(b) => {
+                    let from = (offset - start) as usize;
+                    let chunk = &b[from..from + k as usize];
+                    if data {
+                        self.h.update(chunk);
+                    } else if let Some(i) = chunk.iter().position(|x| *x != 0) {
+                        self.error = Some(format!(
+                            "byte {} holds data outside every range (the map misses data)",
+                            offset + i as u64
+                        ));
+                    }
+                }
+                None if data => {
+                    let mut left = k;
+                    while left > 0 {
+                        let z = left.min(ZEROS.len() as u64) as usize;
+                        self.h.update(&ZEROS[..z]);
+                        left -= z as u64;
+                    }
+                }
+                None => {}
+            }
+            offset += k;
+        }
+        self.close_to(offset);
+    }
+
+    /// Each range's digest, or the first byte that broke the map.
+    pub fn finish(self) -> Result<Vec<Sha256>, String> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if self.next != self.pieces.len() {
+            return Err("the image ended before the map's size".into());
+        }
+        Ok(self.digests)
+    }
+}
+
+impl crate::host::digest::Tap for MapScan {
+    fn data(&mut self, offset: u64, bytes: &[u8]) {
+        self.feed(offset, Some(bytes), bytes.len() as u64);
+    }
+    fn zeros(&mut self, offset: u64, n: u64) {
+        self.feed(offset, None, n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +385,50 @@ mod tests {
         std::fs::write(&raw, &bytes).unwrap();
         let e = DataMap::of_file(&raw, "a.raw", 64 << 10, d, &[(0, 20)]).unwrap_err();
         assert!(format!("{e:#}").contains("byte 40000 holds data"), "{e:#}");
+    }
+
+    #[test]
+    fn a_streamed_map_check_sees_holes_as_zeros_and_finds_stray_data() {
+        use crate::host::digest::Tap as _;
+        // A sparse file: data, a hole inside the second range, a hole gap.
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("s.raw");
+        let size: u64 = 4 << 20;
+        let f = std::fs::File::create(&raw).unwrap();
+        f.set_len(size).unwrap();
+        use std::os::unix::fs::FileExt as _;
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"tail", (2 << 20) + 8192).unwrap();
+        let bytes = std::fs::read(&raw).unwrap();
+        let d = Sha256::of_bytes(&bytes);
+        let ranges = [(0, 4096), (1 << 20, (2 << 20) + 12288)];
+        let m = DataMap::of_file(&raw, "s.raw", size, d, &ranges).unwrap();
+        let want: Vec<Sha256> = m
+            .ranges
+            .iter()
+            .map(|(s, e)| Sha256::of_bytes(&bytes[*s as usize..*e as usize]))
+            .collect();
+        assert_eq!(m.range_sha256, want);
+        m.check_file(&std::fs::File::open(&raw).unwrap()).unwrap();
+        // Fed by hand in odd pieces (data spanning a range's end, zeros
+        // spanning a gap and a range): the same digests.
+        let mut scan = MapScan::new(&m);
+        scan.data(0, &bytes[..5000]);
+        scan.zeros(5000, (1 << 20) + 10 - 5000);
+        scan.data((1 << 20) + 10, &bytes[(1 << 20) + 10..(3 << 20)]);
+        scan.zeros(3 << 20, size - (3 << 20));
+        assert_eq!(scan.finish().unwrap(), want);
+        // Control: one stray byte in the gap is named.
+        let mut scan = MapScan::new(&m);
+        let mut stray = bytes.clone();
+        stray[3 << 20] = 7;
+        scan.data(0, &stray);
+        let e = scan.finish().unwrap_err();
+        assert!(e.contains(&format!("byte {} holds data", 3 << 20)), "{e}");
+        // A stream that stops short is not a whole image.
+        let mut scan = MapScan::new(&m);
+        scan.data(0, &bytes[..4096]);
+        assert!(scan.finish().unwrap_err().contains("ended before"));
     }
 
     #[test]

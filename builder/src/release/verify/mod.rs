@@ -252,6 +252,9 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
     let mut manifest_bytes = Vec::new();
     // Data maps (`NAME.raw.map`), read once like the manifest.
     let mut maps: Vec<(String, Vec<u8>)> = Vec::new();
+    // Each raw disk's map, parsed, and what the digest's read found.
+    type Scanned = Result<Vec<Sha256>, String>;
+    let mut map_checks: Vec<(String, crate::release::datamap::DataMap, Scanned)> = Vec::new();
     for (len, name, f) in &mut opened {
         let got = if name == MANIFEST {
             if *len > MAX_MANIFEST {
@@ -275,6 +278,15 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
                 read_exactly(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?;
             let d = Sha256::of_bytes(&bytes);
             maps.push((name.clone(), bytes));
+            d
+        } else if let Some(map) = map_of(&maps, name, *len, sums[name.as_str()]) {
+            // A raw disk with its (already hashed) data map: the map is
+            // checked on the digest's one read of the raw.
+            let map = map?;
+            let mut scan = crate::release::datamap::MapScan::new(&map);
+            let d = hash_open_tapped(f, Some(&mut scan))
+                .map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?;
+            map_checks.push((name.clone(), map, scan.finish()));
             d
         } else {
             hash_open(f).map_err(|e| failed(format!("digest: {name}: cannot read: {e}")))?
@@ -352,19 +364,14 @@ pub fn verify(target: &Path, pubkey: &Path, production: bool) -> Result<VerifyRe
             match format.verify {
                 Verify::Disk => {
                     media::check_raw(&path, &f.file, *len, name, &manifest, &mut checks)?;
-                    if let Some((map_name, bytes)) =
-                        maps.iter().find(|(m, _)| *m == format!("{name}.map"))
-                    {
-                        let m = crate::release::datamap::DataMap::parse(
-                            bytes,
-                            name,
-                            *len,
-                            sums[name.as_str()],
-                        )
-                        .map_err(|e| failed(format!("map: {map_name}: {e}")))?;
+                    if let Some((_, m, scanned)) = map_checks.iter().find(|(r, _, _)| r == name) {
+                        let map_name = format!("{name}.map");
                         // What a sparse flash writes is this raw: the gaps
                         // zero, each range its signed digest.
-                        m.check_file(&f.file)
+                        scanned
+                            .as_ref()
+                            .map_err(|e| e.clone())
+                            .and_then(|got| m.check_digests(got))
                             .map_err(|e| failed(format!("map: {map_name}: {e}")))?;
                         checks.push(format!(
                             "map: {map_name}: {} ranges, {} of data, for this {name}",
@@ -713,10 +720,37 @@ fn changed(len: u64) -> io::Error {
 
 /// Streamed SHA-256 of an opened file, exactly its opened size.
 fn hash_open(f: &mut UntrustedFile) -> io::Result<Sha256> {
+    hash_open_tapped(f, None)
+}
+
+/// The parsed data map of the raw disk `name` (`len` bytes, listed with
+/// `sha256`) if its `NAME.map` was read: `None` without one.
+fn map_of(
+    maps: &[(String, Vec<u8>)],
+    name: &str,
+    len: u64,
+    sha256: Sha256,
+) -> Option<Result<crate::release::datamap::DataMap, VerifyError>> {
+    let map_name = format!("{name}.map");
+    let (_, bytes) = maps.iter().find(|(m, _)| *m == map_name)?;
+    Some(
+        crate::release::datamap::DataMap::parse(bytes, name, len, sha256)
+            .map_err(|e| failed(format!("map: {map_name}: {e}"))),
+    )
+}
+
+/// [`hash_open`], passing what it reads to `tap`.
+fn hash_open_tapped(
+    f: &mut UntrustedFile,
+    tap: Option<&mut dyn crate::host::digest::Tap>,
+) -> io::Result<Sha256> {
     // Holes (most of a raw disk: the state partition) are hashed as the
     // zeros they read as, without reading them (host::digest::Spliced).
     let mut r = crate::host::direct::Reader::buffered(f.file.try_clone()?);
-    let mut s = crate::host::digest::Spliced::new(None);
+    let mut s = match tap {
+        Some(t) => crate::host::digest::Spliced::with_tap(t),
+        None => crate::host::digest::Spliced::new(None),
+    };
     s.range(&mut r, &f.path, 0, f.len)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:#}")))?;
     // A file that grew while it was hashed is not the file measured.
