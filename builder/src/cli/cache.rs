@@ -22,7 +22,8 @@ pub struct Args {
 #[derive(Subcommand)]
 enum Op {
     /// Write exactly the files RECIPE.lock needs to FILE (a tar with a
-    /// DIGESTS list).
+    /// DIGESTS list), and for `runtime = "kubernetes"` the Go module files
+    /// `cairn fetch` downloaded.
     #[command(
         after_help = after_help!("  cairn cache export inputs.tar --recipe recipes/field-ai.toml")
     )]
@@ -32,6 +33,10 @@ enum Op {
         /// The recipe whose lock names the files.
         #[arg(long)]
         recipe: PathBuf,
+        /// Folder that recipe paths may point into (default: the
+        /// recipe's folder), as for `cairn build`.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
     },
     /// Add the files of an export to this machine's cache; every file is
     /// checked against the list and its own name first.
@@ -60,13 +65,20 @@ enum Op {
 pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
     let cache = env.settings()?.open_cache()?;
     match a.op {
-        Op::Export { file, recipe } => {
-            let n = cache.export_recipe(&recipe, &file)?;
+        Op::Export { file, recipe, root } => {
+            // runtime = "kubernetes": the Go modules `cairn fetch` downloaded.
+            let settings = env.settings()?;
+            let r = crate::recipe::load(&recipe, root.as_deref(), &settings.recipe_env())?;
+            let n = cache.export_recipe(&recipe, &file, r.workloads.kubernetes.is_some())?;
             println!("wrote {} ({n} files)", file.display());
         }
         Op::Import { file } => {
             let rep = cache.import_file(&file)?;
-            println!("{} files added, {} already present", rep.added, rep.present);
+            print!("{} files added, {} already present", rep.added, rep.present);
+            if rep.go_added > 0 {
+                print!("; {} Go module files placed", rep.go_added);
+            }
+            println!();
         }
         Op::Gc { recipes, all } => {
             let (n, bytes) = cache.gc(&GcKeep::for_recipes(&recipes, all)?)?;

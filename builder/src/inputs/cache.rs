@@ -75,6 +75,8 @@ pub struct ImportReport {
     pub added: usize,
     /// Blobs the cache already held (verified, left as they were).
     pub present: usize,
+    /// Go module files placed in the module cache's download folder.
+    pub go_added: usize,
 }
 
 /// What [`Cache::gc`] keeps. Keeping nothing is a case of its own, so an
@@ -109,11 +111,29 @@ impl GcKeep {
 impl Cache {
     /// `cairn cache export`: the inputs `recipe`'s lock pins, written to
     /// `file` as [`Cache::export`] does. Returns how many files it holds.
-    pub fn export_recipe(&self, recipe: &Path, file: &Path) -> Result<usize> {
+    /// With `go_modules` (`runtime = "kubernetes"`), the Go module files
+    /// `cairn fetch` downloaded go along ([`crate::inputs::gomod`]).
+    pub fn export_recipe(&self, recipe: &Path, file: &Path, go_modules: bool) -> Result<usize> {
         let lock = crate::inputs::lock::Lock::read_input(&crate::inputs::lock::lock_path(recipe))?;
         let digests = lock.digests();
-        self.export(&digests, file)?;
-        Ok(digests.len())
+        let mut go = Vec::new();
+        if go_modules {
+            let files = crate::inputs::gomod::files(&self.root)?;
+            if files.is_empty() {
+                bail!(
+                    "cache export: no Go module files in {}: run `cairn fetch {}` first",
+                    crate::inputs::gomod::download_dir(&self.root).display(),
+                    recipe.display()
+                );
+            }
+            for (rel, path) in files {
+                let d = Sha256::of_file(&path)
+                    .with_context(|| format!("cache export: hashing {}", path.display()))?;
+                go.push((d, rel, path));
+            }
+        }
+        self.export_with(&digests, &go, file)?;
+        Ok(digests.len() + go.len())
     }
 
     /// `cairn cache import`: [`Cache::import`] of a file the user named;
@@ -390,6 +410,18 @@ impl Cache {
     /// `sha256/ab/abcd…`) after a `DIGESTS` member listing them, one hex
     /// digest a line, sorted. Every blob must be present and intact.
     pub fn export(&self, digests: &BTreeSet<Sha256>, file: &Path) -> Result<()> {
+        self.export_with(digests, &[], file)
+    }
+
+    /// [`Cache::export`], plus the Go module files `go` (digest, download
+    /// path, file): listed in DIGESTS like every blob, indexed by the
+    /// second member, [`crate::inputs::gomod::MEMBER`].
+    fn export_with(
+        &self,
+        digests: &BTreeSet<Sha256>,
+        go: &[(Sha256, String, PathBuf)],
+        file: &Path,
+    ) -> Result<()> {
         let mut paths = Vec::new();
         let mut missing = Vec::new();
         for d in digests {
@@ -416,8 +448,27 @@ impl Cache {
             .with_context(|| format!("cache export: cannot write in {}", dir.display()))?;
         {
             let mut b = tar::Builder::new(BufWriter::new(tmp.as_file()));
-            let list: String = digests.iter().map(|d| format!("{}\n", d.hex())).collect();
+            let mut all = digests.clone();
+            // A module file whose bytes are already a member (another
+            // file's, or a blob's) is not written twice.
+            for (d, _, p) in go {
+                if all.insert(*d) {
+                    paths.push((*d, p.clone()));
+                }
+            }
+            let list: String = all.iter().map(|d| format!("{}\n", d.hex())).collect();
             append(&mut b, DIGESTS_MEMBER, list.len() as u64, list.as_bytes())?;
+            if !go.is_empty() {
+                let pairs: Vec<(Sha256, String)> =
+                    go.iter().map(|(d, r, _)| (*d, r.clone())).collect();
+                let index = crate::inputs::gomod::index(&pairs);
+                append(
+                    &mut b,
+                    crate::inputs::gomod::MEMBER,
+                    index.len() as u64,
+                    index.as_bytes(),
+                )?;
+            }
             for (d, p) in &paths {
                 let f = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
                 let len = f.metadata()?.len();
@@ -441,13 +492,13 @@ impl Cache {
     /// list, appears once and has exactly that content; every listed digest
     /// is present. Anything else refuses the whole file.
     pub fn import(&self, file: &Path) -> Result<ImportReport> {
-        let listed = check_export(file)
+        let (listed, go) = check_export(file)
             .with_context(|| format!("cache import: {} refused", file.display()))?;
         let mut ar = open_tar(file)?;
         let mut report = ImportReport::default();
         while let Some(entry) = next_member(&mut ar).context("cache import: reading the tar")? {
             let name = String::from_utf8_lossy(&entry.name).into_owned();
-            if name == DIGESTS_MEMBER {
+            if name == DIGESTS_MEMBER || name == crate::inputs::gomod::MEMBER {
                 continue;
             }
             let d = parse_member_name(&name)
@@ -462,6 +513,15 @@ impl Cache {
             self.put_reader(ar.data(), Some(d))
                 .with_context(|| format!("cache import: {name}"))?;
             report.added += 1;
+        }
+        // Go module files: each from its (now verified) blob to its path.
+        for (d, rel) in &go {
+            let blob = self
+                .get(d)
+                .with_context(|| format!("cache import: {rel}: blob {d} is not in the cache"))?;
+            if crate::inputs::gomod::place(&self.root, rel, &blob)? {
+                report.go_added += 1;
+            }
         }
         Ok(report)
     }
@@ -576,12 +636,36 @@ fn append<W: Write>(b: &mut tar::Builder<W>, name: &str, len: u64, data: impl Re
 
 /// First pass of `import`: returns the listed digests if the whole file is
 /// a faithful export.
-fn check_export(file: &Path) -> Result<BTreeSet<Sha256>> {
+fn check_export(file: &Path) -> Result<(BTreeSet<Sha256>, Vec<(Sha256, String)>)> {
     let mut ar = open_tar(file)?;
     let mut listed: Option<BTreeSet<Sha256>> = None;
     let mut seen = BTreeSet::new();
+    let mut go: Option<Vec<(Sha256, String)>> = None;
     while let Some(entry) = next_member(&mut ar)? {
         let name = String::from_utf8_lossy(&entry.name).into_owned();
+        if name == crate::inputs::gomod::MEMBER {
+            // Only right after DIGESTS, once.
+            let (Some(list), None, true) = (&listed, &go, seen.is_empty()) else {
+                bail!("member {name:?} must come once, right after {DIGESTS_MEMBER}");
+            };
+            if entry.size > crate::inputs::gomod::MAX_INDEX {
+                bail!(
+                    "{name} is {} bytes (limit {})",
+                    entry.size,
+                    crate::inputs::gomod::MAX_INDEX
+                );
+            }
+            let mut text = String::new();
+            ar.data()
+                .read_to_string(&mut text)
+                .with_context(|| format!("{name} is not text"))?;
+            let index = crate::inputs::gomod::parse_index(&text)?;
+            if let Some((d, p)) = index.iter().find(|(d, _)| !list.contains(d)) {
+                bail!("{name}: {p} has digest {d}, which DIGESTS does not list");
+            }
+            go = Some(index);
+            continue;
+        }
         let Some(list) = &listed else {
             if name != DIGESTS_MEMBER {
                 bail!("the first member is {name:?}, not {DIGESTS_MEMBER}");
@@ -632,7 +716,7 @@ fn check_export(file: &Path) -> Result<BTreeSet<Sha256>> {
             absent.join("\n    ")
         );
     }
-    Ok(list)
+    Ok((list, go.unwrap_or_default()))
 }
 
 /// The most DIGESTS may hold: a million digests (65 bytes a line).
@@ -815,7 +899,8 @@ mod tests {
             r,
             ImportReport {
                 added: 2,
-                present: 0
+                present: 0,
+                go_added: 0
             }
         );
         assert_eq!(b.list().unwrap(), want.iter().copied().collect::<Vec<_>>());
@@ -826,7 +911,8 @@ mod tests {
             r,
             ImportReport {
                 added: 0,
-                present: 2
+                present: 2,
+                go_added: 0
             }
         );
 
@@ -836,6 +922,115 @@ mod tests {
             .export(&[absent].into_iter().collect(), &t.path().join("z.tar"))
             .unwrap_err();
         assert!(format!("{e:#}").contains(&absent.hex()));
+    }
+
+    /// runtime = "kubernetes": the Go module files ride along, content
+    /// addressed, and land under their download paths on import; a file
+    /// already there is left alone; the index cannot name a path outside
+    /// the download folder, a digest DIGESTS lacks, or come late.
+    #[test]
+    fn go_module_files_travel_in_an_export() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Cache::open(t.path().join("a")).unwrap();
+        let dl = crate::inputs::gomod::download_dir(a.root());
+        let files = [
+            ("example.com/m/@v/v1.0.0.zip", b"zip bytes".as_slice()),
+            ("example.com/m/@v/v1.0.0.mod", b"module example.com/m\n"),
+            (
+                "example.com/!upper/@v/v0.1.0.mod",
+                b"module example.com/Upper\n",
+            ),
+            // Not carried: a version list and the checksum database.
+            ("example.com/m/@v/list", b"v1.0.0\n"),
+            ("sumdb/sum.golang.org/latest", b"tree"),
+        ];
+        for (rel, bytes) in files {
+            let p = dl.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+        }
+        let lock = t.path().join("r.lock");
+        std::fs::write(&lock, "").unwrap();
+        let tar = t.path().join("go.tar");
+        let go: Vec<(Sha256, String, PathBuf)> = crate::inputs::gomod::files(a.root())
+            .unwrap()
+            .into_iter()
+            .map(|(r, p)| (Sha256::of_file(&p).unwrap(), r, p))
+            .collect();
+        assert_eq!(go.len(), 3);
+        a.export_with(&BTreeSet::new(), &go, &tar).unwrap();
+        let b = Cache::open(t.path().join("b")).unwrap();
+        let r = b.import(&tar).unwrap();
+        assert_eq!(r.go_added, 3);
+        let bdl = crate::inputs::gomod::download_dir(b.root());
+        assert_eq!(
+            std::fs::read(bdl.join("example.com/m/@v/v1.0.0.zip")).unwrap(),
+            b"zip bytes"
+        );
+        assert!(!bdl.join("example.com/m/@v/list").exists());
+        assert!(!bdl.join("sumdb").exists());
+        assert_eq!(b.import(&tar).unwrap().go_added, 0);
+
+        // Hostile indexes: refused, and nothing placed.
+        let d = Sha256::of_bytes(b"x");
+        let list = format!("{d}\n");
+        let reg = tar::EntryType::Regular;
+        let m = member_name(&d);
+        let gm = crate::inputs::gomod::MEMBER;
+        let climb = format!("{d} ../../../etc/@v/v1.zip\n");
+        let unlisted = format!("{} a.b/m/@v/v1.zip\n", Sha256::of_bytes(b"y"));
+        let fine = format!("{d} a.b/m/@v/v1.zip\n");
+        let cases: Vec<(&str, Vec<(&str, &[u8])>)> = vec![
+            (
+                "climbs",
+                vec![
+                    (DIGESTS_MEMBER, list.as_bytes()),
+                    (gm, climb.as_bytes()),
+                    (&m, b"x"),
+                ],
+            ),
+            (
+                "unlisted",
+                vec![
+                    (DIGESTS_MEMBER, list.as_bytes()),
+                    (gm, unlisted.as_bytes()),
+                    (&m, b"x"),
+                ],
+            ),
+            (
+                "late",
+                vec![
+                    (DIGESTS_MEMBER, list.as_bytes()),
+                    (&m, b"x"),
+                    (gm, fine.as_bytes()),
+                ],
+            ),
+        ];
+        for (what, members) in cases {
+            let p = t.path().join(format!("{what}.tar"));
+            let ms: Vec<(&str, &[u8], tar::EntryType)> =
+                members.iter().map(|(n, d)| (*n, *d, reg)).collect();
+            raw_tar(&p, &ms);
+            let c = Cache::open(t.path().join(format!("c-{what}"))).unwrap();
+            assert!(c.import(&p).is_err(), "{what}: accepted");
+            assert!(c.list().unwrap().is_empty(), "{what}: added a blob");
+            assert!(
+                !crate::inputs::gomod::download_dir(c.root()).exists(),
+                "{what}"
+            );
+        }
+        // Control: the same index in its place is accepted.
+        let p = t.path().join("fine.tar");
+        raw_tar(
+            &p,
+            &[
+                (DIGESTS_MEMBER, list.as_bytes(), reg),
+                (gm, fine.as_bytes(), reg),
+                (&m, b"x", reg),
+            ],
+        );
+        let c = Cache::open(t.path().join("c-fine")).unwrap();
+        assert_eq!(c.import(&p).unwrap().go_added, 1);
     }
 
     /// Builds a tar from (name, content, type) members.

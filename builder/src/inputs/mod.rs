@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod debrepo;
 pub mod download;
+pub mod gomod;
 pub mod lock;
 pub mod plan;
 pub mod stagecache;
