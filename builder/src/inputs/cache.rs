@@ -636,11 +636,11 @@ fn append<W: Write>(b: &mut tar::Builder<W>, name: &str, len: u64, data: impl Re
 
 /// First pass of `import`: returns the listed digests if the whole file is
 /// a faithful export.
-fn check_export(file: &Path) -> Result<(BTreeSet<Sha256>, Vec<(Sha256, String)>)> {
+fn check_export(file: &Path) -> Result<(BTreeSet<Sha256>, crate::inputs::gomod::Index)> {
     let mut ar = open_tar(file)?;
     let mut listed: Option<BTreeSet<Sha256>> = None;
     let mut seen = BTreeSet::new();
-    let mut go: Option<Vec<(Sha256, String)>> = None;
+    let mut go: Option<crate::inputs::gomod::Index> = None;
     while let Some(entry) = next_member(&mut ar)? {
         let name = String::from_utf8_lossy(&entry.name).into_owned();
         if name == crate::inputs::gomod::MEMBER {
@@ -980,7 +980,8 @@ mod tests {
         let climb = format!("{d} ../../../etc/@v/v1.zip\n");
         let unlisted = format!("{} a.b/m/@v/v1.zip\n", Sha256::of_bytes(b"y"));
         let fine = format!("{d} a.b/m/@v/v1.zip\n");
-        let cases: Vec<(&str, Vec<(&str, &[u8])>)> = vec![
+        type Members<'a> = Vec<(&'a str, &'a [u8])>;
+        let cases: Vec<(&str, Members)> = vec![
             (
                 "climbs",
                 vec![

@@ -16,6 +16,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::host::digest::Sha256;
 
+/// An index: each Go module file's digest and download path.
+pub type Index = Vec<(Sha256, String)>;
+
 /// The export member that lists the Go module files.
 pub const MEMBER: &str = "GO-MODULES";
 /// The index of a cluster's modules is a few hundred lines.
@@ -82,7 +85,7 @@ pub fn index(entries: &[(Sha256, String)]) -> String {
 
 /// Parses the index member: each line `SHA256 PATH`, paths checked and
 /// unique.
-pub fn parse_index(text: &str) -> Result<Vec<(Sha256, String)>> {
+pub fn parse_index(text: &str) -> Result<Index> {
     let mut out: Vec<(Sha256, String)> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (i, line) in text.lines().enumerate() {
