@@ -27,12 +27,15 @@
 #      against the sizes the default image had then (211 and 158 MiB).
 #  (e) unless BENCH_FLASH=0: the raw flashed to a loop device, full vs
 #      sparse vs `bmaptool copy`, median of three (qemu-tests/bench-flash.sh).
+#  (f) if BENCH_KUBE=1: the kubernetes recipe's cold build (with and
+#      without a warm Go cache), rebuild, boot to node Ready and workloads
+#      Available, and the state used at ready.
 # Environment: OUT (default out), PUBKEY (default .cairn-dev/dev.pub),
 # BENCH_CAIRN (default target/release/cairn),
 # BENCH_DIR (a folder to use instead of the newest signed one under OUT),
 # BENCH_BOOT=1, BENCH_BOOT_PHASES (default target/release/boot-phases),
 # BENCH_BUILD=1, BENCH_RECIPE (default recipes/field-ai.toml), BENCH_MODEL_MIB=1024,
-# BENCH_MODEL_ROUNDS=3.
+# BENCH_MODEL_ROUNDS=3, BENCH_KUBE=0, BENCH_KUBE_RECIPE (default recipes/field-ai-kube.toml).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -332,4 +335,59 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     echo "bench: the cold build's wall against its tools' own times is on the \"bench: cold wall\" line above (target <= 0.8x)"
 else
     echo "bench: BENCH_BUILD=0: build timings skipped"
+fi
+
+# ---------------------------------------------------------------------------
+# (f) opt-in (BENCH_KUBE=1): the runtime = "kubernetes" recipe
+#     (BENCH_KUBE_RECIPE, default recipes/field-ai-kube.toml): a cold build
+#     with an empty Go build cache (the module cache and the input blobs
+#     shared, so nothing is downloaded), a cold build with a warm Go cache,
+#     a rebuild after an overlay change (the log must show the cluster
+#     stage cached: no Go compiler run), then one boot to node Ready, to
+#     workloads Available and ready, and the state used at ready.
+# ---------------------------------------------------------------------------
+
+if [[ ${BENCH_KUBE:-0} == 1 ]]; then
+    KRECIPE=${BENCH_KUBE_RECIPE:-recipes/field-ai-kube.toml}
+    [[ -f $KRECIPE ]] || die "recipe $KRECIPE not found"
+    mkdir -p target/bench-out
+    src_cache=${CAIRN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cairn}
+    kcache=target/bench-kube-cache
+    rm -rf "$kcache" && mkdir -p "$kcache/go" "$src_cache/sha256" "$src_cache/go/mod"
+    ln -s "$(readlink -f "$src_cache/sha256")" "$kcache/sha256"
+    ln -s "$(readlink -f "$src_cache/go/mod")" "$kcache/go/mod"
+    build_once kube-cold-go "$KRECIPE" CAIRN_NO_STAGE_CACHE=1 CAIRN_CACHE="$kcache"
+    grep -E '^(cairn: )?cluster' "target/bench-out/kube-cold-go.log" | tail -n 3 || true
+    rm -rf "$kcache"
+    build_once kube-warm-go "$KRECIPE" CAIRN_NO_STAGE_CACHE=1
+    build_once kube-seed "$KRECIPE" >/dev/null
+    tmp=recipes/.bench-kube-overlay
+    rm -rf "$tmp" && mkdir -p "$tmp/overlay"
+    cp -r overlays/field-ai/. "$tmp/overlay/"
+    echo "bench $(date +%s)" >> "$tmp/overlay/etc/motd"
+    sed -e "s|\.\./overlays/field-ai|overlay|" -e "s|\"field-ai/|\"../field-ai/|g" \
+        -e "s|^path = \"field-ai/model\"|path = \"../field-ai/model\"|" "$KRECIPE" > "$tmp/kube.toml"
+    lock=${KRECIPE%.toml}.lock
+    if [[ -f $lock ]]; then cp "$lock" "$tmp/kube.lock"; fi
+    build_once kube-overlay-change "$tmp/kube.toml"
+    if grep -q "cluster binaries unchanged: reusing the cached ones" target/bench-out/kube-overlay-change.log; then
+        echo "bench: kube rebuild after an overlay change: cluster stage cached (no Go compiler run)"
+    else
+        echo "bench: kube rebuild after an overlay change did NOT reuse the cluster stage" >&2
+        exit 1
+    fi
+    rm -rf "$tmp"
+    PHASES=${BENCH_BOOT_PHASES:-target/release/boot-phases}
+    [[ -x $PHASES ]] || cargo build --release --locked -p qemu-tests --bin boot-phases >&2
+    kraw=$(ls -d target/bench-out/field-ai-kube-*/ | head -n 1)
+    kraw=$(ls "$kraw"*.raw | head -n 1)
+    "$PHASES" "$kraw" --logs target/bench-out --memory 3072 --cpus 2 --timeout "${BENCH_KUBE_BOOT_TIMEOUT:-2400}" ||
+        die "kube boot phases failed (serial log in target/bench-out/boot-phases.serial.log)"
+    state=$(grep -o 'cairn: state: [0-9]* MiB used at ready' target/bench-out/boot-phases.serial.log | tail -n 1)
+    echo "bench: summary (kubernetes)"
+    printf '  %-44s %8ss\n' "cold build, empty Go build cache" "${WALL[kube-cold-go]:-0}"
+    printf '  %-44s %8ss\n' "cold build, warm Go build cache" "${WALL[kube-warm-go]:-0}"
+    printf '  %-44s %8ss  %s of cold\n' "rebuild after an overlay change" \
+        "${WALL[kube-overlay-change]:-0}" "$(pct "${WALL[kube-overlay-change]:-0}" "${WALL[kube-warm-go]:-0}")"
+    echo "  boot: node Ready / workloads / ready: the phases table above; ${state#cairn: }"
 fi

@@ -19,46 +19,70 @@ struct PhaseEnd {
     message: &'static str,
     required: bool,
     last: bool,
+    /// Only a cluster runtime prints it: not listed as absent elsewhere.
+    cluster: bool,
 }
 
 /// In boot order. `firmware` (QEMU start to kernel start) comes first and
 /// is computed from the uptimes, not from a line.
-const PHASE_ENDS: [PhaseEnd; 6] = [
+const PHASE_ENDS: [PhaseEnd; 8] = [
     PhaseEnd {
         name: "initramfs",
         message: "initramfs started",
         required: true,
         last: false,
+        cluster: false,
     },
     PhaseEnd {
         name: "root verified",
         message: "root verified",
         required: true,
         last: false,
+        cluster: false,
     },
     PhaseEnd {
         name: "systemd",
         message: "starting systemd",
         required: true,
         last: false,
+        cluster: false,
     },
     PhaseEnd {
         name: "firewall",
         message: "firewall loaded",
         required: true,
         last: false,
+        cluster: false,
     },
     PhaseEnd {
         name: "images",
         message: "image ",
         required: false,
         last: true,
+        cluster: false,
+    },
+    // A cluster runtime: the node Ready, then its workloads Available
+    // (`cairn-ready` prints both before `ready`).
+    PhaseEnd {
+        name: "node Ready",
+        message: "cluster: node ",
+        required: false,
+        last: false,
+        cluster: true,
+    },
+    PhaseEnd {
+        name: "workloads",
+        message: "cluster: node Ready, workloads Available",
+        required: false,
+        last: false,
+        cluster: true,
     },
     PhaseEnd {
         name: "ready",
         message: "ready",
         required: true,
         last: false,
+        cluster: false,
     },
 ];
 
@@ -232,6 +256,7 @@ pub fn boot_phases(lines: &[TimedLine]) -> Result<BootPhases> {
                 });
                 next = i + 1;
             }
+            None if end.cluster => {}
             None if !end.required => absent.push(end.name),
             None => {
                 let earlier = cairn[..next].iter().any(matches);
@@ -434,6 +459,24 @@ mod tests {
             .collect();
         let e = format!("{:#}", boot_phases(&log(&lines)).unwrap_err());
         assert!(e.contains("phase ready is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_cluster_boot_has_node_and_workload_phases() {
+        let mut lines = field_ai();
+        let ready = lines.pop().unwrap();
+        lines.push((300.0, "[  294.00] cairn: cluster: node field-ai-kube Ready"));
+        lines.push((
+            340.0,
+            "[  334.00] cairn: cluster: node Ready, workloads Available (cairn/inference)",
+        ));
+        lines.push((341.0, ready.1));
+        let b = boot_phases(&log(&lines)).unwrap_or_else(|e| panic!("{e:#}"));
+        let names: Vec<_> = b.phases.iter().map(|p| p.name).collect();
+        assert_eq!(&names[6..], ["node Ready", "workloads", "ready"]);
+        assert_eq!(b.phases[6].uptime, Some(294.0));
+        assert!((b.phases[7].took.as_secs_f64() - 40.0).abs() < 1e-6);
+        assert!(b.absent.is_empty());
     }
 
     #[test]

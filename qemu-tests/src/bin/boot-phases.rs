@@ -21,18 +21,33 @@ const BARE_LINE: &str = "cairn-bare: init up";
 /// Host busybox (Debian package busybox-static): one static binary.
 const BUSYBOX: &str = "/usr/bin/busybox";
 
-const USAGE: &str = "usage: boot-phases IMAGE.raw [--logs DIR]";
+const USAGE: &str = "usage: boot-phases IMAGE.raw [--logs DIR] [--memory MIB] [--cpus N] [--timeout SECONDS]\n  (a cluster image: --memory 3072 --cpus 2 --timeout 1800)";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut image = None;
     let mut logs = PathBuf::from("target/bench-out");
+    let mut opts = Opts::default();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--logs" => match args.next() {
                 Some(d) => logs = PathBuf::from(d),
                 None => return usage("--logs needs a folder"),
             },
+            "--memory" | "--cpus" | "--timeout" => {
+                let Some(n) = args
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|n| *n > 0)
+                else {
+                    return usage(&format!("{a} needs a positive number"));
+                };
+                match a.as_str() {
+                    "--memory" => opts.memory_mib = Some(n),
+                    "--cpus" => opts.cpus = Some(n),
+                    _ => opts.timeout = Some(Duration::from_secs(n)),
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -50,7 +65,7 @@ fn main() -> ExitCode {
             image.display()
         ));
     }
-    match run(&image, &logs) {
+    match run(&image, &logs, &opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("boot-phases: {e:#}");
@@ -64,18 +79,32 @@ fn usage(why: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(image: &Path, logs: &Path) -> Result<()> {
+/// QEMU settings other than the defaults (a cluster image needs more).
+#[derive(Default)]
+struct Opts {
+    memory_mib: Option<u64>,
+    cpus: Option<u64>,
+    timeout: Option<Duration>,
+}
+
+fn run(image: &Path, logs: &Path, opts: &Opts) -> Result<()> {
     qemu_tests::configure_qemu();
     std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
     // QEMU runs in its own workdir: paths it opens must be absolute.
     let logs = &std::fs::canonicalize(logs).with_context(|| format!("{}", logs.display()))?;
-    let timeout = qemu_tests::boot_timeout();
+    let timeout = opts.timeout.unwrap_or_else(qemu_tests::boot_timeout);
     let accel = Vm::accel();
 
     // 1. The image, to cairn: ready.
     let log = logs.join("boot-phases.serial.log");
     let mut spec = BootSpec::new(image, cairn::media::RAW.qemu, Firmware::Uefi, &log);
     spec.network = true;
+    if let Some(m) = opts.memory_mib {
+        spec.memory_mib = m as _;
+    }
+    if let Some(c) = opts.cpus {
+        spec.cpus = c as _;
+    }
     println!(
         "bench: booting {} once ({accel} accel, {} MiB, {} vCPU; serial log {})",
         image.display(),
