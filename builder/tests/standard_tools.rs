@@ -331,6 +331,52 @@ fn test_image_evidence_is_accepted_by_standard_tools() {
     assert!(text.contains("distro=debian-12"));
 }
 
+/// The kubernetes boot test's image (recipes/field-ai-kube.toml, built by
+/// the boot tests): its SBOMs pass the same validators and list the Go
+/// modules of the cluster binaries with versions (control: the containerd
+/// test image lists none).
+#[test]
+fn kubernetes_image_sboms_are_accepted_and_list_the_kubernetes_modules() {
+    let dir = testkit::test_image(
+        &Path::new(common::TEST_IMAGE).with_file_name("field-ai-kube-0.1.0"),
+        &[
+            "manifest.json",
+            "provenance.json",
+            "field-ai-kube-0.1.0.spdx.json",
+            "field-ai-kube-0.1.0.cdx.json",
+        ],
+    );
+    let spdx = dir.join("field-ai-kube-0.1.0.spdx.json");
+    let cdx = dir.join("field-ai-kube-0.1.0.cdx.json");
+    spdx_ok(&spdx).unwrap_or_else(|e| panic!("{}: {e}", spdx.display()));
+    cdx_ok(&cdx).unwrap_or_else(|e| panic!("{}: {e}", cdx.display()));
+    schema_ok(PROVENANCE_SCHEMA, &dir.join("provenance.json")).unwrap_or_else(|e| panic!("{e}"));
+    schema_ok(MANIFEST_SCHEMA, &dir.join("manifest.json")).unwrap_or_else(|e| panic!("{e}"));
+    for p in [&spdx, &cdx] {
+        let text = std::fs::read_to_string(p).unwrap();
+        for module in [
+            "pkg:golang/k8s.io/kubernetes@v1.",
+            "pkg:golang/github.com/containerd/containerd/v2@v2.",
+            "pkg:golang/github.com/opencontainers/runc@v1.",
+            "pkg:golang/go.etcd.io/etcd/server/v3@v3.",
+        ] {
+            assert!(text.contains(module), "{}: no {module}", p.display());
+        }
+    }
+    let provenance = std::fs::read_to_string(dir.join("provenance.json")).unwrap();
+    assert!(
+        provenance.contains("go1."),
+        "provenance names the Go toolchain"
+    );
+    let control =
+        std::fs::read_to_string(Path::new(common::TEST_IMAGE).join("cairn-test-1.spdx.json"))
+            .unwrap();
+    assert!(
+        !control.contains("pkg:golang/"),
+        "the containerd image has no Go modules"
+    );
+}
+
 /// One package version changed inside an image: both SBOMs change, both
 /// still validate, and `cairn diff` names the package.
 #[test]
