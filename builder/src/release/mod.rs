@@ -12,4 +12,5 @@ pub mod secureboot;
 pub mod sign;
 pub mod signify;
 pub mod site;
+pub mod template;
 pub mod verify;
