@@ -87,12 +87,11 @@ pub struct TemplateUse {
     pub key_id: String,
     /// sha256 of the team recipe file.
     pub team_sha256: String,
-    /// The template's text, so a release can be re-checked against it.
-    #[serde(skip)]
+    /// The template's text and its signature file's text, and the team
+    /// recipe's text: a release can be re-checked against them, offline.
     pub text: String,
-    /// The template's signature file's text.
-    #[serde(skip)]
     pub signature: String,
+    pub team: String,
 }
 
 /// Checks a detached signify signature (`sig`, the `.sig` file's text)

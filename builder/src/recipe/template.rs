@@ -243,6 +243,7 @@ pub fn load_team(team: &RecipeSource) -> Result<Recipe, RecipeError> {
         team_sha256: Sha256::of_bytes(team.text.as_bytes()).hex(),
         text: template_text,
         signature,
+        team: team.text.clone(),
     });
     Ok(r)
 }

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::host::digest::Sha256;
 use crate::recipe::governance::GovernanceSection;
+use crate::release::manifest::Manifest;
 use crate::release::signify::{PublicKey, SecretKey, Signature};
+use crate::release::verify::{VerifyError, VerifyReport};
 
 /// `TEMPLATE.sig` beside `TEMPLATE`.
 pub fn sig_path(template: &Path) -> PathBuf {
@@ -92,6 +95,209 @@ pub fn verify_signature(msg: &[u8], sig: &str, key: &str) -> Result<String, Stri
     let sig = Signature::parse(sig).map_err(|e| format!("the signature: {e}"))?;
     sig.verify(&key, msg).map_err(|e| e.to_string())?;
     Ok(key.key_id())
+}
+
+/// `cairn verify --template-key`: the release verified with `pubkey` as
+/// `cairn verify` does, then [`check_release`] with the platform key
+/// `template_key` on the manifest that verification authenticated.
+pub fn verify(
+    target: &Path,
+    pubkey: &Path,
+    production: bool,
+    template_key: &Path,
+) -> Result<VerifyReport, VerifyError> {
+    use crate::host::untrusted::{self, Links};
+    use crate::release::verify::{MANIFEST, MAX_MANIFEST};
+    let key = PublicKey::read(template_key)
+        .map_err(|e| VerifyError::BadInput(format!("template key: {e}")))?;
+    let mut report = crate::release::verify::verify(target, pubkey, production)?;
+    let folder = if target.is_dir() {
+        target
+    } else {
+        target.parent().unwrap_or(Path::new("."))
+    };
+    // Read again, and held to the digest the signature covered.
+    let bytes = untrusted::read(&folder.join(MANIFEST), Links::Refuse, MAX_MANIFEST)
+        .map_err(|e| VerifyError::Failed(format!("template: {MANIFEST}: {e}")))?;
+    if report.signed.get(MANIFEST) != Some(&Sha256::of_bytes(&bytes)) {
+        return Err(VerifyError::Failed(format!(
+            "template: {MANIFEST} changed during verification"
+        )));
+    }
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| VerifyError::Failed(format!("template: {MANIFEST}: {e}")))?;
+    let passed =
+        check_release(&m, &key).map_err(|e| VerifyError::Failed(format!("template: {e}")))?;
+    report
+        .checks
+        .extend(passed.into_iter().map(|c| format!("template: {c}")));
+    Ok(report)
+}
+
+/// `cairn verify --template-key`: whether the release whose (already
+/// verified) manifest is `m` was built from a template signed by `key`,
+/// and whether what the manifest says it holds keeps that template's rules
+/// (checked again here, not taken from the build). Ok: one line per check
+/// passed; Err: the first check that failed.
+pub fn check_release(m: &Manifest, key: &PublicKey) -> Result<Vec<String>, String> {
+    let t = m.template.as_ref().ok_or(
+        "the release was not built from a template: its manifest names none (build the team recipe, not the plain one)",
+    )?;
+    let mut passed = Vec::new();
+    if Sha256::of_bytes(t.text.as_bytes()).hex() != t.sha256 {
+        return Err("the manifest's template text does not match its recorded sha256".into());
+    }
+    if Sha256::of_bytes(t.team.as_bytes()).hex() != t.team_sha256 {
+        return Err("the manifest's team recipe does not match its recorded sha256".into());
+    }
+    let signer = verify_signature(t.text.as_bytes(), &t.signature, &key.to_file_text("k"))
+        .map_err(|e| format!("template {} {}: {e}", t.name, t.version))?;
+    if signer != t.key_id {
+        return Err(format!(
+            "template signed by key {signer}, but the manifest says {}",
+            t.key_id
+        ));
+    }
+    passed.push(format!(
+        "template {} {} signed by key {signer}",
+        t.name, t.version
+    ));
+    // The recipe the build read is the template, a newline, the team's.
+    let merged = Sha256::of_bytes(format!("{}\n{}", t.text, t.team).as_bytes());
+    if merged != m.recipe.sha256 {
+        return Err(format!(
+            "the manifest's recipe digest {} is not that of template {} with the recorded team recipe ({merged}): the release was not built from them",
+            m.recipe.sha256, t.name
+        ));
+    }
+    passed.push(format!("recipe = template + team recipe ({merged})"));
+    check_contents(m, t)?;
+    passed.push("contents keep the template's rules".into());
+    Ok(passed)
+}
+
+/// The template's own recipe and rules against the manifest's flags,
+/// services and network.
+fn check_contents(m: &Manifest, t: &crate::recipe::governance::TemplateUse) -> Result<(), String> {
+    let file: crate::recipe::RecipeFile =
+        toml::from_str(&t.text).map_err(|e| format!("the template does not parse: {e}"))?;
+    let gov = file
+        .governance
+        .as_ref()
+        .ok_or("the template has no [governance] table")?;
+    let rule = |name: &str, what: String| format!("{what} (template rule `{name}`)");
+    if m.flags.debug_console != file.debug.console
+        || m.flags.debug_unencrypted_state != file.debug.unencrypted_state
+    {
+        return Err(rule(
+            "fixed",
+            "the release's debug flags are not the template's".into(),
+        ));
+    }
+    if let Some(mode) = &file.state.mode {
+        if m.flags.state_mode != *mode.get_ref() {
+            return Err(rule(
+                "fixed",
+                format!(
+                    "state mode {} is not the template's {}",
+                    m.flags.state_mode,
+                    mode.get_ref()
+                ),
+            ));
+        }
+    }
+    let own: Vec<&str> = file
+        .services
+        .iter()
+        .map(|s| s.name.get_ref().as_str())
+        .collect();
+    let team: Vec<_> = m
+        .services
+        .iter()
+        .filter(|s| !own.contains(&s.name.as_str()))
+        .collect();
+    if let Some(max) = &gov.max_services {
+        if team.len() as u64 > *max.get_ref() {
+            return Err(rule(
+                "max_services",
+                format!("{} team services, above {}", team.len(), max.get_ref()),
+            ));
+        }
+    }
+    for s in &team {
+        if s.host_network && !gov.host_network.as_ref().is_some_and(|h| *h.get_ref()) {
+            return Err(rule(
+                "host_network",
+                format!("service {} shares the host's network", s.name),
+            ));
+        }
+        for c in &s.capabilities {
+            if !gov.capabilities.iter().any(|g| g.get_ref() == c) {
+                return Err(rule(
+                    "capabilities",
+                    format!("service {} keeps {c}", s.name),
+                ));
+            }
+        }
+    }
+    let own_ingress: Vec<_> = file
+        .network
+        .ingress
+        .iter()
+        .filter_map(|i| crate::recipe::network::parse_ingress(i.get_ref()).ok())
+        .collect();
+    for i in m
+        .network
+        .ingress
+        .iter()
+        .filter(|i| !own_ingress.contains(i))
+    {
+        let in_range = gov
+            .ingress_ports
+            .as_ref()
+            .map_or(allowed(gov, "ingress"), |r| {
+                r.get_ref()
+                    .split_once('-')
+                    .and_then(|(a, b)| {
+                        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                    })
+                    .is_some_and(|(lo, hi)| (lo..=hi).contains(&i.port))
+            });
+        if !in_range || !allowed(gov, "ingress") {
+            return Err(rule(
+                "ingress_ports",
+                format!("ingress port {} is open", i.port),
+            ));
+        }
+    }
+    let own_egress: Vec<_> = file
+        .network
+        .egress
+        .iter()
+        .filter_map(|e| {
+            e.get_ref()
+                .as_str()
+                .and_then(|s| crate::recipe::network::parse_egress(s).ok())
+        })
+        .collect();
+    let set: Vec<_> = gov
+        .egress
+        .iter()
+        .filter_map(|e| crate::recipe::network::parse_egress(e.get_ref()).ok())
+        .collect();
+    for e in m.network.egress.iter().filter(|e| !own_egress.contains(e)) {
+        if !set.contains(e) {
+            return Err(rule(
+                "egress",
+                format!("egress to {}/{}:{} is open", e.net, e.prefix, e.port),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn allowed(gov: &GovernanceSection, what: &str) -> bool {
+    gov.allow.iter().any(|a| a.get_ref() == what)
 }
 
 #[cfg(test)]

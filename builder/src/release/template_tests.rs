@@ -446,3 +446,59 @@ fn without_a_signature_check_a_team_recipe_is_refused() {
         "{e}"
     );
 }
+
+/// A manifest as a build of `r` would record it (the parts the template
+/// check reads), on a real manifest's other fields.
+fn manifest_of(r: &Recipe) -> crate::release::manifest::Manifest {
+    let text = include_str!("../../tests/fixtures/manifest-a.json");
+    let mut m: crate::release::manifest::Manifest = serde_json::from_str(text).unwrap();
+    m.recipe.sha256 = r.recipe_sha256;
+    m.flags.debug_console = r.debug_console;
+    m.flags.state_mode = r.state_mode.as_str().into();
+    m.services = crate::release::manifest::service_infos(&r.workloads.services);
+    m.network = r.network.clone();
+    m.template = r.template.clone();
+    m
+}
+
+#[test]
+fn a_release_proves_its_template_and_keeps_its_rules() {
+    let f = Fixture::new();
+    let r = f.load(&f.team(TEAM)).unwrap_or_else(|e| panic!("{e}"));
+    let key = f.key.public();
+    let m = manifest_of(&r);
+    let passed = super::check_release(&m, &key).unwrap_or_else(|e| panic!("{e}"));
+    assert!(passed[0].contains("field-platform 1.2"), "{passed:?}");
+
+    // Built from a plain recipe: no template in the manifest.
+    let mut plain = manifest_of(&r);
+    plain.template = None;
+    let e = super::check_release(&plain, &key).unwrap_err();
+    assert!(e.contains("not built from a template"), "{e}");
+
+    // A plain build's manifest edited to claim the template (record copied
+    // from a real team build): its recipe digest gives it away.
+    let mut claimed = manifest_of(&r);
+    claimed.recipe.sha256 = crate::host::digest::Sha256::of_bytes(b"[image]\nname = \"team\"\n");
+    let e = super::check_release(&claimed, &key).unwrap_err();
+    assert!(e.contains("not built from them"), "{e}");
+
+    // Another platform's key.
+    let other = signify::generate().public();
+    let e = super::check_release(&m, &other).unwrap_err();
+    assert!(e.contains("field-platform 1.2"), "{e}");
+
+    // Contents re-checked, not trusted: a capability, a debug flag, a port.
+    let mut caps = manifest_of(&r);
+    caps.services[0].capabilities = vec!["CAP_SYS_ADMIN".into()];
+    let e = super::check_release(&caps, &key).unwrap_err();
+    assert!(e.contains("`capabilities`"), "{e}");
+    let mut debug = manifest_of(&r);
+    debug.flags.debug_console = true;
+    let e = super::check_release(&debug, &key).unwrap_err();
+    assert!(e.contains("`fixed`"), "{e}");
+    let mut port = manifest_of(&r);
+    port.network.ingress[0].port = 22;
+    let e = super::check_release(&port, &key).unwrap_err();
+    assert!(e.contains("`ingress_ports`"), "{e}");
+}
