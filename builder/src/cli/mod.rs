@@ -57,6 +57,7 @@ pub mod inspect;
 pub mod keygen;
 pub mod lock;
 pub mod man;
+pub mod new;
 pub mod run;
 pub mod site;
 pub mod template;
@@ -133,6 +134,7 @@ pub enum Command {
     Flash(flash::Args),
     Site(site::Args),
     Template(template::Args),
+    New(new::Args),
     Run(run::Args),
     Digest(digest::Args),
     Check(check::Args),

@@ -300,6 +300,144 @@ fn allowed(gov: &GovernanceSection, what: &str) -> bool {
     gov.allow.iter().any(|a| a.get_ref() == what)
 }
 
+/// `path` relative to the folder `from` (both absolute), with `..` where
+/// needed: what a recipe in `from` writes to name `path`.
+fn relative_to(path: &Path, from: &Path) -> PathBuf {
+    let (p, f): (Vec<_>, Vec<_>) = (path.components().collect(), from.components().collect());
+    let common = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c);
+    }
+    out
+}
+
+/// `cairn new --template`: writes `DIR/recipe.toml`, a team recipe that
+/// pins `template` (its signature checked with `key` first) and stubs, as
+/// comments, what the template lets a team add. Nothing is overwritten.
+pub fn new_team_recipe(template: &Path, key: &Path, dir: &Path) -> Result<PathBuf> {
+    let bad = |m: String| anyhow::Error::from(crate::InputError(m));
+    let text = std::fs::read_to_string(template).map_err(|e| {
+        bad(format!(
+            "{}: cannot read the template: {e}",
+            template.display()
+        ))
+    })?;
+    let gov = governance_of(template, &text)?;
+    let sig = std::fs::read_to_string(sig_path(template)).map_err(|e| {
+        bad(format!(
+            "{}: {e}; sign the template first (cairn template sign)",
+            sig_path(template).display()
+        ))
+    })?;
+    let key_text = std::fs::read_to_string(key).map_err(|e| {
+        bad(format!(
+            "{}: cannot read the platform key: {e}",
+            key.display()
+        ))
+    })?;
+    let key_id = verify_signature(text.as_bytes(), &sig, &key_text).map_err(|e| {
+        bad(format!(
+            "{}: does not verify with {}: {e}",
+            template.display(),
+            key.display()
+        ))
+    })?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let out = dir.join("recipe.toml");
+    if out.exists() {
+        return Err(bad(format!(
+            "{} exists; cairn new never overwrites",
+            out.display()
+        )));
+    }
+    let abs =
+        |p: &Path| std::fs::canonicalize(p).with_context(|| format!("resolve {}", p.display()));
+    let folder = abs(dir)?;
+    let name = folder
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .filter(|n| crate::recipe::validate::is_safe_name(n))
+        .unwrap_or_else(|| "team".into());
+    let g = |v: &Option<toml::Spanned<u64>>| {
+        v.as_ref()
+            .map(|v| v.get_ref().to_string())
+            .unwrap_or("any".into())
+    };
+    let mut s = format!(
+        "# A team recipe on template {:?} {} (platform key {key_id}).\n\
+         # It holds only what the template allows; `cairn check` names every rule\n\
+         # broken, with the template line that set it (docs/templates.md).\n\
+         [template]\npath = {:?}\nsha256 = \"{}\"\nkey = {:?}\nversion = {:?}\n\n\
+         [image]\nname = {name:?}\nversion = \"0.1.0\"\n",
+        gov.name.get_ref(),
+        gov.version.get_ref(),
+        relative_to(&abs(template)?, &folder).display().to_string(),
+        Sha256::of_bytes(text.as_bytes()).hex(),
+        relative_to(&abs(key)?, &folder).display().to_string(),
+        gov.version.get_ref(),
+    );
+    let allows = |w: &str| gov.allow.iter().any(|a| a.get_ref() == w);
+    if allows("images") {
+        let sources = gov
+            .image_sources
+            .as_ref()
+            .map(|v| {
+                v.iter()
+                    .map(|s| s.get_ref().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or("build, archive".into());
+        s.push_str(&format!("\n# Images: at most {}; sources: {sources}.\n# [[images]]\n# name = \"app\"\n# [images.build]\n# packages = [\"python3\"]\n", g(&gov.max_images)));
+    }
+    if allows("models") {
+        let size = gov
+            .max_model_size
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .unwrap_or("any size".into());
+        s.push_str(&format!("\n# Models: at most {}, each at most {size}.\n# [[models]]\n# name = \"weights\"\n# path = \"model\"\n# sha256 = \"...\"   # cairn digest model\n", g(&gov.max_models)));
+    }
+    if allows("services") {
+        let mem = gov
+            .max_memory
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .unwrap_or("any".into());
+        let cpus = gov
+            .max_cpus
+            .as_ref()
+            .map(|v| v.get_ref().to_string())
+            .unwrap_or("any".into());
+        let caps: Vec<&str> = gov
+            .capabilities
+            .iter()
+            .map(|c| c.get_ref().as_str())
+            .collect();
+        s.push_str(&format!(
+            "\n# Services: at most {}; memory at most {mem}, cpus at most {cpus}; capabilities: [{}].\n# [[services]]\n# name = \"app\"\n# image = \"app\"\n# memory = \"256M\"\n# cpus = 0.5\n",
+            g(&gov.max_services),
+            caps.join(", ")
+        ));
+    }
+    if allows("ingress") || allows("egress") {
+        let ports = gov
+            .ingress_ports
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .unwrap_or("any".into());
+        s.push_str(&format!(
+            "\n# Network: ingress ports {ports}.\n# [network]\n# ingress = [\"8080/tcp\"]\n"
+        ));
+    }
+    std::fs::write(&out, s).with_context(|| format!("write {}", out.display()))?;
+    Ok(out)
+}
+
 #[cfg(test)]
 #[path = "template_tests.rs"]
 mod tests;

@@ -502,3 +502,58 @@ fn a_release_proves_its_template_and_keeps_its_rules() {
     let e = super::check_release(&port, &key).unwrap_err();
     assert!(e.contains("`ingress_ports`"), "{e}");
 }
+
+#[test]
+fn inspect_shows_the_template_and_the_teams_part() {
+    let f = Fixture::new();
+    let r = f.load(&f.team(TEAM)).unwrap_or_else(|e| panic!("{e}"));
+    let d = tempfile::tempdir().unwrap();
+    crate::release::manifest::write(&manifest_of(&r), &d.path().join("manifest.json")).unwrap();
+    let text = crate::release::inspect::inspect(d.path())
+        .unwrap()
+        .render_text();
+    assert!(
+        text.contains("template     \"field-platform\" \"1.2\""),
+        "{text}"
+    );
+    assert!(text.contains("  \"name = \\\"web\\\"\""), "{text}");
+}
+
+#[test]
+fn cairn_new_writes_a_team_recipe_that_checks() {
+    let f = Fixture::new();
+    let team_dir = f.path("vision");
+    let out = super::new_team_recipe(&f.path("platform.toml"), &f.path("platform.pub"), &team_dir)
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("path = \"../platform.toml\""), "{text}");
+    assert!(text.contains("# Services: at most 2"), "{text}");
+    // It loads as it is (the template in a folder above: a wider root).
+    let root = std::fs::canonicalize(f.dir.path()).unwrap();
+    let r = parse(&RecipeSource {
+        path: out.clone(),
+        text: text.clone(),
+        root: root.clone(),
+        env: LoadEnv {
+            cache_root: root.join("cache"),
+            source_date_epoch: None,
+            verify_signature: Some(super::verify_signature),
+        },
+        merged: None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.name, "vision");
+    // Never overwrites; refuses a template signed by another key.
+    assert!(
+        super::new_team_recipe(&f.path("platform.toml"), &f.path("platform.pub"), &team_dir)
+            .is_err()
+    );
+    super::sign(&f.path("platform.toml"), &signify::generate(), "x.pub").unwrap();
+    let e = super::new_team_recipe(
+        &f.path("platform.toml"),
+        &f.path("platform.pub"),
+        &f.path("o"),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
+}
