@@ -557,3 +557,32 @@ fn cairn_new_writes_a_team_recipe_that_checks() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
 }
+
+/// The example pair in recipes/ checks, and the example team recipe is
+/// refused once it sets a fixed value (the control).
+#[test]
+fn the_example_team_recipe_checks() {
+    let ws = std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).unwrap();
+    let path = ws.join("recipes/team-ai.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let load = |text: &str| {
+        parse(&RecipeSource {
+            path: path.clone(),
+            text: text.into(),
+            root: ws.clone(),
+            env: LoadEnv {
+                cache_root: ws.join("target/unused-cache"),
+                source_date_epoch: None,
+                verify_signature: Some(super::verify_signature),
+            },
+            merged: None,
+        })
+    };
+    let r = load(&text).unwrap_or_else(|e| panic!("{e}"));
+    let t = r.template.as_ref().unwrap();
+    assert_eq!((t.name.as_str(), t.version.as_str()), ("platform-ai", "1.0"));
+    assert_eq!(r.workloads.models.len(), 2);
+    assert_eq!(r.workloads.services.len(), 2);
+    let e = load(&format!("{text}\n[debug]\nconsole = true\n")).unwrap_err();
+    assert!(e.to_string().contains("template rule `fixed`"), "{e}");
+}

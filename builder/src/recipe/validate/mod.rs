@@ -87,9 +87,8 @@ impl<'a> Validator<'a> {
         }
         // A template's own paths resolve in the template's folder.
         let (folder, root) = match &self.src.merged {
-            Some(m) if span.start < m.team_start => {
-                (m.template_folder.clone(), m.template_folder.clone())
-            }
+            // (The template itself lies inside the root: template.rs.)
+            Some(m) if span.start < m.team_start => (m.template_folder.clone(), self.src.root.clone()),
             _ => (self.folder.clone(), self.src.root.clone()),
         };
         let root = &root;
