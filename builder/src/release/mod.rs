@@ -4,6 +4,7 @@
 pub mod compressed;
 pub mod datamap;
 pub mod diff;
+pub mod diff_team;
 pub mod inspect;
 pub mod manifest;
 pub mod provenance;

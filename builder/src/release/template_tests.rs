@@ -580,7 +580,10 @@ fn the_example_team_recipe_checks() {
     };
     let r = load(&text).unwrap_or_else(|e| panic!("{e}"));
     let t = r.template.as_ref().unwrap();
-    assert_eq!((t.name.as_str(), t.version.as_str()), ("platform-ai", "1.0"));
+    assert_eq!(
+        (t.name.as_str(), t.version.as_str()),
+        ("platform-ai", "1.0")
+    );
     assert_eq!(r.workloads.models.len(), 2);
     assert_eq!(r.workloads.services.len(), 2);
     let e = load(&format!("{text}\n[debug]\nconsole = true\n")).unwrap_err();

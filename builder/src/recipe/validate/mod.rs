@@ -88,7 +88,9 @@ impl<'a> Validator<'a> {
         // A template's own paths resolve in the template's folder.
         let (folder, root) = match &self.src.merged {
             // (The template itself lies inside the root: template.rs.)
-            Some(m) if span.start < m.team_start => (m.template_folder.clone(), self.src.root.clone()),
+            Some(m) if span.start < m.team_start => {
+                (m.template_folder.clone(), self.src.root.clone())
+            }
             _ => (self.folder.clone(), self.src.root.clone()),
         };
         let root = &root;
