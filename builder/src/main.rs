@@ -31,6 +31,8 @@ fn exec(command: Command, env: &Env) -> anyhow::Result<ExitCode> {
         Command::Diff(a) => cli::diff::exec(a, env),
         Command::Flash(a) => cli::flash::exec(a, env),
         Command::Site(a) => cli::site::exec(a, env),
+        Command::Template(a) => cli::template::exec(a, env),
+        Command::New(a) => cli::new::exec(a, env),
         Command::Run(a) => cli::run::exec(a, env),
         Command::Digest(a) => cli::digest::exec(a, env),
         Command::Check(a) => cli::check::exec(a, env),

@@ -57,8 +57,10 @@ pub mod inspect;
 pub mod keygen;
 pub mod lock;
 pub mod man;
+pub mod new;
 pub mod run;
 pub mod site;
+pub mod template;
 pub mod verify;
 
 pub use env::{
@@ -131,6 +133,8 @@ pub enum Command {
     Diff(diff::Args),
     Flash(flash::Args),
     Site(site::Args),
+    Template(template::Args),
+    New(new::Args),
     Run(run::Args),
     Digest(digest::Args),
     Check(check::Args),
@@ -235,11 +239,20 @@ impl RecipeArgs {
         &self,
         settings: &crate::inputs::plan::Settings,
     ) -> Result<crate::recipe::Recipe, crate::recipe::RecipeError> {
-        crate::recipe::load(&self.recipe, self.root.as_deref(), &settings.recipe_env())
+        crate::recipe::load(&self.recipe, self.root.as_deref(), &recipe_env(settings))
     }
 
     pub fn path(&self) -> &Path {
         &self.recipe
+    }
+}
+
+/// The recipe layer's settings, with the template signature check (the
+/// recipe layer holds no crypto; team recipes need it).
+pub fn recipe_env(settings: &crate::inputs::plan::Settings) -> crate::recipe::LoadEnv {
+    crate::recipe::LoadEnv {
+        verify_signature: Some(crate::release::template::verify_signature),
+        ..settings.recipe_env()
     }
 }
 

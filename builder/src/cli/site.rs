@@ -79,7 +79,11 @@ pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
             root,
             pass,
         } => {
-            let r = crate::recipe::load(&recipe, root.as_deref(), &env.settings()?.recipe_env())?;
+            let r = crate::recipe::load(
+                &recipe,
+                root.as_deref(),
+                &super::recipe_env(&env.settings()?),
+            )?;
             let key = crate::release::sign::SigningKey {
                 path: key,
                 passphrase: pass.source(env),

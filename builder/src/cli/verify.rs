@@ -23,6 +23,11 @@ pub struct Args {
     /// The signer's public key (signify format).
     #[arg(long, value_name = "KEY.pub")]
     pubkey: PathBuf,
+    /// The platform key (signify `.pub`): also require that the release
+    /// was built from a template it signed, and that the manifest's
+    /// contents keep that template's rules (docs/templates.md).
+    #[arg(long, value_name = "platform.pub")]
+    template_key: Option<PathBuf>,
     /// Also refuse images whose flags say debug (debug console on).
     #[arg(long)]
     production: bool,
@@ -41,7 +46,10 @@ pub struct Args {
 /// A failed check is a `VerifyError` (`report_error` prints `FAILED ...`,
 /// exit 1; bad input exit 2), after the evidence was written.
 pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
-    let outcome = crate::release::verify::verify(&a.target, &a.pubkey, a.production);
+    let outcome = match &a.template_key {
+        Some(k) => crate::release::template::verify(&a.target, &a.pubkey, a.production, k),
+        None => crate::release::verify::verify(&a.target, &a.pubkey, a.production),
+    };
     if let Some(path) = &a.report {
         crate::release::verify::report::write_now(
             path,

@@ -32,6 +32,7 @@ impl Settings {
         crate::recipe::LoadEnv {
             cache_root: self.cache_root.clone(),
             source_date_epoch: self.source_date_epoch,
+            verify_signature: None,
         }
     }
 

@@ -735,6 +735,7 @@ mod tests {
             text: recipe_text.into(),
             root: std::fs::canonicalize(d.path()).unwrap(),
             env: Default::default(),
+            merged: None,
         })
         .unwrap();
         let tree = d.path().join("tree");

@@ -91,6 +91,7 @@ mod tests {
             text,
             root: std::fs::canonicalize(d.path()).unwrap(),
             env: Default::default(),
+            merged: None,
         })
         .unwrap()
     }

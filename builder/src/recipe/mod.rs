@@ -13,12 +13,14 @@ use std::path::{Component, Path, PathBuf};
 use crate::host::digest::Sha256;
 
 pub mod epoch;
+pub mod governance;
 pub mod network;
 pub mod packages;
 pub mod reference;
 pub mod schema;
 pub mod settings;
 pub mod site;
+pub mod template;
 pub mod url;
 pub mod validate;
 pub mod workloads;
@@ -33,6 +35,8 @@ pub struct RecipeSource {
     pub text: String,
     pub root: PathBuf,
     pub env: LoadEnv,
+    /// Set when `text` is a template and a team recipe merged (template.rs).
+    pub merged: Option<governance::Merged>,
 }
 
 /// What a recipe's meaning depends on besides its text, given by the
@@ -45,6 +49,9 @@ pub struct LoadEnv {
     pub cache_root: PathBuf,
     /// `SOURCE_DATE_EPOCH`, when the operator sets it.
     pub source_date_epoch: Option<u64>,
+    /// How a team recipe's template signature is checked (None: team
+    /// recipes are refused).
+    pub verify_signature: Option<governance::SignatureCheck>,
 }
 
 /// One problem in a recipe, with where it is.
@@ -154,6 +161,8 @@ pub struct Recipe {
     pub downloads: Vec<Download>,
     /// `[limits]`: caps on base tarballs, image archives and layers.
     pub limits: crate::host::limits::Limits,
+    /// The signed template a team recipe was built on (template.rs).
+    pub template: Option<governance::TemplateUse>,
 }
 
 /// Where the writable state lives at run time.
@@ -218,6 +227,7 @@ pub fn load(path: &Path, root: Option<&Path>, env: &LoadEnv) -> Result<Recipe, R
         text,
         root,
         env: env.clone(),
+        merged: None,
     };
     parse(&src)
 }
@@ -225,6 +235,9 @@ pub fn load(path: &Path, root: Option<&Path>, env: &LoadEnv) -> Result<Recipe, R
 /// Parses and validates recipe text; `src.path` is used for messages and
 /// (its folder) for resolving relative paths.
 pub fn parse(src: &RecipeSource) -> Result<Recipe, RecipeError> {
+    if src.merged.is_none() && template::names_a_template(&src.text) {
+        return template::load_team(src);
+    }
     let file: RecipeFile = toml::from_str(&src.text).map_err(|e| {
         let (line, col) = e
             .span()

@@ -39,6 +39,8 @@ pub struct RecipeFile {
     #[serde(default)]
     pub limits: LimitsSection,
     pub site: Option<SiteSection>,
+    /// A template's rules (recipe/template.rs); ignored in a plain build.
+    pub governance: Option<crate::recipe::governance::GovernanceSection>,
 }
 
 /// `[site]`: what a site file may set, and the key that signs site files.

@@ -370,6 +370,45 @@ settings! {
     LIMITS_BASE_SETUID = ["limits"] "base_setuid": "`\"refuse\"`, `\"strip\"`, `\"keep\"`" = Text("refuse");
         "set-uid/set-gid files in the base tarball: refused (naming the file), kept without the \
          bits, or kept as they are";
+
+    GOVERNANCE_NAME = ["governance"] "name": "string" = Required;
+        "a template's name (docs/templates.md); recorded in every release built on it";
+    GOVERNANCE_VERSION = ["governance"] "version": "dotted numbers" = Required;
+        "the template's version (`\"1.2\"`); team recipes pin one or accept a range";
+    GOVERNANCE_ALLOW = ["governance"] "allow": "list of strings" = Empty;
+        "what a team recipe may add: `images`, `models`, `services`, `ingress`, `egress`, \
+         `overlays`. Every other table and key is fixed by the template (rule `fixed`).";
+    GOVERNANCE_INGRESS_PORTS = ["governance"] "ingress_ports": "`\"LOW-HIGH\"`" = Unset;
+        "the ports a team may open in `[network] ingress`";
+    GOVERNANCE_MAX_IMAGES = ["governance"] "max_images": "integer" = Unset;
+        "how many `[[images]]` a team may add";
+    GOVERNANCE_MAX_MODELS = ["governance"] "max_models": "integer" = Unset;
+        "how many `[[models]]` a team may add";
+    GOVERNANCE_MAX_SERVICES = ["governance"] "max_services": "integer" = Unset;
+        "how many `[[services]]` a team may add";
+    GOVERNANCE_MAX_MODEL_SIZE = ["governance"] "max_model_size": "size" = Unset;
+        "the largest team model (a file, or a folder's files together)";
+    GOVERNANCE_MAX_ARCHIVE_SIZE = ["governance"] "max_archive_size": "size" = Unset;
+        "the largest local image archive a team brings (URL archives: `[limits] max_bytes`)";
+    GOVERNANCE_MAX_MEMORY = ["governance"] "max_memory": "size" = Unset;
+        "a team service must set `memory`, at most this";
+    GOVERNANCE_MAX_CPUS = ["governance"] "max_cpus": "number" = Unset;
+        "a team service must set `cpus`, at most this";
+    GOVERNANCE_CAPABILITIES = ["governance"] "capabilities": "list of strings" = Empty;
+        "the capabilities a team service may keep";
+    GOVERNANCE_HOST_NETWORK = ["governance"] "host_network": "bool" = Bool(false);
+        "whether a team service may share the host's network";
+    GOVERNANCE_IMAGE_SOURCES = ["governance"] "image_sources": "list of strings" = Text("[\"build\", \"archive\"]");
+        "where team images may come from: `build` (from Debian packages), `archive` (pinned \
+         by digest)";
+    GOVERNANCE_ARCHIVE_URLS = ["governance"] "archive_urls": "list of strings" = Unset;
+        "URL prefixes a team archive must start with (a local archive is then refused)";
+    GOVERNANCE_EGRESS = ["governance"] "egress": "list of strings" = Empty;
+        "the only egress rules a team may add (with `egress` allowed), written as the team \
+         writes them";
+    GOVERNANCE_OVERLAY_PATHS = ["governance"] "overlay_paths": "list of strings" = Empty;
+        "the image paths a team overlay may write under (`\"/opt/team\"`); anything else, \
+         such as the firewall's files under `/etc`, is refused";
 }
 
 /// Smallest memory limit a service may have: below it the runtime and the

@@ -88,6 +88,9 @@ pub struct Diff {
     pub outputs: Vec<OutputChange>,
     /// Package differences of the CycloneDX SBOMs (images included).
     pub sbom: Vec<SbomChange>,
+    /// Releases on governed templates: the template and the team's lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<crate::release::diff_team::TeamDiff>,
 }
 
 /// Compares the output folders `a` and `b` (their manifests and signers).
@@ -209,6 +212,7 @@ pub fn compare(a: &Inspection, b: &Inspection) -> Diff {
         boot: field_changes(&boot_fields(a), &boot_fields(b)),
         outputs: outputs(a, b),
         sbom: Vec::new(),
+        team: crate::release::diff_team::team_diff(a.template.as_ref(), b.template.as_ref()),
     }
 }
 
@@ -457,6 +461,7 @@ impl Diff {
             && self.boot.is_empty()
             && self.outputs.is_empty()
             && self.sbom.is_empty()
+            && self.team.as_ref().map_or(true, |t| t.is_empty())
     }
 
     /// Text for humans: `-` lines are A, `+` lines are B.
@@ -474,6 +479,11 @@ impl Diff {
         if self.is_empty() {
             line("no differences".into());
             return s;
+        }
+        // On a template, the team's part first: what a reviewer of a team
+        // release asks about.
+        for l in self.team.iter().flat_map(|t| t.lines()) {
+            line(l);
         }
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
         let mut change = |title: &str, c: &Option<Change>| {

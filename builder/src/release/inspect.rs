@@ -69,6 +69,9 @@ pub struct Inspection {
     /// `[site]`: the site key, what a site file may set, whether one is
     /// required and the lowest serial taken.
     pub site: Option<crate::recipe::site::SiteDeclaration>,
+    /// The signed template a team recipe was built on, and the team's text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::recipe::governance::TemplateUse>,
 }
 
 /// What SHA256.sig says, without checking it against any key.
@@ -197,6 +200,7 @@ fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection 
             .map(network_view),
         boot: m.boot,
         site: m.site,
+        template: m.template,
     }
 }
 
@@ -505,6 +509,20 @@ impl Inspection {
                 ));
             }
             line(format!("  allow      {:?}", d.allow));
+        }
+        if let Some(t) = &self.template {
+            // Debug quoting: manifest strings never reach the terminal raw.
+            line(format!(
+                "template     {:?} {:?}, signed by key {:?}, sha256 {:?}",
+                t.name, t.version, t.key_id, t.sha256
+            ));
+            line(format!(
+                "team         recipe sha256 {:?}, the team's part:",
+                t.team_sha256
+            ));
+            for l in t.team.lines().filter(|l| !l.trim().is_empty()) {
+                line(format!("  {l:?}"));
+            }
         }
         if let Some(n) = &self.network {
             line("network".into());

@@ -54,6 +54,10 @@ pub struct Manifest {
     /// shares the node's network.
     #[serde(default)]
     pub services: Vec<ServiceInfo>,
+    /// The signed template a team recipe was built on (docs/templates.md);
+    /// absent for a plain recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::recipe::governance::TemplateUse>,
 }
 
 /// One service's privileges, as its unit starts it: every default
@@ -582,6 +586,7 @@ impl Manifest {
             boot: BootInfo::default(),
             site: recipe.site.clone(),
             services,
+            template: recipe.template.clone(),
         })
     }
 }

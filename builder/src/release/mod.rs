@@ -4,6 +4,7 @@
 pub mod compressed;
 pub mod datamap;
 pub mod diff;
+pub mod diff_team;
 pub mod inspect;
 pub mod manifest;
 pub mod provenance;
@@ -12,4 +13,5 @@ pub mod secureboot;
 pub mod sign;
 pub mod signify;
 pub mod site;
+pub mod template;
 pub mod verify;

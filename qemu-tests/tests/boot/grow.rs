@@ -148,6 +148,7 @@ fn grow_control_recipe_is_tiny_without_grow() {
     let env = cairn::recipe::LoadEnv {
         cache_root: workspace().join("target/qemu-tests/unused-cache"),
         source_date_epoch: None,
+        verify_signature: None,
     };
     let load = |name: &str| {
         cairn::recipe::load(&dir.join(format!("{name}.toml")), None, &env)

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use crate::host::digest::Sha256;
 use crate::recipe::schema::RecipeFile;
-use crate::recipe::{line_col, Download, Recipe, RecipeError, RecipeProblem, RecipeSource};
+use crate::recipe::{Download, Recipe, RecipeError, RecipeProblem, RecipeSource};
 
 mod base;
 pub mod boot;
@@ -48,9 +48,9 @@ impl<'a> Validator<'a> {
     }
 
     fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col) = line_col(&self.src.text, span.start);
+        let (file, line, col) = crate::recipe::governance::locate(self.src, span.start);
         self.problems.push(RecipeProblem {
-            file: self.src.path.clone(),
+            file,
             line,
             col,
             message: message.into(),
@@ -59,8 +59,8 @@ impl<'a> Validator<'a> {
 
     /// `file:line:col` of a span, for values that carry where they were written.
     fn at(&self, span: Range<usize>) -> String {
-        let (line, col) = line_col(&self.src.text, span.start);
-        format!("{}:{line}:{col}", self.src.path.display())
+        let (file, line, col) = crate::recipe::governance::locate(self.src, span.start);
+        format!("{}:{line}:{col}", file.display())
     }
 
     fn section_span(&self, header: &str) -> Range<usize> {
@@ -85,27 +85,36 @@ impl<'a> Validator<'a> {
             );
             return None;
         }
-        let joined = self.folder.join(rel);
+        // A template's own paths resolve in the template's folder.
+        let (folder, root) = match &self.src.merged {
+            // (The template itself lies inside the root: template.rs.)
+            Some(m) if span.start < m.team_start => {
+                (m.template_folder.clone(), self.src.root.clone())
+            }
+            _ => (self.folder.clone(), self.src.root.clone()),
+        };
+        let root = &root;
+        let joined = folder.join(rel);
         let lexical = crate::recipe::normalize_lexically(&joined);
-        if !lexical.starts_with(&self.src.root) {
+        if !lexical.starts_with(root) {
             self.problem(
                 span,
                 format!(
                     "{what} path {raw:?} leaves the recipe root {}; keep inputs inside it or pass a wider --root",
-                    self.src.root.display()
+                    root.display()
                 ),
             );
             return None;
         }
         match std::fs::canonicalize(&joined) {
-            Ok(real) if real.starts_with(&self.src.root) => Some(real),
+            Ok(real) if real.starts_with(root) => Some(real),
             Ok(real) => {
                 self.problem(
                     span,
                     format!(
                         "{what} path {raw:?} resolves through a symlink to {}, outside the recipe root {}",
                         real.display(),
-                        self.src.root.display()
+                        root.display()
                     ),
                 );
                 None
@@ -305,6 +314,7 @@ impl<'a> Validator<'a> {
                 d
             },
             limits,
+            template: None,
         })
     }
 }

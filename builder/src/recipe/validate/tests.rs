@@ -17,7 +17,9 @@ pub(crate) fn src(dir: &Path, text: &str) -> RecipeSource {
         env: LoadEnv {
             cache_root: std::fs::canonicalize(dir).unwrap().join("cache"),
             source_date_epoch: None,
+            verify_signature: None,
         },
+        merged: None,
     }
 }
 
@@ -764,6 +766,7 @@ fn every_schema_field_is_declared_once_and_every_declaration_exists() {
         ("debug", format!("{deb}[debug]\nzz_unknown = 1\n")),
         ("limits", format!("{deb}[limits]\nzz_unknown = 1\n")),
         ("site", format!("{deb}[site]\nzz_unknown = 1\n")),
+        ("governance", format!("{deb}[governance]\nzz_unknown = 1\n")),
     ];
     let mut tables_seen = vec!["network.egress"];
     for (table, text) in &cases {

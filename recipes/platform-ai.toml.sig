@@ -1,0 +1,2 @@
+untrusted comment: verify with platform-example.pub
+RWQ6f7/ya9jdW5QLnoAjQJKzRi49kHBocnVKITUHRk7fB5/472tDaG87PrsvJaVM53kKCjsnA1qkiDN3yxjgm80FAm+rafDIkgU=
