@@ -13,8 +13,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::pipeline::workloads::{rootfs_dir, IMAGE_FOLDER_MODE};
-
 /// The containerd root in the image; the guest copies it to
 /// /var/lib/containerd (containerd.toml's root) before containerd starts.
 pub const STORE_DIR: &str = "usr/lib/cairn/kubernetes/containerd-root";
@@ -35,17 +33,18 @@ pub struct StoreImage {
 }
 
 impl StoreImage {
+    /// `rootfs`: the image root's path in the tree (relative).
     pub fn of(
         loaded: &crate::pipeline::oci::LoadedImage,
         reference: &str,
-        name: &str,
+        rootfs: &str,
     ) -> StoreImage {
         StoreImage {
             reference: reference.into(),
             manifest_media_type: loaded.manifest_media_type.clone(),
             manifest: loaded.manifest.clone(),
             config: loaded.config.clone(),
-            rootfs: format!("/{}", rootfs_dir(name)),
+            rootfs: format!("/{rootfs}"),
             pinned: false,
         }
     }
@@ -90,6 +89,13 @@ fn spec(images: &[StoreImage], epoch: u64, work: &Path) -> Result<String> {
     Ok(serde_json::to_string_pretty(&Spec { epoch, images: out })? + "\n")
 }
 
+/// Where the sandbox image's root goes in the tree (relative) and the mode
+/// of its folder: the workloads stage's layout for every image root.
+pub struct SandboxRoot<'a> {
+    pub rootfs: &'a str,
+    pub folder_mode: u32,
+}
+
 /// Builds the sandbox image from the stage's static `pause`, unpacks it
 /// (cairn's layer reader) into its image root and writes [`STORE_DIR`]
 /// with it and `images` (already unpacked by the workloads stage).
@@ -97,6 +103,7 @@ pub fn write(
     built: &crate::pipeline::cluster::Built,
     tree: &Path,
     mut images: Vec<StoreImage>,
+    sandbox: SandboxRoot<'_>,
     epoch: u64,
     limits: &crate::host::limits::Limits,
 ) -> Result<()> {
@@ -127,15 +134,25 @@ pub fn write(
         },
     )
     .map_err(|e| anyhow::anyhow!("kubernetes: the sandbox image: {e}"))?;
-    let rel = rootfs_dir("pause");
-    let root = crate::host::tree::create_dirs_in_root(tree, Path::new(&rel))?;
+    if tree.join(sandbox.rootfs).symlink_metadata().is_ok() {
+        return Err(crate::InputError(format!(
+            "kubernetes: /{} is the sandbox image's root; rename the recipe's image that uses it",
+            sandbox.rootfs
+        ))
+        .into());
+    }
+    let root = crate::host::tree::create_dirs_in_root(tree, Path::new(sandbox.rootfs))?;
     crate::pipeline::oci::unpack_layers(&loaded, &root, limits)
         .context("kubernetes: unpack the sandbox image")?;
     if let Some(folder) = root.parent() {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(IMAGE_FOLDER_MODE))?;
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(sandbox.folder_mode))?;
     }
-    let mut pause = StoreImage::of(&loaded, crate::pipeline::kubernetes::SANDBOX_IMAGE, "pause");
+    let mut pause = StoreImage::of(
+        &loaded,
+        crate::pipeline::kubernetes::SANDBOX_IMAGE,
+        sandbox.rootfs,
+    );
     pause.pinned = true;
     images.push(pause);
     let spec_path = work.path().join("spec.json");
@@ -165,7 +182,7 @@ mod tests {
             manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             manifest: format!("{{\"m\":\"{name}\"}}").into_bytes(),
             config: format!("{{\"c\":\"{name}\"}}").into_bytes(),
-            rootfs: format!("/{}", rootfs_dir(name)),
+            rootfs: format!("/usr/lib/cairn/images/{name}/rootfs"),
             pinned: false,
         }
     }

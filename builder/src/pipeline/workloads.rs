@@ -191,7 +191,7 @@ pub fn stage_root(
         digest: loaded.manifest_digest,
         config,
         uid_gid,
-        store: crate::pipeline::kube_store::StoreImage::of(loaded, &reference(name), name),
+        store: crate::pipeline::kube_store::StoreImage::of(loaded, &reference(name), &rel),
     })
 }
 
@@ -283,7 +283,7 @@ pub fn install_images(
                     store.push(crate::pipeline::kube_store::StoreImage::of(
                         &loaded,
                         &reference(&img.name),
-                        &img.name,
+                        &rootfs_dir(&img.name),
                     ));
                     runs.insert(
                         img.name.clone(),
@@ -418,6 +418,10 @@ pub fn install(
                 &built,
                 tree,
                 images.store,
+                crate::pipeline::kube_store::SandboxRoot {
+                    rootfs: &rootfs_dir("pause"),
+                    folder_mode: IMAGE_FOLDER_MODE,
+                },
                 plan.recipe.source_date_epoch,
                 &plan.recipe.limits,
             )?;
