@@ -119,7 +119,7 @@ unit-test: ensure-deps go-test
 # Our Go packages in cluster/ (cmd/kube is upstream's commands wired
 # together: vetting it would type-check all of Kubernetes; it is built and
 # booted by the kubernetes boot test instead).
-GO_OURS := ./internal/... ./cmd/cairn-pki ./cmd/pause
+GO_OURS := ./internal/... ./cmd/cairn-pki ./cmd/pause ./cmd/cairn-kube-store
 go-test:
 	cd cluster && GOFLAGS=-mod=readonly go test $(GO_OURS)
 

@@ -12,6 +12,7 @@
 #   kubectl etcd containerd coredns cairn-cluster-ready
 #   containerd-shim-runc-v2   kube-network-policies   cairn-pki   pause
 #   runc                      (cgo, seccomp, static-pie)
+#   host/cairn-kube-store     run on the build host only (not in the image)
 #   cni/bridge cni/host-local cni/loopback cni/portmap
 #   VERSIONS                  each component's module and version
 #
@@ -70,6 +71,9 @@ build containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd
 build kube-network-policies ./cmd/kube-network-policies -ldflags="$common_ldflags"
 build cairn-pki ./cmd/cairn-pki -ldflags="$common_ldflags"
 build pause ./cmd/pause -ldflags="$common_ldflags"
+# Run by the builder on the build host, never put in the image: the
+# containerd root with the pinned images (cluster/internal/kubestore).
+build host/cairn-kube-store ./cmd/cairn-kube-store -ldflags="$common_ldflags"
 
 cni_version=$(version github.com/containernetworking/plugins)
 mkdir -p "$out/cni"

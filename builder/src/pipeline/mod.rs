@@ -8,6 +8,7 @@ pub mod firewall;
 pub mod initramfs;
 pub mod k3s;
 pub mod kernel;
+pub mod kube_store;
 pub mod kubernetes;
 pub mod layers;
 pub mod measure;

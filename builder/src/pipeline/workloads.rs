@@ -84,10 +84,17 @@ pub use crate::host::digest::tree_or_file_digest as model_digest;
 /// are only known at boot). containerd services run from roots unpacked at
 /// build time, which take no state; k3s imports its tarballs at boot.
 fn image_budget(recipe: &crate::recipe::Recipe) -> Option<u64> {
-    (recipe.workloads.runtime != Runtime::Containerd
+    (!unpacks_at_build(recipe.workloads.runtime)
         && recipe.state_mode == crate::recipe::StateMode::Disk
         && !recipe.state_grow)
         .then_some(recipe.state_size)
+}
+
+/// Whether the runtime runs images from roots unpacked at build time
+/// (containerd's services; the Kubernetes node's containerd, through the
+/// store `pipeline::kube_store` writes) rather than from OCI tarballs.
+pub fn unpacks_at_build(r: Runtime) -> bool {
+    matches!(r, Runtime::Containerd | Runtime::Kubernetes)
 }
 
 /// Where an image's unpacked root lives in the system tree (containerd).
@@ -145,6 +152,8 @@ pub struct StagedRoot {
     digest: Sha256,
     config: crate::pipeline::oci::rootfs::RunConfig,
     uid_gid: (u32, u32),
+    /// What containerd's store needs of the image (Kubernetes).
+    store: crate::pipeline::kube_store::StoreImage,
 }
 
 /// The part of [`unpack`] that needs nothing of the tree: the layers into
@@ -182,6 +191,7 @@ pub fn stage_root(
         digest: loaded.manifest_digest,
         config,
         uid_gid,
+        store: crate::pipeline::kube_store::StoreImage::of(loaded, &reference(name), &rel),
     })
 }
 
@@ -222,10 +232,12 @@ fn place_root(tree: &Path, name: &str, staged: StagedRoot) -> Result<ImageRun> {
 pub struct InstalledImages {
     images: Vec<InstalledImage>,
     runs: std::collections::BTreeMap<String, ImageRun>,
+    /// Kubernetes: the images for containerd's store.
+    store: Vec<crate::pipeline::kube_store::StoreImage>,
 }
 
-/// Puts every pinned image in the tree: unpacked for containerd, as an OCI
-/// tarball for k3s (and with no runtime). They go in the base volume
+/// Puts every pinned image in the tree: unpacked for containerd and
+/// Kubernetes, as an OCI tarball for k3s (and with no runtime). They go in the base volume
 /// (`pipeline::layers`): an image shares most of its files with the
 /// Debian base (libc and the rest of the essential set), which one
 /// squashfs stores once.
@@ -243,6 +255,7 @@ pub fn install_images(
         _ => IMAGES_DIR,
     };
     let mut runs = std::collections::BTreeMap::new();
+    let mut store = Vec::new();
     for img in &w.images {
         let dest_rel = format!("{images_dir}/{}.tar", img.name);
         // k3s imports the tarballs itself and needs the full reference; a
@@ -266,7 +279,12 @@ pub fn install_images(
                     .pin
                     .with_context(|| format!("image {}: no digest pin", img.name))?;
                 let loaded = load(path, &pin)?;
-                if w.runtime == Runtime::Containerd {
+                if unpacks_at_build(w.runtime) {
+                    store.push(crate::pipeline::kube_store::StoreImage::of(
+                        &loaded,
+                        &reference(&img.name),
+                        &rootfs_dir(&img.name),
+                    ));
                     runs.insert(
                         img.name.clone(),
                         unpack(tree, work, &img.name, &loaded, plan)?,
@@ -291,10 +309,11 @@ pub fn install_images(
                 let pre = built
                     .remove(&img.name)
                     .with_context(|| format!("image {}: was not built before install", img.name))?;
-                if w.runtime == Runtime::Containerd {
+                if unpacks_at_build(w.runtime) {
                     let staged = pre.staged.with_context(|| {
                         format!("image {}: was not unpacked before install", img.name)
                     })?;
+                    store.push(staged.store.clone());
                     runs.insert(img.name.clone(), place_root(tree, &img.name, staged)?);
                 } else {
                     let dest = tarball()?;
@@ -318,6 +337,7 @@ pub fn install_images(
         });
     }
     out.runs = runs;
+    out.store = store;
     Ok(out)
 }
 
@@ -393,12 +413,17 @@ pub fn install(
                 &sources.module,
                 plan.offline,
             )?;
-            crate::pipeline::kubernetes::write_layout(
-                w,
+            crate::pipeline::kubernetes::write_layout(w, &built, tree)?;
+            crate::pipeline::kube_store::write(
                 &built,
                 tree,
-                IMAGES_DIR,
+                images.store,
+                crate::pipeline::kube_store::SandboxRoot {
+                    rootfs: &rootfs_dir("pause"),
+                    folder_mode: IMAGE_FOLDER_MODE,
+                },
                 plan.recipe.source_date_epoch,
+                &plan.recipe.limits,
             )?;
             out.cluster = Some(crate::pipeline::cluster::Installed::of(&built));
         }
@@ -581,7 +606,7 @@ pub fn prebuild(
     }
     // With containerd the image runs from its unpacked root: unpack it
     // now, while the base tree is still being made or unpacked.
-    let staged = if w.runtime == Runtime::Containerd {
+    let staged = if unpacks_at_build(w.runtime) {
         let loaded = load_image(plan, img, work, &dest, &built.manifest_digest)?;
         // Unpacked, its layers take at most a few times the archive.
         let bytes = std::fs::metadata(&dest)

@@ -218,16 +218,9 @@ pub fn runtime_packages(r: Runtime) -> &'static [&'static str] {
     match r {
         Runtime::Containerd => &["containerd", "runc"],
         // Its own containerd, runc and CNI plugins come from the cluster
-        // build; kube-proxy needs nft, cairn-kube-pki ip, and Debian's
-        // containerd is there for its `ctr` client only (the image import
-        // at boot; its daemon is masked).
-        Runtime::Kubernetes => &[
-            "nftables",
-            "iptables",
-            "conntrack",
-            "iproute2",
-            "containerd",
-        ],
+        // build (the pinned images too: containerd's root is written at
+        // build time); kube-proxy needs nft, cairn-kube-pki ip.
+        Runtime::Kubernetes => &["nftables", "iptables", "conntrack", "iproute2"],
         Runtime::K3s | Runtime::None => &[],
     }
 }

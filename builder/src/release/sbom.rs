@@ -141,7 +141,7 @@ pub fn read_contents(composed: &ComposedRoot, plan: &Plan) -> Result<Contents> {
     for img in &composed.workloads.images {
         let mut wanted = vec![DPKG_STATUS];
         wanted.extend(OS_RELEASE);
-        let files = if runtime == crate::pipeline::workloads::Runtime::Containerd {
+        let files = if crate::pipeline::workloads::unpacks_at_build(runtime) {
             // Unpacked at build time: read the image's own root.
             let root = resolve_in_root_follow(
                 tree,

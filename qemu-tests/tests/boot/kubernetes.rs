@@ -99,6 +99,7 @@ fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
     // The first request after ready is answered: the readiness probe passed.
     let answer = http_get_path(port, PREDICT, Duration::from_secs(30));
     assert!(answer.contains("\"class\": \"setosa\""), "{answer}");
+    pinned_images_stay_off_the_state(&mut vm);
 
     // Cluster DNS, from the workload's own pod (its image has python3).
     let resolve = |vm: &mut Vm, name: &str| {
@@ -192,4 +193,44 @@ fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
     );
     let serial = vm.serial_text();
     assert!(!serial.contains("cairn: FATAL"), "{serial}");
+}
+
+/// KiB that `cmd` (a `du -sk`/`df` pipeline ending in one number) prints.
+fn kib(vm: &mut Vm, cmd: &str) -> u64 {
+    let (rc, out) = vm.console_run(cmd, console_timeout()).expect("console");
+    assert_eq!(rc, 0, "{cmd}: {out}");
+    out.split_whitespace()
+        .last()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{cmd}: {out:?}"))
+}
+
+/// The pinned images are read in place: containerd's root on the state
+/// holds only their records (two bolt files, manifests, configs, links)
+/// and the pods' own layers, far less than the images, which an import
+/// would have copied there (content and unpacked snapshot).
+fn pinned_images_stay_off_the_state(vm: &mut Vm) {
+    let images = kib(vm, "du -sk /usr/lib/cairn/images | cut -f1");
+    let root = "/var/lib/containerd";
+    let on_state = kib(vm, &format!("du -sk {root} | cut -f1"));
+    // Control: the same du, following the snapshots' links, counts the
+    // images (as it would if they had been imported into the state).
+    let followed = kib(
+        vm,
+        &format!("du -skL {root}/io.containerd.snapshotter.v1.overlayfs/snapshots | cut -f1"),
+    );
+    let state_used = kib(vm, "df -P -k /var | tail -n 1 | awk '{print $3}'");
+    eprintln!(
+        "kubernetes: pinned images {images} KiB; containerd's root on the state {on_state} KiB \
+         ({followed} KiB through its links); state used {state_used} KiB"
+    );
+    assert!(images > 8 << 10, "the pinned images are only {images} KiB");
+    assert!(
+        followed >= images / 2,
+        "control: du through the snapshot links sees {followed} KiB of {images} KiB of images"
+    );
+    assert!(
+        on_state * 4 < images,
+        "containerd's root on the state holds {on_state} KiB for {images} KiB of pinned images"
+    );
 }
