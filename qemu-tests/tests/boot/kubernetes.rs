@@ -55,7 +55,6 @@ fn nodeport_until(port: u16, want_answer: bool, within: Duration) -> String {
 }
 
 #[test]
-#[ignore = "not in CI yet: a cold Go build of the cluster (about 25 min of CPU) plus this boot (6-12 min under TCG) is not yet fitted under the CI budget; run: cargo test -p qemu-tests --test boot kubernetes -- --ignored --nocapture"]
 fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
     let b = built("recipes/field-ai-kube.toml");
     let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
