@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::host::digest::Sha256;
 
+pub mod audit;
 pub mod epoch;
 pub mod network;
 pub mod packages;
@@ -154,6 +155,8 @@ pub struct Recipe {
     pub downloads: Vec<Download>,
     /// `[limits]`: caps on base tarballs, image archives and layers.
     pub limits: crate::host::limits::Limits,
+    /// `[audit]`: the sealed audit trail, if any (docs/audit.md).
+    pub audit: Option<crate::recipe::audit::AuditDeclaration>,
 }
 
 /// Where the writable state lives at run time.

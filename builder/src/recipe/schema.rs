@@ -39,6 +39,17 @@ pub struct RecipeFile {
     #[serde(default)]
     pub limits: LimitsSection,
     pub site: Option<SiteSection>,
+    pub audit: Option<AuditSection>,
+}
+
+/// `[audit]`: the sealed audit trail (docs/audit.md; `validate/audit.rs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    pub size: Option<Spanned<String>>,
+    pub key: Spanned<String>,
+    pub record: Option<Vec<Spanned<String>>>,
+    pub on_full: Option<Spanned<String>>,
 }
 
 /// `[site]`: what a site file may set, and the key that signs site files.

@@ -12,6 +12,7 @@ use crate::host::digest::Sha256;
 use crate::recipe::schema::RecipeFile;
 use crate::recipe::{line_col, Download, Recipe, RecipeError, RecipeProblem, RecipeSource};
 
+mod audit;
 mod base;
 pub mod boot;
 mod disk;
@@ -246,6 +247,7 @@ impl<'a> Validator<'a> {
         let network = self.network(&f.network);
         let (disk_size, state_size) = self.disk(&f.disk);
         let limits = self.limits(&f.limits);
+        let audit = f.audit.as_ref().and_then(|a| self.audit(a));
         let site = f.site.as_ref().and_then(|s| {
             let image = (
                 f.image.name.get_ref().as_str(),
@@ -305,6 +307,7 @@ impl<'a> Validator<'a> {
                 d
             },
             limits,
+            audit,
         })
     }
 }
@@ -333,6 +336,8 @@ fn control_char(s: &str) -> Option<char> {
     s.chars().find(|c| c.is_control())
 }
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod kube_tests;
 #[cfg(test)]
