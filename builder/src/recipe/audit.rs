@@ -44,6 +44,34 @@ pub struct AuditDeclaration {
     pub on_full: OnFull,
 }
 
+/// `[audit]` as the manifest records it (no host path: reproducible).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditInfo {
+    /// The GPT partition name (`cairn-audit`) on the raw disk and qcow2.
+    pub partition: String,
+    pub size: u64,
+    /// The platform's age recipient (public) and its sha256.
+    pub recipient: String,
+    pub key_sha256: Sha256,
+    pub record: Vec<String>,
+    /// `stop` or `halt`.
+    pub on_full: String,
+}
+
+impl AuditDeclaration {
+    pub fn info(&self, partition: &str) -> AuditInfo {
+        AuditInfo {
+            partition: partition.to_string(),
+            size: self.size,
+            recipient: self.recipient.clone(),
+            key_sha256: self.key_sha256,
+            record: self.record.clone(),
+            on_full: self.on_full.as_str().to_string(),
+        }
+    }
+}
+
 /// Whether `text` is one age X25519 recipient: `age1` and 58 characters
 /// of bech32's alphabet (a 32-byte key and its checksum), nothing else.
 pub fn recipient_problem(text: &str) -> Option<&'static str> {

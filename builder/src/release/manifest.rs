@@ -54,6 +54,10 @@ pub struct Manifest {
     /// shares the node's network.
     #[serde(default)]
     pub services: Vec<ServiceInfo>,
+    /// `[audit]`: the sealed audit trail's partition and key (docs/audit.md);
+    /// absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::recipe::audit::AuditInfo>,
 }
 
 /// One service's privileges, as its unit starts it: every default
@@ -568,6 +572,11 @@ impl Manifest {
                 let (d, h) = v.labels();
                 [(d, v.data), (h, v.hash)]
             }))
+            .chain(
+                layout
+                    .audit
+                    .map(|a| (crate::media::disk::LABEL_AUDIT.to_string(), a)),
+            )
             .chain(std::iter::once((
                 crate::media::disk::LABEL_STATE.to_string(),
                 layout.state,
@@ -582,6 +591,10 @@ impl Manifest {
             boot: BootInfo::default(),
             site: recipe.site.clone(),
             services,
+            audit: recipe
+                .audit
+                .as_ref()
+                .map(|a| a.info(crate::media::disk::LABEL_AUDIT)),
         })
     }
 }
