@@ -9,6 +9,9 @@ use crate::host::digest::Sha256;
 /// The kinds a recipe may choose; `close` and `stopped` are always written.
 pub const RECORD_KINDS: &[&str] = &["boot", "service", "firewall"];
 
+/// Debian packages the guest writer needs (`packages::package_list`).
+pub const PACKAGES: &[&str] = &["age", "openssl"];
+
 /// Smallest and largest audit partition, in bytes.
 pub const MIN_AUDIT_SIZE: u64 = 1 << 20;
 pub const MAX_AUDIT_SIZE: u64 = 1 << 30;
