@@ -183,9 +183,12 @@ fn decrypt(key: &Path, age_file: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok((code == 0).then(|| out.into_bytes()))
 }
 
+/// A record's fields in order, the bytes its signature covers, the signature.
+type Parsed = (Vec<(String, String)>, Vec<u8>, Vec<u8>);
+
 /// Splits a record's text into fields; the signed part is every byte
 /// before the `sig=` line.
-fn parse(text: &[u8]) -> std::result::Result<(Vec<(String, String)>, Vec<u8>, Vec<u8>), String> {
+fn parse(text: &[u8]) -> std::result::Result<Parsed, String> {
     let s = std::str::from_utf8(text).map_err(|_| "the record is not UTF-8".to_string())?;
     let at = s.rfind("\nsig=").ok_or("the record has no sig= line")?;
     let signed = s.as_bytes()[..at + 1].to_vec();
