@@ -534,6 +534,30 @@ mod tests {
         assert!(t.boots[0].closed);
     }
 
+    /// `[audit] record` leaves a kind out: the writer skips it. Control:
+    /// the same call with the kind listed writes it.
+    #[test]
+    fn kinds_left_out_are_not_written() {
+        let fx = fixture(1 << 20);
+        let p = fx.part.to_str().unwrap().to_string();
+        writer(&fx, "run", &["open", &p]);
+        let sh = crate::host::runner::shell().unwrap();
+        sh.set_var("CAIRN_AUDIT_RUN", fx.dir.path().join("run"));
+        sh.set_var("CAIRN_AUDIT_RECIPIENT", fx.dir.path().join("audit.pub"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-audit");
+        for kinds in ["service", "service firewall"] {
+            sh.set_var("CAIRN_AUDIT_KINDS", kinds);
+            crate::host::runner::run(
+                "test: cairn-audit",
+                xshell::cmd!(sh, "sh {script} record firewall refused=1"),
+            )
+            .unwrap();
+        }
+        let t = read(&fx.part, &fx.key).unwrap();
+        let kinds: Vec<&str> = t.boots[0].records.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["boot", "firewall"]);
+    }
+
     #[test]
     fn hostile_partitions_are_refused_without_panic() {
         let d = tempfile::tempdir().unwrap();
