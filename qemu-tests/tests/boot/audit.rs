@@ -58,6 +58,13 @@ fn the_audit_trail_survives_a_hard_power_off_sealed_and_verifiable() {
     while written(&mut vm) < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(5));
     }
+    // What the guest saw, for the log when the refusal was not recorded.
+    if let Ok((_, out)) = vm.console_run(
+        "dmesg | grep -c cairn-egress-denied; ls -l /run/cairn/audit; systemctl status cairn-audit-firewall --no-pager -n 5",
+        console_timeout(),
+    ) {
+        eprintln!("guest:\n{out}");
+    }
     vm.kill();
 
     use cairn::release::audit;
