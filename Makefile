@@ -10,7 +10,7 @@ BUILD_PACKAGES := mmdebstrap squashfs-tools cryptsetup-bin xorriso mtools dosfst
 	fdisk systemd-boot-efi signify-openbsd binutils kmod zstd e2fsprogs cpio tar \
 	grub-pc-bin grub-efi-amd64-bin grub-efi-amd64-signed grub-common dpkg util-linux \
 	sbsigntool faketime openssl shim-signed busybox-static qemu-utils curl \
-	libseccomp-dev pkg-config
+	libseccomp-dev pkg-config age
 # What the quick start's `cairn run` needs (`make image` ensures them too).
 RUN_PACKAGES := qemu-system-x86 ovmf
 # What the tests need on top: firmware, emulators, TPM, the validators' venv,

@@ -39,5 +39,6 @@ fn exec(command: Command, env: &Env) -> anyhow::Result<ExitCode> {
         Command::Doctor(a) => cli::doctor::exec(a, env),
         Command::Completions(a) => cli::completions::exec(a, env),
         Command::Man(a) => cli::man::exec(a, env),
+        Command::Audit(a) => cli::audit::exec(a, env),
     }
 }

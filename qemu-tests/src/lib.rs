@@ -539,6 +539,7 @@ pub fn rebuild_raw(b: &Built, dir: &Path, name: &str, edit: impl FnOnce(&Path)) 
             disk_size: std::fs::metadata(&b.raw).expect("raw").len(),
             min_state_size: 64 << 20,
             epoch,
+            audit_size: 0,
         },
         &work,
         &out,

@@ -6,6 +6,7 @@
 mod boot {
     pub mod airgap;
     pub mod amnesia;
+    pub mod audit;
     pub mod bigmodel;
     pub mod failclosed;
     pub mod grow;

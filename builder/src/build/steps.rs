@@ -447,6 +447,7 @@ pub(super) fn write_media(
                     disk_size: recipe.disk_size,
                     min_state_size: recipe.state_size,
                     epoch: recipe.source_date_epoch,
+                    audit_size: recipe.audit.as_ref().map_or(0, |a| a.size),
                 };
                 let raw = crate::media::disk::write_raw_system(&inputs, work, raw_path, |r| {
                     layout.get_or_init(|| r.layout.clone());

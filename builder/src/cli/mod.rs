@@ -43,6 +43,7 @@ macro_rules! after_help {
     };
 }
 
+pub mod audit;
 pub mod build;
 pub mod cache;
 pub mod check;
@@ -141,6 +142,7 @@ pub enum Command {
     Doctor(doctor::Args),
     Completions(completions::Args),
     Man(man::Args),
+    Audit(audit::Args),
 }
 
 /// What every command sets up before it runs: the runner's verbosity, the

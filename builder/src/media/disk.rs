@@ -27,6 +27,11 @@ pub const LABEL_ESP: &str = "cairn-esp";
 pub const LABEL_ROOT: &str = "cairn-root";
 pub const LABEL_VERITY: &str = "cairn-verity";
 pub const LABEL_STATE: &str = "cairn-state";
+/// `[audit]`: the sealed audit trail (docs/audit.md), just before the state.
+pub const LABEL_AUDIT: &str = "cairn-audit";
+/// What the builder writes at the audit partition's start; the rest is
+/// zero until the guest appends frames from byte 512.
+pub const AUDIT_HEADER: &[u8] = b"cairn-audit v1\n";
 /// The apps volume (the root's layer over the base) and its hash tree.
 pub const LABEL_APPS: &str = "cairn-apps";
 pub const LABEL_APPS_VERITY: &str = "cairn-apps-verity";
@@ -90,6 +95,9 @@ pub struct DiskInputs<'a> {
     pub disk_size: u64,
     pub min_state_size: u64,
     pub epoch: u64,
+    /// `[audit] size`: 0 for no audit partition (the layout is then the
+    /// same as before audit existed).
+    pub audit_size: u64,
 }
 
 /// Where each partition sits, in bytes.
@@ -103,6 +111,9 @@ pub struct Layout {
     pub volumes: Vec<VolumeParts>,
     pub state: (u64, u64),
     pub disk_size: u64,
+    /// `[audit]`: the audit partition, carved from the start of the state's
+    /// room ([`with_audit`]).
+    pub audit: Option<(u64, u64)>,
 }
 
 /// A volume's two partitions.
@@ -203,7 +214,38 @@ pub fn plan(
         volumes: vols,
         state: (state_start, (end - state_start) / MIB * MIB),
         disk_size,
+        audit: None,
     })
+}
+
+/// The audit partition's UUID, derived like the state's ([`state_uuid`]):
+/// only this image's trail ever matches.
+pub fn audit_uuid(root_hash: &Sha256) -> String {
+    uuid_from(&Sha256::of_bytes(
+        format!("cairn-audit {}", root_hash.hex()).as_bytes(),
+    ))
+}
+
+/// `l` with an audit partition of `size` bytes (whole MiB) just before the
+/// state: the state stays the last partition, so `[state] grow` extends it
+/// and never moves or touches the trail. The state keeps `min_state`.
+pub fn with_audit(mut l: Layout, size: u64, min_state: u64) -> Result<Layout> {
+    if size == 0 {
+        return Ok(l);
+    }
+    let size = align_mib(size);
+    if l.state.1 < size + min_state {
+        bail!(
+            "disk: [disk] size {} MiB has no room for the [audit] partition of {} MiB beside a state of {} MiB; raise disk.size by {} MiB",
+            l.disk_size / MIB,
+            size / MIB,
+            min_state / MIB,
+            (size + min_state - l.state.1).div_ceil(MIB)
+        );
+    }
+    l.audit = Some((l.state.0, size));
+    l.state = (l.state.0 + size, l.state.1 - size);
+    Ok(l)
 }
 
 /// The sfdisk script for a layout.
@@ -257,6 +299,15 @@ pub fn sfdisk_script(l: &Layout, root_hash: &Sha256) -> String {
             verity_uuid(&v.root_hash),
             &hash,
             ", attrs=\"GUID:60\"",
+        );
+    }
+    if let Some(audit) = l.audit {
+        s += &part(
+            audit,
+            TYPE_LINUX_DATA,
+            audit_uuid(root_hash),
+            LABEL_AUDIT,
+            "",
         );
     }
     s += &part(
@@ -550,6 +601,7 @@ pub fn write_raw_system(
         inp.disk_size,
         inp.min_state_size,
     )?;
+    let layout = with_audit(layout, inp.audit_size, inp.min_state_size)?;
     let esp = work.join("esp.img");
     let vol = &inp.root_hash.hex()[..8];
     make_esp(&files, &esp, layout.esp.1, vol, inp.epoch)?;
@@ -564,9 +616,21 @@ pub fn write_raw_system(
         "media: GPT",
         xshell::cmd!(sh, "sfdisk --no-reread --no-tell-kernel --quiet {out}").stdin(script),
     )?;
+    let mut pieces = pieces(inp, &layout, &esp);
+    if let Some((at, _)) = layout.audit {
+        let header = work.join("audit-header.img");
+        let mut h = AUDIT_HEADER.to_vec();
+        h.resize(512, 0);
+        std::fs::write(&header, h).context("media: audit header")?;
+        pieces.push(Piece {
+            at,
+            file: header,
+            model: false,
+        });
+    }
     let raw = RawDisk {
         path: out.to_path_buf(),
-        pieces: pieces(inp, &layout, &esp),
+        pieces,
         layout,
     };
     laid_out(&raw);
@@ -669,6 +733,7 @@ mod tests {
             volumes: &volumes,
             disk_size: 128 << 20,
             min_state_size: 8 << 20,
+            audit_size: 0,
             epoch: 1_700_000_000,
         };
         let out = p.join("disk.raw");
@@ -872,5 +937,57 @@ mod tests {
         // Too small a disk names the volumes in its sum.
         let e = plan(30 * MIB, 200 * MIB, 2 * MIB, &vols, 400 * MIB, 256 * MIB).unwrap_err();
         assert!(e.to_string().contains("model volumes 9 MiB"), "{e}");
+    }
+
+    /// `[audit]` puts its partition just before the state, which stays last
+    /// (so `[state] grow` extends the state and leaves the trail alone), at
+    /// the cost of the state's room; sfdisk takes the script and the GPT
+    /// names both. Control: without `[audit]` the layout and script are
+    /// what they were before audit existed.
+    #[test]
+    fn the_audit_partition_sits_before_the_state_and_only_when_asked() {
+        let plain = plan(1 << 20, 10 << 20, 1 << 20, &[], 256 << 20, 8 << 20).unwrap();
+        let rh = Sha256::of_bytes(b"root");
+        let same = with_audit(plain.clone(), 0, 8 << 20).unwrap();
+        assert_eq!(same, plain);
+        assert!(!sfdisk_script(&same, &rh).contains(LABEL_AUDIT));
+        let l = with_audit(plain.clone(), 16 << 20, 8 << 20).unwrap();
+        assert_eq!(l.audit, Some((plain.state.0, 16 << 20)));
+        assert_eq!(
+            l.state,
+            (plain.state.0 + (16 << 20), plain.state.1 - (16 << 20))
+        );
+        assert_eq!(l.state.0 + l.state.1, plain.state.0 + plain.state.1);
+        let script = sfdisk_script(&l, &rh);
+        let (a, st) = (
+            script.find(LABEL_AUDIT).unwrap(),
+            script.find(LABEL_STATE).unwrap(),
+        );
+        assert!(a < st, "{script}");
+        assert!(script.contains(&audit_uuid(&rh).to_uppercase()));
+        assert_ne!(audit_uuid(&rh), state_uuid(&rh));
+        // No room: named, with how much to add.
+        let e = with_audit(plain.clone(), plain.state.1, 8 << 20).unwrap_err();
+        assert!(format!("{e}").contains("raise disk.size by 8 MiB"), "{e}");
+
+        testkit::tool("sfdisk", "fdisk");
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("d.raw");
+        File::create(&disk).unwrap().set_len(256 << 20).unwrap();
+        let sh = crate::host::runner::shell().unwrap();
+        crate::host::runner::run(
+            "test: GPT",
+            xshell::cmd!(sh, "sfdisk --no-reread --no-tell-kernel --quiet {disk}").stdin(script),
+        )
+        .unwrap();
+        let json =
+            crate::host::runner::run("test: GPT", xshell::cmd!(sh, "sfdisk -J {disk}")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let parts = v["partitiontable"]["partitions"].as_array().unwrap();
+        let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names[names.len() - 2..], [LABEL_AUDIT, LABEL_STATE]);
+        let audit = &parts[names.len() - 2];
+        assert_eq!(audit["start"].as_u64().unwrap() * 512, plain.state.0);
+        assert_eq!(audit["size"].as_u64().unwrap() * 512, 16 << 20);
     }
 }

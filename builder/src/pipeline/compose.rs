@@ -529,6 +529,7 @@ fn configure(recipe: &Recipe, tree: &Path) -> Result<()> {
         PROBE_SCRIPT.as_bytes(),
         0o755,
     )?;
+    crate::pipeline::audit::install(recipe, tree)?;
 
     // Air-gap: the ruleset sits in the verity-protected root; the unit loads
     // it before networking, and networkd cannot start without it.

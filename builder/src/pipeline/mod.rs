@@ -2,6 +2,7 @@
 //! takes plain inputs (the resolved recipe, paths) and returns plain
 //! outputs. `crate::build` drives them in order.
 
+pub mod audit;
 pub mod cluster;
 pub mod compose;
 pub mod firewall;

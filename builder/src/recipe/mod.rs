@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::host::digest::Sha256;
 
+pub mod audit;
 pub mod epoch;
 pub mod governance;
 pub mod network;
@@ -163,6 +164,8 @@ pub struct Recipe {
     pub limits: crate::host::limits::Limits,
     /// The signed template a team recipe was built on (template.rs).
     pub template: Option<governance::TemplateUse>,
+    /// `[audit]`: the sealed audit trail, if any (docs/audit.md).
+    pub audit: Option<crate::recipe::audit::AuditDeclaration>,
 }
 
 /// Where the writable state lives at run time.

@@ -50,6 +50,10 @@ pub fn package_list(recipe: &Recipe, extra: &[String]) -> Vec<String> {
         // signify, for the initramfs to verify the site file.
         all.push("signify-openbsd".to_string());
     }
+    if recipe.audit.is_some() {
+        // age and openssl, for the guest's audit writer (docs/audit.md).
+        all.extend(crate::recipe::audit::PACKAGES.iter().map(|s| s.to_string()));
+    }
     all.extend(extra.iter().cloned());
     all.sort();
     all.dedup();

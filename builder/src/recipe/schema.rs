@@ -41,6 +41,17 @@ pub struct RecipeFile {
     pub site: Option<SiteSection>,
     /// A template's rules (recipe/template.rs); ignored in a plain build.
     pub governance: Option<crate::recipe::governance::GovernanceSection>,
+    pub audit: Option<AuditSection>,
+}
+
+/// `[audit]`: the sealed audit trail (docs/audit.md; `validate/audit.rs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    pub size: Option<Spanned<String>>,
+    pub key: Spanned<String>,
+    pub record: Option<Vec<Spanned<String>>>,
+    pub on_full: Option<Spanned<String>>,
 }
 
 /// `[site]`: what a site file may set, and the key that signs site files.

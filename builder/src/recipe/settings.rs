@@ -409,6 +409,19 @@ settings! {
     GOVERNANCE_OVERLAY_PATHS = ["governance"] "overlay_paths": "list of strings" = Empty;
         "the image paths a team overlay may write under (`\"/opt/team\"`); anything else, \
          such as the firewall's files under `/etc`, is refused";
+    AUDIT_SIZE = ["audit"] "size": "size" = Text("16M");
+        "the `cairn-audit` partition (raw disk only), fixed: placed before the state partition, \
+         so `[state] grow` leaves it alone; 1-1024 MiB (docs/audit.md)";
+    AUDIT_KEY = ["audit"] "key": "path" = Required;
+        "the platform's `age` public key (`age1...`, one line, as `age-keygen -y` prints it); \
+         records are encrypted to it, and the image holds nothing else of it. Its digest is in \
+         the manifest.";
+    AUDIT_RECORD = ["audit"] "record": "list of strings" = Text("[\"boot\", \"service\", \"firewall\"]");
+        "the record kinds written, from `boot`, `service`, `firewall` (`close` and `stopped` \
+         are always written; `boot` cannot be left out: it carries the boot's signing key)";
+    AUDIT_ON_FULL = ["audit"] "on_full": "`\"stop\"` or `\"halt\"`" = Text("stop");
+        "when the partition is full: write a last `stopped` record and go on unrecorded, or halt \
+         the node (`cairn: FATAL audit: full`)";
 }
 
 /// Smallest memory limit a service may have: below it the runtime and the

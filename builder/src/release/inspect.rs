@@ -72,6 +72,9 @@ pub struct Inspection {
     /// The signed template a team recipe was built on, and the team's text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<crate::recipe::governance::TemplateUse>,
+    /// `[audit]`: the audit partition and the key its records are sealed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::recipe::audit::AuditInfo>,
 }
 
 /// What SHA256.sig says, without checking it against any key.
@@ -201,6 +204,7 @@ fn from_parts(m: Manifest, raw: &Value, signature: SignatureInfo) -> Inspection 
         boot: m.boot,
         site: m.site,
         template: m.template,
+        audit: m.audit,
     }
 }
 
@@ -490,6 +494,17 @@ impl Inspection {
             ));
             render_value(p, 1, &mut line);
         }
+        if let Some(a) = &self.audit {
+            // Debug quoting: manifest strings never reach the terminal raw.
+            line(format!(
+                "audit        partition {:?}, {} MiB; records {:?}; when full: {:?}; key sha256 {}",
+                a.partition,
+                a.size >> 20,
+                a.record,
+                a.on_full,
+                a.key_sha256.hex()
+            ));
+        }
         if let Some(d) = &self.site {
             // Debug quoting: manifest strings never reach the terminal raw.
             line(format!(
@@ -703,6 +718,33 @@ mod tests {
         let s = back.site.unwrap();
         assert!(!s.required);
         assert_eq!(s.min_serial, 0);
+    }
+
+    /// An `[audit]` image's manifest shows its trail; one without shows none.
+    #[test]
+    fn audit_partition_is_shown() {
+        let mut m: Manifest =
+            serde_json::from_str(include_str!("../../tests/fixtures/manifest-a.json")).unwrap();
+        let raw = serde_json::to_value(&m).unwrap();
+        // Control: no [audit], no line and no JSON key.
+        assert!(!from_manifest(m, &raw).render_text().contains("audit "));
+        assert!(raw.get("audit").is_none());
+        m = serde_json::from_value(raw.clone()).unwrap();
+        m.audit = Some(crate::recipe::audit::AuditInfo {
+            partition: "cairn-audit".into(),
+            size: 16 << 20,
+            recipient: "age1x".into(),
+            key_sha256: Sha256::of_bytes(b"age1x"),
+            record: vec!["boot".into(), "service".into()],
+            on_full: "halt".into(),
+        });
+        let raw = serde_json::to_value(&m).unwrap();
+        assert_eq!(raw["audit"]["on_full"], "halt");
+        let text = from_manifest(m, &raw).render_text();
+        assert!(
+            text.contains("audit        partition \"cairn-audit\", 16 MiB; records [\"boot\", \"service\"]; when full: \"halt\""),
+            "{text}"
+        );
     }
 
     #[test]

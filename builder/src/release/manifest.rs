@@ -58,6 +58,10 @@ pub struct Manifest {
     /// absent for a plain recipe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<crate::recipe::governance::TemplateUse>,
+    /// `[audit]`: the sealed audit trail's partition and key (docs/audit.md);
+    /// absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::recipe::audit::AuditInfo>,
 }
 
 /// One service's privileges, as its unit starts it: every default
@@ -572,6 +576,11 @@ impl Manifest {
                 let (d, h) = v.labels();
                 [(d, v.data), (h, v.hash)]
             }))
+            .chain(
+                layout
+                    .audit
+                    .map(|a| (crate::media::disk::LABEL_AUDIT.to_string(), a)),
+            )
             .chain(std::iter::once((
                 crate::media::disk::LABEL_STATE.to_string(),
                 layout.state,
@@ -587,6 +596,10 @@ impl Manifest {
             site: recipe.site.clone(),
             services,
             template: recipe.template.clone(),
+            audit: recipe
+                .audit
+                .as_ref()
+                .map(|a| a.info(crate::media::disk::LABEL_AUDIT)),
         })
     }
 }

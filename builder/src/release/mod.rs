@@ -1,6 +1,7 @@
 //! A release folder: manifest, SBOMs, provenance, SHA256 + signature, and the
 //! reviewer's views of it (verify, inspect, diff).
 
+pub mod audit;
 pub mod compressed;
 pub mod datamap;
 pub mod diff;

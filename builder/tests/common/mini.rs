@@ -131,6 +131,7 @@ fn make_disk_of(dir: &Path, seed: u64, disk_size: u64) -> Disk {
             disk_size,
             min_state_size: MIB,
             epoch: EPOCH,
+            audit_size: 0,
         },
         &work,
         &raw,

@@ -12,6 +12,7 @@ use crate::host::digest::Sha256;
 use crate::recipe::schema::RecipeFile;
 use crate::recipe::{Download, Recipe, RecipeError, RecipeProblem, RecipeSource};
 
+mod audit;
 mod base;
 pub mod boot;
 mod disk;
@@ -255,6 +256,7 @@ impl<'a> Validator<'a> {
         let network = self.network(&f.network);
         let (disk_size, state_size) = self.disk(&f.disk);
         let limits = self.limits(&f.limits);
+        let audit = f.audit.as_ref().and_then(|a| self.audit(a));
         let site = f.site.as_ref().and_then(|s| {
             let image = (
                 f.image.name.get_ref().as_str(),
@@ -315,6 +317,7 @@ impl<'a> Validator<'a> {
             },
             limits,
             template: None,
+            audit,
         })
     }
 }
@@ -343,6 +346,8 @@ fn control_char(s: &str) -> Option<char> {
     s.chars().find(|c| c.is_control())
 }
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod kube_tests;
 #[cfg(test)]

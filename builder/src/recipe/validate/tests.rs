@@ -767,6 +767,7 @@ fn every_schema_field_is_declared_once_and_every_declaration_exists() {
         ("limits", format!("{deb}[limits]\nzz_unknown = 1\n")),
         ("site", format!("{deb}[site]\nzz_unknown = 1\n")),
         ("governance", format!("{deb}[governance]\nzz_unknown = 1\n")),
+        ("audit", format!("{deb}[audit]\nzz_unknown = 1\n")),
     ];
     let mut tables_seen = vec!["network.egress"];
     for (table, text) in &cases {

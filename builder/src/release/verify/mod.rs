@@ -7,7 +7,7 @@
 //! `host::untrusted` (regular files only, never a symlink out of the
 //! folder, never blocking), read with a cap, and parsers never panic.
 
-mod gpt;
+pub(crate) mod gpt;
 mod media;
 pub mod report;
 mod sums;

@@ -1,0 +1,120 @@
+//! `[audit]`: the sealed audit trail, judged on the host after the guest
+//! is gone (docs/audit.md). tiny-audit boots, its service starts, the
+//! guest tries an egress connection, and the machine is powered off
+//! hard. Then the raw disk's audit partition: `cairn audit read` with the
+//! platform's key shows the boot and the service start (the refusal's
+//! record is not asserted yet, see below); a
+//! wrong key reads nothing; the partition holds none of the image's names
+//! or the refused address in the clear; `cairn audit verify` passes; the
+//! boot shows as not closed. Control: a second boot of the same disk shut
+//! down cleanly is closed, and the first boot's records still verify.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cairn::vm::qemu::{BootSpec, Firmware, Vm};
+use qemu_tests::*;
+
+/// The throwaway test key's secret half (recipes/audit-test.pub is its
+/// public half). Never use it for anything else.
+const AUDIT_TEST_SECRET: &str =
+    "AGE-SECRET-KEY-1CQ476WNTM44RJJNZC2NM79JHKNYE08XD2J53MNHD9VP0HCFACWWSKVNVL0\n";
+
+fn boot(img: &Path, log: &str) -> Vm {
+    let mut spec = BootSpec::new(img, cairn::media::RAW.qemu, Firmware::Uefi, log_path(log));
+    spec.debug_console = true;
+    spec.snapshot = false; // the trail is judged on the host afterwards
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    vm.wait_for_line("cairn: ready", boot_timeout())
+        .unwrap_or_else(|e| panic!("{log}: not ready: {e:#}"));
+    vm
+}
+
+#[test]
+fn the_audit_trail_survives_a_hard_power_off_sealed_and_verifiable() {
+    let b = built("tiny-audit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = copy_image(&b.raw, dir.path(), "audit.raw");
+    let key = dir.path().join("audit.sec");
+    std::fs::write(&key, AUDIT_TEST_SECRET).expect("key");
+
+    let mut vm = boot(&img, "audit-hard");
+    // An egress connection the ruleset refuses (bash's /dev/tcp: Debian's
+    // essential set has no other client).
+    let _ = vm.console_run(
+        "timeout 5 bash -c 'echo refused-request-text > /dev/tcp/10.0.2.2/9999'; true",
+        console_timeout(),
+    );
+    // What the guest saw, for the log when the refusal was not recorded.
+    if let Ok((_, out)) = vm.console_run(
+        "dmesg | grep -c cairn-egress-denied; ls -l /run/cairn/audit; systemctl status cairn-audit-firewall --no-pager -n 5",
+        console_timeout(),
+    ) {
+        eprintln!("guest:\n{out}");
+    }
+    vm.kill();
+
+    use cairn::release::audit;
+    let t = audit::read(&img, &key).unwrap_or_else(|e| panic!("{e:#}"));
+    let text = t.render_text();
+    eprintln!("{text}");
+    assert!(t.first_bad.is_none(), "verify fails: {text}");
+    assert_eq!(t.boots.len(), 1, "{text}");
+    let b1 = &t.boots[0];
+    assert!(
+        !b1.closed,
+        "a hard power-off is a boot without close: {text}"
+    );
+    assert_eq!(b1.records[0].kind, "boot");
+    assert!(
+        b1.records[0].get("root").is_some_and(|r| r.len() == 64),
+        "{text}"
+    );
+    assert!(
+        b1.records.iter().any(|r| r.kind == "service"
+            && r.get("unit") == Some("greeter")
+            && r.get("event") == Some("start")),
+        "{text}"
+    );
+    // Not asserted yet: a firewall record. The guest's `bash /dev/tcp`
+    // attempt left no `cairn-egress-denied` kernel line (dmesg count 0 in
+    // the run of 2026-12-07), so the trigger, not the counter, needs work.
+
+    // A wrong key reads nothing (an input error: exit 2 from the CLI).
+    let other = dir.path().join("other.sec");
+    let mut g = cairn::host::runner::command("age-keygen");
+    g.arg("-o").arg(&other);
+    cairn::host::runner::output("test: keygen", g).expect("age-keygen");
+    let e = audit::read(&img, &other).unwrap_err();
+    assert!(e.downcast_ref::<cairn::InputError>().is_some(), "{e:#}");
+
+    // Nothing in the clear on the partition.
+    let (_, off, size) = audit::locate(&img).expect("the audit partition");
+    let raw = std::fs::read(&img).unwrap();
+    let region = &raw[off as usize..(off + size) as usize];
+    for clear in [
+        "greeter",
+        "cairn-test-audit",
+        "refused-request-text",
+        "10.0.2.2",
+    ] {
+        assert!(
+            !region.windows(clear.len()).any(|w| w == clear.as_bytes()),
+            "{clear} in the clear"
+        );
+    }
+    // Control: the search finds what is there in the clear.
+    assert!(region.starts_with(b"cairn-audit v1\n"));
+
+    // Control: the next boot, shut down cleanly, is closed.
+    let mut vm = boot(&img, "audit-clean");
+    vm.powerdown(Duration::from_secs(
+        180 * cairn::vm::qemu::timeout_scale() as u64,
+    ))
+    .expect("clean power-off");
+    let t = audit::read(&img, &key).unwrap_or_else(|e| panic!("{e:#}"));
+    let text = t.render_text();
+    assert!(t.first_bad.is_none(), "{text}");
+    assert_eq!(t.boots.len(), 2, "{text}");
+    assert!(!t.boots[0].closed && t.boots[1].closed, "{text}");
+}
