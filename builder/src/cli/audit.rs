@@ -24,11 +24,18 @@ pub struct Args {
 #[derive(Subcommand)]
 enum Op {
     /// List the boots and their records (a bad frame is named at the end).
+    #[command(after_help = after_help!(
+        "  cairn audit read field-ai-0.1.0.raw --key audit.sec\n  cairn audit read /dev/sdb --key audit.sec --json"
+    ))]
     Read(Common),
     /// Check every record: it decrypts, its signature by its boot's key,
     /// the chain and sequence. Exit 0 when all hold (a boot without a
     /// closing record is reported, not failed), 1 naming the first bad
     /// frame, 2 on bad input.
+    #[command(after_help = after_help!(
+        "  cairn audit verify field-ai-0.1.0.raw --key audit.sec\n  cairn audit verify /dev/sdb --key audit.sec --json",
+        "  1    a record is bad: the first bad frame is named\n"
+    ))]
     Verify(Common),
 }
 
