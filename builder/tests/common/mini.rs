@@ -461,14 +461,28 @@ pub fn cairn(args: &[&std::ffi::OsStr], limit: Duration) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Both pipes are drained while the child runs: a child that writes more
+    // than a pipe holds (64 KiB) would otherwise wait for us forever.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
     let started = Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
+            let stdout = out.join().unwrap();
+            let stderr = err.join().unwrap();
             return Run {
                 code: st.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
             };
         }
         if started.elapsed() > limit {
