@@ -68,7 +68,7 @@ done
 
 build containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
 	-ldflags="$common_ldflags $containerd_flags"
-build kube-network-policies sigs.k8s.io/kube-network-policies/cmd -ldflags="$common_ldflags"
+build kube-network-policies ./cmd/kube-network-policies -ldflags="$common_ldflags"
 build cairn-pki ./cmd/cairn-pki -ldflags="$common_ldflags"
 build pause ./cmd/pause -ldflags="$common_ldflags"
 # Run by the builder on the build host, never put in the image: the

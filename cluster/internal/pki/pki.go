@@ -3,7 +3,10 @@
 // node at boot. Every key is ECDSA P-256 (fast to make under emulation, and
 // accepted by every component, service-account tokens as ES256).
 //
-// etcd gets no certificates: it listens on 127.0.0.1 only, in plain HTTP.
+// etcd has a CA of its own (etcd-ca.crt, whose key is thrown away once it
+// signed etcd's certificate and the API server's client certificate): etcd
+// trusts every certificate its CA signed, so a kubeconfig's certificate
+// from the cluster CA must not be one of them.
 package pki
 
 import (
@@ -57,6 +60,11 @@ const (
 	KubeletServingKey     = "kubelet.key"
 	ServiceAccountKey     = "sa.key"
 	ServiceAccountPubKey  = "sa.pub"
+	EtcdCACert            = "etcd-ca.crt"
+	EtcdCert              = "etcd.crt" // serving and peer (client and server auth)
+	EtcdKey               = "etcd.key"
+	EtcdClientCert        = "apiserver-etcd-client.crt"
+	EtcdClientKey         = "apiserver-etcd-client.key"
 	kubeconfigSuffix      = ".kubeconfig"
 	fileMode              = 0o600
 	dirMode               = 0o700
@@ -189,6 +197,10 @@ func Make(opts Options) error {
 		return err
 	}
 
+	if err := makeEtcd(opts, files); err != nil {
+		return err
+	}
+
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -217,6 +229,43 @@ func Make(opts Options) error {
 		files[c.Name+kubeconfigSuffix] = kubeconfig(opts.Server, c.User, ca.der, pair.der, keyDER)
 	}
 	return writeAll(opts.Dir, files)
+}
+
+// makeEtcd adds etcd's CA certificate, its serving and peer certificate
+// (loopback only: etcd listens nowhere else) and the API server's client
+// certificate. The CA's key is not written.
+func makeEtcd(opts Options, files map[string][]byte) error {
+	ca, err := issue(opts, nil, x509.Certificate{
+		Subject:               pkix.Name{CommonName: "cairn-etcd-ca"},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+	})
+	if err != nil {
+		return err
+	}
+	files[EtcdCACert] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.der})
+	server, err := issue(opts, ca, x509.Certificate{
+		Subject:     pkix.Name{CommonName: "etcd"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	})
+	if err != nil {
+		return err
+	}
+	if err := addPair(files, EtcdCert, EtcdKey, server); err != nil {
+		return err
+	}
+	client, err := issue(opts, ca, x509.Certificate{
+		Subject:     pkix.Name{CommonName: "kube-apiserver-etcd-client"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return err
+	}
+	return addPair(files, EtcdClientCert, EtcdClientKey, client)
 }
 
 func uniqueIPs(ips ...net.IP) []net.IP {

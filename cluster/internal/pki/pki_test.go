@@ -106,7 +106,7 @@ func TestMakeWritesAVerifiablePKI(t *testing.T) {
 		}
 		names = append(names, e.Name())
 	}
-	want := "admin.kubeconfig apiserver-kubelet-client.crt apiserver-kubelet-client.key apiserver.crt apiserver.key ca.crt ca.key controller-manager.kubeconfig coredns.kubeconfig kube-proxy.kubeconfig kubelet.crt kubelet.key kubelet.kubeconfig sa.key sa.pub scheduler.kubeconfig"
+	want := "admin.kubeconfig apiserver-etcd-client.crt apiserver-etcd-client.key apiserver-kubelet-client.crt apiserver-kubelet-client.key apiserver.crt apiserver.key ca.crt ca.key controller-manager.kubeconfig coredns.kubeconfig etcd-ca.crt etcd.crt etcd.key kube-proxy.kubeconfig kubelet.crt kubelet.key kubelet.kubeconfig sa.key sa.pub scheduler.kubeconfig"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("files:\n got %s\nwant %s", got, want)
 	}
@@ -144,5 +144,30 @@ func TestParseClient(t *testing.T) {
 		if _, err := ParseClient(bad); err == nil {
 			t.Errorf("ParseClient(%q) accepted", bad)
 		}
+	}
+}
+
+func TestEtcdHasItsOwnCA(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	if err := Make(options(dir)); err != nil {
+		t.Fatal(err)
+	}
+	etcdRoots := x509.NewCertPool()
+	etcdRoots.AddCert(readCert(t, read(t, dir, EtcdCACert)))
+	server := readCert(t, read(t, dir, EtcdCert))
+	if _, err := server.Verify(x509.VerifyOptions{DNSName: "127.0.0.1", Roots: etcdRoots}); err != nil {
+		t.Errorf("etcd serving cert: %v", err)
+	}
+	clientAuth := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	if _, err := readCert(t, read(t, dir, EtcdClientCert)).Verify(x509.VerifyOptions{Roots: etcdRoots, KeyUsages: clientAuth}); err != nil {
+		t.Errorf("apiserver-etcd-client cert: %v", err)
+	}
+	// Control: a client certificate of the cluster CA (any kubeconfig's) is
+	// not one etcd trusts.
+	if _, err := readCert(t, read(t, dir, KubeletClientCert)).Verify(x509.VerifyOptions{Roots: etcdRoots, KeyUsages: clientAuth}); err == nil {
+		t.Error("etcd trusts a certificate of the cluster CA")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etcd-ca.key")); err == nil {
+		t.Error("the etcd CA's key was written")
 	}
 }

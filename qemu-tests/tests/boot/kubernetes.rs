@@ -1,18 +1,61 @@
 //! runtime = "kubernetes": recipes/field-ai-kube.toml (field-ai's iris
 //! classifier as a Deployment on a single-node cluster cairn built from
-//! pinned Go modules) boots under QEMU with restrict=on user networking
-//! and a hostfwd to the NodePort. Judged from outside: `cairn: ready` on
-//! the console (which the guest prints only once the node is Ready and
-//! the Deployment Available), and a prediction answered from the host
-//! through the NodePort.
+//! pinned Go modules) boots under QEMU with restrict=on user networking,
+//! a hostfwd to the NodePort and a guestfwd to a listener of this test.
+//! One boot carries every control (the CI budget has room for one):
+//!
+//! - ready: `cairn: ready` (printed only once NetworkPolicy enforcement is
+//!   on, cluster DNS answers, the node is Ready and the Deployment
+//!   Available) and a prediction answered from the host via the NodePort;
+//! - cluster DNS: the workload resolves the kube-dns Service's name, and
+//!   (control) not a name outside the cluster (no upstream resolver);
+//! - NetworkPolicy: without the workload's allow, the default deny stops
+//!   the same request from the host; once the default deny is removed it
+//!   is answered again (control);
+//! - PodSecurity: the API server refuses a privileged pod in the
+//!   restricted namespace and (control) accepts it in a namespace labelled
+//!   privileged;
+//! - an unpinned image: a pod naming a registry at the guestfwd address
+//!   never runs, the listener receives nothing, and the firewall's denial
+//!   of that address shows on the serial console (the attempt was made).
+//!
+//! Acting in the guest goes through the debug console (the recipe's
+//! `[debug] console`, recorded in the manifest, never in a production
+//! image): kubectl with this boot's admin kubeconfig. The verdicts are
+//! judged outside where a packet can be: the hostfwd, the listener, the
+//! serial console; PodSecurity's is the API server's answer.
+//! Not here: `close_ingress` (a site file needs a boot of its own).
 
-use std::time::Duration;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
+const PREDICT: &str = "/predict?x=5.1,3.5,1.4,0.2";
+const REGISTRY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+const KUBECTL: &str = "KUBECONFIG=/run/cairn/kubernetes/pki/admin.kubeconfig kubectl";
+
+fn kubectl(vm: &mut Vm, args: &str) -> (i32, String) {
+    vm.console_run(&format!("{KUBECTL} {args} 2>&1"), console_timeout())
+        .expect("debug console")
+}
+
+/// Asks the NodePort from the host until `want` (answered or not) holds,
+/// for at most `within`; returns the last answer.
+fn nodeport_until(port: u16, want_answer: bool, within: Duration) -> String {
+    let end = Instant::now() + within;
+    loop {
+        let a = http_get_path(port, PREDICT, Duration::from_secs(8));
+        if a.contains("\"class\"") == want_answer || Instant::now() >= end {
+            return a;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
 #[test]
-fn kubernetes_node_gets_ready_and_serves_a_prediction_through_its_nodeport() {
+fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
     let b = built("recipes/field-ai-kube.toml");
     let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
     let cluster = m
@@ -27,6 +70,7 @@ fn kubernetes_node_gets_ready_and_serves_a_prediction_through_its_nodeport() {
             .any(|b| b.modules.iter().any(|(p, _, _)| p == "k8s.io/kubernetes")),
         "the SBOM lists k8s.io/kubernetes"
     );
+    let listener = Listener::start();
     let port = free_port();
     let mut spec = BootSpec::new(
         &b.raw,
@@ -35,22 +79,119 @@ fn kubernetes_node_gets_ready_and_serves_a_prediction_through_its_nodeport() {
         log_path("field-ai-kube"),
     );
     spec.network = true;
+    spec.debug_console = true;
     spec.memory_mib = 3072;
     spec.cpus = 2;
     spec.forwards = vec![(port, 8080)];
-    spec.debug_console = true;
+    spec.guestfwds = vec![(REGISTRY_IP, 8080, listener.addr)];
     let mut vm = Vm::start(&spec).expect("start qemu");
     vm.wait_for_line("cairn: ready", boot_timeout() * 4)
         .unwrap_or_else(|e| panic!("field-ai-kube not ready: {e:#}"));
     let serial = vm.serial_text();
-    assert!(
-        serial.contains("cairn: cluster: node Ready, workloads Available (cairn/inference)"),
-        "ready without the cluster's word: {serial}"
-    );
+    for word in [
+        "cairn: cluster: NetworkPolicy enforcement on (kube-network-policies)",
+        "cairn: cluster: cluster DNS ready",
+        "cairn: cluster: node Ready, workloads Available (cairn/inference)",
+    ] {
+        assert!(serial.contains(word), "ready without `{word}`: {serial}");
+    }
     // The first request after ready is answered: the readiness probe passed.
-    let answer = http_get_path(port, "/predict?x=5.1,3.5,1.4,0.2", Duration::from_secs(30));
+    let answer = http_get_path(port, PREDICT, Duration::from_secs(30));
     assert!(answer.contains("\"class\": \"setosa\""), "{answer}");
     pinned_images_stay_off_the_state(&mut vm);
+
+    // Cluster DNS, from the workload's own pod (its image has python3).
+    let resolve = |vm: &mut Vm, name: &str| {
+        kubectl(
+            vm,
+            &format!("-n cairn exec deploy/inference -- python3 -c \"import socket; print('ADDR', socket.gethostbyname('{name}'))\""),
+        )
+    };
+    let (rc, out) = resolve(&mut vm, "kube-dns.kube-system.svc.cluster.local");
+    assert!(rc == 0 && out.contains("ADDR 10.43.0.10"), "rc {rc}: {out}");
+    let (rc, out) = resolve(&mut vm, "deb.debian.org");
+    assert!(
+        rc != 0 && !out.contains("ADDR"),
+        "a name outside the cluster resolved: {out}"
+    );
+
+    // NetworkPolicy: the namespace denies by default; the workload's allow
+    // is what lets the NodePort in.
+    let (rc, out) = kubectl(&mut vm, "-n cairn delete networkpolicy inference-ingress");
+    assert_eq!(rc, 0, "{out}");
+    let denied = nodeport_until(port, false, Duration::from_secs(120));
+    assert!(
+        !denied.contains("\"class\""),
+        "the default deny let the request in: {denied}"
+    );
+    let (rc, out) = kubectl(&mut vm, "-n cairn delete networkpolicy default-deny");
+    assert_eq!(rc, 0, "{out}");
+    let allowed = nodeport_until(port, true, Duration::from_secs(120));
+    assert!(
+        allowed.contains("\"class\": \"setosa\""),
+        "control: with no policy left the request is still not answered: {allowed:?}"
+    );
+
+    // PodSecurity: restricted in `cairn`; the control namespace allows it.
+    let privileged = "run priv-check --image=cairn.local/pause:pinned --image-pull-policy=Never --privileged --restart=Never --dry-run=server -o name";
+    let (rc, out) = kubectl(&mut vm, &format!("-n cairn {privileged}"));
+    assert!(
+        rc != 0 && out.contains("violates PodSecurity"),
+        "a privileged pod was not refused in the restricted namespace: rc {rc}: {out}"
+    );
+    let (rc, out) = kubectl(
+        &mut vm,
+        "create namespace cairn-test-open && KUBECONFIG=/run/cairn/kubernetes/pki/admin.kubeconfig kubectl label namespace cairn-test-open pod-security.kubernetes.io/enforce=privileged",
+    );
+    assert_eq!(rc, 0, "{out}");
+    let (rc, out) = kubectl(&mut vm, &format!("-n cairn-test-open {privileged}"));
+    assert!(
+        rc == 0 && out.contains("pod/priv-check"),
+        "control: the privileged namespace refused it too: rc {rc}: {out}"
+    );
+
+    // An image that is not pinned, from a "registry" at the guestfwd.
+    let (rc, out) = kubectl(
+        &mut vm,
+        &format!("-n cairn-test-open run unpinned --image={REGISTRY_IP}:8080/cairn-test/unpinned:1 --image-pull-policy=Always --restart=Never"),
+    );
+    assert_eq!(rc, 0, "{out}");
+    let end = Instant::now() + Duration::from_secs(300);
+    let state = loop {
+        let (_, out) = kubectl(
+            &mut vm,
+            "-n cairn-test-open get pod unpinned -o jsonpath='STATE {.status.phase} {.status.containerStatuses[0].state.waiting.reason}'",
+        );
+        if out.contains("ImagePull") || Instant::now() >= end {
+            break out;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    };
+    assert!(
+        state.contains("STATE Pending") && state.contains("ImagePull"),
+        "the unpinned pod is not stuck pulling: {state}"
+    );
+    // The firewall logged the attempt: the pull was tried, and stopped.
+    let end = Instant::now() + Duration::from_secs(60);
+    let wanted = format!("DST={REGISTRY_IP} ");
+    while !vm
+        .serial_text()
+        .lines()
+        .any(|l| l.contains("cairn-egress-denied: ") && l.contains(&wanted))
+    {
+        assert!(
+            Instant::now() < end,
+            "no egress denial of {REGISTRY_IP} on the console: was a pull tried?"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(
+        listener.received(),
+        "",
+        "the listener behind the registry address received bytes"
+    );
+    let serial = vm.serial_text();
+    assert!(!serial.contains("cairn: FATAL"), "{serial}");
 }
 
 /// KiB that `cmd` (a `du -sk`/`df` pipeline ending in one number) prints.
