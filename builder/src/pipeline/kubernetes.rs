@@ -68,7 +68,15 @@ pub fn containerd_config() -> String {
 version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
-disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+# NRI on its root-only socket: kube-network-policies learns pod addresses
+# from it (v0.8.0 crashes on a non-pod address without it). The plugins
+# containerd would launch itself live in /opt/nri/plugins, on the verified
+# read-only root, where the image puts none.
+[plugins."io.containerd.nri.v1.nri"]
+  disable = false
+  socket_path = "/var/run/nri/nri.sock"
 
 [grpc]
   address = "/run/containerd/containerd.sock"

@@ -90,9 +90,11 @@ func run() int {
 			QueueID:             *queueID,
 			NodeName:            *nodeName,
 			NetfilterBug1766Fix: *bug1766,
-			// containerd runs without NRI (conf/containerd.toml): pod
-			// addresses come from the API server.
-			NRIdisabled: true,
+			// NRI stays on (containerd's conf has it): v0.8.0 looks an
+			// address the API server does not know up in the NRI plugin
+			// without a nil check, so without one the first packet from a
+			// non-pod address (a NodePort client) crashes the controller.
+			NRIdisabled: false,
 		},
 	)
 	if err != nil {

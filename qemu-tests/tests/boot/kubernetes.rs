@@ -24,7 +24,8 @@
 //! image): kubectl with this boot's admin kubeconfig. The verdicts are
 //! judged outside where a packet can be: the hostfwd, the listener, the
 //! serial console; PodSecurity's is the API server's answer.
-//! Not here: `close_ingress` (a site file needs a boot of its own).
+//! - close_ingress: the site set's element (the initramfs's line for a
+//!   site file's `close_ingress`) stops the NodePort; removed, it answers.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -97,6 +98,9 @@ fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
     }
     // The first request after ready is answered: the readiness probe passed.
     let answer = http_get_path(port, PREDICT, Duration::from_secs(30));
+    if !answer.contains("\"class\": \"setosa\"") {
+        diagnose(&mut vm);
+    }
     assert!(answer.contains("\"class\": \"setosa\""), "{answer}");
     pinned_images_stay_off_the_state(&mut vm);
 
@@ -130,6 +134,36 @@ fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
     assert!(
         allowed.contains("\"class\": \"setosa\""),
         "control: with no policy left the request is still not answered: {allowed:?}"
+    );
+
+    // A site file's close_ingress closes the NodePort: the exact line the
+    // initramfs writes for `close_ingress = ["8080/tcp"]` (the site boot
+    // test shows a site file filling that set), then removed (control).
+    let rule = cairn::recipe::network::parse_ingress("8080/tcp").expect("ingress rule");
+    let close = cairn::pipeline::firewall::site_close_elements(&[rule]);
+    let (rc, out) = vm
+        .console_run(
+            &format!("printf '%s' '{}' | nft -f - 2>&1", close.trim_end()),
+            console_timeout(),
+        )
+        .expect("console");
+    assert_eq!(rc, 0, "{close}: {out}");
+    let closed = nodeport_until(port, false, Duration::from_secs(60));
+    assert!(
+        !closed.contains("\"class\""),
+        "close_ingress left the NodePort open: {closed}"
+    );
+    let (rc, out) = vm
+        .console_run(
+            "nft delete element inet cairn site_closed_tcp '{ 8080 }' 2>&1",
+            console_timeout(),
+        )
+        .expect("console");
+    assert_eq!(rc, 0, "{out}");
+    let open = nodeport_until(port, true, Duration::from_secs(60));
+    assert!(
+        open.contains("\"class\": \"setosa\""),
+        "control: with the port open again the request is not answered: {open:?}"
     );
 
     // PodSecurity: restricted in `cairn`; the control namespace allows it.
@@ -192,6 +226,18 @@ fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
     );
     let serial = vm.serial_text();
     assert!(!serial.contains("cairn: FATAL"), "{serial}");
+    // Enforcement held the whole boot: the controller never crashed (a
+    // restart drops its queue's packets and its verdicts for a while).
+    let (rc, out) = vm
+        .console_run(
+            "systemctl show -p NRestarts --value cairn-kube-network-policies cairn-coredns",
+            console_timeout(),
+        )
+        .expect("console");
+    assert!(
+        rc == 0 && out.split_whitespace().all(|n| n == "0"),
+        "the node services restarted: {out:?}"
+    );
 }
 
 /// KiB that `cmd` (a `du -sk`/`df` pipeline ending in one number) prints.
@@ -232,4 +278,24 @@ fn pinned_images_stay_off_the_state(vm: &mut Vm) {
         on_state * 4 < images,
         "containerd's root on the state holds {on_state} KiB for {images} KiB of pinned images"
     );
+}
+
+/// On a failed request: what the guest's network and cluster look like,
+/// printed for the test log (the verdict stays the host's).
+fn diagnose(vm: &mut Vm) {
+    for cmd in [
+        &format!("{KUBECTL} get pods,svc,endpointslices,networkpolicies -A -o wide"),
+        "nft list ruleset",
+        "cat /proc/net/netfilter/nfnetlink_queue",
+        "cat /proc/net/route; cat /proc/net/fib_trie | head -40",
+        &format!(
+            "for ip in $({KUBECTL} -n cairn get pods -o jsonpath='{{.items[*].status.podIP}}') 10.0.2.15; do echo \"== $ip\"; timeout 6 bash -c \"exec 3<>/dev/tcp/$ip/8080; printf 'GET {PREDICT} HTTP/1.0\\\\r\\\\n\\\\r\\\\n' >&3; cat <&3\"; done"
+        ),
+        "journalctl -b --no-pager -n 80 -u cairn-kube-network-policies -u cairn-kube-proxy",
+    ] {
+        match vm.console_run(&format!("{cmd} 2>&1"), console_timeout()) {
+            Ok((rc, out)) => eprintln!("diagnose: $ {cmd}\n(rc {rc})\n{out}"),
+            Err(e) => eprintln!("diagnose: $ {cmd}: {e:#}"),
+        }
+    }
 }

@@ -13,7 +13,9 @@
 //! with serial 1 (an older one replayed) and a signed file for another
 //! image each halt with `cairn: FATAL site: ...`; the good files (serial 2
 //! and 3) reach ready. A site variable reaches the container's process
-//! only: `ctr` on the host runs without it.
+//! only: `ctr` on the host runs without it. A site file's `close_ingress`
+//! fills the firewall's site set (north closes 7001; south, the control,
+//! closes nothing).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -109,10 +111,10 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
             "north",
             "north-depot",
             "10.0.2.21",
-            "env.greeter.SITE_LABEL = \"north depot, bay 4\"\n",
+            "env.greeter.SITE_LABEL = \"north depot, bay 4\"\nclose_ingress = [\"7001/tcp\"]\n",
             "north depot, bay 4",
         ),
-        // Control: no variable set, the recipe's default.
+        // Control: no variable set, the recipe's default; no port closed.
         ("south", "south-post", "10.0.2.22", "", "unassigned"),
     ] {
         let serial = if name == "north" { 2 } else { 3 };
@@ -133,6 +135,16 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
         assert_eq!(h, host);
         assert!(addrs.contains(&format!("inet {addr}/24")), "{addrs}");
         assert!(!addrs.contains("10.0.2.15/"), "{addrs}");
+        // close_ingress fills the firewall's site set, which every path
+        // to a port reads (the kubernetes boot test judges a NodePort
+        // behind the same set from the host).
+        let (rc, set) = vm
+            .console_run("nft list set inet cairn site_closed_tcp", console_timeout())
+            .expect("console");
+        assert_eq!(rc, 0, "{set}");
+        let closed = set.contains("elements = { 7001 }");
+        assert_eq!(closed, name == "north", "{name}: {set}");
+        assert!(!set.contains("7002"), "{name}: {set}");
         let said = service_says(&mut vm, &format!("site-{name}"));
         assert_eq!(
             said,
@@ -213,8 +225,8 @@ fn two_site_files_give_two_identities_and_bad_ones_halt() {
         ),
         (
             "not-allowed",
-            signed_as(format!("{good}close_ingress = []\n")),
-            "`close_ingress` is not allowed",
+            signed_as(format!("{good}env.greeter.OTHER = \"x\"\n")),
+            "`env.greeter.OTHER` is not allowed",
         ),
         (
             "old-serial",
