@@ -295,3 +295,27 @@ fn quiet_silences_a_builds_stage_lines_but_not_its_error() {
         "-q left more than the error: {quiet}"
     );
 }
+
+/// A reader that closes the pipe early (`cairn doctor --json | head -c0`):
+/// the JSON is not wanted any more, which is neither a panic nor a failure.
+#[test]
+fn json_to_a_closed_pipe_is_not_a_panic() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["doctor", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cairn");
+    // Closed before doctor has probed its tools and printed.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for cairn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{:?}: {stderr}",
+        out.status
+    );
+}

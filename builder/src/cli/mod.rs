@@ -268,9 +268,16 @@ pub struct JsonArg {
 }
 
 /// Prints `v` as one pretty JSON document on stdout.
+/// A reader that closed the pipe early (`cairn inspect --json DIR | head`)
+/// has what it wanted: that is not an error, and never a panic.
 pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v)?;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 /// Where a secret key's passphrase comes from (shared by `build`, `keygen`
