@@ -67,6 +67,11 @@ fn a_broken_rule_is_refused_by_check_lock_and_build() {
     .unwrap();
     let (code, out, err) = cairn(&["check", "team.toml"], dir);
     assert_eq!(code, 0, "{out} {err}");
+    // `cache export` loads a team recipe as build does (its template
+    // checked), and goes on to the lock the export needs.
+    let (code, _, err) = cairn(&["cache", "export", "x.tar", "--recipe", "team.toml"], dir);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("team.lock"), "{err}");
     // A changed byte in the template, pin updated: the signature refuses it.
     std::fs::write(
         dir.join("platform.toml"),
