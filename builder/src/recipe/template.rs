@@ -675,10 +675,10 @@ fn check_rules(t: &TeamFile, gov: &GovernanceSection, p: &mut Problems) {
     }
 
     for i in &t.images {
-        let kind = if i.build.is_some() {
-            "build"
+        let (kind, a_kind) = if i.build.is_some() {
+            ("build", "a build")
         } else {
-            "archive"
+            ("archive", "an archive")
         };
         if let Some(sources) = &gov.image_sources {
             if !sources.iter().any(|s| s.get_ref() == kind) {
@@ -688,7 +688,7 @@ fn check_rules(t: &TeamFile, gov: &GovernanceSection, p: &mut Problems) {
                     "image_sources",
                     set,
                     format!(
-                        "image {:?} is a {kind} image, which the template does not allow",
+                        "image {:?} is {a_kind} image, which the template does not allow",
                         i.name.get_ref()
                     ),
                 );
