@@ -550,6 +550,27 @@ fn manifest_of(r: &Recipe) -> crate::release::manifest::Manifest {
     m.services = crate::release::manifest::service_infos(&r.workloads.services);
     m.network = r.network.clone();
     m.template = r.template.clone();
+    m.sbom.models = r
+        .workloads
+        .models
+        .iter()
+        .map(|x| crate::pipeline::workloads::InstalledModel {
+            name: x.name.clone(),
+            sha256: x.sha256,
+            path: format!("/usr/share/cairn/models/{}", x.name),
+        })
+        .collect();
+    m.sbom.images = r
+        .workloads
+        .images
+        .iter()
+        .map(|i| crate::pipeline::workloads::InstalledImage {
+            name: i.name.clone(),
+            reference: format!("cairn.local/{}:1", i.name),
+            digest: crate::host::digest::Sha256::of_bytes(i.name.as_bytes()),
+            source: "build".into(),
+        })
+        .collect();
     m
 }
 
@@ -593,6 +614,41 @@ fn a_release_proves_its_template_and_keeps_its_rules() {
     port.network.ingress[0].port = 22;
     let e = super::check_release(&port, &key).unwrap_err();
     assert!(e.contains("`ingress_ports`"), "{e}");
+    // Counts: a third team model, a third team image (the template allows
+    // two of each).
+    let mut models = manifest_of(&r);
+    for n in ["b", "c"] {
+        models
+            .sbom
+            .models
+            .push(crate::pipeline::workloads::InstalledModel {
+                name: n.into(),
+                sha256: crate::host::digest::Sha256::of_bytes(n.as_bytes()),
+                path: format!("/usr/share/cairn/models/{n}"),
+            });
+    }
+    let e = super::check_release(&models, &key).unwrap_err();
+    assert!(
+        e.contains("3 team models, above 2 (template rule `max_models`)"),
+        "{e}"
+    );
+    let mut images = manifest_of(&r);
+    for n in ["b", "c"] {
+        images
+            .sbom
+            .images
+            .push(crate::pipeline::workloads::InstalledImage {
+                name: n.into(),
+                reference: format!("cairn.local/{n}:1"),
+                digest: crate::host::digest::Sha256::of_bytes(n.as_bytes()),
+                source: "build".into(),
+            });
+    }
+    let e = super::check_release(&images, &key).unwrap_err();
+    assert!(
+        e.contains("3 team images, above 2 (template rule `max_images`)"),
+        "{e}"
+    );
 }
 
 #[test]
