@@ -169,7 +169,9 @@ fn build_opts(
         ws.join(format!("qemu-tests/recipes/{name}.toml"))
     };
     let out = ws.join("target/qemu-tests/out");
-    let r = cairn::recipe::load(&recipe, Some(&ws), &settings.recipe_env())
+    // As `cairn build` loads it: a team recipe's template signature is
+    // checked (cli::recipe_env), so a team image is exactly the CLI's.
+    let r = cairn::recipe::load(&recipe, Some(&ws), &cairn::cli::recipe_env(&settings))
         .map_err(|e| e.to_string())?;
     eprintln!("qemu-tests: building {} (once per run)", recipe.display());
     let res = cairn::build::build(

@@ -20,6 +20,7 @@ mod boot {
     pub mod secureboot;
     pub mod shim;
     pub mod site;
+    pub mod template;
     pub mod volumes;
     pub mod workloads;
 }

@@ -68,7 +68,8 @@ pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
         Op::Export { file, recipe, root } => {
             // runtime = "kubernetes": the Go modules `cairn fetch` downloaded.
             let settings = env.settings()?;
-            let r = crate::recipe::load(&recipe, root.as_deref(), &settings.recipe_env())?;
+            // A team recipe loads through its template signature check.
+            let r = crate::recipe::load(&recipe, root.as_deref(), &super::recipe_env(&settings))?;
             let n = cache.export_recipe(&recipe, &file, r.workloads.kubernetes.is_some())?;
             println!("wrote {} ({n} files)", file.display());
         }

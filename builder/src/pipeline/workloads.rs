@@ -1139,6 +1139,59 @@ mod tests {
         assert!(service_unit(&s, &run()).contains("SITE_LABEL=none"));
     }
 
+    /// An image that brings its own /etc (and a file at the firewall's
+    /// path) keeps it inside its root: the host's /etc and ruleset are
+    /// what the tree held (a team image cannot reach a fixed value this
+    /// way, docs/templates.md).
+    #[test]
+    fn an_images_own_etc_stays_in_its_root() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::create_dir_all(tree.join("usr/lib/cairn")).unwrap();
+        std::fs::write(tree.join("etc/nftables.conf"), b"host\n").unwrap();
+        std::fs::write(tree.join("usr/lib/cairn/firewall.nft"), b"ruleset\n").unwrap();
+        let dir = tempfile::tempdir_in(d.path()).unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("usr/lib/cairn")).unwrap();
+        std::fs::write(root.join("etc/nftables.conf"), b"flush ruleset\n").unwrap();
+        std::fs::write(root.join("usr/lib/cairn/firewall.nft"), b"flush ruleset\n").unwrap();
+        let staged = StagedRoot {
+            dir,
+            digest: Sha256::of_bytes(b"image"),
+            config: crate::pipeline::oci::rootfs::RunConfig {
+                args: vec!["/bin/app".into()],
+                env: vec![],
+                cwd: None,
+                user: None,
+            },
+            uid_gid: (0, 0),
+            store: crate::pipeline::kube_store::StoreImage {
+                reference: "cairn.local/team:1".into(),
+                manifest_media_type: String::new(),
+                manifest: vec![],
+                config: vec![],
+                rootfs: rootfs_dir("team"),
+                pinned: false,
+            },
+        };
+        let run = place_root(&tree, "team", staged).unwrap();
+        assert_eq!(run.rootfs, "/usr/lib/cairn/images/team/rootfs");
+        let read = |p: &str| std::fs::read_to_string(tree.join(p)).unwrap();
+        assert_eq!(read("etc/nftables.conf"), "host\n");
+        assert_eq!(read("usr/lib/cairn/firewall.nft"), "ruleset\n");
+        // Control: the image's files are there, inside its root.
+        assert_eq!(
+            read("usr/lib/cairn/images/team/rootfs/etc/nftables.conf"),
+            "flush ruleset\n"
+        );
+        assert_eq!(
+            read("usr/lib/cairn/images/team/rootfs/usr/lib/cairn/firewall.nft"),
+            "flush ruleset\n"
+        );
+    }
+
     #[test]
     fn services_run_from_the_unpacked_root_with_the_image_config() {
         let mut s = svc();

@@ -409,6 +409,17 @@ settings! {
     GOVERNANCE_OVERLAY_PATHS = ["governance"] "overlay_paths": "list of strings" = Empty;
         "the image paths a team overlay may write under (`\"/opt/team\"`); anything else, \
          such as the firewall's files under `/etc`, is refused";
+    TEMPLATE_PATH = ["template"] "path": "path" = Required;
+        "a team recipe's template, relative to the recipe; its signature is `PATH.sig` beside it \
+         (docs/templates.md)";
+    TEMPLATE_SHA256 = ["template"] "sha256": "digest" = Unset;
+        "the template file's sha256; required with `version`";
+    TEMPLATE_KEY = ["template"] "key": "path" = Required;
+        "the platform's public key (signify `.pub`) the template's signature must verify with";
+    TEMPLATE_VERSION = ["template"] "version": "dotted numbers" = Unset;
+        "exactly this template version (with `sha256`); or instead:";
+    TEMPLATE_VERSIONS = ["template"] "versions": "range" = Unset;
+        "any version in this range that the key signed (`\">=1.2, <2\"`), no digest pin";
     AUDIT_SIZE = ["audit"] "size": "size" = Text("16M");
         "the `cairn-audit` partition (raw disk only), fixed: placed before the state partition, \
          so `[state] grow` leaves it alone; 1-1024 MiB (docs/audit.md)";

@@ -675,10 +675,10 @@ fn check_rules(t: &TeamFile, gov: &GovernanceSection, p: &mut Problems) {
     }
 
     for i in &t.images {
-        let kind = if i.build.is_some() {
-            "build"
+        let (kind, a_kind) = if i.build.is_some() {
+            ("build", "a build")
         } else {
-            "archive"
+            ("archive", "an archive")
         };
         if let Some(sources) = &gov.image_sources {
             if !sources.iter().any(|s| s.get_ref() == kind) {
@@ -688,7 +688,7 @@ fn check_rules(t: &TeamFile, gov: &GovernanceSection, p: &mut Problems) {
                     "image_sources",
                     set,
                     format!(
-                        "image {:?} is a {kind} image, which the template does not allow",
+                        "image {:?} is {a_kind} image, which the template does not allow",
                         i.name.get_ref()
                     ),
                 );
@@ -827,6 +827,29 @@ fn check_overlays(
                 && prefixes
                     .iter()
                     .any(|pre| pre.starts_with(&format!("{image_path}/")));
+            // A link under an allowed path must point under one too: a
+            // later overlay writing through it would land where the link
+            // points (the tree resolves links as the image would).
+            let escapes = under
+                && e.path_is_symlink()
+                && std::fs::read_link(e.path()).is_ok_and(|t| {
+                    let target = lexical_image_path(&image_path, &t);
+                    !prefixes
+                        .iter()
+                        .any(|pre| target == *pre || target.starts_with(&format!("{pre}/")))
+                });
+            if escapes {
+                p.rule(
+                    span.span().start,
+                    "overlay_paths",
+                    set.clone(),
+                    format!(
+                        "overlay {:?} holds a link {image_path} pointing outside the paths the template lets a team write ({}); make it a file or point it inside",
+                        span.get_ref(),
+                        prefixes.join(", ")
+                    ),
+                );
+            }
             if !under && !above {
                 p.rule(
                     span.span().start,
@@ -845,4 +868,33 @@ fn check_overlays(
             }
         }
     }
+}
+
+/// Where a link at `link` (an image path) pointing to `target` lands,
+/// lexically: relative targets from the link's folder, `.` and `..`
+/// folded (never above `/`).
+fn lexical_image_path(link: &str, target: &Path) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if target.is_relative() {
+        parts.extend(
+            Path::new(link)
+                .parent()
+                .into_iter()
+                .flat_map(|p| p.components())
+                .filter_map(|c| match c {
+                    std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+                    _ => None,
+                }),
+        );
+    }
+    for c in target.components() {
+        match c {
+            std::path::Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    format!("/{}", parts.join("/"))
 }

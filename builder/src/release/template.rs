@@ -216,12 +216,48 @@ fn check_contents(m: &Manifest, t: &crate::recipe::governance::TemplateUse) -> R
         .iter()
         .filter(|s| !own.contains(&s.name.as_str()))
         .collect();
-    if let Some(max) = &gov.max_services {
-        if team.len() as u64 > *max.get_ref() {
+    // Team images, models and services: those the template does not
+    // define, each kind allowed at all and within its count.
+    let own_images: Vec<&str> = file
+        .images
+        .iter()
+        .map(|i| i.name.get_ref().as_str())
+        .collect();
+    let own_models: Vec<&str> = file
+        .models
+        .iter()
+        .map(|i| i.name.get_ref().as_str())
+        .collect();
+    let team_images = m
+        .sbom
+        .images
+        .iter()
+        .filter(|i| !own_images.contains(&i.name.as_str()))
+        .count();
+    let team_models = m
+        .sbom
+        .models
+        .iter()
+        .filter(|i| !own_models.contains(&i.name.as_str()))
+        .count();
+    for (what, n, max) in [
+        ("images", team_images, &gov.max_images),
+        ("models", team_models, &gov.max_models),
+        ("services", team.len(), &gov.max_services),
+    ] {
+        if n > 0 && !allowed(gov, what) {
             return Err(rule(
-                "max_services",
-                format!("{} team services, above {}", team.len(), max.get_ref()),
+                "fixed",
+                format!("{n} team {what}, which the template does not allow"),
             ));
+        }
+        if let Some(max) = max {
+            if n as u64 > *max.get_ref() {
+                return Err(rule(
+                    &format!("max_{what}"),
+                    format!("{n} team {what}, above {}", max.get_ref()),
+                ));
+            }
         }
     }
     for s in &team {

@@ -357,6 +357,98 @@ fn an_overlay_may_not_write_the_templates_files() {
     assert!(e.problems[0].message.contains("/etc"), "{e}");
 }
 
+/// The second path to the firewall through a link: a team overlay puts a
+/// link under the allowed path that points at `/etc`, and a later overlay
+/// writes "under the allowed path" through it. The tree would get the
+/// file in `/etc` (shown with the overlay writer itself); the recipe is
+/// refused. A link that stays inside loads (the control).
+#[test]
+fn an_overlay_link_may_not_lead_out_of_the_allowed_paths() {
+    let f = Fixture::new();
+    let (a, b) = (f.path("ov1"), f.path("ov2"));
+    std::fs::create_dir_all(a.join("opt/team")).unwrap();
+    std::fs::create_dir_all(b.join("opt/team/etc/nftables.d")).unwrap();
+    std::fs::write(b.join("opt/team/etc/nftables.d/open.nft"), b"flush ruleset").unwrap();
+    let text = f.team_with("overlays = [\"ov1\", \"ov2\"]\n", TEAM);
+    for target in ["/etc", "../../etc", "/opt/team/../../etc"] {
+        let link = a.join("opt/team/etc");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        let tree = f.path("tree");
+        let _ = std::fs::remove_dir_all(&tree);
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        for ov in [&a, &b] {
+            crate::host::tree::apply_overlay(ov, &tree).unwrap();
+        }
+        assert!(
+            tree.join("etc/nftables.d/open.nft").is_file(),
+            "{target}: the attack does not reach /etc, so this test shows nothing"
+        );
+        let e = f.refused(&text, &[(1, "overlay_paths")]);
+        assert!(
+            e.problems[0]
+                .message
+                .contains("holds a link /opt/team/etc pointing outside"),
+            "{e}"
+        );
+    }
+    // Control: a link that stays under /opt/team.
+    let link = a.join("opt/team/etc");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("conf", &link).unwrap();
+    f.load(&text).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn image_and_model_counts_are_capped() {
+    let f = Fixture::new();
+    let images = "\n[[images]]\nname = \"b\"\n[images.build]\npackages = [\"curl\"]\n\
+                  \n[[images]]\nname = \"c\"\n[images.build]\npackages = [\"curl\"]\n";
+    let text = f.team(&format!("{TEAM}{images}"));
+    f.refused(&text, &[(line_of(&text, "name = \"c\""), "max_images")]);
+    let one = images.split("\n\n").next().unwrap();
+    f.load(&f.team(&format!("{TEAM}{one}\n")))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    std::fs::write(f.path("b.bin"), b"b").unwrap();
+    std::fs::write(f.path("c.bin"), b"c").unwrap();
+    let model = |n: &str| {
+        let d = crate::host::digest::Sha256::of_file(&f.path(&format!("{n}.bin"))).unwrap();
+        format!(
+            "\n[[models]]\nname = \"{n}\"\npath = \"{n}.bin\"\nsha256 = \"{}\"\n",
+            d.hex()
+        )
+    };
+    let text = f.team(&format!("{TEAM}{}{}", model("b"), model("c")));
+    f.refused(&text, &[(line_of(&text, "name = \"c\""), "max_models")]);
+    f.load(&f.team(&format!("{TEAM}{}", model("b"))))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_local_archive_above_max_archive_size_is_refused() {
+    let f = Fixture::new();
+    f.template(&TEMPLATE.replace(
+        "image_sources = [\"build\"]",
+        "image_sources = [\"build\", \"archive\"]\nmax_archive_size = \"1K\"",
+    ));
+    let team = TEAM.replace(
+        "[[images]]\nname = \"web\"\n[images.build]\npackages = [\"python3\"]\n",
+        &format!(
+            "[[images]]\nname = \"web\"\narchive = \"web.tar\"\ndigest = \"sha256:{}\"\n",
+            "ab".repeat(32)
+        ),
+    );
+    std::fs::write(f.path("web.tar"), vec![0u8; 2048]).unwrap();
+    let text = f.team(&team);
+    f.refused(
+        &text,
+        &[(line_of(&text, "\"web\"\narchive"), "max_archive_size")],
+    );
+    std::fs::write(f.path("web.tar"), vec![0u8; 1024]).unwrap();
+    f.load(&text).unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn a_changed_byte_a_bad_signature_or_another_key_is_refused() {
     let f = Fixture::new();
@@ -458,6 +550,27 @@ fn manifest_of(r: &Recipe) -> crate::release::manifest::Manifest {
     m.services = crate::release::manifest::service_infos(&r.workloads.services);
     m.network = r.network.clone();
     m.template = r.template.clone();
+    m.sbom.models = r
+        .workloads
+        .models
+        .iter()
+        .map(|x| crate::pipeline::workloads::InstalledModel {
+            name: x.name.clone(),
+            sha256: x.sha256,
+            path: format!("/usr/share/cairn/models/{}", x.name),
+        })
+        .collect();
+    m.sbom.images = r
+        .workloads
+        .images
+        .iter()
+        .map(|i| crate::pipeline::workloads::InstalledImage {
+            name: i.name.clone(),
+            reference: format!("cairn.local/{}:1", i.name),
+            digest: crate::host::digest::Sha256::of_bytes(i.name.as_bytes()),
+            source: "build".into(),
+        })
+        .collect();
     m
 }
 
@@ -501,6 +614,41 @@ fn a_release_proves_its_template_and_keeps_its_rules() {
     port.network.ingress[0].port = 22;
     let e = super::check_release(&port, &key).unwrap_err();
     assert!(e.contains("`ingress_ports`"), "{e}");
+    // Counts: a third team model, a third team image (the template allows
+    // two of each).
+    let mut models = manifest_of(&r);
+    for n in ["b", "c"] {
+        models
+            .sbom
+            .models
+            .push(crate::pipeline::workloads::InstalledModel {
+                name: n.into(),
+                sha256: crate::host::digest::Sha256::of_bytes(n.as_bytes()),
+                path: format!("/usr/share/cairn/models/{n}"),
+            });
+    }
+    let e = super::check_release(&models, &key).unwrap_err();
+    assert!(
+        e.contains("3 team models, above 2 (template rule `max_models`)"),
+        "{e}"
+    );
+    let mut images = manifest_of(&r);
+    for n in ["b", "c"] {
+        images
+            .sbom
+            .images
+            .push(crate::pipeline::workloads::InstalledImage {
+                name: n.into(),
+                reference: format!("cairn.local/{n}:1"),
+                digest: crate::host::digest::Sha256::of_bytes(n.as_bytes()),
+                source: "build".into(),
+            });
+    }
+    let e = super::check_release(&images, &key).unwrap_err();
+    assert!(
+        e.contains("3 team images, above 2 (template rule `max_images`)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -588,4 +736,37 @@ fn the_example_team_recipe_checks() {
     assert_eq!(r.workloads.services.len(), 2);
     let e = load(&format!("{text}\n[debug]\nconsole = true\n")).unwrap_err();
     assert!(e.to_string().contains("template rule `fixed`"), "{e}");
+    // The team cannot replace the platform's own service, model or image
+    // by reusing its name: each is listed twice.
+    for (from, to, what) in [
+        (
+            "name = \"inference-team\"",
+            "name = \"inference\"",
+            "service \"inference\" is listed twice",
+        ),
+        (
+            "name = \"iris-team\"",
+            "name = \"iris\"",
+            "model \"iris\" is listed twice",
+        ),
+    ] {
+        let e = load(&text.replace(from, to)).unwrap_err();
+        assert!(e.to_string().contains(what), "{e}");
+        assert!(e.to_string().contains("team-ai.toml:"), "{e}");
+    }
+    let e = load(&format!(
+        "{text}\n[[images]]\nname = \"inference\"\n[images.build]\npackages = [\"curl\"]\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("image \"inference\" is listed twice"),
+        "{e}"
+    );
+    // An image named to climb out of the images folder is refused.
+    let e = load(&format!(
+        "{text}\n[[images]]\nname = \"../../../etc\"\n[images.build]\npackages = [\"curl\"]\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("../../../etc"), "{e}");
 }
