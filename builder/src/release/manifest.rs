@@ -73,6 +73,12 @@ pub struct ServiceInfo {
     pub image: String,
     pub capabilities: Vec<String>,
     pub host_network: bool,
+    /// Its ceilings (format 8), re-checked against a template's
+    /// `max_memory` and `max_cpus` by `cairn verify --template-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
 }
 
 /// Capabilities that reach the node's own network when the service shares
@@ -89,6 +95,8 @@ pub fn service_infos(services: &[crate::recipe::workloads::Service]) -> Vec<Serv
             image: s.image.clone(),
             capabilities: s.capabilities.clone(),
             host_network: s.host_network,
+            memory: s.memory,
+            cpus: s.cpus,
         })
         .collect()
 }
@@ -625,6 +633,8 @@ mod tests {
             image: "probe".into(),
             capabilities: caps.iter().map(|c| c.to_string()).collect(),
             host_network,
+            memory: None,
+            cpus: None,
         }
     }
 

@@ -261,6 +261,33 @@ fn check_contents(m: &Manifest, t: &crate::recipe::governance::TemplateUse) -> R
         }
     }
     for s in &team {
+        if let Some(max) = &gov.max_memory {
+            let cap = crate::recipe::parse_size(max.get_ref()).unwrap_or(0);
+            if s.memory.is_none_or(|m| m > cap) {
+                return Err(rule(
+                    "max_memory",
+                    format!(
+                        "service {} has memory {:?}, not at most {}",
+                        s.name,
+                        s.memory,
+                        max.get_ref()
+                    ),
+                ));
+            }
+        }
+        if let Some(max) = &gov.max_cpus {
+            if s.cpus.is_none_or(|c| c > *max.get_ref()) {
+                return Err(rule(
+                    "max_cpus",
+                    format!(
+                        "service {} has cpus {:?}, not at most {}",
+                        s.name,
+                        s.cpus,
+                        max.get_ref()
+                    ),
+                ));
+            }
+        }
         if s.host_network && !gov.host_network.as_ref().is_some_and(|h| *h.get_ref()) {
             return Err(rule(
                 "host_network",

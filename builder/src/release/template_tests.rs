@@ -610,6 +610,19 @@ fn a_release_proves_its_template_and_keeps_its_rules() {
     debug.flags.debug_console = true;
     let e = super::check_release(&debug, &key).unwrap_err();
     assert!(e.contains("`fixed`"), "{e}");
+    // Ceilings (format 8 records them): above, or gone.
+    let mut memory = manifest_of(&r);
+    assert_eq!(memory.services[0].memory, Some(256 << 20));
+    memory.services[0].memory = Some(1 << 30);
+    let e = super::check_release(&memory, &key).unwrap_err();
+    assert!(e.contains("`max_memory`"), "{e}");
+    memory.services[0].memory = None;
+    let e = super::check_release(&memory, &key).unwrap_err();
+    assert!(e.contains("`max_memory`"), "{e}");
+    let mut cpus = manifest_of(&r);
+    cpus.services[0].cpus = Some(2.0);
+    let e = super::check_release(&cpus, &key).unwrap_err();
+    assert!(e.contains("`max_cpus`"), "{e}");
     let mut port = manifest_of(&r);
     port.network.ingress[0].port = 22;
     let e = super::check_release(&port, &key).unwrap_err();

@@ -17,7 +17,8 @@
 //!   privileged;
 //! - an unpinned image: a pod naming a registry at the guestfwd address
 //!   never runs, the listener receives nothing, and the firewall's denial
-//!   of that address shows on the serial console (the attempt was made).
+//!   of that address shows on the serial console (the attempt was made);
+//!   control: with one accept for that address, the node reaches it.
 //!
 //! Acting in the guest goes through the debug console (the recipe's
 //! `[debug] console`, recorded in the manifest, never in a production
@@ -223,6 +224,32 @@ fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
         listener.received(),
         "",
         "the listener behind the registry address received bytes"
+    );
+    // Control, in this boot: the pod gone, one accept for that address in
+    // the node's output chain, and the same path reaches the listener.
+    let (rc, out) = kubectl(
+        &mut vm,
+        "-n cairn-test-open delete pod unpinned --wait=true --timeout=120s",
+    );
+    assert_eq!(rc, 0, "{out}");
+    let (rc, out) = vm
+        .console_run(
+            &format!("nft insert rule inet cairn output ip daddr {REGISTRY_IP} tcp dport 8080 accept && timeout 10 bash -c 'exec 3<>/dev/tcp/{REGISTRY_IP}/8080; printf cairn-control >&3' 2>&1"),
+            console_timeout(),
+        )
+        .expect("console");
+    assert_eq!(
+        rc, 0,
+        "control: the node could not reach the listener with the firewall open: {out}"
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while listener.received() != "cairn-control" && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        listener.received(),
+        "cairn-control",
+        "control: the listener did not receive the node's bytes once the firewall let them out"
     );
     let serial = vm.serial_text();
     assert!(!serial.contains("cairn: FATAL"), "{serial}");
