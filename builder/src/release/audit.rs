@@ -558,6 +558,57 @@ mod tests {
         assert_eq!(kinds, ["boot", "firewall"]);
     }
 
+    /// The firewall recorder (guest/cairn-audit-firewall) turns nft's
+    /// kernel lines into one record: every refusal counted, at most 8
+    /// sampled, no payload. Control: a batch under the bound keeps all.
+    #[test]
+    fn firewall_refusals_are_counted_with_a_bounded_sample() {
+        let fx = fixture(1 << 20);
+        let p = fx.part.to_str().unwrap().to_string();
+        writer(&fx, "run", &["open", &p]);
+        let sh = crate::host::runner::shell().unwrap();
+        let run = fx.dir.path().join("run");
+        sh.set_var("CAIRN_AUDIT_RUN", &run);
+        sh.set_var("CAIRN_AUDIT_RECIPIENT", fx.dir.path().join("audit.pub"));
+        let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
+        sh.set_var("CAIRN_AUDIT_WRITER", guest.join("cairn-audit"));
+        let script = guest.join("cairn-audit-firewall");
+        for n in [12u16, 3, 0] {
+            let lines: String = (0..n)
+                .map(|i| format!("cairn-egress-denied: IN= OUT=eth0 SRC=10.0.2.15 DST=10.0.2.2 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID={i} DF PROTO=TCP SPT=4{i:04} DPT={} WINDOW=64240 RES=0x00 SYN URGP=0\n", 9000 + i))
+                .collect();
+            let batch = fx.dir.path().join("batch");
+            std::fs::write(&batch, lines).unwrap();
+            crate::host::runner::run(
+                "test: cairn-audit-firewall",
+                xshell::cmd!(sh, "sh {script} batch {batch}"),
+            )
+            .unwrap();
+        }
+        let t = read(&fx.part, &fx.key).unwrap();
+        assert!(t.first_bad.is_none(), "{}", t.render_text());
+        let fw: Vec<&Record> = t.boots[0]
+            .records
+            .iter()
+            .filter(|r| r.kind == "firewall")
+            .collect();
+        // An empty batch writes no record.
+        assert_eq!(fw.len(), 2, "{}", t.render_text());
+        let samples = |r: &Record| {
+            r.fields
+                .iter()
+                .filter(|(k, _)| k.starts_with("sample."))
+                .count()
+        };
+        assert_eq!(fw[0].get("refused"), Some("12"));
+        assert_eq!(samples(fw[0]), 8, "{}", t.render_text());
+        assert_eq!(fw[0].get("sample.0"), Some("TCP 10.0.2.15 10.0.2.2 9000"));
+        assert_eq!(fw[0].get("sample.7"), Some("TCP 10.0.2.15 10.0.2.2 9007"));
+        assert_eq!((fw[1].get("refused"), samples(fw[1])), (Some("3"), 3));
+        let recorded = std::fs::read_to_string(run.join("fw.recorded")).unwrap();
+        assert_eq!(recorded.trim(), "15");
+    }
+
     #[test]
     fn hostile_partitions_are_refused_without_panic() {
         let d = tempfile::tempdir().unwrap();
