@@ -37,6 +37,25 @@ enum Op {
         "  1    a record is bad: the first bad frame is named\n"
     ))]
     Verify(Common),
+    /// Save the trail's encrypted records (no key needed) and a receipt
+    /// into DIR, then mark them collected on the medium, so `cairn flash`
+    /// may overwrite it. Read the saved trail later with `cairn audit read
+    /// DIR/cairn-audit-*.trail --key audit.sec`.
+    #[command(after_help = after_help!(
+        "  cairn audit collect /dev/sdb --out trails/\n  cairn audit collect field-ai-0.1.0.raw --out trails/ --json"
+    ))]
+    Collect(CollectArgs),
+}
+
+#[derive(clap::Args)]
+struct CollectArgs {
+    /// A raw disk image or device holding a cairn-audit partition.
+    medium: PathBuf,
+    /// The folder the trail and its receipt are saved in (made if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    json: JsonArg,
 }
 
 #[derive(clap::Args)]
@@ -55,6 +74,7 @@ pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
     let (c, verify) = match a.op {
         Op::Read(c) => (c, false),
         Op::Verify(c) => (c, true),
+        Op::Collect(c) => return collect(c),
     };
     let t = crate::release::audit::read(&c.medium, &c.key)?;
     if c.json.json {
@@ -70,4 +90,29 @@ pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
         .into()),
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+fn collect(c: CollectArgs) -> Result<ExitCode> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let done = crate::release::audit_collect::collect(&c.medium, &c.out, now)?;
+    if c.json.json {
+        super::print_json(&done)?;
+    } else {
+        let r = &done.receipt;
+        println!(
+            "audit: collected {} records ({} new) from {} into {}\naudit: receipt {} (sha256 {})\naudit: {} marked collected up to record {}",
+            r.frames,
+            r.frames - r.previously_collected,
+            c.medium.display(),
+            done.trail_path.display(),
+            done.receipt_path.display(),
+            done.receipt_sha256.hex(),
+            c.medium.display(),
+            r.frames
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -18,7 +18,7 @@ use crate::host::digest::Sha256;
 use crate::InputError;
 
 pub const PARTITION: &str = "cairn-audit";
-const HEADER: &[u8] = b"cairn-audit v1\n";
+pub(crate) const HEADER: &[u8] = b"cairn-audit v1\n";
 const FRAME_MAGIC: &[u8] = b"CAF1 ";
 const FRAME_HEADER: u64 = 14;
 /// A record is at most 4 KiB of text; its age file a little more.

@@ -2,6 +2,7 @@
 //! reviewer's views of it (verify, inspect, diff).
 
 pub mod audit;
+pub mod audit_collect;
 pub mod compressed;
 pub mod datamap;
 pub mod diff;
