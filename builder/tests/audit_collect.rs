@@ -245,7 +245,10 @@ fn a_later_boot_or_an_altered_mark_is_uncollected_and_discard_audit_overrides() 
     let c = collect(&s, &out);
     let j: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
     assert_eq!(
-        (j["receipt"]["frames"].as_u64(), j["receipt"]["previously_collected"].as_u64()),
+        (
+            j["receipt"]["frames"].as_u64(),
+            j["receipt"]["previously_collected"].as_u64()
+        ),
         (Some(4), Some(2)),
         "{j}"
     );

@@ -468,9 +468,6 @@ mod tests {
         }
         // Control: the same search finds what is there in the clear.
         assert!(raw.windows(5).any(|w| w == b"CAF1 "));
-        // Capacity: records per MiB at this record size.
-        let end = t.boots[1].records.last().unwrap().offset + 1024;
-        eprintln!("capacity: about {} records per MiB", (6u64 << 20) / end);
     }
 
     #[test]
@@ -607,6 +604,73 @@ mod tests {
         assert_eq!((fw[1].get("refused"), samples(fw[1])), (Some("3"), 3));
         let recorded = std::fs::read_to_string(run.join("fw.recorded")).unwrap();
         assert_eq!(recorded.trim(), "15");
+    }
+
+    /// The capacity figures in docs/audit.md: a 128 KiB partition filled
+    /// with service records until the writer stops, and the frame size of
+    /// a boot record and of a firewall record with its 8 samples.
+    #[test]
+    fn capacity_records_per_mib() {
+        let fx = fixture(128 << 10);
+        let p = fx.part.to_str().unwrap().to_string();
+        writer(
+            &fx,
+            "run",
+            &[
+                "open",
+                &p,
+                "release=field-ai",
+                "version=0.1.0",
+                &format!("root={}", "a".repeat(64)),
+                &format!("apps={}", "b".repeat(64)),
+                "state=disk",
+                "medium=disk",
+                "site=north-depot",
+                &format!("site_sha256={}", "c".repeat(64)),
+                "tpm=none",
+                "boot_id=094ce6f5-71c3-4e71-aac2-6b1629004f1a",
+                "clock=2026-12-07T15:47:27Z",
+            ],
+        );
+        let samples: Vec<String> = (0..8)
+            .map(|i| format!("sample.{i}=TCP 192.168.100.15 192.168.200.{i} 4430{i}"))
+            .collect();
+        let mut fw = vec!["record", "firewall", "refused=12345"];
+        fw.extend(samples.iter().map(String::as_str));
+        writer(&fx, "run", &fw);
+        let unit = format!("image=sha256:{}", "d".repeat(64));
+        let svc = [
+            "record",
+            "service",
+            "unit=inference-api",
+            &unit,
+            "event=exit",
+            "result=exit-code",
+            "code=exited",
+            "status=1",
+        ];
+        for _ in 0..400 {
+            writer(&fx, "run", &svc);
+            if fx.dir.path().join("run/stopped").exists() {
+                break;
+            }
+        }
+        let t = read(&fx.part, &fx.key).unwrap();
+        assert!(t.first_bad.is_none(), "{}", t.render_text());
+        let r = &t.boots[0].records;
+        let on_disk = |i: usize| r[i + 1].offset - r[i].offset;
+        let (boot, firewall, service) = (on_disk(0), on_disk(1), on_disk(2));
+        let services = r.iter().filter(|r| r.kind == "service").count() as u64;
+        let used = r.last().unwrap().offset - r[2].offset;
+        let per_mib = (services - 1) * (1 << 20) / used;
+        eprintln!(
+            "capacity: boot record {boot} B, firewall record (8 samples) {firewall} B, service record {service} B on disk; {services} service records in 128 KiB; {per_mib} service records per MiB"
+        );
+        assert_eq!(r.last().unwrap().kind, "stopped");
+        // docs/audit.md states these; a record format change that moves
+        // them fails here, and the docs get the new figures.
+        assert_eq!((boot, firewall, service), (1024, 1024, 1024));
+        assert!((1000..=1024).contains(&per_mib), "{per_mib}");
     }
 
     #[test]
