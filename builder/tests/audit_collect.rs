@@ -201,7 +201,7 @@ fn flash_refuses_a_stick_with_uncollected_records_until_they_are_collected() {
         .unwrap();
     let head = String::from_utf8_lossy(&head);
     assert!(
-        head.contains(&format!("collected frames=3 ")) && head.contains(&rdigest),
+        head.contains("collected frames=3 ") && head.contains(&rdigest),
         "{head}"
     );
     // The saved trail is the real one: it reads and verifies with the key.
