@@ -13,6 +13,7 @@ use cairn::host::digest::Sha256;
 use cairn::host::runner;
 
 mod common;
+use common::loopdev::Loop;
 use common::mini::{self, mini, Media, RAW};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -127,6 +128,10 @@ fn os(s: &str) -> &OsStr {
 }
 
 fn flash(m: &mini::Mini, target: &Path, extra: &[&str]) -> mini::Run {
+    flash_with(m, target, &[&["--to-file"], extra].concat())
+}
+
+fn flash_with(m: &mini::Mini, target: &Path, extra: &[&str]) -> mini::Run {
     let raw = m.dir.join(RAW);
     let mut a = vec![
         os("flash"),
@@ -135,7 +140,6 @@ fn flash(m: &mini::Mini, target: &Path, extra: &[&str]) -> mini::Run {
         os("--pubkey"),
         m.pubkey.as_os_str(),
         os("--yes"),
-        os("--to-file"),
     ];
     a.extend(extra.iter().map(|s| os(s)));
     mini::cairn(&a, LIMIT)
@@ -297,4 +301,50 @@ fn an_empty_trail_has_nothing_to_collect_and_a_plain_stick_flashes() {
     assert_eq!(flash(&m, &plain, &[]).code, 0);
     // An empty trail loses nothing either.
     assert_eq!(flash(&m, &s.disk, &[]).code, 0);
+}
+
+/// The same on a real block device (a loop device the test attaches; root
+/// needed): refused with the device named, collected through the device,
+/// then flashed and read back (the control).
+#[test]
+fn flash_refuses_a_loop_device_with_uncollected_records() {
+    let m = mini(Media::RawAndQcow2);
+    let mut s = stick();
+    s.boot("run1", 1);
+    let raw_len = std::fs::metadata(m.dir.join(RAW)).unwrap().len();
+    let lo = Loop::attach_with(
+        s.tmp.path(),
+        "loop.img",
+        raw_len.next_multiple_of(MIB),
+        None,
+    );
+    let disk = std::fs::read(&s.disk).unwrap();
+    let dev = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lo.dev)
+        .unwrap();
+    dev.write_all_at(&disk, 0).unwrap();
+    dev.sync_all().unwrap();
+    drop(dev);
+    s.disk = lo.dev.clone();
+    let before = lo.digest(raw_len);
+    // Loop devices are not removable.
+    let r = flash_with(&m, &lo.dev, &["--allow-fixed"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    let line = r.first_line();
+    assert!(
+        line.contains(lo.dev.to_str().unwrap())
+            && line.contains("2 audit record(s) not yet collected"),
+        "{line}"
+    );
+    assert_eq!(lo.digest(raw_len), before, "the refused flash wrote");
+    let c = collect(&s, &s.tmp.path().join("trails"));
+    assert_eq!(c.code, 0, "{c:?}");
+    // Control: collected, the same flash writes the image.
+    let r = flash_with(&m, &lo.dev, &["--allow-fixed"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        lo.digest(raw_len),
+        Sha256::of_file(&m.dir.join(RAW)).unwrap()
+    );
 }
