@@ -29,14 +29,23 @@ enum Op {
     ))]
     Read(Common),
     /// Check every record: it decrypts, its signature by its boot's key,
-    /// the chain and sequence. Exit 0 when all hold (a boot without a
-    /// closing record is reported, not failed), 1 naming the first bad
-    /// frame, 2 on bad input.
+    /// the chain and sequence, each boot's TPM quote (tpm2_checkquote) and,
+    /// with --manifest, its PCR 11 against the release's prediction. Exit 0
+    /// when all hold (a boot without a closing record, or without a TPM,
+    /// is reported, not failed), 1 naming the first bad frame or boot, 2 on
+    /// bad input.
     #[command(after_help = after_help!(
-        "  cairn audit verify field-ai-0.1.0.raw --key audit.sec\n  cairn audit verify /dev/sdb --key audit.sec --json",
-        "  1    a record is bad: the first bad frame is named\n"
+        "  cairn audit verify field-ai-0.1.0.raw --key audit.sec --manifest manifest.json\n  cairn audit verify /dev/sdb --key audit.sec --json",
+        "  1    a record is bad (the first bad frame is named), or a boot's TPM quote does not\n       verify or quotes another PCR 11 than the manifest's\n"
     ))]
-    Verify(Common),
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        /// The release's manifest.json: each quoted boot's PCR 11 must be
+        /// its predicted `boot.pcr11_sha256` (verify the release first).
+        #[arg(long, value_name = "manifest.json")]
+        manifest: Option<PathBuf>,
+    },
     /// Save the trail's encrypted records (no key needed) and a receipt
     /// into DIR, then mark them collected on the medium, so `cairn flash`
     /// may overwrite it. Read the saved trail later with `cairn audit read
@@ -71,10 +80,21 @@ struct Common {
 }
 
 pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
-    let (c, verify) = match a.op {
-        Op::Read(c) => (c, false),
-        Op::Verify(c) => (c, true),
+    let (c, verify, manifest) = match a.op {
+        Op::Read(c) => (c, false, None),
+        Op::Verify { common, manifest } => (common, true, manifest),
         Op::Collect(c) => return collect(c),
+    };
+    let predicted = match &manifest {
+        Some(m) => Some(
+            crate::release::audit_tpm::predicted_pcr11(m)?.ok_or_else(|| {
+                crate::InputError(format!(
+                    "{}: no boot.pcr11_sha256 (a release without a UKI?); verify without --manifest",
+                    m.display()
+                ))
+            })?,
+        ),
+        None => None,
     };
     let t = crate::release::audit::read(&c.medium, &c.key)?;
     if c.json.json {
@@ -82,14 +102,20 @@ pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
     } else {
         print!("{}", crate::host::shown::ShownLines(&t.render_text()));
     }
-    match (&t.first_bad, verify) {
-        (Some(p), true) => Err(VerifyError::Failed(format!(
+    if !verify {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(p) = &t.first_bad {
+        return Err(VerifyError::Failed(format!(
             "audit: frame {} at byte {} of the trail: {}",
             p.index, p.offset, p.why
         ))
-        .into()),
-        _ => Ok(ExitCode::SUCCESS),
+        .into());
     }
+    if let Some(why) = crate::release::audit_tpm::first_bad_boot(&t, predicted.as_ref()) {
+        return Err(VerifyError::Failed(format!("audit: {why}")).into());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn collect(c: CollectArgs) -> Result<ExitCode> {

@@ -156,6 +156,8 @@ pub struct Boot {
     pub key: String,
     pub closed: bool,
     pub records: Vec<Record>,
+    /// The boot record's TPM quote, checked (`audit_tpm`).
+    pub tpm: Option<super::audit_tpm::Tpm>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -267,6 +269,11 @@ pub fn read(path: &Path, key: &Path) -> Result<Trail> {
     if let Some((index, offset, why)) = found.bad {
         t.first_bad.get_or_insert(Problem { index, offset, why });
     }
+    for b in &mut t.boots {
+        if let Some(first) = b.records.first() {
+            b.tpm = Some(super::audit_tpm::check(first)?);
+        }
+    }
     Ok(t)
 }
 
@@ -303,6 +310,7 @@ fn check(
             key,
             closed: false,
             records: Vec::new(),
+            tpm: None,
         });
     }
     let Some(b) = boots.last_mut().filter(|b| b.boot == boot) else {
@@ -350,11 +358,17 @@ impl Trail {
                     "NOT CLOSED: power loss or pulled medium"
                 }
             );
+            if let Some(tpm) = &b.tpm {
+                s += &format!("  tpm: {}\n", tpm.describe());
+            }
             for r in &b.records {
                 let rest: Vec<String> = r
                     .fields
                     .iter()
-                    .filter(|(k, _)| !["boot", "seq", "prev", "kind"].contains(&k.as_str()))
+                    .filter(|(k, _)| {
+                        !["boot", "seq", "prev", "kind"].contains(&k.as_str())
+                            && !k.starts_with("tpm.")
+                    })
                     .map(|(k, v)| format!("{k}={v:?}"))
                     .collect();
                 s += &format!("  #{} {} {}\n", r.seq, r.kind, rest.join(" "));
@@ -671,6 +685,92 @@ mod tests {
         // them fails here, and the docs get the new figures.
         assert_eq!((boot, firewall, service), (1024, 1024, 1024));
         assert!((1000..=1024).contains(&per_mib), "{per_mib}");
+    }
+
+    /// A TPM (swtpm, as the boot tests use) quotes PCR 7 and 11 into the
+    /// boot record with the boot key as nonce; the quote verifies, and its
+    /// PCR 11 is judged against a prediction. Controls: a boot without a
+    /// TPM is reported as such; another prediction (another UKI) is
+    /// named; the same quote under another boot key fails.
+    #[test]
+    fn a_tpm_quote_binds_the_boot_key_and_is_judged_against_pcr11() {
+        use crate::release::audit_tpm::{check, first_bad_boot, Tpm};
+        testkit::tool("swtpm", "swtpm");
+        testkit::tool("tpm2_quote", "tpm2-tools");
+        let fx = fixture(1 << 20);
+        // The swtpm TCTI talks to the control channel at port + 1.
+        let (server, ctrl) = (0..50)
+            .find_map(|_| {
+                let a = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+                let p = a.local_addr().ok()?.port();
+                let b = std::net::TcpListener::bind(("127.0.0.1", p.checked_add(1)?)).ok()?;
+                drop((a, b));
+                Some((p, p + 1))
+            })
+            .expect("two free ports");
+        let state = fx.dir.path().join("tpm-state");
+        std::fs::create_dir(&state).unwrap();
+        let mut cmd = crate::host::runner::command("swtpm");
+        cmd.args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={server}"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={ctrl}"));
+        let _tpm = crate::host::runner::spawn("test: swtpm", cmd).unwrap();
+        let tcti = format!("swtpm:host=127.0.0.1,port={server}");
+        let ready = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", server)).is_err() {
+            assert!(ready.elapsed().as_secs() < 10, "swtpm did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let p = fx.part.to_str().unwrap().to_string();
+        let sh = crate::host::runner::shell().unwrap();
+        sh.set_var("CAIRN_AUDIT_RUN", fx.dir.path().join("run1"));
+        sh.set_var("CAIRN_AUDIT_RECIPIENT", fx.dir.path().join("audit.pub"));
+        sh.set_var("CAIRN_AUDIT_TPM_TCTI", &tcti);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-audit");
+        crate::host::runner::run(
+            "test: cairn-audit",
+            xshell::cmd!(sh, "sh {script} open {p} release=webapp"),
+        )
+        .unwrap();
+        writer(&fx, "run1", &["close"]);
+        writer(&fx, "run2", &["open", &p, "release=webapp"]);
+        let t = read(&fx.part, &fx.key).unwrap();
+        assert!(t.first_bad.is_none(), "{}", t.render_text());
+        let zero = Sha256([0u8; 32]);
+        assert_eq!(
+            t.boots[0].tpm,
+            Some(Tpm::Quoted {
+                pcr7: zero,
+                pcr11: zero
+            }),
+            "{}",
+            t.render_text()
+        );
+        assert_eq!(t.boots[1].tpm, Some(Tpm::None), "{}", t.render_text());
+        assert!(t.render_text().contains("no TPM"), "{}", t.render_text());
+        assert_eq!(first_bad_boot(&t, Some(&zero)), None);
+        let other = Sha256::of_bytes(b"another uki");
+        let why = first_bad_boot(&t, Some(&other)).expect("another PCR 11 is named");
+        assert!(
+            why.contains("another UKI") && why.contains(&t.boots[0].boot),
+            "{why}"
+        );
+        // The quote under another boot key: the nonce no longer matches.
+        let mut moved = t.boots[0].records[0].clone();
+        for (k, v) in &mut moved.fields {
+            if k == "key" {
+                *v = "ab".repeat(32);
+            }
+        }
+        assert!(matches!(check(&moved).unwrap(), Tpm::Bad { .. }));
+        assert!(matches!(
+            check(&t.boots[0].records[0]).unwrap(),
+            Tpm::Quoted { .. }
+        ));
     }
 
     #[test]

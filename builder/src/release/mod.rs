@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod audit_collect;
+pub mod audit_tpm;
 pub mod compressed;
 pub mod datamap;
 pub mod diff;
