@@ -11,7 +11,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use cairn::host::digest::Sha256;
+use cairn::release::audit_tpm::{first_bad_boot, Tpm};
 use cairn::vm::qemu::{BootSpec, Firmware, Vm};
+use cairn::vm::trusted::{self, Swtpm};
 use qemu_tests::*;
 
 /// The throwaway test key's secret half (recipes/audit-test.pub is its
@@ -73,6 +76,13 @@ fn the_audit_trail_survives_a_hard_power_off_sealed_and_verifiable() {
         "a hard power-off is a boot without close: {text}"
     );
     assert_eq!(b1.records[0].kind, "boot");
+    // No TPM attached: reported as such, and not a failure even against
+    // the manifest (the swtpm test below is the quoted case).
+    assert_eq!(b1.tpm, Some(Tpm::None), "{text}");
+    assert!(text.contains("no TPM"), "{text}");
+    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    let predicted = m.boot.pcr11_sha256.expect("a predicted PCR 11");
+    assert_eq!(first_bad_boot(&t, Some(&predicted)), None);
     assert!(
         b1.records[0].get("root").is_some_and(|r| r.len() == 64),
         "{text}"
@@ -142,4 +152,44 @@ fn the_audit_trail_survives_a_hard_power_off_sealed_and_verifiable() {
     assert!(t.first_bad.is_none(), "{text}");
     assert_eq!(t.boots.len(), 2, "{text}");
     assert!(!t.boots[0].closed && t.boots[1].closed, "{text}");
+}
+
+/// With a TPM (swtpm): the boot record carries a quote of PCR 7 and 11
+/// whose nonce is the boot key; it verifies, and its PCR 11 is the one
+/// the signed manifest predicts for this UKI. Control: judged against
+/// another prediction (a trail written by another UKI), the boot is named.
+#[test]
+fn with_a_tpm_the_boot_record_quotes_the_manifests_pcr11() {
+    let b = built("tiny-audit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = copy_image(&b.raw, dir.path(), "audit-tpm.raw");
+    let key = dir.path().join("audit.sec");
+    std::fs::write(&key, AUDIT_TEST_SECRET).expect("key");
+    let tpm = Swtpm::start(dir.path()).expect("swtpm");
+    let log = "audit-tpm";
+    let mut spec = BootSpec::new(&img, cairn::media::RAW.qemu, Firmware::Bios, log_path(log));
+    spec.debug_console = true;
+    spec.snapshot = false;
+    spec.extra_args = trusted::uefi_args(dir.path()).expect("firmware");
+    spec.extra_args.extend(tpm.qemu_args().expect("tpm args"));
+    let mut vm = Vm::start(&spec).expect("start qemu");
+    vm.wait_for_line("cairn: ready", boot_timeout())
+        .unwrap_or_else(|e| panic!("{log}: not ready: {e:#}"));
+    vm.kill();
+
+    use cairn::release::audit;
+    let t = audit::read(&img, &key).unwrap_or_else(|e| panic!("{e:#}"));
+    let text = t.render_text();
+    eprintln!("{text}");
+    assert!(t.first_bad.is_none(), "{text}");
+    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    let predicted = m.boot.pcr11_sha256.expect("a predicted PCR 11");
+    match &t.boots[0].tpm {
+        Some(Tpm::Quoted { pcr11, .. }) => assert_eq!(*pcr11, predicted, "{text}"),
+        other => panic!("no verified quote: {other:?}\n{text}"),
+    }
+    assert_eq!(first_bad_boot(&t, Some(&predicted)), None);
+    let why = first_bad_boot(&t, Some(&Sha256::of_bytes(b"another UKI")))
+        .expect("another PCR 11 is named");
+    assert!(why.contains("another UKI"), "{why}");
 }
