@@ -83,6 +83,7 @@ impl Stick {
         let sh = sh();
         sh.set_var("CAIRN_AUDIT_RUN", self.tmp.path().join(run));
         sh.set_var("CAIRN_AUDIT_RECIPIENT", self.tmp.path().join("audit.pub"));
+        sh.set_var("CAIRN_AUDIT_TPM_DEV", self.tmp.path().join("no-tpm"));
         let w = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-audit");
         let p = &self.part;
         runner::run(

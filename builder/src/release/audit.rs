@@ -398,6 +398,8 @@ mod tests {
         let sh = crate::host::runner::shell().unwrap();
         sh.set_var("CAIRN_AUDIT_RUN", fx.dir.path().join(run));
         sh.set_var("CAIRN_AUDIT_RECIPIENT", fx.dir.path().join("audit.pub"));
+        // The host's own TPM, if it has one, stays out of the tests.
+        sh.set_var("CAIRN_AUDIT_TPM_DEV", fx.dir.path().join("no-tpm"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-audit");
         crate::host::runner::run(
             "test: cairn-audit",
