@@ -598,6 +598,15 @@ mod tests {
             )
             .unwrap();
         }
+        // The service passes nft's exact counts; the log lines (rate-limited)
+        // are only the samples.
+        let batch = fx.dir.path().join("batch");
+        std::fs::write(&batch, "cairn-ingress-denied: IN=eth0 OUT= SRC=10.0.2.2 DST=10.0.2.15 LEN=60 PROTO=TCP SPT=5555 DPT=9000 SYN\n").unwrap();
+        crate::host::runner::run(
+            "test: cairn-audit-firewall",
+            xshell::cmd!(sh, "sh {script} batch {batch} 100 7"),
+        )
+        .unwrap();
         let t = read(&fx.part, &fx.key).unwrap();
         assert!(t.first_bad.is_none(), "{}", t.render_text());
         let fw: Vec<&Record> = t.boots[0]
@@ -606,7 +615,7 @@ mod tests {
             .filter(|r| r.kind == "firewall")
             .collect();
         // An empty batch writes no record.
-        assert_eq!(fw.len(), 2, "{}", t.render_text());
+        assert_eq!(fw.len(), 3, "{}", t.render_text());
         let samples = |r: &Record| {
             r.fields
                 .iter()
@@ -618,8 +627,14 @@ mod tests {
         assert_eq!(fw[0].get("sample.0"), Some("TCP 10.0.2.15 10.0.2.2 9000"));
         assert_eq!(fw[0].get("sample.7"), Some("TCP 10.0.2.15 10.0.2.2 9007"));
         assert_eq!((fw[1].get("refused"), samples(fw[1])), (Some("3"), 3));
+        fn counts(r: &Record) -> (Option<&str>, Option<&str>, Option<&str>) {
+            (r.get("refused"), r.get("egress"), r.get("ingress"))
+        }
+        assert_eq!(counts(fw[0]), (Some("12"), Some("12"), Some("0")));
+        assert_eq!(counts(fw[2]), (Some("107"), Some("100"), Some("7")));
+        assert_eq!(fw[2].get("sample.0"), Some("TCP 10.0.2.2 10.0.2.15 9000"));
         let recorded = std::fs::read_to_string(run.join("fw.recorded")).unwrap();
-        assert_eq!(recorded.trim(), "15");
+        assert_eq!(recorded.trim(), "122");
     }
 
     /// The capacity figures in docs/audit.md: a 128 KiB partition filled

@@ -22,14 +22,17 @@ use qemu_tests::*;
 const AUDIT_TEST_SECRET: &str =
     "AGE-SECRET-KEY-1CQ476WNTM44RJJNZC2NM79JHKNYE08XD2J53MNHD9VP0HCFACWWSKVNVL0\n";
 
-fn boot(img: &Path, log: &str) -> Vm {
+/// Boots `img` to ready; `forwards`: host ports to guest ports.
+fn boot(img: &Path, log: &str, forwards: Vec<(u16, u16)>) -> Vm {
     let mut spec = BootSpec::new(img, cairn::media::RAW.qemu, Firmware::Uefi, log_path(log));
     spec.debug_console = true;
-    spec.snapshot = false; // the trail is judged on the host afterwards
-                           // A NIC (restrict=on: QEMU forwards nothing out): without one the
-                           // guest has no route, connect() fails before the ruleset sees a
-                           // packet, and there is no refusal to record.
+    // The trail is judged on the host afterwards.
+    spec.snapshot = false;
+    // A NIC (restrict=on: QEMU forwards nothing out): without one the
+    // guest has no route, connect() fails before the ruleset sees a
+    // packet, and there is no refusal to record.
     spec.network = true;
+    spec.forwards = forwards;
     let mut vm = Vm::start(&spec).expect("start qemu");
     vm.wait_for_line("cairn: ready", boot_timeout())
         .unwrap_or_else(|e| panic!("{log}: not ready: {e:#}"));
@@ -44,7 +47,12 @@ fn the_audit_trail_survives_a_hard_power_off_sealed_and_verifiable() {
     let key = dir.path().join("audit.sec");
     std::fs::write(&key, AUDIT_TEST_SECRET).expect("key");
 
-    let mut vm = boot(&img, "audit-hard");
+    // Guest port 9000 is not in tiny-audit's ingress: the host's request
+    // to it is refused.
+    let port = free_port();
+    let mut vm = boot(&img, "audit-hard", vec![(port, 9000)]);
+    let got = http_get(port, Duration::from_secs(10));
+    assert!(!got.contains("HTTP/"), "port 9000 answered: {got}");
     // Three egress connections the ruleset refuses (bash's /dev/tcp:
     // Debian's essential set has no other client), under nft's log limit
     // (5/minute). Then wait, in the guest, until the recorder has written
@@ -55,8 +63,8 @@ fn the_audit_trail_survives_a_hard_power_off_sealed_and_verifiable() {
         .console_run(
             &format!(
                 "for i in 1 2 3; do timeout 5 bash -c 'echo refused-request-text > /dev/tcp/10.0.2.2/9999'; done; \
-                 i=0; while [ \"$(cat /run/cairn/audit/fw.recorded 2>/dev/null || echo 0)\" -lt 3 ] && [ $i -lt {wait} ]; do sleep 1; i=$((i+1)); done; \
-                 echo recorded=$(cat /run/cairn/audit/fw.recorded 2>/dev/null); dmesg | grep -c cairn-egress-denied"
+                 i=0; while [ \"$(cat /run/cairn/audit/fw.recorded 2>/dev/null || echo 0)\" -lt 4 ] && [ $i -lt {wait} ]; do sleep 1; i=$((i+1)); done; \
+                 echo recorded=$(cat /run/cairn/audit/fw.recorded 2>/dev/null); dmesg | grep -c -e cairn-egress-denied -e cairn-ingress-denied"
             ),
             Duration::from_secs(wait + 60),
         )
@@ -100,19 +108,32 @@ fn the_audit_trail_survives_a_hard_power_off_sealed_and_verifiable() {
         .iter()
         .filter_map(|r| r.get("refused").and_then(|n| n.parse::<u64>().ok()))
         .sum();
-    assert!(refused >= 3, "three refusals, {refused} recorded: {text}");
+    assert!(refused >= 4, "four refusals, {refused} recorded: {text}");
+    let sum = |k: &str| -> u64 {
+        fw.iter()
+            .filter_map(|r| r.get(k).and_then(|n| n.parse::<u64>().ok()))
+            .sum()
+    };
+    assert!(sum("egress") >= 3 && sum("ingress") >= 1, "{text}");
     for r in &fw {
         let n = r
             .fields
             .iter()
             .filter(|(k, _)| k.starts_with("sample."))
             .count();
-        assert!((1..=8).contains(&n), "{n} samples: {text}");
+        assert!(n <= 8, "{n} samples: {text}");
     }
     assert!(
         fw.iter()
             .any(|r| r.get("sample.0") == Some("TCP 10.0.2.15 10.0.2.2 9999")),
         "no sample of the refused connection: {text}"
+    );
+    assert!(
+        fw.iter().any(|r| r
+            .fields
+            .iter()
+            .any(|(k, v)| k.starts_with("sample.") && v.ends_with(" 10.0.2.15 9000"))),
+        "no sample of the refused ingress: {text}"
     );
 
     // A wrong key reads nothing (an input error: exit 2 from the CLI).
@@ -142,7 +163,7 @@ fn the_audit_trail_survives_a_hard_power_off_sealed_and_verifiable() {
     assert!(region.starts_with(b"cairn-audit v1\n"));
 
     // Control: the next boot, shut down cleanly, is closed.
-    let mut vm = boot(&img, "audit-clean");
+    let mut vm = boot(&img, "audit-clean", Vec::new());
     vm.powerdown(Duration::from_secs(
         180 * cairn::vm::qemu::timeout_scale() as u64,
     ))
