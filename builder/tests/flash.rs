@@ -30,6 +30,7 @@ impl Flash for Signed {
             write: Default::default(),
             allow_fixed: false,
             allow_large: false,
+            discard_audit: false,
         }
     }
 }

@@ -59,6 +59,11 @@ pub struct Args {
     /// Allow a device larger than 64 GiB.
     #[arg(long)]
     allow_large: bool,
+    /// Overwrite a stick whose sealed audit trail holds records not yet
+    /// saved with `cairn audit collect` (docs/audit.md): they are lost.
+    /// Without it such a stick is refused (exit 2).
+    #[arg(long)]
+    discard_audit: bool,
     /// Do not ask for confirmation.
     #[arg(long)]
     yes: bool,
@@ -110,6 +115,7 @@ pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
         },
         allow_fixed: a.allow_fixed,
         allow_large: a.allow_large,
+        discard_audit: a.discard_audit,
     };
     let image = opts.image.clone();
     let receipts = opts.receipts.clone();

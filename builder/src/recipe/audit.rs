@@ -10,7 +10,8 @@ use crate::host::digest::Sha256;
 pub const RECORD_KINDS: &[&str] = &["boot", "service", "firewall"];
 
 /// Debian packages the guest writer needs (`packages::package_list`).
-pub const PACKAGES: &[&str] = &["age", "openssl"];
+/// tpm2-tools: the boot record's TPM quote, when the node has a TPM.
+pub const PACKAGES: &[&str] = &["age", "openssl", "tpm2-tools"];
 
 /// Smallest and largest audit partition, in bytes.
 pub const MIN_AUDIT_SIZE: u64 = 1 << 20;

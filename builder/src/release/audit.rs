@@ -18,7 +18,7 @@ use crate::host::digest::Sha256;
 use crate::InputError;
 
 pub const PARTITION: &str = "cairn-audit";
-const HEADER: &[u8] = b"cairn-audit v1\n";
+pub(crate) const HEADER: &[u8] = b"cairn-audit v1\n";
 const FRAME_MAGIC: &[u8] = b"CAF1 ";
 const FRAME_HEADER: u64 = 14;
 /// A record is at most 4 KiB of text; its age file a little more.
@@ -156,6 +156,8 @@ pub struct Boot {
     pub key: String,
     pub closed: bool,
     pub records: Vec<Record>,
+    /// The boot record's TPM quote, checked (`audit_tpm`).
+    pub tpm: Option<super::audit_tpm::Tpm>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -267,6 +269,11 @@ pub fn read(path: &Path, key: &Path) -> Result<Trail> {
     if let Some((index, offset, why)) = found.bad {
         t.first_bad.get_or_insert(Problem { index, offset, why });
     }
+    for b in &mut t.boots {
+        if let Some(first) = b.records.first() {
+            b.tpm = Some(super::audit_tpm::check(first)?);
+        }
+    }
     Ok(t)
 }
 
@@ -303,6 +310,7 @@ fn check(
             key,
             closed: false,
             records: Vec::new(),
+            tpm: None,
         });
     }
     let Some(b) = boots.last_mut().filter(|b| b.boot == boot) else {
@@ -350,11 +358,17 @@ impl Trail {
                     "NOT CLOSED: power loss or pulled medium"
                 }
             );
+            if let Some(tpm) = &b.tpm {
+                s += &format!("  tpm: {}\n", tpm.describe());
+            }
             for r in &b.records {
                 let rest: Vec<String> = r
                     .fields
                     .iter()
-                    .filter(|(k, _)| !["boot", "seq", "prev", "kind"].contains(&k.as_str()))
+                    .filter(|(k, _)| {
+                        !["boot", "seq", "prev", "kind"].contains(&k.as_str())
+                            && !k.starts_with("tpm.")
+                    })
                     .map(|(k, v)| format!("{k}={v:?}"))
                     .collect();
                 s += &format!("  #{} {} {}\n", r.seq, r.kind, rest.join(" "));
@@ -384,6 +398,8 @@ mod tests {
         let sh = crate::host::runner::shell().unwrap();
         sh.set_var("CAIRN_AUDIT_RUN", fx.dir.path().join(run));
         sh.set_var("CAIRN_AUDIT_RECIPIENT", fx.dir.path().join("audit.pub"));
+        // The host's own TPM, if it has one, stays out of the tests.
+        sh.set_var("CAIRN_AUDIT_TPM_DEV", fx.dir.path().join("no-tpm"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-audit");
         crate::host::runner::run(
             "test: cairn-audit",
@@ -468,9 +484,6 @@ mod tests {
         }
         // Control: the same search finds what is there in the clear.
         assert!(raw.windows(5).any(|w| w == b"CAF1 "));
-        // Capacity: records per MiB at this record size.
-        let end = t.boots[1].records.last().unwrap().offset + 1024;
-        eprintln!("capacity: about {} records per MiB", (6u64 << 20) / end);
     }
 
     #[test]
@@ -556,6 +569,225 @@ mod tests {
         let t = read(&fx.part, &fx.key).unwrap();
         let kinds: Vec<&str> = t.boots[0].records.iter().map(|r| r.kind.as_str()).collect();
         assert_eq!(kinds, ["boot", "firewall"]);
+    }
+
+    /// The firewall recorder (guest/cairn-audit-firewall) turns nft's
+    /// kernel lines into one record: every refusal counted, at most 8
+    /// sampled, no payload. Control: a batch under the bound keeps all.
+    #[test]
+    fn firewall_refusals_are_counted_with_a_bounded_sample() {
+        let fx = fixture(1 << 20);
+        let p = fx.part.to_str().unwrap().to_string();
+        writer(&fx, "run", &["open", &p]);
+        let sh = crate::host::runner::shell().unwrap();
+        let run = fx.dir.path().join("run");
+        sh.set_var("CAIRN_AUDIT_RUN", &run);
+        sh.set_var("CAIRN_AUDIT_RECIPIENT", fx.dir.path().join("audit.pub"));
+        let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
+        sh.set_var("CAIRN_AUDIT_WRITER", guest.join("cairn-audit"));
+        let script = guest.join("cairn-audit-firewall");
+        for n in [12u16, 3, 0] {
+            let lines: String = (0..n)
+                .map(|i| format!("cairn-egress-denied: IN= OUT=eth0 SRC=10.0.2.15 DST=10.0.2.2 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID={i} DF PROTO=TCP SPT=4{i:04} DPT={} WINDOW=64240 RES=0x00 SYN URGP=0\n", 9000 + i))
+                .collect();
+            let batch = fx.dir.path().join("batch");
+            std::fs::write(&batch, lines).unwrap();
+            crate::host::runner::run(
+                "test: cairn-audit-firewall",
+                xshell::cmd!(sh, "sh {script} batch {batch}"),
+            )
+            .unwrap();
+        }
+        // The service passes nft's exact counts; the log lines (rate-limited)
+        // are only the samples.
+        let batch = fx.dir.path().join("batch");
+        std::fs::write(&batch, "cairn-ingress-denied: IN=eth0 OUT= SRC=10.0.2.2 DST=10.0.2.15 LEN=60 PROTO=TCP SPT=5555 DPT=9000 SYN\n").unwrap();
+        crate::host::runner::run(
+            "test: cairn-audit-firewall",
+            xshell::cmd!(sh, "sh {script} batch {batch} 100 7"),
+        )
+        .unwrap();
+        let t = read(&fx.part, &fx.key).unwrap();
+        assert!(t.first_bad.is_none(), "{}", t.render_text());
+        let fw: Vec<&Record> = t.boots[0]
+            .records
+            .iter()
+            .filter(|r| r.kind == "firewall")
+            .collect();
+        // An empty batch writes no record.
+        assert_eq!(fw.len(), 3, "{}", t.render_text());
+        let samples = |r: &Record| {
+            r.fields
+                .iter()
+                .filter(|(k, _)| k.starts_with("sample."))
+                .count()
+        };
+        assert_eq!(fw[0].get("refused"), Some("12"));
+        assert_eq!(samples(fw[0]), 8, "{}", t.render_text());
+        assert_eq!(fw[0].get("sample.0"), Some("TCP 10.0.2.15 10.0.2.2 9000"));
+        assert_eq!(fw[0].get("sample.7"), Some("TCP 10.0.2.15 10.0.2.2 9007"));
+        assert_eq!((fw[1].get("refused"), samples(fw[1])), (Some("3"), 3));
+        fn counts(r: &Record) -> (Option<&str>, Option<&str>, Option<&str>) {
+            (r.get("refused"), r.get("egress"), r.get("ingress"))
+        }
+        assert_eq!(counts(fw[0]), (Some("12"), Some("12"), Some("0")));
+        assert_eq!(counts(fw[2]), (Some("107"), Some("100"), Some("7")));
+        assert_eq!(fw[2].get("sample.0"), Some("TCP 10.0.2.2 10.0.2.15 9000"));
+        let recorded = std::fs::read_to_string(run.join("fw.recorded")).unwrap();
+        assert_eq!(recorded.trim(), "122");
+    }
+
+    /// The capacity figures in docs/audit.md: a 128 KiB partition filled
+    /// with service records until the writer stops, and the frame size of
+    /// a boot record and of a firewall record with its 8 samples.
+    #[test]
+    fn capacity_records_per_mib() {
+        let fx = fixture(128 << 10);
+        let p = fx.part.to_str().unwrap().to_string();
+        writer(
+            &fx,
+            "run",
+            &[
+                "open",
+                &p,
+                "release=field-ai",
+                "version=0.1.0",
+                &format!("root={}", "a".repeat(64)),
+                &format!("apps={}", "b".repeat(64)),
+                "state=disk",
+                "medium=disk",
+                "site=north-depot",
+                &format!("site_sha256={}", "c".repeat(64)),
+                "tpm=none",
+                "boot_id=094ce6f5-71c3-4e71-aac2-6b1629004f1a",
+                "clock=2026-12-07T15:47:27Z",
+            ],
+        );
+        let samples: Vec<String> = (0..8)
+            .map(|i| format!("sample.{i}=TCP 192.168.100.15 192.168.200.{i} 4430{i}"))
+            .collect();
+        let mut fw = vec!["record", "firewall", "refused=12345"];
+        fw.extend(samples.iter().map(String::as_str));
+        writer(&fx, "run", &fw);
+        let unit = format!("image=sha256:{}", "d".repeat(64));
+        let svc = [
+            "record",
+            "service",
+            "unit=inference-api",
+            &unit,
+            "event=exit",
+            "result=exit-code",
+            "code=exited",
+            "status=1",
+        ];
+        for _ in 0..400 {
+            writer(&fx, "run", &svc);
+            if fx.dir.path().join("run/stopped").exists() {
+                break;
+            }
+        }
+        let t = read(&fx.part, &fx.key).unwrap();
+        assert!(t.first_bad.is_none(), "{}", t.render_text());
+        let r = &t.boots[0].records;
+        let on_disk = |i: usize| r[i + 1].offset - r[i].offset;
+        let (boot, firewall, service) = (on_disk(0), on_disk(1), on_disk(2));
+        let services = r.iter().filter(|r| r.kind == "service").count() as u64;
+        let used = r.last().unwrap().offset - r[2].offset;
+        let per_mib = (services - 1) * (1 << 20) / used;
+        eprintln!(
+            "capacity: boot record {boot} B, firewall record (8 samples) {firewall} B, service record {service} B on disk; {services} service records in 128 KiB; {per_mib} service records per MiB"
+        );
+        assert_eq!(r.last().unwrap().kind, "stopped");
+        // docs/audit.md states these; a record format change that moves
+        // them fails here, and the docs get the new figures.
+        assert_eq!((boot, firewall, service), (1024, 1024, 1024));
+        assert!((1000..=1024).contains(&per_mib), "{per_mib}");
+    }
+
+    /// A TPM (swtpm, as the boot tests use) quotes PCR 7 and 11 into the
+    /// boot record with the boot key as nonce; the quote verifies, and its
+    /// PCR 11 is judged against a prediction. Controls: a boot without a
+    /// TPM is reported as such; another prediction (another UKI) is
+    /// named; the same quote under another boot key fails.
+    #[test]
+    fn a_tpm_quote_binds_the_boot_key_and_is_judged_against_pcr11() {
+        use crate::release::audit_tpm::{check, first_bad_boot, Tpm};
+        testkit::tool("swtpm", "swtpm");
+        testkit::tool("tpm2_quote", "tpm2-tools");
+        let fx = fixture(1 << 20);
+        // The swtpm TCTI talks to the control channel at port + 1.
+        let (server, ctrl) = (0..50)
+            .find_map(|_| {
+                let a = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+                let p = a.local_addr().ok()?.port();
+                let b = std::net::TcpListener::bind(("127.0.0.1", p.checked_add(1)?)).ok()?;
+                drop((a, b));
+                Some((p, p + 1))
+            })
+            .expect("two free ports");
+        let state = fx.dir.path().join("tpm-state");
+        std::fs::create_dir(&state).unwrap();
+        let mut cmd = crate::host::runner::command("swtpm");
+        cmd.args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={server}"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={ctrl}"));
+        let _tpm = crate::host::runner::spawn("test: swtpm", cmd).unwrap();
+        let tcti = format!("swtpm:host=127.0.0.1,port={server}");
+        let ready = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", server)).is_err() {
+            assert!(ready.elapsed().as_secs() < 10, "swtpm did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let p = fx.part.to_str().unwrap().to_string();
+        let sh = crate::host::runner::shell().unwrap();
+        sh.set_var("CAIRN_AUDIT_RUN", fx.dir.path().join("run1"));
+        sh.set_var("CAIRN_AUDIT_RECIPIENT", fx.dir.path().join("audit.pub"));
+        sh.set_var("CAIRN_AUDIT_TPM_TCTI", &tcti);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-audit");
+        crate::host::runner::run(
+            "test: cairn-audit",
+            xshell::cmd!(sh, "sh {script} open {p} release=webapp"),
+        )
+        .unwrap();
+        writer(&fx, "run1", &["close"]);
+        writer(&fx, "run2", &["open", &p, "release=webapp"]);
+        let t = read(&fx.part, &fx.key).unwrap();
+        assert!(t.first_bad.is_none(), "{}", t.render_text());
+        let zero = Sha256([0u8; 32]);
+        assert_eq!(
+            t.boots[0].tpm,
+            Some(Tpm::Quoted {
+                pcr7: zero,
+                pcr11: zero
+            }),
+            "{}",
+            t.render_text()
+        );
+        assert_eq!(t.boots[1].tpm, Some(Tpm::None), "{}", t.render_text());
+        assert!(t.render_text().contains("no TPM"), "{}", t.render_text());
+        assert_eq!(first_bad_boot(&t, Some(&zero)), None);
+        let other = Sha256::of_bytes(b"another uki");
+        let why = first_bad_boot(&t, Some(&other)).expect("another PCR 11 is named");
+        assert!(
+            why.contains("another UKI") && why.contains(&t.boots[0].boot),
+            "{why}"
+        );
+        // The quote under another boot key: the nonce no longer matches.
+        let mut moved = t.boots[0].records[0].clone();
+        for (k, v) in &mut moved.fields {
+            if k == "key" {
+                *v = "ab".repeat(32);
+            }
+        }
+        assert!(matches!(check(&moved).unwrap(), Tpm::Bad { .. }));
+        assert!(matches!(
+            check(&t.boots[0].records[0]).unwrap(),
+            Tpm::Quoted { .. }
+        ));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! reviewer's views of it (verify, inspect, diff).
 
 pub mod audit;
+pub mod audit_collect;
+pub mod audit_tpm;
 pub mod compressed;
 pub mod datamap;
 pub mod diff;

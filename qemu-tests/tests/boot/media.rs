@@ -112,6 +112,7 @@ fn iso_flashed_to_a_file_boots_as_a_usb_stick() {
         write: Default::default(),
         allow_fixed: false,
         allow_large: false,
+        discard_audit: false,
     })
     .unwrap_or_else(|e| panic!("flash --to-file --site failed: {e}"));
     eprintln!("{report}");

@@ -48,6 +48,8 @@ pub struct ManyOptions {
     pub write: super::WriteMode,
     pub allow_fixed: bool,
     pub allow_large: bool,
+    /// As in [`FlashOptions`].
+    pub discard_audit: bool,
 }
 
 /// One stick's record, one JSON line in the receipts log.
@@ -300,6 +302,7 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             write: opts.write,
             allow_fixed: opts.allow_fixed,
             allow_large: opts.allow_large,
+            discard_audit: opts.discard_audit,
         })
         .collect();
     let checked: Vec<Result<super::Checked, FlashError>> =

@@ -77,6 +77,9 @@ pub struct FlashOptions {
     pub allow_fixed: bool,
     /// Accept a block device larger than [`LARGE`].
     pub allow_large: bool,
+    /// Overwrite a target whose audit trail holds records not yet
+    /// collected (`cairn audit collect`), losing them.
+    pub discard_audit: bool,
 }
 
 /// Larger targets need `allow_large`: sticks are smaller, system disks
@@ -153,6 +156,7 @@ pub fn flash_devices(mut opts: ManyOptions) -> Result<Flashed, FlashError> {
             write: opts.write,
             allow_fixed: opts.allow_fixed,
             allow_large: opts.allow_large,
+            discard_audit: opts.discard_audit,
         };
         return flash(&one).map(Flashed::One);
     }
@@ -462,12 +466,45 @@ struct Checked {
     is_block: bool,
 }
 
+/// A stick that comes back holds its audit trail (docs/audit.md): the
+/// only copy. Flashing over records nobody saved is refused, exit 2, until
+/// `cairn audit collect` saved them or `--discard-audit` says to lose them.
+fn refuse_uncollected_audit(device: &Path) -> Result<(), FlashError> {
+    let d = device.display();
+    let status = crate::release::audit_collect::status(device).map_err(|e| {
+        bad(format!(
+            "refusing: {d}: cannot read its audit trail ({e:#}); collect it with `cairn audit collect {d} --out DIR`, or pass --discard-audit to overwrite it unread"
+        ))
+    })?;
+    let Some(s) = status.filter(|s| s.uncollected() > 0) else {
+        return Ok(());
+    };
+    let why = if s.mark_mismatch {
+        " (its collected mark does not match the trail: altered, or written over)"
+    } else {
+        ""
+    };
+    Err(bad(format!(
+        "refusing: {d} holds {} audit record(s) not yet collected{why}; save them with `cairn audit collect {d} --out DIR` first, or pass --discard-audit to lose them",
+        s.uncollected()
+    )))
+}
+
 /// (b) the target checks for `opts.device`; nothing is written.
 fn check_target(opts: &FlashOptions, v: &Verified) -> Result<Checked, FlashError> {
     let size = v.size;
     let target = inspect_target(opts)?;
     if let Target::File { .. } = target {
         refuse_target_in_release(opts, &v.src)?;
+    }
+    if !matches!(
+        target,
+        Target::File {
+            exists_nonempty: false
+        }
+    ) && !opts.discard_audit
+    {
+        refuse_uncollected_audit(&opts.device)?;
     }
     if let Some(max) = opts.max_size {
         if size > max {

@@ -607,6 +607,7 @@ mod tests {
             write: Default::default(),
             allow_fixed: false,
             allow_large: false,
+            discard_audit: false,
         };
         let e = match inspect_target(&opts) {
             Err(e) => e,
