@@ -402,7 +402,7 @@ pub fn install(
     }
     match w.runtime {
         Runtime::Containerd => write_containerd_units(w, &out, &runs, tree)?,
-        Runtime::K3s => crate::pipeline::k3s::write_layout(w, tree)?,
+        Runtime::K3s => crate::pipeline::k3s::write_layout(w, tree, image_budget(plan.recipe))?,
         Runtime::Kubernetes => {
             let sources = w.kubernetes.as_ref().context(
                 "kubernetes runtime without sources (recipe validation should have refused this)",
