@@ -19,6 +19,8 @@ pub const BINARY: &str = "usr/local/bin/k3s";
 pub const CONFIG: &str = "etc/rancher/k3s/config.yaml";
 pub const REGISTRIES: &str = "etc/rancher/k3s/registries.yaml";
 pub const AUDIT_POLICY: &str = "etc/rancher/k3s/audit-policy.yaml";
+/// Where k3s imports image tarballs from at every start.
+pub const IMAGES_DIR: &str = "var/lib/rancher/k3s/agent/images";
 pub const AIRGAP_IMAGES: &str = "var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar";
 /// Components an appliance does not need; the recipe may disable more.
 pub const DEFAULT_DISABLE: &[&str] = &["traefik", "servicelb", "metrics-server"];
@@ -207,7 +209,7 @@ pub fn check_state(tree: &Path, budget: Option<u64>) -> Result<()> {
         return Ok(());
     };
     let mut sizes = Vec::new();
-    let dir = tree.join(crate::pipeline::workloads::K3S_IMAGES_DIR);
+    let dir = tree.join(IMAGES_DIR);
     for e in walkdir::WalkDir::new(&dir).sort_by_file_name() {
         let e = e?;
         if e.file_type().is_file() {
@@ -449,7 +451,7 @@ mod tests {
     fn leaky_mirrors(yaml: &str) -> Vec<String> {
         let mut bad = Vec::new();
         let mut cur: Option<(String, usize, bool)> = None;
-        let mut close = |c: Option<(String, usize, bool)>, bad: &mut Vec<String>| {
+        let close = |c: Option<(String, usize, bool)>, bad: &mut Vec<String>| {
             if let Some((name, n, loopback)) = c {
                 if n == 0 || !loopback {
                     bad.push(name);
@@ -612,7 +614,7 @@ mod tests {
     fn a_state_that_cannot_hold_what_k3s_imports_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let tree = d.path().join("tree");
-        let dir = tree.join(crate::pipeline::workloads::K3S_IMAGES_DIR);
+        let dir = tree.join(IMAGES_DIR);
         std::fs::create_dir_all(&dir).unwrap();
         // A zstd bundle is counted by what it unpacks to, not its file size.
         let raw = vec![0u8; 4 << 20];

@@ -259,7 +259,7 @@ pub const K3S_COMPONENTS: &[&str] = &[
 /// `vX.Y.Z+k3sN` tag, with `%2B` read as `+`.
 pub fn k3s_release(s: &str) -> Option<String> {
     let s = s.replace("%2B", "+").replace("%2b", "+");
-    s.split(|c: char| c == '/' || c == '_' || c == '=')
+    s.split(['/', '_', '='])
         .flat_map(|seg| seg.split_inclusive('-').map(|p| p.trim_end_matches('-')))
         .find(|seg| {
             let Some(rest) = seg.strip_prefix('v') else {

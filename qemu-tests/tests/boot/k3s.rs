@@ -164,9 +164,6 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
     let mut vm = Vm::start(&spec).expect("start qemu");
     vm.wait_for_line("cairn: ready", boot_timeout() * 3)
         .unwrap_or_else(|e| panic!("k3s image not ready: {e:#}"));
-    let t = Duration::from_secs(900);
-    let mut run = |cmd: &str| vm.console_run(cmd, t).expect("console");
-
     // `cairn: ready` means the node is Ready and the bundle's Deployments
     // Available (cairn-ready, as for runtime = "kubernetes"): no waiting
     // here, the first check must already pass.
@@ -176,6 +173,9 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
             && serial.contains("workloads Available (field-ai/inference)"),
         "ready without the node and workload lines: {serial}"
     );
+    let t = Duration::from_secs(900);
+    let mut run = |cmd: &str| vm.console_run(cmd, t).expect("console");
+
     // A default route (the kernel's table: the image has no `ip` tool for
     // the test to rely on), and the node advertises the NIC's address,
     // never the dummy link's 192.0.2.1.
