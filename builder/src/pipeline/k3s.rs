@@ -634,6 +634,16 @@ mod tests {
         // Control: a state that holds it, or one only known at boot.
         check_state(&tree, Some(need)).unwrap();
         check_state(&tree, None).unwrap();
+        // The layout checks it: a 1 MiB state cannot hold the artifacts.
+        let w = Workloads {
+            runtime: crate::recipe::workloads::Runtime::K3s,
+            k3s: Some(artifacts(d.path())),
+            ..Default::default()
+        };
+        let t2 = d.path().join("t2");
+        let e = write_layout(&w, &t2, Some(1 << 20)).unwrap_err();
+        assert!(e.to_string().contains("`[disk] state_size`"), "{e}");
+        write_layout(&w, &t2, None).unwrap();
     }
 
     #[test]
