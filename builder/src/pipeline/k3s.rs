@@ -585,6 +585,46 @@ mod tests {
             out.starts_with("cairn: FATAL cluster: node field-ai not Ready"),
             "{out}"
         );
+        // Against a k3s whose node is Ready: the deployment that is not
+        // Available is named; once it is, the waiter passes.
+        let d = tempfile::tempdir().unwrap();
+        let fake = d.path().join("k3s");
+        let avail = d.path().join("available");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\ncase \"$*\" in\n*'get node field-ai'*) echo True ;;\n*'get deployment inference'*) cat {} 2>/dev/null ;;\nesac\n", avail.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let run = || {
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    w,
+                    "w",
+                    "--kubeconfig",
+                    "k",
+                    "--timeout",
+                    "0s",
+                    "--node",
+                    "field-ai",
+                    "--deployments",
+                    "field-ai/inference",
+                ])
+                .env("CAIRN_K3S", &fake)
+                .output()
+                .unwrap()
+        };
+        let o = run();
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "cairn: FATAL cluster: deployment field-ai/inference not Available after 0s\n"
+        );
+        std::fs::write(&avail, "True").unwrap();
+        let o = run();
+        assert!(o.status.success() && o.stdout.is_empty(), "{o:?}");
         // cairn-ready uses it for k3s, with the bundle's Deployments.
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/k3s-policy/20-inference.yaml"),
