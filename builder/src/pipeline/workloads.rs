@@ -67,7 +67,7 @@ pub const IMAGES_DIR: &str = "usr/lib/cairn/images";
 pub use crate::pipeline::volumes::MODELS_DIR;
 pub const POLICY_DIR: &str = "usr/lib/cairn/policy";
 /// k3s imports image tarballs from here at start (its air-gap convention).
-pub const K3S_IMAGES_DIR: &str = "var/lib/rancher/k3s/agent/images";
+pub const K3S_IMAGES_DIR: &str = crate::pipeline::k3s::IMAGES_DIR;
 /// k3s auto-deploys manifests from here.
 pub const K3S_MANIFESTS_DIR: &str = "var/lib/rancher/k3s/server/manifests";
 pub const CONTAINERD_NAMESPACE: &str = "cairn";
@@ -402,7 +402,7 @@ pub fn install(
     }
     match w.runtime {
         Runtime::Containerd => write_containerd_units(w, &out, &runs, tree)?,
-        Runtime::K3s => crate::pipeline::k3s::write_layout(w, tree)?,
+        Runtime::K3s => crate::pipeline::k3s::write_layout(w, tree, image_budget(plan.recipe))?,
         Runtime::Kubernetes => {
             let sources = w.kubernetes.as_ref().context(
                 "kubernetes runtime without sources (recipe validation should have refused this)",

@@ -245,7 +245,8 @@ settings! {
     CLUSTER_K3S_IMAGES_SHA256 = ["cluster"] "k3s_images_sha256": "digest" = Unset;
         "k3s only (then required): its sha256";
     CLUSTER_DISABLE = ["cluster"] "disable": "list of strings" = Empty;
-        "k3s components disabled on top of traefik, servicelb, metrics-server";
+        "k3s components disabled on top of traefik, servicelb, metrics-server (each one of \
+         coredns, servicelb, traefik, local-storage, metrics-server, runtimes)";
     CLUSTER_SOURCES = ["cluster"] "sources": "path" = Unset;
         "kubernetes only: the Go module (`go.mod`, `go.sum`, `build.sh`) the cluster binaries \
          are built from; by default the nearest `cluster/` folder holding them, in the \
@@ -503,7 +504,7 @@ pub fn limits() -> Vec<Limit> {
         },
         Limit {
             what: "pinned images' layers for `k3s` or no runtime, state on disk without `grow`",
-            value: "unpack within `[disk] state_size`".into(),
+            value: "unpack within `[disk] state_size` (k3s: with its data dir and air-gap bundle, docs/k3s.md)".into(),
             raise: "a larger `[disk] state_size`, or `[state] grow`",
         },
         Limit {

@@ -221,7 +221,10 @@ pub fn runtime_packages(r: Runtime) -> &'static [&'static str] {
         // build (the pinned images too: containerd's root is written at
         // build time); kube-proxy needs nft, cairn-kube-pki ip.
         Runtime::Kubernetes => &["nftables", "iptables", "conntrack", "iproute2"],
-        Runtime::K3s | Runtime::None => &[],
+        // k3s brings its own containerd and CNI; it needs iptables, and
+        // cairn-node-ip reads the node's address with ip.
+        Runtime::K3s => &["iptables", "conntrack", "iproute2"],
+        Runtime::None => &[],
     }
 }
 
@@ -239,3 +242,38 @@ pub struct K3sArtifacts {
 /// Where the artifacts come from when the recipe does not say: the
 /// documentation for field teams and the boot test's skip message.
 pub const K3S_WHERE_FROM: &str = "k3s artifacts come from the k3s release page (k3s and k3s-airgap-images-amd64.tar.zst, or .tar); put them beside the recipe or in cairn's cache and pin them by sha256 in [cluster]";
+
+/// What k3s's `--disable` accepts (its packaged components); it ignores
+/// any other name silently.
+pub const K3S_COMPONENTS: &[&str] = &[
+    "coredns",
+    "servicelb",
+    "traefik",
+    "local-storage",
+    "metrics-server",
+    "runtimes",
+];
+
+/// The k3s release an artifact comes from, when its path or URL names one
+/// (`.../download/v1.31.4%2Bk3s1/k3s`, `k3s-v1.31.4+k3s1/...`): the
+/// `vX.Y.Z+k3sN` tag, with `%2B` read as `+`.
+pub fn k3s_release(s: &str) -> Option<String> {
+    let s = s.replace("%2B", "+").replace("%2b", "+");
+    s.split(['/', '_', '='])
+        .flat_map(|seg| seg.split_inclusive('-').map(|p| p.trim_end_matches('-')))
+        .find(|seg| {
+            let Some(rest) = seg.strip_prefix('v') else {
+                return false;
+            };
+            let Some((ver, k3s)) = rest.split_once("+k3s") else {
+                return false;
+            };
+            !k3s.is_empty()
+                && k3s.chars().all(|c| c.is_ascii_digit())
+                && ver.split('.').count() == 3
+                && ver
+                    .split('.')
+                    .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(str::to_string)
+}

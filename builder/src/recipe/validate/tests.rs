@@ -372,6 +372,57 @@ fn k3s_disable_entry_with_a_newline_is_refused() {
     );
 }
 
+#[test]
+fn k3s_disable_entry_k3s_does_not_know_is_refused() {
+    // k3s ignores a name it does not know: "traefk" would leave traefik on.
+    refused(
+        &format!(
+            "{}[cluster]\ndisable = [\"local-storage\", \"traefk\"]\n",
+            debian("")
+        ),
+        6,
+        29,
+        "[cluster] disable entry \"traefk\" is not a component k3s can disable; use one of coredns, servicelb, traefik,",
+    );
+    // Control: every name k3s knows is accepted.
+    ok(&format!(
+        "{}[cluster]\ndisable = [{}]\n",
+        debian(""),
+        crate::recipe::workloads::K3S_COMPONENTS
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+}
+
+fn k3s_release_recipe(binary: &str, images: &str) -> String {
+    format!(
+        "{}[cluster]\nruntime = \"k3s\"\nk3s_binary = \"https://github.com/k3s-io/k3s/releases/download/{binary}/k3s\"\nk3s_binary_sha256 = \"{}\"\nk3s_images = \"https://github.com/k3s-io/k3s/releases/download/{images}/k3s-airgap-images-amd64.tar.zst\"\nk3s_images_sha256 = \"{}\"\n",
+        debian(""),
+        "a".repeat(64),
+        "b".repeat(64)
+    )
+}
+
+#[test]
+fn k3s_binary_and_images_of_two_releases_are_refused() {
+    refused(
+        &k3s_release_recipe("v1.31.4%2Bk3s1", "v1.30.2%2Bk3s1"),
+        9,
+        14,
+        "k3s_images is from k3s release v1.30.2+k3s1 but k3s_binary from v1.31.4+k3s1",
+    );
+    // Control: one release passes.
+    let r = ok(&k3s_release_recipe("v1.31.4%2Bk3s1", "v1.31.4+k3s1"));
+    assert!(r.workloads.k3s.is_some());
+    assert_eq!(
+        crate::recipe::workloads::k3s_release("recipes/k3s-artifacts/k3s-v1.31.4+k3s1/k3s"),
+        Some("v1.31.4+k3s1".into())
+    );
+    assert_eq!(crate::recipe::workloads::k3s_release("k3s/k3s"), None);
+}
+
 // ---- [network] egress width ----
 
 #[test]

@@ -160,6 +160,16 @@ impl Validator<'_> {
                     d.span(),
                     format!("[cluster] disable entry {v:?} is not a k3s component name ([a-z0-9-], e.g. \"local-storage\")"),
                 );
+            } else if !crate::recipe::workloads::K3S_COMPONENTS.contains(&v.as_str()) {
+                // k3s ignores a name it does not know: the component the
+                // recipe meant to drop would run anyway.
+                self.problem(
+                    d.span(),
+                    format!(
+                        "[cluster] disable entry {v:?} is not a component k3s can disable; use one of {}",
+                        crate::recipe::workloads::K3S_COMPONENTS.join(", ")
+                    ),
+                );
             }
         }
         if runtime == Runtime::K3s {
@@ -178,6 +188,19 @@ impl Validator<'_> {
                 &c.k3s_images,
                 &c.k3s_images_sha256,
             ) {
+                // One release: the binary runs the images its own release
+                // bundles (pause, CoreDNS, flannel's), by tag.
+                if let (Some(rb), Some(ri)) = (
+                    crate::recipe::workloads::k3s_release(b.get_ref()),
+                    crate::recipe::workloads::k3s_release(i.get_ref()),
+                ) {
+                    if rb != ri {
+                        self.problem(
+                            i.span(),
+                            format!("k3s_images is from k3s release {ri} but k3s_binary from {rb}; take both (and their sums) from one release's page"),
+                        );
+                    }
+                }
                 let bsha = self.digest(bs, "k3s_binary_sha256");
                 let bin = self.file_input(b, bsha, "k3s binary");
                 let isha = self.digest(is, "k3s_images_sha256");
