@@ -263,7 +263,7 @@ fn check_contents(m: &Manifest, t: &crate::recipe::governance::TemplateUse) -> R
     for s in &team {
         if let Some(max) = &gov.max_memory {
             let cap = crate::recipe::parse_size(max.get_ref()).unwrap_or(0);
-            if s.memory.is_none_or(|m| m > cap) {
+            if s.memory.map_or(true, |m| m > cap) {
                 return Err(rule(
                     "max_memory",
                     format!(
@@ -276,7 +276,7 @@ fn check_contents(m: &Manifest, t: &crate::recipe::governance::TemplateUse) -> R
             }
         }
         if let Some(max) = &gov.max_cpus {
-            if s.cpus.is_none_or(|c| c > *max.get_ref()) {
+            if s.cpus.map_or(true, |c| c > *max.get_ref()) {
                 return Err(rule(
                     "max_cpus",
                     format!(
