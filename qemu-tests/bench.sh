@@ -33,7 +33,7 @@
 # Environment: OUT (default out), PUBKEY (default .cairn-dev/dev.pub),
 # BENCH_CAIRN (default target/release/cairn),
 # BENCH_DIR (a folder to use instead of the newest signed one under OUT),
-# BENCH_BOOT=1, BENCH_BOOT_PHASES (default target/release/boot-phases),
+# BENCH_VERIFY=1, BENCH_BOOT=1, BENCH_BOOT_PHASES (default target/release/boot-phases),
 # BENCH_BUILD=1, BENCH_RECIPE (default recipes/field-ai.toml), BENCH_MODEL_MIB=1024,
 # BENCH_MODEL_ROUNDS=3, BENCH_KUBE=0, BENCH_KUBE_RECIPE (default recipes/field-ai-kube.toml).
 set -euo pipefail
@@ -73,13 +73,18 @@ newest_signed() {
     [[ -n $best ]] && dirname "$best"
 }
 
-if [[ -n ${BENCH_DIR:-} ]]; then
+# BENCH_VERIFY=0 leaves out (a) and (d); with BENCH_BOOT=0 and BENCH_FLASH=0
+# too, no signed folder is needed (e.g. only (f): BENCH_BUILD=0 BENCH_KUBE=1).
+if [[ ${BENCH_VERIFY:-1} == 0 && ${BENCH_BOOT:-1} == 0 && ${BENCH_FLASH:-1} == 0 ]]; then
+    DIR=""
+elif [[ -n ${BENCH_DIR:-} ]]; then
     DIR=$BENCH_DIR
     [[ -f $DIR/SHA256.sig ]] || die "$DIR has no SHA256.sig: build it with --key"
 else
     DIR=$(newest_signed) ||
         die "no signed output folder under $OUT/ (no $OUT/*/SHA256.sig): run \`make image\` first"
 fi
+if [[ ${BENCH_VERIFY:-1} == 1 ]]; then
 [[ -f $PUBKEY ]] || die "public key $PUBKEY not found: \`make image\` creates .cairn-dev/dev.{pub,sec}; or set PUBKEY"
 
 files=()
@@ -151,6 +156,9 @@ for o in m["outputs"]:
         if o["file"].endswith("." + ext):
             line(o["file"], o["size"], cap, "the size at issue 16")
 PY
+else
+    echo "bench: BENCH_VERIFY=0: verify speed and sizes skipped"
+fi
 
 # ---------------------------------------------------------------------------
 # (e) flashing: full vs sparse vs bmaptool to a loop device (qemu-tests/bench-flash.sh)

@@ -30,6 +30,9 @@ build() { # $1: label, $2: host name
   TMPDIR="$work/$1/tmp" unshare --uts sh -c "hostname $2 && exec \"\$@\"" sh \
     "$cairn" build "$recipe" --root . -o "$work/$1/out" --key "$work/key.sec" >"$work/$1/build.log" 2>&1 \
     || { echo "repro: build $1 failed:"; tail -20 "$work/$1/build.log"; exit 1; }
+  # runtime = "kubernetes": whether the cluster stage compiled (and then
+  # matched the stored build of its key byte for byte) or was reused.
+  grep -h "cluster binaries" "$work/$1/build.log" | sed "s/^ */repro: build $1: /" || true
 }
 echo "repro: build A ($(date -u +%T))"; build a repro-host-a
 echo "repro: waiting ${gap}s so clocks differ"; sleep "$gap"

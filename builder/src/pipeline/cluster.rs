@@ -320,9 +320,18 @@ pub fn build(cache: &Cache, enabled: bool, module: &Path, offline: bool) -> Resu
     make_read_only(&out)?;
     match std::fs::rename(&out, &dir) {
         Ok(()) => {}
-        // Another build stored the same key meanwhile: same inputs, and it
-        // is checked as any stored folder is.
-        Err(_) if dir.join(DIGESTS).is_file() => {}
+        // The key was stored before (the stage cache is off, or another
+        // build stored it meanwhile): the same inputs must have given the
+        // same bytes, so this build is checked against it rather than
+        // silently swapped for it (which would hide a build that is not
+        // reproducible, e.g. from `make repro`, whose builds run with the
+        // stage cache off).
+        Err(_) if dir.join(DIGESTS).is_file() => {
+            same_as_stored(&dir, &out)?;
+            crate::host::progress::say(
+                "    cluster binaries: the same bytes as the stored build of this key",
+            );
+        }
         Err(e) => {
             return Err(e).with_context(|| format!("{STAGE}: store {}", dir.display()));
         }
@@ -368,6 +377,41 @@ fn digests(dir: &Path) -> Result<String> {
         }
     }
     Ok(s)
+}
+
+/// A fresh build (`fresh`, its digest list written) gives the bytes the
+/// stored build of the same key (`stored`) has; else names the files that
+/// differ (the first few) and keeps both folders' paths in the message.
+fn same_as_stored(stored: &Path, fresh: &Path) -> Result<()> {
+    let read = |d: &Path| {
+        std::fs::read_to_string(d.join(DIGESTS))
+            .with_context(|| format!("{STAGE}: read {}", d.join(DIGESTS).display()))
+    };
+    let (want, got) = (read(stored)?, read(fresh)?);
+    if want == got {
+        return Ok(());
+    }
+    let name = |l: &str| l.split(' ').nth(1).unwrap_or(l).to_string();
+    let want_lines: std::collections::BTreeSet<&str> = want.lines().collect();
+    let mut differ: Vec<String> = got
+        .lines()
+        .filter(|l| !want_lines.contains(l))
+        .chain(want.lines().filter(|l| !got.lines().any(|g| g == *l)))
+        .map(name)
+        .collect();
+    differ.sort();
+    differ.dedup();
+    let shown = differ
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    bail!(
+        "{STAGE}: not reproducible: this build of the same inputs gave other bytes than the stored one in {} ({} file(s) differ: {shown}); compare with `go version -m` and cmp, or remove that folder if it came from another toolchain",
+        stored.display(),
+        differ.len()
+    )
 }
 
 /// A stored folder is what its digest list says, and nothing more.
@@ -528,6 +572,32 @@ mod tests {
         std::fs::write(dir.join("go.sum"), "a v1 h1:aaa=\n").unwrap();
         std::fs::write(dir.join("build.sh"), "#!/bin/sh\n").unwrap();
         std::fs::write(dir.join("cmd/kube/main.go"), "package main\n").unwrap();
+    }
+
+    #[test]
+    fn a_fresh_build_must_give_the_stored_bytes_of_its_key() {
+        let stored = tempfile::tempdir().unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        for d in [stored.path(), fresh.path()] {
+            std::fs::create_dir_all(d.join("bin")).unwrap();
+            std::fs::write(d.join("bin/kube"), "same bytes").unwrap();
+            std::fs::write(d.join("bin/runc"), "runc").unwrap();
+            std::fs::write(d.join(DIGESTS), digests(d).unwrap()).unwrap();
+        }
+        same_as_stored(stored.path(), fresh.path()).unwrap();
+        // Control: one byte of one binary differs (a build id or a path
+        // that leaked in): the build fails naming that file only.
+        std::fs::write(fresh.path().join("bin/kube"), "same bytez").unwrap();
+        std::fs::write(fresh.path().join(DIGESTS), digests(fresh.path()).unwrap()).unwrap();
+        let e = format!(
+            "{:#}",
+            same_as_stored(stored.path(), fresh.path()).unwrap_err()
+        );
+        assert!(
+            e.contains("not reproducible") && e.contains("1 file(s) differ: bin/kube"),
+            "{e}"
+        );
+        assert!(!e.contains("runc"), "{e}");
     }
 
     #[test]
