@@ -1028,3 +1028,334 @@ fn verify_report_files_the_evidence_and_says_when_it_failed() {
     );
     assert!(f.get("files").is_none());
 }
+
+// ---------------------------------------------------------------------------
+// Site files: stripped, replayed, swapped, hostile (issue #31, items 7 and 9)
+// ---------------------------------------------------------------------------
+
+/// A site file holding exactly `text`, its `.sig` made over those bytes by
+/// `key`: what a signer would have made for another image or an older
+/// release, or an attacker holding some key.
+fn site_signed_as_is(
+    m: &Mini,
+    name: &str,
+    text: &str,
+    key: &cairn::release::signify::SecretKey,
+) -> std::path::PathBuf {
+    let site = m.keys.join(name);
+    std::fs::write(&site, text).unwrap();
+    let sig = key.sign(text.as_bytes());
+    std::fs::write(
+        cairn::release::site::sig_path(&site),
+        sig.to_file_text("sites.pub"),
+    )
+    .unwrap();
+    site
+}
+
+/// The release's image name and version, as a site file binds them.
+fn binding(m: &Mini) -> (String, String) {
+    let s = |k: &str| m.manifest["image"][k].as_str().unwrap().to_string();
+    (s("name"), s("version"))
+}
+
+/// `site apply` of `site` to the raw image, trusting the release by key.
+fn apply_raw(m: &Mini, site: &Path) -> Run {
+    let out = m.tmp.path().join("out.raw");
+    site_apply(m, &m.path(RAW), site, &out, &["--pubkey"])
+}
+
+/// Control for the cases below: a file signed as is, naming this image and
+/// version with a serial at the floor, applies; the copy is then removed.
+fn applies(m: &Mini, site: &Path) {
+    let r = apply_raw(m, site);
+    assert_eq!(r.code, 0, "control: {r:?}");
+    std::fs::remove_file(m.tmp.path().join("out.raw")).unwrap();
+}
+
+#[test]
+fn a_site_file_signed_for_another_image_or_version_is_refused() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (_, key) = with_site(&mut m);
+    let (image, version) = binding(&m);
+    let text = |i: &str, v: &str| {
+        format!("name = \"north\"\nimage = \"{i}\"\nversion = \"{v}\"\nserial = \"1\"\nhostname = \"north\"\n")
+    };
+    applies(
+        &m,
+        &site_signed_as_is(&m, "ok.toml", &text(&image, &version), &key),
+    );
+    let other = site_signed_as_is(&m, "other.toml", &text("other", &version), &key);
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["other.toml:2:", "is for image \"other\""],
+        || apply_raw(&m, &other),
+    );
+    let older = site_signed_as_is(&m, "older.toml", &text(&image, "0.9"), &key);
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["older.toml:3:", "is for version \"0.9\""],
+        || apply_raw(&m, &older),
+    );
+}
+
+#[test]
+fn a_site_file_below_the_serial_floor_is_refused() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (_, key) = with_site(&mut m);
+    m.manifest["site"]["min_serial"] = 3.into();
+    m.write_manifest();
+    m.sign();
+    let (image, version) = binding(&m);
+    let text = |serial: &str| {
+        format!("name = \"north\"\nimage = \"{image}\"\nversion = \"{version}\"\nserial = \"{serial}\"\n")
+    };
+    applies(&m, &site_signed_as_is(&m, "new.toml", &text("3"), &key));
+    let old = site_signed_as_is(&m, "old.toml", &text("2"), &key);
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &[
+            "old.toml:4:",
+            "serial 2 is below the recipe's [site] min_serial 3",
+        ],
+        || apply_raw(&m, &old),
+    );
+    let no_serial = site_signed_as_is(
+        &m,
+        "none.toml",
+        &format!("name = \"north\"\nimage = \"{image}\"\nversion = \"{version}\"\n"),
+        &key,
+    );
+    refuses(&m, 2, "error: ", &["has no serial"], || {
+        apply_raw(&m, &no_serial)
+    });
+}
+
+#[test]
+fn a_site_file_signed_by_another_key_or_changed_after_signing_is_refused() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, key) = with_site(&mut m);
+    applies(&m, &site);
+    let text = std::fs::read_to_string(&site).unwrap();
+    let stranger = cairn::release::signify::generate();
+    let forged = site_signed_as_is(&m, "forged.toml", &text, &stranger);
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["forged.toml.sig", "does not verify"],
+        || apply_raw(&m, &forged),
+    );
+    let changed = site_signed_as_is(&m, "changed.toml", &text, &key);
+    std::fs::write(&changed, text.replace("north-1", "north-2")).unwrap();
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["changed.toml.sig", "does not verify"],
+        || apply_raw(&m, &changed),
+    );
+}
+
+#[test]
+fn a_site_file_setting_what_the_release_does_not_allow_is_refused_at_its_line() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, key) = with_site(&mut m);
+    applies(&m, &site);
+    let text = std::fs::read_to_string(&site).unwrap() + "address = \"10.1.4.20/24\"\n";
+    let bad = site_signed_as_is(&m, "address.toml", &text, &key);
+    let line = text.lines().count();
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &[
+            &format!("address.toml:{line}:1"),
+            "`address` is not allowed",
+        ],
+        || apply_raw(&m, &bad),
+    );
+}
+
+#[test]
+fn a_site_variable_that_steers_the_host_is_refused_even_where_the_release_allows_it() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, key) = with_site(&mut m);
+    // A release whose manifest allows it (signed: only the site-file check
+    // stands in the way).
+    m.manifest["site"]["allow"] =
+        serde_json::json!(["env.web.LD_PRELOAD", "env.web.SITE_LABEL", "hostname"]);
+    m.write_manifest();
+    m.sign();
+    let text = std::fs::read_to_string(&site).unwrap();
+    // Control: the service's own variable applies.
+    let label = text.clone() + "env.web.SITE_LABEL = \"north\"\n";
+    applies(&m, &site_signed_as_is(&m, "label.toml", &label, &key));
+    let preload = text + "env.web.LD_PRELOAD = \"/run/x.so\"\n";
+    let bad = site_signed_as_is(&m, "preload.toml", &preload, &key);
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["preload.toml:", "LD_PRELOAD steers the dynamic loader"],
+        || apply_raw(&m, &bad),
+    );
+}
+
+#[test]
+fn a_site_file_closing_a_port_the_release_does_not_have_is_refused() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, key) = with_site(&mut m);
+    m.manifest["site"]["allow"] = serde_json::json!(["close_ingress", "hostname"]);
+    m.manifest["site"]["ingress"] = serde_json::json!(["8080/tcp"]);
+    m.write_manifest();
+    m.sign();
+    let text = std::fs::read_to_string(&site).unwrap();
+    applies(
+        &m,
+        &site_signed_as_is(
+            &m,
+            "close.toml",
+            &(text.clone() + "close_ingress = [\"8080/tcp\"]\n"),
+            &key,
+        ),
+    );
+    let bad = site_signed_as_is(
+        &m,
+        "ssh.toml",
+        &(text + "close_ingress = [\"22/tcp\"]\n"),
+        &key,
+    );
+    refuses(&m, 2, "error: ", &["ssh.toml:", "22/tcp"], || {
+        apply_raw(&m, &bad)
+    });
+}
+
+#[test]
+fn a_site_file_with_terminal_escapes_or_a_path_for_a_name_is_refused_and_shown_escaped() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, key) = with_site(&mut m);
+    applies(&m, &site);
+    let text = std::fs::read_to_string(&site).unwrap();
+    let esc = site_signed_as_is(
+        &m,
+        "esc.toml",
+        &text.replace(
+            "hostname = \"north-1\"",
+            "hostname = \"\\u001b[2K\\rsite: ok\"",
+        ),
+        &key,
+    );
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["esc.toml:3:1", "no tables, quoted keys, escapes"],
+        || apply_raw(&m, &esc),
+    );
+    // The raw byte itself, in a value and in a comment: refused, and the
+    // message that names the file never carries it to the terminal.
+    for (name, line) in [
+        ("rawesc.toml", "hostname = \"\u{1b}[2K\rsite: ok\"\n"),
+        ("comment.toml", "# \u{1b}]0;owned\u{7}\n"),
+    ] {
+        let body = text.replace("hostname = \"north-1\"\n", "") + line;
+        let bad = site_signed_as_is(&m, name, &body, &key);
+        let r = apply_raw(&m, &bad);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(r.first_line().contains(name), "{r:?}");
+        assert!(
+            !r.stderr.contains('\u{1b}') && !r.stdout.contains('\u{1b}'),
+            "an escape reached the terminal: {r:?}"
+        );
+    }
+    let path = site_signed_as_is(
+        &m,
+        "path.toml",
+        &text.replace("name = \"north\"", "name = \"../../etc\""),
+        &key,
+    );
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["path.toml:1:", "site name \"../../etc\""],
+        || apply_raw(&m, &path),
+    );
+}
+
+#[test]
+fn a_fifo_site_file_or_signature_is_refused_not_waited_on() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, _) = with_site(&mut m);
+    applies(&m, &site);
+    let fifo = m.keys.join("fifo.toml");
+    mini::mkfifo(&fifo);
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["fifo.toml: is a FIFO (named pipe)"],
+        || apply_raw(&m, &fifo),
+    );
+    // The file is fine; its signature is a FIFO.
+    let sig = cairn::release::site::sig_path(&site);
+    std::fs::remove_file(&sig).unwrap();
+    mini::mkfifo(&sig);
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["north.toml.sig: is a FIFO (named pipe)"],
+        || apply_raw(&m, &site),
+    );
+}
+
+#[test]
+fn a_site_signature_linked_to_a_device_is_refused_not_read() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, _) = with_site(&mut m);
+    let sig = cairn::release::site::sig_path(&site);
+    replace_with_symlink(&sig, Path::new("/dev/zero"));
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["north.toml.sig: is a character device, not a regular file"],
+        || apply_raw(&m, &site),
+    );
+}
+
+#[test]
+fn a_huge_or_binary_site_file_is_refused_unread() {
+    let mut m = mini(Media::RawAndQcow2);
+    let (site, _) = with_site(&mut m);
+    applies(&m, &site);
+    let huge = m.keys.join("huge.toml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["huge.toml: is larger than the 65536-byte limit"],
+        || apply_raw(&m, &huge),
+    );
+    let binary = m.keys.join("binary.toml");
+    std::fs::write(&binary, b"name = \"\xff\xfe\"\n").unwrap();
+    refuses(
+        &m,
+        2,
+        "error: ",
+        &["binary.toml: the site file is not UTF-8"],
+        || apply_raw(&m, &binary),
+    );
+}

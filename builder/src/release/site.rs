@@ -41,11 +41,26 @@ pub struct SignedSite {
     pub sig: Vec<u8>,
 }
 
+/// A site file holds a handful of settings; 64 KiB is far more than one
+/// needs, and the cap keeps a hostile one from being read without end.
+pub const MAX_SITE_FILE: u64 = 64 << 10;
+/// A detached signify signature is two short lines.
+pub const MAX_SITE_SIG: u64 = 4 << 10;
+
+/// `path` read as `host::untrusted` reads (a FIFO or a device is refused,
+/// never waited on; at most `max` bytes), with `fix` after the reason.
+fn read_capped(path: &Path, max: u64, fix: &str) -> Result<Vec<u8>> {
+    use crate::host::untrusted::{read, Links};
+    read(path, Links::Follow, max)
+        .map_err(|e| crate::InputError(format!("{}; {fix}", Shown(&e.to_string()))).into())
+}
+
 fn read_text(site: &Path) -> Result<String> {
-    std::fs::read_to_string(site).map_err(|e| {
+    let bytes = read_capped(site, MAX_SITE_FILE, "give the site file itself")?;
+    String::from_utf8(bytes).map_err(|_| {
         crate::InputError(format!(
-            "{}: cannot read the site file: {e}",
-            site.display()
+            "{}: the site file is not UTF-8 text; write it as TOML",
+            Shown(&site.to_string_lossy())
         ))
         .into()
     })
@@ -126,12 +141,11 @@ pub fn load_signed(site: &Path, decl: &SiteDeclaration) -> Result<SignedSite> {
     let text = read_text(site)?;
     let settings = check(site, &text, decl)?;
     let sp = sig_path(site);
-    let sig_bytes = std::fs::read(&sp).map_err(|e| {
-        crate::InputError(format!(
-            "{}: {e}; sign the site file first (cairn site sign)",
-            sp.display()
-        ))
-    })?;
+    let sig_bytes = read_capped(
+        &sp,
+        MAX_SITE_SIG,
+        "sign the site file first (cairn site sign)",
+    )?;
     let sig = Signature::parse(&String::from_utf8_lossy(&sig_bytes))
         .map_err(|e| crate::InputError(format!("{}: {e}", sp.display())))?;
     let key = PublicKey::parse(&decl.public_key)
