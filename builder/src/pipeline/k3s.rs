@@ -59,6 +59,11 @@ pub fn config_yaml(a: &Artifacts) -> String {
     }
     s.push_str("kube-apiserver-arg:\n");
     let _ = writeln!(s, "  - admission-control-config-file=/{ADMISSION}");
+    let _ = writeln!(
+        s,
+        "  - service-node-port-range={}",
+        kube_objects::NODE_PORT_RANGE
+    );
     let _ = writeln!(s, "  - audit-policy-file=/{AUDIT_POLICY}");
     s.push_str("  - audit-log-path=/var/log/kubernetes/audit.log\n");
     // Bounded: at most (1 + maxbackup) x maxsize MB on the state.
@@ -622,12 +627,9 @@ mod tests {
         let o = run();
         assert!(o.status.success() && o.stdout.is_empty(), "{o:?}");
         // cairn-ready uses it for k3s, with the bundle's Deployments.
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/k3s-policy/20-inference.yaml"),
-        )
-        .unwrap();
-        assert_eq!(bundle_deployments(&text), ["field-ai/inference"]);
-        let r = ready_dropin("field-ai", &bundle_deployments(&text));
+        let text = "# A bundle's workload.\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: inference\n  namespace: field-ai\nspec:\n  replicas: 1\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: inference\n  namespace: field-ai\n";
+        assert_eq!(bundle_deployments(text), ["field-ai/inference"]);
+        let r = ready_dropin("field-ai", &bundle_deployments(text));
         assert!(
             r.contains("CAIRN_CLUSTER_READY=/usr/lib/cairn/cairn-k3s-cluster-ready\n"),
             "{r}"

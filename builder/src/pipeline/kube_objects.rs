@@ -18,6 +18,11 @@ use crate::recipe::workloads::{Probe, Runtime, Service, Workloads};
 /// The namespace the recipe's services run in.
 pub const NAMESPACE: &str = "cairn";
 
+/// NodePorts the API server hands out: every port, so a service's
+/// NodePort is its own port number (a recipe's `ingress` lists it), not
+/// one of the 30000-32767 default.
+pub const NODE_PORT_RANGE: &str = "1-32767";
+
 /// The workloads' objects' file name, in each runtime's manifests folder
 /// (first in name order: the namespace before anything in it).
 pub const WORKLOADS_FILE: &str = "00-cairn-workloads.json";
@@ -323,5 +328,230 @@ pub fn cluster_network(runtime: Runtime) -> Option<&'static ClusterNetwork> {
     match runtime {
         Runtime::K3s | Runtime::Kubernetes => Some(&K3S_NETWORK),
         Runtime::Containerd | Runtime::None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::digest::Sha256;
+    use crate::pipeline::{k3s, kubernetes};
+    use crate::recipe::workloads::{KubeSources, Model, ReadyCheck};
+
+    /// One recipe's workloads (two services, a model, a policy bundle with
+    /// a Deployment of its own), laid out by both runtimes.
+    struct Layouts {
+        _dir: tempfile::TempDir,
+        kube: std::path::PathBuf,
+        k3s: std::path::PathBuf,
+    }
+
+    fn layouts() -> Layouts {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let out = p.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("kube"), b"\x7fELF kube").unwrap();
+        let built = crate::pipeline::cluster::Built {
+            dir: out,
+            key: Sha256::of_bytes(b"k"),
+            go_version: "go".into(),
+            binaries: vec![],
+            cached: false,
+        };
+        let bundle = p.join("policy");
+        std::fs::create_dir_all(bundle.join("extra")).unwrap();
+        std::fs::write(
+            bundle.join("00-ns.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tools\n",
+        )
+        .unwrap();
+        std::fs::write(
+            bundle.join("extra/web.yaml"),
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: tools\n",
+        )
+        .unwrap();
+        std::fs::create_dir(p.join("iris")).unwrap();
+        let svc = |name: &str, ready: Option<&str>| Service {
+            name: name.into(),
+            image: "inference".into(),
+            args: vec!["--serve".into()],
+            env: vec!["PORT=8080".into()],
+            host_network: false,
+            capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
+            memory: Some(256 << 20),
+            cpus: Some(1.0),
+            models: vec!["iris".into()],
+            read_only: true,
+            site_env: vec![],
+            ready: ready.map(|r| ReadyCheck::parse(r, 60).unwrap()),
+        };
+        let (bin, img) = (p.join("k3s"), p.join("images.tar"));
+        std::fs::write(&bin, b"#!/bin/false\n").unwrap();
+        std::fs::write(&img, b"tar").unwrap();
+        let mut w = Workloads {
+            runtime: Runtime::Kubernetes,
+            services: vec![
+                svc("inference", Some("http:8080/healthz")),
+                svc("batch", None),
+            ],
+            models: vec![Model {
+                name: "iris".into(),
+                path: p.join("iris"),
+                sha256: Sha256::of_bytes(b"m"),
+                compression: Default::default(),
+                at: String::new(),
+            }],
+            policy: Some(bundle),
+            kubernetes: Some(KubeSources {
+                module: p.into(),
+                node_name: "node".into(),
+            }),
+            k3s: Some(k3s::Artifacts {
+                binary_sha256: Sha256::of_file(&bin).unwrap(),
+                images_sha256: Sha256::of_file(&img).unwrap(),
+                binary: bin,
+                images: img,
+                disable: vec![],
+                node_name: "node".into(),
+            }),
+            ..Default::default()
+        };
+        let (kube, k3s_tree) = (p.join("kube-tree"), p.join("k3s-tree"));
+        kubernetes::write_layout(&w, &built, &kube).unwrap();
+        w.runtime = Runtime::K3s;
+        k3s::write_layout(&w, &k3s_tree, None).unwrap();
+        Layouts {
+            _dir: d,
+            kube,
+            k3s: k3s_tree,
+        }
+    }
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// The objects of two `v1 List`s that differ, by `Kind ns/name`
+    /// (present in one only, or not the same JSON).
+    fn differing(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+        let key = |o: &serde_json::Value| {
+            let m = &o["metadata"];
+            format!(
+                "{} {}/{}",
+                o["kind"].as_str().unwrap_or(""),
+                m["namespace"].as_str().unwrap_or(""),
+                m["name"].as_str().unwrap_or("")
+            )
+        };
+        let items = |l: &serde_json::Value| l["items"].as_array().cloned().unwrap_or_default();
+        let (a, b) = (items(a), items(b));
+        let mut out: Vec<String> = Vec::new();
+        for o in a.iter().chain(&b) {
+            let k = key(o);
+            let same = a.iter().find(|x| key(x) == k) == b.iter().find(|x| key(x) == k);
+            if !same && !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn both_runtimes_get_the_same_objects_admission_and_audit_policy() {
+        let l = layouts();
+        let kube_m = l.kube.join(kubernetes::MANIFESTS_DIR);
+        let k3s_m = l.k3s.join(k3s::MANIFESTS_DIR);
+        let parse = |p: &Path| -> serde_json::Value { serde_json::from_str(&read(p)).unwrap() };
+        let (kw, sw) = (
+            parse(&kube_m.join(WORKLOADS_FILE)),
+            parse(&k3s_m.join(WORKLOADS_FILE)),
+        );
+        // The one object that differs is where DNS is reached (the node's
+        // CoreDNS, or k3s's pod in kube-system); everything else, the
+        // Deployments, Services, NetworkPolicies, volumes, the namespace,
+        // is the same JSON.
+        assert_eq!(
+            differing(&kw, &sw),
+            ["NetworkPolicy cairn/allow-cluster-dns"]
+        );
+        assert!(kw["items"].as_array().unwrap().len() >= 8, "{kw}");
+        // Control: one runtime's Deployment changed is seen.
+        let mut changed = sw.clone();
+        let at = sw["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|o| o["kind"] == "Deployment")
+            .unwrap();
+        changed["items"][at]["spec"]["replicas"] = json!(2);
+        assert_eq!(
+            differing(&kw, &changed),
+            [
+                "NetworkPolicy cairn/allow-cluster-dns",
+                "Deployment cairn/inference"
+            ]
+        );
+        // The policy bundle: the same files, the same bytes.
+        for name in ["10-policy-00-ns.yaml", "10-policy-extra-web.yaml"] {
+            assert_eq!(read(&kube_m.join(name)), read(&k3s_m.join(name)), "{name}");
+        }
+        // PodSecurity admission and the audit policy: one text.
+        let kube_conf = l.kube.join(kubernetes::CONF_DIR);
+        assert_eq!(read(&kube_conf.join("admission.yaml")), ADMISSION_CONFIG);
+        assert_eq!(read(&l.k3s.join(k3s::ADMISSION)), ADMISSION_CONFIG);
+        assert_eq!(
+            read(&kube_conf.join("audit-policy.yaml")),
+            AUDIT_POLICY_YAML
+        );
+        assert_eq!(read(&l.k3s.join(k3s::AUDIT_POLICY)), AUDIT_POLICY_YAML);
+        // k3s's API server is given both files, and every port as a
+        // NodePort (the service's 8080), as the kubernetes API server.
+        let cfg = read(&l.k3s.join(k3s::CONFIG));
+        for arg in [
+            format!("  - admission-control-config-file=/{}\n", k3s::ADMISSION),
+            format!("  - audit-policy-file=/{}\n", k3s::AUDIT_POLICY),
+            format!("  - service-node-port-range={NODE_PORT_RANGE}\n"),
+        ] {
+            assert!(cfg.contains(&arg), "{arg} not in:\n{cfg}");
+        }
+        let api = read(
+            &l.kube
+                .join("usr/lib/systemd/system/cairn-kube-apiserver.service"),
+        );
+        assert!(api.contains(&format!("--service-node-port-range={NODE_PORT_RANGE} ")));
+    }
+
+    #[test]
+    fn ready_waits_for_the_same_deployments_on_both_runtimes() {
+        let l = layouts();
+        let deployments = |p: &Path| {
+            read(p)
+                .lines()
+                .find_map(|x| x.strip_prefix("Environment=CAIRN_CLUSTER_DEPLOYMENTS="))
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("{}: no deployments", p.display()))
+        };
+        let d = "usr/lib/systemd/system/cairn-ready.service.d";
+        let kube = deployments(&l.kube.join(d).join("kubernetes.conf"));
+        let k3s = deployments(&l.k3s.join(d).join("k3s.conf"));
+        // The services' and the bundle's (its nested file included).
+        assert_eq!(kube, "cairn/inference,cairn/batch,tools/web");
+        assert_eq!(kube, k3s);
+        // Control: a bundle's Service or Namespace is no workload.
+        assert!(bundle_deployments("kind: Service\nmetadata:\n  name: x\n").is_empty());
+    }
+
+    #[test]
+    fn the_cluster_networks_are_one_definition_and_only_for_clusters() {
+        let k3s = cluster_network(Runtime::K3s).unwrap();
+        let kube = cluster_network(Runtime::Kubernetes).unwrap();
+        assert!(std::ptr::eq(k3s, kube));
+        assert_eq!(k3s.nets, ["10.42.0.0/16", "10.43.0.0/16"]);
+        // runtime = "kubernetes"'s own networks lie inside them.
+        assert!(kubernetes::POD_CIDR.starts_with("10.42."));
+        assert_eq!(kubernetes::SERVICE_CIDR, k3s.nets[1]);
+        assert!(cluster_network(Runtime::Containerd).is_none());
+        assert!(cluster_network(Runtime::None).is_none());
     }
 }
