@@ -6,7 +6,8 @@
 //! Each runtime only places them where it reads them (kubernetes:
 //! `cairn-kube-apply` applies its manifests folder; k3s: its auto-deploy
 //! folder and `config.yaml`). Invariant: for one recipe both runtimes get
-//! the same bytes.
+//! the same bytes, but for the one NetworkPolicy that lets pods reach
+//! cluster DNS, which runs elsewhere on each (the caller's `allow_dns`).
 
 use std::path::Path;
 
