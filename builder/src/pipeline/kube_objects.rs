@@ -295,16 +295,43 @@ pub fn ready_deployments(w: &Workloads) -> Result<Vec<String>> {
         .collect();
     if let Some(p) = &w.policy {
         for (name, data) in policy_files(p)? {
-            if name.ends_with(".yaml") || name.ends_with(".yml") {
-                for d in bundle_deployments(&String::from_utf8_lossy(&data)) {
-                    if !out.contains(&d) {
-                        out.push(d);
-                    }
+            let found = if name.ends_with(".json") {
+                json_deployments(&data)
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                bundle_deployments(&String::from_utf8_lossy(&data))
+            } else {
+                continue;
+            };
+            for d in found {
+                if !out.contains(&d) {
+                    out.push(d);
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// The Deployments of a JSON manifest: one object, or a `v1 List`'s
+/// items (both runtimes apply either); nothing when it does not parse
+/// (the API server or k3s reports that at boot).
+fn json_deployments(data: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return Vec::new();
+    };
+    let objects = match v["items"].as_array() {
+        Some(items) if v["kind"] == "List" => items.clone(),
+        _ => vec![v],
+    };
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .filter_map(|o| {
+            let m = &o["metadata"];
+            let ns = m["namespace"].as_str().unwrap_or("default");
+            m["name"].as_str().map(|n| format!("{ns}/{n}"))
+        })
+        .collect()
 }
 
 /// The cluster's pod and service networks and the interfaces its pod
@@ -541,6 +568,16 @@ mod tests {
         assert_eq!(kube, k3s);
         // Control: a bundle's Service or Namespace is no workload.
         assert!(bundle_deployments("kind: Service\nmetadata:\n  name: x\n").is_empty());
+        // A JSON manifest's Deployments count too, in a List or alone;
+        // control: a Service, or JSON that does not parse, names none.
+        let list = br#"{"kind": "List", "items": [{"kind": "Deployment", "metadata": {"name": "a", "namespace": "x"}}, {"kind": "Service", "metadata": {"name": "s"}}]}"#;
+        assert_eq!(json_deployments(list), ["x/a"]);
+        assert_eq!(
+            json_deployments(br#"{"kind": "Deployment", "metadata": {"name": "b"}}"#),
+            ["default/b"]
+        );
+        assert!(json_deployments(br#"{"kind": "Service", "metadata": {"name": "s"}}"#).is_empty());
+        assert!(json_deployments(b"kind: Deployment").is_empty());
     }
 
     #[test]
