@@ -9,6 +9,7 @@ pub mod firewall;
 pub mod initramfs;
 pub mod k3s;
 pub mod kernel;
+pub mod kube_objects;
 pub mod kube_store;
 pub mod kubernetes;
 pub mod layers;

@@ -68,8 +68,6 @@ pub use crate::pipeline::volumes::MODELS_DIR;
 pub const POLICY_DIR: &str = "usr/lib/cairn/policy";
 /// k3s imports image tarballs from here at start (its air-gap convention).
 pub const K3S_IMAGES_DIR: &str = crate::pipeline::k3s::IMAGES_DIR;
-/// k3s auto-deploys manifests from here.
-pub const K3S_MANIFESTS_DIR: &str = "var/lib/rancher/k3s/server/manifests";
 pub const CONTAINERD_NAMESPACE: &str = "cairn";
 
 pub use crate::recipe::workloads::reference;
@@ -392,9 +390,6 @@ pub fn install(
             })
             .collect();
         files.sort();
-        if w.runtime == Runtime::K3s {
-            copy_read_only(p, tree, K3S_MANIFESTS_DIR)?;
-        }
         out.policy = Some(InstalledPolicy {
             sha256: crate::host::digest::tree_digest(p)?,
             files,

@@ -17,8 +17,11 @@
 //!   the NIC's (never the dummy link's), and there is a default route;
 //! - the node is Ready, and the inference pod is Ready through a readiness
 //!   probe that really answers (the Deployment has one; the pod's Ready
-//!   condition is True);
-//! - a prediction through the NodePort 30080 from the host is right;
+//!   condition is True); the objects are runtime = "kubernetes"'s
+//!   (`kube_objects`: namespace `cairn`, NodePort 8080);
+//! - a prediction through the NodePort 8080 from the host is right;
+//! - PodSecurity: a privileged pod is refused in the workload namespace
+//!   (control: accepted where the namespace allows it);
 //! - NetworkPolicy: a pod in a namespace without policies reaches the
 //!   service (allowed), the same pod in the workload namespace, under
 //!   default-deny egress, cannot (denied);
@@ -37,6 +40,11 @@ use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use qemu_tests::*;
 
 const RECIPE: &str = "recipes/k3s-airgap.toml";
+
+/// `kubectl run`'s pod made to meet PodSecurity "restricted" (non-root,
+/// no privilege escalation, no capabilities, the runtime's seccomp
+/// profile), merged into its container by name.
+const RESTRICTED_PROBE: &str = r#"{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":65534,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"probe","securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}"#;
 
 /// One artifact as the committed recipe names it: the file the URL's last
 /// segment names in the artifacts folder, and the recipe's pin.
@@ -80,7 +88,6 @@ fn copy_sources(ws: &Path, to: &Path) {
     std::fs::create_dir_all(to.join("recipes")).expect("create the copy");
     for (src, dst) in [
         ("recipes/field-ai", "recipes/field-ai"),
-        ("recipes/k3s-policy", "recipes/k3s-policy"),
         ("overlays", "overlays"),
     ] {
         let st = Command::new("cp")
@@ -159,18 +166,19 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
     spec.memory_mib = 4096;
     spec.cpus = 2;
     spec.network = true;
-    spec.forwards = vec![(node_port, 30080)];
+    spec.forwards = vec![(node_port, 8080)];
     spec.guestfwds = vec![(Ipv4Addr::new(10, 0, 2, 100), 80, listener.addr)];
     let mut vm = Vm::start(&spec).expect("start qemu");
     vm.wait_for_line("cairn: ready", boot_timeout() * 3)
         .unwrap_or_else(|e| panic!("k3s image not ready: {e:#}"));
-    // `cairn: ready` means the node is Ready and the bundle's Deployments
-    // Available (cairn-ready, as for runtime = "kubernetes"): no waiting
-    // here, the first check must already pass.
+    // `cairn: ready` means the node is Ready and the services' Deployments
+    // Available (cairn-ready, the list `kube_objects::ready_deployments`
+    // makes for both runtimes): no waiting here, the first check must
+    // already pass.
     let serial = vm.serial_text();
     assert!(
         serial.contains("cairn: cluster: node k3s-airgap Ready")
-            && serial.contains("workloads Available (field-ai/inference)"),
+            && serial.contains("workloads Available (cairn/inference)"),
         "ready without the node and workload lines: {serial}"
     );
     let t = Duration::from_secs(900);
@@ -201,7 +209,7 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
     // Ready through a probe that answers: the Deployment declares one, and
     // the pod's Ready condition turned True.
     let (rc, out) = run(
-        "k3s kubectl -n field-ai get deployment inference -o jsonpath='{.spec.template.spec.containers[0].readinessProbe.httpGet.path}'",
+        "k3s kubectl -n cairn get deployment inference -o jsonpath='{.spec.template.spec.containers[0].readinessProbe.httpGet.path}'",
     );
     assert_eq!(rc, 0, "{out}");
     assert!(
@@ -209,7 +217,7 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
         "the inference pod has no readiness probe: {out}"
     );
     let (rc, out) = run(
-        "k3s kubectl -n field-ai wait --for=condition=Ready pod -l app=inference --timeout=900s && k3s kubectl -n field-ai get pods -o wide",
+        "k3s kubectl -n cairn wait --for=condition=Ready pod -l app.kubernetes.io/name=inference --timeout=900s && k3s kubectl -n cairn get pods -o wide",
     );
     assert_eq!(rc, 0, "inference pod not Ready: {out}");
     assert!(out.contains("Running"), "{out}");
@@ -229,21 +237,42 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
     }
     assert!(
         answer.contains("\"class\": \"setosa\""),
-        "no prediction through NodePort 30080: {answer}"
+        "no prediction through NodePort 8080: {answer}"
     );
 
-    // NetworkPolicy: allowed from a namespace without policies, denied
-    // from the workload namespace (default-deny egress).
-    let probe = |ns: &str, url: &str| {
+    // PodSecurity (the admission config in config.yaml): a privileged pod
+    // is refused in the restricted workload namespace; control: the same
+    // pod is accepted in a namespace labelled privileged (server dry-run:
+    // admission runs, nothing is created).
+    let privileged = |ns: &str| {
         format!(
-            "k3s kubectl create namespace {ns} 2>/dev/null; k3s kubectl -n {ns} delete pod probe --ignore-not-found >/dev/null; k3s kubectl -n {ns} run probe --rm -i --restart=Never --image=cairn.local/inference:pinned --image-pull-policy=Never --command -- /usr/bin/python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}', timeout=10).read())\""
+            "k3s kubectl -n {ns} run priv --dry-run=server --image=cairn.local/inference:pinned --image-pull-policy=Never --privileged 2>&1"
         )
     };
-    let service = "http://inference.field-ai.svc:8080/healthz";
+    let (rc, out) = run(&privileged("cairn"));
+    assert!(
+        rc != 0 && out.contains("PodSecurity"),
+        "a privileged pod was not refused: {out}"
+    );
+    let (rc, out) = run(&format!(
+        "k3s kubectl create namespace psa-control; k3s kubectl label namespace psa-control pod-security.kubernetes.io/enforce=privileged --overwrite && {}",
+        privileged("psa-control")
+    ));
+    assert_eq!(rc, 0, "the control pod was refused: {out}");
+
+    // NetworkPolicy: allowed from a namespace without policies, denied
+    // from the workload namespace (default-deny egress). The probe pod
+    // meets PodSecurity "restricted", every namespace's default.
+    let probe = |ns: &str, url: &str| {
+        format!(
+            "k3s kubectl create namespace {ns} 2>/dev/null; k3s kubectl -n {ns} delete pod probe --ignore-not-found >/dev/null; k3s kubectl -n {ns} run probe --rm -i --restart=Never --image=cairn.local/inference:pinned --image-pull-policy=Never --override-type=strategic --overrides='{RESTRICTED_PROBE}' --command -- /usr/bin/python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}', timeout=10).read())\""
+        )
+    };
+    let service = "http://inference.cairn.svc:8080/healthz";
     let (rc, out) = run(&probe("probe-control", service));
     assert_eq!(rc, 0, "the allowed pod-to-pod connection failed: {out}");
     assert!(out.contains("ok"), "{out}");
-    let (rc, out) = run(&probe("field-ai", service));
+    let (rc, out) = run(&probe("cairn", service));
     assert_ne!(rc, 0, "default-deny egress did not stop the probe: {out}");
 
     // No egress from any pod, even one no policy restricts: the only

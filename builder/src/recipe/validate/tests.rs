@@ -423,6 +423,25 @@ fn k3s_binary_and_images_of_two_releases_are_refused() {
     assert_eq!(crate::recipe::workloads::k3s_release("k3s/k3s"), None);
 }
 
+#[test]
+fn k3s_runs_services_as_kubernetes_does_never_on_the_host_network() {
+    // The same Deployments as runtime = "kubernetes" (pipeline::kube_objects):
+    // the readiness check is the pod's probe, not the node's 127.0.0.1.
+    let text = format!(
+        "{}[[images]]\nname = \"i\"\n[images.build]\npackages = []\nessential = true\n[[services]]\nname = \"s\"\nimage = \"i\"\nready = \"http:8080/healthz\"\n",
+        k3s_release_recipe("v1.31.4%2Bk3s1", "v1.31.4+k3s1")
+    );
+    let r = ok(&text);
+    assert_eq!(r.workloads.services[0].ready.as_ref().unwrap().port, 8080);
+    // Control: host_network, which PodSecurity "restricted" refuses.
+    refused(
+        &format!("{text}host_network = true\n"),
+        17,
+        8,
+        "service \"s\": host_network is not for runtime = \"k3s\"",
+    );
+}
+
 // ---- [network] egress width ----
 
 #[test]

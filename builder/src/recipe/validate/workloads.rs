@@ -445,12 +445,15 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|m| self.service_memory(&name, m));
             let cpus = s.cpus.as_ref().and_then(|c| self.service_cpus(&name, c));
-            if !matches!(runtime, Runtime::Containerd | Runtime::Kubernetes) {
-                self.problem(s.name.span(), "[[services]] need [cluster] runtime = \"containerd\" or \"kubernetes\" (k3s runs workloads from the policy bundle)");
+            // Both cluster runtimes run services as the same Deployments
+            // (pipeline::kube_objects).
+            let cluster = matches!(runtime, Runtime::Kubernetes | Runtime::K3s);
+            if !cluster && runtime != Runtime::Containerd {
+                self.problem(s.name.span(), "[[services]] need [cluster] runtime = \"containerd\", \"kubernetes\" or \"k3s\"");
             }
-            if runtime == Runtime::Kubernetes && s.host_network {
+            if cluster && s.host_network {
                 {
-                    self.problem(s.name.span(), format!("service {name:?}: host_network is not for runtime = \"kubernetes\" (PodSecurity \"restricted\" refuses it; the service is reached through its NodePort); remove it"));
+                    self.problem(s.name.span(), format!("service {name:?}: host_network is not for runtime = \"{}\" (PodSecurity \"restricted\" refuses it; the service is reached through its NodePort); remove it", if runtime == Runtime::K3s { "k3s" } else { "kubernetes" }));
                 }
             }
             let ready = s.ready.as_ref().and_then(|r| {
@@ -467,7 +470,7 @@ impl Validator<'_> {
                 };
                 match crate::recipe::workloads::ReadyCheck::parse(r.get_ref(), timeout) {
                     // Kubernetes probes the pod itself (a readiness probe).
-                    Ok(c) if !s.host_network && runtime != Runtime::Kubernetes => {
+                    Ok(c) if !s.host_network && !cluster => {
                         self.problem(
                             r.span(),
                             format!("service {name:?}: a readiness check probes the node's 127.0.0.1, which only a service with host_network = true listens on; set host_network = true or drop `ready`"),
