@@ -402,8 +402,8 @@ if [[ ${BENCH_KUBE:-0} == 1 ]]; then
         die "kube boot phases failed (serial log in target/bench-out/boot-phases.serial.log)"
     state=$(grep -o 'cairn: state: [0-9]* MiB used at ready' target/bench-out/boot-phases.serial.log | tail -n 1)
     echo "bench: summary (kubernetes)"
-    printf '  %-44s %8s\n' "cold build, empty Go build cache" "${WALL[kube-cold-go]:+${WALL[kube-cold-go]}s}"
-    printf '  %-44s %8s\n' "cold build, warm Go build cache" "${WALL[kube-warm-go]:+${WALL[kube-warm-go]}s}"
+    printf '  %-44s %8s\n' "cold build, empty Go build cache" "${WALL[kube-cold-go]:+${WALL[kube-cold-go]}s}${WALL[kube-cold-go]:-skipped}"
+    printf '  %-44s %8s\n' "cold build, warm Go build cache" "${WALL[kube-warm-go]:+${WALL[kube-warm-go]}s}${WALL[kube-warm-go]:-skipped}"
     printf '  %-44s %8ss  %s of cold\n' "rebuild after an overlay change" \
         "${WALL[kube-overlay-change]:-0}" "$(pct "${WALL[kube-overlay-change]:-0}" "${WALL[kube-warm-go]:-0}")"
     echo "  boot: node Ready / workloads / ready: the phases table above; ${state#cairn: }"
