@@ -46,6 +46,10 @@ pub struct AuditDeclaration {
     /// Sorted, without duplicates; always holds `boot`.
     pub record: Vec<String>,
     pub on_full: OnFull,
+    /// `file:line:col` of `key` (the section) and of `on_full`, for the
+    /// build's refusal of media that cannot hold the trail.
+    pub at: String,
+    pub on_full_at: Option<String>,
 }
 
 /// `[audit]` as the manifest records it (no host path: reproducible).

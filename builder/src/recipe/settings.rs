@@ -434,7 +434,8 @@ settings! {
          `verity-failure` are always written; `boot` cannot be left out: it carries the boot's signing key)";
     AUDIT_ON_FULL = ["audit"] "on_full": "`\"stop\"` or `\"halt\"`" = Text("stop");
         "when the partition is full: write a last `stopped` record and go on unrecorded, or halt \
-         the node (`cairn: FATAL audit: full`)";
+         the node (`cairn: FATAL audit: full`); `halt` builds no ISO (`--format raw,qcow2`): \
+         an ISO boot has no partition to record to";
 }
 
 /// Smallest memory limit a service may have: below it the runtime and the
