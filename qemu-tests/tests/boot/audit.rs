@@ -19,11 +19,6 @@ use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use cairn::vm::trusted::{self, Swtpm};
 use qemu_tests::*;
 
-/// The throwaway test key's secret half (recipes/audit-test.pub is its
-/// public half). Never use it for anything else.
-const AUDIT_TEST_SECRET: &str =
-    "AGE-SECRET-KEY-1CQ476WNTM44RJJNZC2NM79JHKNYE08XD2J53MNHD9VP0HCFACWWSKVNVL0\n";
-
 /// Boots `img` to ready; `forwards`: host ports to guest ports.
 fn boot(img: &Path, log: &str, forwards: Vec<(u16, u16)>) -> Vm {
     let mut spec = BootSpec::new(img, cairn::media::RAW.qemu, Firmware::Uefi, log_path(log));
