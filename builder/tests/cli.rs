@@ -208,3 +208,52 @@ fn build_help_names_the_environment_it_reads() {
     let (_, short, _) = cairn(&["build", "-h"], d.path());
     assert!(!short.contains("CAIRN_TREES"), "{short}");
 }
+
+/// `[audit]` on the read-only ISO (docs/audit.md): an ISO-only build is
+/// refused (the trail would be on no medium), so is an ISO of an
+/// `on_full = "halt"` recipe (it would halt at every boot), each at its
+/// line:col, exit 2, nothing written. Controls: `check` passes (it does not
+/// know the formats), and with a disk format (halt: without the ISO) the
+/// build gets past this check to the next step.
+#[test]
+fn audit_on_the_iso_alone_or_with_halt_is_refused_at_its_line() {
+    let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\n";
+    let stop = GOOD.replace("SHA", &good_sha()) + "\n[audit]\nkey = \"audit.pub\"\n";
+    let halt = stop.clone() + "on_full = \"halt\"\n";
+    let run = |text: &str, args: &[&str]| {
+        let d = setup();
+        std::fs::write(d.path().join("audit.pub"), key).unwrap();
+        std::fs::write(d.path().join("r.toml"), text).unwrap();
+        let (code, _out, err) = cairn(&["check", "r.toml"], d.path());
+        assert_eq!(code, 0, "check: {err}");
+        let mut all = vec!["build", "r.toml", "-o", "out"];
+        all.extend(args);
+        let (code, _out, err) = cairn(&all, d.path());
+        let leftovers = std::fs::read_dir(d.path().join("out"))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        (code, err, leftovers)
+    };
+    let (code, err, left) = run(&stop, &["--format", "iso"]);
+    assert_eq!((code, left), (2, 0), "{err}");
+    assert!(
+        err.contains("r.toml:10:7: [audit] keeps its trail in a partition of the disk media"),
+        "{err}"
+    );
+    let (code, err, left) = run(&halt, &[]);
+    assert_eq!((code, left), (2, 0), "{err}");
+    assert!(
+        err.contains("r.toml:11:11: [audit] on_full = \"halt\" halts a node that cannot record"),
+        "{err}"
+    );
+    // Controls: a disk beside the ISO (stop), and halt without the ISO,
+    // get past this check.
+    for (text, args) in [
+        (&stop, &["--format", "raw,iso"]),
+        (&halt, &["--format", "raw,qcow2"]),
+    ] {
+        let (code, err, _) = run(text, args);
+        assert_ne!(code, 0);
+        assert!(!err.contains("[audit]"), "{err}");
+    }
+}

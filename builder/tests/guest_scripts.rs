@@ -24,7 +24,21 @@ fn exe(path: &Path, text: &str) {
 /// leaves a mark. Returns the child (its own process group) and the folder.
 fn watcher(devices: &str, status: &str) -> (Child, tempfile::TempDir) {
     let d = tempfile::tempdir().unwrap();
-    let w = d.path();
+    let w = d.path().to_path_buf();
+    // No audit trail open: no writer, no key.
+    let child = watcher_in(
+        &w,
+        devices,
+        status,
+        &w.join("no-writer"),
+        &w.join("no-audit"),
+    );
+    (child, d)
+}
+
+/// [`watcher`] in folder `w`, with the audit writer `writer` and its run
+/// folder `audit_run` (verity-watch's fifth and sixth arguments).
+fn watcher_in(w: &Path, devices: &str, status: &str, writer: &Path, audit_run: &Path) -> Child {
     std::fs::write(w.join("devices"), devices).unwrap();
     exe(
         &w.join("busybox"),
@@ -40,12 +54,14 @@ fn watcher(devices: &str, status: &str) -> (Child, tempfile::TempDir) {
     let mut cmd = cairn::host::runner::command("busybox");
     cmd.arg("sh")
         .arg("-c")
-        .arg("exec 3<&0 4>\"$1/console\" 5>/dev/null; exec busybox sh \"$1/verity-watch\" \"$1\" \"$1/sysrq\" \"$1/veritysetup\" 1")
+        .arg("exec 3<&0 4>\"$1/console\" 5>/dev/null; exec busybox sh \"$1/verity-watch\" \"$1\" \"$1/sysrq\" \"$1/veritysetup\" 1 \"$2\" \"$3\"")
         .arg("sh")
         .arg(w)
+        .arg(writer)
+        .arg(audit_run)
         .stdin(Stdio::piped())
         .process_group(0);
-    (cmd.spawn().expect("busybox (package busybox)"), d)
+    cmd.spawn().expect("busybox (package busybox)")
 }
 
 /// Whether the watcher halted within `secs`; stops it either way.
@@ -233,4 +249,321 @@ fn cairn_ready_waits_for_the_checks_and_names_a_service_that_never_passes() {
         unit.contains("TimeoutStartSec=infinity"),
         "systemd's 90 s start timeout would cut a longer check short"
     );
+}
+
+/// With the audit trail open (the real writer, age and openssl of the
+/// host), a corruption line is followed by a `verity-failure` record
+/// naming the volume, its device and the line, then the halt; the trail
+/// reads back with the boot halted on that volume. Controls: a writer that
+/// fails still halts (the record never holds the node up), and a boot
+/// whose trail is not open writes nothing.
+#[test]
+fn the_watcher_records_a_verity_failure_before_the_halt() {
+    testkit::tool("age", "age");
+    testkit::tool("openssl", "openssl");
+    let d = tempfile::tempdir().unwrap();
+    let w = d.path();
+    let key = w.join("audit.sec");
+    let keygen = |args: &[&std::ffi::OsStr]| {
+        let mut c = cairn::host::runner::command("age-keygen");
+        c.args(args);
+        cairn::host::runner::output("test: age-keygen", c).unwrap()
+    };
+    keygen(&["-o".as_ref(), key.as_os_str()]);
+    let public = keygen(&["-y".as_ref(), key.as_os_str()]);
+    std::fs::write(w.join("audit.pub"), public.stdout).unwrap();
+    let part = w.join("audit.part");
+    let mut h = b"cairn-audit v1\n".to_vec();
+    h.resize(1 << 20, 0);
+    std::fs::write(&part, h).unwrap();
+    let writer = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-audit");
+    let run = w.join("audit-run");
+    std::env::set_var("CAIRN_AUDIT_RECIPIENT", w.join("audit.pub"));
+    std::env::set_var("CAIRN_AUDIT_TPM_DEV", w.join("no-tpm"));
+    let mut open = cairn::host::runner::command("sh");
+    open.arg(&writer).arg("open").arg(&part).arg("release=t");
+    open.env("CAIRN_AUDIT_RUN", &run);
+    cairn::host::runner::output("test: cairn-audit open", open).unwrap();
+
+    let line = "device-mapper: verity: 254:2: data block 7 is corrupted";
+    let watch_with = |status: &str, writer: &Path, run: &Path| {
+        let wd = tempfile::tempdir_in(w).unwrap();
+        let mut child = watcher_in(wd.path(), DEVICES, status, writer, run);
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "3,512,1000,-;{line}").unwrap();
+        let r = halted_within(child, wd.path(), 20);
+        drop(stdin);
+        r
+    };
+    let watch = |writer: &Path, run: &Path| watch_with("verified", writer, run);
+    let (halted, console) = watch(&writer, &run);
+    assert!(halted, "{console}");
+    assert!(
+        console.contains("FATAL verity: corrupted data block 7 on cairn-root"),
+        "{console}"
+    );
+    assert!(
+        console.contains("cairn: audit: the verity failure is recorded"),
+        "{console}"
+    );
+    let t = cairn::release::audit::read(&part, &key).unwrap();
+    let text = t.render_text();
+    assert!(t.first_bad.is_none(), "{text}");
+    let b = &t.boots[0];
+    let r = b.records.last().unwrap();
+    assert_eq!(r.kind, "verity-failure", "{text}");
+    assert_eq!(r.get("volume"), Some("base"), "{text}");
+    assert_eq!(r.get("mapping"), Some("cairn-root"), "{text}");
+    assert_eq!(r.get("device"), Some("vda2 254:2"), "{text}");
+    assert_eq!(r.get("seen"), Some(line), "{text}");
+    assert_eq!((b.halted.as_deref(), b.closed), (Some("base"), false));
+
+    // Control: a writer that fails does not hold the halt back.
+    let failing = w.join("failing-writer");
+    exe(&failing, "#!/bin/sh\nexit 1\n");
+    let (halted, console) = watch(&failing, &run);
+    assert!(halted, "{console}");
+    assert!(
+        console.contains("the verity failure could not be recorded"),
+        "{console}"
+    );
+    // Control: no trail open this boot (no key in the run folder): no
+    // record, no audit line, the same halt.
+    let frames = t.frames;
+    let (halted, console) = watch(&writer, &w.join("not-open"));
+    assert!(halted, "{console}");
+    assert!(!console.contains("audit"), "{console}");
+    assert_eq!(
+        cairn::release::audit::read(&part, &key).unwrap().frames,
+        frames
+    );
+    // A slow writer: the poll (every second here) sees the same
+    // corruption while the record is written, and still there is one
+    // FATAL line and one halt.
+    let slow = w.join("slow-writer");
+    exe(&slow, "#!/bin/sh\nsleep 3\n");
+    let (halted, console) = watch_with("corrupted", &slow, &run);
+    assert!(halted, "{console}");
+    assert_eq!(console.matches("FATAL").count(), 1, "{console}");
+}
+
+/// A fresh audit partition opened by the real writer (age and openssl of
+/// the host): (folder, partition, secret key, the writer's run folder).
+fn open_trail() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    testkit::tool("age", "age");
+    testkit::tool("openssl", "openssl");
+    let d = tempfile::tempdir().unwrap();
+    let w = d.path();
+    let key = w.join("audit.sec");
+    let keygen = |args: &[&std::ffi::OsStr]| {
+        let mut c = cairn::host::runner::command("age-keygen");
+        c.args(args);
+        cairn::host::runner::output("test: age-keygen", c).unwrap()
+    };
+    keygen(&["-o".as_ref(), key.as_os_str()]);
+    let public = keygen(&["-y".as_ref(), key.as_os_str()]);
+    std::fs::write(w.join("audit.pub"), public.stdout).unwrap();
+    let part = w.join("audit.part");
+    let mut h = b"cairn-audit v1\n".to_vec();
+    h.resize(1 << 20, 0);
+    std::fs::write(&part, h).unwrap();
+    let run = w.join("audit-run");
+    let mut open = cairn::host::runner::command("sh");
+    open.arg(guest("cairn-audit"))
+        .arg("open")
+        .arg(&part)
+        .arg("release=t");
+    open.env("CAIRN_AUDIT_RUN", &run)
+        .env("CAIRN_AUDIT_RECIPIENT", w.join("audit.pub"))
+        .env("CAIRN_AUDIT_TPM_DEV", w.join("no-tpm"));
+    cairn::host::runner::output("test: cairn-audit open", open).unwrap();
+    (d, part, key, run)
+}
+
+fn guest(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("guest")
+        .join(name)
+}
+
+/// One audit event as kube-apiserver writes it (Go's encoding/json field
+/// order), `body` as its requestObject.
+fn kube_event(
+    stage: &str,
+    verb: &str,
+    user: &str,
+    reference: &str,
+    code: u16,
+    body: &str,
+) -> String {
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Request","auditID":"5b1c","stage":"{stage}","requestURI":"/api/v1/namespaces/default/configmaps?fieldManager=kubectl","verb":"{verb}","user":{{"username":"{user}","groups":["system:masters","system:authenticated"]}},"impersonatedUser":{{"username":"someone-else"}},"sourceIPs":["10.0.2.15"],"userAgent":"kubectl/v1.37.2","objectRef":{reference},"responseStatus":{{"metadata":{{}},"code":{code}}},"requestObject":{body},"requestReceivedTimestamp":"2026-12-07T19:00:00.000000Z","stageTimestamp":"2026-12-07T19:00:00.010000Z","annotations":{{"authorization.k8s.io/decision":"allow"}}}}"#
+    )
+}
+
+/// The cluster API recorder (guest/cairn-audit-cluster) keeps user, verb,
+/// resource, namespace, name and response code of writes and refusals,
+/// never a body; at most 16 samples a record, and at most CAP records a
+/// boot. Controls: reads and unfinished stages are not recorded, a batch
+/// under the bounds keeps every event, and the body's text is findable
+/// in the input.
+#[test]
+fn the_cluster_recorder_keeps_who_did_what_never_the_body_and_is_bounded() {
+    let (d, part, key, run) = open_trail();
+    let cm =
+        r#"{"resource":"configmaps","namespace":"default","name":"web-config","apiVersion":"v1"}"#;
+    let body = r#"{"kind":"ConfigMap","metadata":{"name":"decoy-name","namespace":"decoy-ns"},"data":{"password":"s3cret-body-text","code":599}}"#;
+    let lines = [
+        kube_event(
+            "ResponseComplete",
+            "create",
+            "kubernetes-admin",
+            cm,
+            201,
+            body,
+        ),
+        // A read: not recorded.
+        kube_event("ResponseComplete", "get", "system:node:n1", cm, 200, "null"),
+        // An unfinished stage: not recorded (the completed one is).
+        kube_event(
+            "ResponseStarted",
+            "delete",
+            "kubernetes-admin",
+            cm,
+            200,
+            "null",
+        ),
+        // A refused read: recorded.
+        kube_event(
+            "ResponseComplete",
+            "list",
+            "system:anonymous",
+            r#"{"resource":"secrets","namespace":"kube-system","apiVersion":"v1"}"#,
+            403,
+            "null",
+        ),
+        kube_event(
+            "ResponseComplete",
+            "patch",
+            "system:node:n1",
+            r#"{"resource":"nodes","name":"n1","apiVersion":"v1","subresource":"status"}"#,
+            200,
+            body,
+        ),
+        // A user name with an escaped quote: cut there (its backslash
+        // replaced), never read past.
+        kube_event(
+            "ResponseComplete",
+            "delete",
+            "ev\\\"il\\u0007x",
+            cm,
+            200,
+            "null",
+        ),
+    ];
+    let input = d.path().join("audit.log");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    // Control: the body's text is in the input.
+    assert!(std::fs::read_to_string(&input)
+        .unwrap()
+        .contains("s3cret-body-text"));
+    let batch = |file: &Path, cap: &str| {
+        let mut c = cairn::host::runner::command("sh");
+        c.arg(guest("cairn-audit-cluster")).arg("batch").arg(file);
+        c.env("CAIRN_AUDIT_RUN", &run)
+            .env("CAIRN_AUDIT_RECIPIENT", d.path().join("audit.pub"))
+            .env("CAIRN_AUDIT_WRITER", guest("cairn-audit"))
+            .env("CAIRN_AUDIT_KINDS", "service firewall cluster-api")
+            .env("CAIRN_AUDIT_CLUSTER_CAP", cap);
+        cairn::host::runner::output("test: cairn-audit-cluster", c).unwrap();
+    };
+    batch(&input, "3");
+    let t = cairn::release::audit::read(&part, &key).unwrap();
+    let text = t.render_text();
+    assert!(t.first_bad.is_none(), "{text}");
+    let r = t.boots[0].records.last().unwrap();
+    assert_eq!(r.kind, "cluster-api", "{text}");
+    assert_eq!(
+        (r.get("events"), r.get("refused")),
+        (Some("4"), Some("1")),
+        "{text}"
+    );
+    assert_eq!(
+        r.get("event.0"),
+        Some("kubernetes-admin create configmaps default web-config 201"),
+        "{text}"
+    );
+    assert_eq!(
+        r.get("event.1"),
+        Some("system:anonymous list secrets kube-system - 403"),
+        "{text}"
+    );
+    assert_eq!(
+        r.get("event.2"),
+        Some("system:node:n1 patch nodes/status - n1 200"),
+        "{text}"
+    );
+    assert_eq!(
+        r.get("event.3"),
+        Some("ev_ delete configmaps default web-config 200"),
+        "{text}"
+    );
+    assert_eq!((r.get("omitted"), r.get("capped")), (None, None), "{text}");
+    for clear in ["s3cret", "decoy", "599", "someone-else", "10.0.2.15"] {
+        assert!(!text.contains(clear), "{clear}: {text}");
+    }
+
+    // 40 writes with a 300-character name: 16 samples, each cut.
+    let long = "n".repeat(300);
+    let many: Vec<String> = (0..40)
+        .map(|i| {
+            let reference = format!(r#"{{"resource":"pods","namespace":"ns{i}","name":"{long}"}}"#);
+            kube_event(
+                "ResponseComplete",
+                "create",
+                "kubernetes-admin",
+                &reference,
+                201,
+                "null",
+            )
+        })
+        .collect();
+    let many_file = d.path().join("many.log");
+    std::fs::write(&many_file, many.join("\n") + "\n").unwrap();
+    for _ in 0..4 {
+        batch(&many_file, "3");
+    }
+    let t = cairn::release::audit::read(&part, &key).unwrap();
+    let text = t.render_text();
+    assert!(t.first_bad.is_none(), "{text}");
+    let recs: Vec<_> = t.boots[0]
+        .records
+        .iter()
+        .filter(|r| r.kind == "cluster-api")
+        .collect();
+    // The cap (3 here) counts every cluster-api record of the boot: the
+    // first batch and two of the four; the last one says so.
+    assert_eq!(recs.len(), 3, "{text}");
+    let big = recs[1];
+    assert_eq!(
+        (big.get("events"), big.get("omitted")),
+        (Some("40"), Some("24")),
+        "{text}"
+    );
+    let samples: Vec<_> = big
+        .fields
+        .iter()
+        .filter(|(k, _)| k.starts_with("event."))
+        .collect();
+    assert_eq!(samples.len(), 16, "{text}");
+    assert!(samples.iter().all(|(_, v)| v.len() <= 180), "{text}");
+    assert_eq!(recs[1].get("capped"), None, "{text}");
+    assert_eq!(recs[2].get("capped"), Some("1"), "{text}");
+    let recorded = std::fs::read_to_string(run.join("cluster.recorded")).unwrap();
+    assert_eq!(recorded.trim(), "84");
 }

@@ -429,3 +429,77 @@ fn a_changed_image_package_changes_both_sboms_and_the_diff_says_so() {
         .unwrap()
         .is_empty());
 }
+
+/// `[audit]`: the audit partition is named in the provenance's
+/// internalParameters and as properties of the CycloneDX release
+/// component, and both still validate, as does the manifest. Control:
+/// the same fixture without `[audit]` mentions no audit anywhere.
+#[test]
+fn an_audit_partition_is_in_the_manifest_provenance_and_cyclonedx() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut m, c) = fixture();
+    let subjects = vec![("cairn-test-1.raw".to_string(), Sha256::of_bytes(b"raw"))];
+    let without = (
+        cairn::release::provenance::statement(&m, &subjects),
+        sbom::cyclonedx(&m, &c),
+    );
+    for doc in [&without.0, &without.1] {
+        assert!(!doc.to_string().contains("audit"), "{doc}");
+    }
+    let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    m.audit = Some(cairn::recipe::audit::AuditInfo {
+        partition: "cairn-audit".into(),
+        size: 16 << 20,
+        recipient: key.into(),
+        key_sha256: Sha256::of_bytes(key.as_bytes()),
+        record: vec!["boot".into(), "cluster-api".into(), "service".into()],
+        on_full: "halt".into(),
+    });
+    let st = cairn::release::provenance::statement(&m, &subjects);
+    let a = &st["predicate"]["buildDefinition"]["internalParameters"]["audit"];
+    assert_eq!(a["partition"], "cairn-audit", "{st}");
+    assert_eq!(a["size"], 16 << 20);
+    assert_eq!(
+        a["keyDigest"]["sha256"],
+        Sha256::of_bytes(key.as_bytes()).hex()
+    );
+    assert_eq!(a["onFull"], "halt");
+    let p = write_json(d.path(), "provenance.json", &st);
+    schema_ok(PROVENANCE_SCHEMA, &p).unwrap_or_else(|e| panic!("{e}"));
+
+    let doc = sbom::cyclonedx(&m, &c);
+    let props = doc["metadata"]["component"]["properties"]
+        .as_array()
+        .unwrap();
+    let prop = |k: &str| {
+        props
+            .iter()
+            .find(|p| p["name"] == k)
+            .map(|p| p["value"].clone())
+    };
+    assert_eq!(
+        prop("cairn:audit:partition"),
+        Some(Value::from("cairn-audit"))
+    );
+    assert_eq!(prop("cairn:audit:size"), Some(Value::from("16777216")));
+    assert_eq!(
+        prop("cairn:audit:record"),
+        Some(Value::from("boot cluster-api service"))
+    );
+    let p = write_json(d.path(), "audit.cdx.json", &doc);
+    cdx_ok(&p).unwrap_or_else(|e| panic!("CycloneDX validation refused the SBOM:\n{e}"));
+
+    let mp = d.path().join("manifest.json");
+    cairn::release::manifest::write(&m, &mp).unwrap();
+    schema_ok(MANIFEST_SCHEMA, &mp).unwrap_or_else(|e| panic!("{e}"));
+    // inspect shows it (the line and the JSON); the control is the
+    // fixture's own inspect tests, which have no audit line.
+    std::fs::write(d.path().join("cairn-test-1.raw"), b"stand-in").unwrap();
+    let i = cairn::release::inspect::inspect(d.path()).unwrap();
+    assert!(
+        i.render_text()
+            .contains("audit        partition \"cairn-audit\", 16 MiB"),
+        "{}",
+        i.render_text()
+    );
+}

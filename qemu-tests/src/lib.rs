@@ -609,3 +609,9 @@ pub fn site_test_key() -> cairn::release::signify::SecretKey {
     cairn::release::signify::SecretKey::parse(SITE_TEST_SECRET_KEY, None)
         .unwrap_or_else(|e| panic!("the site test key: {e}"))
 }
+
+/// The throwaway audit test key's secret half (qemu-tests/recipes/
+/// audit-test.pub and recipes/field-ai/audit-test.pub are its public half;
+/// tests/boot/audit.rs, kubernetes.rs). Never use it for anything else.
+pub const AUDIT_TEST_SECRET: &str =
+    "AGE-SECRET-KEY-1CQ476WNTM44RJJNZC2NM79JHKNYE08XD2J53MNHD9VP0HCFACWWSKVNVL0\n";

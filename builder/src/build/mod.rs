@@ -311,6 +311,47 @@ fn check_shim(recipe: &Recipe, opts: &BuildOptions) -> Result<()> {
     crate::pipeline::shim::check_host()
 }
 
+/// `[audit]` keeps its trail in a partition of the disk media (raw and
+/// every format made from it); the ISO is read-only and has none
+/// (docs/audit.md). Refused: an ISO-only build (the trail the recipe asks
+/// for would be on no medium), and an ISO with `on_full = "halt"` (its
+/// boot cannot open a trail, so it would halt every time).
+fn check_audit_media(recipe: &Recipe, opts: &BuildOptions) -> Result<()> {
+    let Some(a) = &recipe.audit else {
+        return Ok(());
+    };
+    let iso = &crate::media::ISO;
+    if !opts.formats.wants(iso) {
+        return Ok(());
+    }
+    let disks = crate::media::FORMATS
+        .iter()
+        .any(|f| *f != iso && opts.formats.wants(f));
+    let problem = if !disks {
+        format!(
+            "{}: [audit] keeps its trail in a partition of the disk media, and --format {} writes \
+             only the ISO, which is read-only and has none: add a disk format (e.g. --format {},{}) \
+             or remove [audit]",
+            a.at,
+            iso.name,
+            crate::media::RAW.name,
+            iso.name
+        )
+    } else if a.on_full == crate::recipe::audit::OnFull::Halt {
+        format!(
+            "{}: [audit] on_full = \"halt\" halts a node that cannot record, and an ISO boot has no \
+             audit partition: that ISO would never boot; leave it out (e.g. --format {},{}) or use \
+             on_full = \"stop\"",
+            a.on_full_at.as_deref().unwrap_or(&a.at),
+            crate::media::RAW.name,
+            crate::media::QCOW2.name
+        )
+    } else {
+        return Ok(());
+    };
+    Err(crate::InputError(problem).into())
+}
+
 /// `-o` must name a folder (or nothing yet): refused before any input is
 /// fetched, so a typo costs nothing.
 fn check_out_dir(out: &Path) -> Result<()> {

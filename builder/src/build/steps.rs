@@ -24,6 +24,7 @@ use crate::recipe::Recipe;
 pub(super) fn resolve_inputs<'r>(recipe: &'r Recipe, opts: &BuildOptions) -> Result<Plan<'r>> {
     super::check_out_dir(&opts.out_dir)?;
     super::check_shim(recipe, opts)?;
+    super::check_audit_media(recipe, opts)?;
     // Tool times count from here (printed against the wall time at the end).
     crate::host::runner::take_tool_times();
     crate::inputs::plan::resolve(

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::host::tree::{link_in_tree, write_in_tree};
+use crate::recipe::workloads::Runtime;
 use crate::recipe::Recipe;
 
 const WRITER: &str = include_str!("../../guest/cairn-audit");
@@ -14,6 +15,8 @@ const BOOT: &str = include_str!("../../guest/cairn-audit-boot");
 const UNIT: &str = include_str!("../../guest/cairn-audit.service");
 const FIREWALL: &str = include_str!("../../guest/cairn-audit-firewall");
 const FIREWALL_UNIT: &str = include_str!("../../guest/cairn-audit-firewall.service");
+const CLUSTER: &str = include_str!("../../guest/cairn-audit-cluster");
+const CLUSTER_UNIT: &str = include_str!("../../guest/cairn-audit-cluster.service");
 
 /// A drop-in for a service's unit: a record when it starts and when it
 /// exits (systemd gives `ExecStopPost` the result and exit status). `-`:
@@ -84,6 +87,26 @@ pub fn install(recipe: &Recipe, tree: &Path) -> Result<()> {
         "usr/lib/systemd/system/cairn.target.wants/cairn-audit-firewall.service",
         "../cairn-audit-firewall.service",
     )?;
+    // The API server's audit log exists only with a cluster runtime.
+    if matches!(recipe.workloads.runtime, Runtime::K3s | Runtime::Kubernetes) {
+        write_in_tree(
+            tree,
+            "usr/lib/cairn/cairn-audit-cluster",
+            CLUSTER.as_bytes(),
+            0o755,
+        )?;
+        write_in_tree(
+            tree,
+            "usr/lib/systemd/system/cairn-audit-cluster.service",
+            CLUSTER_UNIT.as_bytes(),
+            0o644,
+        )?;
+        link_in_tree(
+            tree,
+            "usr/lib/systemd/system/cairn.target.wants/cairn-audit-cluster.service",
+            "../cairn-audit-cluster.service",
+        )?;
+    }
     for s in &recipe.workloads.services {
         write_in_tree(
             tree,
@@ -136,6 +159,35 @@ mod tests {
             .symlink_metadata()
             .is_ok());
         assert!(crate::recipe::packages::package_list(&r, &[]).contains(&"age".to_string()));
+        // No cluster runtime: no cluster API recorder.
+        assert!(!lib.join("cairn-audit-cluster").exists());
+    }
+
+    /// With a cluster runtime the cluster API recorder and its unit are
+    /// installed and wanted (the control is the test above).
+    #[test]
+    fn a_cluster_runtime_gets_the_cluster_api_recorder() {
+        let d = tempfile::tempdir().unwrap();
+        let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        std::fs::write(d.path().join("audit.pub"), key).unwrap();
+        let head =
+            "[image]\nname = \"t\"\nversion = \"1\"\n[base.debian]\n[audit]\nkey = \"audit.pub\"\n";
+        let mut r =
+            crate::recipe::parse(&crate::recipe::validate::tests::src(d.path(), head)).unwrap();
+        r.workloads.runtime = Runtime::K3s;
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        install(&r, &tree).unwrap();
+        assert!(tree.join("usr/lib/cairn/cairn-audit-cluster").exists());
+        assert!(tree
+            .join("usr/lib/systemd/system/cairn.target.wants/cairn-audit-cluster.service")
+            .symlink_metadata()
+            .is_ok());
+        assert!(
+            std::fs::read_to_string(tree.join("usr/lib/cairn/audit.record"))
+                .unwrap()
+                .contains("cluster-api")
+        );
     }
 
     /// A service's drop-in records its start and its exit; `$$` leaves the

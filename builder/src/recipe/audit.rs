@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use crate::host::digest::Sha256;
 
-/// The kinds a recipe may choose; `close` and `stopped` are always written.
-pub const RECORD_KINDS: &[&str] = &["boot", "service", "firewall"];
+/// The kinds a recipe may choose; `close`, `stopped` and `verity-failure` are always written.
+pub const RECORD_KINDS: &[&str] = &["boot", "service", "firewall", "cluster-api"];
 
 /// Debian packages the guest writer needs (`packages::package_list`).
 /// tpm2-tools: the boot record's TPM quote, when the node has a TPM.
@@ -46,6 +46,10 @@ pub struct AuditDeclaration {
     /// Sorted, without duplicates; always holds `boot`.
     pub record: Vec<String>,
     pub on_full: OnFull,
+    /// `file:line:col` of `key` (the section) and of `on_full`, for the
+    /// build's refusal of media that cannot hold the trail.
+    pub at: String,
+    pub on_full_at: Option<String>,
 }
 
 /// `[audit]` as the manifest records it (no host path: reproducible).

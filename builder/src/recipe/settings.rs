@@ -428,12 +428,14 @@ settings! {
         "the platform's `age` public key (`age1...`, one line, as `age-keygen -y` prints it); \
          records are encrypted to it, and the image holds nothing else of it. Its digest is in \
          the manifest.";
-    AUDIT_RECORD = ["audit"] "record": "list of strings" = Text("[\"boot\", \"service\", \"firewall\"]");
-        "the record kinds written, from `boot`, `service`, `firewall` (`close` and `stopped` \
-         are always written; `boot` cannot be left out: it carries the boot's signing key)";
+    AUDIT_RECORD = ["audit"] "record": "list of strings" = Text("[\"boot\", \"service\", \"firewall\", \"cluster-api\"]");
+        "the record kinds written, from `boot`, `service`, `firewall`, `cluster-api` (k3s or \
+         kubernetes runtime only) (`close`, `stopped` and \
+         `verity-failure` are always written; `boot` cannot be left out: it carries the boot's signing key)";
     AUDIT_ON_FULL = ["audit"] "on_full": "`\"stop\"` or `\"halt\"`" = Text("stop");
         "when the partition is full: write a last `stopped` record and go on unrecorded, or halt \
-         the node (`cairn: FATAL audit: full`)";
+         the node (`cairn: FATAL audit: full`); `halt` builds no ISO (`--format raw,qcow2`): \
+         an ISO boot has no partition to record to";
 }
 
 /// Smallest memory limit a service may have: below it the runtime and the

@@ -149,12 +149,17 @@ impl Record {
     }
 }
 
-/// One boot's records, and whether it ended with `close` (or `stopped`).
+/// One boot's records, and whether it ended with `close` (or `stopped`)
+/// or with a halt on a verity failure.
 #[derive(Debug, Clone, Serialize)]
 pub struct Boot {
     pub boot: String,
     pub key: String,
     pub closed: bool,
+    /// The volume whose verity failure halted the node (its
+    /// `verity-failure` record ends the boot); not a clean shutdown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
     pub records: Vec<Record>,
     /// The boot record's TPM quote, checked (`audit_tpm`).
     pub tpm: Option<super::audit_tpm::Tpm>,
@@ -309,6 +314,7 @@ fn check(
             boot: boot.clone(),
             key,
             closed: false,
+            halted: None,
             records: Vec::new(),
             tpm: None,
         });
@@ -333,12 +339,20 @@ fn check(
     if b.closed {
         return Err(format!("a record after boot {boot} closed"));
     }
+    if b.halted.is_some() {
+        return Err(format!(
+            "a record after boot {boot} halted on a verity failure"
+        ));
+    }
     if seq != want_seq {
         return Err(format!(
             "seq={seq} where {want_seq} was due (a record removed)"
         ));
     }
     b.closed = kind == "close" || kind == "stopped";
+    if kind == "verity-failure" {
+        b.halted = Some(rec.get("volume").unwrap_or("?").to_string());
+    }
     b.records.push(rec);
     Ok(())
 }
@@ -352,10 +366,10 @@ impl Trail {
                 "boot {} ({} records, {})\n",
                 b.boot,
                 b.records.len(),
-                if b.closed {
-                    "closed"
-                } else {
-                    "NOT CLOSED: power loss or pulled medium"
+                match (&b.halted, b.closed) {
+                    (Some(v), _) => format!("HALTED on a verity failure of volume {v}"),
+                    (None, true) => "closed".to_string(),
+                    (None, false) => "NOT CLOSED: power loss or pulled medium".to_string(),
                 }
             );
             if let Some(tpm) = &b.tpm {
@@ -484,6 +498,59 @@ mod tests {
         }
         // Control: the same search finds what is there in the clear.
         assert!(raw.windows(5).any(|w| w == b"CAF1 "));
+    }
+
+    /// verity-watch's record before its halt: the boot shows as halted on
+    /// that volume (not closed, not cut off), and the writer writes nothing
+    /// after it, `close` included. Control: a record forged after it is
+    /// named.
+    #[test]
+    fn a_verity_failure_ends_the_boot_as_halted() {
+        let fx = two_boots();
+        let args = [
+            "record",
+            "verity-failure",
+            "volume=base",
+            "mapping=cairn-root",
+            "device=vda3 254:3",
+            "seen=device-mapper: verity: 254:3: data block 7 is corrupted",
+        ];
+        writer(&fx, "run2", &args);
+        writer(
+            &fx,
+            "run2",
+            &["record", "service", "unit=late", "event=exit"],
+        );
+        writer(&fx, "run2", &["close"]);
+        let t = read(&fx.part, &fx.key).unwrap();
+        let text = t.render_text();
+        assert!(t.first_bad.is_none(), "{text}");
+        let b2 = &t.boots[1];
+        let kinds: Vec<&str> = b2.records.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["boot", "service", "verity-failure"], "{text}");
+        assert_eq!((b2.halted.as_deref(), b2.closed), (Some("base"), false));
+        assert_eq!(b2.records[2].get("device"), Some("vda3 254:3"));
+        assert!(
+            text.contains("HALTED on a verity failure of volume base"),
+            "{text}"
+        );
+        assert_eq!(t.boots[0].halted, None);
+        // Control: the writer's own guard removed, a record after the halt
+        // is the first bad frame.
+        std::fs::remove_file(fx.dir.path().join("run2/stopped")).unwrap();
+        writer(
+            &fx,
+            "run2",
+            &["record", "service", "unit=late", "event=exit"],
+        );
+        let t = read(&fx.part, &fx.key).unwrap();
+        let bad = t.first_bad.expect("a record after the halt");
+        assert_eq!(bad.index, 7, "{}", bad.why);
+        assert!(
+            bad.why.contains("halted on a verity failure"),
+            "{}",
+            bad.why
+        );
     }
 
     #[test]

@@ -497,7 +497,8 @@ impl Inspection {
         if let Some(a) = &self.audit {
             // Debug quoting: manifest strings never reach the terminal raw.
             line(format!(
-                "audit        partition {:?}, {} MiB; records {:?}; when full: {:?}; key sha256 {}",
+                "audit        partition {:?}, {} MiB; records {:?}; when full: {:?}; key sha256 {}; \
+                 disk media only (an ISO boot records nothing)",
                 a.partition,
                 a.size >> 20,
                 a.record,

@@ -47,7 +47,7 @@ pub fn statement(m: &Manifest, subjects: &[(String, Sha256)]) -> Value {
         recipe.insert("lockDigest".into(), json!({"sha256": lock.hex()}));
     }
 
-    json!({
+    let mut st = json!({
         "_type": STATEMENT_TYPE,
         "subject": subject,
         "predicateType": PREDICATE_TYPE,
@@ -86,7 +86,18 @@ pub fn statement(m: &Manifest, subjects: &[(String, Sha256)]) -> Value {
                 }],
             },
         },
-    })
+    });
+    // `[audit]` (docs/audit.md): present only when the image keeps a trail.
+    if let Some(a) = &m.audit {
+        st["predicate"]["buildDefinition"]["internalParameters"]["audit"] = json!({
+            "partition": a.partition,
+            "size": a.size,
+            "keyDigest": {"sha256": a.key_sha256.hex()},
+            "record": a.record,
+            "onFull": a.on_full,
+        });
+    }
+    st
 }
 
 /// `urn:cairn:manifest:sha256:HEX`, HEX the digest of the manifest as

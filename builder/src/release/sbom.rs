@@ -766,6 +766,17 @@ pub fn cyclonedx(m: &Manifest, c: &Contents) -> Value {
         "components": components,
         "dependencies": dependencies,
     });
+    // `[audit]`: the release carries an audit partition (docs/audit.md),
+    // a property of the operating system as shipped, not a component.
+    if let Some(a) = &m.audit {
+        doc["metadata"]["component"]["properties"] = json!([
+            prop("cairn:audit:partition", &a.partition),
+            prop("cairn:audit:size", &a.size.to_string()),
+            prop("cairn:audit:key-sha256", &a.key_sha256.hex()),
+            prop("cairn:audit:record", &a.record.join(" ")),
+            prop("cairn:audit:on-full", &a.on_full),
+        ]);
+    }
     doc["serialNumber"] = json!(uuid_of(&Sha256::of_bytes(doc.to_string().as_bytes())));
     doc
 }

@@ -7,6 +7,8 @@
 //! or the refused address in the clear; `cairn audit verify` passes; the
 //! boot shows as not closed. Control: a second boot of the same disk shut
 //! down cleanly is closed, and the first boot's records still verify.
+//! The TPM boot ends on a corrupted root block: its trail's last record is
+//! the verity failure, written just before the halt.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,11 +18,6 @@ use cairn::release::audit_tpm::{first_bad_boot, Tpm};
 use cairn::vm::qemu::{BootSpec, Firmware, Vm};
 use cairn::vm::trusted::{self, Swtpm};
 use qemu_tests::*;
-
-/// The throwaway test key's secret half (recipes/audit-test.pub is its
-/// public half). Never use it for anything else.
-const AUDIT_TEST_SECRET: &str =
-    "AGE-SECRET-KEY-1CQ476WNTM44RJJNZC2NM79JHKNYE08XD2J53MNHD9VP0HCFACWWSKVNVL0\n";
 
 /// Boots `img` to ready; `forwards`: host ports to guest ports.
 fn boot(img: &Path, log: &str, forwards: Vec<(u16, u16)>) -> Vm {
@@ -176,12 +173,20 @@ fn the_audit_trail_survives_a_hard_power_off_sealed_and_verifiable() {
     assert!(t.first_bad.is_none(), "{text}");
     assert_eq!(t.boots.len(), 2, "{text}");
     assert!(!t.boots[0].closed && t.boots[1].closed, "{text}");
+    // Control for the TPM test's halt: boots that saw no corruption have
+    // no verity-failure record.
+    assert!(t.boots.iter().all(|b| b.halted.is_none()), "{text}");
+    assert!(!text.contains("verity-failure"), "{text}");
 }
 
 /// With a TPM (swtpm): the boot record carries a quote of PCR 7 and 11
 /// whose nonce is the boot key; it verifies, and its PCR 11 is the one
 /// the signed manifest predicts for this UKI. Control: judged against
 /// another prediction (a trail written by another UKI), the boot is named.
+/// The same boot then reads a root block flipped under it: the watcher's
+/// `verity-failure` record (volume, device, the kernel's line) is the last
+/// of the trail, written before the halt, and the boot verifies as halted
+/// (the hard power-off and clean boots above are the controls).
 #[test]
 fn with_a_tpm_the_boot_record_quotes_the_manifests_pcr11() {
     let b = built("tiny-audit");
@@ -199,6 +204,16 @@ fn with_a_tpm_the_boot_record_quotes_the_manifests_pcr11() {
     let mut vm = Vm::start(&spec).expect("start qemu");
     vm.wait_for_line("cairn: ready", boot_timeout())
         .unwrap_or_else(|e| panic!("{log}: not ready: {e:#}"));
+    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    // As failclosed.rs: a block in the middle of the root, read with
+    // O_DIRECT after the byte under it flipped.
+    let block = m.verity.data_size / 4096 / 2;
+    let (root_offset, _) = partition(&b.dir, cairn::media::disk::LABEL_ROOT);
+    let serial = corrupted_read_after_boot_halts(&mut vm, &img, "cairn-root", root_offset, block);
+    assert!(
+        serial.contains("cairn: audit: the verity failure is recorded"),
+        "{serial}"
+    );
     vm.kill();
 
     use cairn::release::audit;
@@ -206,7 +221,20 @@ fn with_a_tpm_the_boot_record_quotes_the_manifests_pcr11() {
     let text = t.render_text();
     eprintln!("{text}");
     assert!(t.first_bad.is_none(), "{text}");
-    let m = cairn::release::manifest::read(&b.dir.join("manifest.json")).expect("manifest");
+    let last = t.boots[0].records.last().expect("records");
+    assert_eq!(last.kind, "verity-failure", "{text}");
+    assert_eq!(last.get("volume"), Some("base"), "{text}");
+    assert_eq!(last.get("mapping"), Some("cairn-root"), "{text}");
+    assert!(
+        last.get("seen")
+            .is_some_and(|s| s.contains(&format!("data block {block} is corrupted"))),
+        "{text}"
+    );
+    assert_eq!(t.boots[0].halted.as_deref(), Some("base"), "{text}");
+    assert!(
+        text.contains("HALTED on a verity failure of volume base"),
+        "{text}"
+    );
     let predicted = m.boot.pcr11_sha256.expect("a predicted PCR 11");
     match &t.boots[0].tpm {
         Some(Tpm::Quoted { pcr11, .. }) => assert_eq!(*pcr11, predicted, "{text}"),

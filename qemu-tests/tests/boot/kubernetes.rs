@@ -74,14 +74,19 @@ fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
     );
     let listener = Listener::start();
     let port = free_port();
+    // The image's audit trail is read on the host after the boot: a copy,
+    // written in place.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = copy_image(&b.raw, dir.path(), "field-ai-kube.raw");
     let mut spec = BootSpec::new(
-        &b.raw,
+        &img,
         cairn::media::RAW.qemu,
         Firmware::Uefi,
         log_path("field-ai-kube"),
     );
     spec.network = true;
     spec.debug_console = true;
+    spec.snapshot = false;
     spec.memory_mib = 3072;
     spec.cpus = 2;
     spec.forwards = vec![(port, 8080)];
@@ -264,6 +269,43 @@ fn kubernetes_node_serves_enforces_policies_and_pulls_nothing() {
     assert!(
         rc == 0 && out.split_whitespace().all(|n| n == "0"),
         "the node services restarted: {out:?}"
+    );
+    cluster_api_is_in_the_audit_trail(&mut vm, &img, dir.path());
+}
+
+/// `[audit]` (docs/audit.md): the API server's audit events of this boot
+/// (the test's own kubectl deletes above) are in the sealed trail, read on
+/// the host with the platform's key after a hard power-off; the trail
+/// verifies.
+fn cluster_api_is_in_the_audit_trail(vm: &mut Vm, img: &std::path::Path, dir: &std::path::Path) {
+    // The recorder flushes every 30 s; cluster.recorded counts what it wrote.
+    let (rc, out) = vm
+        .console_run(
+            "i=0; while [ \"$(cat /run/cairn/audit/cluster.recorded 2>/dev/null || echo 0)\" -lt 1 ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; cat /run/cairn/audit/cluster.recorded",
+            Duration::from_secs(180),
+        )
+        .expect("console");
+    eprintln!("cluster.recorded ({rc}): {out}");
+    vm.kill();
+    let key = dir.join("audit.sec");
+    std::fs::write(&key, AUDIT_TEST_SECRET).expect("key");
+    let t = cairn::release::audit::read(img, &key).unwrap_or_else(|e| panic!("{e:#}"));
+    let text = t.render_text();
+    eprintln!("{text}");
+    assert!(t.first_bad.is_none(), "{text}");
+    let events: Vec<&str> = t
+        .boots
+        .iter()
+        .flat_map(|b| &b.records)
+        .filter(|r| r.kind == "cluster-api")
+        .flat_map(|r| r.fields.iter().filter(|(k, _)| k.starts_with("event.")))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains(" delete networkpolicies cairn inference-ingress ")),
+        "no record of the test's own delete: {events:?}\n{text}"
     );
 }
 

@@ -96,6 +96,8 @@ impl Validator<'_> {
             key_path,
             record,
             on_full,
+            at: self.at(a.key.span()),
+            on_full_at: a.on_full.as_ref().map(|o| self.at(o.span())),
         })
     }
 }

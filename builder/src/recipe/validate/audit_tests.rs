@@ -32,7 +32,7 @@ fn audit_defaults_and_choices_resolve() {
     let a = r.audit.expect("audit declaration");
     assert_eq!(a.size, 16 << 20);
     assert_eq!(a.recipient, KEY.trim());
-    assert_eq!(a.record, ["boot", "firewall", "service"]);
+    assert_eq!(a.record, ["boot", "cluster-api", "firewall", "service"]);
     assert_eq!(a.on_full, OnFull::Stop);
     let text = format!(
         "{HEAD}[audit]\nkey = \"audit.pub\"\nsize = \"4M\"\nrecord = [\"service\"]\non_full = \"halt\"\n"
