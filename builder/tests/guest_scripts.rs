@@ -259,31 +259,12 @@ fn cairn_ready_waits_for_the_checks_and_names_a_service_that_never_passes() {
 /// whose trail is not open writes nothing.
 #[test]
 fn the_watcher_records_a_verity_failure_before_the_halt() {
-    testkit::tool("age", "age");
-    testkit::tool("openssl", "openssl");
-    let d = tempfile::tempdir().unwrap();
+    let (d, part, key, run) = open_trail();
     let w = d.path();
-    let key = w.join("audit.sec");
-    let keygen = |args: &[&std::ffi::OsStr]| {
-        let mut c = cairn::host::runner::command("age-keygen");
-        c.args(args);
-        cairn::host::runner::output("test: age-keygen", c).unwrap()
-    };
-    keygen(&["-o".as_ref(), key.as_os_str()]);
-    let public = keygen(&["-y".as_ref(), key.as_os_str()]);
-    std::fs::write(w.join("audit.pub"), public.stdout).unwrap();
-    let part = w.join("audit.part");
-    let mut h = b"cairn-audit v1\n".to_vec();
-    h.resize(1 << 20, 0);
-    std::fs::write(&part, h).unwrap();
-    let writer = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/cairn-audit");
-    let run = w.join("audit-run");
+    let writer = guest("cairn-audit");
+    // The watcher runs the writer, which reads these from its environment.
     std::env::set_var("CAIRN_AUDIT_RECIPIENT", w.join("audit.pub"));
     std::env::set_var("CAIRN_AUDIT_TPM_DEV", w.join("no-tpm"));
-    let mut open = cairn::host::runner::command("sh");
-    open.arg(&writer).arg("open").arg(&part).arg("release=t");
-    open.env("CAIRN_AUDIT_RUN", &run);
-    cairn::host::runner::output("test: cairn-audit open", open).unwrap();
 
     let line = "device-mapper: verity: 254:2: data block 7 is corrupted";
     let watch_with = |status: &str, writer: &Path, run: &Path| {
