@@ -488,7 +488,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("s");
         std::fs::write(&f, script).unwrap();
-        let mut c = std::process::Command::new("sh");
+        let mut c = crate::host::runner::command("sh");
         c.arg(&f).args(args);
         if let Some(p) = path {
             c.env("PATH", format!("{}:/usr/bin:/bin", p.display()));
@@ -542,7 +542,7 @@ mod tests {
         // A crash restarts k3s, which adopts its pods: only a stop kills
         // them (and the script is harmless where there are none).
         let run = |result: &str| {
-            std::process::Command::new("sh")
+            crate::host::runner::command("sh")
                 .args(["-c", k])
                 .env("SERVICE_RESULT", result)
                 .output()
@@ -551,7 +551,7 @@ mod tests {
         assert!(run("exit-code").status.success());
         assert!(k.find("SERVICE_RESULT").unwrap() < k.find("kill -TERM").unwrap());
         for (name, text) in SCRIPTS {
-            let o = std::process::Command::new("sh")
+            let o = crate::host::runner::command("sh")
                 .args(["-n", "-c", text])
                 .output()
                 .unwrap();
@@ -599,7 +599,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let run = || {
-            std::process::Command::new("sh")
+            crate::host::runner::command("sh")
                 .args([
                     "-c",
                     w,
