@@ -14,9 +14,7 @@ use anyhow::{Context, Result};
 
 use crate::host::digest::Sha256;
 use crate::pipeline::kube_objects;
-pub use crate::pipeline::kube_objects::{
-    bundle_deployments, AUDIT_LOG_BACKUPS, AUDIT_LOG_MAX_MB, AUDIT_POLICY_YAML,
-};
+use crate::pipeline::kube_objects::{AUDIT_LOG_BACKUPS, AUDIT_LOG_MAX_MB, AUDIT_POLICY_YAML};
 use crate::recipe::workloads::Workloads;
 
 pub const BINARY: &str = "usr/local/bin/k3s";
@@ -328,6 +326,7 @@ pub fn install_artifacts(a: &Artifacts, tree: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::kube_objects::bundle_deployments;
 
     fn artifacts(dir: &Path) -> Artifacts {
         let bin = dir.join("k3s");

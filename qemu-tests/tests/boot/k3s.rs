@@ -288,12 +288,12 @@ fn k3s_node_ready_pod_running_and_network_policy_enforced() {
         "grep -E 'audit-log-max(size|backup)' /etc/rancher/k3s/config.yaml && stat -c %s /var/log/kubernetes/audit.log",
     );
     assert_eq!(rc, 0, "{out}");
-    let max_mb = cairn::pipeline::k3s::AUDIT_LOG_MAX_MB;
+    let max_mb = cairn::pipeline::kube_objects::AUDIT_LOG_MAX_MB;
     assert!(
         out.contains(&format!("audit-log-maxsize={max_mb}"))
             && out.contains(&format!(
                 "audit-log-maxbackup={}",
-                cairn::pipeline::k3s::AUDIT_LOG_BACKUPS
+                cairn::pipeline::kube_objects::AUDIT_LOG_BACKUPS
             )),
         "the audit log has no size limit in the config: {out}"
     );
