@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::host::tree::{link_in_tree, write_in_tree};
 
 mod node_services;
-pub use crate::pipeline::kube_objects::{ADMISSION_CONFIG, NAMESPACE};
+use crate::pipeline::kube_objects::{ADMISSION_CONFIG, NAMESPACE};
 use crate::recipe::workloads::Workloads;
 pub use node_services::{DNS_SERVICE_IP, DNS_USER, NETPOL_USER};
 
