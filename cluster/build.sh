@@ -62,7 +62,7 @@ containerd_flags="-X github.com/containerd/containerd/v2/version.Version=$contai
 build kube ./cmd/kube -tags no_btrfs,no_zfs,no_devmapper \
 	-ldflags="$common_ldflags $version_flags $containerd_flags"
 for name in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy \
-	kubectl etcd containerd coredns cairn-cluster-ready; do
+	kubectl etcd containerd coredns cairn-cluster-ready cairn-join; do
 	ln -sfn kube "$out/$name"
 done
 

@@ -2,7 +2,8 @@
 # `key = "value"` and `key = ["a", "b"]` lines, comments, blank lines) and
 # checks every key against this image's [site] allow list and every value
 # by its kind. Prints one line per setting (`name N`, `hostname H`,
-# `address A`, `gateway G`, `close PORT PROTO`, `env SERVICE VAR=VALUE`)
+# `address A`, `gateway G`, `close PORT PROTO`, `env SERVICE VAR=VALUE`,
+# `role R`, `server IP`, `token T`, `expires T`, `peer IP`)
 # for the init to apply, or
 # `error MESSAGE` and exits 1. Run only on a file whose signature verified.
 # The binding (recipe/site.rs SiteDeclaration::bind_text): the file must
@@ -104,11 +105,48 @@ BEGIN {
         pre = substr(s, p + 1)
         if (p == 0 || pre !~ /^[0-9]+$/ || pre + 0 < 1 || pre + 0 > 32) fail("address " s " is not IPv4/prefix")
         ipv4(substr(s, 1, p - 1), "address")
+        myaddr = substr(s, 1, p - 1)
         print "address " s
     } else if (key == "gateway") {
         s = str(val)
         ipv4(s, "gateway")
         print "gateway " s
+    } else if (key == "role") {
+        s = str(val)
+        if (s != "server" && s != "agent") fail("role " s " is not server or agent")
+        if (!((" " want["roles"] " ") ~ (" " s " "))) fail("role " s " is not one of this release's [cluster] roles (" want["roles"] ")")
+        role = s
+        print "role " s
+    } else if (key == "server") {
+        s = str(val)
+        ipv4(s, "server")
+        server = s
+        print "server " s
+    } else if (key == "join_token") {
+        s = str(val)
+        if (s !~ /^[a-z0-9][a-z0-9][a-z0-9][a-z0-9][a-z0-9][a-z0-9]\.[a-z0-9]+$/ || length(s) != 23) fail("join_token must be ID.SECRET ([a-z0-9]{6}.[a-z0-9]{16}; cairn site token makes one)")
+        print "token " s
+    } else if (key == "join_expires") {
+        s = str(val)
+        if (s !~ /^[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z$/) fail("join_expires " s " is not YYYY-MM-DDTHH:MM:SSZ")
+        print "expires " s
+    } else if (key == "peers") {
+        if (val !~ /^\[.*\]$/) fail("peers must be a list of IPv4 addresses")
+        inner = substr(val, 2, length(val) - 2)
+        n = split(inner, items, ",")
+        npeers = 0
+        for (i = 1; i <= n; i++) {
+            it = items[i]
+            gsub(/^[ \t]+|[ \t]+$/, "", it)
+            if (it == "") continue
+            s = str(it)
+            ipv4(s, "peer")
+            if (s in peer) fail("peer " s " is listed twice")
+            peer[s] = 1
+            if (++npeers > 16) fail("peers lists more than 16 nodes")
+            print "peer " s
+        }
+        if (npeers == 0) fail("peers is empty")
     } else if (key == "close_ingress") {
         if (val !~ /^\[.*\]$/) fail("close_ingress must be a list of \"PORT/PROTO\" strings")
         inner = substr(val, 2, length(val) - 2)
@@ -145,6 +183,23 @@ END {
     }
     if (!("image" in seen) || !("version" in seen) || !("serial" in seen)) {
         print "error the site file does not name its image, version and serial; sign it again with cairn site sign"
+        exit 1
+    }
+    # A cluster node's settings hold together (recipe/site.rs checks the same).
+    if (role == "agent" && (!("server" in seen) || !("join_token" in seen))) {
+        print "error an agent needs `server` and `join_token`"
+        exit 1
+    }
+    if (("join_token" in seen) && !("join_expires" in seen)) {
+        print "error `join_token` needs `join_expires`"
+        exit 1
+    }
+    if (("server" in seen) && ("peers" in seen) && !(server in peer)) {
+        print "error server " server " is not one of `peers`"
+        exit 1
+    }
+    if (("address" in seen) && ("peers" in seen) && !(myaddr in peer)) {
+        print "error this node's address " myaddr " is not one of `peers`"
         exit 1
     }
 }

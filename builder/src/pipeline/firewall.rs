@@ -38,6 +38,7 @@ pub fn ruleset(p: &NetworkPolicy, runtime: crate::recipe::workloads::Runtime) ->
             s,
             "\t\t# k3s: pods reach the node (API server, DNS) over the cluster interfaces\n\t\tiifname {ifs} ip saddr {{ {nets} }} accept"
         );
+        s.push_str(&peer_rules("saddr"));
     }
     for r in &p.ingress {
         let _ = writeln!(s, "\t\t{} dport {} accept", r.proto.as_str(), r.port);
@@ -82,6 +83,7 @@ pub fn ruleset(p: &NetworkPolicy, runtime: crate::recipe::workloads::Runtime) ->
         // Only out of the cluster interfaces: a cluster address the
         // routes would send out of the NIC (no pod there) stays inside.
         let _ = writeln!(s, "\t\toifname {ifs} ip daddr {{ {nets} }} accept");
+        s.push_str(&peer_rules("daddr"));
     }
     for r in &p.egress {
         let _ = writeln!(
@@ -124,6 +126,7 @@ fn site_close_chains() -> String {
     for (_, set) in SITE_CLOSED_SETS {
         let _ = writeln!(s, "\tset {set} {{\n\t\ttype inet_service\n\t}}\n");
     }
+    let _ = writeln!(s, "\tset {PEER_SET} {{\n\t\ttype ipv4_addr\n\t}}\n");
     s.push_str(
         "\tchain prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n",
     );
@@ -132,6 +135,39 @@ fn site_close_chains() -> String {
     }
     s.push_str("\t}\n\n");
     s
+}
+
+/// The set a site file's `peers` fill (the initramfs adds one element per
+/// address, `peer_elements`): the other nodes of the site's cluster.
+pub const PEER_SET: &str = "cluster_peers";
+
+/// A cluster's own ports between its nodes, and nothing else: the API
+/// server, the kubelet, and the VXLAN overlay that carries pod traffic
+/// (the port k3s's flannel uses too). Empty set, no node reaches another.
+pub const PEER_PORTS: [(Proto, u16); 3] =
+    [(Proto::Tcp, 6443), (Proto::Tcp, 10250), (Proto::Udp, 8472)];
+
+/// Accept rules for [`PEER_PORTS`] from (`saddr`, input) or to (`daddr`,
+/// output) the addresses in [`PEER_SET`].
+fn peer_rules(dir: &str) -> String {
+    let mut s = format!("\t\t# the site's cluster peers (site file `peers`): its own ports only\n");
+    for (proto, port) in PEER_PORTS {
+        let _ = writeln!(
+            s,
+            "\t\tip {dir} @{PEER_SET} {} dport {port} accept",
+            proto.as_str()
+        );
+    }
+    s
+}
+
+/// The nft text that adds a site's peers to [`PEER_SET`]; the initramfs
+/// writes the same line per address (guest/init apply_site, `peer`).
+pub fn peer_elements(peers: &[std::net::Ipv4Addr]) -> String {
+    peers
+        .iter()
+        .map(|a| format!("add element inet cairn {PEER_SET} {{ {a} }}\n"))
+        .collect()
 }
 
 /// One drop rule per site set, matching the port by `what`
@@ -500,6 +536,52 @@ mod tests {
         );
     }
 
+    /// Between a site's cluster nodes, only the cluster's own ports, and
+    /// only with the peers the site file names: inbound and outbound.
+    #[test]
+    fn cluster_peers_reach_only_the_cluster_ports() {
+        let k = ruleset(&policy(), crate::recipe::workloads::Runtime::Kubernetes);
+        let chain = |name: &str| {
+            k.split(&format!("chain {name} {{"))
+                .nth(1)
+                .unwrap()
+                .split("\n\t}")
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let (inp, out) = (chain("input"), chain("output"));
+        for (proto, port) in PEER_PORTS {
+            let p = proto.as_str();
+            assert!(
+                inp.contains(&format!("ip saddr @cluster_peers {p} dport {port} accept")),
+                "{inp}"
+            );
+            assert!(
+                out.contains(&format!("ip daddr @cluster_peers {p} dport {port} accept")),
+                "{out}"
+            );
+        }
+        // Nothing else to or from a peer (SSH, say), and the policy's
+        // final reject stays last in output.
+        assert_eq!(k.matches("@cluster_peers").count(), 2 * PEER_PORTS.len());
+        assert!(out
+            .trim_end()
+            .ends_with("reject with icmpx type admin-prohibited"));
+        // Control: without a cluster the set is never read.
+        let c = ruleset(&policy(), crate::recipe::workloads::Runtime::Containerd);
+        assert!(!c.contains("@cluster_peers"));
+        assert_eq!(
+            peer_elements(&["10.0.9.1".parse().unwrap()]),
+            "add element inet cairn cluster_peers { 10.0.9.1 }\n"
+        );
+        let init = include_str!("../../guest/init");
+        assert!(
+            init.contains("add element inet cairn cluster_peers { $a }"),
+            "guest/init's peer line drifted from peer_elements"
+        );
+    }
+
     /// The generated rulesets are valid nftables, checked by nft itself in
     /// a throw-away network namespace (needs root and nftables: make deps).
     #[test]
@@ -531,7 +613,8 @@ mod tests {
                     + &site_close_elements(&[
                         parse_ingress("30080/tcp").unwrap(),
                         parse_ingress("53/udp").unwrap(),
-                    ]),
+                    ])
+                    + &peer_elements(&["10.0.2.15".parse().unwrap(), "10.0.2.16".parse().unwrap()]),
             ),
             // Control: nft must refuse a broken rule, or the check proves nothing.
             (

@@ -211,7 +211,7 @@ pub fn write_layout(w: &Workloads, tree: &Path, state_budget: Option<u64>) -> Re
     install_artifacts(a, tree)?;
     check_state(tree, state_budget)?;
     use crate::host::tree::write_in_tree;
-    let list = kube_objects::workloads_list(w, &a.node_name, allow_dns_policy());
+    let list = kube_objects::workloads_list(w, allow_dns_policy());
     write_in_tree(
         tree,
         &format!("{MANIFESTS_DIR}/{}", kube_objects::WORKLOADS_FILE),

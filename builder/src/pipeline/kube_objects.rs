@@ -111,11 +111,7 @@ fn port(s: &Service) -> Option<u16> {
 /// its readiness check as the readiness probe) and a NodePort Service on
 /// the same port number. `allow_dns`: the runtime's NetworkPolicy that
 /// lets the namespace reach cluster DNS (where DNS runs differs).
-pub fn workloads_list(
-    w: &Workloads,
-    node: &str,
-    allow_dns: serde_json::Value,
-) -> serde_json::Value {
+pub fn workloads_list(w: &Workloads, allow_dns: serde_json::Value) -> serde_json::Value {
     let mut items = vec![
         json!({
             "apiVersion": "v1", "kind": "Namespace",
@@ -145,8 +141,10 @@ pub fn workloads_list(
                 "storageClassName": "",
                 "local": {"path": path},
                 "claimRef": {"namespace": NAMESPACE, "name": format!("model-{}", m.name)},
+                // Every node of the release has the model's volume at this
+                // path (one signed image): any node may serve it.
                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}
+                    {"key": "kubernetes.io/hostname", "operator": "Exists"}]}]}}
             }
         }));
         items.push(json!({

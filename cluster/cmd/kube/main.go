@@ -38,6 +38,7 @@ import (
 
 	"go.etcd.io/etcd/server/v3/etcdmain"
 
+	"cairn.dev/cluster/internal/join"
 	"cairn.dev/cluster/internal/ready"
 )
 
@@ -55,6 +56,7 @@ var components = map[string]func() int{
 	"containerd":              containerdMain,
 	"coredns":                 corednsMain,
 	"cairn-cluster-ready":     func() int { return ready.Main(os.Args[1:], os.Stdout, os.Stderr) },
+	"cairn-join":              func() int { return join.Main(os.Args[1:], os.Stdout, os.Stderr) },
 }
 
 // cobraMain is upstream's cmd/<name>/main.go for the control plane and node

@@ -49,7 +49,7 @@ pub fn units() -> Vec<(&'static str, String)> {
                 &["cairn-kube-apiserver.service"],
                 "simple",
                 &format!(
-                    "{} --kubeconfig={PKI}/kube-network-policies.kubeconfig --hostname-override=${{NODE_NAME}} --nfqueue-id=100 --metrics-bind-address=127.0.0.1:9080",
+                    "{} --kubeconfig=${{NETPOL_KUBECONFIG}} --hostname-override=${{NODE_NAME}} --nfqueue-id=100 --metrics-bind-address=127.0.0.1:9080",
                     bin("kube-network-policies")
                 ),
                 "ExecStartPre=-/sbin/modprobe nfnetlink_queue\nExecStartPre=-/sbin/modprobe nft_queue\n",

@@ -87,6 +87,22 @@ pub struct BootSpec {
     pub network: bool,
     /// Appended verbatim (network options are refused).
     pub extra_args: Vec<String>,
+    /// A private link to other guests of the same test: a datagram
+    /// socket between two unix socket files (no address on any host
+    /// network). With `network`, the NIC, the slirp and the link share one
+    /// segment (a QEMU hub), so this guest is reachable from the host's
+    /// forwards and its peers; without, the NIC is on the link only.
+    pub peer_link: Option<PeerLink>,
+}
+
+/// One end of a datagram link between two guests: this guest's socket
+/// file, the peer's, and this guest's MAC address (each guest on one
+/// segment needs its own).
+#[derive(Debug, Clone)]
+pub struct PeerLink {
+    pub local: PathBuf,
+    pub remote: PathBuf,
+    pub mac: [u8; 6],
 }
 
 impl BootSpec {
@@ -110,6 +126,7 @@ impl BootSpec {
             guestfwds: Vec::new(),
             network: false,
             extra_args: Vec::new(),
+            peer_link: None,
         }
     }
 }
@@ -304,7 +321,28 @@ pub(super) fn build_command_line(
                 target.port()
             ));
         }
-        push(&["-netdev", &nd, "-device", "virtio-net-pci,netdev=n0"]);
+        match &spec.peer_link {
+            None => push(&["-netdev", &nd, "-device", "virtio-net-pci,netdev=n0"]),
+            Some(l) => {
+                push(&["-netdev", &nd, "-netdev", &dgram(l)?]);
+                push(&["-netdev", "hubport,id=h0,hubid=0,netdev=n0"]);
+                push(&["-netdev", "hubport,id=h1,hubid=0,netdev=p0"]);
+                push(&["-netdev", "hubport,id=h2,hubid=0"]);
+                push(&[
+                    "-device",
+                    &format!("virtio-net-pci,netdev=h2,mac={}", mac(l)),
+                ]);
+            }
+        }
+    } else if let Some(l) = &spec.peer_link {
+        if !spec.forwards.is_empty() || !spec.guestfwds.is_empty() {
+            bail!("port forwards are set but network = false; set network = true");
+        }
+        push(&["-netdev", &dgram(l)?]);
+        push(&[
+            "-device",
+            &format!("virtio-net-pci,netdev=p0,mac={}", mac(l)),
+        ]);
     } else {
         if !spec.forwards.is_empty() || !spec.guestfwds.is_empty() {
             bail!("port forwards are set but network = false; set network = true");
@@ -316,6 +354,32 @@ pub(super) fn build_command_line(
     }
     a.extend(spec.extra_args.iter().cloned());
     Ok(a)
+}
+
+/// The peer link's netdev: unix datagram sockets only (a path with a comma
+/// would split QEMU's option string, so it is refused).
+fn dgram(l: &PeerLink) -> Result<String> {
+    let (local, remote) = (
+        l.local.display().to_string(),
+        l.remote.display().to_string(),
+    );
+    if local.contains(',') || remote.contains(',') {
+        bail!("peer link socket paths must not contain a comma: {local}, {remote}");
+    }
+    // QEMU binds the local path and fails if it exists (a guest restarted
+    // on the same link).
+    let _ = std::fs::remove_file(&l.local);
+    Ok(format!(
+        "dgram,id=p0,local.type=unix,local.path={local},remote.type=unix,remote.path={remote}"
+    ))
+}
+
+fn mac(l: &PeerLink) -> String {
+    l.mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Copies the OVMF vars `template` into `workdir` as the private, writable

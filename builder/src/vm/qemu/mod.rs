@@ -29,7 +29,9 @@ pub mod machine;
 pub use accel::{
     accel_detail, configure, probe_kvm, timeout_scale, Accel, AccelChoice, QemuConfig,
 };
-pub use cmdline::{command_line, copy_vars, ovmf_paths, BootSpec, DiskBus, Firmware, ImageFormat};
+pub use cmdline::{
+    command_line, copy_vars, ovmf_paths, BootSpec, DiskBus, Firmware, ImageFormat, PeerLink,
+};
 pub use console::TimedLine;
 pub use machine::Vm;
 
