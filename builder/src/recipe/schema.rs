@@ -92,6 +92,9 @@ pub struct ClusterSection {
     pub disable: Vec<Spanned<String>>,
     /// kubernetes only: the Go module the cluster binaries are built from.
     pub sources: Option<Spanned<String>>,
+    /// kubernetes and k3s: the roles a site file's `role` may name
+    /// (`["server", "agent"]`; default server only).
+    pub roles: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// An OCI image pinned by manifest digest: from an archive on disk, or

@@ -44,7 +44,130 @@ pub const SITE_SETTINGS: &[(&str, &str)] = &[
          (`env.inference.SITE_LABEL = \"north\"`), replacing the recipe's default (the service's \
          `env` must set `VAR`); one entry per variable a site may set",
     ),
+    (
+        "role",
+        "the node's role in the cluster, `\"server\"` or `\"agent\"` (one of the recipe's \
+         `[cluster] roles`; default server)",
+    ),
+    (
+        "server",
+        "the server node's IPv4 address, without prefix (`\"10.1.4.20\"`): where an agent joins",
+    ),
+    (
+        "join_token",
+        "the bootstrap token an agent joins with (`id.secret`, `[a-z0-9]{6}.[a-z0-9]{16}`; \
+         `cairn site token` makes one); needs `join_expires`",
+    ),
+    (
+        "join_expires",
+        "when `join_token` stops working, RFC 3339 UTC (`\"2027-01-31T00:00:00Z\"`)",
+    ),
+    (
+        "peers",
+        "every node of the cluster, IPv4 addresses without prefix (1 to 16, no duplicates; \
+         the same list in every site file of the cluster)",
+    ),
 ];
+
+/// The settings of a cluster node: a recipe may allow them only with
+/// `[cluster] runtime = "kubernetes"` or `"k3s"`.
+pub const CLUSTER_SETTINGS: &[&str] = &["role", "server", "join_token", "join_expires", "peers"];
+
+/// The roles a node may take; `[cluster] roles` names a subset.
+pub const ROLES: &[&str] = &["server", "agent"];
+
+/// At most this many `peers` (the firewall opens the cluster's ports to each).
+pub const MAX_PEERS: usize = 16;
+
+/// `[cluster] roles` when the recipe names none (and in manifests from
+/// before roles).
+pub fn default_roles() -> Vec<String> {
+    vec!["server".into()]
+}
+
+/// `[a-z0-9]{6}\.[a-z0-9]{16}`: a Kubernetes bootstrap token (id.secret).
+pub fn is_join_token(t: &str) -> bool {
+    let ok = |p: &str, n: usize| {
+        p.len() == n
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
+    t.split_once('.').is_some_and(|(id, secret)| ok(id, 6) && ok(secret, 16))
+}
+
+/// Seconds since 1970 of `YYYY-MM-DDTHH:MM:SSZ` (exactly that form: month
+/// 1-12, day 1-31, hour below 24, minutes and seconds below 60, as
+/// guest/site.awk checks), or None.
+pub fn join_expires_epoch(v: &str) -> Option<u64> {
+    let b = v.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<u64> {
+        b.get(r.clone())
+            .filter(|d| d.iter().all(u8::is_ascii_digit))
+            .and_then(|_| v[r].parse().ok())
+    };
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let (y, mo, d) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (h, mi, s) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h >= 24 || mi >= 60 || s >= 60 {
+        return None;
+    }
+    // Days since 1970 of the civil date (Howard Hinnant's days_from_civil).
+    let y = if mo <= 2 { y as i64 - 1 } else { y as i64 };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (mo as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+/// Why a site file's `join_expires` is no use at `now` (seconds since
+/// 1970), if it is not: `cairn site sign` refuses a token already expired.
+pub fn expired_problem(expires: &str, now: u64) -> Option<String> {
+    match join_expires_epoch(expires) {
+        Some(t) if t <= now => Some(format!(
+            "join_expires {expires:?} is in the past ({} now); an agent could not join with this token: make a new one (cairn site token) and sign again",
+            crate::host::time::rfc3339(now)
+        )),
+        _ => None,
+    }
+}
+
+/// A fresh bootstrap token from `next` (a source of random bytes): 22
+/// characters of `[a-z0-9]`, each from a byte below 252 (= 7 * 36, so every
+/// character is equally likely), with the `.` after the sixth.
+pub fn token_from(mut next: impl FnMut() -> u8) -> String {
+    const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(23);
+    while out.len() < 23 {
+        if out.len() == 6 {
+            out.push('.');
+            continue;
+        }
+        let b = next();
+        if b < 252 {
+            out.push(ALPHABET[usize::from(b % 36)] as char);
+        }
+    }
+    out
+}
+
+/// The two lines `cairn site token` prints: `token` and an expiry `days`
+/// after `now`, ready to paste into site files.
+pub fn token_lines(token: &str, now: u64, days: u32) -> String {
+    let expires = crate::host::time::rfc3339(now + u64::from(days) * 86_400);
+    format!("join_token = \"{token}\"\njoin_expires = \"{expires}\"\n")
+}
 
 /// The `(service, variable)` an `env.SERVICE.VAR` setting names, if `k` is
 /// one (`SERVICE` a name, `VAR` a portable environment variable name).
@@ -179,18 +302,24 @@ pub struct SiteDeclaration {
     pub image: String,
     #[serde(default)]
     pub version: String,
+    /// `[cluster] roles`: the roles a site file's `role` may name, in the
+    /// recipe's order (manifests from before roles: server only).
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
 }
 
 impl SiteDeclaration {
     /// The initramfs' `/etc/cairn/site.bind`, read by guest/site.awk and
-    /// the init: `image NAME`, `version V`, `min_serial N`, `required 0|1`.
+    /// the init: `image NAME`, `version V`, `min_serial N`, `required 0|1`,
+    /// `roles server agent` (the recipe's `[cluster] roles`, in order).
     pub fn bind_text(&self) -> String {
         format!(
-            "image {}\nversion {}\nmin_serial {}\nrequired {}\n",
+            "image {}\nversion {}\nmin_serial {}\nrequired {}\nroles {}\n",
             self.image,
             self.version,
             self.min_serial,
-            u8::from(self.required)
+            u8::from(self.required),
+            self.roles.join(" ")
         )
     }
 
@@ -248,6 +377,11 @@ struct SiteFileToml {
     close_ingress: Option<Spanned<Vec<Spanned<String>>>>,
     /// `env.SERVICE.VAR = "value"` (dotted keys).
     env: Option<BTreeMap<String, BTreeMap<String, Spanned<String>>>>,
+    role: Option<Spanned<String>>,
+    server: Option<Spanned<String>>,
+    join_token: Option<Spanned<String>>,
+    join_expires: Option<Spanned<String>>,
+    peers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A checked site file.
@@ -264,6 +398,25 @@ pub struct SiteSettings {
     pub close_ingress: Vec<String>,
     /// `(service, variable, value)`, sorted by service and variable.
     pub env: Vec<(String, String, String)>,
+    /// The cluster node's settings (`role`: None means server).
+    pub role: Option<String>,
+    pub server: Option<String>,
+    pub join_token: Option<String>,
+    pub join_expires: Option<String>,
+    pub peers: Vec<String>,
+}
+
+impl SiteSettings {
+    /// The node's role: the file's `role`, else server.
+    pub fn role(&self) -> &str {
+        self.role.as_deref().unwrap_or("server")
+    }
+}
+
+/// Whether `v` is a plain IPv4 address (dotted quad, no prefix, no
+/// leading zeros: one spelling per address, so lists compare as text).
+pub fn is_plain_ipv4(v: &str) -> bool {
+    v.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// Whether `h` is a plain host name label: `[a-z0-9-]`, 1-63, not
@@ -441,6 +594,190 @@ fn bind_checks(
     }
 }
 
+/// The cluster node's keys (`role`, `server`, `join_token`,
+/// `join_expires`, `peers`), each allowed by the recipe and well-formed,
+/// then the rules between them (guest/site.awk checks the same):
+/// an agent names its server and a token, a token its expiry, and the
+/// server and this node's address are among the peers.
+fn cluster_checks(
+    file: &Path,
+    text: &str,
+    parsed: &SiteFileToml,
+    decl: &SiteDeclaration,
+    out: &mut SiteSettings,
+    problems: &mut Vec<RecipeProblem>,
+) {
+    let key_at = |v: usize| text[..v].rfind('\n').map(|n| n + 1).unwrap_or(0);
+    let push = |problems: &mut Vec<RecipeProblem>, at: usize, m: String| {
+        problems.push(problem(file, text, at, m))
+    };
+    let allowed = |key: &str, at: usize, problems: &mut Vec<RecipeProblem>| {
+        if decl.allow.iter().any(|a| a == key) {
+            return true;
+        }
+        push(
+            problems,
+            key_at(at),
+            format!(
+                "`{key}` is not allowed for sites by this recipe ([site] allow = {:?}); remove it, or have the platform team allow it",
+                decl.allow
+            ),
+        );
+        false
+    };
+    // A string key: allowed, then `why` has no objection to its value.
+    let one = |v: &Option<Spanned<String>>,
+               key: &str,
+               why: &dyn Fn(&str) -> Option<String>,
+               problems: &mut Vec<RecipeProblem>|
+     -> Option<String> {
+        let v = v.as_ref()?;
+        let at = v.span().start;
+        if !allowed(key, at, problems) {
+            return None;
+        }
+        match why(v.get_ref()) {
+            None => Some(v.get_ref().clone()),
+            Some(m) => {
+                push(problems, at, m);
+                None
+            }
+        }
+    };
+    let role = one(
+        &parsed.role,
+        "role",
+        &|r| {
+            if !ROLES.contains(&r) {
+                Some(format!("role {r:?} must be \"server\" or \"agent\""))
+            } else if !decl.roles.iter().any(|x| x == r) {
+                Some(format!(
+                    "role `{r}` is not one of this release's [cluster] roles {:?}; name one of them, or build a release whose recipe lists {r:?} in [cluster] roles",
+                    decl.roles
+                ))
+            } else {
+                None
+            }
+        },
+        problems,
+    );
+    let ipv4 = |what: &'static str| {
+        move |v: &str| {
+            (!is_plain_ipv4(v)).then(|| {
+                format!("{what} {v:?} is not an IPv4 address without prefix (write \"10.1.4.20\")")
+            })
+        }
+    };
+    let server = one(&parsed.server, "server", &ipv4("server"), problems);
+    let token = one(
+        &parsed.join_token,
+        "join_token",
+        &|t| {
+            (!is_join_token(t)).then(|| {
+                "join_token is not a bootstrap token ([a-z0-9]{6}.[a-z0-9]{16}); make one with cairn site token".to_string()
+            })
+        },
+        problems,
+    );
+    let expires = one(
+        &parsed.join_expires,
+        "join_expires",
+        &|e| {
+            join_expires_epoch(e).is_none().then(|| {
+                format!("join_expires {e:?} is not a UTC time YYYY-MM-DDTHH:MM:SSZ (\"2027-01-31T00:00:00Z\")")
+            })
+        },
+        problems,
+    );
+    let mut peers: Option<Vec<String>> = None;
+    if let Some(p) = &parsed.peers {
+        if allowed("peers", p.span().start, problems) {
+            let list = p.get_ref();
+            if list.is_empty() || list.len() > MAX_PEERS {
+                push(
+                    problems,
+                    p.span().start,
+                    format!(
+                        "peers lists {} addresses; list every node of the cluster, 1 to {MAX_PEERS}",
+                        list.len()
+                    ),
+                );
+            }
+            let mut good: Vec<String> = Vec::new();
+            for a in list {
+                let v = a.get_ref();
+                if !is_plain_ipv4(v) {
+                    push(
+                        problems,
+                        a.span().start,
+                        format!("peers {v:?} is not an IPv4 address without prefix (write \"10.1.4.20\")"),
+                    );
+                } else if good.contains(v) {
+                    push(
+                        problems,
+                        a.span().start,
+                        format!("peers lists {v:?} twice; remove one"),
+                    );
+                } else {
+                    good.push(v.clone());
+                }
+            }
+            peers = Some(good);
+        }
+    }
+    // The rules between keys, each at the key that breaks it.
+    let at = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span().start).unwrap_or(0);
+    // A key that is present but bad has its own problem already.
+    let missing: Vec<&str> = [("server", &parsed.server), ("join_token", &parsed.join_token)]
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(k, _)| *k)
+        .collect();
+    if role.as_deref() == Some("agent") && !missing.is_empty() {
+        push(
+            problems,
+            at(&parsed.role),
+            format!(
+                "role \"agent\" needs `server` (the server node's address) and `join_token` (cairn site token makes one); add {}",
+                missing.join(" and ")
+            ),
+        );
+    }
+    if token.is_some() && parsed.join_expires.is_none() {
+        push(
+            problems,
+            at(&parsed.join_token),
+            "join_token needs `join_expires` (when the token stops working; cairn site token prints both); add it".into(),
+        );
+    }
+    if let Some(peers) = &peers {
+        if let Some(s) = &server {
+            if !peers.contains(s) {
+                push(
+                    problems,
+                    at(&parsed.server),
+                    format!("server {s:?} is not in peers {peers:?}; list every node of the cluster in peers"),
+                );
+            }
+        }
+        if let Some(a) = &out.address {
+            let own = a.split('/').next().unwrap_or(a);
+            if !peers.iter().any(|p| p == own) {
+                push(
+                    problems,
+                    at(&parsed.address),
+                    format!("this node's address {own:?} is not in peers {peers:?}; list every node of the cluster in peers, this one too"),
+                );
+            }
+        }
+    }
+    out.role = role;
+    out.server = server;
+    out.join_token = token;
+    out.join_expires = expires;
+    out.peers = peers.unwrap_or_default();
+}
+
 /// `text` with `image` and `version` lines added when it has none (what
 /// `cairn site sign` writes before it checks and signs), and the keys
 /// added.
@@ -613,6 +950,7 @@ pub fn check(file: &Path, text: &str, decl: &SiteDeclaration) -> Result<SiteSett
             }
         }
     }
+    cluster_checks(file, text, &parsed, decl, &mut out, &mut problems);
     if problems.is_empty() {
         Ok(out)
     } else {

@@ -257,12 +257,13 @@ impl<'a> Validator<'a> {
         let (disk_size, state_size) = self.disk(&f.disk);
         let limits = self.limits(&f.limits);
         let audit = f.audit.as_ref().and_then(|a| self.audit(a));
+        let roles = self.cluster_roles(&f.cluster, workloads.runtime);
         let site = f.site.as_ref().and_then(|s| {
             let image = (
                 f.image.name.get_ref().as_str(),
                 f.image.version.get_ref().as_str(),
             );
-            self.site(s, image, &network, &workloads)
+            self.site(s, image, &network, &workloads, &roles)
         });
         if let Some(d) = &site {
             for s in &mut workloads.services {

@@ -3,21 +3,66 @@
 
 use super::Validator;
 use crate::recipe::network::NetworkPolicy;
-use crate::recipe::schema::SiteSection;
+use crate::recipe::schema::{ClusterSection, SiteSection};
 use crate::recipe::settings::SITE_ALLOW;
 use crate::recipe::site::{
-    env_setting, env_value_problem, host_steering_name, public_key_id, SiteDeclaration,
-    SITE_SETTINGS,
+    default_roles, env_setting, env_value_problem, host_steering_name, public_key_id,
+    SiteDeclaration, CLUSTER_SETTINGS, ROLES, SITE_SETTINGS,
 };
-use crate::recipe::workloads::Workloads;
+use crate::recipe::workloads::{Runtime, Workloads};
+
+/// Whether `runtime` runs a cluster that nodes can join (roles, peers).
+fn joinable(runtime: Runtime) -> bool {
+    matches!(runtime, Runtime::Kubernetes | Runtime::K3s)
+}
 
 impl Validator<'_> {
+    /// `[cluster] roles`: "server" and/or "agent", each once, only for a
+    /// runtime nodes can join; default server only.
+    pub(super) fn cluster_roles(&mut self, c: &ClusterSection, runtime: Runtime) -> Vec<String> {
+        let Some(list) = &c.roles else {
+            return default_roles();
+        };
+        if !joinable(runtime) {
+            self.problem(
+                list.span(),
+                "[cluster] roles is for runtime = \"kubernetes\" or \"k3s\" (a cluster other nodes join); remove it or set that runtime".to_string(),
+            );
+            return default_roles();
+        }
+        if list.get_ref().is_empty() {
+            self.problem(
+                list.span(),
+                "[cluster] roles is empty; name \"server\", \"agent\" or both (without it: server only)".to_string(),
+            );
+        }
+        let mut roles: Vec<String> = Vec::new();
+        for r in list.get_ref() {
+            let v = r.get_ref();
+            if !ROLES.contains(&v.as_str()) {
+                self.problem(
+                    r.span(),
+                    format!("[cluster] roles names {v:?}; a node is \"server\" or \"agent\""),
+                );
+            } else if roles.contains(v) {
+                self.problem(r.span(), format!("{v:?} is listed twice; remove one"));
+            } else {
+                roles.push(v.clone());
+            }
+        }
+        if roles.is_empty() {
+            return default_roles();
+        }
+        roles
+    }
+
     pub(super) fn site(
         &mut self,
         s: &SiteSection,
         image: (&str, &str),
         network: &NetworkPolicy,
         workloads: &Workloads,
+        roles: &[String],
     ) -> Option<SiteDeclaration> {
         let known: Vec<&str> = SITE_SETTINGS.iter().map(|(k, _)| *k).collect();
         let mut allow = Vec::new();
@@ -39,6 +84,12 @@ impl Validator<'_> {
                         SITE_ALLOW.name(),
                         known.join(", ")
                     ),
+                );
+            } else if CLUSTER_SETTINGS.contains(&k.as_str()) && !joinable(workloads.runtime) {
+                // No cluster to join: the guest would have nothing to do with it.
+                self.problem(
+                    a.span(),
+                    format!("a site can set {k:?} only for a cluster node: set [cluster] runtime = \"kubernetes\" or \"k3s\", or remove it"),
                 );
             } else if (k == "address" || k == "gateway") && network.address.is_none() {
                 // The site's value replaces the recipe's in the networkd file
@@ -92,6 +143,7 @@ impl Validator<'_> {
             min_serial: s.min_serial.as_ref().map(|m| *m.get_ref()).unwrap_or(0),
             image: image.0.to_string(),
             version: image.1.to_string(),
+            roles: roles.to_vec(),
         })
     }
 
