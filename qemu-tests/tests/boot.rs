@@ -15,6 +15,7 @@ mod boot {
     pub mod k3s;
     pub mod kubernetes;
     pub mod media;
+    pub mod multinode;
     pub mod production;
     pub mod raw;
     pub mod secureboot;
