@@ -39,6 +39,66 @@ pub struct SignedSite {
     pub key_id: String,
     pub text: Vec<u8>,
     pub sig: Vec<u8>,
+    /// The node's role (`server` when the file sets none) and host name
+    /// (None: the image's name), for what sign, apply and flash print and
+    /// the flash receipts record.
+    pub role: String,
+    pub node: Option<String>,
+}
+
+impl SignedSite {
+    /// `role server, node north-1` for the lines sign, apply and flash print.
+    pub fn role_text(&self) -> String {
+        match &self.node {
+            Some(n) => format!("role {}, node {}", self.role, Shown(n)),
+            None => format!("role {}", self.role),
+        }
+    }
+}
+
+/// Seconds since 1970 now (the check of a token's expiry at signing).
+fn now_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A fresh bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`) from the operating
+/// system's random source (`cairn site token`).
+pub fn fresh_token() -> Result<String> {
+    use rand_core::{OsRng, RngCore};
+    let mut buf = [0u8; 64];
+    OsRng
+        .try_fill_bytes(&mut buf)
+        .map_err(|e| anyhow::anyhow!("site token: the random source failed: {e}"))?;
+    let mut used = 0;
+    let mut failed = None;
+    let token = crate::recipe::site::token_from(|| {
+        if used == buf.len() {
+            // Rejections (bytes >= 252) are rare; a refill is rarer still.
+            if let Err(e) = OsRng.try_fill_bytes(&mut buf) {
+                failed = Some(e.to_string());
+            }
+            used = 0;
+        }
+        used += 1;
+        buf[used - 1]
+    });
+    match failed {
+        Some(e) => bail!("site token: the random source failed: {e}"),
+        None => Ok(token),
+    }
+}
+
+/// The two lines of `cairn site token`: a fresh token and its expiry
+/// `days` from now.
+pub fn token_lines(days: u32) -> Result<String> {
+    Ok(crate::recipe::site::token_lines(
+        &fresh_token()?,
+        now_epoch(),
+        days,
+    ))
 }
 
 /// A site file holds a handful of settings; 64 KiB is far more than one
@@ -101,9 +161,23 @@ pub fn sign_for_recipe(
 /// `version = "V"`), written into the file before it is signed, so the
 /// signature binds the file to this image; `serial` is the signer's to give.
 pub fn sign(site: &Path, key: &SecretKey, decl: &SiteDeclaration) -> Result<SignedSite> {
+    sign_at(site, key, decl, now_epoch())
+}
+
+/// [`sign`] at `now` (seconds since 1970): a `join_expires` at or before
+/// it is refused (the token would be useless on every stick).
+pub fn sign_at(
+    site: &Path,
+    key: &SecretKey,
+    decl: &SiteDeclaration,
+    now: u64,
+) -> Result<SignedSite> {
     let original = read_text(site)?;
     let (text, added) = crate::recipe::site::with_binding(&original, decl);
     let settings = check(site, &text, decl)?;
+    if let Some(e) = crate::recipe::site::expiry_problem(site, &text, now) {
+        return Err(e.into());
+    }
     let public = key.public();
     if public.key_id() != decl.key_id {
         return Err(crate::InputError(format!(
@@ -128,6 +202,8 @@ pub fn sign(site: &Path, key: &SecretKey, decl: &SiteDeclaration) -> Result<Sign
     std::fs::write(&out, &sig_text).with_context(|| format!("write {}", out.display()))?;
     Ok(SignedSite {
         path: site.to_path_buf(),
+        role: settings.role().to_string(),
+        node: settings.hostname,
         name: settings.name,
         key_id: decl.key_id.clone(),
         text: text.into_bytes(),
@@ -159,6 +235,8 @@ pub fn load_signed(site: &Path, decl: &SiteDeclaration) -> Result<SignedSite> {
     })?;
     Ok(SignedSite {
         path: site.to_path_buf(),
+        role: settings.role().to_string(),
+        node: settings.hostname,
         name: settings.name,
         key_id: decl.key_id.clone(),
         text: text.into_bytes(),
@@ -455,6 +533,7 @@ mod tests {
             min_serial: 3,
             image: "tiny".into(),
             version: "1.2.0".into(),
+            roles: crate::recipe::site::default_roles(),
         }
     }
 
