@@ -987,6 +987,10 @@ pub fn check(file: &Path, text: &str, decl: &SiteDeclaration) -> Result<SiteSett
 }
 
 #[cfg(test)]
+#[path = "site/cluster_tests.rs"]
+mod cluster_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1245,7 +1249,7 @@ mod tests {
         assert_eq!(t, "name = \"n\"\nimage = \"tiny\"\nversion = \"1.2.0\"\n");
         assert_eq!(
             d.bind_text(),
-            "image tiny\nversion 1.2.0\nmin_serial 5\nrequired 0\n"
+            "image tiny\nversion 1.2.0\nmin_serial 5\nrequired 0\nroles server\n"
         );
     }
 
