@@ -591,6 +591,60 @@ mod tests {
         assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
     }
 
+    /// A node's role and name travel with the signed file (what sign,
+    /// apply and flash print and receipts record); a token already expired
+    /// is refused at signing, nothing written.
+    #[test]
+    fn sign_records_the_role_and_refuses_an_expired_token() {
+        let d = tempfile::tempdir().unwrap();
+        let key = crate::release::signify::generate();
+        let mut decl = decl_for(&key, d.path());
+        decl.allow = ["hostname", "role", "server", "join_token", "join_expires"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        decl.roles = vec!["server".into(), "agent".into()];
+        let site = d.path().join("a.toml");
+        let text = format!(
+            "name = \"a\"\nhostname = \"agent-1\"\nrole = \"agent\"\nserver = \"10.0.0.2\"\n\
+             join_token = \"abcdef.0123456789abcdef\"\njoin_expires = \"2027-01-31T00:00:00Z\"\n{BIND}"
+        );
+        std::fs::write(&site, &text).unwrap();
+        let at = crate::recipe::site::join_expires_epoch("2027-01-31T00:00:00Z").unwrap();
+        let e = sign_at(&site, &key, &decl, at).unwrap_err();
+        let r = e
+            .downcast_ref::<crate::recipe::RecipeError>()
+            .expect("a recipe error");
+        assert_eq!((r.problems[0].line, r.problems[0].col), (6, 16), "{r}");
+        assert!(r.problems[0].message.contains("is in the past"), "{r}");
+        assert!(!sig_path(&site).exists());
+        // Control: a second before, it is signed; role and node recorded.
+        let s = sign_at(&site, &key, &decl, at - 1).unwrap();
+        assert_eq!(
+            (s.role.as_str(), s.node.as_deref()),
+            ("agent", Some("agent-1"))
+        );
+        assert_eq!(s.role_text(), "role agent, node agent-1");
+        let back = load_signed(&site, &decl).unwrap();
+        assert_eq!(back.role, "agent");
+        // A file without role or hostname: a server named after the image.
+        let plain = d.path().join("s.toml");
+        std::fs::write(&plain, format!("name = \"s\"\n{BIND}")).unwrap();
+        let s = sign_at(&plain, &key, &decl, at).unwrap();
+        assert_eq!((s.role.as_str(), s.node.as_deref()), ("server", None));
+        assert_eq!(s.role_text(), "role server");
+    }
+
+    #[test]
+    fn fresh_tokens_are_bootstrap_tokens_and_differ() {
+        let a = fresh_token().unwrap();
+        let b = fresh_token().unwrap();
+        assert!(crate::recipe::site::is_join_token(&a), "{a}");
+        assert_ne!(a, b);
+        let lines = token_lines(30).unwrap();
+        assert!(lines.starts_with("join_token = \""), "{lines}");
+    }
+
     #[test]
     fn sign_refuses_a_key_the_recipe_does_not_allow_and_writes_no_signature() {
         let d = tempfile::tempdir().unwrap();
