@@ -257,3 +257,66 @@ fn audit_on_the_iso_alone_or_with_halt_is_refused_at_its_line() {
         assert!(!err.contains("[audit]"), "{err}");
     }
 }
+
+/// `cairn site token`: two TOML lines, a bootstrap token
+/// (`[a-z0-9]{6}.[a-z0-9]{16}`) and its expiry `--days` ahead (UTC,
+/// `YYYY-MM-DDTHH:MM:SSZ`); a fresh token each run; days outside 1-365
+/// refused with exit 2. `--help` shows an example.
+#[test]
+fn site_token_prints_a_token_and_its_expiry() {
+    let d = tempfile::tempdir().unwrap();
+    let token = |args: &[&str]| {
+        let (code, out, err) = cairn(args, d.path());
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let t = lines[0]
+            .strip_prefix("join_token = \"")
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{out}"));
+        let (id, secret) = t.split_once('.').unwrap_or_else(|| panic!("{out}"));
+        let lower = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        };
+        assert!(
+            id.len() == 6 && secret.len() == 16 && lower(id) && lower(secret),
+            "{out}"
+        );
+        let e = lines[1]
+            .strip_prefix("join_expires = \"")
+            .and_then(|l| l.strip_suffix("Z\""))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(e.len(), 19, "{out}");
+        (t.to_string(), e.to_string())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (a, expires) = token(&["site", "token", "--days", "7"]);
+    let (b, _) = token(&["site", "token"]);
+    assert_ne!(a, b, "two runs gave the same token");
+    // The expiry is 7 days ahead: its date is that of now + 7 days (or the
+    // next, across midnight while the test ran).
+    let days = |t: u64| {
+        let out = Command::new("date")
+            .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%d"])
+            .output()
+            .expect("date");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let date = &expires[..10];
+    assert!(
+        date == days(now + 7 * 86_400) || date == days(now + 7 * 86_400 + 60),
+        "{expires}"
+    );
+    // Control for the range: 0 and 366 days are refused.
+    for bad in ["0", "366"] {
+        let (code, _, err) = cairn(&["site", "token", "--days", bad], d.path());
+        assert_eq!(code, 2, "{err}");
+    }
+    let (code, help, _) = cairn(&["site", "token", "--help"], d.path());
+    assert_eq!(code, 0);
+    assert!(help.contains("cairn site token --days 7"), "{help}");
+}
