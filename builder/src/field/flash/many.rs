@@ -491,6 +491,20 @@ mod tests {
         assert_eq!(identity(t.path(), "loop9"), [None, None, None, None]);
     }
 
+    /// Receipts from before roles (no `role`, `node`) still read; the
+    /// fields are written when set.
+    #[test]
+    fn receipts_without_role_still_read() {
+        let old = r#"{"device":"/dev/sdb","vendor":null,"model":null,"serial":null,"wwid":null,"size":1,"release":"r","image":"i.raw","image_sha256":"a","sums_sha256":"b","site_sha256":"c","read_back_sha256":null,"started":"s","finished":"f","result":"ok","message":null}"#;
+        let mut r: Receipt = serde_json::from_str(old).unwrap();
+        assert_eq!((r.role.as_deref(), r.node.as_deref()), (None, None));
+        r.role = Some("agent".into());
+        r.node = Some("agent-1".into());
+        let line = serde_json::to_value(&r).unwrap();
+        assert_eq!(line["role"], "agent");
+        assert_eq!(line["node"], "agent-1");
+    }
+
     #[test]
     fn flash_many_exit_codes() {
         let r = |results: Vec<Result<Sha256, FlashError>>| ManyReport {
