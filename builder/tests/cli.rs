@@ -320,3 +320,75 @@ fn site_token_prints_a_token_and_its_expiry() {
     assert_eq!(code, 0);
     assert!(help.contains("cairn site token --days 7"), "{help}");
 }
+
+/// `cairn site sign` of a cluster node's file (issue 33): a `join_expires`
+/// already past is refused at its line, exit 2, no signature; control: a
+/// later one is signed and the node's role and name printed; a role the
+/// recipe's `[cluster] roles` lacks is refused at its line.
+#[test]
+fn site_sign_refuses_an_expired_token_and_prints_the_role() {
+    let d = setup();
+    let good = GOOD.replace("SHA", &good_sha());
+    let m = d.path().join("mod");
+    std::fs::create_dir(&m).unwrap();
+    for f in ["go.mod", "go.sum", "build.sh"] {
+        std::fs::write(m.join(f), "x").unwrap();
+    }
+    let (code, _, err) = cairn(&["keygen", "--no-passphrase", "sites"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let recipe = |roles: &str| {
+        format!(
+            "{good}[cluster]\nruntime = \"kubernetes\"\nsources = \"mod\"\nroles = {roles}\n\
+             [site]\nallow = [\"hostname\", \"role\", \"server\", \"join_token\", \"join_expires\"]\n\
+             key = \"sites.pub\"\n"
+        )
+    };
+    std::fs::write(d.path().join("r.toml"), recipe("[\"server\", \"agent\"]")).unwrap();
+    let site = |expires: &str| {
+        std::fs::write(
+            d.path().join("a.toml"),
+            format!(
+                "name = \"a\"\nserial = \"1\"\nhostname = \"agent-1\"\nrole = \"agent\"\n\
+                 server = \"10.0.0.2\"\njoin_token = \"abcdef.0123456789abcdef\"\n\
+                 join_expires = \"{expires}\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    let sign = || {
+        cairn(
+            &[
+                "site",
+                "sign",
+                "a.toml",
+                "--key",
+                "sites.sec",
+                "--recipe",
+                "r.toml",
+            ],
+            d.path(),
+        )
+    };
+    site("2001-01-01T00:00:00Z");
+    let (code, _, err) = sign();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a.toml:7:16: join_expires \"2001-01-01T00:00:00Z\" is in the past"),
+        "{err}"
+    );
+    assert!(!d.path().join("a.toml.sig").exists());
+    // Control: a future expiry is signed; the role and node are printed.
+    site("2999-01-01T00:00:00Z");
+    let (code, out, err) = sign();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("; role agent, node agent-1"), "{out}");
+    assert!(d.path().join("a.toml.sig").exists());
+    // The recipe lists server only: the agent's file is refused at its role.
+    std::fs::write(d.path().join("r.toml"), recipe("[\"server\"]")).unwrap();
+    let (code, _, err) = sign();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a.toml:4:8: role `agent` is not one of this release's [cluster] roles"),
+        "{err}"
+    );
+}

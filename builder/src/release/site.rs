@@ -150,7 +150,13 @@ pub fn sign_for_recipe(
             recipe.file.display()
         ))
     })?;
-    check_file(site, decl)?;
+    // Checked as it will be signed (with the image and version sign adds
+    // when missing), before the key's passphrase is asked for.
+    let (text, _) = crate::recipe::site::with_binding(&read_text(site)?, decl);
+    check(site, &text, decl)?;
+    if let Some(e) = crate::recipe::site::expiry_problem(site, &text, now_epoch()) {
+        return Err(e.into());
+    }
     let key = crate::release::sign::load_key(key)?;
     sign(site, &key, decl)
 }
