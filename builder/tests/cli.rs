@@ -257,3 +257,138 @@ fn audit_on_the_iso_alone_or_with_halt_is_refused_at_its_line() {
         assert!(!err.contains("[audit]"), "{err}");
     }
 }
+
+/// `cairn site token`: two TOML lines, a bootstrap token
+/// (`[a-z0-9]{6}.[a-z0-9]{16}`) and its expiry `--days` ahead (UTC,
+/// `YYYY-MM-DDTHH:MM:SSZ`); a fresh token each run; days outside 1-365
+/// refused with exit 2. `--help` shows an example.
+#[test]
+fn site_token_prints_a_token_and_its_expiry() {
+    let d = tempfile::tempdir().unwrap();
+    let token = |args: &[&str]| {
+        let (code, out, err) = cairn(args, d.path());
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let t = lines[0]
+            .strip_prefix("join_token = \"")
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{out}"));
+        let (id, secret) = t.split_once('.').unwrap_or_else(|| panic!("{out}"));
+        let lower = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        };
+        assert!(
+            id.len() == 6 && secret.len() == 16 && lower(id) && lower(secret),
+            "{out}"
+        );
+        let e = lines[1]
+            .strip_prefix("join_expires = \"")
+            .and_then(|l| l.strip_suffix("Z\""))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(e.len(), 19, "{out}");
+        (t.to_string(), e.to_string())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (a, expires) = token(&["site", "token", "--days", "7"]);
+    let (b, _) = token(&["site", "token"]);
+    assert_ne!(a, b, "two runs gave the same token");
+    // The expiry is 7 days ahead: its date is that of now + 7 days (or the
+    // next, across midnight while the test ran).
+    let days = |t: u64| {
+        let out = Command::new("date")
+            .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%d"])
+            .output()
+            .expect("date");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let date = &expires[..10];
+    assert!(
+        date == days(now + 7 * 86_400) || date == days(now + 7 * 86_400 + 60),
+        "{expires}"
+    );
+    // Control for the range: 0 and 366 days are refused.
+    for bad in ["0", "366"] {
+        let (code, _, err) = cairn(&["site", "token", "--days", bad], d.path());
+        assert_eq!(code, 2, "{err}");
+    }
+    let (code, help, _) = cairn(&["site", "token", "--help"], d.path());
+    assert_eq!(code, 0);
+    assert!(help.contains("cairn site token --days 7"), "{help}");
+}
+
+/// `cairn site sign` of a cluster node's file (issue 33): a `join_expires`
+/// already past is refused at its line, exit 2, no signature; control: a
+/// later one is signed and the node's role and name printed; a role the
+/// recipe's `[cluster] roles` lacks is refused at its line.
+#[test]
+fn site_sign_refuses_an_expired_token_and_prints_the_role() {
+    let d = setup();
+    let good = GOOD.replace("SHA", &good_sha());
+    let m = d.path().join("mod");
+    std::fs::create_dir(&m).unwrap();
+    for f in ["go.mod", "go.sum", "build.sh"] {
+        std::fs::write(m.join(f), "x").unwrap();
+    }
+    let (code, _, err) = cairn(&["keygen", "--no-passphrase", "sites"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let recipe = |roles: &str| {
+        format!(
+            "{good}[cluster]\nruntime = \"kubernetes\"\nsources = \"mod\"\nroles = {roles}\n\
+             [site]\nallow = [\"hostname\", \"role\", \"server\", \"join_token\", \"join_expires\"]\n\
+             key = \"sites.pub\"\n"
+        )
+    };
+    std::fs::write(d.path().join("r.toml"), recipe("[\"server\", \"agent\"]")).unwrap();
+    let site = |expires: &str| {
+        std::fs::write(
+            d.path().join("a.toml"),
+            format!(
+                "name = \"a\"\nserial = \"1\"\nhostname = \"agent-1\"\nrole = \"agent\"\n\
+                 server = \"10.0.0.2\"\njoin_token = \"abcdef.0123456789abcdef\"\n\
+                 join_expires = \"{expires}\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    let sign = || {
+        cairn(
+            &[
+                "site",
+                "sign",
+                "a.toml",
+                "--key",
+                "sites.sec",
+                "--recipe",
+                "r.toml",
+            ],
+            d.path(),
+        )
+    };
+    site("2001-01-01T00:00:00Z");
+    let (code, _, err) = sign();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a.toml:7:16: join_expires \"2001-01-01T00:00:00Z\" is in the past"),
+        "{err}"
+    );
+    assert!(!d.path().join("a.toml.sig").exists());
+    // Control: a future expiry is signed; the role and node are printed.
+    site("2999-01-01T00:00:00Z");
+    let (code, out, err) = sign();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("; role agent, node agent-1"), "{out}");
+    assert!(d.path().join("a.toml.sig").exists());
+    // The recipe lists server only: the agent's file is refused at its role.
+    std::fs::write(d.path().join("r.toml"), recipe("[\"server\"]")).unwrap();
+    let (code, _, err) = sign();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a.toml:4:8: role `agent` is not one of this release's [cluster] roles"),
+        "{err}"
+    );
+}

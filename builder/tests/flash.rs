@@ -172,6 +172,12 @@ fn flash_with_a_site_file_puts_it_on_the_esp_and_refuses_a_bad_one_first() {
         r.site.as_deref(),
         Some(format!("north (key {})", public.key_id()).as_str())
     );
+    assert_eq!(r.site_role.as_deref(), Some("role server, node north-1"));
+    assert!(
+        r.to_string()
+            .contains("written to the ESP and read back; role server, node north-1"),
+        "{r}"
+    );
     cairn::release::site::read_back(&target, &signed).unwrap();
 
     // Control: a changed byte is refused before anything is written.

@@ -117,6 +117,8 @@ fn flash_many_writes_two_sticks_refuses_a_small_one_and_logs_receipts() {
         assert_eq!(rec["image_sha256"], want.hex());
         assert_eq!(rec["sums_sha256"], sums.hex());
         assert!(rec["site_sha256"].is_null());
+        // No site file: no role or node (control for the site test's).
+        assert!(rec["role"].is_null() && rec["node"].is_null(), "{rec}");
         for k in ["vendor", "model", "serial", "wwid"] {
             assert!(rec.get(k).is_some(), "{k} missing: {rec}");
         }
@@ -326,6 +328,12 @@ fn flash_many_with_a_site_file_puts_it_on_every_stick_and_records_its_digest() {
     let r = mini::cairn(&args, LIMIT);
     println!("{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains(": role server, node north-1, on every stick"),
+        "{}",
+        r.stdout
+    );
     for l in [&a, &b] {
         let name = l.dev.display().to_string();
         assert!(
@@ -350,6 +358,9 @@ fn flash_many_with_a_site_file_puts_it_on_every_stick_and_records_its_digest() {
         assert_eq!(rec["device"], dev.display().to_string());
         assert_eq!(rec["result"], "ok", "{rec}");
         assert_eq!(rec["site_sha256"], site_digest.hex(), "{rec}");
+        // The file sets no role: a server, named by its hostname.
+        assert_eq!(rec["role"], "server", "{rec}");
+        assert_eq!(rec["node"], "north-1", "{rec}");
         assert_eq!(
             rec["read_back_sha256"],
             Sha256::of_file(&raw).unwrap().hex()

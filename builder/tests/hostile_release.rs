@@ -672,9 +672,63 @@ fn control_site_apply_with_the_key_writes_a_copy_of_raw_and_qcow2() {
         let r = site_apply(&m, &m.path(image), &site, &out, &["--pubkey"]);
         assert_eq!(r.code, 0, "{r:?}");
         assert!(r.stdout.contains("site north (key "), "{r:?}");
+        assert!(r.stdout.contains("; role server, node north-1"), "{r:?}");
         assert!(!r.stdout.contains("not verified"), "{r:?}");
         assert!(out.is_file());
     }
+}
+
+/// A signed agent's file for a release whose manifest names no roles
+/// (one from before roles: server only) is refused at its `role` line,
+/// exit 2, nothing written; control: the release that lists agent takes it.
+#[test]
+fn site_apply_refuses_a_role_the_release_does_not_list() {
+    let mut m = mini(Media::RawAndQcow2);
+    let site_key = cairn::release::signify::generate();
+    let public = site_key.public();
+    let declare = |m: &mut Mini, roles: Option<&[&str]>| {
+        m.manifest["site"] = serde_json::json!({
+            "allow": ["hostname", "join_expires", "join_token", "role", "server"],
+            "ingress": [],
+            "key_id": public.key_id(),
+            "public_key": public.to_file_text("sites public key"),
+        });
+        if let Some(r) = roles {
+            m.manifest["site"]["roles"] = serde_json::json!(r);
+        }
+        m.write_manifest();
+        m.sign();
+    };
+    declare(&mut m, None);
+    let image = m.manifest["image"]["name"].as_str().unwrap().to_string();
+    let version = m.manifest["image"]["version"].as_str().unwrap().to_string();
+    let site = m.keys.join("agent.toml");
+    let text = format!(
+        "name = \"a\"\nrole = \"agent\"\nserver = \"10.0.0.2\"\n\
+         join_token = \"abcdef.0123456789abcdef\"\njoin_expires = \"2999-01-01T00:00:00Z\"\n\
+         image = \"{image}\"\nversion = \"{version}\"\nserial = \"1\"\n"
+    );
+    std::fs::write(&site, &text).unwrap();
+    // Signed with the right key by hand: only the role check can refuse it.
+    let sig = site_key.sign(text.as_bytes());
+    let mut sig_path = site.clone().into_os_string();
+    sig_path.push(".sig");
+    std::fs::write(&sig_path, sig.to_file_text("sites.pub")).unwrap();
+    let out = m.tmp.path().join("agent.raw");
+    let r = site_apply(&m, &m.path(RAW), &site, &out, &["--pubkey"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("agent.toml:2:8: role `agent` is not one of this release's [cluster] roles [\"server\"]"),
+        "{r:?}"
+    );
+    assert!(!out.exists());
+    // Control: the release lists agent.
+    declare(&mut m, Some(&["server", "agent"]));
+    let r = site_apply(&m, &m.path(RAW), &site, &out, &["--pubkey"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("; role agent"), "{r:?}");
+    assert!(out.is_file());
 }
 
 #[test]

@@ -135,6 +135,9 @@ pub fn exec(a: Args, _env: &Env) -> Result<ExitCode> {
         Flashed::Many(report) => report,
     };
     println!("{}", report.heading(&image));
+    if let Some(site) = &report.site {
+        println!("flash: site {site}, on every stick");
+    }
     for (s, line) in report.sticks.iter().zip(report.lines()) {
         if s.result.is_ok() {
             println!("{line}");

@@ -14,7 +14,7 @@ use crate::release::site::{self as site_file, ReleaseTrust};
 /// docs/recipe.md, `[site]`).
 #[derive(clap::Args)]
 #[command(
-    after_help = after_help!("  cairn site sign site.toml --key sites.sec --recipe recipes/field-ai.toml\n  cairn site apply out/field-ai-0.1.0/field-ai-0.1.0.qcow2 site.toml -o vm.qcow2 --pubkey release.pub")
+    after_help = after_help!("  cairn site token --days 14\n  cairn site sign site.toml --key sites.sec --recipe recipes/field-ai.toml\n  cairn site apply out/field-ai-0.1.0/field-ai-0.1.0.qcow2 site.toml -o vm.qcow2 --pubkey release.pub")
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -68,6 +68,20 @@ enum Op {
         #[arg(long)]
         unverified: bool,
     },
+    /// Print a fresh bootstrap token for the site files of one cluster
+    /// (from the system's random source) and when it stops working, as
+    /// two lines to paste into them: `join_token = "..."` and
+    /// `join_expires = "..."` (UTC). Every agent's file and the server's
+    /// carry the same two lines; the token is a secret (whoever holds a
+    /// stick can read it): keep the expiry short.
+    #[command(
+        after_help = after_help!("  cairn site token\n  cairn site token --days 7 >> north-agent.toml")
+    )]
+    Token {
+        /// Days until the token expires (1 to 365).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=365))]
+        days: u32,
+    },
 }
 
 pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
@@ -90,10 +104,11 @@ pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
             };
             let s = site_file::sign_for_recipe(&site, &r, &key)?;
             println!(
-                "site {} (key {}): wrote {}",
+                "site {} (key {}): wrote {}; {}",
                 Shown(&s.name),
                 s.key_id,
-                site_file::sig_path(&site).display()
+                site_file::sig_path(&site).display(),
+                s.role_text()
             );
         }
         Op::Apply {
@@ -106,7 +121,7 @@ pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
             let trust = ReleaseTrust::from_args(pubkey.as_deref(), unverified)?;
             let applied = site_file::apply(&image, &site, &out, trust)?;
             println!(
-                "site {} (key {}): wrote {} (read back{})",
+                "site {} (key {}): wrote {} (read back{}); {}",
                 Shown(&applied.site.name),
                 applied.site.key_id,
                 shown::path(&applied.out),
@@ -114,9 +129,11 @@ pub fn exec(a: Args, env: &Env) -> Result<ExitCode> {
                     "; release not verified"
                 } else {
                     ""
-                }
+                },
+                applied.site.role_text()
             );
         }
+        Op::Token { days } => print!("{}", site_file::token_lines(days)?),
     }
     Ok(ExitCode::SUCCESS)
 }

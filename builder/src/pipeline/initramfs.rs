@@ -368,6 +368,7 @@ mod tests {
             min_serial: 0,
             image: "t".into(),
             version: "1".into(),
+            roles: crate::recipe::site::default_roles(),
         };
         std::fs::write(&bind, decl.bind_text()).unwrap();
         crate::recipe::site::check(Path::new("s.toml"), good, &decl).unwrap();

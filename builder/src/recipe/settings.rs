@@ -213,7 +213,8 @@ settings! {
 
     SITE_ALLOW = ["site"] "allow": "list of strings" = Empty;
         "the settings a site file may set, from: `address`, `gateway`, `hostname`, \
-         `close_ingress` and `env.SERVICE.VAR` (below). A site file that sets anything else \
+         `close_ingress`, `env.SERVICE.VAR`, and for a cluster node `role`, `server`, \
+         `join_token`, `join_expires`, `peers` (below). A site file that sets anything else \
          is refused when signed and at boot.";
     SITE_KEY = ["site"] "key": "path" = Required;
         "the signify public key (`.pub`) that signs site files; keep its secret key apart from \
@@ -251,6 +252,10 @@ settings! {
         "kubernetes only: the Go module (`go.mod`, `go.sum`, `build.sh`) the cluster binaries \
          are built from; by default the nearest `cluster/` folder holding them, in the \
          recipe's folder or above (the repository's own)";
+    CLUSTER_ROLES = ["cluster"] "roles": "list of strings" = Text("[\"server\"]");
+        "kubernetes and k3s only: the roles a node's site file may give it (`role`), \
+         `\"server\"` and/or `\"agent\"`, each once; recorded in the manifest's `site` \
+         (docs/recipe.md, cluster nodes)";
 
     IMAGE_ENTRY_NAME = ["images"] "name": "string" = Required;
         concat!(name_rule!(), "; unique; containerd knows it as `cairn.local/NAME:pinned`");

@@ -92,7 +92,8 @@ pub fn is_join_token(t: &str) -> bool {
             && p.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     };
-    t.split_once('.').is_some_and(|(id, secret)| ok(id, 6) && ok(secret, 16))
+    t.split_once('.')
+        .is_some_and(|(id, secret)| ok(id, 6) && ok(secret, 16))
 }
 
 /// Seconds since 1970 of `YYYY-MM-DDTHH:MM:SSZ` (exactly that form: month
@@ -141,6 +142,29 @@ pub fn expired_problem(expires: &str, now: u64) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// The problem of a site file (already checked) whose `join_expires` is
+/// past at `now`, at its value: `cairn site sign` refuses it.
+pub fn expiry_problem(file: &Path, text: &str, now: u64) -> Option<RecipeError> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "join_expires" || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let v = value.trim().trim_matches('"');
+        let m = expired_problem(v, now)?;
+        let at = start + key.len() + 1 + (value.len() - value.trim_start().len());
+        return Some(RecipeError {
+            problems: vec![problem(file, text, at, m)],
+        });
+    }
+    None
 }
 
 /// A fresh bootstrap token from `next` (a source of random bytes): 22
@@ -728,11 +752,14 @@ fn cluster_checks(
     // The rules between keys, each at the key that breaks it.
     let at = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span().start).unwrap_or(0);
     // A key that is present but bad has its own problem already.
-    let missing: Vec<&str> = [("server", &parsed.server), ("join_token", &parsed.join_token)]
-        .iter()
-        .filter(|(_, v)| v.is_none())
-        .map(|(k, _)| *k)
-        .collect();
+    let missing: Vec<&str> = [
+        ("server", &parsed.server),
+        ("join_token", &parsed.join_token),
+    ]
+    .iter()
+    .filter(|(_, v)| v.is_none())
+    .map(|(k, _)| *k)
+    .collect();
     if role.as_deref() == Some("agent") && !missing.is_empty() {
         push(
             problems,
@@ -960,6 +987,10 @@ pub fn check(file: &Path, text: &str, decl: &SiteDeclaration) -> Result<SiteSett
 }
 
 #[cfg(test)]
+#[path = "site/cluster_tests.rs"]
+mod cluster_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -974,6 +1005,7 @@ mod tests {
             min_serial: 5,
             image: "tiny".into(),
             version: "1.2.0".into(),
+            roles: crate::recipe::site::default_roles(),
         }
     }
 
@@ -1217,7 +1249,7 @@ mod tests {
         assert_eq!(t, "name = \"n\"\nimage = \"tiny\"\nversion = \"1.2.0\"\n");
         assert_eq!(
             d.bind_text(),
-            "image tiny\nversion 1.2.0\nmin_serial 5\nrequired 0\n"
+            "image tiny\nversion 1.2.0\nmin_serial 5\nrequired 0\nroles server\n"
         );
     }
 

@@ -525,6 +525,12 @@ impl Inspection {
                 ));
             }
             line(format!("  allow      {:?}", d.allow));
+            if d.allow.iter().any(|a| a == "role") {
+                line(format!(
+                    "  roles      {:?}: the role a site file may set (none set: \"server\")",
+                    d.roles
+                ));
+            }
         }
         if let Some(t) = &self.template {
             // Debug quoting: manifest strings never reach the terminal raw.
@@ -690,6 +696,7 @@ mod tests {
             min_serial: 7,
             image: "tiny".into(),
             version: "1.2.0".into(),
+            roles: crate::recipe::site::default_roles(),
         };
         m.site = Some(d.clone());
         let raw = serde_json::to_value(&m).unwrap();
@@ -707,18 +714,35 @@ mod tests {
         // Control: not required.
         d.required = false;
         let mut m = fresh();
-        m.site = Some(d);
+        m.site = Some(d.clone());
         let text = from_manifest(m, &raw).render_text();
         assert!(text.contains("site file optional; min_serial 7"), "{text}");
+        // No `role` in allow: no roles line (control for the one below).
+        assert!(!text.contains("  roles "), "{text}");
+        d.allow.push("role".into());
+        d.roles = vec!["server".into(), "agent".into()];
+        let mut m = fresh();
+        m.site = Some(d);
+        let raw_roles = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            raw_roles["site"]["roles"],
+            serde_json::json!(["server", "agent"])
+        );
+        let text = from_manifest(m, &raw_roles).render_text();
+        assert!(
+            text.contains("  roles      [\"server\", \"agent\"]: the role a site file may set"),
+            "{text}"
+        );
         // An older manifest's [site] without the new fields still reads.
         let mut old = raw.clone();
-        for k in ["required", "min_serial", "image", "version"] {
+        for k in ["required", "min_serial", "image", "version", "roles"] {
             old["site"].as_object_mut().unwrap().remove(k);
         }
         let back: Manifest = serde_json::from_value(old).unwrap();
         let s = back.site.unwrap();
         assert!(!s.required);
         assert_eq!(s.min_serial, 0);
+        assert_eq!(s.roles, ["server"]);
     }
 
     /// An `[audit]` image's manifest shows its trail; one without shows none.

@@ -16,7 +16,7 @@ use crate::recipe::{Base, Recipe};
 
 /// The format of manifest.json (docs/manifest.schema.json): raise it with every
 /// change of a field, and the schema file with it.
-pub const SCHEMA: u32 = 8;
+pub const SCHEMA: u32 = 9;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {

@@ -39,6 +39,66 @@ pub struct SignedSite {
     pub key_id: String,
     pub text: Vec<u8>,
     pub sig: Vec<u8>,
+    /// The node's role (`server` when the file sets none) and host name
+    /// (None: the image's name), for what sign, apply and flash print and
+    /// the flash receipts record.
+    pub role: String,
+    pub node: Option<String>,
+}
+
+impl SignedSite {
+    /// `role server, node north-1` for the lines sign, apply and flash print.
+    pub fn role_text(&self) -> String {
+        match &self.node {
+            Some(n) => format!("role {}, node {}", self.role, Shown(n)),
+            None => format!("role {}", self.role),
+        }
+    }
+}
+
+/// Seconds since 1970 now (the check of a token's expiry at signing).
+fn now_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A fresh bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`) from the operating
+/// system's random source (`cairn site token`).
+pub fn fresh_token() -> Result<String> {
+    use rand_core::{OsRng, RngCore};
+    let mut buf = [0u8; 64];
+    OsRng
+        .try_fill_bytes(&mut buf)
+        .map_err(|e| anyhow::anyhow!("site token: the random source failed: {e}"))?;
+    let mut used = 0;
+    let mut failed = None;
+    let token = crate::recipe::site::token_from(|| {
+        if used == buf.len() {
+            // Rejections (bytes >= 252) are rare; a refill is rarer still.
+            if let Err(e) = OsRng.try_fill_bytes(&mut buf) {
+                failed = Some(e.to_string());
+            }
+            used = 0;
+        }
+        used += 1;
+        buf[used - 1]
+    });
+    match failed {
+        Some(e) => bail!("site token: the random source failed: {e}"),
+        None => Ok(token),
+    }
+}
+
+/// The two lines of `cairn site token`: a fresh token and its expiry
+/// `days` from now.
+pub fn token_lines(days: u32) -> Result<String> {
+    Ok(crate::recipe::site::token_lines(
+        &fresh_token()?,
+        now_epoch(),
+        days,
+    ))
 }
 
 /// A site file holds a handful of settings; 64 KiB is far more than one
@@ -90,7 +150,13 @@ pub fn sign_for_recipe(
             recipe.file.display()
         ))
     })?;
-    check_file(site, decl)?;
+    // Checked as it will be signed (with the image and version sign adds
+    // when missing), before the key's passphrase is asked for.
+    let (text, _) = crate::recipe::site::with_binding(&read_text(site)?, decl);
+    check(site, &text, decl)?;
+    if let Some(e) = crate::recipe::site::expiry_problem(site, &text, now_epoch()) {
+        return Err(e.into());
+    }
     let key = crate::release::sign::load_key(key)?;
     sign(site, &key, decl)
 }
@@ -101,9 +167,23 @@ pub fn sign_for_recipe(
 /// `version = "V"`), written into the file before it is signed, so the
 /// signature binds the file to this image; `serial` is the signer's to give.
 pub fn sign(site: &Path, key: &SecretKey, decl: &SiteDeclaration) -> Result<SignedSite> {
+    sign_at(site, key, decl, now_epoch())
+}
+
+/// [`sign`] at `now` (seconds since 1970): a `join_expires` at or before
+/// it is refused (the token would be useless on every stick).
+pub fn sign_at(
+    site: &Path,
+    key: &SecretKey,
+    decl: &SiteDeclaration,
+    now: u64,
+) -> Result<SignedSite> {
     let original = read_text(site)?;
     let (text, added) = crate::recipe::site::with_binding(&original, decl);
     let settings = check(site, &text, decl)?;
+    if let Some(e) = crate::recipe::site::expiry_problem(site, &text, now) {
+        return Err(e.into());
+    }
     let public = key.public();
     if public.key_id() != decl.key_id {
         return Err(crate::InputError(format!(
@@ -128,6 +208,8 @@ pub fn sign(site: &Path, key: &SecretKey, decl: &SiteDeclaration) -> Result<Sign
     std::fs::write(&out, &sig_text).with_context(|| format!("write {}", out.display()))?;
     Ok(SignedSite {
         path: site.to_path_buf(),
+        role: settings.role().to_string(),
+        node: settings.hostname,
         name: settings.name,
         key_id: decl.key_id.clone(),
         text: text.into_bytes(),
@@ -159,6 +241,8 @@ pub fn load_signed(site: &Path, decl: &SiteDeclaration) -> Result<SignedSite> {
     })?;
     Ok(SignedSite {
         path: site.to_path_buf(),
+        role: settings.role().to_string(),
+        node: settings.hostname,
         name: settings.name,
         key_id: decl.key_id.clone(),
         text: text.into_bytes(),
@@ -455,6 +539,7 @@ mod tests {
             min_serial: 3,
             image: "tiny".into(),
             version: "1.2.0".into(),
+            roles: crate::recipe::site::default_roles(),
         }
     }
 
@@ -510,6 +595,60 @@ mod tests {
         std::fs::write(sig_path(&site), sig.to_file_text("other.pub")).unwrap();
         let e = load_signed(&site, &decl).unwrap_err();
         assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
+    }
+
+    /// A node's role and name travel with the signed file (what sign,
+    /// apply and flash print and receipts record); a token already expired
+    /// is refused at signing, nothing written.
+    #[test]
+    fn sign_records_the_role_and_refuses_an_expired_token() {
+        let d = tempfile::tempdir().unwrap();
+        let key = crate::release::signify::generate();
+        let mut decl = decl_for(&key, d.path());
+        decl.allow = ["hostname", "role", "server", "join_token", "join_expires"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        decl.roles = vec!["server".into(), "agent".into()];
+        let site = d.path().join("a.toml");
+        let text = format!(
+            "name = \"a\"\nhostname = \"agent-1\"\nrole = \"agent\"\nserver = \"10.0.0.2\"\n\
+             join_token = \"abcdef.0123456789abcdef\"\njoin_expires = \"2027-01-31T00:00:00Z\"\n{BIND}"
+        );
+        std::fs::write(&site, &text).unwrap();
+        let at = crate::recipe::site::join_expires_epoch("2027-01-31T00:00:00Z").unwrap();
+        let e = sign_at(&site, &key, &decl, at).unwrap_err();
+        let r = e
+            .downcast_ref::<crate::recipe::RecipeError>()
+            .expect("a recipe error");
+        assert_eq!((r.problems[0].line, r.problems[0].col), (6, 16), "{r}");
+        assert!(r.problems[0].message.contains("is in the past"), "{r}");
+        assert!(!sig_path(&site).exists());
+        // Control: a second before, it is signed; role and node recorded.
+        let s = sign_at(&site, &key, &decl, at - 1).unwrap();
+        assert_eq!(
+            (s.role.as_str(), s.node.as_deref()),
+            ("agent", Some("agent-1"))
+        );
+        assert_eq!(s.role_text(), "role agent, node agent-1");
+        let back = load_signed(&site, &decl).unwrap();
+        assert_eq!(back.role, "agent");
+        // A file without role or hostname: a server named after the image.
+        let plain = d.path().join("s.toml");
+        std::fs::write(&plain, format!("name = \"s\"\n{BIND}")).unwrap();
+        let s = sign_at(&plain, &key, &decl, at).unwrap();
+        assert_eq!((s.role.as_str(), s.node.as_deref()), ("server", None));
+        assert_eq!(s.role_text(), "role server");
+    }
+
+    #[test]
+    fn fresh_tokens_are_bootstrap_tokens_and_differ() {
+        let a = fresh_token().unwrap();
+        let b = fresh_token().unwrap();
+        assert!(crate::recipe::site::is_join_token(&a), "{a}");
+        assert_ne!(a, b);
+        let lines = token_lines(30).unwrap();
+        assert!(lines.starts_with("join_token = \""), "{lines}");
     }
 
     #[test]

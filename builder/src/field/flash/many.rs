@@ -74,6 +74,13 @@ pub struct Receipt {
     /// without `--site`); its signature and it were read back byte for
     /// byte when `result` is `ok`.
     pub site_sha256: Option<String>,
+    /// The site file's node role (`server` when it sets none) and host
+    /// name (null: it sets none, the node is named after the image);
+    /// both null without `--site` (and in receipts from before roles).
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
     /// The digest of the image read back from the stick (null unless the
     /// read-back ran and matched; when sparse, every range matched its
     /// signed digest in the map of this image, the gaps zeroed).
@@ -110,6 +117,8 @@ pub struct ManyReport {
     pub sticks: Vec<StickOutcome>,
     pub key_id: String,
     pub bytes: u64,
+    /// `NAME (key ID): role R, node N` of the site file every stick got.
+    pub site: Option<String>,
 }
 
 impl ManyReport {
@@ -418,6 +427,8 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
             image_sha256: v.want.hex(),
             sums_sha256: v.sums_sha256.hex(),
             site_sha256: site_sha256.clone(),
+            role: site.as_ref().map(|s| s.role.clone()),
+            node: site.as_ref().and_then(|s| s.node.clone()),
             read_back_sha256: result.as_ref().ok().map(Sha256::hex),
             started,
             finished,
@@ -444,6 +455,9 @@ pub fn flash_many(opts: &ManyOptions) -> Result<ManyReport, FlashError> {
         sticks,
         key_id: v.key_id,
         bytes: v.size,
+        site: site
+            .as_ref()
+            .map(|s| format!("{} (key {}): {}", s.name, s.key_id, s.role_text())),
     })
 }
 
@@ -477,6 +491,20 @@ mod tests {
         assert_eq!(identity(t.path(), "loop9"), [None, None, None, None]);
     }
 
+    /// Receipts from before roles (no `role`, `node`) still read; the
+    /// fields are written when set.
+    #[test]
+    fn receipts_without_role_still_read() {
+        let old = r#"{"device":"/dev/sdb","vendor":null,"model":null,"serial":null,"wwid":null,"size":1,"release":"r","image":"i.raw","image_sha256":"a","sums_sha256":"b","site_sha256":"c","read_back_sha256":null,"started":"s","finished":"f","result":"ok","message":null}"#;
+        let mut r: Receipt = serde_json::from_str(old).unwrap();
+        assert_eq!((r.role.as_deref(), r.node.as_deref()), (None, None));
+        r.role = Some("agent".into());
+        r.node = Some("agent-1".into());
+        let line = serde_json::to_value(&r).unwrap();
+        assert_eq!(line["role"], "agent");
+        assert_eq!(line["node"], "agent-1");
+    }
+
     #[test]
     fn flash_many_exit_codes() {
         let r = |results: Vec<Result<Sha256, FlashError>>| ManyReport {
@@ -497,6 +525,8 @@ mod tests {
                         image_sha256: String::new(),
                         sums_sha256: String::new(),
                         site_sha256: None,
+                        role: None,
+                        node: None,
                         read_back_sha256: None,
                         started: String::new(),
                         finished: String::new(),
@@ -510,6 +540,7 @@ mod tests {
                 .collect(),
             key_id: String::new(),
             bytes: 0,
+            site: None,
         };
         let ok = || Ok(Sha256([0; 32]));
         assert_eq!(r(vec![ok(), ok()]).exit_code(), 0);

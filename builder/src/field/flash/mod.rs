@@ -181,6 +181,8 @@ pub struct FlashReport {
     pub seconds: f64,
     /// `NAME (key ID)` of the site file written, if any.
     pub site: Option<String>,
+    /// Its `role R, node N` (`SignedSite::role_text`).
+    pub site_role: Option<String>,
 }
 
 impl std::fmt::Display for FlashReport {
@@ -216,6 +218,9 @@ impl std::fmt::Display for FlashReport {
         }
         if let Some(site) = &self.site {
             write!(f, "\n  site {site}: written to the ESP and read back")?;
+            if let Some(r) = &self.site_role {
+                write!(f, "; {r}")?;
+            }
         }
         Ok(())
     }
@@ -686,6 +691,7 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
         sha256: got,
         key_id: v.key_id,
         seconds: started.elapsed().as_secs_f64(),
+        site_role: site.as_ref().map(|s| s.role_text()),
         site: site.map(|s| format!("{} (key {})", s.name, s.key_id)),
     })
 }

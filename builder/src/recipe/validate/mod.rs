@@ -352,4 +352,6 @@ mod audit_tests;
 #[cfg(test)]
 mod kube_tests;
 #[cfg(test)]
+mod site_role_tests;
+#[cfg(test)]
 pub(crate) mod tests;
