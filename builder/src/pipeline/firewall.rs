@@ -150,7 +150,8 @@ pub const PEER_PORTS: [(Proto, u16); 3] =
 /// Accept rules for [`PEER_PORTS`] from (`saddr`, input) or to (`daddr`,
 /// output) the addresses in [`PEER_SET`].
 fn peer_rules(dir: &str) -> String {
-    let mut s = format!("\t\t# the site's cluster peers (site file `peers`): its own ports only\n");
+    let mut s =
+        String::from("\t\t# the site's cluster peers (site file `peers`): its own ports only\n");
     for (proto, port) in PEER_PORTS {
         let _ = writeln!(
             s,

@@ -100,7 +100,7 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
 "#,
         runc = bin("runc"),
         cni = bin("cni"),
-        confdir = format!("{RUN_DIR}/cni"),
+        confdir = RUN_DIR.to_string() + "/cni",
     )
 }
 

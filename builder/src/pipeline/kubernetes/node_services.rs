@@ -178,7 +178,11 @@ mod tests {
         let (name, text) = &units()[0];
         assert_eq!(*name, "cairn-kube-network-policies.service");
         assert!(!text.contains("fail-open"), "{text}");
-        assert!(text.contains("kube-network-policies.kubeconfig"));
+        // Its kubeconfig from node.env: a server's own client
+        // certificate, an agent's kubelet's (cairn-kube-pki).
+        assert!(text.contains("--kubeconfig=${NETPOL_KUBECONFIG}"));
+        let pki = include_str!("../../../guest/cairn-kube-pki");
+        assert!(pki.contains("netpol=$pki/kube-network-policies.kubeconfig"));
         assert!(text.contains("--hostname-override=${NODE_NAME}"));
         // The controller's user may read, never write.
         let m = manifests();
