@@ -85,9 +85,10 @@ fn spec(img: &Path, log: &str, link: PeerLink) -> BootSpec {
 /// reset in the other node's name. Those forged segments (slirp's MAC, a
 /// source address that is not slirp's) are dropped on each node, from its
 /// debug console as soon as its firewall table exists: an artefact of the
-/// test network, which a real segment does not have.
+/// test network, which a real segment does not have. In prerouting at raw
+/// priority: before conntrack, which a forged reset would otherwise close.
 fn ignore_slirp_forgeries(vm: &mut Vm, who: &str) {
-    let rule = "nft insert rule inet cairn input ether saddr 52:55:0a:00:02:02 ip saddr != { 10.0.2.2, 10.0.2.3, 10.0.2.100 } drop";
+    let rule = "nft insert rule inet cairn prerouting ether saddr 52:55:0a:00:02:02 ip saddr != { 10.0.2.2, 10.0.2.3, 10.0.2.100 } drop";
     let end = Instant::now() + Duration::from_secs(600);
     loop {
         let (rc, out) = match vm.console_run(&format!("{rule} 2>&1"), console_timeout() * 4) {

@@ -46,6 +46,13 @@ impl Validator<'_> {
                 );
             } else if roles.contains(v) {
                 self.problem(r.span(), format!("{v:?} is listed twice; remove one"));
+            } else if v == "agent" && runtime == Runtime::K3s {
+                // The roles map onto `k3s agent --server --token`, which
+                // cairn does not lay out yet (docs/multi-node.md).
+                self.problem(
+                    r.span(),
+                    "k3s agents are not built yet; for several nodes use runtime = \"kubernetes\" (docs/multi-node.md)".to_string(),
+                );
             } else {
                 roles.push(v.clone());
             }

@@ -162,3 +162,21 @@ fn cluster_settings_are_refused_in_allow_without_a_cluster_runtime() {
     .unwrap();
     assert_eq!(s.allow, ["role"]);
 }
+
+#[test]
+fn k3s_agents_are_refused_until_they_are_built() {
+    let d = dir();
+    // k3s needs its artifacts, not sources: its own [cluster] lines.
+    let k3s = |roles: &str| format!("{HEAD}[cluster]\nruntime = \"k3s\"\nroles = {roles}\n");
+    let e = parse(&src(d.path(), &k3s("[\"server\", \"agent\"]"))).expect_err("k3s agent");
+    let p = &e
+        .problems
+        .iter()
+        .find(|p| p.message.contains("k3s agents"))
+        .unwrap_or_else(|| panic!("{e}"));
+    assert_eq!((p.line, p.col), (7, 20), "{e}");
+    // Control: a k3s server-only list is not refused for its roles.
+    if let Err(e) = parse(&src(d.path(), &k3s("[\"server\"]"))) {
+        assert!(!e.to_string().contains("roles"), "{e}");
+    }
+}
