@@ -333,3 +333,95 @@ fn tokens_are_made_from_unbiased_random_bytes() {
     // What it prints is a site file's two lines that pass the checks.
     chk(&format!("name = \"a\"\n{lines}"), &decl(BOTH)).unwrap();
 }
+
+/// The guest's parser (busybox awk, as the initramfs runs it) agrees with
+/// this one on every cluster rule: the same files pass, the same are
+/// refused; and it prints the lines guest/init applies.
+#[test]
+fn the_guest_parser_agrees_on_every_cluster_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let awk = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/site.awk");
+    let (allow, ingress, bind) = (
+        dir.path().join("allow"),
+        dir.path().join("ingress"),
+        dir.path().join("bind"),
+    );
+    let run = |text: &str, roles: &[&str]| {
+        let d = decl(roles);
+        std::fs::write(&allow, d.allow.join("\n") + "\n").unwrap();
+        std::fs::write(&ingress, "").unwrap();
+        std::fs::write(&bind, d.bind_text()).unwrap();
+        let site = dir.path().join("site.toml");
+        std::fs::write(&site, format!("{text}{BIND}")).unwrap();
+        let sh = xshell::Shell::new().unwrap();
+        let (a, i, b) = (
+            format!("allow={}", allow.display()),
+            format!("ingress={}", ingress.display()),
+            format!("bind={}", bind.display()),
+        );
+        let (code, out, _) = crate::host::runner::run_code(
+            "test: site.awk",
+            xshell::cmd!(sh, "busybox awk -v {a} -v {i} -v {b} -f {awk} {site}"),
+        )
+        .unwrap();
+        (code, out, chk(text, &d).is_ok())
+    };
+    let (code, out, rust) = run(&agent(), BOTH);
+    assert!(code == 0 && rust, "{out}");
+    for line in [
+        "role agent",
+        "server 10.0.0.2",
+        &format!("token {TOKEN}"),
+        "expires 2027-01-31T00:00:00Z",
+        "peer 10.0.0.2",
+        "peer 10.0.0.3",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line}: {out}");
+    }
+    let a = agent();
+    for (text, roles) in [
+        (a.clone(), &["server"][..]),
+        (a.replace("\"agent\"", "\"worker\""), BOTH),
+        (a.replace("server = \"10.0.0.2\"\n", ""), BOTH),
+        (a.replace(&format!("join_token = \"{TOKEN}\"\n"), ""), BOTH),
+        (
+            a.replace("join_expires = \"2027-01-31T00:00:00Z\"\n", ""),
+            BOTH,
+        ),
+        (a.replace("abcdef.", "abcdeF."), BOTH),
+        (a.replace("abcdef.", "abcde."), BOTH),
+        (
+            a.replace("2027-01-31T00:00:00Z", "2027-01-31 00:00:00"),
+            BOTH,
+        ),
+        (
+            a.replace("server = \"10.0.0.2\"", "server = \"10.0.0.9\""),
+            BOTH,
+        ),
+        (
+            a.replace("address = \"10.0.0.3/24\"", "address = \"10.0.0.4/24\""),
+            BOTH,
+        ),
+        (
+            a.replace(
+                "[\"10.0.0.2\", \"10.0.0.3\"]",
+                "[\"10.0.0.2\", \"10.0.0.3\", \"10.0.0.2\"]",
+            ),
+            BOTH,
+        ),
+        (a.replace("[\"10.0.0.2\", \"10.0.0.3\"]", "[]"), BOTH),
+        (
+            a.replace("server = \"10.0.0.2\"", "server = \"10.0.0.256\""),
+            BOTH,
+        ),
+    ] {
+        let (code, out, rust) = run(&text, roles);
+        assert_eq!(code, 1, "awk passed:\n{text}\n{out}");
+        assert!(out.lines().any(|l| l.starts_with("error ")), "{out}");
+        assert!(!rust, "rust passed what awk refuses:\n{text}");
+    }
+    // Control: a server's file without `server` or token passes both.
+    let server = "name = \"s\"\nrole = \"server\"\naddress = \"10.0.0.2/24\"\npeers = [\"10.0.0.2\", \"10.0.0.3\"]\n";
+    let (code, out, rust) = run(server, &["server"]);
+    assert!(code == 0 && rust, "{out}");
+}
